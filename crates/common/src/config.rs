@@ -1,0 +1,330 @@
+//! Configuration: flags, then environment, then an optional TOML file, then
+//! defaults, in that order of precedence; and the root directory.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use clap::parser::ValueSource;
+
+use crate::endpoint::Endpoint;
+
+/// The four imaged processes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Service {
+    Metadata,
+    Transfer,
+    Events,
+    Gateway,
+}
+
+impl Service {
+    /// All four, in the order the launcher starts them.
+    pub const ALL: [Service; 4] = [
+        Service::Events,
+        Service::Metadata,
+        Service::Transfer,
+        Service::Gateway,
+    ];
+
+    /// The short name: the data subdirectory and socket name.
+    pub fn short(self) -> &'static str {
+        match self {
+            Service::Metadata => "metadata",
+            Service::Transfer => "transfer",
+            Service::Events => "events",
+            Service::Gateway => "gateway",
+        }
+    }
+
+    /// The process (binary) name, used in logs, traces and error messages.
+    pub fn process(self) -> &'static str {
+        match self {
+            Service::Metadata => "imaged-metadata",
+            Service::Transfer => "imaged-transfer",
+            Service::Events => "imaged-events",
+            Service::Gateway => "imaged-gateway",
+        }
+    }
+
+    /// Where this service listens unless told otherwise.
+    pub fn default_socket(self, root: &Path) -> PathBuf {
+        root.join("run").join(format!("{}.sock", self.short()))
+    }
+}
+
+/// Options every process takes.
+#[derive(clap::Args, Clone, Debug)]
+pub struct CommonArgs {
+    /// Data directory shared by the four processes; each keeps its files in
+    /// its own subdirectory and its socket in `<root>/run/`.
+    #[arg(long, env = "IMAGED_ROOT", default_value = "./data")]
+    pub root: PathBuf,
+
+    /// Where to listen: a socket path, unix:///path or tcp://IP:PORT.
+    /// Default: `<root>/run/<service>.sock`.
+    #[arg(long)]
+    pub listen: Option<Endpoint>,
+
+    /// A TOML file of options, keyed by flag name (`root = "/var/lib/imaged"`).
+    /// Flags and environment variables take precedence over it.
+    #[arg(long, env = "IMAGED_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// Log filter, in `tracing`'s env-filter syntax (`info`, `imaged=debug`).
+    #[arg(long, env = "IMAGED_LOG", default_value = "info")]
+    pub log: String,
+}
+
+/// Addresses of the other imaged services, for the processes that call them.
+#[derive(clap::Args, Clone, Debug)]
+pub struct PeerArgs {
+    /// Address of imaged-metadata. Default: `<root>/run/metadata.sock`.
+    #[arg(long, env = "IMAGED_METADATA_ADDR")]
+    pub metadata_addr: Option<Endpoint>,
+
+    /// Address of imaged-transfer. Default: `<root>/run/transfer.sock`.
+    #[arg(long, env = "IMAGED_TRANSFER_ADDR")]
+    pub transfer_addr: Option<Endpoint>,
+
+    /// Address of imaged-events. Default: `<root>/run/events.sock`.
+    #[arg(long, env = "IMAGED_EVENTS_ADDR")]
+    pub events_addr: Option<Endpoint>,
+}
+
+impl PeerArgs {
+    /// The address of `peer`, defaulting to its socket under `root`.
+    pub fn endpoint(&self, peer: Service, root: &Path) -> Endpoint {
+        let given = match peer {
+            Service::Metadata => &self.metadata_addr,
+            Service::Transfer => &self.transfer_addr,
+            Service::Events => &self.events_addr,
+            Service::Gateway => &None,
+        };
+        given
+            .clone()
+            .unwrap_or_else(|| Endpoint::Unix(peer.default_socket(root)))
+    }
+}
+
+/// The settings a process runs with once its root has been checked.
+#[derive(Clone, Debug)]
+pub struct ServiceConfig {
+    /// Which process this is.
+    pub service: Service,
+    /// The shared root, absolute.
+    pub root: PathBuf,
+    /// This process's own data directory, `<root>/<service>`.
+    pub data_dir: PathBuf,
+    /// Where this process listens.
+    pub listen: Endpoint,
+    /// Log filter.
+    pub log: String,
+}
+
+impl CommonArgs {
+    /// Checks the root and this service's directories (created when
+    /// missing, and written to once to prove they are usable).
+    pub fn resolve(&self, service: Service) -> anyhow::Result<ServiceConfig> {
+        let root = absolute(&self.root)?;
+        let data_dir = root.join(service.short());
+        for dir in [&data_dir, &root.join("run")] {
+            std::fs::create_dir_all(dir).with_context(|| {
+                format!(
+                    "root {} is not usable: cannot create {}",
+                    root.display(),
+                    dir.display()
+                )
+            })?;
+            check_writable(dir).with_context(|| {
+                format!(
+                    "root {} is not usable: {} is not writable",
+                    root.display(),
+                    dir.display()
+                )
+            })?;
+        }
+        let listen = self
+            .listen
+            .clone()
+            .unwrap_or_else(|| Endpoint::Unix(service.default_socket(&root)));
+        Ok(ServiceConfig {
+            service,
+            root,
+            data_dir,
+            listen,
+            log: self.log.clone(),
+        })
+    }
+}
+
+fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
+    if path.as_os_str().is_empty() {
+        bail!("root must not be empty");
+    }
+    std::path::absolute(path).with_context(|| format!("cannot resolve root {}", path.display()))
+}
+
+fn check_writable(dir: &Path) -> std::io::Result<()> {
+    let probe = dir.join(format!(".write-probe-{}", std::process::id()));
+    std::fs::write(&probe, b"probe")?;
+    std::fs::remove_file(&probe)
+}
+
+/// Parses a process's options from its command line, environment and the
+/// TOML file named by `--config`; prints the error and exits with status 2
+/// on a bad value, as clap does for flags.
+pub fn parse<T: Parser>() -> T {
+    match parse_from::<T>(std::env::args_os()) {
+        Ok(parsed) => parsed,
+        Err(err) => match err.downcast::<clap::Error>() {
+            Ok(clap_err) => clap_err.exit(),
+            Err(err) => {
+                let name = T::command().get_name().to_string();
+                eprintln!("{name}: error: {err:#}");
+                std::process::exit(2);
+            }
+        },
+    }
+}
+
+/// [`parse`] over explicit arguments, returning the error instead of
+/// exiting. Keys of the TOML file are flag names (`-` or `_`); a key the
+/// process does not know is an error, so a typo is not silently ignored.
+pub fn parse_from<T: Parser>(
+    args: impl IntoIterator<Item = impl Into<OsString>>,
+) -> anyhow::Result<T> {
+    let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+    let cmd = T::command().args_override_self(true);
+    let matches = cmd.clone().try_get_matches_from(&args)?;
+    let Some(path) = find_config(&matches) else {
+        return Ok(T::from_arg_matches(&matches)?);
+    };
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read config file {}", path.display()))?;
+    let table: toml::Table =
+        toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))?;
+
+    let mut from_file: Vec<OsString> = Vec::new();
+    for (key, value) in &table {
+        let id = key.replace('-', "_");
+        let Some(arg) = cmd.get_arguments().find(|a| a.get_id() == id.as_str()) else {
+            bail!("config file {}: unknown option {key:?}", path.display());
+        };
+        let Some(long) = arg.get_long() else {
+            bail!(
+                "config file {}: option {key:?} cannot be set from a file",
+                path.display()
+            );
+        };
+        if matches!(
+            matches.value_source(&id),
+            Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+        ) {
+            continue;
+        }
+        match value {
+            toml::Value::Boolean(true) => from_file.push(format!("--{long}").into()),
+            toml::Value::Boolean(false) => {}
+            toml::Value::String(s) => from_file.push(format!("--{long}={s}").into()),
+            toml::Value::Integer(i) => from_file.push(format!("--{long}={i}").into()),
+            toml::Value::Float(f) => from_file.push(format!("--{long}={f}").into()),
+            other => bail!(
+                "config file {}: option {key:?} has an unsupported value {other}",
+                path.display()
+            ),
+        }
+    }
+    // File values go first so that the command line, which follows, wins.
+    let mut merged = Vec::with_capacity(args.len() + from_file.len());
+    merged.extend(args.first().cloned());
+    merged.extend(from_file);
+    merged.extend(args.into_iter().skip(1));
+    let matches = cmd.try_get_matches_from(merged)?;
+    Ok(T::from_arg_matches(&matches)?)
+}
+
+fn find_config(matches: &clap::ArgMatches) -> Option<PathBuf> {
+    matches
+        .try_get_one::<PathBuf>("config")
+        .ok()
+        .flatten()
+        .cloned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Parser, Debug)]
+    #[command(name = "imaged-test")]
+    struct Args {
+        #[command(flatten)]
+        common: CommonArgs,
+        #[arg(long, env = "IMAGED_TEST_LIMIT", default_value_t = 3)]
+        limit: u32,
+        #[arg(long)]
+        verbose: bool,
+    }
+
+    fn write_config(text: &str) -> tempfile::NamedTempFile {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), text).unwrap();
+        file
+    }
+
+    #[test]
+    fn defaults_without_a_file() {
+        let args: Args = parse_from(["imaged-test"]).unwrap();
+        assert_eq!(args.limit, 3);
+        assert_eq!(args.common.root, PathBuf::from("./data"));
+    }
+
+    #[test]
+    fn file_sets_what_flags_leave_unset() {
+        let file = write_config("root = \"/srv/imaged\"\nlimit = 7\nverbose = true\n");
+        let config = file.path().to_str().unwrap();
+        let args: Args = parse_from(["imaged-test", "--config", config]).unwrap();
+        assert_eq!(args.common.root, PathBuf::from("/srv/imaged"));
+        assert_eq!(args.limit, 7);
+        assert!(args.verbose);
+
+        let args: Args = parse_from(["imaged-test", "--config", config, "--limit", "9"]).unwrap();
+        assert_eq!(args.limit, 9, "the command line wins over the file");
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_errors() {
+        let file = write_config("limt = 7\n");
+        let config = file.path().to_str().unwrap();
+        let err = parse_from::<Args>(["imaged-test", "--config", config]).unwrap_err();
+        assert!(err.to_string().contains("unknown option \"limt\""), "{err}");
+
+        let file = write_config("limit = -1\n");
+        let config = file.path().to_str().unwrap();
+        assert!(parse_from::<Args>(["imaged-test", "--config", config]).is_err());
+        assert!(parse_from::<Args>(["imaged-test", "--limit", "many"]).is_err());
+    }
+
+    #[test]
+    fn resolve_creates_and_checks_the_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        let args: Args = parse_from(["imaged-test", "--root", root.to_str().unwrap()]).unwrap();
+        let config = args.common.resolve(Service::Events).unwrap();
+        assert!(config.data_dir.is_dir());
+        assert_eq!(
+            config.listen,
+            Endpoint::Unix(root.join("run").join("events.sock"))
+        );
+
+        // A root below a regular file cannot be created.
+        let file = dir.path().join("file");
+        std::fs::write(&file, b"x").unwrap();
+        let bad = file.join("root");
+        let args: Args = parse_from(["imaged-test", "--root", bad.to_str().unwrap()]).unwrap();
+        let err = args.common.resolve(Service::Events).unwrap_err();
+        assert!(format!("{err:#}").contains("is not usable"), "{err:#}");
+    }
+}

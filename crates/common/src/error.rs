@@ -1,0 +1,100 @@
+//! The one mapping from imaged's domain errors to gRPC status codes.
+//!
+//! Services return [`Error`]; the conversion to [`tonic::Status`] below is
+//! the only place that decides which code a failure gets.
+
+use tonic::{Code, Status};
+
+/// A failure a caller can act on, with the message it will read.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The thing asked for does not exist (`No such image: busybox:latest`).
+    #[error("{0}")]
+    NotFound(String),
+    /// The request itself is wrong: a bad reference, filter or archive.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// The request is well formed but the current state forbids it, for
+    /// example a delete conflict.
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// The thing to create exists already.
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// A limit was reached: disk full, a lagging subscriber.
+    #[error("{0}")]
+    ResourceExhausted(String),
+    /// A peer service or registry cannot be reached; retrying may help.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The registry refused our credentials or gave none.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// The registry knows who we are but forbids the action.
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// The operation ran out of time.
+    #[error("{0}")]
+    DeadlineExceeded(String),
+    /// A bug or an unexpected fault of our own (I/O on our own store).
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// The gRPC code this error is reported with.
+    pub fn code(&self) -> Code {
+        match self {
+            Error::NotFound(_) => Code::NotFound,
+            Error::InvalidArgument(_) => Code::InvalidArgument,
+            Error::FailedPrecondition(_) => Code::FailedPrecondition,
+            Error::AlreadyExists(_) => Code::AlreadyExists,
+            Error::ResourceExhausted(_) => Code::ResourceExhausted,
+            Error::Unavailable(_) => Code::Unavailable,
+            Error::Unauthenticated(_) => Code::Unauthenticated,
+            Error::PermissionDenied(_) => Code::PermissionDenied,
+            Error::DeadlineExceeded(_) => Code::DeadlineExceeded,
+            Error::Internal(_) => Code::Internal,
+        }
+    }
+
+    /// An internal error from any displayable cause.
+    pub fn internal(cause: impl std::fmt::Display) -> Self {
+        Error::Internal(cause.to_string())
+    }
+}
+
+impl From<Error> for Status {
+    fn from(err: Error) -> Self {
+        Status::new(err.code(), err.to_string())
+    }
+}
+
+impl From<std::io::Error> for Error {
+    /// I/O on our own stores: a full disk is the caller's limit to know
+    /// about, anything else is our fault.
+    fn from(err: std::io::Error) -> Self {
+        match err.raw_os_error() {
+            Some(libc::ENOSPC) | Some(libc::EDQUOT) => {
+                Error::ResourceExhausted(format!("no space left on device: {err}"))
+            }
+            _ => Error::Internal(err.to_string()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maps_codes_and_keeps_messages() {
+        let status: Status = Error::NotFound("No such image: x:latest".into()).into();
+        assert_eq!(status.code(), Code::NotFound);
+        assert_eq!(status.message(), "No such image: x:latest");
+        let full = std::io::Error::from_raw_os_error(libc::ENOSPC);
+        assert_eq!(Error::from(full).code(), Code::ResourceExhausted);
+        let other = std::io::Error::from_raw_os_error(libc::EIO);
+        assert_eq!(Error::from(other).code(), Code::Internal);
+    }
+}

@@ -1,0 +1,21 @@
+//! What all four imaged processes share.
+//!
+//! - [`config`]: flags, environment and an optional TOML file, and the root
+//!   directory every process keeps its data under.
+//! - [`endpoint`]: where a process listens or where a peer is reached
+//!   (Unix socket or TCP).
+//! - [`server`]: the one server bootstrap (health, reflection, tracing,
+//!   graceful shutdown).
+//! - [`telemetry`]: `tracing` logs, OpenTelemetry export, trace context
+//!   propagation.
+//! - [`peer`]: lazy, retrying clients to the other imaged services.
+//! - [`error`]: the one mapping from domain errors to gRPC status codes.
+
+pub mod config;
+pub mod endpoint;
+pub mod error;
+pub mod peer;
+pub mod server;
+pub mod telemetry;
+
+pub use error::Error;

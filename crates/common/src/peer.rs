@@ -1,0 +1,131 @@
+//! Clients to the other imaged services.
+//!
+//! A [`Peer`] connects lazily, so the four processes can start in any
+//! order, and [`Peer::call`] retries a call that could not reach the peer
+//! with backoff, then answers `UNAVAILABLE` naming the peer instead of
+//! hanging.
+
+use std::future::Future;
+use std::time::Duration;
+
+use hyper_util::rt::TokioIo;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Uri};
+use tonic::{Code, Status};
+
+use crate::config::Service;
+use crate::endpoint::Endpoint;
+use crate::telemetry;
+
+/// The channel type every generated client is built on: a lazy channel
+/// that carries the caller's trace context.
+pub type PeerChannel =
+    InterceptedService<Channel, fn(tonic::Request<()>) -> Result<tonic::Request<()>, Status>>;
+
+/// How long one connection attempt may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Delays between attempts to reach a peer that refused the connection.
+const BACKOFF: [Duration; 4] = [
+    Duration::from_millis(50),
+    Duration::from_millis(150),
+    Duration::from_millis(400),
+    Duration::from_millis(1000),
+];
+
+/// A lazily connected client channel to one imaged service.
+#[derive(Clone, Debug)]
+pub struct Peer {
+    service: Service,
+    endpoint: Endpoint,
+    channel: Channel,
+}
+
+impl Peer {
+    /// A channel to `service` at `endpoint`; nothing is dialled until the
+    /// first call.
+    pub fn new(service: Service, endpoint: Endpoint) -> anyhow::Result<Self> {
+        let channel = match &endpoint {
+            Endpoint::Unix(path) => {
+                let path = path.clone();
+                // The URI is required by tonic but unused: the connector dials the socket.
+                tonic::transport::Endpoint::from_static("http://localhost")
+                    .connect_timeout(CONNECT_TIMEOUT)
+                    .connect_with_connector_lazy(tower::service_fn(move |_: Uri| {
+                        let path = path.clone();
+                        async move {
+                            let stream = tokio::net::UnixStream::connect(path).await?;
+                            Ok::<_, std::io::Error>(TokioIo::new(stream))
+                        }
+                    }))
+            }
+            Endpoint::Tcp(addr) => {
+                tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+                    .connect_timeout(CONNECT_TIMEOUT)
+                    .connect_lazy()
+            }
+        };
+        Ok(Peer {
+            service,
+            endpoint,
+            channel,
+        })
+    }
+
+    /// Which service this peer is.
+    pub fn service(&self) -> Service {
+        self.service
+    }
+
+    /// A channel for a generated client; every request made on it carries
+    /// the current trace context.
+    pub fn channel(&self) -> PeerChannel {
+        InterceptedService::new(self.channel.clone(), inject_trace_context)
+    }
+
+    /// Runs `call` (one RPC on a fresh client built from [`Peer::channel`]),
+    /// retrying with backoff while the peer cannot be reached. A peer that
+    /// stays down yields `UNAVAILABLE` with the peer's name and address.
+    /// Errors the peer itself answered with are returned as they are.
+    pub async fn call<T, F, Fut>(&self, mut call: F) -> Result<T, Status>
+    where
+        F: FnMut(PeerChannel) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let mut delays = BACKOFF.iter();
+        loop {
+            match call(self.channel()).await {
+                Ok(response) => return Ok(response.into_inner()),
+                Err(status) if is_unreachable(&status) => match delays.next() {
+                    Some(delay) => {
+                        tracing::debug!(
+                            peer = self.service.process(),
+                            "peer unreachable, retrying"
+                        );
+                        tokio::time::sleep(*delay).await;
+                    }
+                    None => {
+                        return Err(Status::unavailable(format!(
+                            "{} is unavailable at {}: {}",
+                            self.service.process(),
+                            self.endpoint,
+                            status.message()
+                        )));
+                    }
+                },
+                Err(status) => return Err(status),
+            }
+        }
+    }
+}
+
+fn inject_trace_context(mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+    telemetry::inject_current(request.metadata_mut());
+    Ok(request)
+}
+
+/// Whether a status means the call never reached the peer: tonic reports
+/// connection failures as `UNAVAILABLE` with the transport error attached
+/// as its source, while a status the peer sent has no source.
+fn is_unreachable(status: &Status) -> bool {
+    status.code() == Code::Unavailable && std::error::Error::source(status).is_some()
+}

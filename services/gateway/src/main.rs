@@ -1,0 +1,30 @@
+//! imaged-gateway: the one public endpoint. It owns nothing on disk; it
+//! serves `imaged.v1` and orchestrates the calls that span services.
+
+mod images;
+mod peers;
+
+use clap::Parser;
+use imaged_api::v1::images_server::{ImagesServer, SERVICE_NAME};
+use imaged_common::config::{self, CommonArgs, PeerArgs, Service};
+use imaged_common::server;
+
+/// imaged-gateway: the public imaged.v1 API over the three internal services.
+#[derive(Parser, Debug)]
+#[command(name = "imaged-gateway", version)]
+struct Args {
+    #[command(flatten)]
+    common: CommonArgs,
+    #[command(flatten)]
+    peers: PeerArgs,
+}
+
+fn main() {
+    let args: Args = config::parse();
+    server::run_main(Service::Gateway, &args.common, |config| async move {
+        let peers = peers::Peers::new(&args.peers, &config.root)?;
+        let routes =
+            tonic::service::Routes::new(ImagesServer::new(images::ImagesService::new(peers)));
+        server::serve(&config, routes, &[SERVICE_NAME]).await
+    })
+}
