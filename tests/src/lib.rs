@@ -1,1 +1,32 @@
+//! The end-to-end harness: the four real imaged binaries on a temporary
+//! root, a real `docker-registry` on a free 127.0.0.1 port, and an OTLP
+//! collector to see traces. Everything started here is killed when its
+//! handle is dropped, so a failing test leaves nothing running.
 
+pub mod collector;
+pub mod processes;
+pub mod registry;
+
+pub use collector::Collector;
+pub use processes::{Imaged, ImagedBuilder, bin_dir};
+pub use registry::TestRegistry;
+
+/// A free TCP port on 127.0.0.1 (bound once, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free port on 127.0.0.1")
+}
+
+/// Makes the child die with the test process even if it is killed, by
+/// asking the kernel to SIGKILL the child when its parent goes.
+pub fn die_with_parent(command: &mut tokio::process::Command) {
+    // SAFETY: the closure only calls prctl, which is async-signal-safe.
+    unsafe {
+        command.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+}

@@ -5,6 +5,7 @@
 //! of them dies, the others are stopped and imaged-run exits non-zero,
 //! saying which one died and how.
 
+use std::io::Write;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
@@ -90,9 +91,13 @@ async fn run(args: Args) -> anyhow::Result<i32> {
     tokio::select! {
         result = ready => match result {
             Ok(()) => {
-                let gateway = Service::Gateway.default_socket(&root);
-                println!("imaged is ready; the gateway listens on unix://{}", gateway.display());
-                println!("try: grpcurl -plaintext -unix {} imaged.v1.Images/SystemInfo", gateway.display());
+                let gateway = Service::Gateway.default_socket(&root).display().to_string();
+                // Whoever reads our stdout may be gone; that must not stop imaged.
+                let _ = writeln!(
+                    std::io::stdout(),
+                    "imaged is ready; the gateway listens on unix://{gateway}\n\
+                     try: grpcurl -plaintext -unix {gateway} imaged.v1.Images/SystemInfo"
+                );
             }
             Err(err) => {
                 eprintln!("imaged-run: {err:#}; stopping");

@@ -1,0 +1,38 @@
+# imaged: `make run` starts the four processes; `make test` runs every test.
+
+CARGO ?= cargo
+ROOT ?= ./data
+
+.PHONY: run build test test-deps bench fmt lint clean
+
+## Build in release mode and start all four processes with stores under $(ROOT).
+run:
+	$(CARGO) build --release --workspace --bins
+	exec ./target/release/imaged-run --root $(ROOT)
+
+build:
+	$(CARGO) build --workspace --bins
+
+## Install what the tests need, build, and run every test.
+test: test-deps
+	$(CARGO) build --workspace --bins
+	$(CARGO) test --workspace
+
+test-deps:
+	./deploy/install-test-deps.sh
+
+## Benchmarks against the real processes (release build); prints tables.
+bench: test-deps
+	$(CARGO) build --release --workspace --bins
+	$(CARGO) bench --workspace
+
+fmt:
+	$(CARGO) fmt --all
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+clean:
+	$(CARGO) clean
+	rm -rf $(ROOT)

@@ -1,0 +1,78 @@
+//! A real OCI registry: Debian's `docker-registry` (CNCF Distribution).
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use tokio::process::{Child, Command};
+
+use crate::{die_with_parent, free_port};
+
+/// A registry on 127.0.0.1 with its storage in a temporary directory.
+pub struct TestRegistry {
+    /// `127.0.0.1:<port>`.
+    pub host: String,
+    _child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl TestRegistry {
+    /// Starts the registry and waits until it accepts connections.
+    pub async fn start() -> anyhow::Result<Self> {
+        let binary = registry_binary()?;
+        let dir = tempfile::tempdir()?;
+        let port = free_port();
+        let host = format!("127.0.0.1:{port}");
+        let config = dir.path().join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {host}\n",
+                dir.path().join("storage").display()
+            ),
+        )?;
+        let log = std::fs::File::create(dir.path().join("registry.log"))?;
+        let mut command = Command::new(&binary);
+        command
+            .arg("serve")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true);
+        die_with_parent(&mut command);
+        let mut child = command
+            .spawn()
+            .with_context(|| format!("cannot start {}", binary.display()))?;
+        for _ in 0..100 {
+            if tokio::net::TcpStream::connect(&host).await.is_ok() {
+                return Ok(TestRegistry {
+                    host,
+                    _child: child,
+                    _dir: dir,
+                });
+            }
+            if let Some(status) = child.try_wait()? {
+                let log = std::fs::read_to_string(dir.path().join("registry.log"))?;
+                bail!("docker-registry exited with {status}: {log}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        bail!("docker-registry did not listen on {host}")
+    }
+
+    /// A fixture client for pushing to this registry.
+    pub fn fixtures(&self) -> imaged_fixtures::Registry {
+        imaged_fixtures::Registry::new(&self.host)
+    }
+}
+
+fn registry_binary() -> anyhow::Result<PathBuf> {
+    for candidate in ["/usr/bin/docker-registry", "/usr/local/bin/docker-registry"] {
+        let path = PathBuf::from(candidate);
+        if path.exists() {
+            return Ok(path);
+        }
+    }
+    bail!("docker-registry is not installed: run `make test`, which installs it")
+}

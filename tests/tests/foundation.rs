@@ -1,0 +1,348 @@
+//! The foundation: four processes that start, talk and stop together.
+
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::time::Duration;
+
+use imaged_api::v1::SystemInfoRequest;
+use imaged_common::config::Service;
+use imaged_e2e::{Collector, Imaged, bin_dir};
+use tonic::Code;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_reflection::pb::v1::ServerReflectionRequest;
+use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+/// The full gRPC name each process serves besides health and reflection.
+fn own_service(service: Service) -> &'static str {
+    match service {
+        Service::Metadata => "imaged.v1.Metadata",
+        Service::Transfer => "imaged.v1.Transfer",
+        Service::Events => "imaged.v1.EventLog",
+        Service::Gateway => "imaged.v1.Images",
+    }
+}
+
+async fn reflection_list(imaged: &Imaged, service: Service) -> Vec<String> {
+    let mut client = ServerReflectionClient::new(imaged.channel(service));
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = client
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let response = responses.message().await.unwrap().unwrap();
+    match response.message_response {
+        Some(MessageResponse::ListServicesResponse(list)) => {
+            let mut names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+            names.sort();
+            names
+        }
+        other => panic!("unexpected reflection answer {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn system_info_gathers_all_three_services() {
+    let imaged = Imaged::start().await.unwrap();
+    let info = imaged
+        .images()
+        .system_info(SystemInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(info.images, 0);
+    assert_eq!(
+        (
+            info.max_concurrent_downloads,
+            info.max_concurrent_uploads,
+            info.max_download_attempts
+        ),
+        (3, 5, 5)
+    );
+    assert!(
+        ["overlay2", "vfs"].contains(&info.storage_driver.as_str()),
+        "{}",
+        info.storage_driver
+    );
+    assert_eq!(info.layer_store_status[0].key, "Backing Filesystem");
+    let log = info.event_log.expect("event log state");
+    assert_eq!(log.subscribers, 0);
+}
+
+#[tokio::test]
+async fn every_process_serves_health_and_reflection_on_a_0660_socket() {
+    let imaged = Imaged::start().await.unwrap();
+    for service in Service::ALL {
+        let socket = imaged.socket(service);
+        let meta = std::fs::metadata(&socket).unwrap();
+        assert!(meta.file_type().is_socket());
+        assert_eq!(
+            meta.permissions().mode() & 0o777,
+            0o660,
+            "{}",
+            socket.display()
+        );
+
+        let mut health = HealthClient::new(imaged.channel(service));
+        for name in ["", own_service(service)] {
+            let status = health
+                .check(HealthCheckRequest {
+                    service: name.to_string(),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .status;
+            assert_eq!(
+                status,
+                ServingStatus::Serving as i32,
+                "{service:?} {name:?}"
+            );
+        }
+        let unknown = health
+            .check(HealthCheckRequest {
+                service: "no.such.Service".into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(unknown.code(), Code::NotFound);
+
+        let listed = reflection_list(&imaged, service).await;
+        let mut expected = vec![
+            "grpc.health.v1.Health".to_string(),
+            "grpc.reflection.v1.ServerReflection".to_string(),
+            "grpc.reflection.v1alpha.ServerReflection".to_string(),
+            own_service(service).to_string(),
+        ];
+        expected.sort();
+        assert_eq!(listed, expected, "{service:?}");
+    }
+}
+
+#[tokio::test]
+async fn reflection_describes_the_public_api() {
+    let imaged = Imaged::start().await.unwrap();
+    let mut client = ServerReflectionClient::new(imaged.channel(Service::Gateway));
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::FileContainingSymbol(
+            "imaged.v1.Images".to_string(),
+        )),
+    };
+    let mut responses = client
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let response = responses.message().await.unwrap().unwrap();
+    let Some(MessageResponse::FileDescriptorResponse(files)) = response.message_response else {
+        panic!("no descriptor for imaged.v1.Images");
+    };
+    let all: Vec<u8> = files.file_descriptor_proto.concat();
+    let text = String::from_utf8_lossy(&all);
+    assert!(text.contains("SystemInfo"), "descriptor lacks SystemInfo");
+    assert!(text.contains("imaged/v1/images.proto"));
+}
+
+#[tokio::test]
+async fn one_trace_spans_all_four_processes() {
+    let collector = Collector::start().await.unwrap();
+    let mut imaged = Imaged::builder()
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &collector.endpoint())
+        .start()
+        .await
+        .unwrap();
+    imaged
+        .images()
+        .system_info(SystemInfoRequest {})
+        .await
+        .unwrap();
+    // Stopping flushes every process's exporter.
+    imaged.terminate_all().await.unwrap();
+
+    let spans = collector.spans();
+    let root = spans
+        .iter()
+        .find(|s| s.service == "imaged-gateway" && s.name.contains("SystemInfo"))
+        .unwrap_or_else(|| panic!("no gateway SystemInfo span in {spans:#?}"));
+    let mut services: Vec<&str> = spans
+        .iter()
+        .filter(|s| s.trace_id == root.trace_id)
+        .map(|s| s.service.as_str())
+        .collect();
+    services.sort();
+    services.dedup();
+    assert_eq!(
+        services,
+        vec![
+            "imaged-events",
+            "imaged-gateway",
+            "imaged-metadata",
+            "imaged-transfer"
+        ],
+        "spans: {spans:#?}"
+    );
+}
+
+#[tokio::test]
+async fn a_peer_that_is_down_is_unavailable_by_name_and_comes_back() {
+    let mut imaged = Imaged::start().await.unwrap();
+    imaged.kill(Service::Events).await;
+    let err = tokio::time::timeout(
+        Duration::from_secs(30),
+        imaged.images().system_info(SystemInfoRequest {}),
+    )
+    .await
+    .expect("SystemInfo hung while imaged-events was down")
+    .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable);
+    assert!(err.message().contains("imaged-events"), "{}", err.message());
+
+    // The stale socket of the killed process is replaced on restart, and
+    // the gateway reconnects on its own.
+    assert!(imaged.socket(Service::Events).exists());
+    imaged.start_service(Service::Events).await.unwrap();
+    imaged
+        .images()
+        .system_info(SystemInfoRequest {})
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn processes_start_in_any_order() {
+    let mut imaged = Imaged::builder()
+        .only(&[Service::Gateway])
+        .start()
+        .await
+        .unwrap();
+    let err = imaged
+        .images()
+        .system_info(SystemInfoRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable);
+    for service in [Service::Transfer, Service::Metadata, Service::Events] {
+        imaged.start_service(service).await.unwrap();
+    }
+    let info = imaged
+        .images()
+        .system_info(SystemInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(info.max_concurrent_downloads, 3);
+}
+
+#[tokio::test]
+async fn sigterm_stops_a_process_cleanly_and_removes_its_socket() {
+    let mut imaged = Imaged::start().await.unwrap();
+    let status = imaged.terminate(Service::Metadata).await.unwrap();
+    assert!(status.success(), "{status}");
+    assert!(!imaged.socket(Service::Metadata).exists());
+}
+
+#[tokio::test]
+async fn a_socket_in_use_by_a_live_process_is_refused() {
+    let imaged = Imaged::start().await.unwrap();
+    let output = imaged.command(Service::Events).output().await.unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("in use by a live process"), "{stderr}");
+    // A second metadata process on the same root cannot take the store.
+    let output = imaged.command(Service::Metadata).output().await.unwrap();
+    assert!(!output.status.success());
+    // The first one still serves.
+    imaged
+        .images()
+        .system_info(SystemInfoRequest {})
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn limits_come_from_flags_environment_and_a_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("transfer.toml");
+    std::fs::write(
+        &config,
+        "max-concurrent-downloads = 7\nmax_concurrent_uploads = 2\nmax-download-attempts = 4\n",
+    )
+    .unwrap();
+    let imaged = Imaged::builder()
+        .arg(Service::Transfer, &format!("--config={}", config.display()))
+        .arg(Service::Transfer, "--max-download-attempts=9")
+        .env("IMAGED_MAX_CONCURRENT_UPLOADS", "6")
+        .start()
+        .await
+        .unwrap();
+    let info = imaged
+        .images()
+        .system_info(SystemInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    // File for downloads; environment beats the file; the flag beats both.
+    assert_eq!(
+        (
+            info.max_concurrent_downloads,
+            info.max_concurrent_uploads,
+            info.max_download_attempts
+        ),
+        (7, 6, 9)
+    );
+}
+
+async fn run_fails(args: &[&str], expect: &str) {
+    let output = tokio::process::Command::new(bin_dir().join("imaged-transfer"))
+        .args(args)
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{args:?} started: {stderr}");
+    assert!(stderr.contains(expect), "{args:?}: {stderr}");
+}
+
+#[tokio::test]
+async fn bad_configuration_exits_non_zero_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let root_arg = format!("--root={}", root.display());
+    run_fails(
+        &[&root_arg, "--max-concurrent-downloads=-1"],
+        "invalid value '-1'",
+    )
+    .await;
+    run_fails(
+        &[&root_arg, "--max-download-attempts=0"],
+        "invalid value '0'",
+    )
+    .await;
+    run_fails(&[&root_arg, "--listen=http://x:1"], "unsupported address").await;
+
+    let file = dir.path().join("file");
+    std::fs::write(&file, b"not a directory").unwrap();
+    let bad_root = format!("--root={}", file.join("root").display());
+    run_fails(&[&bad_root], "is not usable").await;
+
+    let config = dir.path().join("bad.toml");
+    std::fs::write(&config, "max-concurent-downloads = 3\n").unwrap();
+    let config_arg = format!("--config={}", config.display());
+    run_fails(
+        &[&root_arg, &config_arg],
+        "unknown option \"max-concurent-downloads\"",
+    )
+    .await;
+    run_fails(
+        &[&root_arg, "--config=/nonexistent/imaged.toml"],
+        "cannot read config file",
+    )
+    .await;
+}
