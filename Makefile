@@ -24,7 +24,7 @@ test-deps:
 ## Benchmarks against the real processes (release build); prints tables.
 bench: test-deps
 	$(CARGO) build --release --workspace --bins
-	$(CARGO) bench --workspace
+	$(CARGO) bench --workspace --benches
 
 fmt:
 	$(CARGO) fmt --all
