@@ -9,11 +9,13 @@
 //! - [`telemetry`]: `tracing` logs, OpenTelemetry export, trace context
 //!   propagation.
 //! - [`peer`]: lazy, retrying clients to the other imaged services.
+//! - [`events`]: publishing events to imaged-events, buffered while it is down.
 //! - [`error`]: the one mapping from domain errors to gRPC status codes.
 
 pub mod config;
 pub mod endpoint;
 pub mod error;
+pub mod events;
 pub mod peer;
 pub mod server;
 pub mod telemetry;

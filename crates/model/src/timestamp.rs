@@ -29,6 +29,11 @@ pub fn parse(value: &str, now: DateTime<Utc>) -> Result<UnixNanos, Error> {
     }
 }
 
+/// The current time in nanoseconds since the epoch.
+pub fn now_nanos() -> UnixNanos {
+    nanos(Utc::now())
+}
+
 /// [`parse`] relative to the current time.
 pub fn parse_now(value: &str) -> Result<UnixNanos, Error> {
     parse(value, Utc::now())

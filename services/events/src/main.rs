@@ -1,5 +1,7 @@
 //! imaged-events: the record of every image action, live and replayable.
 
+mod filter;
+mod log;
 mod service;
 
 use clap::Parser;
@@ -13,13 +15,16 @@ use imaged_common::server;
 struct Args {
     #[command(flatten)]
     common: CommonArgs,
+    #[command(flatten)]
+    log: log::LogArgs,
 }
 
 fn main() {
     let args: Args = config::parse();
     server::run_main(Service::Events, &args.common, |config| async move {
+        let log = log::EventLog::open(&config.data_dir, &args.log)?;
         let routes =
-            tonic::service::Routes::new(EventLogServer::new(service::EventLogService::default()));
+            tonic::service::Routes::new(EventLogServer::new(service::EventLogService::new(log)));
         server::serve(&config, routes, &[SERVICE_NAME]).await
     })
 }

@@ -1,11 +1,13 @@
 //! imaged-gateway: the one public endpoint. It owns nothing on disk; it
 //! serves `imaged.v1` and orchestrates the calls that span services.
 
+mod events;
 mod images;
 mod peers;
 
 use clap::Parser;
-use imaged_api::v1::images_server::{ImagesServer, SERVICE_NAME};
+use imaged_api::v1::events_server::{self, EventsServer};
+use imaged_api::v1::images_server::{self, ImagesServer};
 use imaged_common::config::{self, CommonArgs, PeerArgs, Service};
 use imaged_common::server;
 
@@ -23,8 +25,15 @@ fn main() {
     let args: Args = config::parse();
     server::run_main(Service::Gateway, &args.common, |config| async move {
         let peers = peers::Peers::new(&args.peers, &config.root)?;
-        let routes =
-            tonic::service::Routes::new(ImagesServer::new(images::ImagesService::new(peers)));
-        server::serve(&config, routes, &[SERVICE_NAME]).await
+        let routes = tonic::service::Routes::new(ImagesServer::new(images::ImagesService::new(
+            peers.clone(),
+        )))
+        .add_service(EventsServer::new(events::EventsService::new(peers)));
+        server::serve(
+            &config,
+            routes,
+            &[images_server::SERVICE_NAME, events_server::SERVICE_NAME],
+        )
+        .await
     })
 }

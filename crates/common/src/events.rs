@@ -1,0 +1,200 @@
+//! The producer side of the event log: every imaged process that changes
+//! images publishes through a [`Publisher`].
+//!
+//! Publishing never waits for imaged-events: events go into a bounded
+//! in-memory queue and a background task delivers them in order, retrying
+//! with backoff while imaged-events is down. Each event carries this
+//! producer's name and a sequence number, so a batch re-sent after a lost
+//! answer is logged once.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use imaged_api::v1::event_log_client::EventLogClient;
+use imaged_api::v1::{Actor, Event, PublishRequest};
+use tokio::sync::Notify;
+
+use crate::peer::Peer;
+
+/// Events held while imaged-events is unreachable; beyond this the oldest
+/// are dropped, with a warning saying how many.
+pub const DEFAULT_CAPACITY: usize = 10_000;
+/// Events sent in one Publish call.
+const BATCH: usize = 500;
+
+/// A queued event and its producer sequence number.
+struct Queued {
+    source_sequence: u64,
+    event: Event,
+}
+
+struct Inner {
+    source: String,
+    queue: Mutex<VecDeque<Queued>>,
+    capacity: usize,
+    next_sequence: AtomicU64,
+    dropped: AtomicU64,
+    wake: Notify,
+    drained: Notify,
+}
+
+/// Publishes events to imaged-events; cheap to clone.
+#[derive(Clone)]
+pub struct Publisher {
+    inner: Arc<Inner>,
+}
+
+impl Publisher {
+    /// Starts delivering to `peer` (imaged-events) as `process`, holding at
+    /// most `capacity` undelivered events.
+    pub fn start(peer: Peer, process: &str, capacity: usize) -> Self {
+        // A new name each run: a restarted producer starts its numbers over.
+        let run = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        let inner = Arc::new(Inner {
+            source: format!("{process}/{run:x}-{}", std::process::id()),
+            queue: Mutex::new(VecDeque::new()),
+            capacity: capacity.max(1),
+            next_sequence: AtomicU64::new(1),
+            dropped: AtomicU64::new(0),
+            wake: Notify::new(),
+            drained: Notify::new(),
+        });
+        tokio::spawn(deliver(peer, inner.clone()));
+        Publisher { inner }
+    }
+
+    /// Queues an image event: `action` on `actor_id`, attributes the
+    /// image's labels and then `name` (so `name` wins, as in Docker).
+    pub fn image(
+        &self,
+        action: &str,
+        actor_id: &str,
+        labels: &BTreeMap<String, String>,
+        name: Option<&str>,
+    ) {
+        let mut attributes: std::collections::HashMap<String, String> =
+            labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        if let Some(name) = name {
+            attributes.insert("name".into(), name.into());
+        }
+        self.publish(Event {
+            sequence: 0,
+            r#type: "image".into(),
+            action: action.into(),
+            actor: Some(Actor {
+                id: actor_id.into(),
+                attributes,
+            }),
+            scope: "local".into(),
+            time_nano: now_nanos(),
+        });
+    }
+
+    /// Queues any event.
+    pub fn publish(&self, event: Event) {
+        let mut queue = self.inner.queue.lock().unwrap_or_else(|p| p.into_inner());
+        let source_sequence = self.inner.next_sequence.fetch_add(1, Ordering::Relaxed);
+        if queue.len() >= self.inner.capacity {
+            queue.pop_front();
+            let dropped = self.inner.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            tracing::warn!(
+                dropped,
+                "imaged-events unreachable and the event queue is full: dropped the oldest event"
+            );
+        }
+        queue.push_back(Queued {
+            source_sequence,
+            event,
+        });
+        drop(queue);
+        self.inner.wake.notify_one();
+    }
+
+    /// Events not yet delivered.
+    pub fn pending(&self) -> usize {
+        self.inner.queue.lock().map(|q| q.len()).unwrap_or(0)
+    }
+
+    /// Waits until every queued event is delivered or `timeout` passes;
+    /// returns whether the queue is empty. Called before shutting down.
+    pub async fn flush(&self, timeout: Duration) -> bool {
+        let wait = async {
+            loop {
+                let drained = self.inner.drained.notified();
+                if self.pending() == 0 {
+                    return;
+                }
+                drained.await;
+            }
+        };
+        tokio::time::timeout(timeout, wait).await.is_ok()
+    }
+}
+
+async fn deliver(peer: Peer, inner: Arc<Inner>) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let wake = inner.wake.notified();
+        let (first, events) = {
+            let queue = inner.queue.lock().unwrap_or_else(|p| p.into_inner());
+            match queue.front() {
+                None => (0, Vec::new()),
+                Some(front) => (
+                    front.source_sequence,
+                    queue.iter().take(BATCH).map(|q| q.event.clone()).collect(),
+                ),
+            }
+        };
+        if events.is_empty() {
+            inner.drained.notify_waiters();
+            wake.await;
+            continue;
+        }
+        let count = events.len();
+        let request = PublishRequest {
+            source: inner.source.clone(),
+            first_source_sequence: first,
+            events,
+        };
+        let sent = peer
+            .call(|channel| {
+                let request = request.clone();
+                async move { EventLogClient::new(channel).publish(request).await }
+            })
+            .await;
+        match sent {
+            Ok(_) => {
+                backoff = Duration::from_millis(100);
+                let mut queue = inner.queue.lock().unwrap_or_else(|p| p.into_inner());
+                // Only what was sent: newer events may have been queued, and
+                // older ones may have been dropped for space meanwhile.
+                while queue
+                    .front()
+                    .is_some_and(|q| q.source_sequence < first + count as u64)
+                {
+                    queue.pop_front();
+                }
+            }
+            Err(status) => {
+                tracing::warn!(
+                    "cannot deliver events, retrying in {backoff:?}: {}",
+                    status.message()
+                );
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+}
+
+fn now_nanos() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or_default()
+}
