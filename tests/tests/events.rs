@@ -231,14 +231,16 @@ async fn a_slow_subscriber_is_cut_off_while_a_fast_one_gets_everything() {
     let mut slow = subscribe(&imaged, &[], "", "").await;
     wait_subscribers(&imaged, 2).await;
 
-    // Enough to overflow every buffer on the way (two HTTP/2 windows of
-    // about 1 MiB each) as well as the backlog.
-    let total = 60_000u64;
+    // Large events (1 KiB each), and enough of them to overflow every
+    // buffer on the way (HTTP/2 windows and send buffers, a few MiB) as
+    // well as the backlog.
+    let padding = "p".repeat(1024);
+    let total = 30_000u64;
     let batch = 500u64;
     let mut received = 0u64;
     for first in (1..=total).step_by(batch as usize) {
         let events = (0..batch)
-            .map(|_| event("tag", "sha256:x", "x:1", &[]))
+            .map(|_| event("tag", "sha256:x", "x:1", &[("padding", padding.as_str())]))
             .collect();
         publish(&imaged, "flood", first, events).await;
         // The fast subscriber keeps up with each batch.
@@ -251,10 +253,11 @@ async fn a_slow_subscriber_is_cut_off_while_a_fast_one_gets_everything() {
 
     let mut slow_got = 0;
     let status = loop {
-        match tokio::time::timeout(Duration::from_secs(10), slow.message())
-            .await
-            .unwrap()
-        {
+        let Ok(message) = tokio::time::timeout(Duration::from_secs(10), slow.message()).await
+        else {
+            panic!("slow subscriber stuck after {slow_got} events");
+        };
+        match message {
             Ok(Some(_)) => slow_got += 1,
             Ok(None) => panic!("slow stream ended without an error"),
             Err(status) => break status,

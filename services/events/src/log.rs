@@ -395,4 +395,33 @@ mod tests {
         // Paging reads only what was asked.
         assert_eq!(log.read(8, 12, 2).unwrap().len(), 2);
     }
+
+    #[tokio::test]
+    async fn a_receiver_that_does_not_read_lags() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = EventLog::open(
+            dir.path(),
+            &LogArgs {
+                max_events: 100_000,
+                max_bytes: 1 << 30,
+                subscriber_backlog: 2048,
+            },
+        )
+        .unwrap();
+        let mut rx = log.subscribe();
+        for i in 0..10u64 {
+            let events = (0..500)
+                .map(|_| Event {
+                    r#type: "image".into(),
+                    action: "tag".into(),
+                    ..Default::default()
+                })
+                .collect();
+            log.append("s".into(), i * 500 + 1, events).await.unwrap();
+        }
+        assert!(matches!(
+            rx.recv().await,
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_))
+        ));
+    }
 }
