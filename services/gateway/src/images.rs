@@ -4,10 +4,7 @@ use imaged_api::v1::event_log_client::EventLogClient;
 use imaged_api::v1::images_server::Images;
 use imaged_api::v1::metadata_client::MetadataClient;
 use imaged_api::v1::transfer_client::TransferClient;
-use imaged_api::v1::{
-    EventLogInfoRequest, MetadataInfoRequest, SystemInfoRequest, SystemInfoResponse,
-    TransferInfoRequest,
-};
+use imaged_api::v1::*;
 use tonic::{Request, Response, Status};
 
 use crate::peers::Peers;
@@ -55,5 +52,159 @@ impl Images for ImagesService {
             max_download_attempts: transfer.max_download_attempts,
             event_log: Some(events),
         }))
+    }
+
+    /// Docker: Images.
+    async fn list_images(
+        &self,
+        request: Request<ListImagesRequest>,
+    ) -> Result<Response<ListImagesResponse>, Status> {
+        let request = request.into_inner();
+        let answer = self
+            .peers
+            .metadata
+            .call(|ch| {
+                let request = request.clone();
+                async move { MetadataClient::new(ch).list_images(request).await }
+            })
+            .await?;
+        Ok(Response::new(answer))
+    }
+
+    /// Docker: ImageInspect, GetImage.
+    async fn inspect_image(
+        &self,
+        request: Request<InspectImageRequest>,
+    ) -> Result<Response<ImageInspect>, Status> {
+        let request = request.into_inner();
+        let answer = self
+            .peers
+            .metadata
+            .call(|ch| {
+                let request = request.clone();
+                async move { MetadataClient::new(ch).inspect_image(request).await }
+            })
+            .await?;
+        Ok(Response::new(answer))
+    }
+
+    /// Docker: ImageHistory.
+    async fn image_history(
+        &self,
+        request: Request<ImageHistoryRequest>,
+    ) -> Result<Response<ImageHistoryResponse>, Status> {
+        let request = request.into_inner();
+        let answer = self
+            .peers
+            .metadata
+            .call(|ch| {
+                let request = request.clone();
+                async move { MetadataClient::new(ch).image_history(request).await }
+            })
+            .await?;
+        Ok(Response::new(answer))
+    }
+
+    /// Docker: TagImage.
+    async fn tag_image(
+        &self,
+        request: Request<TagImageRequest>,
+    ) -> Result<Response<TagImageResponse>, Status> {
+        let request = request.into_inner();
+        let answer = self
+            .peers
+            .metadata
+            .call(|ch| {
+                let request = request.clone();
+                async move { MetadataClient::new(ch).tag_image(request).await }
+            })
+            .await?;
+        Ok(Response::new(answer))
+    }
+
+    /// Docker: ImageDelete.
+    async fn remove_image(
+        &self,
+        request: Request<RemoveImageRequest>,
+    ) -> Result<Response<RemoveImageResponse>, Status> {
+        let request = request.into_inner();
+        let answer = self
+            .peers
+            .metadata
+            .call(|ch| {
+                let request = request.clone();
+                async move { MetadataClient::new(ch).remove_image(request).await }
+            })
+            .await?;
+        Ok(Response::new(answer))
+    }
+
+    /// Docker: ImagesPrune.
+    async fn prune_images(
+        &self,
+        request: Request<PruneImagesRequest>,
+    ) -> Result<Response<PruneImagesResponse>, Status> {
+        let request = request.into_inner();
+        let answer = self
+            .peers
+            .metadata
+            .call(|ch| {
+                let request = request.clone();
+                async move { MetadataClient::new(ch).prune_images(request).await }
+            })
+            .await?;
+        Ok(Response::new(answer))
+    }
+
+    /// Docker: Children.
+    async fn image_children(
+        &self,
+        request: Request<ImageChildrenRequest>,
+    ) -> Result<Response<ImageChildrenResponse>, Status> {
+        let request = request.into_inner();
+        let answer = self
+            .peers
+            .metadata
+            .call(|ch| {
+                let request = request.clone();
+                async move { MetadataClient::new(ch).image_children(request).await }
+            })
+            .await?;
+        Ok(Response::new(answer))
+    }
+
+    /// Docker: CreateImage.
+    async fn create_image(
+        &self,
+        request: Request<CreateImageRequest>,
+    ) -> Result<Response<CreateImageResponse>, Status> {
+        let request = request.into_inner();
+        let answer = self
+            .peers
+            .metadata
+            .call(|ch| {
+                let request = request.clone();
+                async move { MetadataClient::new(ch).create_image(request).await }
+            })
+            .await?;
+        Ok(Response::new(answer))
+    }
+
+    /// Docker: ImageDiskUsage. Image and layer sizes from metadata (which
+    /// has them from the layer store).
+    async fn disk_usage(
+        &self,
+        _request: Request<DiskUsageRequest>,
+    ) -> Result<Response<DiskUsageResponse>, Status> {
+        let answer = self
+            .peers
+            .metadata
+            .call(|ch| async move {
+                MetadataClient::new(ch)
+                    .disk_usage(DiskUsageRequest {})
+                    .await
+            })
+            .await?;
+        Ok(Response::new(answer))
     }
 }

@@ -1,11 +1,24 @@
 //! imaged-metadata: the owner of images, references and container records.
 
+mod create;
+mod delete;
+mod image_config;
+mod images;
+mod inspect;
+mod list;
+mod resolve;
 mod service;
 mod store;
+mod tag;
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use clap::Parser;
 use imaged_api::v1::metadata_server::{MetadataServer, SERVICE_NAME};
 use imaged_common::config::{self, CommonArgs, PeerArgs, Service};
+use imaged_common::events::{DEFAULT_CAPACITY, Publisher};
+use imaged_common::peer::Peer;
 use imaged_common::server;
 
 /// imaged-metadata: images, references (tags and digests), parent/child
@@ -22,9 +35,33 @@ struct Args {
 fn main() {
     let args: Args = config::parse();
     server::run_main(Service::Metadata, &args.common, |config| async move {
-        let store = store::Store::open(&config.data_dir)?;
+        let store = tokio::task::block_in_place(|| store::Store::open(&config.data_dir))?;
+        let events = Publisher::start(
+            Peer::new(
+                Service::Events,
+                args.peers.endpoint(Service::Events, &config.root),
+            )?,
+            Service::Metadata.process(),
+            DEFAULT_CAPACITY,
+        );
+        let images = Arc::new(images::Images {
+            store,
+            transfer: Peer::new(
+                Service::Transfer,
+                args.peers.endpoint(Service::Transfer, &config.root),
+            )?,
+            events: events.clone(),
+            prune_lock: tokio::sync::Mutex::new(()),
+        });
         let routes =
-            tonic::service::Routes::new(MetadataServer::new(service::MetadataService::new(store)));
-        server::serve(&config, routes, &[SERVICE_NAME]).await
+            tonic::service::Routes::new(MetadataServer::new(service::MetadataService::new(images)));
+        let served = server::serve(&config, routes, &[SERVICE_NAME]).await;
+        if !events.flush(Duration::from_secs(2)).await {
+            tracing::warn!(
+                pending = events.pending(),
+                "stopping with events not yet delivered to imaged-events"
+            );
+        }
+        served
     })
 }

@@ -1,22 +1,36 @@
-//! The `imaged.v1.Metadata` gRPC service.
+//! The `imaged.v1.Metadata` gRPC service: request in, the operation's
+//! module, answer out.
 
 use std::sync::Arc;
 
-use imaged_api::v1::{MetadataInfoRequest, MetadataInfoResponse, metadata_server::Metadata};
+use imaged_api::v1::metadata_server::Metadata;
+use imaged_api::v1::*;
+use imaged_common::Error;
 use tonic::{Request, Response, Status};
 
-use crate::store::Store;
+use crate::images::Images;
+use crate::resolve::{get_image, platform};
+use crate::store::Container;
+use crate::{create, delete, inspect, list, tag};
 
-/// Serves the metadata contract over the store.
+/// Serves the metadata contract.
 pub struct MetadataService {
-    store: Arc<Store>,
+    images: Arc<Images>,
 }
 
 impl MetadataService {
-    pub fn new(store: Store) -> Self {
-        MetadataService {
-            store: Arc::new(store),
-        }
+    pub fn new(images: Arc<Images>) -> Self {
+        MetadataService { images }
+    }
+
+    /// Runs a blocking store operation off the async workers' hot path.
+    fn blocking<T>(
+        &self,
+        f: impl FnOnce(&Images) -> Result<T, Error>,
+    ) -> Result<Response<T>, Status> {
+        tokio::task::block_in_place(|| f(&self.images))
+            .map(Response::new)
+            .map_err(Status::from)
     }
 }
 
@@ -24,12 +38,164 @@ impl MetadataService {
 impl Metadata for MetadataService {
     async fn info(
         &self,
-        _request: Request<MetadataInfoRequest>,
+        _: Request<MetadataInfoRequest>,
     ) -> Result<Response<MetadataInfoResponse>, Status> {
-        let store = self.store.clone();
-        let images = tokio::task::spawn_blocking(move || store.image_count())
-            .await
-            .map_err(|e| Status::internal(e.to_string()))??;
+        let images = self.images.store.read().image_count() as u64;
         Ok(Response::new(MetadataInfoResponse { images }))
+    }
+
+    async fn list_images(
+        &self,
+        request: Request<ListImagesRequest>,
+    ) -> Result<Response<ListImagesResponse>, Status> {
+        let request = request.into_inner();
+        self.blocking(|images| {
+            let index = images.store.read();
+            Ok(ListImagesResponse {
+                images: list::list(&index, &request)?,
+            })
+        })
+    }
+
+    async fn inspect_image(
+        &self,
+        request: Request<InspectImageRequest>,
+    ) -> Result<Response<ImageInspect>, Status> {
+        let request = request.into_inner();
+        let platform = platform(request.platform.as_ref())?;
+        let index = self.images.store.read();
+        Ok(Response::new(inspect::inspect(
+            &index,
+            &request.image,
+            platform.as_ref(),
+        )?))
+    }
+
+    async fn image_history(
+        &self,
+        request: Request<ImageHistoryRequest>,
+    ) -> Result<Response<ImageHistoryResponse>, Status> {
+        let request = request.into_inner();
+        let platform = platform(request.platform.as_ref())?;
+        let index = self.images.store.read();
+        let items = inspect::history(&index, &request.image, platform.as_ref())?;
+        Ok(Response::new(ImageHistoryResponse { items }))
+    }
+
+    async fn tag_image(
+        &self,
+        request: Request<TagImageRequest>,
+    ) -> Result<Response<TagImageResponse>, Status> {
+        let request = request.into_inner();
+        self.blocking(|images| {
+            let mut events = Vec::new();
+            images
+                .store
+                .update(|tx| tag::tag(tx, &request.source, &request.target, &mut events))?;
+            images.publish(events);
+            Ok(TagImageResponse {})
+        })
+    }
+
+    async fn remove_image(
+        &self,
+        request: Request<RemoveImageRequest>,
+    ) -> Result<Response<RemoveImageResponse>, Status> {
+        let request = request.into_inner();
+        let prune = request.prune_children.unwrap_or(true);
+        self.blocking(|images| {
+            let mut events = Vec::new();
+            let items = images.store.update(|tx| {
+                delete::remove(tx, &request.image, request.force, prune, &mut events)
+            })?;
+            images.publish(events);
+            Ok(RemoveImageResponse { items })
+        })
+    }
+
+    async fn prune_images(
+        &self,
+        request: Request<PruneImagesRequest>,
+    ) -> Result<Response<PruneImagesResponse>, Status> {
+        let request = request.into_inner();
+        let Ok(_running) = self.images.prune_lock.try_lock() else {
+            return Err(
+                Error::FailedPrecondition("a prune operation is already running".into()).into(),
+            );
+        };
+        self.blocking(|images| {
+            let mut events = Vec::new();
+            let (deleted, space_reclaimed) = images
+                .store
+                .update(|tx| delete::prune(tx, &request.filters, &mut events))?;
+            images.publish(events);
+            Ok(PruneImagesResponse {
+                deleted,
+                space_reclaimed,
+            })
+        })
+    }
+
+    async fn image_children(
+        &self,
+        request: Request<ImageChildrenRequest>,
+    ) -> Result<Response<ImageChildrenResponse>, Status> {
+        let index = self.images.store.read();
+        let ids = inspect::children(&index, &request.get_ref().image)?;
+        Ok(Response::new(ImageChildrenResponse { ids }))
+    }
+
+    async fn create_image(
+        &self,
+        request: Request<CreateImageRequest>,
+    ) -> Result<Response<CreateImageResponse>, Status> {
+        let request = request.into_inner();
+        let id = create::create(&self.images, request.config, &request.parent).await?;
+        Ok(Response::new(CreateImageResponse { id }))
+    }
+
+    async fn disk_usage(
+        &self,
+        _: Request<DiskUsageRequest>,
+    ) -> Result<Response<DiskUsageResponse>, Status> {
+        self.blocking(|images| Ok(list::disk_usage(&images.store.read())))
+    }
+
+    async fn set_container(
+        &self,
+        request: Request<SetContainerRequest>,
+    ) -> Result<Response<SetContainerResponse>, Status> {
+        let request = request.into_inner();
+        if request.container_id.is_empty() {
+            return Err(Error::InvalidArgument("container ID cannot be empty".into()).into());
+        }
+        self.blocking(|images| {
+            let image_id = images.store.update(|tx| {
+                let image_id = get_image(tx.index(), &request.image, None)?.id.to_string();
+                tx.put_container(
+                    &request.container_id,
+                    Container {
+                        image_id: image_id.clone(),
+                        running: request.running,
+                    },
+                );
+                Ok(image_id)
+            })?;
+            Ok(SetContainerResponse { image_id })
+        })
+    }
+
+    async fn remove_container(
+        &self,
+        request: Request<RemoveContainerRequest>,
+    ) -> Result<Response<RemoveContainerResponse>, Status> {
+        let request = request.into_inner();
+        self.blocking(|images| {
+            images.store.update(|tx| {
+                tx.delete_container(&request.container_id);
+                Ok(())
+            })?;
+            Ok(RemoveContainerResponse {})
+        })
     }
 }

@@ -1,8 +1,10 @@
 //! The `imaged.v1.Transfer` gRPC service.
 
 use imaged_api::v1::{
-    KeyValue, TransferInfoRequest, TransferInfoResponse, transfer_server::Transfer,
+    GetLayersRequest, GetLayersResponse, KeyValue, TransferInfoRequest, TransferInfoResponse,
+    transfer_server::Transfer,
 };
+use imaged_common::Error;
 use tonic::{Request, Response, Status};
 
 use crate::driver::Driver;
@@ -39,5 +41,20 @@ impl Transfer for TransferService {
             max_concurrent_uploads: self.limits.max_concurrent_uploads(),
             max_download_attempts: self.limits.max_download_attempts(),
         }))
+    }
+
+    /// The layer store holds no layers until pulls, loads and imports
+    /// register them, so every chain asked for is missing.
+    async fn get_layers(
+        &self,
+        request: Request<GetLayersRequest>,
+    ) -> Result<Response<GetLayersResponse>, Status> {
+        match request.get_ref().chain_ids.first() {
+            None => Ok(Response::new(GetLayersResponse { layers: Vec::new() })),
+            Some(chain_id) => Err(Error::NotFound(format!(
+                "failed to get layer {chain_id}: layer does not exist"
+            ))
+            .into()),
+        }
     }
 }

@@ -1,0 +1,351 @@
+//! Docker's ImageDelete (`docker rmi`) and ImagesPrune.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use imaged_api::v1::DeleteItem;
+use imaged_api::v1::delete_item::Item;
+use imaged_common::Error;
+use imaged_model::Reference;
+use imaged_model::filters::{Filters, label_matches};
+use imaged_model::timestamp;
+
+use crate::images::PendingEvent;
+use crate::resolve::{get_image, is_id_prefix};
+use crate::store::{Image, Index, Tx};
+
+/// What stands in the way of deleting an image, in the order checked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Conflict {
+    /// Hard: another image has it as parent.
+    Child,
+    /// Hard: a running container uses it.
+    Running(String),
+    /// Soft: it still has references.
+    Referenced,
+    /// Soft: a stopped container uses it.
+    Stopped(String),
+}
+
+impl Conflict {
+    fn hard(&self) -> bool {
+        matches!(self, Conflict::Child | Conflict::Running(_))
+    }
+
+    /// A "used" conflict: a container.
+    fn used(&self) -> bool {
+        matches!(self, Conflict::Running(_) | Conflict::Stopped(_))
+    }
+
+    fn error(&self, image: &Image) -> Error {
+        let tail = match self {
+            Conflict::Child => "image has dependent child images".to_string(),
+            Conflict::Running(c) => {
+                format!("image is being used by running container {}", short(c))
+            }
+            Conflict::Referenced => "image is referenced in multiple repositories".to_string(),
+            Conflict::Stopped(c) => {
+                format!("image is being used by stopped container {}", short(c))
+            }
+        };
+        let severity = if self.hard() {
+            "cannot be forced"
+        } else {
+            "must be forced"
+        };
+        Error::FailedPrecondition(format!(
+            "conflict: unable to delete {} ({severity}) - {tail}",
+            image.id.short()
+        ))
+    }
+}
+
+/// Which conflicts a check looks for.
+#[derive(Clone, Copy)]
+struct Mask {
+    hard: bool,
+    referenced: bool,
+    stopped: bool,
+}
+
+fn short(id: &str) -> &str {
+    let id = id.split_once(':').map_or(id, |(_, hex)| hex);
+    &id[..id.len().min(12)]
+}
+
+fn untagged(reference: &Reference) -> DeleteItem {
+    DeleteItem {
+        item: Some(Item::Untagged(reference.familiar())),
+    }
+}
+
+fn deleted(id: String) -> DeleteItem {
+    DeleteItem {
+        item: Some(Item::Deleted(id)),
+    }
+}
+
+fn conflict(index: &Index, id: &str, mask: Mask) -> Option<Conflict> {
+    if mask.hard {
+        if index.has_children(id) {
+            return Some(Conflict::Child);
+        }
+        if let Some((cid, _)) = index.containers_of(id).find(|(_, c)| c.running) {
+            return Some(Conflict::Running(cid.clone()));
+        }
+    }
+    if mask.referenced && !index.refs_of(id).is_empty() {
+        return Some(Conflict::Referenced);
+    }
+    if mask.stopped
+        && let Some((cid, _)) = index.containers_of(id).find(|(_, c)| !c.running)
+    {
+        return Some(Conflict::Stopped(cid.clone()));
+    }
+    None
+}
+
+/// Whether `refs` count as one reference: at most one tag, and digests
+/// of that tag's repository only (Docker's single-reference rule).
+fn single_reference(refs: &[Reference]) -> bool {
+    match refs {
+        [] => false,
+        [_] => true,
+        _ => {
+            let tags: Vec<&Reference> = refs.iter().filter(|r| r.digest().is_none()).collect();
+            if tags.len() > 1 {
+                return false;
+            }
+            let repo = tags.first().map_or_else(|| refs[0].name(), |t| t.name());
+            let digest_repos: BTreeSet<String> = refs
+                .iter()
+                .filter(|r| r.digest().is_some())
+                .map(Reference::name)
+                .collect();
+            digest_repos.len() <= 1 && digest_repos.iter().all(|r| *r == repo)
+        }
+    }
+}
+
+/// One `docker rmi` (spec section 3.2); returns the answer's lines.
+pub fn remove(
+    tx: &mut Tx<'_>,
+    input: &str,
+    force: bool,
+    prune: bool,
+    events: &mut Vec<PendingEvent>,
+) -> Result<Vec<DeleteItem>, Error> {
+    let image = get_image(tx.index(), input, None)?.clone();
+    let id = image.id.to_string();
+    let refs: Vec<Reference> = tx.index().refs_of(&id).into_iter().cloned().collect();
+    let mut items = Vec::new();
+
+    if !is_id_prefix(input, &image) {
+        // By reference: remove that reference; the image only if nothing
+        // else references it.
+        if !force
+            && single_reference(&refs)
+            && let Some((cid, _)) = tx.index().containers_of(&id).next()
+        {
+            return Err(Error::FailedPrecondition(format!(
+                "conflict: unable to remove repository reference \"{input}\" (must force) - container {} is using its referenced image {}",
+                short(cid),
+                image.id.short()
+            )));
+        }
+        let key = Reference::parse(input)?.store_key();
+        if tx.index().resolve_ref(&key.to_string()).is_none() {
+            return Err(Error::NotFound("reference does not exist".into()));
+        }
+        events.push(PendingEvent::image(tx.index(), "untag", &id, &id));
+        tx.delete_ref(&key);
+        items.push(untagged(&key));
+        if key.digest().is_none() {
+            let remaining: Vec<Reference> = tx.index().refs_of(&id).into_iter().cloned().collect();
+            let tag_left = remaining
+                .iter()
+                .any(|r| r.digest().is_none() && r.name() == key.name());
+            if !tag_left {
+                for r in remaining
+                    .iter()
+                    .filter(|r| r.digest().is_some() && r.name() == key.name())
+                {
+                    tx.delete_ref(r);
+                    items.push(untagged(r));
+                }
+            }
+        }
+        if !tx.index().refs_of(&id).is_empty() {
+            return Ok(items);
+        }
+        delete_image(tx, &image, force, prune, true, &mut items, events)?;
+    } else {
+        // By ID: the image and all its references.
+        if single_reference(&refs) {
+            let mask = Mask {
+                hard: true,
+                referenced: false,
+                stopped: !force,
+            };
+            if let Some(c) = conflict(tx.index(), &id, mask) {
+                return Err(c.error(&image));
+            }
+            for r in &refs {
+                events.push(PendingEvent::image(tx.index(), "untag", &id, &id));
+                tx.delete_ref(r);
+                items.push(untagged(r));
+            }
+        }
+        delete_image(tx, &image, force, prune, false, &mut items, events)?;
+    }
+    Ok(items)
+}
+
+/// Docker's delete helper: conflicts, then every remaining reference, the
+/// image, and (when pruning) its parents that became unused.
+fn delete_image(
+    tx: &mut Tx<'_>,
+    image: &Arc<Image>,
+    force: bool,
+    prune: bool,
+    quiet: bool,
+    items: &mut Vec<DeleteItem>,
+    events: &mut Vec<PendingEvent>,
+) -> Result<(), Error> {
+    let id = image.id.to_string();
+    let mask = Mask {
+        hard: true,
+        referenced: !force,
+        stopped: !force,
+    };
+    if let Some(c) = conflict(tx.index(), &id, mask) {
+        let dangling = tx.index().refs_of(&id).is_empty() && !tx.index().has_children(&id);
+        if quiet && (!dangling || c.used()) {
+            return Ok(());
+        }
+        return Err(c.error(image));
+    }
+    let refs: Vec<Reference> = tx.index().refs_of(&id).into_iter().cloned().collect();
+    for r in &refs {
+        events.push(PendingEvent::image(tx.index(), "untag", &id, &id));
+        tx.delete_ref(r);
+        items.push(untagged(r));
+    }
+    tx.delete_image(&id);
+    events.push(PendingEvent::image(tx.index(), "delete", &id, &id));
+    items.push(deleted(id));
+    if prune
+        && let Some(parent) = image
+            .meta
+            .parent
+            .as_deref()
+            .and_then(|p| tx.index().image(p))
+            .cloned()
+    {
+        delete_image(tx, &parent, false, true, true, items, events)?;
+    }
+    Ok(())
+}
+
+const PRUNE_KEYS: &[&str] = &["dangling", "label", "label!", "until"];
+
+/// Docker's ImagesPrune (spec section 5): removes dangling images (or,
+/// with dangling=false, every unused image). Conflicts are skipped.
+pub fn prune(
+    tx: &mut Tx<'_>,
+    request_filters: &[String],
+    events: &mut Vec<PendingEvent>,
+) -> Result<(Vec<DeleteItem>, u64), Error> {
+    let filters = Filters::parse(request_filters, PRUNE_KEYS)?;
+    let dangling = filters.bool("dangling")?.unwrap_or(true);
+    let until = match filters.get("until") {
+        [] => None,
+        [one] => Some(timestamp::parse_now(one)?),
+        _ => {
+            return Err(Error::InvalidArgument(
+                "more than one until filter specified".into(),
+            ));
+        }
+    };
+    let index = tx.index();
+    let mut candidates: Vec<(String, Vec<Reference>)> = Vec::new();
+    for image in index.images() {
+        let id = image.id.to_string();
+        let refs: Vec<Reference> = index.refs_of(&id).into_iter().cloned().collect();
+        if index.has_children(&id) && (dangling || refs.is_empty()) {
+            continue; // not a head, or intermediate
+        }
+        if let Some(until) = until {
+            match &image.config.created {
+                Some((t, _)) if *t <= until => {}
+                _ => continue,
+            }
+        }
+        let labels = &image.config.labels;
+        if !filters
+            .get("label")
+            .iter()
+            .all(|l| label_matches(l, labels))
+        {
+            continue;
+        }
+        let negated = filters.get("label!");
+        if !negated.is_empty() && negated.iter().all(|l| label_matches(l, labels)) {
+            continue;
+        }
+        if dangling && refs.iter().any(|r| r.digest().is_none()) {
+            continue;
+        }
+        candidates.push((id, refs));
+    }
+    candidates.sort();
+
+    let mut all = Vec::new();
+    let reclaimed = 0;
+    for (id, refs) in candidates {
+        let inputs: Vec<String> = if refs.is_empty() {
+            vec![id.trim_start_matches("sha256:").to_string()]
+        } else {
+            refs.iter().map(|r| r.to_string()).collect()
+        };
+        for input in inputs {
+            if tx.index().image(&id).is_none() {
+                break; // already gone with a child's removal
+            }
+            match remove(tx, &input, false, true, events) {
+                Ok(items) => all.extend(items),
+                Err(Error::FailedPrecondition(_)) | Err(Error::NotFound(_)) => {}
+                Err(err) => tracing::warn!(image = %id, "prune: cannot remove {input}: {err}"),
+            }
+        }
+    }
+    events.push(PendingEvent::prune(reclaimed));
+    Ok((all, reclaimed))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refs(list: &[&str]) -> Vec<Reference> {
+        list.iter().map(|r| Reference::parse(r).unwrap()).collect()
+    }
+
+    #[test]
+    fn single_reference_follows_docker() {
+        let d = format!("@sha256:{}", "a".repeat(64));
+        assert!(!single_reference(&[]));
+        assert!(single_reference(&refs(&["a:1"])));
+        assert!(single_reference(&refs(&["a:1", &format!("a{d}")])));
+        assert!(!single_reference(&refs(&["a:1", "a:2"])));
+        assert!(!single_reference(&refs(&["a:1", &format!("b{d}")])));
+        assert!(!single_reference(&refs(&["a:1", "b:1"])));
+        assert!(single_reference(&refs(&[&format!("a{d}")])));
+    }
+
+    #[test]
+    fn short_ids() {
+        assert_eq!(short("sha256:0123456789abcdef"), "0123456789ab");
+        assert_eq!(short("c0ffee"), "c0ffee");
+    }
+}

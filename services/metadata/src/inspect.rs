@@ -1,0 +1,201 @@
+//! Docker's ImageInspect, ImageHistory and Children.
+
+use imaged_api::v1::{ContainerConfig, HealthConfig, HistoryItem, ImageInspect, RootFs};
+use imaged_common::Error;
+use imaged_model::Platform;
+use serde_json::Value;
+
+use crate::image_config::format_time;
+use crate::resolve::get_image;
+use crate::store::Index;
+
+/// The zero time Docker shows for an image never tagged with TagImage.
+const ZERO_TIME: &str = "0001-01-01T00:00:00Z";
+
+/// `docker image inspect`.
+pub fn inspect(
+    index: &Index,
+    input: &str,
+    platform: Option<&Platform>,
+) -> Result<ImageInspect, Error> {
+    let image = get_image(index, input, platform)?;
+    let id = image.id.to_string();
+    let (digests, tags): (Vec<_>, Vec<_>) = index
+        .refs_of(&id)
+        .into_iter()
+        .partition(|r| r.digest().is_some());
+    let config = &image.config;
+    let comment = if config.comment.is_empty() {
+        config
+            .history
+            .last()
+            .map(|h| h.comment.clone())
+            .unwrap_or_default()
+    } else {
+        config.comment.clone()
+    };
+    Ok(ImageInspect {
+        repo_tags: tags.iter().map(|r| r.familiar()).collect(),
+        repo_digests: digests.iter().map(|r| r.familiar()).collect(),
+        parent: image.meta.parent.clone().unwrap_or_default(),
+        comment,
+        created: config
+            .created
+            .as_ref()
+            .map(|(t, _)| format_time(*t))
+            .unwrap_or_default(),
+        docker_version: config.docker_version.clone(),
+        author: config.author.clone(),
+        config: Some(container_config(&config.container_config)),
+        architecture: config.platform.architecture.clone(),
+        variant: config.platform.variant.clone(),
+        os: config.os(),
+        os_version: config.os_version.clone(),
+        size: image.size(),
+        root_fs: Some(RootFs {
+            r#type: config.rootfs_type.clone(),
+            layers: config.diff_ids.iter().map(|d| d.to_string()).collect(),
+        }),
+        last_tag_time: image
+            .meta
+            .last_tag_time
+            .map(format_time)
+            .unwrap_or_else(|| ZERO_TIME.to_string()),
+        config_json: image.config_bytes.clone(),
+        id,
+    })
+}
+
+/// `docker history`: the config's history, newest first, with sizes from
+/// the layers and IDs and tags from the local parent chain.
+pub fn history(
+    index: &Index,
+    input: &str,
+    platform: Option<&Platform>,
+) -> Result<Vec<HistoryItem>, Error> {
+    let image = get_image(index, input, platform)?;
+    let mut layer = 0;
+    let mut items = Vec::new();
+    for h in &image.config.history {
+        let size = if h.empty_layer {
+            0
+        } else {
+            let size = *image.meta.layer_sizes.get(layer).ok_or_else(|| {
+                Error::InvalidArgument("too many non-empty layers in History section".into())
+            })?;
+            layer += 1;
+            size
+        };
+        items.push(HistoryItem {
+            id: "<missing>".into(),
+            created: h
+                .created
+                .map(|t| t.div_euclid(1_000_000_000) as i64)
+                .unwrap_or(0),
+            created_by: h.created_by.clone(),
+            tags: Vec::new(),
+            size,
+            comment: h.comment.clone(),
+        });
+    }
+    items.reverse();
+    // Walk the local parent chain from the top row down.
+    let mut current = Some(image);
+    for item in items.iter_mut() {
+        let Some(img) = current else { break };
+        let id = img.id.to_string();
+        item.tags = index
+            .refs_of(&id)
+            .into_iter()
+            .filter(|r| r.digest().is_none())
+            .map(|r| r.familiar())
+            .collect();
+        current = img.meta.parent.as_deref().and_then(|p| index.image(p));
+        item.id = id;
+    }
+    Ok(items)
+}
+
+/// Docker's Children: IDs of images whose parent is the image.
+pub fn children(index: &Index, input: &str) -> Result<Vec<String>, Error> {
+    let image = get_image(index, input, None)?;
+    Ok(index
+        .children_of(&image.id.to_string())
+        .into_iter()
+        .map(str::to_string)
+        .collect())
+}
+
+fn container_config(value: &Value) -> ContainerConfig {
+    let text = |key: &str| {
+        value
+            .get(key)
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string()
+    };
+    let list = |key: &str| -> Vec<String> {
+        value
+            .get(key)
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let keys = |key: &str| -> Vec<String> {
+        value
+            .get(key)
+            .and_then(Value::as_object)
+            .map(|o| o.keys().cloned().collect())
+            .unwrap_or_default()
+    };
+    let health = value.get("Healthcheck").filter(|h| h.is_object()).map(|h| {
+        let n = |k: &str| h.get(k).and_then(Value::as_i64).unwrap_or(0);
+        HealthConfig {
+            test: h
+                .get("Test")
+                .and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|v| v.as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            interval: n("Interval"),
+            timeout: n("Timeout"),
+            start_period: n("StartPeriod"),
+            start_interval: n("StartInterval"),
+            retries: n("Retries"),
+        }
+    });
+    ContainerConfig {
+        user: text("User"),
+        env: list("Env"),
+        entrypoint: list("Entrypoint"),
+        cmd: list("Cmd"),
+        volumes: keys("Volumes"),
+        working_dir: text("WorkingDir"),
+        labels: value
+            .get("Labels")
+            .and_then(Value::as_object)
+            .map(|o| {
+                o.iter()
+                    .map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_string()))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        stop_signal: text("StopSignal"),
+        args_escaped: value
+            .get("ArgsEscaped")
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
+        exposed_ports: keys("ExposedPorts"),
+        healthcheck: health,
+        on_build: list("OnBuild"),
+        shell: list("Shell"),
+        stop_timeout: value.get("StopTimeout").and_then(Value::as_i64),
+    }
+}
