@@ -251,13 +251,26 @@ async fn sigterm_stops_a_process_cleanly_and_removes_its_socket() {
 #[tokio::test]
 async fn a_socket_in_use_by_a_live_process_is_refused() {
     let imaged = Imaged::start().await.unwrap();
-    let output = imaged.command(Service::Events).output().await.unwrap();
+    // Another imaged-events, with its own root, told to listen on the
+    // live process's socket.
+    let other_root = tempfile::tempdir().unwrap();
+    let output = tokio::process::Command::new(bin_dir().join("imaged-events"))
+        .arg(format!("--root={}", other_root.path().display()))
+        .arg(format!(
+            "--listen={}",
+            imaged.socket(Service::Events).display()
+        ))
+        .output()
+        .await
+        .unwrap();
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("in use by a live process"), "{stderr}");
-    // A second metadata process on the same root cannot take the store.
-    let output = imaged.command(Service::Metadata).output().await.unwrap();
-    assert!(!output.status.success());
+    // A second process on the same root cannot take the stores.
+    for service in [Service::Metadata, Service::Events] {
+        let output = imaged.command(service).output().await.unwrap();
+        assert!(!output.status.success(), "{service:?} started twice");
+    }
     // The first one still serves.
     imaged
         .images()
