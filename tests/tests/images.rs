@@ -345,7 +345,7 @@ async fn list_applies_every_filter() {
         parent
     );
 
-    assert_eq!(ids(&mut c, &["dangling=true"]).await, [new.clone()]);
+    assert_eq!(ids(&mut c, &["dangling=true"]).await, vec![new.clone()]);
     assert_eq!(
         ids(&mut c, &["dangling=false"]).await,
         [mid.clone(), old.clone(), child.clone()]
@@ -360,7 +360,7 @@ async fn list_applies_every_filter() {
     );
     assert_eq!(
         ids(&mut c, &["label=tier=web", "label=team"]).await,
-        [mid.clone()]
+        vec![mid.clone()]
     );
     assert_eq!(
         ids(&mut c, &["before=busybox:2"]).await,
@@ -391,15 +391,18 @@ async fn list_applies_every_filter() {
         ids(&mut c, &["reference=busybox"]).await,
         [mid.clone(), old.clone()]
     );
-    assert_eq!(ids(&mut c, &["reference=busybox:1"]).await, [old.clone()]);
+    assert_eq!(
+        ids(&mut c, &["reference=busybox:1"]).await,
+        vec![old.clone()]
+    );
     assert_eq!(
         ids(&mut c, &["reference=*"]).await,
         [mid.clone(), old.clone()]
     );
-    assert_eq!(ids(&mut c, &["reference=*/*"]).await, [mid.clone()]);
+    assert_eq!(ids(&mut c, &["reference=*/*"]).await, vec![mid.clone()]);
     assert_eq!(
         ids(&mut c, &["reference=myreg:5000/*/*"]).await,
-        [child.clone()]
+        vec![child.clone()]
     );
     let filtered = list(&mut c, &["reference=user/*"], false).await.unwrap();
     assert_eq!(
@@ -526,7 +529,7 @@ async fn remove_follows_dockers_conflict_rules() {
         .unwrap()
         .into_inner()
         .ids,
-        [child.clone()]
+        vec![child.clone()]
     );
     // Removing the child prunes the untagged parent too, unless asked not to.
     assert_eq!(
