@@ -22,6 +22,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
+        // Credentials get a Debug that hides them (in src/lib.rs).
+        .skip_debug(["imaged.v1.RegistryAuth"])
         .compile_fds(fds)?;
     Ok(())
 }

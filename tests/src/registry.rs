@@ -1,7 +1,6 @@
 //! A real OCI registry: Debian's `docker-registry` (CNCF Distribution).
 
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -13,6 +12,7 @@ use crate::{die_with_parent, free_port};
 pub struct TestRegistry {
     /// `127.0.0.1:<port>`.
     pub host: String,
+    access_log: PathBuf,
     _child: Child,
     _dir: tempfile::TempDir,
 }
@@ -28,16 +28,18 @@ impl TestRegistry {
         std::fs::write(
             &config,
             format!(
-                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {host}\n",
+                "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {host}\n",
                 dir.path().join("storage").display()
             ),
         )?;
         let log = std::fs::File::create(dir.path().join("registry.log"))?;
+        let access_log = dir.path().join("access.log");
+        let access = std::fs::File::create(&access_log)?;
         let mut command = Command::new(&binary);
         command
             .arg("serve")
             .arg(&config)
-            .stdout(Stdio::null())
+            .stdout(access)
             .stderr(log)
             .kill_on_drop(true);
         die_with_parent(&mut command);
@@ -48,6 +50,7 @@ impl TestRegistry {
             if tokio::net::TcpStream::connect(&host).await.is_ok() {
                 return Ok(TestRegistry {
                     host,
+                    access_log,
                     _child: child,
                     _dir: dir,
                 });
@@ -59,6 +62,22 @@ impl TestRegistry {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         bail!("docker-registry did not listen on {host}")
+    }
+
+    /// Successful blob downloads the registry served so far: one path
+    /// (`/v2/<repo>/blobs/sha256:…`) per GET answered 200.
+    pub fn blob_gets(&self) -> Vec<String> {
+        let log = std::fs::read_to_string(&self.access_log).unwrap_or_default();
+        log.lines()
+            .filter_map(|line| {
+                let request = line.split('"').nth(1)?;
+                let status = line.split('"').nth(2)?.split_whitespace().next()?;
+                let mut parts = request.split_whitespace();
+                let (method, path) = (parts.next()?, parts.next()?);
+                (method == "GET" && path.contains("/blobs/") && status == "200")
+                    .then(|| path.to_string())
+            })
+            .collect()
     }
 
     /// A fixture client for pushing to this registry.

@@ -14,3 +14,40 @@ pub mod v1 {
 /// The encoded `FileDescriptorSet` of every contract, for gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/imaged_descriptor.bin"));
+
+impl std::fmt::Debug for v1::RegistryAuth {
+    /// Shows which credentials are present, never their values.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let set = |s: &str| if s.is_empty() { "" } else { "<redacted>" };
+        f.debug_struct("RegistryAuth")
+            .field("username", &self.username)
+            .field("password", &set(&self.password))
+            .field("identity_token", &set(&self.identity_token))
+            .field("registry_token", &set(&self.registry_token))
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn registry_auth_debug_hides_secrets() {
+        let auth = super::v1::RegistryAuth {
+            username: "user".into(),
+            password: "hunter2".into(),
+            identity_token: "idtok".into(),
+            registry_token: "regtok".into(),
+        };
+        let shown = format!(
+            "{auth:?} {:?}",
+            super::v1::PullImageRequest {
+                auth: Some(auth.clone()),
+                ..Default::default()
+            }
+        );
+        for secret in ["hunter2", "idtok", "regtok"] {
+            assert!(!shown.contains(secret), "{shown}");
+        }
+        assert!(shown.contains("user"));
+    }
+}

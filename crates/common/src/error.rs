@@ -6,7 +6,7 @@
 use tonic::{Code, Status};
 
 /// A failure a caller can act on, with the message it will read.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum Error {
     /// The thing asked for does not exist (`No such image: busybox:latest`).
     #[error("{0}")]

@@ -196,15 +196,73 @@ impl Images for ImagesService {
         &self,
         _request: Request<DiskUsageRequest>,
     ) -> Result<Response<DiskUsageResponse>, Status> {
+        let images = self.peers.metadata.call(|ch| async move {
+            MetadataClient::new(ch)
+                .disk_usage(DiskUsageRequest {})
+                .await
+        });
+        let content = self.peers.transfer.call(|ch| async move {
+            TransferClient::new(ch)
+                .content_size(ContentSizeRequest {})
+                .await
+        });
+        let (mut answer, content) = tokio::try_join!(images, content)?;
+        answer.content_size = content.content_size;
+        Ok(Response::new(answer))
+    }
+
+    type PullImageStream = Relay<PullImageProgress>;
+
+    /// Docker: PullImage. Dropping the stream cancels the upstream pull.
+    async fn pull_image(
+        &self,
+        request: Request<PullImageRequest>,
+    ) -> Result<Response<Self::PullImageStream>, Status> {
+        let request = request.into_inner();
+        let upstream = self
+            .peers
+            .transfer
+            .call(|ch| {
+                let request = request.clone();
+                async move { TransferClient::new(ch).pull(request).await }
+            })
+            .await?;
+        Ok(Response::new(Box::pin(upstream)))
+    }
+
+    type PushImageStream = Relay<PushImageProgress>;
+
+    /// Docker: PushImage.
+    async fn push_image(
+        &self,
+        request: Request<PushImageRequest>,
+    ) -> Result<Response<Self::PushImageStream>, Status> {
+        let request = request.into_inner();
+        let upstream = self
+            .peers
+            .transfer
+            .call(|ch| {
+                let request = request.clone();
+                async move { TransferClient::new(ch).push(request).await }
+            })
+            .await?;
+        Ok(Response::new(Box::pin(upstream)))
+    }
+
+    /// Docker: UpdateConfig (the download and upload limits).
+    async fn update_config(
+        &self,
+        request: Request<UpdateConfigRequest>,
+    ) -> Result<Response<UpdateConfigResponse>, Status> {
+        let request = request.into_inner();
         let answer = self
             .peers
-            .metadata
-            .call(|ch| async move {
-                MetadataClient::new(ch)
-                    .disk_usage(DiskUsageRequest {})
-                    .await
-            })
+            .transfer
+            .call(|ch| async move { TransferClient::new(ch).update_config(request).await })
             .await?;
         Ok(Response::new(answer))
     }
 }
+
+/// A server stream relayed from an internal service.
+pub type Relay<T> = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<T, Status>> + Send>>;

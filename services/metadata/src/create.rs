@@ -1,5 +1,7 @@
 //! Docker's CreateImage: store a config as an image.
 
+use std::sync::Arc;
+
 use imaged_api::v1::GetLayersRequest;
 use imaged_api::v1::transfer_client::TransferClient;
 use imaged_common::Error;
@@ -14,7 +16,7 @@ use crate::store::{Image, ImageMeta};
 
 /// Validates `config`, checks its layers exist in the layer store, and
 /// stores it (byte for byte) with `parent`. Returns the image ID.
-pub async fn create(images: &Images, config: Vec<u8>, parent: &str) -> Result<String, Error> {
+pub async fn create(images: &Arc<Images>, config: Vec<u8>, parent: &str) -> Result<String, Error> {
     let parsed = ImageConfig::parse(&config)?;
     let id = Digest::sha256_of(&config);
     let mut layer_sizes = Vec::new();

@@ -232,7 +232,7 @@ fn delete_image(
         items.push(untagged(r));
     }
     tx.delete_image(&id);
-    events.push(PendingEvent::image(tx.index(), "delete", &id, &id));
+    events.push(PendingEvent::deleted(tx.index(), image));
     items.push(deleted(id));
     if prune
         && let Some(parent) = image

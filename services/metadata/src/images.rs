@@ -1,11 +1,16 @@
 //! The image service's state and the helpers its operations share.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+
+use imaged_api::v1::transfer_client::TransferClient;
+use imaged_api::v1::{ReleaseLayersRequest, RetainLayersRequest};
+use imaged_model::digest::chain_ids;
 
 use imaged_common::events::Publisher;
 use imaged_common::peer::Peer;
 
-use crate::store::{Index, Store};
+use crate::store::{Image, Index, Store};
 
 /// Everything the metadata operations work with.
 pub struct Images {
@@ -19,22 +24,25 @@ pub struct Images {
 
 /// An event decided inside a store update, published once it committed.
 pub struct PendingEvent {
-    action: &'static str,
+    action: String,
     id: String,
     name: String,
     labels: BTreeMap<String, String>,
+    /// For a delete: the image's layer chains, which may now be unused.
+    released: Vec<String>,
 }
 
 impl PendingEvent {
     /// The prune event: no actor, the bytes reclaimed.
     pub fn prune(reclaimed: u64) -> Self {
         PendingEvent {
-            action: "prune",
+            action: "prune".into(),
             id: String::new(),
             name: String::new(),
             labels: [("reclaimed".to_string(), reclaimed.to_string())]
                 .into_iter()
                 .collect(),
+            released: Vec::new(),
         }
     }
 
@@ -42,23 +50,115 @@ impl PendingEvent {
     /// once the image is gone) and `name`.
     pub fn image(index: &Index, action: &'static str, id: &str, name: &str) -> Self {
         PendingEvent {
-            action,
+            action: action.into(),
             id: id.to_string(),
             name: name.to_string(),
             labels: index
                 .image(id)
                 .map(|i| i.config.labels.clone())
                 .unwrap_or_default(),
+            released: Vec::new(),
         }
+    }
+
+    /// A delete event that also says which layer chains the image held.
+    pub fn deleted(index: &Index, image: &Image) -> Self {
+        let id = image.id.to_string();
+        let mut event = Self::image(index, "delete", &id, &id);
+        event.released = chain_ids(&image.config.diff_ids)
+            .iter()
+            .map(|c| c.to_string())
+            .collect();
+        event
+    }
+
+    /// Events of transfer's operations name their own action and actor
+    /// (pull: the familiar reference).
+    pub fn set_action_and_actor(&mut self, action: &str, actor: &str) {
+        self.action = action.to_string();
+        self.id = actor.to_string();
     }
 }
 
 impl Images {
     /// Publishes events of a committed change, in order.
-    pub fn publish(&self, events: Vec<PendingEvent>) {
+    /// Then, in the background, releases in imaged-transfer the layer
+    /// chains of deleted images that no remaining image holds.
+    pub fn publish(self: &Arc<Self>, events: Vec<PendingEvent>) {
+        let mut released = HashSet::new();
         for e in events {
             let name = (!e.name.is_empty()).then_some(e.name.as_str());
-            self.events.image(e.action, &e.id, &e.labels, name);
+            self.events.image(&e.action, &e.id, &e.labels, name);
+            released.extend(e.released);
+        }
+        if released.is_empty() {
+            return;
+        }
+        let in_use = chains_in_use(&self.store.read());
+        let unused: Vec<String> = released.difference(&in_use).cloned().collect();
+        if unused.is_empty() {
+            return;
+        }
+        let transfer = self.transfer.clone();
+        tokio::spawn(async move {
+            let request = ReleaseLayersRequest { chain_ids: unused };
+            let result = transfer
+                .call(|channel| {
+                    let request = request.clone();
+                    async move { TransferClient::new(channel).release_layers(request).await }
+                })
+                .await;
+            match result {
+                Ok(answer) => tracing::debug!(removed = answer.removed.len(), "layers released"),
+                // Start-up reconciliation removes them later.
+                Err(status) => tracing::warn!("releasing layers failed: {}", status.message()),
+            }
+        });
+    }
+
+    /// Makes imaged-transfer hold exactly the layers of the stored images
+    /// (after a crash either side may hold more), retrying until it answers.
+    pub async fn reconcile_layers(self: Arc<Self>) {
+        let chain_ids: Vec<String> = chains_in_use(&self.store.read()).into_iter().collect();
+        let request = RetainLayersRequest { chain_ids };
+        loop {
+            let result = self
+                .transfer
+                .call(|channel| {
+                    let request = request.clone();
+                    async move { TransferClient::new(channel).retain_layers(request).await }
+                })
+                .await;
+            match result {
+                Ok(answer) => {
+                    if !answer.removed.is_empty() {
+                        tracing::info!(
+                            removed = answer.removed.len(),
+                            "removed layers no image holds"
+                        );
+                    }
+                    if !answer.missing.is_empty() {
+                        tracing::warn!(missing = ?answer.missing, "images refer to layers the layer store lacks; pull them again");
+                    }
+                    return;
+                }
+                Err(status) => {
+                    tracing::debug!(
+                        "layer reconciliation waits for imaged-transfer: {}",
+                        status.message()
+                    );
+                    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+                }
+            }
         }
     }
+}
+
+/// Every layer chain (with all its parents) some stored image holds.
+pub fn chains_in_use(index: &Index) -> HashSet<String> {
+    index
+        .images()
+        .flat_map(|image| chain_ids(&image.config.diff_ids))
+        .map(|c| c.to_string())
+        .collect()
 }

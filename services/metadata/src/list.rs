@@ -202,3 +202,48 @@ pub fn disk_usage(index: &Index) -> DiskUsageResponse {
         images,
     }
 }
+
+#[cfg(test)]
+mod timing {
+    use super::*;
+    use crate::store::Store;
+
+    #[test]
+    #[ignore]
+    fn list_10k_timing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store
+            .update(|tx| {
+                for i in 0..10_000 {
+                    let bytes = format!(r#"{{"os":"linux","created":"2024-01-01T00:00:00Z","config":{{"Labels":{{"t":"{i}"}}}},"rootfs":{{"type":"layers","diff_ids":[]}}}}"#).into_bytes();
+                    let id = Digest::sha256_of(&bytes);
+                    let image = crate::store::Image {
+                        id: id.clone(),
+                        config: crate::image_config::ImageConfig::parse(&bytes).unwrap(),
+                        config_bytes: bytes,
+                        meta: Default::default(),
+                    };
+                    tx.put_image(image);
+                    tx.put_ref(Reference::parse(&format!("bench/app{}:v0-{i}", i % 100)).unwrap(), &id.to_string());
+                    tx.put_ref(Reference::parse(&format!("bench/app{}:v1-{i}", i % 100)).unwrap(), &id.to_string());
+                }
+                Ok(())
+            })
+            .unwrap();
+        let index = store.read();
+        for _ in 0..3 {
+            let t = std::time::Instant::now();
+            let out = list(&index, &ListImagesRequest::default()).unwrap();
+            let listed = t.elapsed();
+            let t = std::time::Instant::now();
+            let bytes =
+                prost::Message::encode_to_vec(&imaged_api::v1::ListImagesResponse { images: out });
+            eprintln!(
+                "list {listed:?} encode {:?} ({} bytes)",
+                t.elapsed(),
+                bytes.len()
+            );
+        }
+    }
+}

@@ -6,6 +6,7 @@ mod image_config;
 mod images;
 mod inspect;
 mod list;
+mod put;
 mod resolve;
 mod service;
 mod store;
@@ -53,6 +54,7 @@ fn main() {
             events: events.clone(),
             prune_lock: tokio::sync::Mutex::new(()),
         });
+        tokio::spawn(Arc::clone(&images).reconcile_layers());
         let routes =
             tonic::service::Routes::new(MetadataServer::new(service::MetadataService::new(images)));
         let served = server::serve(&config, routes, &[SERVICE_NAME]).await;

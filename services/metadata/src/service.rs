@@ -11,7 +11,7 @@ use tonic::{Request, Response, Status};
 use crate::images::Images;
 use crate::resolve::{get_image, platform};
 use crate::store::Container;
-use crate::{create, delete, inspect, list, tag};
+use crate::{create, delete, inspect, list, put, tag};
 
 /// Serves the metadata contract.
 pub struct MetadataService {
@@ -26,7 +26,7 @@ impl MetadataService {
     /// Runs a blocking store operation off the async workers' hot path.
     fn blocking<T>(
         &self,
-        f: impl FnOnce(&Images) -> Result<T, Error>,
+        f: impl FnOnce(&Arc<Images>) -> Result<T, Error>,
     ) -> Result<Response<T>, Status> {
         tokio::task::block_in_place(|| f(&self.images))
             .map(Response::new)
@@ -183,6 +183,28 @@ impl Metadata for MetadataService {
             })?;
             Ok(SetContainerResponse { image_id })
         })
+    }
+
+    async fn put_image(
+        &self,
+        request: Request<PutImageRequest>,
+    ) -> Result<Response<PutImageResponse>, Status> {
+        let request = request.into_inner();
+        self.blocking(|images| {
+            let (id, updated) = put::put(images, request)?;
+            Ok(PutImageResponse { id, updated })
+        })
+    }
+
+    async fn image_config(
+        &self,
+        request: Request<InspectImageRequest>,
+    ) -> Result<Response<ImageConfigResponse>, Status> {
+        let index = self.images.store.read();
+        Ok(Response::new(put::config(
+            &index,
+            &request.get_ref().image,
+        )?))
     }
 
     async fn remove_container(

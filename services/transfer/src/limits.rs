@@ -1,7 +1,11 @@
 //! The transfer limits: how many layer downloads and uploads run at once
 //! across all pulls and pushes, and how often a layer download is tried.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+
+use imaged_common::Error;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Docker's default for `max-concurrent-downloads`.
 pub const DEFAULT_MAX_CONCURRENT_DOWNLOADS: u32 = 3;
@@ -13,11 +17,13 @@ pub const DEFAULT_MAX_DOWNLOAD_ATTEMPTS: u32 = 5;
 /// The limits as given on the command line, environment or config file.
 #[derive(clap::Args, Clone, Debug)]
 pub struct LimitArgs {
-    /// Layer downloads that run at once across all pulls (0 = unlimited).
-    #[arg(long, env = "IMAGED_MAX_CONCURRENT_DOWNLOADS", default_value_t = DEFAULT_MAX_CONCURRENT_DOWNLOADS)]
+    /// Layer downloads that run at once across all pulls.
+    #[arg(long, env = "IMAGED_MAX_CONCURRENT_DOWNLOADS", default_value_t = DEFAULT_MAX_CONCURRENT_DOWNLOADS,
+          value_parser = clap::value_parser!(u32).range(1..))]
     pub max_concurrent_downloads: u32,
-    /// Layer uploads that run at once across all pushes (0 = unlimited).
-    #[arg(long, env = "IMAGED_MAX_CONCURRENT_UPLOADS", default_value_t = DEFAULT_MAX_CONCURRENT_UPLOADS)]
+    /// Layer uploads that run at once across all pushes.
+    #[arg(long, env = "IMAGED_MAX_CONCURRENT_UPLOADS", default_value_t = DEFAULT_MAX_CONCURRENT_UPLOADS,
+          value_parser = clap::value_parser!(u32).range(1..))]
     pub max_concurrent_uploads: u32,
     /// Attempts per layer blob before a pull fails (1 = no retry).
     #[arg(long, env = "IMAGED_MAX_DOWNLOAD_ATTEMPTS", default_value_t = DEFAULT_MAX_DOWNLOAD_ATTEMPTS,
@@ -29,29 +35,151 @@ pub struct LimitArgs {
 /// the attempt count is fixed for the life of the process, as in Docker.
 #[derive(Debug)]
 pub struct Limits {
-    max_concurrent_downloads: AtomicU32,
-    max_concurrent_uploads: AtomicU32,
+    /// Admits layer downloads.
+    pub downloads: Gate,
+    /// Admits blob uploads.
+    pub uploads: Gate,
     max_download_attempts: u32,
 }
 
 impl Limits {
     pub fn new(args: &LimitArgs) -> Self {
         Limits {
-            max_concurrent_downloads: AtomicU32::new(args.max_concurrent_downloads),
-            max_concurrent_uploads: AtomicU32::new(args.max_concurrent_uploads),
+            downloads: Gate::new(args.max_concurrent_downloads),
+            uploads: Gate::new(args.max_concurrent_uploads),
             max_download_attempts: args.max_download_attempts,
         }
     }
 
     pub fn max_concurrent_downloads(&self) -> u32 {
-        self.max_concurrent_downloads.load(Ordering::Relaxed)
+        self.downloads.limit()
     }
 
     pub fn max_concurrent_uploads(&self) -> u32 {
-        self.max_concurrent_uploads.load(Ordering::Relaxed)
+        self.uploads.limit()
     }
 
     pub fn max_download_attempts(&self) -> u32 {
         self.max_download_attempts
+    }
+
+    /// Applies an UpdateConfig: `None` keeps a limit, 0 is refused.
+    pub fn update(&self, downloads: Option<u32>, uploads: Option<u32>) -> Result<(), Error> {
+        if downloads == Some(0) || uploads == Some(0) {
+            return Err(Error::InvalidArgument(
+                "max_concurrent_downloads and max_concurrent_uploads must be at least 1".into(),
+            ));
+        }
+        if let Some(n) = downloads {
+            self.downloads.set_limit(n);
+        }
+        if let Some(n) = uploads {
+            self.uploads.set_limit(n);
+        }
+        Ok(())
+    }
+}
+
+/// A semaphore whose size can change while permits are out: growing adds
+/// permits at once; shrinking takes the surplus back as running transfers
+/// return theirs, so nothing in flight is interrupted.
+#[derive(Debug)]
+pub struct Gate {
+    semaphore: Arc<Semaphore>,
+    limit: AtomicU32,
+    in_flight: Arc<AtomicUsize>,
+}
+
+/// One admitted transfer; dropping it lets the next one in.
+pub struct Admitted {
+    _permit: OwnedSemaphorePermit,
+    in_flight: Arc<AtomicUsize>,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Gate {
+    fn new(limit: u32) -> Self {
+        Gate {
+            semaphore: Arc::new(Semaphore::new(limit as usize)),
+            limit: AtomicU32::new(limit),
+            in_flight: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    /// The limit in force.
+    pub fn limit(&self) -> u32 {
+        self.limit.load(Ordering::SeqCst)
+    }
+
+    /// Waits for a free slot.
+    pub async fn admit(&self) -> Admitted {
+        let permit = Arc::clone(&self.semaphore)
+            .acquire_owned()
+            .await
+            .expect("the gate's semaphore is never closed");
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        Admitted {
+            _permit: permit,
+            in_flight: Arc::clone(&self.in_flight),
+        }
+    }
+
+    /// Transfers admitted and not finished.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    fn set_limit(&self, limit: u32) {
+        let old = self.limit.swap(limit, Ordering::SeqCst);
+        if limit > old {
+            self.semaphore.add_permits((limit - old) as usize);
+        } else if limit < old {
+            let semaphore = Arc::clone(&self.semaphore);
+            let surplus = old - limit;
+            tokio::spawn(async move {
+                if let Ok(permits) = semaphore.acquire_many_owned(surplus).await {
+                    permits.forget();
+                }
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn gate_grows_at_once_and_shrinks_as_work_finishes() {
+        let gate = Gate::new(2);
+        let a = gate.admit().await;
+        let b = gate.admit().await;
+        let blocked = tokio::time::timeout(Duration::from_millis(50), gate.admit()).await;
+        assert!(
+            blocked.is_err(),
+            "a third transfer got in under a limit of 2"
+        );
+
+        gate.set_limit(3);
+        let c = tokio::time::timeout(Duration::from_secs(1), gate.admit())
+            .await
+            .expect("growing the limit admits at once");
+        assert_eq!(gate.in_flight(), 3);
+
+        gate.set_limit(1);
+        drop((a, b)); // in-flight work finished normally
+        tokio::task::yield_now().await;
+        let blocked = tokio::time::timeout(Duration::from_millis(50), gate.admit()).await;
+        assert!(blocked.is_err(), "c still runs under a limit of 1");
+        drop(c);
+        tokio::time::timeout(Duration::from_secs(1), gate.admit())
+            .await
+            .expect("one slot once c finished");
     }
 }

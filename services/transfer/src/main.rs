@@ -1,13 +1,24 @@
 //! imaged-transfer: the owner of every byte — blobs, layers and registry
 //! traffic — and of the download and upload limits.
 
+mod content;
 mod driver;
+mod layers;
 mod limits;
+mod pull;
+mod push;
+mod registry;
 mod service;
+mod unpack;
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use clap::Parser;
 use imaged_api::v1::transfer_server::{SERVICE_NAME, TransferServer};
 use imaged_common::config::{self, CommonArgs, PeerArgs, Service};
+use imaged_common::events::Publisher;
+use imaged_common::peer::Peer;
 use imaged_common::server;
 
 /// imaged-transfer: content store, layer store, registry pull and push,
@@ -21,20 +32,59 @@ struct Args {
     peers: PeerArgs,
     #[command(flatten)]
     limits: limits::LimitArgs,
+    #[command(flatten)]
+    pull: pull::PullArgs,
     /// Storage driver: `auto` (overlay2 when overlayfs mounts here, else
     /// vfs), `overlay2` (fail if overlayfs cannot be mounted) or `vfs`.
     #[arg(long, env = "IMAGED_STORAGE_DRIVER", default_value = "auto")]
     storage_driver: driver::DriverChoice,
 }
 
+/// Ingests untouched this long are not resumed but collected at start-up.
+const STALE_INGEST: Duration = Duration::from_secs(24 * 3600);
+
 fn main() {
     let args: Args = config::parse();
     server::run_main(Service::Transfer, &args.common, |config| async move {
         let driver = driver::Driver::select(args.storage_driver, &config.data_dir)?;
         tracing::info!(driver = driver.name(), "storage driver selected");
-        let limits = limits::Limits::new(&args.limits);
-        let service = service::TransferService::new(driver, limits);
+        let content = content::ContentStore::open(&config.data_dir.join("content"))?;
+        let stale = content.remove_ingests_older_than(STALE_INGEST)?;
+        if stale > 0 {
+            tracing::info!(stale, "removed stale ingests");
+        }
+        let layers = Arc::new(layers::LayerStore::open(&config.data_dir)?);
+        let limits = Arc::new(limits::Limits::new(&args.limits));
+        let root = &config.root;
+        let metadata = Peer::new(
+            Service::Metadata,
+            args.peers.endpoint(Service::Metadata, root),
+        )?;
+        let events = Publisher::start(
+            Peer::new(Service::Events, args.peers.endpoint(Service::Events, root))?,
+            Service::Transfer.process(),
+            4096,
+        );
+        let puller = Arc::new(pull::Puller::new(
+            content.clone(),
+            Arc::clone(&layers),
+            Arc::clone(&limits),
+            metadata.clone(),
+            &args.pull,
+        ));
+        let pusher = Arc::new(push::Pusher::new(
+            content.clone(),
+            Arc::clone(&layers),
+            Arc::clone(&limits),
+            Arc::clone(&puller),
+            metadata,
+            events.clone(),
+        ));
+        let service =
+            service::TransferService::new(driver, limits, content, layers, puller, pusher);
         let routes = tonic::service::Routes::new(TransferServer::new(service));
-        server::serve(&config, routes, &[SERVICE_NAME]).await
+        let served = server::serve(&config, routes, &[SERVICE_NAME]).await;
+        events.flush(Duration::from_secs(2)).await;
+        served
     })
 }

@@ -1,25 +1,122 @@
 //! The `imaged.v1.Transfer` gRPC service.
 
+use std::collections::HashSet;
+use std::sync::Arc;
+
 use imaged_api::v1::{
-    GetLayersRequest, GetLayersResponse, KeyValue, TransferInfoRequest, TransferInfoResponse,
+    ContentSizeRequest, ContentSizeResponse, GetLayersRequest, GetLayersResponse, KeyValue,
+    LayerInfo, PullImageProgress, PullImageRequest, PushImageProgress, PushImageRequest,
+    ReleaseLayersRequest, ReleaseLayersResponse, RetainLayersRequest, RetainLayersResponse,
+    TransferInfoRequest, TransferInfoResponse, UpdateConfigRequest, UpdateConfigResponse,
     transfer_server::Transfer,
 };
 use imaged_common::Error;
+use imaged_model::{Digest, Reference};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use crate::content::ContentStore;
 use crate::driver::Driver;
+use crate::layers::LayerStore;
 use crate::limits::Limits;
+use crate::pull::Puller;
+use crate::push::Pusher;
 
 /// Serves the transfer contract.
 pub struct TransferService {
     driver: Driver,
-    limits: Limits,
+    limits: Arc<Limits>,
+    content: ContentStore,
+    layers: Arc<LayerStore>,
+    puller: Arc<Puller>,
+    pusher: Arc<Pusher>,
 }
 
 impl TransferService {
-    pub fn new(driver: Driver, limits: Limits) -> Self {
-        TransferService { driver, limits }
+    pub fn new(
+        driver: Driver,
+        limits: Arc<Limits>,
+        content: ContentStore,
+        layers: Arc<LayerStore>,
+        puller: Arc<Puller>,
+        pusher: Arc<Pusher>,
+    ) -> Self {
+        TransferService {
+            driver,
+            limits,
+            content,
+            layers,
+            puller,
+            pusher,
+        }
     }
+
+    /// Removes `chains` (children before parents) except those a pull in
+    /// flight holds or another stored layer stands on; answers the removed.
+    async fn remove_layers(&self, chains: HashSet<Digest>) -> Result<Vec<String>, Error> {
+        let mut removed = Vec::new();
+        let mut pending: Vec<Digest> = chains.into_iter().collect();
+        loop {
+            let before = pending.len();
+            let mut still = Vec::new();
+            for chain in pending {
+                if self.puller.is_leased(&chain) || self.layers.children(&chain) > 0 {
+                    still.push(chain);
+                    continue;
+                }
+                let layers = Arc::clone(&self.layers);
+                let target = chain.clone();
+                let gone = tokio::task::spawn_blocking(move || layers.remove(&target))
+                    .await
+                    .map_err(Error::internal)??;
+                if let Some(layer) = gone {
+                    if let Some(blob) = &layer.blob
+                        && !self
+                            .layers
+                            .all()
+                            .iter()
+                            .any(|l| l.blob.as_ref() == Some(blob))
+                    {
+                        self.content.delete(blob)?;
+                    }
+                    removed.push(chain.to_string());
+                }
+            }
+            pending = still;
+            if pending.len() == before || pending.is_empty() {
+                break;
+            }
+        }
+        Ok(removed)
+    }
+}
+
+fn parse_chains(chains: &[String]) -> Result<Vec<Digest>, Error> {
+    chains.iter().map(|c| c.parse::<Digest>()).collect()
+}
+
+/// Runs a streaming operation on its own task; a caller that drops the
+/// stream cancels it.
+fn stream_task<T, F, Fut>(run: F) -> ReceiverStream<Result<T, Status>>
+where
+    T: Send + 'static,
+    F: FnOnce(mpsc::Sender<Result<T, Status>>) -> Fut,
+    Fut: Future<Output = Result<(), Error>> + Send + 'static,
+{
+    let (tx, rx) = mpsc::channel(64);
+    let work = run(tx.clone());
+    tokio::spawn(async move {
+        tokio::select! {
+            result = work => {
+                if let Err(err) = result {
+                    let _ = tx.send(Err(err.into())).await;
+                }
+            }
+            _ = tx.closed() => tracing::info!("caller went away; operation cancelled"),
+        }
+    });
+    ReceiverStream::new(rx)
 }
 
 #[tonic::async_trait]
@@ -40,21 +137,145 @@ impl Transfer for TransferService {
             max_concurrent_downloads: self.limits.max_concurrent_downloads(),
             max_concurrent_uploads: self.limits.max_concurrent_uploads(),
             max_download_attempts: self.limits.max_download_attempts(),
+            downloads_in_flight: self.limits.downloads.in_flight() as u32,
+            uploads_in_flight: self.limits.uploads.in_flight() as u32,
         }))
     }
 
-    /// The layer store holds no layers until pulls, loads and imports
-    /// register them, so every chain asked for is missing.
     async fn get_layers(
         &self,
         request: Request<GetLayersRequest>,
     ) -> Result<Response<GetLayersResponse>, Status> {
-        match request.get_ref().chain_ids.first() {
-            None => Ok(Response::new(GetLayersResponse { layers: Vec::new() })),
-            Some(chain_id) => Err(Error::NotFound(format!(
-                "failed to get layer {chain_id}: layer does not exist"
-            ))
-            .into()),
+        let mut layers = Vec::new();
+        for chain in &request.get_ref().chain_ids {
+            let digest: Digest = chain.parse().map_err(Status::from)?;
+            let layer = self.layers.get(&digest).ok_or_else(|| {
+                Error::NotFound(format!("failed to get layer {chain}: layer does not exist"))
+            })?;
+            layers.push(LayerInfo {
+                chain_id: layer.chain_id.to_string(),
+                diff_id: layer.diff_id.to_string(),
+                parent: layer
+                    .parent
+                    .as_ref()
+                    .map(|p| p.to_string())
+                    .unwrap_or_default(),
+                size: layer.size as i64,
+            });
         }
+        Ok(Response::new(GetLayersResponse { layers }))
+    }
+
+    type PullStream = ReceiverStream<Result<PullImageProgress, Status>>;
+
+    async fn pull(
+        &self,
+        request: Request<PullImageRequest>,
+    ) -> Result<Response<Self::PullStream>, Status> {
+        let request = request.into_inner();
+        Reference::parse(&request.reference)?;
+        let puller = Arc::clone(&self.puller);
+        Ok(Response::new(stream_task(move |tx| async move {
+            puller.pull(request, tx).await
+        })))
+    }
+
+    type PushStream = ReceiverStream<Result<PushImageProgress, Status>>;
+
+    async fn push(
+        &self,
+        request: Request<PushImageRequest>,
+    ) -> Result<Response<Self::PushStream>, Status> {
+        let request = request.into_inner();
+        Reference::parse(&request.reference)?;
+        let pusher = Arc::clone(&self.pusher);
+        Ok(Response::new(stream_task(move |tx| async move {
+            pusher.push(request, tx).await
+        })))
+    }
+
+    async fn update_config(
+        &self,
+        request: Request<UpdateConfigRequest>,
+    ) -> Result<Response<UpdateConfigResponse>, Status> {
+        let request = request.into_inner();
+        self.limits.update(
+            request.max_concurrent_downloads,
+            request.max_concurrent_uploads,
+        )?;
+        tracing::info!(
+            downloads = self.limits.max_concurrent_downloads(),
+            uploads = self.limits.max_concurrent_uploads(),
+            "transfer limits updated"
+        );
+        Ok(Response::new(UpdateConfigResponse {
+            max_concurrent_downloads: self.limits.max_concurrent_downloads(),
+            max_concurrent_uploads: self.limits.max_concurrent_uploads(),
+            max_download_attempts: self.limits.max_download_attempts(),
+        }))
+    }
+
+    async fn release_layers(
+        &self,
+        request: Request<ReleaseLayersRequest>,
+    ) -> Result<Response<ReleaseLayersResponse>, Status> {
+        let chains = parse_chains(&request.get_ref().chain_ids)?;
+        let removed = self.remove_layers(chains.into_iter().collect()).await?;
+        Ok(Response::new(ReleaseLayersResponse { removed }))
+    }
+
+    async fn retain_layers(
+        &self,
+        request: Request<RetainLayersRequest>,
+    ) -> Result<Response<RetainLayersResponse>, Status> {
+        let keep: HashSet<Digest> = parse_chains(&request.get_ref().chain_ids)?
+            .into_iter()
+            .collect();
+        let mut held = HashSet::new();
+        let mut missing = Vec::new();
+        for chain in &keep {
+            let mut next = Some(chain.clone());
+            while let Some(current) = next {
+                match self.layers.get(&current) {
+                    Some(layer) => {
+                        next = layer.parent.clone();
+                        held.insert(current);
+                    }
+                    None => {
+                        missing.push(current.to_string());
+                        next = None;
+                    }
+                }
+            }
+        }
+        let orphans: HashSet<Digest> = self
+            .layers
+            .all()
+            .iter()
+            .map(|l| l.chain_id.clone())
+            .filter(|c| !held.contains(c))
+            .collect();
+        let removed = self.remove_layers(orphans).await?;
+        if !removed.is_empty() {
+            tracing::info!(count = removed.len(), "removed layers no image holds");
+        }
+        missing.sort();
+        missing.dedup();
+        Ok(Response::new(RetainLayersResponse { removed, missing }))
+    }
+
+    async fn content_size(
+        &self,
+        _request: Request<ContentSizeRequest>,
+    ) -> Result<Response<ContentSizeResponse>, Status> {
+        let content = self.content.clone();
+        let blobs = tokio::task::spawn_blocking(move || content.list())
+            .await
+            .map_err(Error::internal)?
+            .map_err(Error::from)?;
+        Ok(Response::new(ContentSizeResponse {
+            content_size: blobs.iter().map(|(_, size)| *size as i64).sum(),
+            layers_size: self.layers.total_size() as i64,
+        }))
     }
 }

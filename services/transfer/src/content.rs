@@ -1,0 +1,256 @@
+//! The content store: blobs (layers, configs, manifests) by digest.
+//!
+//! Bytes arrive in `ingest/<hex>`, are hashed as they are written, and
+//! become `blobs/sha256/<hex>` only after the digest is verified, the file
+//! fsynced and renamed. A digest mismatch is never committed. An ingest
+//! left by an interrupted download stays, so the next attempt can resume
+//! it with a range request.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+use imaged_common::Error;
+use imaged_model::Digest;
+use sha2::{Digest as _, Sha256};
+
+/// Blobs by digest under `<transfer root>/content`.
+#[derive(Clone, Debug)]
+pub struct ContentStore {
+    blobs: PathBuf,
+    ingest: PathBuf,
+}
+
+impl ContentStore {
+    /// Opens (creating) the store under `dir`.
+    pub fn open(dir: &Path) -> io::Result<Self> {
+        let blobs = dir.join("blobs").join("sha256");
+        let ingest = dir.join("ingest");
+        fs::create_dir_all(&blobs)?;
+        fs::create_dir_all(&ingest)?;
+        Ok(ContentStore { blobs, ingest })
+    }
+
+    /// Where the committed blob `digest` lives.
+    pub fn path(&self, digest: &Digest) -> PathBuf {
+        self.blobs.join(digest.hex())
+    }
+
+    /// Whether `digest` is committed.
+    pub fn contains(&self, digest: &Digest) -> bool {
+        self.path(digest).is_file()
+    }
+
+    /// The committed blob's bytes (for small blobs: configs, manifests).
+    pub fn read(&self, digest: &Digest) -> Result<Vec<u8>, Error> {
+        fs::read(self.path(digest)).map_err(|err| match err.kind() {
+            io::ErrorKind::NotFound => Error::NotFound(format!("content {digest}: not found")),
+            _ => err.into(),
+        })
+    }
+
+    /// Stores `data` as `digest` after checking that it hashes to it. Safe
+    /// to call from several pulls at once: each writes its own temporary
+    /// file and the first rename wins.
+    pub fn write(&self, digest: &Digest, data: &[u8]) -> Result<(), Error> {
+        if self.contains(digest) {
+            return Ok(());
+        }
+        let actual = Digest::sha256_of(data);
+        if &actual != digest {
+            return Err(Error::InvalidArgument(format!(
+                "digest mismatch: expected {digest}, got {actual}"
+            )));
+        }
+        let mut temp = tempfile::NamedTempFile::new_in(&self.ingest)?;
+        temp.write_all(data)?;
+        temp.as_file().sync_all()?;
+        temp.persist(self.path(digest))
+            .map_err(|e| Error::from(e.error))?;
+        File::open(&self.blobs)?.sync_all()?;
+        Ok(())
+    }
+
+    /// Opens the ingest for `expected`, keeping bytes an earlier attempt
+    /// left (see [`Ingest::offset`]).
+    pub fn ingest(&self, expected: &Digest) -> Result<Ingest, Error> {
+        let path = self.ingest.join(expected.hex());
+        let mut file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(&path)?;
+        // Re-hash what is there so the final digest covers every byte.
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0; 256 * 1024];
+        let mut offset = 0u64;
+        loop {
+            let n = file.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            offset += n as u64;
+        }
+        Ok(Ingest {
+            file,
+            hasher,
+            offset,
+            path,
+            target: self.path(expected),
+            expected: expected.clone(),
+        })
+    }
+
+    /// Removes a committed blob; a missing one is not an error.
+    pub fn delete(&self, digest: &Digest) -> io::Result<()> {
+        match fs::remove_file(self.path(digest)) {
+            Err(err) if err.kind() != io::ErrorKind::NotFound => Err(err),
+            _ => Ok(()),
+        }
+    }
+
+    /// Digests of every committed blob, with their sizes.
+    pub fn list(&self) -> io::Result<Vec<(Digest, u64)>> {
+        let mut out = Vec::new();
+        for entry in fs::read_dir(&self.blobs)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let Some(digest) = name
+                .to_str()
+                .and_then(|hex| Digest::sha256_from_hex(hex).ok())
+            else {
+                continue;
+            };
+            out.push((digest, entry.metadata()?.len()));
+        }
+        Ok(out)
+    }
+
+    /// Drops ingests no pull is resuming (called at start-up, before any
+    /// pull runs, for ingests older than `keep`).
+    pub fn remove_ingests_older_than(&self, keep: std::time::Duration) -> io::Result<usize> {
+        let mut removed = 0;
+        for entry in fs::read_dir(&self.ingest)? {
+            let entry = entry?;
+            let old = entry
+                .metadata()?
+                .modified()?
+                .elapsed()
+                .is_ok_and(|age| age > keep);
+            if old {
+                fs::remove_file(entry.path())?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+}
+
+/// Bytes on their way into the store, hashed as they are written.
+pub struct Ingest {
+    file: File,
+    hasher: Sha256,
+    offset: u64,
+    path: PathBuf,
+    target: PathBuf,
+    expected: Digest,
+}
+
+impl Ingest {
+    /// How many bytes are already here: where a resumed download starts.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// The bytes written so far, for a reader that must see the whole blob
+    /// when a download resumes.
+    pub fn reopen_written(&self) -> io::Result<io::Take<File>> {
+        Ok(File::open(&self.path)?.take(self.offset))
+    }
+
+    /// Forgets what an earlier attempt left (the registry answered the
+    /// whole blob instead of the range asked for).
+    pub fn reset(&mut self) -> io::Result<()> {
+        self.file.set_len(0)?;
+        self.hasher = Sha256::new();
+        self.offset = 0;
+        Ok(())
+    }
+
+    /// Verifies the digest, fsyncs and renames into place. On a mismatch
+    /// the ingest is removed and nothing is committed.
+    pub fn commit(self) -> Result<(), Error> {
+        let actual = Digest::sha256_from_hex(&hex::encode(self.hasher.finalize()))?;
+        if actual != self.expected {
+            let _ = fs::remove_file(&self.path);
+            return Err(Error::InvalidArgument(format!(
+                "digest mismatch: expected {}, got {actual}",
+                self.expected
+            )));
+        }
+        self.file.sync_all()?;
+        fs::rename(&self.path, &self.target)?;
+        if let Some(dir) = self.target.parent() {
+            File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    }
+
+    /// Removes the ingest (a failure that must not be resumed).
+    pub fn discard(self) {
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
+impl Write for Ingest {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.offset += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commits_only_verified_bytes_and_resumes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ContentStore::open(dir.path()).unwrap();
+        let data = b"hello layer bytes".to_vec();
+        let digest = Digest::sha256_of(&data);
+
+        let mut first = store.ingest(&digest).unwrap();
+        first.write_all(&data[..5]).unwrap();
+        drop(first); // interrupted
+
+        let mut again = store.ingest(&digest).unwrap();
+        assert_eq!(again.offset(), 5);
+        let mut seen = Vec::new();
+        again
+            .reopen_written()
+            .unwrap()
+            .read_to_end(&mut seen)
+            .unwrap();
+        assert_eq!(seen, b"hello");
+        again.write_all(&data[5..]).unwrap();
+        again.commit().unwrap();
+        assert!(store.contains(&digest));
+        assert_eq!(store.read(&digest).unwrap(), data);
+
+        let wrong = Digest::sha256_of(b"other");
+        let mut bad = store.ingest(&wrong).unwrap();
+        bad.write_all(&data).unwrap();
+        let err = bad.commit().unwrap_err();
+        assert!(err.to_string().contains("digest mismatch"), "{err}");
+        assert!(!store.contains(&wrong));
+        assert_eq!(fs::read_dir(dir.path().join("ingest")).unwrap().count(), 0);
+    }
+}

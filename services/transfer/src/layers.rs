@@ -1,0 +1,245 @@
+//! The layer store: each layer unpacked once into `layers/<chainID hex>/diff`
+//! with its description in `layer.json`, the overlay2 way (a layer holds
+//! only its own changes; a container's root is an overlay over the chain).
+//!
+//! A layer is unpacked into `staging/` and renamed into place only when
+//! complete and synced, so a crash leaves either the whole layer or none.
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use imaged_common::Error;
+use imaged_model::Digest;
+use serde::{Deserialize, Serialize};
+
+/// One layer of the store.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Layer {
+    pub chain_id: Digest,
+    pub diff_id: Digest,
+    /// Chain ID of the layer below; `None` for a base layer.
+    pub parent: Option<Digest>,
+    /// Bytes of the layer's own files (Docker's DiffSize).
+    pub size: u64,
+    /// The compressed blob it came from, when it came from a registry.
+    pub blob: Option<Digest>,
+}
+
+/// Layers by chain ID, on disk and indexed in memory.
+pub struct LayerStore {
+    dir: PathBuf,
+    staging: PathBuf,
+    layers: RwLock<HashMap<Digest, Arc<Layer>>>,
+}
+
+/// A layer being unpacked; removed on drop unless committed.
+pub struct Staging {
+    path: PathBuf,
+}
+
+impl Staging {
+    /// Where the layer's files go.
+    pub fn diff(&self) -> PathBuf {
+        self.path.join("diff")
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        if self.path.exists() {
+            let _ = fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+impl LayerStore {
+    /// Opens the store under `data_dir`: loads every complete layer and
+    /// clears staging left by a crash.
+    pub fn open(data_dir: &Path) -> anyhow::Result<Self> {
+        let dir = data_dir.join("layers");
+        let staging = data_dir.join("staging");
+        fs::create_dir_all(&dir)?;
+        if staging.exists() {
+            fs::remove_dir_all(&staging)?;
+        }
+        fs::create_dir_all(&staging)?;
+        let mut layers = HashMap::new();
+        for entry in fs::read_dir(&dir)? {
+            let path = entry?.path();
+            match fs::read(path.join("layer.json"))
+                .ok()
+                .and_then(|bytes| serde_json::from_slice::<Layer>(&bytes).ok())
+            {
+                Some(layer) if path.ends_with(layer.chain_id.hex()) => {
+                    layers.insert(layer.chain_id.clone(), Arc::new(layer));
+                }
+                _ => {
+                    tracing::warn!(path = %path.display(), "removing an incomplete layer");
+                    fs::remove_dir_all(&path)?;
+                }
+            }
+        }
+        Ok(LayerStore {
+            dir,
+            staging,
+            layers: RwLock::new(layers),
+        })
+    }
+
+    /// The layer with this chain ID, if stored.
+    pub fn get(&self, chain_id: &Digest) -> Option<Arc<Layer>> {
+        self.read().get(chain_id).cloned()
+    }
+
+    /// Every stored layer.
+    pub fn all(&self) -> Vec<Arc<Layer>> {
+        self.read().values().cloned().collect()
+    }
+
+    /// Where a stored layer's files are.
+    #[cfg(test)]
+    pub fn diff_path(&self, chain_id: &Digest) -> PathBuf {
+        self.dir.join(chain_id.hex()).join("diff")
+    }
+
+    /// A fresh directory to unpack a layer into.
+    pub fn stage(&self) -> Result<Staging, Error> {
+        let path = self.staging.join(format!(
+            "{}-{:016x}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        fs::create_dir_all(path.join("diff"))?;
+        Ok(Staging { path })
+    }
+
+    /// Moves an unpacked layer into place. The parent must be stored. When
+    /// the layer is already there (another pull won), the staging copy is
+    /// dropped and the stored one answered.
+    pub fn commit(&self, staging: Staging, layer: Layer) -> Result<Arc<Layer>, Error> {
+        if let Some(parent) = &layer.parent
+            && self.get(parent).is_none()
+        {
+            return Err(Error::Internal(format!(
+                "layer {} committed before its parent {parent}",
+                layer.chain_id
+            )));
+        }
+        if let Some(existing) = self.get(&layer.chain_id) {
+            return Ok(existing);
+        }
+        let meta = staging.path.join("layer.json");
+        fs::write(
+            &meta,
+            serde_json::to_vec_pretty(&layer).map_err(Error::internal)?,
+        )?;
+        sync_filesystem(&staging.path)?;
+        let target = self.dir.join(layer.chain_id.hex());
+        fs::rename(&staging.path, &target)?;
+        fs::File::open(&self.dir)?.sync_all()?;
+        let layer = Arc::new(layer);
+        self.write()
+            .insert(layer.chain_id.clone(), Arc::clone(&layer));
+        Ok(layer)
+    }
+
+    /// Removes a layer (its files go first to staging, then away).
+    pub fn remove(&self, chain_id: &Digest) -> Result<Option<Arc<Layer>>, Error> {
+        let Some(layer) = self.write().remove(chain_id) else {
+            return Ok(None);
+        };
+        let trash = self.staging.join(format!("remove-{}", chain_id.hex()));
+        fs::rename(self.dir.join(chain_id.hex()), &trash)?;
+        fs::remove_dir_all(&trash)?;
+        Ok(Some(layer))
+    }
+
+    /// Layers with children among the stored ones: not removable alone.
+    pub fn children(&self, chain_id: &Digest) -> usize {
+        self.read()
+            .values()
+            .filter(|l| l.parent.as_ref() == Some(chain_id))
+            .count()
+    }
+
+    /// Bytes of all stored layers.
+    pub fn total_size(&self) -> u64 {
+        self.read().values().map(|l| l.size).sum()
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<Digest, Arc<Layer>>> {
+        self.layers.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<Digest, Arc<Layer>>> {
+        self.layers.write().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Flushes the filesystem holding `path` (one syncfs for a whole layer,
+/// rather than an fsync per file).
+fn sync_filesystem(path: &Path) -> Result<(), Error> {
+    let dir = fs::File::open(path)?;
+    // SAFETY: the descriptor is valid for the life of `dir`.
+    if unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&dir)) } != 0 {
+        return Err(std::io::Error::last_os_error().into());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layer(diff: &str, parent: Option<&Digest>) -> Layer {
+        let diff_id = Digest::sha256_of(diff.as_bytes());
+        let chain_id = match parent {
+            None => diff_id.clone(),
+            Some(p) => Digest::sha256_of(format!("{p} {diff_id}").as_bytes()),
+        };
+        Layer {
+            chain_id,
+            diff_id,
+            parent: parent.cloned(),
+            size: 3,
+            blob: None,
+        }
+    }
+
+    #[test]
+    fn commits_in_order_and_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LayerStore::open(dir.path()).unwrap();
+        let base = layer("a", None);
+        let top = layer("b", Some(&base.chain_id));
+
+        let staged = store.stage().unwrap();
+        assert!(store.commit(staged, top.clone()).is_err(), "parent first");
+
+        let staged = store.stage().unwrap();
+        fs::write(staged.diff().join("f"), b"abc").unwrap();
+        store.commit(staged, base.clone()).unwrap();
+        store.commit(store.stage().unwrap(), top.clone()).unwrap();
+        assert_eq!(store.children(&base.chain_id), 1);
+
+        // A torn layer and leftover staging are cleared on open.
+        fs::create_dir_all(dir.path().join("layers").join("torn")).unwrap();
+        let left = store.stage().unwrap();
+        std::mem::forget(left);
+        drop(store);
+        let store = LayerStore::open(dir.path()).unwrap();
+        assert_eq!(store.all().len(), 2);
+        assert_eq!(
+            fs::read(store.diff_path(&base.chain_id).join("f")).unwrap(),
+            b"abc"
+        );
+        assert!(!dir.path().join("layers").join("torn").exists());
+        assert_eq!(fs::read_dir(dir.path().join("staging")).unwrap().count(), 0);
+
+        store.remove(&top.chain_id).unwrap();
+        assert!(store.get(&top.chain_id).is_none());
+        assert_eq!(store.total_size(), 3);
+    }
+}

@@ -1,0 +1,934 @@
+//! Docker's PullImage: resolve, pick the platform, fetch the config, then
+//! stream every missing layer registry → hasher → decompressor → tar
+//! reader → files, in parallel under the download limit, committing the
+//! chain in order; finally record the image in imaged-metadata.
+//!
+//! A layer wanted by several pulls at once is fetched and unpacked once:
+//! its job is shared, and it runs as long as one pull still waits on it.
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::future::{BoxFuture, FutureExt, Shared, WeakShared};
+use futures::{StreamExt, stream};
+use imaged_api::v1::metadata_client::MetadataClient;
+use imaged_api::v1::{PullImageProgress, PullImageRequest, PutImageRequest};
+use imaged_common::Error;
+use imaged_common::peer::Peer;
+use imaged_model::digest::chain_ids;
+use imaged_model::{Digest, Platform, Reference};
+use oci_client::Client;
+use oci_client::client::BlobResponse;
+use oci_client::manifest::OciDescriptor;
+use serde::Deserialize;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::WatchStream;
+
+use crate::content::{ContentStore, Ingest};
+use crate::layers::{Layer, LayerStore, Staging};
+use crate::limits::Limits;
+use crate::registry::{self, Registries};
+use crate::unpack::{self, Unpacked};
+
+/// Manifest media types a pull accepts.
+const ACCEPTED: &[&str] = &[
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+];
+
+/// Largest manifest or config a pull reads into memory.
+const MAX_JSON_BLOB: u64 = 8 << 20;
+
+/// How long a pull waits for bytes, and the throughput it must keep.
+#[derive(clap::Args, Clone, Debug)]
+pub struct PullArgs {
+    /// Seconds without a byte from the registry before a layer download is
+    /// cancelled as stalled.
+    #[arg(long, env = "IMAGED_STALL_TIMEOUT_SECS", default_value_t = 300,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub stall_timeout_secs: u64,
+    /// Bytes per second a layer download must average over each stall
+    /// window (0: only a complete stall cancels).
+    #[arg(long, env = "IMAGED_MIN_DOWNLOAD_RATE", default_value_t = 0)]
+    pub min_download_rate: u64,
+    /// Registries (`host[:port]`) reached over plain HTTP besides
+    /// loopback ones. Repeatable.
+    #[arg(
+        long = "insecure-registry",
+        env = "IMAGED_INSECURE_REGISTRIES",
+        value_delimiter = ','
+    )]
+    pub insecure_registries: Vec<String>,
+}
+
+/// One layer's state, as Docker words it.
+#[derive(Clone, Debug, PartialEq)]
+enum State {
+    Waiting,
+    Downloading { current: u64, total: u64 },
+    Retrying { seconds: u64 },
+    Verifying,
+    DownloadComplete,
+    Extracting,
+    Complete,
+    AlreadyExists,
+}
+
+impl State {
+    fn status(&self) -> String {
+        match self {
+            State::Waiting => "Waiting".into(),
+            State::Downloading { .. } => "Downloading".into(),
+            State::Retrying { seconds } => format!("Retrying in {seconds} seconds"),
+            State::Verifying => "Verifying Checksum".into(),
+            State::DownloadComplete => "Download complete".into(),
+            State::Extracting => "Extracting".into(),
+            State::Complete => "Pull complete".into(),
+            State::AlreadyExists => "Already exists".into(),
+        }
+    }
+}
+
+type LayerFuture = Shared<BoxFuture<'static, Result<Arc<Layer>, Error>>>;
+
+struct Job {
+    done: WeakShared<BoxFuture<'static, Result<Arc<Layer>, Error>>>,
+    progress: watch::Receiver<State>,
+}
+
+/// The pull engine, shared by every pull of the process.
+pub struct Puller {
+    content: ContentStore,
+    layers: Arc<LayerStore>,
+    limits: Arc<Limits>,
+    registries: Registries,
+    metadata: Peer,
+    stall: Duration,
+    min_rate: u64,
+    jobs: Mutex<HashMap<Digest, Job>>,
+    leases: Mutex<HashMap<Digest, usize>>,
+    /// One writer per blob ingest (two chains can share a blob).
+    ingests: Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// Chains a pull in flight holds: not removable until it ends.
+struct Lease<'a> {
+    puller: &'a Puller,
+    chains: Vec<Digest>,
+}
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        let mut leases = self.puller.lock_leases();
+        for chain in &self.chains {
+            if let Some(n) = leases.get_mut(chain) {
+                *n -= 1;
+                if *n == 0 {
+                    leases.remove(chain);
+                }
+            }
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Probe {
+    schema_version: Option<i64>,
+    media_type: Option<String>,
+    manifests: Option<Vec<IndexEntry>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct IndexEntry {
+    digest: String,
+    #[serde(default)]
+    media_type: String,
+    platform: Option<EntryPlatform>,
+}
+
+#[derive(Deserialize)]
+struct EntryPlatform {
+    os: String,
+    architecture: String,
+    #[serde(default)]
+    variant: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Manifest {
+    config: OciDescriptor,
+    layers: Vec<OciDescriptor>,
+}
+
+#[derive(Deserialize)]
+struct ConfigProbe {
+    rootfs: Option<RootFs>,
+}
+
+#[derive(Deserialize)]
+struct RootFs {
+    #[serde(default)]
+    diff_ids: Vec<String>,
+}
+
+/// What a pull sends its caller.
+pub type Progress = mpsc::Sender<Result<PullImageProgress, tonic::Status>>;
+
+impl Puller {
+    pub fn new(
+        content: ContentStore,
+        layers: Arc<LayerStore>,
+        limits: Arc<Limits>,
+        metadata: Peer,
+        args: &PullArgs,
+    ) -> Self {
+        Puller {
+            content,
+            layers,
+            limits,
+            registries: Registries::new(args.insecure_registries.clone()),
+            metadata,
+            stall: Duration::from_secs(args.stall_timeout_secs),
+            min_rate: args.min_download_rate,
+            jobs: Mutex::new(HashMap::new()),
+            leases: Mutex::new(HashMap::new()),
+            ingests: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The registry clients, shared with pushes.
+    pub fn registries(&self) -> &Registries {
+        &self.registries
+    }
+
+    /// Whether a pull in flight holds `chain`.
+    pub fn is_leased(&self, chain: &Digest) -> bool {
+        self.lock_leases().contains_key(chain)
+    }
+
+    fn lock_leases(&self) -> std::sync::MutexGuard<'_, HashMap<Digest, usize>> {
+        self.leases.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn lease(&self, chains: &[Digest]) -> Lease<'_> {
+        let mut leases = self.lock_leases();
+        for chain in chains {
+            *leases.entry(chain.clone()).or_default() += 1;
+        }
+        Lease {
+            puller: self,
+            chains: chains.to_vec(),
+        }
+    }
+
+    /// Runs one pull, sending progress to `tx`.
+    pub async fn pull(
+        self: &Arc<Self>,
+        request: PullImageRequest,
+        tx: Progress,
+    ) -> Result<(), Error> {
+        let reference = Reference::parse(&request.reference)?;
+        let reference = if reference.digest().is_some() {
+            reference
+        } else {
+            reference.with_default_tag()
+        };
+        let platform = match &request.platform {
+            Some(p) if !p.os.is_empty() || !p.architecture.is_empty() => {
+                let host = Platform::host();
+                Platform::new(
+                    if p.os.is_empty() { &host.os } else { &p.os },
+                    if p.architecture.is_empty() {
+                        &host.architecture
+                    } else {
+                        &p.architecture
+                    },
+                    &p.variant,
+                )
+                .normalize()
+            }
+            _ => Platform::host().normalize(),
+        };
+        let auth = registry::auth(request.auth.as_ref());
+        let client = self.registries.client(&reference, &auth);
+        let oref = registry::oci_reference(&reference);
+        let shown = reference.familiar();
+
+        let tag_or_digest = reference
+            .tag()
+            .map(str::to_string)
+            .or_else(|| reference.digest().map(|d| d.to_string()))
+            .unwrap_or_default();
+        send(
+            &tx,
+            line(&tag_or_digest, format!("Pulling from {}", reference.path())),
+        )
+        .await;
+
+        // The manifest, through an index when there is one.
+        let what = format!("manifest for {shown}");
+        let (top_bytes, top_digest) = self
+            .with_retries(&what, || client.pull_manifest_raw(&oref, &auth, ACCEPTED))
+            .await?;
+        let top_digest: Digest = top_digest.parse()?;
+        let probe: Probe = serde_json::from_slice(&top_bytes)
+            .map_err(|e| Error::InvalidArgument(format!("{what}: invalid manifest: {e}")))?;
+        if probe.schema_version == Some(1) {
+            return Err(schema1(&shown));
+        }
+        self.content.write(&top_digest, &top_bytes)?;
+        let manifest_bytes = match probe.manifests {
+            Some(entries) => {
+                let chosen = choose_platform(&entries, &platform, &shown)?;
+                let by_digest = oci_client::Reference::with_digest(
+                    oref.registry().to_string(),
+                    oref.repository().to_string(),
+                    chosen.clone(),
+                );
+                let (bytes, digest) = self
+                    .with_retries(&what, || {
+                        client.pull_manifest_raw(&by_digest, &auth, ACCEPTED)
+                    })
+                    .await?;
+                self.content.write(&digest.parse()?, &bytes)?;
+                bytes
+            }
+            None => {
+                if let Some(media) = probe.media_type.as_deref()
+                    && media.starts_with("application/vnd.docker.distribution.manifest.v1")
+                {
+                    return Err(schema1(&shown));
+                }
+                top_bytes.clone()
+            }
+        };
+        let manifest: Manifest = serde_json::from_slice(&manifest_bytes)
+            .map_err(|e| Error::InvalidArgument(format!("{what}: invalid manifest: {e}")))?;
+
+        // The config: small, fetched whole and verified.
+        let config_digest: Digest = manifest.config.digest.parse()?;
+        let config = match self.content.read(&config_digest) {
+            Ok(bytes) => bytes,
+            Err(_) => {
+                let bytes = self
+                    .fetch_small(
+                        &client,
+                        &oref,
+                        &manifest.config,
+                        &format!("config of {shown}"),
+                    )
+                    .await?;
+                self.content.write(&config_digest, &bytes)?;
+                bytes
+            }
+        };
+        let rootfs = serde_json::from_slice::<ConfigProbe>(&config)
+            .ok()
+            .and_then(|c| c.rootfs)
+            .ok_or_else(|| Error::InvalidArgument(format!("config of {shown}: no rootfs")))?;
+        if rootfs.diff_ids.len() != manifest.layers.len() {
+            return Err(Error::InvalidArgument(format!(
+                "{shown}: the manifest has {} layers but the config {} diff IDs",
+                manifest.layers.len(),
+                rootfs.diff_ids.len()
+            )));
+        }
+        let diff_ids = rootfs
+            .diff_ids
+            .iter()
+            .map(|d| d.parse::<Digest>())
+            .collect::<Result<Vec<_>, _>>()?;
+        let chains = chain_ids(&diff_ids);
+        let _lease = self.lease(&chains);
+
+        // Layers: the ones present are announced, the others fetched.
+        let mut waits: Vec<LayerFuture> = Vec::new();
+        let mut watches = Vec::new();
+        let mut totals = vec![0u64; chains.len()];
+        let mut parent: Option<LayerFuture> = None;
+        for (i, desc) in manifest.layers.iter().enumerate() {
+            let id = short(&desc.digest);
+            if self.layers.get(&chains[i]).is_some() {
+                send(&tx, line(&id, State::AlreadyExists.status())).await;
+                parent = None;
+                continue;
+            }
+            totals[i] = desc.size.max(0) as u64;
+            send(&tx, line(&id, "Pulling fs layer".into())).await;
+            let (done, progress) = self.job(
+                &client,
+                &oref,
+                desc,
+                &diff_ids[i],
+                &chains[i],
+                i.checked_sub(1).map(|p| chains[p].clone()),
+                parent.take(),
+            )?;
+            waits.push(done.clone());
+            watches.push(WatchStream::new(progress).map(move |state| (i, id.clone(), state)));
+            parent = Some(done);
+        }
+
+        let aggregate_total: u64 = totals.iter().sum();
+        let mut done_bytes = vec![0u64; chains.len()];
+        let mut last_state: Vec<Option<State>> = vec![None; chains.len()];
+        let mut updates = stream::select_all(watches);
+        let mut all = futures::future::try_join_all(waits).fuse();
+        loop {
+            tokio::select! {
+                result = &mut all => { result?; break; }
+                Some((i, id, state)) = updates.next() => {
+                    let (current, total) = match &state {
+                        State::Downloading { current, total } => (*current, *total),
+                        State::Verifying | State::DownloadComplete | State::Extracting | State::Complete => (totals[i], totals[i]),
+                        _ => (0, 0),
+                    };
+                    done_bytes[i] = done_bytes[i].max(current);
+                    last_state[i] = Some(state.clone());
+                    let mut message = line(&id, state.status());
+                    message.current = current as i64;
+                    message.total = total as i64;
+                    message.aggregate_current = done_bytes.iter().sum::<u64>() as i64;
+                    message.aggregate_total = aggregate_total as i64;
+                    send(&tx, message).await;
+                }
+            }
+        }
+        // Layers that finished between the last update and the join.
+        for (i, desc) in manifest.layers.iter().enumerate() {
+            if totals[i] > 0 && last_state[i] != Some(State::Complete) {
+                let mut message = line(&short(&desc.digest), State::Complete.status());
+                message.current = totals[i] as i64;
+                message.total = totals[i] as i64;
+                message.aggregate_current = aggregate_total as i64;
+                message.aggregate_total = aggregate_total as i64;
+                send(&tx, message).await;
+            }
+        }
+
+        // Record the image: tag and repo digest.
+        let layer_sizes = chains
+            .iter()
+            .map(|c| self.layers.get(c).map_or(0, |l| l.size as i64))
+            .collect();
+        let name = reference.name();
+        let put = PutImageRequest {
+            config,
+            tags: reference
+                .tag()
+                .map(|t| format!("{name}:{t}"))
+                .into_iter()
+                .collect(),
+            digests: vec![format!("{name}@{top_digest}")],
+            layer_sizes,
+            action: "pull".into(),
+            event_ref: shown.clone(),
+        };
+        let recorded = self
+            .metadata
+            .call(|channel| {
+                let put = put.clone();
+                async move { MetadataClient::new(channel).put_image(put).await }
+            })
+            .await
+            .map_err(|status| match status.code() {
+                tonic::Code::InvalidArgument => Error::InvalidArgument(status.message().into()),
+                _ => Error::Unavailable(status.message().into()),
+            })?;
+        let id = recorded.id;
+        let fetched = recorded.updated;
+        send(&tx, line("", format!("Digest: {top_digest}"))).await;
+        let mut last = line(
+            "",
+            format!(
+                "Status: {} for {shown}",
+                if fetched {
+                    "Downloaded newer image"
+                } else {
+                    "Image is up to date"
+                }
+            ),
+        );
+        last.image_id = id;
+        last.reference = shown;
+        last.digest = top_digest.to_string();
+        send(&tx, last).await;
+        Ok(())
+    }
+
+    /// The shared job that brings one layer into the store, created or
+    /// joined.
+    #[allow(clippy::too_many_arguments)]
+    fn job(
+        self: &Arc<Self>,
+        client: &Client,
+        oref: &oci_client::Reference,
+        desc: &OciDescriptor,
+        diff_id: &Digest,
+        chain_id: &Digest,
+        parent_chain: Option<Digest>,
+        parent: Option<LayerFuture>,
+    ) -> Result<(LayerFuture, watch::Receiver<State>), Error> {
+        let mut jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(job) = jobs.get(chain_id)
+            && let Some(done) = job.done.upgrade()
+        {
+            return Ok((done, job.progress.clone()));
+        }
+        let (progress_tx, progress) = watch::channel(State::Waiting);
+        let this = Arc::clone(self);
+        let client = client.clone();
+        let oref = oref.clone();
+        let desc = desc.clone();
+        let diff_id = diff_id.clone();
+        let chain_id = chain_id.clone();
+        let key = chain_id.clone();
+        let blob: Digest = desc.digest.parse()?;
+        let future = async move {
+            let result = this
+                .bring_layer(
+                    &client,
+                    &oref,
+                    &desc,
+                    blob,
+                    diff_id,
+                    chain_id.clone(),
+                    parent_chain,
+                    parent,
+                    &progress_tx,
+                )
+                .await;
+            this.jobs
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&chain_id);
+            result
+        }
+        .boxed()
+        .shared();
+        jobs.insert(
+            key,
+            Job {
+                done: future.downgrade().expect("a fresh shared future upgrades"),
+                progress: progress.clone(),
+            },
+        );
+        Ok((future, progress))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn bring_layer(
+        &self,
+        client: &Client,
+        oref: &oci_client::Reference,
+        desc: &OciDescriptor,
+        blob: Digest,
+        diff_id: Digest,
+        chain_id: Digest,
+        parent_chain: Option<Digest>,
+        parent: Option<LayerFuture>,
+        progress: &watch::Sender<State>,
+    ) -> Result<Arc<Layer>, Error> {
+        let id = short(&desc.digest);
+        let attempts = self.limits.max_download_attempts();
+        let mut attempt = 1;
+        let ingest_lock = Arc::clone(
+            self.ingests
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(blob.clone())
+                .or_default(),
+        );
+        let (staging, unpacked) = loop {
+            let writing = ingest_lock.lock().await;
+            let admitted = self.limits.downloads.admit().await;
+            let result = self.fetch_layer(client, oref, desc, &blob, progress).await;
+            drop(admitted);
+            drop(writing);
+            match result {
+                Ok(done) => break done,
+                Err(err) if registry::retryable(&err) && attempt < attempts => {
+                    let delay = Duration::from_secs(1 << (attempt - 1).min(4));
+                    tracing::warn!(layer = %id, attempt, "layer download failed, retrying: {err}");
+                    progress.send_replace(State::Retrying {
+                        seconds: delay.as_secs(),
+                    });
+                    tokio::time::sleep(delay).await;
+                    attempt += 1;
+                }
+                Err(err) => {
+                    self.forget_ingest_lock(&blob, ingest_lock);
+                    return Err(err);
+                }
+            }
+        };
+        self.forget_ingest_lock(&blob, ingest_lock);
+        if unpacked.diff_id != diff_id {
+            return Err(Error::InvalidArgument(format!(
+                "layer {id}: unpacked content has diffID {} but the config says {diff_id}",
+                unpacked.diff_id
+            )));
+        }
+        progress.send_replace(State::Extracting);
+        if let Some(parent) = parent {
+            parent.await?;
+        } else if let Some(parent_chain) = &parent_chain
+            && self.layers.get(parent_chain).is_none()
+        {
+            return Err(Error::Internal(format!(
+                "layer {id}: parent layer {parent_chain} vanished during the pull"
+            )));
+        }
+        let layers = Arc::clone(&self.layers);
+        let layer = Layer {
+            chain_id,
+            diff_id,
+            parent: parent_chain,
+            size: unpacked.size,
+            blob: Some(blob),
+        };
+        let committed = tokio::task::spawn_blocking(move || layers.commit(staging, layer))
+            .await
+            .map_err(Error::internal)??;
+        progress.send_replace(State::Complete);
+        Ok(committed)
+    }
+
+    /// Drops the blob's ingest lock from the map once nobody holds it.
+    fn forget_ingest_lock(&self, blob: &Digest, lock: Arc<tokio::sync::Mutex<()>>) {
+        drop(lock);
+        let mut ingests = self.ingests.lock().unwrap_or_else(|e| e.into_inner());
+        if ingests.get(blob).is_some_and(|l| Arc::strong_count(l) == 1) {
+            ingests.remove(blob);
+        }
+    }
+
+    /// One attempt: download (resuming an ingest when the registry allows
+    /// ranges) while hashing and unpacking.
+    async fn fetch_layer(
+        &self,
+        client: &Client,
+        oref: &oci_client::Reference,
+        desc: &OciDescriptor,
+        blob: &Digest,
+        progress: &watch::Sender<State>,
+    ) -> Result<(Staging, Unpacked), Error> {
+        let id = short(&desc.digest);
+        let what = format!("layer {id}");
+        let total = desc.size.max(0) as u64;
+        let content = self.content.clone();
+        let wanted = blob.clone();
+        let mut ingest = tokio::task::spawn_blocking(move || content.ingest(&wanted))
+            .await
+            .map_err(Error::internal)??;
+        if total > 0 && ingest.offset() >= total {
+            ingest.reset()?;
+        }
+        let offset = ingest.offset();
+        let stream = if offset > 0 {
+            match client
+                .pull_blob_stream_partial(oref, desc, offset, None)
+                .await
+                .map_err(|e| registry::error(&what, e))?
+            {
+                BlobResponse::Partial(stream) => {
+                    tracing::info!(layer = %id, offset, "resuming layer download");
+                    stream
+                }
+                BlobResponse::Full(stream) => {
+                    ingest.reset()?;
+                    stream
+                }
+            }
+        } else {
+            client
+                .pull_blob_stream(oref, desc)
+                .await
+                .map_err(|e| registry::error(&what, e))?
+        };
+        let offset = ingest.offset();
+        let mut body = stream.stream;
+
+        let (chunks_tx, chunks_rx) = mpsc::channel::<Chunk>(16);
+        let layers = Arc::clone(&self.layers);
+        let unpacking =
+            tokio::task::spawn_blocking(move || -> Result<(Staging, Unpacked), Error> {
+                let prefix: Box<dyn Read + Send> = if offset > 0 {
+                    Box::new(ingest.reopen_written()?)
+                } else {
+                    Box::new(io::empty())
+                };
+                let mut reader = TeeReader {
+                    prefix,
+                    chunks: chunks_rx,
+                    current: Bytes::new(),
+                    ingest: Some(ingest),
+                    failure: None,
+                    ended: false,
+                };
+                let staging = layers.stage()?;
+                let result = unpack::unpack(&mut reader, &staging.diff()).and_then(|unpacked| {
+                    io::copy(&mut reader, &mut io::sink()).map_err(unpack::classify)?;
+                    Ok(unpacked)
+                });
+                if let Some(failure) = reader.failure.take() {
+                    return Err(failure); // the download failed: keep the ingest
+                }
+                let ingest = reader.ingest.take().expect("ingest kept until the end");
+                match result {
+                    Ok(unpacked) => {
+                        ingest.commit()?;
+                        Ok((staging, unpacked))
+                    }
+                    Err(err) => {
+                        ingest.discard();
+                        Err(err)
+                    }
+                }
+            });
+
+        progress.send_replace(State::Downloading {
+            current: offset,
+            total,
+        });
+        let mut current = offset;
+        let mut window_start = Instant::now();
+        let mut window_bytes = 0u64;
+        let mut last_report = Instant::now();
+        let outcome = loop {
+            match tokio::time::timeout(self.stall, body.next()).await {
+                Err(_) => {
+                    break Chunk::Failed(self.stalled(&id, current, total));
+                }
+                Ok(None) => break Chunk::End,
+                Ok(Some(Err(err))) => {
+                    break Chunk::Failed(Error::Unavailable(format!(
+                        "{what}: download interrupted: {err}"
+                    )));
+                }
+                Ok(Some(Ok(bytes))) => {
+                    current += bytes.len() as u64;
+                    window_bytes += bytes.len() as u64;
+                    if chunks_tx.send(Chunk::Data(bytes)).await.is_err() {
+                        break Chunk::End; // unpacking failed; its error follows
+                    }
+                    if last_report.elapsed() >= Duration::from_millis(100) {
+                        progress.send_replace(State::Downloading { current, total });
+                        last_report = Instant::now();
+                    }
+                    if window_start.elapsed() >= self.stall {
+                        let floor = self.min_rate * window_start.elapsed().as_secs();
+                        if window_bytes < floor {
+                            break Chunk::Failed(self.stalled(&id, current, total));
+                        }
+                        window_start = Instant::now();
+                        window_bytes = 0;
+                    }
+                }
+            }
+        };
+        let stalled = matches!(&outcome, Chunk::Failed(Error::DeadlineExceeded(_)));
+        progress.send_replace(State::Downloading { current, total });
+        let _ = chunks_tx.send(outcome).await;
+        drop(chunks_tx);
+        progress.send_replace(State::Verifying);
+        let result = unpacking.await.map_err(Error::internal)?;
+        if result.is_ok() {
+            progress.send_replace(State::DownloadComplete);
+        } else if stalled {
+            tracing::warn!(layer = %id, "layer download stalled");
+        }
+        result
+    }
+
+    fn stalled(&self, id: &str, current: u64, total: u64) -> Error {
+        Error::DeadlineExceeded(format!(
+            "layer {id} stalled: {current} of {total} bytes after no progress for {}s{}",
+            self.stall.as_secs(),
+            if self.min_rate > 0 {
+                format!(" (minimum {} bytes/s)", self.min_rate)
+            } else {
+                String::new()
+            }
+        ))
+    }
+
+    /// Fetches a small blob (a config) whole and checks its digest.
+    async fn fetch_small(
+        &self,
+        client: &Client,
+        oref: &oci_client::Reference,
+        desc: &OciDescriptor,
+        what: &str,
+    ) -> Result<Vec<u8>, Error> {
+        if desc.size as u64 > MAX_JSON_BLOB {
+            return Err(Error::InvalidArgument(format!(
+                "{what}: {} bytes is too large",
+                desc.size
+            )));
+        }
+        let expected: Digest = desc.digest.parse()?;
+        self.with_retries(what, || async {
+            let mut stream = client.pull_blob_stream(oref, desc).await?;
+            let mut data = Vec::new();
+            while let Some(chunk) = stream.next().await {
+                data.extend_from_slice(&chunk?);
+                if data.len() as u64 > MAX_JSON_BLOB {
+                    return Err(oci_client::errors::OciDistributionError::GenericError(
+                        Some("blob larger than announced".into()),
+                    ));
+                }
+            }
+            Ok(data)
+        })
+        .await
+        .and_then(|data| {
+            if Digest::sha256_of(&data) != expected {
+                return Err(Error::InvalidArgument(format!("{what}: digest mismatch")));
+            }
+            Ok(data)
+        })
+    }
+
+    /// Runs a registry call, retrying what may pass with backoff.
+    async fn with_retries<T, F, Fut>(&self, what: &str, mut call: F) -> Result<T, Error>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, oci_client::errors::OciDistributionError>>,
+    {
+        let attempts = self.limits.max_download_attempts();
+        let mut attempt = 1;
+        loop {
+            match call().await.map_err(|e| registry::error(what, e)) {
+                Err(err) if registry::retryable(&err) && attempt < attempts => {
+                    tracing::warn!(attempt, "{err}; retrying");
+                    tokio::time::sleep(Duration::from_millis(500 << (attempt - 1).min(4))).await;
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
+/// Picks the index entry for `platform` with Docker's matching: an exact
+/// match first, else the best compatible one.
+fn choose_platform(
+    entries: &[IndexEntry],
+    platform: &Platform,
+    shown: &str,
+) -> Result<String, Error> {
+    let candidates: Vec<(&IndexEntry, Platform)> = entries
+        .iter()
+        .filter(|e| !e.media_type.contains("attestation"))
+        .filter_map(|e| {
+            let p = e.platform.as_ref()?;
+            Some((
+                e,
+                Platform::new(&p.os, &p.architecture, p.variant.as_deref().unwrap_or(""))
+                    .normalize(),
+            ))
+        })
+        .collect();
+    if let Some((entry, _)) = candidates.iter().find(|(_, p)| p == platform) {
+        return Ok(entry.digest.clone());
+    }
+    if let Some((entry, _)) = candidates.iter().find(|(_, p)| platform.runs(p)) {
+        return Ok(entry.digest.clone());
+    }
+    let available: Vec<String> = candidates.iter().map(|(_, p)| p.to_string()).collect();
+    Err(Error::NotFound(format!(
+        "no matching manifest for {platform} in the manifest list entries (available for {shown}: {})",
+        available.join(", ")
+    )))
+}
+
+/// Docker v28's refusal of schema 1 manifests.
+fn schema1(shown: &str) -> Error {
+    Error::InvalidArgument(format!(
+        "Docker Image Format v1 and Docker Image manifest version 2, schema 1 support has been removed. \
+         Suggest the author of {shown} to upgrade the image to the OCI Format or Docker Image manifest v2, schema 2. \
+         More information at https://docs.docker.com/go/deprecated-image-specs/"
+    ))
+}
+
+fn short(digest: &str) -> String {
+    let hex = digest.split_once(':').map_or(digest, |(_, h)| h);
+    hex.chars().take(12).collect()
+}
+
+fn line(id: &str, status: String) -> PullImageProgress {
+    PullImageProgress {
+        id: id.to_string(),
+        status,
+        ..Default::default()
+    }
+}
+
+/// Progress is best effort: a caller that went away cancels the pull
+/// through the stream, not here.
+async fn send(tx: &Progress, message: PullImageProgress) {
+    let _ = tx.send(Ok(message)).await;
+}
+
+/// What the download side hands the unpacking side.
+enum Chunk {
+    Data(Bytes),
+    End,
+    Failed(Error),
+}
+
+/// The blocking side's reader: bytes an earlier attempt left in the
+/// ingest, then the download, each new byte written to the ingest.
+struct TeeReader {
+    prefix: Box<dyn Read + Send>,
+    chunks: mpsc::Receiver<Chunk>,
+    current: Bytes,
+    ingest: Option<Ingest>,
+    failure: Option<Error>,
+    /// The download ended; later reads answer end of file.
+    ended: bool,
+}
+
+impl Read for TeeReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.prefix.read(buf)?;
+        if n > 0 {
+            return Ok(n);
+        }
+        while self.current.is_empty() {
+            if self.ended {
+                return Ok(0);
+            }
+            if self.failure.is_some() {
+                return Err(io::Error::other("download failed"));
+            }
+            match self.chunks.blocking_recv() {
+                Some(Chunk::Data(bytes)) => {
+                    if let Some(ingest) = self.ingest.as_mut() {
+                        ingest.write_all(&bytes)?;
+                    }
+                    self.current = bytes;
+                }
+                Some(Chunk::End) => self.ended = true,
+                Some(Chunk::Failed(err)) => {
+                    self.failure = Some(err);
+                }
+                None => {
+                    self.failure = Some(Error::Unavailable("download cancelled".into()));
+                }
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current[..n]);
+        let _ = self.current.split_to(n);
+        Ok(n)
+    }
+}

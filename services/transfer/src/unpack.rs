@@ -1,0 +1,242 @@
+//! Unpacking one layer tar into its own directory, the overlay2 way.
+//!
+//! The `tar` crate (≥ 0.4.45, synchronous, run on a blocking thread) reads
+//! the archive and writes files, directories, symlinks and hardlinks with
+//! their modes, owners, times and xattrs, refusing any write that would land
+//! outside the layer. This module adds what it leaves to the caller:
+//! refusing `..` and absolute names outright, device nodes and FIFOs,
+//! whiteouts in the form overlayfs reads (`.wh.NAME` becomes a 0/0
+//! character device, `.wh..wh..opq` the `trusted.overlay.opaque=y` xattr on
+//! its directory), directory times restored after their children, and the
+//! diffID: the sha256 of the uncompressed stream.
+
+use std::ffi::CString;
+use std::io::{self, BufRead, BufReader, Read};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Component, Path, PathBuf};
+
+use filetime::FileTime;
+use imaged_common::Error;
+use imaged_model::Digest;
+use sha2::{Digest as _, Sha256};
+use tar::EntryType;
+
+const WHITEOUT_PREFIX: &str = ".wh.";
+const WHITEOUT_META_PREFIX: &str = ".wh..wh.";
+const OPAQUE_MARKER: &str = ".wh..wh..opq";
+
+/// What unpacking learnt about the layer.
+#[derive(Clone, Debug)]
+pub struct Unpacked {
+    /// sha256 of the uncompressed tar stream.
+    pub diff_id: Digest,
+    /// Bytes of regular files (Docker's DiffSize, hardlinks counted once).
+    pub size: u64,
+}
+
+/// Unpacks the (gzip, zstd or uncompressed, detected from the first bytes)
+/// layer tar read from `reader` into the empty directory `dest`.
+/// Errors: INVALID_ARGUMENT for a malformed or unsafe archive,
+/// RESOURCE_EXHAUSTED for a full disk.
+pub fn unpack(reader: impl Read, dest: &Path) -> Result<Unpacked, Error> {
+    let mut buffered = BufReader::with_capacity(256 * 1024, reader);
+    let magic = buffered.fill_buf().map_err(classify)?.to_vec();
+    let decompressed: Box<dyn Read> = if magic.starts_with(&[0x1f, 0x8b]) {
+        Box::new(flate2::bufread::MultiGzDecoder::new(buffered))
+    } else if magic.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        Box::new(zstd::stream::read::Decoder::with_buffer(buffered).map_err(classify)?)
+    } else {
+        Box::new(buffered)
+    };
+    let mut hashing = HashingReader {
+        inner: decompressed,
+        hasher: Sha256::new(),
+    };
+    let size = unpack_entries(&mut hashing, dest)?;
+    // The tar reader stops at the end-of-archive blocks; the diffID covers
+    // every byte of the stream.
+    io::copy(&mut hashing, &mut io::sink()).map_err(classify)?;
+    let diff_id = Digest::sha256_from_hex(&hex::encode(hashing.hasher.finalize()))?;
+    Ok(Unpacked { diff_id, size })
+}
+
+fn unpack_entries(reader: &mut dyn Read, dest: &Path) -> Result<u64, Error> {
+    let as_root = unsafe { libc::geteuid() } == 0;
+    let mut archive = tar::Archive::new(reader);
+    archive.set_preserve_permissions(true);
+    archive.set_preserve_ownerships(as_root);
+    archive.set_preserve_mtime(true);
+    archive.set_unpack_xattrs(true);
+    archive.set_overwrite(true);
+
+    let mut size = 0u64;
+    let mut dir_times = Vec::new();
+    for entry in archive.entries().map_err(classify)? {
+        let mut entry = entry.map_err(classify)?;
+        let raw = entry.path().map_err(classify)?.into_owned();
+        let path = relative_path(&raw)?;
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            continue; // the layer root itself ("./")
+        };
+        let parent = dest.join(path.parent().unwrap_or(Path::new("")));
+        if name == OPAQUE_MARKER {
+            std::fs::create_dir_all(&parent).map_err(classify)?;
+            set_opaque(&parent)?;
+            continue;
+        }
+        if name.starts_with(WHITEOUT_META_PREFIX) {
+            continue; // AUFS hardlink bookkeeping, meaningless to overlay
+        }
+        if let Some(hidden) = name.strip_prefix(WHITEOUT_PREFIX) {
+            std::fs::create_dir_all(&parent).map_err(classify)?;
+            let target = parent.join(hidden);
+            remove_existing(&target)?;
+            make_node(&target, libc::S_IFCHR, 0, 0).map_err(classify)?;
+            continue;
+        }
+        let header = entry.header();
+        let kind = header.entry_type();
+        match kind {
+            EntryType::Char | EntryType::Block | EntryType::Fifo => {
+                let mode = header.mode().map_err(classify)?;
+                let file_type = match kind {
+                    EntryType::Char => libc::S_IFCHR,
+                    EntryType::Block => libc::S_IFBLK,
+                    _ => libc::S_IFIFO,
+                };
+                let major = header.device_major().ok().flatten().unwrap_or(0);
+                let minor = header.device_minor().ok().flatten().unwrap_or(0);
+                let (uid, gid) = (header.uid().unwrap_or(0), header.gid().unwrap_or(0));
+                let mtime = header.mtime().unwrap_or(0);
+                std::fs::create_dir_all(&parent).map_err(classify)?;
+                let target = dest.join(&path);
+                remove_existing(&target)?;
+                make_node(&target, file_type, libc::makedev(major, minor), mode)
+                    .map_err(classify)?;
+                if as_root {
+                    std::os::unix::fs::lchown(&target, Some(uid as u32), Some(gid as u32))
+                        .map_err(classify)?;
+                    std::fs::set_permissions(
+                        &target,
+                        std::os::unix::fs::PermissionsExt::from_mode(mode),
+                    )
+                    .map_err(classify)?;
+                }
+                let time = FileTime::from_unix_time(mtime as i64, 0);
+                filetime::set_symlink_file_times(&target, time, time).map_err(classify)?;
+                continue;
+            }
+            EntryType::Link | EntryType::Symlink => {
+                let link = entry
+                    .link_name()
+                    .map_err(classify)?
+                    .ok_or_else(|| invalid(&raw, "link without a target"))?;
+                if kind == EntryType::Link {
+                    relative_path(&link)?;
+                }
+            }
+            EntryType::Directory => {
+                let mtime = header.mtime().unwrap_or(0);
+                dir_times.push((dest.join(&path), mtime));
+            }
+            EntryType::Regular | EntryType::Continuous => {
+                size += header.size().unwrap_or(0);
+            }
+            _ => {}
+        }
+        if !entry.unpack_in(dest).map_err(classify)? {
+            return Err(invalid(&raw, "path escapes the layer"));
+        }
+    }
+    // Children changed their directories' times; put them back, deepest
+    // first.
+    for (dir, mtime) in dir_times.iter().rev() {
+        let time = FileTime::from_unix_time((*mtime).max(1) as i64, 0);
+        filetime::set_symlink_file_times(dir, time, time).map_err(classify)?;
+    }
+    Ok(size)
+}
+
+/// The entry name as a path inside the layer: `./` and empty parts are
+/// dropped; `..` and absolute names are refused.
+fn relative_path(raw: &Path) -> Result<PathBuf, Error> {
+    let mut out = PathBuf::new();
+    for component in raw.components() {
+        match component {
+            Component::Normal(part) => out.push(part),
+            Component::CurDir => {}
+            Component::ParentDir => return Err(invalid(raw, "path contains \"..\"")),
+            Component::RootDir | Component::Prefix(_) => {
+                return Err(invalid(raw, "absolute path"));
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn invalid(path: &Path, why: &str) -> Error {
+    Error::InvalidArgument(format!(
+        "invalid layer tar: {}: {why}",
+        path.to_string_lossy()
+    ))
+}
+
+/// Removes what an earlier entry of the same layer left at `path`.
+fn remove_existing(path: &Path) -> Result<(), Error> {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_dir() => std::fs::remove_dir_all(path).map_err(classify),
+        Ok(_) => std::fs::remove_file(path).map_err(classify),
+        Err(_) => Ok(()),
+    }
+}
+
+fn make_node(path: &Path, file_type: libc::mode_t, dev: libc::dev_t, mode: u32) -> io::Result<()> {
+    let c_path = CString::new(path.as_os_str().as_bytes())?;
+    // SAFETY: `c_path` is a valid NUL-terminated path for the whole call.
+    let rc = unsafe { libc::mknod(c_path.as_ptr(), file_type | (mode & 0o7777), dev) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn set_opaque(dir: &Path) -> Result<(), Error> {
+    xattr::set(dir, "trusted.overlay.opaque", b"y").map_err(classify)
+}
+
+/// Sorts an unpacking failure: a full disk is the caller's limit, a fault
+/// of our own filesystem is internal, anything else is a bad archive.
+pub fn classify(err: io::Error) -> Error {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&err);
+    while let Some(current) = source {
+        if let Some(io_err) = current.downcast_ref::<io::Error>()
+            && let Some(code) = io_err.raw_os_error()
+        {
+            match code {
+                libc::ENOSPC | libc::EDQUOT => {
+                    return Error::ResourceExhausted(format!("no space left on device: {err}"));
+                }
+                libc::EIO | libc::EROFS | libc::EACCES | libc::EMFILE | libc::ENFILE => {
+                    return Error::Internal(format!("unpacking layer: {err}"));
+                }
+                _ => {}
+            }
+        }
+        source = current.source();
+    }
+    Error::InvalidArgument(format!("invalid layer tar: {err}"))
+}
+
+/// Hashes what passes through: the diffID of the uncompressed stream.
+struct HashingReader<R> {
+    inner: R,
+    hasher: Sha256,
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+}

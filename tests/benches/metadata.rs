@@ -1,0 +1,250 @@
+//! `make bench`: imaged-metadata with 10,000 images and 20,000 tags.
+//! ListImages (no filter, reference= filter), InspectImage (by tag, by
+//! short ID) and TagImage, each through the gateway and direct to
+//! imaged-metadata in the same run, so the gateway hop's cost shows.
+
+use std::time::{Duration, Instant};
+
+use imaged_api::v1::images_client::ImagesClient;
+use imaged_api::v1::metadata_client::MetadataClient;
+use imaged_api::v1::{CreateImageRequest, InspectImageRequest, ListImagesRequest, TagImageRequest};
+use imaged_common::config::Service;
+use imaged_e2e::Imaged;
+
+const IMAGES: usize = 10_000;
+const TAGS_PER_IMAGE: usize = 2;
+const MAX_MESSAGE: usize = 64 << 20;
+
+fn config(i: usize) -> Vec<u8> {
+    format!(
+        r#"{{"architecture":"amd64","os":"linux","created":"2024-01-01T00:00:{:02}.{:06}Z","config":{{"Env":["I={i}"],"Labels":{{"team":"t{}"}}}},"rootfs":{{"type":"layers","diff_ids":[]}}}}"#,
+        i % 60,
+        i,
+        i % 10
+    )
+    .into_bytes()
+}
+
+struct Stats {
+    median: Duration,
+    p99: Duration,
+    ops: f64,
+}
+
+async fn measure<F, Fut>(calls: usize, mut call: F) -> Stats
+where
+    F: FnMut(usize) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    for i in 0..calls.min(20) {
+        call(i).await;
+    }
+    let mut samples = Vec::with_capacity(calls);
+    let start = Instant::now();
+    for i in 0..calls {
+        let t = Instant::now();
+        call(i).await;
+        samples.push(t.elapsed());
+    }
+    let total = start.elapsed();
+    samples.sort();
+    Stats {
+        median: samples[calls / 2],
+        p99: samples[(calls * 99 / 100).min(calls - 1)],
+        ops: calls as f64 / total.as_secs_f64(),
+    }
+}
+
+fn row(name: &str, gateway: &Stats, direct: &Stats) {
+    println!(
+        "{name:<34} {:>10.2?} {:>10.2?} {:>8.0} | {:>10.2?} {:>10.2?} {:>8.0} | {:>+6.1}%",
+        gateway.median,
+        gateway.p99,
+        gateway.ops,
+        direct.median,
+        direct.p99,
+        direct.ops,
+        (gateway.median.as_secs_f64() / direct.median.as_secs_f64() - 1.0) * 100.0
+    );
+}
+
+#[tokio::main]
+async fn main() {
+    let imaged = Imaged::start().await.expect("start imaged");
+    let gateway =
+        ImagesClient::new(imaged.channel(Service::Gateway)).max_decoding_message_size(MAX_MESSAGE);
+    let direct = MetadataClient::new(imaged.channel(Service::Metadata))
+        .max_decoding_message_size(MAX_MESSAGE);
+
+    // Seed: 10,000 images, two tags each, with 16 writers at a time.
+    let seeding = Instant::now();
+    let mut ids = vec![String::new(); IMAGES];
+    for chunk in (0..IMAGES).collect::<Vec<_>>().chunks(16) {
+        let mut tasks = Vec::new();
+        for &i in chunk {
+            let mut c = direct.clone();
+            tasks.push(tokio::spawn(async move {
+                let id = c
+                    .create_image(CreateImageRequest {
+                        config: config(i),
+                        parent: String::new(),
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .id;
+                for t in 0..TAGS_PER_IMAGE {
+                    c.tag_image(TagImageRequest {
+                        source: id.clone(),
+                        target: format!("bench/app{}:v{t}", i % 100) + &format!("-{i}"),
+                    })
+                    .await
+                    .unwrap();
+                }
+                (i, id)
+            }));
+        }
+        for t in tasks {
+            let (i, id) = t.await.unwrap();
+            ids[i] = id;
+        }
+    }
+    println!(
+        "\nseeded {IMAGES} images and {} tags in {:.1?}",
+        IMAGES * TAGS_PER_IMAGE,
+        seeding.elapsed()
+    );
+
+    let list_all = ListImagesRequest::default();
+    let list_ref = ListImagesRequest {
+        filters: vec!["reference=bench/app7:*".into()],
+        ..Default::default()
+    };
+
+    let g = gateway.clone();
+    let gw_list = measure(100, |_| {
+        let (mut g, r) = (g.clone(), list_all.clone());
+        async move {
+            assert_eq!(
+                g.list_images(r).await.unwrap().into_inner().images.len(),
+                IMAGES
+            )
+        }
+    })
+    .await;
+    let d = direct.clone();
+    let md_list = measure(100, |_| {
+        let (mut d, r) = (d.clone(), list_all.clone());
+        async move {
+            assert_eq!(
+                d.list_images(r).await.unwrap().into_inner().images.len(),
+                IMAGES
+            )
+        }
+    })
+    .await;
+    let gw_ref = measure(200, |_| {
+        let (mut g, r) = (g.clone(), list_ref.clone());
+        async move {
+            assert_eq!(
+                g.list_images(r).await.unwrap().into_inner().images.len(),
+                IMAGES / 100
+            )
+        }
+    })
+    .await;
+    let md_ref = measure(200, |_| {
+        let (mut d, r) = (d.clone(), list_ref.clone());
+        async move {
+            assert_eq!(
+                d.list_images(r).await.unwrap().into_inner().images.len(),
+                IMAGES / 100
+            )
+        }
+    })
+    .await;
+
+    let by_tag = |i: usize| InspectImageRequest {
+        image: format!("bench/app{}:v0-{i}", i % 100),
+        platform: None,
+    };
+    let ids_ref = &ids;
+    let by_short = |i: usize| InspectImageRequest {
+        image: ids_ref[i][7..19].to_string(),
+        platform: None,
+    };
+    let gw_tag = measure(2000, |i| {
+        let mut g = g.clone();
+        let r = by_tag(i * 7 % IMAGES);
+        async move {
+            g.inspect_image(r).await.unwrap();
+        }
+    })
+    .await;
+    let md_tag = measure(2000, |i| {
+        let mut d = d.clone();
+        let r = by_tag(i * 7 % IMAGES);
+        async move {
+            d.inspect_image(r).await.unwrap();
+        }
+    })
+    .await;
+    let gw_short = measure(2000, |i| {
+        let mut g = g.clone();
+        let r = by_short(i * 7 % IMAGES);
+        async move {
+            g.inspect_image(r).await.unwrap();
+        }
+    })
+    .await;
+    let md_short = measure(2000, |i| {
+        let mut d = d.clone();
+        let r = by_short(i * 7 % IMAGES);
+        async move {
+            d.inspect_image(r).await.unwrap();
+        }
+    })
+    .await;
+    let gw_tagging = measure(1000, |i| {
+        let mut g = g.clone();
+        let r = TagImageRequest {
+            source: ids_ref[i % IMAGES].clone(),
+            target: format!("moved:gw{}", i % 50),
+        };
+        async move {
+            g.tag_image(r).await.unwrap();
+        }
+    })
+    .await;
+    let md_tagging = measure(1000, |i| {
+        let mut d = d.clone();
+        let r = TagImageRequest {
+            source: ids_ref[i % IMAGES].clone(),
+            target: format!("moved:md{}", i % 50),
+        };
+        async move {
+            d.tag_image(r).await.unwrap();
+        }
+    })
+    .await;
+
+    println!(
+        "{:<34} {:>10} {:>10} {:>8} | {:>10} {:>10} {:>8} | {:>7}",
+        "call (10k images, 20k tags)",
+        "gw median",
+        "gw p99",
+        "gw op/s",
+        "md median",
+        "md p99",
+        "md op/s",
+        "gw cost"
+    );
+    row("ListImages (all 10,000)", &gw_list, &md_list);
+    row("ListImages reference=bench/app7:*", &gw_ref, &md_ref);
+    row("InspectImage by tag", &gw_tag, &md_tag);
+    row("InspectImage by short ID", &gw_short, &md_short);
+    row("TagImage", &gw_tagging, &md_tagging);
+    println!(
+        "targets: ListImages over 10,000 images < 10ms median through the gateway; gateway cost <= 25%"
+    );
+}

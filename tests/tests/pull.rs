@@ -1,0 +1,375 @@
+//! Pull and push through the gateway against a real registry: every
+//! fixture shape unpacked exactly, platform selection, warm pulls, push and
+//! pull back by digest, shared layers fetched once, layer release on rmi.
+
+use std::collections::HashSet;
+
+use imaged_api::v1::images_client::ImagesClient;
+use imaged_api::v1::*;
+use imaged_common::peer::PeerChannel;
+use imaged_e2e::unpacked::assert_layer_matches;
+use imaged_e2e::{Imaged, TestRegistry};
+use imaged_fixtures::{Catalog, Image, catalog};
+use tokio_stream::StreamExt;
+use tonic::Code;
+
+type Client = ImagesClient<PeerChannel>;
+
+/// Pulls `reference` and answers every progress message, or the status
+/// the stream ended with.
+pub async fn pull(
+    client: &mut Client,
+    reference: &str,
+    platform: Option<Platform>,
+) -> Result<Vec<PullImageProgress>, tonic::Status> {
+    let mut stream = client
+        .pull_image(PullImageRequest {
+            reference: reference.into(),
+            platform,
+            auth: None,
+        })
+        .await?
+        .into_inner();
+    let mut messages = Vec::new();
+    while let Some(message) = stream.next().await {
+        messages.push(message?);
+    }
+    Ok(messages)
+}
+
+async fn setup() -> (Imaged, TestRegistry, Catalog) {
+    let registry = TestRegistry::start().await.unwrap();
+    let catalog = catalog().unwrap();
+    catalog.push_all(&registry.fixtures()).await.unwrap();
+    let imaged = Imaged::start().await.unwrap();
+    (imaged, registry, catalog)
+}
+
+fn chain_hexes(image: &Image) -> Vec<String> {
+    let mut chain: Option<String> = None;
+    image
+        .layers
+        .iter()
+        .map(|layer| {
+            let next = match &chain {
+                None => layer.diff_id.clone(),
+                Some(parent) => {
+                    imaged_fixtures::sha256_digest(format!("{parent} {}", layer.diff_id).as_bytes())
+                }
+            };
+            chain = Some(next.clone());
+            next.trim_start_matches("sha256:").to_string()
+        })
+        .collect()
+}
+
+fn assert_unpacked(imaged: &Imaged, image: &Image) {
+    for (layer, chain) in image.layers.iter().zip(chain_hexes(image)) {
+        let dir = imaged
+            .root()
+            .join("transfer/layers")
+            .join(&chain)
+            .join("diff");
+        assert_layer_matches(&layer.tar().unwrap(), &dir)
+            .unwrap_or_else(|e| panic!("layer {chain}: {e:#}"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pulls_every_fixture_shape_exactly() {
+    let (imaged, registry, catalog) = setup().await;
+    let mut client = imaged.images();
+    for (repo_tag, image) in catalog.images() {
+        let reference = registry.fixtures().reference(repo_tag);
+        let messages = pull(&mut client, &reference, None)
+            .await
+            .unwrap_or_else(|e| panic!("pull {reference}: {e}"));
+        let last = messages.last().unwrap();
+        assert_eq!(last.image_id, image.id(), "{reference}");
+        assert_eq!(last.digest, image.manifest.digest, "{reference}");
+        assert_eq!(last.reference, reference);
+        assert!(
+            last.status
+                .starts_with("Status: Downloaded newer image for"),
+            "{}",
+            last.status
+        );
+        let statuses: HashSet<&str> = messages.iter().map(|m| m.status.as_str()).collect();
+        assert!(
+            statuses.contains("Pull complete") || statuses.contains("Already exists"),
+            "{statuses:?}"
+        );
+        assert_unpacked(&imaged, image);
+
+        let inspect = client
+            .inspect_image(InspectImageRequest {
+                image: reference.clone(),
+                platform: None,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(inspect.id, image.id());
+        assert!(
+            inspect.repo_tags.contains(&reference),
+            "{:?}",
+            inspect.repo_tags
+        );
+        let name = reference.rsplit_once(':').unwrap().0;
+        assert_eq!(
+            inspect.repo_digests,
+            vec![format!("{name}@{}", image.manifest.digest)]
+        );
+    }
+
+    // The history of a multi-layer image shows every layer's size.
+    let app = registry.fixtures().reference("fixtures/app:1.0");
+    let history = client
+        .image_history(ImageHistoryRequest {
+            image: app,
+            platform: None,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .items;
+    assert_eq!(history.len(), 4, "{history:?}");
+    assert!(
+        history.iter().filter(|h| h.size > 0).count() >= 3,
+        "{history:?}"
+    );
+
+    // A warm pull fetches nothing.
+    let before = registry.blob_gets().len();
+    let reference = registry.fixtures().reference("fixtures/app:1.0");
+    let messages = pull(&mut client, &reference, None).await.unwrap();
+    assert!(
+        messages
+            .iter()
+            .filter(|m| m.status == "Already exists")
+            .count()
+            == 3,
+        "{messages:?}"
+    );
+    assert!(
+        messages
+            .last()
+            .unwrap()
+            .status
+            .starts_with("Status: Image is up to date for")
+    );
+    assert_eq!(
+        registry.blob_gets().len(),
+        before,
+        "a warm pull downloaded blobs"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn picks_the_platform_from_an_index() {
+    let (imaged, registry, catalog) = setup().await;
+    let mut client = imaged.images();
+    let reference = registry.fixtures().reference("fixtures/multi:latest");
+
+    let arm = Platform {
+        os: "linux".into(),
+        architecture: "arm64".into(),
+        variant: "v8".into(),
+    };
+    let messages = pull(&mut client, &reference, Some(arm)).await.unwrap();
+    let last = messages.last().unwrap();
+    assert_eq!(last.image_id, catalog.multi.images[1].id());
+    assert_eq!(
+        last.digest, catalog.multi.index.digest,
+        "the index digest is recorded"
+    );
+    assert_unpacked(&imaged, &catalog.multi.images[1]);
+
+    let messages = pull(&mut client, &reference, None).await.unwrap();
+    assert_eq!(
+        messages.last().unwrap().image_id,
+        catalog.multi.images[0].id(),
+        "host default amd64"
+    );
+
+    let s390x = Platform {
+        os: "linux".into(),
+        architecture: "s390x".into(),
+        variant: String::new(),
+    };
+    let err = pull(&mut client, &reference, Some(s390x))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{err}");
+    assert!(
+        err.message()
+            .contains("no matching manifest for linux/s390x"),
+        "{err}"
+    );
+    assert!(err.message().contains("linux/arm64"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_errors_have_their_codes() {
+    let (imaged, registry, _catalog) = setup().await;
+    let mut client = imaged.images();
+
+    let missing_tag = registry.fixtures().reference("fixtures/base:nope");
+    let err = pull(&mut client, &missing_tag, None).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{err}");
+
+    let missing_repo = registry.fixtures().reference("fixtures/none:latest");
+    let err = pull(&mut client, &missing_repo, None).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{err}");
+
+    let err = pull(&mut client, "Bad//Reference", None).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err}");
+
+    // A registry nobody listens on: UNAVAILABLE after the retries.
+    let port = imaged_e2e::free_port();
+    let err = pull(&mut client, &format!("127.0.0.1:{port}/x/y:latest"), None)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err}");
+
+    // Nothing was recorded by the failed pulls.
+    let images = client
+        .list_images(ListImagesRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .images;
+    assert!(images.is_empty(), "{images:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_pulls_fetch_each_shared_blob_once() {
+    let (imaged, registry, catalog) = setup().await;
+    let references = [
+        "fixtures/base:latest",
+        "fixtures/app:1.0",
+        "fixtures/docker:latest",
+    ];
+    let mut pulls = Vec::new();
+    for i in 0..10 {
+        let mut client = imaged.images();
+        let reference = registry
+            .fixtures()
+            .reference(references[i % references.len()]);
+        pulls.push(tokio::spawn(async move {
+            pull(&mut client, &reference, None).await
+        }));
+    }
+    for p in pulls {
+        p.await.unwrap().unwrap();
+    }
+    let gets = registry.blob_gets();
+    let layer_gets: Vec<&String> = gets
+        .iter()
+        .filter(|path| {
+            [&catalog.base, &catalog.app, &catalog.docker]
+                .iter()
+                .flat_map(|image| image.layers.iter())
+                .any(|l| path.ends_with(&l.digest))
+        })
+        .collect();
+    let distinct: HashSet<&str> = layer_gets
+        .iter()
+        .map(|p| p.rsplit('/').next().unwrap())
+        .collect();
+    assert_eq!(
+        layer_gets.len(),
+        distinct.len(),
+        "some layer blob was downloaded twice: {layer_gets:?}"
+    );
+    // base's layer is shared by all three images.
+    assert_eq!(distinct.len(), 4, "{distinct:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_then_pull_back_by_digest() {
+    let (imaged, registry, catalog) = setup().await;
+    let mut client = imaged.images();
+    let source = registry.fixtures().reference("fixtures/app:1.0");
+    pull(&mut client, &source, None).await.unwrap();
+    let target = registry.fixtures().reference("pushed/app:v2");
+    client
+        .tag_image(TagImageRequest {
+            source: source.clone(),
+            target: target.clone(),
+        })
+        .await
+        .unwrap();
+    let mut stream = client
+        .push_image(PushImageRequest {
+            reference: target.clone(),
+            platform: None,
+            auth: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut messages = Vec::new();
+    while let Some(message) = stream.next().await {
+        messages.push(message.unwrap());
+    }
+    let last = messages.last().unwrap();
+    assert!(last.digest.starts_with("sha256:"), "{messages:?}");
+    assert!(
+        messages
+            .iter()
+            .any(|m| m.status.starts_with("Mounted from") || m.status == "Pushed"),
+        "{messages:?}"
+    );
+
+    // Drop every local copy, then pull back by digest.
+    for reference in [&source, &target] {
+        client
+            .remove_image(RemoveImageRequest {
+                image: reference.clone(),
+                force: true,
+                prune_children: None,
+            })
+            .await
+            .unwrap();
+    }
+    let by_digest = format!("{}@{}", target.rsplit_once(':').unwrap().0, last.digest);
+    let messages = pull(&mut client, &by_digest, None).await.unwrap();
+    assert_eq!(messages.last().unwrap().image_id, catalog.app.id());
+    assert_unpacked(&imaged, &catalog.app);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_the_last_image_releases_its_layers() {
+    let (imaged, registry, catalog) = setup().await;
+    let mut client = imaged.images();
+    let base = registry.fixtures().reference("fixtures/base:latest");
+    let app = registry.fixtures().reference("fixtures/app:1.0");
+    pull(&mut client, &base, None).await.unwrap();
+    pull(&mut client, &app, None).await.unwrap();
+    let layers = imaged.root().join("transfer/layers");
+    let chains = chain_hexes(&catalog.app);
+    client
+        .remove_image(RemoveImageRequest {
+            image: app.clone(),
+            force: false,
+            prune_children: None,
+        })
+        .await
+        .unwrap();
+    let gone = |chain: &str| !layers.join(chain).exists();
+    for _ in 0..100 {
+        if gone(&chains[2]) && gone(&chains[1]) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(
+        gone(&chains[1]) && gone(&chains[2]),
+        "app's own layers stay"
+    );
+    assert!(
+        layers.join(&chains[0]).exists(),
+        "base's layer is still held by base"
+    );
+}
