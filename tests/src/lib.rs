@@ -6,6 +6,7 @@
 pub mod collector;
 pub mod processes;
 pub mod registry;
+pub mod throttle;
 pub mod unpacked;
 
 pub use collector::Collector;

@@ -207,6 +207,16 @@ fn set_opaque(dir: &Path) -> Result<(), Error> {
 /// Sorts an unpacking failure: a full disk is the caller's limit, a fault
 /// of our own filesystem is internal, anything else is a bad archive.
 pub fn classify(err: io::Error) -> Error {
+    let mut text = err.to_string();
+    let mut cause = std::error::Error::source(&err);
+    while let Some(inner) = cause {
+        let more = inner.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cause = inner.source();
+    }
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&err);
     while let Some(current) = source {
         if let Some(io_err) = current.downcast_ref::<io::Error>()
@@ -214,17 +224,17 @@ pub fn classify(err: io::Error) -> Error {
         {
             match code {
                 libc::ENOSPC | libc::EDQUOT => {
-                    return Error::ResourceExhausted(format!("no space left on device: {err}"));
+                    return Error::ResourceExhausted(format!("no space left on device: {text}"));
                 }
                 libc::EIO | libc::EROFS | libc::EACCES | libc::EMFILE | libc::ENFILE => {
-                    return Error::Internal(format!("unpacking layer: {err}"));
+                    return Error::Internal(format!("unpacking layer: {text}"));
                 }
                 _ => {}
             }
         }
         source = current.source();
     }
-    Error::InvalidArgument(format!("invalid layer tar: {err}"))
+    Error::InvalidArgument(format!("invalid layer tar: {text}"))
 }
 
 /// Hashes what passes through: the diffID of the uncompressed stream.
@@ -238,5 +248,113 @@ impl<R: Read> Read for HashingReader<R> {
         let n = self.inner.read(buf)?;
         self.hasher.update(&buf[..n]);
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+
+    /// A tar of raw entries: (name, type, link target, data). Names are
+    /// written into the header as given, `..` and absolute ones included.
+    fn raw_tar(entries: &[(&str, EntryType, &str, &[u8])]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (name, kind, link, data) in entries {
+            let mut header = tar::Header::new_old();
+            header.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+            header.as_old_mut().linkname[..link.len()].copy_from_slice(link.as_bytes());
+            header.set_entry_type(*kind);
+            header.set_mode(if *kind == EntryType::Directory {
+                0o755
+            } else {
+                0o644
+            });
+            header.set_uid(0);
+            header.set_gid(0);
+            header.set_size(data.len() as u64);
+            header.set_mtime(1_700_000_000);
+            header.set_cksum();
+            out.extend_from_slice(header.as_bytes());
+            out.extend_from_slice(data);
+            out.resize(out.len().div_ceil(512) * 512, 0);
+        }
+        out.resize(out.len() + 1024, 0);
+        out
+    }
+
+    fn refused(tar: &[u8]) -> (Error, tempfile::TempDir) {
+        let outside = tempfile::tempdir().unwrap();
+        let dest = outside.path().join("layer");
+        std::fs::create_dir(&dest).unwrap();
+        let err = unpack(tar, &dest).expect_err("an unsafe layer was accepted");
+        (err, outside)
+    }
+
+    #[test]
+    fn refuses_parent_and_absolute_names() {
+        for name in ["../escape", "a/../../escape", "/etc/escape"] {
+            let tar = raw_tar(&[(name, EntryType::Regular, "", b"x")]);
+            let (err, outside) = refused(&tar);
+            assert!(matches!(err, Error::InvalidArgument(_)), "{name}: {err}");
+            assert!(!outside.path().join("escape").exists(), "{name}");
+        }
+    }
+
+    #[test]
+    fn refuses_writes_through_symlinks_and_links_outside() {
+        let tar = raw_tar(&[
+            ("evil", EntryType::Symlink, "..", b""),
+            ("evil/escape", EntryType::Regular, "", b"x"),
+        ]);
+        let (err, outside) = refused(&tar);
+        assert!(matches!(err, Error::InvalidArgument(_)), "{err}");
+        assert!(!outside.path().join("escape").exists());
+
+        let secret = tempfile::NamedTempFile::new().unwrap();
+        let target = secret.path().to_str().unwrap().trim_start_matches('/');
+        let tar = raw_tar(&[(
+            "link",
+            EntryType::Link,
+            &format!("../../../../../../{target}"),
+            b"",
+        )]);
+        let (err, _outside) = refused(&tar);
+        assert!(matches!(err, Error::InvalidArgument(_)), "{err}");
+    }
+
+    #[test]
+    fn refuses_malformed_headers() {
+        let mut tar = raw_tar(&[("file", EntryType::Regular, "", b"data")]);
+        tar[148] ^= 0x55; // checksum field
+        let (err, _outside) = refused(&tar);
+        assert!(matches!(err, Error::InvalidArgument(_)), "{err}");
+    }
+
+    #[test]
+    fn whiteouts_take_the_overlay_form_and_the_diff_id_covers_the_stream() {
+        let tar = raw_tar(&[
+            ("etc/", EntryType::Directory, "", b""),
+            ("etc/.wh.motd", EntryType::Regular, "", b""),
+            ("var/", EntryType::Directory, "", b""),
+            ("var/.wh..wh..opq", EntryType::Regular, "", b""),
+            ("var/kept", EntryType::Regular, "", b"kept"),
+        ]);
+        let dir = tempfile::tempdir().unwrap();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut gz, &tar).unwrap();
+        let unpacked = unpack(gz.finish().unwrap().as_slice(), dir.path()).unwrap();
+        assert_eq!(unpacked.diff_id, Digest::sha256_of(&tar));
+        assert_eq!(unpacked.size, 4);
+        let whiteout = std::fs::symlink_metadata(dir.path().join("etc/motd")).unwrap();
+        assert!(whiteout.file_type().is_char_device() && whiteout.rdev() == 0);
+        assert!(!dir.path().join("etc/.wh.motd").exists());
+        assert_eq!(
+            xattr::get(dir.path().join("var"), "trusted.overlay.opaque").unwrap(),
+            Some(b"y".to_vec())
+        );
+        assert_eq!(std::fs::read(dir.path().join("var/kept")).unwrap(), b"kept");
+        let var = std::fs::metadata(dir.path().join("var")).unwrap();
+        assert_eq!(var.mtime(), 1_700_000_000, "directory times restored last");
     }
 }

@@ -1,0 +1,254 @@
+//! The transfer engine under pressure: the download limit holds across
+//! pulls and changes at runtime, a kill -9 mid-pull resumes cleanly, a
+//! stalled layer is named, registry credentials are checked.
+
+use std::time::{Duration, Instant};
+
+use imaged_api::v1::transfer_client::TransferClient;
+use imaged_api::v1::*;
+use imaged_common::config::Service;
+use imaged_e2e::throttle::Throttle;
+use imaged_e2e::{Imaged, TestRegistry};
+use imaged_fixtures::{Compression, Image, ImageBuilder, LayerBuilder, MediaTypes};
+use sha2::Digest as _;
+use tokio_stream::StreamExt;
+use tonic::Code;
+
+/// An image of `layers` layers of `size` bytes each, half noise.
+fn bulky(layers: usize, files: usize, size: usize, seed: u64) -> Image {
+    let mut builder = ImageBuilder::new(MediaTypes::Oci);
+    for i in 0..layers {
+        builder = builder.layer(
+            LayerBuilder::new()
+                .dir("data")
+                .generated_files("data", files, size, seed * 1000 + i as u64)
+                .build(Compression::Gzip)
+                .unwrap(),
+        );
+    }
+    builder.build().unwrap()
+}
+
+async fn pull(imaged: &Imaged, reference: &str) -> Result<Vec<PullImageProgress>, tonic::Status> {
+    let mut stream = imaged
+        .images()
+        .pull_image(PullImageRequest {
+            reference: reference.into(),
+            platform: None,
+            auth: None,
+        })
+        .await?
+        .into_inner();
+    let mut messages = Vec::new();
+    while let Some(message) = stream.next().await {
+        messages.push(message?);
+    }
+    Ok(messages)
+}
+
+async fn transfer_info(imaged: &Imaged) -> TransferInfoResponse {
+    TransferClient::new(imaged.channel(Service::Transfer))
+        .info(TransferInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn download_limit_holds_and_changes_at_runtime() {
+    let registry = TestRegistry::start().await.unwrap();
+    let image = bulky(8, 4, 64 * 1024, 1);
+    registry
+        .fixtures()
+        .push_image("bulky/eight:latest", &image)
+        .await
+        .unwrap();
+    let throttle = Throttle::start(&registry.host, 64 * 1024).await.unwrap();
+    let imaged = Imaged::builder()
+        .arg(Service::Transfer, "--max-concurrent-downloads=2")
+        .start()
+        .await
+        .unwrap();
+    assert_eq!(transfer_info(&imaged).await.max_concurrent_downloads, 2);
+
+    let reference = format!("{}/bulky/eight:latest", throttle.host);
+    let pulling = {
+        let imaged_channel = imaged.images();
+        let reference = reference.clone();
+        tokio::spawn(async move {
+            let mut client = imaged_channel;
+            let mut stream = client
+                .pull_image(PullImageRequest {
+                    reference,
+                    platform: None,
+                    auth: None,
+                })
+                .await?
+                .into_inner();
+            let mut last = None;
+            while let Some(message) = stream.next().await {
+                last = Some(message?);
+            }
+            Ok::<_, tonic::Status>(last)
+        })
+    };
+
+    let mut max_before = 0;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while max_before < 2 && Instant::now() < deadline {
+        max_before = max_before.max(transfer_info(&imaged).await.downloads_in_flight);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for _ in 0..25 {
+        max_before = max_before.max(transfer_info(&imaged).await.downloads_in_flight);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(max_before, 2, "the limit of 2 was not used or not held");
+
+    let updated = imaged
+        .images()
+        .update_config(UpdateConfigRequest {
+            max_concurrent_downloads: Some(4),
+            max_concurrent_uploads: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(updated.max_concurrent_downloads, 4);
+    assert_eq!(updated.max_concurrent_uploads, 5);
+
+    let mut max_after = 0;
+    while !pulling.is_finished() {
+        max_after = max_after.max(transfer_info(&imaged).await.downloads_in_flight);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let last = pulling.await.unwrap().unwrap().unwrap();
+    assert_eq!(
+        last.image_id,
+        image.id(),
+        "in-flight work survived the change"
+    );
+    assert!(
+        max_after > 2 && max_after <= 4,
+        "after raising the limit: {max_after} in flight"
+    );
+
+    let err = imaged
+        .images()
+        .update_config(UpdateConfigRequest {
+            max_concurrent_downloads: Some(0),
+            max_concurrent_uploads: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert_eq!(transfer_info(&imaged).await.max_concurrent_downloads, 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_pull_then_the_same_pull_completes() {
+    let registry = TestRegistry::start().await.unwrap();
+    let image = bulky(1, 16, 128 * 1024, 2);
+    registry
+        .fixtures()
+        .push_image("bulky/one:latest", &image)
+        .await
+        .unwrap();
+    let throttle = Throttle::start(&registry.host, 128 * 1024).await.unwrap();
+    let mut imaged = Imaged::start().await.unwrap();
+
+    let slow = format!("{}/bulky/one:latest", throttle.host);
+    let pulling = {
+        let imaged_client = imaged.images();
+        tokio::spawn(async move {
+            let mut client = imaged_client;
+            let mut stream = client
+                .pull_image(PullImageRequest {
+                    reference: slow,
+                    platform: None,
+                    auth: None,
+                })
+                .await?
+                .into_inner();
+            while let Some(message) = stream.next().await {
+                message?;
+            }
+            Ok::<_, tonic::Status>(())
+        })
+    };
+    let ingest = imaged.root().join("transfer/content/ingest");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let partial: u64 = std::fs::read_dir(&ingest)
+            .map(|d| {
+                d.filter_map(|e| e.ok()?.metadata().ok())
+                    .map(|m| m.len())
+                    .sum()
+            })
+            .unwrap_or(0);
+        if partial > 256 * 1024 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no bytes arrived");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    imaged.kill(Service::Transfer).await;
+    assert!(
+        pulling.await.unwrap().is_err(),
+        "the pull must fail when transfer dies"
+    );
+    imaged.start_service(Service::Transfer).await.unwrap();
+
+    let fast = registry.fixtures().reference("bulky/one:latest");
+    let messages = pull(&imaged, &fast).await.unwrap();
+    assert_eq!(messages.last().unwrap().image_id, image.id());
+    assert!(
+        imaged.logs().contains("resuming layer download"),
+        "the partial ingest was not resumed"
+    );
+    let blobs = imaged.root().join("transfer/content/blobs/sha256");
+    for entry in std::fs::read_dir(blobs).unwrap() {
+        let entry = entry.unwrap();
+        let data = std::fs::read(entry.path()).unwrap();
+        assert_eq!(
+            hex::encode(sha2::Sha256::digest(&data)),
+            entry.file_name().to_string_lossy(),
+            "a stored blob does not match its digest"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_layer_is_cancelled_and_named() {
+    let registry = TestRegistry::start().await.unwrap();
+    let image = bulky(1, 8, 128 * 1024, 3);
+    registry
+        .fixtures()
+        .push_image("bulky/stall:latest", &image)
+        .await
+        .unwrap();
+    let throttle = Throttle::start(&registry.host, 64 * 1024).await.unwrap();
+    let imaged = Imaged::builder()
+        .arg(Service::Transfer, "--stall-timeout-secs=2")
+        .start()
+        .await
+        .unwrap();
+    let reference = format!("{}/bulky/stall:latest", throttle.host);
+    let freezer = tokio::spawn(async move {
+        while throttle.bytes() < 64 * 1024 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        throttle.freeze(true);
+        throttle
+    });
+    let started = Instant::now();
+    let err = pull(&imaged, &reference).await.unwrap_err();
+    let _throttle = freezer.await.unwrap();
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err}");
+    let layer = &image.layers[0].digest["sha256:".len().."sha256:".len() + 12];
+    assert!(
+        err.message().contains(&format!("layer {layer} stalled")),
+        "{err}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(30));
+}
