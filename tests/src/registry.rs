@@ -20,15 +20,36 @@ pub struct TestRegistry {
 impl TestRegistry {
     /// Starts the registry and waits until it accepts connections.
     pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(None).await
+    }
+
+    /// A registry that asks for HTTP basic credentials (htpasswd).
+    pub async fn start_with_auth(user: &str, password: &str) -> anyhow::Result<Self> {
+        Self::start_with(Some((user, password))).await
+    }
+
+    async fn start_with(credentials: Option<(&str, &str)>) -> anyhow::Result<Self> {
         let binary = registry_binary()?;
         let dir = tempfile::tempdir()?;
+        let auth = match credentials {
+            None => String::new(),
+            Some((user, password)) => {
+                let hash = bcrypt::hash(password, 4)?;
+                let file = dir.path().join("htpasswd");
+                std::fs::write(&file, format!("{user}:{hash}\n"))?;
+                format!(
+                    "auth:\n  htpasswd:\n    realm: imaged-test\n    path: {}\n",
+                    file.display()
+                )
+            }
+        };
         let port = free_port();
         let host = format!("127.0.0.1:{port}");
         let config = dir.path().join("config.yml");
         std::fs::write(
             &config,
             format!(
-                "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {host}\n",
+                "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {host}\n{auth}",
                 dir.path().join("storage").display()
             ),
         )?;
@@ -83,6 +104,14 @@ impl TestRegistry {
     /// A fixture client for pushing to this registry.
     pub fn fixtures(&self) -> imaged_fixtures::Registry {
         imaged_fixtures::Registry::new(&self.host)
+    }
+
+    /// A fixture client that logs in with basic credentials.
+    pub fn fixtures_as(&self, user: &str, password: &str) -> imaged_fixtures::Registry {
+        imaged_fixtures::Registry::with_auth(
+            &self.host,
+            oci_client::secrets::RegistryAuth::Basic(user.into(), password.into()),
+        )
     }
 }
 

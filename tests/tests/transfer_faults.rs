@@ -252,3 +252,66 @@ async fn a_stalled_layer_is_cancelled_and_named() {
     );
     assert!(started.elapsed() < Duration::from_secs(30));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_credentials_are_checked_and_never_logged() {
+    const PASSWORD: &str = "s3cr3t-Pa55word-imaged";
+    let registry = TestRegistry::start_with_auth("tester", PASSWORD)
+        .await
+        .unwrap();
+    let catalog = imaged_fixtures::catalog().unwrap();
+    registry
+        .fixtures_as("tester", PASSWORD)
+        .push_image("private/base:latest", &catalog.base)
+        .await
+        .unwrap();
+    let imaged = Imaged::builder()
+        .env("IMAGED_LOG", "debug")
+        .start()
+        .await
+        .unwrap();
+    let reference = registry.fixtures().reference("private/base:latest");
+    let with = |password: &str| RegistryAuth {
+        username: "tester".into(),
+        password: password.into(),
+        ..Default::default()
+    };
+    let attempt = |auth: Option<RegistryAuth>| {
+        let mut client = imaged.images();
+        let reference = reference.clone();
+        async move {
+            let mut stream = client
+                .pull_image(PullImageRequest {
+                    reference,
+                    platform: None,
+                    auth,
+                })
+                .await?
+                .into_inner();
+            let mut last = None;
+            while let Some(message) = stream.next().await {
+                last = Some(message?);
+            }
+            Ok::<_, tonic::Status>(last.unwrap())
+        }
+    };
+
+    let err = attempt(None).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{err}");
+    let err = attempt(Some(with("wrong-password"))).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{err}");
+    let last = attempt(Some(with(PASSWORD))).await.unwrap();
+    assert_eq!(last.image_id, catalog.base.id());
+
+    let logs = imaged.logs();
+    assert!(logs.contains("DEBUG"), "debug logging was on");
+    assert!(!logs.contains(PASSWORD), "the password reached a log");
+    let basic = base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        format!("tester:{PASSWORD}"),
+    );
+    assert!(
+        !logs.contains(&basic),
+        "the basic-auth header reached a log"
+    );
+}
