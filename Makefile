@@ -3,7 +3,7 @@
 CARGO ?= cargo
 ROOT ?= ./data
 
-.PHONY: run build test test-deps bench fmt lint clean
+.PHONY: run build test test-deps bench bench-deps fmt lint clean
 
 ## Build in release mode and start all four processes with stores under $(ROOT).
 run:
@@ -22,9 +22,12 @@ test-deps:
 	./deploy/install-test-deps.sh
 
 ## Benchmarks against the real processes (release build); prints tables.
-bench: test-deps
+bench: test-deps bench-deps
 	$(CARGO) build --release --workspace --bins
 	$(CARGO) bench --workspace --benches
+
+bench-deps:
+	./deploy/install-bench-deps.sh
 
 fmt:
 	$(CARGO) fmt --all

@@ -23,7 +23,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_server(true)
         .build_client(true)
         // Credentials get a Debug that hides them (in src/lib.rs).
-        .skip_debug(["imaged.v1.RegistryAuth"])
+        .skip_debug(["imaged.v1.RegistryAuth", "runtime.v1.AuthConfig"])
         .compile_fds(fds)?;
     Ok(())
 }

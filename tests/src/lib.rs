@@ -4,6 +4,7 @@
 //! handle is dropped, so a failing test leaves nothing running.
 
 pub mod collector;
+pub mod containerd;
 pub mod processes;
 pub mod registry;
 pub mod throttle;

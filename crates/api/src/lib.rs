@@ -11,6 +11,11 @@ pub mod v1 {
     tonic::include_proto!("imaged.v1");
 }
 
+/// The CRI v1 image service (`runtime.v1`), as kubelet calls it.
+pub mod cri {
+    tonic::include_proto!("runtime.v1");
+}
+
 /// The encoded `FileDescriptorSet` of every contract, for gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/imaged_descriptor.bin"));
@@ -22,6 +27,21 @@ impl std::fmt::Debug for v1::RegistryAuth {
         f.debug_struct("RegistryAuth")
             .field("username", &self.username)
             .field("password", &set(&self.password))
+            .field("identity_token", &set(&self.identity_token))
+            .field("registry_token", &set(&self.registry_token))
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for cri::AuthConfig {
+    /// Shows which credentials are present, never their values.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let set = |s: &str| if s.is_empty() { "" } else { "<redacted>" };
+        f.debug_struct("AuthConfig")
+            .field("username", &self.username)
+            .field("password", &set(&self.password))
+            .field("auth", &set(&self.auth))
+            .field("server_address", &self.server_address)
             .field("identity_token", &set(&self.identity_token))
             .field("registry_token", &set(&self.registry_token))
             .finish()

@@ -1,0 +1,210 @@
+//! `make bench`: pull speed and memory on three fixture images pushed to a
+//! local docker-registry, against two baselines timed in the same run on
+//! the same images:
+//!
+//! - containerd's CRI pull (the path kubelet uses), when containerd is
+//!   installed (`make bench` installs Debian's);
+//! - the extraction bound: `tar -xzf` of the same layer blobs from local
+//!   disk into an empty directory, one after the other.
+//!
+//! For imaged: cold pull wall time (fresh root), warm pull (everything
+//! present), and the peak RSS of imaged-transfer during the cold pull.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use imaged_api::cri::image_service_client::ImageServiceClient;
+use imaged_api::cri::{ImageSpec, PullImageRequest as CriPullRequest};
+use imaged_api::v1::PullImageRequest;
+use imaged_common::config::Service;
+use imaged_common::endpoint::Endpoint;
+use imaged_common::peer::Peer;
+use imaged_e2e::containerd::Containerd;
+use imaged_e2e::{Imaged, TestRegistry};
+use imaged_fixtures::{Compression, Image, ImageBuilder, LayerBuilder, MediaTypes};
+use tokio_stream::StreamExt;
+
+struct Case {
+    name: &'static str,
+    repo: &'static str,
+    image: Image,
+}
+
+/// `layers` layers of `files` files of `size` bytes (half noise, so they
+/// compress about as real binaries do).
+fn image(layers: usize, files: usize, size: usize, seed: u64) -> Image {
+    let mut builder = ImageBuilder::new(MediaTypes::Oci);
+    for i in 0..layers {
+        let dir = format!("data{i:02}");
+        builder = builder.layer(
+            LayerBuilder::new()
+                .dir(&dir)
+                .generated_files(&dir, files, size, seed * 100 + i as u64)
+                .build(Compression::Gzip)
+                .expect("building a layer"),
+        );
+    }
+    builder.build().expect("building an image")
+}
+
+fn cases() -> Vec<Case> {
+    vec![
+        Case {
+            name: "150 MB, 5,000 files, 5 layers",
+            repo: "bench/files:latest",
+            image: image(5, 1000, 30 * 1024, 1),
+        },
+        Case {
+            name: "20 layers of 5 MB",
+            repo: "bench/layers:latest",
+            image: image(20, 5, 1024 * 1024, 2),
+        },
+        Case {
+            name: "500 MB in 4 layers",
+            repo: "bench/big:latest",
+            image: image(4, 125, 1024 * 1024, 3),
+        },
+    ]
+}
+
+async fn imaged_pull(imaged: &Imaged, reference: &str) -> Duration {
+    let started = Instant::now();
+    let mut stream = imaged
+        .images()
+        .pull_image(PullImageRequest {
+            reference: reference.into(),
+            platform: None,
+            auth: None,
+        })
+        .await
+        .expect("imaged pull")
+        .into_inner();
+    while let Some(message) = stream.next().await {
+        message.expect("imaged pull progress");
+    }
+    started.elapsed()
+}
+
+fn peak_rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kib| kib / 1024.0)
+}
+
+async fn containerd_pull(containerd: &Containerd, reference: &str) -> anyhow::Result<Duration> {
+    let channel = Peer::new(Service::Gateway, Endpoint::Unix(containerd.socket()))?.channel();
+    let mut client = ImageServiceClient::new(channel);
+    let started = Instant::now();
+    client
+        .pull_image(CriPullRequest {
+            image: Some(ImageSpec {
+                image: reference.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await?;
+    Ok(started.elapsed())
+}
+
+fn tar_extract(image: &Image, scratch: &Path) -> Duration {
+    let blobs = scratch.join("blobs");
+    let out = scratch.join("out");
+    std::fs::create_dir_all(&blobs).unwrap();
+    std::fs::create_dir_all(&out).unwrap();
+    let mut paths = Vec::new();
+    for (i, layer) in image.layers.iter().enumerate() {
+        let path = blobs.join(format!("{i}.tar.gz"));
+        std::fs::write(&path, &layer.data).unwrap();
+        paths.push(path);
+    }
+    let started = Instant::now();
+    for path in &paths {
+        let status = std::process::Command::new("tar")
+            .arg("-xzf")
+            .arg(path)
+            .arg("-C")
+            .arg(&out)
+            .status()
+            .expect("tar");
+        assert!(status.success());
+    }
+    started.elapsed()
+}
+
+fn ratio(ours: Duration, theirs: Option<Duration>) -> String {
+    theirs.map_or("-".into(), |t| {
+        format!("{:.2}x", ours.as_secs_f64() / t.as_secs_f64())
+    })
+}
+
+#[tokio::main]
+async fn main() {
+    let registry = TestRegistry::start().await.expect("start docker-registry");
+    let fixtures = registry.fixtures();
+    let cases = cases();
+    for case in &cases {
+        fixtures
+            .push_image(case.repo, &case.image)
+            .await
+            .expect("push a bench image");
+    }
+    let containerd = if Containerd::available() {
+        match Containerd::start(&registry.host).await {
+            Ok(c) => Some(c),
+            Err(err) => {
+                eprintln!("containerd baseline skipped: {err:#}");
+                None
+            }
+        }
+    } else {
+        eprintln!("containerd baseline skipped: not installed (make bench installs it)");
+        None
+    };
+
+    println!(
+        "\npull (cold: fresh root; warm: everything present; ratio = imaged / baseline, lower is better)"
+    );
+    println!(
+        "{:<32} {:>9} {:>9} {:>9} {:>10} {:>9} {:>10} {:>9}",
+        "image", "cold", "warm", "peak RSS", "containerd", "ratio", "tar -xzf", "ratio"
+    );
+    for case in &cases {
+        let reference = fixtures.reference(case.repo);
+        let imaged = Imaged::start().await.expect("start imaged");
+        let cold = imaged_pull(&imaged, &reference).await;
+        let rss = peak_rss_mib(imaged.pid(Service::Transfer).expect("transfer pid"));
+        let warm = imaged_pull(&imaged, &reference).await;
+        drop(imaged);
+
+        let theirs = match &containerd {
+            Some(c) => match containerd_pull(c, &reference).await {
+                Ok(t) => Some(t),
+                Err(err) => {
+                    eprintln!("containerd pull of {reference} failed: {err:#}");
+                    None
+                }
+            },
+            None => None,
+        };
+        let scratch = tempfile::tempdir().unwrap();
+        let tar = tar_extract(&case.image, scratch.path());
+        println!(
+            "{:<32} {:>9.2?} {:>9.2?} {:>7.1}Mi {:>10} {:>9} {:>10.2?} {:>9}",
+            case.name,
+            cold,
+            warm,
+            rss,
+            theirs.map_or("-".into(), |t| format!("{t:.2?}")),
+            ratio(cold, theirs),
+            tar,
+            ratio(cold, Some(tar)),
+        );
+    }
+    println!(
+        "targets: cold <= 0.6x containerd and <= 1.0x tar; warm < 20 ms; peak RSS <= 64 MiB on the 500 MB image"
+    );
+}

@@ -1,0 +1,107 @@
+//! containerd (Debian's 1.6) as a peer to measure against: its own root,
+//! state and socket under a temporary directory, overlayfs snapshotter, and
+//! a `certs.d` entry that lets its CRI plugin pull from a plain-HTTP
+//! 127.0.0.1 registry.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use tokio::process::{Child, Command};
+
+use crate::die_with_parent;
+
+/// A running containerd; killed when dropped.
+pub struct Containerd {
+    dir: tempfile::TempDir,
+    child: Child,
+}
+
+impl Containerd {
+    /// Whether containerd is installed here.
+    pub fn available() -> bool {
+        Path::new("/usr/bin/containerd").exists()
+    }
+
+    /// Starts containerd trusting `registry` (`127.0.0.1:<port>`) over HTTP.
+    pub async fn start(registry: &str) -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("imaged-containerd")
+            .tempdir()?;
+        let base = dir.path();
+        let certs = base.join("certs.d").join(registry);
+        std::fs::create_dir_all(&certs)?;
+        std::fs::write(
+            certs.join("hosts.toml"),
+            format!(
+                "server = \"http://{registry}\"\n\n[host.\"http://{registry}\"]\n  capabilities = [\"pull\", \"resolve\"]\n  skip_verify = true\n"
+            ),
+        )?;
+        let config = base.join("config.toml");
+        std::fs::write(
+            &config,
+            format!(
+                r#"version = 2
+root = "{root}"
+state = "{state}"
+
+[grpc]
+  address = "{sock}"
+
+[ttrpc]
+  address = "{sock}.ttrpc"
+
+[plugins."io.containerd.grpc.v1.cri"]
+  disable_tcp_service = true
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+  [plugins."io.containerd.grpc.v1.cri".registry]
+    config_path = "{certs}"
+"#,
+                root = base.join("root").display(),
+                state = base.join("state").display(),
+                sock = base.join("containerd.sock").display(),
+                certs = base.join("certs.d").display(),
+            ),
+        )?;
+        let log = std::fs::File::create(base.join("containerd.log"))?;
+        let mut command = Command::new("/usr/bin/containerd");
+        command
+            .arg("--config")
+            .arg(&config)
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true);
+        die_with_parent(&mut command);
+        let mut child = command.spawn().context("cannot start containerd")?;
+        let socket = base.join("containerd.sock");
+        for _ in 0..200 {
+            if socket.exists() {
+                return Ok(Containerd { dir, child });
+            }
+            if let Some(status) = child.try_wait()? {
+                let log = std::fs::read_to_string(base.join("containerd.log"))?;
+                bail!("containerd exited with {status}: {log}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        bail!("containerd did not create its socket")
+    }
+
+    /// Its gRPC socket, where the CRI plugin serves `runtime.v1`.
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("containerd.sock")
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+        // Unmount whatever its snapshotter left mounted under its root.
+        let _ = std::process::Command::new("umount")
+            .arg("-R")
+            .arg(self.dir.path().join("root"))
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}
