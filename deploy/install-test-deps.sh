@@ -1,10 +1,13 @@
 #!/bin/sh
 # Installs what the end-to-end tests need when it is missing:
-# Debian's docker-registry (the CNCF Distribution registry).
+# Debian's docker-registry (the CNCF Distribution registry), and protoc,
+# which the upstream CRI client crate (k8s-cri, a test dependency that
+# proves wire compatibility) needs to build.
 set -eu
 
 need=""
 command -v docker-registry >/dev/null 2>&1 || need="$need docker-registry"
+command -v protoc >/dev/null 2>&1 || need="$need protobuf-compiler"
 
 [ -z "$need" ] && exit 0
 

@@ -21,7 +21,11 @@ fn own_services(service: Service) -> &'static [&'static str] {
         Service::Metadata => &["imaged.v1.Metadata"],
         Service::Transfer => &["imaged.v1.Transfer"],
         Service::Events => &["imaged.v1.EventLog"],
-        Service::Gateway => &["imaged.v1.Events", "imaged.v1.Images"],
+        Service::Gateway => &[
+            "imaged.v1.Events",
+            "imaged.v1.Images",
+            "runtime.v1.ImageService",
+        ],
     }
 }
 

@@ -1,11 +1,13 @@
 //! imaged-gateway: the one public endpoint. It owns nothing on disk; it
 //! serves `imaged.v1` and orchestrates the calls that span services.
 
+mod cri;
 mod events;
 mod images;
 mod peers;
 
 use clap::Parser;
+use imaged_api::cri::image_service_server::{self, ImageServiceServer};
 use imaged_api::v1::events_server::{self, EventsServer};
 use imaged_api::v1::images_server::{self, ImagesServer};
 use imaged_common::config::{self, CommonArgs, PeerArgs, Service};
@@ -28,11 +30,16 @@ fn main() {
         let routes = tonic::service::Routes::new(ImagesServer::new(images::ImagesService::new(
             peers.clone(),
         )))
-        .add_service(EventsServer::new(events::EventsService::new(peers)));
+        .add_service(EventsServer::new(events::EventsService::new(peers.clone())))
+        .add_service(ImageServiceServer::new(cri::CriImageService::new(peers)));
         server::serve(
             &config,
             routes,
-            &[images_server::SERVICE_NAME, events_server::SERVICE_NAME],
+            &[
+                images_server::SERVICE_NAME,
+                events_server::SERVICE_NAME,
+                image_service_server::SERVICE_NAME,
+            ],
         )
         .await
     })

@@ -25,6 +25,9 @@ pub struct Layer {
     pub size: u64,
     /// The compressed blob it came from, when it came from a registry.
     pub blob: Option<Digest>,
+    /// Inodes the unpacked layer takes.
+    #[serde(default)]
+    pub inodes: u64,
 }
 
 /// Layers by chain ID, on disk and indexed in memory.
@@ -169,6 +172,11 @@ impl LayerStore {
         self.read().values().map(|l| l.size).sum()
     }
 
+    /// Inodes of all stored layers.
+    pub fn total_inodes(&self) -> u64 {
+        self.read().values().map(|l| l.inodes).sum()
+    }
+
     fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<Digest, Arc<Layer>>> {
         self.layers.read().unwrap_or_else(|e| e.into_inner())
     }
@@ -205,6 +213,7 @@ mod tests {
             parent: parent.cloned(),
             size: 3,
             blob: None,
+            inodes: 1,
         }
     }
 

@@ -80,8 +80,15 @@ fn main() {
             metadata,
             events.clone(),
         ));
-        let service =
-            service::TransferService::new(driver, limits, content, layers, puller, pusher);
+        let service = service::TransferService::new(
+            config.data_dir.clone(),
+            driver,
+            limits,
+            content,
+            layers,
+            puller,
+            pusher,
+        );
         let routes = tonic::service::Routes::new(TransferServer::new(service));
         let served = server::serve(&config, routes, &[SERVICE_NAME]).await;
         events.flush(Duration::from_secs(2)).await;

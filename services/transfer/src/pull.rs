@@ -593,6 +593,7 @@ impl Puller {
             parent: parent_chain,
             size: unpacked.size,
             blob: Some(blob),
+            inodes: unpacked.entries,
         };
         let committed = tokio::task::spawn_blocking(move || layers.commit(staging, layer))
             .await

@@ -25,6 +25,7 @@ use crate::push::Pusher;
 
 /// Serves the transfer contract.
 pub struct TransferService {
+    data_dir: std::path::PathBuf,
     driver: Driver,
     limits: Arc<Limits>,
     content: ContentStore,
@@ -35,6 +36,7 @@ pub struct TransferService {
 
 impl TransferService {
     pub fn new(
+        data_dir: std::path::PathBuf,
         driver: Driver,
         limits: Arc<Limits>,
         content: ContentStore,
@@ -43,6 +45,7 @@ impl TransferService {
         pusher: Arc<Pusher>,
     ) -> Self {
         TransferService {
+            data_dir,
             driver,
             limits,
             content,
@@ -276,6 +279,8 @@ impl Transfer for TransferService {
         Ok(Response::new(ContentSizeResponse {
             content_size: blobs.iter().map(|(_, size)| *size as i64).sum(),
             layers_size: self.layers.total_size() as i64,
+            inodes_used: (blobs.len() as u64 + self.layers.total_inodes()) as i64,
+            mountpoint: self.data_dir.display().to_string(),
         }))
     }
 }

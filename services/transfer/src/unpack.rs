@@ -32,6 +32,9 @@ pub struct Unpacked {
     pub diff_id: Digest,
     /// Bytes of regular files (Docker's DiffSize, hardlinks counted once).
     pub size: u64,
+    /// Entries written (files, directories, links, whiteouts): the inodes
+    /// the layer takes, for the CRI's ImageFsInfo.
+    pub entries: u64,
 }
 
 /// Unpacks the (gzip, zstd or uncompressed, detected from the first bytes)
@@ -52,15 +55,19 @@ pub fn unpack(reader: impl Read, dest: &Path) -> Result<Unpacked, Error> {
         inner: decompressed,
         hasher: Sha256::new(),
     };
-    let size = unpack_entries(&mut hashing, dest)?;
+    let (size, entries) = unpack_entries(&mut hashing, dest)?;
     // The tar reader stops at the end-of-archive blocks; the diffID covers
     // every byte of the stream.
     io::copy(&mut hashing, &mut io::sink()).map_err(classify)?;
     let diff_id = Digest::sha256_from_hex(&hex::encode(hashing.hasher.finalize()))?;
-    Ok(Unpacked { diff_id, size })
+    Ok(Unpacked {
+        diff_id,
+        size,
+        entries,
+    })
 }
 
-fn unpack_entries(reader: &mut dyn Read, dest: &Path) -> Result<u64, Error> {
+fn unpack_entries(reader: &mut dyn Read, dest: &Path) -> Result<(u64, u64), Error> {
     let as_root = unsafe { libc::geteuid() } == 0;
     let mut archive = tar::Archive::new(reader);
     archive.set_preserve_permissions(true);
@@ -70,9 +77,11 @@ fn unpack_entries(reader: &mut dyn Read, dest: &Path) -> Result<u64, Error> {
     archive.set_overwrite(true);
 
     let mut size = 0u64;
+    let mut entries = 0u64;
     let mut dir_times = Vec::new();
     for entry in archive.entries().map_err(classify)? {
         let mut entry = entry.map_err(classify)?;
+        entries += 1;
         let raw = entry.path().map_err(classify)?.into_owned();
         let path = relative_path(&raw)?;
         let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
@@ -154,7 +163,7 @@ fn unpack_entries(reader: &mut dyn Read, dest: &Path) -> Result<u64, Error> {
         let time = FileTime::from_unix_time((*mtime).max(1) as i64, 0);
         filetime::set_symlink_file_times(dir, time, time).map_err(classify)?;
     }
-    Ok(size)
+    Ok((size, entries))
 }
 
 /// The entry name as a path inside the layer: `./` and empty parts are

@@ -1,0 +1,305 @@
+//! The CRI v1 `runtime.v1.ImageService` for kubelet, over the same
+//! internal services as `imaged.v1.Images`, with the semantics kubelet
+//! relies on: a missing image's status is an empty answer, removing a
+//! missing image succeeds, an `Image` always has an ID and a size above 0,
+//! PullImage answers the image ID.
+
+use std::collections::HashMap;
+
+use base64::Engine;
+use imaged_api::cri::image_service_server::ImageService;
+use imaged_api::cri::{
+    AuthConfig, FilesystemIdentifier, FilesystemUsage, Image, ImageFsInfoRequest,
+    ImageFsInfoResponse, ImageSpec, ImageStatusRequest, ImageStatusResponse, Int64Value,
+    ListImagesRequest, ListImagesResponse, PullImageRequest, PullImageResponse, RemoveImageRequest,
+    RemoveImageResponse, UInt64Value,
+};
+use imaged_api::v1::metadata_client::MetadataClient;
+use imaged_api::v1::transfer_client::TransferClient;
+use imaged_api::v1::{self, ContentSizeRequest, ImageInspect, InspectImageRequest, RegistryAuth};
+use imaged_common::Error;
+use imaged_model::Reference;
+use tokio_stream::StreamExt;
+use tonic::{Code, Request, Response, Status};
+
+use crate::peers::Peers;
+
+/// Serves `runtime.v1.ImageService`.
+pub struct CriImageService {
+    peers: Peers,
+}
+
+impl CriImageService {
+    pub fn new(peers: Peers) -> Self {
+        CriImageService { peers }
+    }
+
+    /// The image `spec` names, or `None` when there is none.
+    async fn inspect(&self, spec: Option<&ImageSpec>) -> Result<Option<ImageInspect>, Status> {
+        let image = image_name(spec)?;
+        let request = InspectImageRequest {
+            image,
+            platform: None,
+        };
+        let result = self
+            .peers
+            .metadata
+            .call(|ch| {
+                let request = request.clone();
+                async move { MetadataClient::new(ch).inspect_image(request).await }
+            })
+            .await;
+        match result {
+            Ok(inspect) => Ok(Some(inspect)),
+            Err(status) if status.code() == Code::NotFound => Ok(None),
+            Err(status) => Err(status),
+        }
+    }
+}
+
+/// The reference of an ImageSpec; empty is kubelet's error to get.
+fn image_name(spec: Option<&ImageSpec>) -> Result<String, Status> {
+    match spec.map(|s| s.image.trim()) {
+        Some(image) if !image.is_empty() => Ok(image.to_string()),
+        _ => Err(Error::InvalidArgument("no image specified".into()).into()),
+    }
+}
+
+/// Names as containerd and CRI-O show them: fully qualified.
+fn qualified(names: &[String]) -> Vec<String> {
+    names
+        .iter()
+        .map(|n| Reference::parse(n).map_or_else(|_| n.clone(), |r| r.to_string()))
+        .collect()
+}
+
+/// The CRI record of an image: ID, names, a size above zero, the user.
+fn cri_image(inspect: &ImageInspect) -> Image {
+    let user = inspect
+        .config
+        .as_ref()
+        .map(|c| c.user.clone())
+        .unwrap_or_default();
+    // "uid[:gid]" is numeric → uid; a name → username (exclusive).
+    let name = user.split(':').next().unwrap_or_default();
+    let (uid, username) = match name.parse::<i64>() {
+        Ok(uid) => (Some(Int64Value { value: uid }), String::new()),
+        Err(_) => (None, name.to_string()),
+    };
+    Image {
+        id: inspect.id.clone(),
+        repo_tags: qualified(&inspect.repo_tags),
+        repo_digests: qualified(&inspect.repo_digests),
+        size: inspect.size.max(1) as u64,
+        uid,
+        username,
+        spec: Some(ImageSpec {
+            image: inspect.id.clone(),
+            ..Default::default()
+        }),
+        pinned: false,
+    }
+}
+
+/// kubelet's credentials as a pull takes them; `auth` is
+/// base64("user:password") as in a Docker config file.
+fn registry_auth(auth: Option<&AuthConfig>) -> Result<Option<RegistryAuth>, Status> {
+    let Some(auth) = auth else { return Ok(None) };
+    let (mut username, mut password) = (auth.username.clone(), auth.password.clone());
+    if username.is_empty() && !auth.auth.is_empty() {
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(auth.auth.trim())
+            .ok()
+            .and_then(|bytes| String::from_utf8(bytes).ok())
+            .ok_or_else(|| Status::invalid_argument("auth is not base64 of user:password"))?;
+        let (user, pass) = decoded
+            .split_once(':')
+            .ok_or_else(|| Status::invalid_argument("auth is not base64 of user:password"))?;
+        (username, password) = (user.to_string(), pass.to_string());
+    }
+    Ok(Some(RegistryAuth {
+        username,
+        password,
+        identity_token: auth.identity_token.clone(),
+        registry_token: auth.registry_token.clone(),
+    }))
+}
+
+#[tonic::async_trait]
+impl ImageService for CriImageService {
+    async fn list_images(
+        &self,
+        request: Request<ListImagesRequest>,
+    ) -> Result<Response<ListImagesResponse>, Status> {
+        let filter = request
+            .into_inner()
+            .filter
+            .and_then(|f| f.image)
+            .filter(|spec| !spec.image.is_empty());
+        let images = match filter {
+            Some(spec) => self
+                .inspect(Some(&spec))
+                .await?
+                .map(|inspect| cri_image(&inspect))
+                .into_iter()
+                .collect(),
+            // The summaries carry all but the user, which kubelet reads
+            // from ImageStatus; one call however many images there are.
+            None => self
+                .peers
+                .metadata
+                .call(|ch| async move {
+                    MetadataClient::new(ch)
+                        .list_images(v1::ListImagesRequest::default())
+                        .await
+                })
+                .await?
+                .images
+                .into_iter()
+                .map(|summary| Image {
+                    spec: Some(ImageSpec {
+                        image: summary.id.clone(),
+                        ..Default::default()
+                    }),
+                    id: summary.id,
+                    repo_tags: qualified(&summary.repo_tags),
+                    repo_digests: qualified(&summary.repo_digests),
+                    size: summary.size.max(1) as u64,
+                    uid: None,
+                    username: String::new(),
+                    pinned: false,
+                })
+                .collect(),
+        };
+        Ok(Response::new(ListImagesResponse { images }))
+    }
+
+    async fn image_status(
+        &self,
+        request: Request<ImageStatusRequest>,
+    ) -> Result<Response<ImageStatusResponse>, Status> {
+        let request = request.into_inner();
+        let Some(inspect) = self.inspect(request.image.as_ref()).await? else {
+            return Ok(Response::new(ImageStatusResponse::default()));
+        };
+        let mut info = HashMap::new();
+        if request.verbose {
+            // As containerd: the image spec (the OCI config) and chain ID.
+            let spec: serde_json::Value =
+                serde_json::from_slice(&inspect.config_json).unwrap_or(serde_json::Value::Null);
+            let chain_id = inspect
+                .root_fs
+                .as_ref()
+                .map(|r| {
+                    imaged_model::digest::chain_id(
+                        &r.layers
+                            .iter()
+                            .filter_map(|l| l.parse().ok())
+                            .collect::<Vec<_>>(),
+                    )
+                    .map(|c| c.to_string())
+                    .unwrap_or_default()
+                })
+                .unwrap_or_default();
+            let value = serde_json::json!({"chainID": chain_id, "imageSpec": spec});
+            info.insert("info".to_string(), value.to_string());
+        }
+        Ok(Response::new(ImageStatusResponse {
+            image: Some(cri_image(&inspect)),
+            info,
+        }))
+    }
+
+    async fn pull_image(
+        &self,
+        request: Request<PullImageRequest>,
+    ) -> Result<Response<PullImageResponse>, Status> {
+        let request = request.into_inner();
+        let pull = v1::PullImageRequest {
+            reference: image_name(request.image.as_ref())?,
+            platform: None,
+            auth: registry_auth(request.auth.as_ref())?,
+        };
+        let mut stream = self
+            .peers
+            .transfer
+            .call(|ch| {
+                let pull = pull.clone();
+                async move { TransferClient::new(ch).pull(pull).await }
+            })
+            .await?;
+        let mut image_ref = String::new();
+        while let Some(message) = stream.next().await {
+            let message = message?;
+            if !message.image_id.is_empty() {
+                image_ref = message.image_id;
+            }
+        }
+        if image_ref.is_empty() {
+            return Err(Status::internal("the pull ended without an image ID"));
+        }
+        Ok(Response::new(PullImageResponse { image_ref }))
+    }
+
+    async fn remove_image(
+        &self,
+        request: Request<RemoveImageRequest>,
+    ) -> Result<Response<RemoveImageResponse>, Status> {
+        let request = request.into_inner();
+        let Some(inspect) = self.inspect(request.image.as_ref()).await? else {
+            return Ok(Response::new(RemoveImageResponse {}));
+        };
+        // Every tag of the image goes, as the CRI asks.
+        let remove = v1::RemoveImageRequest {
+            image: inspect.id,
+            force: true,
+            prune_children: Some(true),
+        };
+        let result = self
+            .peers
+            .metadata
+            .call(|ch| {
+                let remove = remove.clone();
+                async move { MetadataClient::new(ch).remove_image(remove).await }
+            })
+            .await;
+        match result {
+            Ok(_) => Ok(Response::new(RemoveImageResponse {})),
+            Err(status) if status.code() == Code::NotFound => {
+                Ok(Response::new(RemoveImageResponse {}))
+            }
+            Err(status) => Err(status),
+        }
+    }
+
+    async fn image_fs_info(
+        &self,
+        _request: Request<ImageFsInfoRequest>,
+    ) -> Result<Response<ImageFsInfoResponse>, Status> {
+        let usage = self
+            .peers
+            .transfer
+            .call(|ch| async move {
+                TransferClient::new(ch)
+                    .content_size(ContentSizeRequest {})
+                    .await
+            })
+            .await?;
+        let timestamp = imaged_model::timestamp::now_nanos() as i64;
+        Ok(Response::new(ImageFsInfoResponse {
+            image_filesystems: vec![FilesystemUsage {
+                timestamp,
+                fs_id: Some(FilesystemIdentifier {
+                    mountpoint: usage.mountpoint,
+                }),
+                used_bytes: Some(UInt64Value {
+                    value: (usage.content_size + usage.layers_size) as u64,
+                }),
+                inodes_used: Some(UInt64Value {
+                    value: usage.inodes_used as u64,
+                }),
+            }],
+            container_filesystems: Vec::new(),
+        }))
+    }
+}

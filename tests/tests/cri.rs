@@ -1,0 +1,167 @@
+//! The CRI v1 ImageService as kubelet sees it, through the upstream
+//! `k8s-cri` client (generated from cri-api's own proto, not ours), against
+//! the real registry: ImageFsInfo on an empty node, status of a missing
+//! image, pull answering the image ID, list and filter, verbose status,
+//! removal of present and missing images.
+
+use imaged_common::config::Service;
+use imaged_e2e::{Imaged, TestRegistry};
+use k8s_cri::v1::image_service_client::ImageServiceClient;
+use k8s_cri::v1::{
+    ImageFilter, ImageFsInfoRequest, ImageSpec, ImageStatusRequest, ListImagesRequest,
+    PullImageRequest, RemoveImageRequest,
+};
+
+fn spec(image: &str) -> Option<ImageSpec> {
+    Some(ImageSpec {
+        image: image.into(),
+        ..Default::default()
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubelet_sees_what_it_expects() {
+    let registry = TestRegistry::start().await.unwrap();
+    let catalog = imaged_fixtures::catalog().unwrap();
+    catalog.push_all(&registry.fixtures()).await.unwrap();
+    let imaged = Imaged::start().await.unwrap();
+    let mut cri = ImageServiceClient::new(imaged.channel(Service::Gateway));
+
+    // kubelet's connection check, on an empty node.
+    let fs = cri
+        .image_fs_info(ImageFsInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let usage = &fs.image_filesystems[0];
+    assert!(usage.timestamp > 0);
+    assert!(
+        usage
+            .fs_id
+            .as_ref()
+            .unwrap()
+            .mountpoint
+            .ends_with("transfer")
+    );
+    let empty_bytes = usage.used_bytes.as_ref().unwrap().value;
+
+    let reference = registry.fixtures().reference("fixtures/app:1.0");
+    let status = cri
+        .image_status(ImageStatusRequest {
+            image: spec(&reference),
+            verbose: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        status.image.is_none(),
+        "a missing image has an empty status"
+    );
+    assert!(
+        cri.list_images(ListImagesRequest { filter: None })
+            .await
+            .unwrap()
+            .into_inner()
+            .images
+            .is_empty()
+    );
+
+    let pulled = cri
+        .pull_image(PullImageRequest {
+            image: spec(&reference),
+            auth: None,
+            sandbox_config: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(pulled.image_ref, catalog.app.id());
+
+    let status = cri
+        .image_status(ImageStatusRequest {
+            image: spec(&reference),
+            verbose: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let image = status.image.unwrap();
+    assert_eq!(image.id, catalog.app.id());
+    assert!(image.size > 0);
+    assert_eq!(image.repo_tags, vec![reference.clone()]);
+    assert_eq!(image.repo_digests.len(), 1);
+    let info: serde_json::Value = serde_json::from_str(&status.info["info"]).unwrap();
+    assert_eq!(info["imageSpec"]["config"]["Cmd"][0], "/app/run");
+    assert!(info["chainID"].as_str().unwrap().starts_with("sha256:"));
+
+    // By ID too, and in the list with and without a filter.
+    let by_id = cri
+        .image_status(ImageStatusRequest {
+            image: spec(&pulled.image_ref),
+            verbose: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(by_id.image.unwrap().id, catalog.app.id());
+    let all = cri
+        .list_images(ListImagesRequest { filter: None })
+        .await
+        .unwrap()
+        .into_inner()
+        .images;
+    assert_eq!(all.len(), 1);
+    assert!(all[0].size > 0 && !all[0].id.is_empty());
+    let filtered = cri
+        .list_images(ListImagesRequest {
+            filter: Some(ImageFilter {
+                image: spec("no/such:image"),
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .images;
+    assert!(filtered.is_empty());
+
+    let fs = cri
+        .image_fs_info(ImageFsInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let usage = &fs.image_filesystems[0];
+    assert!(usage.used_bytes.as_ref().unwrap().value > empty_bytes);
+    assert!(usage.inodes_used.as_ref().unwrap().value > 0);
+
+    // Removal: present (every tag goes), then missing (still succeeds).
+    cri.remove_image(RemoveImageRequest {
+        image: spec(&reference),
+    })
+    .await
+    .unwrap();
+    let status = cri
+        .image_status(ImageStatusRequest {
+            image: spec(&pulled.image_ref),
+            verbose: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(status.image.is_none());
+    cri.remove_image(RemoveImageRequest {
+        image: spec(&reference),
+    })
+    .await
+    .unwrap();
+
+    // An empty image is kubelet's error to see.
+    let err = cri
+        .image_status(ImageStatusRequest {
+            image: spec(""),
+            verbose: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+}
