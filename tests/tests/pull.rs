@@ -290,6 +290,16 @@ async fn concurrent_pulls_fetch_each_shared_blob_once() {
 async fn push_then_pull_back_by_digest() {
     let (imaged, registry, catalog) = setup().await;
     let mut client = imaged.images();
+    let mut events = imaged_api::v1::events_client::EventsClient::new(
+        imaged.channel(imaged_common::config::Service::Gateway),
+    )
+    .subscribe(SubscribeRequest {
+        filters: vec!["type=image".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+    .into_inner();
     let source = registry.fixtures().reference("fixtures/app:1.0");
     pull(&mut client, &source, None).await.unwrap();
     let target = registry.fixtures().reference("pushed/app:v2");
@@ -337,6 +347,30 @@ async fn push_then_pull_back_by_digest() {
     let messages = pull(&mut client, &by_digest, None).await.unwrap();
     assert_eq!(messages.last().unwrap().image_id, catalog.app.id());
     assert_unpacked(&imaged, &catalog.app);
+
+    // The events, in order, with Docker's actors and attributes.
+    let mut seen = Vec::new();
+    while let Ok(Some(event)) =
+        tokio::time::timeout(std::time::Duration::from_secs(3), events.next()).await
+    {
+        let event = event.unwrap();
+        let actor = event.actor.unwrap();
+        seen.push((event.action, actor.id, actor.attributes));
+    }
+    let actions: Vec<&str> = seen.iter().map(|(a, _, _)| a.as_str()).collect();
+    assert_eq!(
+        actions,
+        ["pull", "tag", "push", "untag", "untag", "delete", "pull"],
+        "{seen:?}"
+    );
+    let (_, id, attributes) = &seen[0];
+    assert_eq!(id, &source);
+    assert_eq!(attributes["name"], source.rsplit_once(':').unwrap().0);
+    assert_eq!(attributes["com.example.tier"], "web", "labels are copied");
+    let (_, id, attributes) = &seen[2];
+    assert_eq!(id, &target);
+    assert_eq!(attributes["com.example.tier"], "web");
+    assert_eq!(seen[6].1, by_digest);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
