@@ -54,7 +54,8 @@ impl Images for ImagesService {
         }))
     }
 
-    /// Docker: Images.
+    /// Docker: Images. Served by `list_relay` (bytes passed through);
+    /// this typed path answers the same for any other wiring of the service.
     async fn list_images(
         &self,
         request: Request<ListImagesRequest>,

@@ -4,6 +4,7 @@
 mod cri;
 mod events;
 mod images;
+mod list_relay;
 mod peers;
 
 use clap::Parser;
@@ -27,11 +28,11 @@ fn main() {
     let args: Args = config::parse();
     server::run_main(Service::Gateway, &args.common, |config| async move {
         let peers = peers::Peers::new(&args.peers, &config.root)?;
-        let routes = tonic::service::Routes::new(ImagesServer::new(images::ImagesService::new(
-            peers.clone(),
-        )))
-        .add_service(EventsServer::new(events::EventsService::new(peers.clone())))
-        .add_service(ImageServiceServer::new(cri::CriImageService::new(peers)));
+        let images = ImagesServer::new(images::ImagesService::new(peers.clone()));
+        let routes =
+            tonic::service::Routes::new(list_relay::WithListRelay::new(images, peers.clone()))
+                .add_service(EventsServer::new(events::EventsService::new(peers.clone())))
+                .add_service(ImageServiceServer::new(cri::CriImageService::new(peers)));
         server::serve(
             &config,
             routes,

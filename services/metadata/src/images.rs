@@ -20,6 +20,16 @@ pub struct Images {
     pub events: Publisher,
     /// Held while a prune runs; a second one is refused.
     pub prune_lock: tokio::sync::Mutex<()>,
+    /// The last unfiltered ListImages answer, encoded.
+    pub list_cache: std::sync::Mutex<Option<ListCache>>,
+}
+
+/// An encoded unfiltered ListImages answer and what it was computed from.
+pub struct ListCache {
+    pub generation: u64,
+    pub all: bool,
+    pub shared_size: bool,
+    pub encoded: bytes::Bytes,
 }
 
 /// An event decided inside a store update, published once it committed.

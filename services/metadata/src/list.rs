@@ -3,15 +3,46 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use imaged_api::v1::{DiskUsageResponse, ImageSummary, ListImagesRequest};
+use bytes::Bytes;
+use imaged_api::v1::{DiskUsageResponse, ImageSummary, ListImagesRequest, ListImagesResponse};
 use imaged_common::Error;
 use imaged_model::filters::{Filters, RefPattern, label_matches};
 use imaged_model::{Digest, Platform, Reference, digest::chain_ids, timestamp};
 
+use crate::images::{Images, ListCache};
 use crate::resolve::get_image;
 use crate::store::{Image, Index};
 
 const KEYS: &[&str] = &["dangling", "label", "before", "since", "until", "reference"];
+
+/// [`list`], encoded as a `ListImagesResponse`; the unfiltered answer is
+/// kept until the store changes, so repeated `docker images` cost a copy.
+pub fn list_encoded(images: &Images, request: &ListImagesRequest) -> Result<Bytes, Error> {
+    let index = images.store.read();
+    let cacheable = request.filters.is_empty();
+    let mut cache = images.list_cache.lock().unwrap_or_else(|e| e.into_inner());
+    if cacheable
+        && let Some(hit) = cache.as_ref()
+        && hit.generation == index.generation()
+        && hit.all == request.all
+        && hit.shared_size == request.shared_size
+    {
+        return Ok(hit.encoded.clone());
+    }
+    let response = ListImagesResponse {
+        images: list(&index, request)?,
+    };
+    let encoded = Bytes::from(prost::Message::encode_to_vec(&response));
+    if cacheable {
+        *cache = Some(ListCache {
+            generation: index.generation(),
+            all: request.all,
+            shared_size: request.shared_size,
+            encoded: encoded.clone(),
+        });
+    }
+    Ok(encoded)
+}
 
 /// Lists images as Docker's Images does (spec section 4.2), newest first.
 pub fn list(index: &Index, request: &ListImagesRequest) -> Result<Vec<ImageSummary>, Error> {
@@ -239,10 +270,15 @@ mod timing {
             let t = std::time::Instant::now();
             let bytes =
                 prost::Message::encode_to_vec(&imaged_api::v1::ListImagesResponse { images: out });
+            let encoded = t.elapsed();
+            let t = std::time::Instant::now();
+            let back: imaged_api::v1::ListImagesResponse =
+                prost::Message::decode(bytes.as_slice()).unwrap();
             eprintln!(
-                "list {listed:?} encode {:?} ({} bytes)",
+                "list {listed:?} encode {encoded:?} decode {:?} ({} bytes, {} images)",
                 t.elapsed(),
-                bytes.len()
+                bytes.len(),
+                back.images.len()
             );
         }
     }

@@ -53,6 +53,7 @@ fn main() {
             )?,
             events: events.clone(),
             prune_lock: tokio::sync::Mutex::new(()),
+            list_cache: std::sync::Mutex::new(None),
         });
         tokio::spawn(Arc::clone(&images).reconcile_layers());
         let routes =

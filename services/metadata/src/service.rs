@@ -57,6 +57,18 @@ impl Metadata for MetadataService {
         })
     }
 
+    async fn list_images_encoded(
+        &self,
+        request: Request<ListImagesRequest>,
+    ) -> Result<Response<EncodedListImagesResponse>, Status> {
+        let request = request.into_inner();
+        self.blocking(|images| {
+            Ok(EncodedListImagesResponse {
+                list_images_response: list::list_encoded(images, &request)?,
+            })
+        })
+    }
+
     async fn inspect_image(
         &self,
         request: Request<InspectImageRequest>,

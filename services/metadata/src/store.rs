@@ -68,6 +68,8 @@ pub struct Container {
 /// Everything, in memory, with the derived maps reads need.
 #[derive(Default)]
 pub struct Index {
+    /// Counts committed updates: what a cached answer was computed from.
+    generation: u64,
     images: HashMap<String, Arc<Image>>,
     refs: BTreeMap<String, (Reference, String)>,
     refs_by_image: HashMap<String, BTreeSet<String>>,
@@ -76,6 +78,11 @@ pub struct Index {
 }
 
 impl Index {
+    /// Changes whenever a committed update changed the store.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
     pub fn image(&self, id: &str) -> Option<&Arc<Image>> {
         self.images.get(id)
     }
@@ -383,6 +390,9 @@ impl Store {
         let result = change(&mut tx).and_then(|value| tx.write(&self.db).map(|()| value));
         if result.is_err() {
             tx.undo();
+        } else {
+            drop(tx);
+            index.generation += 1;
         }
         result
     }
