@@ -315,3 +315,81 @@ async fn registry_credentials_are_checked_and_never_logged() {
         "the basic-auth header reached a log"
     );
 }
+
+/// Unmounts a test filesystem when dropped.
+struct Mounted(std::path::PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_is_resource_exhausted_and_leaves_nothing_half_written() {
+    let registry = TestRegistry::start().await.unwrap();
+    let image = bulky(3, 8, 256 * 1024, 4);
+    registry
+        .fixtures()
+        .push_image("bulky/full:latest", &image)
+        .await
+        .unwrap();
+    let mut imaged = Imaged::builder()
+        .only(&[Service::Metadata, Service::Events, Service::Gateway])
+        .start()
+        .await
+        .unwrap();
+    let transfer_dir = imaged.root().join("transfer");
+    std::fs::create_dir_all(&transfer_dir).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=3m", "tmpfs"])
+        .arg(&transfer_dir)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("skipped: cannot mount a small tmpfs here (needs root)");
+        return;
+    }
+    let _unmount = Mounted(transfer_dir.clone());
+    imaged.start_service(Service::Transfer).await.unwrap();
+
+    let reference = registry.fixtures().reference("bulky/full:latest");
+    let err = pull(&imaged, &reference).await.unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err}");
+
+    // Nothing half-written is visible: no layer, no staging, only blobs
+    // that match their digests, and no image recorded.
+    let layers: Vec<_> = std::fs::read_dir(transfer_dir.join("layers"))
+        .unwrap()
+        .collect();
+    assert!(layers.is_empty(), "{layers:?}");
+    // Unpacking threads of the cancelled layers clear their staging as
+    // they notice.
+    let staging = transfer_dir.join("staging");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::fs::read_dir(&staging).unwrap().count() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let left: Vec<_> = std::fs::read_dir(&staging).unwrap().collect();
+    assert!(left.is_empty(), "{left:?}");
+    for entry in std::fs::read_dir(transfer_dir.join("content/blobs/sha256")).unwrap() {
+        let entry = entry.unwrap();
+        let data = std::fs::read(entry.path()).unwrap();
+        assert_eq!(
+            hex::encode(sha2::Sha256::digest(&data)),
+            entry.file_name().to_string_lossy()
+        );
+    }
+    let images = imaged
+        .images()
+        .list_images(ListImagesRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .images;
+    assert!(images.is_empty());
+    imaged.kill(Service::Transfer).await;
+}

@@ -175,9 +175,10 @@ pub fn error(what: &str, err: OciDistributionError) -> Error {
     }
 }
 
-/// Whether trying again may help.
+/// Whether trying again may help: transport failures and server errors,
+/// not refusals, rate limits or a full disk (Docker's do-not-retry list).
 pub fn retryable(err: &Error) -> bool {
-    matches!(err, Error::Unavailable(_) | Error::ResourceExhausted(_))
+    matches!(err, Error::Unavailable(_))
 }
 
 fn error_chain(err: &dyn std::error::Error) -> String {
