@@ -1,12 +1,13 @@
 //! Docker's ImageDelete (`docker rmi`) and ImagesPrune.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use imaged_api::v1::DeleteItem;
 use imaged_api::v1::delete_item::Item;
 use imaged_common::Error;
 use imaged_model::Reference;
+use imaged_model::digest::chain_ids;
 use imaged_model::filters::{Filters, label_matches};
 use imaged_model::timestamp;
 
@@ -301,7 +302,11 @@ pub fn prune(
     candidates.sort();
 
     let mut all = Vec::new();
-    let reclaimed = 0;
+    let before: HashMap<String, Arc<Image>> = tx
+        .index()
+        .images()
+        .map(|i| (i.id.to_string(), Arc::clone(i)))
+        .collect();
     for (id, refs) in candidates {
         let inputs: Vec<String> = if refs.is_empty() {
             vec![id.trim_start_matches("sha256:").to_string()]
@@ -319,8 +324,38 @@ pub fn prune(
             }
         }
     }
+    let reclaimed = reclaimed_bytes(tx.index(), &before, &all);
     events.push(PendingEvent::prune(reclaimed));
     Ok((all, reclaimed))
+}
+
+/// Bytes of the layers that deleted images held and no remaining image
+/// holds: what the layer store gives back.
+fn reclaimed_bytes(
+    index: &Index,
+    before: &HashMap<String, Arc<Image>>,
+    items: &[DeleteItem],
+) -> u64 {
+    let in_use = crate::images::chains_in_use(index);
+    let mut released: HashMap<String, i64> = HashMap::new();
+    for item in items {
+        let Some(Item::Deleted(id)) = &item.item else {
+            continue;
+        };
+        let Some(image) = before.get(id) else {
+            continue;
+        };
+        for (chain, size) in chain_ids(&image.config.diff_ids)
+            .iter()
+            .zip(&image.meta.layer_sizes)
+        {
+            let chain = chain.to_string();
+            if !in_use.contains(&chain) {
+                released.insert(chain, *size);
+            }
+        }
+    }
+    released.values().map(|s| (*s).max(0) as u64).sum()
 }
 
 #[cfg(test)]

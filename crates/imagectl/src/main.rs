@@ -1,0 +1,410 @@
+//! imagectl: Docker's image commands (`pull`, `images`, `inspect`,
+//! `history`, `tag`, `rmi`, `image prune`, `events`, `info`, `push`) over
+//! the gateway's generated `imaged.v1` client. Errors print the server's
+//! message and exit non-zero.
+
+mod connect;
+mod output;
+mod progress;
+
+use std::io::IsTerminal;
+
+use clap::{Parser, Subcommand};
+use imaged_api::v1::delete_item::Item;
+use imaged_api::v1::events_client::EventsClient;
+use imaged_api::v1::images_client::ImagesClient;
+use imaged_api::v1::*;
+use tokio_stream::StreamExt;
+
+/// The default gateway socket: where `make run` puts it.
+const DEFAULT_HOST: &str = "unix://./data/run/gateway.sock";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "imagectl",
+    version,
+    about = "Docker's image commands for imaged"
+)]
+struct Cli {
+    /// The gateway: unix:///path/gateway.sock, tcp://IP:PORT (no TLS) or
+    /// https://HOST:PORT.
+    #[arg(long, short = 'H', env = "IMAGED_HOST", default_value = DEFAULT_HOST, global = true)]
+    host: String,
+    /// CA certificate (PEM) to trust for https:// hosts.
+    #[arg(long, env = "IMAGED_TLS_CA", global = true)]
+    tls_ca: Option<std::path::PathBuf>,
+    /// Client certificate and key (PEM) for https:// hosts that ask for one.
+    #[arg(long, env = "IMAGED_TLS_CERT", global = true, requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    #[arg(long, env = "IMAGED_TLS_KEY", global = true)]
+    tls_key: Option<std::path::PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Download an image from a registry.
+    Pull {
+        reference: String,
+        /// os/arch[/variant] to pick from a multi-platform image.
+        #[arg(long)]
+        platform: Option<String>,
+        #[command(flatten)]
+        auth: AuthArgs,
+        /// Print nothing but the image's digest.
+        #[arg(long, short)]
+        quiet: bool,
+    },
+    /// Upload an image to a registry.
+    Push {
+        reference: String,
+        #[command(flatten)]
+        auth: AuthArgs,
+    },
+    /// List images.
+    Images {
+        /// Show intermediate images too.
+        #[arg(long, short)]
+        all: bool,
+        /// Only show image IDs.
+        #[arg(long, short)]
+        quiet: bool,
+        /// key=value, as `docker images --filter`. Repeatable.
+        #[arg(long, short)]
+        filter: Vec<String>,
+        /// `table` (default) or `json` (one JSON array).
+        #[arg(long, default_value = "table")]
+        format: String,
+        /// Show digests.
+        #[arg(long)]
+        digests: bool,
+        /// Don't truncate IDs.
+        #[arg(long)]
+        no_trunc: bool,
+    },
+    /// Show images' records as JSON.
+    Inspect {
+        #[arg(required = true)]
+        images: Vec<String>,
+    },
+    /// Show the history of an image.
+    History {
+        image: String,
+        /// Don't truncate output.
+        #[arg(long)]
+        no_trunc: bool,
+        /// Only show image IDs.
+        #[arg(long, short)]
+        quiet: bool,
+    },
+    /// Create a tag TARGET that refers to SOURCE.
+    Tag { source: String, target: String },
+    /// Remove images.
+    Rmi {
+        #[arg(required = true)]
+        images: Vec<String>,
+        /// Remove even if referenced or used by a stopped container.
+        #[arg(long, short)]
+        force: bool,
+        /// Do not delete untagged parents.
+        #[arg(long)]
+        no_prune: bool,
+    },
+    /// Image commands that Docker nests under `image`.
+    Image {
+        #[command(subcommand)]
+        command: ImageCommand,
+    },
+    /// Show image events, live or replayed.
+    Events {
+        /// key=value: type, event, image, label. Repeatable.
+        #[arg(long, short)]
+        filter: Vec<String>,
+        /// Show events since a timestamp or duration (10m).
+        #[arg(long)]
+        since: Option<String>,
+        /// Stream events until this timestamp or duration.
+        #[arg(long)]
+        until: Option<String>,
+        /// `text` (default) or `json` (one JSON object a line).
+        #[arg(long, default_value = "text")]
+        format: String,
+    },
+    /// Show the image service's state.
+    Info,
+}
+
+#[derive(Subcommand, Debug)]
+enum ImageCommand {
+    /// Remove unused images.
+    Prune {
+        /// Remove all unused images, not just dangling ones.
+        #[arg(long, short)]
+        all: bool,
+        /// key=value: until, label, label!. Repeatable.
+        #[arg(long)]
+        filter: Vec<String>,
+        /// Do not prompt for confirmation.
+        #[arg(long, short)]
+        force: bool,
+    },
+}
+
+/// Registry credentials for pull and push.
+#[derive(clap::Args, Debug)]
+struct AuthArgs {
+    /// Registry user name.
+    #[arg(long, short)]
+    username: Option<String>,
+    /// Registry password (prefer IMAGECTL_PASSWORD or --password-stdin).
+    #[arg(long, short, env = "IMAGECTL_PASSWORD", hide_env_values = true)]
+    password: Option<String>,
+    /// Read the password from standard input.
+    #[arg(long)]
+    password_stdin: bool,
+}
+
+impl AuthArgs {
+    fn auth(&self) -> anyhow::Result<Option<RegistryAuth>> {
+        let mut password = self.password.clone();
+        if self.password_stdin {
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line)?;
+            password = Some(line.trim_end_matches(['\r', '\n']).to_string());
+        }
+        if self.username.is_none() && password.is_none() {
+            return Ok(None);
+        }
+        Ok(Some(RegistryAuth {
+            username: self.username.clone().unwrap_or_default(),
+            password: password.unwrap_or_default(),
+            ..Default::default()
+        }))
+    }
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let cli = Cli::parse();
+    if let Err(err) = run(cli).await {
+        match err.downcast_ref::<tonic::Status>() {
+            Some(status) => eprintln!("Error response from daemon: {}", status.message()),
+            None => eprintln!("Error: {err:#}"),
+        }
+        std::process::exit(1);
+    }
+}
+
+fn platform(text: Option<&str>) -> anyhow::Result<Option<Platform>> {
+    let Some(text) = text else { return Ok(None) };
+    let parts: Vec<&str> = text.split('/').collect();
+    match parts.as_slice() {
+        [os, arch] => Ok(Some(Platform {
+            os: os.to_string(),
+            architecture: arch.to_string(),
+            variant: String::new(),
+        })),
+        [os, arch, variant] => Ok(Some(Platform {
+            os: os.to_string(),
+            architecture: arch.to_string(),
+            variant: variant.to_string(),
+        })),
+        _ => anyhow::bail!("invalid platform {text:?}: use os/arch[/variant]"),
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let channel = connect::channel(
+        &cli.host,
+        cli.tls_ca.as_deref(),
+        cli.tls_cert.as_deref().zip(cli.tls_key.as_deref()),
+    )
+    .await?;
+    let mut images = ImagesClient::new(channel.clone()).max_decoding_message_size(64 << 20);
+    match cli.command {
+        Command::Pull {
+            reference,
+            platform: p,
+            auth,
+            quiet,
+        } => {
+            let request = PullImageRequest {
+                reference,
+                platform: platform(p.as_deref())?,
+                auth: auth.auth()?,
+            };
+            let stream = images.pull_image(request).await?.into_inner();
+            let last = progress::show_pull(stream, quiet).await?;
+            println!("{}", last.reference);
+        }
+        Command::Push { reference, auth } => {
+            let request = PushImageRequest {
+                reference,
+                platform: None,
+                auth: auth.auth()?,
+            };
+            let mut stream = images.push_image(request).await?.into_inner();
+            while let Some(message) = stream.next().await {
+                let message = message?;
+                if message.id.is_empty() {
+                    println!("{}", message.status);
+                } else if message.status != "Pushing" {
+                    println!("{}: {}", message.id, message.status);
+                }
+            }
+        }
+        Command::Images {
+            all,
+            quiet,
+            filter,
+            format,
+            digests,
+            no_trunc,
+        } => {
+            let list = images
+                .list_images(ListImagesRequest {
+                    filters: filter,
+                    all,
+                    shared_size: false,
+                })
+                .await?
+                .into_inner()
+                .images;
+            output::images(&list, &format, quiet, digests, no_trunc)?;
+        }
+        Command::Inspect { images: names } => {
+            let mut records = Vec::new();
+            let mut failed = None;
+            for name in names {
+                match images
+                    .inspect_image(InspectImageRequest {
+                        image: name,
+                        platform: None,
+                    })
+                    .await
+                {
+                    Ok(record) => records.push(output::inspect_json(&record.into_inner())),
+                    Err(status) => failed = Some(status),
+                }
+            }
+            println!("{}", serde_json::to_string_pretty(&records)?);
+            if let Some(status) = failed {
+                return Err(status.into());
+            }
+        }
+        Command::History {
+            image,
+            no_trunc,
+            quiet,
+        } => {
+            let items = images
+                .image_history(ImageHistoryRequest {
+                    image,
+                    platform: None,
+                })
+                .await?
+                .into_inner()
+                .items;
+            output::history(&items, no_trunc, quiet);
+        }
+        Command::Tag { source, target } => {
+            images.tag_image(TagImageRequest { source, target }).await?;
+        }
+        Command::Rmi {
+            images: names,
+            force,
+            no_prune,
+        } => {
+            let mut failed = None;
+            for name in names {
+                match images
+                    .remove_image(RemoveImageRequest {
+                        image: name,
+                        force,
+                        prune_children: Some(!no_prune),
+                    })
+                    .await
+                {
+                    Ok(answer) => print_deleted(&answer.into_inner().items),
+                    Err(status) => {
+                        eprintln!("Error response from daemon: {}", status.message());
+                        failed = Some(status);
+                    }
+                }
+            }
+            if failed.is_some() {
+                std::process::exit(1);
+            }
+        }
+        Command::Image {
+            command: ImageCommand::Prune { all, filter, force },
+        } => {
+            if !force && std::io::stdin().is_terminal() {
+                let what = if all {
+                    "all images without at least one container associated to them"
+                } else {
+                    "all dangling images"
+                };
+                eprint!(
+                    "WARNING! This will remove {what}.\nAre you sure you want to continue? [y/N] "
+                );
+                let mut answer = String::new();
+                std::io::stdin().read_line(&mut answer)?;
+                if !matches!(answer.trim(), "y" | "Y" | "yes") {
+                    return Ok(());
+                }
+            }
+            let mut filters = filter;
+            if all {
+                filters.push("dangling=false".into());
+            }
+            let answer = images
+                .prune_images(PruneImagesRequest { filters })
+                .await?
+                .into_inner();
+            if !answer.deleted.is_empty() {
+                println!("Deleted Images:");
+                print_deleted(&answer.deleted);
+                println!();
+            }
+            println!(
+                "Total reclaimed space: {}",
+                output::human_size(answer.space_reclaimed as i64)
+            );
+        }
+        Command::Events {
+            filter,
+            since,
+            until,
+            format,
+        } => {
+            let mut stream = EventsClient::new(channel)
+                .subscribe(SubscribeRequest {
+                    filters: filter,
+                    since: since.unwrap_or_default(),
+                    until: until.unwrap_or_default(),
+                })
+                .await?
+                .into_inner();
+            while let Some(event) = stream.next().await {
+                output::event(&event?, &format)?;
+            }
+        }
+        Command::Info => {
+            let info = images.system_info(SystemInfoRequest {}).await?.into_inner();
+            output::info(&info);
+        }
+    }
+    Ok(())
+}
+
+fn print_deleted(items: &[DeleteItem]) {
+    for item in items {
+        match &item.item {
+            Some(Item::Untagged(name)) => println!("Untagged: {name}"),
+            Some(Item::Deleted(id)) => println!("Deleted: {id}"),
+            None => {}
+        }
+    }
+}

@@ -1,0 +1,189 @@
+//! imagectl, the command line, against the real processes and registry:
+//! every command, its output and its exit status.
+
+use std::process::Output;
+
+use imaged_common::config::Service;
+use imaged_e2e::{Imaged, TestRegistry, bin_dir};
+
+struct Cli<'a> {
+    imaged: &'a Imaged,
+}
+
+impl Cli<'_> {
+    async fn run(&self, args: &[&str]) -> Output {
+        tokio::process::Command::new(bin_dir().join("imagectl"))
+            .arg("--host")
+            .arg(format!(
+                "unix://{}",
+                self.imaged.socket(Service::Gateway).display()
+            ))
+            .args(args)
+            .output()
+            .await
+            .expect("run imagectl")
+    }
+
+    /// Runs and expects success; answers stdout.
+    async fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args).await;
+        assert!(
+            out.status.success(),
+            "imagectl {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Runs and expects failure; answers stderr.
+    async fn fails(&self, args: &[&str]) -> String {
+        let out = self.run(args).await;
+        assert_eq!(out.status.code(), Some(1), "imagectl {args:?} should fail");
+        String::from_utf8(out.stderr).unwrap()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_command_works_end_to_end() {
+    let registry = TestRegistry::start().await.unwrap();
+    let catalog = imaged_fixtures::catalog().unwrap();
+    catalog.push_all(&registry.fixtures()).await.unwrap();
+    let imaged = Imaged::start().await.unwrap();
+    let cli = Cli { imaged: &imaged };
+    let since = chrono_now();
+
+    let info = cli.ok(&["info"]).await;
+    assert!(info.contains("Storage Driver: "), "{info}");
+    assert!(info.contains("Max Concurrent Downloads: 3"), "{info}");
+
+    // pull: a line per layer state, the digest, the reference.
+    let app = registry.fixtures().reference("fixtures/app:1.0");
+    let pulled = cli.ok(&["pull", &app]).await;
+    let short = |digest: &str| digest["sha256:".len().."sha256:".len() + 12].to_string();
+    for layer in &catalog.app.layers {
+        assert!(
+            pulled.contains(&format!("{}: Pull complete", short(&layer.digest))),
+            "{pulled}"
+        );
+    }
+    assert!(
+        pulled.contains(&format!("Digest: {}", catalog.app.manifest.digest)),
+        "{pulled}"
+    );
+    assert!(pulled.trim_end().ends_with(&app), "{pulled}");
+
+    // images: table, ids, json, filter.
+    let table = cli.ok(&["images"]).await;
+    assert!(table.starts_with("REPOSITORY"), "{table}");
+    assert!(
+        table.contains("1.0") && table.contains(&short(catalog.app.id())),
+        "{table}"
+    );
+    let quiet = cli.ok(&["images", "-q"]).await;
+    assert_eq!(quiet.trim(), short(catalog.app.id()));
+    let json: serde_json::Value =
+        serde_json::from_str(&cli.ok(&["images", "--format", "json"]).await).unwrap();
+    assert_eq!(json[0]["Id"], catalog.app.id());
+    assert_eq!(json[0]["Labels"]["com.example.tier"], "web");
+    let none = cli
+        .ok(&["images", "-q", "--filter", "reference=nothing*"])
+        .await;
+    assert!(none.trim().is_empty(), "{none}");
+    let bad = cli.fails(&["images", "--filter", "color=red"]).await;
+    assert!(bad.contains("invalid filter 'color'"), "{bad}");
+
+    // inspect and history.
+    let inspect: serde_json::Value =
+        serde_json::from_str(&cli.ok(&["inspect", &app]).await).unwrap();
+    assert_eq!(inspect[0]["Id"], catalog.app.id());
+    assert_eq!(inspect[0]["Config"]["Cmd"][0], "/app/run");
+    let missing = cli.fails(&["inspect", "no/such:image"]).await;
+    assert!(
+        missing.contains("No such image: no/such:image"),
+        "{missing}"
+    );
+    let history = cli.ok(&["history", &app]).await;
+    assert!(history.starts_with("IMAGE"), "{history}");
+    assert_eq!(history.lines().count(), 5, "{history}");
+
+    // tag, push, rmi.
+    let target = registry.fixtures().reference("pushed/cli:v1");
+    cli.ok(&["tag", &app, &target]).await;
+    let pushed = cli.ok(&["push", &target]).await;
+    assert!(pushed.contains("v1: digest: sha256:"), "{pushed}");
+    let removed = cli.ok(&["rmi", &target]).await;
+    assert_eq!(removed.trim(), format!("Untagged: {target}"));
+    let err = cli.fails(&["rmi", "no/such:image"]).await;
+    assert!(err.contains("No such image"), "{err}");
+    let removed = cli.ok(&["rmi", &app]).await;
+    assert!(
+        removed.contains(&format!("Deleted: {}", catalog.app.id())),
+        "{removed}"
+    );
+
+    // image prune: an image left dangling by a moved tag goes.
+    let multi = registry.fixtures().reference("fixtures/multi:latest");
+    cli.ok(&["pull", "-q", "--platform", "linux/arm64/v8", &multi])
+        .await;
+    cli.ok(&["pull", "-q", &multi]).await;
+    let dangling = catalog.multi.images[1].id();
+    let listed = cli
+        .ok(&["images", "-q", "--no-trunc", "--filter", "dangling=true"])
+        .await;
+    assert_eq!(listed.trim(), dangling);
+    let pruned = cli.ok(&["image", "prune", "-f"]).await;
+    assert!(pruned.starts_with("Deleted Images:"), "{pruned}");
+    assert!(pruned.contains(&format!("Deleted: {dangling}")), "{pruned}");
+    assert!(!pruned.contains("Total reclaimed space: 0B"), "{pruned}");
+
+    // events: replay since the start, until now.
+    let until = chrono_now();
+    let events = cli
+        .ok(&[
+            "events",
+            "--since",
+            &since,
+            "--until",
+            &until,
+            "--filter",
+            "event=pull",
+        ])
+        .await;
+    assert_eq!(events.lines().count(), 3, "{events}");
+    assert!(
+        events.lines().all(|l| l.contains(" image pull ")),
+        "{events}"
+    );
+    let json = cli
+        .ok(&[
+            "events",
+            "--since",
+            &since,
+            "--until",
+            &until,
+            "--format",
+            "json",
+            "--filter",
+            "event=push",
+        ])
+        .await;
+    let event: serde_json::Value = serde_json::from_str(json.lines().next().unwrap()).unwrap();
+    assert_eq!(event["Actor"]["ID"], target);
+
+    // A gateway that isn't there: a clear error, non-zero.
+    let out = tokio::process::Command::new(bin_dir().join("imagectl"))
+        .args(["--host", "unix:///nonexistent/gateway.sock", "info"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot connect to the gateway"));
+}
+
+fn chrono_now() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    format!("{}.{:09}", now.as_secs(), now.subsec_nanos())
+}
