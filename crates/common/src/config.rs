@@ -75,6 +75,45 @@ pub struct CommonArgs {
     /// Log filter, in `tracing`'s env-filter syntax (`info`, `imaged=debug`).
     #[arg(long, env = "IMAGED_LOG", default_value = "info")]
     pub log: String,
+
+    /// Server certificate (PEM) for a TCP listener. A TCP listener needs
+    /// TLS unless --insecure-tcp is given.
+    #[arg(long, env = "IMAGED_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// Private key (PEM) of --tls-cert.
+    #[arg(long, env = "IMAGED_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// CA (PEM) whose client certificates are required on the TLS listener.
+    #[arg(long, env = "IMAGED_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// Serve a TCP listener without TLS (anyone who can reach the port can
+    /// use the service). Not recommended.
+    #[arg(long, env = "IMAGED_INSECURE_TCP")]
+    pub insecure_tcp: bool,
+
+    /// Group (name or GID) to give the Unix socket, so its members can
+    /// connect (mode 0660).
+    #[arg(long, env = "IMAGED_SOCKET_GROUP")]
+    pub socket_group: Option<String>,
+
+    /// Requests one connection (one client) may have in flight; more wait,
+    /// so one client cannot starve the others. 0 = no limit. Default: 64 on
+    /// the gateway, no limit on the internal services (their one client is
+    /// the gateway).
+    #[arg(long, env = "IMAGED_MAX_REQUESTS_PER_CLIENT")]
+    pub max_requests_per_client: Option<usize>,
+}
+
+/// TLS for a TCP listener, read and checked at start-up.
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    pub cert: Vec<u8>,
+    pub key: Vec<u8>,
+    /// When set, clients must present a certificate signed by this CA.
+    pub client_ca: Option<Vec<u8>>,
 }
 
 /// Addresses of the other imaged services, for the processes that call them.
@@ -121,6 +160,13 @@ pub struct ServiceConfig {
     pub listen: Endpoint,
     /// Log filter.
     pub log: String,
+    /// TLS for a TCP listener; `None` on a Unix socket or with
+    /// --insecure-tcp.
+    pub tls: Option<TlsFiles>,
+    /// GID to give the Unix socket.
+    pub socket_gid: Option<u32>,
+    /// Requests in flight per connection; `None` = no limit.
+    pub max_requests_per_client: Option<usize>,
 }
 
 impl CommonArgs {
@@ -149,14 +195,61 @@ impl CommonArgs {
             .listen
             .clone()
             .unwrap_or_else(|| Endpoint::Unix(service.default_socket(&root)));
+        let read = |path: &PathBuf, what: &str| {
+            std::fs::read(path).with_context(|| format!("cannot read {what} {}", path.display()))
+        };
+        let tls = match (&listen, &self.tls_cert, &self.tls_key) {
+            (Endpoint::Tcp(_), Some(cert), Some(key)) => Some(TlsFiles {
+                cert: read(cert, "--tls-cert")?,
+                key: read(key, "--tls-key")?,
+                client_ca: self
+                    .tls_client_ca
+                    .as_ref()
+                    .map(|ca| read(ca, "--tls-client-ca"))
+                    .transpose()?,
+            }),
+            (Endpoint::Tcp(addr), _, _) if !self.insecure_tcp => bail!(
+                "refusing to serve tcp://{addr} without TLS: give --tls-cert and --tls-key \
+                 (and --tls-client-ca to require client certificates), or --insecure-tcp"
+            ),
+            (Endpoint::Unix(_), Some(_), _) => {
+                bail!("--tls-cert applies to a TCP listener (--listen tcp://IP:PORT)")
+            }
+            _ => None,
+        };
+        let socket_gid = self.socket_group.as_deref().map(group_id).transpose()?;
+        let max_requests_per_client = match self.max_requests_per_client {
+            Some(0) => None,
+            Some(n) => Some(n),
+            None if service == Service::Gateway => Some(64),
+            None => None,
+        };
         Ok(ServiceConfig {
             service,
             root,
             data_dir,
             listen,
             log: self.log.clone(),
+            tls,
+            socket_gid,
+            max_requests_per_client,
         })
     }
+}
+
+/// A group name or numeric GID, as the system knows it.
+fn group_id(group: &str) -> anyhow::Result<u32> {
+    if let Ok(gid) = group.parse::<u32>() {
+        return Ok(gid);
+    }
+    let name = std::ffi::CString::new(group).context("invalid group name")?;
+    // SAFETY: getgrnam reads a valid NUL-terminated name; the record it
+    // answers is read at once, before any other call could replace it.
+    let entry = unsafe { libc::getgrnam(name.as_ptr()) };
+    if entry.is_null() {
+        bail!("unknown group {group:?} for --socket-group");
+    }
+    Ok(unsafe { (*entry).gr_gid })
 }
 
 fn absolute(path: &Path) -> anyhow::Result<PathBuf> {

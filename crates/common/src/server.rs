@@ -64,9 +64,26 @@ pub async fn serve(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha);
     routes = routes.prepare();
-    let router = tonic::transport::Server::builder()
-        .trace_fn(telemetry::server_span)
-        .add_routes(routes);
+    let mut builder = tonic::transport::Server::builder().trace_fn(telemetry::server_span);
+    if let Some(limit) = config.max_requests_per_client {
+        builder = builder.concurrency_limit_per_connection(limit);
+    }
+    if let Some(tls) = &config.tls {
+        let mut tls_config = tonic::transport::ServerTlsConfig::new()
+            .identity(tonic::transport::Identity::from_pem(&tls.cert, &tls.key));
+        if let Some(ca) = &tls.client_ca {
+            tls_config = tls_config.client_ca_root(tonic::transport::Certificate::from_pem(ca));
+        }
+        builder = builder
+            .tls_config(tls_config)
+            .context("invalid --tls-cert or --tls-key")?;
+    } else if matches!(config.listen, Endpoint::Tcp(_)) {
+        tracing::warn!(
+            listen = %config.listen,
+            "serving TCP without TLS (--insecure-tcp): anyone who can reach the port can use it"
+        );
+    }
+    let router = builder.add_routes(routes);
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let process = config.service.process();
@@ -86,6 +103,11 @@ pub async fn serve(
         match &config.listen {
             Endpoint::Unix(path) => {
                 let listener = bind_unix(path)?;
+                if let Some(gid) = config.socket_gid {
+                    std::os::unix::fs::chown(path, None, Some(gid)).with_context(|| {
+                        format!("cannot give {} to group {gid}", path.display())
+                    })?;
+                }
                 tracing::info!(listen = %config.listen, "{process} serving");
                 let result = router
                     .serve_with_incoming_shutdown(UnixListenerStream::new(listener), stopped)
@@ -182,6 +204,9 @@ where
     Fut: std::future::Future<Output = anyhow::Result<()>>,
 {
     let process = service.process();
+    // Both rustls back ends are linked (tonic's TLS uses ring, the registry
+    // client aws-lc-rs); TLS servers and clients of ours use ring.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let config = match common.resolve(service) {
         Ok(config) => config,
         Err(err) => {

@@ -1,0 +1,175 @@
+//! The public endpoint's safety: a TCP listener needs TLS (optionally with
+//! client certificates) unless --insecure-tcp is given, with a warning;
+//! the Unix socket takes a configurable group.
+
+use std::os::unix::fs::MetadataExt;
+use std::process::Stdio;
+use std::time::Duration;
+
+use imaged_common::config::Service;
+use imaged_e2e::{Imaged, bin_dir, free_port};
+use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+
+/// A CA, a server certificate for localhost/127.0.0.1 and a client
+/// certificate, all written as PEM files into `dir`.
+fn certificates(dir: &std::path::Path) {
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::from_params(&ca_params, &ca_key);
+    let write = |name: &str, text: String| std::fs::write(dir.join(name), text).unwrap();
+    write("ca.pem", ca.pem());
+    for (name, sans) in [
+        (
+            "server",
+            vec!["localhost".to_string(), "127.0.0.1".to_string()],
+        ),
+        ("client", vec!["imagectl".to_string()]),
+    ] {
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(sans)
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap();
+        write(&format!("{name}.pem"), cert.pem());
+        write(&format!("{name}.key"), key.serialize_pem());
+    }
+}
+
+async fn imagectl(args: &[&str]) -> std::process::Output {
+    tokio::process::Command::new(bin_dir().join("imagectl"))
+        .args(args)
+        .output()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_needs_tls_or_an_explicit_insecure_flag() {
+    let imaged = Imaged::builder()
+        .only(&[Service::Metadata, Service::Transfer, Service::Events])
+        .start()
+        .await
+        .unwrap();
+    let port = free_port();
+    let listen = format!("--listen=tcp://127.0.0.1:{port}");
+
+    let refused = imaged
+        .command(Service::Gateway)
+        .arg(&listen)
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("without TLS"), "{stderr}");
+
+    let log = imaged.root().join("logs/insecure-gateway.log");
+    let mut insecure = imaged
+        .command(Service::Gateway)
+        .arg(&listen)
+        .arg("--insecure-tcp")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let host = format!("tcp://127.0.0.1:{port}");
+    let mut answered = None;
+    for _ in 0..100 {
+        let out = imagectl(&["--host", &host, "info"]).await;
+        if out.status.success() {
+            answered = Some(String::from_utf8(out.stdout).unwrap());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let info = answered.expect("the insecure TCP gateway answers");
+    assert!(info.contains("Max Concurrent Downloads: 3"), "{info}");
+    assert!(
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .contains("without TLS"),
+        "no warning was logged"
+    );
+    insecure.kill().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_client_certificates() {
+    let imaged = Imaged::builder()
+        .only(&[Service::Metadata, Service::Transfer, Service::Events])
+        .start()
+        .await
+        .unwrap();
+    let certs = tempfile::tempdir().unwrap();
+    certificates(certs.path());
+    let path = |name: &str| certs.path().join(name).display().to_string();
+    let port = free_port();
+    let mut gateway = imaged
+        .command(Service::Gateway)
+        .arg(format!("--listen=tcp://127.0.0.1:{port}"))
+        .arg(format!("--tls-cert={}", path("server.pem")))
+        .arg(format!("--tls-key={}", path("server.key")))
+        .arg(format!("--tls-client-ca={}", path("ca.pem")))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(imaged.root().join("logs/tls-gateway.log")).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let host = format!("https://127.0.0.1:{port}");
+    let (ca, cert, key) = (path("ca.pem"), path("client.pem"), path("client.key"));
+    let with_cert = [
+        "--host",
+        &host,
+        "--tls-ca",
+        &ca,
+        "--tls-cert",
+        &cert,
+        "--tls-key",
+        &key,
+        "info",
+    ];
+    let mut answered = false;
+    for _ in 0..100 {
+        if imagectl(&with_cert).await.status.success() {
+            answered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if !answered {
+        let out = imagectl(&with_cert).await;
+        panic!(
+            "the TLS gateway did not answer a client with a certificate: {}\ngateway: {:?} {}",
+            String::from_utf8_lossy(&out.stderr),
+            gateway.try_wait(),
+            std::fs::read_to_string(imaged.root().join("logs/tls-gateway.log")).unwrap_or_default()
+        );
+    }
+
+    let without = imagectl(&["--host", &host, "--tls-ca", &ca, "info"]).await;
+    assert!(
+        !without.status.success(),
+        "a client without a certificate got in"
+    );
+    let plain = imagectl(&["--host", &format!("tcp://127.0.0.1:{port}"), "info"]).await;
+    assert!(
+        !plain.status.success(),
+        "plaintext reached the TLS listener"
+    );
+    gateway.kill().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_socket_takes_the_configured_group() {
+    let imaged = Imaged::builder()
+        .arg(Service::Gateway, "--socket-group=daemon")
+        .start()
+        .await
+        .unwrap();
+    let meta = std::fs::metadata(imaged.socket(Service::Gateway)).unwrap();
+    assert_eq!(meta.gid(), 1, "Debian's daemon group");
+    assert_eq!(meta.mode() & 0o777, 0o660);
+}
