@@ -393,3 +393,53 @@ async fn a_full_disk_is_resource_exhausted_and_leaves_nothing_half_written() {
     assert!(images.is_empty());
     imaged.kill(Service::Transfer).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_that_gives_up_cancels_the_pull_downstream() {
+    let registry = TestRegistry::start().await.unwrap();
+    let image = bulky(2, 8, 128 * 1024, 5);
+    registry
+        .fixtures()
+        .push_image("bulky/cancel:latest", &image)
+        .await
+        .unwrap();
+    let throttle = Throttle::start(&registry.host, 32 * 1024).await.unwrap();
+    let imaged = Imaged::start().await.unwrap();
+
+    // kubelet's unary PullImage, with a deadline this slow pull can't meet.
+    let mut cri = k8s_cri::v1::image_service_client::ImageServiceClient::new(
+        imaged.channel(Service::Gateway),
+    );
+    let mut request = tonic::Request::new(k8s_cri::v1::PullImageRequest {
+        image: Some(k8s_cri::v1::ImageSpec {
+            image: format!("{}/bulky/cancel:latest", throttle.host),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    request.set_timeout(Duration::from_millis(1500));
+    let err = cri.pull_image(request).await.unwrap_err();
+    assert!(
+        matches!(err.code(), Code::DeadlineExceeded | Code::Cancelled),
+        "{err}"
+    );
+
+    // The pull stops in imaged-transfer too: no download left running.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let idle = transfer_info(&imaged).await.downloads_in_flight == 0;
+        if idle && imaged.logs().contains("operation cancelled") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the pull kept running downstream"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // What socket buffers held drains; then nothing more is fetched.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let bytes = throttle.bytes();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(throttle.bytes(), bytes, "bytes still flow after the cancel");
+}

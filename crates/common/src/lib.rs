@@ -13,6 +13,7 @@
 //! - [`error`]: the one mapping from domain errors to gRPC status codes.
 
 pub mod config;
+pub mod deadline;
 pub mod endpoint;
 pub mod error;
 pub mod events;

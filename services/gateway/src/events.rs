@@ -6,6 +6,7 @@ use std::pin::Pin;
 use imaged_api::v1::event_log_client::EventLogClient;
 use imaged_api::v1::events_server::Events;
 use imaged_api::v1::{Event, SubscribeRequest};
+use imaged_common::deadline;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
@@ -31,13 +32,17 @@ impl Events for EventsService {
         &self,
         request: Request<SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
-        let request = request.into_inner();
+        let (deadline, request) = deadline::split(request);
         let upstream = self
             .peers
             .events
             .call(|channel| {
                 let request = request.clone();
-                async move { EventLogClient::new(channel).subscribe(request).await }
+                async move {
+                    EventLogClient::new(channel)
+                        .subscribe(deadline::attach(request, deadline))
+                        .await
+                }
             })
             .await?;
         Ok(Response::new(Box::pin(upstream)))

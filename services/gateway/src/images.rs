@@ -5,6 +5,7 @@ use imaged_api::v1::images_server::Images;
 use imaged_api::v1::metadata_client::MetadataClient;
 use imaged_api::v1::transfer_client::TransferClient;
 use imaged_api::v1::*;
+use imaged_common::deadline;
 use tonic::{Request, Response, Status};
 
 use crate::peers::Peers;
@@ -60,13 +61,17 @@ impl Images for ImagesService {
         &self,
         request: Request<ListImagesRequest>,
     ) -> Result<Response<ListImagesResponse>, Status> {
-        let request = request.into_inner();
+        let (deadline, request) = deadline::split(request);
         let answer = self
             .peers
             .metadata
             .call(|ch| {
                 let request = request.clone();
-                async move { MetadataClient::new(ch).list_images(request).await }
+                async move {
+                    MetadataClient::new(ch)
+                        .list_images(deadline::attach(request, deadline))
+                        .await
+                }
             })
             .await?;
         Ok(Response::new(answer))
@@ -77,13 +82,17 @@ impl Images for ImagesService {
         &self,
         request: Request<InspectImageRequest>,
     ) -> Result<Response<ImageInspect>, Status> {
-        let request = request.into_inner();
+        let (deadline, request) = deadline::split(request);
         let answer = self
             .peers
             .metadata
             .call(|ch| {
                 let request = request.clone();
-                async move { MetadataClient::new(ch).inspect_image(request).await }
+                async move {
+                    MetadataClient::new(ch)
+                        .inspect_image(deadline::attach(request, deadline))
+                        .await
+                }
             })
             .await?;
         Ok(Response::new(answer))
@@ -94,13 +103,17 @@ impl Images for ImagesService {
         &self,
         request: Request<ImageHistoryRequest>,
     ) -> Result<Response<ImageHistoryResponse>, Status> {
-        let request = request.into_inner();
+        let (deadline, request) = deadline::split(request);
         let answer = self
             .peers
             .metadata
             .call(|ch| {
                 let request = request.clone();
-                async move { MetadataClient::new(ch).image_history(request).await }
+                async move {
+                    MetadataClient::new(ch)
+                        .image_history(deadline::attach(request, deadline))
+                        .await
+                }
             })
             .await?;
         Ok(Response::new(answer))
@@ -111,13 +124,17 @@ impl Images for ImagesService {
         &self,
         request: Request<TagImageRequest>,
     ) -> Result<Response<TagImageResponse>, Status> {
-        let request = request.into_inner();
+        let (deadline, request) = deadline::split(request);
         let answer = self
             .peers
             .metadata
             .call(|ch| {
                 let request = request.clone();
-                async move { MetadataClient::new(ch).tag_image(request).await }
+                async move {
+                    MetadataClient::new(ch)
+                        .tag_image(deadline::attach(request, deadline))
+                        .await
+                }
             })
             .await?;
         Ok(Response::new(answer))
@@ -128,13 +145,17 @@ impl Images for ImagesService {
         &self,
         request: Request<RemoveImageRequest>,
     ) -> Result<Response<RemoveImageResponse>, Status> {
-        let request = request.into_inner();
+        let (deadline, request) = deadline::split(request);
         let answer = self
             .peers
             .metadata
             .call(|ch| {
                 let request = request.clone();
-                async move { MetadataClient::new(ch).remove_image(request).await }
+                async move {
+                    MetadataClient::new(ch)
+                        .remove_image(deadline::attach(request, deadline))
+                        .await
+                }
             })
             .await?;
         Ok(Response::new(answer))
@@ -145,13 +166,17 @@ impl Images for ImagesService {
         &self,
         request: Request<PruneImagesRequest>,
     ) -> Result<Response<PruneImagesResponse>, Status> {
-        let request = request.into_inner();
+        let (deadline, request) = deadline::split(request);
         let answer = self
             .peers
             .metadata
             .call(|ch| {
                 let request = request.clone();
-                async move { MetadataClient::new(ch).prune_images(request).await }
+                async move {
+                    MetadataClient::new(ch)
+                        .prune_images(deadline::attach(request, deadline))
+                        .await
+                }
             })
             .await?;
         Ok(Response::new(answer))
@@ -162,13 +187,17 @@ impl Images for ImagesService {
         &self,
         request: Request<ImageChildrenRequest>,
     ) -> Result<Response<ImageChildrenResponse>, Status> {
-        let request = request.into_inner();
+        let (deadline, request) = deadline::split(request);
         let answer = self
             .peers
             .metadata
             .call(|ch| {
                 let request = request.clone();
-                async move { MetadataClient::new(ch).image_children(request).await }
+                async move {
+                    MetadataClient::new(ch)
+                        .image_children(deadline::attach(request, deadline))
+                        .await
+                }
             })
             .await?;
         Ok(Response::new(answer))
@@ -179,13 +208,17 @@ impl Images for ImagesService {
         &self,
         request: Request<CreateImageRequest>,
     ) -> Result<Response<CreateImageResponse>, Status> {
-        let request = request.into_inner();
+        let (deadline, request) = deadline::split(request);
         let answer = self
             .peers
             .metadata
             .call(|ch| {
                 let request = request.clone();
-                async move { MetadataClient::new(ch).create_image(request).await }
+                async move {
+                    MetadataClient::new(ch)
+                        .create_image(deadline::attach(request, deadline))
+                        .await
+                }
             })
             .await?;
         Ok(Response::new(answer))
@@ -219,13 +252,17 @@ impl Images for ImagesService {
         &self,
         request: Request<PullImageRequest>,
     ) -> Result<Response<Self::PullImageStream>, Status> {
-        let request = request.into_inner();
+        let (deadline, request) = deadline::split(request);
         let upstream = self
             .peers
             .transfer
             .call(|ch| {
                 let request = request.clone();
-                async move { TransferClient::new(ch).pull(request).await }
+                async move {
+                    TransferClient::new(ch)
+                        .pull(deadline::attach(request, deadline))
+                        .await
+                }
             })
             .await?;
         Ok(Response::new(Box::pin(upstream)))
@@ -238,13 +275,17 @@ impl Images for ImagesService {
         &self,
         request: Request<PushImageRequest>,
     ) -> Result<Response<Self::PushImageStream>, Status> {
-        let request = request.into_inner();
+        let (deadline, request) = deadline::split(request);
         let upstream = self
             .peers
             .transfer
             .call(|ch| {
                 let request = request.clone();
-                async move { TransferClient::new(ch).push(request).await }
+                async move {
+                    TransferClient::new(ch)
+                        .push(deadline::attach(request, deadline))
+                        .await
+                }
             })
             .await?;
         Ok(Response::new(Box::pin(upstream)))
@@ -255,11 +296,15 @@ impl Images for ImagesService {
         &self,
         request: Request<UpdateConfigRequest>,
     ) -> Result<Response<UpdateConfigResponse>, Status> {
-        let request = request.into_inner();
+        let (deadline, request) = deadline::split(request);
         let answer = self
             .peers
             .transfer
-            .call(|ch| async move { TransferClient::new(ch).update_config(request).await })
+            .call(|ch| async move {
+                TransferClient::new(ch)
+                    .update_config(deadline::attach(request, deadline))
+                    .await
+            })
             .await?;
         Ok(Response::new(answer))
     }

@@ -10,6 +10,7 @@ use bytes::{BufMut, Bytes};
 use futures::future::BoxFuture;
 use imaged_api::v1::ListImagesRequest;
 use imaged_api::v1::metadata_client::MetadataClient;
+use imaged_common::deadline;
 use tonic::body::Body;
 use tonic::codec::{Codec, EncodeBuf, Encoder};
 use tonic::server::{NamedService, UnaryService};
@@ -65,7 +66,7 @@ impl UnaryService<ListImagesRequest> for Relay {
     fn call(&mut self, request: Request<ListImagesRequest>) -> Self::Future {
         let peers = self.peers.clone();
         Box::pin(async move {
-            let request = request.into_inner();
+            let (deadline, request) = deadline::split(request);
             let answer = peers
                 .metadata
                 .call(|ch| {
@@ -73,7 +74,7 @@ impl UnaryService<ListImagesRequest> for Relay {
                     async move {
                         MetadataClient::new(ch)
                             .max_decoding_message_size(usize::MAX)
-                            .list_images_encoded(request)
+                            .list_images_encoded(deadline::attach(request, deadline))
                             .await
                     }
                 })
