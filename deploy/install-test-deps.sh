@@ -2,12 +2,20 @@
 # Installs what the end-to-end tests need when it is missing:
 # Debian's docker-registry (the CNCF Distribution registry), and protoc,
 # which the upstream CRI client crate (k8s-cri, a test dependency that
-# proves wire compatibility) needs to build.
+# proves wire compatibility) needs to build; and Python's grpcio-tools for
+# the test of a Python client generated from proto/.
 set -eu
 
 need=""
 command -v docker-registry >/dev/null 2>&1 || need="$need docker-registry"
 command -v protoc >/dev/null 2>&1 || need="$need protobuf-compiler"
+
+# The Python client test: grpcio and grpcio-tools from PyPI.
+if ! python3 -c "import grpc, grpc_tools" >/dev/null 2>&1; then
+    echo "installing: grpcio grpcio-tools (pip)"
+    python3 -m pip install --quiet --root-user-action=ignore grpcio grpcio-tools \
+        || python3 -m pip install --quiet --user grpcio grpcio-tools
+fi
 
 [ -z "$need" ] && exit 0
 

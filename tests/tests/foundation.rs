@@ -363,3 +363,24 @@ async fn bad_configuration_exits_non_zero_with_a_clear_message() {
     )
     .await;
 }
+
+/// The contracts work for other languages: a Python client generated from
+/// `proto/` with grpcio-tools talks to the gateway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_client_generated_from_proto_works() {
+    let imaged = Imaged::start().await.unwrap();
+    let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = tokio::process::Command::new("python3")
+        .arg(manifest.join("python/imaged_client.py"))
+        .arg(manifest.join("../proto"))
+        .arg(imaged.socket(Service::Gateway))
+        .output()
+        .await
+        .expect("python3 runs");
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "ok",
+        "python client failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -1,0 +1,80 @@
+"""A Python client of imaged, generated from proto/ with grpcio-tools.
+
+Usage: imaged_client.py PROTO_ROOT GATEWAY_SOCKET
+
+Generates the stubs into a temporary directory, then talks to the gateway:
+SystemInfo, CreateImage, TagImage, ListImages with a filter, InspectImage,
+a NOT_FOUND error, and the CRI ImageService's ImageStatus. Prints "ok" and
+exits 0 when every answer is as expected.
+"""
+
+import json
+import pathlib
+import sys
+import tempfile
+
+import grpc
+from grpc_tools import protoc
+
+
+def generate(proto_root: pathlib.Path, out: pathlib.Path) -> None:
+    files = sorted(str(p.relative_to(proto_root)) for p in proto_root.rglob("*.proto"))
+    args = ["protoc", f"-I{proto_root}", f"--python_out={out}", f"--grpc_python_out={out}", *files]
+    if protoc.main(args) != 0:
+        raise SystemExit("protoc failed")
+
+
+def main() -> None:
+    proto_root, socket = pathlib.Path(sys.argv[1]).resolve(), sys.argv[2]
+    out = pathlib.Path(tempfile.mkdtemp(prefix="imaged-py-"))
+    generate(proto_root, out)
+    sys.path.insert(0, str(out))
+
+    from imaged.v1 import images_pb2, images_pb2_grpc
+    from runtime.v1 import image_service_pb2, image_service_pb2_grpc
+
+    # grpc-core sends the socket path as :authority, which is not a valid
+    # HTTP/2 authority; name the host explicitly.
+    channel = grpc.insecure_channel(
+        f"unix://{socket}", options=[("grpc.default_authority", "localhost")]
+    )
+    images = images_pb2_grpc.ImagesStub(channel)
+
+    info = images.SystemInfo(images_pb2.SystemInfoRequest())
+    assert info.max_concurrent_downloads == 3, info
+    assert info.max_concurrent_uploads == 5, info
+
+    config = json.dumps({
+        "architecture": "amd64",
+        "os": "linux",
+        "created": "2024-05-01T10:00:00Z",
+        "config": {"Labels": {"client": "python"}},
+        "rootfs": {"type": "layers", "diff_ids": []},
+    }).encode()
+    created = images.CreateImage(images_pb2.CreateImageRequest(config=config))
+    assert created.id.startswith("sha256:"), created
+    images.TagImage(images_pb2.TagImageRequest(source=created.id, target="py/client:v1"))
+
+    listed = images.ListImages(images_pb2.ListImagesRequest(filters=["label=client=python"]))
+    assert [i.id for i in listed.images] == [created.id], listed
+    assert list(listed.images[0].repo_tags) == ["py/client:v1"], listed
+
+    inspect = images.InspectImage(images_pb2.InspectImageRequest(image="py/client:v1"))
+    assert inspect.id == created.id and inspect.config.labels["client"] == "python", inspect
+
+    try:
+        images.InspectImage(images_pb2.InspectImageRequest(image="py/missing:v1"))
+        raise SystemExit("a missing image was found")
+    except grpc.RpcError as err:
+        assert err.code() == grpc.StatusCode.NOT_FOUND, err
+        assert err.details() == "No such image: py/missing:v1", err.details()
+
+    cri = image_service_pb2_grpc.ImageServiceStub(channel)
+    status = cri.ImageStatus(image_service_pb2.ImageStatusRequest(
+        image=image_service_pb2.ImageSpec(image="py/client:v1")))
+    assert status.image.id == created.id and status.image.size > 0, status
+    print("ok")
+
+
+if __name__ == "__main__":
+    main()
