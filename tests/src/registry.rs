@@ -88,6 +88,12 @@ impl TestRegistry {
     /// Successful blob downloads the registry served so far: one path
     /// (`/v2/<repo>/blobs/sha256:…`) per GET answered 200.
     pub fn blob_gets(&self) -> Vec<String> {
+        self.gets("/blobs/")
+    }
+
+    /// Paths of the GETs answered 200 whose path contains `part`
+    /// (`/manifests/`, `/blobs/`), in order.
+    pub fn gets(&self, part: &str) -> Vec<String> {
         let log = std::fs::read_to_string(&self.access_log).unwrap_or_default();
         log.lines()
             .filter_map(|line| {
@@ -95,7 +101,7 @@ impl TestRegistry {
                 let status = line.split('"').nth(2)?.split_whitespace().next()?;
                 let mut parts = request.split_whitespace();
                 let (method, path) = (parts.next()?, parts.next()?);
-                (method == "GET" && path.contains("/blobs/") && status == "200")
+                (method == "GET" && path.contains(part) && status == "200")
                     .then(|| path.to_string())
             })
             .collect()

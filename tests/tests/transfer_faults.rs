@@ -443,3 +443,60 @@ async fn a_caller_that_gives_up_cancels_the_pull_downstream() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(throttle.bytes(), bytes, "bytes still flow after the cancel");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identical_concurrent_pulls_share_one_operation() {
+    let registry = TestRegistry::start().await.unwrap();
+    let image = bulky(2, 4, 64 * 1024, 6);
+    registry
+        .fixtures()
+        .push_image("bulky/shared:latest", &image)
+        .await
+        .unwrap();
+    let throttle = Throttle::start(&registry.host, 128 * 1024).await.unwrap();
+    let imaged = Imaged::start().await.unwrap();
+    let reference = format!("{}/bulky/shared:latest", throttle.host);
+
+    let mut pulls = Vec::new();
+    for _ in 0..5 {
+        let client = imaged.images();
+        let reference = reference.clone();
+        pulls.push(tokio::spawn(async move {
+            let mut client = client;
+            let mut stream = client
+                .pull_image(PullImageRequest {
+                    reference,
+                    platform: None,
+                    auth: None,
+                })
+                .await?
+                .into_inner();
+            let mut messages = Vec::new();
+            while let Some(message) = stream.next().await {
+                messages.push(message?);
+            }
+            Ok::<_, tonic::Status>(messages)
+        }));
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    for pull in pulls {
+        let messages = pull.await.unwrap().unwrap();
+        assert_eq!(messages.last().unwrap().image_id, image.id());
+        let completed = messages
+            .iter()
+            .filter(|m| m.status == "Pull complete")
+            .count();
+        assert_eq!(completed, 2, "every caller sees every layer complete");
+    }
+    let manifests = registry.gets("/manifests/");
+    assert_eq!(
+        manifests.len(),
+        1,
+        "one operation fetched the manifest: {manifests:?}"
+    );
+    assert_eq!(
+        registry.blob_gets().len(),
+        3,
+        "config and two layers, once each"
+    );
+}

@@ -24,11 +24,20 @@ struct Args {
     peers: PeerArgs,
 }
 
+/// Largest request message the gateway accepts.
+const MAX_REQUEST: usize = 4 << 20;
+/// Largest answer it sends: kubelet's CRI client limit.
+const MAX_ANSWER: usize = 16 << 20;
+
 fn main() {
     let args: Args = config::parse();
     server::run_main(Service::Gateway, &args.common, |config| async move {
         let peers = peers::Peers::new(&args.peers, &config.root)?;
-        let images = ImagesServer::new(images::ImagesService::new(peers.clone()));
+        // Requests are small (configs, references); answers may be large
+        // (ListImages of a big store) but stay under kubelet's 16 MiB.
+        let images = ImagesServer::new(images::ImagesService::new(peers.clone()))
+            .max_decoding_message_size(MAX_REQUEST)
+            .max_encoding_message_size(MAX_ANSWER);
         let routes =
             tonic::service::Routes::new(list_relay::WithListRelay::new(images, peers.clone()))
                 .add_service(EventsServer::new(events::EventsService::new(peers.clone())))

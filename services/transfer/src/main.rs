@@ -6,6 +6,7 @@ mod driver;
 mod layers;
 mod limits;
 mod pull;
+mod pull_share;
 mod push;
 mod registry;
 mod service;

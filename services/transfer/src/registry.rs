@@ -68,7 +68,9 @@ impl Registries {
     }
 }
 
-fn credential_key(auth: &RegistryAuth) -> [u8; 32] {
+/// A digest of the credentials: pulls and clients are shared only
+/// between callers that gave the same ones.
+pub fn credential_key(auth: &RegistryAuth) -> [u8; 32] {
     let mut hasher = Sha256::new();
     match auth {
         RegistryAuth::Anonymous => hasher.update(b"anonymous"),

@@ -21,6 +21,7 @@ use crate::driver::Driver;
 use crate::layers::LayerStore;
 use crate::limits::Limits;
 use crate::pull::Puller;
+use crate::pull_share::PullShare;
 use crate::push::Pusher;
 
 /// Serves the transfer contract.
@@ -31,6 +32,7 @@ pub struct TransferService {
     content: ContentStore,
     layers: Arc<LayerStore>,
     puller: Arc<Puller>,
+    pulls: Arc<PullShare>,
     pusher: Arc<Pusher>,
 }
 
@@ -50,6 +52,7 @@ impl TransferService {
             limits,
             content,
             layers,
+            pulls: Arc::new(PullShare::new(Arc::clone(&puller))),
             puller,
             pusher,
         }
@@ -177,9 +180,9 @@ impl Transfer for TransferService {
     ) -> Result<Response<Self::PullStream>, Status> {
         let request = request.into_inner();
         Reference::parse(&request.reference)?;
-        let puller = Arc::clone(&self.puller);
+        let pulls = Arc::clone(&self.pulls);
         Ok(Response::new(stream_task(move |tx| async move {
-            puller.pull(request, tx).await
+            pulls.pull(request, tx).await
         })))
     }
 
