@@ -8,7 +8,7 @@ use imaged_api::v1::images_client::ImagesClient;
 use imaged_api::v1::*;
 use imaged_common::peer::PeerChannel;
 use imaged_e2e::unpacked::assert_layer_matches;
-use imaged_e2e::{Imaged, TestRegistry};
+use imaged_e2e::{Imaged, TestRegistry, client};
 use imaged_fixtures::{Catalog, Image, catalog};
 use tokio_stream::StreamExt;
 use tonic::Code;
@@ -18,23 +18,15 @@ type Client = ImagesClient<PeerChannel>;
 /// Pulls `reference` and answers every progress message, or the status
 /// the stream ended with.
 pub async fn pull(
-    client: &mut Client,
+    images: &mut Client,
     reference: &str,
     platform: Option<Platform>,
 ) -> Result<Vec<PullImageProgress>, tonic::Status> {
-    let mut stream = client
-        .pull_image(PullImageRequest {
-            reference: reference.into(),
-            platform,
-            auth: None,
-        })
-        .await?
-        .into_inner();
-    let mut messages = Vec::new();
-    while let Some(message) = stream.next().await {
-        messages.push(message?);
-    }
-    Ok(messages)
+    let request = PullImageRequest {
+        platform,
+        ..client::pull_request(reference)
+    };
+    client::pull(images.clone(), request).await
 }
 
 async fn setup() -> (Imaged, TestRegistry, Catalog) {

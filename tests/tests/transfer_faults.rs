@@ -8,10 +8,9 @@ use imaged_api::v1::transfer_client::TransferClient;
 use imaged_api::v1::*;
 use imaged_common::config::Service;
 use imaged_e2e::throttle::Throttle;
-use imaged_e2e::{Imaged, TestRegistry};
+use imaged_e2e::{Imaged, TestRegistry, client};
 use imaged_fixtures::{Compression, Image, ImageBuilder, LayerBuilder, MediaTypes};
 use sha2::Digest as _;
-use tokio_stream::StreamExt;
 use tonic::Code;
 
 /// An image of `layers` layers of `size` bytes each, half noise.
@@ -30,20 +29,7 @@ fn bulky(layers: usize, files: usize, size: usize, seed: u64) -> Image {
 }
 
 async fn pull(imaged: &Imaged, reference: &str) -> Result<Vec<PullImageProgress>, tonic::Status> {
-    let mut stream = imaged
-        .images()
-        .pull_image(PullImageRequest {
-            reference: reference.into(),
-            platform: None,
-            auth: None,
-        })
-        .await?
-        .into_inner();
-    let mut messages = Vec::new();
-    while let Some(message) = stream.next().await {
-        messages.push(message?);
-    }
-    Ok(messages)
+    client::pull(imaged.images(), client::pull_request(reference)).await
 }
 
 async fn transfer_info(imaged: &Imaged) -> TransferInfoResponse {
@@ -72,26 +58,10 @@ async fn download_limit_holds_and_changes_at_runtime() {
     assert_eq!(transfer_info(&imaged).await.max_concurrent_downloads, 2);
 
     let reference = format!("{}/bulky/eight:latest", throttle.host);
-    let pulling = {
-        let imaged_channel = imaged.images();
-        let reference = reference.clone();
-        tokio::spawn(async move {
-            let mut client = imaged_channel;
-            let mut stream = client
-                .pull_image(PullImageRequest {
-                    reference,
-                    platform: None,
-                    auth: None,
-                })
-                .await?
-                .into_inner();
-            let mut last = None;
-            while let Some(message) = stream.next().await {
-                last = Some(message?);
-            }
-            Ok::<_, tonic::Status>(last)
-        })
-    };
+    let pulling = tokio::spawn(client::pull(
+        imaged.images(),
+        client::pull_request(&reference),
+    ));
 
     let mut max_before = 0;
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -122,7 +92,8 @@ async fn download_limit_holds_and_changes_at_runtime() {
         max_after = max_after.max(transfer_info(&imaged).await.downloads_in_flight);
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let last = pulling.await.unwrap().unwrap().unwrap();
+    let messages = pulling.await.unwrap().unwrap();
+    let last = messages.last().unwrap();
     assert_eq!(
         last.image_id,
         image.id(),
@@ -158,24 +129,7 @@ async fn kill_9_mid_pull_then_the_same_pull_completes() {
     let mut imaged = Imaged::start().await.unwrap();
 
     let slow = format!("{}/bulky/one:latest", throttle.host);
-    let pulling = {
-        let imaged_client = imaged.images();
-        tokio::spawn(async move {
-            let mut client = imaged_client;
-            let mut stream = client
-                .pull_image(PullImageRequest {
-                    reference: slow,
-                    platform: None,
-                    auth: None,
-                })
-                .await?
-                .into_inner();
-            while let Some(message) = stream.next().await {
-                message?;
-            }
-            Ok::<_, tonic::Status>(())
-        })
-    };
+    let pulling = tokio::spawn(client::pull(imaged.images(), client::pull_request(&slow)));
     let ingest = imaged.root().join("transfer/content/ingest");
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -277,23 +231,12 @@ async fn registry_credentials_are_checked_and_never_logged() {
         ..Default::default()
     };
     let attempt = |auth: Option<RegistryAuth>| {
-        let mut client = imaged.images();
-        let reference = reference.clone();
-        async move {
-            let mut stream = client
-                .pull_image(PullImageRequest {
-                    reference,
-                    platform: None,
-                    auth,
-                })
-                .await?
-                .into_inner();
-            let mut last = None;
-            while let Some(message) = stream.next().await {
-                last = Some(message?);
-            }
-            Ok::<_, tonic::Status>(last.unwrap())
-        }
+        let request = PullImageRequest {
+            auth,
+            ..client::pull_request(&reference)
+        };
+        let pulling = client::pull(imaged.images(), request);
+        async move { Ok::<_, tonic::Status>(pulling.await?.pop().unwrap()) }
     };
 
     let err = attempt(None).await.unwrap_err();
@@ -459,24 +402,10 @@ async fn identical_concurrent_pulls_share_one_operation() {
 
     let mut pulls = Vec::new();
     for _ in 0..5 {
-        let client = imaged.images();
-        let reference = reference.clone();
-        pulls.push(tokio::spawn(async move {
-            let mut client = client;
-            let mut stream = client
-                .pull_image(PullImageRequest {
-                    reference,
-                    platform: None,
-                    auth: None,
-                })
-                .await?
-                .into_inner();
-            let mut messages = Vec::new();
-            while let Some(message) = stream.next().await {
-                messages.push(message?);
-            }
-            Ok::<_, tonic::Status>(messages)
-        }));
+        pulls.push(tokio::spawn(client::pull(
+            imaged.images(),
+            client::pull_request(&reference),
+        )));
         tokio::time::sleep(Duration::from_millis(30)).await;
     }
     for pull in pulls {
