@@ -170,6 +170,12 @@ struct Manifest {
 #[derive(Deserialize)]
 struct ConfigProbe {
     rootfs: Option<RootFs>,
+    #[serde(default)]
+    os: String,
+    #[serde(default)]
+    architecture: String,
+    #[serde(default)]
+    variant: String,
 }
 
 #[derive(Deserialize)]
@@ -311,6 +317,9 @@ impl Puller {
         };
         let manifest: Manifest = serde_json::from_slice(&manifest_bytes)
             .map_err(|e| Error::InvalidArgument(format!("{what}: invalid manifest: {e}")))?;
+        for desc in std::iter::once(&manifest.config).chain(&manifest.layers) {
+            check_media_type(&desc.media_type)?;
+        }
 
         // The config: small, fetched whole and verified.
         let config_digest: Digest = manifest.config.digest.parse()?;
@@ -329,10 +338,32 @@ impl Puller {
                 bytes
             }
         };
-        let rootfs = serde_json::from_slice::<ConfigProbe>(&config)
-            .ok()
-            .and_then(|c| c.rootfs)
-            .ok_or_else(|| Error::InvalidArgument(format!("config of {shown}: no rootfs")))?;
+        let probe: ConfigProbe = serde_json::from_slice(&config)
+            .map_err(|e| Error::InvalidArgument(format!("config of {shown}: {e}")))?;
+        if !probe.os.is_empty() && !probe.os.eq_ignore_ascii_case(&platform.os) {
+            return Err(Error::InvalidArgument(format!(
+                "image operating system \"{}\" cannot be used on this platform",
+                probe.os
+            )));
+        }
+        let image_platform = Platform::new(&probe.os, &probe.architecture, &probe.variant);
+        if request.platform.is_some() && !platform.runs_with_fallback(&image_platform) {
+            // Docker pulls it anyway and says so.
+            send(
+                &tx,
+                line(
+                    "",
+                    format!(
+                        "WARNING: image with reference {shown} was found but its platform ({}) does not match the specified platform ({platform})",
+                        image_platform.normalize()
+                    ),
+                ),
+            )
+            .await;
+        }
+        let rootfs = probe.rootfs.ok_or_else(|| {
+            Error::InvalidArgument("invalid rootfs in image configuration".into())
+        })?;
         if rootfs.diff_ids.len() != manifest.layers.len() {
             return Err(Error::InvalidArgument(format!(
                 "{shown}: the manifest has {} layers but the config {} diff IDs",
@@ -851,6 +882,31 @@ fn choose_platform(
     )))
 }
 
+/// Docker's media-type gate for config and layer descriptors.
+fn check_media_type(media_type: &str) -> Result<(), Error> {
+    const LEGACY: &[&str] = &[
+        "application/octet-stream",
+        "application/json",
+        "text/html",
+        "",
+    ];
+    if media_type.starts_with("application/vnd.docker.ai.") {
+        return Err(Error::InvalidArgument(
+            "AI models are not yet supported by the Engine, please use \"docker model pull/run\" instead".into(),
+        ));
+    }
+    let known = ["application/vnd.oci.image", "application/vnd.docker"]
+        .iter()
+        .any(|prefix| media_type == *prefix || media_type.starts_with(&format!("{prefix}.")));
+    if known || LEGACY.contains(&media_type) {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument(format!(
+            "unsupported media type {media_type}"
+        )))
+    }
+}
+
 /// Docker v28's refusal of schema 1 manifests.
 fn schema1(shown: &str) -> Error {
     Error::InvalidArgument(format!(
@@ -931,5 +987,70 @@ impl Read for TeeReader {
         buf[..n].copy_from_slice(&self.current[..n]);
         let _ = self.current.split_to(n);
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn media_types_pass_dockers_gate() {
+        for ok in [
+            "application/vnd.oci.image.layer.v1.tar+gzip",
+            "application/vnd.docker.image.rootfs.diff.tar.gzip",
+            "application/vnd.oci.image.config.v1+json",
+            "application/octet-stream",
+            "",
+        ] {
+            check_media_type(ok).unwrap();
+        }
+        let err =
+            check_media_type("application/vnd.cncf.helm.chart.content.v1.tar+gzip").unwrap_err();
+        assert!(
+            err.to_string().starts_with("unsupported media type"),
+            "{err}"
+        );
+        let err = check_media_type("application/vnd.docker.ai.gguf.v3").unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("AI models are not yet supported"),
+            "{err}"
+        );
+        assert!(check_media_type("application/vnd.oci.imagery").is_err());
+    }
+
+    #[test]
+    fn index_entries_match_the_platform_or_list_what_there_is() {
+        let entry = |digest: &str, os: &str, arch: &str, variant: Option<&str>| IndexEntry {
+            digest: digest.into(),
+            media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+            platform: Some(EntryPlatform {
+                os: os.into(),
+                architecture: arch.into(),
+                variant: variant.map(str::to_string),
+            }),
+        };
+        let entries = [
+            entry("a", "linux", "amd64", None),
+            entry("b", "linux", "arm64", Some("v8")),
+            entry("c", "linux", "arm", Some("v7")),
+        ];
+        let want = |p: &str| Platform::parse(p).unwrap().normalize();
+        assert_eq!(
+            choose_platform(&entries, &want("linux/arm64"), "x").unwrap(),
+            "b"
+        );
+        assert_eq!(
+            choose_platform(&entries, &want("linux/amd64"), "x").unwrap(),
+            "a"
+        );
+        assert_eq!(
+            choose_platform(&entries, &want("linux/arm/v7"), "x").unwrap(),
+            "c"
+        );
+        let err = choose_platform(&entries, &want("linux/s390x"), "x").unwrap_err();
+        assert!(matches!(err, Error::NotFound(_)));
+        assert!(err.to_string().contains("linux/arm/v7"), "{err}");
     }
 }
