@@ -37,6 +37,20 @@ pub struct LayerStore {
     layers: RwLock<HashMap<Digest, Arc<Layer>>>,
 }
 
+/// A layer taken out of the store whose files are still to delete.
+pub struct Detached {
+    layer: Arc<Layer>,
+    trash: PathBuf,
+}
+
+impl Detached {
+    /// Deletes the files (slow for big layers: run it on a blocking thread).
+    pub fn purge(self) -> Result<Arc<Layer>, Error> {
+        fs::remove_dir_all(&self.trash)?;
+        Ok(self.layer)
+    }
+}
+
 /// A layer being unpacked; removed on drop unless committed.
 pub struct Staging {
     path: PathBuf,
@@ -148,15 +162,32 @@ impl LayerStore {
         Ok(layer)
     }
 
-    /// Removes a layer (its files go first to staging, then away).
-    pub fn remove(&self, chain_id: &Digest) -> Result<Option<Arc<Layer>>, Error> {
-        let Some(layer) = self.write().remove(chain_id) else {
+    /// Takes a layer out of the store at once (index entry gone, files
+    /// moved to staging); [`Detached::purge`] deletes the files later.
+    pub fn detach(&self, chain_id: &Digest) -> Result<Option<Detached>, Error> {
+        let mut layers = self.write();
+        let Some(layer) = layers.remove(chain_id) else {
             return Ok(None);
         };
-        let trash = self.staging.join(format!("remove-{}", chain_id.hex()));
-        fs::rename(self.dir.join(chain_id.hex()), &trash)?;
-        fs::remove_dir_all(&trash)?;
-        Ok(Some(layer))
+        let trash = self.staging.join(format!(
+            "remove-{}-{:08x}",
+            chain_id.hex(),
+            rand::random::<u32>()
+        ));
+        if let Err(err) = fs::rename(self.dir.join(chain_id.hex()), &trash) {
+            layers.insert(chain_id.clone(), layer);
+            return Err(err.into());
+        }
+        Ok(Some(Detached { layer, trash }))
+    }
+
+    /// Removes a layer and its files.
+    #[cfg(test)]
+    pub fn remove(&self, chain_id: &Digest) -> Result<Option<Arc<Layer>>, Error> {
+        let Some(detached) = self.detach(chain_id)? else {
+            return Ok(None);
+        };
+        Ok(Some(detached.purge()?))
     }
 
     /// Layers with children among the stored ones: not removable alone.

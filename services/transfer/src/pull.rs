@@ -214,9 +214,17 @@ impl Puller {
         &self.registries
     }
 
-    /// Whether a pull in flight holds `chain`.
-    pub fn is_leased(&self, chain: &Digest) -> bool {
-        self.lock_leases().contains_key(chain)
+    /// Runs `remove` unless a pull in flight holds `chain`. The lease table
+    /// stays locked meanwhile, so a pull that leases the chain next sees
+    /// it gone, and one that leased it first keeps it.
+    pub fn unless_leased<T>(&self, chain: &Digest, remove: impl FnOnce() -> T) -> Option<T> {
+        let leases = self.lock_leases();
+        if leases.contains_key(chain) {
+            return None;
+        }
+        let removed = remove();
+        drop(leases);
+        Some(removed)
     }
 
     fn lock_leases(&self) -> std::sync::MutexGuard<'_, HashMap<Digest, usize>> {

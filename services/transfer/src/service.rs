@@ -67,15 +67,25 @@ impl TransferService {
             let before = pending.len();
             let mut still = Vec::new();
             for chain in pending {
-                if self.puller.is_leased(&chain) || self.layers.children(&chain) > 0 {
+                if self.layers.children(&chain) > 0 {
                     still.push(chain);
                     continue;
                 }
-                let layers = Arc::clone(&self.layers);
-                let target = chain.clone();
-                let gone = tokio::task::spawn_blocking(move || layers.remove(&target))
-                    .await
-                    .map_err(Error::internal)??;
+                let Some(detached) = self
+                    .puller
+                    .unless_leased(&chain, || self.layers.detach(&chain))
+                else {
+                    still.push(chain);
+                    continue;
+                };
+                let gone = match detached? {
+                    Some(detached) => Some(
+                        tokio::task::spawn_blocking(move || detached.purge())
+                            .await
+                            .map_err(Error::internal)??,
+                    ),
+                    None => None,
+                };
                 if let Some(layer) = gone {
                     if let Some(blob) = &layer.blob
                         && !self
