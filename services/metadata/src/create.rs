@@ -19,6 +19,8 @@ use crate::store::{Image, ImageMeta};
 pub async fn create(images: &Arc<Images>, config: Vec<u8>, parent: &str) -> Result<String, Error> {
     let parsed = ImageConfig::parse(&config)?;
     let id = Digest::sha256_of(&config);
+    // No layer release may slip between checking the layers and storing.
+    let _gate = images.layer_gate.lock().await;
     let mut layer_sizes = Vec::new();
     if !parsed.diff_ids.is_empty() {
         if !parsed.os().eq_ignore_ascii_case(&Platform::host().os) {

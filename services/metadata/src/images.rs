@@ -20,6 +20,9 @@ pub struct Images {
     pub events: Publisher,
     /// Held while a prune runs; a second one is refused.
     pub prune_lock: tokio::sync::Mutex<()>,
+    /// Orders layer releases against images being recorded (see
+    /// [`Images::publish`]).
+    pub layer_gate: tokio::sync::Mutex<()>,
     /// The last unfiltered ListImages answer, encoded.
     pub list_cache: std::sync::Mutex<Option<ListCache>>,
 }
@@ -104,15 +107,20 @@ impl Images {
         if released.is_empty() {
             return;
         }
-        let in_use = chains_in_use(&self.store.read());
-        let unused: Vec<String> = released.difference(&in_use).cloned().collect();
-        if unused.is_empty() {
-            return;
-        }
-        let transfer = self.transfer.clone();
+        let images = Arc::clone(self);
         tokio::spawn(async move {
+            // Decided and sent under the gate PutImage also takes: an image
+            // recorded meanwhile is seen here, or waits until the release
+            // is done (and its pull's lease kept its layers).
+            let _gate = images.layer_gate.lock().await;
+            let in_use = chains_in_use(&images.store.read());
+            let unused: Vec<String> = released.difference(&in_use).cloned().collect();
+            if unused.is_empty() {
+                return;
+            }
             let request = ReleaseLayersRequest { chain_ids: unused };
-            let result = transfer
+            let result = images
+                .transfer
                 .call(|channel| {
                     let request = request.clone();
                     async move { TransferClient::new(channel).release_layers(request).await }
@@ -129,6 +137,7 @@ impl Images {
     /// Makes imaged-transfer hold exactly the layers of the stored images
     /// (after a crash either side may hold more), retrying until it answers.
     pub async fn reconcile_layers(self: Arc<Self>) {
+        let _gate = self.layer_gate.lock().await;
         let chain_ids: Vec<String> = chains_in_use(&self.store.read()).into_iter().collect();
         let request = RetainLayersRequest { chain_ids };
         loop {

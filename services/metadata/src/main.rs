@@ -54,6 +54,7 @@ fn main() {
             events: events.clone(),
             prune_lock: tokio::sync::Mutex::new(()),
             list_cache: std::sync::Mutex::new(None),
+            layer_gate: tokio::sync::Mutex::new(()),
         });
         tokio::spawn(Arc::clone(&images).reconcile_layers());
         let routes =

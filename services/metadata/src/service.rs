@@ -202,6 +202,7 @@ impl Metadata for MetadataService {
         request: Request<PutImageRequest>,
     ) -> Result<Response<PutImageResponse>, Status> {
         let request = request.into_inner();
+        let _gate = self.images.layer_gate.lock().await;
         self.blocking(|images| {
             let (id, updated) = put::put(images, request)?;
             Ok(PutImageResponse { id, updated })
