@@ -84,9 +84,27 @@ pub fn list(index: &Index, request: &ListImagesRequest) -> Result<Vec<ImageSumma
     let host_os = Platform::host().os;
 
     let shared = request.shared_size.then(|| layer_use_counts(index));
+    // With reference patterns only images with a matching reference can be
+    // listed: find them from the references rather than test every image.
+    let candidates: Option<HashSet<&str>> = (!patterns.is_empty()).then(|| {
+        index
+            .refs()
+            .filter(|(r, _)| {
+                let (familiar, name) = (r.familiar(), r.familiar_name());
+                patterns.iter().any(|p| p.matches(&familiar, &name))
+            })
+            .map(|(_, id)| id)
+            .collect()
+    });
     let mut out = Vec::new();
     for image in index.images() {
         let id = image.id.to_string();
+        if candidates
+            .as_ref()
+            .is_some_and(|c| !c.contains(id.as_str()))
+        {
+            continue;
+        }
         if dangling == Some(true) && index.has_children(&id) {
             continue; // only heads
         }

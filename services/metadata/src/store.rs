@@ -100,6 +100,11 @@ impl Index {
         self.refs.get(full).map(|(_, id)| id.as_str())
     }
 
+    /// Every reference with the image ID it points at.
+    pub fn refs(&self) -> impl Iterator<Item = (&Reference, &str)> {
+        self.refs.values().map(|(r, id)| (r, id.as_str()))
+    }
+
     /// An image's references, sorted by their fully qualified form.
     pub fn refs_of(&self, id: &str) -> Vec<&Reference> {
         self.refs_by_image
