@@ -73,6 +73,36 @@ async fn every_command_works_end_to_end() {
     );
     assert!(pulled.trim_end().ends_with(&app), "{pulled}");
 
+    // On a terminal (util-linux `script` gives it one): live bars per
+    // layer and a total line with speed and ETA.
+    let zstd = registry.fixtures().reference("fixtures/zstd:latest");
+    let command = format!(
+        "{} --host unix://{} pull {zstd}",
+        bin_dir().join("imagectl").display(),
+        imaged.socket(Service::Gateway).display()
+    );
+    let tty = tokio::process::Command::new("script")
+        .args(["-qefc", &command, "/dev/null"])
+        .env("COLUMNS", "160")
+        .output()
+        .await
+        .expect("run script");
+    let screen = String::from_utf8_lossy(&tty.stdout);
+    assert!(tty.status.success(), "{screen}");
+    assert!(screen.contains("Total"), "no aggregate line: {screen}");
+    assert!(screen.contains("ETA"), "no ETA: {screen}");
+    for layer in &catalog.zstd.layers {
+        assert!(
+            screen.contains(&short(&layer.digest)),
+            "no bar for a layer: {screen}"
+        );
+    }
+    assert!(
+        screen.contains(&format!("Digest: {}", catalog.zstd.manifest.digest)),
+        "{screen}"
+    );
+    cli.ok(&["rmi", &zstd]).await;
+
     // images: table, ids, json, filter.
     let table = cli.ok(&["images"]).await;
     assert!(table.starts_with("REPOSITORY"), "{table}");
@@ -150,7 +180,7 @@ async fn every_command_works_end_to_end() {
             "event=pull",
         ])
         .await;
-    assert_eq!(events.lines().count(), 3, "{events}");
+    assert_eq!(events.lines().count(), 4, "{events}");
     assert!(
         events.lines().all(|l| l.contains(" image pull ")),
         "{events}"
