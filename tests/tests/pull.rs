@@ -399,3 +399,72 @@ async fn removing_the_last_image_releases_its_layers() {
         "base's layer is still held by base"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_reconciles_layers_and_images() {
+    let (mut imaged, registry, catalog) = setup().await;
+    let mut client = imaged.images();
+    let base = registry.fixtures().reference("fixtures/base:latest");
+    let app = registry.fixtures().reference("fixtures/app:1.0");
+    pull(&mut client, &base, None).await.unwrap();
+    pull(&mut client, &app, None).await.unwrap();
+    imaged.terminate_all().await.unwrap();
+
+    // Damage while stopped: one of app's layers lost, one orphan layer
+    // (a copy of base's under another chain ID) that no image holds.
+    let layers = imaged.root().join("transfer/layers");
+    let chains = chain_hexes(&catalog.app);
+    std::fs::remove_dir_all(layers.join(&chains[2])).unwrap();
+    let orphan_hex = "ab".repeat(32);
+    let orphan = layers.join(&orphan_hex);
+    std::fs::create_dir_all(orphan.join("diff")).unwrap();
+    let mut meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layers.join(&chains[0]).join("layer.json")).unwrap())
+            .unwrap();
+    meta["chain_id"] = format!("sha256:{orphan_hex}").into();
+    meta["parent"] = serde_json::Value::Null;
+    std::fs::write(
+        orphan.join("layer.json"),
+        serde_json::to_vec(&meta).unwrap(),
+    )
+    .unwrap();
+
+    for service in imaged_common::config::Service::ALL {
+        imaged.start_service(service).await.unwrap();
+    }
+    let mut client = imaged.images();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let ids: Vec<String> = client
+            .list_images(ListImagesRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .images
+            .into_iter()
+            .map(|i| i.id)
+            .collect();
+        let settled = ids == vec![catalog.base.id().to_string()]
+            && !orphan.exists()
+            && !layers.join(&chains[1]).exists();
+        if settled {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not reconciled: images {ids:?}, orphan {}, app layer {}",
+            orphan.exists(),
+            layers.join(&chains[1]).exists()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(layers.join(&chains[0]).exists(), "base keeps its layer");
+    assert!(
+        imaged
+            .logs()
+            .contains("forgetting an image whose layers are missing")
+    );
+    // And app can simply be pulled again.
+    pull(&mut client, &app, None).await.unwrap();
+    assert_unpacked(&imaged, &catalog.app);
+}

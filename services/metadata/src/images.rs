@@ -157,7 +157,8 @@ impl Images {
                         );
                     }
                     if !answer.missing.is_empty() {
-                        tracing::warn!(missing = ?answer.missing, "images refer to layers the layer store lacks; pull them again");
+                        let everything = answer.missing.len() == request.chain_ids.len();
+                        self.forget_images_missing_layers(answer.missing, everything);
                     }
                     return;
                 }
@@ -169,6 +170,54 @@ impl Images {
                     tokio::time::sleep(std::time::Duration::from_secs(2)).await;
                 }
             }
+        }
+    }
+}
+
+impl Images {
+    /// After a crash or outside damage, images whose layers the layer
+    /// store lacks cannot be used: they are forgotten (untag and delete
+    /// events say which), so they can be pulled again. When the layer
+    /// store lacks every layer, its root is more likely missing than the
+    /// layers, and nothing is forgotten.
+    fn forget_images_missing_layers(self: &Arc<Self>, missing: Vec<String>, everything: bool) {
+        if everything {
+            tracing::error!(
+                missing = missing.len(),
+                "the layer store holds none of the images' layers; is imaged-transfer's root the right one? no image is forgotten"
+            );
+            return;
+        }
+        let missing: HashSet<String> = missing.into_iter().collect();
+        let mut events = Vec::new();
+        let result = self.store.update(|tx| {
+            let broken: Vec<Arc<Image>> = tx
+                .index()
+                .images()
+                .filter(|image| {
+                    chain_ids(&image.config.diff_ids)
+                        .iter()
+                        .any(|c| missing.contains(&c.to_string()))
+                })
+                .cloned()
+                .collect();
+            for image in broken {
+                let id = image.id.to_string();
+                let refs: Vec<_> = tx.index().refs_of(&id).into_iter().cloned().collect();
+                tracing::warn!(image = %id, references = ?refs.iter().map(|r| r.familiar()).collect::<Vec<_>>(),
+                    "forgetting an image whose layers are missing; pull it again");
+                for reference in refs {
+                    events.push(PendingEvent::image(tx.index(), "untag", &id, &id));
+                    tx.delete_ref(&reference);
+                }
+                tx.delete_image(&id);
+                events.push(PendingEvent::deleted(tx.index(), &image));
+            }
+            Ok(())
+        });
+        match result {
+            Ok(()) => self.publish(events),
+            Err(err) => tracing::error!("forgetting images with missing layers failed: {err}"),
         }
     }
 }
