@@ -2,9 +2,11 @@
 //! traffic — and of the download and upload limits.
 
 mod content;
+mod download;
 mod driver;
 mod layers;
 mod limits;
+mod manifest;
 mod pull;
 mod pull_share;
 mod push;

@@ -7,11 +7,9 @@
 //! its job is shared, and it runs as long as one pull still waits on it.
 
 use std::collections::HashMap;
-use std::io::{self, Read, Write};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use bytes::Bytes;
 use futures::future::{BoxFuture, FutureExt, Shared, WeakShared};
 use futures::{StreamExt, stream};
 use imaged_api::v1::metadata_client::MetadataClient;
@@ -21,28 +19,18 @@ use imaged_common::peer::Peer;
 use imaged_model::digest::chain_ids;
 use imaged_model::{Digest, Platform, Reference};
 use oci_client::Client;
-use oci_client::client::BlobResponse;
 use oci_client::manifest::OciDescriptor;
-use serde::Deserialize;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::WatchStream;
 
-use crate::content::{ContentStore, Ingest};
-use crate::layers::{Layer, LayerStore, Staging};
+use crate::content::ContentStore;
+use crate::layers::{Layer, LayerStore};
 use crate::limits::Limits;
+use crate::manifest::{
+    ACCEPTED, ConfigProbe, MAX_JSON_BLOB, Manifest, Probe, check_media_type, choose_platform,
+    schema1,
+};
 use crate::registry::{self, Registries};
-use crate::unpack::{self, Unpacked};
-
-/// Manifest media types a pull accepts.
-const ACCEPTED: &[&str] = &[
-    "application/vnd.oci.image.index.v1+json",
-    "application/vnd.docker.distribution.manifest.list.v2+json",
-    "application/vnd.oci.image.manifest.v1+json",
-    "application/vnd.docker.distribution.manifest.v2+json",
-];
-
-/// Largest manifest or config a pull reads into memory.
-const MAX_JSON_BLOB: u64 = 8 << 20;
 
 /// How long a pull waits for bytes, and the throughput it must keep.
 #[derive(clap::Args, Clone, Debug)]
@@ -68,7 +56,7 @@ pub struct PullArgs {
 
 /// One layer's state, as Docker words it.
 #[derive(Clone, Debug, PartialEq)]
-enum State {
+pub(crate) enum State {
     Waiting,
     Downloading { current: u64, total: u64 },
     Retrying { seconds: u64 },
@@ -103,13 +91,13 @@ struct Job {
 
 /// The pull engine, shared by every pull of the process.
 pub struct Puller {
-    content: ContentStore,
-    layers: Arc<LayerStore>,
+    pub(crate) content: ContentStore,
+    pub(crate) layers: Arc<LayerStore>,
     limits: Arc<Limits>,
     registries: Registries,
     metadata: Peer,
-    stall: Duration,
-    min_rate: u64,
+    pub(crate) stall: Duration,
+    pub(crate) min_rate: u64,
     jobs: Mutex<HashMap<Digest, Job>>,
     leases: Mutex<HashMap<Digest, usize>>,
     /// One writer per blob ingest (two chains can share a blob).
@@ -134,54 +122,6 @@ impl Drop for Lease<'_> {
             }
         }
     }
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Probe {
-    schema_version: Option<i64>,
-    media_type: Option<String>,
-    manifests: Option<Vec<IndexEntry>>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct IndexEntry {
-    digest: String,
-    #[serde(default)]
-    media_type: String,
-    platform: Option<EntryPlatform>,
-}
-
-#[derive(Deserialize)]
-struct EntryPlatform {
-    os: String,
-    architecture: String,
-    #[serde(default)]
-    variant: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct Manifest {
-    config: OciDescriptor,
-    layers: Vec<OciDescriptor>,
-}
-
-#[derive(Deserialize)]
-struct ConfigProbe {
-    rootfs: Option<RootFs>,
-    #[serde(default)]
-    os: String,
-    #[serde(default)]
-    architecture: String,
-    #[serde(default)]
-    variant: String,
-}
-
-#[derive(Deserialize)]
-struct RootFs {
-    #[serde(default)]
-    diff_ids: Vec<String>,
 }
 
 /// What a pull sends its caller.
@@ -650,156 +590,6 @@ impl Puller {
         }
     }
 
-    /// One attempt: download (resuming an ingest when the registry allows
-    /// ranges) while hashing and unpacking.
-    async fn fetch_layer(
-        &self,
-        client: &Client,
-        oref: &oci_client::Reference,
-        desc: &OciDescriptor,
-        blob: &Digest,
-        progress: &watch::Sender<State>,
-    ) -> Result<(Staging, Unpacked), Error> {
-        let id = short(&desc.digest);
-        let what = format!("layer {id}");
-        let total = desc.size.max(0) as u64;
-        let content = self.content.clone();
-        let wanted = blob.clone();
-        let mut ingest = tokio::task::spawn_blocking(move || content.ingest(&wanted))
-            .await
-            .map_err(Error::internal)??;
-        if total > 0 && ingest.offset() >= total {
-            ingest.reset()?;
-        }
-        let offset = ingest.offset();
-        let stream = if offset > 0 {
-            match client
-                .pull_blob_stream_partial(oref, desc, offset, None)
-                .await
-                .map_err(|e| registry::error(&what, e))?
-            {
-                BlobResponse::Partial(stream) => {
-                    tracing::info!(layer = %id, offset, "resuming layer download");
-                    stream
-                }
-                BlobResponse::Full(stream) => {
-                    ingest.reset()?;
-                    stream
-                }
-            }
-        } else {
-            client
-                .pull_blob_stream(oref, desc)
-                .await
-                .map_err(|e| registry::error(&what, e))?
-        };
-        let offset = ingest.offset();
-        let mut body = stream.stream;
-
-        let (chunks_tx, chunks_rx) = mpsc::channel::<Chunk>(16);
-        let layers = Arc::clone(&self.layers);
-        let unpacking =
-            tokio::task::spawn_blocking(move || -> Result<(Staging, Unpacked), Error> {
-                let prefix: Box<dyn Read + Send> = if offset > 0 {
-                    Box::new(ingest.reopen_written()?)
-                } else {
-                    Box::new(io::empty())
-                };
-                let mut reader = TeeReader {
-                    prefix,
-                    chunks: chunks_rx,
-                    current: Bytes::new(),
-                    ingest: Some(ingest),
-                    failure: None,
-                    ended: false,
-                };
-                let staging = layers.stage()?;
-                let result = unpack::unpack(&mut reader, &staging.diff()).and_then(|unpacked| {
-                    io::copy(&mut reader, &mut io::sink()).map_err(unpack::classify)?;
-                    Ok(unpacked)
-                });
-                if let Some(failure) = reader.failure.take() {
-                    return Err(failure); // the download failed: keep the ingest
-                }
-                let ingest = reader.ingest.take().expect("ingest kept until the end");
-                match result {
-                    Ok(unpacked) => {
-                        ingest.commit()?;
-                        Ok((staging, unpacked))
-                    }
-                    Err(err) => {
-                        ingest.discard();
-                        Err(err)
-                    }
-                }
-            });
-
-        progress.send_replace(State::Downloading {
-            current: offset,
-            total,
-        });
-        let mut current = offset;
-        let mut window_start = Instant::now();
-        let mut window_bytes = 0u64;
-        let mut last_report = Instant::now();
-        let outcome = loop {
-            match tokio::time::timeout(self.stall, body.next()).await {
-                Err(_) => {
-                    break Chunk::Failed(self.stalled(&id, current, total));
-                }
-                Ok(None) => break Chunk::End,
-                Ok(Some(Err(err))) => {
-                    break Chunk::Failed(Error::Unavailable(format!(
-                        "{what}: download interrupted: {err}"
-                    )));
-                }
-                Ok(Some(Ok(bytes))) => {
-                    current += bytes.len() as u64;
-                    window_bytes += bytes.len() as u64;
-                    if chunks_tx.send(Chunk::Data(bytes)).await.is_err() {
-                        break Chunk::End; // unpacking failed; its error follows
-                    }
-                    if last_report.elapsed() >= Duration::from_millis(100) {
-                        progress.send_replace(State::Downloading { current, total });
-                        last_report = Instant::now();
-                    }
-                    if window_start.elapsed() >= self.stall {
-                        let floor = self.min_rate * window_start.elapsed().as_secs();
-                        if window_bytes < floor {
-                            break Chunk::Failed(self.stalled(&id, current, total));
-                        }
-                        window_start = Instant::now();
-                        window_bytes = 0;
-                    }
-                }
-            }
-        };
-        let stalled = matches!(&outcome, Chunk::Failed(Error::DeadlineExceeded(_)));
-        progress.send_replace(State::Downloading { current, total });
-        let _ = chunks_tx.send(outcome).await;
-        drop(chunks_tx);
-        progress.send_replace(State::Verifying);
-        let result = unpacking.await.map_err(Error::internal)?;
-        if result.is_ok() {
-            progress.send_replace(State::DownloadComplete);
-        } else if stalled {
-            tracing::warn!(layer = %id, "layer download stalled");
-        }
-        result
-    }
-
-    fn stalled(&self, id: &str, current: u64, total: u64) -> Error {
-        Error::DeadlineExceeded(format!(
-            "layer {id} stalled: {current} of {total} bytes after no progress for {}s{}",
-            self.stall.as_secs(),
-            if self.min_rate > 0 {
-                format!(" (minimum {} bytes/s)", self.min_rate)
-            } else {
-                String::new()
-            }
-        ))
-    }
-
     /// Fetches a small blob (a config) whole and checks its digest.
     async fn fetch_small(
         &self,
@@ -858,73 +648,8 @@ impl Puller {
     }
 }
 
-/// Picks the index entry for `platform` with Docker's matching: an exact
-/// match first, else the best compatible one.
-fn choose_platform(
-    entries: &[IndexEntry],
-    platform: &Platform,
-    shown: &str,
-) -> Result<String, Error> {
-    let candidates: Vec<(&IndexEntry, Platform)> = entries
-        .iter()
-        .filter(|e| !e.media_type.contains("attestation"))
-        .filter_map(|e| {
-            let p = e.platform.as_ref()?;
-            Some((
-                e,
-                Platform::new(&p.os, &p.architecture, p.variant.as_deref().unwrap_or(""))
-                    .normalize(),
-            ))
-        })
-        .collect();
-    if let Some((entry, _)) = candidates.iter().find(|(_, p)| p == platform) {
-        return Ok(entry.digest.clone());
-    }
-    if let Some((entry, _)) = candidates.iter().find(|(_, p)| platform.runs(p)) {
-        return Ok(entry.digest.clone());
-    }
-    let available: Vec<String> = candidates.iter().map(|(_, p)| p.to_string()).collect();
-    Err(Error::NotFound(format!(
-        "no matching manifest for {platform} in the manifest list entries (available for {shown}: {})",
-        available.join(", ")
-    )))
-}
-
-/// Docker's media-type gate for config and layer descriptors.
-fn check_media_type(media_type: &str) -> Result<(), Error> {
-    const LEGACY: &[&str] = &[
-        "application/octet-stream",
-        "application/json",
-        "text/html",
-        "",
-    ];
-    if media_type.starts_with("application/vnd.docker.ai.") {
-        return Err(Error::InvalidArgument(
-            "AI models are not yet supported by the Engine, please use \"docker model pull/run\" instead".into(),
-        ));
-    }
-    let known = ["application/vnd.oci.image", "application/vnd.docker"]
-        .iter()
-        .any(|prefix| media_type == *prefix || media_type.starts_with(&format!("{prefix}.")));
-    if known || LEGACY.contains(&media_type) {
-        Ok(())
-    } else {
-        Err(Error::InvalidArgument(format!(
-            "unsupported media type {media_type}"
-        )))
-    }
-}
-
-/// Docker v28's refusal of schema 1 manifests.
-fn schema1(shown: &str) -> Error {
-    Error::InvalidArgument(format!(
-        "Docker Image Format v1 and Docker Image manifest version 2, schema 1 support has been removed. \
-         Suggest the author of {shown} to upgrade the image to the OCI Format or Docker Image manifest v2, schema 2. \
-         More information at https://docs.docker.com/go/deprecated-image-specs/"
-    ))
-}
-
-fn short(digest: &str) -> String {
+/// The 12 hex characters Docker shows for a digest.
+pub(crate) fn short(digest: &str) -> String {
     let hex = digest.split_once(':').map_or(digest, |(_, h)| h);
     hex.chars().take(12).collect()
 }
@@ -941,124 +666,4 @@ fn line(id: &str, status: String) -> PullImageProgress {
 /// through the stream, not here.
 async fn send(tx: &Progress, message: PullImageProgress) {
     let _ = tx.send(Ok(message)).await;
-}
-
-/// What the download side hands the unpacking side.
-enum Chunk {
-    Data(Bytes),
-    End,
-    Failed(Error),
-}
-
-/// The blocking side's reader: bytes an earlier attempt left in the
-/// ingest, then the download, each new byte written to the ingest.
-struct TeeReader {
-    prefix: Box<dyn Read + Send>,
-    chunks: mpsc::Receiver<Chunk>,
-    current: Bytes,
-    ingest: Option<Ingest>,
-    failure: Option<Error>,
-    /// The download ended; later reads answer end of file.
-    ended: bool,
-}
-
-impl Read for TeeReader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.prefix.read(buf)?;
-        if n > 0 {
-            return Ok(n);
-        }
-        while self.current.is_empty() {
-            if self.ended {
-                return Ok(0);
-            }
-            if self.failure.is_some() {
-                return Err(io::Error::other("download failed"));
-            }
-            match self.chunks.blocking_recv() {
-                Some(Chunk::Data(bytes)) => {
-                    if let Some(ingest) = self.ingest.as_mut() {
-                        ingest.write_all(&bytes)?;
-                    }
-                    self.current = bytes;
-                }
-                Some(Chunk::End) => self.ended = true,
-                Some(Chunk::Failed(err)) => {
-                    self.failure = Some(err);
-                }
-                None => {
-                    self.failure = Some(Error::Unavailable("download cancelled".into()));
-                }
-            }
-        }
-        let n = buf.len().min(self.current.len());
-        buf[..n].copy_from_slice(&self.current[..n]);
-        let _ = self.current.split_to(n);
-        Ok(n)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn media_types_pass_dockers_gate() {
-        for ok in [
-            "application/vnd.oci.image.layer.v1.tar+gzip",
-            "application/vnd.docker.image.rootfs.diff.tar.gzip",
-            "application/vnd.oci.image.config.v1+json",
-            "application/octet-stream",
-            "",
-        ] {
-            check_media_type(ok).unwrap();
-        }
-        let err =
-            check_media_type("application/vnd.cncf.helm.chart.content.v1.tar+gzip").unwrap_err();
-        assert!(
-            err.to_string().starts_with("unsupported media type"),
-            "{err}"
-        );
-        let err = check_media_type("application/vnd.docker.ai.gguf.v3").unwrap_err();
-        assert!(
-            err.to_string()
-                .starts_with("AI models are not yet supported"),
-            "{err}"
-        );
-        assert!(check_media_type("application/vnd.oci.imagery").is_err());
-    }
-
-    #[test]
-    fn index_entries_match_the_platform_or_list_what_there_is() {
-        let entry = |digest: &str, os: &str, arch: &str, variant: Option<&str>| IndexEntry {
-            digest: digest.into(),
-            media_type: "application/vnd.oci.image.manifest.v1+json".into(),
-            platform: Some(EntryPlatform {
-                os: os.into(),
-                architecture: arch.into(),
-                variant: variant.map(str::to_string),
-            }),
-        };
-        let entries = [
-            entry("a", "linux", "amd64", None),
-            entry("b", "linux", "arm64", Some("v8")),
-            entry("c", "linux", "arm", Some("v7")),
-        ];
-        let want = |p: &str| Platform::parse(p).unwrap().normalize();
-        assert_eq!(
-            choose_platform(&entries, &want("linux/arm64"), "x").unwrap(),
-            "b"
-        );
-        assert_eq!(
-            choose_platform(&entries, &want("linux/amd64"), "x").unwrap(),
-            "a"
-        );
-        assert_eq!(
-            choose_platform(&entries, &want("linux/arm/v7"), "x").unwrap(),
-            "c"
-        );
-        let err = choose_platform(&entries, &want("linux/s390x"), "x").unwrap_err();
-        assert!(matches!(err, Error::NotFound(_)));
-        assert!(err.to_string().contains("linux/arm/v7"), "{err}");
-    }
 }

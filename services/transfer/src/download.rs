@@ -1,0 +1,230 @@
+//! One layer download attempt: registry → ingest (hashed, resumable) →
+//! decompressor → tar reader → files, with the download on the async side,
+//! the unpacking on a blocking thread, a bounded channel between them, and
+//! stall detection.
+
+use std::io::{self, Read, Write};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use imaged_common::Error;
+use imaged_model::Digest;
+use oci_client::Client;
+use oci_client::client::BlobResponse;
+use oci_client::manifest::OciDescriptor;
+use tokio::sync::{mpsc, watch};
+
+use crate::content::Ingest;
+use crate::layers::Staging;
+use crate::pull::{Puller, State, short};
+use crate::registry;
+use crate::unpack::{self, Unpacked};
+
+impl Puller {
+    /// One attempt: download (resuming an ingest when the registry allows
+    /// ranges) while hashing and unpacking.
+    pub(crate) async fn fetch_layer(
+        &self,
+        client: &Client,
+        oref: &oci_client::Reference,
+        desc: &OciDescriptor,
+        blob: &Digest,
+        progress: &watch::Sender<State>,
+    ) -> Result<(Staging, Unpacked), Error> {
+        let id = short(&desc.digest);
+        let what = format!("layer {id}");
+        let total = desc.size.max(0) as u64;
+        let content = self.content.clone();
+        let wanted = blob.clone();
+        let mut ingest = tokio::task::spawn_blocking(move || content.ingest(&wanted))
+            .await
+            .map_err(Error::internal)??;
+        if total > 0 && ingest.offset() >= total {
+            ingest.reset()?;
+        }
+        let offset = ingest.offset();
+        let stream = if offset > 0 {
+            match client
+                .pull_blob_stream_partial(oref, desc, offset, None)
+                .await
+                .map_err(|e| registry::error(&what, e))?
+            {
+                BlobResponse::Partial(stream) => {
+                    tracing::info!(layer = %id, offset, "resuming layer download");
+                    stream
+                }
+                BlobResponse::Full(stream) => {
+                    ingest.reset()?;
+                    stream
+                }
+            }
+        } else {
+            client
+                .pull_blob_stream(oref, desc)
+                .await
+                .map_err(|e| registry::error(&what, e))?
+        };
+        let offset = ingest.offset();
+        let mut body = stream.stream;
+
+        let (chunks_tx, chunks_rx) = mpsc::channel::<Chunk>(16);
+        let layers = Arc::clone(&self.layers);
+        let unpacking =
+            tokio::task::spawn_blocking(move || -> Result<(Staging, Unpacked), Error> {
+                let prefix: Box<dyn Read + Send> = if offset > 0 {
+                    Box::new(ingest.reopen_written()?)
+                } else {
+                    Box::new(io::empty())
+                };
+                let mut reader = TeeReader {
+                    prefix,
+                    chunks: chunks_rx,
+                    current: Bytes::new(),
+                    ingest: Some(ingest),
+                    failure: None,
+                    ended: false,
+                };
+                let staging = layers.stage()?;
+                let result = unpack::unpack(&mut reader, &staging.diff()).and_then(|unpacked| {
+                    io::copy(&mut reader, &mut io::sink()).map_err(unpack::classify)?;
+                    Ok(unpacked)
+                });
+                if let Some(failure) = reader.failure.take() {
+                    return Err(failure); // the download failed: keep the ingest
+                }
+                let ingest = reader.ingest.take().expect("ingest kept until the end");
+                match result {
+                    Ok(unpacked) => {
+                        ingest.commit()?;
+                        Ok((staging, unpacked))
+                    }
+                    Err(err) => {
+                        ingest.discard();
+                        Err(err)
+                    }
+                }
+            });
+
+        progress.send_replace(State::Downloading {
+            current: offset,
+            total,
+        });
+        let mut current = offset;
+        let mut window_start = Instant::now();
+        let mut window_bytes = 0u64;
+        let mut last_report = Instant::now();
+        let outcome = loop {
+            match tokio::time::timeout(self.stall, body.next()).await {
+                Err(_) => {
+                    break Chunk::Failed(self.stalled(&id, current, total));
+                }
+                Ok(None) => break Chunk::End,
+                Ok(Some(Err(err))) => {
+                    break Chunk::Failed(Error::Unavailable(format!(
+                        "{what}: download interrupted: {err}"
+                    )));
+                }
+                Ok(Some(Ok(bytes))) => {
+                    current += bytes.len() as u64;
+                    window_bytes += bytes.len() as u64;
+                    if chunks_tx.send(Chunk::Data(bytes)).await.is_err() {
+                        break Chunk::End; // unpacking failed; its error follows
+                    }
+                    if last_report.elapsed() >= Duration::from_millis(100) {
+                        progress.send_replace(State::Downloading { current, total });
+                        last_report = Instant::now();
+                    }
+                    if window_start.elapsed() >= self.stall {
+                        let floor = self.min_rate * window_start.elapsed().as_secs();
+                        if window_bytes < floor {
+                            break Chunk::Failed(self.stalled(&id, current, total));
+                        }
+                        window_start = Instant::now();
+                        window_bytes = 0;
+                    }
+                }
+            }
+        };
+        let stalled = matches!(&outcome, Chunk::Failed(Error::DeadlineExceeded(_)));
+        progress.send_replace(State::Downloading { current, total });
+        let _ = chunks_tx.send(outcome).await;
+        drop(chunks_tx);
+        progress.send_replace(State::Verifying);
+        let result = unpacking.await.map_err(Error::internal)?;
+        if result.is_ok() {
+            progress.send_replace(State::DownloadComplete);
+        } else if stalled {
+            tracing::warn!(layer = %id, "layer download stalled");
+        }
+        result
+    }
+
+    fn stalled(&self, id: &str, current: u64, total: u64) -> Error {
+        Error::DeadlineExceeded(format!(
+            "layer {id} stalled: {current} of {total} bytes after no progress for {}s{}",
+            self.stall.as_secs(),
+            if self.min_rate > 0 {
+                format!(" (minimum {} bytes/s)", self.min_rate)
+            } else {
+                String::new()
+            }
+        ))
+    }
+}
+
+/// What the download side hands the unpacking side.
+enum Chunk {
+    Data(Bytes),
+    End,
+    Failed(Error),
+}
+
+/// The blocking side's reader: bytes an earlier attempt left in the
+/// ingest, then the download, each new byte written to the ingest.
+struct TeeReader {
+    prefix: Box<dyn Read + Send>,
+    chunks: mpsc::Receiver<Chunk>,
+    current: Bytes,
+    ingest: Option<Ingest>,
+    failure: Option<Error>,
+    /// The download ended; later reads answer end of file.
+    ended: bool,
+}
+
+impl Read for TeeReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.prefix.read(buf)?;
+        if n > 0 {
+            return Ok(n);
+        }
+        while self.current.is_empty() {
+            if self.ended {
+                return Ok(0);
+            }
+            if self.failure.is_some() {
+                return Err(io::Error::other("download failed"));
+            }
+            match self.chunks.blocking_recv() {
+                Some(Chunk::Data(bytes)) => {
+                    if let Some(ingest) = self.ingest.as_mut() {
+                        ingest.write_all(&bytes)?;
+                    }
+                    self.current = bytes;
+                }
+                Some(Chunk::End) => self.ended = true,
+                Some(Chunk::Failed(err)) => {
+                    self.failure = Some(err);
+                }
+                None => {
+                    self.failure = Some(Error::Unavailable("download cancelled".into()));
+                }
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current[..n]);
+        let _ = self.current.split_to(n);
+        Ok(n)
+    }
+}

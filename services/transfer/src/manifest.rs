@@ -1,0 +1,205 @@
+//! What a pull reads from the registry before any layer: manifests,
+//! indexes and configs, the platform choice, and the checks Docker makes on
+//! them (media types, schema 1).
+
+use imaged_common::Error;
+use imaged_model::Platform;
+use oci_client::manifest::OciDescriptor;
+use serde::Deserialize;
+
+/// Manifest media types a pull accepts.
+pub(crate) const ACCEPTED: &[&str] = &[
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+];
+
+/// Largest manifest or config a pull reads into memory.
+pub(crate) const MAX_JSON_BLOB: u64 = 8 << 20;
+
+/// The fields of a manifest or index that say which it is.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct Probe {
+    pub(crate) schema_version: Option<i64>,
+    pub(crate) media_type: Option<String>,
+    pub(crate) manifests: Option<Vec<IndexEntry>>,
+}
+
+/// One entry of an OCI index or Docker manifest list.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct IndexEntry {
+    pub(crate) digest: String,
+    #[serde(default)]
+    pub(crate) media_type: String,
+    pub(crate) platform: Option<EntryPlatform>,
+}
+
+/// The platform an index entry is for.
+#[derive(Deserialize)]
+pub(crate) struct EntryPlatform {
+    pub(crate) os: String,
+    pub(crate) architecture: String,
+    #[serde(default)]
+    pub(crate) variant: Option<String>,
+}
+
+/// An image manifest: its config and layers (OCI and Docker schema 2
+/// share these fields).
+#[derive(Deserialize)]
+pub(crate) struct Manifest {
+    pub(crate) config: OciDescriptor,
+    pub(crate) layers: Vec<OciDescriptor>,
+}
+
+/// What a pull needs from the image config.
+#[derive(Deserialize)]
+pub(crate) struct ConfigProbe {
+    pub(crate) rootfs: Option<RootFs>,
+    #[serde(default)]
+    pub(crate) os: String,
+    #[serde(default)]
+    pub(crate) architecture: String,
+    #[serde(default)]
+    pub(crate) variant: String,
+}
+
+/// The config's layer list.
+#[derive(Deserialize)]
+pub(crate) struct RootFs {
+    #[serde(default)]
+    pub(crate) diff_ids: Vec<String>,
+}
+
+/// Picks the index entry for `platform` with Docker's matching: an exact
+/// match first, else the best compatible one.
+pub(crate) fn choose_platform(
+    entries: &[IndexEntry],
+    platform: &Platform,
+    shown: &str,
+) -> Result<String, Error> {
+    let candidates: Vec<(&IndexEntry, Platform)> = entries
+        .iter()
+        .filter(|e| !e.media_type.contains("attestation"))
+        .filter_map(|e| {
+            let p = e.platform.as_ref()?;
+            Some((
+                e,
+                Platform::new(&p.os, &p.architecture, p.variant.as_deref().unwrap_or(""))
+                    .normalize(),
+            ))
+        })
+        .collect();
+    if let Some((entry, _)) = candidates.iter().find(|(_, p)| p == platform) {
+        return Ok(entry.digest.clone());
+    }
+    if let Some((entry, _)) = candidates.iter().find(|(_, p)| platform.runs(p)) {
+        return Ok(entry.digest.clone());
+    }
+    let available: Vec<String> = candidates.iter().map(|(_, p)| p.to_string()).collect();
+    Err(Error::NotFound(format!(
+        "no matching manifest for {platform} in the manifest list entries (available for {shown}: {})",
+        available.join(", ")
+    )))
+}
+
+/// Docker's media-type gate for config and layer descriptors.
+pub(crate) fn check_media_type(media_type: &str) -> Result<(), Error> {
+    const LEGACY: &[&str] = &[
+        "application/octet-stream",
+        "application/json",
+        "text/html",
+        "",
+    ];
+    if media_type.starts_with("application/vnd.docker.ai.") {
+        return Err(Error::InvalidArgument(
+            "AI models are not yet supported by the Engine, please use \"docker model pull/run\" instead".into(),
+        ));
+    }
+    let known = ["application/vnd.oci.image", "application/vnd.docker"]
+        .iter()
+        .any(|prefix| media_type == *prefix || media_type.starts_with(&format!("{prefix}.")));
+    if known || LEGACY.contains(&media_type) {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument(format!(
+            "unsupported media type {media_type}"
+        )))
+    }
+}
+
+/// Docker v28's refusal of schema 1 manifests.
+pub(crate) fn schema1(shown: &str) -> Error {
+    Error::InvalidArgument(format!(
+        "Docker Image Format v1 and Docker Image manifest version 2, schema 1 support has been removed. \
+         Suggest the author of {shown} to upgrade the image to the OCI Format or Docker Image manifest v2, schema 2. \
+         More information at https://docs.docker.com/go/deprecated-image-specs/"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn media_types_pass_dockers_gate() {
+        for ok in [
+            "application/vnd.oci.image.layer.v1.tar+gzip",
+            "application/vnd.docker.image.rootfs.diff.tar.gzip",
+            "application/vnd.oci.image.config.v1+json",
+            "application/octet-stream",
+            "",
+        ] {
+            check_media_type(ok).unwrap();
+        }
+        let err =
+            check_media_type("application/vnd.cncf.helm.chart.content.v1.tar+gzip").unwrap_err();
+        assert!(
+            err.to_string().starts_with("unsupported media type"),
+            "{err}"
+        );
+        let err = check_media_type("application/vnd.docker.ai.gguf.v3").unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("AI models are not yet supported"),
+            "{err}"
+        );
+        assert!(check_media_type("application/vnd.oci.imagery").is_err());
+    }
+
+    #[test]
+    fn index_entries_match_the_platform_or_list_what_there_is() {
+        let entry = |digest: &str, os: &str, arch: &str, variant: Option<&str>| IndexEntry {
+            digest: digest.into(),
+            media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+            platform: Some(EntryPlatform {
+                os: os.into(),
+                architecture: arch.into(),
+                variant: variant.map(str::to_string),
+            }),
+        };
+        let entries = [
+            entry("a", "linux", "amd64", None),
+            entry("b", "linux", "arm64", Some("v8")),
+            entry("c", "linux", "arm", Some("v7")),
+        ];
+        let want = |p: &str| Platform::parse(p).unwrap().normalize();
+        assert_eq!(
+            choose_platform(&entries, &want("linux/arm64"), "x").unwrap(),
+            "b"
+        );
+        assert_eq!(
+            choose_platform(&entries, &want("linux/amd64"), "x").unwrap(),
+            "a"
+        );
+        assert_eq!(
+            choose_platform(&entries, &want("linux/arm/v7"), "x").unwrap(),
+            "c"
+        );
+        let err = choose_platform(&entries, &want("linux/s390x"), "x").unwrap_err();
+        assert!(matches!(err, Error::NotFound(_)));
+        assert!(err.to_string().contains("linux/arm/v7"), "{err}");
+    }
+}
