@@ -3,6 +3,7 @@
 //! the gateway's generated `imaged.v1` client. Errors print the server's
 //! message and exit non-zero.
 
+mod archive;
 mod connect;
 mod output;
 mod progress;
@@ -130,6 +131,23 @@ enum Command {
         /// `text` (default) or `json` (one JSON object a line).
         #[arg(long, default_value = "text")]
         format: String,
+    },
+    /// Write images to a tar archive (`docker save`).
+    Save {
+        #[arg(required = true)]
+        images: Vec<String>,
+        /// Write to a file instead of standard output.
+        #[arg(long, short)]
+        output: Option<std::path::PathBuf>,
+    },
+    /// Load images from a tar archive (`docker load`).
+    Load {
+        /// Read from a file instead of standard input.
+        #[arg(long, short)]
+        input: Option<std::path::PathBuf>,
+        /// Print only the final lines.
+        #[arg(long, short)]
+        quiet: bool,
     },
     /// Show the image service's state.
     Info,
@@ -390,6 +408,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             while let Some(event) = stream.next().await {
                 output::event(&event?, &format)?;
             }
+        }
+        Command::Save {
+            images: names,
+            output,
+        } => {
+            archive::save(&mut images, names, output.as_deref()).await?;
+        }
+        Command::Load { input, quiet } => {
+            archive::load(&mut images, input.as_deref(), quiet).await?;
         }
         Command::Info => {
             let info = images.system_info(SystemInfoRequest {}).await?.into_inner();

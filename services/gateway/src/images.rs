@@ -291,6 +291,48 @@ impl Images for ImagesService {
         Ok(Response::new(Box::pin(upstream)))
     }
 
+    type ExportImagesStream = Relay<ExportImagesChunk>;
+
+    /// Docker: ExportImage (`docker save`).
+    async fn export_images(
+        &self,
+        request: Request<ExportImagesRequest>,
+    ) -> Result<Response<Self::ExportImagesStream>, Status> {
+        let (deadline, request) = deadline::split(request);
+        let upstream = self
+            .peers
+            .transfer
+            .call(|ch| {
+                let request = request.clone();
+                async move {
+                    TransferClient::new(ch)
+                        .export(deadline::attach(request, deadline))
+                        .await
+                }
+            })
+            .await?;
+        Ok(Response::new(Box::pin(upstream)))
+    }
+
+    type LoadImagesStream = Relay<LoadImagesResponse>;
+
+    /// Docker: LoadImage (`docker load`). The archive streams through to
+    /// imaged-transfer as it arrives; it is never held here.
+    async fn load_images(
+        &self,
+        request: Request<tonic::Streaming<LoadImagesRequest>>,
+    ) -> Result<Response<Self::LoadImagesStream>, Status> {
+        let (deadline, inbound) = deadline::split(request);
+        // A broken client stream ends the archive early, which the load
+        // reports as a truncated archive.
+        let outbound = tokio_stream::StreamExt::map_while(inbound, Result::ok);
+        let upstream = TransferClient::new(self.peers.transfer.channel())
+            .load(deadline::attach(outbound, deadline))
+            .await?
+            .into_inner();
+        Ok(Response::new(Box::pin(upstream)))
+    }
+
     /// Docker: UpdateConfig (the download and upload limits).
     async fn update_config(
         &self,

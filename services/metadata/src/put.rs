@@ -2,22 +2,29 @@
 //! half of Docker's pull and load), and handing a stored config back for a
 //! push.
 
-use imaged_api::v1::{ImageConfigResponse, PutImageRequest};
+use std::collections::{BTreeMap, BTreeSet};
+
+use imaged_api::v1::{
+    ExportImagesRequest, ExportSetResponse, ExportedImage, ImageConfigResponse, MovedTag,
+    PutImageRequest,
+};
 use imaged_common::Error;
+use imaged_model::ImageRef;
 use imaged_model::{Digest, Reference};
 
 use crate::image_config::ImageConfig;
 use crate::images::{Images, PendingEvent};
-use crate::resolve::get_image;
+use crate::resolve::{get_image, platform};
 use crate::store::{Image, ImageMeta, Index};
 
 /// Stores the config (if new), points the tags at it (moving them, as a
 /// pull does), adds the digest references, then sends the event.
-/// Answers the image ID and whether any tag was created or moved.
+/// Answers the image ID, whether any tag was created or moved, and the
+/// tags taken from other images.
 pub fn put(
     images: &std::sync::Arc<Images>,
     request: PutImageRequest,
-) -> Result<(String, bool), Error> {
+) -> Result<(String, bool, Vec<MovedTag>), Error> {
     let parsed = ImageConfig::parse(&request.config)?;
     let id = Digest::sha256_of(&request.config);
     let id_text = id.to_string();
@@ -44,6 +51,7 @@ pub fn put(
             });
         }
         let mut updated = false;
+        let mut moved = Vec::new();
         for digest in &digests {
             let key = digest.store_key();
             // An existing digest reference to another image is kept.
@@ -53,23 +61,31 @@ pub fn put(
         }
         for tag in &tags {
             let key = tag.store_key();
-            if tx.index().resolve_ref(&key.to_string()) != Some(id_text.as_str()) {
+            let before = tx.index().resolve_ref(&key.to_string()).map(str::to_string);
+            if before.as_deref() != Some(id_text.as_str()) {
+                if let Some(from_id) = before {
+                    moved.push(MovedTag {
+                        tag: tag.familiar(),
+                        from_id,
+                    });
+                }
                 tx.put_ref(key, &id_text);
                 updated = true;
             }
         }
         if !request.action.is_empty() {
+            // A pull names the repository; a load names the image ID.
             let name = Reference::parse(&request.event_ref)
                 .map(|r| r.familiar_name())
-                .unwrap_or_default();
+                .unwrap_or_else(|_| request.event_ref.clone());
             let mut event = PendingEvent::image(tx.index(), "", &id_text, &name);
             event.set_action_and_actor(&request.action, &request.event_ref);
             events.push(event);
         }
-        Ok(updated)
+        Ok((updated, moved))
     })?;
     images.publish(events);
-    Ok((id_text, updated))
+    Ok((id_text, updated.0, updated.1))
 }
 
 fn parse_all(references: &[String]) -> Result<Vec<Reference>, Error> {
@@ -95,4 +111,73 @@ pub fn config(index: &Index, input: &str) -> Result<ImageConfigResponse, Error> 
             .map(|r| r.to_string())
             .collect(),
     })
+}
+
+/// Docker's save name resolution (spec 9.1): each image once, with the
+/// familiar tags to write, in the order first named.
+pub fn export_set(
+    index: &Index,
+    request: &ExportImagesRequest,
+) -> Result<ExportSetResponse, Error> {
+    let wanted = platform(request.platform.as_ref())?;
+    let mut order: Vec<String> = Vec::new();
+    let mut tags: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut add = |id: String, tag: Option<String>| {
+        if !tags.contains_key(&id) {
+            order.push(id.clone());
+        }
+        let entry = tags.entry(id).or_default();
+        if let Some(tag) = tag {
+            entry.insert(tag);
+        }
+    };
+    for name in &request.names {
+        match ImageRef::parse(name)? {
+            ImageRef::Id(_) => add(get_image(index, name, None)?.id.to_string(), None),
+            ImageRef::Named(reference)
+                if reference.tag().is_none() && reference.digest().is_none() =>
+            {
+                let mut found = false;
+                for (r, id) in index.refs().filter(|(r, _)| r.name() == reference.name()) {
+                    found = true;
+                    add(id.to_string(), r.tag().map(|_| r.familiar()));
+                }
+                if !found {
+                    // A short ID parses as a name.
+                    add(get_image(index, name, None)?.id.to_string(), None);
+                }
+            }
+            ImageRef::Named(reference) => {
+                let image = get_image(index, name, None)?;
+                let tag = (reference.digest().is_none()).then(|| reference.familiar());
+                add(image.id.to_string(), tag);
+            }
+        }
+    }
+    let mut images = Vec::new();
+    for id in &order {
+        let image = index
+            .image(id)
+            .ok_or_else(|| Error::NotFound(format!("No such image: {id}")))?;
+        if let Some(wanted) = &wanted
+            && !wanted.runs(&image.config.platform)
+        {
+            return Err(Error::NotFound(format!(
+                "no suitable export target found for platform {wanted}"
+            )));
+        }
+        let parent = image
+            .meta
+            .parent
+            .clone()
+            .filter(|p| order.contains(p))
+            .unwrap_or_default();
+        images.push(ExportedImage {
+            id: id.clone(),
+            config: image.config_bytes.clone(),
+            repo_tags: tags[id].iter().cloned().collect(),
+            parent,
+        });
+    }
+    Ok(ExportSetResponse { images })
 }

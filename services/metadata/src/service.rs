@@ -204,8 +204,8 @@ impl Metadata for MetadataService {
         let request = request.into_inner();
         let _gate = self.images.layer_gate.lock().await;
         self.blocking(|images| {
-            let (id, updated) = put::put(images, request)?;
-            Ok(PutImageResponse { id, updated })
+            let (id, updated, moved) = put::put(images, request)?;
+            Ok(PutImageResponse { id, updated, moved })
         })
     }
 
@@ -218,6 +218,14 @@ impl Metadata for MetadataService {
             &index,
             &request.get_ref().image,
         )?))
+    }
+
+    async fn export_set(
+        &self,
+        request: Request<ExportImagesRequest>,
+    ) -> Result<Response<ExportSetResponse>, Status> {
+        let index = self.images.store.read();
+        Ok(Response::new(put::export_set(&index, request.get_ref())?))
     }
 
     async fn remove_container(

@@ -71,6 +71,24 @@ impl ContentStore {
         Ok(())
     }
 
+    /// Takes the file at `path` (on the same filesystem) into the store as
+    /// the blob it hashes to, and answers that digest. A blob already
+    /// stored stays; the file is then removed.
+    pub fn adopt(&self, path: &Path) -> Result<Digest, Error> {
+        let mut file = File::open(path)?;
+        let mut hasher = Sha256::new();
+        io::copy(&mut file, &mut hasher)?;
+        let digest = Digest::sha256_from_hex(&hex::encode(hasher.finalize()))?;
+        if self.contains(&digest) {
+            fs::remove_file(path)?;
+            return Ok(digest);
+        }
+        file.sync_all()?;
+        fs::rename(path, self.path(&digest))?;
+        File::open(&self.blobs)?.sync_all()?;
+        Ok(digest)
+    }
+
     /// Opens the ingest for `expected`, keeping bytes an earlier attempt
     /// left (see [`Ingest::offset`]).
     pub fn ingest(&self, expected: &Digest) -> Result<Ingest, Error> {

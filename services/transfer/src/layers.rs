@@ -28,6 +28,9 @@ pub struct Layer {
     /// Inodes the unpacked layer takes.
     #[serde(default)]
     pub inodes: u64,
+    /// Bytes of the uncompressed layer tar (0 when unknown).
+    #[serde(default)]
+    pub tar_size: u64,
 }
 
 /// Layers by chain ID, on disk and indexed in memory.
@@ -245,6 +248,7 @@ mod tests {
             size: 3,
             blob: None,
             inodes: 1,
+            tar_size: 0,
         }
     }
 

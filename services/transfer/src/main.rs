@@ -4,8 +4,10 @@
 mod content;
 mod download;
 mod driver;
+mod export;
 mod layers;
 mod limits;
+mod load;
 mod manifest;
 mod pull;
 mod pull_share;
@@ -80,18 +82,33 @@ fn main() {
             Arc::clone(&layers),
             Arc::clone(&limits),
             Arc::clone(&puller),
-            metadata,
+            metadata.clone(),
             events.clone(),
         ));
-        let service = service::TransferService::new(
-            config.data_dir.clone(),
+        let exporter = Arc::new(export::Exporter::new(
+            content.clone(),
+            Arc::clone(&layers),
+            metadata.clone(),
+            events.clone(),
+        ));
+        let loader = Arc::new(load::Loader::new(
+            content.clone(),
+            Arc::clone(&layers),
+            Arc::clone(&puller),
+            metadata,
+        ));
+        let service = service::TransferService {
+            data_dir: config.data_dir.clone(),
             driver,
             limits,
             content,
             layers,
+            pulls: Arc::new(pull_share::PullShare::new(Arc::clone(&puller))),
             puller,
             pusher,
-        );
+            exporter,
+            loader,
+        };
         let routes = tonic::service::Routes::new(TransferServer::new(service));
         let served = server::serve(&config, routes, &[SERVICE_NAME]).await;
         events.flush(Duration::from_secs(2)).await;

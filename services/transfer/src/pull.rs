@@ -105,7 +105,7 @@ pub struct Puller {
 }
 
 /// Chains a pull in flight holds: not removable until it ends.
-struct Lease<'a> {
+pub(crate) struct Lease<'a> {
     puller: &'a Puller,
     chains: Vec<Digest>,
 }
@@ -171,7 +171,8 @@ impl Puller {
         self.leases.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn lease(&self, chains: &[Digest]) -> Lease<'_> {
+    /// Holds `chains` against removal until the lease is dropped.
+    pub(crate) fn lease(&self, chains: &[Digest]) -> Lease<'_> {
         let mut leases = self.lock_leases();
         for chain in chains {
             *leases.entry(chain.clone()).or_default() += 1;
@@ -573,6 +574,7 @@ impl Puller {
             size: unpacked.size,
             blob: Some(blob),
             inodes: unpacked.entries,
+            tar_size: unpacked.tar_size,
         };
         let committed = tokio::task::spawn_blocking(move || layers.commit(staging, layer))
             .await

@@ -4,8 +4,9 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use imaged_api::v1::{
-    ContentSizeRequest, ContentSizeResponse, GetLayersRequest, GetLayersResponse, KeyValue,
-    LayerInfo, PullImageProgress, PullImageRequest, PushImageProgress, PushImageRequest,
+    ContentSizeRequest, ContentSizeResponse, ExportImagesChunk, ExportImagesRequest,
+    GetLayersRequest, GetLayersResponse, KeyValue, LayerInfo, LoadImagesRequest,
+    LoadImagesResponse, PullImageProgress, PullImageRequest, PushImageProgress, PushImageRequest,
     ReleaseLayersRequest, ReleaseLayersResponse, RetainLayersRequest, RetainLayersResponse,
     TransferInfoRequest, TransferInfoResponse, UpdateConfigRequest, UpdateConfigResponse,
     transfer_server::Transfer,
@@ -18,46 +19,30 @@ use tonic::{Request, Response, Status};
 
 use crate::content::ContentStore;
 use crate::driver::Driver;
+use crate::export::Exporter;
 use crate::layers::LayerStore;
 use crate::limits::Limits;
+use crate::load::Loader;
 use crate::pull::Puller;
 use crate::pull_share::PullShare;
 use crate::push::Pusher;
 
-/// Serves the transfer contract.
+/// Serves the transfer contract: the stores and the engines that work on
+/// them, built in `main`.
 pub struct TransferService {
-    data_dir: std::path::PathBuf,
-    driver: Driver,
-    limits: Arc<Limits>,
-    content: ContentStore,
-    layers: Arc<LayerStore>,
-    puller: Arc<Puller>,
-    pulls: Arc<PullShare>,
-    pusher: Arc<Pusher>,
+    pub data_dir: std::path::PathBuf,
+    pub driver: Driver,
+    pub limits: Arc<Limits>,
+    pub content: ContentStore,
+    pub layers: Arc<LayerStore>,
+    pub puller: Arc<Puller>,
+    pub pulls: Arc<PullShare>,
+    pub pusher: Arc<Pusher>,
+    pub exporter: Arc<Exporter>,
+    pub loader: Arc<Loader>,
 }
 
 impl TransferService {
-    pub fn new(
-        data_dir: std::path::PathBuf,
-        driver: Driver,
-        limits: Arc<Limits>,
-        content: ContentStore,
-        layers: Arc<LayerStore>,
-        puller: Arc<Puller>,
-        pusher: Arc<Pusher>,
-    ) -> Self {
-        TransferService {
-            data_dir,
-            driver,
-            limits,
-            content,
-            layers,
-            pulls: Arc::new(PullShare::new(Arc::clone(&puller))),
-            puller,
-            pusher,
-        }
-    }
-
     /// Removes `chains` (children before parents) except those a pull in
     /// flight holds or another stored layer stands on; answers the removed.
     async fn remove_layers(&self, chains: HashSet<Digest>) -> Result<Vec<String>, Error> {
@@ -207,6 +192,32 @@ impl Transfer for TransferService {
         let pusher = Arc::clone(&self.pusher);
         Ok(Response::new(stream_task(move |tx| async move {
             pusher.push(request, tx).await
+        })))
+    }
+
+    type ExportStream = ReceiverStream<Result<ExportImagesChunk, Status>>;
+
+    async fn export(
+        &self,
+        request: Request<ExportImagesRequest>,
+    ) -> Result<Response<Self::ExportStream>, Status> {
+        let request = request.into_inner();
+        let exporter = Arc::clone(&self.exporter);
+        Ok(Response::new(stream_task(move |tx| async move {
+            exporter.export(request, tx).await
+        })))
+    }
+
+    type LoadStream = ReceiverStream<Result<LoadImagesResponse, Status>>;
+
+    async fn load(
+        &self,
+        request: Request<tonic::Streaming<LoadImagesRequest>>,
+    ) -> Result<Response<Self::LoadStream>, Status> {
+        let inbound = request.into_inner();
+        let loader = Arc::clone(&self.loader);
+        Ok(Response::new(stream_task(move |tx| async move {
+            loader.load(inbound, tx).await
         })))
     }
 

@@ -35,6 +35,8 @@ pub struct Unpacked {
     /// Entries written (files, directories, links, whiteouts): the inodes
     /// the layer takes, for the CRI's ImageFsInfo.
     pub entries: u64,
+    /// Bytes of the uncompressed tar (what `docker save` writes).
+    pub tar_size: u64,
 }
 
 /// Unpacks the (gzip, zstd or uncompressed, detected from the first bytes)
@@ -42,28 +44,17 @@ pub struct Unpacked {
 /// Errors: INVALID_ARGUMENT for a malformed or unsafe archive,
 /// RESOURCE_EXHAUSTED for a full disk.
 pub fn unpack(reader: impl Read, dest: &Path) -> Result<Unpacked, Error> {
-    let mut buffered = BufReader::with_capacity(256 * 1024, reader);
-    let magic = buffered.fill_buf().map_err(classify)?.to_vec();
-    let decompressed: Box<dyn Read> = if magic.starts_with(&[0x1f, 0x8b]) {
-        Box::new(flate2::bufread::MultiGzDecoder::new(buffered))
-    } else if magic.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        Box::new(zstd::stream::read::Decoder::with_buffer(buffered).map_err(classify)?)
-    } else {
-        Box::new(buffered)
-    };
-    let mut hashing = HashingReader {
-        inner: decompressed,
-        hasher: Sha256::new(),
-    };
+    let mut hashing = HashingReader::new(decompressed(reader)?);
     let (size, entries) = unpack_entries(&mut hashing, dest)?;
     // The tar reader stops at the end-of-archive blocks; the diffID covers
     // every byte of the stream.
     io::copy(&mut hashing, &mut io::sink()).map_err(classify)?;
-    let diff_id = Digest::sha256_from_hex(&hex::encode(hashing.hasher.finalize()))?;
+    let (diff_id, tar_size) = hashing.finish()?;
     Ok(Unpacked {
         diff_id,
         size,
         entries,
+        tar_size,
     })
 }
 
@@ -168,7 +159,7 @@ fn unpack_entries(reader: &mut dyn Read, dest: &Path) -> Result<(u64, u64), Erro
 
 /// The entry name as a path inside the layer: `./` and empty parts are
 /// dropped; `..` and absolute names are refused.
-fn relative_path(raw: &Path) -> Result<PathBuf, Error> {
+pub fn relative_path(raw: &Path) -> Result<PathBuf, Error> {
     let mut out = PathBuf::new();
     for component in raw.components() {
         match component {
@@ -246,18 +237,51 @@ pub fn classify(err: io::Error) -> Error {
     Error::InvalidArgument(format!("invalid layer tar: {text}"))
 }
 
-/// Hashes what passes through: the diffID of the uncompressed stream.
-struct HashingReader<R> {
+/// Hashes and counts what passes through: the diffID and size of the
+/// uncompressed stream.
+pub struct HashingReader<R> {
     inner: R,
     hasher: Sha256,
+    bytes: u64,
+}
+
+impl<R: Read> HashingReader<R> {
+    pub fn new(inner: R) -> Self {
+        HashingReader {
+            inner,
+            hasher: Sha256::new(),
+            bytes: 0,
+        }
+    }
+
+    /// The digest and byte count of everything read so far.
+    pub fn finish(self) -> Result<(Digest, u64), Error> {
+        let digest = Digest::sha256_from_hex(&hex::encode(self.hasher.finalize()))?;
+        Ok((digest, self.bytes))
+    }
 }
 
 impl<R: Read> Read for HashingReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
         self.hasher.update(&buf[..n]);
+        self.bytes += n as u64;
         Ok(n)
     }
+}
+
+/// A reader of the layer tar inside `reader`, decompressing gzip or zstd
+/// (detected from the first bytes) or passing a plain tar through.
+pub fn decompressed<'a>(reader: impl Read + 'a) -> Result<Box<dyn Read + 'a>, Error> {
+    let mut buffered = BufReader::with_capacity(256 * 1024, reader);
+    let magic = buffered.fill_buf().map_err(classify)?.to_vec();
+    Ok(if magic.starts_with(&[0x1f, 0x8b]) {
+        Box::new(flate2::bufread::MultiGzDecoder::new(buffered))
+    } else if magic.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        Box::new(zstd::stream::read::Decoder::with_buffer(buffered).map_err(classify)?)
+    } else {
+        Box::new(buffered)
+    })
 }
 
 #[cfg(test)]

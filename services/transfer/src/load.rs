@@ -1,0 +1,386 @@
+//! Docker's load (spec 9.3, the manifest.json form): the archive streams
+//! in, is unpacked safely into a staging directory (only files and
+//! directories, every path inside it), then each image's layers are
+//! registered in order — reused when the chain is here, else kept as blobs
+//! and unpacked — and the image is recorded in imaged-metadata with its
+//! tags, which sends the `load` event.
+
+use std::collections::HashMap;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use imaged_api::v1::metadata_client::MetadataClient;
+use imaged_api::v1::{LoadImagesRequest, LoadImagesResponse, PutImageRequest};
+use imaged_common::Error;
+use imaged_common::peer::Peer;
+use imaged_model::digest::chain_ids;
+use imaged_model::{Digest, Platform, Reference};
+use serde::Deserialize;
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
+
+use crate::content::ContentStore;
+use crate::layers::{Layer, LayerStore};
+use crate::pull::Puller;
+use crate::unpack::{self, relative_path};
+
+/// What a load sends its caller.
+pub type Lines = mpsc::Sender<Result<LoadImagesResponse, tonic::Status>>;
+
+/// One entry of manifest.json.
+#[derive(Deserialize)]
+struct Entry {
+    #[serde(rename = "Config")]
+    config: String,
+    #[serde(rename = "RepoTags", default)]
+    repo_tags: Option<Vec<String>>,
+    #[serde(rename = "Layers", default)]
+    layers: Vec<String>,
+}
+
+/// What a load needs from an image config.
+#[derive(Deserialize)]
+struct Config {
+    #[serde(default)]
+    os: String,
+    #[serde(default)]
+    architecture: String,
+    #[serde(default)]
+    variant: String,
+    rootfs: Option<RootFs>,
+}
+
+#[derive(Deserialize)]
+struct RootFs {
+    #[serde(default)]
+    diff_ids: Vec<String>,
+}
+
+/// The load engine.
+pub struct Loader {
+    content: ContentStore,
+    layers: Arc<LayerStore>,
+    puller: Arc<Puller>,
+    metadata: Peer,
+}
+
+impl Loader {
+    pub fn new(
+        content: ContentStore,
+        layers: Arc<LayerStore>,
+        puller: Arc<Puller>,
+        metadata: Peer,
+    ) -> Self {
+        Loader {
+            content,
+            layers,
+            puller,
+            metadata,
+        }
+    }
+
+    /// Loads the archive arriving on `inbound`, answering lines on `tx`.
+    pub async fn load(
+        &self,
+        mut inbound: impl tokio_stream::Stream<Item = Result<LoadImagesRequest, tonic::Status>> + Unpin,
+        tx: Lines,
+    ) -> Result<(), Error> {
+        let Some(first) = inbound.next().await else {
+            return Err(Error::InvalidArgument("empty archive".into()));
+        };
+        let first = first.map_err(|s| Error::InvalidArgument(s.message().into()))?;
+        let quiet = first.quiet;
+        let platform = first
+            .platform
+            .as_ref()
+            .filter(|p| !p.os.is_empty() || !p.architecture.is_empty())
+            .map(|p| Platform::new(&p.os, &p.architecture, &p.variant).normalize());
+
+        // Unpack the archive while it arrives.
+        let staging = self.layers.stage()?;
+        let dir = staging.diff();
+        let (chunks_tx, chunks_rx) = mpsc::channel::<Option<Bytes>>(16);
+        let target = dir.clone();
+        let extracting =
+            tokio::task::spawn_blocking(move || extract(ChannelReader::new(chunks_rx), &target));
+        let mut message = Some(first);
+        while let Some(m) = message.take() {
+            if chunks_tx.send(Some(Bytes::from(m.chunk))).await.is_err() {
+                break; // extraction stopped; its error follows
+            }
+            message = match inbound.next().await {
+                Some(Ok(m)) => Some(m),
+                Some(Err(status)) => {
+                    return Err(Error::InvalidArgument(format!(
+                        "the archive stream broke: {}",
+                        status.message()
+                    )));
+                }
+                None => None,
+            };
+        }
+        let _ = chunks_tx.send(None).await;
+        drop(chunks_tx);
+        extracting.await.map_err(Error::internal)??;
+
+        let manifest_path = dir.join("manifest.json");
+        let manifest = match std::fs::read(&manifest_path) {
+            Ok(bytes) => bytes,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {
+                return Err(Error::InvalidArgument(
+                    "the archive has no manifest.json: legacy (pre-1.10) archives are not supported"
+                        .into(),
+                ));
+            }
+            Err(err) => return Err(err.into()),
+        };
+        let entries: Option<Vec<Entry>> = serde_json::from_slice(&manifest)
+            .map_err(|e| Error::InvalidArgument(format!("invalid manifest.json: {e}")))?;
+        let entries = entries.ok_or_else(|| {
+            Error::InvalidArgument(
+                "invalid manifest, manifest cannot be null (but can be [])".into(),
+            )
+        })?;
+
+        let mut adopted: HashMap<PathBuf, Digest> = HashMap::new();
+        let mut loaded = Vec::new();
+        let mut last_tagged = false;
+        for entry in entries {
+            let config = std::fs::read(inside(&dir, &entry.config)?)
+                .map_err(|e| Error::InvalidArgument(format!("config {}: {e}", entry.config)))?;
+            let parsed: Config = serde_json::from_slice(&config)
+                .map_err(|e| Error::InvalidArgument(format!("config {}: {e}", entry.config)))?;
+            let host = Platform::host();
+            if !parsed.os.is_empty() && !parsed.os.eq_ignore_ascii_case(&host.os) {
+                return Err(Error::InvalidArgument(format!(
+                    "cannot load {} image on {}",
+                    parsed.os, host.os
+                )));
+            }
+            let image_platform = Platform::new(&parsed.os, &parsed.architecture, &parsed.variant);
+            if let Some(wanted) = &platform
+                && !wanted.runs(&image_platform)
+            {
+                continue; // Docker skips it silently
+            }
+            let rootfs = parsed.rootfs.ok_or_else(|| {
+                Error::InvalidArgument("invalid image JSON, no RootFS key".into())
+            })?;
+            if rootfs.diff_ids.len() != entry.layers.len() {
+                return Err(Error::InvalidArgument(format!(
+                    "invalid manifest, layers length mismatch: expected {}, got {}",
+                    rootfs.diff_ids.len(),
+                    entry.layers.len()
+                )));
+            }
+            let diff_ids = rootfs
+                .diff_ids
+                .iter()
+                .map(|d| d.parse::<Digest>())
+                .collect::<Result<Vec<_>, _>>()?;
+            let tags = entry
+                .repo_tags
+                .unwrap_or_default()
+                .iter()
+                .map(|t| {
+                    Reference::parse(t)
+                        .ok()
+                        .filter(|r| r.tag().is_some() && r.digest().is_none())
+                        .ok_or_else(|| Error::InvalidArgument(format!("invalid tag \"{t}\"")))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let chains = chain_ids(&diff_ids);
+            let _lease = self.puller.lease(&chains);
+            let mut sizes = Vec::new();
+            for (i, (chain, diff_id)) in chains.iter().zip(&diff_ids).enumerate() {
+                if let Some(layer) = self.layers.get(chain) {
+                    sizes.push(layer.size as i64);
+                    continue;
+                }
+                if !quiet {
+                    line(&tx, format!("Loading layer {}", diff_id.short())).await;
+                }
+                let path = inside(&dir, &entry.layers[i])?;
+                let layer = Layer {
+                    chain_id: chain.clone(),
+                    diff_id: diff_id.clone(),
+                    parent: i.checked_sub(1).map(|p| chains[p].clone()),
+                    size: 0,
+                    blob: None,
+                    inodes: 0,
+                    tar_size: 0,
+                };
+                let committed = self.register(path, layer, i, &mut adopted).await?;
+                sizes.push(committed.size as i64);
+            }
+
+            let put = PutImageRequest {
+                config: config.clone(),
+                tags: tags.iter().map(|t| t.to_string()).collect(),
+                digests: Vec::new(),
+                layer_sizes: sizes,
+                action: "load".into(),
+                event_ref: Digest::sha256_of(&config).to_string(),
+            };
+            let recorded = self
+                .metadata
+                .call(|channel| {
+                    let put = put.clone();
+                    async move { MetadataClient::new(channel).put_image(put).await }
+                })
+                .await
+                .map_err(|status| match status.code() {
+                    tonic::Code::InvalidArgument => Error::InvalidArgument(status.message().into()),
+                    _ => Error::Unavailable(status.message().into()),
+                })?;
+            for moved in &recorded.moved {
+                line(
+                    &tx,
+                    format!(
+                        "The image {} already exists, renaming the old one with ID {} to empty string",
+                        moved.tag, moved.from_id
+                    ),
+                )
+                .await;
+            }
+            for tag in &tags {
+                line(&tx, format!("Loaded image: {}", tag.familiar())).await;
+            }
+            last_tagged = !tags.is_empty();
+            loaded.push(recorded.id);
+        }
+        if !last_tagged {
+            for id in &loaded {
+                line(&tx, format!("Loaded image ID: {id}")).await;
+            }
+        }
+        drop(staging);
+        Ok(())
+    }
+
+    /// Keeps the layer file as a blob and unpacks it into the layer store.
+    async fn register(
+        &self,
+        path: PathBuf,
+        mut layer: Layer,
+        index: usize,
+        adopted: &mut HashMap<PathBuf, Digest>,
+    ) -> Result<Arc<Layer>, Error> {
+        let blob = match adopted.get(&path) {
+            Some(blob) => blob.clone(),
+            None => {
+                let content = self.content.clone();
+                let from = path.clone();
+                let blob = tokio::task::spawn_blocking(move || content.adopt(&from))
+                    .await
+                    .map_err(Error::internal)??;
+                adopted.insert(path, blob.clone());
+                blob
+            }
+        };
+        let layers = Arc::clone(&self.layers);
+        let source = self.content.path(&blob);
+        tokio::task::spawn_blocking(move || {
+            let staging = layers.stage()?;
+            let file = std::fs::File::open(&source)?;
+            let unpacked = unpack::unpack(file, &staging.diff())?;
+            if unpacked.diff_id != layer.diff_id {
+                return Err(Error::InvalidArgument(format!(
+                    "invalid diffID for layer {index}: expected \"{}\", got \"{}\"",
+                    layer.diff_id, unpacked.diff_id
+                )));
+            }
+            layer.size = unpacked.size;
+            layer.inodes = unpacked.entries;
+            layer.tar_size = unpacked.tar_size;
+            layer.blob = Some(blob);
+            layers.commit(staging, layer)
+        })
+        .await
+        .map_err(Error::internal)?
+    }
+}
+
+/// `rel` (a path written in manifest.json) inside the archive directory.
+fn inside(dir: &Path, rel: &str) -> Result<PathBuf, Error> {
+    Ok(dir.join(relative_path(Path::new(rel))?))
+}
+
+async fn line(tx: &Lines, message: String) {
+    let _ = tx.send(Ok(LoadImagesResponse { message })).await;
+}
+
+/// Unpacks the archive: regular files and directories only, every path
+/// inside `dir`.
+fn extract(reader: impl Read, dir: &Path) -> Result<(), Error> {
+    let mut archive = tar::Archive::new(reader);
+    for entry in archive.entries().map_err(unpack::classify)? {
+        let mut entry = entry.map_err(unpack::classify)?;
+        let raw = entry.path().map_err(unpack::classify)?.into_owned();
+        let path = relative_path(&raw)?;
+        if path.as_os_str().is_empty() {
+            continue;
+        }
+        let target = dir.join(&path);
+        match entry.header().entry_type() {
+            tar::EntryType::Directory => std::fs::create_dir_all(&target)?,
+            tar::EntryType::Regular | tar::EntryType::Continuous => {
+                if let Some(parent) = target.parent() {
+                    std::fs::create_dir_all(parent)?;
+                }
+                entry.unpack(&target).map_err(unpack::classify)?;
+            }
+            other => {
+                return Err(Error::InvalidArgument(format!(
+                    "invalid archive: {} is a {other:?}; an image archive holds only files and directories",
+                    raw.display()
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Reads the chunks the async side receives; `None` ends the archive, a
+/// dropped sender means the caller went away.
+struct ChannelReader {
+    chunks: mpsc::Receiver<Option<Bytes>>,
+    current: Bytes,
+    ended: bool,
+}
+
+impl ChannelReader {
+    fn new(chunks: mpsc::Receiver<Option<Bytes>>) -> Self {
+        ChannelReader {
+            chunks,
+            current: Bytes::new(),
+            ended: false,
+        }
+    }
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.current.is_empty() {
+            if self.ended {
+                return Ok(0);
+            }
+            match self.chunks.blocking_recv() {
+                Some(Some(bytes)) => self.current = bytes,
+                Some(None) => self.ended = true,
+                None => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the archive stream ended early",
+                    ));
+                }
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current[..n]);
+        let _ = self.current.split_to(n);
+        Ok(n)
+    }
+}
