@@ -307,3 +307,124 @@ async fn unsafe_or_malformed_archives_are_refused() {
     let err = stream.next().await.unwrap().unwrap_err();
     assert_eq!(err.code(), Code::NotFound, "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn import_makes_a_one_layer_image_with_the_changes() {
+    let imaged = Imaged::start().await.unwrap();
+    let layer = imaged_fixtures::LayerBuilder::new()
+        .dir("bin")
+        .file_with(
+            "bin/tool",
+            b"#!/bin/sh\necho tool\n",
+            imaged_fixtures::Meta::mode(0o755),
+        )
+        .symlink("bin/sh", "tool")
+        .build(imaged_fixtures::Compression::Gzip)
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rootfs.tar.gz");
+    std::fs::write(&path, &layer.data).unwrap();
+    let mut events =
+        imaged_api::v1::events_client::EventsClient::new(imaged.channel(Service::Gateway))
+            .subscribe(SubscribeRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
+
+    let id = imagectl(
+        &imaged,
+        &[
+            "import",
+            "--change",
+            "CMD [\"/bin/tool\"]",
+            "--change",
+            "ENV MODE=imported",
+            "--change",
+            "LABEL origin=import",
+            "-m",
+            "from a tarball",
+            path.to_str().unwrap(),
+            "imported/tool:v1",
+        ],
+    )
+    .await;
+    let id = id.trim();
+    assert!(id.starts_with("sha256:"), "{id}");
+    let inspect = imaged
+        .images()
+        .inspect_image(InspectImageRequest {
+            image: "imported/tool:v1".into(),
+            platform: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(inspect.id, id);
+    assert_eq!(inspect.comment, "from a tarball");
+    let config = inspect.config.unwrap();
+    assert_eq!(config.cmd, vec!["/bin/tool".to_string()]);
+    assert_eq!(config.env, vec!["MODE=imported".to_string()]);
+    assert_eq!(config.labels["origin"], "import");
+    assert_eq!(inspect.root_fs.unwrap().layers, vec![layer.diff_id.clone()]);
+    let diff = imaged
+        .root()
+        .join("transfer/layers")
+        .join(&layer.diff_id[7..])
+        .join("diff");
+    assert_layer_matches(&layer.tar().unwrap(), &diff).unwrap();
+    let history = imaged
+        .images()
+        .image_history(ImageHistoryRequest {
+            image: id.into(),
+            platform: None,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .items;
+    assert_eq!(history.len(), 1);
+    assert_eq!(history[0].comment, "from a tarball");
+
+    let mut actions = Vec::new();
+    while actions.len() < 2 {
+        let event = tokio::time::timeout(std::time::Duration::from_secs(10), events.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        actions.push(event.action);
+    }
+    assert_eq!(actions, ["tag", "import"]);
+
+    // Bad changes and digest references are refused before any byte lands.
+    let out = tokio::process::Command::new(bin_dir().join("imagectl"))
+        .arg("--host")
+        .arg(format!(
+            "unix://{}",
+            imaged.socket(Service::Gateway).display()
+        ))
+        .args(["import", "--change", "RUN make", path.to_str().unwrap()])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("RUN is not a valid change command"));
+    let err = imaged
+        .images()
+        .import_image(tokio_stream::iter([ImportImageRequest {
+            reference: format!("x/y@sha256:{}", "a".repeat(64)),
+            chunk: layer.data.clone(),
+            ..Default::default()
+        }]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err}");
+    let listed = imaged
+        .images()
+        .list_images(ListImagesRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .images;
+    assert_eq!(listed.len(), 1);
+}

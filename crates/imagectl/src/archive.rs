@@ -6,7 +6,7 @@ use std::path::Path;
 
 use anyhow::{Context, bail};
 use imaged_api::v1::images_client::ImagesClient;
-use imaged_api::v1::{ExportImagesRequest, LoadImagesRequest};
+use imaged_api::v1::{ExportImagesRequest, ImportImageRequest, LoadImagesRequest};
 use tokio_stream::StreamExt;
 use tonic::transport::Channel;
 
@@ -100,4 +100,49 @@ pub async fn load(
         Err(_) => bail!("the archive reader failed"),
     }
     Ok(())
+}
+
+/// Sends the root filesystem tar at `file` (`-`: standard input) after
+/// `first` (reference, platform, message, changes); answers the image ID.
+pub async fn import(
+    images: &mut ImagesClient<Channel>,
+    file: &str,
+    first: ImportImageRequest,
+) -> anyhow::Result<String> {
+    let mut reader: Box<dyn Read + Send> = if file == "-" {
+        Box::new(std::io::stdin())
+    } else {
+        Box::new(std::fs::File::open(file).with_context(|| format!("cannot open {file}"))?)
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel::<ImportImageRequest>(4);
+    let reading = std::thread::spawn(move || -> std::io::Result<()> {
+        if tx.blocking_send(first).is_err() {
+            return Ok(());
+        }
+        loop {
+            let mut chunk = vec![0u8; CHUNK];
+            let n = reader.read(&mut chunk)?;
+            if n == 0 {
+                return Ok(());
+            }
+            chunk.truncate(n);
+            let message = ImportImageRequest {
+                chunk,
+                ..Default::default()
+            };
+            if tx.blocking_send(message).is_err() {
+                return Ok(());
+            }
+        }
+    });
+    let id = images
+        .import_image(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await?
+        .into_inner()
+        .id;
+    match reading.join() {
+        Ok(result) => result.context("reading the tar")?,
+        Err(_) => bail!("the tar reader failed"),
+    }
+    Ok(id)
 }

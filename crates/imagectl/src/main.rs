@@ -149,6 +149,22 @@ enum Command {
         #[arg(long, short)]
         quiet: bool,
     },
+    /// Make an image from a root filesystem tar (`docker import`).
+    Import {
+        /// The tar file, or `-` for standard input.
+        file: String,
+        /// name[:tag] for the new image.
+        reference: Option<String>,
+        /// A Dockerfile instruction to apply (CMD, ENV, LABEL, …). Repeatable.
+        #[arg(long, short)]
+        change: Vec<String>,
+        /// The image comment.
+        #[arg(long, short)]
+        message: Option<String>,
+        /// os/arch[/variant] of the image.
+        #[arg(long)]
+        platform: Option<String>,
+    },
     /// Show the image service's state.
     Info,
 }
@@ -417,6 +433,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Load { input, quiet } => {
             archive::load(&mut images, input.as_deref(), quiet).await?;
+        }
+        Command::Import {
+            file,
+            reference,
+            change,
+            message,
+            platform: p,
+        } => {
+            let first = ImportImageRequest {
+                reference: reference.unwrap_or_default(),
+                platform: platform(p.as_deref())?,
+                message: message.unwrap_or_else(|| format!("Imported from {file}")),
+                changes: change,
+                chunk: Vec::new(),
+            };
+            let id = archive::import(&mut images, &file, first).await?;
+            println!("{id}");
         }
         Command::Info => {
             let info = images.system_info(SystemInfoRequest {}).await?.into_inner();

@@ -10,6 +10,7 @@
 //! Errors are [`imaged_common::Error`] values carrying Docker's wording, so
 //! they reach the caller as the right gRPC status unchanged.
 
+pub mod changes;
 pub mod digest;
 pub mod filters;
 pub mod platform;

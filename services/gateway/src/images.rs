@@ -333,6 +333,20 @@ impl Images for ImagesService {
         Ok(Response::new(Box::pin(upstream)))
     }
 
+    /// Docker: ImportImage (`docker import`). The tar streams through to
+    /// imaged-transfer as it arrives.
+    async fn import_image(
+        &self,
+        request: Request<tonic::Streaming<ImportImageRequest>>,
+    ) -> Result<Response<ImportImageResponse>, Status> {
+        let (deadline, inbound) = deadline::split(request);
+        let outbound = tokio_stream::StreamExt::map_while(inbound, Result::ok);
+        let answer = TransferClient::new(self.peers.transfer.channel())
+            .import(deadline::attach(outbound, deadline))
+            .await?;
+        Ok(Response::new(answer.into_inner()))
+    }
+
     /// Docker: UpdateConfig (the download and upload limits).
     async fn update_config(
         &self,

@@ -5,6 +5,7 @@ mod content;
 mod download;
 mod driver;
 mod export;
+mod import;
 mod layers;
 mod limits;
 mod load;
@@ -95,7 +96,14 @@ fn main() {
             content.clone(),
             Arc::clone(&layers),
             Arc::clone(&puller),
+            metadata.clone(),
+        ));
+        let importer = Arc::new(import::Importer::new(
+            content.clone(),
+            Arc::clone(&layers),
+            Arc::clone(&puller),
             metadata,
+            events.clone(),
         ));
         let service = service::TransferService {
             data_dir: config.data_dir.clone(),
@@ -108,6 +116,7 @@ fn main() {
             pusher,
             exporter,
             loader,
+            importer,
         };
         let routes = tonic::service::Routes::new(TransferServer::new(service));
         let served = server::serve(&config, routes, &[SERVICE_NAME]).await;

@@ -5,11 +5,11 @@ use std::sync::Arc;
 
 use imaged_api::v1::{
     ContentSizeRequest, ContentSizeResponse, ExportImagesChunk, ExportImagesRequest,
-    GetLayersRequest, GetLayersResponse, KeyValue, LayerInfo, LoadImagesRequest,
-    LoadImagesResponse, PullImageProgress, PullImageRequest, PushImageProgress, PushImageRequest,
-    ReleaseLayersRequest, ReleaseLayersResponse, RetainLayersRequest, RetainLayersResponse,
-    TransferInfoRequest, TransferInfoResponse, UpdateConfigRequest, UpdateConfigResponse,
-    transfer_server::Transfer,
+    GetLayersRequest, GetLayersResponse, ImportImageRequest, ImportImageResponse, KeyValue,
+    LayerInfo, LoadImagesRequest, LoadImagesResponse, PullImageProgress, PullImageRequest,
+    PushImageProgress, PushImageRequest, ReleaseLayersRequest, ReleaseLayersResponse,
+    RetainLayersRequest, RetainLayersResponse, TransferInfoRequest, TransferInfoResponse,
+    UpdateConfigRequest, UpdateConfigResponse, transfer_server::Transfer,
 };
 use imaged_common::Error;
 use imaged_model::{Digest, Reference};
@@ -20,6 +20,7 @@ use tonic::{Request, Response, Status};
 use crate::content::ContentStore;
 use crate::driver::Driver;
 use crate::export::Exporter;
+use crate::import::Importer;
 use crate::layers::LayerStore;
 use crate::limits::Limits;
 use crate::load::Loader;
@@ -40,6 +41,7 @@ pub struct TransferService {
     pub pusher: Arc<Pusher>,
     pub exporter: Arc<Exporter>,
     pub loader: Arc<Loader>,
+    pub importer: Arc<Importer>,
 }
 
 impl TransferService {
@@ -219,6 +221,14 @@ impl Transfer for TransferService {
         Ok(Response::new(stream_task(move |tx| async move {
             loader.load(inbound, tx).await
         })))
+    }
+
+    async fn import(
+        &self,
+        request: Request<tonic::Streaming<ImportImageRequest>>,
+    ) -> Result<Response<ImportImageResponse>, Status> {
+        let id = self.importer.import(request.into_inner()).await?;
+        Ok(Response::new(ImportImageResponse { id }))
     }
 
     async fn update_config(

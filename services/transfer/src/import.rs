@@ -1,0 +1,215 @@
+//! Docker's import (spec 8.6): a root filesystem tar becomes a one-layer
+//! image. The tar streams to a staging file (bounded memory), becomes a
+//! blob, is unpacked as a base layer, and a config is made for it: the
+//! platform, `created` now, the message as comment and one history entry,
+//! the `changes` applied to an empty container config.
+
+use std::io::Write;
+use std::sync::Arc;
+
+use imaged_api::v1::metadata_client::MetadataClient;
+use imaged_api::v1::{ImportImageRequest, PutImageRequest, TagImageRequest};
+use imaged_common::Error;
+use imaged_common::events::Publisher;
+use imaged_common::peer::Peer;
+use imaged_model::{Platform, Reference, changes};
+use serde_json::{Map, Value, json};
+use tokio_stream::{Stream, StreamExt};
+
+use crate::content::ContentStore;
+use crate::layers::{Layer, LayerStore};
+use crate::pull::Puller;
+use crate::unpack;
+
+/// The import engine.
+pub struct Importer {
+    content: ContentStore,
+    layers: Arc<LayerStore>,
+    puller: Arc<Puller>,
+    metadata: Peer,
+    events: Publisher,
+}
+
+impl Importer {
+    pub fn new(
+        content: ContentStore,
+        layers: Arc<LayerStore>,
+        puller: Arc<Puller>,
+        metadata: Peer,
+        events: Publisher,
+    ) -> Self {
+        Importer {
+            content,
+            layers,
+            puller,
+            metadata,
+            events,
+        }
+    }
+
+    /// Imports the tar arriving on `inbound`; answers the image ID.
+    pub async fn import(
+        &self,
+        mut inbound: impl Stream<Item = Result<ImportImageRequest, tonic::Status>> + Unpin,
+    ) -> Result<String, Error> {
+        let first = inbound
+            .next()
+            .await
+            .ok_or_else(|| Error::InvalidArgument("empty import".into()))?
+            .map_err(|s| Error::InvalidArgument(s.message().into()))?;
+        let reference = match first.reference.trim() {
+            "" => None,
+            text => {
+                let reference = Reference::parse(text)?;
+                if reference.digest().is_some() {
+                    return Err(Error::InvalidArgument(format!(
+                        "cannot import into a digest reference: {text}"
+                    )));
+                }
+                Some(reference.with_default_tag())
+            }
+        };
+        let host = Platform::host();
+        let platform = match &first.platform {
+            Some(p) if !p.os.is_empty() || !p.architecture.is_empty() => Platform::new(
+                if p.os.is_empty() { &host.os } else { &p.os },
+                if p.architecture.is_empty() {
+                    &host.architecture
+                } else {
+                    &p.architecture
+                },
+                &p.variant,
+            )
+            .normalize(),
+            _ => host.normalize(),
+        };
+        if !platform.os.eq_ignore_ascii_case(&host.os) {
+            return Err(Error::InvalidArgument(
+                "operating system is not supported".into(),
+            ));
+        }
+        let mut container_config = Map::new();
+        changes::apply(&mut container_config, &first.changes)?;
+
+        // The tar, to a staging file: the caller's bytes never pile up here.
+        let staging = self.layers.stage()?;
+        let spool = staging.diff().with_extension("tar");
+        let mut file = std::fs::File::create(&spool)?;
+        let mut message = Some(first.chunk);
+        while let Some(chunk) = message.take() {
+            file.write_all(&chunk)?;
+            message = match inbound.next().await {
+                Some(Ok(m)) => Some(m.chunk),
+                Some(Err(status)) => {
+                    return Err(Error::InvalidArgument(format!(
+                        "the import stream broke: {}",
+                        status.message()
+                    )));
+                }
+                None => None,
+            };
+        }
+        drop(file);
+        let content = self.content.clone();
+        let blob = tokio::task::spawn_blocking(move || content.adopt(&spool))
+            .await
+            .map_err(Error::internal)??;
+
+        // The layer: unpack, then use the stored one if it is there already.
+        let layers = Arc::clone(&self.layers);
+        let source = self.content.path(&blob);
+        let unpacked = tokio::task::spawn_blocking(move || {
+            let file = std::fs::File::open(&source)?;
+            unpack::unpack(file, &staging.diff()).map(|u| (u, staging))
+        })
+        .await
+        .map_err(Error::internal)??;
+        let (unpacked, staging) = unpacked;
+        let chain = unpacked.diff_id.clone();
+        let _lease = self.puller.lease(std::slice::from_ref(&chain));
+        let layer = match self.layers.get(&chain) {
+            Some(layer) => layer,
+            None => {
+                let layer = Layer {
+                    chain_id: chain.clone(),
+                    diff_id: unpacked.diff_id.clone(),
+                    parent: None,
+                    size: unpacked.size,
+                    blob: Some(blob),
+                    inodes: unpacked.entries,
+                    tar_size: unpacked.tar_size,
+                };
+                tokio::task::spawn_blocking(move || layers.commit(staging, layer))
+                    .await
+                    .map_err(Error::internal)??
+            }
+        };
+
+        let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
+        let mut config = json!({
+            "architecture": platform.architecture,
+            "os": platform.os,
+            "created": now,
+            "config": Value::Object(container_config),
+            "rootfs": {"type": "layers", "diff_ids": [layer.diff_id.to_string()]},
+            "history": [{"created": now}],
+        });
+        if !platform.variant.is_empty() {
+            config["variant"] = json!(platform.variant);
+        }
+        if !first.message.is_empty() {
+            config["comment"] = json!(first.message);
+            config["history"][0]["comment"] = json!(first.message);
+        }
+        let config = serde_json::to_vec(&config).map_err(Error::internal)?;
+        let put = PutImageRequest {
+            config,
+            tags: Vec::new(),
+            digests: Vec::new(),
+            layer_sizes: vec![layer.size as i64],
+            action: String::new(),
+            event_ref: String::new(),
+        };
+        let id = self
+            .metadata
+            .call(|channel| {
+                let put = put.clone();
+                async move { MetadataClient::new(channel).put_image(put).await }
+            })
+            .await
+            .map_err(metadata_error)?
+            .id;
+        if let Some(reference) = reference {
+            let tag = TagImageRequest {
+                source: id.clone(),
+                target: reference.to_string(),
+            };
+            self.metadata
+                .call(|channel| {
+                    let tag = tag.clone();
+                    async move { MetadataClient::new(channel).tag_image(tag).await }
+                })
+                .await
+                .map_err(metadata_error)?;
+        }
+        let labels = serde_json::from_slice::<Value>(&put.config)
+            .ok()
+            .and_then(|c| c["config"]["Labels"].as_object().cloned())
+            .map(|m| {
+                m.into_iter()
+                    .filter_map(|(k, v)| Some((k, v.as_str()?.to_string())))
+                    .collect()
+            })
+            .unwrap_or_default();
+        self.events.image("import", &id, &labels, Some(&id));
+        Ok(id)
+    }
+}
+
+fn metadata_error(status: tonic::Status) -> Error {
+    match status.code() {
+        tonic::Code::InvalidArgument => Error::InvalidArgument(status.message().into()),
+        tonic::Code::NotFound => Error::NotFound(status.message().into()),
+        _ => Error::Unavailable(status.message().into()),
+    }
+}
