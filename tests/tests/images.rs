@@ -900,3 +900,124 @@ async fn image_actions_are_published_as_events() {
         BTreeSet::from(["create".to_string(), "tag".to_string()])
     );
 }
+
+/// A layerless config with a container_config (what the classic builder
+/// records) and the given history steps.
+fn built(created: &str, step: &[&str], history: &[&str]) -> Vec<u8> {
+    let history: Vec<serde_json::Value> = history
+        .iter()
+        .map(|h| json!({"created": "2024-01-01T00:00:00Z", "created_by": h, "empty_layer": true}))
+        .collect();
+    serde_json::to_vec(&json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "created": created,
+        "config": {"Cmd": step},
+        "container_config": {"Cmd": step, "Hostname": created},
+        "rootfs": {"type": "layers", "diff_ids": []},
+        "history": history,
+    }))
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn image_cache_lookup_finds_local_and_history_hits() {
+    let imaged = Imaged::start().await.unwrap();
+    let mut client = imaged.images();
+    let lookup = |parent: String, step: &[&str], sources: Vec<String>| {
+        let mut client = imaged.images();
+        let config = serde_json::to_vec(&json!({"Cmd": step, "Hostname": "ignored"})).unwrap();
+        async move {
+            client
+                .image_cache_lookup(ImageCacheLookupRequest {
+                    parent,
+                    config,
+                    source_refs: sources,
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .id
+        }
+    };
+    let make = ["/bin/sh", "-c", "make"];
+    let base = create(
+        &mut client,
+        built("2024-01-01T00:00:00Z", &["/bin/sh"], &["FROM"]),
+        "",
+    )
+    .await;
+    let older = create(
+        &mut client,
+        built("2024-01-02T00:00:00Z", &make, &["FROM", "/bin/sh -c make"]),
+        &base,
+    )
+    .await;
+    let newer = create(
+        &mut client,
+        built("2024-01-03T00:00:00Z", &make, &["FROM", "/bin/sh -c make"]),
+        &base,
+    )
+    .await;
+    assert_ne!(older, newer);
+    // The newest matching child; no hit for another step or another parent.
+    assert_eq!(lookup(base.clone(), &make, vec![]).await, newer);
+    assert_eq!(
+        lookup(base.clone(), &["/bin/sh", "-c", "other"], vec![]).await,
+        ""
+    );
+    assert_eq!(lookup(newer.clone(), &make, vec![]).await, "");
+    let err = client
+        .image_cache_lookup(ImageCacheLookupRequest {
+            parent: "no/such:parent".into(),
+            config: b"{}".to_vec(),
+            source_refs: vec![],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+
+    // History cache: a source image (no parent links, as after a pull)
+    // whose history continues the parent's.
+    let source = create(
+        &mut client,
+        built(
+            "2024-02-01T00:00:00Z",
+            &["/bin/sh", "-c", "install"],
+            &["FROM", "/bin/sh -c make", "/bin/sh -c install"],
+        ),
+        "",
+    )
+    .await;
+    tag(&mut client, &source, "cache/source:1").await;
+    let intermediate = lookup(base.clone(), &make, vec!["cache/source:1".into()]).await;
+    assert!(
+        !intermediate.is_empty() && intermediate != source && intermediate != newer,
+        "an intermediate image is made for a step that is not the source's last"
+    );
+    let children = client
+        .image_children(ImageChildrenRequest {
+            image: base.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .ids;
+    assert!(children.contains(&intermediate), "{children:?}");
+    let last = lookup(
+        intermediate.clone(),
+        &["/bin/sh", "-c", "install"],
+        vec!["cache/source:1".into()],
+    )
+    .await;
+    assert_eq!(last, source, "the source's last step is the source itself");
+    let inspect = client
+        .inspect_image(InspectImageRequest {
+            image: source.clone(),
+            platform: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(inspect.parent, intermediate, "and it gets the parent link");
+}

@@ -347,6 +347,27 @@ impl Images for ImagesService {
         Ok(Response::new(answer.into_inner()))
     }
 
+    /// Docker: MakeImageCache (the classic builder's cache).
+    async fn image_cache_lookup(
+        &self,
+        request: Request<ImageCacheLookupRequest>,
+    ) -> Result<Response<ImageCacheLookupResponse>, Status> {
+        let (deadline, request) = deadline::split(request);
+        let answer = self
+            .peers
+            .metadata
+            .call(|ch| {
+                let request = request.clone();
+                async move {
+                    MetadataClient::new(ch)
+                        .image_cache_lookup(deadline::attach(request, deadline))
+                        .await
+                }
+            })
+            .await?;
+        Ok(Response::new(answer))
+    }
+
     /// Docker: UpdateConfig (the download and upload limits).
     async fn update_config(
         &self,

@@ -1,5 +1,6 @@
 //! imaged-metadata: the owner of images, references and container records.
 
+mod cache;
 mod create;
 mod delete;
 mod image_config;

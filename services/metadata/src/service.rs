@@ -11,7 +11,7 @@ use tonic::{Request, Response, Status};
 use crate::images::Images;
 use crate::resolve::{get_image, platform};
 use crate::store::Container;
-use crate::{create, delete, inspect, list, put, tag};
+use crate::{cache, create, delete, inspect, list, put, tag};
 
 /// Serves the metadata contract.
 pub struct MetadataService {
@@ -226,6 +226,21 @@ impl Metadata for MetadataService {
     ) -> Result<Response<ExportSetResponse>, Status> {
         let index = self.images.store.read();
         Ok(Response::new(put::export_set(&index, request.get_ref())?))
+    }
+
+    async fn image_cache_lookup(
+        &self,
+        request: Request<ImageCacheLookupRequest>,
+    ) -> Result<Response<ImageCacheLookupResponse>, Status> {
+        let request = request.into_inner();
+        self.blocking(|images| {
+            let id = images.store.update(|tx| {
+                cache::lookup(tx, &request.parent, &request.config, &request.source_refs)
+            })?;
+            Ok(ImageCacheLookupResponse {
+                id: id.unwrap_or_default(),
+            })
+        })
     }
 
     async fn remove_container(
