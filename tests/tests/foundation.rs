@@ -24,6 +24,7 @@ fn own_services(service: Service) -> &'static [&'static str] {
         Service::Gateway => &[
             "imaged.v1.Events",
             "imaged.v1.Images",
+            "imaged.v1.Layers",
             "runtime.v1.ImageService",
         ],
     }

@@ -4,6 +4,7 @@
 mod cri;
 mod events;
 mod images;
+mod layers;
 mod list_relay;
 mod peers;
 
@@ -11,6 +12,7 @@ use clap::Parser;
 use imaged_api::cri::image_service_server::{self, ImageServiceServer};
 use imaged_api::v1::events_server::{self, EventsServer};
 use imaged_api::v1::images_server::{self, ImagesServer};
+use imaged_api::v1::layers_server::{self, LayersServer};
 use imaged_common::config::{self, CommonArgs, PeerArgs, Service};
 use imaged_common::server;
 
@@ -40,14 +42,26 @@ fn main() {
             .max_encoding_message_size(MAX_ANSWER);
         let routes =
             tonic::service::Routes::new(list_relay::WithListRelay::new(images, peers.clone()))
-                .add_service(EventsServer::new(events::EventsService::new(peers.clone())))
-                .add_service(ImageServiceServer::new(cri::CriImageService::new(peers)));
+                .add_service(
+                    EventsServer::new(events::EventsService::new(peers.clone()))
+                        .max_decoding_message_size(MAX_REQUEST),
+                )
+                .add_service(
+                    LayersServer::new(layers::LayersService::new(peers.clone()))
+                        .max_decoding_message_size(MAX_REQUEST),
+                )
+                .add_service(
+                    ImageServiceServer::new(cri::CriImageService::new(peers))
+                        .max_decoding_message_size(MAX_REQUEST)
+                        .max_encoding_message_size(MAX_ANSWER),
+                );
         server::serve(
             &config,
             routes,
             &[
                 images_server::SERVICE_NAME,
                 events_server::SERVICE_NAME,
+                layers_server::SERVICE_NAME,
                 image_service_server::SERVICE_NAME,
             ],
         )

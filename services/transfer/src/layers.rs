@@ -119,7 +119,6 @@ impl LayerStore {
     }
 
     /// Where a stored layer's files are.
-    #[cfg(test)]
     pub fn diff_path(&self, chain_id: &Digest) -> PathBuf {
         self.dir.join(chain_id.hex()).join("diff")
     }

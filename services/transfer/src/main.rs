@@ -1,6 +1,7 @@
 //! imaged-transfer: the owner of every byte — blobs, layers and registry
 //! traffic — and of the download and upload limits.
 
+mod containers;
 mod content;
 mod download;
 mod driver;
@@ -10,10 +11,12 @@ mod layers;
 mod limits;
 mod load;
 mod manifest;
+mod merge;
 mod pull;
 mod pull_share;
 mod push;
 mod registry;
+mod rw_layers;
 mod service;
 mod unpack;
 
@@ -102,8 +105,18 @@ fn main() {
             content.clone(),
             Arc::clone(&layers),
             Arc::clone(&puller),
-            metadata,
+            metadata.clone(),
             events.clone(),
+        ));
+        let containers = Arc::new(containers::Containers::open(
+            &config.data_dir,
+            driver.name() == "overlay2",
+            Arc::clone(&layers),
+        )?);
+        let rw_layers = Arc::new(rw_layers::RwLayers::new(
+            Arc::clone(&containers),
+            Arc::clone(&layers),
+            metadata,
         ));
         let service = service::TransferService {
             data_dir: config.data_dir.clone(),
@@ -117,6 +130,8 @@ fn main() {
             exporter,
             loader,
             importer,
+            containers,
+            rw_layers,
         };
         let routes = tonic::service::Routes::new(TransferServer::new(service));
         let served = server::serve(&config, routes, &[SERVICE_NAME]).await;

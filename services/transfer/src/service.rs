@@ -4,12 +4,15 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use imaged_api::v1::{
-    ContentSizeRequest, ContentSizeResponse, ExportImagesChunk, ExportImagesRequest,
+    ChangesRequest, ChangesResponse, ContentSizeRequest, ContentSizeResponse, CreateLayerRequest,
+    CreateLayerResponse, ExportImagesChunk, ExportImagesRequest, GetLayerRequest, GetLayerResponse,
     GetLayersRequest, GetLayersResponse, ImportImageRequest, ImportImageResponse, KeyValue,
-    LayerInfo, LoadImagesRequest, LoadImagesResponse, PullImageProgress, PullImageRequest,
-    PushImageProgress, PushImageRequest, ReleaseLayersRequest, ReleaseLayersResponse,
-    RetainLayersRequest, RetainLayersResponse, TransferInfoRequest, TransferInfoResponse,
-    UpdateConfigRequest, UpdateConfigResponse, transfer_server::Transfer,
+    LayerInfo, LayerSizeRequest, LayerSizeResponse, LoadImagesRequest, LoadImagesResponse,
+    MountImageRequest, MountImageResponse, PullImageProgress, PullImageRequest, PushImageProgress,
+    PushImageRequest, ReleaseImageRequest, ReleaseImageResponse, ReleaseLayerRequest,
+    ReleaseLayerResponse, ReleaseLayersRequest, ReleaseLayersResponse, RetainLayersRequest,
+    RetainLayersResponse, TransferInfoRequest, TransferInfoResponse, UpdateConfigRequest,
+    UpdateConfigResponse, transfer_server::Transfer,
 };
 use imaged_common::Error;
 use imaged_model::{Digest, Reference};
@@ -17,6 +20,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use crate::containers::Containers;
 use crate::content::ContentStore;
 use crate::driver::Driver;
 use crate::export::Exporter;
@@ -27,6 +31,7 @@ use crate::load::Loader;
 use crate::pull::Puller;
 use crate::pull_share::PullShare;
 use crate::push::Pusher;
+use crate::rw_layers::RwLayers;
 
 /// Serves the transfer contract: the stores and the engines that work on
 /// them, built in `main`.
@@ -42,6 +47,8 @@ pub struct TransferService {
     pub exporter: Arc<Exporter>,
     pub loader: Arc<Loader>,
     pub importer: Arc<Importer>,
+    pub containers: Arc<Containers>,
+    pub rw_layers: Arc<RwLayers>,
 }
 
 impl TransferService {
@@ -54,7 +61,7 @@ impl TransferService {
             let before = pending.len();
             let mut still = Vec::new();
             for chain in pending {
-                if self.layers.children(&chain) > 0 {
+                if self.layers.children(&chain) > 0 || self.containers.holds(&chain) {
                     still.push(chain);
                     continue;
                 }
@@ -231,6 +238,71 @@ impl Transfer for TransferService {
         Ok(Response::new(ImportImageResponse { id }))
     }
 
+    async fn create_layer(
+        &self,
+        request: Request<CreateLayerRequest>,
+    ) -> Result<Response<CreateLayerResponse>, Status> {
+        Ok(Response::new(
+            self.rw_layers.create(request.into_inner()).await?,
+        ))
+    }
+
+    async fn get_layer(
+        &self,
+        request: Request<GetLayerRequest>,
+    ) -> Result<Response<GetLayerResponse>, Status> {
+        Ok(Response::new(
+            self.rw_layers.get(&request.get_ref().container_id)?,
+        ))
+    }
+
+    async fn release_layer(
+        &self,
+        request: Request<ReleaseLayerRequest>,
+    ) -> Result<Response<ReleaseLayerResponse>, Status> {
+        self.rw_layers
+            .release(&request.get_ref().container_id)
+            .await?;
+        Ok(Response::new(ReleaseLayerResponse {}))
+    }
+
+    async fn changes(
+        &self,
+        request: Request<ChangesRequest>,
+    ) -> Result<Response<ChangesResponse>, Status> {
+        Ok(Response::new(
+            self.rw_layers
+                .changes(&request.get_ref().container_id)
+                .await?,
+        ))
+    }
+
+    async fn layer_size(
+        &self,
+        request: Request<LayerSizeRequest>,
+    ) -> Result<Response<LayerSizeResponse>, Status> {
+        Ok(Response::new(
+            self.rw_layers.size(&request.get_ref().container_id).await?,
+        ))
+    }
+
+    async fn mount_image(
+        &self,
+        request: Request<MountImageRequest>,
+    ) -> Result<Response<MountImageResponse>, Status> {
+        Ok(Response::new(
+            self.rw_layers.mount_image(request.into_inner()).await?,
+        ))
+    }
+
+    async fn release_image(
+        &self,
+        request: Request<ReleaseImageRequest>,
+    ) -> Result<Response<ReleaseImageResponse>, Status> {
+        self.containers.release_image(&request.get_ref().lease_id);
+        Ok(Response::new(ReleaseImageResponse {}))
+    }
+
     async fn update_config(
         &self,
         request: Request<UpdateConfigRequest>,
@@ -283,6 +355,13 @@ impl Transfer for TransferService {
                         next = None;
                     }
                 }
+            }
+        }
+        for chain in self.containers.held_chains() {
+            let mut next = Some(chain);
+            while let Some(current) = next {
+                next = self.layers.get(&current).and_then(|l| l.parent.clone());
+                held.insert(current);
             }
         }
         let orphans: HashSet<Digest> = self

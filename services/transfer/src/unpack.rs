@@ -190,7 +190,12 @@ fn remove_existing(path: &Path) -> Result<(), Error> {
     }
 }
 
-fn make_node(path: &Path, file_type: libc::mode_t, dev: libc::dev_t, mode: u32) -> io::Result<()> {
+pub(crate) fn make_node(
+    path: &Path,
+    file_type: libc::mode_t,
+    dev: libc::dev_t,
+    mode: u32,
+) -> io::Result<()> {
     let c_path = CString::new(path.as_os_str().as_bytes())?;
     // SAFETY: `c_path` is a valid NUL-terminated path for the whole call.
     let rc = unsafe { libc::mknod(c_path.as_ptr(), file_type | (mode & 0o7777), dev) };

@@ -1,0 +1,492 @@
+//! Containers' read-write layers, under `<transfer root>/containers/<id>/`:
+//! `container.json` (what it was made from), `diff/` (the container's
+//! writes) and, with overlay2, `work/` (overlayfs' work dir). With overlay2
+//! the caller mounts an overlay of the image's layer dirs and `diff/`; with
+//! vfs `diff/` starts as a full copy of the image's files and is bind
+//! mounted. Records are written atomically; the image layers a container
+//! stands on are kept in the store while it exists.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+
+use imaged_api::v1::{Change, Mount, change};
+use imaged_common::Error;
+use imaged_model::Digest;
+use serde::{Deserialize, Serialize};
+
+use crate::layers::LayerStore;
+
+/// What a container's layer was made from.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Container {
+    pub container_id: String,
+    /// Docker's mount ID: the layer's own name.
+    pub mount_id: String,
+    /// The image it was made from; empty for scratch.
+    pub image_id: String,
+    /// Top chain of the image's layers; `None` for scratch.
+    pub chain_id: Option<Digest>,
+    #[serde(default)]
+    pub mount_label: String,
+}
+
+/// The read-write layers and the read-only image leases.
+pub struct Containers {
+    dir: PathBuf,
+    overlay: bool,
+    layers: Arc<LayerStore>,
+    records: RwLock<HashMap<String, Container>>,
+    /// MountImage leases: lease ID → the chain held.
+    leases: Mutex<HashMap<String, Digest>>,
+}
+
+impl Containers {
+    /// Opens `<data_dir>/containers`, loading every complete record.
+    pub fn open(data_dir: &Path, overlay: bool, layers: Arc<LayerStore>) -> anyhow::Result<Self> {
+        let dir = data_dir.join("containers");
+        fs::create_dir_all(&dir)?;
+        let mut records = HashMap::new();
+        for entry in fs::read_dir(&dir)? {
+            let path = entry?.path();
+            match fs::read(path.join("container.json"))
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Container>(&b).ok())
+            {
+                Some(c) => {
+                    records.insert(c.container_id.clone(), c);
+                }
+                None => {
+                    tracing::warn!(path = %path.display(), "removing an incomplete container layer");
+                    fs::remove_dir_all(&path)?;
+                }
+            }
+        }
+        Ok(Containers {
+            dir,
+            overlay,
+            layers,
+            records: RwLock::new(records),
+            leases: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Whether a container layer or an image lease stands on `chain`.
+    pub fn holds(&self, chain: &Digest) -> bool {
+        let records = self.records.read().unwrap_or_else(|e| e.into_inner());
+        records.values().any(|c| c.chain_id.as_ref() == Some(chain))
+            || self
+                .leases
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .values()
+                .any(|c| c == chain)
+    }
+
+    /// Every chain containers and leases stand on.
+    pub fn held_chains(&self) -> HashSet<Digest> {
+        let mut held: HashSet<Digest> = self
+            .records
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .filter_map(|c| c.chain_id.clone())
+            .collect();
+        held.extend(
+            self.leases
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .values()
+                .cloned(),
+        );
+        held
+    }
+
+    /// The record of `container_id`.
+    pub fn get(&self, container_id: &str) -> Result<Container, Error> {
+        self.records
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(container_id)
+            .cloned()
+            .ok_or_else(|| Error::NotFound(format!("no layer for container {container_id}")))
+    }
+
+    /// Makes the read-write layer (blocking: a vfs copy can be long).
+    pub fn create(
+        &self,
+        container_id: &str,
+        image_id: &str,
+        chain_id: Option<Digest>,
+        mount_label: &str,
+    ) -> Result<Container, Error> {
+        check_id(container_id)?;
+        if self.get(container_id).is_ok() {
+            return Err(Error::AlreadyExists(format!(
+                "container {container_id} already has a layer"
+            )));
+        }
+        let mount_id = format!("{:032x}", rand::random::<u128>());
+        let record = Container {
+            container_id: container_id.to_string(),
+            mount_id,
+            image_id: image_id.to_string(),
+            chain_id,
+            mount_label: mount_label.to_string(),
+        };
+        let staging = self.dir.join(format!(".{container_id}.creating"));
+        let _ = fs::remove_dir_all(&staging);
+        let result = (|| -> Result<(), Error> {
+            fs::create_dir_all(staging.join("diff"))?;
+            if self.overlay {
+                fs::create_dir_all(staging.join("work"))?;
+            } else {
+                // vfs: the image's files, applied bottom up.
+                for lower in self.lower_dirs(record.chain_id.as_ref())?.iter().rev() {
+                    crate::merge::apply_layer(lower, &staging.join("diff"))?;
+                }
+            }
+            fs::write(
+                staging.join("container.json"),
+                serde_json::to_vec_pretty(&record).map_err(Error::internal)?,
+            )?;
+            fs::rename(&staging, self.dir.join(container_id))?;
+            fs::File::open(&self.dir)?.sync_all()?;
+            Ok(())
+        })();
+        if let Err(err) = result {
+            let _ = fs::remove_dir_all(&staging);
+            return Err(err);
+        }
+        self.records
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(container_id.to_string(), record.clone());
+        Ok(record)
+    }
+
+    /// Removes a container's layer; an unknown one is not an error.
+    pub fn release(&self, container_id: &str) -> Result<Option<Container>, Error> {
+        let Some(record) = self
+            .records
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(container_id)
+        else {
+            return Ok(None);
+        };
+        let trash = self.dir.join(format!(".{container_id}.removing"));
+        fs::rename(self.dir.join(container_id), &trash)?;
+        fs::remove_dir_all(&trash)?;
+        Ok(Some(record))
+    }
+
+    /// The mounts and folders of a container's layer.
+    pub fn mounts(&self, record: &Container) -> Result<(Vec<Mount>, Vec<String>), Error> {
+        let own = self.dir.join(&record.container_id);
+        let upper = own.join("diff");
+        let lowers = self.lower_dirs(record.chain_id.as_ref())?;
+        let mut folders: Vec<String> = lowers
+            .iter()
+            .rev()
+            .map(|d| d.display().to_string())
+            .collect();
+        folders.push(upper.display().to_string());
+        let label =
+            (!record.mount_label.is_empty()).then(|| format!("context=\"{}\"", record.mount_label));
+        let mount = if self.overlay && !lowers.is_empty() {
+            let lowerdir = lowers
+                .iter()
+                .map(|d| d.display().to_string())
+                .collect::<Vec<_>>()
+                .join(":");
+            let mut options = vec![
+                format!("lowerdir={lowerdir}"),
+                format!("upperdir={}", upper.display()),
+                format!("workdir={}", own.join("work").display()),
+            ];
+            options.extend(label);
+            Mount {
+                r#type: "overlay".into(),
+                source: "overlay".into(),
+                options,
+            }
+        } else {
+            let mut options = vec!["rbind".to_string(), "rw".to_string()];
+            options.extend(label);
+            Mount {
+                r#type: "bind".into(),
+                source: upper.display().to_string(),
+                options,
+            }
+        };
+        Ok((vec![mount], folders))
+    }
+
+    /// Read-only mounts of an image's layers, held by a new lease.
+    pub fn lease_image(&self, chain: &Digest) -> Result<(String, Vec<Mount>), Error> {
+        let lowers = self.lower_dirs(Some(chain))?;
+        let mount = if lowers.len() == 1 {
+            Mount {
+                r#type: "bind".into(),
+                source: lowers[0].display().to_string(),
+                options: vec!["rbind".into(), "ro".into()],
+            }
+        } else {
+            let lowerdir = lowers
+                .iter()
+                .map(|d| d.display().to_string())
+                .collect::<Vec<_>>()
+                .join(":");
+            Mount {
+                r#type: "overlay".into(),
+                source: "overlay".into(),
+                options: vec![format!("lowerdir={lowerdir}"), "ro".into()],
+            }
+        };
+        let lease = format!("{:032x}", rand::random::<u128>());
+        self.leases
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(lease.clone(), chain.clone());
+        Ok((lease, vec![mount]))
+    }
+
+    /// Ends a MountImage lease.
+    pub fn release_image(&self, lease: &str) {
+        self.leases
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(lease);
+    }
+
+    /// The diff dirs of the chain, top first (overlayfs' lowerdir order).
+    fn lower_dirs(&self, chain: Option<&Digest>) -> Result<Vec<PathBuf>, Error> {
+        let mut dirs = Vec::new();
+        let mut next = chain.cloned();
+        while let Some(chain) = next {
+            let layer = self.layers.get(&chain).ok_or_else(|| {
+                Error::FailedPrecondition(format!("layer {chain} is not in the layer store"))
+            })?;
+            dirs.push(self.layers.diff_path(&chain));
+            next = layer.parent.clone();
+        }
+        Ok(dirs)
+    }
+
+    /// What the container changed, Docker's way, sorted by path.
+    pub fn changes(&self, record: &Container) -> Result<Vec<Change>, Error> {
+        let upper = self.dir.join(&record.container_id).join("diff");
+        let lowers = self.lower_dirs(record.chain_id.as_ref())?;
+        let mut changes: BTreeMap<String, change::Kind> = BTreeMap::new();
+        if self.overlay {
+            overlay_changes(&upper, Path::new(""), &lowers, &mut changes)?;
+        } else {
+            copy_changes(&upper, &lowers, &mut changes)?;
+        }
+        Ok(changes
+            .into_iter()
+            .map(|(path, kind)| Change {
+                path,
+                kind: kind as i32,
+            })
+            .collect())
+    }
+
+    /// Bytes the container wrote.
+    pub fn rw_size(&self, record: &Container) -> Result<u64, Error> {
+        let upper = self.dir.join(&record.container_id).join("diff");
+        if self.overlay {
+            return Ok(tree_size(&upper)?);
+        }
+        // vfs: the bytes of added and modified files.
+        let mut size = 0;
+        for change in self.changes(record)? {
+            if change.kind != change::Kind::Delete as i32 {
+                let path = upper.join(change.path.trim_start_matches('/'));
+                if let Ok(meta) = fs::symlink_metadata(&path)
+                    && meta.is_file()
+                {
+                    size += meta.len();
+                }
+            }
+        }
+        Ok(size)
+    }
+}
+
+/// Container IDs name directories: keep them plain.
+fn check_id(id: &str) -> Result<(), Error> {
+    let ok = !id.is_empty()
+        && id.len() <= 128
+        && !id.starts_with('.')
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument(format!(
+            "invalid container ID {id:?}: use 1 to 128 letters, digits, '-', '_' or '.'"
+        )))
+    }
+}
+
+fn is_whiteout(meta: &fs::Metadata) -> bool {
+    meta.file_type().is_char_device() && meta.rdev() == 0
+}
+
+fn is_opaque(dir: &Path) -> bool {
+    xattr::get(dir, "trusted.overlay.opaque")
+        .ok()
+        .flatten()
+        .is_some_and(|v| v == b"y")
+}
+
+/// Whether `rel` exists in the image's merged view of `lowers` (top
+/// first), whiteouts and opaque directories applied.
+fn lower_has(lowers: &[PathBuf], rel: &Path) -> bool {
+    for lower in lowers {
+        let path = lower.join(rel);
+        if let Ok(meta) = fs::symlink_metadata(&path) {
+            return !is_whiteout(&meta);
+        }
+        // An opaque ancestor in this layer hides everything below.
+        let mut ancestor = rel.parent();
+        while let Some(dir) = ancestor {
+            if dir.as_os_str().is_empty() {
+                break;
+            }
+            if is_opaque(&lower.join(dir)) {
+                return false;
+            }
+            ancestor = dir.parent();
+        }
+    }
+    false
+}
+
+/// overlay2: every entry of the upper dir is a change.
+fn overlay_changes(
+    upper: &Path,
+    rel: &Path,
+    lowers: &[PathBuf],
+    out: &mut BTreeMap<String, change::Kind>,
+) -> Result<(), Error> {
+    let dir = upper.join(rel);
+    for entry in fs::read_dir(&dir)? {
+        let entry = entry?;
+        let child = rel.join(entry.file_name());
+        let meta = entry.metadata()?;
+        let shown = format!("/{}", child.display());
+        if is_whiteout(&meta) {
+            out.insert(shown, change::Kind::Delete);
+            continue;
+        }
+        let kind = if lower_has(lowers, &child) {
+            change::Kind::Modify
+        } else {
+            change::Kind::Add
+        };
+        if meta.is_dir() {
+            // A directory copied up only to hold changed children is not
+            // itself a change unless it is new.
+            if kind == change::Kind::Add || is_opaque(&entry.path()) {
+                out.insert(shown, kind);
+            }
+            overlay_changes(upper, &child, lowers, out)?;
+        } else {
+            out.insert(shown, kind);
+        }
+    }
+    // Parents of changed entries are modified, as Docker reports them.
+    let parent = format!("/{}", rel.display());
+    if !rel.as_os_str().is_empty()
+        && out.keys().any(|k| k.starts_with(&format!("{parent}/")))
+        && !out.contains_key(&parent)
+    {
+        out.insert(parent, change::Kind::Modify);
+    }
+    Ok(())
+}
+
+/// vfs: compare the full copy with the image's merged view.
+fn copy_changes(
+    upper: &Path,
+    lowers: &[PathBuf],
+    out: &mut BTreeMap<String, change::Kind>,
+) -> Result<(), Error> {
+    let image = tempfile::tempdir_in(upper.parent().unwrap_or(upper))?;
+    for lower in lowers.iter().rev() {
+        crate::merge::apply_layer(lower, image.path())?;
+    }
+    diff_trees(image.path(), upper, Path::new(""), out)
+}
+
+fn diff_trees(
+    old: &Path,
+    new: &Path,
+    rel: &Path,
+    out: &mut BTreeMap<String, change::Kind>,
+) -> Result<(), Error> {
+    let mut seen = HashSet::new();
+    if let Ok(entries) = fs::read_dir(new.join(rel)) {
+        for entry in entries {
+            let entry = entry?;
+            let child = rel.join(entry.file_name());
+            seen.insert(entry.file_name());
+            let shown = format!("/{}", child.display());
+            let now = entry.metadata()?;
+            match fs::symlink_metadata(old.join(&child)) {
+                Err(_) => {
+                    out.insert(shown, change::Kind::Add);
+                    if now.is_dir() {
+                        diff_trees(old, new, &child, out)?;
+                    }
+                }
+                Ok(before) => {
+                    let differs = before.mode() != now.mode()
+                        || before.uid() != now.uid()
+                        || before.gid() != now.gid()
+                        || (!now.is_dir()
+                            && (before.len() != now.len() || before.mtime() != now.mtime()));
+                    if differs {
+                        out.insert(shown, change::Kind::Modify);
+                    }
+                    if now.is_dir() && before.is_dir() {
+                        diff_trees(old, new, &child, out)?;
+                    }
+                }
+            }
+        }
+    }
+    if let Ok(entries) = fs::read_dir(old.join(rel)) {
+        for entry in entries {
+            let entry = entry?;
+            if !seen.contains(&entry.file_name()) {
+                out.insert(
+                    format!("/{}", rel.join(entry.file_name()).display()),
+                    change::Kind::Delete,
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Bytes of the regular files under `dir`.
+fn tree_size(dir: &Path) -> std::io::Result<u64> {
+    let mut size = 0;
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let meta = entry.metadata()?;
+        if meta.is_dir() {
+            size += tree_size(&entry.path())?;
+        } else if meta.is_file() {
+            size += meta.len();
+        }
+    }
+    Ok(size)
+}

@@ -1,0 +1,228 @@
+//! The imaged.v1.Layers operations: container layers made on an image's
+//! layers, with the container recorded in imaged-metadata (so `rmi` sees
+//! it as a user of the image) and the image's layers kept meanwhile.
+
+use std::sync::Arc;
+
+use imaged_api::v1::metadata_client::MetadataClient;
+use imaged_api::v1::{
+    ChangesResponse, CreateLayerRequest, CreateLayerResponse, GetLayerResponse,
+    InspectImageRequest, LayerSizeResponse, MountImageRequest, MountImageResponse,
+    RemoveContainerRequest, SetContainerRequest,
+};
+use imaged_common::Error;
+use imaged_common::peer::Peer;
+use imaged_model::Digest;
+use imaged_model::digest::chain_id;
+use serde_json::Value;
+
+use crate::containers::{Container, Containers};
+use crate::layers::LayerStore;
+
+/// Container layers and image mounts.
+pub struct RwLayers {
+    pub containers: Arc<Containers>,
+    layers: Arc<LayerStore>,
+    metadata: Peer,
+}
+
+impl RwLayers {
+    pub fn new(containers: Arc<Containers>, layers: Arc<LayerStore>, metadata: Peer) -> Self {
+        RwLayers {
+            containers,
+            layers,
+            metadata,
+        }
+    }
+
+    /// The image's ID and top chain (`None` for an image without layers).
+    async fn image_chain(
+        &self,
+        image: &str,
+        platform: Option<imaged_api::v1::Platform>,
+    ) -> Result<(String, Option<Digest>), Error> {
+        let request = InspectImageRequest {
+            image: image.to_string(),
+            platform,
+        };
+        let answer = self
+            .metadata
+            .call(|channel| {
+                let request = request.clone();
+                async move { MetadataClient::new(channel).image_config(request).await }
+            })
+            .await
+            .map_err(metadata_error)?;
+        let config: Value = serde_json::from_slice(&answer.config).map_err(Error::internal)?;
+        let diff_ids: Vec<Digest> = config["rootfs"]["diff_ids"]
+            .as_array()
+            .map(|ids| {
+                ids.iter()
+                    .filter_map(|d| d.as_str()?.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok((answer.id, chain_id(&diff_ids)))
+    }
+
+    pub async fn create(&self, request: CreateLayerRequest) -> Result<CreateLayerResponse, Error> {
+        let (image_id, chain) = match request.image.as_str() {
+            "" => (String::new(), None),
+            image => self.image_chain(image, None).await?,
+        };
+        if let Some(chain) = &chain
+            && self.layers.get(chain).is_none()
+        {
+            return Err(Error::FailedPrecondition(format!(
+                "the layers of {} are not in the layer store; pull it again",
+                request.image
+            )));
+        }
+        if !image_id.is_empty() {
+            self.record(&request.container_id, &image_id).await?;
+        }
+        let containers = Arc::clone(&self.containers);
+        let (container_id, mount_label) =
+            (request.container_id.clone(), request.mount_label.clone());
+        let created = tokio::task::spawn_blocking(move || {
+            containers.create(&container_id, &image_id, chain, &mount_label)
+        })
+        .await
+        .map_err(Error::internal)?;
+        let record = match created {
+            Ok(record) => record,
+            Err(err) => {
+                if !matches!(err, Error::AlreadyExists(_)) {
+                    self.forget(&request.container_id).await;
+                }
+                return Err(err);
+            }
+        };
+        let (mounts, folders) = self.containers.mounts(&record)?;
+        Ok(CreateLayerResponse {
+            mount_id: record.mount_id,
+            mounts,
+            folders,
+        })
+    }
+
+    pub fn get(&self, container_id: &str) -> Result<GetLayerResponse, Error> {
+        let record = self.containers.get(container_id)?;
+        let (mounts, folders) = self.containers.mounts(&record)?;
+        Ok(GetLayerResponse {
+            mount_id: record.mount_id,
+            mounts,
+            folders,
+            image_id: record.image_id,
+        })
+    }
+
+    pub async fn release(&self, container_id: &str) -> Result<(), Error> {
+        let containers = Arc::clone(&self.containers);
+        let id = container_id.to_string();
+        let released: Option<Container> =
+            tokio::task::spawn_blocking(move || containers.release(&id))
+                .await
+                .map_err(Error::internal)??;
+        if released.is_some_and(|r| !r.image_id.is_empty()) {
+            self.forget(container_id).await;
+        }
+        Ok(())
+    }
+
+    pub async fn changes(&self, container_id: &str) -> Result<ChangesResponse, Error> {
+        let record = self.containers.get(container_id)?;
+        let containers = Arc::clone(&self.containers);
+        let changes = tokio::task::spawn_blocking(move || containers.changes(&record))
+            .await
+            .map_err(Error::internal)??;
+        Ok(ChangesResponse { changes })
+    }
+
+    pub async fn size(&self, container_id: &str) -> Result<LayerSizeResponse, Error> {
+        let record = self.containers.get(container_id)?;
+        let image_size: u64 = {
+            let mut size = 0;
+            let mut next = record.chain_id.clone();
+            while let Some(chain) = next {
+                let Some(layer) = self.layers.get(&chain) else {
+                    break;
+                };
+                size += layer.size;
+                next = layer.parent.clone();
+            }
+            size
+        };
+        let containers = Arc::clone(&self.containers);
+        let rw = tokio::task::spawn_blocking(move || containers.rw_size(&record))
+            .await
+            .map_err(Error::internal)??;
+        Ok(LayerSizeResponse {
+            rw_size: rw as i64,
+            virtual_size: (rw + image_size) as i64,
+        })
+    }
+
+    pub async fn mount_image(
+        &self,
+        request: MountImageRequest,
+    ) -> Result<MountImageResponse, Error> {
+        let (image_id, chain) = self.image_chain(&request.image, request.platform).await?;
+        let chain = chain.ok_or_else(|| {
+            Error::InvalidArgument(format!("image {} has no layers to mount", request.image))
+        })?;
+        let (lease_id, mounts) = self.containers.lease_image(&chain)?;
+        Ok(MountImageResponse {
+            lease_id,
+            mounts,
+            image_id,
+        })
+    }
+
+    /// Records the container against its image in imaged-metadata.
+    async fn record(&self, container_id: &str, image_id: &str) -> Result<(), Error> {
+        let request = SetContainerRequest {
+            container_id: container_id.to_string(),
+            image: image_id.to_string(),
+            running: false,
+        };
+        self.metadata
+            .call(|channel| {
+                let request = request.clone();
+                async move { MetadataClient::new(channel).set_container(request).await }
+            })
+            .await
+            .map_err(metadata_error)?;
+        Ok(())
+    }
+
+    /// Forgets the container in imaged-metadata (best effort: a record left
+    /// behind only blocks a non-forced rmi).
+    async fn forget(&self, container_id: &str) {
+        let request = RemoveContainerRequest {
+            container_id: container_id.to_string(),
+        };
+        let result = self
+            .metadata
+            .call(|channel| {
+                let request = request.clone();
+                async move { MetadataClient::new(channel).remove_container(request).await }
+            })
+            .await;
+        if let Err(status) = result {
+            tracing::warn!(
+                container = container_id,
+                "cannot forget the container in imaged-metadata: {}",
+                status.message()
+            );
+        }
+    }
+}
+
+fn metadata_error(status: tonic::Status) -> Error {
+    match status.code() {
+        tonic::Code::NotFound => Error::NotFound(status.message().into()),
+        tonic::Code::InvalidArgument => Error::InvalidArgument(status.message().into()),
+        _ => Error::Unavailable(status.message().into()),
+    }
+}

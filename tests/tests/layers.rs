@@ -1,0 +1,345 @@
+//! imaged.v1.Layers against the real processes: a container layer on a
+//! pulled image, mounted here with the mounts imaged answers (overlayfs,
+//! as root), changes and sizes seen back, the image held while the
+//! container exists, read-only image mounts, scratch layers.
+
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use imaged_api::v1::layers_client::LayersClient;
+use imaged_api::v1::*;
+use imaged_common::config::Service;
+use imaged_e2e::{Imaged, TestRegistry, client};
+use tonic::Code;
+
+/// Mounts `mount` at `target` as a runtime would; false when this process
+/// may not mount (not root).
+fn mount(mount: &Mount, target: &Path) -> bool {
+    let mut flags = 0;
+    let mut data = Vec::new();
+    for option in &mount.options {
+        match option.as_str() {
+            "rbind" => flags |= libc::MS_BIND | libc::MS_REC,
+            "ro" => flags |= libc::MS_RDONLY,
+            "rw" => {}
+            other => data.push(other.to_string()),
+        }
+    }
+    let source = CString::new(mount.source.as_bytes()).unwrap();
+    let fstype = CString::new(mount.r#type.as_bytes()).unwrap();
+    let target = CString::new(target.as_os_str().as_bytes()).unwrap();
+    let data = CString::new(data.join(",")).unwrap();
+    // SAFETY: every pointer is a valid NUL-terminated string for the call.
+    unsafe {
+        libc::mount(
+            source.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            flags,
+            data.as_ptr().cast(),
+        ) == 0
+    }
+}
+
+fn unmount(target: &Path) {
+    let target = CString::new(target.as_os_str().as_bytes()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn container_layers_on_a_pulled_image() {
+    let registry = TestRegistry::start().await.unwrap();
+    let catalog = imaged_fixtures::catalog().unwrap();
+    catalog.push_all(&registry.fixtures()).await.unwrap();
+    let imaged = Imaged::start().await.unwrap();
+    let app = registry.fixtures().reference("fixtures/app:1.0");
+    client::pull(imaged.images(), client::pull_request(&app))
+        .await
+        .unwrap();
+    let mut layers = LayersClient::new(imaged.channel(Service::Gateway));
+
+    let created = layers
+        .create_layer(CreateLayerRequest {
+            container_id: "c1".into(),
+            image: app.clone(),
+            mount_label: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        created.folders.len(),
+        4,
+        "three image layers and the container's"
+    );
+    let overlay = &created.mounts[0];
+    assert_eq!(overlay.r#type, "overlay");
+    assert!(overlay.options.iter().any(|o| o.starts_with("lowerdir=")));
+
+    let got = layers
+        .get_layer(GetLayerRequest {
+            container_id: "c1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.mount_id, created.mount_id);
+    assert_eq!(got.image_id, catalog.app.id());
+
+    // As a runtime: mount, look, write, unmount.
+    let rootfs = tempfile::tempdir().unwrap();
+    let mounted = mount(overlay, rootfs.path());
+    if mounted {
+        let root = rootfs.path();
+        assert_eq!(
+            std::fs::read(root.join("etc/os-release")).unwrap(),
+            b"NAME=imaged-fixture-app\n"
+        );
+        assert!(!root.join("etc/motd").exists(), "whiteout applied");
+        assert!(
+            !root.join("var/cache/old").exists(),
+            "opaque directory applied"
+        );
+        assert!(root.join("var/cache/new").exists());
+        assert!(root.join("app/run").exists());
+        std::fs::write(root.join("new.txt"), b"written by the container").unwrap();
+        std::fs::write(root.join("etc/os-release"), b"NAME=changed\n").unwrap();
+        std::fs::remove_file(root.join("bin/busybox")).unwrap();
+        unmount(root);
+
+        let changes = layers
+            .changes(ChangesRequest {
+                container_id: "c1".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .changes;
+        let seen: Vec<(String, i32)> = changes.iter().map(|c| (c.path.clone(), c.kind)).collect();
+        for want in [
+            ("/new.txt", change::Kind::Add),
+            ("/etc/os-release", change::Kind::Modify),
+            ("/bin/busybox", change::Kind::Delete),
+            ("/etc", change::Kind::Modify),
+        ] {
+            assert!(
+                seen.contains(&(want.0.to_string(), want.1 as i32)),
+                "{want:?} missing from {seen:?}"
+            );
+        }
+        let size = layers
+            .layer_size(LayerSizeRequest {
+                container_id: "c1".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(size.rw_size >= 24, "{size:?}");
+        assert!(size.virtual_size > size.rw_size, "{size:?}");
+    } else {
+        eprintln!("not root: mounts are not exercised");
+    }
+
+    // The image is in use: rmi without force is a conflict.
+    let err = imaged
+        .images()
+        .remove_image(RemoveImageRequest {
+            image: app.clone(),
+            force: false,
+            prune_children: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err}");
+    assert!(err.message().contains("container c1"), "{err}");
+
+    // Bad requests.
+    let again = layers
+        .create_layer(CreateLayerRequest {
+            container_id: "c1".into(),
+            image: app.clone(),
+            mount_label: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(again.code(), Code::AlreadyExists);
+    let bad = layers
+        .create_layer(CreateLayerRequest {
+            container_id: "../escape".into(),
+            image: String::new(),
+            mount_label: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), Code::InvalidArgument);
+    let unknown = layers
+        .create_layer(CreateLayerRequest {
+            container_id: "c9".into(),
+            image: "no/such:image".into(),
+            mount_label: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), Code::NotFound);
+
+    // A read-only view of the image, held by a lease.
+    let view = layers
+        .mount_image(MountImageRequest {
+            image: app.clone(),
+            platform: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(view.image_id, catalog.app.id());
+    if mounted {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(mount(&view.mounts[0], dir.path()));
+        assert!(dir.path().join("app/run").exists());
+        assert!(
+            std::fs::write(dir.path().join("x"), b"x").is_err(),
+            "read-only"
+        );
+        unmount(dir.path());
+    }
+    layers
+        .release_image(ReleaseImageRequest {
+            lease_id: view.lease_id,
+        })
+        .await
+        .unwrap();
+
+    // Release: the layer goes, the image can be removed.
+    layers
+        .release_layer(ReleaseLayerRequest {
+            container_id: "c1".into(),
+        })
+        .await
+        .unwrap();
+    assert!(!imaged.root().join("transfer/containers/c1").exists());
+    let gone = layers
+        .get_layer(GetLayerRequest {
+            container_id: "c1".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(gone.code(), Code::NotFound);
+    layers
+        .release_layer(ReleaseLayerRequest {
+            container_id: "c1".into(),
+        })
+        .await
+        .unwrap();
+    imaged
+        .images()
+        .remove_image(RemoveImageRequest {
+            image: app.clone(),
+            force: false,
+            prune_children: None,
+        })
+        .await
+        .unwrap();
+
+    // Scratch: an empty layer, bind mounted.
+    let scratch = layers
+        .create_layer(CreateLayerRequest {
+            container_id: "c2".into(),
+            image: String::new(),
+            mount_label: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(scratch.mounts[0].r#type, "bind");
+    assert_eq!(scratch.folders.len(), 1);
+    let changes = layers
+        .changes(ChangesRequest {
+            container_id: "c2".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .changes;
+    assert!(changes.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_copying_driver_gives_a_full_copy() {
+    let registry = TestRegistry::start().await.unwrap();
+    let catalog = imaged_fixtures::catalog().unwrap();
+    catalog.push_all(&registry.fixtures()).await.unwrap();
+    let imaged = Imaged::builder()
+        .arg(Service::Transfer, "--storage-driver=vfs")
+        .start()
+        .await
+        .unwrap();
+    let info = imaged
+        .images()
+        .system_info(SystemInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(info.storage_driver, "vfs");
+    let app = registry.fixtures().reference("fixtures/app:1.0");
+    client::pull(imaged.images(), client::pull_request(&app))
+        .await
+        .unwrap();
+    let mut layers = LayersClient::new(imaged.channel(Service::Gateway));
+    let created = layers
+        .create_layer(CreateLayerRequest {
+            container_id: "v1".into(),
+            image: app.clone(),
+            mount_label: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let bind = &created.mounts[0];
+    assert_eq!(bind.r#type, "bind");
+    let copy = Path::new(&bind.source);
+    assert_eq!(
+        std::fs::read(copy.join("etc/os-release")).unwrap(),
+        b"NAME=imaged-fixture-app\n"
+    );
+    assert!(
+        !copy.join("etc/motd").exists(),
+        "whiteout applied to the copy"
+    );
+    assert!(
+        !copy.join("var/cache/old").exists(),
+        "opaque directory applied"
+    );
+    assert!(copy.join("bin/ls").exists() && copy.join("app/run").exists());
+
+    std::fs::write(copy.join("added"), b"new").unwrap();
+    std::fs::remove_file(copy.join("etc/os-release")).unwrap();
+    let changes = layers
+        .changes(ChangesRequest {
+            container_id: "v1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .changes;
+    let seen: Vec<(String, i32)> = changes.iter().map(|c| (c.path.clone(), c.kind)).collect();
+    assert!(
+        seen.contains(&("/added".into(), change::Kind::Add as i32)),
+        "{seen:?}"
+    );
+    assert!(
+        seen.contains(&("/etc/os-release".into(), change::Kind::Delete as i32)),
+        "{seen:?}"
+    );
+    assert!(
+        !seen.iter().any(|(p, _)| p == "/app/run"),
+        "unchanged files are not changes: {seen:?}"
+    );
+    layers
+        .release_layer(ReleaseLayerRequest {
+            container_id: "v1".into(),
+        })
+        .await
+        .unwrap();
+}
