@@ -343,3 +343,187 @@ async fn the_copying_driver_gives_a_full_copy() {
         .await
         .unwrap();
 }
+
+/// `mknod` of an overlay whiteout at `path` (as a container's delete
+/// leaves it in its upper dir).
+fn whiteout(path: &Path) {
+    let c = CString::new(path.as_os_str().as_bytes()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(
+        unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR, 0) },
+        0,
+        "mknod needs root"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commit_and_squash_make_new_images() {
+    let registry = TestRegistry::start().await.unwrap();
+    let catalog = imaged_fixtures::catalog().unwrap();
+    catalog.push_all(&registry.fixtures()).await.unwrap();
+    let imaged = Imaged::start().await.unwrap();
+    let app = registry.fixtures().reference("fixtures/app:1.0");
+    let base = registry.fixtures().reference("fixtures/base:latest");
+    for r in [&app, &base] {
+        client::pull(imaged.images(), client::pull_request(r))
+            .await
+            .unwrap();
+    }
+    let mut layers = LayersClient::new(imaged.channel(Service::Gateway));
+    let mut images = imaged.images();
+    let inspect = |image: String| {
+        let mut images = imaged.images();
+        async move {
+            images
+                .inspect_image(InspectImageRequest {
+                    image,
+                    platform: None,
+                })
+                .await
+                .unwrap()
+                .into_inner()
+        }
+    };
+    let diff_of = |inspect: &ImageInspect| {
+        let layers = &inspect.root_fs.as_ref().unwrap().layers;
+        let mut chain: Option<String> = None;
+        for diff in layers {
+            chain = Some(match &chain {
+                None => diff.clone(),
+                Some(parent) => {
+                    imaged_fixtures::sha256_digest(format!("{parent} {diff}").as_bytes())
+                }
+            });
+        }
+        imaged
+            .root()
+            .join("transfer/layers")
+            .join(&chain.unwrap()[7..])
+            .join("diff")
+    };
+
+    // Commit: a container's writes and a delete become one more layer.
+    let created = layers
+        .create_layer(CreateLayerRequest {
+            container_id: "c3".into(),
+            image: app.clone(),
+            mount_label: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let upper = Path::new(created.folders.last().unwrap());
+    std::fs::write(upper.join("new.txt"), b"committed").unwrap();
+    std::fs::create_dir_all(upper.join("bin")).unwrap();
+    whiteout(&upper.join("bin/busybox"));
+    let committed = images
+        .commit_image(CommitImageRequest {
+            container_id: "c3".into(),
+            reference: "committed/app:v2".into(),
+            author: "tester".into(),
+            comment: "did things".into(),
+            changes: vec![r#"CMD ["/app/run", "--fast"]"#.into()],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .id;
+    let record = inspect("committed/app:v2".into()).await;
+    assert_eq!(record.id, committed);
+    assert_eq!(record.parent, catalog.app.id());
+    assert_eq!(record.author, "tester");
+    assert_eq!(record.comment, "did things");
+    assert_eq!(
+        record.config.as_ref().unwrap().cmd,
+        vec!["/app/run", "--fast"]
+    );
+    assert_eq!(record.root_fs.as_ref().unwrap().layers.len(), 4);
+    let top = diff_of(&record);
+    assert_eq!(std::fs::read(top.join("new.txt")).unwrap(), b"committed");
+    let gone = std::fs::symlink_metadata(top.join("bin/busybox")).unwrap();
+    assert!(std::os::unix::fs::FileTypeExt::is_char_device(
+        &gone.file_type()
+    ));
+    layers
+        .release_layer(ReleaseLayerRequest {
+            container_id: "c3".into(),
+        })
+        .await
+        .unwrap();
+
+    // Squash everything: one layer with the merged files, no whiteouts.
+    let flat = images
+        .squash_image(SquashImageRequest {
+            image: app.clone(),
+            parent: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .id;
+    let record = inspect(flat.clone()).await;
+    assert_eq!(record.root_fs.as_ref().unwrap().layers.len(), 1);
+    let dir = diff_of(&record);
+    assert_eq!(
+        std::fs::read(dir.join("etc/os-release")).unwrap(),
+        b"NAME=imaged-fixture-app\n"
+    );
+    assert!(
+        std::fs::symlink_metadata(dir.join("etc/motd")).is_err(),
+        "no whiteout left"
+    );
+    assert!(!dir.join("var/cache/old").exists() && dir.join("var/cache/new").exists());
+    assert!(dir.join("app/run").exists() && dir.join("bin/busybox").exists());
+    let history = images
+        .image_history(ImageHistoryRequest {
+            image: flat,
+            platform: None,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .items;
+    assert!(
+        history[0].comment.starts_with("create new from sha256:"),
+        "{history:?}"
+    );
+
+    // Squash onto base: base's layer plus one holding the rest, whiteouts
+    // kept so base's motd stays hidden.
+    let onto = images
+        .squash_image(SquashImageRequest {
+            image: app.clone(),
+            parent: base.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .id;
+    let record = inspect(onto).await;
+    let ids = &record.root_fs.as_ref().unwrap().layers;
+    assert_eq!(ids.len(), 2);
+    assert_eq!(ids[0], catalog.base.layers[0].diff_id);
+    let dir = diff_of(&record);
+    let motd = std::fs::symlink_metadata(dir.join("etc/motd")).unwrap();
+    assert!(std::os::unix::fs::FileTypeExt::is_char_device(
+        &motd.file_type()
+    ));
+
+    let zstd = registry.fixtures().reference("fixtures/zstd:latest");
+    client::pull(imaged.images(), client::pull_request(&zstd))
+        .await
+        .unwrap();
+    let err = images
+        .squash_image(SquashImageRequest {
+            image: app.clone(),
+            parent: zstd,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message()
+            .contains("is not a parent of the specified layer"),
+        "{err}"
+    );
+}

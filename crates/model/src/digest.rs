@@ -119,6 +119,15 @@ pub fn chain_id(diff_ids: &[Digest]) -> Option<Digest> {
     Some(chain)
 }
 
+/// The chain ID of a layer `diff` put on `parent` (a base layer's chain
+/// ID is its diffID).
+pub fn child_chain(parent: Option<&Digest>, diff: &Digest) -> Digest {
+    match parent {
+        None => diff.clone(),
+        Some(parent) => Digest::sha256_of(format!("{parent} {diff}").as_bytes()),
+    }
+}
+
 /// The chain IDs of every prefix of `diff_ids`: element `i` is the chain ID
 /// of layers `0..=i`.
 pub fn chain_ids(diff_ids: &[Digest]) -> Vec<Digest> {

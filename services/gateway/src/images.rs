@@ -368,6 +368,48 @@ impl Images for ImagesService {
         Ok(Response::new(answer))
     }
 
+    /// Docker: CommitImage, CommitBuildStep.
+    async fn commit_image(
+        &self,
+        request: Request<CommitImageRequest>,
+    ) -> Result<Response<CommitImageResponse>, Status> {
+        let (deadline, request) = deadline::split(request);
+        let answer = self
+            .peers
+            .transfer
+            .call(|ch| {
+                let request = request.clone();
+                async move {
+                    TransferClient::new(ch)
+                        .commit(deadline::attach(request, deadline))
+                        .await
+                }
+            })
+            .await?;
+        Ok(Response::new(answer))
+    }
+
+    /// Docker: SquashImage.
+    async fn squash_image(
+        &self,
+        request: Request<SquashImageRequest>,
+    ) -> Result<Response<SquashImageResponse>, Status> {
+        let (deadline, request) = deadline::split(request);
+        let answer = self
+            .peers
+            .transfer
+            .call(|ch| {
+                let request = request.clone();
+                async move {
+                    TransferClient::new(ch)
+                        .squash(deadline::attach(request, deadline))
+                        .await
+                }
+            })
+            .await?;
+        Ok(Response::new(answer))
+    }
+
     /// Docker: UpdateConfig (the download and upload limits).
     async fn update_config(
         &self,

@@ -295,6 +295,40 @@ impl Containers {
             .collect())
     }
 
+    /// Writes the container's changes into the empty directory `dir`, in
+    /// overlay form (whiteouts for deletions): the layer a commit makes.
+    pub fn diff_into(&self, record: &Container, dir: &Path) -> Result<(), Error> {
+        let upper = self.dir.join(&record.container_id).join("diff");
+        if self.overlay {
+            return crate::merge::apply(&upper, dir, true);
+        }
+        for change in self.changes(record)? {
+            let rel = change.path.trim_start_matches('/');
+            let (from, to) = (upper.join(rel), dir.join(rel));
+            if let Some(parent) = to.parent() {
+                fs::create_dir_all(parent)?;
+            }
+            if change.kind == change::Kind::Delete as i32 {
+                crate::unpack::make_node(&to, libc::S_IFCHR, 0, 0)?;
+                continue;
+            }
+            let meta = fs::symlink_metadata(&from)?;
+            if meta.is_dir() {
+                fs::create_dir_all(&to)?;
+                fs::set_permissions(
+                    &to,
+                    std::os::unix::fs::PermissionsExt::from_mode(meta.mode() & 0o7777),
+                )?;
+            } else if meta.file_type().is_symlink() {
+                let _ = fs::remove_file(&to);
+                std::os::unix::fs::symlink(fs::read_link(&from)?, &to)?;
+            } else {
+                fs::copy(&from, &to)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Bytes the container wrote.
     pub fn rw_size(&self, record: &Container) -> Result<u64, Error> {
         let upper = self.dir.join(&record.container_id).join("diff");

@@ -1,6 +1,7 @@
 //! imaged-transfer: the owner of every byte — blobs, layers and registry
 //! traffic — and of the download and upload limits.
 
+mod commit;
 mod containers;
 mod content;
 mod download;
@@ -12,6 +13,7 @@ mod limits;
 mod load;
 mod manifest;
 mod merge;
+mod pack;
 mod pull;
 mod pull_share;
 mod push;
@@ -116,6 +118,13 @@ fn main() {
         let rw_layers = Arc::new(rw_layers::RwLayers::new(
             Arc::clone(&containers),
             Arc::clone(&layers),
+            metadata.clone(),
+        ));
+        let committer = Arc::new(commit::Committer::new(
+            content.clone(),
+            Arc::clone(&layers),
+            Arc::clone(&containers),
+            Arc::clone(&puller),
             metadata,
         ));
         let service = service::TransferService {
@@ -132,6 +141,7 @@ fn main() {
             importer,
             containers,
             rw_layers,
+            committer,
         };
         let routes = tonic::service::Routes::new(TransferServer::new(service));
         let served = server::serve(&config, routes, &[SERVICE_NAME]).await;

@@ -13,11 +13,16 @@ use imaged_common::Error;
 /// directories replace, everything else is copied with its mode, owner,
 /// times and xattrs.
 pub fn apply_layer(layer: &Path, target: &Path) -> Result<(), Error> {
-    apply_dir(layer, target)?;
-    Ok(())
+    apply(layer, target, false)
 }
 
-fn apply_dir(from: &Path, to: &Path) -> Result<(), Error> {
+/// [`apply_layer`], optionally keeping the whiteouts and opaque markers in
+/// `target` (merging layers into one that still hides what lies below).
+pub fn apply(layer: &Path, target: &Path, keep_whiteouts: bool) -> Result<(), Error> {
+    apply_dir(layer, target, keep_whiteouts)
+}
+
+fn apply_dir(from: &Path, to: &Path, keep: bool) -> Result<(), Error> {
     for entry in fs::read_dir(from)? {
         let entry = entry?;
         let source = entry.path();
@@ -26,6 +31,9 @@ fn apply_dir(from: &Path, to: &Path) -> Result<(), Error> {
         let kind = meta.file_type();
         if kind.is_char_device() && meta.rdev() == 0 {
             remove(&dest)?;
+            if keep {
+                crate::unpack::make_node(&dest, libc::S_IFCHR, 0, 0)?;
+            }
             continue;
         }
         if kind.is_dir() {
@@ -38,7 +46,10 @@ fn apply_dir(from: &Path, to: &Path) -> Result<(), Error> {
                 remove(&dest)?;
                 fs::create_dir(&dest)?;
             }
-            apply_dir(&source, &dest)?;
+            if opaque && keep {
+                xattr::set(&dest, "trusted.overlay.opaque", b"y")?;
+            }
+            apply_dir(&source, &dest, keep)?;
             copy_metadata(&source, &dest, &meta)?;
             continue;
         }

@@ -4,15 +4,16 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use imaged_api::v1::{
-    ChangesRequest, ChangesResponse, ContentSizeRequest, ContentSizeResponse, CreateLayerRequest,
-    CreateLayerResponse, ExportImagesChunk, ExportImagesRequest, GetLayerRequest, GetLayerResponse,
-    GetLayersRequest, GetLayersResponse, ImportImageRequest, ImportImageResponse, KeyValue,
-    LayerInfo, LayerSizeRequest, LayerSizeResponse, LoadImagesRequest, LoadImagesResponse,
-    MountImageRequest, MountImageResponse, PullImageProgress, PullImageRequest, PushImageProgress,
-    PushImageRequest, ReleaseImageRequest, ReleaseImageResponse, ReleaseLayerRequest,
-    ReleaseLayerResponse, ReleaseLayersRequest, ReleaseLayersResponse, RetainLayersRequest,
-    RetainLayersResponse, TransferInfoRequest, TransferInfoResponse, UpdateConfigRequest,
-    UpdateConfigResponse, transfer_server::Transfer,
+    ChangesRequest, ChangesResponse, CommitImageRequest, CommitImageResponse, ContentSizeRequest,
+    ContentSizeResponse, CreateLayerRequest, CreateLayerResponse, ExportImagesChunk,
+    ExportImagesRequest, GetLayerRequest, GetLayerResponse, GetLayersRequest, GetLayersResponse,
+    ImportImageRequest, ImportImageResponse, KeyValue, LayerInfo, LayerSizeRequest,
+    LayerSizeResponse, LoadImagesRequest, LoadImagesResponse, MountImageRequest,
+    MountImageResponse, PullImageProgress, PullImageRequest, PushImageProgress, PushImageRequest,
+    ReleaseImageRequest, ReleaseImageResponse, ReleaseLayerRequest, ReleaseLayerResponse,
+    ReleaseLayersRequest, ReleaseLayersResponse, RetainLayersRequest, RetainLayersResponse,
+    SquashImageRequest, SquashImageResponse, TransferInfoRequest, TransferInfoResponse,
+    UpdateConfigRequest, UpdateConfigResponse, transfer_server::Transfer,
 };
 use imaged_common::Error;
 use imaged_model::{Digest, Reference};
@@ -20,6 +21,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use crate::commit::Committer;
 use crate::containers::Containers;
 use crate::content::ContentStore;
 use crate::driver::Driver;
@@ -49,6 +51,7 @@ pub struct TransferService {
     pub importer: Arc<Importer>,
     pub containers: Arc<Containers>,
     pub rw_layers: Arc<RwLayers>,
+    pub committer: Arc<Committer>,
 }
 
 impl TransferService {
@@ -301,6 +304,22 @@ impl Transfer for TransferService {
     ) -> Result<Response<ReleaseImageResponse>, Status> {
         self.containers.release_image(&request.get_ref().lease_id);
         Ok(Response::new(ReleaseImageResponse {}))
+    }
+
+    async fn commit(
+        &self,
+        request: Request<CommitImageRequest>,
+    ) -> Result<Response<CommitImageResponse>, Status> {
+        let id = self.committer.commit(request.into_inner()).await?;
+        Ok(Response::new(CommitImageResponse { id }))
+    }
+
+    async fn squash(
+        &self,
+        request: Request<SquashImageRequest>,
+    ) -> Result<Response<SquashImageResponse>, Status> {
+        let id = self.committer.squash(request.into_inner()).await?;
+        Ok(Response::new(SquashImageResponse { id }))
     }
 
     async fn update_config(
