@@ -8,6 +8,7 @@ use imaged_api::v1::*;
 use imaged_common::deadline;
 use tonic::{Request, Response, Status};
 
+use crate::forward::forward;
 use crate::peers::Peers;
 
 /// Serves `imaged.v1.Images` by calling the internal services.
@@ -61,20 +62,12 @@ impl Images for ImagesService {
         &self,
         request: Request<ListImagesRequest>,
     ) -> Result<Response<ListImagesResponse>, Status> {
-        let (deadline, request) = deadline::split(request);
-        let answer = self
-            .peers
-            .metadata
-            .call(|ch| {
-                let request = request.clone();
-                async move {
-                    MetadataClient::new(ch)
-                        .list_images(deadline::attach(request, deadline))
-                        .await
-                }
-            })
-            .await?;
-        Ok(Response::new(answer))
+        Ok(Response::new(forward!(
+            self.peers.metadata,
+            MetadataClient,
+            request,
+            list_images
+        )))
     }
 
     /// Docker: ImageInspect, GetImage.
@@ -82,20 +75,12 @@ impl Images for ImagesService {
         &self,
         request: Request<InspectImageRequest>,
     ) -> Result<Response<ImageInspect>, Status> {
-        let (deadline, request) = deadline::split(request);
-        let answer = self
-            .peers
-            .metadata
-            .call(|ch| {
-                let request = request.clone();
-                async move {
-                    MetadataClient::new(ch)
-                        .inspect_image(deadline::attach(request, deadline))
-                        .await
-                }
-            })
-            .await?;
-        Ok(Response::new(answer))
+        Ok(Response::new(forward!(
+            self.peers.metadata,
+            MetadataClient,
+            request,
+            inspect_image
+        )))
     }
 
     /// Docker: ImageHistory.
@@ -103,20 +88,12 @@ impl Images for ImagesService {
         &self,
         request: Request<ImageHistoryRequest>,
     ) -> Result<Response<ImageHistoryResponse>, Status> {
-        let (deadline, request) = deadline::split(request);
-        let answer = self
-            .peers
-            .metadata
-            .call(|ch| {
-                let request = request.clone();
-                async move {
-                    MetadataClient::new(ch)
-                        .image_history(deadline::attach(request, deadline))
-                        .await
-                }
-            })
-            .await?;
-        Ok(Response::new(answer))
+        Ok(Response::new(forward!(
+            self.peers.metadata,
+            MetadataClient,
+            request,
+            image_history
+        )))
     }
 
     /// Docker: TagImage.
@@ -124,20 +101,12 @@ impl Images for ImagesService {
         &self,
         request: Request<TagImageRequest>,
     ) -> Result<Response<TagImageResponse>, Status> {
-        let (deadline, request) = deadline::split(request);
-        let answer = self
-            .peers
-            .metadata
-            .call(|ch| {
-                let request = request.clone();
-                async move {
-                    MetadataClient::new(ch)
-                        .tag_image(deadline::attach(request, deadline))
-                        .await
-                }
-            })
-            .await?;
-        Ok(Response::new(answer))
+        Ok(Response::new(forward!(
+            self.peers.metadata,
+            MetadataClient,
+            request,
+            tag_image
+        )))
     }
 
     /// Docker: ImageDelete.
@@ -145,20 +114,12 @@ impl Images for ImagesService {
         &self,
         request: Request<RemoveImageRequest>,
     ) -> Result<Response<RemoveImageResponse>, Status> {
-        let (deadline, request) = deadline::split(request);
-        let answer = self
-            .peers
-            .metadata
-            .call(|ch| {
-                let request = request.clone();
-                async move {
-                    MetadataClient::new(ch)
-                        .remove_image(deadline::attach(request, deadline))
-                        .await
-                }
-            })
-            .await?;
-        Ok(Response::new(answer))
+        Ok(Response::new(forward!(
+            self.peers.metadata,
+            MetadataClient,
+            request,
+            remove_image
+        )))
     }
 
     /// Docker: ImagesPrune.
@@ -166,20 +127,12 @@ impl Images for ImagesService {
         &self,
         request: Request<PruneImagesRequest>,
     ) -> Result<Response<PruneImagesResponse>, Status> {
-        let (deadline, request) = deadline::split(request);
-        let answer = self
-            .peers
-            .metadata
-            .call(|ch| {
-                let request = request.clone();
-                async move {
-                    MetadataClient::new(ch)
-                        .prune_images(deadline::attach(request, deadline))
-                        .await
-                }
-            })
-            .await?;
-        Ok(Response::new(answer))
+        Ok(Response::new(forward!(
+            self.peers.metadata,
+            MetadataClient,
+            request,
+            prune_images
+        )))
     }
 
     /// Docker: Children.
@@ -187,20 +140,12 @@ impl Images for ImagesService {
         &self,
         request: Request<ImageChildrenRequest>,
     ) -> Result<Response<ImageChildrenResponse>, Status> {
-        let (deadline, request) = deadline::split(request);
-        let answer = self
-            .peers
-            .metadata
-            .call(|ch| {
-                let request = request.clone();
-                async move {
-                    MetadataClient::new(ch)
-                        .image_children(deadline::attach(request, deadline))
-                        .await
-                }
-            })
-            .await?;
-        Ok(Response::new(answer))
+        Ok(Response::new(forward!(
+            self.peers.metadata,
+            MetadataClient,
+            request,
+            image_children
+        )))
     }
 
     /// Docker: CreateImage.
@@ -208,20 +153,12 @@ impl Images for ImagesService {
         &self,
         request: Request<CreateImageRequest>,
     ) -> Result<Response<CreateImageResponse>, Status> {
-        let (deadline, request) = deadline::split(request);
-        let answer = self
-            .peers
-            .metadata
-            .call(|ch| {
-                let request = request.clone();
-                async move {
-                    MetadataClient::new(ch)
-                        .create_image(deadline::attach(request, deadline))
-                        .await
-                }
-            })
-            .await?;
-        Ok(Response::new(answer))
+        Ok(Response::new(forward!(
+            self.peers.metadata,
+            MetadataClient,
+            request,
+            create_image
+        )))
     }
 
     /// Docker: ImageDiskUsage. Image and layer sizes from metadata (which
@@ -252,20 +189,12 @@ impl Images for ImagesService {
         &self,
         request: Request<PullImageRequest>,
     ) -> Result<Response<Self::PullImageStream>, Status> {
-        let (deadline, request) = deadline::split(request);
-        let upstream = self
-            .peers
-            .transfer
-            .call(|ch| {
-                let request = request.clone();
-                async move {
-                    TransferClient::new(ch)
-                        .pull(deadline::attach(request, deadline))
-                        .await
-                }
-            })
-            .await?;
-        Ok(Response::new(Box::pin(upstream)))
+        Ok(Response::new(Box::pin(forward!(
+            self.peers.transfer,
+            TransferClient,
+            request,
+            pull
+        ))))
     }
 
     type PushImageStream = Relay<PushImageProgress>;
@@ -275,20 +204,12 @@ impl Images for ImagesService {
         &self,
         request: Request<PushImageRequest>,
     ) -> Result<Response<Self::PushImageStream>, Status> {
-        let (deadline, request) = deadline::split(request);
-        let upstream = self
-            .peers
-            .transfer
-            .call(|ch| {
-                let request = request.clone();
-                async move {
-                    TransferClient::new(ch)
-                        .push(deadline::attach(request, deadline))
-                        .await
-                }
-            })
-            .await?;
-        Ok(Response::new(Box::pin(upstream)))
+        Ok(Response::new(Box::pin(forward!(
+            self.peers.transfer,
+            TransferClient,
+            request,
+            push
+        ))))
     }
 
     type ExportImagesStream = Relay<ExportImagesChunk>;
@@ -298,20 +219,12 @@ impl Images for ImagesService {
         &self,
         request: Request<ExportImagesRequest>,
     ) -> Result<Response<Self::ExportImagesStream>, Status> {
-        let (deadline, request) = deadline::split(request);
-        let upstream = self
-            .peers
-            .transfer
-            .call(|ch| {
-                let request = request.clone();
-                async move {
-                    TransferClient::new(ch)
-                        .export(deadline::attach(request, deadline))
-                        .await
-                }
-            })
-            .await?;
-        Ok(Response::new(Box::pin(upstream)))
+        Ok(Response::new(Box::pin(forward!(
+            self.peers.transfer,
+            TransferClient,
+            request,
+            export
+        ))))
     }
 
     type LoadImagesStream = Relay<LoadImagesResponse>;
@@ -352,20 +265,12 @@ impl Images for ImagesService {
         &self,
         request: Request<ImageCacheLookupRequest>,
     ) -> Result<Response<ImageCacheLookupResponse>, Status> {
-        let (deadline, request) = deadline::split(request);
-        let answer = self
-            .peers
-            .metadata
-            .call(|ch| {
-                let request = request.clone();
-                async move {
-                    MetadataClient::new(ch)
-                        .image_cache_lookup(deadline::attach(request, deadline))
-                        .await
-                }
-            })
-            .await?;
-        Ok(Response::new(answer))
+        Ok(Response::new(forward!(
+            self.peers.metadata,
+            MetadataClient,
+            request,
+            image_cache_lookup
+        )))
     }
 
     /// Docker: CommitImage, CommitBuildStep.
@@ -373,20 +278,12 @@ impl Images for ImagesService {
         &self,
         request: Request<CommitImageRequest>,
     ) -> Result<Response<CommitImageResponse>, Status> {
-        let (deadline, request) = deadline::split(request);
-        let answer = self
-            .peers
-            .transfer
-            .call(|ch| {
-                let request = request.clone();
-                async move {
-                    TransferClient::new(ch)
-                        .commit(deadline::attach(request, deadline))
-                        .await
-                }
-            })
-            .await?;
-        Ok(Response::new(answer))
+        Ok(Response::new(forward!(
+            self.peers.transfer,
+            TransferClient,
+            request,
+            commit
+        )))
     }
 
     /// Docker: SquashImage.
@@ -394,20 +291,12 @@ impl Images for ImagesService {
         &self,
         request: Request<SquashImageRequest>,
     ) -> Result<Response<SquashImageResponse>, Status> {
-        let (deadline, request) = deadline::split(request);
-        let answer = self
-            .peers
-            .transfer
-            .call(|ch| {
-                let request = request.clone();
-                async move {
-                    TransferClient::new(ch)
-                        .squash(deadline::attach(request, deadline))
-                        .await
-                }
-            })
-            .await?;
-        Ok(Response::new(answer))
+        Ok(Response::new(forward!(
+            self.peers.transfer,
+            TransferClient,
+            request,
+            squash
+        )))
     }
 
     /// Docker: UpdateConfig (the download and upload limits).
@@ -415,17 +304,12 @@ impl Images for ImagesService {
         &self,
         request: Request<UpdateConfigRequest>,
     ) -> Result<Response<UpdateConfigResponse>, Status> {
-        let (deadline, request) = deadline::split(request);
-        let answer = self
-            .peers
-            .transfer
-            .call(|ch| async move {
-                TransferClient::new(ch)
-                    .update_config(deadline::attach(request, deadline))
-                    .await
-            })
-            .await?;
-        Ok(Response::new(answer))
+        Ok(Response::new(forward!(
+            self.peers.transfer,
+            TransferClient,
+            request,
+            update_config
+        )))
     }
 }
 

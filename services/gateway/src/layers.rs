@@ -4,9 +4,9 @@
 use imaged_api::v1::layers_server::Layers;
 use imaged_api::v1::transfer_client::TransferClient;
 use imaged_api::v1::*;
-use imaged_common::deadline;
 use tonic::{Request, Response, Status};
 
+use crate::forward::forward;
 use crate::peers::Peers;
 
 /// Forwards container-layer calls to imaged-transfer.
@@ -20,26 +20,6 @@ impl LayersService {
     }
 }
 
-/// Forwards one unary call to imaged-transfer's method of the same name.
-macro_rules! forward {
-    ($self:ident, $request:ident, $method:ident) => {{
-        let (deadline, request) = deadline::split($request);
-        let answer = $self
-            .peers
-            .transfer
-            .call(|ch| {
-                let request = request.clone();
-                async move {
-                    TransferClient::new(ch)
-                        .$method(deadline::attach(request, deadline))
-                        .await
-                }
-            })
-            .await?;
-        Ok(Response::new(answer))
-    }};
-}
-
 #[tonic::async_trait]
 impl Layers for LayersService {
     /// Docker: CreateLayer, CreateLayerFromImage.
@@ -47,7 +27,12 @@ impl Layers for LayersService {
         &self,
         request: Request<CreateLayerRequest>,
     ) -> Result<Response<CreateLayerResponse>, Status> {
-        forward!(self, request, create_layer)
+        Ok(Response::new(forward!(
+            self.peers.transfer,
+            TransferClient,
+            request,
+            create_layer
+        )))
     }
 
     /// Docker: GetLayerByID, GetLayerMountID, GetLayerFolders.
@@ -55,7 +40,12 @@ impl Layers for LayersService {
         &self,
         request: Request<GetLayerRequest>,
     ) -> Result<Response<GetLayerResponse>, Status> {
-        forward!(self, request, get_layer)
+        Ok(Response::new(forward!(
+            self.peers.transfer,
+            TransferClient,
+            request,
+            get_layer
+        )))
     }
 
     /// Docker: ReleaseLayer.
@@ -63,7 +53,12 @@ impl Layers for LayersService {
         &self,
         request: Request<ReleaseLayerRequest>,
     ) -> Result<Response<ReleaseLayerResponse>, Status> {
-        forward!(self, request, release_layer)
+        Ok(Response::new(forward!(
+            self.peers.transfer,
+            TransferClient,
+            request,
+            release_layer
+        )))
     }
 
     /// Docker: Changes.
@@ -71,7 +66,12 @@ impl Layers for LayersService {
         &self,
         request: Request<ChangesRequest>,
     ) -> Result<Response<ChangesResponse>, Status> {
-        forward!(self, request, changes)
+        Ok(Response::new(forward!(
+            self.peers.transfer,
+            TransferClient,
+            request,
+            changes
+        )))
     }
 
     /// Docker: GetContainerLayerSize.
@@ -79,7 +79,12 @@ impl Layers for LayersService {
         &self,
         request: Request<LayerSizeRequest>,
     ) -> Result<Response<LayerSizeResponse>, Status> {
-        forward!(self, request, layer_size)
+        Ok(Response::new(forward!(
+            self.peers.transfer,
+            TransferClient,
+            request,
+            layer_size
+        )))
     }
 
     /// Docker: GetImageAndReleasableLayer.
@@ -87,7 +92,12 @@ impl Layers for LayersService {
         &self,
         request: Request<MountImageRequest>,
     ) -> Result<Response<MountImageResponse>, Status> {
-        forward!(self, request, mount_image)
+        Ok(Response::new(forward!(
+            self.peers.transfer,
+            TransferClient,
+            request,
+            mount_image
+        )))
     }
 
     /// Ends a MountImage lease.
@@ -95,6 +105,11 @@ impl Layers for LayersService {
         &self,
         request: Request<ReleaseImageRequest>,
     ) -> Result<Response<ReleaseImageResponse>, Status> {
-        forward!(self, request, release_image)
+        Ok(Response::new(forward!(
+            self.peers.transfer,
+            TransferClient,
+            request,
+            release_image
+        )))
     }
 }

@@ -3,6 +3,7 @@
 
 mod cri;
 mod events;
+mod forward;
 mod images;
 mod layers;
 mod list_relay;

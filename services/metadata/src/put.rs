@@ -62,6 +62,18 @@ pub fn put(
         for tag in &tags {
             let key = tag.store_key();
             let before = tx.index().resolve_ref(&key.to_string()).map(str::to_string);
+            if request.tag_events {
+                let mut image = (**tx.index().image(&id_text).expect("stored above")).clone();
+                image.meta.last_tag_time = Some(imaged_model::timestamp::now_nanos());
+                tx.put_image(image);
+                tx.put_ref(key.clone(), &id_text);
+                events.push(PendingEvent::image(
+                    tx.index(),
+                    "tag",
+                    &id_text,
+                    &tag.familiar(),
+                ));
+            }
             if before.as_deref() != Some(id_text.as_str()) {
                 if let Some(from_id) = before {
                     moved.push(MovedTag {

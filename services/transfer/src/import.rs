@@ -8,9 +8,8 @@ use std::io::Write;
 use std::sync::Arc;
 
 use imaged_api::v1::metadata_client::MetadataClient;
-use imaged_api::v1::{ImportImageRequest, PutImageRequest, TagImageRequest};
+use imaged_api::v1::{ImportImageRequest, PutImageRequest};
 use imaged_common::Error;
-use imaged_common::events::Publisher;
 use imaged_common::peer::Peer;
 use imaged_model::{Platform, Reference, changes};
 use serde_json::{Map, Value, json};
@@ -27,7 +26,6 @@ pub struct Importer {
     layers: Arc<LayerStore>,
     puller: Arc<Puller>,
     metadata: Peer,
-    events: Publisher,
 }
 
 impl Importer {
@@ -36,14 +34,12 @@ impl Importer {
         layers: Arc<LayerStore>,
         puller: Arc<Puller>,
         metadata: Peer,
-        events: Publisher,
     ) -> Self {
         Importer {
             content,
             layers,
             puller,
             metadata,
-            events,
         }
     }
 
@@ -162,46 +158,25 @@ impl Importer {
             config["history"][0]["comment"] = json!(first.message);
         }
         let config = serde_json::to_vec(&config).map_err(Error::internal)?;
+        let id = imaged_model::Digest::sha256_of(&config).to_string();
+        // Tagged as TagImage would, then the `import` event: one producer,
+        // so the events keep Docker's order.
         let put = PutImageRequest {
             config,
-            tags: Vec::new(),
+            tags: reference.iter().map(|r| r.to_string()).collect(),
             digests: Vec::new(),
             layer_sizes: vec![layer.size as i64],
-            action: String::new(),
-            event_ref: String::new(),
+            action: "import".into(),
+            event_ref: id.clone(),
+            tag_events: true,
         };
-        let id = self
-            .metadata
+        self.metadata
             .call(|channel| {
                 let put = put.clone();
                 async move { MetadataClient::new(channel).put_image(put).await }
             })
             .await
-            .map_err(metadata_error)?
-            .id;
-        if let Some(reference) = reference {
-            let tag = TagImageRequest {
-                source: id.clone(),
-                target: reference.to_string(),
-            };
-            self.metadata
-                .call(|channel| {
-                    let tag = tag.clone();
-                    async move { MetadataClient::new(channel).tag_image(tag).await }
-                })
-                .await
-                .map_err(metadata_error)?;
-        }
-        let labels = serde_json::from_slice::<Value>(&put.config)
-            .ok()
-            .and_then(|c| c["config"]["Labels"].as_object().cloned())
-            .map(|m| {
-                m.into_iter()
-                    .filter_map(|(k, v)| Some((k, v.as_str()?.to_string())))
-                    .collect()
-            })
-            .unwrap_or_default();
-        self.events.image("import", &id, &labels, Some(&id));
+            .map_err(metadata_error)?;
         Ok(id)
     }
 }

@@ -223,6 +223,7 @@ impl Loader {
                 layer_sizes: sizes,
                 action: "load".into(),
                 event_ref: Digest::sha256_of(&config).to_string(),
+                tag_events: false,
             };
             let recorded = self
                 .metadata

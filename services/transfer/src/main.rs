@@ -108,7 +108,6 @@ fn main() {
             Arc::clone(&layers),
             Arc::clone(&puller),
             metadata.clone(),
-            events.clone(),
         ));
         let containers = Arc::new(containers::Containers::open(
             &config.data_dir,

@@ -410,6 +410,7 @@ impl Puller {
             layer_sizes,
             action: "pull".into(),
             event_ref: shown.clone(),
+            tag_events: false,
         };
         let recorded = self
             .metadata
