@@ -98,6 +98,8 @@ impl Puller {
                 match result {
                     Ok(unpacked) => {
                         ingest.commit()?;
+                        let mut staging = staging;
+                        staging.sync()?;
                         Ok((staging, unpacked))
                     }
                     Err(err) => {

@@ -57,12 +57,22 @@ impl Detached {
 /// A layer being unpacked; removed on drop unless committed.
 pub struct Staging {
     path: PathBuf,
+    synced: bool,
 }
 
 impl Staging {
     /// Where the layer's files go.
     pub fn diff(&self) -> PathBuf {
         self.path.join("diff")
+    }
+
+    /// Flushes the unpacked files to disk now (a pull does it right after
+    /// unpacking, in parallel with other layers, rather than at commit,
+    /// which runs in chain order).
+    pub fn sync(&mut self) -> Result<(), Error> {
+        sync_filesystem(&self.path)?;
+        self.synced = true;
+        Ok(())
     }
 }
 
@@ -131,13 +141,16 @@ impl LayerStore {
             rand::random::<u64>()
         ));
         fs::create_dir_all(path.join("diff"))?;
-        Ok(Staging { path })
+        Ok(Staging {
+            path,
+            synced: false,
+        })
     }
 
     /// Moves an unpacked layer into place. The parent must be stored. When
     /// the layer is already there (another pull won), the staging copy is
     /// dropped and the stored one answered.
-    pub fn commit(&self, staging: Staging, layer: Layer) -> Result<Arc<Layer>, Error> {
+    pub fn commit(&self, mut staging: Staging, layer: Layer) -> Result<Arc<Layer>, Error> {
         if let Some(parent) = &layer.parent
             && self.get(parent).is_none()
         {
@@ -154,7 +167,10 @@ impl LayerStore {
             &meta,
             serde_json::to_vec_pretty(&layer).map_err(Error::internal)?,
         )?;
-        sync_filesystem(&staging.path)?;
+        fs::File::open(&meta)?.sync_all()?;
+        if !staging.synced {
+            staging.sync()?;
+        }
         let target = self.dir.join(layer.chain_id.hex());
         fs::rename(&staging.path, &target)?;
         fs::File::open(&self.dir)?.sync_all()?;
