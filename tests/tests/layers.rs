@@ -527,3 +527,69 @@ async fn commit_and_squash_make_new_images() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn container_layers_survive_restarts_and_keep_their_image_layers() {
+    let registry = TestRegistry::start().await.unwrap();
+    let catalog = imaged_fixtures::catalog().unwrap();
+    catalog.push_all(&registry.fixtures()).await.unwrap();
+    let mut imaged = Imaged::start().await.unwrap();
+    let base = registry.fixtures().reference("fixtures/base:latest");
+    client::pull(imaged.images(), client::pull_request(&base))
+        .await
+        .unwrap();
+    let mut layers = LayersClient::new(imaged.channel(Service::Gateway));
+    let created = layers
+        .create_layer(CreateLayerRequest {
+            container_id: "keep".into(),
+            image: base.clone(),
+            mount_label: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let upper = std::path::PathBuf::from(created.folders.last().unwrap());
+    std::fs::write(upper.join("state"), b"kept across restarts").unwrap();
+
+    // The image goes (forced), the container stays; then everything
+    // restarts and reconciles.
+    imaged
+        .images()
+        .remove_image(RemoveImageRequest {
+            image: base.clone(),
+            force: true,
+            prune_children: None,
+        })
+        .await
+        .unwrap();
+    imaged.terminate_all().await.unwrap();
+    for service in Service::ALL {
+        imaged.start_service(service).await.unwrap();
+    }
+    let mut layers = LayersClient::new(imaged.channel(Service::Gateway));
+    // Give the start-up reconciliation its moment.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let got = layers
+        .get_layer(GetLayerRequest {
+            container_id: "keep".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.mount_id, created.mount_id);
+    let lower = Path::new(&got.folders[0]);
+    assert!(
+        lower.join("bin/busybox").exists(),
+        "the image's layer was kept for the container"
+    );
+    assert_eq!(
+        std::fs::read(Path::new(got.folders.last().unwrap()).join("state")).unwrap(),
+        b"kept across restarts"
+    );
+    layers
+        .release_layer(ReleaseLayerRequest {
+            container_id: "keep".into(),
+        })
+        .await
+        .unwrap();
+}
