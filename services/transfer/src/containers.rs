@@ -50,15 +50,21 @@ impl Containers {
         fs::create_dir_all(&dir)?;
         let mut records = HashMap::new();
         for entry in fs::read_dir(&dir)? {
-            let path = entry?.path();
+            let entry = entry?;
+            let path = entry.path();
+            if entry.file_name().to_string_lossy().starts_with('.') {
+                // A layer being made or removed when the process stopped.
+                fs::remove_dir_all(&path)?;
+                continue;
+            }
             match fs::read(path.join("container.json"))
                 .ok()
                 .and_then(|b| serde_json::from_slice::<Container>(&b).ok())
             {
-                Some(c) => {
+                Some(c) if path.ends_with(&c.container_id) => {
                     records.insert(c.container_id.clone(), c);
                 }
-                None => {
+                _ => {
                     tracing::warn!(path = %path.display(), "removing an incomplete container layer");
                     fs::remove_dir_all(&path)?;
                 }
@@ -523,4 +529,47 @@ fn tree_size(dir: &Path) -> std::io::Result<u64> {
         }
     }
     Ok(size)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_survive_reopen_and_half_made_layers_are_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let layers = Arc::new(LayerStore::open(dir.path()).unwrap());
+        let containers = Containers::open(dir.path(), true, Arc::clone(&layers)).unwrap();
+        let made = containers.create("c1", "", None, "").unwrap();
+        assert!(matches!(
+            containers.create("c1", "", None, ""),
+            Err(Error::AlreadyExists(_))
+        ));
+        assert!(matches!(
+            containers.create("../x", "", None, ""),
+            Err(Error::InvalidArgument(_))
+        ));
+        // A crash while making another one.
+        let half = dir.path().join("containers/.c2.creating");
+        fs::create_dir_all(half.join("diff")).unwrap();
+        fs::write(
+            half.join("container.json"),
+            serde_json::to_vec(&made).unwrap(),
+        )
+        .unwrap();
+        drop(containers);
+
+        let containers = Containers::open(dir.path(), true, layers).unwrap();
+        assert_eq!(containers.get("c1").unwrap().mount_id, made.mount_id);
+        assert!(!half.exists());
+        let (mounts, folders) = containers.mounts(&made).unwrap();
+        assert_eq!(
+            mounts[0].r#type, "bind",
+            "scratch: a bind mount of its own dir"
+        );
+        assert_eq!(folders.len(), 1);
+        containers.release("c1").unwrap();
+        assert!(containers.get("c1").is_err());
+        assert!(containers.release("c1").unwrap().is_none());
+    }
 }
