@@ -87,6 +87,16 @@ async fn save_then_load_into_a_fresh_imaged() {
             .unwrap();
     }
 
+    let mut saves =
+        imaged_api::v1::events_client::EventsClient::new(source.channel(Service::Gateway))
+            .subscribe(SubscribeRequest {
+                filters: vec!["event=save".into()],
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+
     // The archive: app:1.0, every tag of base's repository, special by ID.
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("images.tar");
@@ -104,6 +114,25 @@ async fn save_then_load_into_a_fresh_imaged() {
     )
     .await;
     let archive = std::fs::read(&path).unwrap();
+    let mut saved = BTreeSet::new();
+    for _ in 0..3 {
+        let event = tokio::time::timeout(std::time::Duration::from_secs(10), saves.next())
+            .await
+            .expect("save events arrive")
+            .unwrap()
+            .unwrap();
+        let actor = event.actor.unwrap();
+        assert_eq!(
+            actor.attributes["name"], actor.id,
+            "Docker: ID and name are the image ID"
+        );
+        saved.insert(actor.id);
+    }
+    let exported: BTreeSet<String> = [&catalog.app, &catalog.base, &catalog.special]
+        .iter()
+        .map(|i| i.id().to_string())
+        .collect();
+    assert_eq!(saved, exported);
     let files = files(&archive);
     assert_eq!(files["oci-layout"], br#"{"imageLayoutVersion": "1.0.0"}"#);
     for (path, data) in &files {
