@@ -173,3 +173,84 @@ async fn the_socket_takes_the_configured_group() {
     assert_eq!(meta.gid(), 1, "Debian's daemon group");
     assert_eq!(meta.mode() & 0o777, 0o660);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_client_cannot_starve_the_others() {
+    use imaged_api::v1::transfer_client::TransferClient;
+    use imaged_api::v1::{SystemInfoRequest, TransferInfoRequest};
+    use imaged_e2e::throttle::Throttle;
+    use imaged_fixtures::{Compression, ImageBuilder, LayerBuilder, MediaTypes};
+
+    let registry = imaged_e2e::TestRegistry::start().await.unwrap();
+    let mut references = Vec::new();
+    let throttle = Throttle::start(&registry.host, 64 * 1024).await.unwrap();
+    for seed in 0..2 {
+        let image = ImageBuilder::new(MediaTypes::Oci)
+            .layer(
+                LayerBuilder::new()
+                    .dir("data")
+                    .generated_files("data", 2, 64 * 1024, 40 + seed)
+                    .build(Compression::Gzip)
+                    .unwrap(),
+            )
+            .build()
+            .unwrap();
+        let repo = format!("fair/image{seed}:latest");
+        registry.fixtures().push_image(&repo, &image).await.unwrap();
+        references.push(format!("{}/{repo}", throttle.host));
+    }
+    let imaged = Imaged::builder()
+        .arg(Service::Gateway, "--max-requests-per-client=1")
+        .start()
+        .await
+        .unwrap();
+
+    // One client (one connection) asks for two slow pulls at once: with a
+    // limit of one request, they run one after the other.
+    let greedy = k8s_cri::v1::image_service_client::ImageServiceClient::new(
+        imaged.channel(Service::Gateway),
+    );
+    let pulls: Vec<_> = references
+        .iter()
+        .map(|reference| {
+            let mut client = greedy.clone();
+            let request = k8s_cri::v1::PullImageRequest {
+                image: Some(k8s_cri::v1::ImageSpec {
+                    image: reference.clone(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            tokio::spawn(async move { client.pull_image(request).await })
+        })
+        .collect();
+
+    // Meanwhile another client is answered at once, and the greedy one
+    // never has two pulls downloading.
+    let mut transfer = TransferClient::new(imaged.channel(Service::Transfer));
+    let mut most = 0;
+    let mut other_answered = false;
+    while !pulls.iter().all(|p| p.is_finished()) {
+        most = most.max(
+            transfer
+                .info(TransferInfoRequest {})
+                .await
+                .unwrap()
+                .into_inner()
+                .downloads_in_flight,
+        );
+        let started = std::time::Instant::now();
+        imaged
+            .images()
+            .system_info(SystemInfoRequest {})
+            .await
+            .unwrap();
+        other_answered |= started.elapsed() < Duration::from_millis(500);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for pull in pulls {
+        pull.await.unwrap().unwrap();
+    }
+    assert_eq!(most, 1, "the greedy client's second request waited");
+    assert!(other_answered, "another client was served meanwhile");
+}
