@@ -429,3 +429,39 @@ async fn identical_concurrent_pulls_share_one_operation() {
         "config and two layers, once each"
     );
 }
+
+/// A registry front that refuses every request with 403 DENIED, as a
+/// registry does for a repository the credentials may not read (Debian's
+/// docker-registry with htpasswd only ever answers 401).
+async fn denying_registry() -> (String, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let host = listener.local_addr().unwrap().to_string();
+    let task = tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut buf = vec![0u8; 8192];
+                let _ = socket.read(&mut buf).await;
+                let body = r#"{"errors":[{"code":"DENIED","message":"requested access to the resource is denied"}]}"#;
+                let response = format!(
+                    "HTTP/1.1 403 Forbidden\r\nContent-Type: application/json\r\nDocker-Distribution-Api-Version: registry/2.0\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = socket.write_all(response.as_bytes()).await;
+            });
+        }
+    });
+    (host, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_that_denies_access_is_permission_denied() {
+    let (host, server) = denying_registry().await;
+    let imaged = Imaged::start().await.unwrap();
+    let err = pull(&imaged, &format!("{host}/private/app:1.0"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err}");
+    assert!(err.message().contains("denied"), "{err}");
+    server.abort();
+}
