@@ -101,7 +101,7 @@ impl Loader {
         // Unpack the archive while it arrives.
         let staging = self.layers.stage()?;
         let dir = staging.diff();
-        let (chunks_tx, chunks_rx) = mpsc::channel::<Option<Bytes>>(16);
+        let (chunks_tx, chunks_rx) = mpsc::channel::<Option<Bytes>>(4);
         let target = dir.clone();
         let extracting =
             tokio::task::spawn_blocking(move || extract(ChannelReader::new(chunks_rx), &target));

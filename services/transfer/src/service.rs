@@ -109,15 +109,20 @@ fn parse_chains(chains: &[String]) -> Result<Vec<Digest>, Error> {
     chains.iter().map(|c| c.parse::<Digest>()).collect()
 }
 
-/// Runs a streaming operation on its own task; a caller that drops the
-/// stream cancels it.
-fn stream_task<T, F, Fut>(run: F) -> ReceiverStream<Result<T, Status>>
+/// Messages a progress stream holds for a slow caller.
+const PROGRESS_BUFFER: usize = 64;
+/// Archive chunks (1 MiB each) an export holds for a slow caller.
+const CHUNK_BUFFER: usize = 4;
+
+/// Runs a streaming operation on its own task, holding at most `buffer`
+/// messages for the caller; a caller that drops the stream cancels it.
+fn stream_task<T, F, Fut>(buffer: usize, run: F) -> ReceiverStream<Result<T, Status>>
 where
     T: Send + 'static,
     F: FnOnce(mpsc::Sender<Result<T, Status>>) -> Fut,
     Fut: Future<Output = Result<(), Error>> + Send + 'static,
 {
-    let (tx, rx) = mpsc::channel(64);
+    let (tx, rx) = mpsc::channel(buffer);
     let work = run(tx.clone());
     tokio::spawn(async move {
         tokio::select! {
@@ -188,9 +193,10 @@ impl Transfer for TransferService {
         let request = request.into_inner();
         Reference::parse(&request.reference)?;
         let pulls = Arc::clone(&self.pulls);
-        Ok(Response::new(stream_task(move |tx| async move {
-            pulls.pull(request, tx).await
-        })))
+        Ok(Response::new(stream_task(
+            PROGRESS_BUFFER,
+            move |tx| async move { pulls.pull(request, tx).await },
+        )))
     }
 
     type PushStream = ReceiverStream<Result<PushImageProgress, Status>>;
@@ -202,9 +208,10 @@ impl Transfer for TransferService {
         let request = request.into_inner();
         Reference::parse(&request.reference)?;
         let pusher = Arc::clone(&self.pusher);
-        Ok(Response::new(stream_task(move |tx| async move {
-            pusher.push(request, tx).await
-        })))
+        Ok(Response::new(stream_task(
+            PROGRESS_BUFFER,
+            move |tx| async move { pusher.push(request, tx).await },
+        )))
     }
 
     type ExportStream = ReceiverStream<Result<ExportImagesChunk, Status>>;
@@ -215,9 +222,10 @@ impl Transfer for TransferService {
     ) -> Result<Response<Self::ExportStream>, Status> {
         let request = request.into_inner();
         let exporter = Arc::clone(&self.exporter);
-        Ok(Response::new(stream_task(move |tx| async move {
-            exporter.export(request, tx).await
-        })))
+        Ok(Response::new(stream_task(
+            CHUNK_BUFFER,
+            move |tx| async move { exporter.export(request, tx).await },
+        )))
     }
 
     type LoadStream = ReceiverStream<Result<LoadImagesResponse, Status>>;
@@ -228,9 +236,10 @@ impl Transfer for TransferService {
     ) -> Result<Response<Self::LoadStream>, Status> {
         let inbound = request.into_inner();
         let loader = Arc::clone(&self.loader);
-        Ok(Response::new(stream_task(move |tx| async move {
-            loader.load(inbound, tx).await
-        })))
+        Ok(Response::new(stream_task(
+            PROGRESS_BUFFER,
+            move |tx| async move { loader.load(inbound, tx).await },
+        )))
     }
 
     async fn import(
