@@ -457,3 +457,71 @@ async fn import_makes_a_one_layer_image_with_the_changes() {
         .images;
     assert_eq!(listed.len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parent_links_travel_with_the_archive() {
+    let registry = TestRegistry::start().await.unwrap();
+    let catalog = imaged_fixtures::catalog().unwrap();
+    catalog.push_all(&registry.fixtures()).await.unwrap();
+    let source = Imaged::start().await.unwrap();
+    let base = registry.fixtures().reference("fixtures/base:latest");
+    client::pull(source.images(), client::pull_request(&base))
+        .await
+        .unwrap();
+    let mut layers =
+        imaged_api::v1::layers_client::LayersClient::new(source.channel(Service::Gateway));
+    let created = layers
+        .create_layer(CreateLayerRequest {
+            container_id: "builder".into(),
+            image: base.clone(),
+            mount_label: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    std::fs::write(
+        std::path::Path::new(created.folders.last().unwrap()).join("built"),
+        b"step output",
+    )
+    .unwrap();
+    let child = source
+        .images()
+        .commit_image(CommitImageRequest {
+            container_id: "builder".into(),
+            reference: "built/child:1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .id;
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("family.tar");
+    imagectl(
+        &source,
+        &["save", "-o", path.to_str().unwrap(), &base, "built/child:1"],
+    )
+    .await;
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&files(&std::fs::read(&path).unwrap())["manifest.json"]).unwrap();
+    assert_eq!(manifest[1]["Parent"], catalog.base.id());
+
+    let target = Imaged::start().await.unwrap();
+    imagectl(&target, &["load", "-i", path.to_str().unwrap()]).await;
+    let inspect = target
+        .images()
+        .inspect_image(InspectImageRequest {
+            image: "built/child:1".into(),
+            platform: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(inspect.id, child);
+    assert_eq!(
+        inspect.parent,
+        catalog.base.id(),
+        "the parent link was restored"
+    );
+}

@@ -38,6 +38,9 @@ struct Entry {
     repo_tags: Option<Vec<String>>,
     #[serde(rename = "Layers", default)]
     layers: Vec<String>,
+    /// The parent image's ID, when the parent is in the archive too.
+    #[serde(rename = "Parent", default)]
+    parent: Option<String>,
 }
 
 /// What a load needs from an image config.
@@ -146,6 +149,9 @@ impl Loader {
 
         let mut adopted: HashMap<PathBuf, Digest> = HashMap::new();
         let mut loaded = Vec::new();
+        // (child ID, its config, the parent it names), applied at the end.
+        let mut parents: Vec<(String, Vec<u8>, String)> = Vec::new();
+        let mut configs: HashMap<String, Vec<u8>> = HashMap::new();
         let mut last_tagged = false;
         for entry in entries {
             let config = std::fs::read(inside(&dir, &entry.config)?)
@@ -250,7 +256,34 @@ impl Loader {
                 line(&tx, format!("Loaded image: {}", tag.familiar())).await;
             }
             last_tagged = !tags.is_empty();
+            if let Some(parent) = entry.parent.filter(|p| !p.is_empty()) {
+                parents.push((recorded.id.clone(), config.clone(), parent));
+            }
+            configs.insert(recorded.id.clone(), config);
             loaded.push(recorded.id);
+        }
+        // Parent links, only to a parent loaded from the same archive that
+        // is a valid parent (Docker's rule).
+        for (child, config, parent) in parents {
+            let Some(parent_config) = configs.get(&parent) else {
+                continue;
+            };
+            if !valid_parent(parent_config, &config) {
+                return Err(Error::InvalidArgument(format!(
+                    "image {parent} is not a valid parent for {child}"
+                )));
+            }
+            let create = imaged_api::v1::CreateImageRequest {
+                config,
+                parent: parent.clone(),
+            };
+            self.metadata
+                .call(|channel| {
+                    let create = create.clone();
+                    async move { MetadataClient::new(channel).create_image(create).await }
+                })
+                .await
+                .map_err(|status| Error::Unavailable(status.message().into()))?;
         }
         if !last_tagged {
             for id in &loaded {
@@ -302,6 +335,19 @@ impl Loader {
         .await
         .map_err(Error::internal)?
     }
+}
+
+/// Docker's valid-parent check: the child's history is the parent's plus
+/// one entry, with an equal prefix (and so equal `created` times).
+fn valid_parent(parent: &[u8], child: &[u8]) -> bool {
+    let history = |bytes: &[u8]| -> Vec<serde_json::Value> {
+        serde_json::from_slice::<serde_json::Value>(bytes)
+            .ok()
+            .and_then(|c| c["history"].as_array().cloned())
+            .unwrap_or_default()
+    };
+    let (p, c) = (history(parent), history(child));
+    c.len() == p.len() + 1 && c[..p.len()] == p[..]
 }
 
 /// `rel` (a path written in manifest.json) inside the archive directory.
