@@ -94,6 +94,7 @@ fn unpack_entries(reader: &mut dyn Read, dest: &Path) -> Result<(u64, u64), Erro
             make_node(&target, libc::S_IFCHR, 0, 0).map_err(classify)?;
             continue;
         }
+        let mtime = precise_mtime(&mut entry);
         let header = entry.header();
         let kind = header.entry_type();
         match kind {
@@ -136,7 +137,6 @@ fn unpack_entries(reader: &mut dyn Read, dest: &Path) -> Result<(u64, u64), Erro
                 }
             }
             EntryType::Directory => {
-                let mtime = header.mtime().unwrap_or(0);
                 dir_times.push((dest.join(&path), mtime));
             }
             EntryType::Regular | EntryType::Continuous => {
@@ -147,14 +147,38 @@ fn unpack_entries(reader: &mut dyn Read, dest: &Path) -> Result<(u64, u64), Erro
         if !entry.unpack_in(dest).map_err(classify)? {
             return Err(invalid(&raw, "path escapes the layer"));
         }
+        if kind != EntryType::Directory && kind != EntryType::Link {
+            // The tar crate keeps whole seconds and turns 0 into 1; the
+            // layer keeps what the archive says.
+            filetime::set_symlink_file_times(dest.join(&path), mtime, mtime).map_err(classify)?;
+        }
     }
     // Children changed their directories' times; put them back, deepest
     // first.
     for (dir, mtime) in dir_times.iter().rev() {
-        let time = FileTime::from_unix_time((*mtime).max(1) as i64, 0);
-        filetime::set_symlink_file_times(dir, time, time).map_err(classify)?;
+        filetime::set_symlink_file_times(dir, *mtime, *mtime).map_err(classify)?;
     }
     Ok((size, entries))
+}
+
+/// The entry's modification time with the sub-second part a PAX `mtime`
+/// record carries (BuildKit writes them), else the header's seconds.
+fn precise_mtime<R: Read>(entry: &mut tar::Entry<'_, R>) -> FileTime {
+    if let Ok(Some(extensions)) = entry.pax_extensions() {
+        for extension in extensions.flatten() {
+            if extension.key() == Ok("mtime")
+                && let Ok(value) = extension.value()
+            {
+                let (secs, frac) = value.split_once('.').unwrap_or((value, ""));
+                if let Ok(secs) = secs.parse::<i64>() {
+                    let digits: String = frac.chars().take(9).collect();
+                    let nanos = format!("{digits:0<9}").parse::<u32>().unwrap_or(0);
+                    return FileTime::from_unix_time(secs, nanos);
+                }
+            }
+        }
+    }
+    FileTime::from_unix_time(entry.header().mtime().unwrap_or(0) as i64, 0)
 }
 
 /// The entry name as a path inside the layer: `./` and empty parts are
@@ -327,6 +351,44 @@ mod tests {
         std::fs::create_dir(&dest).unwrap();
         let err = unpack(tar, &dest).expect_err("an unsafe layer was accepted");
         (err, outside)
+    }
+
+    #[test]
+    fn keeps_sub_second_and_zero_times() {
+        let mut builder = tar::Builder::new(Vec::new());
+        builder
+            .append_pax_extensions([("mtime", b"1700000000.123456789".as_slice())])
+            .unwrap();
+        let mut header = tar::Header::new_ustar();
+        header.set_size(1);
+        header.set_mode(0o644);
+        header.set_mtime(1_700_000_000);
+        header.set_uid(0);
+        header.set_gid(0);
+        builder
+            .append_data(&mut header, "precise", b"x".as_slice())
+            .unwrap();
+        let mut header = tar::Header::new_ustar();
+        header.set_size(1);
+        header.set_mode(0o644);
+        header.set_mtime(0);
+        header.set_uid(0);
+        header.set_gid(0);
+        builder
+            .append_data(&mut header, "epoch", b"y".as_slice())
+            .unwrap();
+        let tar = builder.into_inner().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        unpack(tar.as_slice(), dir.path()).unwrap();
+        let precise = std::fs::metadata(dir.path().join("precise")).unwrap();
+        assert_eq!(
+            (precise.mtime(), precise.mtime_nsec()),
+            (1_700_000_000, 123_456_789)
+        );
+        assert_eq!(
+            std::fs::metadata(dir.path().join("epoch")).unwrap().mtime(),
+            0
+        );
     }
 
     #[test]
