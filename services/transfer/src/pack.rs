@@ -47,7 +47,7 @@ fn pack_dir<W: Write>(
             append(tar, &mut header, &whiteout, &[] as &[u8])?;
             continue;
         }
-        xattrs(tar, &path)?;
+        pax(tar, &path, &meta)?;
         if kind.is_dir() {
             let mut header = header(&meta, EntryType::Directory, 0);
             append(tar, &mut header, &child, &[] as &[u8])?;
@@ -122,13 +122,15 @@ fn append<W: Write>(
         .map_err(crate::unpack::classify)
 }
 
-/// The entry's xattrs (but overlayfs' own) as a PAX header before it.
-fn xattrs<W: Write>(tar: &mut tar::Builder<W>, path: &Path) -> Result<(), Error> {
-    let Ok(names) = xattr::list(path) else {
-        return Ok(());
-    };
+/// One PAX header before the entry with what a plain header cannot hold:
+/// its xattrs (but overlayfs' own) and a sub-second modification time.
+fn pax<W: Write>(tar: &mut tar::Builder<W>, path: &Path, meta: &fs::Metadata) -> Result<(), Error> {
     let mut records = Vec::new();
-    for name in names {
+    if meta.mtime_nsec() != 0 {
+        let mtime = format!("{}.{:09}", meta.mtime(), meta.mtime_nsec());
+        records.push(("mtime".to_string(), mtime.into_bytes()));
+    }
+    for name in xattr::list(path).into_iter().flatten() {
         let name = name.to_string_lossy().into_owned();
         if name.starts_with("trusted.overlay.") {
             continue;
@@ -160,6 +162,8 @@ mod tests {
         fs::create_dir_all(dir.join("cache")).unwrap();
         xattr::set(dir.join("cache"), "trusted.overlay.opaque", b"y").unwrap();
         xattr::set(dir.join("etc/conf"), "user.note", b"kept").unwrap();
+        let precise = filetime::FileTime::from_unix_time(1_700_000_000, 250_000_000);
+        filetime::set_file_mtime(dir.join("etc/conf"), precise).unwrap();
 
         let mut tar = Vec::new();
         pack(dir, &mut tar).unwrap();
@@ -189,6 +193,11 @@ mod tests {
         assert_eq!(
             xattr::get(out.path().join("etc/conf"), "user.note").unwrap(),
             Some(b"kept".to_vec())
+        );
+        let conf = fs::metadata(out.path().join("etc/conf")).unwrap();
+        assert_eq!(
+            (conf.mtime(), conf.mtime_nsec()),
+            (1_700_000_000, 250_000_000)
         );
     }
 }
