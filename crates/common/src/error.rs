@@ -70,6 +70,26 @@ impl From<Error> for Status {
     }
 }
 
+impl From<Status> for Error {
+    /// A peer service's answer, passed on with its code and message (a
+    /// peer that cannot be reached is already `UNAVAILABLE` naming it).
+    fn from(status: Status) -> Self {
+        let message = status.message().to_string();
+        match status.code() {
+            Code::NotFound => Error::NotFound(message),
+            Code::InvalidArgument | Code::OutOfRange => Error::InvalidArgument(message),
+            Code::FailedPrecondition | Code::Aborted => Error::FailedPrecondition(message),
+            Code::AlreadyExists => Error::AlreadyExists(message),
+            Code::ResourceExhausted => Error::ResourceExhausted(message),
+            Code::Unavailable | Code::Cancelled => Error::Unavailable(message),
+            Code::Unauthenticated => Error::Unauthenticated(message),
+            Code::PermissionDenied => Error::PermissionDenied(message),
+            Code::DeadlineExceeded => Error::DeadlineExceeded(message),
+            _ => Error::Internal(message),
+        }
+    }
+}
+
 impl From<std::io::Error> for Error {
     /// I/O on our own stores: a full disk is the caller's limit to know
     /// about, anything else is our fault.
@@ -96,5 +116,14 @@ mod tests {
         assert_eq!(Error::from(full).code(), Code::ResourceExhausted);
         let other = std::io::Error::from_raw_os_error(libc::EIO);
         assert_eq!(Error::from(other).code(), Code::Internal);
+        for code in [
+            Code::NotFound,
+            Code::InvalidArgument,
+            Code::Unavailable,
+            Code::PermissionDenied,
+        ] {
+            let back: Status = Error::from(Status::new(code, "peer said")).into();
+            assert_eq!((back.code(), back.message()), (code, "peer said"));
+        }
     }
 }

@@ -109,6 +109,25 @@ impl Platform {
         }
     }
 
+    /// The platform a request asks for: the host's OS and architecture
+    /// fill what it leaves empty (all empty: the host's), normalized.
+    pub fn or_host(os: &str, architecture: &str, variant: &str) -> Platform {
+        let host = Platform::host();
+        if os.is_empty() && architecture.is_empty() {
+            return host.normalize();
+        }
+        Platform::new(
+            if os.is_empty() { &host.os } else { os },
+            if architecture.is_empty() {
+                &host.architecture
+            } else {
+                architecture
+            },
+            variant,
+        )
+        .normalize()
+    }
+
     /// Whether an image of platform `candidate` runs on `self` (containerd's
     /// `Only`): the same platform or an older compatible one, such as
     /// `amd64/v2` on `amd64/v3`, `arm/v6` on `arm/v7`, `arm/v7` on `arm64`.

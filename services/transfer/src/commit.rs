@@ -5,13 +5,8 @@
 
 use std::sync::Arc;
 
-use imaged_api::v1::metadata_client::MetadataClient;
-use imaged_api::v1::{
-    CommitImageRequest, CreateImageRequest, InspectImageRequest, SquashImageRequest,
-    TagImageRequest,
-};
+use imaged_api::v1::{CommitImageRequest, SquashImageRequest};
 use imaged_common::Error;
-use imaged_common::peer::Peer;
 use imaged_model::digest::{chain_id, chain_ids, child_chain};
 use imaged_model::{Digest, Platform, Reference, changes};
 use serde_json::{Map, Value, json};
@@ -19,6 +14,7 @@ use serde_json::{Map, Value, json};
 use crate::containers::Containers;
 use crate::content::ContentStore;
 use crate::layers::{Layer, LayerStore};
+use crate::metadata::{Metadata, config_diff_ids};
 use crate::pull::Puller;
 
 /// The commit and squash engine.
@@ -27,7 +23,7 @@ pub struct Committer {
     layers: Arc<LayerStore>,
     containers: Arc<Containers>,
     puller: Arc<Puller>,
-    metadata: Peer,
+    metadata: Metadata,
 }
 
 impl Committer {
@@ -36,7 +32,7 @@ impl Committer {
         layers: Arc<LayerStore>,
         containers: Arc<Containers>,
         puller: Arc<Puller>,
-        metadata: Peer,
+        metadata: Metadata,
     ) -> Self {
         Committer {
             content,
@@ -92,7 +88,7 @@ impl Committer {
         );
         set_text(&mut config, "author", &request.author);
         set_text(&mut config, "comment", &request.comment);
-        let mut diff_ids = diff_ids_of(&parent_config);
+        let mut diff_ids = config_diff_ids(&parent_config);
         let empty_layer = layer.diff_id == empty_tar_digest();
         if !empty_layer {
             diff_ids.push(layer.diff_id.clone());
@@ -123,7 +119,7 @@ impl Committer {
         push_history(&mut config, step);
         let id = self.create(Value::Object(config), &record.image_id).await?;
         if let Some(reference) = reference {
-            self.tag(&id, &reference).await?;
+            self.metadata.tag(&id, &reference.to_string()).await?;
         }
         Ok(id)
     }
@@ -132,12 +128,12 @@ impl Committer {
     /// image's ID (the original stays).
     pub async fn squash(&self, request: SquashImageRequest) -> Result<String, Error> {
         let (image_id, config) = self.image_config(&request.image).await?;
-        let diff_ids = diff_ids_of(&config);
+        let diff_ids = config_diff_ids(&config);
         let (parent_ids, parent_history_len) = match request.parent.as_str() {
             "" => (Vec::new(), 0),
             parent => {
                 let (parent_id, parent_config) = self.image_config(parent).await?;
-                let ids = diff_ids_of(&parent_config);
+                let ids = config_diff_ids(&parent_config);
                 if !diff_ids.starts_with(&ids) {
                     return Err(Error::InvalidArgument(format!(
                         "layer ID '{parent_id}' is not a parent of the specified layer: cannot provide diff to non-parent"
@@ -227,51 +223,14 @@ impl Committer {
     }
 
     async fn image_config(&self, image: &str) -> Result<(String, Value), Error> {
-        let request = InspectImageRequest {
-            image: image.to_string(),
-            platform: None,
-        };
-        let answer = self
-            .metadata
-            .call(|channel| {
-                let request = request.clone();
-                async move { MetadataClient::new(channel).image_config(request).await }
-            })
-            .await
-            .map_err(metadata_error)?;
+        let answer = self.metadata.image_config(image, None).await?;
         let config = serde_json::from_slice(&answer.config).map_err(Error::internal)?;
         Ok((answer.id, config))
     }
 
     async fn create(&self, config: Value, parent: &str) -> Result<String, Error> {
-        let request = CreateImageRequest {
-            config: serde_json::to_vec(&config).map_err(Error::internal)?,
-            parent: parent.to_string(),
-        };
-        Ok(self
-            .metadata
-            .call(|channel| {
-                let request = request.clone();
-                async move { MetadataClient::new(channel).create_image(request).await }
-            })
-            .await
-            .map_err(metadata_error)?
-            .id)
-    }
-
-    async fn tag(&self, id: &str, reference: &Reference) -> Result<(), Error> {
-        let request = TagImageRequest {
-            source: id.to_string(),
-            target: reference.to_string(),
-        };
-        self.metadata
-            .call(|channel| {
-                let request = request.clone();
-                async move { MetadataClient::new(channel).tag_image(request).await }
-            })
-            .await
-            .map_err(metadata_error)?;
-        Ok(())
+        let bytes = serde_json::to_vec(&config).map_err(Error::internal)?;
+        self.metadata.create_image(bytes, parent).await
     }
 }
 
@@ -288,17 +247,6 @@ fn parse_target(reference: &str) -> Result<Option<Reference>, Error> {
             Ok(Some(parsed.with_default_tag()))
         }
     }
-}
-
-fn diff_ids_of(config: &Value) -> Vec<Digest> {
-    config["rootfs"]["diff_ids"]
-        .as_array()
-        .map(|ids| {
-            ids.iter()
-                .filter_map(|d| d.as_str()?.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 fn push_history(config: &mut Map<String, Value>, step: Value) {
@@ -324,12 +272,4 @@ fn now() -> String {
 /// The diffID of an empty layer tar (1024 zero bytes).
 fn empty_tar_digest() -> Digest {
     Digest::sha256_of(&[0u8; 1024])
-}
-
-fn metadata_error(status: tonic::Status) -> Error {
-    match status.code() {
-        tonic::Code::NotFound => Error::NotFound(status.message().into()),
-        tonic::Code::InvalidArgument => Error::InvalidArgument(status.message().into()),
-        _ => Error::Unavailable(status.message().into()),
-    }
 }

@@ -9,11 +9,9 @@ use std::collections::{BTreeMap, HashSet};
 use std::io::{self, Read, Write};
 use std::sync::Arc;
 
-use imaged_api::v1::metadata_client::MetadataClient;
 use imaged_api::v1::{ExportImagesChunk, ExportImagesRequest, ExportedImage};
 use imaged_common::Error;
 use imaged_common::events::Publisher;
-use imaged_common::peer::Peer;
 use imaged_model::digest::chain_ids;
 use imaged_model::{Digest, Reference};
 use serde_json::{Value, json};
@@ -21,6 +19,7 @@ use tokio::sync::mpsc;
 
 use crate::content::ContentStore;
 use crate::layers::{Layer, LayerStore};
+use crate::metadata::{Metadata, config_diff_ids, config_labels};
 use crate::unpack::{self, HashingReader};
 
 const CHUNK: usize = 1 << 20;
@@ -45,7 +44,7 @@ struct Planned {
 pub struct Exporter {
     content: ContentStore,
     layers: Arc<LayerStore>,
-    metadata: Peer,
+    metadata: Metadata,
     events: Publisher,
 }
 
@@ -53,7 +52,7 @@ impl Exporter {
     pub fn new(
         content: ContentStore,
         layers: Arc<LayerStore>,
-        metadata: Peer,
+        metadata: Metadata,
         events: Publisher,
     ) -> Self {
         Exporter {
@@ -66,18 +65,7 @@ impl Exporter {
 
     /// Writes the archive of the images `request` names to `tx`.
     pub async fn export(&self, request: ExportImagesRequest, tx: Chunks) -> Result<(), Error> {
-        let set = self
-            .metadata
-            .call(|channel| {
-                let request = request.clone();
-                async move { MetadataClient::new(channel).export_set(request).await }
-            })
-            .await
-            .map_err(|status| match status.code() {
-                tonic::Code::NotFound => Error::NotFound(status.message().into()),
-                tonic::Code::InvalidArgument => Error::InvalidArgument(status.message().into()),
-                _ => Error::Unavailable(status.message().into()),
-            })?;
+        let set = self.metadata.export_set(request).await?;
         let plan = set
             .images
             .into_iter()
@@ -102,14 +90,7 @@ impl Exporter {
     fn plan(&self, image: ExportedImage) -> Result<Planned, Error> {
         let config: Value = serde_json::from_slice(&image.config)
             .map_err(|e| Error::Internal(format!("stored config of {}: {e}", image.id)))?;
-        let diff_ids = config["rootfs"]["diff_ids"]
-            .as_array()
-            .map(|ids| {
-                ids.iter()
-                    .filter_map(|d| d.as_str()?.parse::<Digest>().ok())
-                    .collect::<Vec<_>>()
-            })
-            .unwrap_or_default();
+        let diff_ids = config_diff_ids(&config);
         if diff_ids.is_empty() {
             return Err(Error::InvalidArgument(
                 "empty export - not implemented".into(),
@@ -138,14 +119,7 @@ impl Exporter {
             .as_str()
             .and_then(|c| chrono::DateTime::parse_from_rfc3339(c).ok())
             .map_or(0, |t| t.timestamp().max(0) as u64);
-        let labels = config["config"]["Labels"]
-            .as_object()
-            .map(|m| {
-                m.iter()
-                    .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let labels = config_labels(&config);
         Ok(Planned {
             image,
             diff_ids,

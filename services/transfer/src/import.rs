@@ -7,16 +7,15 @@
 use std::io::Write;
 use std::sync::Arc;
 
-use imaged_api::v1::metadata_client::MetadataClient;
 use imaged_api::v1::{ImportImageRequest, PutImageRequest};
 use imaged_common::Error;
-use imaged_common::peer::Peer;
 use imaged_model::{Platform, Reference, changes};
 use serde_json::{Map, Value, json};
 use tokio_stream::{Stream, StreamExt};
 
 use crate::content::ContentStore;
 use crate::layers::{Layer, LayerStore};
+use crate::metadata::Metadata;
 use crate::pull::Puller;
 use crate::unpack;
 
@@ -25,7 +24,7 @@ pub struct Importer {
     content: ContentStore,
     layers: Arc<LayerStore>,
     puller: Arc<Puller>,
-    metadata: Peer,
+    metadata: Metadata,
 }
 
 impl Importer {
@@ -33,7 +32,7 @@ impl Importer {
         content: ContentStore,
         layers: Arc<LayerStore>,
         puller: Arc<Puller>,
-        metadata: Peer,
+        metadata: Metadata,
     ) -> Self {
         Importer {
             content,
@@ -66,19 +65,10 @@ impl Importer {
             }
         };
         let host = Platform::host();
-        let platform = match &first.platform {
-            Some(p) if !p.os.is_empty() || !p.architecture.is_empty() => Platform::new(
-                if p.os.is_empty() { &host.os } else { &p.os },
-                if p.architecture.is_empty() {
-                    &host.architecture
-                } else {
-                    &p.architecture
-                },
-                &p.variant,
-            )
-            .normalize(),
-            _ => host.normalize(),
-        };
+        let platform = first.platform.as_ref().map_or_else(
+            || Platform::or_host("", "", ""),
+            |p| Platform::or_host(&p.os, &p.architecture, &p.variant),
+        );
         if !platform.os.eq_ignore_ascii_case(&host.os) {
             return Err(Error::InvalidArgument(
                 "operating system is not supported".into(),
@@ -170,21 +160,7 @@ impl Importer {
             event_ref: id.clone(),
             tag_events: true,
         };
-        self.metadata
-            .call(|channel| {
-                let put = put.clone();
-                async move { MetadataClient::new(channel).put_image(put).await }
-            })
-            .await
-            .map_err(metadata_error)?;
+        self.metadata.put_image(put).await?;
         Ok(id)
-    }
-}
-
-fn metadata_error(status: tonic::Status) -> Error {
-    match status.code() {
-        tonic::Code::InvalidArgument => Error::InvalidArgument(status.message().into()),
-        tonic::Code::NotFound => Error::NotFound(status.message().into()),
-        _ => Error::Unavailable(status.message().into()),
     }
 }

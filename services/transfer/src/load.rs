@@ -11,10 +11,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use imaged_api::v1::metadata_client::MetadataClient;
 use imaged_api::v1::{LoadImagesRequest, LoadImagesResponse, PutImageRequest};
 use imaged_common::Error;
-use imaged_common::peer::Peer;
 use imaged_model::digest::chain_ids;
 use imaged_model::{Digest, Platform, Reference};
 use serde::Deserialize;
@@ -23,6 +21,7 @@ use tokio_stream::StreamExt;
 
 use crate::content::ContentStore;
 use crate::layers::{Layer, LayerStore};
+use crate::metadata::Metadata;
 use crate::pull::Puller;
 use crate::unpack::{self, relative_path};
 
@@ -66,7 +65,7 @@ pub struct Loader {
     content: ContentStore,
     layers: Arc<LayerStore>,
     puller: Arc<Puller>,
-    metadata: Peer,
+    metadata: Metadata,
 }
 
 impl Loader {
@@ -74,7 +73,7 @@ impl Loader {
         content: ContentStore,
         layers: Arc<LayerStore>,
         puller: Arc<Puller>,
-        metadata: Peer,
+        metadata: Metadata,
     ) -> Self {
         Loader {
             content,
@@ -231,17 +230,7 @@ impl Loader {
                 event_ref: Digest::sha256_of(&config).to_string(),
                 tag_events: false,
             };
-            let recorded = self
-                .metadata
-                .call(|channel| {
-                    let put = put.clone();
-                    async move { MetadataClient::new(channel).put_image(put).await }
-                })
-                .await
-                .map_err(|status| match status.code() {
-                    tonic::Code::InvalidArgument => Error::InvalidArgument(status.message().into()),
-                    _ => Error::Unavailable(status.message().into()),
-                })?;
+            let recorded = self.metadata.put_image(put).await?;
             for moved in &recorded.moved {
                 line(
                     &tx,
@@ -273,17 +262,7 @@ impl Loader {
                     "image {parent} is not a valid parent for {child}"
                 )));
             }
-            let create = imaged_api::v1::CreateImageRequest {
-                config,
-                parent: parent.clone(),
-            };
-            self.metadata
-                .call(|channel| {
-                    let create = create.clone();
-                    async move { MetadataClient::new(channel).create_image(create).await }
-                })
-                .await
-                .map_err(|status| Error::Unavailable(status.message().into()))?;
+            self.metadata.create_image(config, &parent).await?;
         }
         if !last_tagged {
             for id in &loaded {

@@ -13,6 +13,7 @@ mod limits;
 mod load;
 mod manifest;
 mod merge;
+mod metadata;
 mod pack;
 mod pull;
 mod pull_share;
@@ -67,10 +68,10 @@ fn main() {
         let layers = Arc::new(layers::LayerStore::open(&config.data_dir)?);
         let limits = Arc::new(limits::Limits::new(&args.limits));
         let root = &config.root;
-        let metadata = Peer::new(
+        let metadata = metadata::Metadata::new(Peer::new(
             Service::Metadata,
             args.peers.endpoint(Service::Metadata, root),
-        )?;
+        )?);
         let events = Publisher::start(
             Peer::new(Service::Events, args.peers.endpoint(Service::Events, root))?,
             Service::Transfer.process(),

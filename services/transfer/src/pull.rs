@@ -12,10 +12,8 @@ use std::time::Duration;
 
 use futures::future::{BoxFuture, FutureExt, Shared, WeakShared};
 use futures::{StreamExt, stream};
-use imaged_api::v1::metadata_client::MetadataClient;
 use imaged_api::v1::{PullImageProgress, PullImageRequest, PutImageRequest};
 use imaged_common::Error;
-use imaged_common::peer::Peer;
 use imaged_model::digest::chain_ids;
 use imaged_model::{Digest, Platform, Reference};
 use oci_client::Client;
@@ -30,6 +28,7 @@ use crate::manifest::{
     ACCEPTED, ConfigProbe, MAX_JSON_BLOB, Manifest, Probe, check_media_type, choose_platform,
     schema1,
 };
+use crate::metadata::Metadata;
 use crate::registry::{self, Registries};
 
 /// How long a pull waits for bytes, and the throughput it must keep.
@@ -95,7 +94,7 @@ pub struct Puller {
     pub(crate) layers: Arc<LayerStore>,
     limits: Arc<Limits>,
     registries: Registries,
-    metadata: Peer,
+    metadata: Metadata,
     pub(crate) stall: Duration,
     pub(crate) min_rate: u64,
     jobs: Mutex<HashMap<Digest, Job>>,
@@ -132,7 +131,7 @@ impl Puller {
         content: ContentStore,
         layers: Arc<LayerStore>,
         limits: Arc<Limits>,
-        metadata: Peer,
+        metadata: Metadata,
         args: &PullArgs,
     ) -> Self {
         Puller {
@@ -195,22 +194,10 @@ impl Puller {
         } else {
             reference.with_default_tag()
         };
-        let platform = match &request.platform {
-            Some(p) if !p.os.is_empty() || !p.architecture.is_empty() => {
-                let host = Platform::host();
-                Platform::new(
-                    if p.os.is_empty() { &host.os } else { &p.os },
-                    if p.architecture.is_empty() {
-                        &host.architecture
-                    } else {
-                        &p.architecture
-                    },
-                    &p.variant,
-                )
-                .normalize()
-            }
-            _ => Platform::host().normalize(),
-        };
+        let platform = request.platform.as_ref().map_or_else(
+            || Platform::or_host("", "", ""),
+            |p| Platform::or_host(&p.os, &p.architecture, &p.variant),
+        );
         let auth = registry::auth(request.auth.as_ref());
         let client = self.registries.client(&reference, &auth);
         let oref = registry::oci_reference(&reference);
@@ -412,17 +399,7 @@ impl Puller {
             event_ref: shown.clone(),
             tag_events: false,
         };
-        let recorded = self
-            .metadata
-            .call(|channel| {
-                let put = put.clone();
-                async move { MetadataClient::new(channel).put_image(put).await }
-            })
-            .await
-            .map_err(|status| match status.code() {
-                tonic::Code::InvalidArgument => Error::InvalidArgument(status.message().into()),
-                _ => Error::Unavailable(status.message().into()),
-            })?;
+        let recorded = self.metadata.put_image(put).await?;
         let id = recorded.id;
         let fetched = recorded.updated;
         send(&tx, line("", format!("Digest: {top_digest}"))).await;

@@ -2,15 +2,12 @@
 //! limit (skipping what the registry has, mounting across repositories of
 //! the same registry), then the manifest; send the `push` event.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use futures::TryStreamExt;
-use imaged_api::v1::metadata_client::MetadataClient;
-use imaged_api::v1::{InspectImageRequest, PushImageProgress, PushImageRequest};
+use imaged_api::v1::{PushImageProgress, PushImageRequest};
 use imaged_common::Error;
 use imaged_common::events::Publisher;
-use imaged_common::peer::Peer;
 use imaged_model::digest::chain_ids;
 use imaged_model::{Digest, Reference};
 use oci_client::{Client, RegistryOperation};
@@ -20,6 +17,7 @@ use tokio::sync::mpsc;
 use crate::content::ContentStore;
 use crate::layers::LayerStore;
 use crate::limits::Limits;
+use crate::metadata::{Metadata, config_diff_ids, config_labels};
 use crate::pull::Puller;
 use crate::registry;
 
@@ -35,7 +33,7 @@ pub struct Pusher {
     layers: Arc<LayerStore>,
     limits: Arc<Limits>,
     puller: Arc<Puller>,
-    metadata: Peer,
+    metadata: Metadata,
     events: Publisher,
 }
 
@@ -52,7 +50,7 @@ impl Pusher {
         layers: Arc<LayerStore>,
         limits: Arc<Limits>,
         puller: Arc<Puller>,
-        metadata: Peer,
+        metadata: Metadata,
         events: Publisher,
     ) -> Self {
         Pusher {
@@ -79,34 +77,22 @@ impl Pusher {
         }
         let reference = reference.with_default_tag();
         let shown = reference.familiar();
-        let image = self
+        let image = match self
             .metadata
-            .call(|channel| {
-                let request = InspectImageRequest {
-                    image: shown.clone(),
-                    platform: request.platform.clone(),
-                };
-                async move { MetadataClient::new(channel).image_config(request).await }
-            })
+            .image_config(&shown, request.platform.clone())
             .await
-            .map_err(|status| match status.code() {
-                tonic::Code::NotFound => Error::NotFound(format!(
+        {
+            Err(Error::NotFound(_)) => {
+                return Err(Error::NotFound(format!(
                     "An image does not exist locally with the tag: {}",
                     reference.familiar_name()
-                )),
-                tonic::Code::InvalidArgument => Error::InvalidArgument(status.message().into()),
-                _ => Error::Unavailable(status.message().into()),
-            })?;
+                )));
+            }
+            other => other?,
+        };
         let config: serde_json::Value = serde_json::from_slice(&image.config)
             .map_err(|e| Error::Internal(format!("stored config of {shown}: {e}")))?;
-        let diff_ids = config["rootfs"]["diff_ids"]
-            .as_array()
-            .map(|ids| {
-                ids.iter()
-                    .filter_map(|d| d.as_str().and_then(|d| d.parse::<Digest>().ok()))
-                    .collect::<Vec<_>>()
-            })
-            .unwrap_or_default();
+        let diff_ids = config_diff_ids(&config);
         let mut uploads = Vec::new();
         for chain in chain_ids(&diff_ids) {
             let layer = self.layers.get(&chain).ok_or_else(|| {
@@ -192,14 +178,7 @@ impl Pusher {
             .await
             .map_err(|e| registry::error(&format!("manifest for {shown}"), e))?;
 
-        let labels: BTreeMap<String, String> = config["config"]["Labels"]
-            .as_object()
-            .map(|m| {
-                m.iter()
-                    .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let labels = config_labels(&config);
         self.events.image("push", &shown, &labels, Some(&shown));
 
         let tag = reference.tag().unwrap_or("latest").to_string();

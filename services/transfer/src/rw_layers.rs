@@ -4,30 +4,28 @@
 
 use std::sync::Arc;
 
-use imaged_api::v1::metadata_client::MetadataClient;
 use imaged_api::v1::{
-    ChangesResponse, CreateLayerRequest, CreateLayerResponse, GetLayerResponse,
-    InspectImageRequest, LayerSizeResponse, MountImageRequest, MountImageResponse,
-    RemoveContainerRequest, SetContainerRequest,
+    ChangesResponse, CreateLayerRequest, CreateLayerResponse, GetLayerResponse, LayerSizeResponse,
+    MountImageRequest, MountImageResponse,
 };
 use imaged_common::Error;
-use imaged_common::peer::Peer;
 use imaged_model::Digest;
 use imaged_model::digest::chain_id;
 use serde_json::Value;
 
 use crate::containers::{Container, Containers};
 use crate::layers::LayerStore;
+use crate::metadata::{Metadata, config_diff_ids};
 
 /// Container layers and image mounts.
 pub struct RwLayers {
     pub containers: Arc<Containers>,
     layers: Arc<LayerStore>,
-    metadata: Peer,
+    metadata: Metadata,
 }
 
 impl RwLayers {
-    pub fn new(containers: Arc<Containers>, layers: Arc<LayerStore>, metadata: Peer) -> Self {
+    pub fn new(containers: Arc<Containers>, layers: Arc<LayerStore>, metadata: Metadata) -> Self {
         RwLayers {
             containers,
             layers,
@@ -41,27 +39,9 @@ impl RwLayers {
         image: &str,
         platform: Option<imaged_api::v1::Platform>,
     ) -> Result<(String, Option<Digest>), Error> {
-        let request = InspectImageRequest {
-            image: image.to_string(),
-            platform,
-        };
-        let answer = self
-            .metadata
-            .call(|channel| {
-                let request = request.clone();
-                async move { MetadataClient::new(channel).image_config(request).await }
-            })
-            .await
-            .map_err(metadata_error)?;
+        let answer = self.metadata.image_config(image, platform).await?;
         let config: Value = serde_json::from_slice(&answer.config).map_err(Error::internal)?;
-        let diff_ids: Vec<Digest> = config["rootfs"]["diff_ids"]
-            .as_array()
-            .map(|ids| {
-                ids.iter()
-                    .filter_map(|d| d.as_str()?.parse().ok())
-                    .collect()
-            })
-            .unwrap_or_default();
+        let diff_ids = config_diff_ids(&config);
         Ok((answer.id, chain_id(&diff_ids)))
     }
 
@@ -181,48 +161,17 @@ impl RwLayers {
 
     /// Records the container against its image in imaged-metadata.
     async fn record(&self, container_id: &str, image_id: &str) -> Result<(), Error> {
-        let request = SetContainerRequest {
-            container_id: container_id.to_string(),
-            image: image_id.to_string(),
-            running: false,
-        };
-        self.metadata
-            .call(|channel| {
-                let request = request.clone();
-                async move { MetadataClient::new(channel).set_container(request).await }
-            })
-            .await
-            .map_err(metadata_error)?;
-        Ok(())
+        self.metadata.set_container(container_id, image_id).await
     }
 
     /// Forgets the container in imaged-metadata (best effort: a record left
     /// behind only blocks a non-forced rmi).
     async fn forget(&self, container_id: &str) {
-        let request = RemoveContainerRequest {
-            container_id: container_id.to_string(),
-        };
-        let result = self
-            .metadata
-            .call(|channel| {
-                let request = request.clone();
-                async move { MetadataClient::new(channel).remove_container(request).await }
-            })
-            .await;
-        if let Err(status) = result {
+        if let Err(err) = self.metadata.remove_container(container_id).await {
             tracing::warn!(
                 container = container_id,
-                "cannot forget the container in imaged-metadata: {}",
-                status.message()
+                "cannot forget the container in imaged-metadata: {err}"
             );
         }
-    }
-}
-
-fn metadata_error(status: tonic::Status) -> Error {
-    match status.code() {
-        tonic::Code::NotFound => Error::NotFound(status.message().into()),
-        tonic::Code::InvalidArgument => Error::InvalidArgument(status.message().into()),
-        _ => Error::Unavailable(status.message().into()),
     }
 }

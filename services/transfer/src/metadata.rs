@@ -1,0 +1,134 @@
+//! imaged-transfer's calls to imaged-metadata, in one place: each a retried
+//! call through the lazy peer, its status passed on as an [`Error`] by the
+//! one mapping in `imaged_common::error`. Also the two things transfer
+//! reads from an image config it gets back: its layers and its labels.
+
+use std::collections::BTreeMap;
+
+use imaged_api::v1::metadata_client::MetadataClient;
+use imaged_api::v1::{
+    CreateImageRequest, ExportImagesRequest, ExportSetResponse, ImageConfigResponse,
+    InspectImageRequest, Platform, PutImageRequest, PutImageResponse, RemoveContainerRequest,
+    SetContainerRequest, TagImageRequest,
+};
+use imaged_common::Error;
+use imaged_common::peer::Peer;
+use imaged_model::Digest;
+use serde_json::Value;
+
+/// The metadata peer, with the calls transfer makes.
+#[derive(Clone, Debug)]
+pub struct Metadata {
+    peer: Peer,
+}
+
+/// Calls `$method` with `$request` through the peer; a `Result<_, Error>`.
+macro_rules! call {
+    ($self:ident, $method:ident, $request:expr) => {{
+        let request = $request;
+        $self
+            .peer
+            .call(|channel| {
+                let request = request.clone();
+                async move { MetadataClient::new(channel).$method(request).await }
+            })
+            .await
+            .map_err(Error::from)
+    }};
+}
+
+impl Metadata {
+    pub fn new(peer: Peer) -> Self {
+        Metadata { peer }
+    }
+
+    /// An image's ID, exact config bytes and references.
+    pub async fn image_config(
+        &self,
+        image: &str,
+        platform: Option<Platform>,
+    ) -> Result<ImageConfigResponse, Error> {
+        call!(
+            self,
+            image_config,
+            InspectImageRequest {
+                image: image.to_string(),
+                platform,
+            }
+        )
+    }
+
+    /// Records an image transfer fetched, loaded or imported.
+    pub async fn put_image(&self, request: PutImageRequest) -> Result<PutImageResponse, Error> {
+        call!(self, put_image, request)
+    }
+
+    /// Stores a config made here (commit, squash), or sets a parent link.
+    pub async fn create_image(&self, config: Vec<u8>, parent: &str) -> Result<String, Error> {
+        let request = CreateImageRequest {
+            config,
+            parent: parent.to_string(),
+        };
+        Ok(call!(self, create_image, request)?.id)
+    }
+
+    /// Tags `id` as TagImage does.
+    pub async fn tag(&self, id: &str, target: &str) -> Result<(), Error> {
+        let request = TagImageRequest {
+            source: id.to_string(),
+            target: target.to_string(),
+        };
+        call!(self, tag_image, request).map(drop)
+    }
+
+    /// The images an export writes.
+    pub async fn export_set(
+        &self,
+        request: ExportImagesRequest,
+    ) -> Result<ExportSetResponse, Error> {
+        call!(self, export_set, request)
+    }
+
+    /// Records that a container's layer stands on `image_id`.
+    pub async fn set_container(&self, container_id: &str, image_id: &str) -> Result<(), Error> {
+        let request = SetContainerRequest {
+            container_id: container_id.to_string(),
+            image: image_id.to_string(),
+            running: false,
+        };
+        call!(self, set_container, request).map(drop)
+    }
+
+    /// Forgets a container's record.
+    pub async fn remove_container(&self, container_id: &str) -> Result<(), Error> {
+        let request = RemoveContainerRequest {
+            container_id: container_id.to_string(),
+        };
+        call!(self, remove_container, request).map(drop)
+    }
+}
+
+/// The diffIDs of an image config, bottom first.
+pub fn config_diff_ids(config: &Value) -> Vec<Digest> {
+    config["rootfs"]["diff_ids"]
+        .as_array()
+        .map(|ids| {
+            ids.iter()
+                .filter_map(|d| d.as_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The labels of an image config (events copy them).
+pub fn config_labels(config: &Value) -> BTreeMap<String, String> {
+    config["config"]["Labels"]
+        .as_object()
+        .map(|labels| {
+            labels
+                .iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                .collect()
+        })
+        .unwrap_or_default()
+}
