@@ -194,12 +194,10 @@ impl Committer {
             let tar_path = diff.with_extension("tar");
             let file = std::fs::File::create(&tar_path)?;
             crate::pack::pack(&diff, std::io::BufWriter::new(file))?;
-            let blob = content.adopt(&tar_path)?;
             // Unpack the tar itself, so the layer is exactly what its
             // diffID says.
-            let fresh = layers.stage()?;
-            let unpacked =
-                crate::unpack::unpack(std::fs::File::open(content.path(&blob))?, &fresh.diff())?;
+            let (blob, unpacked, fresh) =
+                crate::unpack::unpack_and_keep(&content, &layers, &tar_path)?;
             drop(staging);
             let chain = child_chain(parent.as_ref(), &unpacked.diff_id);
             if let Some(existing) = layers.get(&chain) {

@@ -72,21 +72,21 @@ impl ContentStore {
     }
 
     /// Takes the file at `path` (on the same filesystem) into the store as
-    /// the blob it hashes to, and answers that digest. A blob already
-    /// stored stays; the file is then removed.
-    pub fn adopt(&self, path: &Path) -> Result<Digest, Error> {
-        let mut file = File::open(path)?;
-        let mut hasher = Sha256::new();
-        io::copy(&mut file, &mut hasher)?;
-        let digest = Digest::sha256_from_hex(&hex::encode(hasher.finalize()))?;
-        if self.contains(&digest) {
-            fs::remove_file(path)?;
-            return Ok(digest);
+    /// the blob `digest`, which the caller computed while reading it. A
+    /// blob already stored stays (and the file, unless it is that blob, is
+    /// removed).
+    pub fn adopt(&self, path: &Path, digest: &Digest) -> Result<(), Error> {
+        let target = self.path(digest);
+        if self.contains(digest) {
+            if path != target {
+                fs::remove_file(path)?;
+            }
+            return Ok(());
         }
-        file.sync_all()?;
-        fs::rename(path, self.path(&digest))?;
+        File::open(path)?.sync_all()?;
+        fs::rename(path, &target)?;
         File::open(&self.blobs)?.sync_all()?;
-        Ok(digest)
+        Ok(())
     }
 
     /// Opens the ingest for `expected`, keeping bytes an earlier attempt

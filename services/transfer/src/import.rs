@@ -78,8 +78,8 @@ impl Importer {
         changes::apply(&mut container_config, &first.changes)?;
 
         // The tar, to a staging file: the caller's bytes never pile up here.
-        let staging = self.layers.stage()?;
-        let spool = staging.diff().with_extension("tar");
+        let spooled = self.layers.stage()?;
+        let spool = spooled.diff().with_extension("tar");
         let mut file = std::fs::File::create(&spool)?;
         let mut message = Some(first.chunk);
         while let Some(chunk) = message.take() {
@@ -96,21 +96,14 @@ impl Importer {
             };
         }
         drop(file);
-        let content = self.content.clone();
-        let blob = tokio::task::spawn_blocking(move || content.adopt(&spool))
-            .await
-            .map_err(Error::internal)??;
-
-        // The layer: unpack, then use the stored one if it is there already.
+        let (content, layers) = (self.content.clone(), Arc::clone(&self.layers));
+        let (blob, unpacked, staging) =
+            tokio::task::spawn_blocking(move || unpack::unpack_and_keep(&content, &layers, &spool))
+                .await
+                .map_err(Error::internal)??;
+        drop(spooled);
         let layers = Arc::clone(&self.layers);
-        let source = self.content.path(&blob);
-        let unpacked = tokio::task::spawn_blocking(move || {
-            let file = std::fs::File::open(&source)?;
-            unpack::unpack(file, &staging.diff()).map(|u| (u, staging))
-        })
-        .await
-        .map_err(Error::internal)??;
-        let (unpacked, staging) = unpacked;
+
         let chain = unpacked.diff_id.clone();
         let _lease = self.puller.lease(std::slice::from_ref(&chain));
         let layer = match self.layers.get(&chain) {

@@ -281,24 +281,14 @@ impl Loader {
         index: usize,
         adopted: &mut HashMap<PathBuf, Digest>,
     ) -> Result<Arc<Layer>, Error> {
-        let blob = match adopted.get(&path) {
-            Some(blob) => blob.clone(),
-            None => {
-                let content = self.content.clone();
-                let from = path.clone();
-                let blob = tokio::task::spawn_blocking(move || content.adopt(&from))
-                    .await
-                    .map_err(Error::internal)??;
-                adopted.insert(path, blob.clone());
-                blob
-            }
+        // A file two entries share was kept as a blob the first time.
+        let source = match adopted.get(&path) {
+            Some(blob) => self.content.path(blob),
+            None => path.clone(),
         };
-        let layers = Arc::clone(&self.layers);
-        let source = self.content.path(&blob);
-        tokio::task::spawn_blocking(move || {
-            let staging = layers.stage()?;
-            let file = std::fs::File::open(&source)?;
-            let unpacked = unpack::unpack(file, &staging.diff())?;
+        let (content, layers) = (self.content.clone(), Arc::clone(&self.layers));
+        let (blob, layer) = tokio::task::spawn_blocking(move || {
+            let (blob, unpacked, staging) = unpack::unpack_and_keep(&content, &layers, &source)?;
             if unpacked.diff_id != layer.diff_id {
                 return Err(Error::InvalidArgument(format!(
                     "invalid diffID for layer {index}: expected \"{}\", got \"{}\"",
@@ -308,11 +298,13 @@ impl Loader {
             layer.size = unpacked.size;
             layer.inodes = unpacked.entries;
             layer.tar_size = unpacked.tar_size;
-            layer.blob = Some(blob);
-            layers.commit(staging, layer)
+            layer.blob = Some(blob.clone());
+            Ok::<_, Error>((blob, layers.commit(staging, layer)?))
         })
         .await
-        .map_err(Error::internal)?
+        .map_err(Error::internal)??;
+        adopted.insert(path, blob);
+        Ok(layer)
     }
 }
 

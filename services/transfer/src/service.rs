@@ -59,6 +59,7 @@ impl TransferService {
     /// flight holds or another stored layer stands on; answers the removed.
     async fn remove_layers(&self, chains: HashSet<Digest>) -> Result<Vec<String>, Error> {
         let mut removed = Vec::new();
+        let mut freed_blobs = Vec::new();
         let mut pending: Vec<Digest> = chains.into_iter().collect();
         loop {
             let before = pending.len();
@@ -84,21 +85,25 @@ impl TransferService {
                     None => None,
                 };
                 if let Some(layer) = gone {
-                    if let Some(blob) = &layer.blob
-                        && !self
-                            .layers
-                            .all()
-                            .iter()
-                            .any(|l| l.blob.as_ref() == Some(blob))
-                    {
-                        self.content.delete(blob)?;
-                    }
+                    freed_blobs.extend(layer.blob.clone());
                     removed.push(chain.to_string());
                 }
             }
             pending = still;
             if pending.len() == before || pending.is_empty() {
                 break;
+            }
+        }
+        // A blob goes with its last layer (two chains can share one).
+        if !freed_blobs.is_empty() {
+            let kept: HashSet<Digest> = self
+                .layers
+                .all()
+                .iter()
+                .filter_map(|l| l.blob.clone())
+                .collect();
+            for blob in freed_blobs.iter().filter(|b| !kept.contains(b)) {
+                self.content.delete(blob)?;
             }
         }
         Ok(removed)

@@ -39,6 +39,23 @@ pub struct Unpacked {
     pub tar_size: u64,
 }
 
+/// Unpacks the layer file at `path` into a new staging directory and keeps
+/// the file as a blob, reading it once: its digest is computed as it is
+/// unpacked. For layers that arrive as files (load, import, commit).
+pub fn unpack_and_keep(
+    content: &crate::content::ContentStore,
+    layers: &crate::layers::LayerStore,
+    path: &Path,
+) -> Result<(Digest, Unpacked, crate::layers::Staging), Error> {
+    let staging = layers.stage()?;
+    let mut file = HashingReader::new(std::fs::File::open(path)?);
+    let unpacked = unpack(&mut file, &staging.diff())?;
+    io::copy(&mut file, &mut io::sink()).map_err(classify)?;
+    let (blob, _) = file.finish()?;
+    content.adopt(path, &blob)?;
+    Ok((blob, unpacked, staging))
+}
+
 /// Unpacks the (gzip, zstd or uncompressed, detected from the first bytes)
 /// layer tar read from `reader` into the empty directory `dest`.
 /// Errors: INVALID_ARGUMENT for a malformed or unsafe archive,
