@@ -388,10 +388,16 @@ fn is_opaque(dir: &Path) -> bool {
 /// Whether `rel` exists in the image's merged view of `lowers` (top
 /// first), whiteouts and opaque directories applied.
 fn lower_has(lowers: &[PathBuf], rel: &Path) -> bool {
+    lower_meta(lowers, rel).is_some()
+}
+
+/// The metadata of `rel` in the image's merged view of `lowers` (top
+/// first): the topmost layer that has it, unless a whiteout or an opaque
+/// ancestor in a higher layer hides it.
+fn lower_meta(lowers: &[PathBuf], rel: &Path) -> Option<fs::Metadata> {
     for lower in lowers {
-        let path = lower.join(rel);
-        if let Ok(meta) = fs::symlink_metadata(&path) {
-            return !is_whiteout(&meta);
+        if let Ok(meta) = fs::symlink_metadata(lower.join(rel)) {
+            return (!is_whiteout(&meta)).then_some(meta);
         }
         // An opaque ancestor in this layer hides everything below.
         let mut ancestor = rel.parent();
@@ -400,12 +406,44 @@ fn lower_has(lowers: &[PathBuf], rel: &Path) -> bool {
                 break;
             }
             if is_opaque(&lower.join(dir)) {
-                return false;
+                return None;
             }
             ancestor = dir.parent();
         }
     }
-    false
+    None
+}
+
+/// The names in directory `rel` of the image's merged view.
+fn lower_names(lowers: &[PathBuf], rel: &Path) -> HashSet<std::ffi::OsString> {
+    let mut names = HashSet::new();
+    let mut hidden = HashSet::new();
+    for lower in lowers {
+        let dir = lower.join(rel);
+        let Ok(entries) = fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            if hidden.contains(&name) {
+                continue;
+            }
+            match entry.metadata() {
+                Ok(meta) if is_whiteout(&meta) => {
+                    hidden.insert(name);
+                }
+                Ok(_) => {
+                    hidden.insert(name.clone());
+                    names.insert(name);
+                }
+                Err(_) => {}
+            }
+        }
+        if is_opaque(&dir) {
+            break; // nothing below shows through
+        }
+    }
+    names
 }
 
 /// overlay2: every entry of the upper dir is a change.
@@ -452,65 +490,57 @@ fn overlay_changes(
     Ok(())
 }
 
-/// vfs: compare the full copy with the image's merged view.
+/// vfs: compare the full copy with the image's merged view, by metadata,
+/// without materializing the image.
 fn copy_changes(
-    upper: &Path,
+    copy: &Path,
     lowers: &[PathBuf],
     out: &mut BTreeMap<String, change::Kind>,
 ) -> Result<(), Error> {
-    let image = tempfile::tempdir_in(upper.parent().unwrap_or(upper))?;
-    for lower in lowers.iter().rev() {
-        crate::merge::apply_layer(lower, image.path())?;
-    }
-    diff_trees(image.path(), upper, Path::new(""), out)
+    diff_against_image(copy, lowers, Path::new(""), out)
 }
 
-fn diff_trees(
-    old: &Path,
-    new: &Path,
+fn diff_against_image(
+    copy: &Path,
+    lowers: &[PathBuf],
     rel: &Path,
     out: &mut BTreeMap<String, change::Kind>,
 ) -> Result<(), Error> {
     let mut seen = HashSet::new();
-    if let Ok(entries) = fs::read_dir(new.join(rel)) {
-        for entry in entries {
-            let entry = entry?;
-            let child = rel.join(entry.file_name());
-            seen.insert(entry.file_name());
-            let shown = format!("/{}", child.display());
-            let now = entry.metadata()?;
-            match fs::symlink_metadata(old.join(&child)) {
-                Err(_) => {
-                    out.insert(shown, change::Kind::Add);
-                    if now.is_dir() {
-                        diff_trees(old, new, &child, out)?;
-                    }
+    for entry in fs::read_dir(copy.join(rel))? {
+        let entry = entry?;
+        let child = rel.join(entry.file_name());
+        seen.insert(entry.file_name());
+        let shown = format!("/{}", child.display());
+        let now = entry.metadata()?;
+        match lower_meta(lowers, &child) {
+            None => {
+                out.insert(shown, change::Kind::Add);
+                if now.is_dir() {
+                    diff_against_image(copy, lowers, &child, out)?;
                 }
-                Ok(before) => {
-                    let differs = before.mode() != now.mode()
-                        || before.uid() != now.uid()
-                        || before.gid() != now.gid()
-                        || (!now.is_dir()
-                            && (before.len() != now.len() || before.mtime() != now.mtime()));
-                    if differs {
-                        out.insert(shown, change::Kind::Modify);
-                    }
-                    if now.is_dir() && before.is_dir() {
-                        diff_trees(old, new, &child, out)?;
-                    }
+            }
+            Some(before) => {
+                let differs = before.mode() != now.mode()
+                    || before.uid() != now.uid()
+                    || before.gid() != now.gid()
+                    || (!now.is_dir()
+                        && (before.len() != now.len() || before.mtime() != now.mtime()));
+                if differs {
+                    out.insert(shown, change::Kind::Modify);
+                }
+                if now.is_dir() && before.is_dir() {
+                    diff_against_image(copy, lowers, &child, out)?;
                 }
             }
         }
     }
-    if let Ok(entries) = fs::read_dir(old.join(rel)) {
-        for entry in entries {
-            let entry = entry?;
-            if !seen.contains(&entry.file_name()) {
-                out.insert(
-                    format!("/{}", rel.join(entry.file_name()).display()),
-                    change::Kind::Delete,
-                );
-            }
+    for name in lower_names(lowers, rel) {
+        if !seen.contains(&name) {
+            out.insert(
+                format!("/{}", rel.join(name).display()),
+                change::Kind::Delete,
+            );
         }
     }
     Ok(())
