@@ -17,6 +17,7 @@ use imaged_common::Error;
 use imaged_model::Digest;
 use serde::{Deserialize, Serialize};
 
+use crate::beneath::{Kind, Root};
 use crate::layers::LayerStore;
 
 /// What a container's layer was made from.
@@ -308,28 +309,31 @@ impl Containers {
         if self.overlay {
             return crate::merge::apply(&upper, dir, true);
         }
+        let root = Root::open(dir)?;
         for change in self.changes(record)? {
-            let rel = change.path.trim_start_matches('/');
-            let (from, to) = (upper.join(rel), dir.join(rel));
-            if let Some(parent) = to.parent() {
-                fs::create_dir_all(parent)?;
-            }
+            let rel = Path::new(change.path.trim_start_matches('/'));
+            let at = root.entry(rel)?;
             if change.kind == change::Kind::Delete as i32 {
-                crate::unpack::make_node(&to, libc::S_IFCHR, 0, 0)?;
+                at.remove()?;
+                at.whiteout()?;
                 continue;
             }
+            let from = upper.join(rel);
             let meta = fs::symlink_metadata(&from)?;
             if meta.is_dir() {
-                fs::create_dir_all(&to)?;
-                fs::set_permissions(
-                    &to,
-                    std::os::unix::fs::PermissionsExt::from_mode(meta.mode() & 0o7777),
-                )?;
+                if at.stat()? != Some(Kind::Dir) {
+                    at.remove()?;
+                    at.mkdir()?;
+                }
+                at.chmod(meta.mode())?;
             } else if meta.file_type().is_symlink() {
-                let _ = fs::remove_file(&to);
-                std::os::unix::fs::symlink(fs::read_link(&from)?, &to)?;
+                at.remove()?;
+                at.symlink(&fs::read_link(&from)?)?;
             } else {
-                fs::copy(&from, &to)?;
+                at.remove()?;
+                let mut source = fs::File::open(&from)?;
+                crate::unpack::write_sparse(&mut source, &mut at.create_file()?)?;
+                crate::merge::copy_metadata(&from, &at, &meta)?;
             }
         }
         Ok(())

@@ -87,10 +87,11 @@ impl Puller {
                     ended: false,
                 };
                 let staging = layers.stage()?;
-                let result = unpack::unpack(&mut reader, &staging.diff()).and_then(|unpacked| {
-                    io::copy(&mut reader, &mut io::sink()).map_err(unpack::classify)?;
-                    Ok(unpacked)
-                });
+                let result = unpack::unpack(&mut reader, &staging.diff(), staging.budget())
+                    .and_then(|unpacked| {
+                        io::copy(&mut reader, &mut io::sink()).map_err(unpack::classify)?;
+                        Ok(unpacked)
+                    });
                 if let Some(failure) = reader.failure.take() {
                     return Err(failure); // the download failed: keep the ingest
                 }

@@ -38,6 +38,8 @@ pub struct LayerStore {
     dir: PathBuf,
     staging: PathBuf,
     layers: RwLock<HashMap<Digest, Arc<Layer>>>,
+    /// The most uncompressed bytes one layer may take (`--max-layer-size`).
+    max_layer_bytes: u64,
 }
 
 /// A layer taken out of the store whose files are still to delete.
@@ -58,12 +60,19 @@ impl Detached {
 pub struct Staging {
     path: PathBuf,
     synced: bool,
+    budget: u64,
 }
 
 impl Staging {
     /// Where the layer's files go.
     pub fn diff(&self) -> PathBuf {
         self.path.join("diff")
+    }
+
+    /// The most uncompressed bytes this layer may inflate to: the store's
+    /// limit, or the free space where it is unpacked, whichever is less.
+    pub fn budget(&self) -> u64 {
+        self.budget
     }
 
     /// Flushes the unpacked files to disk now (a pull does it right after
@@ -115,7 +124,15 @@ impl LayerStore {
             dir,
             staging,
             layers: RwLock::new(layers),
+            max_layer_bytes: u64::MAX,
         })
+    }
+
+    /// Caps what one layer may inflate to (a decompression bomb is refused
+    /// with RESOURCE_EXHAUSTED before it fills the disk).
+    pub fn with_max_layer_bytes(mut self, max: u64) -> Self {
+        self.max_layer_bytes = max;
+        self
     }
 
     /// The layer with this chain ID, if stored.
@@ -141,9 +158,11 @@ impl LayerStore {
             rand::random::<u64>()
         ));
         fs::create_dir_all(path.join("diff"))?;
+        let budget = self.max_layer_bytes.min(free_bytes(&self.staging)?);
         Ok(Staging {
             path,
             synced: false,
+            budget,
         })
     }
 
@@ -237,6 +256,12 @@ impl LayerStore {
 
 /// Flushes the filesystem holding `path` (one syncfs for a whole layer,
 /// rather than an fsync per file).
+/// Bytes an unprivileged writer may still use on the filesystem of `dir`.
+fn free_bytes(dir: &Path) -> Result<u64, Error> {
+    let stat = rustix::fs::statvfs(dir).map_err(std::io::Error::from)?;
+    Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
+}
+
 fn sync_filesystem(path: &Path) -> Result<(), Error> {
     let dir = fs::File::open(path)?;
     // SAFETY: the descriptor is valid for the life of `dir`.

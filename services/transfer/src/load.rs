@@ -23,6 +23,7 @@ use crate::content::ContentStore;
 use crate::layers::{Layer, LayerStore};
 use crate::metadata::Metadata;
 use crate::pull::Puller;
+use crate::tar_limits::TarGuard;
 use crate::unpack::{self, relative_path};
 
 /// What a load sends its caller.
@@ -333,7 +334,8 @@ async fn line(tx: &Lines, message: String) {
 /// Unpacks the archive: regular files and directories only, every path
 /// inside `dir`.
 fn extract(reader: impl Read, dir: &Path) -> Result<(), Error> {
-    let mut archive = tar::Archive::new(reader);
+    let root = crate::beneath::Root::open(dir)?;
+    let mut archive = tar::Archive::new(TarGuard::new(reader, u64::MAX));
     for entry in archive.entries().map_err(unpack::classify)? {
         let mut entry = entry.map_err(unpack::classify)?;
         let raw = entry.path().map_err(unpack::classify)?.into_owned();
@@ -341,19 +343,20 @@ fn extract(reader: impl Read, dir: &Path) -> Result<(), Error> {
         if path.as_os_str().is_empty() {
             continue;
         }
-        let target = dir.join(&path);
         match entry.header().entry_type() {
-            tar::EntryType::Directory => std::fs::create_dir_all(&target)?,
+            tar::EntryType::Directory => {
+                root.create_dirs(&path).map_err(unpack::classify)?;
+            }
             tar::EntryType::Regular | tar::EntryType::Continuous => {
-                if let Some(parent) = target.parent() {
-                    std::fs::create_dir_all(parent)?;
-                }
-                entry.unpack(&target).map_err(unpack::classify)?;
+                let at = root.entry(&path).map_err(unpack::classify)?;
+                at.remove().map_err(unpack::classify)?;
+                let mut file = at.create_file().map_err(unpack::classify)?;
+                unpack::write_sparse(&mut entry, &mut file).map_err(unpack::classify)?;
             }
             other => {
                 return Err(Error::InvalidArgument(format!(
                     "invalid archive: {} is a {other:?}; an image archive holds only files and directories",
-                    raw.display()
+                    crate::beneath::quote(raw.as_os_str())
                 )));
             }
         }

@@ -1,6 +1,7 @@
 //! imaged-transfer: the owner of every byte — blobs, layers and registry
 //! traffic — and of the download and upload limits.
 
+mod beneath;
 mod commit;
 mod containers;
 mod content;
@@ -21,6 +22,7 @@ mod push;
 mod registry;
 mod rw_layers;
 mod service;
+mod tar_limits;
 mod unpack;
 
 use std::sync::Arc;
@@ -50,6 +52,11 @@ struct Args {
     /// vfs), `overlay2` (fail if overlayfs cannot be mounted) or `vfs`.
     #[arg(long, env = "IMAGED_STORAGE_DRIVER", default_value = "auto")]
     storage_driver: driver::DriverChoice,
+    /// The most bytes one layer may inflate to, uncompressed; past it (or
+    /// past the free space of the store) a pull, load or import is refused
+    /// with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "IMAGED_MAX_LAYER_SIZE", default_value_t = 64 << 30)]
+    max_layer_size: u64,
 }
 
 /// Ingests untouched this long are not resumed but collected at start-up.
@@ -65,7 +72,9 @@ fn main() {
         if stale > 0 {
             tracing::info!(stale, "removed stale ingests");
         }
-        let layers = Arc::new(layers::LayerStore::open(&config.data_dir)?);
+        let layers = Arc::new(
+            layers::LayerStore::open(&config.data_dir)?.with_max_layer_bytes(args.max_layer_size),
+        );
         let limits = Arc::new(limits::Limits::new(&args.limits));
         let root = &config.root;
         let metadata = metadata::Metadata::new(Peer::new(

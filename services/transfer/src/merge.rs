@@ -3,11 +3,13 @@
 //! what the copying `vfs` driver does to build a container's files.
 
 use std::fs;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
-use std::path::Path;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
 
-use filetime::FileTime;
 use imaged_common::Error;
+
+use crate::beneath::{At, Kind, Root};
+use crate::unpack::OPAQUE_XATTR;
 
 /// Applies the layer in `layer` onto `target`: whiteouts delete, opaque
 /// directories replace, everything else is copied with its mode, owner,
@@ -18,96 +20,105 @@ pub fn apply_layer(layer: &Path, target: &Path) -> Result<(), Error> {
 
 /// [`apply_layer`], optionally keeping the whiteouts and opaque markers in
 /// `target` (merging layers into one that still hides what lies below).
+/// Every write into `target` is resolved beneath it; the walk keeps its
+/// own list of directories, so its depth costs heap, not stack.
 pub fn apply(layer: &Path, target: &Path, keep_whiteouts: bool) -> Result<(), Error> {
-    apply_dir(layer, target, keep_whiteouts)
-}
-
-fn apply_dir(from: &Path, to: &Path, keep: bool) -> Result<(), Error> {
-    for entry in fs::read_dir(from)? {
-        let entry = entry?;
-        let source = entry.path();
-        let dest = to.join(entry.file_name());
-        let meta = fs::symlink_metadata(&source)?;
-        let kind = meta.file_type();
-        if kind.is_char_device() && meta.rdev() == 0 {
-            remove(&dest)?;
-            if keep {
-                crate::unpack::make_node(&dest, libc::S_IFCHR, 0, 0)?;
+    let root = Root::open(target)?;
+    let mut pending = vec![PathBuf::new()];
+    let mut dirs = Vec::new();
+    while let Some(rel) = pending.pop() {
+        for entry in fs::read_dir(layer.join(&rel))? {
+            let child = rel.join(entry?.file_name());
+            let source = layer.join(&child);
+            let meta = fs::symlink_metadata(&source)?;
+            let at = root.entry(&child)?;
+            let kind = meta.file_type();
+            if kind.is_char_device() && meta.rdev() == 0 {
+                at.remove()?;
+                if keep_whiteouts {
+                    at.whiteout()?;
+                }
+                continue;
             }
-            continue;
-        }
-        if kind.is_dir() {
-            let opaque = xattr::get(&source, "trusted.overlay.opaque")
-                .ok()
-                .flatten()
-                .is_some_and(|v| v == b"y");
-            let exists_as_dir = fs::symlink_metadata(&dest).is_ok_and(|m| m.is_dir());
-            if opaque || !exists_as_dir {
-                remove(&dest)?;
-                fs::create_dir(&dest)?;
+            if kind.is_dir() {
+                let opaque = xattr::get(&source, OPAQUE_XATTR)
+                    .ok()
+                    .flatten()
+                    .is_some_and(|v| v == b"y");
+                if opaque || at.stat()? != Some(Kind::Dir) {
+                    at.remove()?;
+                    at.mkdir()?;
+                }
+                if opaque && keep_whiteouts {
+                    at.set_xattr(OPAQUE_XATTR.as_ref(), b"y")?;
+                }
+                pending.push(child.clone());
+                dirs.push((child, source, meta));
+                continue;
             }
-            if opaque && keep {
-                xattr::set(&dest, "trusted.overlay.opaque", b"y")?;
-            }
-            apply_dir(&source, &dest, keep)?;
-            copy_metadata(&source, &dest, &meta)?;
-            continue;
-        }
-        remove(&dest)?;
-        if kind.is_symlink() {
-            std::os::unix::fs::symlink(fs::read_link(&source)?, &dest)?;
-        } else if kind.is_file() {
-            fs::copy(&source, &dest)?;
-        } else {
-            let file_type = if kind.is_char_device() {
-                libc::S_IFCHR
-            } else if kind.is_block_device() {
-                libc::S_IFBLK
+            at.remove()?;
+            if kind.is_symlink() {
+                at.symlink(&fs::read_link(&source)?)?;
+            } else if kind.is_file() {
+                let mut from = fs::File::open(&source)?;
+                crate::unpack::write_sparse(&mut from, &mut at.create_file()?)?;
             } else {
-                libc::S_IFIFO
-            };
-            crate::unpack::make_node(&dest, file_type, meta.rdev(), meta.mode())?;
+                let file_type = if kind.is_char_device() {
+                    libc::S_IFCHR
+                } else if kind.is_block_device() {
+                    libc::S_IFBLK
+                } else {
+                    libc::S_IFIFO
+                };
+                let dev = meta.rdev();
+                at.mknod(file_type, libc::major(dev), libc::minor(dev))?;
+            }
+            copy_metadata(&source, &at, &meta)?;
         }
-        copy_metadata(&source, &dest, &meta)?;
+    }
+    // Directories last, deepest first: their children changed their times.
+    for (rel, source, meta) in dirs.iter().rev() {
+        copy_metadata(source, &root.existing(rel)?, meta)?;
     }
     Ok(())
 }
 
-fn remove(path: &Path) -> Result<(), Error> {
-    match fs::symlink_metadata(path) {
-        Ok(meta) if meta.is_dir() => fs::remove_dir_all(path)?,
-        Ok(_) => fs::remove_file(path)?,
-        Err(_) => {}
-    }
-    Ok(())
-}
-
-fn copy_metadata(source: &Path, dest: &Path, meta: &fs::Metadata) -> Result<(), Error> {
+/// Gives `at` the owner (when root), mode, xattrs (not overlayfs's own) and
+/// times of `source`.
+pub fn copy_metadata(source: &Path, at: &At, meta: &fs::Metadata) -> Result<(), Error> {
     let as_root = unsafe { libc::geteuid() } == 0;
     if as_root {
-        std::os::unix::fs::lchown(dest, Some(meta.uid()), Some(meta.gid()))?;
+        at.chown(meta.uid(), meta.gid())?;
     }
     if !meta.file_type().is_symlink() {
-        fs::set_permissions(dest, fs::Permissions::from_mode(meta.mode() & 0o7777))?;
+        at.chmod(meta.mode())?;
         if let Ok(names) = xattr::list(source) {
             for name in names {
                 if name.to_string_lossy().starts_with("trusted.overlay.") {
                     continue;
                 }
                 if let Ok(Some(value)) = xattr::get(source, &name) {
-                    let _ = xattr::set(dest, &name, &value);
+                    let _ = at.set_xattr(&name, &value);
                 }
             }
         }
     }
-    let mtime = FileTime::from_last_modification_time(meta);
-    filetime::set_symlink_file_times(dest, mtime, mtime)?;
+    at.set_times(meta.mtime(), meta.mtime_nsec() as u32)?;
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn make_whiteout(path: &Path) {
+        Root::open(path.parent().unwrap())
+            .unwrap()
+            .entry(Path::new(path.file_name().unwrap()))
+            .unwrap()
+            .whiteout()
+            .unwrap();
+    }
 
     #[test]
     fn whiteouts_delete_and_opaque_directories_replace() {
@@ -122,7 +133,7 @@ mod tests {
         apply_layer(base.path(), target.path()).unwrap();
 
         fs::create_dir_all(top.path().join("etc")).unwrap();
-        crate::unpack::make_node(&top.path().join("etc/motd"), libc::S_IFCHR, 0, 0).unwrap();
+        make_whiteout(&top.path().join("etc/motd"));
         fs::create_dir_all(top.path().join("cache")).unwrap();
         xattr::set(top.path().join("cache"), "trusted.overlay.opaque", b"y").unwrap();
         fs::write(top.path().join("cache/new"), b"new").unwrap();

@@ -158,7 +158,12 @@ mod tests {
         fs::write(dir.join("etc/conf"), b"conf").unwrap();
         fs::hard_link(dir.join("etc/conf"), dir.join("etc/alias")).unwrap();
         std::os::unix::fs::symlink("conf", dir.join("etc/link")).unwrap();
-        crate::unpack::make_node(&dir.join("etc/gone"), libc::S_IFCHR, 0, 0).unwrap();
+        crate::beneath::Root::open(dir)
+            .unwrap()
+            .entry(Path::new("etc/gone"))
+            .unwrap()
+            .whiteout()
+            .unwrap();
         fs::create_dir_all(dir.join("cache")).unwrap();
         xattr::set(dir.join("cache"), "trusted.overlay.opaque", b"y").unwrap();
         xattr::set(dir.join("etc/conf"), "user.note", b"kept").unwrap();
@@ -179,11 +184,11 @@ mod tests {
         );
 
         let out = tempfile::tempdir().unwrap();
-        let unpacked = crate::unpack::unpack(tar.as_slice(), out.path()).unwrap();
+        let unpacked = crate::unpack::unpack(tar.as_slice(), out.path(), u64::MAX).unwrap();
         let again = tempfile::tempdir().unwrap();
         let mut tar2 = Vec::new();
         pack(out.path(), &mut tar2).unwrap();
-        let unpacked2 = crate::unpack::unpack(tar2.as_slice(), again.path()).unwrap();
+        let unpacked2 = crate::unpack::unpack(tar2.as_slice(), again.path(), u64::MAX).unwrap();
         assert_eq!(unpacked.diff_id, unpacked2.diff_id, "packing is stable");
         let meta = fs::metadata(out.path().join("etc/alias")).unwrap();
         assert_eq!(

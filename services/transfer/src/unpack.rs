@@ -1,29 +1,36 @@
 //! Unpacking one layer tar into its own directory, the overlay2 way.
 //!
-//! The `tar` crate (≥ 0.4.45, synchronous, run on a blocking thread) reads
-//! the archive and writes files, directories, symlinks and hardlinks with
-//! their modes, owners, times and xattrs, refusing any write that would land
-//! outside the layer. This module adds what it leaves to the caller:
-//! refusing `..` and absolute names outright, device nodes and FIFOs,
-//! whiteouts in the form overlayfs reads (`.wh.NAME` becomes a 0/0
-//! character device, `.wh..wh..opq` the `trusted.overlay.opaque=y` xattr on
-//! its directory), directory times restored after their children, and the
-//! diffID: the sha256 of the uncompressed stream.
+//! The `tar` crate (synchronous, run on a blocking thread) reads the
+//! archive; every entry is written here, through [`crate::beneath::Root`],
+//! so that no path, however the layer's symlinks are laid, is resolved
+//! outside the layer's directory. [`crate::tar_limits::TarGuard`] bounds
+//! header extensions and the bytes a layer may inflate to. Kept: modes,
+//! owners (when root), times with PAX precision (directories restored after
+//! their children), symlinks, hardlinks, xattrs other than overlayfs's own,
+//! devices, FIFOs and sparse files' holes. Whiteouts take the form overlayfs
+//! reads (`.wh.NAME` becomes a 0/0 character device, `.wh..wh..opq` the
+//! `trusted.overlay.opaque=y` xattr on its directory). The diffID is the
+//! sha256 of the uncompressed stream.
 
-use std::ffi::CString;
-use std::io::{self, BufRead, BufReader, Read};
+use std::ffi::{OsStr, OsString};
+use std::io::{self, BufRead, BufReader, Read, Seek, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
-use filetime::FileTime;
 use imaged_common::Error;
 use imaged_model::Digest;
 use sha2::{Digest as _, Sha256};
 use tar::EntryType;
 
+use crate::beneath::{Kind, Root, quote};
+use crate::tar_limits::{MAX_PATH, TarGuard};
+
 const WHITEOUT_PREFIX: &str = ".wh.";
 const WHITEOUT_META_PREFIX: &str = ".wh..wh.";
 const OPAQUE_MARKER: &str = ".wh..wh..opq";
+/// The xattr by which overlayfs marks a directory that hides what lies
+/// below it.
+pub const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
 
 /// What unpacking learnt about the layer.
 #[derive(Clone, Debug)]
@@ -49,7 +56,7 @@ pub fn unpack_and_keep(
 ) -> Result<(Digest, Unpacked, crate::layers::Staging), Error> {
     let staging = layers.stage()?;
     let mut file = HashingReader::new(std::fs::File::open(path)?);
-    let unpacked = unpack(&mut file, &staging.diff())?;
+    let unpacked = unpack(&mut file, &staging.diff(), staging.budget())?;
     io::copy(&mut file, &mut io::sink()).map_err(classify)?;
     let (blob, _) = file.finish()?;
     content.adopt(path, &blob)?;
@@ -57,15 +64,17 @@ pub fn unpack_and_keep(
 }
 
 /// Unpacks the (gzip, zstd or uncompressed, detected from the first bytes)
-/// layer tar read from `reader` into the empty directory `dest`.
+/// layer tar read from `reader` into the empty directory `dest`, reading
+/// at most `budget` uncompressed bytes.
 /// Errors: INVALID_ARGUMENT for a malformed or unsafe archive,
-/// RESOURCE_EXHAUSTED for a full disk.
-pub fn unpack(reader: impl Read, dest: &Path) -> Result<Unpacked, Error> {
+/// RESOURCE_EXHAUSTED for a full disk or a layer past its budget.
+pub fn unpack(reader: impl Read, dest: &Path, budget: u64) -> Result<Unpacked, Error> {
     let mut hashing = HashingReader::new(decompressed(reader)?);
-    let (size, entries) = unpack_entries(&mut hashing, dest)?;
+    let mut guard = TarGuard::new(&mut hashing, budget);
+    let (size, entries) = unpack_entries(&mut guard, dest)?;
     // The tar reader stops at the end-of-archive blocks; the diffID covers
     // every byte of the stream.
-    io::copy(&mut hashing, &mut io::sink()).map_err(classify)?;
+    io::copy(&mut guard, &mut io::sink()).map_err(classify)?;
     let (diff_id, tar_size) = hashing.finish()?;
     Ok(Unpacked {
         diff_id,
@@ -77,46 +86,84 @@ pub fn unpack(reader: impl Read, dest: &Path) -> Result<Unpacked, Error> {
 
 fn unpack_entries(reader: &mut dyn Read, dest: &Path) -> Result<(u64, u64), Error> {
     let as_root = unsafe { libc::geteuid() } == 0;
+    let root = Root::open(dest).map_err(classify)?;
     let mut archive = tar::Archive::new(reader);
-    archive.set_preserve_permissions(true);
-    archive.set_preserve_ownerships(as_root);
-    archive.set_preserve_mtime(true);
-    archive.set_unpack_xattrs(true);
-    archive.set_overwrite(true);
-
     let mut size = 0u64;
     let mut entries = 0u64;
     let mut dir_times = Vec::new();
     for entry in archive.entries().map_err(classify)? {
         let mut entry = entry.map_err(classify)?;
-        entries += 1;
         let raw = entry.path().map_err(classify)?.into_owned();
         let path = relative_path(&raw)?;
-        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+        let Some(name) = path.file_name().map(|n| n.as_bytes().to_vec()) else {
             continue; // the layer root itself ("./")
         };
-        let parent = dest.join(path.parent().unwrap_or(Path::new("")));
-        if name == OPAQUE_MARKER {
-            std::fs::create_dir_all(&parent).map_err(classify)?;
-            set_opaque(&parent)?;
+        let parent = path.parent().unwrap_or(Path::new(""));
+        let refuse = |err: io::Error| classify_entry(&raw, err);
+        if name == OPAQUE_MARKER.as_bytes() {
+            root.create_dirs(parent).map_err(refuse)?;
+            let dir = if parent.as_os_str().is_empty() {
+                std::fs::File::open(dest).map_err(classify)?
+            } else {
+                root.existing(parent)
+                    .and_then(|at| at.open_dir())
+                    .map_err(refuse)?
+            };
+            xattr::FileExt::set_xattr(&dir, OPAQUE_XATTR, b"y").map_err(refuse)?;
+            entries += 1;
             continue;
         }
-        if name.starts_with(WHITEOUT_META_PREFIX) {
+        if name.starts_with(WHITEOUT_META_PREFIX.as_bytes()) {
             continue; // AUFS hardlink bookkeeping, meaningless to overlay
         }
-        if let Some(hidden) = name.strip_prefix(WHITEOUT_PREFIX) {
-            std::fs::create_dir_all(&parent).map_err(classify)?;
-            let target = parent.join(hidden);
-            remove_existing(&target)?;
-            make_node(&target, libc::S_IFCHR, 0, 0).map_err(classify)?;
+        if let Some(hidden) = name.strip_prefix(WHITEOUT_PREFIX.as_bytes()) {
+            if hidden.is_empty() || hidden == b"." || hidden == b".." {
+                return Err(invalid(&raw, "whiteout of no plain name"));
+            }
+            let at = root
+                .entry(&parent.join(OsStr::from_bytes(hidden)))
+                .map_err(refuse)?;
+            at.remove().map_err(refuse)?;
+            at.whiteout().map_err(refuse)?;
+            entries += 1;
             continue;
         }
-        let mtime = precise_mtime(&mut entry);
+        let kind = entry.header().entry_type();
+        let at = root.entry(&path).map_err(refuse)?;
+        // A later entry replaces an earlier one of the same name, except
+        // that a directory over a directory keeps what is in it (Docker).
+        match at.stat().map_err(refuse)? {
+            Some(Kind::Dir) if kind == EntryType::Directory => {}
+            Some(_) => at.remove().map_err(refuse)?,
+            None => {}
+        }
+        let extensions = Extensions::read(&mut entry, &raw)?;
         let header = entry.header();
-        let kind = header.entry_type();
+        let mode = header.mode().map_err(classify)?;
+        let (uid, gid) = (header.uid().unwrap_or(0), header.gid().unwrap_or(0));
+        let mut owned = true;
         match kind {
+            EntryType::Directory => {
+                if at.stat().map_err(refuse)?.is_none() {
+                    at.mkdir().map_err(refuse)?;
+                }
+                dir_times.push((path.clone(), extensions.mtime));
+            }
+            EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
+                let mut file = at.create_file().map_err(refuse)?;
+                size += write_sparse(&mut entry, &mut file).map_err(classify)?;
+            }
+            EntryType::Symlink => {
+                let link = link_name(&mut entry, &raw)?;
+                at.symlink(&link).map_err(refuse)?;
+            }
+            EntryType::Link => {
+                let link = relative_path(&link_name(&mut entry, &raw)?)?;
+                let source = root.existing(&link).map_err(refuse)?;
+                at.hardlink_to(&source).map_err(refuse)?;
+                owned = false; // the inode is the source's
+            }
             EntryType::Char | EntryType::Block | EntryType::Fifo => {
-                let mode = header.mode().map_err(classify)?;
                 let file_type = match kind {
                     EntryType::Char => libc::S_IFCHR,
                     EntryType::Block => libc::S_IFBLK,
@@ -124,83 +171,146 @@ fn unpack_entries(reader: &mut dyn Read, dest: &Path) -> Result<(u64, u64), Erro
                 };
                 let major = header.device_major().ok().flatten().unwrap_or(0);
                 let minor = header.device_minor().ok().flatten().unwrap_or(0);
-                let (uid, gid) = (header.uid().unwrap_or(0), header.gid().unwrap_or(0));
-                let mtime = header.mtime().unwrap_or(0);
-                std::fs::create_dir_all(&parent).map_err(classify)?;
-                let target = dest.join(&path);
-                remove_existing(&target)?;
-                make_node(&target, file_type, libc::makedev(major, minor), mode)
-                    .map_err(classify)?;
-                if as_root {
-                    std::os::unix::fs::lchown(&target, Some(uid as u32), Some(gid as u32))
-                        .map_err(classify)?;
-                    std::fs::set_permissions(
-                        &target,
-                        std::os::unix::fs::PermissionsExt::from_mode(mode),
-                    )
-                    .map_err(classify)?;
-                }
-                let time = FileTime::from_unix_time(mtime as i64, 0);
-                filetime::set_symlink_file_times(&target, time, time).map_err(classify)?;
-                continue;
+                at.mknod(file_type, major, minor).map_err(refuse)?;
             }
-            EntryType::Link | EntryType::Symlink => {
-                let link = entry
-                    .link_name()
-                    .map_err(classify)?
-                    .ok_or_else(|| invalid(&raw, "link without a target"))?;
-                if kind == EntryType::Link {
-                    relative_path(&link)?;
-                }
-            }
-            EntryType::Directory => {
-                dir_times.push((dest.join(&path), mtime));
-            }
-            EntryType::Regular | EntryType::Continuous => {
-                size += header.size().unwrap_or(0);
-            }
-            _ => {}
+            // PAX global headers, GNU volume labels and the like carry no
+            // file.
+            _ => continue,
         }
-        if !entry.unpack_in(dest).map_err(classify)? {
-            return Err(invalid(&raw, "path escapes the layer"));
+        entries += 1;
+        if !owned {
+            continue;
         }
-        if kind != EntryType::Directory && kind != EntryType::Link {
-            // The tar crate keeps whole seconds and turns 0 into 1; the
-            // layer keeps what the archive says.
-            filetime::set_symlink_file_times(dest.join(&path), mtime, mtime).map_err(classify)?;
+        if as_root {
+            at.chown(uid as u32, gid as u32).map_err(refuse)?;
+        }
+        if kind != EntryType::Symlink {
+            // After chown, which clears set-id bits.
+            at.chmod(mode).map_err(refuse)?;
+        }
+        for (name, value) in &extensions.xattrs {
+            at.set_xattr(name, value).map_err(refuse)?;
+        }
+        if kind != EntryType::Directory {
+            let (secs, nanos) = extensions.mtime;
+            at.set_times(secs, nanos).map_err(refuse)?;
         }
     }
     // Children changed their directories' times; put them back, deepest
-    // first.
-    for (dir, mtime) in dir_times.iter().rev() {
-        filetime::set_symlink_file_times(dir, *mtime, *mtime).map_err(classify)?;
+    // first. A directory a later entry removed is skipped.
+    for (dir, (secs, nanos)) in dir_times.iter().rev() {
+        if let Ok(at) = root.existing(dir)
+            && at.stat().ok().flatten() == Some(Kind::Dir)
+        {
+            at.set_times(*secs, *nanos).map_err(classify)?;
+        }
     }
     Ok((size, entries))
 }
 
-/// The entry's modification time with the sub-second part a PAX `mtime`
-/// record carries (BuildKit writes them), else the header's seconds.
-fn precise_mtime<R: Read>(entry: &mut tar::Entry<'_, R>) -> FileTime {
-    if let Ok(Some(extensions)) = entry.pax_extensions() {
-        for extension in extensions.flatten() {
-            if extension.key() == Ok("mtime")
-                && let Ok(value) = extension.value()
-            {
-                let (secs, frac) = value.split_once('.').unwrap_or((value, ""));
-                if let Ok(secs) = secs.parse::<i64>() {
-                    let digits: String = frac.chars().take(9).collect();
-                    let nanos = format!("{digits:0<9}").parse::<u32>().unwrap_or(0);
-                    return FileTime::from_unix_time(secs, nanos);
+/// Writes an entry's data, leaving runs of zeros as holes: a sparse file
+/// (GNU sparse entries arrive as data with zeros for their holes) takes
+/// the disk its data needs, not its length. Returns the bytes written.
+pub fn write_sparse(data: &mut dyn Read, file: &mut std::fs::File) -> io::Result<u64> {
+    let mut buf = vec![0u8; 128 * 1024];
+    let mut length = 0u64;
+    let mut pending_hole = false;
+    loop {
+        let n = data.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        let chunk = &buf[..n];
+        if chunk.iter().all(|b| *b == 0) {
+            file.seek(io::SeekFrom::Current(n as i64))?;
+            pending_hole = true;
+        } else {
+            file.write_all(chunk)?;
+            pending_hole = false;
+        }
+        length += n as u64;
+    }
+    if pending_hole {
+        file.set_len(length)?;
+    }
+    Ok(length)
+}
+
+fn link_name<R: Read>(entry: &mut tar::Entry<'_, R>, raw: &Path) -> Result<PathBuf, Error> {
+    let link = entry
+        .link_name()
+        .map_err(classify)?
+        .ok_or_else(|| invalid(raw, "link without a target"))?
+        .into_owned();
+    if link.as_os_str().len() > MAX_PATH {
+        return Err(invalid(raw, "link target too long"));
+    }
+    Ok(link)
+}
+
+/// What an entry's PAX records add: the precise modification time and the
+/// extended attributes to keep.
+struct Extensions {
+    mtime: (i64, u32),
+    xattrs: Vec<(OsString, Vec<u8>)>,
+}
+
+impl Extensions {
+    /// Reads the entry's PAX records. overlayfs's own attributes
+    /// (`trusted.overlay.*`: redirects, opaque markers, metacopy) are
+    /// dropped: only imaged's conversion of whiteouts may set them.
+    fn read<R: Read>(entry: &mut tar::Entry<'_, R>, raw: &Path) -> Result<Extensions, Error> {
+        let mut mtime = (entry.header().mtime().unwrap_or(0) as i64, 0);
+        let mut xattrs = Vec::new();
+        if let Some(records) = entry.pax_extensions().map_err(classify)? {
+            for record in records {
+                let record = record.map_err(classify)?;
+                let Ok(key) = record.key() else { continue };
+                if key == "mtime" {
+                    if let Some(precise) = record.value().ok().and_then(parse_pax_time) {
+                        mtime = precise;
+                    }
+                } else if let Some(name) = key.strip_prefix("SCHILY.xattr.") {
+                    if name.starts_with("trusted.overlay.") {
+                        tracing::debug!(path = %raw.display(), name, "dropping an overlayfs attribute from layer content");
+                        continue;
+                    }
+                    xattrs.push((OsString::from(name), record.value_bytes().to_vec()));
                 }
             }
         }
+        Ok(Extensions { mtime, xattrs })
     }
-    FileTime::from_unix_time(entry.header().mtime().unwrap_or(0) as i64, 0)
+}
+
+/// A PAX time (`1700000000.123456789`) as seconds and nanoseconds.
+fn parse_pax_time(value: &str) -> Option<(i64, u32)> {
+    let (secs, frac) = value.split_once('.').unwrap_or((value, ""));
+    let secs = secs.parse::<i64>().ok()?;
+    let digits: String = frac.chars().take(9).collect();
+    let nanos = format!("{digits:0<9}").parse::<u32>().unwrap_or(0);
+    Some((secs, nanos))
+}
+
+/// [`classify`], naming the entry a bad archive failed at.
+fn classify_entry(raw: &Path, err: io::Error) -> Error {
+    match classify(err) {
+        Error::InvalidArgument(text) => {
+            invalid(raw, text.trim_start_matches("invalid layer tar: "))
+        }
+        other => other,
+    }
 }
 
 /// The entry name as a path inside the layer: `./` and empty parts are
 /// dropped; `..` and absolute names are refused.
 pub fn relative_path(raw: &Path) -> Result<PathBuf, Error> {
+    if raw.as_os_str().len() > MAX_PATH {
+        return Err(invalid(
+            raw,
+            &format!("path too long: at most {MAX_PATH} bytes"),
+        ));
+    }
     let mut out = PathBuf::new();
     for component in raw.components() {
         match component {
@@ -218,36 +328,8 @@ pub fn relative_path(raw: &Path) -> Result<PathBuf, Error> {
 fn invalid(path: &Path, why: &str) -> Error {
     Error::InvalidArgument(format!(
         "invalid layer tar: {}: {why}",
-        path.to_string_lossy()
+        quote(path.as_os_str())
     ))
-}
-
-/// Removes what an earlier entry of the same layer left at `path`.
-fn remove_existing(path: &Path) -> Result<(), Error> {
-    match std::fs::symlink_metadata(path) {
-        Ok(meta) if meta.is_dir() => std::fs::remove_dir_all(path).map_err(classify),
-        Ok(_) => std::fs::remove_file(path).map_err(classify),
-        Err(_) => Ok(()),
-    }
-}
-
-pub(crate) fn make_node(
-    path: &Path,
-    file_type: libc::mode_t,
-    dev: libc::dev_t,
-    mode: u32,
-) -> io::Result<()> {
-    let c_path = CString::new(path.as_os_str().as_bytes())?;
-    // SAFETY: `c_path` is a valid NUL-terminated path for the whole call.
-    let rc = unsafe { libc::mknod(c_path.as_ptr(), file_type | (mode & 0o7777), dev) };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-fn set_opaque(dir: &Path) -> Result<(), Error> {
-    xattr::set(dir, "trusted.overlay.opaque", b"y").map_err(classify)
 }
 
 /// Sorts an unpacking failure: a full disk is the caller's limit, a fault
@@ -265,6 +347,11 @@ pub fn classify(err: io::Error) -> Error {
     }
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&err);
     while let Some(current) = source {
+        if let Some(io_err) = current.downcast_ref::<io::Error>()
+            && io_err.kind() == io::ErrorKind::FileTooLarge
+        {
+            return Error::ResourceExhausted(text);
+        }
         if let Some(io_err) = current.downcast_ref::<io::Error>()
             && let Some(code) = io_err.raw_os_error()
         {
@@ -366,7 +453,7 @@ mod tests {
         let outside = tempfile::tempdir().unwrap();
         let dest = outside.path().join("layer");
         std::fs::create_dir(&dest).unwrap();
-        let err = unpack(tar, &dest).expect_err("an unsafe layer was accepted");
+        let err = unpack(tar, &dest, u64::MAX).expect_err("an unsafe layer was accepted");
         (err, outside)
     }
 
@@ -396,7 +483,7 @@ mod tests {
             .unwrap();
         let tar = builder.into_inner().unwrap();
         let dir = tempfile::tempdir().unwrap();
-        unpack(tar.as_slice(), dir.path()).unwrap();
+        unpack(tar.as_slice(), dir.path(), u64::MAX).unwrap();
         let precise = std::fs::metadata(dir.path().join("precise")).unwrap();
         assert_eq!(
             (precise.mtime(), precise.mtime_nsec()),
@@ -460,7 +547,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         std::io::Write::write_all(&mut gz, &tar).unwrap();
-        let unpacked = unpack(gz.finish().unwrap().as_slice(), dir.path()).unwrap();
+        let unpacked = unpack(gz.finish().unwrap().as_slice(), dir.path(), u64::MAX).unwrap();
         assert_eq!(unpacked.diff_id, Digest::sha256_of(&tar));
         assert_eq!(unpacked.size, 4);
         let whiteout = std::fs::symlink_metadata(dir.path().join("etc/motd")).unwrap();
@@ -473,5 +560,143 @@ mod tests {
         assert_eq!(std::fs::read(dir.path().join("var/kept")).unwrap(), b"kept");
         let var = std::fs::metadata(dir.path().join("var")).unwrap();
         assert_eq!(var.mtime(), 1_700_000_000, "directory times restored last");
+    }
+
+    /// A layer whose first entry is a symlink to a host directory, then an
+    /// entry of each kind under it: every one is refused and the host
+    /// directory stays as it was.
+    #[test]
+    fn nothing_under_a_symlink_out_of_the_layer_touches_the_host() {
+        let host = tempfile::tempdir().unwrap();
+        std::fs::write(host.path().join("victim"), b"keep").unwrap();
+        std::fs::create_dir(host.path().join("tree")).unwrap();
+        std::fs::write(host.path().join("tree/leaf"), b"leaf").unwrap();
+        let target = host.path().to_str().unwrap();
+        let under: [(&str, EntryType); 8] = [
+            ("x/.wh.victim", EntryType::Regular),
+            ("x/.wh.tree", EntryType::Regular),
+            ("x/.wh..wh..opq", EntryType::Regular),
+            ("x/null", EntryType::Char),
+            ("x/disk", EntryType::Block),
+            ("x/pipe", EntryType::Fifo),
+            ("x/dir/", EntryType::Directory),
+            ("x/file", EntryType::Regular),
+        ];
+        for (name, kind) in under {
+            let tar = raw_tar(&[
+                ("x", EntryType::Symlink, target, b""),
+                (name, kind, "", b""),
+            ]);
+            let (err, _layer) = refused(&tar);
+            assert!(matches!(err, Error::InvalidArgument(_)), "{name}: {err}");
+            assert!(
+                err.to_string().contains("outside the layer"),
+                "{name}: {err}"
+            );
+            let mut left: Vec<_> = std::fs::read_dir(host.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            left.sort();
+            assert_eq!(left, ["tree", "victim"], "{name}");
+            assert_eq!(std::fs::read(host.path().join("victim")).unwrap(), b"keep");
+            assert_eq!(
+                std::fs::read(host.path().join("tree/leaf")).unwrap(),
+                b"leaf"
+            );
+            assert_eq!(
+                xattr::get(host.path(), OPAQUE_XATTR).unwrap(),
+                None,
+                "{name}"
+            );
+        }
+        // A whiteout whose name walks up, through a symlinked parent or not.
+        for name in ["a/.wh...", "a/.wh..", ".wh.."] {
+            let tar = raw_tar(&[
+                ("a", EntryType::Symlink, target, b""),
+                (name, EntryType::Regular, "", b""),
+            ]);
+            let (err, _layer) = refused(&tar);
+            assert!(matches!(err, Error::InvalidArgument(_)), "{name}: {err}");
+            assert!(host.path().join("tree/leaf").exists(), "{name}");
+        }
+    }
+
+    #[test]
+    fn a_later_entry_replaces_an_earlier_one_of_another_kind() {
+        let tar = raw_tar(&[
+            ("a", EntryType::Regular, "", b"file"),
+            ("a/", EntryType::Directory, "", b""),
+            ("a/inner", EntryType::Regular, "", b"in"),
+            ("b/", EntryType::Directory, "", b""),
+            ("b/child", EntryType::Regular, "", b"c"),
+            ("b", EntryType::Regular, "", b"now a file"),
+            ("c", EntryType::Symlink, "/etc", b""),
+            ("c/", EntryType::Directory, "", b""),
+        ]);
+        let dir = tempfile::tempdir().unwrap();
+        unpack(tar.as_slice(), dir.path(), u64::MAX).unwrap();
+        assert_eq!(std::fs::read(dir.path().join("a/inner")).unwrap(), b"in");
+        assert_eq!(std::fs::read(dir.path().join("b")).unwrap(), b"now a file");
+        assert!(
+            std::fs::symlink_metadata(dir.path().join("c"))
+                .unwrap()
+                .is_dir()
+        );
+    }
+
+    #[test]
+    fn sparse_files_keep_their_holes_and_overlay_attributes_are_dropped() {
+        let mut builder = tar::Builder::new(Vec::new());
+        builder
+            .append_pax_extensions([
+                ("SCHILY.xattr.trusted.overlay.redirect", b"/etc".as_slice()),
+                ("SCHILY.xattr.user.note", b"kept".as_slice()),
+            ])
+            .unwrap();
+        let mut header = tar::Header::new_ustar();
+        let length = 64 << 20;
+        header.set_size(length);
+        header.set_mode(0o644);
+        header.set_cksum();
+        builder
+            .append_data(&mut header, "zeros", io::repeat(0).take(length))
+            .unwrap();
+        let tar = builder.into_inner().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let unpacked = unpack(tar.as_slice(), dir.path(), u64::MAX).unwrap();
+        assert_eq!(unpacked.size, length);
+        let meta = std::fs::metadata(dir.path().join("zeros")).unwrap();
+        assert_eq!(meta.len(), length);
+        assert!(meta.blocks() * 512 < 1 << 20, "{} blocks", meta.blocks());
+        let path = dir.path().join("zeros");
+        assert_eq!(xattr::get(&path, "trusted.overlay.redirect").unwrap(), None);
+        if let Ok(Some(note)) = xattr::get(&path, "user.note") {
+            assert_eq!(note, b"kept");
+        }
+    }
+
+    #[test]
+    fn a_layer_past_its_budget_is_resource_exhausted() {
+        let tar = raw_tar(&[("big", EntryType::Regular, "", &[7u8; 64 * 1024])]);
+        let dir = tempfile::tempdir().unwrap();
+        let err = unpack(tar.as_slice(), dir.path(), 16 * 1024).unwrap_err();
+        assert!(matches!(err, Error::ResourceExhausted(_)), "{err}");
+    }
+
+    #[test]
+    fn overlong_paths_are_refused_with_their_reason() {
+        let deep = "d/".repeat(3000);
+        let mut builder = tar::Builder::new(Vec::new());
+        let mut header = tar::Header::new_gnu();
+        header.set_size(0);
+        header.set_mode(0o755);
+        header.set_entry_type(EntryType::Directory);
+        builder
+            .append_data(&mut header, &deep, io::empty())
+            .unwrap();
+        let tar = builder.into_inner().unwrap();
+        let (err, _layer) = refused(&tar);
+        assert!(err.to_string().contains("path too long"), "{err}");
     }
 }
