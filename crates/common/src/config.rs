@@ -175,6 +175,17 @@ impl CommonArgs {
     pub fn resolve(&self, service: Service) -> anyhow::Result<ServiceConfig> {
         let root = absolute(&self.root)?;
         let data_dir = root.join(service.short());
+        // The service's store is its own: other users may not reach a
+        // pulled image's setuid binaries or device nodes through it (Docker
+        // keeps its graph directories 0700/0710).
+        std::fs::create_dir_all(&data_dir)
+            .and_then(|()| {
+                std::fs::set_permissions(
+                    &data_dir,
+                    std::os::unix::fs::PermissionsExt::from_mode(0o700),
+                )
+            })
+            .with_context(|| format!("root {} is not usable", root.display()))?;
         for dir in [&data_dir, &root.join("run")] {
             std::fs::create_dir_all(dir).with_context(|| {
                 format!(

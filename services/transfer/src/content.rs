@@ -196,6 +196,12 @@ impl Ingest {
         Ok(())
     }
 
+    /// Whether the bytes written so far are the expected blob.
+    pub fn matches(&self) -> bool {
+        let actual = hex::encode(self.hasher.clone().finalize());
+        actual == self.expected.hex()
+    }
+
     /// Verifies the digest, fsyncs and renames into place. On a mismatch
     /// the ingest is removed and nothing is committed.
     pub fn commit(self) -> Result<(), Error> {

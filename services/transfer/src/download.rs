@@ -35,13 +35,18 @@ impl Puller {
     ) -> Result<(Staging, Unpacked), Error> {
         let id = short(&desc.digest);
         let what = format!("layer {id}");
-        let total = desc.size.max(0) as u64;
+        if desc.size <= 0 {
+            return Err(Error::InvalidArgument(format!(
+                "{what}: the manifest gives no size for it"
+            )));
+        }
+        let total = desc.size as u64;
         let content = self.content.clone();
         let wanted = blob.clone();
         let mut ingest = tokio::task::spawn_blocking(move || content.ingest(&wanted))
             .await
             .map_err(Error::internal)??;
-        if total > 0 && ingest.offset() >= total {
+        if ingest.offset() >= total {
             ingest.reset()?;
         }
         let offset = ingest.offset();
@@ -71,8 +76,10 @@ impl Puller {
 
         let (chunks_tx, chunks_rx) = mpsc::channel::<Chunk>(16);
         let layers = Arc::clone(&self.layers);
-        let unpacking =
-            tokio::task::spawn_blocking(move || -> Result<(Staging, Unpacked), Error> {
+        let wanted_blob = blob.clone();
+        let what_blocking = what.clone();
+        let unpacking = tokio::task::spawn_blocking(
+            move || -> Result<(Staging, Unpacked), Error> {
                 let prefix: Box<dyn Read + Send> = if offset > 0 {
                     Box::new(ingest.reopen_written()?)
                 } else {
@@ -92,10 +99,33 @@ impl Puller {
                         io::copy(&mut reader, &mut io::sink()).map_err(unpack::classify)?;
                         Ok(unpacked)
                     });
+                // Wrong bytes are a digest mismatch, whatever the tar reader
+                // made of them: read the rest (the download side stops at
+                // the declared size) before judging.
+                let drained = result.is_ok() || io::copy(&mut reader, &mut io::sink()).is_ok();
                 if let Some(failure) = reader.failure.take() {
+                    if let (Error::InvalidArgument(_), Some(ingest)) =
+                        (&failure, reader.ingest.take())
+                    {
+                        ingest.discard(); // a refusal: nothing to resume
+                    }
                     return Err(failure); // the download failed: keep the ingest
                 }
                 let ingest = reader.ingest.take().expect("ingest kept until the end");
+                if drained && !ingest.matches() {
+                    ingest.discard();
+                    return Err(if offset > 0 {
+                        // What an earlier attempt left was not this blob
+                        // (another registry's bytes): start again from 0.
+                        Error::Unavailable(format!(
+                            "{what_blocking}: digest mismatch after resuming at byte {offset}; fetching it again from the start"
+                        ))
+                    } else {
+                        Error::InvalidArgument(format!(
+                            "{what_blocking}: digest mismatch: the registry sent other bytes than {wanted_blob}"
+                        ))
+                    });
+                }
                 match result {
                     Ok(unpacked) => {
                         ingest.commit()?;
@@ -108,7 +138,8 @@ impl Puller {
                         Err(err)
                     }
                 }
-            });
+            },
+        );
 
         progress.send_replace(State::Downloading {
             current: offset,
@@ -131,6 +162,13 @@ impl Puller {
                 }
                 Ok(Some(Ok(bytes))) => {
                     current += bytes.len() as u64;
+                    if current > total {
+                        // Never read past the descriptor: a body that does
+                        // not end is refused, not stored.
+                        break Chunk::Failed(Error::InvalidArgument(format!(
+                            "{what}: the registry sent more than the {total} bytes the manifest declares"
+                        )));
+                    }
                     window_bytes += bytes.len() as u64;
                     if chunks_tx.send(Chunk::Data(bytes)).await.is_err() {
                         break Chunk::End; // unpacking failed; its error follows

@@ -21,6 +21,7 @@ use tokio_stream::StreamExt;
 
 use crate::content::ContentStore;
 use crate::layers::{Layer, LayerStore};
+use crate::manifest::{MAX_JSON_BLOB, MAX_MANIFEST, check_depth};
 use crate::metadata::Metadata;
 use crate::pull::Puller;
 use crate::tar_limits::TarGuard;
@@ -129,16 +130,13 @@ impl Loader {
         extracting.await.map_err(Error::internal)??;
 
         let manifest_path = dir.join("manifest.json");
-        let manifest = match std::fs::read(&manifest_path) {
-            Ok(bytes) => bytes,
-            Err(err) if err.kind() == io::ErrorKind::NotFound => {
-                return Err(Error::InvalidArgument(
-                    "the archive has no manifest.json: legacy (pre-1.10) archives are not supported"
-                        .into(),
-                ));
-            }
-            Err(err) => return Err(err.into()),
-        };
+        if !manifest_path.exists() {
+            return Err(Error::InvalidArgument(
+                "the archive has no manifest.json: legacy (pre-1.10) archives are not supported"
+                    .into(),
+            ));
+        }
+        let manifest = read_capped(&manifest_path, MAX_MANIFEST as u64, "manifest.json")?;
         let entries: Option<Vec<Entry>> = serde_json::from_slice(&manifest)
             .map_err(|e| Error::InvalidArgument(format!("invalid manifest.json: {e}")))?;
         let entries = entries.ok_or_else(|| {
@@ -147,6 +145,15 @@ impl Loader {
             )
         })?;
 
+        // Every path the manifest names is checked before anything is
+        // stored: a bad one refuses the whole archive.
+        for entry in &entries {
+            inside(&dir, &entry.config)?;
+            for layer in &entry.layers {
+                inside(&dir, layer)?;
+            }
+            check_depth("invalid manifest.json", entry.layers.len())?;
+        }
         let mut adopted: HashMap<PathBuf, Digest> = HashMap::new();
         let mut loaded = Vec::new();
         // (child ID, its config, the parent it names), applied at the end.
@@ -154,8 +161,7 @@ impl Loader {
         let mut configs: HashMap<String, Vec<u8>> = HashMap::new();
         let mut last_tagged = false;
         for entry in entries {
-            let config = std::fs::read(inside(&dir, &entry.config)?)
-                .map_err(|e| Error::InvalidArgument(format!("config {}: {e}", entry.config)))?;
+            let config = read_capped(&inside(&dir, &entry.config)?, MAX_JSON_BLOB, "config")?;
             let parsed: Config = serde_json::from_slice(&config)
                 .map_err(|e| Error::InvalidArgument(format!("config {}: {e}", entry.config)))?;
             let host = Platform::host();
@@ -320,6 +326,22 @@ fn valid_parent(parent: &[u8], child: &[u8]) -> bool {
     };
     let (p, c) = (history(parent), history(child));
     c.len() == p.len() + 1 && c[..p.len()] == p[..]
+}
+
+/// Reads a JSON file of the archive, refusing one bigger than `max`.
+fn read_capped(path: &Path, max: u64, what: &str) -> Result<Vec<u8>, Error> {
+    let file = std::fs::File::open(path).map_err(|err| match err.kind() {
+        io::ErrorKind::NotFound => Error::InvalidArgument(format!("{what}: not in the archive")),
+        _ => err.into(),
+    })?;
+    let mut bytes = Vec::new();
+    file.take(max + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max {
+        return Err(Error::InvalidArgument(format!(
+            "{what} exceeds the {max}-byte limit"
+        )));
+    }
+    Ok(bytes)
 }
 
 /// `rel` (a path written in manifest.json) inside the archive directory.

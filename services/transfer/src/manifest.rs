@@ -15,11 +15,56 @@ pub(crate) const ACCEPTED: &[&str] = &[
     "application/vnd.docker.distribution.manifest.v2+json",
 ];
 
-/// Largest manifest or config a pull reads into memory.
+/// Largest config a pull reads into memory. Docker caps manifests at
+/// 4 MiB; a valid config with many labels or history entries can be
+/// bigger, so configs get more room.
 pub(crate) const MAX_JSON_BLOB: u64 = 8 << 20;
 
+/// Docker's cap on manifests and indexes (distribution's
+/// `maxManifestBodySize`).
+pub(crate) const MAX_MANIFEST: usize = 4 << 20;
+
+/// Docker's deepest layer chain (`layer.maxLayerDepth`): an image with
+/// more layers is refused before anything is downloaded.
+pub(crate) const MAX_LAYERS: usize = 125;
+
+/// How long a registry may take to answer a manifest request whole.
+pub(crate) const MANIFEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Refuses a manifest or index that is too big, of a media type a pull
+/// does not read, or of more layers than a chain may hold.
+pub(crate) fn check_manifest(what: &str, bytes: &[u8], probe: &Probe) -> Result<(), Error> {
+    if bytes.len() > MAX_MANIFEST {
+        return Err(Error::InvalidArgument(format!(
+            "{what}: manifest of {} bytes exceeds the {MAX_MANIFEST}-byte limit",
+            bytes.len()
+        )));
+    }
+    if let Some(media) = probe.media_type.as_deref()
+        && !media.is_empty()
+        && !media.starts_with("application/vnd.docker.distribution.manifest.v1")
+        && !ACCEPTED.contains(&media)
+    {
+        return Err(Error::InvalidArgument(format!(
+            "{what}: unsupported manifest media type {}",
+            crate::beneath::quote(media.as_ref())
+        )));
+    }
+    Ok(())
+}
+
+/// Refuses a chain deeper than Docker's.
+pub(crate) fn check_depth(what: &str, layers: usize) -> Result<(), Error> {
+    if layers > MAX_LAYERS {
+        return Err(Error::InvalidArgument(format!(
+            "{what}: max depth exceeded: {layers} layers, at most {MAX_LAYERS}"
+        )));
+    }
+    Ok(())
+}
+
 /// The fields of a manifest or index that say which it is.
-#[derive(Deserialize)]
+#[derive(Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct Probe {
     pub(crate) schema_version: Option<i64>,

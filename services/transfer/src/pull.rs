@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures::future::{BoxFuture, FutureExt, Shared, WeakShared};
 use futures::{StreamExt, stream};
 use imaged_api::v1::{PullImageProgress, PullImageRequest, PutImageRequest};
@@ -25,8 +26,8 @@ use crate::content::ContentStore;
 use crate::layers::{Layer, LayerStore};
 use crate::limits::Limits;
 use crate::manifest::{
-    ACCEPTED, ConfigProbe, MAX_JSON_BLOB, Manifest, Probe, check_media_type, choose_platform,
-    schema1,
+    ACCEPTED, ConfigProbe, MANIFEST_TIMEOUT, MAX_JSON_BLOB, Manifest, Probe, check_depth,
+    check_manifest, check_media_type, choose_platform, schema1,
 };
 use crate::metadata::Metadata;
 use crate::registry::{self, Registries};
@@ -41,7 +42,7 @@ pub struct PullArgs {
     pub stall_timeout_secs: u64,
     /// Bytes per second a layer download must average over each stall
     /// window (0: only a complete stall cancels).
-    #[arg(long, env = "IMAGED_MIN_DOWNLOAD_RATE", default_value_t = 0)]
+    #[arg(long, env = "IMAGED_MIN_DOWNLOAD_RATE", default_value_t = 1024)]
     pub min_download_rate: u64,
     /// Registries (`host[:port]`) reached over plain HTTP besides
     /// loopback ones. Repeatable.
@@ -217,15 +218,16 @@ impl Puller {
         // The manifest, through an index when there is one.
         let what = format!("manifest for {shown}");
         let (top_bytes, top_digest) = self
-            .with_retries(&what, || client.pull_manifest_raw(&oref, &auth, ACCEPTED))
+            .fetch_manifest(&what, || client.pull_manifest_raw(&oref, &auth, ACCEPTED))
             .await?;
         let top_digest: Digest = top_digest.parse()?;
-        let probe: Probe = serde_json::from_slice(&top_bytes)
-            .map_err(|e| Error::InvalidArgument(format!("{what}: invalid manifest: {e}")))?;
+        let probe = probe_manifest(&what, &top_bytes)?;
         if probe.schema_version == Some(1) {
             return Err(schema1(&shown));
         }
-        self.content.write(&top_digest, &top_bytes)?;
+        // Manifests and the config are stored only once the layers are:
+        // a refused pull leaves no blob behind.
+        let mut small_blobs = vec![(top_digest.clone(), top_bytes.clone())];
         let manifest_bytes = match probe.manifests {
             Some(entries) => {
                 let chosen = choose_platform(&entries, &platform, &shown)?;
@@ -235,11 +237,16 @@ impl Puller {
                     chosen.clone(),
                 );
                 let (bytes, digest) = self
-                    .with_retries(&what, || {
+                    .fetch_manifest(&what, || {
                         client.pull_manifest_raw(&by_digest, &auth, ACCEPTED)
                     })
                     .await?;
-                self.content.write(&digest.parse()?, &bytes)?;
+                if probe_manifest(&what, &bytes)?.manifests.is_some() {
+                    return Err(Error::InvalidArgument(format!(
+                        "{what}: an index entry points at another index"
+                    )));
+                }
+                small_blobs.push((digest.parse()?, bytes.clone()));
                 bytes
             }
             None => {
@@ -251,10 +258,15 @@ impl Puller {
                 top_bytes.clone()
             }
         };
-        let manifest: Manifest = serde_json::from_slice(&manifest_bytes)
+        let mut manifest: Manifest = serde_json::from_slice(&manifest_bytes)
             .map_err(|e| Error::InvalidArgument(format!("{what}: invalid manifest: {e}")))?;
-        for desc in std::iter::once(&manifest.config).chain(&manifest.layers) {
+        check_depth(&shown, manifest.layers.len())?;
+        for desc in std::iter::once(&mut manifest.config).chain(&mut manifest.layers) {
             check_media_type(&desc.media_type)?;
+            // Foreign URLs are never followed: every byte comes from the
+            // registry the user named (Docker follows them only for
+            // foreign layers, and only when allowed).
+            desc.urls = None;
         }
 
         // The config: small, fetched whole and verified.
@@ -270,7 +282,7 @@ impl Puller {
                         &format!("config of {shown}"),
                     )
                     .await?;
-                self.content.write(&config_digest, &bytes)?;
+                small_blobs.push((config_digest.clone(), Bytes::from(bytes.clone())));
                 bytes
             }
         };
@@ -378,6 +390,10 @@ impl Puller {
                 message.aggregate_total = aggregate_total as i64;
                 send(&tx, message).await;
             }
+        }
+
+        for (digest, bytes) in &small_blobs {
+            self.content.write(digest, bytes)?;
         }
 
         // Record the image: tag and repo digest.
@@ -585,19 +601,22 @@ impl Puller {
             )));
         }
         let expected: Digest = desc.digest.parse()?;
-        self.with_retries(what, || async {
-            let mut stream = client.pull_blob_stream(oref, desc).await?;
-            let mut data = Vec::new();
-            while let Some(chunk) = stream.next().await {
-                data.extend_from_slice(&chunk?);
-                if data.len() as u64 > MAX_JSON_BLOB {
-                    return Err(oci_client::errors::OciDistributionError::GenericError(
-                        Some("blob larger than announced".into()),
-                    ));
+        within(
+            what,
+            self.with_retries(what, || async {
+                let mut stream = client.pull_blob_stream(oref, desc).await?;
+                let mut data = Vec::new();
+                while let Some(chunk) = stream.next().await {
+                    data.extend_from_slice(&chunk?);
+                    if data.len() as u64 > MAX_JSON_BLOB {
+                        return Err(oci_client::errors::OciDistributionError::GenericError(
+                            Some("blob larger than announced".into()),
+                        ));
+                    }
                 }
-            }
-            Ok(data)
-        })
+                Ok(data)
+            }),
+        )
         .await
         .and_then(|data| {
             if Digest::sha256_of(&data) != expected {
@@ -605,6 +624,16 @@ impl Puller {
             }
             Ok(data)
         })
+    }
+
+    /// Fetches a manifest with retries, all bounded in time: a registry
+    /// that sends headers and then nothing is given up on.
+    async fn fetch_manifest<F, Fut>(&self, what: &str, call: F) -> Result<(Bytes, String), Error>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<(Bytes, String), oci_client::errors::OciDistributionError>>,
+    {
+        within(what, self.with_retries(what, call)).await
     }
 
     /// Runs a registry call, retrying what may pass with backoff.
@@ -626,6 +655,32 @@ impl Puller {
             }
         }
     }
+}
+
+/// Bounds a manifest or config fetch, retries included, by
+/// [`MANIFEST_TIMEOUT`].
+async fn within<T>(what: &str, fetch: impl Future<Output = Result<T, Error>>) -> Result<T, Error> {
+    tokio::time::timeout(MANIFEST_TIMEOUT, fetch)
+        .await
+        .unwrap_or_else(|_| {
+            Err(Error::DeadlineExceeded(format!(
+                "{what}: the registry did not answer within {}s",
+                MANIFEST_TIMEOUT.as_secs()
+            )))
+        })
+}
+
+/// Reads the fields that say what a manifest is, after its size and media
+/// type checks.
+fn probe_manifest(what: &str, bytes: &[u8]) -> Result<Probe, Error> {
+    if bytes.len() > crate::manifest::MAX_MANIFEST {
+        // Refused before parsing: a huge body is not worth decoding.
+        check_manifest(what, bytes, &Probe::default())?;
+    }
+    let probe: Probe = serde_json::from_slice(bytes)
+        .map_err(|e| Error::InvalidArgument(format!("{what}: invalid manifest: {e}")))?;
+    check_manifest(what, bytes, &probe)?;
+    Ok(probe)
 }
 
 /// The 12 hex characters Docker shows for a digest.

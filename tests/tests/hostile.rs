@@ -1,0 +1,259 @@
+//! Hostile input against the four real processes and a real registry: a
+//! layer that tries to reach the host through a symlink, pulled and
+//! imported; a chain deeper than Docker allows. Each case checks the
+//! refusal and its code, that a canary tree outside imaged's root is
+//! untouched, that nothing is left in staging, ingest, layers or blobs,
+//! and that a normal pull still works afterwards.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use imaged_api::v1::*;
+use imaged_e2e::{Imaged, TestRegistry, client};
+use imaged_fixtures::{Compression, ImageBuilder, Layer, LayerBuilder, MediaTypes};
+use tonic::Code;
+
+/// A directory outside imaged's root with a file and a tree in it, and
+/// what it held when made.
+struct Canary {
+    dir: tempfile::TempDir,
+    before: BTreeMap<PathBuf, (u32, Vec<u8>)>,
+}
+
+impl Canary {
+    fn new() -> Canary {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("victim"), b"do not touch").unwrap();
+        std::fs::create_dir_all(dir.path().join("tree/deeper")).unwrap();
+        std::fs::write(dir.path().join("tree/deeper/leaf"), b"leaf").unwrap();
+        let before = snapshot(dir.path());
+        Canary { dir, before }
+    }
+
+    fn path(&self) -> &str {
+        self.dir.path().to_str().unwrap()
+    }
+
+    fn assert_untouched(&self, case: &str) {
+        assert_eq!(
+            snapshot(self.dir.path()),
+            self.before,
+            "{case}: the host changed"
+        );
+        assert_eq!(
+            xattr::get(self.dir.path(), "trusted.overlay.opaque").unwrap(),
+            None,
+            "{case}"
+        );
+    }
+}
+
+/// Every path under `dir` with its mode and contents.
+fn snapshot(dir: &Path) -> BTreeMap<PathBuf, (u32, Vec<u8>)> {
+    let mut out = BTreeMap::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(next) = pending.pop() {
+        for entry in std::fs::read_dir(&next).unwrap() {
+            let path = entry.unwrap().path();
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            let data = if meta.is_file() {
+                std::fs::read(&path).unwrap()
+            } else {
+                Vec::new()
+            };
+            if meta.is_dir() {
+                pending.push(path.clone());
+            }
+            out.insert(path, (meta.mode(), data));
+        }
+    }
+    out
+}
+
+/// A raw tar of (name, type, link target) entries, written as given.
+fn raw_layer(entries: &[(&str, tar::EntryType, &str)]) -> Layer {
+    let mut out = Vec::new();
+    for (name, kind, link) in entries {
+        let mut header = tar::Header::new_ustar();
+        header.as_ustar_mut().unwrap().name[..name.len()].copy_from_slice(name.as_bytes());
+        header.as_ustar_mut().unwrap().linkname[..link.len()].copy_from_slice(link.as_bytes());
+        header.set_entry_type(*kind);
+        header.set_mode(0o666);
+        header.set_size(0);
+        header.set_mtime(1_700_000_000);
+        if matches!(kind, tar::EntryType::Char | tar::EntryType::Block) {
+            header.set_device_major(1).unwrap();
+            header.set_device_minor(3).unwrap();
+        }
+        header.set_cksum();
+        out.extend_from_slice(header.as_bytes());
+    }
+    out.resize(out.len() + 1024, 0);
+    Layer::from_tar(out, Compression::Gzip).unwrap()
+}
+
+/// Names left in one of transfer's working directories.
+fn left_in(imaged: &Imaged, dir: &str) -> Vec<String> {
+    let path = imaged.root().join("transfer").join(dir);
+    match std::fs::read_dir(&path) {
+        Ok(entries) => entries
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// Asserts that staging and ingest are empty and that `layers` layers and
+/// `blobs` blobs are stored.
+fn assert_nothing_left(imaged: &Imaged, case: &str, layers: usize, blobs: usize) {
+    assert_eq!(
+        left_in(imaged, "staging"),
+        Vec::<String>::new(),
+        "{case}: staging"
+    );
+    assert_eq!(
+        left_in(imaged, "content/ingest"),
+        Vec::<String>::new(),
+        "{case}: ingest"
+    );
+    assert_eq!(left_in(imaged, "layers").len(), layers, "{case}: layers");
+    assert_eq!(
+        left_in(imaged, "content/blobs/sha256").len(),
+        blobs,
+        "{case}: blobs"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn layers_reaching_through_a_symlink_change_nothing_outside_the_root() {
+    let registry = TestRegistry::start().await.unwrap();
+    let imaged = Imaged::start().await.unwrap();
+    let canary = Canary::new();
+    let under = [
+        ("x/.wh.victim", tar::EntryType::Regular),
+        ("x/.wh.tree", tar::EntryType::Regular),
+        ("x/.wh..wh..opq", tar::EntryType::Regular),
+        ("x/null", tar::EntryType::Char),
+        ("x/disk", tar::EntryType::Block),
+        ("x/pipe", tar::EntryType::Fifo),
+        ("x/made/", tar::EntryType::Directory),
+        ("x/file", tar::EntryType::Regular),
+    ];
+    for (i, (name, kind)) in under.iter().enumerate() {
+        let layer = raw_layer(&[
+            ("x", tar::EntryType::Symlink, canary.path()),
+            (name, *kind, ""),
+        ]);
+        // Pulled from a registry.
+        let image = ImageBuilder::new(MediaTypes::Oci)
+            .layer(layer.clone())
+            .build()
+            .unwrap();
+        let repo = format!("hostile/escape{i}:latest");
+        registry.fixtures().push_image(&repo, &image).await.unwrap();
+        let reference = registry.fixtures().reference(&repo);
+        let err = client::pull(imaged.images(), client::pull_request(&reference))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "pull {name}: {err}");
+        assert!(
+            err.message().contains("outside the layer"),
+            "pull {name}: {err}"
+        );
+        canary.assert_untouched(&format!("pull {name}"));
+        assert_nothing_left(&imaged, &format!("pull {name}"), 0, 0);
+
+        // Imported as a root filesystem.
+        let err = imaged
+            .images()
+            .import_image(tokio_stream::iter([ImportImageRequest {
+                reference: format!("hostile/import{i}:latest"),
+                chunk: layer.data.clone(),
+                ..Default::default()
+            }]))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "import {name}: {err}");
+        canary.assert_untouched(&format!("import {name}"));
+        assert_nothing_left(&imaged, &format!("import {name}"), 0, 0);
+    }
+    let listed = imaged
+        .images()
+        .list_images(ListImagesRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .images;
+    assert!(listed.is_empty(), "{listed:?}");
+
+    // A normal image still pulls.
+    let image = ImageBuilder::new(MediaTypes::Oci)
+        .layer(
+            LayerBuilder::new()
+                .file("etc/ok", b"ok")
+                .build(Compression::Gzip)
+                .unwrap(),
+        )
+        .build()
+        .unwrap();
+    registry
+        .fixtures()
+        .push_image("hostile/fine:latest", &image)
+        .await
+        .unwrap();
+    let reference = registry.fixtures().reference("hostile/fine:latest");
+    client::pull(imaged.images(), client::pull_request(&reference))
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chain_deeper_than_dockers_is_refused_before_any_download() {
+    let registry = TestRegistry::start().await.unwrap();
+    let imaged = Imaged::start().await.unwrap();
+    let layer = LayerBuilder::new()
+        .file("f", b"same")
+        .build(Compression::Gzip)
+        .unwrap();
+    let mut builder = ImageBuilder::new(MediaTypes::Oci);
+    for _ in 0..400 {
+        builder = builder.layer(layer.clone());
+    }
+    let image = builder.build().unwrap();
+    registry
+        .fixtures()
+        .push_image("hostile/deep:latest", &image)
+        .await
+        .unwrap();
+    let reference = registry.fixtures().reference("hostile/deep:latest");
+    let gets_before = registry.blob_gets().len();
+    let err = client::pull(imaged.images(), client::pull_request(&reference))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err}");
+    assert!(err.message().contains("max depth exceeded"), "{err}");
+    assert_eq!(
+        registry.blob_gets().len(),
+        gets_before,
+        "a blob was fetched"
+    );
+    assert_nothing_left(&imaged, "deep", 0, 0);
+    // The transfer process is alive and answers.
+    imaged
+        .images()
+        .system_info(SystemInfoRequest {})
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stores_are_closed_to_other_users() {
+    let imaged = Imaged::start().await.unwrap();
+    for service in ["transfer", "metadata", "events"] {
+        let mode = std::fs::metadata(imaged.root().join(service))
+            .unwrap()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "{service}: mode {mode:o}");
+    }
+}
