@@ -6,6 +6,7 @@
 //! and that a normal pull still works afterwards.
 
 use std::collections::BTreeMap;
+use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -256,4 +257,91 @@ async fn stores_are_closed_to_other_users() {
             .mode();
         assert_eq!(mode & 0o077, 0, "{service}: mode {mode:o}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_valid_five_mib_config_is_pulled_and_inspected() {
+    let registry = TestRegistry::start().await.unwrap();
+    let imaged = Imaged::start().await.unwrap();
+    let mut builder = ImageBuilder::new(MediaTypes::Oci).layer(
+        LayerBuilder::new()
+            .file("f", b"x")
+            .build(Compression::Gzip)
+            .unwrap(),
+    );
+    let value = "v".repeat(1000);
+    for i in 0..5200 {
+        builder = builder.label(&format!("label.{i}"), &value);
+    }
+    let image = builder.build().unwrap();
+    assert!(
+        image.config.data.len() > 5 << 20,
+        "{}",
+        image.config.data.len()
+    );
+    registry
+        .fixtures()
+        .push_image("limits/labels:latest", &image)
+        .await
+        .unwrap();
+    let reference = registry.fixtures().reference("limits/labels:latest");
+    client::pull(imaged.images(), client::pull_request(&reference))
+        .await
+        .unwrap();
+    let inspected = imaged
+        .images()
+        .max_decoding_message_size(64 << 20)
+        .inspect_image(InspectImageRequest {
+            image: reference.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(inspected.id, image.id());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decompression_bomb_is_refused_before_it_fills_the_disk() {
+    let imaged = Imaged::builder()
+        .arg(
+            imaged_common::config::Service::Transfer,
+            "--max-layer-size=8388608",
+        )
+        .start()
+        .await
+        .unwrap();
+    // 64 MiB of zeros in one file: a gzip of about 64 KiB.
+    let mut builder = tar::Builder::new(Vec::new());
+    let mut header = tar::Header::new_ustar();
+    header.set_size(64 << 20);
+    header.set_mode(0o644);
+    header.set_cksum();
+    builder
+        .append_data(&mut header, "zeros", std::io::repeat(0).take(64 << 20))
+        .unwrap();
+    let layer = Layer::from_tar(builder.into_inner().unwrap(), Compression::Gzip).unwrap();
+    assert!(layer.data.len() < 1 << 20);
+    let chunks: Vec<ImportImageRequest> = layer
+        .data
+        .chunks(256 * 1024)
+        .enumerate()
+        .map(|(i, chunk)| ImportImageRequest {
+            reference: if i == 0 {
+                "bomb/zeros:1".into()
+            } else {
+                String::new()
+            },
+            chunk: chunk.to_vec(),
+            ..Default::default()
+        })
+        .collect();
+    let err = imaged
+        .images()
+        .import_image(tokio_stream::iter(chunks))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err}");
+    assert!(err.message().contains("8388608"), "{err}");
+    assert_nothing_left(&imaged, "bomb", 0, 0);
 }

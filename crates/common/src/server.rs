@@ -198,6 +198,11 @@ pub async fn shutdown_signal() -> &'static str {
 /// Runs a process's `main`: checks its root (a bad one is reported and
 /// exits with status 2), sets up telemetry inside a tokio runtime, runs
 /// `body`, and turns an error from it into a message and exit status 1.
+/// The largest message the processes send each other: a valid image
+/// config with many labels or history entries can pass gRPC's default of
+/// 4 MiB, and internal calls carry configs whole.
+pub const INTERNAL_MESSAGE_LIMIT: usize = 64 << 20;
+
 pub fn run_main<F, Fut>(service: Service, common: &CommonArgs, body: F) -> !
 where
     F: FnOnce(ServiceConfig) -> Fut,

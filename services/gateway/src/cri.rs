@@ -46,7 +46,12 @@ impl CriImageService {
             .metadata
             .call(|ch| {
                 let request = request.clone();
-                async move { MetadataClient::new(ch).inspect_image(request).await }
+                async move {
+                    MetadataClient::new(ch)
+                        .max_decoding_message_size(imaged_common::server::INTERNAL_MESSAGE_LIMIT)
+                        .inspect_image(request)
+                        .await
+                }
             })
             .await;
         match result {
@@ -150,6 +155,7 @@ impl ImageService for CriImageService {
                 .metadata
                 .call(|ch| async move {
                     MetadataClient::new(ch)
+                        .max_decoding_message_size(imaged_common::server::INTERNAL_MESSAGE_LIMIT)
                         .list_images(v1::ListImagesRequest::default())
                         .await
                 })
@@ -225,7 +231,12 @@ impl ImageService for CriImageService {
             .transfer
             .call(|ch| {
                 let pull = pull.clone();
-                async move { TransferClient::new(ch).pull(pull).await }
+                async move {
+                    TransferClient::new(ch)
+                        .max_decoding_message_size(imaged_common::server::INTERNAL_MESSAGE_LIMIT)
+                        .pull(pull)
+                        .await
+                }
             })
             .await?;
         let mut image_ref = String::new();
@@ -260,7 +271,12 @@ impl ImageService for CriImageService {
             .metadata
             .call(|ch| {
                 let remove = remove.clone();
-                async move { MetadataClient::new(ch).remove_image(remove).await }
+                async move {
+                    MetadataClient::new(ch)
+                        .max_decoding_message_size(imaged_common::server::INTERNAL_MESSAGE_LIMIT)
+                        .remove_image(remove)
+                        .await
+                }
             })
             .await;
         match result {
@@ -281,6 +297,7 @@ impl ImageService for CriImageService {
             .transfer
             .call(|ch| async move {
                 TransferClient::new(ch)
+                    .max_decoding_message_size(imaged_common::server::INTERNAL_MESSAGE_LIMIT)
                     .content_size(ContentSizeRequest {})
                     .await
             })

@@ -13,6 +13,7 @@ macro_rules! forward {
                 let request = request.clone();
                 async move {
                     $client::new(ch)
+                        .max_decoding_message_size(imaged_common::server::INTERNAL_MESSAGE_LIMIT)
                         .$method(imaged_common::deadline::attach(request, deadline))
                         .await
                 }

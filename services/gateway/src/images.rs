@@ -31,11 +31,13 @@ impl Images for ImagesService {
     ) -> Result<Response<SystemInfoResponse>, Status> {
         let metadata = self.peers.metadata.call(|channel| async move {
             MetadataClient::new(channel)
+                .max_decoding_message_size(imaged_common::server::INTERNAL_MESSAGE_LIMIT)
                 .info(MetadataInfoRequest {})
                 .await
         });
         let transfer = self.peers.transfer.call(|channel| async move {
             TransferClient::new(channel)
+                .max_decoding_message_size(imaged_common::server::INTERNAL_MESSAGE_LIMIT)
                 .info(TransferInfoRequest {})
                 .await
         });
@@ -169,11 +171,13 @@ impl Images for ImagesService {
     ) -> Result<Response<DiskUsageResponse>, Status> {
         let images = self.peers.metadata.call(|ch| async move {
             MetadataClient::new(ch)
+                .max_decoding_message_size(imaged_common::server::INTERNAL_MESSAGE_LIMIT)
                 .disk_usage(DiskUsageRequest {})
                 .await
         });
         let content = self.peers.transfer.call(|ch| async move {
             TransferClient::new(ch)
+                .max_decoding_message_size(imaged_common::server::INTERNAL_MESSAGE_LIMIT)
                 .content_size(ContentSizeRequest {})
                 .await
         });

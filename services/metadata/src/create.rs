@@ -38,7 +38,12 @@ pub async fn create(images: &Arc<Images>, config: Vec<u8>, parent: &str) -> Resu
                 let request = GetLayersRequest {
                     chain_ids: chains.clone(),
                 };
-                async move { TransferClient::new(channel).get_layers(request).await }
+                async move {
+                    TransferClient::new(channel)
+                        .max_decoding_message_size(imaged_common::server::INTERNAL_MESSAGE_LIMIT)
+                        .get_layers(request)
+                        .await
+                }
             })
             .await
             .map_err(|status| match status.code() {

@@ -123,7 +123,14 @@ impl Images {
                 .transfer
                 .call(|channel| {
                     let request = request.clone();
-                    async move { TransferClient::new(channel).release_layers(request).await }
+                    async move {
+                        TransferClient::new(channel)
+                            .max_decoding_message_size(
+                                imaged_common::server::INTERNAL_MESSAGE_LIMIT,
+                            )
+                            .release_layers(request)
+                            .await
+                    }
                 })
                 .await;
             match result {
@@ -145,7 +152,14 @@ impl Images {
                 .transfer
                 .call(|channel| {
                     let request = request.clone();
-                    async move { TransferClient::new(channel).retain_layers(request).await }
+                    async move {
+                        TransferClient::new(channel)
+                            .max_decoding_message_size(
+                                imaged_common::server::INTERNAL_MESSAGE_LIMIT,
+                            )
+                            .retain_layers(request)
+                            .await
+                    }
                 })
                 .await;
             match result {

@@ -58,8 +58,10 @@ fn main() {
             layer_gate: tokio::sync::Mutex::new(()),
         });
         tokio::spawn(Arc::clone(&images).reconcile_layers());
-        let routes =
-            tonic::service::Routes::new(MetadataServer::new(service::MetadataService::new(images)));
+        let routes = tonic::service::Routes::new(
+            MetadataServer::new(service::MetadataService::new(images))
+                .max_decoding_message_size(server::INTERNAL_MESSAGE_LIMIT),
+        );
         let served = server::serve(&config, routes, &[SERVICE_NAME]).await;
         if !events.flush(Duration::from_secs(2)).await {
             tracing::warn!(

@@ -152,7 +152,9 @@ fn main() {
             rw_layers,
             committer,
         };
-        let routes = tonic::service::Routes::new(TransferServer::new(service));
+        let routes = tonic::service::Routes::new(
+            TransferServer::new(service).max_decoding_message_size(server::INTERNAL_MESSAGE_LIMIT),
+        );
         let served = server::serve(&config, routes, &[SERVICE_NAME]).await;
         events.flush(Duration::from_secs(2)).await;
         served

@@ -30,7 +30,12 @@ macro_rules! call {
             .peer
             .call(|channel| {
                 let request = request.clone();
-                async move { MetadataClient::new(channel).$method(request).await }
+                async move {
+                    MetadataClient::new(channel)
+                        .max_decoding_message_size(imaged_common::server::INTERNAL_MESSAGE_LIMIT)
+                        .$method(request)
+                        .await
+                }
             })
             .await
             .map_err(Error::from)
