@@ -11,6 +11,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use imaged_api::v1::*;
+use imaged_e2e::front::{Answer, Front};
 use imaged_e2e::{Imaged, TestRegistry, client};
 use imaged_fixtures::{Compression, ImageBuilder, Layer, LayerBuilder, MediaTypes};
 use tonic::Code;
@@ -344,4 +345,182 @@ async fn a_decompression_bomb_is_refused_before_it_fills_the_disk() {
     assert_eq!(err.code(), Code::ResourceExhausted, "{err}");
     assert!(err.message().contains("8388608"), "{err}");
     assert_nothing_left(&imaged, "bomb", 0, 0);
+}
+
+/// An image of one layer of `size` bytes of noise (incompressible).
+fn noisy(size: usize, seed: u64) -> imaged_fixtures::Image {
+    ImageBuilder::new(MediaTypes::Oci)
+        .layer(
+            LayerBuilder::new()
+                .generated_files("data", 1, size, seed)
+                .build(Compression::Gzip)
+                .unwrap(),
+        )
+        .build()
+        .unwrap()
+}
+
+/// GETs of `digest`'s blob the front saw.
+fn blob_gets(front: &Front, digest: &str) -> usize {
+    front
+        .requests()
+        .iter()
+        .filter(|r| r.starts_with("GET") && r.contains(&format!("/blobs/{digest}")))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_registry_is_refused_at_once_and_leaves_nothing() {
+    let registry = TestRegistry::start().await.unwrap();
+    let image = noisy(256 * 1024, 7);
+    registry
+        .fixtures()
+        .push_image("front/app:latest", &image)
+        .await
+        .unwrap();
+    let front = Front::start(&registry.host).await.unwrap();
+    let imaged = Imaged::start().await.unwrap();
+    let reference = format!("{}/front/app:latest", front.host);
+    let layer = &image.layers[0];
+    let pull = || client::pull(imaged.images(), client::pull_request(&reference));
+    let manifest: serde_json::Value = serde_json::from_slice(&image.manifest.data).unwrap();
+    let serve_manifest = |manifest: &serde_json::Value| Answer::Body {
+        status: 200,
+        headers: vec![(
+            "Content-Type".into(),
+            "application/vnd.oci.image.manifest.v1+json".into(),
+        )],
+        body: serde_json::to_vec(manifest).unwrap(),
+    };
+
+    // A layer body that never ends: refused at the declared size, once.
+    front.rule(
+        "GET",
+        &format!("/blobs/{}", layer.digest),
+        Answer::Endless(vec![0x5a; 64 * 1024]),
+        1,
+    );
+    let err = pull().await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err}");
+    assert!(err.message().contains("more than the"), "{err}");
+    assert_eq!(blob_gets(&front, &layer.digest), 1, "retried");
+    assert_nothing_left(&imaged, "endless body", 0, 0);
+
+    // Wrong bytes of the right length: a digest mismatch, not a tar error,
+    // and not retried.
+    let mut wrong = layer.data.clone();
+    for byte in wrong.iter_mut().skip(64) {
+        *byte = byte.wrapping_add(1);
+    }
+    front.rule(
+        "GET",
+        &format!("/blobs/{}", layer.digest),
+        Answer::Body {
+            status: 200,
+            headers: vec![],
+            body: wrong,
+        },
+        1,
+    );
+    let err = pull().await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err}");
+    assert!(err.message().contains("digest mismatch"), "{err}");
+    assert_eq!(blob_gets(&front, &layer.digest), 2, "retried");
+    assert_nothing_left(&imaged, "wrong bytes", 0, 0);
+
+    // A 16 MiB manifest that is not JSON.
+    front.rule(
+        "GET",
+        "/manifests/latest",
+        Answer::Body {
+            status: 200,
+            headers: vec![(
+                "Content-Type".into(),
+                "application/vnd.oci.image.manifest.v1+json".into(),
+            )],
+            body: vec![b'{'; 16 << 20],
+        },
+        1,
+    );
+    let err = pull().await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err}");
+    assert!(err.message().contains("limit"), "{err}");
+
+    // A manifest of a media type no pull reads.
+    let mut odd = manifest.clone();
+    odd["mediaType"] = "application/vnd.example.thing.v1+json".into();
+    front.rule("GET", "/manifests/latest", serve_manifest(&odd), 1);
+    let err = pull().await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err}");
+    assert!(
+        err.message().contains("unsupported manifest media type"),
+        "{err}"
+    );
+
+    // Foreign URLs on an ordinary layer the registry does not have: the
+    // URL is never fetched.
+    let elsewhere = Front::start(&registry.host).await.unwrap();
+    let mut foreign = manifest.clone();
+    foreign["layers"][0]["urls"] = serde_json::json!([format!("http://{}/x", elsewhere.host)]);
+    front.rule("GET", "/manifests/latest", serve_manifest(&foreign), 1);
+    front.rule(
+        "GET",
+        &format!("/blobs/{}", layer.digest),
+        Answer::Body {
+            status: 404,
+            headers: vec![("Content-Type".into(), "application/json".into())],
+            body: br#"{"errors":[{"code":"BLOB_UNKNOWN","message":"blob unknown to registry"}]}"#
+                .to_vec(),
+        },
+        1,
+    );
+    let err = pull().await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{err}");
+    assert_eq!(elsewhere.connections(), 0, "a foreign URL was fetched");
+    assert_nothing_left(&imaged, "foreign urls", 0, 0);
+
+    // Headers, then nothing: the pull ends by itself.
+    front.rule("GET", "/manifests/latest", Answer::Silent, 1);
+    let started = std::time::Instant::now();
+    let err = pull().await.unwrap_err();
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(40));
+
+    // The same registry, behaving: the pull works.
+    pull().await.unwrap();
+    assert_nothing_left(&imaged, "good pull", 1, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poisoned_partial_ingest_is_fetched_again_within_the_same_pull() {
+    let registry = TestRegistry::start().await.unwrap();
+    let image = noisy(512 * 1024, 9);
+    registry
+        .fixtures()
+        .push_image("front/poison:latest", &image)
+        .await
+        .unwrap();
+    let front = Front::start(&registry.host).await.unwrap();
+    let imaged = Imaged::start().await.unwrap();
+    let layer = &image.layers[0];
+    // The first answer is cut short after bytes that are not the blob's.
+    front.rule(
+        "GET",
+        &format!("/blobs/{}", layer.digest),
+        Answer::Cut {
+            length: layer.data.len(),
+            body: vec![0x42; layer.data.len() / 2],
+        },
+        1,
+    );
+    let reference = format!("{}/front/poison:latest", front.host);
+    client::pull(imaged.images(), client::pull_request(&reference))
+        .await
+        .unwrap();
+    assert!(
+        imaged.logs().contains("digest mismatch after resuming"),
+        "the poisoned ingest was not resumed and then dropped"
+    );
+    assert!(blob_gets(&front, &layer.digest) >= 3);
+    assert_nothing_left(&imaged, "poisoned", 1, 3);
 }

@@ -66,10 +66,13 @@ impl Puller {
                 }
             }
         } else {
-            client
-                .pull_blob_stream(oref, desc)
-                .await
-                .map_err(|e| registry::error(&what, e))?
+            match client.pull_blob_stream(oref, desc).await {
+                Ok(stream) => stream,
+                Err(err) => {
+                    ingest.discard(); // nothing was written: leave nothing
+                    return Err(registry::error(&what, err));
+                }
+            }
         };
         let offset = ingest.offset();
         let mut body = stream.stream;
@@ -155,6 +158,16 @@ impl Puller {
                     break Chunk::Failed(self.stalled(&id, current, total));
                 }
                 Ok(None) => break Chunk::End,
+                // oci-client checks the digest at the end of the body; the
+                // ingest checks it too (and knows about resumed bytes), so
+                // its verdict is the one reported.
+                Ok(Some(Err(err)))
+                    if err
+                        .get_ref()
+                        .is_some_and(|e| e.is::<oci_client::errors::DigestError>()) =>
+                {
+                    break Chunk::End;
+                }
                 Ok(Some(Err(err))) => {
                     break Chunk::Failed(Error::Unavailable(format!(
                         "{what}: download interrupted: {err}"
