@@ -147,10 +147,12 @@ async fn kill_9_mid_pull_then_the_same_pull_completes() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     imaged.kill(Service::Transfer).await;
-    assert!(
-        pulling.await.unwrap().is_err(),
-        "the pull must fail when transfer dies"
-    );
+    let err = pulling
+        .await
+        .unwrap()
+        .expect_err("the pull must fail when transfer dies");
+    assert_eq!(err.code(), Code::Unavailable, "{err}");
+    assert!(err.message().contains("imaged-transfer"), "{err}");
     imaged.start_service(Service::Transfer).await.unwrap();
 
     let fast = registry.fixtures().reference("bulky/one:latest");

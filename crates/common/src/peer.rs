@@ -118,6 +118,23 @@ impl Peer {
     }
 }
 
+impl Peer {
+    /// Names a stream that broke: a status the peer did not send (its
+    /// connection went away mid-stream, as when the process dies) becomes
+    /// `UNAVAILABLE` naming the peer, instead of h2's `UNKNOWN`. Statuses
+    /// the peer sent pass as they are.
+    pub fn stream_status(&self, status: Status) -> Status {
+        if std::error::Error::source(&status).is_none() {
+            return status;
+        }
+        Status::unavailable(format!(
+            "{} went away during the call: {}",
+            self.service.process(),
+            status.message()
+        ))
+    }
+}
+
 fn inject_trace_context(mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
     telemetry::inject_current(request.metadata_mut());
     Ok(request)

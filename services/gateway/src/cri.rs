@@ -241,7 +241,7 @@ impl ImageService for CriImageService {
             .await?;
         let mut image_ref = String::new();
         while let Some(message) = stream.next().await {
-            let message = message?;
+            let message = message.map_err(|s| self.peers.transfer.stream_status(s))?;
             if !message.image_id.is_empty() {
                 image_ref = message.image_id;
             }

@@ -6,6 +6,7 @@ use imaged_api::v1::metadata_client::MetadataClient;
 use imaged_api::v1::transfer_client::TransferClient;
 use imaged_api::v1::*;
 use imaged_common::deadline;
+use imaged_common::peer::Peer;
 use tonic::{Request, Response, Status};
 
 use crate::forward::forward;
@@ -193,12 +194,8 @@ impl Images for ImagesService {
         &self,
         request: Request<PullImageRequest>,
     ) -> Result<Response<Self::PullImageStream>, Status> {
-        Ok(Response::new(Box::pin(forward!(
-            self.peers.transfer,
-            TransferClient,
-            request,
-            pull
-        ))))
+        let stream = forward!(self.peers.transfer, TransferClient, request, pull);
+        Ok(Response::new(relay(&self.peers.transfer, stream)))
     }
 
     type PushImageStream = Relay<PushImageProgress>;
@@ -208,12 +205,8 @@ impl Images for ImagesService {
         &self,
         request: Request<PushImageRequest>,
     ) -> Result<Response<Self::PushImageStream>, Status> {
-        Ok(Response::new(Box::pin(forward!(
-            self.peers.transfer,
-            TransferClient,
-            request,
-            push
-        ))))
+        let stream = forward!(self.peers.transfer, TransferClient, request, push);
+        Ok(Response::new(relay(&self.peers.transfer, stream)))
     }
 
     type ExportImagesStream = Relay<ExportImagesChunk>;
@@ -223,12 +216,8 @@ impl Images for ImagesService {
         &self,
         request: Request<ExportImagesRequest>,
     ) -> Result<Response<Self::ExportImagesStream>, Status> {
-        Ok(Response::new(Box::pin(forward!(
-            self.peers.transfer,
-            TransferClient,
-            request,
-            export
-        ))))
+        let stream = forward!(self.peers.transfer, TransferClient, request, export);
+        Ok(Response::new(relay(&self.peers.transfer, stream)))
     }
 
     type LoadImagesStream = Relay<LoadImagesResponse>;
@@ -247,7 +236,7 @@ impl Images for ImagesService {
             .load(deadline::attach(outbound, deadline))
             .await?
             .into_inner();
-        Ok(Response::new(Box::pin(upstream)))
+        Ok(Response::new(relay(&self.peers.transfer, upstream)))
     }
 
     /// Docker: ImportImage (`docker import`). The tar streams through to
@@ -319,3 +308,11 @@ impl Images for ImagesService {
 
 /// A server stream relayed from an internal service.
 pub type Relay<T> = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<T, Status>> + Send>>;
+
+/// Relays `stream` from `peer`, naming the peer when the stream breaks.
+pub fn relay<T: Send + 'static>(peer: &Peer, stream: tonic::Streaming<T>) -> Relay<T> {
+    let peer = peer.clone();
+    Box::pin(tokio_stream::StreamExt::map(stream, move |item| {
+        item.map_err(|status| peer.stream_status(status))
+    }))
+}
