@@ -3,7 +3,7 @@
 CARGO ?= cargo
 ROOT ?= ./data
 
-.PHONY: run build test test-deps bench bench-deps fmt lint clean
+.PHONY: run build test test-deps bench bench-deps fuzz fmt lint clean
 
 ## Build in release mode and start all four processes with stores under $(ROOT).
 run:
@@ -28,6 +28,13 @@ bench: test-deps bench-deps
 
 bench-deps:
 	./deploy/install-bench-deps.sh
+
+## The parsers and the layer applier on generated input, long: `make
+## test` runs 256 cases of each property, this FUZZ_CASES.
+FUZZ_CASES ?= 50000
+fuzz:
+	PROPTEST_CASES=$(FUZZ_CASES) $(CARGO) test --release -p imaged-model --test fuzz
+	PROPTEST_CASES=$(FUZZ_CASES) $(CARGO) test --release -p imaged-transfer fuzz
 
 fmt:
 	$(CARGO) fmt --all

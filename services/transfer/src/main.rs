@@ -8,6 +8,8 @@ mod content;
 mod download;
 mod driver;
 mod export;
+#[cfg(test)]
+mod fuzz;
 mod import;
 mod layers;
 mod limits;
