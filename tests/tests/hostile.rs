@@ -249,8 +249,25 @@ async fn a_chain_deeper_than_dockers_is_refused_before_any_download() {
         .unwrap();
 }
 
+/// Runs `args` as the user `nobody`; true when it succeeded.
+fn as_nobody(args: &[&str]) -> bool {
+    std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .args(args)
+        .status()
+        .expect("setpriv (util-linux) runs")
+        .success()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stores_are_closed_to_other_users() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "this test checks what another user can reach: run it as root"
+    );
+    let registry = TestRegistry::start().await.unwrap();
     let imaged = Imaged::start().await.unwrap();
     for service in ["transfer", "metadata", "events"] {
         let mode = std::fs::metadata(imaged.root().join(service))
@@ -258,6 +275,52 @@ async fn stores_are_closed_to_other_users() {
             .mode();
         assert_eq!(mode & 0o077, 0, "{service}: mode {mode:o}");
     }
+    // A pulled device node that anyone could open, and a setuid file.
+    let image = ImageBuilder::new(MediaTypes::Oci)
+        .layer(
+            LayerBuilder::new()
+                .char_device("dev/null", 1, 3)
+                .file_with(
+                    "bin/su",
+                    b"#!/bin/sh\n",
+                    imaged_fixtures::Meta::mode(0o4755),
+                )
+                .build(Compression::Gzip)
+                .unwrap(),
+        )
+        .build()
+        .unwrap();
+    registry
+        .fixtures()
+        .push_image("closed/app:latest", &image)
+        .await
+        .unwrap();
+    let reference = registry.fixtures().reference("closed/app:latest");
+    client::pull(imaged.images(), client::pull_request(&reference))
+        .await
+        .unwrap();
+    let layers = imaged.root().join("transfer/layers");
+    let layer = std::fs::read_dir(&layers)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let device = layer.join("diff/dev/null");
+    let setuid = layer.join("diff/bin/su");
+    assert!(std::fs::symlink_metadata(&device).is_ok());
+    assert!(std::fs::symlink_metadata(&setuid).unwrap().mode() & 0o4000 != 0);
+    // The same checks pass for root and fail for nobody: the store, not
+    // the files, keeps other users out.
+    for path in [&device, &setuid] {
+        let path = path.to_str().unwrap();
+        assert!(!as_nobody(&["test", "-e", path]), "nobody reaches {path}");
+        assert!(
+            !as_nobody(&["sh", "-c", &format!("exec 3<>{path}")]),
+            "nobody opens {path}"
+        );
+    }
+    assert!(as_nobody(&["test", "-e", "/tmp"]), "setpriv itself failed");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
