@@ -587,3 +587,59 @@ async fn a_poisoned_partial_ingest_is_fetched_again_within_the_same_pull() {
     assert!(blob_gets(&front, &layer.digest) >= 3);
     assert_nothing_left(&imaged, "poisoned", 1, 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_import_whose_client_goes_away_leaves_nothing() {
+    let imaged = Imaged::start().await.unwrap();
+    let layer = LayerBuilder::new()
+        .generated_files("data", 8, 256 * 1024, 11)
+        .build(Compression::None)
+        .unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel::<ImportImageRequest>(4);
+    let mut images = imaged.images();
+    let importing = tokio::spawn(async move {
+        images
+            .import_image(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+    });
+    // Half the tar, cut at an entry boundary a tar reader would accept as
+    // an end, then the client goes away.
+    let half = &layer.data[..layer.data.len() / 2];
+    for (i, chunk) in half.chunks(64 * 1024).enumerate() {
+        tx.send(ImportImageRequest {
+            reference: if i == 0 {
+                "cancelled/import:1".into()
+            } else {
+                String::new()
+            },
+            chunk: chunk.to_vec(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    importing.abort();
+    drop(tx);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let staging = left_in(&imaged, "staging");
+        if staging.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "staging kept {staging:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_nothing_left(&imaged, "cancelled import", 0, 0);
+    let listed = imaged
+        .images()
+        .list_images(ListImagesRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .images;
+    assert!(listed.is_empty(), "{listed:?}");
+}
