@@ -26,8 +26,8 @@ use crate::content::ContentStore;
 use crate::layers::{Layer, LayerStore};
 use crate::limits::Limits;
 use crate::manifest::{
-    ACCEPTED, ConfigProbe, MANIFEST_TIMEOUT, MAX_JSON_BLOB, Manifest, Probe, check_depth,
-    check_manifest, check_media_type, choose_platform, schema1,
+    ACCEPTED, ConfigProbe, MANIFEST_TIMEOUT, MAX_JSON_BLOB, MAX_MANIFEST, Manifest, Probe,
+    check_depth, check_manifest, check_media_type, choose_platform, schema1,
 };
 use crate::metadata::Metadata;
 use crate::registry::{self, Registries};
@@ -218,7 +218,10 @@ impl Puller {
         // The manifest, through an index when there is one.
         let what = format!("manifest for {shown}");
         let (top_bytes, top_digest) = self
-            .fetch_manifest(&what, || client.pull_manifest_raw(&oref, &auth, ACCEPTED))
+            .fetch_manifest(&what, || {
+                self.registries
+                    .manifest(&client, &oref, &auth, ACCEPTED, MAX_MANIFEST)
+            })
             .await?;
         let top_digest: Digest = top_digest.parse()?;
         let probe = probe_manifest(&what, &top_bytes)?;
@@ -238,7 +241,8 @@ impl Puller {
                 );
                 let (bytes, digest) = self
                     .fetch_manifest(&what, || {
-                        client.pull_manifest_raw(&by_digest, &auth, ACCEPTED)
+                        self.registries
+                            .manifest(&client, &by_digest, &auth, ACCEPTED, MAX_MANIFEST)
                     })
                     .await?;
                 if probe_manifest(&what, &bytes)?.manifests.is_some() {

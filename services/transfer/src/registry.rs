@@ -6,12 +6,14 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Mutex;
 
+use bytes::Bytes;
 use imaged_api::v1::RegistryAuth as WireAuth;
 use imaged_common::Error;
 use imaged_model::Reference;
 use oci_client::Client;
+use oci_client::RegistryOperation;
 use oci_client::client::{ClientConfig, ClientProtocol};
-use oci_client::errors::{OciDistributionError, OciErrorCode};
+use oci_client::errors::{OciDistributionError, OciEnvelope, OciErrorCode};
 use oci_client::secrets::RegistryAuth;
 use sha2::{Digest as _, Sha256};
 
@@ -20,6 +22,9 @@ use sha2::{Digest as _, Sha256};
 pub struct Registries {
     insecure: Vec<String>,
     clients: Mutex<HashMap<(String, [u8; 32]), Client>>,
+    /// For manifest requests, whose bodies must be read with a limit
+    /// (oci-client reads them whole).
+    http: reqwest::Client,
 }
 
 impl Registries {
@@ -29,6 +34,10 @@ impl Registries {
         Registries {
             insecure,
             clients: Mutex::new(HashMap::new()),
+            http: reqwest::Client::builder()
+                .connect_timeout(std::time::Duration::from_secs(30))
+                .build()
+                .unwrap_or_default(),
         }
     }
 
@@ -52,6 +61,96 @@ impl Registries {
                 })
             })
             .clone()
+    }
+
+    /// Fetches a manifest or index as oci-client's `pull_manifest_raw`
+    /// does, reading at most `max` bytes of body: a registry cannot make a
+    /// pull hold more. Anonymous (or basic) first; on a 401, oci-client
+    /// performs the token exchange and the request is made again with the
+    /// token. Answers the bytes and their digest.
+    pub async fn manifest(
+        &self,
+        client: &Client,
+        oref: &oci_client::Reference,
+        auth: &RegistryAuth,
+        accepted: &[&str],
+        max: usize,
+    ) -> Result<(Bytes, String), OciDistributionError> {
+        let registry = oref.resolve_registry();
+        // The blob requests that follow go through oci-client, which must
+        // know the credentials.
+        client.store_auth_if_needed(registry, auth).await;
+        let scheme = if self.is_insecure(registry) {
+            "http"
+        } else {
+            "https"
+        };
+        let reference = oref.digest().or(oref.tag()).unwrap_or("latest");
+        let url = format!(
+            "{scheme}://{registry}/v2/{}/manifests/{reference}",
+            oref.repository()
+        );
+        let mut token = None;
+        loop {
+            let mut request = self
+                .http
+                .get(&url)
+                .header(reqwest::header::ACCEPT, accepted.join(", "));
+            request = match (&token, auth) {
+                (Some(token), _) => request.bearer_auth(token),
+                (None, RegistryAuth::Basic(user, password)) => {
+                    request.basic_auth(user, Some(password))
+                }
+                _ => request,
+            };
+            let mut response = request.send().await?;
+            let status = response.status();
+            if status == reqwest::StatusCode::UNAUTHORIZED
+                && token.is_none()
+                && let Some(bearer) = client.auth(oref, auth, RegistryOperation::Pull).await?
+            {
+                token = Some(bearer);
+                continue;
+            }
+            let limit = if status.is_success() { max } else { 64 * 1024 };
+            let too_big = || {
+                OciDistributionError::ManifestParsingError(format!(
+                    "manifest exceeds the {max}-byte limit"
+                ))
+            };
+            if status.is_success() && response.content_length().unwrap_or(0) > max as u64 {
+                return Err(too_big());
+            }
+            let mut body = Vec::new();
+            while let Some(chunk) = response.chunk().await? {
+                if body.len() + chunk.len() > limit {
+                    if status.is_success() {
+                        return Err(too_big());
+                    }
+                    break;
+                }
+                body.extend_from_slice(&chunk);
+            }
+            if !status.is_success() {
+                return Err(match serde_json::from_slice::<OciEnvelope>(&body) {
+                    Ok(envelope) => OciDistributionError::RegistryError { envelope, url },
+                    Err(_) => OciDistributionError::ServerError {
+                        code: status.as_u16(),
+                        url,
+                        message: String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned(),
+                    },
+                });
+            }
+            let digest = format!("sha256:{}", hex::encode(Sha256::digest(&body)));
+            if let Some(wanted) = oref.digest()
+                && wanted != digest
+            {
+                return Err(OciDistributionError::ManifestParsingError(format!(
+                    "digest mismatch: asked for {wanted}, got {digest}"
+                )));
+            }
+            return Ok((Bytes::from(body), digest));
+        }
     }
 
     /// Plain HTTP is allowed for listed registries and loopback hosts.
@@ -167,6 +266,7 @@ pub fn error(what: &str, err: OciDistributionError) -> Error {
         E::RequestError(err) => Error::Unavailable(format!("{what}: {}", error_chain(&err))),
         E::IoError(err) => Error::Unavailable(format!("{what}: {err}")),
         E::DigestError(err) => Error::InvalidArgument(format!("{what}: {err}")),
+        E::ManifestParsingError(err) => Error::InvalidArgument(format!("{what}: {err}")),
         E::UnsupportedMediaTypeError(media) => {
             Error::InvalidArgument(format!("{what}: unsupported media type {media}"))
         }
