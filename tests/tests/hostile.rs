@@ -509,6 +509,18 @@ async fn a_hostile_registry_is_refused_at_once_and_leaves_nothing() {
     assert_eq!(err.code(), Code::InvalidArgument, "{err}");
     assert!(err.message().contains("limit"), "{err}");
 
+    // A manifest body that never ends, with no length announced: read up
+    // to the cap and refused.
+    front.rule(
+        "GET",
+        "/manifests/latest",
+        Answer::Endless(vec![b' '; 64 * 1024]),
+        1,
+    );
+    let err = pull().await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err}");
+    assert!(err.message().contains("4194304-byte limit"), "{err}");
+
     // A manifest of a media type no pull reads.
     let mut odd = manifest.clone();
     odd["mediaType"] = "application/vnd.example.thing.v1+json".into();
