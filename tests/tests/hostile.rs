@@ -655,3 +655,76 @@ async fn an_import_whose_client_goes_away_leaves_nothing() {
         .images;
     assert!(listed.is_empty(), "{listed:?}");
 }
+
+/// Imports `tar` (uncompressed) as one stream of chunks.
+async fn import(imaged: &Imaged, reference: &str, tar: &[u8]) -> Result<String, tonic::Status> {
+    let chunks: Vec<ImportImageRequest> = tar
+        .chunks(1 << 20)
+        .enumerate()
+        .map(|(i, chunk)| ImportImageRequest {
+            reference: if i == 0 {
+                reference.into()
+            } else {
+                String::new()
+            },
+            chunk: chunk.to_vec(),
+            ..Default::default()
+        })
+        .collect();
+    imaged
+        .images()
+        .import_image(tokio_stream::iter(chunks))
+        .await
+        .map(|answer| answer.into_inner().id)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_bombs_and_deep_trees_are_refused_at_once() {
+    let imaged = Imaged::start().await.unwrap();
+    // A GNU long name, a long link name and a PAX record each declaring
+    // 1 GiB: refused at their header, before the bytes would be read.
+    for (kind, what) in [
+        (tar::EntryType::GNULongName, "GNU long name"),
+        (tar::EntryType::GNULongLink, "GNU long link name"),
+        (tar::EntryType::XHeader, "PAX header"),
+    ] {
+        let mut header = tar::Header::new_gnu();
+        header.set_path("././@LongLink").unwrap();
+        header.set_entry_type(kind);
+        header.set_size(1 << 30);
+        header.set_mode(0o644);
+        if kind == tar::EntryType::XHeader {
+            // PAX headers are read in ustar archives.
+            header = tar::Header::new_ustar();
+            header.set_path("pax").unwrap();
+            header.set_entry_type(kind);
+            header.set_size(1 << 30);
+            header.set_mode(0o644);
+        }
+        header.set_cksum();
+        let mut tar = header.as_bytes().to_vec();
+        tar.extend(std::iter::repeat_n(b'a', 4 << 20));
+        let err = import(&imaged, "bomb/header:1", &tar).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{what}: {err}");
+        assert!(err.message().contains(what), "{what}: {err}");
+        assert_nothing_left(&imaged, what, 0, 0);
+    }
+    // A directory tree 10,000 levels deep: "path too long".
+    let mut builder = tar::Builder::new(Vec::new());
+    let mut path = String::new();
+    for _ in 0..10_000 {
+        path.push_str("d/");
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(tar::EntryType::Directory);
+        header.set_size(0);
+        header.set_mode(0o755);
+        builder
+            .append_data(&mut header, &path, std::io::empty())
+            .unwrap();
+    }
+    let tar = builder.into_inner().unwrap();
+    let err = import(&imaged, "bomb/deep:1", &tar).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err}");
+    assert!(err.message().contains("path too long"), "{err}");
+    assert_nothing_left(&imaged, "deep tree", 0, 0);
+}
