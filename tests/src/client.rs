@@ -1,7 +1,7 @@
 //! Calls the tests make through the gateway often enough to share.
 
 use imaged_api::v1::images_client::ImagesClient;
-use imaged_api::v1::{PullImageProgress, PullImageRequest};
+use imaged_api::v1::{ImageSummary, ListImagesRequest, PullImageProgress, PullImageRequest};
 use imaged_common::peer::PeerChannel;
 use tokio_stream::StreamExt;
 
@@ -27,4 +27,29 @@ pub async fn pull(
         messages.push(message?);
     }
     Ok(messages)
+}
+
+/// Every image the gateway lists, unfiltered.
+pub async fn list(mut client: ImagesClient<PeerChannel>) -> Vec<ImageSummary> {
+    client
+        .list_images(ListImagesRequest::default())
+        .await
+        .expect("ListImages answers")
+        .into_inner()
+        .images
+}
+
+/// Asserts that every blob under a transfer root's content store has the
+/// digest it is named by.
+pub fn assert_blobs_match_digests(transfer_dir: &std::path::Path) {
+    use sha2::Digest as _;
+    for entry in std::fs::read_dir(transfer_dir.join("content/blobs/sha256")).unwrap() {
+        let entry = entry.unwrap();
+        let data = std::fs::read(entry.path()).unwrap();
+        assert_eq!(
+            hex::encode(sha2::Sha256::digest(&data)),
+            entry.file_name().to_string_lossy(),
+            "a stored blob does not match its digest"
+        );
+    }
 }

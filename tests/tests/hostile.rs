@@ -95,6 +95,20 @@ fn raw_layer(entries: &[(&str, tar::EntryType, &str)]) -> Layer {
     Layer::from_tar(out, Compression::Gzip).unwrap()
 }
 
+/// Pushes `image` to `registry` as `repo` and pulls it through imaged.
+async fn push_and_pull(
+    registry: &TestRegistry,
+    imaged: &Imaged,
+    repo: &str,
+    image: &imaged_fixtures::Image,
+) {
+    registry.fixtures().push_image(repo, image).await.unwrap();
+    let reference = registry.fixtures().reference(repo);
+    client::pull(imaged.images(), client::pull_request(&reference))
+        .await
+        .unwrap();
+}
+
 /// Names left in one of transfer's working directories.
 fn left_in(imaged: &Imaged, dir: &str) -> Vec<String> {
     let path = imaged.root().join("transfer").join(dir);
@@ -167,26 +181,14 @@ async fn layers_reaching_through_a_symlink_change_nothing_outside_the_root() {
         assert_nothing_left(&imaged, &format!("pull {name}"), 0, 0);
 
         // Imported as a root filesystem.
-        let err = imaged
-            .images()
-            .import_image(tokio_stream::iter([ImportImageRequest {
-                reference: format!("hostile/import{i}:latest"),
-                chunk: layer.data.clone(),
-                ..Default::default()
-            }]))
+        let err = import(&imaged, &format!("hostile/import{i}:latest"), &layer.data)
             .await
             .unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument, "import {name}: {err}");
         canary.assert_untouched(&format!("import {name}"));
         assert_nothing_left(&imaged, &format!("import {name}"), 0, 0);
     }
-    let listed = imaged
-        .images()
-        .list_images(ListImagesRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .images;
+    let listed = client::list(imaged.images()).await;
     assert!(listed.is_empty(), "{listed:?}");
 
     // A normal image still pulls.
@@ -199,15 +201,7 @@ async fn layers_reaching_through_a_symlink_change_nothing_outside_the_root() {
         )
         .build()
         .unwrap();
-    registry
-        .fixtures()
-        .push_image("hostile/fine:latest", &image)
-        .await
-        .unwrap();
-    let reference = registry.fixtures().reference("hostile/fine:latest");
-    client::pull(imaged.images(), client::pull_request(&reference))
-        .await
-        .unwrap();
+    push_and_pull(&registry, &imaged, "hostile/fine:latest", &image).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -290,15 +284,7 @@ async fn stores_are_closed_to_other_users() {
         )
         .build()
         .unwrap();
-    registry
-        .fixtures()
-        .push_image("closed/app:latest", &image)
-        .await
-        .unwrap();
-    let reference = registry.fixtures().reference("closed/app:latest");
-    client::pull(imaged.images(), client::pull_request(&reference))
-        .await
-        .unwrap();
+    push_and_pull(&registry, &imaged, "closed/app:latest", &image).await;
     let layers = imaged.root().join("transfer/layers");
     let layer = std::fs::read_dir(&layers)
         .unwrap()
@@ -386,23 +372,7 @@ async fn a_decompression_bomb_is_refused_before_it_fills_the_disk() {
         .unwrap();
     let layer = Layer::from_tar(builder.into_inner().unwrap(), Compression::Gzip).unwrap();
     assert!(layer.data.len() < 1 << 20);
-    let chunks: Vec<ImportImageRequest> = layer
-        .data
-        .chunks(256 * 1024)
-        .enumerate()
-        .map(|(i, chunk)| ImportImageRequest {
-            reference: if i == 0 {
-                "bomb/zeros:1".into()
-            } else {
-                String::new()
-            },
-            chunk: chunk.to_vec(),
-            ..Default::default()
-        })
-        .collect();
-    let err = imaged
-        .images()
-        .import_image(tokio_stream::iter(chunks))
+    let err = import(&imaged, "bomb/zeros:1", &layer.data)
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::ResourceExhausted, "{err}");
@@ -646,17 +616,11 @@ async fn an_import_whose_client_goes_away_leaves_nothing() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     assert_nothing_left(&imaged, "cancelled import", 0, 0);
-    let listed = imaged
-        .images()
-        .list_images(ListImagesRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .images;
+    let listed = client::list(imaged.images()).await;
     assert!(listed.is_empty(), "{listed:?}");
 }
 
-/// Imports `tar` (uncompressed) as one stream of chunks.
+/// Imports `tar` (a layer, compressed or not) as a stream of chunks.
 async fn import(imaged: &Imaged, reference: &str, tar: &[u8]) -> Result<String, tonic::Status> {
     let chunks: Vec<ImportImageRequest> = tar
         .chunks(1 << 20)

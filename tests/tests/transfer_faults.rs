@@ -10,7 +10,6 @@ use imaged_common::config::Service;
 use imaged_e2e::throttle::Throttle;
 use imaged_e2e::{Imaged, TestRegistry, client};
 use imaged_fixtures::{Compression, Image, ImageBuilder, LayerBuilder, MediaTypes};
-use sha2::Digest as _;
 use tonic::Code;
 
 /// An image of `layers` layers of `size` bytes each, half noise.
@@ -162,16 +161,7 @@ async fn kill_9_mid_pull_then_the_same_pull_completes() {
         imaged.logs().contains("resuming layer download"),
         "the partial ingest was not resumed"
     );
-    let blobs = imaged.root().join("transfer/content/blobs/sha256");
-    for entry in std::fs::read_dir(blobs).unwrap() {
-        let entry = entry.unwrap();
-        let data = std::fs::read(entry.path()).unwrap();
-        assert_eq!(
-            hex::encode(sha2::Sha256::digest(&data)),
-            entry.file_name().to_string_lossy(),
-            "a stored blob does not match its digest"
-        );
-    }
+    client::assert_blobs_match_digests(&imaged.root().join("transfer"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -320,14 +310,7 @@ async fn a_full_disk_is_resource_exhausted_and_leaves_nothing_half_written() {
     }
     let left: Vec<_> = std::fs::read_dir(&staging).unwrap().collect();
     assert!(left.is_empty(), "{left:?}");
-    for entry in std::fs::read_dir(transfer_dir.join("content/blobs/sha256")).unwrap() {
-        let entry = entry.unwrap();
-        let data = std::fs::read(entry.path()).unwrap();
-        assert_eq!(
-            hex::encode(sha2::Sha256::digest(&data)),
-            entry.file_name().to_string_lossy()
-        );
-    }
+    client::assert_blobs_match_digests(&transfer_dir);
     let images = imaged
         .images()
         .list_images(ListImagesRequest::default())
@@ -558,22 +541,8 @@ async fn kill_9_campaign_keeps_the_invariants() {
         .unwrap()
         .collect();
     assert!(left.is_empty(), "staging: {left:?}");
-    for entry in std::fs::read_dir(transfer_dir.join("content/blobs/sha256")).unwrap() {
-        let entry = entry.unwrap();
-        let data = std::fs::read(entry.path()).unwrap();
-        assert_eq!(
-            hex::encode(sha2::Sha256::digest(&data)),
-            entry.file_name().to_string_lossy(),
-            "a corrupt blob (seed {seed})"
-        );
-    }
-    let listed = imaged
-        .images()
-        .list_images(ListImagesRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .images;
+    client::assert_blobs_match_digests(&transfer_dir);
+    let listed = client::list(imaged.images()).await;
     for image in &listed {
         assert!(
             ids.contains(&image.id),
