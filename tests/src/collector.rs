@@ -1,5 +1,6 @@
-//! A minimal OTLP trace collector: records (service name, trace ID, span
-//! name) of every span the imaged processes export.
+//! A minimal OTLP/gRPC trace receiver, built on the upstream OTLP protos:
+//! records every span the imaged processes export, with what the tests
+//! look at (its place in the tree, kind, times, status and attributes).
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -18,7 +19,25 @@ use tokio_stream::wrappers::TcpListenerStream;
 pub struct SeenSpan {
     pub service: String,
     pub trace_id: String,
+    pub span_id: String,
+    /// Empty for a root span.
+    pub parent_span_id: String,
     pub name: String,
+    /// OTLP's SpanKind: 2 server, 3 client, 1 internal.
+    pub kind: i32,
+    pub start_nanos: u64,
+    pub end_nanos: u64,
+    /// OTLP's status code: 0 unset, 1 ok, 2 error.
+    pub status: i32,
+    /// Attributes as text.
+    pub attributes: std::collections::BTreeMap<String, String>,
+}
+
+impl SeenSpan {
+    /// The attribute `key`, as text.
+    pub fn attr(&self, key: &str) -> Option<&str> {
+        self.attributes.get(key).map(String::as_str)
+    }
 }
 
 /// An OTLP/gRPC collector on a free 127.0.0.1 port.
@@ -86,10 +105,32 @@ impl TraceService for Sink {
                 .unwrap_or_default();
             for scope in resource_spans.scope_spans {
                 for span in scope.spans {
+                    let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect();
+                    let attributes = span
+                        .attributes
+                        .iter()
+                        .filter_map(|kv| {
+                            let text = match kv.value.as_ref()?.value.as_ref()? {
+                                Value::StringValue(s) => s.clone(),
+                                Value::IntValue(i) => i.to_string(),
+                                Value::BoolValue(b) => b.to_string(),
+                                Value::DoubleValue(d) => d.to_string(),
+                                _ => return None,
+                            };
+                            Some((kv.key.clone(), text))
+                        })
+                        .collect();
                     seen.push(SeenSpan {
                         service: service.clone(),
-                        trace_id: span.trace_id.iter().map(|b| format!("{b:02x}")).collect(),
+                        trace_id: hex(&span.trace_id),
+                        span_id: hex(&span.span_id),
+                        parent_span_id: hex(&span.parent_span_id),
                         name: span.name,
+                        kind: span.kind,
+                        start_nanos: span.start_time_unix_nano,
+                        end_nanos: span.end_time_unix_nano,
+                        status: span.status.as_ref().map_or(0, |s| s.code),
+                        attributes,
                     });
                 }
             }

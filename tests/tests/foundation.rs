@@ -3,7 +3,7 @@
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::time::Duration;
 
-use imaged_api::v1::SystemInfoRequest;
+use imaged_api::v1::{InspectImageRequest, SystemInfoRequest, TagImageRequest};
 use imaged_common::config::Service;
 use imaged_e2e::{Collector, Imaged, bin_dir};
 use tonic::Code;
@@ -384,4 +384,110 @@ async fn a_python_client_generated_from_proto_works() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// One PullImage is one trace tree across the four processes: the
+/// gateway's server span, its client span, transfer's server span and the
+/// pull's own span (reference, digest, bytes), metadata's PutImage and the
+/// events' Publish, all in the trace, each with the RPC conventions; the
+/// PullImage server span lasts as long as the pull. A TagImage's Publish
+/// joins its trace too, and a NOT_FOUND is an error span.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_and_a_tag_are_each_one_trace_tree() {
+    let registry = imaged_e2e::TestRegistry::start().await.unwrap();
+    let image = imaged_fixtures::ImageBuilder::new(imaged_fixtures::MediaTypes::Oci)
+        .layer(
+            imaged_fixtures::LayerBuilder::new()
+                .generated_files("data", 4, 64 * 1024, 3)
+                .build(imaged_fixtures::Compression::Gzip)
+                .unwrap(),
+        )
+        .build()
+        .unwrap();
+    registry
+        .fixtures()
+        .push_image("traced/app:1", &image)
+        .await
+        .unwrap();
+    let collector = Collector::start().await.unwrap();
+    let mut imaged = Imaged::builder()
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &collector.endpoint())
+        .start()
+        .await
+        .unwrap();
+    let reference = registry.fixtures().reference("traced/app:1");
+    imaged_e2e::client::pull(
+        imaged.images(),
+        imaged_e2e::client::pull_request(&reference),
+    )
+    .await
+    .unwrap();
+    imaged
+        .images()
+        .tag_image(TagImageRequest {
+            source: reference.clone(),
+            target: "traced/app:tagged".into(),
+        })
+        .await
+        .unwrap();
+    let missing = imaged
+        .images()
+        .inspect_image(InspectImageRequest {
+            image: "traced/missing:1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), Code::NotFound);
+    // Events are published after the answers; let them go, then stopping
+    // flushes every process's exporter.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    imaged.terminate_all().await.unwrap();
+    let spans = collector.spans();
+    let find = |service: &str, name: &str, trace: Option<&str>| {
+        spans
+            .iter()
+            .find(|s| {
+                s.service == service && s.name == name && trace.is_none_or(|t| s.trace_id == t)
+            })
+            .unwrap_or_else(|| panic!("no {service} span {name}: {spans:#?}"))
+    };
+
+    let root = find("imaged-gateway", "imaged.v1.Images/PullImage", None);
+    assert_eq!(root.parent_span_id, "", "the PullImage span is the root");
+    assert_eq!(root.kind, 2, "server");
+    assert_eq!(root.attr("rpc.system"), Some("grpc"));
+    assert_eq!(root.attr("rpc.service"), Some("imaged.v1.Images"));
+    assert_eq!(root.attr("rpc.method"), Some("PullImage"));
+    assert_eq!(root.attr("rpc.grpc.status_code"), Some("0"));
+    let trace = Some(root.trace_id.as_str());
+    let client = find("imaged-gateway", "imaged.v1.Transfer/Pull", trace);
+    assert_eq!(client.kind, 3, "client");
+    assert_eq!(client.parent_span_id, root.span_id);
+    let server = find("imaged-transfer", "imaged.v1.Transfer/Pull", trace);
+    assert_eq!(server.parent_span_id, client.span_id);
+    let pull = find("imaged-transfer", "pull", trace);
+    assert_eq!(pull.attr("image.reference"), Some(reference.as_str()));
+    assert!(
+        pull.attr("image.manifest_digest")
+            .is_some_and(|d| d.starts_with("sha256:"))
+    );
+    assert!(pull.attr("image.bytes").is_some_and(|b| b != "0"));
+    find("imaged-metadata", "imaged.v1.Metadata/PutImage", trace);
+    find("imaged-events", "imaged.v1.EventLog/Publish", trace);
+    assert!(
+        root.end_nanos >= pull.end_nanos,
+        "the PullImage server span ended before the pull did"
+    );
+
+    let tag = find("imaged-gateway", "imaged.v1.Images/TagImage", None);
+    find(
+        "imaged-events",
+        "imaged.v1.EventLog/Publish",
+        Some(&tag.trace_id),
+    );
+
+    let inspect = find("imaged-gateway", "imaged.v1.Images/InspectImage", None);
+    assert_eq!(inspect.attr("rpc.grpc.status_code"), Some("5"));
+    assert_eq!(inspect.status, 2, "a NOT_FOUND is an error span");
 }

@@ -15,6 +15,7 @@ use std::time::Duration;
 use imaged_api::v1::event_log_client::EventLogClient;
 use imaged_api::v1::{Actor, Event, PublishRequest};
 use tokio::sync::Notify;
+use tracing::Instrument;
 
 use crate::peer::Peer;
 
@@ -24,10 +25,12 @@ pub const DEFAULT_CAPACITY: usize = 10_000;
 /// Events sent in one Publish call.
 const BATCH: usize = 500;
 
-/// A queued event and its producer sequence number.
+/// A queued event, its producer sequence number, and the trace context of
+/// the call that produced it (its Publish joins that trace).
 struct Queued {
     source_sequence: u64,
     event: Event,
+    context: opentelemetry::Context,
 }
 
 struct Inner {
@@ -110,6 +113,7 @@ impl Publisher {
         queue.push_back(Queued {
             source_sequence,
             event,
+            context: tracing_opentelemetry::OpenTelemetrySpanExt::context(&tracing::Span::current()),
         });
         drop(queue);
         self.inner.wake.notify_one();
@@ -140,13 +144,18 @@ async fn deliver(peer: Peer, inner: Arc<Inner>) {
     let mut backoff = Duration::from_millis(100);
     loop {
         let wake = inner.wake.notified();
-        let (first, events) = {
+        let (first, events, contexts) = {
             let queue = inner.queue.lock().unwrap_or_else(|p| p.into_inner());
             match queue.front() {
-                None => (0, Vec::new()),
+                None => (0, Vec::new(), Vec::new()),
                 Some(front) => (
                     front.source_sequence,
                     queue.iter().take(BATCH).map(|q| q.event.clone()).collect(),
+                    queue
+                        .iter()
+                        .take(BATCH)
+                        .map(|q| q.context.clone())
+                        .collect(),
                 ),
             }
         };
@@ -166,6 +175,7 @@ async fn deliver(peer: Peer, inner: Arc<Inner>) {
                 let request = request.clone();
                 async move { EventLogClient::new(channel).publish(request).await }
             })
+            .instrument(publish_span(&contexts))
             .await;
         match sent {
             Ok(_) => {
@@ -190,6 +200,27 @@ async fn deliver(peer: Peer, inner: Arc<Inner>) {
             }
         }
     }
+}
+
+/// The span a batch is published in: a child of the first event's call,
+/// linked to the calls of the others, so each request's trace shows the
+/// Publish of its events.
+fn publish_span(contexts: &[opentelemetry::Context]) -> tracing::Span {
+    use opentelemetry::trace::TraceContextExt;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let span = tracing::info_span!("publish events", events = contexts.len());
+    if let Some(first) = contexts.first() {
+        let _ = span.set_parent(first.clone());
+        let mut linked = std::collections::HashSet::new();
+        linked.insert(first.span().span_context().span_id());
+        for context in &contexts[1..] {
+            let other = context.span().span_context().clone();
+            if other.is_valid() && linked.insert(other.span_id()) {
+                span.add_link(other);
+            }
+        }
+    }
+    span
 }
 
 fn now_nanos() -> i64 {

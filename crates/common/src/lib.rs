@@ -9,6 +9,7 @@
 //! - [`telemetry`]: `tracing` logs, OpenTelemetry export, trace context
 //!   propagation.
 //! - [`peer`]: lazy, retrying clients to the other imaged services.
+//! - [`rpc_trace`]: one span per call on both sides, for the whole call.
 //! - [`events`]: publishing events to imaged-events, buffered while it is down.
 //! - [`error`]: the one mapping from domain errors to gRPC status codes.
 
@@ -18,6 +19,7 @@ pub mod endpoint;
 pub mod error;
 pub mod events;
 pub mod peer;
+pub mod rpc_trace;
 pub mod server;
 pub mod telemetry;
 

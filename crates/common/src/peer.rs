@@ -9,18 +9,16 @@ use std::future::Future;
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
-use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Uri};
 use tonic::{Code, Status};
 
 use crate::config::Service;
 use crate::endpoint::Endpoint;
-use crate::telemetry;
+use crate::rpc_trace::{RpcTrace, Side};
 
 /// The channel type every generated client is built on: a lazy channel
-/// that carries the caller's trace context.
-pub type PeerChannel =
-    InterceptedService<Channel, fn(tonic::Request<()>) -> Result<tonic::Request<()>, Status>>;
+/// whose calls each run in a client span that the callee continues.
+pub type PeerChannel = RpcTrace<Channel>;
 
 /// How long one connection attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -79,7 +77,7 @@ impl Peer {
     /// A channel for a generated client; every request made on it carries
     /// the current trace context.
     pub fn channel(&self) -> PeerChannel {
-        InterceptedService::new(self.channel.clone(), inject_trace_context)
+        RpcTrace::new(self.channel.clone(), Side::Client)
     }
 
     /// Runs `call` (one RPC on a fresh client built from [`Peer::channel`]),
@@ -133,11 +131,6 @@ impl Peer {
             status.message()
         ))
     }
-}
-
-fn inject_trace_context(mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
-    telemetry::inject_current(request.metadata_mut());
-    Ok(request)
 }
 
 /// Whether a status means the call never reached the peer: tonic reports

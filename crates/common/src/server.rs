@@ -64,7 +64,7 @@ pub async fn serve(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha);
     routes = routes.prepare();
-    let mut builder = tonic::transport::Server::builder().trace_fn(telemetry::server_span);
+    let mut builder = tonic::transport::Server::builder();
     if let Some(limit) = config.max_requests_per_client {
         builder = builder.concurrency_limit_per_connection(limit);
     }
@@ -83,7 +83,9 @@ pub async fn serve(
             "serving TCP without TLS (--insecure-tcp): anyone who can reach the port can use it"
         );
     }
-    let router = builder.add_routes(routes);
+    let router = builder
+        .layer(crate::rpc_trace::RpcTraceLayer::server())
+        .add_routes(routes);
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let process = config.service.process();

@@ -1,12 +1,10 @@
 //! Logs and traces: `tracing` to stderr for every process, OpenTelemetry
-//! export when `OTEL_EXPORTER_OTLP_ENDPOINT` is set, and W3C trace context
-//! carried in gRPC metadata on every call between the services.
+//! export when `OTEL_EXPORTER_OTLP_ENDPOINT` is set, and the W3C trace
+//! context propagator that [`crate::rpc_trace`] uses on every call.
 
-use opentelemetry::propagation::{Extractor, Injector};
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
-use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -71,55 +69,4 @@ fn otlp_provider(process: &'static str) -> anyhow::Result<SdkTracerProvider> {
         .with_span_processor(processor)
         .with_resource(resource)
         .build())
-}
-
-/// The span each incoming gRPC request runs in, child of the trace context
-/// the caller sent (if any). Used as the server's `trace_fn`.
-pub fn server_span(request: &http::Request<()>) -> tracing::Span {
-    let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
-        propagator.extract(&HeaderExtractor(request.headers()))
-    });
-    let span = tracing::info_span!(
-        "grpc",
-        otel.name = %request.uri().path(),
-        otel.kind = "server",
-        rpc = %request.uri().path(),
-    );
-    // Fails only when no OpenTelemetry layer is installed: nothing to link.
-    let _ = span.set_parent(parent);
-    span
-}
-
-/// Writes the current span's trace context into outgoing request metadata,
-/// so the callee's spans join the caller's trace.
-pub fn inject_current(metadata: &mut tonic::metadata::MetadataMap) {
-    let context = tracing::Span::current().context();
-    opentelemetry::global::get_text_map_propagator(|propagator| {
-        propagator.inject_context(&context, &mut MetadataInjector(metadata))
-    });
-}
-
-struct HeaderExtractor<'a>(&'a http::HeaderMap);
-
-impl Extractor for HeaderExtractor<'_> {
-    fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).and_then(|v| v.to_str().ok())
-    }
-
-    fn keys(&self) -> Vec<&str> {
-        self.0.keys().map(|k| k.as_str()).collect()
-    }
-}
-
-struct MetadataInjector<'a>(&'a mut tonic::metadata::MetadataMap);
-
-impl Injector for MetadataInjector<'_> {
-    fn set(&mut self, key: &str, value: String) {
-        if let (Ok(key), Ok(value)) = (
-            tonic::metadata::MetadataKey::from_bytes(key.as_bytes()),
-            value.parse(),
-        ) {
-            self.0.insert(key, value);
-        }
-    }
 }

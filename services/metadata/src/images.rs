@@ -108,7 +108,8 @@ impl Images {
             return;
         }
         let images = Arc::clone(self);
-        tokio::spawn(async move {
+        // On behalf of the call that released them: in its span.
+        tokio::spawn(tracing::Instrument::in_current_span(async move {
             // Decided and sent under the gate PutImage also takes: an image
             // recorded meanwhile is seen here, or waits until the release
             // is done (and its pull's lease kept its layers).
@@ -138,7 +139,7 @@ impl Images {
                 // Start-up reconciliation removes them later.
                 Err(status) => tracing::warn!("releasing layers failed: {}", status.message()),
             }
-        });
+        }));
     }
 
     /// Makes imaged-transfer hold exactly the layers of the stored images

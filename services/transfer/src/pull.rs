@@ -183,7 +183,17 @@ impl Puller {
         }
     }
 
-    /// Runs one pull, sending progress to `tx`.
+    /// Runs one pull, sending progress to `tx`. Its span names the image,
+    /// the manifest digest and the bytes fetched, for a trace to show.
+    #[tracing::instrument(
+        name = "pull",
+        skip_all,
+        fields(
+            image.reference = %request.reference,
+            image.manifest_digest = tracing::field::Empty,
+            image.bytes = tracing::field::Empty,
+        )
+    )]
     pub async fn pull(
         self: &Arc<Self>,
         request: PullImageRequest,
@@ -224,6 +234,7 @@ impl Puller {
             })
             .await?;
         let top_digest: Digest = top_digest.parse()?;
+        tracing::Span::current().record("image.manifest_digest", top_digest.to_string());
         let probe = probe_manifest(&what, &top_bytes)?;
         if probe.schema_version == Some(1) {
             return Err(schema1(&shown));
@@ -360,6 +371,7 @@ impl Puller {
         }
 
         let aggregate_total: u64 = totals.iter().sum();
+        tracing::Span::current().record("image.bytes", aggregate_total);
         let mut done_bytes = vec![0u64; chains.len()];
         let mut last_state: Vec<Option<State>> = vec![None; chains.len()];
         let mut updates = stream::select_all(watches);

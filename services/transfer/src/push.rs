@@ -64,6 +64,17 @@ impl Pusher {
     }
 
     /// Pushes the local image `request.reference` names to its registry.
+    /// Its span names the image, the manifest digest and the bytes of the
+    /// layers and config.
+    #[tracing::instrument(
+        name = "push",
+        skip_all,
+        fields(
+            image.reference = %request.reference,
+            image.manifest_digest = tracing::field::Empty,
+            image.bytes = tracing::field::Empty,
+        )
+    )]
     pub async fn push(
         self: &Arc<Self>,
         request: PushImageRequest,
@@ -172,6 +183,12 @@ impl Pusher {
         let body = serde_json::to_vec(&manifest).map_err(Error::internal)?;
         let digest = Digest::sha256_of(&body);
         let size = body.len() as i64;
+        let span = tracing::Span::current();
+        span.record("image.manifest_digest", digest.to_string());
+        span.record(
+            "image.bytes",
+            uploads.iter().map(|u| u.size).sum::<u64>() + image.config.len() as u64,
+        );
         self.content.write(&digest, &body)?;
         client
             .push_manifest_raw(&oref, body, OCI_MANIFEST.parse().map_err(Error::internal)?)

@@ -129,7 +129,9 @@ where
 {
     let (tx, rx) = mpsc::channel(buffer);
     let work = run(tx.clone());
-    tokio::spawn(async move {
+    // The work is the call's: it runs in the call's span, which stays open
+    // until the work ends.
+    tokio::spawn(tracing::Instrument::in_current_span(async move {
         tokio::select! {
             result = work => {
                 if let Err(err) = result {
@@ -138,7 +140,7 @@ where
             }
             _ = tx.closed() => tracing::info!("caller went away; operation cancelled"),
         }
-    });
+    }));
     ReceiverStream::new(rx)
 }
 
