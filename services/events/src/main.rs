@@ -19,10 +19,34 @@ struct Args {
     log: log::LogArgs,
 }
 
+/// The event log's size and its live subscribers, read at each collection.
+fn register_gauges(log: log::EventLog) {
+    let meter = opentelemetry::global::meter("imaged-events");
+    let reader = log.clone();
+    meter
+        .u64_observable_gauge("imaged.events.subscribers")
+        .with_description("live subscribers")
+        .with_callback(move |observer| observer.observe(reader.subscribers(), &[]))
+        .build();
+    let reader = log.clone();
+    meter
+        .u64_observable_gauge("imaged.events.log.events")
+        .with_description("events kept in the log")
+        .with_callback(move |observer| observer.observe(reader.count(), &[]))
+        .build();
+    meter
+        .u64_observable_gauge("imaged.events.log.bytes")
+        .with_unit("By")
+        .with_description("bytes of the events kept in the log")
+        .with_callback(move |observer| observer.observe(log.bytes(), &[]))
+        .build();
+}
+
 fn main() {
     let args: Args = config::parse();
     server::run_main(Service::Events, &args.common, |config| async move {
         let log = log::EventLog::open(&config.data_dir, &args.log)?;
+        register_gauges(log.clone());
         let routes =
             tonic::service::Routes::new(EventLogServer::new(service::EventLogService::new(log)));
         server::serve(&config, routes, &[SERVICE_NAME]).await

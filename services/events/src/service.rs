@@ -26,11 +26,17 @@ const STREAM_BUFFER: usize = 256;
 /// Serves the event log.
 pub struct EventLogService {
     log: EventLog,
+    /// Events appended (duplicates a producer resent are counted too).
+    published: opentelemetry::metrics::Counter<u64>,
 }
 
 impl EventLogService {
     pub fn new(log: EventLog) -> Self {
-        EventLogService { log }
+        let published = opentelemetry::global::meter("imaged-events")
+            .u64_counter("imaged.events.published")
+            .with_description("events published to the log")
+            .build();
+        EventLogService { log, published }
     }
 }
 
@@ -62,6 +68,7 @@ impl EventLogRpc for EventLogService {
                 Error::InvalidArgument(format!("event without type or action: {bad:?}")).into(),
             );
         }
+        let count = request.events.len() as u64;
         let last_sequence = self
             .log
             .append(
@@ -70,6 +77,7 @@ impl EventLogRpc for EventLogService {
                 request.events,
             )
             .await?;
+        self.published.add(count, &[]);
         Ok(Response::new(PublishResponse { last_sequence }))
     }
 

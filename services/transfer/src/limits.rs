@@ -88,6 +88,7 @@ pub struct Gate {
     semaphore: Arc<Semaphore>,
     limit: AtomicU32,
     in_flight: Arc<AtomicUsize>,
+    waiting: AtomicUsize,
 }
 
 /// One admitted transfer; dropping it lets the next one in.
@@ -108,6 +109,7 @@ impl Gate {
             semaphore: Arc::new(Semaphore::new(limit as usize)),
             limit: AtomicU32::new(limit),
             in_flight: Arc::new(AtomicUsize::new(0)),
+            waiting: AtomicUsize::new(0),
         }
     }
 
@@ -118,15 +120,30 @@ impl Gate {
 
     /// Waits for a free slot.
     pub async fn admit(&self) -> Admitted {
+        self.waiting.fetch_add(1, Ordering::Relaxed);
+        // Counted as waiting until admitted, or until the caller gives up.
+        struct Waiting<'a>(&'a AtomicUsize);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        let waiting = Waiting(&self.waiting);
         let permit = Arc::clone(&self.semaphore)
             .acquire_owned()
             .await
             .expect("the gate's semaphore is never closed");
+        drop(waiting);
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         Admitted {
             _permit: permit,
             in_flight: Arc::clone(&self.in_flight),
         }
+    }
+
+    /// Transfers waiting for a slot.
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::Relaxed)
     }
 
     /// Transfers admitted and not finished.

@@ -17,6 +17,7 @@ mod load;
 mod manifest;
 mod merge;
 mod metadata;
+mod metrics;
 mod pack;
 mod pull;
 mod pull_share;
@@ -78,6 +79,7 @@ fn main() {
             layers::LayerStore::open(&config.data_dir)?.with_max_layer_bytes(args.max_layer_size),
         );
         let limits = Arc::new(limits::Limits::new(&args.limits));
+        metrics::register_gauges(Arc::clone(&limits), Arc::clone(&layers), content.clone());
         let root = &config.root;
         let metadata = metadata::Metadata::new(Peer::new(
             Service::Metadata,

@@ -432,6 +432,7 @@ impl Puller {
             tag_events: false,
         };
         let recorded = self.metadata.put_image(put).await?;
+        crate::metrics::moved(crate::metrics::Kind::Pull, aggregate_total);
         let id = recorded.id;
         let fetched = recorded.updated;
         send(&tx, line("", format!("Digest: {top_digest}"))).await;

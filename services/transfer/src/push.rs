@@ -185,16 +185,15 @@ impl Pusher {
         let size = body.len() as i64;
         let span = tracing::Span::current();
         span.record("image.manifest_digest", digest.to_string());
-        span.record(
-            "image.bytes",
-            uploads.iter().map(|u| u.size).sum::<u64>() + image.config.len() as u64,
-        );
+        let bytes = uploads.iter().map(|u| u.size).sum::<u64>() + image.config.len() as u64;
+        span.record("image.bytes", bytes);
         self.content.write(&digest, &body)?;
         client
             .push_manifest_raw(&oref, body, OCI_MANIFEST.parse().map_err(Error::internal)?)
             .await
             .map_err(|e| registry::error(&format!("manifest for {shown}"), e))?;
 
+        crate::metrics::moved(crate::metrics::Kind::Push, bytes);
         let labels = config_labels(&config);
         self.events.image("push", &shown, &labels, Some(&shown));
 

@@ -202,7 +202,12 @@ impl Transfer for TransferService {
         let pulls = Arc::clone(&self.pulls);
         Ok(Response::new(stream_task(
             PROGRESS_BUFFER,
-            move |tx| async move { pulls.pull(request, tx).await },
+            move |tx| async move {
+                let started = std::time::Instant::now();
+                let result = pulls.pull(request, tx).await;
+                crate::metrics::finished(crate::metrics::Kind::Pull, started, &result);
+                result
+            },
         )))
     }
 
@@ -217,7 +222,12 @@ impl Transfer for TransferService {
         let pusher = Arc::clone(&self.pusher);
         Ok(Response::new(stream_task(
             PROGRESS_BUFFER,
-            move |tx| async move { pusher.push(request, tx).await },
+            move |tx| async move {
+                let started = std::time::Instant::now();
+                let result = pusher.push(request, tx).await;
+                crate::metrics::finished(crate::metrics::Kind::Push, started, &result);
+                result
+            },
         )))
     }
 
