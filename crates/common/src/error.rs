@@ -39,6 +39,25 @@ pub enum Error {
     /// A bug or an unexpected fault of our own (I/O on our own store).
     #[error("{0}")]
     Internal(String),
+    /// The caller (or a peer's caller) gave up on the call.
+    #[error("{0}")]
+    Cancelled(String),
+    /// A concurrent change got in the way; the caller may retry the whole
+    /// operation.
+    #[error("{0}")]
+    Aborted(String),
+    /// A value past the valid range (a peer's answer, passed on).
+    #[error("{0}")]
+    OutOfRange(String),
+    /// The method is not served (a peer of another version).
+    #[error("{0}")]
+    Unimplemented(String),
+    /// Unrecoverable loss of data (a peer's answer, passed on).
+    #[error("{0}")]
+    DataLoss(String),
+    /// A failure a peer could not classify, passed on as it was.
+    #[error("{0}")]
+    Unknown(String),
 }
 
 impl Error {
@@ -55,6 +74,12 @@ impl Error {
             Error::PermissionDenied(_) => Code::PermissionDenied,
             Error::DeadlineExceeded(_) => Code::DeadlineExceeded,
             Error::Internal(_) => Code::Internal,
+            Error::Cancelled(_) => Code::Cancelled,
+            Error::Aborted(_) => Code::Aborted,
+            Error::OutOfRange(_) => Code::OutOfRange,
+            Error::Unimplemented(_) => Code::Unimplemented,
+            Error::DataLoss(_) => Code::DataLoss,
+            Error::Unknown(_) => Code::Unknown,
         }
     }
 
@@ -71,21 +96,29 @@ impl From<Error> for Status {
 }
 
 impl From<Status> for Error {
-    /// A peer service's answer, passed on with its code and message (a
-    /// peer that cannot be reached is already `UNAVAILABLE` naming it).
+    /// A peer service's answer, passed on unchanged: the same code and
+    /// message (a peer that cannot be reached is already `UNAVAILABLE`
+    /// naming it).
     fn from(status: Status) -> Self {
         let message = status.message().to_string();
         match status.code() {
             Code::NotFound => Error::NotFound(message),
-            Code::InvalidArgument | Code::OutOfRange => Error::InvalidArgument(message),
-            Code::FailedPrecondition | Code::Aborted => Error::FailedPrecondition(message),
+            Code::InvalidArgument => Error::InvalidArgument(message),
+            Code::OutOfRange => Error::OutOfRange(message),
+            Code::FailedPrecondition => Error::FailedPrecondition(message),
+            Code::Aborted => Error::Aborted(message),
             Code::AlreadyExists => Error::AlreadyExists(message),
             Code::ResourceExhausted => Error::ResourceExhausted(message),
-            Code::Unavailable | Code::Cancelled => Error::Unavailable(message),
+            Code::Unavailable => Error::Unavailable(message),
+            Code::Cancelled => Error::Cancelled(message),
             Code::Unauthenticated => Error::Unauthenticated(message),
             Code::PermissionDenied => Error::PermissionDenied(message),
             Code::DeadlineExceeded => Error::DeadlineExceeded(message),
-            _ => Error::Internal(message),
+            Code::Unimplemented => Error::Unimplemented(message),
+            Code::DataLoss => Error::DataLoss(message),
+            Code::Unknown => Error::Unknown(message),
+            // A peer never answers OK as an error; if one did, it is ours.
+            Code::Ok | Code::Internal => Error::Internal(message),
         }
     }
 }
@@ -116,11 +149,24 @@ mod tests {
         assert_eq!(Error::from(full).code(), Code::ResourceExhausted);
         let other = std::io::Error::from_raw_os_error(libc::EIO);
         assert_eq!(Error::from(other).code(), Code::Internal);
+        // Every code a peer can answer passes through unchanged.
         for code in [
-            Code::NotFound,
+            Code::Cancelled,
+            Code::Unknown,
             Code::InvalidArgument,
-            Code::Unavailable,
+            Code::DeadlineExceeded,
+            Code::NotFound,
+            Code::AlreadyExists,
             Code::PermissionDenied,
+            Code::ResourceExhausted,
+            Code::FailedPrecondition,
+            Code::Aborted,
+            Code::OutOfRange,
+            Code::Unimplemented,
+            Code::Internal,
+            Code::Unavailable,
+            Code::DataLoss,
+            Code::Unauthenticated,
         ] {
             let back: Status = Error::from(Status::new(code, "peer said")).into();
             assert_eq!((back.code(), back.message()), (code, "peer said"));
