@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::beneath::{Kind, Root};
 use crate::layers::LayerStore;
+use crate::whiteout::{is_opaque, is_whiteout};
 
 /// What a container's layer was made from.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -376,17 +377,6 @@ fn check_id(id: &str) -> Result<(), Error> {
             "invalid container ID {id:?}: use 1 to 128 letters, digits, '-', '_' or '.'"
         )))
     }
-}
-
-fn is_whiteout(meta: &fs::Metadata) -> bool {
-    meta.file_type().is_char_device() && meta.rdev() == 0
-}
-
-fn is_opaque(dir: &Path) -> bool {
-    xattr::get(dir, "trusted.overlay.opaque")
-        .ok()
-        .flatten()
-        .is_some_and(|v| v == b"y")
 }
 
 /// Whether `rel` exists in the image's merged view of `lowers` (top

@@ -27,6 +27,7 @@ mod rw_layers;
 mod service;
 mod tar_limits;
 mod unpack;
+mod whiteout;
 
 use std::sync::Arc;
 use std::time::Duration;

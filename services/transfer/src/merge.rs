@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use imaged_common::Error;
 
 use crate::beneath::{At, Kind, Root};
-use crate::unpack::OPAQUE_XATTR;
+use crate::whiteout;
 
 /// Applies the layer in `layer` onto `target`: whiteouts delete, opaque
 /// directories replace, everything else is copied with its mode, owner,
@@ -33,7 +33,7 @@ pub fn apply(layer: &Path, target: &Path, keep_whiteouts: bool) -> Result<(), Er
             let meta = fs::symlink_metadata(&source)?;
             let at = root.entry(&child)?;
             let kind = meta.file_type();
-            if kind.is_char_device() && meta.rdev() == 0 {
+            if whiteout::is_whiteout(&meta) {
                 at.remove()?;
                 if keep_whiteouts {
                     at.whiteout()?;
@@ -41,16 +41,13 @@ pub fn apply(layer: &Path, target: &Path, keep_whiteouts: bool) -> Result<(), Er
                 continue;
             }
             if kind.is_dir() {
-                let opaque = xattr::get(&source, OPAQUE_XATTR)
-                    .ok()
-                    .flatten()
-                    .is_some_and(|v| v == b"y");
+                let opaque = whiteout::is_opaque(&source);
                 if opaque || at.stat()? != Some(Kind::Dir) {
                     at.remove()?;
                     at.mkdir()?;
                 }
                 if opaque && keep_whiteouts {
-                    at.set_xattr(OPAQUE_XATTR.as_ref(), b"y")?;
+                    at.set_xattr(whiteout::OPAQUE_XATTR.as_ref(), b"y")?;
                 }
                 pending.push(child.clone());
                 dirs.push((child, source, meta));
@@ -94,7 +91,7 @@ pub fn copy_metadata(source: &Path, at: &At, meta: &fs::Metadata) -> Result<(), 
         at.chmod(meta.mode())?;
         if let Ok(names) = xattr::list(source) {
             for name in names {
-                if name.to_string_lossy().starts_with("trusted.overlay.") {
+                if whiteout::is_overlay_xattr(&name) {
                     continue;
                 }
                 if let Ok(Some(value)) = xattr::get(source, &name) {
@@ -135,7 +132,7 @@ mod tests {
         fs::create_dir_all(top.path().join("etc")).unwrap();
         make_whiteout(&top.path().join("etc/motd"));
         fs::create_dir_all(top.path().join("cache")).unwrap();
-        xattr::set(top.path().join("cache"), "trusted.overlay.opaque", b"y").unwrap();
+        xattr::set(top.path().join("cache"), whiteout::OPAQUE_XATTR, b"y").unwrap();
         fs::write(top.path().join("cache/new"), b"new").unwrap();
         apply_layer(top.path(), target.path()).unwrap();
 

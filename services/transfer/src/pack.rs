@@ -13,6 +13,8 @@ use std::path::{Path, PathBuf};
 use imaged_common::Error;
 use tar::{EntryType, Header};
 
+use crate::whiteout;
+
 /// Writes the tar of `dir` to `out`.
 pub fn pack(dir: &Path, out: impl Write) -> Result<(), Error> {
     let mut tar = tar::Builder::new(out);
@@ -40,26 +42,27 @@ fn pack_dir<W: Write>(
         let path = root.join(&child);
         let meta = fs::symlink_metadata(&path)?;
         let kind = meta.file_type();
-        if kind.is_char_device() && meta.rdev() == 0 {
-            let whiteout = rel.join(format!(".wh.{}", name.to_string_lossy()));
+        if whiteout::is_whiteout(&meta) {
+            let hidden = rel.join(whiteout::whiteout_name(&name));
             let mut header = header(&meta, EntryType::Regular, 0);
             header.set_mode(0o600);
-            append(tar, &mut header, &whiteout, &[] as &[u8])?;
+            append(tar, &mut header, &hidden, &[] as &[u8])?;
             continue;
         }
         pax(tar, &path, &meta)?;
         if kind.is_dir() {
             let mut header = header(&meta, EntryType::Directory, 0);
             append(tar, &mut header, &child, &[] as &[u8])?;
-            let opaque = xattr::get(&path, "trusted.overlay.opaque")
-                .ok()
-                .flatten()
-                .is_some_and(|v| v == b"y");
-            if opaque {
+            if whiteout::is_opaque(&path) {
                 let mut marker = header.clone();
                 marker.set_entry_type(EntryType::Regular);
                 marker.set_mode(0o600);
-                append(tar, &mut marker, &child.join(".wh..wh..opq"), &[] as &[u8])?;
+                append(
+                    tar,
+                    &mut marker,
+                    &child.join(whiteout::OPAQUE_MARKER),
+                    &[] as &[u8],
+                )?;
             }
             pack_dir(tar, root, &child, links)?;
         } else if kind.is_symlink() {
@@ -131,10 +134,10 @@ fn pax<W: Write>(tar: &mut tar::Builder<W>, path: &Path, meta: &fs::Metadata) ->
         records.push(("mtime".to_string(), mtime.into_bytes()));
     }
     for name in xattr::list(path).into_iter().flatten() {
-        let name = name.to_string_lossy().into_owned();
-        if name.starts_with("trusted.overlay.") {
+        if whiteout::is_overlay_xattr(&name) {
             continue;
         }
+        let name = name.to_string_lossy().into_owned();
         if let Ok(Some(value)) = xattr::get(path, &name) {
             records.push((format!("SCHILY.xattr.{name}"), value));
         }
@@ -165,7 +168,7 @@ mod tests {
             .whiteout()
             .unwrap();
         fs::create_dir_all(dir.join("cache")).unwrap();
-        xattr::set(dir.join("cache"), "trusted.overlay.opaque", b"y").unwrap();
+        xattr::set(dir.join("cache"), whiteout::OPAQUE_XATTR, b"y").unwrap();
         xattr::set(dir.join("etc/conf"), "user.note", b"kept").unwrap();
         let precise = filetime::FileTime::from_unix_time(1_700_000_000, 250_000_000);
         filetime::set_file_mtime(dir.join("etc/conf"), precise).unwrap();

@@ -24,13 +24,7 @@ use tar::EntryType;
 
 use crate::beneath::{Kind, Root, quote};
 use crate::tar_limits::{MAX_PATH, TarGuard};
-
-const WHITEOUT_PREFIX: &str = ".wh.";
-const WHITEOUT_META_PREFIX: &str = ".wh..wh.";
-const OPAQUE_MARKER: &str = ".wh..wh..opq";
-/// The xattr by which overlayfs marks a directory that hides what lies
-/// below it.
-pub const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
+use crate::whiteout;
 
 /// What unpacking learnt about the layer.
 #[derive(Clone, Debug)]
@@ -100,23 +94,25 @@ fn unpack_entries(reader: &mut dyn Read, dest: &Path) -> Result<(u64, u64), Erro
         };
         let parent = path.parent().unwrap_or(Path::new(""));
         let refuse = |err: io::Error| classify_entry(&raw, err);
-        if name == OPAQUE_MARKER.as_bytes() {
-            root.create_dirs(parent).map_err(refuse)?;
-            let dir = if parent.as_os_str().is_empty() {
-                std::fs::File::open(dest).map_err(classify)?
-            } else {
-                root.existing(parent)
-                    .and_then(|at| at.open_dir())
-                    .map_err(refuse)?
-            };
-            xattr::FileExt::set_xattr(&dir, OPAQUE_XATTR, b"y").map_err(refuse)?;
-            entries += 1;
-            continue;
-        }
-        if name.starts_with(WHITEOUT_META_PREFIX.as_bytes()) {
-            continue; // AUFS hardlink bookkeeping, meaningless to overlay
-        }
-        if let Some(hidden) = name.strip_prefix(WHITEOUT_PREFIX.as_bytes()) {
+        let hidden = match whiteout::tar_name(&name) {
+            whiteout::TarName::Plain => None,
+            whiteout::TarName::Meta => continue, // meaningless to overlay
+            whiteout::TarName::Whiteout(hidden) => Some(hidden),
+            whiteout::TarName::Opaque => {
+                root.create_dirs(parent).map_err(refuse)?;
+                let dir = if parent.as_os_str().is_empty() {
+                    std::fs::File::open(dest).map_err(classify)?
+                } else {
+                    root.existing(parent)
+                        .and_then(|at| at.open_dir())
+                        .map_err(refuse)?
+                };
+                xattr::FileExt::set_xattr(&dir, whiteout::OPAQUE_XATTR, b"y").map_err(refuse)?;
+                entries += 1;
+                continue;
+            }
+        };
+        if let Some(hidden) = hidden {
             if hidden.is_empty() || hidden == b"." || hidden == b".." {
                 return Err(invalid(&raw, "whiteout of no plain name"));
             }
@@ -271,7 +267,7 @@ impl Extensions {
                         mtime = precise;
                     }
                 } else if let Some(name) = key.strip_prefix("SCHILY.xattr.") {
-                    if name.starts_with("trusted.overlay.") {
+                    if whiteout::is_overlay_xattr(name.as_ref()) {
                         tracing::debug!(path = %raw.display(), name, "dropping an overlayfs attribute from layer content");
                         continue;
                     }
@@ -605,7 +601,7 @@ mod tests {
                 b"leaf"
             );
             assert_eq!(
-                xattr::get(host.path(), OPAQUE_XATTR).unwrap(),
+                xattr::get(host.path(), whiteout::OPAQUE_XATTR).unwrap(),
                 None,
                 "{name}"
             );
