@@ -123,6 +123,15 @@ impl From<Status> for Error {
     }
 }
 
+impl From<imaged_model::Error> for Error {
+    /// Docker's vocabulary refused the input: the caller's to fix.
+    fn from(err: imaged_model::Error) -> Self {
+        match err {
+            imaged_model::Error::InvalidArgument(message) => Error::InvalidArgument(message),
+        }
+    }
+}
+
 impl From<std::io::Error> for Error {
     /// I/O on our own stores: a full disk is the caller's limit to know
     /// about, anything else is our fault.

@@ -4,7 +4,7 @@
 //! ENTRYPOINT, ENV, EXPOSE, HEALTHCHECK, LABEL, ONBUILD, STOPSIGNAL, USER,
 //! VOLUME and WORKDIR; anything else is refused with its message.
 
-use imaged_common::Error;
+use crate::Error;
 use serde_json::{Map, Value, json};
 
 /// Applies every change, in order, to `config` (a container config JSON

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use imaged_common::Error;
+use crate::Error;
 use sha2::{Digest as _, Sha256};
 
 /// A content digest: algorithm and lowercase hex. For `sha256` the hex is

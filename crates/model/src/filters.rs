@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use imaged_common::Error;
+use crate::Error;
 
 /// Parsed `key=value` filters: every value given for each key.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -7,8 +7,10 @@
 //! - [`timestamp`]: the timestamp forms `until`/`since` accept.
 //! - [`filters`]: `key=value` filter lists and reference globs.
 //!
-//! Errors are [`imaged_common::Error`] values carrying Docker's wording, so
-//! they reach the caller as the right gRPC status unchanged.
+//! The crate knows no transport: its [`Error`] says what input was wrong,
+//! in Docker's wording, and `imaged-common` maps it to a gRPC status, so a
+//! change to the server bootstrap or telemetry never rebuilds Docker's
+//! vocabulary.
 
 pub mod changes;
 pub mod digest;
@@ -16,6 +18,15 @@ pub mod filters;
 pub mod platform;
 pub mod reference;
 pub mod timestamp;
+
+/// Input that is not valid Docker vocabulary: a bad reference, digest,
+/// platform, filter, timestamp or `--change` instruction. The message is
+/// Docker's, and reaches the caller as INVALID_ARGUMENT.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    InvalidArgument(String),
+}
 
 pub use digest::Digest;
 pub use platform::Platform;

@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use imaged_common::Error;
+use crate::Error;
 
 /// An OS/architecture/variant triple, as written in an image config or an
 /// index entry (not normalized).

@@ -4,7 +4,7 @@
 use std::fmt;
 use std::sync::LazyLock;
 
-use imaged_common::Error;
+use crate::Error;
 use regex::Regex;
 
 use crate::digest::Digest;

@@ -2,8 +2,8 @@
 //! before now (`10m`, `1h30m`), Unix seconds with an optional fraction,
 //! RFC 3339 with a zone, and local-time dates and times.
 
+use crate::Error;
 use chrono::{DateTime, FixedOffset, Local, NaiveDate, NaiveDateTime, NaiveTime, TimeZone, Utc};
-use imaged_common::Error;
 
 /// A point in time, in nanoseconds since the Unix epoch.
 pub type UnixNanos = i128;

@@ -29,7 +29,7 @@ impl Subscription {
             if value.is_empty() {
                 Ok(None)
             } else {
-                timestamp::parse(value, now).map(Some)
+                Ok(Some(timestamp::parse(value, now)?))
             }
         };
         let since = time(&request.since)?;

@@ -101,7 +101,10 @@ pub fn put(
 }
 
 fn parse_all(references: &[String]) -> Result<Vec<Reference>, Error> {
-    references.iter().map(|r| Reference::parse(r)).collect()
+    references
+        .iter()
+        .map(|r| Reference::parse(r).map_err(Error::from))
+        .collect()
 }
 
 /// The exact config bytes and references of the image `input` names.

@@ -111,7 +111,10 @@ impl TransferService {
 }
 
 fn parse_chains(chains: &[String]) -> Result<Vec<Digest>, Error> {
-    chains.iter().map(|c| c.parse::<Digest>()).collect()
+    chains
+        .iter()
+        .map(|c| c.parse::<Digest>().map_err(Error::from))
+        .collect()
 }
 
 /// Messages a progress stream holds for a slow caller.
@@ -173,7 +176,7 @@ impl Transfer for TransferService {
     ) -> Result<Response<GetLayersResponse>, Status> {
         let mut layers = Vec::new();
         for chain in &request.get_ref().chain_ids {
-            let digest: Digest = chain.parse().map_err(Status::from)?;
+            let digest: Digest = chain.parse().map_err(Error::from)?;
             let layer = self.layers.get(&digest).ok_or_else(|| {
                 Error::NotFound(format!("failed to get layer {chain}: layer does not exist"))
             })?;
@@ -198,7 +201,7 @@ impl Transfer for TransferService {
         request: Request<PullImageRequest>,
     ) -> Result<Response<Self::PullStream>, Status> {
         let request = request.into_inner();
-        Reference::parse(&request.reference)?;
+        Reference::parse(&request.reference).map_err(Error::from)?;
         let pulls = Arc::clone(&self.pulls);
         Ok(Response::new(stream_task(
             PROGRESS_BUFFER,
@@ -218,7 +221,7 @@ impl Transfer for TransferService {
         request: Request<PushImageRequest>,
     ) -> Result<Response<Self::PushStream>, Status> {
         let request = request.into_inner();
-        Reference::parse(&request.reference)?;
+        Reference::parse(&request.reference).map_err(Error::from)?;
         let pusher = Arc::clone(&self.pusher);
         Ok(Response::new(stream_task(
             PROGRESS_BUFFER,
