@@ -39,6 +39,30 @@ impl FromStr for Endpoint {
     }
 }
 
+/// A connector for tonic's `Endpoint::connect_with_connector`: every
+/// connection goes to the Unix socket at `path` (tonic needs a URI, which
+/// it ignores). The one place a client dials a socket: peers and imagectl.
+pub fn unix_connector(
+    path: PathBuf,
+) -> impl tower::Service<
+    tonic::transport::Uri,
+    Response = hyper_util::rt::TokioIo<tokio::net::UnixStream>,
+    Error = std::io::Error,
+    Future = impl std::future::Future<
+        Output = std::io::Result<hyper_util::rt::TokioIo<tokio::net::UnixStream>>,
+    > + Send,
+> + Clone
++ Send
++ 'static {
+    tower::service_fn(move |_: tonic::transport::Uri| {
+        let path = path.clone();
+        async move {
+            let stream = tokio::net::UnixStream::connect(path).await?;
+            Ok(hyper_util::rt::TokioIo::new(stream))
+        }
+    })
+}
+
 impl fmt::Display for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -8,8 +8,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use hyper_util::rt::TokioIo;
-use tonic::transport::{Channel, Uri};
+use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use crate::config::Service;
@@ -43,19 +42,9 @@ impl Peer {
     /// first call.
     pub fn new(service: Service, endpoint: Endpoint) -> anyhow::Result<Self> {
         let channel = match &endpoint {
-            Endpoint::Unix(path) => {
-                let path = path.clone();
-                // The URI is required by tonic but unused: the connector dials the socket.
-                tonic::transport::Endpoint::from_static("http://localhost")
-                    .connect_timeout(CONNECT_TIMEOUT)
-                    .connect_with_connector_lazy(tower::service_fn(move |_: Uri| {
-                        let path = path.clone();
-                        async move {
-                            let stream = tokio::net::UnixStream::connect(path).await?;
-                            Ok::<_, std::io::Error>(TokioIo::new(stream))
-                        }
-                    }))
-            }
+            Endpoint::Unix(path) => tonic::transport::Endpoint::from_static("http://localhost")
+                .connect_timeout(CONNECT_TIMEOUT)
+                .connect_with_connector_lazy(crate::endpoint::unix_connector(path.clone())),
             Endpoint::Tcp(addr) => {
                 tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
                     .connect_timeout(CONNECT_TIMEOUT)

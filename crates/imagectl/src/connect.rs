@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use anyhow::{Context, bail};
-use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity, Uri};
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
 pub use tonic::transport::Channel;
 
@@ -15,15 +15,8 @@ pub async fn channel(
     client: Option<(&Path, &Path)>,
 ) -> anyhow::Result<Channel> {
     if let Some(path) = host.strip_prefix("unix://") {
-        let path = path.to_string();
-        let channel = Endpoint::try_from("http://gateway.sock")?
-            .connect_with_connector(tower::service_fn(move |_: Uri| {
-                let path = path.clone();
-                async move {
-                    let stream = tokio::net::UnixStream::connect(path).await?;
-                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
-                }
-            }))
+        let channel = Endpoint::try_from("http://localhost")?
+            .connect_with_connector(imaged_common::endpoint::unix_connector(path.into()))
             .await
             .with_context(|| format!("cannot connect to the gateway at {host}"))?;
         return Ok(channel);
