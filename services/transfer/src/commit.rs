@@ -14,15 +14,15 @@ use serde_json::{Map, Value, json};
 use crate::containers::Containers;
 use crate::content::ContentStore;
 use crate::layers::{Layer, LayerStore};
+use crate::leases::Leases;
 use crate::metadata::{Metadata, config_diff_ids};
-use crate::pull::Puller;
 
 /// The commit and squash engine.
 pub struct Committer {
     content: ContentStore,
     layers: Arc<LayerStore>,
     containers: Arc<Containers>,
-    puller: Arc<Puller>,
+    leases: Arc<Leases>,
     metadata: Metadata,
 }
 
@@ -31,14 +31,14 @@ impl Committer {
         content: ContentStore,
         layers: Arc<LayerStore>,
         containers: Arc<Containers>,
-        puller: Arc<Puller>,
+        leases: Arc<Leases>,
         metadata: Metadata,
     ) -> Self {
         Committer {
             content,
             layers,
             containers,
-            puller,
+            leases,
             metadata,
         }
     }
@@ -144,7 +144,7 @@ impl Committer {
             }
         };
         let chains = chain_ids(&diff_ids);
-        let _lease = self.puller.lease(&chains);
+        let _lease = self.leases.lease(&chains);
         let above: Vec<_> = chains[parent_ids.len()..]
             .iter()
             .map(|c| self.layers.diff_path(c))

@@ -15,15 +15,15 @@ use tokio_stream::{Stream, StreamExt};
 
 use crate::content::ContentStore;
 use crate::layers::{Layer, LayerStore};
+use crate::leases::Leases;
 use crate::metadata::Metadata;
-use crate::pull::Puller;
 use crate::unpack;
 
 /// The import engine.
 pub struct Importer {
     content: ContentStore,
     layers: Arc<LayerStore>,
-    puller: Arc<Puller>,
+    leases: Arc<Leases>,
     metadata: Metadata,
 }
 
@@ -31,13 +31,13 @@ impl Importer {
     pub fn new(
         content: ContentStore,
         layers: Arc<LayerStore>,
-        puller: Arc<Puller>,
+        leases: Arc<Leases>,
         metadata: Metadata,
     ) -> Self {
         Importer {
             content,
             layers,
-            puller,
+            leases,
             metadata,
         }
     }
@@ -105,7 +105,7 @@ impl Importer {
         let layers = Arc::clone(&self.layers);
 
         let chain = unpacked.diff_id.clone();
-        let _lease = self.puller.lease(std::slice::from_ref(&chain));
+        let _lease = self.leases.lease(std::slice::from_ref(&chain));
         let layer = match self.layers.get(&chain) {
             Some(layer) => layer,
             None => {

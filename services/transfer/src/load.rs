@@ -21,9 +21,9 @@ use tokio_stream::StreamExt;
 
 use crate::content::ContentStore;
 use crate::layers::{Layer, LayerStore};
+use crate::leases::Leases;
 use crate::manifest::{MAX_JSON_BLOB, MAX_MANIFEST, check_depth};
 use crate::metadata::Metadata;
-use crate::pull::Puller;
 use crate::tar_limits::TarGuard;
 use crate::unpack::{self, relative_path};
 
@@ -66,7 +66,7 @@ struct RootFs {
 pub struct Loader {
     content: ContentStore,
     layers: Arc<LayerStore>,
-    puller: Arc<Puller>,
+    leases: Arc<Leases>,
     metadata: Metadata,
 }
 
@@ -74,13 +74,13 @@ impl Loader {
     pub fn new(
         content: ContentStore,
         layers: Arc<LayerStore>,
-        puller: Arc<Puller>,
+        leases: Arc<Leases>,
         metadata: Metadata,
     ) -> Self {
         Loader {
             content,
             layers,
-            puller,
+            leases,
             metadata,
         }
     }
@@ -204,7 +204,7 @@ impl Loader {
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             let chains = chain_ids(&diff_ids);
-            let _lease = self.puller.lease(&chains);
+            let _lease = self.leases.lease(&chains);
             let mut sizes = Vec::new();
             for (i, (chain, diff_id)) in chains.iter().zip(&diff_ids).enumerate() {
                 if let Some(layer) = self.layers.get(chain) {

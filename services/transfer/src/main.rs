@@ -10,8 +10,10 @@ mod driver;
 mod export;
 #[cfg(test)]
 mod fuzz;
+mod gc;
 mod import;
 mod layers;
+mod leases;
 mod limits;
 mod load;
 mod manifest;
@@ -91,10 +93,12 @@ fn main() {
             Service::Transfer.process(),
             4096,
         );
+        let leases = Arc::new(leases::Leases::new());
         let puller = Arc::new(pull::Puller::new(
             content.clone(),
             Arc::clone(&layers),
             Arc::clone(&limits),
+            Arc::clone(&leases),
             metadata.clone(),
             &args.pull,
         ));
@@ -115,13 +119,13 @@ fn main() {
         let loader = Arc::new(load::Loader::new(
             content.clone(),
             Arc::clone(&layers),
-            Arc::clone(&puller),
+            Arc::clone(&leases),
             metadata.clone(),
         ));
         let importer = Arc::new(import::Importer::new(
             content.clone(),
             Arc::clone(&layers),
-            Arc::clone(&puller),
+            Arc::clone(&leases),
             metadata.clone(),
         ));
         let containers = Arc::new(containers::Containers::open(
@@ -138,17 +142,22 @@ fn main() {
             content.clone(),
             Arc::clone(&layers),
             Arc::clone(&containers),
-            Arc::clone(&puller),
+            Arc::clone(&leases),
             metadata,
         ));
+        let gc = gc::Gc::new(
+            Arc::clone(&layers),
+            content.clone(),
+            leases,
+            Arc::clone(&containers),
+        );
         let service = service::TransferService {
             data_dir: config.data_dir.clone(),
             driver,
             limits,
             content,
             layers,
-            pulls: Arc::new(pull_share::PullShare::new(Arc::clone(&puller))),
-            puller,
+            pulls: Arc::new(pull_share::PullShare::new(puller)),
             pusher,
             exporter,
             loader,
@@ -156,6 +165,7 @@ fn main() {
             containers,
             rw_layers,
             committer,
+            gc,
         };
         let routes = tonic::service::Routes::new(
             TransferServer::new(service).max_decoding_message_size(server::INTERNAL_MESSAGE_LIMIT),

@@ -24,6 +24,7 @@ use tokio_stream::wrappers::WatchStream;
 
 use crate::content::ContentStore;
 use crate::layers::{Layer, LayerStore};
+use crate::leases::Leases;
 use crate::limits::Limits;
 use crate::manifest::{
     ACCEPTED, ConfigProbe, MANIFEST_TIMEOUT, MAX_JSON_BLOB, MAX_MANIFEST, Manifest, Probe,
@@ -99,29 +100,11 @@ pub struct Puller {
     pub(crate) stall: Duration,
     pub(crate) min_rate: u64,
     jobs: Mutex<HashMap<Digest, Job>>,
-    leases: Mutex<HashMap<Digest, usize>>,
+    /// Chains pulls in flight hold (shared with load, import, commit and
+    /// GC).
+    pub(crate) leases: Arc<Leases>,
     /// One writer per blob ingest (two chains can share a blob).
     ingests: Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
-}
-
-/// Chains a pull in flight holds: not removable until it ends.
-pub(crate) struct Lease<'a> {
-    puller: &'a Puller,
-    chains: Vec<Digest>,
-}
-
-impl Drop for Lease<'_> {
-    fn drop(&mut self) {
-        let mut leases = self.puller.lock_leases();
-        for chain in &self.chains {
-            if let Some(n) = leases.get_mut(chain) {
-                *n -= 1;
-                if *n == 0 {
-                    leases.remove(chain);
-                }
-            }
-        }
-    }
 }
 
 /// What a pull sends its caller.
@@ -132,6 +115,7 @@ impl Puller {
         content: ContentStore,
         layers: Arc<LayerStore>,
         limits: Arc<Limits>,
+        leases: Arc<Leases>,
         metadata: Metadata,
         args: &PullArgs,
     ) -> Self {
@@ -144,7 +128,7 @@ impl Puller {
             stall: Duration::from_secs(args.stall_timeout_secs),
             min_rate: args.min_download_rate,
             jobs: Mutex::new(HashMap::new()),
-            leases: Mutex::new(HashMap::new()),
+            leases,
             ingests: Mutex::new(HashMap::new()),
         }
     }
@@ -152,35 +136,6 @@ impl Puller {
     /// The registry clients, shared with pushes.
     pub fn registries(&self) -> &Registries {
         &self.registries
-    }
-
-    /// Runs `remove` unless a pull in flight holds `chain`. The lease table
-    /// stays locked meanwhile, so a pull that leases the chain next sees
-    /// it gone, and one that leased it first keeps it.
-    pub fn unless_leased<T>(&self, chain: &Digest, remove: impl FnOnce() -> T) -> Option<T> {
-        let leases = self.lock_leases();
-        if leases.contains_key(chain) {
-            return None;
-        }
-        let removed = remove();
-        drop(leases);
-        Some(removed)
-    }
-
-    fn lock_leases(&self) -> std::sync::MutexGuard<'_, HashMap<Digest, usize>> {
-        self.leases.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Holds `chains` against removal until the lease is dropped.
-    pub(crate) fn lease(&self, chains: &[Digest]) -> Lease<'_> {
-        let mut leases = self.lock_leases();
-        for chain in chains {
-            *leases.entry(chain.clone()).or_default() += 1;
-        }
-        Lease {
-            puller: self,
-            chains: chains.to_vec(),
-        }
     }
 
     /// Runs one pull, sending progress to `tx`. Its span names the image,
@@ -340,7 +295,7 @@ impl Puller {
             .map(|d| d.parse::<Digest>())
             .collect::<Result<Vec<_>, _>>()?;
         let chains = chain_ids(&diff_ids);
-        let _lease = self.lease(&chains);
+        let _lease = self.leases.lease(&chains);
 
         // Layers: the ones present are announced, the others fetched.
         let mut waits: Vec<LayerFuture> = Vec::new();

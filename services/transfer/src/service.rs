@@ -26,11 +26,11 @@ use crate::containers::Containers;
 use crate::content::ContentStore;
 use crate::driver::Driver;
 use crate::export::Exporter;
+use crate::gc::Gc;
 use crate::import::Importer;
 use crate::layers::LayerStore;
 use crate::limits::Limits;
 use crate::load::Loader;
-use crate::pull::Puller;
 use crate::pull_share::PullShare;
 use crate::push::Pusher;
 use crate::rw_layers::RwLayers;
@@ -43,7 +43,6 @@ pub struct TransferService {
     pub limits: Arc<Limits>,
     pub content: ContentStore,
     pub layers: Arc<LayerStore>,
-    pub puller: Arc<Puller>,
     pub pulls: Arc<PullShare>,
     pub pusher: Arc<Pusher>,
     pub exporter: Arc<Exporter>,
@@ -52,62 +51,7 @@ pub struct TransferService {
     pub containers: Arc<Containers>,
     pub rw_layers: Arc<RwLayers>,
     pub committer: Arc<Committer>,
-}
-
-impl TransferService {
-    /// Removes `chains` (children before parents) except those a pull in
-    /// flight holds or another stored layer stands on; answers the removed.
-    async fn remove_layers(&self, chains: HashSet<Digest>) -> Result<Vec<String>, Error> {
-        let mut removed = Vec::new();
-        let mut freed_blobs = Vec::new();
-        let mut pending: Vec<Digest> = chains.into_iter().collect();
-        loop {
-            let before = pending.len();
-            let mut still = Vec::new();
-            for chain in pending {
-                if self.layers.children(&chain) > 0 || self.containers.holds(&chain) {
-                    still.push(chain);
-                    continue;
-                }
-                let Some(detached) = self
-                    .puller
-                    .unless_leased(&chain, || self.layers.detach(&chain))
-                else {
-                    still.push(chain);
-                    continue;
-                };
-                let gone = match detached? {
-                    Some(detached) => Some(
-                        tokio::task::spawn_blocking(move || detached.purge())
-                            .await
-                            .map_err(Error::internal)??,
-                    ),
-                    None => None,
-                };
-                if let Some(layer) = gone {
-                    freed_blobs.extend(layer.blob.clone());
-                    removed.push(chain.to_string());
-                }
-            }
-            pending = still;
-            if pending.len() == before || pending.is_empty() {
-                break;
-            }
-        }
-        // A blob goes with its last layer (two chains can share one).
-        if !freed_blobs.is_empty() {
-            let kept: HashSet<Digest> = self
-                .layers
-                .all()
-                .iter()
-                .filter_map(|l| l.blob.clone())
-                .collect();
-            for blob in freed_blobs.iter().filter(|b| !kept.contains(b)) {
-                self.content.delete(blob)?;
-            }
-        }
-        Ok(removed)
-    }
+    pub gc: Gc,
 }
 
 fn parse_chains(chains: &[String]) -> Result<Vec<Digest>, Error> {
@@ -377,7 +321,7 @@ impl Transfer for TransferService {
         request: Request<ReleaseLayersRequest>,
     ) -> Result<Response<ReleaseLayersResponse>, Status> {
         let chains = parse_chains(&request.get_ref().chain_ids)?;
-        let removed = self.remove_layers(chains.into_iter().collect()).await?;
+        let removed = self.gc.release(chains.into_iter().collect()).await?;
         Ok(Response::new(ReleaseLayersResponse { removed }))
     }
 
@@ -388,43 +332,10 @@ impl Transfer for TransferService {
         let keep: HashSet<Digest> = parse_chains(&request.get_ref().chain_ids)?
             .into_iter()
             .collect();
-        let mut held = HashSet::new();
-        let mut missing = Vec::new();
-        for chain in &keep {
-            let mut next = Some(chain.clone());
-            while let Some(current) = next {
-                match self.layers.get(&current) {
-                    Some(layer) => {
-                        next = layer.parent.clone();
-                        held.insert(current);
-                    }
-                    None => {
-                        missing.push(current.to_string());
-                        next = None;
-                    }
-                }
-            }
-        }
-        for chain in self.containers.held_chains() {
-            let mut next = Some(chain);
-            while let Some(current) = next {
-                next = self.layers.get(&current).and_then(|l| l.parent.clone());
-                held.insert(current);
-            }
-        }
-        let orphans: HashSet<Digest> = self
-            .layers
-            .all()
-            .iter()
-            .map(|l| l.chain_id.clone())
-            .filter(|c| !held.contains(c))
-            .collect();
-        let removed = self.remove_layers(orphans).await?;
+        let (removed, missing) = self.gc.retain(&keep).await?;
         if !removed.is_empty() {
             tracing::info!(count = removed.len(), "removed layers no image holds");
         }
-        missing.sort();
-        missing.dedup();
         Ok(Response::new(RetainLayersResponse { removed, missing }))
     }
 

@@ -1,0 +1,264 @@
+//! Layer garbage collection. Metadata decides which chains no image needs
+//! (after rmi or prune: [`Gc::release`]; at start-up, the full list it
+//! needs: [`Gc::retain`]); this module removes them, children before
+//! parents, never one that an operation in flight has leased
+//! ([`crate::leases`]), a container stands on, or another stored layer has
+//! as its parent, and then deletes the blobs no remaining layer came from.
+//! The gRPC service only calls it.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use imaged_common::Error;
+use imaged_model::Digest;
+
+use crate::containers::Containers;
+use crate::content::ContentStore;
+use crate::layers::LayerStore;
+use crate::leases::Leases;
+
+/// What garbage collection works on.
+pub struct Gc {
+    layers: Arc<LayerStore>,
+    content: ContentStore,
+    leases: Arc<Leases>,
+    containers: Arc<Containers>,
+}
+
+impl Gc {
+    pub fn new(
+        layers: Arc<LayerStore>,
+        content: ContentStore,
+        leases: Arc<Leases>,
+        containers: Arc<Containers>,
+    ) -> Self {
+        Gc {
+            layers,
+            content,
+            leases,
+            containers,
+        }
+    }
+
+    /// Removes what it may of `chains`; answers the chains removed.
+    /// Repeats until nothing more goes, so a child and its parent released
+    /// together both go whatever their order.
+    pub async fn release(&self, chains: HashSet<Digest>) -> Result<Vec<String>, Error> {
+        let mut removed = Vec::new();
+        let mut freed_blobs = Vec::new();
+        let mut pending: Vec<Digest> = chains.into_iter().collect();
+        loop {
+            let before = pending.len();
+            let mut still = Vec::new();
+            for chain in pending {
+                if self.layers.children(&chain) > 0 || self.containers.holds(&chain) {
+                    still.push(chain);
+                    continue;
+                }
+                let Some(detached) = self
+                    .leases
+                    .unless_leased(&chain, || self.layers.detach(&chain))
+                else {
+                    still.push(chain);
+                    continue;
+                };
+                let gone = match detached? {
+                    Some(detached) => Some(
+                        tokio::task::spawn_blocking(move || detached.purge())
+                            .await
+                            .map_err(Error::internal)??,
+                    ),
+                    None => None,
+                };
+                if let Some(layer) = gone {
+                    freed_blobs.extend(layer.blob.clone());
+                    removed.push(chain.to_string());
+                }
+            }
+            pending = still;
+            if pending.len() == before || pending.is_empty() {
+                break;
+            }
+        }
+        // A blob goes with its last layer (two chains can share one).
+        if !freed_blobs.is_empty() {
+            let kept: HashSet<Digest> = self
+                .layers
+                .all()
+                .iter()
+                .filter_map(|l| l.blob.clone())
+                .collect();
+            for blob in freed_blobs.iter().filter(|b| !kept.contains(b)) {
+                self.content.delete(blob)?;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Keeps `keep`, what they stand on and what containers stand on, and
+    /// removes every other layer. Answers (removed, missing): the chains
+    /// removed, and those of `keep` (or their parents) not stored.
+    pub async fn retain(
+        &self,
+        keep: &HashSet<Digest>,
+    ) -> Result<(Vec<String>, Vec<String>), Error> {
+        let (mut held, mut missing) = self.stood_on(keep.iter().cloned());
+        let (by_containers, _) = self.stood_on(self.containers.held_chains());
+        held.extend(by_containers);
+        let orphans: HashSet<Digest> = self
+            .layers
+            .all()
+            .iter()
+            .map(|l| l.chain_id.clone())
+            .filter(|c| !held.contains(c))
+            .collect();
+        let removed = self.release(orphans).await?;
+        missing.sort();
+        missing.dedup();
+        Ok((removed, missing))
+    }
+
+    /// The chains `tops` stand on (themselves and their parents), and the
+    /// ones of those not stored.
+    fn stood_on(&self, tops: impl IntoIterator<Item = Digest>) -> (HashSet<Digest>, Vec<String>) {
+        let mut held = HashSet::new();
+        let mut missing = Vec::new();
+        for top in tops {
+            let mut next = Some(top);
+            while let Some(current) = next {
+                if held.contains(&current) {
+                    break; // the rest of this chain is walked already
+                }
+                match self.layers.get(&current) {
+                    Some(layer) => {
+                        next = layer.parent.clone();
+                        held.insert(current);
+                    }
+                    None => {
+                        missing.push(current.to_string());
+                        next = None;
+                    }
+                }
+            }
+        }
+        (held, missing)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layers::Layer;
+
+    /// A store holding base ← app, base ← other, and an unrelated lone.
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        gc: Gc,
+        layers: Arc<LayerStore>,
+        leases: Arc<Leases>,
+        content: ContentStore,
+        base: Digest,
+        app: Digest,
+        other: Digest,
+        lone: Digest,
+    }
+
+    fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let layers = Arc::new(LayerStore::open(dir.path()).unwrap());
+        let content = ContentStore::open(&dir.path().join("content")).unwrap();
+        let leases = Arc::new(Leases::new());
+        let containers = Arc::new(Containers::open(dir.path(), true, Arc::clone(&layers)).unwrap());
+        let add = |name: &str, parent: Option<&Digest>| {
+            let diff_id = Digest::sha256_of(name.as_bytes());
+            let chain_id = match parent {
+                None => diff_id.clone(),
+                Some(p) => Digest::sha256_of(format!("{p} {diff_id}").as_bytes()),
+            };
+            let blob = Digest::sha256_of(format!("blob of {name}").as_bytes());
+            content
+                .write(&blob, format!("blob of {name}").as_bytes())
+                .unwrap();
+            let layer = Layer {
+                chain_id: chain_id.clone(),
+                diff_id,
+                parent: parent.cloned(),
+                size: 1,
+                blob: Some(blob),
+                inodes: 1,
+                tar_size: 0,
+            };
+            layers.commit(layers.stage().unwrap(), layer).unwrap();
+            chain_id
+        };
+        let base = add("base", None);
+        let app = add("app", Some(&base));
+        let other = add("other", Some(&base));
+        let lone = add("lone", None);
+        let gc = Gc::new(
+            Arc::clone(&layers),
+            content.clone(),
+            Arc::clone(&leases),
+            containers,
+        );
+        Fixture {
+            _dir: dir,
+            gc,
+            layers,
+            leases,
+            content,
+            base,
+            app,
+            other,
+            lone,
+        }
+    }
+
+    fn set(chains: &[&Digest]) -> HashSet<Digest> {
+        chains.iter().map(|c| (*c).clone()).collect()
+    }
+
+    #[tokio::test]
+    async fn release_removes_children_before_parents_and_their_blobs() {
+        let f = fixture();
+        // Parent listed before its child: both go.
+        let removed = f.gc.release(set(&[&f.base, &f.other])).await.unwrap();
+        assert_eq!(removed, [f.other.to_string()], "base still carries app");
+        let removed = f.gc.release(set(&[&f.base, &f.app])).await.unwrap();
+        assert_eq!(removed.len(), 2);
+        assert!(f.layers.get(&f.base).is_none() && f.layers.get(&f.app).is_none());
+        assert_eq!(
+            f.content.list().unwrap().len(),
+            1,
+            "only lone's blob is left"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_leased_chain_and_what_it_stands_on_stay() {
+        let f = fixture();
+        let lease = f.leases.lease(std::slice::from_ref(&f.app));
+        let removed =
+            f.gc.release(set(&[&f.app, &f.base, &f.other]))
+                .await
+                .unwrap();
+        assert_eq!(removed, [f.other.to_string()]);
+        drop(lease);
+        let removed = f.gc.release(set(&[&f.app, &f.base])).await.unwrap();
+        assert_eq!(removed.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn retain_keeps_what_images_stand_on_and_names_what_is_missing() {
+        let f = fixture();
+        let gone = Digest::sha256_of(b"never stored");
+        let (removed, missing) = f.gc.retain(&set(&[&f.app, &gone])).await.unwrap();
+        let mut removed = removed;
+        removed.sort();
+        let mut expected = vec![f.other.to_string(), f.lone.to_string()];
+        expected.sort();
+        assert_eq!(removed, expected);
+        assert_eq!(missing, [gone.to_string()]);
+        assert!(f.layers.get(&f.app).is_some() && f.layers.get(&f.base).is_some());
+    }
+}
