@@ -94,11 +94,15 @@ fn main() {
             4096,
         );
         let leases = Arc::new(leases::Leases::new());
+        let registries = Arc::new(registry::Registries::new(
+            args.pull.insecure_registries.clone(),
+        ));
         let puller = Arc::new(pull::Puller::new(
             content.clone(),
             Arc::clone(&layers),
             Arc::clone(&limits),
             Arc::clone(&leases),
+            Arc::clone(&registries),
             metadata.clone(),
             &args.pull,
         ));
@@ -106,7 +110,7 @@ fn main() {
             content.clone(),
             Arc::clone(&layers),
             Arc::clone(&limits),
-            Arc::clone(&puller),
+            registries,
             metadata.clone(),
             events.clone(),
         ));

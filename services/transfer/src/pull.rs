@@ -31,7 +31,7 @@ use crate::manifest::{
     check_depth, check_manifest, check_media_type, choose_platform, schema1,
 };
 use crate::metadata::Metadata;
-use crate::registry::{self, Registries};
+use crate::registry::{self, Registries, Retry};
 
 /// How long a pull waits for bytes, and the throughput it must keep.
 #[derive(clap::Args, Clone, Debug)]
@@ -95,7 +95,7 @@ pub struct Puller {
     pub(crate) content: ContentStore,
     pub(crate) layers: Arc<LayerStore>,
     limits: Arc<Limits>,
-    registries: Registries,
+    registries: Arc<Registries>,
     metadata: Metadata,
     pub(crate) stall: Duration,
     pub(crate) min_rate: u64,
@@ -107,6 +107,21 @@ pub struct Puller {
     ingests: Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
 }
 
+/// One layer a pull brings into the store: where it comes from, what it
+/// must unpack to, and where it sits in the chain.
+struct LayerJob {
+    client: Client,
+    oref: oci_client::Reference,
+    desc: OciDescriptor,
+    /// The compressed blob (`desc.digest`).
+    blob: Digest,
+    /// What the config says the unpacked tar hashes to.
+    diff_id: Digest,
+    chain_id: Digest,
+    /// The chain below; `None` for a base layer.
+    parent_chain: Option<Digest>,
+}
+
 /// What a pull sends its caller.
 pub type Progress = mpsc::Sender<Result<PullImageProgress, tonic::Status>>;
 
@@ -116,6 +131,7 @@ impl Puller {
         layers: Arc<LayerStore>,
         limits: Arc<Limits>,
         leases: Arc<Leases>,
+        registries: Arc<Registries>,
         metadata: Metadata,
         args: &PullArgs,
     ) -> Self {
@@ -123,7 +139,7 @@ impl Puller {
             content,
             layers,
             limits,
-            registries: Registries::new(args.insecure_registries.clone()),
+            registries,
             metadata,
             stall: Duration::from_secs(args.stall_timeout_secs),
             min_rate: args.min_download_rate,
@@ -131,11 +147,6 @@ impl Puller {
             leases,
             ingests: Mutex::new(HashMap::new()),
         }
-    }
-
-    /// The registry clients, shared with pushes.
-    pub fn registries(&self) -> &Registries {
-        &self.registries
     }
 
     /// Runs one pull, sending progress to `tx`. Its span names the image,
@@ -311,15 +322,16 @@ impl Puller {
             }
             totals[i] = desc.size.max(0) as u64;
             send(&tx, line(&id, "Pulling fs layer".into())).await;
-            let (done, progress) = self.job(
-                &client,
-                &oref,
-                desc,
-                &diff_ids[i],
-                &chains[i],
-                i.checked_sub(1).map(|p| chains[p].clone()),
-                parent.take(),
-            )?;
+            let job = LayerJob {
+                client: client.clone(),
+                oref: oref.clone(),
+                desc: desc.clone(),
+                blob: desc.digest.parse()?,
+                diff_id: diff_ids[i].clone(),
+                chain_id: chains[i].clone(),
+                parent_chain: i.checked_sub(1).map(|p| chains[p].clone()),
+            };
+            let (done, progress) = self.job(job, parent.take());
             waits.push(done.clone());
             watches.push(WatchStream::new(progress).map(move |state| (i, id.clone(), state)));
             parent = Some(done);
@@ -411,50 +423,26 @@ impl Puller {
 
     /// The shared job that brings one layer into the store, created or
     /// joined.
-    #[allow(clippy::too_many_arguments)]
     fn job(
         self: &Arc<Self>,
-        client: &Client,
-        oref: &oci_client::Reference,
-        desc: &OciDescriptor,
-        diff_id: &Digest,
-        chain_id: &Digest,
-        parent_chain: Option<Digest>,
+        job: LayerJob,
         parent: Option<LayerFuture>,
-    ) -> Result<(LayerFuture, watch::Receiver<State>), Error> {
+    ) -> (LayerFuture, watch::Receiver<State>) {
         let mut jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(job) = jobs.get(chain_id)
-            && let Some(done) = job.done.upgrade()
+        if let Some(running) = jobs.get(&job.chain_id)
+            && let Some(done) = running.done.upgrade()
         {
-            return Ok((done, job.progress.clone()));
+            return (done, running.progress.clone());
         }
         let (progress_tx, progress) = watch::channel(State::Waiting);
         let this = Arc::clone(self);
-        let client = client.clone();
-        let oref = oref.clone();
-        let desc = desc.clone();
-        let diff_id = diff_id.clone();
-        let chain_id = chain_id.clone();
-        let key = chain_id.clone();
-        let blob: Digest = desc.digest.parse()?;
+        let key = job.chain_id.clone();
         let future = async move {
-            let result = this
-                .bring_layer(
-                    &client,
-                    &oref,
-                    &desc,
-                    blob,
-                    diff_id,
-                    chain_id.clone(),
-                    parent_chain,
-                    parent,
-                    &progress_tx,
-                )
-                .await;
+            let result = this.bring_layer(&job, parent, &progress_tx).await;
             this.jobs
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .remove(&chain_id);
+                .remove(&job.chain_id);
             result
         }
         .boxed()
@@ -466,24 +454,19 @@ impl Puller {
                 progress: progress.clone(),
             },
         );
-        Ok((future, progress))
+        (future, progress)
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// Downloads and unpacks one layer (retrying what may pass), then
+    /// commits it once its parent is in.
     async fn bring_layer(
         &self,
-        client: &Client,
-        oref: &oci_client::Reference,
-        desc: &OciDescriptor,
-        blob: Digest,
-        diff_id: Digest,
-        chain_id: Digest,
-        parent_chain: Option<Digest>,
+        job: &LayerJob,
         parent: Option<LayerFuture>,
         progress: &watch::Sender<State>,
     ) -> Result<Arc<Layer>, Error> {
-        let id = short(&desc.digest);
-        let attempts = self.limits.max_download_attempts();
+        let id = short(&job.desc.digest);
+        let blob = &job.blob;
         let mut attempt = 1;
         let ingest_lock = Arc::clone(
             self.ingests
@@ -495,37 +478,40 @@ impl Puller {
         let (staging, unpacked) = loop {
             let writing = ingest_lock.lock().await;
             let admitted = self.limits.downloads.admit().await;
-            let result = self.fetch_layer(client, oref, desc, &blob, progress).await;
+            let result = self
+                .fetch_layer(&job.client, &job.oref, &job.desc, blob, progress)
+                .await;
             drop(admitted);
             drop(writing);
             match result {
                 Ok(done) => break done,
-                Err(err) if registry::retryable(&err) && attempt < attempts => {
-                    let delay = Duration::from_secs(1 << (attempt - 1).min(4));
-                    tracing::warn!(layer = %id, attempt, "layer download failed, retrying: {err}");
-                    progress.send_replace(State::Retrying {
-                        seconds: delay.as_secs(),
-                    });
-                    tokio::time::sleep(delay).await;
-                    attempt += 1;
-                }
-                Err(err) => {
-                    self.forget_ingest_lock(&blob, ingest_lock);
-                    return Err(err);
-                }
+                Err(err) => match self.retry().after(attempt, &err) {
+                    Some(delay) => {
+                        tracing::warn!(layer = %id, attempt, "layer download failed, retrying: {err}");
+                        progress.send_replace(State::Retrying {
+                            seconds: delay.as_secs(),
+                        });
+                        tokio::time::sleep(delay).await;
+                        attempt += 1;
+                    }
+                    None => {
+                        self.forget_ingest_lock(blob, ingest_lock);
+                        return Err(err);
+                    }
+                },
             }
         };
-        self.forget_ingest_lock(&blob, ingest_lock);
-        if unpacked.diff_id != diff_id {
+        self.forget_ingest_lock(blob, ingest_lock);
+        if unpacked.diff_id != job.diff_id {
             return Err(Error::InvalidArgument(format!(
-                "layer {id}: unpacked content has diffID {} but the config says {diff_id}",
-                unpacked.diff_id
+                "layer {id}: unpacked content has diffID {} but the config says {}",
+                unpacked.diff_id, job.diff_id
             )));
         }
         progress.send_replace(State::Extracting);
         if let Some(parent) = parent {
             parent.await?;
-        } else if let Some(parent_chain) = &parent_chain
+        } else if let Some(parent_chain) = &job.parent_chain
             && self.layers.get(parent_chain).is_none()
         {
             return Err(Error::Internal(format!(
@@ -534,11 +520,11 @@ impl Puller {
         }
         let layers = Arc::clone(&self.layers);
         let layer = Layer {
-            chain_id,
-            diff_id,
-            parent: parent_chain,
+            chain_id: job.chain_id.clone(),
+            diff_id: job.diff_id.clone(),
+            parent: job.parent_chain.clone(),
             size: unpacked.size,
-            blob: Some(blob),
+            blob: Some(blob.clone()),
             inodes: unpacked.entries,
             tar_size: unpacked.tar_size,
         };
@@ -547,6 +533,13 @@ impl Puller {
             .map_err(Error::internal)??;
         progress.send_replace(State::Complete);
         Ok(committed)
+    }
+
+    /// The retry policy in force (its attempts can change at runtime).
+    fn retry(&self) -> Retry {
+        Retry {
+            attempts: self.limits.max_download_attempts(),
+        }
     }
 
     /// Drops the blob's ingest lock from the map once nobody holds it.
@@ -614,16 +607,18 @@ impl Puller {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, oci_client::errors::OciDistributionError>>,
     {
-        let attempts = self.limits.max_download_attempts();
         let mut attempt = 1;
         loop {
             match call().await.map_err(|e| registry::error(what, e)) {
-                Err(err) if registry::retryable(&err) && attempt < attempts => {
-                    tracing::warn!(attempt, "{err}; retrying");
-                    tokio::time::sleep(Duration::from_millis(500 << (attempt - 1).min(4))).await;
-                    attempt += 1;
-                }
-                other => return other,
+                Err(err) => match self.retry().after(attempt, &err) {
+                    Some(delay) => {
+                        tracing::warn!(attempt, "{err}; retrying in {delay:?}");
+                        tokio::time::sleep(delay).await;
+                        attempt += 1;
+                    }
+                    None => return Err(err),
+                },
+                ok => return ok,
             }
         }
     }

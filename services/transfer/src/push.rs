@@ -18,8 +18,7 @@ use crate::content::ContentStore;
 use crate::layers::LayerStore;
 use crate::limits::Limits;
 use crate::metadata::{Metadata, config_diff_ids, config_labels};
-use crate::pull::Puller;
-use crate::registry;
+use crate::registry::{self, Registries};
 
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
@@ -32,7 +31,7 @@ pub struct Pusher {
     content: ContentStore,
     layers: Arc<LayerStore>,
     limits: Arc<Limits>,
-    puller: Arc<Puller>,
+    registries: Arc<Registries>,
     metadata: Metadata,
     events: Publisher,
 }
@@ -49,7 +48,7 @@ impl Pusher {
         content: ContentStore,
         layers: Arc<LayerStore>,
         limits: Arc<Limits>,
-        puller: Arc<Puller>,
+        registries: Arc<Registries>,
         metadata: Metadata,
         events: Publisher,
     ) -> Self {
@@ -57,7 +56,7 @@ impl Pusher {
             content,
             layers,
             limits,
-            puller,
+            registries,
             metadata,
             events,
         }
@@ -131,7 +130,7 @@ impl Pusher {
         self.content.write(&config_digest, &image.config)?;
 
         let auth = registry::auth(request.auth.as_ref());
-        let client = self.puller.registries().client(&reference, &auth);
+        let client = self.registries.client(&reference, &auth);
         let oref = registry::oci_reference(&reference);
         client
             .auth(&oref, &auth, RegistryOperation::Push)

@@ -283,6 +283,23 @@ pub fn retryable(err: &Error) -> bool {
     matches!(err, Error::Unavailable(_))
 }
 
+/// The one retry policy for registry traffic (manifests, configs, layers):
+/// only what [`retryable`] allows, at most `attempts` tries, waiting 1, 2,
+/// 4, 8 and then 16 seconds between them.
+#[derive(Clone, Copy, Debug)]
+pub struct Retry {
+    pub attempts: u32,
+}
+
+impl Retry {
+    /// How long to wait after try `attempt` (from 1) failed with `err`
+    /// before the next; `None` when there is to be no next.
+    pub fn after(&self, attempt: u32, err: &Error) -> Option<std::time::Duration> {
+        (retryable(err) && attempt < self.attempts)
+            .then(|| std::time::Duration::from_secs(1 << (attempt.max(1) - 1).min(4)))
+    }
+}
+
 fn error_chain(err: &dyn std::error::Error) -> String {
     let mut text = err.to_string();
     let mut source = err.source();
@@ -317,6 +334,23 @@ mod tests {
             "example.com:443",
         ] {
             assert!(!registries.is_insecure(host), "{host}");
+        }
+    }
+
+    #[test]
+    fn only_transport_failures_are_retried_with_growing_waits() {
+        let retry = Retry { attempts: 5 };
+        let down = Error::Unavailable("connection refused".into());
+        let waits: Vec<_> = (1..=5).map(|n| retry.after(n, &down)).collect();
+        let secs = |s| Some(std::time::Duration::from_secs(s));
+        assert_eq!(waits, [secs(1), secs(2), secs(4), secs(8), None]);
+        for refusal in [
+            Error::InvalidArgument("digest mismatch".into()),
+            Error::NotFound("manifest unknown".into()),
+            Error::ResourceExhausted("too many requests".into()),
+            Error::DeadlineExceeded("stalled".into()),
+        ] {
+            assert_eq!(retry.after(1, &refusal), None, "{refusal}");
         }
     }
 
