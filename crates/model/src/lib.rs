@@ -6,6 +6,7 @@
 //! - [`platform`]: OS/architecture/variant, normalization and matching.
 //! - [`timestamp`]: the timestamp forms `until`/`since` accept.
 //! - [`filters`]: `key=value` filter lists and reference globs.
+//! - [`media_type`]: the manifest, index, config and layer media types.
 //!
 //! The crate knows no transport: its [`Error`] says what input was wrong,
 //! in Docker's wording, and `imaged-common` maps it to a gRPC status, so a
@@ -15,6 +16,7 @@
 pub mod changes;
 pub mod digest;
 pub mod filters;
+pub mod media_type;
 pub mod platform;
 pub mod reference;
 pub mod timestamp;

@@ -23,10 +23,7 @@ use crate::metadata::{Metadata, config_diff_ids, config_labels};
 use crate::unpack::{self, HashingReader};
 
 const CHUNK: usize = 1 << 20;
-const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
-const OCI_LAYER: &str = "application/vnd.oci.image.layer.v1.tar";
+use imaged_model::media_type::{OCI_CONFIG, OCI_INDEX, OCI_LAYER, OCI_MANIFEST};
 
 /// What an export sends its caller.
 pub type Chunks = mpsc::Sender<Result<ExportImagesChunk, tonic::Status>>;

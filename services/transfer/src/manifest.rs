@@ -8,12 +8,8 @@ use oci_client::manifest::OciDescriptor;
 use serde::Deserialize;
 
 /// Manifest media types a pull accepts.
-pub(crate) const ACCEPTED: &[&str] = &[
-    "application/vnd.oci.image.index.v1+json",
-    "application/vnd.docker.distribution.manifest.list.v2+json",
-    "application/vnd.oci.image.manifest.v1+json",
-    "application/vnd.docker.distribution.manifest.v2+json",
-];
+pub(crate) use imaged_model::media_type::PULLABLE as ACCEPTED;
+use imaged_model::media_type::{DOCKER_AI_PREFIX, DOCKER_SCHEMA1_PREFIX};
 
 /// Largest config a pull reads into memory. Docker caps manifests at
 /// 4 MiB; a valid config with many labels or history entries can be
@@ -42,7 +38,7 @@ pub(crate) fn check_manifest(what: &str, bytes: &[u8], probe: &Probe) -> Result<
     }
     if let Some(media) = probe.media_type.as_deref()
         && !media.is_empty()
-        && !media.starts_with("application/vnd.docker.distribution.manifest.v1")
+        && !media.starts_with(DOCKER_SCHEMA1_PREFIX)
         && !ACCEPTED.contains(&media)
     {
         return Err(Error::InvalidArgument(format!(
@@ -158,7 +154,7 @@ pub(crate) fn check_media_type(media_type: &str) -> Result<(), Error> {
         "text/html",
         "",
     ];
-    if media_type.starts_with("application/vnd.docker.ai.") {
+    if media_type.starts_with(DOCKER_AI_PREFIX) {
         return Err(Error::InvalidArgument(
             "AI models are not yet supported by the Engine, please use \"docker model pull/run\" instead".into(),
         ));

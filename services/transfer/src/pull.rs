@@ -232,7 +232,7 @@ impl Puller {
             }
             None => {
                 if let Some(media) = probe.media_type.as_deref()
-                    && media.starts_with("application/vnd.docker.distribution.manifest.v1")
+                    && media.starts_with(imaged_model::media_type::DOCKER_SCHEMA1_PREFIX)
                 {
                     return Err(schema1(&shown));
                 }

@@ -20,8 +20,7 @@ use crate::limits::Limits;
 use crate::metadata::{Metadata, config_diff_ids, config_labels};
 use crate::registry::{self, Registries};
 
-const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+use imaged_model::media_type::{OCI_CONFIG, OCI_MANIFEST};
 
 /// What a push sends its caller.
 pub type Progress = mpsc::Sender<Result<PushImageProgress, tonic::Status>>;
@@ -269,14 +268,7 @@ fn blob_kind(path: &std::path::Path) -> Result<(u64, &'static str), Error> {
     let size = file.metadata()?.len();
     let mut magic = [0u8; 4];
     let n = file.read(&mut magic)?;
-    let media = if n >= 2 && magic[..2] == [0x1f, 0x8b] {
-        "application/vnd.oci.image.layer.v1.tar+gzip"
-    } else if n == 4 && magic == [0x28, 0xb5, 0x2f, 0xfd] {
-        "application/vnd.oci.image.layer.v1.tar+zstd"
-    } else {
-        "application/vnd.oci.image.layer.v1.tar"
-    };
-    Ok((size, media))
+    Ok((size, imaged_model::media_type::oci_layer_for(&magic[..n])))
 }
 
 fn line(id: &str, status: String) -> PushImageProgress {
