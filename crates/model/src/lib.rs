@@ -6,6 +6,7 @@
 //! - [`platform`]: OS/architecture/variant, normalization and matching.
 //! - [`timestamp`]: the timestamp forms `until`/`since` accept.
 //! - [`filters`]: `key=value` filter lists and reference globs.
+//! - [`image_config`]: image configs, parsed once and strictly.
 //! - [`media_type`]: the manifest, index, config and layer media types.
 //!
 //! The crate knows no transport: its [`Error`] says what input was wrong,
@@ -16,6 +17,7 @@
 pub mod changes;
 pub mod digest;
 pub mod filters;
+pub mod image_config;
 pub mod media_type;
 pub mod platform;
 pub mod reference;

@@ -12,9 +12,9 @@ use imaged_model::digest::chain_ids;
 use imaged_model::{Digest, Platform};
 use serde_json::{Value, json};
 
-use crate::image_config::ImageConfig;
 use crate::resolve::get_image;
 use crate::store::{Image, ImageMeta, Index, Tx};
+use imaged_model::image_config::ImageConfig;
 
 /// Answers the cached image for building `config` (a container config) on
 /// `parent` (empty: FROM scratch), or `None`.

@@ -9,10 +9,10 @@ use imaged_model::digest::chain_ids;
 use imaged_model::{Digest, Platform};
 use tonic::Code;
 
-use crate::image_config::ImageConfig;
 use crate::images::{Images, PendingEvent};
 use crate::resolve::get_image;
 use crate::store::{Image, ImageMeta};
+use imaged_model::image_config::ImageConfig;
 
 /// Validates `config`, checks its layers exist in the layer store, and
 /// stores it (byte for byte) with `parent`. Returns the image ID.

@@ -5,9 +5,9 @@ use imaged_common::Error;
 use imaged_model::Platform;
 use serde_json::Value;
 
-use crate::image_config::format_time;
 use crate::resolve::get_image;
 use crate::store::Index;
+use imaged_model::image_config::format_time;
 
 /// The zero time Docker shows for an image never tagged with TagImage.
 const ZERO_TIME: &str = "0001-01-01T00:00:00Z";

@@ -3,7 +3,6 @@
 mod cache;
 mod create;
 mod delete;
-mod image_config;
 mod images;
 mod inspect;
 mod list;

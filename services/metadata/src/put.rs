@@ -12,10 +12,10 @@ use imaged_common::Error;
 use imaged_model::ImageRef;
 use imaged_model::{Digest, Reference};
 
-use crate::image_config::ImageConfig;
 use crate::images::{Images, PendingEvent};
 use crate::resolve::{get_image, platform};
 use crate::store::{Image, ImageMeta, Index};
+use imaged_model::image_config::ImageConfig;
 
 /// Stores the config (if new), points the tags at it (moving them, as a
 /// pull does), adds the digest references, then sends the event.

@@ -18,7 +18,7 @@ use imaged_model::{Digest, Reference};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
-use crate::image_config::ImageConfig;
+use imaged_model::image_config::ImageConfig;
 
 /// Image ID → config bytes, exactly as received.
 const IMAGES: TableDefinition<&str, &[u8]> = TableDefinition::new("images");

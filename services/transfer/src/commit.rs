@@ -88,7 +88,7 @@ impl Committer {
         );
         set_text(&mut config, "author", &request.author);
         set_text(&mut config, "comment", &request.comment);
-        let mut diff_ids = config_diff_ids(&parent_config);
+        let mut diff_ids = config_diff_ids(&parent_config)?;
         let empty_layer = layer.diff_id == empty_tar_digest();
         if !empty_layer {
             diff_ids.push(layer.diff_id.clone());
@@ -128,12 +128,12 @@ impl Committer {
     /// image's ID (the original stays).
     pub async fn squash(&self, request: SquashImageRequest) -> Result<String, Error> {
         let (image_id, config) = self.image_config(&request.image).await?;
-        let diff_ids = config_diff_ids(&config);
+        let diff_ids = config_diff_ids(&config)?;
         let (parent_ids, parent_history_len) = match request.parent.as_str() {
             "" => (Vec::new(), 0),
             parent => {
                 let (parent_id, parent_config) = self.image_config(parent).await?;
-                let ids = config_diff_ids(&parent_config);
+                let ids = config_diff_ids(&parent_config)?;
                 if !diff_ids.starts_with(&ids) {
                     return Err(Error::InvalidArgument(format!(
                         "layer ID '{parent_id}' is not a parent of the specified layer: cannot provide diff to non-parent"

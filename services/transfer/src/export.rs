@@ -87,7 +87,7 @@ impl Exporter {
     fn plan(&self, image: ExportedImage) -> Result<Planned, Error> {
         let config: Value = serde_json::from_slice(&image.config)
             .map_err(|e| Error::Internal(format!("stored config of {}: {e}", image.id)))?;
-        let diff_ids = config_diff_ids(&config);
+        let diff_ids = config_diff_ids(&config)?;
         if diff_ids.is_empty() {
             return Err(Error::InvalidArgument(
                 "empty export - not implemented".into(),

@@ -14,6 +14,7 @@ use bytes::Bytes;
 use imaged_api::v1::{LoadImagesRequest, LoadImagesResponse, PutImageRequest};
 use imaged_common::Error;
 use imaged_model::digest::chain_ids;
+use imaged_model::image_config::ImageConfig;
 use imaged_model::{Digest, Platform, Reference};
 use serde::Deserialize;
 use tokio::sync::mpsc;
@@ -45,23 +46,6 @@ struct Entry {
 }
 
 /// What a load needs from an image config.
-#[derive(Deserialize)]
-struct Config {
-    #[serde(default)]
-    os: String,
-    #[serde(default)]
-    architecture: String,
-    #[serde(default)]
-    variant: String,
-    rootfs: Option<RootFs>,
-}
-
-#[derive(Deserialize)]
-struct RootFs {
-    #[serde(default)]
-    diff_ids: Vec<String>,
-}
-
 /// The load engine.
 pub struct Loader {
     content: ContentStore,
@@ -162,36 +146,28 @@ impl Loader {
         let mut last_tagged = false;
         for entry in entries {
             let config = read_capped(&inside(&dir, &entry.config)?, MAX_JSON_BLOB, "config")?;
-            let parsed: Config = serde_json::from_slice(&config)
-                .map_err(|e| Error::InvalidArgument(format!("config {}: {e}", entry.config)))?;
+            let parsed = ImageConfig::parse(&config)?;
+            let image_platform = parsed.platform.clone();
             let host = Platform::host();
-            if !parsed.os.is_empty() && !parsed.os.eq_ignore_ascii_case(&host.os) {
+            if !image_platform.os.is_empty() && !image_platform.os.eq_ignore_ascii_case(&host.os) {
                 return Err(Error::InvalidArgument(format!(
                     "cannot load {} image on {}",
-                    parsed.os, host.os
+                    image_platform.os, host.os
                 )));
             }
-            let image_platform = Platform::new(&parsed.os, &parsed.architecture, &parsed.variant);
             if let Some(wanted) = &platform
                 && !wanted.runs(&image_platform)
             {
                 continue; // Docker skips it silently
             }
-            let rootfs = parsed.rootfs.ok_or_else(|| {
-                Error::InvalidArgument("invalid image JSON, no RootFS key".into())
-            })?;
-            if rootfs.diff_ids.len() != entry.layers.len() {
+            let diff_ids = parsed.diff_ids;
+            if diff_ids.len() != entry.layers.len() {
                 return Err(Error::InvalidArgument(format!(
                     "invalid manifest, layers length mismatch: expected {}, got {}",
-                    rootfs.diff_ids.len(),
+                    diff_ids.len(),
                     entry.layers.len()
                 )));
             }
-            let diff_ids = rootfs
-                .diff_ids
-                .iter()
-                .map(|d| d.parse::<Digest>())
-                .collect::<Result<Vec<_>, _>>()?;
             let tags = entry
                 .repo_tags
                 .unwrap_or_default()

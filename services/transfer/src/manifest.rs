@@ -95,25 +95,6 @@ pub(crate) struct Manifest {
     pub(crate) layers: Vec<OciDescriptor>,
 }
 
-/// What a pull needs from the image config.
-#[derive(Deserialize)]
-pub(crate) struct ConfigProbe {
-    pub(crate) rootfs: Option<RootFs>,
-    #[serde(default)]
-    pub(crate) os: String,
-    #[serde(default)]
-    pub(crate) architecture: String,
-    #[serde(default)]
-    pub(crate) variant: String,
-}
-
-/// The config's layer list.
-#[derive(Deserialize)]
-pub(crate) struct RootFs {
-    #[serde(default)]
-    pub(crate) diff_ids: Vec<String>,
-}
-
 /// Picks the index entry for `platform` with Docker's matching: an exact
 /// match first, else the best compatible one.
 pub(crate) fn choose_platform(

@@ -14,6 +14,7 @@ use imaged_api::v1::{
 use imaged_common::Error;
 use imaged_common::peer::Peer;
 use imaged_model::Digest;
+use imaged_model::image_config::ImageConfig;
 use serde_json::Value;
 
 /// The metadata peer, with the calls transfer makes.
@@ -113,16 +114,11 @@ impl Metadata {
     }
 }
 
-/// The diffIDs of an image config, bottom first.
-pub fn config_diff_ids(config: &Value) -> Vec<Digest> {
-    config["rootfs"]["diff_ids"]
-        .as_array()
-        .map(|ids| {
-            ids.iter()
-                .filter_map(|d| d.as_str()?.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default()
+/// The diffIDs of an image config, bottom first; a config that is not
+/// valid (a diffID that is not a digest among them) is refused, never
+/// read in part.
+pub fn config_diff_ids(config: &Value) -> Result<Vec<Digest>, Error> {
+    Ok(ImageConfig::from_value(config)?.diff_ids)
 }
 
 /// The labels of an image config (events copy them).

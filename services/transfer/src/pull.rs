@@ -16,6 +16,7 @@ use futures::{StreamExt, stream};
 use imaged_api::v1::{PullImageProgress, PullImageRequest, PutImageRequest};
 use imaged_common::Error;
 use imaged_model::digest::chain_ids;
+use imaged_model::image_config::ImageConfig;
 use imaged_model::{Digest, Platform, Reference};
 use oci_client::Client;
 use oci_client::manifest::OciDescriptor;
@@ -27,8 +28,8 @@ use crate::layers::{Layer, LayerStore};
 use crate::leases::Leases;
 use crate::limits::Limits;
 use crate::manifest::{
-    ACCEPTED, ConfigProbe, MANIFEST_TIMEOUT, MAX_JSON_BLOB, MAX_MANIFEST, Manifest, Probe,
-    check_depth, check_manifest, check_media_type, choose_platform, schema1,
+    ACCEPTED, MANIFEST_TIMEOUT, MAX_JSON_BLOB, MAX_MANIFEST, Manifest, Probe, check_depth,
+    check_manifest, check_media_type, choose_platform, schema1,
 };
 use crate::metadata::Metadata;
 use crate::registry::{self, Registries, Retry};
@@ -267,15 +268,15 @@ impl Puller {
                 bytes
             }
         };
-        let probe: ConfigProbe = serde_json::from_slice(&config)
+        let image_config = ImageConfig::parse(&config)
             .map_err(|e| Error::InvalidArgument(format!("config of {shown}: {e}")))?;
-        if !probe.os.is_empty() && !probe.os.eq_ignore_ascii_case(&platform.os) {
+        let image_platform = image_config.platform.clone();
+        if !image_platform.os.is_empty() && !image_platform.os.eq_ignore_ascii_case(&platform.os) {
             return Err(Error::InvalidArgument(format!(
                 "image operating system \"{}\" cannot be used on this platform",
-                probe.os
+                image_platform.os
             )));
         }
-        let image_platform = Platform::new(&probe.os, &probe.architecture, &probe.variant);
         if request.platform.is_some() && !platform.runs_with_fallback(&image_platform) {
             // Docker pulls it anyway and says so.
             send(
@@ -290,21 +291,14 @@ impl Puller {
             )
             .await;
         }
-        let rootfs = probe.rootfs.ok_or_else(|| {
-            Error::InvalidArgument("invalid rootfs in image configuration".into())
-        })?;
-        if rootfs.diff_ids.len() != manifest.layers.len() {
+        let diff_ids = image_config.diff_ids;
+        if diff_ids.len() != manifest.layers.len() {
             return Err(Error::InvalidArgument(format!(
                 "{shown}: the manifest has {} layers but the config {} diff IDs",
                 manifest.layers.len(),
-                rootfs.diff_ids.len()
+                diff_ids.len()
             )));
         }
-        let diff_ids = rootfs
-            .diff_ids
-            .iter()
-            .map(|d| d.parse::<Digest>())
-            .collect::<Result<Vec<_>, _>>()?;
         let chains = chain_ids(&diff_ids);
         let _lease = self.leases.lease(&chains);
 

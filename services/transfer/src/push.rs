@@ -101,7 +101,7 @@ impl Pusher {
         };
         let config: serde_json::Value = serde_json::from_slice(&image.config)
             .map_err(|e| Error::Internal(format!("stored config of {shown}: {e}")))?;
-        let diff_ids = config_diff_ids(&config);
+        let diff_ids = config_diff_ids(&config)?;
         let mut uploads = Vec::new();
         for chain in chain_ids(&diff_ids) {
             let layer = self.layers.get(&chain).ok_or_else(|| {

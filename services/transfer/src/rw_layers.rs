@@ -41,7 +41,7 @@ impl RwLayers {
     ) -> Result<(String, Option<Digest>), Error> {
         let answer = self.metadata.image_config(image, platform).await?;
         let config: Value = serde_json::from_slice(&answer.config).map_err(Error::internal)?;
-        let diff_ids = config_diff_ids(&config);
+        let diff_ids = config_diff_ids(&config)?;
         Ok((answer.id, chain_id(&diff_ids)))
     }
 

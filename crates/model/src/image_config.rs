@@ -1,10 +1,10 @@
 //! Image configs: the JSON stored byte for byte, and what imaged reads
-//! out of it.
+//! out of it, parsed once and strictly here for every process (metadata
+//! records it; transfer pulls, loads, pushes, exports and commits by it).
 
 use std::collections::BTreeMap;
 
-use imaged_common::Error;
-use imaged_model::{Digest, Platform};
+use crate::{Digest, Error, Platform};
 use serde_json::Value;
 
 /// One `history` entry of a config.
@@ -43,6 +43,11 @@ impl ImageConfig {
         }
         let json: Value = serde_json::from_slice(bytes)
             .map_err(|e| Error::InvalidArgument(format!("invalid image JSON: {e}")))?;
+        Self::from_value(&json)
+    }
+
+    /// [`ImageConfig::parse`] of a config already read as JSON.
+    pub fn from_value(json: &Value) -> Result<Self, Error> {
         let Some(object) = json.as_object() else {
             return Err(Error::InvalidArgument(
                 "invalid image JSON: not an object".into(),
