@@ -6,20 +6,18 @@
 //! mounted. Records are written atomically; the image layers a container
 //! stands on are kept in the store while it exists.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::fs;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
-use imaged_api::v1::{Change, Mount, change};
+use imaged_api::v1::{Change, Mount};
 use imaged_common::Error;
 use imaged_model::Digest;
 use serde::{Deserialize, Serialize};
 
-use crate::beneath::{Kind, Root};
 use crate::layers::LayerStore;
-use crate::whiteout::{is_opaque, is_whiteout};
+use crate::storage::{LayerDir, StorageDriver};
 
 /// What a container's layer was made from.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -38,7 +36,7 @@ pub struct Container {
 /// The read-write layers and the read-only image leases.
 pub struct Containers {
     dir: PathBuf,
-    overlay: bool,
+    storage: Arc<dyn StorageDriver>,
     layers: Arc<LayerStore>,
     records: RwLock<HashMap<String, Container>>,
     /// MountImage leases: lease ID → the chain held.
@@ -47,7 +45,11 @@ pub struct Containers {
 
 impl Containers {
     /// Opens `<data_dir>/containers`, loading every complete record.
-    pub fn open(data_dir: &Path, overlay: bool, layers: Arc<LayerStore>) -> anyhow::Result<Self> {
+    pub fn open(
+        data_dir: &Path,
+        storage: Arc<dyn StorageDriver>,
+        layers: Arc<LayerStore>,
+    ) -> anyhow::Result<Self> {
         let dir = data_dir.join("containers");
         fs::create_dir_all(&dir)?;
         let mut records = HashMap::new();
@@ -74,7 +76,7 @@ impl Containers {
         }
         Ok(Containers {
             dir,
-            overlay,
+            storage,
             layers,
             records: RwLock::new(records),
             leases: Mutex::new(HashMap::new()),
@@ -148,14 +150,11 @@ impl Containers {
         let _ = fs::remove_dir_all(&staging);
         let result = (|| -> Result<(), Error> {
             fs::create_dir_all(staging.join("diff"))?;
-            if self.overlay {
-                fs::create_dir_all(staging.join("work"))?;
-            } else {
-                // vfs: the image's files, applied bottom up.
-                for lower in self.lower_dirs(record.chain_id.as_ref())?.iter().rev() {
-                    crate::merge::apply_layer(lower, &staging.join("diff"))?;
-                }
-            }
+            let lowers = self.lower_dirs(record.chain_id.as_ref())?;
+            self.storage.create(&LayerDir {
+                own: &staging,
+                lowers: &lowers,
+            })?;
             fs::write(
                 staging.join("container.json"),
                 serde_json::to_vec_pretty(&record).map_err(Error::internal)?,
@@ -194,43 +193,20 @@ impl Containers {
     /// The mounts and folders of a container's layer.
     pub fn mounts(&self, record: &Container) -> Result<(Vec<Mount>, Vec<String>), Error> {
         let own = self.dir.join(&record.container_id);
-        let upper = own.join("diff");
         let lowers = self.lower_dirs(record.chain_id.as_ref())?;
+        let layer = LayerDir {
+            own: &own,
+            lowers: &lowers,
+        };
         let mut folders: Vec<String> = lowers
             .iter()
             .rev()
             .map(|d| d.display().to_string())
             .collect();
-        folders.push(upper.display().to_string());
+        folders.push(layer.upper().display().to_string());
         let label =
             (!record.mount_label.is_empty()).then(|| format!("context=\"{}\"", record.mount_label));
-        let mount = if self.overlay && !lowers.is_empty() {
-            let lowerdir = lowers
-                .iter()
-                .map(|d| d.display().to_string())
-                .collect::<Vec<_>>()
-                .join(":");
-            let mut options = vec![
-                format!("lowerdir={lowerdir}"),
-                format!("upperdir={}", upper.display()),
-                format!("workdir={}", own.join("work").display()),
-            ];
-            options.extend(label);
-            Mount {
-                r#type: "overlay".into(),
-                source: "overlay".into(),
-                options,
-            }
-        } else {
-            let mut options = vec!["rbind".to_string(), "rw".to_string()];
-            options.extend(label);
-            Mount {
-                r#type: "bind".into(),
-                source: upper.display().to_string(),
-                options,
-            }
-        };
-        Ok((vec![mount], folders))
+        Ok((vec![self.storage.mount(&layer, label)], folders))
     }
 
     /// Read-only mounts of an image's layers, held by a new lease.
@@ -286,14 +262,7 @@ impl Containers {
 
     /// What the container changed, Docker's way, sorted by path.
     pub fn changes(&self, record: &Container) -> Result<Vec<Change>, Error> {
-        let upper = self.dir.join(&record.container_id).join("diff");
-        let lowers = self.lower_dirs(record.chain_id.as_ref())?;
-        let mut changes: BTreeMap<String, change::Kind> = BTreeMap::new();
-        if self.overlay {
-            overlay_changes(&upper, Path::new(""), &lowers, &mut changes)?;
-        } else {
-            copy_changes(&upper, &lowers, &mut changes)?;
-        }
+        let changes = self.with_layer(record, |layer| self.storage.changes(layer))?;
         Ok(changes
             .into_iter()
             .map(|(path, kind)| Change {
@@ -306,59 +275,26 @@ impl Containers {
     /// Writes the container's changes into the empty directory `dir`, in
     /// overlay form (whiteouts for deletions): the layer a commit makes.
     pub fn diff_into(&self, record: &Container, dir: &Path) -> Result<(), Error> {
-        let upper = self.dir.join(&record.container_id).join("diff");
-        if self.overlay {
-            return crate::merge::apply(&upper, dir, true);
-        }
-        let root = Root::open(dir)?;
-        for change in self.changes(record)? {
-            let rel = Path::new(change.path.trim_start_matches('/'));
-            let at = root.entry(rel)?;
-            if change.kind == change::Kind::Delete as i32 {
-                at.remove()?;
-                at.whiteout()?;
-                continue;
-            }
-            let from = upper.join(rel);
-            let meta = fs::symlink_metadata(&from)?;
-            if meta.is_dir() {
-                if at.stat()? != Some(Kind::Dir) {
-                    at.remove()?;
-                    at.mkdir()?;
-                }
-                at.chmod(meta.mode())?;
-            } else if meta.file_type().is_symlink() {
-                at.remove()?;
-                at.symlink(&fs::read_link(&from)?)?;
-            } else {
-                at.remove()?;
-                let mut source = fs::File::open(&from)?;
-                crate::unpack::write_sparse(&mut source, &mut at.create_file()?)?;
-                crate::merge::copy_metadata(&from, &at, &meta)?;
-            }
-        }
-        Ok(())
+        self.with_layer(record, |layer| self.storage.diff_into(layer, dir))
     }
 
     /// Bytes the container wrote.
     pub fn rw_size(&self, record: &Container) -> Result<u64, Error> {
-        let upper = self.dir.join(&record.container_id).join("diff");
-        if self.overlay {
-            return Ok(tree_size(&upper)?);
-        }
-        // vfs: the bytes of added and modified files.
-        let mut size = 0;
-        for change in self.changes(record)? {
-            if change.kind != change::Kind::Delete as i32 {
-                let path = upper.join(change.path.trim_start_matches('/'));
-                if let Ok(meta) = fs::symlink_metadata(&path)
-                    && meta.is_file()
-                {
-                    size += meta.len();
-                }
-            }
-        }
-        Ok(size)
+        self.with_layer(record, |layer| self.storage.size(layer))
+    }
+
+    /// Runs `work` on the container's layer directory.
+    fn with_layer<T>(
+        &self,
+        record: &Container,
+        work: impl FnOnce(&LayerDir<'_>) -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        let own = self.dir.join(&record.container_id);
+        let lowers = self.lower_dirs(record.chain_id.as_ref())?;
+        work(&LayerDir {
+            own: &own,
+            lowers: &lowers,
+        })
     }
 }
 
@@ -379,182 +315,6 @@ fn check_id(id: &str) -> Result<(), Error> {
     }
 }
 
-/// Whether `rel` exists in the image's merged view of `lowers` (top
-/// first), whiteouts and opaque directories applied.
-fn lower_has(lowers: &[PathBuf], rel: &Path) -> bool {
-    lower_meta(lowers, rel).is_some()
-}
-
-/// The metadata of `rel` in the image's merged view of `lowers` (top
-/// first): the topmost layer that has it, unless a whiteout or an opaque
-/// ancestor in a higher layer hides it.
-fn lower_meta(lowers: &[PathBuf], rel: &Path) -> Option<fs::Metadata> {
-    for lower in lowers {
-        if let Ok(meta) = fs::symlink_metadata(lower.join(rel)) {
-            return (!is_whiteout(&meta)).then_some(meta);
-        }
-        // An opaque ancestor in this layer hides everything below.
-        let mut ancestor = rel.parent();
-        while let Some(dir) = ancestor {
-            if dir.as_os_str().is_empty() {
-                break;
-            }
-            if is_opaque(&lower.join(dir)) {
-                return None;
-            }
-            ancestor = dir.parent();
-        }
-    }
-    None
-}
-
-/// The names in directory `rel` of the image's merged view.
-fn lower_names(lowers: &[PathBuf], rel: &Path) -> HashSet<std::ffi::OsString> {
-    let mut names = HashSet::new();
-    let mut hidden = HashSet::new();
-    for lower in lowers {
-        let dir = lower.join(rel);
-        let Ok(entries) = fs::read_dir(&dir) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            let name = entry.file_name();
-            if hidden.contains(&name) {
-                continue;
-            }
-            match entry.metadata() {
-                Ok(meta) if is_whiteout(&meta) => {
-                    hidden.insert(name);
-                }
-                Ok(_) => {
-                    hidden.insert(name.clone());
-                    names.insert(name);
-                }
-                Err(_) => {}
-            }
-        }
-        if is_opaque(&dir) {
-            break; // nothing below shows through
-        }
-    }
-    names
-}
-
-/// overlay2: every entry of the upper dir is a change.
-fn overlay_changes(
-    upper: &Path,
-    rel: &Path,
-    lowers: &[PathBuf],
-    out: &mut BTreeMap<String, change::Kind>,
-) -> Result<(), Error> {
-    let dir = upper.join(rel);
-    for entry in fs::read_dir(&dir)? {
-        let entry = entry?;
-        let child = rel.join(entry.file_name());
-        let meta = entry.metadata()?;
-        let shown = format!("/{}", child.display());
-        if is_whiteout(&meta) {
-            out.insert(shown, change::Kind::Delete);
-            continue;
-        }
-        let kind = if lower_has(lowers, &child) {
-            change::Kind::Modify
-        } else {
-            change::Kind::Add
-        };
-        if meta.is_dir() {
-            // A directory copied up only to hold changed children is not
-            // itself a change unless it is new.
-            if kind == change::Kind::Add || is_opaque(&entry.path()) {
-                out.insert(shown, kind);
-            }
-            overlay_changes(upper, &child, lowers, out)?;
-        } else {
-            out.insert(shown, kind);
-        }
-    }
-    // Parents of changed entries are modified, as Docker reports them.
-    let parent = format!("/{}", rel.display());
-    if !rel.as_os_str().is_empty()
-        && out.keys().any(|k| k.starts_with(&format!("{parent}/")))
-        && !out.contains_key(&parent)
-    {
-        out.insert(parent, change::Kind::Modify);
-    }
-    Ok(())
-}
-
-/// vfs: compare the full copy with the image's merged view, by metadata,
-/// without materializing the image.
-fn copy_changes(
-    copy: &Path,
-    lowers: &[PathBuf],
-    out: &mut BTreeMap<String, change::Kind>,
-) -> Result<(), Error> {
-    diff_against_image(copy, lowers, Path::new(""), out)
-}
-
-fn diff_against_image(
-    copy: &Path,
-    lowers: &[PathBuf],
-    rel: &Path,
-    out: &mut BTreeMap<String, change::Kind>,
-) -> Result<(), Error> {
-    let mut seen = HashSet::new();
-    for entry in fs::read_dir(copy.join(rel))? {
-        let entry = entry?;
-        let child = rel.join(entry.file_name());
-        seen.insert(entry.file_name());
-        let shown = format!("/{}", child.display());
-        let now = entry.metadata()?;
-        match lower_meta(lowers, &child) {
-            None => {
-                out.insert(shown, change::Kind::Add);
-                if now.is_dir() {
-                    diff_against_image(copy, lowers, &child, out)?;
-                }
-            }
-            Some(before) => {
-                let differs = before.mode() != now.mode()
-                    || before.uid() != now.uid()
-                    || before.gid() != now.gid()
-                    || (!now.is_dir()
-                        && (before.len() != now.len() || before.mtime() != now.mtime()));
-                if differs {
-                    out.insert(shown, change::Kind::Modify);
-                }
-                if now.is_dir() && before.is_dir() {
-                    diff_against_image(copy, lowers, &child, out)?;
-                }
-            }
-        }
-    }
-    for name in lower_names(lowers, rel) {
-        if !seen.contains(&name) {
-            out.insert(
-                format!("/{}", rel.join(name).display()),
-                change::Kind::Delete,
-            );
-        }
-    }
-    Ok(())
-}
-
-/// Bytes of the regular files under `dir`.
-fn tree_size(dir: &Path) -> std::io::Result<u64> {
-    let mut size = 0;
-    for entry in fs::read_dir(dir)? {
-        let entry = entry?;
-        let meta = entry.metadata()?;
-        if meta.is_dir() {
-            size += tree_size(&entry.path())?;
-        } else if meta.is_file() {
-            size += meta.len();
-        }
-    }
-    Ok(size)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -563,7 +323,12 @@ mod tests {
     fn records_survive_reopen_and_half_made_layers_are_dropped() {
         let dir = tempfile::tempdir().unwrap();
         let layers = Arc::new(LayerStore::open(dir.path()).unwrap());
-        let containers = Containers::open(dir.path(), true, Arc::clone(&layers)).unwrap();
+        let containers = Containers::open(
+            dir.path(),
+            Arc::new(crate::storage::overlay::Overlay),
+            Arc::clone(&layers),
+        )
+        .unwrap();
         let made = containers.create("c1", "", None, "").unwrap();
         assert!(matches!(
             containers.create("c1", "", None, ""),
@@ -583,7 +348,12 @@ mod tests {
         .unwrap();
         drop(containers);
 
-        let containers = Containers::open(dir.path(), true, layers).unwrap();
+        let containers = Containers::open(
+            dir.path(),
+            Arc::new(crate::storage::overlay::Overlay),
+            layers,
+        )
+        .unwrap();
         assert_eq!(containers.get("c1").unwrap().mount_id, made.mount_id);
         assert!(!half.exists());
         let (mounts, folders) = containers.mounts(&made).unwrap();

@@ -61,6 +61,14 @@ impl Driver {
         })
     }
 
+    /// The implementation of the chosen driver.
+    pub fn storage(&self) -> std::sync::Arc<dyn crate::storage::StorageDriver> {
+        match self.kind {
+            DriverKind::Overlay2 => std::sync::Arc::new(crate::storage::overlay::Overlay),
+            DriverKind::Vfs => std::sync::Arc::new(crate::storage::vfs::Vfs),
+        }
+    }
+
     /// The name Docker shows as "Storage Driver".
     pub fn name(&self) -> &'static str {
         match self.kind {

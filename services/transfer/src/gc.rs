@@ -168,7 +168,14 @@ mod tests {
         let layers = Arc::new(LayerStore::open(dir.path()).unwrap());
         let content = ContentStore::open(&dir.path().join("content")).unwrap();
         let leases = Arc::new(Leases::new());
-        let containers = Arc::new(Containers::open(dir.path(), true, Arc::clone(&layers)).unwrap());
+        let containers = Arc::new(
+            Containers::open(
+                dir.path(),
+                Arc::new(crate::storage::overlay::Overlay),
+                Arc::clone(&layers),
+            )
+            .unwrap(),
+        );
         let add = |name: &str, parent: Option<&Digest>| {
             let diff_id = Digest::sha256_of(name.as_bytes());
             let chain_id = match parent {

@@ -27,6 +27,7 @@ mod push;
 mod registry;
 mod rw_layers;
 mod service;
+mod storage;
 mod tar_limits;
 mod unpack;
 mod whiteout;
@@ -134,7 +135,7 @@ fn main() {
         ));
         let containers = Arc::new(containers::Containers::open(
             &config.data_dir,
-            driver.name() == "overlay2",
+            driver.storage(),
             Arc::clone(&layers),
         )?);
         let rw_layers = Arc::new(rw_layers::RwLayers::new(

@@ -1,0 +1,137 @@
+//! Storage drivers: how a container's read-write layer over an image's
+//! layers is made, mounted and read back. One implementation each for
+//! overlay2 ([`overlay`]: an overlay mount of the layer dirs and the
+//! container's own upper dir) and vfs ([`vfs`]: a full copy, bind mounted),
+//! as containerd keeps `core/snapshots` with its overlay and native
+//! snapshotters. Which one runs is chosen once, at start-up
+//! ([`crate::driver`]); the rest of imaged-transfer only calls the trait.
+
+pub mod overlay;
+pub mod vfs;
+
+use std::collections::{BTreeMap, HashSet};
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use imaged_api::v1::{Mount, change};
+use imaged_common::Error;
+
+use crate::whiteout::{is_opaque, is_whiteout};
+
+/// What a container changed: path (from `/`) → kind, sorted by path.
+pub type Changes = BTreeMap<String, change::Kind>;
+
+/// A container layer's directory: `diff/` holds what it wrote (the
+/// overlay upper dir, or the vfs copy), and a driver may keep more.
+pub struct LayerDir<'a> {
+    /// `<containers>/<id>`.
+    pub own: &'a Path,
+    /// The image's layer dirs, top first (overlayfs' lowerdir order).
+    pub lowers: &'a [PathBuf],
+}
+
+impl LayerDir<'_> {
+    /// Where the container's own files are.
+    pub fn upper(&self) -> PathBuf {
+        self.own.join("diff")
+    }
+}
+
+/// One storage driver.
+pub trait StorageDriver: Send + Sync {
+    /// Makes a new layer in `layer.own` (already holding an empty
+    /// `diff/`): blocking, a vfs copy can take long.
+    fn create(&self, layer: &LayerDir<'_>) -> Result<(), Error>;
+
+    /// The mount that shows the container its files; `label` is an SELinux
+    /// mount option.
+    fn mount(&self, layer: &LayerDir<'_>, label: Option<String>) -> Mount;
+
+    /// What the container changed, Docker's way.
+    fn changes(&self, layer: &LayerDir<'_>) -> Result<Changes, Error>;
+
+    /// Writes the container's changes into the empty directory `dir` in
+    /// overlay form (whiteouts for deletions): the layer a commit makes.
+    fn diff_into(&self, layer: &LayerDir<'_>, dir: &Path) -> Result<(), Error>;
+
+    /// Bytes the container wrote.
+    fn size(&self, layer: &LayerDir<'_>) -> Result<u64, Error>;
+}
+
+// The image's merged view, read from its layer dirs without mounting.
+
+/// Whether `rel` exists in the image's merged view of `lowers` (top
+/// first), whiteouts and opaque directories applied.
+pub(crate) fn lower_has(lowers: &[PathBuf], rel: &Path) -> bool {
+    lower_meta(lowers, rel).is_some()
+}
+
+/// The metadata of `rel` in the image's merged view of `lowers` (top
+/// first): the topmost layer that has it, unless a whiteout or an opaque
+/// ancestor in a higher layer hides it.
+pub(crate) fn lower_meta(lowers: &[PathBuf], rel: &Path) -> Option<fs::Metadata> {
+    for lower in lowers {
+        if let Ok(meta) = fs::symlink_metadata(lower.join(rel)) {
+            return (!is_whiteout(&meta)).then_some(meta);
+        }
+        // An opaque ancestor in this layer hides everything below.
+        let mut ancestor = rel.parent();
+        while let Some(dir) = ancestor {
+            if dir.as_os_str().is_empty() {
+                break;
+            }
+            if is_opaque(&lower.join(dir)) {
+                return None;
+            }
+            ancestor = dir.parent();
+        }
+    }
+    None
+}
+
+/// The names in directory `rel` of the image's merged view.
+pub(crate) fn lower_names(lowers: &[PathBuf], rel: &Path) -> HashSet<std::ffi::OsString> {
+    let mut names = HashSet::new();
+    let mut hidden = HashSet::new();
+    for lower in lowers {
+        let dir = lower.join(rel);
+        let Ok(entries) = fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            if hidden.contains(&name) {
+                continue;
+            }
+            match entry.metadata() {
+                Ok(meta) if is_whiteout(&meta) => {
+                    hidden.insert(name);
+                }
+                Ok(_) => {
+                    hidden.insert(name.clone());
+                    names.insert(name);
+                }
+                Err(_) => {}
+            }
+        }
+        if is_opaque(&dir) {
+            break; // nothing below shows through
+        }
+    }
+    names
+}
+
+/// Bytes of the regular files under `dir`.
+pub(crate) fn tree_size(dir: &Path) -> std::io::Result<u64> {
+    let mut size = 0;
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let meta = entry.metadata()?;
+        if meta.is_dir() {
+            size += tree_size(&entry.path())?;
+        } else if meta.is_file() {
+            size += meta.len();
+        }
+    }
+    Ok(size)
+}

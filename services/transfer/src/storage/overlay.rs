@@ -1,0 +1,104 @@
+//! overlay2: a container's layer is an overlay mount of the image's layer
+//! dirs (lower) and its own `diff/` (upper) with `work/`; every entry of the
+//! upper dir is a change.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use imaged_api::v1::{Mount, change};
+use imaged_common::Error;
+
+use super::{Changes, LayerDir, StorageDriver, lower_has, tree_size};
+use crate::whiteout::{is_opaque, is_whiteout};
+
+/// The overlay2 driver.
+pub struct Overlay;
+
+impl StorageDriver for Overlay {
+    fn create(&self, layer: &LayerDir<'_>) -> Result<(), Error> {
+        fs::create_dir_all(layer.own.join("work"))?;
+        Ok(())
+    }
+
+    fn mount(&self, layer: &LayerDir<'_>, label: Option<String>) -> Mount {
+        if layer.lowers.is_empty() {
+            // From scratch: nothing to lay over.
+            return super::vfs::bind(&layer.upper(), label);
+        }
+        let lowerdir = layer
+            .lowers
+            .iter()
+            .map(|d| d.display().to_string())
+            .collect::<Vec<_>>()
+            .join(":");
+        let mut options = vec![
+            format!("lowerdir={lowerdir}"),
+            format!("upperdir={}", layer.upper().display()),
+            format!("workdir={}", layer.own.join("work").display()),
+        ];
+        options.extend(label);
+        Mount {
+            r#type: "overlay".into(),
+            source: "overlay".into(),
+            options,
+        }
+    }
+
+    fn changes(&self, layer: &LayerDir<'_>) -> Result<Changes, Error> {
+        let mut changes = Changes::new();
+        overlay_changes(&layer.upper(), Path::new(""), layer.lowers, &mut changes)?;
+        Ok(changes)
+    }
+
+    fn diff_into(&self, layer: &LayerDir<'_>, dir: &Path) -> Result<(), Error> {
+        crate::merge::apply(&layer.upper(), dir, true)
+    }
+
+    fn size(&self, layer: &LayerDir<'_>) -> Result<u64, Error> {
+        Ok(tree_size(&layer.upper())?)
+    }
+}
+
+/// overlay2: every entry of the upper dir is a change.
+fn overlay_changes(
+    upper: &Path,
+    rel: &Path,
+    lowers: &[PathBuf],
+    out: &mut Changes,
+) -> Result<(), Error> {
+    let dir = upper.join(rel);
+    for entry in fs::read_dir(&dir)? {
+        let entry = entry?;
+        let child = rel.join(entry.file_name());
+        let meta = entry.metadata()?;
+        let shown = format!("/{}", child.display());
+        if is_whiteout(&meta) {
+            out.insert(shown, change::Kind::Delete);
+            continue;
+        }
+        let kind = if lower_has(lowers, &child) {
+            change::Kind::Modify
+        } else {
+            change::Kind::Add
+        };
+        if meta.is_dir() {
+            // A directory copied up only to hold changed children is not
+            // itself a change unless it is new.
+            if kind == change::Kind::Add || is_opaque(&entry.path()) {
+                out.insert(shown, kind);
+            }
+            overlay_changes(upper, &child, lowers, out)?;
+        } else {
+            out.insert(shown, kind);
+        }
+    }
+    // Parents of changed entries are modified, as Docker reports them.
+    let parent = format!("/{}", rel.display());
+    if !rel.as_os_str().is_empty()
+        && out.keys().any(|k| k.starts_with(&format!("{parent}/")))
+        && !out.contains_key(&parent)
+    {
+        out.insert(parent, change::Kind::Modify);
+    }
+    Ok(())
+}
