@@ -123,6 +123,104 @@ struct LayerJob {
     parent_chain: Option<Digest>,
 }
 
+/// What a pull reads from: the request, resolved once.
+struct Target {
+    /// With `latest` added when it named no tag or digest.
+    reference: Reference,
+    /// As Docker shows it (`busybox:latest`).
+    shown: String,
+    /// The platform wanted, the host's filling the gaps.
+    platform: Platform,
+    /// Whether the caller named a platform (Docker then warns on a
+    /// mismatch).
+    platform_asked: bool,
+    auth: oci_client::secrets::RegistryAuth,
+    client: Client,
+    oref: oci_client::Reference,
+}
+
+impl Target {
+    fn new(request: &PullImageRequest, registries: &Registries) -> Result<Self, Error> {
+        let reference = Reference::parse(&request.reference)?;
+        let reference = if reference.digest().is_some() {
+            reference
+        } else {
+            reference.with_default_tag()
+        };
+        let platform = request.platform.as_ref().map_or_else(
+            || Platform::or_host("", "", ""),
+            |p| Platform::or_host(&p.os, &p.architecture, &p.variant),
+        );
+        let auth = registry::auth(request.auth.as_ref());
+        Ok(Target {
+            client: registries.client(&reference, &auth),
+            oref: registry::oci_reference(&reference),
+            shown: reference.familiar(),
+            reference,
+            platform,
+            platform_asked: request.platform.is_some(),
+            auth,
+        })
+    }
+
+    /// The tag, or the digest, Docker's first line names.
+    fn tag_or_digest(&self) -> String {
+        self.reference
+            .tag()
+            .map(str::to_string)
+            .or_else(|| self.reference.digest().map(|d| d.to_string()))
+            .unwrap_or_default()
+    }
+}
+
+/// What step 1 found: the image manifest, its digest as pulled (the index's
+/// when there was one), and the small blobs to store once the layers are.
+struct Resolved {
+    top_digest: Digest,
+    manifest: Manifest,
+    small_blobs: Vec<(Digest, Bytes)>,
+}
+
+/// What step 2 read: the config bytes (recorded as they are) and its
+/// diffIDs, bottom first.
+struct Configured {
+    config: Vec<u8>,
+    diff_ids: Vec<Digest>,
+}
+
+/// Which of an image's layers a pull must fetch: those whose chain is not
+/// stored yet. Planned before any download, so the totals Docker's progress
+/// shows are known up front.
+#[derive(Debug, PartialEq)]
+struct LayerPlan {
+    chains: Vec<Digest>,
+    /// Per layer: fetch it (true) or it is stored already.
+    fetch: Vec<bool>,
+    /// Per layer: the bytes to download (0 for a stored one).
+    totals: Vec<u64>,
+}
+
+impl LayerPlan {
+    fn new(layers: &LayerStore, descs: &[OciDescriptor], chains: &[Digest]) -> Self {
+        let fetch: Vec<bool> = chains.iter().map(|c| layers.get(c).is_none()).collect();
+        let totals = descs
+            .iter()
+            .zip(&fetch)
+            .map(|(desc, fetch)| if *fetch { desc.size.max(0) as u64 } else { 0 })
+            .collect();
+        LayerPlan {
+            chains: chains.to_vec(),
+            fetch,
+            totals,
+        }
+    }
+
+    /// Bytes the pull downloads.
+    fn total(&self) -> u64 {
+        self.totals.iter().sum()
+    }
+}
+
 /// What a pull sends its caller.
 pub type Progress = mpsc::Sender<Result<PullImageProgress, tonic::Status>>;
 
@@ -166,61 +264,68 @@ impl Puller {
         request: PullImageRequest,
         tx: Progress,
     ) -> Result<(), Error> {
-        let reference = Reference::parse(&request.reference)?;
-        let reference = if reference.digest().is_some() {
-            reference
-        } else {
-            reference.with_default_tag()
-        };
-        let platform = request.platform.as_ref().map_or_else(
-            || Platform::or_host("", "", ""),
-            |p| Platform::or_host(&p.os, &p.architecture, &p.variant),
-        );
-        let auth = registry::auth(request.auth.as_ref());
-        let client = self.registries.client(&reference, &auth);
-        let oref = registry::oci_reference(&reference);
-        let shown = reference.familiar();
-
-        let tag_or_digest = reference
-            .tag()
-            .map(str::to_string)
-            .or_else(|| reference.digest().map(|d| d.to_string()))
-            .unwrap_or_default();
+        let target = Target::new(&request, &self.registries)?;
         send(
             &tx,
-            line(&tag_or_digest, format!("Pulling from {}", reference.path())),
+            line(
+                &target.tag_or_digest(),
+                format!("Pulling from {}", target.reference.path()),
+            ),
         )
         .await;
+        let mut resolved = self.resolve(&target).await?;
+        let configured = self.read_config(&target, &mut resolved, &tx).await?;
+        let chains = chain_ids(&configured.diff_ids);
+        let _lease = self.leases.lease(&chains);
+        let plan = LayerPlan::new(&self.layers, &resolved.manifest.layers, &chains);
+        tracing::Span::current().record("image.bytes", plan.total());
+        self.bring_layers(&target, &resolved, &configured, &plan, &tx)
+            .await?;
+        self.record(&target, resolved, configured, &plan, &tx).await
+    }
 
-        // The manifest, through an index when there is one.
+    /// Step 1: the image manifest, through an index when there is one,
+    /// checked as Docker checks it (schema 1, depth, media types).
+    async fn resolve(&self, target: &Target) -> Result<Resolved, Error> {
+        let shown = &target.shown;
         let what = format!("manifest for {shown}");
         let (top_bytes, top_digest) = self
             .fetch_manifest(&what, || {
-                self.registries
-                    .manifest(&client, &oref, &auth, ACCEPTED, MAX_MANIFEST)
+                self.registries.manifest(
+                    &target.client,
+                    &target.oref,
+                    &target.auth,
+                    ACCEPTED,
+                    MAX_MANIFEST,
+                )
             })
             .await?;
         let top_digest: Digest = top_digest.parse()?;
         tracing::Span::current().record("image.manifest_digest", top_digest.to_string());
         let probe = probe_manifest(&what, &top_bytes)?;
         if probe.schema_version == Some(1) {
-            return Err(schema1(&shown));
+            return Err(schema1(shown));
         }
         // Manifests and the config are stored only once the layers are:
         // a refused pull leaves no blob behind.
         let mut small_blobs = vec![(top_digest.clone(), top_bytes.clone())];
         let manifest_bytes = match probe.manifests {
             Some(entries) => {
-                let chosen = choose_platform(&entries, &platform, &shown)?;
+                let chosen = choose_platform(&entries, &target.platform, shown)?;
                 let by_digest = oci_client::Reference::with_digest(
-                    oref.registry().to_string(),
-                    oref.repository().to_string(),
+                    target.oref.registry().to_string(),
+                    target.oref.repository().to_string(),
                     chosen.clone(),
                 );
                 let (bytes, digest) = self
                     .fetch_manifest(&what, || {
-                        self.registries
-                            .manifest(&client, &by_digest, &auth, ACCEPTED, MAX_MANIFEST)
+                        self.registries.manifest(
+                            &target.client,
+                            &by_digest,
+                            &target.auth,
+                            ACCEPTED,
+                            MAX_MANIFEST,
+                        )
                     })
                     .await?;
                 if probe_manifest(&what, &bytes)?.manifests.is_some() {
@@ -235,14 +340,14 @@ impl Puller {
                 if let Some(media) = probe.media_type.as_deref()
                     && media.starts_with(imaged_model::media_type::DOCKER_SCHEMA1_PREFIX)
                 {
-                    return Err(schema1(&shown));
+                    return Err(schema1(shown));
                 }
                 top_bytes.clone()
             }
         };
         let mut manifest: Manifest = serde_json::from_slice(&manifest_bytes)
             .map_err(|e| Error::InvalidArgument(format!("{what}: invalid manifest: {e}")))?;
-        check_depth(&shown, manifest.layers.len())?;
+        check_depth(shown, manifest.layers.len())?;
         for desc in std::iter::once(&mut manifest.config).chain(&mut manifest.layers) {
             check_media_type(&desc.media_type)?;
             // Foreign URLs are never followed: every byte comes from the
@@ -250,37 +355,55 @@ impl Puller {
             // foreign layers, and only when allowed).
             desc.urls = None;
         }
+        Ok(Resolved {
+            top_digest,
+            manifest,
+            small_blobs,
+        })
+    }
 
-        // The config: small, fetched whole and verified.
+    /// Step 2: the config, fetched whole (or found stored) and checked
+    /// against the platform and the manifest.
+    async fn read_config(
+        &self,
+        target: &Target,
+        resolved: &mut Resolved,
+        tx: &Progress,
+    ) -> Result<Configured, Error> {
+        let shown = &target.shown;
+        let manifest = &resolved.manifest;
         let config_digest: Digest = manifest.config.digest.parse()?;
         let config = match self.content.read(&config_digest) {
             Ok(bytes) => bytes,
             Err(_) => {
                 let bytes = self
                     .fetch_small(
-                        &client,
-                        &oref,
+                        &target.client,
+                        &target.oref,
                         &manifest.config,
                         &format!("config of {shown}"),
                     )
                     .await?;
-                small_blobs.push((config_digest.clone(), Bytes::from(bytes.clone())));
+                resolved
+                    .small_blobs
+                    .push((config_digest.clone(), Bytes::from(bytes.clone())));
                 bytes
             }
         };
         let image_config = ImageConfig::parse(&config)
             .map_err(|e| Error::InvalidArgument(format!("config of {shown}: {e}")))?;
         let image_platform = image_config.platform.clone();
+        let platform = &target.platform;
         if !image_platform.os.is_empty() && !image_platform.os.eq_ignore_ascii_case(&platform.os) {
             return Err(Error::InvalidArgument(format!(
                 "image operating system \"{}\" cannot be used on this platform",
                 image_platform.os
             )));
         }
-        if request.platform.is_some() && !platform.runs_with_fallback(&image_platform) {
+        if target.platform_asked && !platform.runs_with_fallback(&image_platform) {
             // Docker pulls it anyway and says so.
             send(
-                &tx,
+                tx,
                 line(
                     "",
                     format!(
@@ -299,29 +422,39 @@ impl Puller {
                 diff_ids.len()
             )));
         }
-        let chains = chain_ids(&diff_ids);
-        let _lease = self.leases.lease(&chains);
+        Ok(Configured { config, diff_ids })
+    }
 
-        // Layers: the ones present are announced, the others fetched.
+    /// Step 3: the planned layers, each a shared job (fetched once however
+    /// many pulls want it), committed in chain order, with Docker's
+    /// progress.
+    async fn bring_layers(
+        self: &Arc<Self>,
+        target: &Target,
+        resolved: &Resolved,
+        configured: &Configured,
+        plan: &LayerPlan,
+        tx: &Progress,
+    ) -> Result<(), Error> {
+        let layers = &resolved.manifest.layers;
+        let chains = &plan.chains;
         let mut waits: Vec<LayerFuture> = Vec::new();
         let mut watches = Vec::new();
-        let mut totals = vec![0u64; chains.len()];
         let mut parent: Option<LayerFuture> = None;
-        for (i, desc) in manifest.layers.iter().enumerate() {
+        for (i, desc) in layers.iter().enumerate() {
             let id = short(&desc.digest);
-            if self.layers.get(&chains[i]).is_some() {
-                send(&tx, line(&id, State::AlreadyExists.status())).await;
+            if !plan.fetch[i] {
+                send(tx, line(&id, State::AlreadyExists.status())).await;
                 parent = None;
                 continue;
             }
-            totals[i] = desc.size.max(0) as u64;
-            send(&tx, line(&id, "Pulling fs layer".into())).await;
+            send(tx, line(&id, "Pulling fs layer".into())).await;
             let job = LayerJob {
-                client: client.clone(),
-                oref: oref.clone(),
+                client: target.client.clone(),
+                oref: target.oref.clone(),
                 desc: desc.clone(),
                 blob: desc.digest.parse()?,
-                diff_id: diff_ids[i].clone(),
+                diff_id: configured.diff_ids[i].clone(),
                 chain_id: chains[i].clone(),
                 parent_chain: i.checked_sub(1).map(|p| chains[p].clone()),
             };
@@ -331,8 +464,8 @@ impl Puller {
             parent = Some(done);
         }
 
-        let aggregate_total: u64 = totals.iter().sum();
-        tracing::Span::current().record("image.bytes", aggregate_total);
+        let totals = &plan.totals;
+        let aggregate_total = plan.total();
         let mut done_bytes = vec![0u64; chains.len()];
         let mut last_state: Vec<Option<State>> = vec![None; chains.len()];
         let mut updates = stream::select_all(watches);
@@ -353,34 +486,48 @@ impl Puller {
                     message.total = total as i64;
                     message.aggregate_current = done_bytes.iter().sum::<u64>() as i64;
                     message.aggregate_total = aggregate_total as i64;
-                    send(&tx, message).await;
+                    send(tx, message).await;
                 }
             }
         }
         // Layers that finished between the last update and the join.
-        for (i, desc) in manifest.layers.iter().enumerate() {
-            if totals[i] > 0 && last_state[i] != Some(State::Complete) {
+        for (i, desc) in layers.iter().enumerate() {
+            if plan.fetch[i] && last_state[i] != Some(State::Complete) {
                 let mut message = line(&short(&desc.digest), State::Complete.status());
                 message.current = totals[i] as i64;
                 message.total = totals[i] as i64;
                 message.aggregate_current = aggregate_total as i64;
                 message.aggregate_total = aggregate_total as i64;
-                send(&tx, message).await;
+                send(tx, message).await;
             }
         }
+        Ok(())
+    }
 
-        for (digest, bytes) in &small_blobs {
+    /// Step 4: the manifests and config stored, and the image recorded in
+    /// metadata (tag moved, repo digest added, the pull event sent).
+    async fn record(
+        &self,
+        target: &Target,
+        resolved: Resolved,
+        configured: Configured,
+        plan: &LayerPlan,
+        tx: &Progress,
+    ) -> Result<(), Error> {
+        for (digest, bytes) in &resolved.small_blobs {
             self.content.write(digest, bytes)?;
         }
-
-        // Record the image: tag and repo digest.
-        let layer_sizes = chains
+        let reference = &target.reference;
+        let shown = target.shown.clone();
+        let top_digest = resolved.top_digest;
+        let layer_sizes = plan
+            .chains
             .iter()
             .map(|c| self.layers.get(c).map_or(0, |l| l.size as i64))
             .collect();
         let name = reference.name();
         let put = PutImageRequest {
-            config,
+            config: configured.config,
             tags: reference
                 .tag()
                 .map(|t| format!("{name}:{t}"))
@@ -393,25 +540,23 @@ impl Puller {
             tag_events: false,
         };
         let recorded = self.metadata.put_image(put).await?;
-        crate::metrics::moved(crate::metrics::Kind::Pull, aggregate_total);
-        let id = recorded.id;
-        let fetched = recorded.updated;
-        send(&tx, line("", format!("Digest: {top_digest}"))).await;
+        crate::metrics::moved(crate::metrics::Kind::Pull, plan.total());
+        send(tx, line("", format!("Digest: {top_digest}"))).await;
         let mut last = line(
             "",
             format!(
                 "Status: {} for {shown}",
-                if fetched {
+                if recorded.updated {
                     "Downloaded newer image"
                 } else {
                     "Image is up to date"
                 }
             ),
         );
-        last.image_id = id;
+        last.image_id = recorded.id;
         last.reference = shown;
         last.digest = top_digest.to_string();
-        send(&tx, last).await;
+        send(tx, last).await;
         Ok(())
     }
 
@@ -662,4 +807,41 @@ fn line(id: &str, status: String) -> PullImageProgress {
 /// through the stream, not here.
 async fn send(tx: &Progress, message: PullImageProgress) {
     let _ = tx.send(Ok(message)).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_plan_fetches_only_what_is_not_stored_and_counts_its_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let layers = LayerStore::open(dir.path()).unwrap();
+        let diff_ids: Vec<Digest> = ["base", "app", "top"]
+            .iter()
+            .map(|n| Digest::sha256_of(n.as_bytes()))
+            .collect();
+        let chains = chain_ids(&diff_ids);
+        let base = Layer {
+            chain_id: chains[0].clone(),
+            diff_id: diff_ids[0].clone(),
+            parent: None,
+            size: 1,
+            blob: None,
+            inodes: 1,
+            tar_size: 0,
+        };
+        layers.commit(layers.stage().unwrap(), base).unwrap();
+        let descs: Vec<OciDescriptor> = [100, 20, 3]
+            .iter()
+            .map(|size| OciDescriptor {
+                size: *size,
+                ..Default::default()
+            })
+            .collect();
+        let plan = LayerPlan::new(&layers, &descs, &chains);
+        assert_eq!(plan.fetch, [false, true, true]);
+        assert_eq!(plan.totals, [0, 20, 3]);
+        assert_eq!(plan.total(), 23);
+    }
 }
