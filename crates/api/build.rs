@@ -24,7 +24,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(true)
         // Credentials get a Debug that hides them (in src/lib.rs).
         // Relayed as is by the gateway: keep it a cheap `Bytes`.
-        .bytes(".imaged.v1.EncodedListImagesResponse")
+        .bytes(".imaged.internal.v1.EncodedListImagesResponse")
         .skip_debug(["imaged.v1.RegistryAuth", "runtime.v1.AuthConfig"])
         .compile_fds(fds)?;
     Ok(())

@@ -4,8 +4,9 @@
 
 use std::time::{Duration, Instant};
 
-use imaged_api::v1::event_log_client::EventLogClient;
-use imaged_api::v1::{Actor, Event, PublishRequest, SubscribeRequest};
+use imaged_api::internal::v1::PublishRequest;
+use imaged_api::internal::v1::event_log_client::EventLogClient;
+use imaged_api::v1::{Actor, Event, SubscribeRequest};
 use imaged_common::config::Service;
 use imaged_e2e::Imaged;
 

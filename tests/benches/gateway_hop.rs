@@ -5,12 +5,11 @@
 
 use std::time::{Duration, Instant};
 
-use imaged_api::v1::event_log_client::EventLogClient;
-use imaged_api::v1::metadata_client::MetadataClient;
-use imaged_api::v1::transfer_client::TransferClient;
-use imaged_api::v1::{
-    EventLogInfoRequest, MetadataInfoRequest, SystemInfoRequest, TransferInfoRequest,
-};
+use imaged_api::internal::v1::event_log_client::EventLogClient;
+use imaged_api::internal::v1::metadata_client::MetadataClient;
+use imaged_api::internal::v1::transfer_client::TransferClient;
+use imaged_api::internal::v1::{EventLogInfoRequest, MetadataInfoRequest, TransferInfoRequest};
+use imaged_api::v1::SystemInfoRequest;
 use imaged_common::config::Service;
 use imaged_e2e::Imaged;
 

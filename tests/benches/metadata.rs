@@ -5,8 +5,8 @@
 
 use std::time::{Duration, Instant};
 
+use imaged_api::internal::v1::metadata_client::MetadataClient;
 use imaged_api::v1::images_client::ImagesClient;
-use imaged_api::v1::metadata_client::MetadataClient;
 use imaged_api::v1::{CreateImageRequest, InspectImageRequest, ListImagesRequest, TagImageRequest};
 use imaged_common::config::Service;
 use imaged_e2e::Imaged;

@@ -4,9 +4,10 @@
 
 use std::time::Duration;
 
-use imaged_api::v1::event_log_client::EventLogClient;
+use imaged_api::internal::v1::event_log_client::EventLogClient;
+use imaged_api::internal::v1::{EventLogInfoRequest, PublishRequest};
 use imaged_api::v1::events_client::EventsClient;
-use imaged_api::v1::{Actor, Event, EventLogInfoRequest, PublishRequest, SubscribeRequest};
+use imaged_api::v1::{Actor, Event, SubscribeRequest};
 use imaged_common::config::Service;
 use imaged_common::endpoint::Endpoint;
 use imaged_common::events::Publisher;

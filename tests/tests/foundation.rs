@@ -18,9 +18,9 @@ use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
 /// The full gRPC names each process serves besides health and reflection.
 fn own_services(service: Service) -> &'static [&'static str] {
     match service {
-        Service::Metadata => &["imaged.v1.Metadata"],
-        Service::Transfer => &["imaged.v1.Transfer"],
-        Service::Events => &["imaged.v1.EventLog"],
+        Service::Metadata => &["imaged.internal.v1.Metadata"],
+        Service::Transfer => &["imaged.internal.v1.Transfer"],
+        Service::Events => &["imaged.internal.v1.EventLog"],
         Service::Gateway => &[
             "imaged.v1.Events",
             "imaged.v1.Images",
@@ -461,10 +461,10 @@ async fn a_pull_and_a_tag_are_each_one_trace_tree() {
     assert_eq!(root.attr("rpc.method"), Some("PullImage"));
     assert_eq!(root.attr("rpc.grpc.status_code"), Some("0"));
     let trace = Some(root.trace_id.as_str());
-    let client = find("imaged-gateway", "imaged.v1.Transfer/Pull", trace);
+    let client = find("imaged-gateway", "imaged.internal.v1.Transfer/Pull", trace);
     assert_eq!(client.kind, 3, "client");
     assert_eq!(client.parent_span_id, root.span_id);
-    let server = find("imaged-transfer", "imaged.v1.Transfer/Pull", trace);
+    let server = find("imaged-transfer", "imaged.internal.v1.Transfer/Pull", trace);
     assert_eq!(server.parent_span_id, client.span_id);
     let pull = find("imaged-transfer", "pull", trace);
     assert_eq!(pull.attr("image.reference"), Some(reference.as_str()));
@@ -473,8 +473,16 @@ async fn a_pull_and_a_tag_are_each_one_trace_tree() {
             .is_some_and(|d| d.starts_with("sha256:"))
     );
     assert!(pull.attr("image.bytes").is_some_and(|b| b != "0"));
-    find("imaged-metadata", "imaged.v1.Metadata/PutImage", trace);
-    find("imaged-events", "imaged.v1.EventLog/Publish", trace);
+    find(
+        "imaged-metadata",
+        "imaged.internal.v1.Metadata/PutImage",
+        trace,
+    );
+    find(
+        "imaged-events",
+        "imaged.internal.v1.EventLog/Publish",
+        trace,
+    );
     assert!(
         root.end_nanos >= pull.end_nanos,
         "the PullImage server span ended before the pull did"
@@ -483,7 +491,7 @@ async fn a_pull_and_a_tag_are_each_one_trace_tree() {
     let tag = find("imaged-gateway", "imaged.v1.Images/TagImage", None);
     find(
         "imaged-events",
-        "imaged.v1.EventLog/Publish",
+        "imaged.internal.v1.EventLog/Publish",
         Some(&tag.trace_id),
     );
 

@@ -6,10 +6,11 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use imaged_api::internal::v1::metadata_client::MetadataClient;
+use imaged_api::internal::v1::*;
 use imaged_api::v1::delete_item::Item;
 use imaged_api::v1::events_client::EventsClient;
 use imaged_api::v1::images_client::ImagesClient;
-use imaged_api::v1::metadata_client::MetadataClient;
 use imaged_api::v1::*;
 use imaged_common::config::Service;
 use imaged_common::peer::PeerChannel;

@@ -176,8 +176,9 @@ async fn the_socket_takes_the_configured_group() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_client_cannot_starve_the_others() {
-    use imaged_api::v1::transfer_client::TransferClient;
-    use imaged_api::v1::{SystemInfoRequest, TransferInfoRequest};
+    use imaged_api::internal::v1::TransferInfoRequest;
+    use imaged_api::internal::v1::transfer_client::TransferClient;
+    use imaged_api::v1::SystemInfoRequest;
     use imaged_e2e::throttle::Throttle;
     use imaged_fixtures::{Compression, ImageBuilder, LayerBuilder, MediaTypes};
 

@@ -4,7 +4,8 @@
 
 use std::time::{Duration, Instant};
 
-use imaged_api::v1::transfer_client::TransferClient;
+use imaged_api::internal::v1::transfer_client::TransferClient;
+use imaged_api::internal::v1::*;
 use imaged_api::v1::*;
 use imaged_common::config::Service;
 use imaged_e2e::throttle::Throttle;

@@ -5,10 +5,22 @@
 
 #![allow(clippy::doc_lazy_continuation, clippy::large_enum_variant)]
 
-/// The `imaged.v1` package: the public `Images` API and the internal
-/// `Metadata`, `Transfer` and `EventLog` contracts.
+/// The `imaged.v1` package: the public API (`Images`, `Events`, `Layers`)
+/// and its messages, which users script against.
 pub mod v1 {
     tonic::include_proto!("imaged.v1");
+}
+
+/// The internal contracts between the four processes
+/// (`imaged.internal.v1`: `Metadata`, `Transfer`, `EventLog`). They may
+/// change with imaged; where an internal call is a pure relay of a public
+/// one (the gateway forwards ListImages to metadata, PullImage to
+/// transfer), it takes and answers the public message, so nothing is
+/// translated on the way.
+pub mod internal {
+    pub mod v1 {
+        tonic::include_proto!("imaged.internal.v1");
+    }
 }
 
 /// The CRI v1 image service (`runtime.v1`), as kubelet calls it.

@@ -12,8 +12,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use imaged_api::v1::event_log_client::EventLogClient;
-use imaged_api::v1::{Actor, Event, PublishRequest};
+use imaged_api::internal::v1::PublishRequest;
+use imaged_api::internal::v1::event_log_client::EventLogClient;
+use imaged_api::v1::{Actor, Event};
 use tokio::sync::Notify;
 use tracing::Instrument;
 

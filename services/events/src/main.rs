@@ -5,7 +5,7 @@ mod log;
 mod service;
 
 use clap::Parser;
-use imaged_api::v1::event_log_server::{EventLogServer, SERVICE_NAME};
+use imaged_api::internal::v1::event_log_server::{EventLogServer, SERVICE_NAME};
 use imaged_common::config::{self, CommonArgs, Service};
 use imaged_common::server;
 

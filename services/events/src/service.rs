@@ -1,14 +1,12 @@
-//! The `imaged.v1.EventLog` gRPC service: publish, subscribe, info.
+//! The `imaged.internal.v1.EventLog` gRPC service: publish, subscribe, info.
 
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use imaged_api::v1::event_log_server::EventLog as EventLogRpc;
-use imaged_api::v1::{
-    Event, EventLogInfoRequest, EventLogInfoResponse, PublishRequest, PublishResponse,
-    SubscribeRequest,
-};
+use imaged_api::internal::v1::event_log_server::EventLog as EventLogRpc;
+use imaged_api::internal::v1::{EventLogInfoRequest, PublishRequest, PublishResponse};
+use imaged_api::v1::{Event, EventLogInfoResponse, SubscribeRequest};
 use imaged_common::Error;
 use imaged_model::timestamp;
 use tokio::sync::{broadcast, mpsc};

@@ -14,9 +14,10 @@ use imaged_api::cri::{
     ListImagesRequest, ListImagesResponse, PullImageRequest, PullImageResponse, RemoveImageRequest,
     RemoveImageResponse, UInt64Value,
 };
-use imaged_api::v1::metadata_client::MetadataClient;
-use imaged_api::v1::transfer_client::TransferClient;
-use imaged_api::v1::{self, ContentSizeRequest, ImageInspect, InspectImageRequest, RegistryAuth};
+use imaged_api::internal::v1::ContentSizeRequest;
+use imaged_api::internal::v1::metadata_client::MetadataClient;
+use imaged_api::internal::v1::transfer_client::TransferClient;
+use imaged_api::v1::{self, ImageInspect, InspectImageRequest, RegistryAuth};
 use imaged_common::Error;
 use imaged_model::Reference;
 use tokio_stream::StreamExt;

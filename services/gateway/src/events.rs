@@ -3,7 +3,7 @@
 
 use std::pin::Pin;
 
-use imaged_api::v1::event_log_client::EventLogClient;
+use imaged_api::internal::v1::event_log_client::EventLogClient;
 use imaged_api::v1::events_server::Events;
 use imaged_api::v1::{Event, SubscribeRequest};
 use imaged_common::deadline;

@@ -1,9 +1,10 @@
 //! The public `imaged.v1.Images` service.
 
-use imaged_api::v1::event_log_client::EventLogClient;
+use imaged_api::internal::v1::event_log_client::EventLogClient;
+use imaged_api::internal::v1::metadata_client::MetadataClient;
+use imaged_api::internal::v1::transfer_client::TransferClient;
+use imaged_api::internal::v1::*;
 use imaged_api::v1::images_server::Images;
-use imaged_api::v1::metadata_client::MetadataClient;
-use imaged_api::v1::transfer_client::TransferClient;
 use imaged_api::v1::*;
 use imaged_common::deadline;
 use imaged_common::peer::Peer;

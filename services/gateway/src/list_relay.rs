@@ -8,8 +8,8 @@ use std::task::{Context, Poll};
 
 use bytes::{BufMut, Bytes};
 use futures::future::BoxFuture;
+use imaged_api::internal::v1::metadata_client::MetadataClient;
 use imaged_api::v1::ListImagesRequest;
-use imaged_api::v1::metadata_client::MetadataClient;
 use imaged_common::deadline;
 use tonic::body::Body;
 use tonic::codec::{Codec, EncodeBuf, Encoder};

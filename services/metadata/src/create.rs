@@ -2,8 +2,8 @@
 
 use std::sync::Arc;
 
-use imaged_api::v1::GetLayersRequest;
-use imaged_api::v1::transfer_client::TransferClient;
+use imaged_api::internal::v1::GetLayersRequest;
+use imaged_api::internal::v1::transfer_client::TransferClient;
 use imaged_common::Error;
 use imaged_model::digest::chain_ids;
 use imaged_model::{Digest, Platform};

@@ -3,8 +3,8 @@
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
-use imaged_api::v1::transfer_client::TransferClient;
-use imaged_api::v1::{ReleaseLayersRequest, RetainLayersRequest};
+use imaged_api::internal::v1::transfer_client::TransferClient;
+use imaged_api::internal::v1::{ReleaseLayersRequest, RetainLayersRequest};
 use imaged_model::digest::chain_ids;
 
 use imaged_common::events::Publisher;

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use imaged_api::v1::metadata_server::{MetadataServer, SERVICE_NAME};
+use imaged_api::internal::v1::metadata_server::{MetadataServer, SERVICE_NAME};
 use imaged_common::config::{self, CommonArgs, PeerArgs, Service};
 use imaged_common::events::{DEFAULT_CAPACITY, Publisher};
 use imaged_common::peer::Peer;

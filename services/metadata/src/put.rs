@@ -4,10 +4,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use imaged_api::v1::{
-    ExportImagesRequest, ExportSetResponse, ExportedImage, ImageConfigResponse, MovedTag,
-    PutImageRequest,
+use imaged_api::internal::v1::{
+    ExportSetResponse, ExportedImage, ImageConfigResponse, MovedTag, PutImageRequest,
 };
+use imaged_api::v1::ExportImagesRequest;
 use imaged_common::Error;
 use imaged_model::ImageRef;
 use imaged_model::{Digest, Reference};

@@ -1,9 +1,10 @@
-//! The `imaged.v1.Metadata` gRPC service: request in, the operation's
+//! The `imaged.internal.v1.Metadata` gRPC service: request in, the operation's
 //! module, answer out.
 
 use std::sync::Arc;
 
-use imaged_api::v1::metadata_server::Metadata;
+use imaged_api::internal::v1::metadata_server::Metadata;
+use imaged_api::internal::v1::*;
 use imaged_api::v1::*;
 use imaged_common::Error;
 use tonic::{Request, Response, Status};

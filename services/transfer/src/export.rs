@@ -9,7 +9,8 @@ use std::collections::{BTreeMap, HashSet};
 use std::io::{self, Read, Write};
 use std::sync::Arc;
 
-use imaged_api::v1::{ExportImagesChunk, ExportImagesRequest, ExportedImage};
+use imaged_api::internal::v1::ExportedImage;
+use imaged_api::v1::{ExportImagesChunk, ExportImagesRequest};
 use imaged_common::Error;
 use imaged_common::events::Publisher;
 use imaged_model::digest::chain_ids;

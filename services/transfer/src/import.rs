@@ -7,7 +7,8 @@
 use std::io::Write;
 use std::sync::Arc;
 
-use imaged_api::v1::{ImportImageRequest, PutImageRequest};
+use imaged_api::internal::v1::PutImageRequest;
+use imaged_api::v1::ImportImageRequest;
 use imaged_common::Error;
 use imaged_model::{Platform, Reference, changes};
 use serde_json::{Map, Value, json};

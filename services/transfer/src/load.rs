@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use imaged_api::v1::{LoadImagesRequest, LoadImagesResponse, PutImageRequest};
+use imaged_api::internal::v1::PutImageRequest;
+use imaged_api::v1::{LoadImagesRequest, LoadImagesResponse};
 use imaged_common::Error;
 use imaged_model::digest::chain_ids;
 use imaged_model::image_config::ImageConfig;

@@ -36,7 +36,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use imaged_api::v1::transfer_server::{SERVICE_NAME, TransferServer};
+use imaged_api::internal::v1::transfer_server::{SERVICE_NAME, TransferServer};
 use imaged_common::config::{self, CommonArgs, PeerArgs, Service};
 use imaged_common::events::Publisher;
 use imaged_common::peer::Peer;

@@ -5,11 +5,13 @@
 
 use std::collections::BTreeMap;
 
-use imaged_api::v1::metadata_client::MetadataClient;
+use imaged_api::internal::v1::metadata_client::MetadataClient;
+use imaged_api::internal::v1::{
+    ExportSetResponse, ImageConfigResponse, PutImageRequest, PutImageResponse,
+    RemoveContainerRequest, SetContainerRequest,
+};
 use imaged_api::v1::{
-    CreateImageRequest, ExportImagesRequest, ExportSetResponse, ImageConfigResponse,
-    InspectImageRequest, Platform, PutImageRequest, PutImageResponse, RemoveContainerRequest,
-    SetContainerRequest, TagImageRequest,
+    CreateImageRequest, ExportImagesRequest, InspectImageRequest, Platform, TagImageRequest,
 };
 use imaged_common::Error;
 use imaged_common::peer::Peer;

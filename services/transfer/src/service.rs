@@ -1,19 +1,21 @@
-//! The `imaged.v1.Transfer` gRPC service.
+//! The `imaged.internal.v1.Transfer` gRPC service.
 
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use imaged_api::v1::{
-    ChangesRequest, ChangesResponse, CommitImageRequest, CommitImageResponse, ContentSizeRequest,
-    ContentSizeResponse, CreateLayerRequest, CreateLayerResponse, ExportImagesChunk,
-    ExportImagesRequest, GetLayerRequest, GetLayerResponse, GetLayersRequest, GetLayersResponse,
-    ImportImageRequest, ImportImageResponse, KeyValue, LayerInfo, LayerSizeRequest,
-    LayerSizeResponse, LoadImagesRequest, LoadImagesResponse, MountImageRequest,
-    MountImageResponse, PullImageProgress, PullImageRequest, PushImageProgress, PushImageRequest,
-    ReleaseImageRequest, ReleaseImageResponse, ReleaseLayerRequest, ReleaseLayerResponse,
+use imaged_api::internal::v1::{
+    ContentSizeRequest, ContentSizeResponse, GetLayersRequest, GetLayersResponse, LayerInfo,
     ReleaseLayersRequest, ReleaseLayersResponse, RetainLayersRequest, RetainLayersResponse,
-    SquashImageRequest, SquashImageResponse, TransferInfoRequest, TransferInfoResponse,
-    UpdateConfigRequest, UpdateConfigResponse, transfer_server::Transfer,
+    TransferInfoRequest, TransferInfoResponse, transfer_server::Transfer,
+};
+use imaged_api::v1::{
+    ChangesRequest, ChangesResponse, CommitImageRequest, CommitImageResponse, CreateLayerRequest,
+    CreateLayerResponse, ExportImagesChunk, ExportImagesRequest, GetLayerRequest, GetLayerResponse,
+    ImportImageRequest, ImportImageResponse, KeyValue, LayerSizeRequest, LayerSizeResponse,
+    LoadImagesRequest, LoadImagesResponse, MountImageRequest, MountImageResponse,
+    PullImageProgress, PullImageRequest, PushImageProgress, PushImageRequest, ReleaseImageRequest,
+    ReleaseImageResponse, ReleaseLayerRequest, ReleaseLayerResponse, SquashImageRequest,
+    SquashImageResponse, UpdateConfigRequest, UpdateConfigResponse,
 };
 use imaged_common::Error;
 use imaged_model::{Digest, Reference};
