@@ -1,71 +1,13 @@
-//! imaged-gateway: the one public endpoint. It owns nothing on disk; it
-//! serves `imaged.v1` and orchestrates the calls that span services.
+//! imaged-gateway: parses its flags and runs the service, which lives in
+//! the library ([`imaged_gateway::run`]) so its rules can be tested in-process.
 
-mod cri;
-mod events;
-mod forward;
-mod images;
-mod layers;
-mod list_relay;
-mod peers;
-
-use clap::Parser;
-use imaged_api::cri::image_service_server::{self, ImageServiceServer};
-use imaged_api::v1::events_server::{self, EventsServer};
-use imaged_api::v1::images_server::{self, ImagesServer};
-use imaged_api::v1::layers_server::{self, LayersServer};
-use imaged_common::config::{self, CommonArgs, PeerArgs, Service};
+use imaged_common::config::{self, Service};
 use imaged_common::server;
 
-/// imaged-gateway: the public imaged.v1 API over the three internal services.
-#[derive(Parser, Debug)]
-#[command(name = "imaged-gateway", version)]
-struct Args {
-    #[command(flatten)]
-    common: CommonArgs,
-    #[command(flatten)]
-    peers: PeerArgs,
-}
-
-/// Largest request message the gateway accepts.
-const MAX_REQUEST: usize = 4 << 20;
-/// Largest answer it sends: kubelet's CRI client limit.
-const MAX_ANSWER: usize = 16 << 20;
-
 fn main() {
-    let args: Args = config::parse();
-    server::run_main(Service::Gateway, &args.common, |config| async move {
-        let peers = peers::Peers::new(&args.peers, &config.root)?;
-        // Requests are small (configs, references); answers may be large
-        // (ListImages of a big store) but stay under kubelet's 16 MiB.
-        let images = ImagesServer::new(images::ImagesService::new(peers.clone()))
-            .max_decoding_message_size(MAX_REQUEST)
-            .max_encoding_message_size(MAX_ANSWER);
-        let routes =
-            tonic::service::Routes::new(list_relay::WithListRelay::new(images, peers.clone()))
-                .add_service(
-                    EventsServer::new(events::EventsService::new(peers.clone()))
-                        .max_decoding_message_size(MAX_REQUEST),
-                )
-                .add_service(
-                    LayersServer::new(layers::LayersService::new(peers.clone()))
-                        .max_decoding_message_size(MAX_REQUEST),
-                )
-                .add_service(
-                    ImageServiceServer::new(cri::CriImageService::new(peers))
-                        .max_decoding_message_size(MAX_REQUEST)
-                        .max_encoding_message_size(MAX_ANSWER),
-                );
-        server::serve(
-            &config,
-            routes,
-            &[
-                images_server::SERVICE_NAME,
-                events_server::SERVICE_NAME,
-                layers_server::SERVICE_NAME,
-                image_service_server::SERVICE_NAME,
-            ],
-        )
-        .await
-    })
+    let args: imaged_gateway::Args = config::parse();
+    let common = args.common.clone();
+    server::run_main(Service::Gateway, &common, |config| {
+        imaged_gateway::run(config, args)
+    });
 }

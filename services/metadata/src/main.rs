@@ -1,73 +1,13 @@
-//! imaged-metadata: the owner of images, references and container records.
+//! imaged-metadata: parses its flags and runs the service, which lives in
+//! the library ([`imaged_metadata::run`]) so its rules can be tested in-process.
 
-mod cache;
-mod create;
-mod delete;
-mod images;
-mod inspect;
-mod list;
-mod put;
-mod resolve;
-mod service;
-mod store;
-mod tag;
-
-use std::sync::Arc;
-use std::time::Duration;
-
-use clap::Parser;
-use imaged_api::internal::v1::metadata_server::{MetadataServer, SERVICE_NAME};
-use imaged_common::config::{self, CommonArgs, PeerArgs, Service};
-use imaged_common::events::{DEFAULT_CAPACITY, Publisher};
-use imaged_common::peer::Peer;
+use imaged_common::config::{self, Service};
 use imaged_common::server;
 
-/// imaged-metadata: images, references (tags and digests), parent/child
-/// links and container records, stored in redb.
-#[derive(Parser, Debug)]
-#[command(name = "imaged-metadata", version)]
-struct Args {
-    #[command(flatten)]
-    common: CommonArgs,
-    #[command(flatten)]
-    peers: PeerArgs,
-}
-
 fn main() {
-    let args: Args = config::parse();
-    server::run_main(Service::Metadata, &args.common, |config| async move {
-        let store = tokio::task::block_in_place(|| store::Store::open(&config.data_dir))?;
-        let events = Publisher::start(
-            Peer::new(
-                Service::Events,
-                args.peers.endpoint(Service::Events, &config.root),
-            )?,
-            Service::Metadata.process(),
-            DEFAULT_CAPACITY,
-        );
-        let images = Arc::new(images::Images {
-            store,
-            transfer: Peer::new(
-                Service::Transfer,
-                args.peers.endpoint(Service::Transfer, &config.root),
-            )?,
-            events: events.clone(),
-            prune_lock: tokio::sync::Mutex::new(()),
-            list_cache: std::sync::Mutex::new(None),
-            layer_gate: tokio::sync::Mutex::new(()),
-        });
-        tokio::spawn(Arc::clone(&images).reconcile_layers());
-        let routes = tonic::service::Routes::new(
-            MetadataServer::new(service::MetadataService::new(images))
-                .max_decoding_message_size(server::INTERNAL_MESSAGE_LIMIT),
-        );
-        let served = server::serve(&config, routes, &[SERVICE_NAME]).await;
-        if !events.flush(Duration::from_secs(2)).await {
-            tracing::warn!(
-                pending = events.pending(),
-                "stopping with events not yet delivered to imaged-events"
-            );
-        }
-        served
-    })
+    let args: imaged_metadata::Args = config::parse();
+    let common = args.common.clone();
+    server::run_main(Service::Metadata, &common, |config| {
+        imaged_metadata::run(config, args)
+    });
 }

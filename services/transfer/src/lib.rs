@@ -1,0 +1,182 @@
+//! imaged-transfer: the owner of every byte — blobs, layers and registry
+//! traffic — and of the download and upload limits.
+
+mod beneath;
+mod commit;
+mod containers;
+mod content;
+mod download;
+mod driver;
+mod export;
+#[cfg(test)]
+mod fuzz;
+mod gc;
+mod import;
+mod layers;
+mod leases;
+mod limits;
+mod load;
+mod manifest;
+mod merge;
+mod metadata;
+mod metrics;
+mod pack;
+mod pull;
+mod pull_share;
+mod push;
+mod registry;
+mod rw_layers;
+mod service;
+mod storage;
+mod tar_limits;
+mod unpack;
+mod whiteout;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use imaged_api::internal::v1::transfer_server::{SERVICE_NAME, TransferServer};
+use imaged_common::config::{CommonArgs, PeerArgs, Service, ServiceConfig};
+use imaged_common::events::Publisher;
+use imaged_common::peer::Peer;
+use imaged_common::server;
+
+/// imaged-transfer: content store, layer store, registry pull and push,
+/// tar load, save and import.
+#[derive(Parser, Debug)]
+#[command(name = "imaged-transfer", version)]
+pub struct Args {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    #[command(flatten)]
+    pub peers: PeerArgs,
+    #[command(flatten)]
+    pub limits: limits::LimitArgs,
+    #[command(flatten)]
+    pub pull: pull::PullArgs,
+    /// Storage driver: `auto` (overlay2 when overlayfs mounts here, else
+    /// vfs), `overlay2` (fail if overlayfs cannot be mounted) or `vfs`.
+    #[arg(long, env = "IMAGED_STORAGE_DRIVER", default_value = "auto")]
+    pub storage_driver: driver::DriverChoice,
+    /// The most bytes one layer may inflate to, uncompressed; past it (or
+    /// past the free space of the store) a pull, load or import is refused
+    /// with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "IMAGED_MAX_LAYER_SIZE", default_value_t = 64 << 30)]
+    pub max_layer_size: u64,
+}
+
+/// Ingests untouched this long are not resumed but collected at start-up.
+const STALE_INGEST: Duration = Duration::from_secs(24 * 3600);
+
+/// Runs imaged-transfer on `config` (its root checked by the bootstrap)
+/// until SIGTERM or SIGINT. The process's `main` only parses the flags and
+/// hands this to [`server::run_main`].
+pub async fn run(config: ServiceConfig, args: Args) -> anyhow::Result<()> {
+    let driver = driver::Driver::select(args.storage_driver, &config.data_dir)?;
+    tracing::info!(driver = driver.name(), "storage driver selected");
+    let content = content::ContentStore::open(&config.data_dir.join("content"))?;
+    let stale = content.remove_ingests_older_than(STALE_INGEST)?;
+    if stale > 0 {
+        tracing::info!(stale, "removed stale ingests");
+    }
+    let layers = Arc::new(
+        layers::LayerStore::open(&config.data_dir)?.with_max_layer_bytes(args.max_layer_size),
+    );
+    let limits = Arc::new(limits::Limits::new(&args.limits));
+    metrics::register_gauges(Arc::clone(&limits), Arc::clone(&layers), content.clone());
+    let root = &config.root;
+    let metadata = metadata::Metadata::new(Peer::new(
+        Service::Metadata,
+        args.peers.endpoint(Service::Metadata, root),
+    )?);
+    let events = Publisher::start(
+        Peer::new(Service::Events, args.peers.endpoint(Service::Events, root))?,
+        Service::Transfer.process(),
+        4096,
+    );
+    let leases = Arc::new(leases::Leases::new());
+    let registries = Arc::new(registry::Registries::new(
+        args.pull.insecure_registries.clone(),
+    ));
+    let puller = Arc::new(pull::Puller::new(
+        content.clone(),
+        Arc::clone(&layers),
+        Arc::clone(&limits),
+        Arc::clone(&leases),
+        Arc::clone(&registries),
+        metadata.clone(),
+        &args.pull,
+    ));
+    let pusher = Arc::new(push::Pusher::new(
+        content.clone(),
+        Arc::clone(&layers),
+        Arc::clone(&limits),
+        registries,
+        metadata.clone(),
+        events.clone(),
+    ));
+    let exporter = Arc::new(export::Exporter::new(
+        content.clone(),
+        Arc::clone(&layers),
+        metadata.clone(),
+        events.clone(),
+    ));
+    let loader = Arc::new(load::Loader::new(
+        content.clone(),
+        Arc::clone(&layers),
+        Arc::clone(&leases),
+        metadata.clone(),
+    ));
+    let importer = Arc::new(import::Importer::new(
+        content.clone(),
+        Arc::clone(&layers),
+        Arc::clone(&leases),
+        metadata.clone(),
+    ));
+    let containers = Arc::new(containers::Containers::open(
+        &config.data_dir,
+        driver.storage(),
+        Arc::clone(&layers),
+    )?);
+    let rw_layers = Arc::new(rw_layers::RwLayers::new(
+        Arc::clone(&containers),
+        Arc::clone(&layers),
+        metadata.clone(),
+    ));
+    let committer = Arc::new(commit::Committer::new(
+        content.clone(),
+        Arc::clone(&layers),
+        Arc::clone(&containers),
+        Arc::clone(&leases),
+        metadata,
+    ));
+    let gc = gc::Gc::new(
+        Arc::clone(&layers),
+        content.clone(),
+        leases,
+        Arc::clone(&containers),
+    );
+    let service = service::TransferService {
+        data_dir: config.data_dir.clone(),
+        driver,
+        limits,
+        content,
+        layers,
+        pulls: Arc::new(pull_share::PullShare::new(puller)),
+        pusher,
+        exporter,
+        loader,
+        importer,
+        containers,
+        rw_layers,
+        committer,
+        gc,
+    };
+    let routes = tonic::service::Routes::new(
+        TransferServer::new(service).max_decoding_message_size(server::INTERNAL_MESSAGE_LIMIT),
+    );
+    let served = server::serve(&config, routes, &[SERVICE_NAME]).await;
+    events.flush(Duration::from_secs(2)).await;
+    served
+}
