@@ -3,21 +3,22 @@
 //! writes) and, with overlay2, `work/` (overlayfs' work dir). With overlay2
 //! the caller mounts an overlay of the image's layer dirs and `diff/`; with
 //! vfs `diff/` starts as a full copy of the image's files and is bind
-//! mounted. Records are written atomically; the image layers a container
-//! stands on are kept in the store while it exists.
+//! mounted. Records are written atomically; each container holds the image
+//! layers it stands on in the lease table ([`crate::leases`]) while it
+//! exists.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 
-use imaged_api::v1::{Change, Mount};
 use imaged_common::Error;
 use imaged_model::Digest;
 use serde::{Deserialize, Serialize};
 
 use crate::layers::LayerStore;
-use crate::storage::{LayerDir, StorageDriver};
+use crate::leases::{Leases, container_hold};
+use crate::storage::{Changes, LayerDir, Mount, StorageDriver};
 
 /// What a container's layer was made from.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -33,22 +34,23 @@ pub struct Container {
     pub mount_label: String,
 }
 
-/// The read-write layers and the read-only image leases.
+/// The containers' read-write layers.
 pub struct Containers {
     dir: PathBuf,
     storage: Arc<dyn StorageDriver>,
     layers: Arc<LayerStore>,
+    leases: Arc<Leases>,
     records: RwLock<HashMap<String, Container>>,
-    /// MountImage leases: lease ID → the chain held.
-    leases: Mutex<HashMap<String, Digest>>,
 }
 
 impl Containers {
-    /// Opens `<data_dir>/containers`, loading every complete record.
+    /// Opens `<data_dir>/containers`, loading every complete record and
+    /// holding the image layers each stands on.
     pub fn open(
         data_dir: &Path,
         storage: Arc<dyn StorageDriver>,
         layers: Arc<LayerStore>,
+        leases: Arc<Leases>,
     ) -> anyhow::Result<Self> {
         let dir = data_dir.join("containers");
         fs::create_dir_all(&dir)?;
@@ -66,6 +68,9 @@ impl Containers {
                 .and_then(|b| serde_json::from_slice::<Container>(&b).ok())
             {
                 Some(c) if path.ends_with(&c.container_id) => {
+                    if let Some(chain) = &c.chain_id {
+                        leases.hold(container_hold(&c.container_id), chain.clone());
+                    }
                     records.insert(c.container_id.clone(), c);
                 }
                 _ => {
@@ -78,40 +83,9 @@ impl Containers {
             dir,
             storage,
             layers,
+            leases,
             records: RwLock::new(records),
-            leases: Mutex::new(HashMap::new()),
         })
-    }
-
-    /// Whether a container layer or an image lease stands on `chain`.
-    pub fn holds(&self, chain: &Digest) -> bool {
-        let records = self.records.read().unwrap_or_else(|e| e.into_inner());
-        records.values().any(|c| c.chain_id.as_ref() == Some(chain))
-            || self
-                .leases
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .values()
-                .any(|c| c == chain)
-    }
-
-    /// Every chain containers and leases stand on.
-    pub fn held_chains(&self) -> HashSet<Digest> {
-        let mut held: HashSet<Digest> = self
-            .records
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .filter_map(|c| c.chain_id.clone())
-            .collect();
-        held.extend(
-            self.leases
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .values()
-                .cloned(),
-        );
-        held
     }
 
     /// The record of `container_id`.
@@ -151,6 +125,12 @@ impl Containers {
         let result = (|| -> Result<(), Error> {
             fs::create_dir_all(staging.join("diff"))?;
             let lowers = self.lower_dirs(record.chain_id.as_ref())?;
+            if let Some(chain) = &record.chain_id {
+                // Held before the layer exists, so GC cannot take the
+                // image's layers from under the copy or the record.
+                self.leases
+                    .hold(container_hold(container_id), chain.clone());
+            }
             self.storage.create(&LayerDir {
                 own: &staging,
                 lowers: &lowers,
@@ -165,6 +145,7 @@ impl Containers {
         })();
         if let Err(err) = result {
             let _ = fs::remove_dir_all(&staging);
+            self.leases.release(&container_hold(container_id));
             return Err(err);
         }
         self.records
@@ -186,6 +167,7 @@ impl Containers {
         };
         let trash = self.dir.join(format!(".{container_id}.removing"));
         fs::rename(self.dir.join(container_id), &trash)?;
+        self.leases.release(&container_hold(container_id));
         fs::remove_dir_all(&trash)?;
         Ok(Some(record))
     }
@@ -209,67 +191,14 @@ impl Containers {
         Ok((vec![self.storage.mount(&layer, label)], folders))
     }
 
-    /// Read-only mounts of an image's layers, held by a new lease.
-    pub fn lease_image(&self, chain: &Digest) -> Result<(String, Vec<Mount>), Error> {
-        let lowers = self.lower_dirs(Some(chain))?;
-        let mount = if lowers.len() == 1 {
-            Mount {
-                r#type: "bind".into(),
-                source: lowers[0].display().to_string(),
-                options: vec!["rbind".into(), "ro".into()],
-            }
-        } else {
-            let lowerdir = lowers
-                .iter()
-                .map(|d| d.display().to_string())
-                .collect::<Vec<_>>()
-                .join(":");
-            Mount {
-                r#type: "overlay".into(),
-                source: "overlay".into(),
-                options: vec![format!("lowerdir={lowerdir}"), "ro".into()],
-            }
-        };
-        let lease = format!("{:032x}", rand::random::<u128>());
-        self.leases
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(lease.clone(), chain.clone());
-        Ok((lease, vec![mount]))
-    }
-
-    /// Ends a MountImage lease.
-    pub fn release_image(&self, lease: &str) {
-        self.leases
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(lease);
-    }
-
-    /// The diff dirs of the chain, top first (overlayfs' lowerdir order).
+    /// The diff dirs of the chain, top first; none for scratch.
     fn lower_dirs(&self, chain: Option<&Digest>) -> Result<Vec<PathBuf>, Error> {
-        let mut dirs = Vec::new();
-        let mut next = chain.cloned();
-        while let Some(chain) = next {
-            let layer = self.layers.get(&chain).ok_or_else(|| {
-                Error::FailedPrecondition(format!("layer {chain} is not in the layer store"))
-            })?;
-            dirs.push(self.layers.diff_path(&chain));
-            next = layer.parent.clone();
-        }
-        Ok(dirs)
+        chain.map_or(Ok(Vec::new()), |chain| self.layers.diff_dirs(chain))
     }
 
     /// What the container changed, Docker's way, sorted by path.
-    pub fn changes(&self, record: &Container) -> Result<Vec<Change>, Error> {
-        let changes = self.with_layer(record, |layer| self.storage.changes(layer))?;
-        Ok(changes
-            .into_iter()
-            .map(|(path, kind)| Change {
-                path,
-                kind: kind as i32,
-            })
-            .collect())
+    pub fn changes(&self, record: &Container) -> Result<Changes, Error> {
+        self.with_layer(record, |layer| self.storage.changes(layer))
     }
 
     /// Writes the container's changes into the empty directory `dir`, in
@@ -323,10 +252,12 @@ mod tests {
     fn records_survive_reopen_and_half_made_layers_are_dropped() {
         let dir = tempfile::tempdir().unwrap();
         let layers = Arc::new(LayerStore::open(dir.path()).unwrap());
+        let leases = Arc::new(Leases::new());
         let containers = Containers::open(
             dir.path(),
             Arc::new(crate::storage::overlay::Overlay),
             Arc::clone(&layers),
+            Arc::clone(&leases),
         )
         .unwrap();
         let made = containers.create("c1", "", None, "").unwrap();
@@ -352,13 +283,14 @@ mod tests {
             dir.path(),
             Arc::new(crate::storage::overlay::Overlay),
             layers,
+            leases,
         )
         .unwrap();
         assert_eq!(containers.get("c1").unwrap().mount_id, made.mount_id);
         assert!(!half.exists());
         let (mounts, folders) = containers.mounts(&made).unwrap();
         assert_eq!(
-            mounts[0].r#type, "bind",
+            mounts[0].kind, "bind",
             "scratch: a bind mount of its own dir"
         );
         assert_eq!(folders.len(), 1);

@@ -12,7 +12,6 @@ use std::sync::Arc;
 use imaged_common::Error;
 use imaged_model::Digest;
 
-use crate::containers::Containers;
 use crate::content::ContentStore;
 use crate::layers::LayerStore;
 use crate::leases::Leases;
@@ -22,21 +21,14 @@ pub struct Gc {
     layers: Arc<LayerStore>,
     content: ContentStore,
     leases: Arc<Leases>,
-    containers: Arc<Containers>,
 }
 
 impl Gc {
-    pub fn new(
-        layers: Arc<LayerStore>,
-        content: ContentStore,
-        leases: Arc<Leases>,
-        containers: Arc<Containers>,
-    ) -> Self {
+    pub fn new(layers: Arc<LayerStore>, content: ContentStore, leases: Arc<Leases>) -> Self {
         Gc {
             layers,
             content,
             leases,
-            containers,
         }
     }
 
@@ -51,7 +43,7 @@ impl Gc {
             let before = pending.len();
             let mut still = Vec::new();
             for chain in pending {
-                if self.layers.children(&chain) > 0 || self.containers.holds(&chain) {
+                if self.layers.children(&chain) > 0 {
                     still.push(chain);
                     continue;
                 }
@@ -95,7 +87,7 @@ impl Gc {
         Ok(removed)
     }
 
-    /// Keeps `keep`, what they stand on and what containers stand on, and
+    /// Keeps `keep`, what they stand on and what the lease table holds, and
     /// removes every other layer. Answers (removed, missing): the chains
     /// removed, and those of `keep` (or their parents) not stored.
     pub async fn retain(
@@ -103,8 +95,8 @@ impl Gc {
         keep: &HashSet<Digest>,
     ) -> Result<(Vec<String>, Vec<String>), Error> {
         let (mut held, mut missing) = self.stood_on(keep.iter().cloned());
-        let (by_containers, _) = self.stood_on(self.containers.held_chains());
-        held.extend(by_containers);
+        let (by_leases, _) = self.stood_on(self.leases.held_chains());
+        held.extend(by_leases);
         let orphans: HashSet<Digest> = self
             .layers
             .all()
@@ -148,6 +140,7 @@ impl Gc {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::containers::Containers;
     use crate::layers::Layer;
 
     /// A store holding base ← app, base ← other, and an unrelated lone.
@@ -156,6 +149,7 @@ mod tests {
         gc: Gc,
         layers: Arc<LayerStore>,
         leases: Arc<Leases>,
+        containers: Containers,
         content: ContentStore,
         base: Digest,
         app: Digest,
@@ -168,14 +162,13 @@ mod tests {
         let layers = Arc::new(LayerStore::open(dir.path()).unwrap());
         let content = ContentStore::open(&dir.path().join("content")).unwrap();
         let leases = Arc::new(Leases::new());
-        let containers = Arc::new(
-            Containers::open(
-                dir.path(),
-                Arc::new(crate::storage::overlay::Overlay),
-                Arc::clone(&layers),
-            )
-            .unwrap(),
-        );
+        let containers = Containers::open(
+            dir.path(),
+            Arc::new(crate::storage::overlay::Overlay),
+            Arc::clone(&layers),
+            Arc::clone(&leases),
+        )
+        .unwrap();
         let add = |name: &str, parent: Option<&Digest>| {
             let diff_id = Digest::sha256_of(name.as_bytes());
             let chain_id = match parent {
@@ -202,17 +195,13 @@ mod tests {
         let app = add("app", Some(&base));
         let other = add("other", Some(&base));
         let lone = add("lone", None);
-        let gc = Gc::new(
-            Arc::clone(&layers),
-            content.clone(),
-            Arc::clone(&leases),
-            containers,
-        );
+        let gc = Gc::new(Arc::clone(&layers), content.clone(), Arc::clone(&leases));
         Fixture {
             _dir: dir,
             gc,
             layers,
             leases,
+            containers,
             content,
             base,
             app,
@@ -267,5 +256,40 @@ mod tests {
         assert_eq!(removed, expected);
         assert_eq!(missing, [gone.to_string()]);
         assert!(f.layers.get(&f.app).is_some() && f.layers.get(&f.base).is_some());
+    }
+
+    #[tokio::test]
+    async fn a_container_holds_its_image_layers_across_a_restart_until_released() {
+        let f = fixture();
+        f.containers
+            .create("c1", "app-image", Some(f.app.clone()), "")
+            .unwrap();
+        let removed = f.gc.release(set(&[&f.app, &f.base])).await.unwrap();
+        assert!(removed.is_empty(), "the container stands on app and base");
+
+        // A restart: a new table, filled again from the records on disk.
+        let leases = Arc::new(Leases::new());
+        let containers = Containers::open(
+            f._dir.path(),
+            Arc::new(crate::storage::overlay::Overlay),
+            Arc::clone(&f.layers),
+            Arc::clone(&leases),
+        )
+        .unwrap();
+        let gc = Gc::new(
+            Arc::clone(&f.layers),
+            f.content.clone(),
+            Arc::clone(&leases),
+        );
+        let (removed, _) = gc.retain(&HashSet::new()).await.unwrap();
+        let mut removed = removed;
+        removed.sort();
+        let mut expected = vec![f.other.to_string(), f.lone.to_string()];
+        expected.sort();
+        assert_eq!(removed, expected, "app and base stay for the container");
+
+        containers.release("c1").unwrap();
+        let removed = gc.release(set(&[&f.app, &f.base])).await.unwrap();
+        assert_eq!(removed.len(), 2);
     }
 }

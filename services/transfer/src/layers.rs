@@ -150,6 +150,21 @@ impl LayerStore {
         self.dir.join(chain_id.hex()).join("diff")
     }
 
+    /// The diff dirs of `chain` and its parents, top first (overlayfs'
+    /// lowerdir order); FAILED_PRECONDITION when one is not stored.
+    pub fn diff_dirs(&self, chain: &Digest) -> Result<Vec<PathBuf>, Error> {
+        let mut dirs = Vec::new();
+        let mut next = Some(chain.clone());
+        while let Some(chain) = next {
+            let layer = self.get(&chain).ok_or_else(|| {
+                Error::FailedPrecondition(format!("layer {chain} is not in the layer store"))
+            })?;
+            dirs.push(self.diff_path(&chain));
+            next = layer.parent.clone();
+        }
+        Ok(dirs)
+    }
+
     /// A fresh directory to unpack a layer into.
     pub fn stage(&self) -> Result<Staging, Error> {
         let path = self.staging.join(format!(

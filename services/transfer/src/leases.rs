@@ -1,19 +1,37 @@
-//! Leases: the chains an operation in flight uses (a pull, load, import or
-//! commit), held against removal until it ends, as containerd's
-//! `core/leases` holds content. Garbage collection asks here before it
-//! removes a layer ([`crate::gc`]); the operations take a [`Lease`] and
-//! drop it when done. Container layers and MountImage leases are held by
-//! [`crate::containers::Containers`], which GC also consults.
+//! Leases: what holds a layer chain against removal, in one table, as
+//! containerd's `core/leases` holds content. Two kinds live here:
+//! - an operation in flight (a pull, load, import or commit) takes a
+//!   [`Lease`] on the chains it uses and drops it when done;
+//! - a named hold lasts until it is released by name: a container's
+//!   read-write layer (`container/<id>`, taken again at start-up from the
+//!   records on disk) and a MountImage lease (`mount/<lease id>`).
+//!
+//! Garbage collection ([`crate::gc`]) asks only this table before it
+//! removes a layer.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, MutexGuard};
 
 use imaged_model::Digest;
 
-/// The lease table: how many operations hold each chain.
+/// The lease table.
 #[derive(Debug, Default)]
 pub struct Leases {
-    held: Mutex<HashMap<Digest, usize>>,
+    table: Mutex<Table>,
+}
+
+#[derive(Debug, Default)]
+struct Table {
+    /// How many operations in flight hold each chain.
+    operations: HashMap<Digest, usize>,
+    /// Named holds: hold name → the chain held.
+    named: HashMap<String, Digest>,
+}
+
+impl Table {
+    fn holds(&self, chain: &Digest) -> bool {
+        self.operations.contains_key(chain) || self.named.values().any(|c| c == chain)
+    }
 }
 
 /// Chains held until this is dropped.
@@ -21,6 +39,16 @@ pub struct Leases {
 pub struct Lease<'a> {
     leases: &'a Leases,
     chains: Vec<Digest>,
+}
+
+/// The name of a container's hold on its image.
+pub fn container_hold(container_id: &str) -> String {
+    format!("container/{container_id}")
+}
+
+/// The name of a MountImage lease's hold.
+pub fn mount_hold(lease_id: &str) -> String {
+    format!("mount/{lease_id}")
 }
 
 impl Leases {
@@ -31,9 +59,9 @@ impl Leases {
 
     /// Holds `chains` against removal until the lease is dropped.
     pub fn lease(&self, chains: &[Digest]) -> Lease<'_> {
-        let mut held = self.lock();
+        let mut table = self.lock();
         for chain in chains {
-            *held.entry(chain.clone()).or_default() += 1;
+            *table.operations.entry(chain.clone()).or_default() += 1;
         }
         Lease {
             leases: self,
@@ -41,32 +69,55 @@ impl Leases {
         }
     }
 
-    /// Runs `remove` unless an operation holds `chain`. The table stays
+    /// Holds `chain` under `name` until [`Leases::release`]; a second hold
+    /// of the same name replaces the first.
+    pub fn hold(&self, name: String, chain: Digest) {
+        self.lock().named.insert(name, chain);
+    }
+
+    /// Ends the hold `name`; answers the chain it held, if any.
+    pub fn release(&self, name: &str) -> Option<Digest> {
+        self.lock().named.remove(name)
+    }
+
+    /// Every chain held now, by operations and named holds alike (the
+    /// tops: what they stand on is held through them).
+    pub fn held_chains(&self) -> HashSet<Digest> {
+        let table = self.lock();
+        table
+            .operations
+            .keys()
+            .chain(table.named.values())
+            .cloned()
+            .collect()
+    }
+
+    /// Runs `remove` unless something holds `chain`. The table stays
     /// locked meanwhile, so an operation that leases the chain next sees
     /// it gone, and one that leased it first keeps it.
     pub fn unless_leased<T>(&self, chain: &Digest, remove: impl FnOnce() -> T) -> Option<T> {
-        let held = self.lock();
-        if held.contains_key(chain) {
+        let table = self.lock();
+        if table.holds(chain) {
             return None;
         }
         let removed = remove();
-        drop(held);
+        drop(table);
         Some(removed)
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<Digest, usize>> {
-        self.held.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> MutexGuard<'_, Table> {
+        self.table.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
 impl Drop for Lease<'_> {
     fn drop(&mut self) {
-        let mut held = self.leases.lock();
+        let mut table = self.leases.lock();
         for chain in &self.chains {
-            if let Some(n) = held.get_mut(chain) {
+            if let Some(n) = table.operations.get_mut(chain) {
                 *n -= 1;
                 if *n == 0 {
-                    held.remove(chain);
+                    table.operations.remove(chain);
                 }
             }
         }
@@ -102,5 +153,31 @@ mod tests {
             leases.unless_leased(&chain(2), || "removed"),
             Some("removed")
         );
+    }
+
+    #[test]
+    fn a_named_hold_lasts_until_released_by_name() {
+        let leases = Leases::new();
+        leases.hold(container_hold("c1"), chain(1));
+        leases.hold(mount_hold("m1"), chain(1));
+        let op = leases.lease(&[chain(2)]);
+        assert_eq!(
+            leases.held_chains(),
+            [chain(1), chain(2)].into_iter().collect()
+        );
+        assert_eq!(leases.release(&container_hold("c1")), Some(chain(1)));
+        assert_eq!(
+            leases.unless_leased(&chain(1), || "removed"),
+            None,
+            "the mount still holds it"
+        );
+        assert_eq!(leases.release(&mount_hold("m1")), Some(chain(1)));
+        assert_eq!(leases.release(&mount_hold("m1")), None);
+        assert_eq!(
+            leases.unless_leased(&chain(1), || "removed"),
+            Some("removed")
+        );
+        drop(op);
+        assert!(leases.held_chains().is_empty());
     }
 }

@@ -138,10 +138,12 @@ pub async fn run(config: ServiceConfig, args: Args) -> anyhow::Result<()> {
         &config.data_dir,
         driver.storage(),
         Arc::clone(&layers),
+        Arc::clone(&leases),
     )?);
     let rw_layers = Arc::new(rw_layers::RwLayers::new(
         Arc::clone(&containers),
         Arc::clone(&layers),
+        Arc::clone(&leases),
         metadata.clone(),
     ));
     let committer = Arc::new(commit::Committer::new(
@@ -151,12 +153,7 @@ pub async fn run(config: ServiceConfig, args: Args) -> anyhow::Result<()> {
         Arc::clone(&leases),
         metadata,
     ));
-    let gc = gc::Gc::new(
-        Arc::clone(&layers),
-        content.clone(),
-        leases,
-        Arc::clone(&containers),
-    );
+    let gc = gc::Gc::new(Arc::clone(&layers), content.clone(), leases);
     let service = service::TransferService {
         data_dir: config.data_dir.clone(),
         driver,
@@ -168,7 +165,6 @@ pub async fn run(config: ServiceConfig, args: Args) -> anyhow::Result<()> {
         exporter,
         loader,
         importer,
-        containers,
         rw_layers,
         committer,
         gc,

@@ -5,8 +5,8 @@
 use std::sync::Arc;
 
 use imaged_api::v1::{
-    ChangesResponse, CreateLayerRequest, CreateLayerResponse, GetLayerResponse, LayerSizeResponse,
-    MountImageRequest, MountImageResponse,
+    Change, ChangesResponse, CreateLayerRequest, CreateLayerResponse, GetLayerResponse,
+    LayerSizeResponse, Mount, MountImageRequest, MountImageResponse, change,
 };
 use imaged_common::Error;
 use imaged_model::Digest;
@@ -15,20 +15,29 @@ use serde_json::Value;
 
 use crate::containers::{Container, Containers};
 use crate::layers::LayerStore;
+use crate::leases::{Leases, mount_hold};
 use crate::metadata::{Metadata, config_diff_ids};
+use crate::storage::{self, ChangeKind};
 
 /// Container layers and image mounts.
 pub struct RwLayers {
     pub containers: Arc<Containers>,
     layers: Arc<LayerStore>,
+    leases: Arc<Leases>,
     metadata: Metadata,
 }
 
 impl RwLayers {
-    pub fn new(containers: Arc<Containers>, layers: Arc<LayerStore>, metadata: Metadata) -> Self {
+    pub fn new(
+        containers: Arc<Containers>,
+        layers: Arc<LayerStore>,
+        leases: Arc<Leases>,
+        metadata: Metadata,
+    ) -> Self {
         RwLayers {
             containers,
             layers,
+            leases,
             metadata,
         }
     }
@@ -81,7 +90,7 @@ impl RwLayers {
         let (mounts, folders) = self.containers.mounts(&record)?;
         Ok(CreateLayerResponse {
             mount_id: record.mount_id,
-            mounts,
+            mounts: wire_mounts(mounts),
             folders,
         })
     }
@@ -91,7 +100,7 @@ impl RwLayers {
         let (mounts, folders) = self.containers.mounts(&record)?;
         Ok(GetLayerResponse {
             mount_id: record.mount_id,
-            mounts,
+            mounts: wire_mounts(mounts),
             folders,
             image_id: record.image_id,
         })
@@ -116,6 +125,17 @@ impl RwLayers {
         let changes = tokio::task::spawn_blocking(move || containers.changes(&record))
             .await
             .map_err(Error::internal)??;
+        let changes = changes
+            .into_iter()
+            .map(|(path, kind)| Change {
+                path,
+                kind: match kind {
+                    ChangeKind::Modify => change::Kind::Modify,
+                    ChangeKind::Add => change::Kind::Add,
+                    ChangeKind::Delete => change::Kind::Delete,
+                } as i32,
+            })
+            .collect();
         Ok(ChangesResponse { changes })
     }
 
@@ -151,12 +171,19 @@ impl RwLayers {
         let chain = chain.ok_or_else(|| {
             Error::InvalidArgument(format!("image {} has no layers to mount", request.image))
         })?;
-        let (lease_id, mounts) = self.containers.lease_image(&chain)?;
+        let mount = storage::read_only_view(&self.layers.diff_dirs(&chain)?);
+        let lease_id = format!("{:032x}", rand::random::<u128>());
+        self.leases.hold(mount_hold(&lease_id), chain);
         Ok(MountImageResponse {
             lease_id,
-            mounts,
+            mounts: wire_mounts(vec![mount]),
             image_id,
         })
+    }
+
+    /// Ends a MountImage lease; an unknown one is not an error.
+    pub fn release_image(&self, lease_id: &str) {
+        self.leases.release(&mount_hold(lease_id));
     }
 
     /// Records the container against its image in imaged-metadata.
@@ -174,4 +201,16 @@ impl RwLayers {
             );
         }
     }
+}
+
+/// The storage driver's mounts as the wire carries them.
+fn wire_mounts(mounts: Vec<storage::Mount>) -> Vec<Mount> {
+    mounts
+        .into_iter()
+        .map(|m| Mount {
+            r#type: m.kind,
+            source: m.source,
+            options: m.options,
+        })
+        .collect()
 }

@@ -24,7 +24,6 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::commit::Committer;
-use crate::containers::Containers;
 use crate::content::ContentStore;
 use crate::driver::Driver;
 use crate::export::Exporter;
@@ -50,7 +49,6 @@ pub struct TransferService {
     pub exporter: Arc<Exporter>,
     pub loader: Arc<Loader>,
     pub importer: Arc<Importer>,
-    pub containers: Arc<Containers>,
     pub rw_layers: Arc<RwLayers>,
     pub committer: Arc<Committer>,
     pub gc: Gc,
@@ -277,7 +275,7 @@ impl Transfer for TransferService {
         &self,
         request: Request<ReleaseImageRequest>,
     ) -> Result<Response<ReleaseImageResponse>, Status> {
-        self.containers.release_image(&request.get_ref().lease_id);
+        self.rw_layers.release_image(&request.get_ref().lease_id);
         Ok(Response::new(ReleaseImageResponse {}))
     }
 

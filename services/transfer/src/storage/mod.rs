@@ -13,13 +13,52 @@ use std::collections::{BTreeMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use imaged_api::v1::{Mount, change};
 use imaged_common::Error;
 
 use crate::whiteout::{is_opaque, is_whiteout};
 
 /// What a container changed: path (from `/`) → kind, sorted by path.
-pub type Changes = BTreeMap<String, change::Kind>;
+pub type Changes = BTreeMap<String, ChangeKind>;
+
+/// What happened to one path, in Docker's three kinds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChangeKind {
+    Modify,
+    Add,
+    Delete,
+}
+
+/// A mount that shows a layer's files, for the caller (kubelet's runtime,
+/// containerd) to perform: the fields of a mount(8) line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mount {
+    /// "overlay" or "bind".
+    pub kind: String,
+    pub source: String,
+    pub options: Vec<String>,
+}
+
+/// The read-only view of an image's layer dirs (top first): a bind mount
+/// of a single layer, an overlay of several.
+pub fn read_only_view(lowers: &[PathBuf]) -> Mount {
+    if let [only] = lowers {
+        return Mount {
+            kind: "bind".into(),
+            source: only.display().to_string(),
+            options: vec!["rbind".into(), "ro".into()],
+        };
+    }
+    let lowerdir = lowers
+        .iter()
+        .map(|d| d.display().to_string())
+        .collect::<Vec<_>>()
+        .join(":");
+    Mount {
+        kind: "overlay".into(),
+        source: "overlay".into(),
+        options: vec![format!("lowerdir={lowerdir}"), "ro".into()],
+    }
+}
 
 /// A container layer's directory: `diff/` holds what it wrote (the
 /// overlay upper dir, or the vfs copy), and a driver may keep more.

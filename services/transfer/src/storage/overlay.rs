@@ -5,10 +5,9 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use imaged_api::v1::{Mount, change};
 use imaged_common::Error;
 
-use super::{Changes, LayerDir, StorageDriver, lower_has, tree_size};
+use super::{ChangeKind, Changes, LayerDir, Mount, StorageDriver, lower_has, tree_size};
 use crate::whiteout::{is_opaque, is_whiteout};
 
 /// The overlay2 driver.
@@ -38,7 +37,7 @@ impl StorageDriver for Overlay {
         ];
         options.extend(label);
         Mount {
-            r#type: "overlay".into(),
+            kind: "overlay".into(),
             source: "overlay".into(),
             options,
         }
@@ -73,18 +72,18 @@ fn overlay_changes(
         let meta = entry.metadata()?;
         let shown = format!("/{}", child.display());
         if is_whiteout(&meta) {
-            out.insert(shown, change::Kind::Delete);
+            out.insert(shown, ChangeKind::Delete);
             continue;
         }
         let kind = if lower_has(lowers, &child) {
-            change::Kind::Modify
+            ChangeKind::Modify
         } else {
-            change::Kind::Add
+            ChangeKind::Add
         };
         if meta.is_dir() {
             // A directory copied up only to hold changed children is not
             // itself a change unless it is new.
-            if kind == change::Kind::Add || is_opaque(&entry.path()) {
+            if kind == ChangeKind::Add || is_opaque(&entry.path()) {
                 out.insert(shown, kind);
             }
             overlay_changes(upper, &child, lowers, out)?;
@@ -98,7 +97,7 @@ fn overlay_changes(
         && out.keys().any(|k| k.starts_with(&format!("{parent}/")))
         && !out.contains_key(&parent)
     {
-        out.insert(parent, change::Kind::Modify);
+        out.insert(parent, ChangeKind::Modify);
     }
     Ok(())
 }

@@ -7,10 +7,9 @@ use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use imaged_api::v1::{Mount, change};
 use imaged_common::Error;
 
-use super::{Changes, LayerDir, StorageDriver, lower_meta, lower_names};
+use super::{ChangeKind, Changes, LayerDir, Mount, StorageDriver, lower_meta, lower_names};
 use crate::beneath::{Kind, Root};
 
 /// The copying vfs driver.
@@ -40,7 +39,7 @@ impl StorageDriver for Vfs {
         for (path, kind) in self.changes(layer)? {
             let rel = Path::new(path.trim_start_matches('/'));
             let at = root.entry(rel)?;
-            if kind == change::Kind::Delete {
+            if kind == ChangeKind::Delete {
                 at.remove()?;
                 at.whiteout()?;
                 continue;
@@ -71,7 +70,7 @@ impl StorageDriver for Vfs {
         let upper = layer.upper();
         let mut size = 0;
         for (path, kind) in self.changes(layer)? {
-            if kind != change::Kind::Delete
+            if kind != ChangeKind::Delete
                 && let Ok(meta) = fs::symlink_metadata(upper.join(path.trim_start_matches('/')))
                 && meta.is_file()
             {
@@ -87,7 +86,7 @@ pub(crate) fn bind(source: &Path, label: Option<String>) -> Mount {
     let mut options = vec!["rbind".to_string(), "rw".to_string()];
     options.extend(label);
     Mount {
-        r#type: "bind".into(),
+        kind: "bind".into(),
         source: source.display().to_string(),
         options,
     }
@@ -114,7 +113,7 @@ fn diff_against_image(
         let now = entry.metadata()?;
         match lower_meta(lowers, &child) {
             None => {
-                out.insert(shown, change::Kind::Add);
+                out.insert(shown, ChangeKind::Add);
                 if now.is_dir() {
                     diff_against_image(copy, lowers, &child, out)?;
                 }
@@ -126,7 +125,7 @@ fn diff_against_image(
                     || (!now.is_dir()
                         && (before.len() != now.len() || before.mtime() != now.mtime()));
                 if differs {
-                    out.insert(shown, change::Kind::Modify);
+                    out.insert(shown, ChangeKind::Modify);
                 }
                 if now.is_dir() && before.is_dir() {
                     diff_against_image(copy, lowers, &child, out)?;
@@ -136,10 +135,7 @@ fn diff_against_image(
     }
     for name in lower_names(lowers, rel) {
         if !seen.contains(&name) {
-            out.insert(
-                format!("/{}", rel.join(name).display()),
-                change::Kind::Delete,
-            );
+            out.insert(format!("/{}", rel.join(name).display()), ChangeKind::Delete);
         }
     }
     Ok(())
