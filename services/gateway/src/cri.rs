@@ -107,6 +107,40 @@ fn cri_image(inspect: &ImageInspect) -> Image {
     }
 }
 
+/// The CRI record of a ListImages row: as [`cri_image`] without the user,
+/// which kubelet reads from ImageStatus.
+fn summary_image(summary: &v1::ImageSummary) -> Image {
+    Image {
+        id: summary.id.clone(),
+        repo_tags: qualified(&summary.repo_tags),
+        repo_digests: qualified(&summary.repo_digests),
+        size: summary.size.max(1) as u64,
+        uid: None,
+        username: String::new(),
+        spec: Some(ImageSpec {
+            image: summary.id.clone(),
+            ..Default::default()
+        }),
+        pinned: false,
+    }
+}
+
+/// ImageStatus's verbose `info`, as containerd gives it: the image spec
+/// (the OCI config) and the top layer's chain ID.
+fn verbose_info(inspect: &ImageInspect) -> String {
+    let spec: serde_json::Value =
+        serde_json::from_slice(&inspect.config_json).unwrap_or(serde_json::Value::Null);
+    let diff_ids: Vec<imaged_model::Digest> = inspect
+        .root_fs
+        .as_ref()
+        .map(|r| r.layers.iter().filter_map(|l| l.parse().ok()).collect())
+        .unwrap_or_default();
+    let chain_id = imaged_model::digest::chain_id(&diff_ids)
+        .map(|c| c.to_string())
+        .unwrap_or_default();
+    serde_json::json!({"chainID": chain_id, "imageSpec": spec}).to_string()
+}
+
 /// kubelet's credentials as a pull takes them; `auth` is
 /// base64("user:password") as in a Docker config file.
 fn registry_auth(auth: Option<&AuthConfig>) -> Result<Option<RegistryAuth>, Status> {
@@ -162,20 +196,8 @@ impl ImageService for CriImageService {
                 })
                 .await?
                 .images
-                .into_iter()
-                .map(|summary| Image {
-                    spec: Some(ImageSpec {
-                        image: summary.id.clone(),
-                        ..Default::default()
-                    }),
-                    id: summary.id,
-                    repo_tags: qualified(&summary.repo_tags),
-                    repo_digests: qualified(&summary.repo_digests),
-                    size: summary.size.max(1) as u64,
-                    uid: None,
-                    username: String::new(),
-                    pinned: false,
-                })
+                .iter()
+                .map(summary_image)
                 .collect(),
         };
         Ok(Response::new(ListImagesResponse { images }))
@@ -191,25 +213,7 @@ impl ImageService for CriImageService {
         };
         let mut info = HashMap::new();
         if request.verbose {
-            // As containerd: the image spec (the OCI config) and chain ID.
-            let spec: serde_json::Value =
-                serde_json::from_slice(&inspect.config_json).unwrap_or(serde_json::Value::Null);
-            let chain_id = inspect
-                .root_fs
-                .as_ref()
-                .map(|r| {
-                    imaged_model::digest::chain_id(
-                        &r.layers
-                            .iter()
-                            .filter_map(|l| l.parse().ok())
-                            .collect::<Vec<_>>(),
-                    )
-                    .map(|c| c.to_string())
-                    .unwrap_or_default()
-                })
-                .unwrap_or_default();
-            let value = serde_json::json!({"chainID": chain_id, "imageSpec": spec});
-            info.insert("info".to_string(), value.to_string());
+            info.insert("info".to_string(), verbose_info(&inspect));
         }
         Ok(Response::new(ImageStatusResponse {
             image: Some(cri_image(&inspect)),
@@ -319,5 +323,138 @@ impl ImageService for CriImageService {
             }],
             container_filesystems: Vec::new(),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use imaged_api::v1::{ContainerConfig, RootFs};
+
+    fn inspect(user: &str, size: i64) -> ImageInspect {
+        ImageInspect {
+            id: "sha256:aaaa".into(),
+            repo_tags: vec!["busybox:1".into(), "myreg:5000/team/app:v2".into()],
+            repo_digests: vec![format!("busybox@sha256:{}", "b".repeat(64))],
+            size,
+            config: Some(ContainerConfig {
+                user: user.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn an_image_has_qualified_names_a_size_above_zero_and_its_spec() {
+        let image = cri_image(&inspect("", 0));
+        assert_eq!(
+            image.repo_tags,
+            ["docker.io/library/busybox:1", "myreg:5000/team/app:v2"]
+        );
+        assert_eq!(
+            image.repo_digests,
+            [format!(
+                "docker.io/library/busybox@sha256:{}",
+                "b".repeat(64)
+            )]
+        );
+        assert_eq!(image.size, 1, "kubelet refuses an image of size 0");
+        assert_eq!(image.spec.unwrap().image, "sha256:aaaa");
+        assert_eq!((image.uid, image.username.as_str()), (None, ""));
+    }
+
+    #[test]
+    fn a_numeric_user_is_a_uid_and_a_name_is_a_username() {
+        let image = cri_image(&inspect("1000:100", 5));
+        assert_eq!(image.uid, Some(Int64Value { value: 1000 }));
+        assert_eq!(image.username, "");
+        let image = cri_image(&inspect("nginx:www", 5));
+        assert_eq!((image.uid, image.username.as_str()), (None, "nginx"));
+        assert_eq!(image.size, 5);
+    }
+
+    #[test]
+    fn a_list_row_maps_as_status_does_without_the_user() {
+        let summary = v1::ImageSummary {
+            id: "sha256:aaaa".into(),
+            repo_tags: vec!["busybox:1".into()],
+            size: 7,
+            ..Default::default()
+        };
+        let mut from_status = cri_image(&inspect("1000", 7));
+        from_status.repo_tags.truncate(1);
+        from_status.repo_digests.clear();
+        from_status.uid = None;
+        assert_eq!(summary_image(&summary), from_status);
+    }
+
+    #[test]
+    fn verbose_info_carries_the_spec_and_the_chain_id() {
+        let diff_id = format!("sha256:{}", "c".repeat(64));
+        let mut image = inspect("", 1);
+        image.config_json = br#"{"architecture":"amd64"}"#.to_vec();
+        image.root_fs = Some(RootFs {
+            r#type: "layers".into(),
+            layers: vec![diff_id.clone()],
+        });
+        let info: serde_json::Value = serde_json::from_str(&verbose_info(&image)).unwrap();
+        assert_eq!(info["chainID"], diff_id, "one layer: chain ID = diff ID");
+        assert_eq!(info["imageSpec"]["architecture"], "amd64");
+    }
+
+    #[test]
+    fn credentials_come_from_fields_or_from_auth() {
+        assert_eq!(registry_auth(None).unwrap(), None);
+        let auth = AuthConfig {
+            auth: base64::engine::general_purpose::STANDARD.encode("user:pa:ss"),
+            ..Default::default()
+        };
+        let got = registry_auth(Some(&auth)).unwrap().unwrap();
+        assert_eq!(
+            (got.username.as_str(), got.password.as_str()),
+            ("user", "pa:ss")
+        );
+        let fields = AuthConfig {
+            username: "u".into(),
+            password: "p".into(),
+            auth: "ignored".into(),
+            ..Default::default()
+        };
+        let got = registry_auth(Some(&fields)).unwrap().unwrap();
+        assert_eq!((got.username.as_str(), got.password.as_str()), ("u", "p"));
+        for bad in ["not base64!", "dXNlcg=="] {
+            let auth = AuthConfig {
+                auth: bad.into(),
+                ..Default::default()
+            };
+            assert_eq!(
+                registry_auth(Some(&auth)).unwrap_err().code(),
+                Code::InvalidArgument,
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_empty_image_name_is_invalid() {
+        for spec in [
+            None,
+            Some(ImageSpec::default()),
+            Some(ImageSpec {
+                image: "  ".into(),
+                ..Default::default()
+            }),
+        ] {
+            assert_eq!(
+                image_name(spec.as_ref()).unwrap_err().code(),
+                Code::InvalidArgument
+            );
+        }
+        let spec = ImageSpec {
+            image: " busybox ".into(),
+            ..Default::default()
+        };
+        assert_eq!(image_name(Some(&spec)).unwrap(), "busybox");
     }
 }
