@@ -33,6 +33,7 @@ fn event(i: usize) -> Event {
         }),
         scope: "local".into(),
         time_nano: now_nanos(),
+        time: None,
     }
 }
 

@@ -31,6 +31,7 @@ fn event(action: &str, id: &str, name: &str, labels: &[(&str, &str)]) -> Event {
         }),
         scope: "local".into(),
         time_nano: now_nanos(),
+        time: None,
     }
 }
 

@@ -233,9 +233,22 @@ async fn images_resolve_by_every_form_docker_accepts() {
     let found = inspect(&mut c, "app:1").await.unwrap();
     assert_eq!(found.repo_tags, ["app:1", "myreg:5000/team/app:v2"]);
     assert_eq!(found.created, "2024-01-01T00:00:00.25Z");
+    let created_at = found.created_at.unwrap();
+    assert_eq!(
+        (created_at.seconds, created_at.nanos),
+        (1_704_067_200, 250_000_000),
+        "created_at is the instant of created"
+    );
     assert_eq!(found.os, "linux");
     assert_eq!(found.config.unwrap().labels["tier"], "web");
     assert_ne!(found.last_tag_time, "0001-01-01T00:00:00Z");
+    let tagged = found.last_tagged_at.unwrap();
+    let tag_time = chrono::DateTime::parse_from_rfc3339(&found.last_tag_time).unwrap();
+    assert_eq!(
+        (tagged.seconds, tagged.nanos as u32),
+        (tag_time.timestamp(), tag_time.timestamp_subsec_nanos()),
+        "last_tagged_at is the instant of last_tag_time"
+    );
 
     assert_status(
         inspect(&mut c, "app").await,
@@ -341,6 +354,7 @@ async fn list_applies_every_filter() {
         (mid_row.containers, mid_row.shared_size, mid_row.created),
         (1, -1, 1_640_995_200)
     );
+    assert_eq!(mid_row.created_at.unwrap().seconds, mid_row.created);
     assert_eq!(
         everything.iter().find(|i| i.id == child).unwrap().parent_id,
         parent
@@ -758,6 +772,7 @@ async fn history_walks_the_parent_chain() {
         (items[0].created, items[0].comment.as_str(), items[0].size),
         (1_706_745_600, "top step", 0)
     );
+    assert_eq!(items[0].created_at.unwrap().seconds, 1_706_745_600);
     assert_eq!(
         (items[1].id.as_str(), items[1].tags.as_slice()),
         (base.as_str(), &["base:1".to_string()][..])
@@ -843,6 +858,12 @@ async fn image_actions_are_published_as_events() {
             .unwrap()
             .unwrap()
             .unwrap();
+        let time = e.time.expect("every event has its time");
+        assert_eq!(
+            i128::from(time.seconds) * 1_000_000_000 + i128::from(time.nanos),
+            i128::from(e.time_nano),
+            "time and time_nano say one instant"
+        );
         let actor = e.actor.unwrap();
         seen.push((
             e.action,

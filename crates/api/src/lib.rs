@@ -32,6 +32,21 @@ pub mod cri {
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/imaged_descriptor.bin"));
 
+/// A point in time as the wire carries it, from nanoseconds since the Unix
+/// epoch (the one form imaged keeps times in, `imaged_model::timestamp`).
+/// Instants outside the Timestamp range are clamped to its ends.
+pub fn timestamp(unix_nanos: i128) -> prost_types::Timestamp {
+    const NANOS: i128 = 1_000_000_000;
+    // 0001-01-01T00:00:00Z and 9999-12-31T23:59:59Z, protobuf's bounds.
+    let seconds = unix_nanos
+        .div_euclid(NANOS)
+        .clamp(-62_135_596_800, 253_402_300_799);
+    prost_types::Timestamp {
+        seconds: seconds as i64,
+        nanos: unix_nanos.rem_euclid(NANOS) as i32,
+    }
+}
+
 impl std::fmt::Debug for v1::RegistryAuth {
     /// Shows which credentials are present, never their values.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -96,6 +96,7 @@ impl Publisher {
             }),
             scope: "local".into(),
             time_nano: now_nanos(),
+            time: None,
         });
     }
 

@@ -143,6 +143,7 @@ mod tests {
             }),
             scope: "local".into(),
             time_nano: 1_700_000_000_000_000_000,
+            time: None,
         }
     }
 

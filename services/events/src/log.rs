@@ -181,13 +181,23 @@ impl EventLog {
         let mut out = Vec::new();
         for entry in table.range(after + 1..=up_to).map_err(Error::internal)? {
             let (_, value) = entry.map_err(Error::internal)?;
-            out.push(Event::decode(value.value()).map_err(Error::internal)?);
+            let event = Event::decode(value.value()).map_err(Error::internal)?;
+            out.push(with_time(event));
             if out.len() == limit {
                 break;
             }
         }
         Ok(out)
     }
+}
+
+/// The event with its `time` set from `time_nano`, the instant producers
+/// give (events logged before `time` existed get it when read).
+fn with_time(mut event: Event) -> Event {
+    if event.time.is_none() {
+        event.time = Some(imaged_api::timestamp(event.time_nano.into()));
+    }
+    event
 }
 
 /// The single writer: batches appends into transactions.
@@ -259,12 +269,13 @@ impl Writer {
                         .unwrap_or(0),
                 };
                 let mut position = known;
-                for (i, mut event) in std::mem::take(&mut append.events).into_iter().enumerate() {
+                for (i, event) in std::mem::take(&mut append.events).into_iter().enumerate() {
                     let source_sequence = append.first_source_sequence + i as u64;
                     if source_sequence <= known {
                         continue;
                     }
                     position = source_sequence;
+                    let mut event = with_time(event);
                     event.sequence = next;
                     next += 1;
                     let encoded = event.encode_to_vec();
@@ -337,7 +348,8 @@ mod tests {
                 attributes: Default::default(),
             }),
             scope: "local".into(),
-            time_nano: 1,
+            time_nano: 1_700_000_000_123_456_789,
+            time: None,
             sequence: 0,
         }
     }
@@ -377,6 +389,12 @@ mod tests {
         let actions: Vec<&str> = events.iter().map(|e| e.action.as_str()).collect();
         assert_eq!(actions, ["tag", "untag", "delete"]);
         assert_eq!(log.count(), 3);
+        let time = events[0].time.unwrap();
+        assert_eq!(
+            (time.seconds, time.nanos),
+            (1_700_000_000, 123_456_789),
+            "time says the instant of time_nano"
+        );
     }
 
     #[tokio::test]

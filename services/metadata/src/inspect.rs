@@ -1,5 +1,6 @@
 //! Docker's ImageInspect, ImageHistory and Children.
 
+use imaged_api::timestamp;
 use imaged_api::v1::{ContainerConfig, HealthConfig, HistoryItem, ImageInspect, RootFs};
 use imaged_common::Error;
 use imaged_model::Platform;
@@ -62,6 +63,8 @@ pub fn inspect(
             .map(format_time)
             .unwrap_or_else(|| ZERO_TIME.to_string()),
         config_json: image.config_bytes.clone(),
+        created_at: config.created.as_ref().map(|(t, _)| timestamp(*t)),
+        last_tagged_at: image.meta.last_tag_time.map(timestamp),
         id,
     })
 }
@@ -92,6 +95,7 @@ pub fn history(
                 .created
                 .map(|t| t.div_euclid(1_000_000_000) as i64)
                 .unwrap_or(0),
+            created_at: h.created.map(timestamp),
             created_by: h.created_by.clone(),
             tags: Vec::new(),
             size,

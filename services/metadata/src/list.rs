@@ -175,6 +175,11 @@ fn summary(
         repo_tags,
         repo_digests,
         created: image.config.created_secs(),
+        created_at: image
+            .config
+            .created
+            .as_ref()
+            .map(|(t, _)| imaged_api::timestamp(*t)),
         size: image.size(),
         shared_size,
         labels: image
