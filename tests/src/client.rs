@@ -1,7 +1,10 @@
 //! Calls the tests make through the gateway often enough to share.
 
 use imaged_api::v1::images_client::ImagesClient;
-use imaged_api::v1::{ImageSummary, ListImagesRequest, PullImageProgress, PullImageRequest};
+use imaged_api::v1::{
+    ImageSummary, ImportImageRequest, ListImagesRequest, PullImageProgress, PullImageRequest,
+    PushImageProgress, PushImageRequest,
+};
 use imaged_common::peer::PeerChannel;
 use tokio_stream::StreamExt;
 
@@ -27,6 +30,52 @@ pub async fn pull(
         messages.push(message?);
     }
     Ok(messages)
+}
+
+/// Runs a push through the gateway and answers every progress message, or
+/// the status the stream ended with.
+pub async fn push(
+    mut client: ImagesClient<PeerChannel>,
+    reference: &str,
+    all_tags: bool,
+) -> Result<Vec<PushImageProgress>, tonic::Status> {
+    let request = PushImageRequest {
+        reference: reference.to_string(),
+        all_tags,
+        ..Default::default()
+    };
+    let mut stream = client.push_image(request).await?.into_inner();
+    let mut messages = Vec::new();
+    while let Some(message) = stream.next().await {
+        messages.push(message?);
+    }
+    Ok(messages)
+}
+
+/// Imports `tar` (a rootfs tar, as `docker import`) as `reference`, in
+/// 1 MiB chunks; answers the image ID.
+pub async fn import(
+    mut client: ImagesClient<PeerChannel>,
+    reference: &str,
+    tar: &[u8],
+) -> Result<String, tonic::Status> {
+    let chunks: Vec<ImportImageRequest> = tar
+        .chunks(1 << 20)
+        .enumerate()
+        .map(|(i, chunk)| ImportImageRequest {
+            reference: if i == 0 {
+                reference.into()
+            } else {
+                String::new()
+            },
+            chunk: chunk.to_vec(),
+            ..Default::default()
+        })
+        .collect();
+    client
+        .import_image(tokio_stream::iter(chunks))
+        .await
+        .map(|answer| answer.into_inner().id)
 }
 
 /// Every image the gateway lists, unfiltered.

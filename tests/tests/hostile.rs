@@ -622,24 +622,7 @@ async fn an_import_whose_client_goes_away_leaves_nothing() {
 
 /// Imports `tar` (a layer, compressed or not) as a stream of chunks.
 async fn import(imaged: &Imaged, reference: &str, tar: &[u8]) -> Result<String, tonic::Status> {
-    let chunks: Vec<ImportImageRequest> = tar
-        .chunks(1 << 20)
-        .enumerate()
-        .map(|(i, chunk)| ImportImageRequest {
-            reference: if i == 0 {
-                reference.into()
-            } else {
-                String::new()
-            },
-            chunk: chunk.to_vec(),
-            ..Default::default()
-        })
-        .collect();
-    imaged
-        .images()
-        .import_image(tokio_stream::iter(chunks))
-        .await
-        .map(|answer| answer.into_inner().id)
+    client::import(imaged.images(), reference, tar).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

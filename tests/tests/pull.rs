@@ -302,19 +302,7 @@ async fn push_then_pull_back_by_digest() {
         })
         .await
         .unwrap();
-    let mut stream = client
-        .push_image(PushImageRequest {
-            reference: target.clone(),
-            platform: None,
-            auth: None,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let mut messages = Vec::new();
-    while let Some(message) = stream.next().await {
-        messages.push(message.unwrap());
-    }
+    let messages = client::push(client.clone(), &target, false).await.unwrap();
     let last = messages.last().unwrap();
     assert!(last.digest.starts_with("sha256:"), "{messages:?}");
     assert!(
@@ -324,17 +312,31 @@ async fn push_then_pull_back_by_digest() {
         "{messages:?}"
     );
 
-    // Drop every local copy, then pull back by digest.
-    for reference in [&source, &target] {
-        client
-            .remove_image(RemoveImageRequest {
-                image: reference.clone(),
-                force: true,
-                prune_children: None,
-            })
-            .await
-            .unwrap();
-    }
+    // The image now carries the pushed manifest's digest.
+    let by_digest = format!("{}@{}", target.rsplit_once(':').unwrap().0, last.digest);
+    let inspected = client
+        .inspect_image(InspectImageRequest {
+            image: target.clone(),
+            platform: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        inspected.repo_digests.contains(&by_digest),
+        "{:?}",
+        inspected.repo_digests
+    );
+
+    // Drop the image with every reference, then pull back by digest.
+    client
+        .remove_image(RemoveImageRequest {
+            image: inspected.id.clone(),
+            force: true,
+            prune_children: None,
+        })
+        .await
+        .unwrap();
     let by_digest = format!("{}@{}", target.rsplit_once(':').unwrap().0, last.digest);
     let messages = pull(&mut client, &by_digest, None).await.unwrap();
     assert_eq!(messages.last().unwrap().image_id, catalog.app.id());
@@ -349,29 +351,32 @@ async fn push_then_pull_back_by_digest() {
         let actor = event.actor.unwrap();
         seen.push((event.action, actor.id, actor.attributes));
     }
-    // imaged-metadata's events keep their order; the push event comes from
-    // imaged-transfer, after the tag it pushed.
-    let push = seen
+    // As Docker: push's actor is the reference pushed, its name the
+    // repository.
+    let actions: Vec<&str> = seen.iter().map(|(a, _, _)| a.as_str()).collect();
+    let push = actions
         .iter()
-        .position(|(a, _, _)| a == "push")
+        .position(|a| *a == "push")
         .expect("a push event");
-    let tag_at = seen.iter().position(|(a, _, _)| a == "tag").unwrap();
-    assert!(push > tag_at, "{seen:?}");
     let (_, id, attributes) = &seen[push];
     assert_eq!(id, &target);
+    assert_eq!(attributes["name"], target.rsplit_once(':').unwrap().0);
     assert_eq!(attributes["com.example.tier"], "web");
-    let metadata: Vec<&(String, String, _)> = seen.iter().filter(|(a, _, _)| a != "push").collect();
-    let actions: Vec<&str> = metadata.iter().map(|(a, _, _)| a.as_str()).collect();
+    let metadata: Vec<&(String, String, _)> = seen.iter().collect();
+    // Forced removal by ID untags every reference (two tags, two digests),
+    // then deletes.
     assert_eq!(
         actions,
-        ["pull", "tag", "untag", "untag", "delete", "pull"],
+        [
+            "pull", "tag", "push", "untag", "untag", "untag", "untag", "delete", "pull"
+        ],
         "{seen:?}"
     );
     let (_, id, attributes) = metadata[0];
     assert_eq!(id, &source);
     assert_eq!(attributes["name"], source.rsplit_once(':').unwrap().0);
     assert_eq!(attributes["com.example.tier"], "web", "labels are copied");
-    assert_eq!(metadata[5].1, by_digest);
+    assert_eq!(metadata[8].1, by_digest);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -476,4 +481,157 @@ async fn restart_reconciles_layers_and_images() {
     // And app can simply be pulled again.
     pull(&mut client, &app, None).await.unwrap();
     assert_unpacked(&imaged, &catalog.app);
+}
+
+/// The manifest `reference` names in the registry, and its `mediaType`.
+async fn registry_manifest(registry: &TestRegistry, reference: &str) -> (Vec<u8>, String) {
+    let oref: oci_client::Reference = reference.parse().unwrap();
+    let body = registry
+        .fixtures()
+        .client()
+        .pull_manifest_raw(
+            &oref,
+            &oci_client::secrets::RegistryAuth::Anonymous,
+            &[
+                "application/vnd.docker.distribution.manifest.v2+json",
+                "application/vnd.oci.image.manifest.v1+json",
+            ],
+        )
+        .await
+        .unwrap()
+        .0
+        .to_vec();
+    let manifest: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let media_type = manifest["mediaType"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    (body, media_type)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_image_is_pushed_as_docker_pushes_it() {
+    let (imaged, registry, _catalog) = setup().await;
+    // An imported rootfs: its layer is stored as the uncompressed tar.
+    let rootfs = imaged_fixtures::LayerBuilder::new()
+        .dir("etc")
+        .file("etc/motd", &b"welcome to imaged\n".repeat(20_000))
+        .build(imaged_fixtures::Compression::None)
+        .unwrap()
+        .tar()
+        .unwrap();
+    let target = registry.fixtures().reference("local/app:v1");
+    let id = client::import(imaged.images(), &target, &rootfs)
+        .await
+        .unwrap();
+
+    let messages = client::push(imaged.images(), &target, false).await.unwrap();
+    let last = messages.last().unwrap();
+    assert_eq!(last.tag, "v1");
+    let (body, media_type) = registry_manifest(&registry, &target).await;
+    assert_eq!(
+        media_type,
+        "application/vnd.docker.distribution.manifest.v2+json"
+    );
+    assert_eq!(imaged_fixtures::sha256_digest(&body), last.digest);
+    let manifest: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        manifest["config"]["mediaType"],
+        "application/vnd.docker.container.image.v1+json"
+    );
+    assert_eq!(manifest["config"]["digest"], id);
+    let layer = &manifest["layers"][0];
+    assert_eq!(
+        layer["mediaType"],
+        "application/vnd.docker.image.rootfs.diff.tar.gzip"
+    );
+    let pushed = layer["size"].as_u64().unwrap();
+    assert!(
+        pushed * 20 < rootfs.len() as u64,
+        "the layer goes up compressed: {pushed} bytes for a {} byte tar",
+        rootfs.len()
+    );
+    // What went up is the gzip of the very tar that was imported.
+    let oref: oci_client::Reference = target.parse().unwrap();
+    let mut blob = Vec::new();
+    registry
+        .fixtures()
+        .client()
+        .pull_blob(&oref, layer["digest"].as_str().unwrap(), &mut blob)
+        .await
+        .unwrap();
+    let mut tar = Vec::new();
+    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(blob.as_slice()), &mut tar)
+        .unwrap();
+    assert_eq!(tar, rootfs);
+
+    // A second push sends nothing again and names the same manifest.
+    let again = client::push(imaged.images(), &target, false).await.unwrap();
+    assert!(
+        again.iter().any(|m| m.status == "Layer already exists"),
+        "{again:?}"
+    );
+    assert!(!again.iter().any(|m| m.status == "Pushed"), "{again:?}");
+    assert_eq!(again.last().unwrap().digest, last.digest);
+
+    // The image carries repo@digest, as `docker inspect` shows after a push.
+    let inspected = imaged
+        .images()
+        .inspect_image(InspectImageRequest {
+            image: id.clone(),
+            platform: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let name = target.rsplit_once(':').unwrap().0;
+    assert_eq!(inspected.repo_digests, [format!("{name}@{}", last.digest)]);
+
+    // Docker's refusals.
+    let missing_tag = format!("{name}:nope");
+    let status = client::push(imaged.images(), &missing_tag, false)
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound);
+    assert_eq!(
+        status.message(),
+        format!("tag does not exist: {missing_tag}")
+    );
+    let unknown = registry.fixtures().reference("nobody/here:v1");
+    let status = client::push(imaged.images(), &unknown, false)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        status.message(),
+        format!(
+            "An image does not exist locally with the tag: {}",
+            unknown.rsplit_once(':').unwrap().0
+        )
+    );
+    let status = client::push(imaged.images(), &target, true)
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+
+    // All tags: each gets its own final line.
+    imaged
+        .images()
+        .tag_image(TagImageRequest {
+            source: id.clone(),
+            target: format!("{name}:v2"),
+        })
+        .await
+        .unwrap();
+    let all = client::push(imaged.images(), name, true).await.unwrap();
+    let tags: Vec<&str> = all
+        .iter()
+        .filter(|m| !m.digest.is_empty())
+        .map(|m| m.tag.as_str())
+        .collect();
+    assert_eq!(tags, ["v1", "v2"]);
+    let (_, media_type) = registry_manifest(&registry, &format!("{name}:v2")).await;
+    assert_eq!(
+        media_type,
+        "application/vnd.docker.distribution.manifest.v2+json"
+    );
 }

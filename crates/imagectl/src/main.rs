@@ -60,6 +60,9 @@ enum Command {
     /// Upload an image to a registry.
     Push {
         reference: String,
+        /// Push every tag of the repository.
+        #[arg(long = "all-tags", short = 'a')]
+        all_tags: bool,
         #[command(flatten)]
         auth: AuthArgs,
     },
@@ -272,11 +275,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let last = progress::show_pull(stream, quiet).await?;
             println!("{}", last.reference);
         }
-        Command::Push { reference, auth } => {
+        Command::Push {
+            reference,
+            all_tags,
+            auth,
+        } => {
             let request = PushImageRequest {
                 reference,
                 platform: None,
                 auth: auth.auth()?,
+                all_tags,
             };
             let mut stream = images.push_image(request).await?.into_inner();
             while let Some(message) = stream.next().await {

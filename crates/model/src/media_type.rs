@@ -16,6 +16,10 @@ pub const OCI_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 pub const OCI_LAYER_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
 /// A Docker image manifest (v2 schema 2).
 pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+/// A Docker image config, as a schema 2 manifest names it.
+pub const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
+/// A gzip-compressed layer, as a schema 2 manifest names it.
+pub const DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
 /// A Docker manifest list.
 pub const DOCKER_MANIFEST_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
 /// The prefix of Docker's schema 1 manifests, which Docker v28 refuses.

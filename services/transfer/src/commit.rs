@@ -213,6 +213,7 @@ impl Committer {
                     blob: Some(blob),
                     inodes: unpacked.entries,
                     tar_size: unpacked.tar_size,
+                    gzip: None,
                 },
             )
         })

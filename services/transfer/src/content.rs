@@ -62,13 +62,9 @@ impl ContentStore {
                 "digest mismatch: expected {digest}, got {actual}"
             )));
         }
-        let mut temp = tempfile::NamedTempFile::new_in(&self.ingest)?;
+        let mut temp = self.temp_file()?;
         temp.write_all(data)?;
-        temp.as_file().sync_all()?;
-        temp.persist(self.path(digest))
-            .map_err(|e| Error::from(e.error))?;
-        File::open(&self.blobs)?.sync_all()?;
-        Ok(())
+        self.adopt_temp(temp, digest)
     }
 
     /// Takes the file at `path` (on the same filesystem) into the store as
@@ -85,6 +81,26 @@ impl ContentStore {
         }
         File::open(path)?.sync_all()?;
         fs::rename(path, &target)?;
+        File::open(&self.blobs)?.sync_all()?;
+        Ok(())
+    }
+
+    /// A new temporary file beside the store, for a blob whose digest is
+    /// known only once it is written; see [`ContentStore::adopt_temp`].
+    pub fn temp_file(&self) -> io::Result<tempfile::NamedTempFile> {
+        tempfile::NamedTempFile::new_in(&self.ingest)
+    }
+
+    /// Takes a [`ContentStore::temp_file`] into the store as the blob
+    /// `digest` (which the caller computed while writing it): fsynced, then
+    /// renamed. When the blob is already stored the temporary file goes.
+    pub fn adopt_temp(&self, temp: tempfile::NamedTempFile, digest: &Digest) -> Result<(), Error> {
+        if self.contains(digest) {
+            return Ok(());
+        }
+        temp.as_file().sync_all()?;
+        temp.persist(self.path(digest))
+            .map_err(|e| Error::from(e.error))?;
         File::open(&self.blobs)?.sync_all()?;
         Ok(())
     }

@@ -63,7 +63,7 @@ impl Gc {
                     None => None,
                 };
                 if let Some(layer) = gone {
-                    freed_blobs.extend(layer.blob.clone());
+                    freed_blobs.extend(layer.blobs().cloned());
                     removed.push(chain.to_string());
                 }
             }
@@ -78,7 +78,7 @@ impl Gc {
                 .layers
                 .all()
                 .iter()
-                .filter_map(|l| l.blob.clone())
+                .flat_map(|l| l.blobs().cloned().collect::<Vec<_>>())
                 .collect();
             for blob in freed_blobs.iter().filter(|b| !kept.contains(b)) {
                 self.content.delete(blob)?;
@@ -187,6 +187,7 @@ mod tests {
                 blob: Some(blob),
                 inodes: 1,
                 tar_size: 0,
+                gzip: None,
             };
             layers.commit(layers.stage().unwrap(), layer).unwrap();
             chain_id

@@ -118,6 +118,7 @@ impl Importer {
                     blob: Some(blob),
                     inodes: unpacked.entries,
                     tar_size: unpacked.tar_size,
+                    gzip: None,
                 };
                 tokio::task::spawn_blocking(move || layers.commit(staging, layer))
                     .await

@@ -31,6 +31,20 @@ pub struct Layer {
     /// Bytes of the uncompressed layer tar (0 when unknown).
     #[serde(default)]
     pub tar_size: u64,
+    /// The gzip blob a push made of a layer whose `blob` is not gzip
+    /// (import, load, commit, zstd), kept so later pushes send the same
+    /// bytes, or skip them when the registry has them (Docker's v2
+    /// metadata).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gzip: Option<Digest>,
+}
+
+impl Layer {
+    /// The blobs stored for this layer: the one it came from and the gzip
+    /// one a push made.
+    pub fn blobs(&self) -> impl Iterator<Item = &Digest> {
+        self.blob.iter().chain(self.gzip.iter())
+    }
 }
 
 /// Layers by chain ID, on disk and indexed in memory.
@@ -214,6 +228,31 @@ impl LayerStore {
         Ok(layer)
     }
 
+    /// Records the gzip blob a push made of the stored layer `chain_id`;
+    /// `layer.json` is replaced atomically. NOT_FOUND when the layer is
+    /// gone.
+    pub fn set_gzip(&self, chain_id: &Digest, gzip: Digest) -> Result<Arc<Layer>, Error> {
+        let mut layers = self.write();
+        let stored = layers.get(chain_id).ok_or_else(|| {
+            Error::NotFound(format!("layer {chain_id} is not in the layer store"))
+        })?;
+        let mut layer = (**stored).clone();
+        layer.gzip = Some(gzip);
+        let dir = self.dir.join(chain_id.hex());
+        let mut temp = tempfile::NamedTempFile::new_in(&dir)?;
+        std::io::Write::write_all(
+            &mut temp,
+            &serde_json::to_vec_pretty(&layer).map_err(Error::internal)?,
+        )?;
+        temp.as_file().sync_all()?;
+        temp.persist(dir.join("layer.json"))
+            .map_err(|e| Error::from(e.error))?;
+        fs::File::open(&dir)?.sync_all()?;
+        let layer = Arc::new(layer);
+        layers.insert(chain_id.clone(), Arc::clone(&layer));
+        Ok(layer)
+    }
+
     /// Takes a layer out of the store at once (index entry gone, files
     /// moved to staging); [`Detached::purge`] deletes the files later.
     pub fn detach(&self, chain_id: &Digest) -> Result<Option<Detached>, Error> {
@@ -304,6 +343,7 @@ mod tests {
             blob: None,
             inodes: 1,
             tar_size: 0,
+            gzip: None,
         }
     }
 

@@ -3,6 +3,7 @@
 
 mod beneath;
 mod commit;
+mod compress;
 mod containers;
 mod content;
 mod download;
@@ -111,10 +112,10 @@ pub async fn run(config: ServiceConfig, args: Args) -> anyhow::Result<()> {
     let pusher = Arc::new(push::Pusher::new(
         content.clone(),
         Arc::clone(&layers),
+        Arc::clone(&leases),
         Arc::clone(&limits),
         registries,
         metadata.clone(),
-        events.clone(),
     ));
     let exporter = Arc::new(export::Exporter::new(
         content.clone(),

@@ -200,6 +200,7 @@ impl Loader {
                     blob: None,
                     inodes: 0,
                     tar_size: 0,
+                    gzip: None,
                 };
                 let committed = self.register(path, layer, i, &mut adopted).await?;
                 sizes.push(committed.size as i64);

@@ -11,12 +11,13 @@ use imaged_api::internal::v1::{
     RemoveContainerRequest, SetContainerRequest,
 };
 use imaged_api::v1::{
-    CreateImageRequest, ExportImagesRequest, InspectImageRequest, Platform, TagImageRequest,
+    CreateImageRequest, ExportImagesRequest, InspectImageRequest, ListImagesRequest, Platform,
+    TagImageRequest,
 };
 use imaged_common::Error;
 use imaged_common::peer::Peer;
-use imaged_model::Digest;
 use imaged_model::image_config::ImageConfig;
+use imaged_model::{Digest, Reference};
 use serde_json::Value;
 
 /// The metadata peer, with the calls transfer makes.
@@ -64,6 +65,33 @@ impl Metadata {
                 platform,
             }
         )
+    }
+
+    /// The local tags and digest references of the repository `name`
+    /// names (its tag or digest, if any, left aside), sorted.
+    pub async fn repository_refs(
+        &self,
+        name: &Reference,
+    ) -> Result<(Vec<Reference>, Vec<Reference>), Error> {
+        let request = ListImagesRequest {
+            filters: vec![format!("reference={}", name.familiar_name())],
+            ..Default::default()
+        };
+        let listed = call!(self, list_images, request)?;
+        let of_repository = |refs: Vec<String>| -> Vec<Reference> {
+            refs.iter()
+                .filter_map(|r| Reference::parse(r).ok())
+                .filter(|r| r.name() == name.name())
+                .collect()
+        };
+        let (mut tags, mut digests) = (Vec::new(), Vec::new());
+        for image in listed.images {
+            tags.extend(of_repository(image.repo_tags));
+            digests.extend(of_repository(image.repo_digests));
+        }
+        tags.sort_by_key(|r| r.to_string());
+        digests.sort_by_key(|r| r.to_string());
+        Ok((tags, digests))
     }
 
     /// Records an image transfer fetched, loaded or imported.

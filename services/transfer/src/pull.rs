@@ -667,6 +667,7 @@ impl Puller {
             blob: Some(blob.clone()),
             inodes: unpacked.entries,
             tar_size: unpacked.tar_size,
+            gzip: None,
         };
         let committed = tokio::task::spawn_blocking(move || layers.commit(staging, layer))
             .await
@@ -831,6 +832,7 @@ mod tests {
             blob: None,
             inodes: 1,
             tar_size: 0,
+            gzip: None,
         };
         layers.commit(layers.stage().unwrap(), base).unwrap();
         let descs: Vec<OciDescriptor> = [100, 20, 3]

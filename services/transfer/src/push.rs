@@ -1,69 +1,109 @@
-//! Docker's PushImage: upload the config and layer blobs under the upload
-//! limit (skipping what the registry has, mounting across repositories of
-//! the same registry), then the manifest; send the `push` event.
+//! Docker's PushImage: for each tag pushed, upload the config and the
+//! layers as gzip (compressing, once, layers that are not) under the upload
+//! limit, skipping what the registry has and mounting across repositories
+//! of the same registry; then a Docker schema 2 manifest, as Docker v28
+//! with its graph-driver store writes it. The pushed `name@digest` is
+//! recorded on the image and the `push` event sent by imaged-metadata.
 
 use std::sync::Arc;
 
 use futures::TryStreamExt;
+use imaged_api::internal::v1::PutImageRequest;
 use imaged_api::v1::{PushImageProgress, PushImageRequest};
 use imaged_common::Error;
-use imaged_common::events::Publisher;
 use imaged_model::digest::chain_ids;
+use imaged_model::image_config::ImageConfig;
+use imaged_model::media_type::{DOCKER_CONFIG, DOCKER_LAYER_GZIP, DOCKER_MANIFEST};
 use imaged_model::{Digest, Reference};
 use oci_client::{Client, RegistryOperation};
-use serde_json::json;
+use serde::Serialize;
 use tokio::sync::mpsc;
 
+use crate::compress;
 use crate::content::ContentStore;
 use crate::layers::LayerStore;
+use crate::leases::Leases;
 use crate::limits::Limits;
-use crate::metadata::{Metadata, config_diff_ids, config_labels};
-use crate::registry::{self, Registries};
-
-use imaged_model::media_type::{OCI_CONFIG, OCI_MANIFEST};
+use crate::metadata::Metadata;
+use crate::registry::{self, Registries, Retry};
 
 /// What a push sends its caller.
 pub type Progress = mpsc::Sender<Result<PushImageProgress, tonic::Status>>;
+
+/// Tries per blob upload, as Docker's push makes.
+const UPLOAD_ATTEMPTS: u32 = 5;
 
 /// The push engine.
 pub struct Pusher {
     content: ContentStore,
     layers: Arc<LayerStore>,
+    leases: Arc<Leases>,
     limits: Arc<Limits>,
     registries: Arc<Registries>,
     metadata: Metadata,
-    events: Publisher,
 }
 
 /// One blob to upload.
 struct Upload {
     digest: Digest,
     size: u64,
+    /// What progress lines call it (Docker: the layer's short diffID);
+    /// `None` for the config, which Docker uploads without a line.
+    shown_as: Option<String>,
+}
+
+/// A Docker image manifest v2 schema 2, fields in Docker's order.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Schema2 {
+    schema_version: u32,
     media_type: &'static str,
+    config: Descriptor,
+    layers: Vec<Descriptor>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Descriptor {
+    media_type: &'static str,
+    size: u64,
+    digest: String,
+}
+
+impl Schema2 {
+    /// The bytes Docker writes: Go's `json.MarshalIndent` with three spaces.
+    fn to_bytes(&self) -> Result<Vec<u8>, Error> {
+        let mut out = Vec::new();
+        let formatter = serde_json::ser::PrettyFormatter::with_indent(b"   ");
+        let mut serializer = serde_json::Serializer::with_formatter(&mut out, formatter);
+        self.serialize(&mut serializer).map_err(Error::internal)?;
+        Ok(out)
+    }
 }
 
 impl Pusher {
     pub fn new(
         content: ContentStore,
         layers: Arc<LayerStore>,
+        leases: Arc<Leases>,
         limits: Arc<Limits>,
         registries: Arc<Registries>,
         metadata: Metadata,
-        events: Publisher,
     ) -> Self {
         Pusher {
             content,
             layers,
+            leases,
             limits,
             registries,
             metadata,
-            events,
         }
     }
 
-    /// Pushes the local image `request.reference` names to its registry.
-    /// Its span names the image, the manifest digest and the bytes of the
-    /// layers and config.
+    /// Pushes the local image `request.reference` names to its registry:
+    /// that tag (`latest` when none), or with `all_tags` every local tag of
+    /// the repository. Its span names the reference, and per tag the
+    /// manifest digest and bytes.
     #[tracing::instrument(
         name = "push",
         skip_all,
@@ -81,60 +121,10 @@ impl Pusher {
         let reference = Reference::parse(&request.reference)?;
         if reference.digest().is_some() {
             return Err(Error::InvalidArgument(
-                "cannot push a digest reference; push a tag".into(),
+                "cannot push a digest reference".into(),
             ));
         }
-        let reference = reference.with_default_tag();
-        let shown = reference.familiar();
-        let image = match self
-            .metadata
-            .image_config(&shown, request.platform.clone())
-            .await
-        {
-            Err(Error::NotFound(_)) => {
-                return Err(Error::NotFound(format!(
-                    "An image does not exist locally with the tag: {}",
-                    reference.familiar_name()
-                )));
-            }
-            other => other?,
-        };
-        let config: serde_json::Value = serde_json::from_slice(&image.config)
-            .map_err(|e| Error::Internal(format!("stored config of {shown}: {e}")))?;
-        let diff_ids = config_diff_ids(&config)?;
-        let mut uploads = Vec::new();
-        for chain in chain_ids(&diff_ids) {
-            let layer = self.layers.get(&chain).ok_or_else(|| {
-                Error::FailedPrecondition(format!(
-                    "layer {chain} of {shown} is not in the layer store"
-                ))
-            })?;
-            let blob = layer.blob.clone().ok_or_else(|| {
-                Error::FailedPrecondition(format!(
-                    "layer {} of {shown} has no compressed blob to push",
-                    layer.diff_id
-                ))
-            })?;
-            let path = self.content.path(&blob);
-            let (size, media_type) = tokio::task::spawn_blocking(move || blob_kind(&path))
-                .await
-                .map_err(Error::internal)??;
-            uploads.push(Upload {
-                digest: blob,
-                size,
-                media_type,
-            });
-        }
-        let config_digest: Digest = image.id.parse()?;
-        self.content.write(&config_digest, &image.config)?;
-
-        let auth = registry::auth(request.auth.as_ref());
-        let client = self.registries.client(&reference, &auth);
-        let oref = registry::oci_reference(&reference);
-        client
-            .auth(&oref, &auth, RegistryOperation::Push)
-            .await
-            .map_err(|e| registry::error(&format!("push to {}", reference.name()), e))?;
+        let tags = self.tags_to_push(&reference, request.all_tags).await?;
         send(
             &tx,
             line(
@@ -143,6 +133,93 @@ impl Pusher {
             ),
         )
         .await;
+        for tag in tags {
+            self.push_tag(&tag, &request, &tx).await?;
+        }
+        Ok(())
+    }
+
+    /// The tags a push sends, as Docker picks them: the one asked for, or
+    /// every tag of the repository.
+    async fn tags_to_push(
+        &self,
+        reference: &Reference,
+        all_tags: bool,
+    ) -> Result<Vec<Reference>, Error> {
+        let no_image = || {
+            Error::NotFound(format!(
+                "An image does not exist locally with the tag: {}",
+                reference.familiar_name()
+            ))
+        };
+        if !all_tags {
+            let tag = reference.clone().with_default_tag();
+            if self
+                .metadata
+                .image_config(&tag.familiar(), None)
+                .await
+                .is_ok()
+            {
+                return Ok(vec![tag]);
+            }
+            let (tags, digests) = self.metadata.repository_refs(reference).await?;
+            return Err(if tags.is_empty() && digests.is_empty() {
+                no_image()
+            } else {
+                Error::NotFound(format!("tag does not exist: {}", tag.familiar()))
+            });
+        }
+        if reference.tag().is_some() {
+            return Err(Error::InvalidArgument(
+                "tag can't be used with --all-tags/-a".into(),
+            ));
+        }
+        let (tags, digests) = self.metadata.repository_refs(reference).await?;
+        match (tags.is_empty(), digests.is_empty()) {
+            (false, _) => Ok(tags),
+            (true, true) => Err(no_image()),
+            (true, false) => Err(Error::NotFound(format!(
+                "no tags to push for {}",
+                reference.familiar_name()
+            ))),
+        }
+    }
+
+    /// Pushes one tag: blobs, then the manifest; records `name@digest`.
+    async fn push_tag(
+        &self,
+        reference: &Reference,
+        request: &PushImageRequest,
+        tx: &Progress,
+    ) -> Result<(), Error> {
+        let shown = reference.familiar();
+        let image = self
+            .metadata
+            .image_config(&shown, request.platform.clone())
+            .await?;
+        let config = ImageConfig::parse(&image.config)?;
+        let chains = chain_ids(&config.diff_ids);
+        // Held so that no rmi takes the layers (or a gzip made of one)
+        // from under the upload.
+        let _lease = self.leases.lease(&chains);
+        let mut uploads = Vec::new();
+        for chain in &chains {
+            let upload = self.layer_upload(chain, &shown).await?;
+            if let Some(id) = &upload.shown_as {
+                send(tx, line(id, "Preparing".into())).await;
+            }
+            uploads.push(upload);
+        }
+        let config_digest: Digest = image.id.parse()?;
+        self.content.write(&config_digest, &image.config)?;
+
+        let auth = registry::auth(request.auth.as_ref());
+        let client = self.registries.client(reference, &auth);
+        let oref = registry::oci_reference(reference);
+        client
+            .auth(&oref, &auth, RegistryOperation::Push)
+            .await
+            .map_err(|e| registry::error(&format!("push to {}", reference.name()), e))?;
 
         // Other repositories of the same registry the image came from.
         let sources: Vec<oci_client::Reference> = image
@@ -154,57 +231,116 @@ impl Pusher {
             .map(|r| registry::oci_reference(&r))
             .collect();
 
-        let mut all = uploads.iter().collect::<Vec<_>>();
-        for upload in &all {
-            send(&tx, line(upload.digest.short(), "Preparing".into())).await;
-        }
         let config_upload = Upload {
             digest: config_digest.clone(),
             size: image.config.len() as u64,
-            media_type: OCI_CONFIG,
+            shown_as: None,
         };
-        all.push(&config_upload);
         futures::future::try_join_all(
-            all.iter()
-                .map(|upload| self.upload(&client, &oref, &sources, upload, &tx)),
+            uploads
+                .iter()
+                .chain(std::iter::once(&config_upload))
+                .map(|upload| self.upload(&client, &oref, &sources, upload, tx)),
         )
         .await?;
 
-        let manifest = json!({
-            "schemaVersion": 2,
-            "mediaType": OCI_MANIFEST,
-            "config": {"mediaType": OCI_CONFIG, "digest": config_digest.to_string(), "size": image.config.len()},
-            "layers": uploads.iter().map(|u| json!({
-                "mediaType": u.media_type, "digest": u.digest.to_string(), "size": u.size,
-            })).collect::<Vec<_>>(),
-        });
-        let body = serde_json::to_vec(&manifest).map_err(Error::internal)?;
+        let manifest = Schema2 {
+            schema_version: 2,
+            media_type: DOCKER_MANIFEST,
+            config: Descriptor {
+                media_type: DOCKER_CONFIG,
+                size: config_upload.size,
+                digest: config_digest.to_string(),
+            },
+            layers: uploads
+                .iter()
+                .map(|u| Descriptor {
+                    media_type: DOCKER_LAYER_GZIP,
+                    size: u.size,
+                    digest: u.digest.to_string(),
+                })
+                .collect(),
+        };
+        let body = manifest.to_bytes()?;
         let digest = Digest::sha256_of(&body);
         let size = body.len() as i64;
         let span = tracing::Span::current();
         span.record("image.manifest_digest", digest.to_string());
-        let bytes = uploads.iter().map(|u| u.size).sum::<u64>() + image.config.len() as u64;
+        let bytes = uploads.iter().map(|u| u.size).sum::<u64>() + config_upload.size;
         span.record("image.bytes", bytes);
         self.content.write(&digest, &body)?;
         client
-            .push_manifest_raw(&oref, body, OCI_MANIFEST.parse().map_err(Error::internal)?)
+            .push_manifest_raw(
+                &oref,
+                body,
+                DOCKER_MANIFEST.parse().map_err(Error::internal)?,
+            )
             .await
             .map_err(|e| registry::error(&format!("manifest for {shown}"), e))?;
-
         crate::metrics::moved(crate::metrics::Kind::Push, bytes);
-        let labels = config_labels(&config);
-        self.events.image("push", &shown, &labels, Some(&shown));
+
+        // As Docker: the image gains `name@digest`; metadata sends `push`.
+        self.metadata
+            .put_image(PutImageRequest {
+                config: image.config.clone(),
+                digests: vec![format!("{}@{digest}", reference.name())],
+                action: "push".into(),
+                event_ref: shown.clone(),
+                ..Default::default()
+            })
+            .await?;
 
         let tag = reference.tag().unwrap_or("latest").to_string();
         let mut last = line("", format!("{tag}: digest: {digest} size: {size}"));
         last.digest = digest.to_string();
         last.size = size;
         last.tag = tag;
-        send(&tx, last).await;
+        send(tx, last).await;
         Ok(())
     }
 
-    /// Uploads one blob unless the registry has it or can mount it.
+    /// The gzip blob to push for the stored layer `chain`: the blob it came
+    /// from when that is gzip, else the one an earlier push made, else a
+    /// new one made now and remembered.
+    async fn layer_upload(&self, chain: &Digest, shown: &str) -> Result<Upload, Error> {
+        let layer = self.layers.get(chain).ok_or_else(|| {
+            Error::FailedPrecondition(format!(
+                "layer {chain} of {shown} is not in the layer store"
+            ))
+        })?;
+        let blob = layer.blob.clone().ok_or_else(|| {
+            Error::FailedPrecondition(format!(
+                "layer {} of {shown} has no stored blob to push",
+                layer.diff_id
+            ))
+        })?;
+        let content = self.content.clone();
+        let made = layer.gzip.clone();
+        let layers = Arc::clone(&self.layers);
+        let chain = chain.clone();
+        let digest = tokio::task::spawn_blocking(move || -> Result<Digest, Error> {
+            if compress::is_gzip(&content, &blob)? {
+                return Ok(blob);
+            }
+            if let Some(made) = made.filter(|d| content.contains(d)) {
+                return Ok(made);
+            }
+            let (gzip, _) = compress::gzip_into_store(&content, &blob)?;
+            layers.set_gzip(&chain, gzip.clone())?;
+            Ok(gzip)
+        })
+        .await
+        .map_err(Error::internal)??;
+        let size = std::fs::metadata(self.content.path(&digest))?.len();
+        Ok(Upload {
+            digest,
+            size,
+            shown_as: Some(layer.diff_id.short().to_string()),
+        })
+    }
+
+    /// Uploads one blob unless the registry has it or can mount it; a
+    /// transport failure is tried again ([`Retry`]), saying so.
     async fn upload(
         &self,
         client: &Client,
@@ -213,62 +349,82 @@ impl Pusher {
         upload: &Upload,
         tx: &Progress,
     ) -> Result<(), Error> {
-        let id = upload.digest.short().to_string();
-        let what = format!("blob {}", upload.digest);
-        send(tx, line(&id, "Waiting".into())).await;
+        let say = |status: String| async {
+            if let Some(id) = &upload.shown_as {
+                send(tx, line(id, status)).await;
+            }
+        };
+        say("Waiting".into()).await;
         let _admitted = self.limits.uploads.admit().await;
+        let retry = Retry {
+            attempts: UPLOAD_ATTEMPTS,
+        };
+        let mut attempt = 1;
+        loop {
+            match self.upload_once(client, oref, sources, upload, tx).await {
+                Ok(status) => {
+                    say(status).await;
+                    return Ok(());
+                }
+                Err(err) => match retry.after(attempt, &err) {
+                    Some(wait) => {
+                        tracing::warn!(blob = %upload.digest, attempt, "upload failed, retrying: {err}");
+                        say(format!("Retrying in {} seconds", wait.as_secs())).await;
+                        tokio::time::sleep(wait).await;
+                        attempt += 1;
+                    }
+                    None => return Err(err),
+                },
+            }
+        }
+    }
+
+    /// One try of [`Pusher::upload`]; answers the line that ends it.
+    async fn upload_once(
+        &self,
+        client: &Client,
+        oref: &oci_client::Reference,
+        sources: &[oci_client::Reference],
+        upload: &Upload,
+        tx: &Progress,
+    ) -> Result<String, Error> {
+        let what = format!("blob {}", upload.digest);
         let digest = upload.digest.to_string();
         if client
             .blob_exists(oref, &digest)
             .await
             .map_err(|e| registry::error(&what, e))?
         {
-            send(tx, line(&id, "Layer already exists".into())).await;
-            return Ok(());
+            return Ok("Layer already exists".into());
         }
         for source in sources {
             if client.mount_blob(oref, source, &digest).await.is_ok()
                 && client.blob_exists(oref, &digest).await.unwrap_or(false)
             {
-                send(
-                    tx,
-                    line(&id, format!("Mounted from {}", source.repository())),
-                )
-                .await;
-                return Ok(());
+                return Ok(format!("Mounted from {}", source.repository()));
             }
         }
         let file = tokio::fs::File::open(self.content.path(&upload.digest)).await?;
         let total = upload.size as i64;
-        let progress_tx = tx.clone();
-        let progress_id = id.clone();
+        let progress = upload.shown_as.clone().map(|id| (tx.clone(), id));
         let mut sent = 0i64;
         let body = tokio_util::io::ReaderStream::with_capacity(file, 1 << 20)
             .map_err(oci_client::errors::OciDistributionError::from)
             .inspect_ok(move |chunk| {
                 sent += chunk.len() as i64;
-                let mut message = line(&progress_id, "Pushing".into());
-                message.current = sent;
-                message.total = total;
-                let _ = progress_tx.try_send(Ok(message));
+                if let Some((tx, id)) = &progress {
+                    let mut message = line(id, "Pushing".into());
+                    message.current = sent;
+                    message.total = total;
+                    let _ = tx.try_send(Ok(message));
+                }
             });
         client
             .push_blob_stream(oref, body, &digest, Some(upload.size))
             .await
             .map_err(|e| registry::error(&what, e))?;
-        send(tx, line(&id, "Pushed".into())).await;
-        Ok(())
+        Ok("Pushed".into())
     }
-}
-
-/// A stored blob's size and layer media type, from its first bytes.
-fn blob_kind(path: &std::path::Path) -> Result<(u64, &'static str), Error> {
-    use std::io::Read;
-    let mut file = std::fs::File::open(path)?;
-    let size = file.metadata()?.len();
-    let mut magic = [0u8; 4];
-    let n = file.read(&mut magic)?;
-    Ok((size, imaged_model::media_type::oci_layer_for(&magic[..n])))
 }
 
 fn line(id: &str, status: String) -> PushImageProgress {
@@ -281,4 +437,33 @@ fn line(id: &str, status: String) -> PushImageProgress {
 
 async fn send(tx: &Progress, message: PushImageProgress) {
     let _ = tx.send(Ok(message)).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_manifest_is_written_as_docker_writes_it() {
+        let manifest = Schema2 {
+            schema_version: 2,
+            media_type: DOCKER_MANIFEST,
+            config: Descriptor {
+                media_type: DOCKER_CONFIG,
+                size: 7,
+                digest: "sha256:c".into(),
+            },
+            layers: vec![Descriptor {
+                media_type: DOCKER_LAYER_GZIP,
+                size: 3,
+                digest: "sha256:l".into(),
+            }],
+        };
+        // Go's json.MarshalIndent(m, "", "   ") of distribution's schema2.
+        let expected = "{\n   \"schemaVersion\": 2,\n   \"mediaType\": \"application/vnd.docker.distribution.manifest.v2+json\",\n   \"config\": {\n      \"mediaType\": \"application/vnd.docker.container.image.v1+json\",\n      \"size\": 7,\n      \"digest\": \"sha256:c\"\n   },\n   \"layers\": [\n      {\n         \"mediaType\": \"application/vnd.docker.image.rootfs.diff.tar.gzip\",\n         \"size\": 3,\n         \"digest\": \"sha256:l\"\n      }\n   ]\n}";
+        assert_eq!(
+            String::from_utf8(manifest.to_bytes().unwrap()).unwrap(),
+            expected
+        );
+    }
 }
