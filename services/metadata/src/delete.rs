@@ -128,6 +128,50 @@ fn single_reference(refs: &[Reference]) -> bool {
     }
 }
 
+/// What a removal did: the answer's lines so far, and the images it
+/// deleted (to name the layers they leave unused).
+#[derive(Default)]
+struct Removal {
+    items: Vec<DeleteItem>,
+    deleted: Vec<Arc<Image>>,
+}
+
+impl Removal {
+    /// The answer as Docker gives it: after each deleted image, a
+    /// `Deleted: <chain ID>` line for each of its layers no remaining image
+    /// holds (top first, each once); and the bytes of those layers.
+    fn finish(self, index: &Index) -> (Vec<DeleteItem>, u64) {
+        let in_use = crate::images::chains_in_use(index);
+        let mut reported = BTreeSet::new();
+        let mut reclaimed = 0u64;
+        let mut layer_lines: HashMap<String, Vec<DeleteItem>> = HashMap::new();
+        for image in &self.deleted {
+            let chains = chain_ids(&image.config.diff_ids);
+            let mut lines = Vec::new();
+            for (i, chain) in chains.iter().enumerate().rev() {
+                let chain = chain.to_string();
+                if in_use.contains(&chain) || !reported.insert(chain.clone()) {
+                    continue;
+                }
+                let size = image.meta.layer_sizes.get(i).copied().unwrap_or(0);
+                reclaimed += size.max(0) as u64;
+                lines.push(deleted(chain));
+            }
+            layer_lines.insert(image.id.to_string(), lines);
+        }
+        let mut items = Vec::with_capacity(self.items.len() + reported.len());
+        for item in self.items {
+            let layers = match &item.item {
+                Some(Item::Deleted(id)) => layer_lines.remove(id),
+                _ => None,
+            };
+            items.push(item);
+            items.extend(layers.into_iter().flatten());
+        }
+        (items, reclaimed)
+    }
+}
+
 /// One `docker rmi` (spec section 3.2); returns the answer's lines.
 pub fn remove(
     tx: &mut Tx<'_>,
@@ -136,10 +180,24 @@ pub fn remove(
     prune: bool,
     events: &mut Vec<PendingEvent>,
 ) -> Result<Vec<DeleteItem>, Error> {
+    let mut removal = Removal::default();
+    remove_into(tx, input, force, prune, events, &mut removal)?;
+    Ok(removal.finish(tx.index()).0)
+}
+
+/// [`remove`] into a [`Removal`], which prune shares across images.
+fn remove_into(
+    tx: &mut Tx<'_>,
+    input: &str,
+    force: bool,
+    prune: bool,
+    events: &mut Vec<PendingEvent>,
+    removal: &mut Removal,
+) -> Result<(), Error> {
     let image = get_image(tx.index(), input, None)?.clone();
     let id = image.id.to_string();
     let refs: Vec<Reference> = tx.index().refs_of(&id).into_iter().cloned().collect();
-    let mut items = Vec::new();
+    let items = &mut removal.items;
 
     if !is_id_prefix(input, &image) {
         // By reference: remove that reference; the image only if nothing
@@ -177,9 +235,9 @@ pub fn remove(
             }
         }
         if !tx.index().refs_of(&id).is_empty() {
-            return Ok(items);
+            return Ok(());
         }
-        delete_image(tx, &image, force, prune, true, &mut items, events)?;
+        delete_image(tx, &image, force, prune, true, removal, events)?;
     } else {
         // By ID: the image and all its references.
         if single_reference(&refs) {
@@ -197,9 +255,9 @@ pub fn remove(
                 items.push(untagged(r));
             }
         }
-        delete_image(tx, &image, force, prune, false, &mut items, events)?;
+        delete_image(tx, &image, force, prune, false, removal, events)?;
     }
-    Ok(items)
+    Ok(())
 }
 
 /// Docker's delete helper: conflicts, then every remaining reference, the
@@ -210,7 +268,7 @@ fn delete_image(
     force: bool,
     prune: bool,
     quiet: bool,
-    items: &mut Vec<DeleteItem>,
+    removal: &mut Removal,
     events: &mut Vec<PendingEvent>,
 ) -> Result<(), Error> {
     let id = image.id.to_string();
@@ -230,11 +288,12 @@ fn delete_image(
     for r in &refs {
         events.push(PendingEvent::image(tx.index(), "untag", &id, &id));
         tx.delete_ref(r);
-        items.push(untagged(r));
+        removal.items.push(untagged(r));
     }
     tx.delete_image(&id);
     events.push(PendingEvent::deleted(tx.index(), image));
-    items.push(deleted(id));
+    removal.items.push(deleted(id));
+    removal.deleted.push(Arc::clone(image));
     if prune
         && let Some(parent) = image
             .meta
@@ -243,7 +302,7 @@ fn delete_image(
             .and_then(|p| tx.index().image(p))
             .cloned()
     {
-        delete_image(tx, &parent, false, true, true, items, events)?;
+        delete_image(tx, &parent, false, true, true, removal, events)?;
     }
     Ok(())
 }
@@ -301,12 +360,7 @@ pub fn prune(
     }
     candidates.sort();
 
-    let mut all = Vec::new();
-    let before: HashMap<String, Arc<Image>> = tx
-        .index()
-        .images()
-        .map(|i| (i.id.to_string(), Arc::clone(i)))
-        .collect();
+    let mut removal = Removal::default();
     for (id, refs) in candidates {
         let inputs: Vec<String> = if refs.is_empty() {
             vec![id.trim_start_matches("sha256:").to_string()]
@@ -317,45 +371,23 @@ pub fn prune(
             if tx.index().image(&id).is_none() {
                 break; // already gone with a child's removal
             }
-            match remove(tx, &input, false, true, events) {
-                Ok(items) => all.extend(items),
-                Err(Error::FailedPrecondition(_)) | Err(Error::NotFound(_)) => {}
-                Err(err) => tracing::warn!(image = %id, "prune: cannot remove {input}: {err}"),
+            // A refused image leaves nothing of its own in the answer.
+            let (items, deleted) = (removal.items.len(), removal.deleted.len());
+            match remove_into(tx, &input, false, true, events, &mut removal) {
+                Ok(()) => {}
+                Err(err) => {
+                    removal.items.truncate(items);
+                    removal.deleted.truncate(deleted);
+                    if !matches!(err, Error::FailedPrecondition(_) | Error::NotFound(_)) {
+                        tracing::warn!(image = %id, "prune: cannot remove {input}: {err}");
+                    }
+                }
             }
         }
     }
-    let reclaimed = reclaimed_bytes(tx.index(), &before, &all);
+    let (all, reclaimed) = removal.finish(tx.index());
     events.push(PendingEvent::prune(reclaimed));
     Ok((all, reclaimed))
-}
-
-/// Bytes of the layers that deleted images held and no remaining image
-/// holds: what the layer store gives back.
-fn reclaimed_bytes(
-    index: &Index,
-    before: &HashMap<String, Arc<Image>>,
-    items: &[DeleteItem],
-) -> u64 {
-    let in_use = crate::images::chains_in_use(index);
-    let mut released: HashMap<String, i64> = HashMap::new();
-    for item in items {
-        let Some(Item::Deleted(id)) = &item.item else {
-            continue;
-        };
-        let Some(image) = before.get(id) else {
-            continue;
-        };
-        for (chain, size) in chain_ids(&image.config.diff_ids)
-            .iter()
-            .zip(&image.meta.layer_sizes)
-        {
-            let chain = chain.to_string();
-            if !in_use.contains(&chain) {
-                released.insert(chain, *size);
-            }
-        }
-    }
-    released.values().map(|s| (*s).max(0) as u64).sum()
 }
 
 #[cfg(test)]
@@ -401,8 +433,25 @@ mod tests {
         /// Adds an image whose config is made from `seed`, with `parent`,
         /// tagged `tags`; answers its ID.
         fn image(&self, seed: &str, parent: Option<&str>, tags: &[&str]) -> String {
+            self.layered(seed, parent, tags, &[])
+        }
+
+        /// [`Fixture::image`] with layers, each named by a seed of its
+        /// diffID and 10 bytes big.
+        fn layered(
+            &self,
+            seed: &str,
+            parent: Option<&str>,
+            tags: &[&str],
+            layers: &[&str],
+        ) -> String {
+            let diff_ids: Vec<String> = layers
+                .iter()
+                .map(|l| format!("\"{}\"", imaged_model::Digest::sha256_of(l.as_bytes())))
+                .collect();
             let config = format!(
-                r#"{{"architecture":"amd64","os":"linux","created":"2024-01-01T00:00:00Z","config":{{"Labels":{{"seed":"{seed}"}}}},"rootfs":{{"type":"layers","diff_ids":[]}}}}"#
+                r#"{{"architecture":"amd64","os":"linux","created":"2024-01-01T00:00:00Z","config":{{"Labels":{{"seed":"{seed}"}}}},"rootfs":{{"type":"layers","diff_ids":[{}]}}}}"#,
+                diff_ids.join(",")
             );
             let bytes = config.into_bytes();
             let id = imaged_model::Digest::sha256_of(&bytes);
@@ -412,6 +461,7 @@ mod tests {
                 config_bytes: bytes,
                 meta: crate::store::ImageMeta {
                     parent: parent.map(str::to_string),
+                    layer_sizes: vec![10; layers.len()],
                     ..Default::default()
                 },
             };
@@ -471,6 +521,51 @@ mod tests {
             Some(Item::Deleted(id)) => format!("deleted {}", short(&id)),
             None => String::new(),
         }
+    }
+
+    #[test]
+    fn deleting_names_the_layers_no_image_holds_any_more_top_first() {
+        let f = Fixture::new();
+        let shared = f.layered("a", None, &["a:1"], &["base", "a-top"]);
+        let other = f.layered("b", None, &["b:1"], &["base", "b-mid", "b-top"]);
+        let chains = |layers: &[&str]| -> Vec<String> {
+            let diff_ids: Vec<imaged_model::Digest> = layers
+                .iter()
+                .map(|l| imaged_model::Digest::sha256_of(l.as_bytes()))
+                .collect();
+            chain_ids(&diff_ids)
+                .iter()
+                .map(|c| format!("deleted {}", short(&c.to_string())))
+                .collect()
+        };
+        let b = chains(&["base", "b-mid", "b-top"]);
+        // base is still held by a:1.
+        assert_eq!(
+            f.rmi("b:1", false).unwrap(),
+            [
+                "untagged b:1".to_string(),
+                format!("deleted {}", short(&other)),
+                b[2].clone(),
+                b[1].clone(),
+            ]
+        );
+        let a = chains(&["base", "a-top"]);
+        let mut events = Vec::new();
+        let (items, reclaimed) = f
+            .store
+            .update(|tx| prune(tx, &["dangling=false".to_string()], &mut events))
+            .unwrap();
+        let lines: Vec<String> = items.into_iter().map(describe).collect();
+        assert_eq!(
+            lines,
+            [
+                "untagged a:1".to_string(),
+                format!("deleted {}", short(&shared)),
+                a[1].clone(),
+                a[0].clone(),
+            ]
+        );
+        assert_eq!(reclaimed, 20, "the two layers a:1 held alone");
     }
 
     #[test]
