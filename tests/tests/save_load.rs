@@ -421,6 +421,13 @@ async fn import_makes_a_one_layer_image_with_the_changes() {
             .unwrap()
             .unwrap()
             .unwrap();
+        if event.action == "import" {
+            // Docker: the import event is about the image ID, and names it
+            // whole.
+            let actor = event.actor.clone().unwrap();
+            assert_eq!(actor.id, id);
+            assert_eq!(actor.attributes["name"], id);
+        }
         actions.push(event.action);
     }
     assert_eq!(actions, ["tag", "import"]);

@@ -250,6 +250,9 @@ pub fn event(event: &Event, format: &str) -> anyhow::Result<()> {
         "json" => println!(
             "{}",
             json!({
+                // Docker's legacy keys, still set for image events.
+                "status": event.action,
+                "id": actor.id,
                 "Type": event.r#type,
                 "Action": event.action,
                 "Actor": {"ID": actor.id, "Attributes": attributes},

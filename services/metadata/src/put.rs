@@ -19,7 +19,8 @@ use imaged_model::image_config::ImageConfig;
 
 /// Stores the config (if new), points the tags at it (moving them, as a
 /// pull does), adds the digest references, then sends the event.
-/// Answers the image ID, whether any tag was created or moved, and the
+/// Answers the image ID, whether the image is newer to its references (a
+/// tag created or moved; without tags, a digest reference added), and the
 /// tags taken from other images.
 pub fn put(
     images: &std::sync::Arc<Images>,
@@ -57,6 +58,9 @@ pub fn put(
             // An existing digest reference to another image is kept.
             if tx.index().resolve_ref(&key.to_string()).is_none() {
                 tx.put_ref(key, &id_text);
+                // A pull by digest that adds its reference brought a newer
+                // image (Docker); with tags, the tags decide.
+                updated |= tags.is_empty();
             }
         }
         for tag in &tags {
@@ -86,10 +90,15 @@ pub fn put(
             }
         }
         if !request.action.is_empty() {
-            // A pull names the repository; a load names the image ID.
-            let name = Reference::parse(&request.event_ref)
-                .map(|r| r.familiar_name())
-                .unwrap_or_else(|_| request.event_ref.clone());
+            // A pull or push names the repository; a load or import, whose
+            // event is about the image ID, names that ID whole (Docker).
+            let name = if request.event_ref.parse::<Digest>().is_ok() {
+                request.event_ref.clone()
+            } else {
+                Reference::parse(&request.event_ref)
+                    .map(|r| r.familiar_name())
+                    .unwrap_or_else(|_| request.event_ref.clone())
+            };
             let mut event = PendingEvent::image(tx.index(), "", &id_text, &name);
             event.set_action_and_actor(&request.action, &request.event_ref);
             events.push(event);
