@@ -3,12 +3,16 @@
 # Debian's docker-registry (the CNCF Distribution registry), and protoc,
 # which the upstream CRI client crate (k8s-cri, a test dependency that
 # proves wire compatibility) needs to build; and Python's grpcio-tools for
-# the test of a Python client generated from proto/; and grpcurl.
+# the test of a Python client generated from proto/; and grpcurl; and
+# Debian's docker.io (dockerd 20.10), the oracle of the differential tests,
+# which start a private one of their own (the package's service is not
+# needed and not started).
 set -eu
 
 need=""
 command -v docker-registry >/dev/null 2>&1 || need="$need docker-registry"
 command -v protoc >/dev/null 2>&1 || need="$need protobuf-compiler"
+[ -x /usr/sbin/dockerd ] || need="$need docker.io"
 
 # The Python client test: grpcio and grpcio-tools from PyPI.
 if ! python3 -c "import grpc, grpc_tools" >/dev/null 2>&1; then

@@ -6,6 +6,7 @@
 pub mod client;
 pub mod collector;
 pub mod containerd;
+pub mod dockerd;
 pub mod front;
 pub mod processes;
 pub mod registry;

@@ -107,6 +107,32 @@ impl TestRegistry {
             .collect()
     }
 
+    /// The manifest (or index) `reference` names in this registry, as
+    /// stored, and its `mediaType`.
+    pub async fn manifest(&self, reference: &str) -> (Vec<u8>, String) {
+        let oref: oci_client::Reference = reference.parse().expect("a valid reference");
+        let body = self
+            .fixtures()
+            .client()
+            .pull_manifest_raw(
+                &oref,
+                &oci_client::secrets::RegistryAuth::Anonymous,
+                &[
+                    "application/vnd.docker.distribution.manifest.v2+json",
+                    "application/vnd.oci.image.manifest.v1+json",
+                    "application/vnd.docker.distribution.manifest.list.v2+json",
+                    "application/vnd.oci.image.index.v1+json",
+                ],
+            )
+            .await
+            .unwrap_or_else(|e| panic!("manifest {reference}: {e}"))
+            .0
+            .to_vec();
+        let parsed: serde_json::Value = serde_json::from_slice(&body).expect("a JSON manifest");
+        let media_type = parsed["mediaType"].as_str().unwrap_or_default().to_string();
+        (body, media_type)
+    }
+
     /// A fixture client for pushing to this registry.
     pub fn fixtures(&self) -> imaged_fixtures::Registry {
         imaged_fixtures::Registry::new(&self.host)

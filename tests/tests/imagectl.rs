@@ -142,8 +142,20 @@ async fn every_command_works_end_to_end() {
     cli.ok(&["tag", &app, &target]).await;
     let pushed = cli.ok(&["push", &target]).await;
     assert!(pushed.contains("v1: digest: sha256:"), "{pushed}");
+    let pushed_digest = pushed
+        .lines()
+        .find_map(|l| l.split("digest: ").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap()
+        .to_string();
+    // As Docker: the push gave the image `name@digest`, which goes with the
+    // repository's last tag.
     let removed = cli.ok(&["rmi", &target]).await;
-    assert_eq!(removed.trim(), format!("Untagged: {target}"));
+    let name = target.rsplit_once(':').unwrap().0;
+    assert_eq!(
+        removed.trim(),
+        format!("Untagged: {target}\nUntagged: {name}@{pushed_digest}")
+    );
     let err = cli.fails(&["rmi", "no/such:image"]).await;
     assert!(err.contains("No such image"), "{err}");
     let removed = cli.ok(&["rmi", &app]).await;

@@ -340,6 +340,10 @@ async fn push_then_pull_back_by_digest() {
     let by_digest = format!("{}@{}", target.rsplit_once(':').unwrap().0, last.digest);
     let messages = pull(&mut client, &by_digest, None).await.unwrap();
     assert_eq!(messages.last().unwrap().image_id, catalog.app.id());
+    assert_eq!(
+        messages.last().unwrap().status,
+        format!("Status: Downloaded newer image for {by_digest}")
+    );
     assert_unpacked(&imaged, &catalog.app);
 
     // The events, in order, with Docker's actors and attributes.
@@ -483,32 +487,6 @@ async fn restart_reconciles_layers_and_images() {
     assert_unpacked(&imaged, &catalog.app);
 }
 
-/// The manifest `reference` names in the registry, and its `mediaType`.
-async fn registry_manifest(registry: &TestRegistry, reference: &str) -> (Vec<u8>, String) {
-    let oref: oci_client::Reference = reference.parse().unwrap();
-    let body = registry
-        .fixtures()
-        .client()
-        .pull_manifest_raw(
-            &oref,
-            &oci_client::secrets::RegistryAuth::Anonymous,
-            &[
-                "application/vnd.docker.distribution.manifest.v2+json",
-                "application/vnd.oci.image.manifest.v1+json",
-            ],
-        )
-        .await
-        .unwrap()
-        .0
-        .to_vec();
-    let manifest: serde_json::Value = serde_json::from_slice(&body).unwrap();
-    let media_type = manifest["mediaType"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
-    (body, media_type)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_local_image_is_pushed_as_docker_pushes_it() {
     let (imaged, registry, _catalog) = setup().await;
@@ -528,7 +506,7 @@ async fn a_local_image_is_pushed_as_docker_pushes_it() {
     let messages = client::push(imaged.images(), &target, false).await.unwrap();
     let last = messages.last().unwrap();
     assert_eq!(last.tag, "v1");
-    let (body, media_type) = registry_manifest(&registry, &target).await;
+    let (body, media_type) = registry.manifest(&target).await;
     assert_eq!(
         media_type,
         "application/vnd.docker.distribution.manifest.v2+json"
@@ -629,7 +607,7 @@ async fn a_local_image_is_pushed_as_docker_pushes_it() {
         .map(|m| m.tag.as_str())
         .collect();
     assert_eq!(tags, ["v1", "v2"]);
-    let (_, media_type) = registry_manifest(&registry, &format!("{name}:v2")).await;
+    let (_, media_type) = registry.manifest(&format!("{name}:v2")).await;
     assert_eq!(
         media_type,
         "application/vnd.docker.distribution.manifest.v2+json"

@@ -1,0 +1,512 @@
+//! Docker's answers as the oracle. Each scenario runs against a private
+//! dockerd (Debian's 20.10, driven by the machine's docker CLI) and against
+//! imaged, with the same images from the same registry, and compares what a
+//! user sees: outputs, inspect fields, sizes, and the manifests written to
+//! the registry.
+//!
+//! Moby v28, which imaged follows (`shared/spec/moby-images-behavior.md`),
+//! differs from dockerd 20.10 in a few known places. Each one a scenario
+//! meets is in [`V28`] with its reason and is the only difference let
+//! through; any other difference fails the test.
+//!
+//! Needs root and dockerd (`make test` installs Debian's docker.io); where
+//! either is missing the tests fail, saying so.
+
+use imaged_api::v1::*;
+use imaged_e2e::dockerd::Dockerd;
+use imaged_e2e::{Imaged, TestRegistry, client};
+use imaged_fixtures::{Catalog, catalog};
+
+/// Where Moby v28 and dockerd 20.10 part, so that imaged (v28) may differ
+/// from the oracle: (what is compared, as [`same`] names it; why v28
+/// answers otherwise). None of the scenarios below meets one yet; save's
+/// OCI layout, the `until` filter of `docker images` and v28's error
+/// wording go here with their scenarios.
+const V28: &[(&str, &str)] = &[];
+
+/// Asserts that imaged answers what Docker answers, unless [`V28`] lists
+/// `what`.
+#[track_caller]
+fn same<T: PartialEq + std::fmt::Debug>(what: &str, imaged: T, docker: T) {
+    if let Some((_, why)) = V28.iter().find(|(w, _)| *w == what) {
+        eprintln!("{what}: not compared, v28 differs from 20.10: {why}");
+        return;
+    }
+    assert_eq!(
+        imaged, docker,
+        "{what}: imaged (left) and Docker (right) differ"
+    );
+}
+
+/// The oracle, imaged and a registry holding the fixture catalog.
+struct Both {
+    dockerd: Dockerd,
+    imaged: Imaged,
+    registry: TestRegistry,
+    catalog: Catalog,
+}
+
+async fn both() -> Both {
+    let registry = TestRegistry::start().await.unwrap();
+    let catalog = catalog().unwrap();
+    catalog.push_all(&registry.fixtures()).await.unwrap();
+    let dockerd = Dockerd::start().await.unwrap();
+    let imaged = Imaged::start().await.unwrap();
+    Both {
+        dockerd,
+        imaged,
+        registry,
+        catalog,
+    }
+}
+
+impl Both {
+    /// Pulls `reference` into both; answers the `Digest:` and `Status:`
+    /// lines each printed.
+    async fn pull_lines(&self, reference: &str) -> (Vec<String>, Vec<String>) {
+        let docker = self.dockerd.ok(&["pull", reference]).await.unwrap();
+        let docker = docker
+            .lines()
+            .filter(|l| l.starts_with("Digest: ") || l.starts_with("Status: "))
+            .map(str::to_string)
+            .collect();
+        let imaged = client::pull(self.imaged.images(), client::pull_request(reference))
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|m| m.status)
+            .filter(|l| l.starts_with("Digest: ") || l.starts_with("Status: "))
+            .collect();
+        (docker, imaged)
+    }
+
+    /// Pulls `reference` into both.
+    async fn pull(&self, reference: &str) {
+        self.dockerd.ok(&["pull", reference]).await.unwrap();
+        client::pull(self.imaged.images(), client::pull_request(reference))
+            .await
+            .unwrap();
+    }
+
+    async fn inspect(&self, image: &str) -> (serde_json::Value, ImageInspect) {
+        let docker = self.dockerd.ok(&["image", "inspect", image]).await.unwrap();
+        let docker: serde_json::Value = serde_json::from_str(&docker).unwrap();
+        let imaged = self
+            .imaged
+            .images()
+            .inspect_image(InspectImageRequest {
+                image: image.to_string(),
+                platform: None,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        (docker[0].clone(), imaged)
+    }
+}
+
+/// `<tag>: digest: <digest> size: <bytes>` from a push's output.
+fn digest_line(output: &str) -> (String, i64) {
+    let line = output
+        .lines()
+        .rev()
+        .find(|l| l.contains(": digest: "))
+        .unwrap_or_else(|| panic!("no digest line in {output}"));
+    let mut words = line.split_whitespace();
+    let digest = words.nth(2).unwrap().to_string();
+    let size = words.nth(1).unwrap().parse().unwrap();
+    (digest, size)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pulled_image_pushed_elsewhere_gets_dockers_very_manifest() {
+    let b = both().await;
+    let source = b.registry.fixtures().reference("fixtures/app:1.0");
+    b.pull(&source).await;
+    let docker_target = b.registry.fixtures().reference("diff/docker:v1");
+    let imaged_target = b.registry.fixtures().reference("diff/imaged:v1");
+
+    b.dockerd
+        .ok(&["tag", &source, &docker_target])
+        .await
+        .unwrap();
+    let pushed = b.dockerd.ok(&["push", &docker_target]).await.unwrap();
+    let (docker_digest, docker_size) = digest_line(&pushed);
+
+    b.imaged
+        .images()
+        .tag_image(TagImageRequest {
+            source: source.clone(),
+            target: imaged_target.clone(),
+        })
+        .await
+        .unwrap();
+    let messages = client::push(b.imaged.images(), &imaged_target, false)
+        .await
+        .unwrap();
+    let last = messages.last().unwrap();
+
+    // The same bytes in the registry, so the same digest and size.
+    let (docker_manifest, docker_type) = b.registry.manifest(&docker_target).await;
+    let (imaged_manifest, imaged_type) = b.registry.manifest(&imaged_target).await;
+    same("pushed manifest media type", imaged_type, docker_type);
+    same(
+        "pushed manifest",
+        String::from_utf8(imaged_manifest).unwrap(),
+        String::from_utf8(docker_manifest).unwrap(),
+    );
+    same(
+        "push digest line",
+        (last.digest.as_str(), last.size),
+        (docker_digest.as_str(), docker_size),
+    );
+
+    // Both images now carry repo@digest for what they pushed.
+    let docker = b
+        .dockerd
+        .ok(&["image", "inspect", &docker_target])
+        .await
+        .unwrap();
+    let docker: serde_json::Value =
+        serde_json::from_str::<serde_json::Value>(&docker).unwrap()[0].clone();
+    let docker_name = docker_target.rsplit_once(':').unwrap().0;
+    assert!(
+        docker["RepoDigests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d == &format!("{docker_name}@{docker_digest}")),
+        "{docker}"
+    );
+    let (_, imaged_after) = b.inspect(&source).await;
+    let imaged_name = imaged_target.rsplit_once(':').unwrap().0;
+    assert!(
+        imaged_after
+            .repo_digests
+            .contains(&format!("{imaged_name}@{docker_digest}")),
+        "{:?}",
+        imaged_after.repo_digests
+    );
+    same(
+        "image ID",
+        imaged_after.id.as_str(),
+        docker["Id"].as_str().unwrap(),
+    );
+}
+
+/// `len` bytes of text-like content: words of a small vocabulary in a
+/// fixed pseudo-random order, as compressible as source files are.
+fn prose(len: usize) -> Vec<u8> {
+    const WORDS: &[&str] = &[
+        "image",
+        "layer",
+        "the",
+        "of",
+        "registry",
+        "pull",
+        "push",
+        "and",
+        "a",
+        "digest",
+        "manifest",
+        "config",
+        "to",
+        "container",
+        "node",
+        "kubelet",
+        "tar",
+        "gzip",
+        "in",
+        "overlay",
+        "whiteout",
+        "is",
+        "docker",
+        "imaged",
+        "snapshot",
+        "lease",
+        "blob",
+    ];
+    let mut out = Vec::with_capacity(len + 16);
+    let mut state: u64 = 0x2545_f491_4f6c_dd1d;
+    while out.len() < len {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        out.extend_from_slice(WORDS[(state % WORDS.len() as u64) as usize].as_bytes());
+        out.push(if state.is_multiple_of(11) {
+            b'\n'
+        } else {
+            b' '
+        });
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_layer_goes_up_compressed_as_docker_sends_it() {
+    let b = both().await;
+    let rootfs = imaged_fixtures::LayerBuilder::new()
+        .dir("etc")
+        .file("etc/motd", &prose(200_000))
+        .symlink("etc/issue", "motd")
+        .build(imaged_fixtures::Compression::None)
+        .unwrap()
+        .tar()
+        .unwrap();
+    let docker_target = b.registry.fixtures().reference("diff/docker-local:v1");
+    let imaged_target = b.registry.fixtures().reference("diff/imaged-local:v1");
+    let imported = b
+        .dockerd
+        .docker_with_input(&["import", "-", &docker_target], Some(&rootfs))
+        .await
+        .unwrap();
+    assert!(imported.status.success(), "{imported:?}");
+    b.dockerd.ok(&["push", &docker_target]).await.unwrap();
+    client::import(b.imaged.images(), &imaged_target, &rootfs)
+        .await
+        .unwrap();
+    client::push(b.imaged.images(), &imaged_target, false)
+        .await
+        .unwrap();
+
+    let layers_of = |body: &[u8]| -> (String, Vec<(String, u64)>) {
+        let manifest: serde_json::Value = serde_json::from_slice(body).unwrap();
+        let layers = manifest["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| {
+                (
+                    l["mediaType"].as_str().unwrap().to_string(),
+                    l["size"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        (
+            manifest["config"]["mediaType"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+            layers,
+        )
+    };
+    let (docker_manifest, docker_type) = b.registry.manifest(&docker_target).await;
+    let (imaged_manifest, imaged_type) = b.registry.manifest(&imaged_target).await;
+    same("pushed manifest media type", imaged_type, docker_type);
+    let (docker_config, docker_layers) = layers_of(&docker_manifest);
+    let (imaged_config, imaged_layers) = layers_of(&imaged_manifest);
+    same("pushed config media type", imaged_config, docker_config);
+    same(
+        "pushed layer count",
+        imaged_layers.len(),
+        docker_layers.len(),
+    );
+    let (docker_kind, docker_bytes) = &docker_layers[0];
+    let (imaged_kind, imaged_bytes) = &imaged_layers[0];
+    same("pushed layer media type", imaged_kind, docker_kind);
+    // Go's gzip and zlib-rs make different bytes; imaged's must be no
+    // bigger than Docker's but for a tenth.
+    assert!(
+        *imaged_bytes * 10 <= docker_bytes * 11 && *imaged_bytes * 3 < rootfs.len() as u64,
+        "imaged pushed {imaged_bytes} bytes, Docker {docker_bytes}, of a {} byte tar",
+        rootfs.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sizes_and_identities_match_dockers_after_a_pull() {
+    let b = both().await;
+    for repo in [
+        "fixtures/base:latest",
+        "fixtures/app:1.0",
+        "fixtures/special:latest",
+        "fixtures/docker:latest",
+    ] {
+        let reference = b.registry.fixtures().reference(repo);
+        b.pull(&reference).await;
+        let (docker, imaged) = b.inspect(&reference).await;
+        let strings = |v: &serde_json::Value| -> Vec<String> {
+            v.as_array()
+                .map(|a| a.iter().map(|t| t.as_str().unwrap().to_string()).collect())
+                .unwrap_or_default()
+        };
+        same(
+            &format!("{repo}: Id"),
+            imaged.id.as_str(),
+            docker["Id"].as_str().unwrap(),
+        );
+        same(
+            &format!("{repo}: Size"),
+            imaged.size,
+            docker["Size"].as_i64().unwrap(),
+        );
+        same(
+            &format!("{repo}: RepoTags"),
+            imaged.repo_tags,
+            strings(&docker["RepoTags"]),
+        );
+        same(
+            &format!("{repo}: RepoDigests"),
+            imaged.repo_digests,
+            strings(&docker["RepoDigests"]),
+        );
+        same(
+            &format!("{repo}: RootFS.Layers"),
+            imaged.root_fs.unwrap().layers,
+            strings(&docker["RootFS"]["Layers"]),
+        );
+        same(
+            &format!("{repo}: Created"),
+            imaged.created.as_str(),
+            docker["Created"].as_str().unwrap(),
+        );
+
+        // `docker history`, in bytes: ID, step, size, comment per row.
+        let rows = b
+            .dockerd
+            .ok(&[
+                "history",
+                "--human=false",
+                "--no-trunc",
+                "--format",
+                "{{.ID}}\t{{.CreatedBy}}\t{{.Size}}\t{{.Comment}}",
+                &reference,
+            ])
+            .await
+            .unwrap();
+        let docker_rows: Vec<String> = rows.lines().map(str::to_string).collect();
+        let imaged_rows: Vec<String> = b
+            .imaged
+            .images()
+            .image_history(ImageHistoryRequest {
+                image: reference.clone(),
+                platform: None,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .items
+            .into_iter()
+            .map(|h| format!("{}\t{}\t{}\t{}", h.id, h.created_by, h.size, h.comment))
+            .collect();
+        same(&format!("{repo}: history"), imaged_rows, docker_rows);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pulls_report_what_docker_reports() {
+    let b = both().await;
+    let tagged = b.registry.fixtures().reference("fixtures/docker:latest");
+    let name = tagged.rsplit_once(':').unwrap().0.to_string();
+    let by_digest = format!("{name}@{}", b.catalog.docker.manifest.digest);
+    let base = b.registry.fixtures().reference("fixtures/base:latest");
+    let base_digest = format!(
+        "{}@{}",
+        base.rsplit_once(':').unwrap().0,
+        b.catalog.base.manifest.digest
+    );
+    // A new tag, the same tag again, a digest already known through the
+    // tag, and a digest pull into a store without the image.
+    for reference in [&tagged, &tagged, &by_digest, &base_digest] {
+        let (docker, imaged) = b.pull_lines(reference).await;
+        assert_eq!(docker.len(), 2, "{reference}: {docker:?}");
+        same(&format!("pull lines of {reference}"), imaged, docker);
+    }
+}
+
+/// (action, actor ID, attributes) of each image event in `[since, until]`,
+/// as the docker CLI prints them with `--format '{{json .}}'`.
+async fn docker_events(
+    dockerd: &Dockerd,
+    since: &str,
+    until: &str,
+) -> Vec<(String, String, serde_json::Value)> {
+    let out = dockerd
+        .ok(&[
+            "events",
+            "--since",
+            since,
+            "--until",
+            until,
+            "--filter",
+            "type=image",
+            "--format",
+            "{{json .}}",
+        ])
+        .await
+        .unwrap();
+    out.lines()
+        .map(|l| {
+            let e: serde_json::Value = serde_json::from_str(l).unwrap();
+            // The legacy keys, which imagectl prints too.
+            assert_eq!(e["status"], e["Action"], "{e}");
+            assert_eq!(e["id"], e["Actor"]["ID"], "{e}");
+            (
+                e["Action"].as_str().unwrap().to_string(),
+                e["Actor"]["ID"].as_str().unwrap().to_string(),
+                e["Actor"]["Attributes"].clone(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_of_real_operations_match_dockers() {
+    let b = both().await;
+    let app = b.registry.fixtures().reference("fixtures/app:1.0");
+    let since = chrono::Utc::now().timestamp().to_string();
+    b.pull(&app).await;
+    let docker_tag = "diff/tagged:1";
+    b.dockerd.ok(&["tag", &app, docker_tag]).await.unwrap();
+    b.dockerd.ok(&["rmi", docker_tag]).await.unwrap();
+    b.imaged
+        .images()
+        .tag_image(TagImageRequest {
+            source: app.clone(),
+            target: docker_tag.into(),
+        })
+        .await
+        .unwrap();
+    b.imaged
+        .images()
+        .remove_image(RemoveImageRequest {
+            image: docker_tag.into(),
+            force: false,
+            prune_children: None,
+        })
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let until = chrono::Utc::now().timestamp().to_string();
+
+    let docker = docker_events(&b.dockerd, &since, &until).await;
+    let mut stream = imaged_api::v1::events_client::EventsClient::new(
+        b.imaged.channel(imaged_common::config::Service::Gateway),
+    )
+    .subscribe(SubscribeRequest {
+        filters: vec!["type=image".into()],
+        since: since.clone(),
+        until: until.clone(),
+    })
+    .await
+    .unwrap()
+    .into_inner();
+    let mut imaged = Vec::new();
+    while let Some(event) = tokio_stream::StreamExt::next(&mut stream).await {
+        let event = event.unwrap();
+        let actor = event.actor.unwrap();
+        let attributes: serde_json::Map<String, serde_json::Value> = actor
+            .attributes
+            .into_iter()
+            .map(|(k, v)| (k, serde_json::Value::String(v)))
+            .collect();
+        imaged.push((
+            event.action,
+            actor.id,
+            serde_json::Value::Object(attributes),
+        ));
+    }
+    let actions: Vec<&str> = docker.iter().map(|(a, _, _)| a.as_str()).collect();
+    assert_eq!(actions, ["pull", "tag", "untag"], "{docker:?}");
+    same("events", imaged, docker);
+}
