@@ -510,3 +510,48 @@ async fn events_of_real_operations_match_dockers() {
     assert_eq!(actions, ["pull", "tag", "untag"], "{docker:?}");
     same("events", imaged, docker);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rmi_answers_dockers_lines_with_the_layers_it_frees() {
+    let b = both().await;
+    let app = b.registry.fixtures().reference("fixtures/app:1.0");
+    let base = b.registry.fixtures().reference("fixtures/base:latest");
+    b.pull(&base).await;
+    b.pull(&app).await;
+    // app shares its bottom layer with base: that one stays. Then base
+    // goes with it.
+    for reference in [&app, &base] {
+        let docker: Vec<String> = b
+            .dockerd
+            .ok(&["rmi", reference])
+            .await
+            .unwrap()
+            .lines()
+            .map(str::to_string)
+            .collect();
+        let imaged: Vec<String> = b
+            .imaged
+            .images()
+            .remove_image(RemoveImageRequest {
+                image: reference.clone(),
+                force: false,
+                prune_children: None,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .items
+            .into_iter()
+            .map(|item| match item.item {
+                Some(delete_item::Item::Untagged(r)) => format!("Untagged: {r}"),
+                Some(delete_item::Item::Deleted(id)) => format!("Deleted: {id}"),
+                None => String::new(),
+            })
+            .collect();
+        assert!(
+            docker.iter().filter(|l| l.starts_with("Deleted: ")).count() >= 2,
+            "{docker:?}"
+        );
+        same(&format!("rmi {reference}"), imaged, docker);
+    }
+}
