@@ -4,7 +4,6 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
-use imaged_common::Error;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Docker's default for `max-concurrent-downloads`.
@@ -17,13 +16,11 @@ pub const DEFAULT_MAX_DOWNLOAD_ATTEMPTS: u32 = 5;
 /// The limits as given on the command line, environment or config file.
 #[derive(clap::Args, Clone, Debug)]
 pub struct LimitArgs {
-    /// Layer downloads that run at once across all pulls.
-    #[arg(long, env = "IMAGED_MAX_CONCURRENT_DOWNLOADS", default_value_t = DEFAULT_MAX_CONCURRENT_DOWNLOADS,
-          value_parser = clap::value_parser!(u32).range(1..))]
+    /// Layer downloads that run at once across all pulls (0: the default).
+    #[arg(long, env = "IMAGED_MAX_CONCURRENT_DOWNLOADS", default_value_t = DEFAULT_MAX_CONCURRENT_DOWNLOADS)]
     pub max_concurrent_downloads: u32,
-    /// Layer uploads that run at once across all pushes.
-    #[arg(long, env = "IMAGED_MAX_CONCURRENT_UPLOADS", default_value_t = DEFAULT_MAX_CONCURRENT_UPLOADS,
-          value_parser = clap::value_parser!(u32).range(1..))]
+    /// Layer uploads that run at once across all pushes (0: the default).
+    #[arg(long, env = "IMAGED_MAX_CONCURRENT_UPLOADS", default_value_t = DEFAULT_MAX_CONCURRENT_UPLOADS)]
     pub max_concurrent_uploads: u32,
     /// Attempts per layer blob before a pull fails (1 = no retry).
     #[arg(long, env = "IMAGED_MAX_DOWNLOAD_ATTEMPTS", default_value_t = DEFAULT_MAX_DOWNLOAD_ATTEMPTS,
@@ -44,9 +41,17 @@ pub struct Limits {
 
 impl Limits {
     pub fn new(args: &LimitArgs) -> Self {
+        // 0 reads as the default, as Docker reads its daemon.json.
+        let or_default = |n: u32, default: u32| if n == 0 { default } else { n };
         Limits {
-            downloads: Gate::new(args.max_concurrent_downloads),
-            uploads: Gate::new(args.max_concurrent_uploads),
+            downloads: Gate::new(or_default(
+                args.max_concurrent_downloads,
+                DEFAULT_MAX_CONCURRENT_DOWNLOADS,
+            )),
+            uploads: Gate::new(or_default(
+                args.max_concurrent_uploads,
+                DEFAULT_MAX_CONCURRENT_UPLOADS,
+            )),
             max_download_attempts: args.max_download_attempts,
         }
     }
@@ -63,20 +68,15 @@ impl Limits {
         self.max_download_attempts
     }
 
-    /// Applies an UpdateConfig: `None` keeps a limit, 0 is refused.
-    pub fn update(&self, downloads: Option<u32>, uploads: Option<u32>) -> Result<(), Error> {
-        if downloads == Some(0) || uploads == Some(0) {
-            return Err(Error::InvalidArgument(
-                "max_concurrent_downloads and max_concurrent_uploads must be at least 1".into(),
-            ));
-        }
-        if let Some(n) = downloads {
+    /// Applies an UpdateConfig: `None` or 0 keeps a limit, as Docker's
+    /// UpdateConfig ignores zero values.
+    pub fn update(&self, downloads: Option<u32>, uploads: Option<u32>) {
+        if let Some(n) = downloads.filter(|n| *n > 0) {
             self.downloads.set_limit(n);
         }
-        if let Some(n) = uploads {
+        if let Some(n) = uploads.filter(|n| *n > 0) {
             self.uploads.set_limit(n);
         }
-        Ok(())
     }
 }
 
@@ -198,5 +198,33 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(1), gate.admit())
             .await
             .expect("one slot once c finished");
+    }
+
+    #[test]
+    fn zero_reads_as_the_default_at_start_and_is_ignored_at_runtime() {
+        let limits = Limits::new(&LimitArgs {
+            max_concurrent_downloads: 0,
+            max_concurrent_uploads: 0,
+            max_download_attempts: DEFAULT_MAX_DOWNLOAD_ATTEMPTS,
+        });
+        assert_eq!(
+            (
+                limits.max_concurrent_downloads(),
+                limits.max_concurrent_uploads()
+            ),
+            (
+                DEFAULT_MAX_CONCURRENT_DOWNLOADS,
+                DEFAULT_MAX_CONCURRENT_UPLOADS
+            )
+        );
+        limits.update(Some(7), Some(0));
+        limits.update(Some(0), None);
+        assert_eq!(
+            (
+                limits.max_concurrent_downloads(),
+                limits.max_concurrent_uploads()
+            ),
+            (7, DEFAULT_MAX_CONCURRENT_UPLOADS)
+        );
     }
 }

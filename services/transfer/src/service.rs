@@ -303,7 +303,7 @@ impl Transfer for TransferService {
         self.limits.update(
             request.max_concurrent_downloads,
             request.max_concurrent_uploads,
-        )?;
+        );
         tracing::info!(
             downloads = self.limits.max_concurrent_downloads(),
             uploads = self.limits.max_concurrent_uploads(),
