@@ -555,3 +555,38 @@ async fn rmi_answers_dockers_lines_with_the_layers_it_frees() {
         same(&format!("rmi {reference}"), imaged, docker);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_pulls_say_what_docker_says() {
+    let b = both().await;
+    let missing_tag = b.registry.fixtures().reference("fixtures/app:nope");
+    let missing_repo = b.registry.fixtures().reference("no/such-repo:1");
+    for reference in [missing_tag.as_str(), missing_repo.as_str(), "scratch"] {
+        let docker = b.dockerd.docker(&["pull", reference]).await.unwrap();
+        assert!(!docker.status.success(), "{reference}");
+        let docker = String::from_utf8_lossy(&docker.stderr);
+        let docker = docker
+            .trim()
+            .strip_prefix("Error response from daemon: ")
+            .unwrap_or_else(|| panic!("{reference}: {docker}"))
+            .to_string();
+        let imaged = client::pull(b.imaged.images(), client::pull_request(reference))
+            .await
+            .unwrap_err();
+        same(
+            &format!("error pulling {reference}"),
+            imaged.message().to_string(),
+            docker,
+        );
+    }
+    // Nothing was said before the error: no `Pulling from` line.
+    let mut stream = b
+        .imaged
+        .images()
+        .pull_image(client::pull_request(&missing_tag))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = tokio_stream::StreamExt::next(&mut stream).await.unwrap();
+    assert!(first.is_err(), "{first:?}");
+}

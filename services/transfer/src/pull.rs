@@ -143,6 +143,11 @@ struct Target {
 impl Target {
     fn new(request: &PullImageRequest, registries: &Registries) -> Result<Self, Error> {
         let reference = Reference::parse(&request.reference)?;
+        if reference.familiar_name() == "scratch" {
+            return Err(Error::InvalidArgument(
+                "'scratch' is a reserved name".into(),
+            ));
+        }
         let reference = if reference.digest().is_some() {
             reference
         } else {
@@ -266,6 +271,9 @@ impl Puller {
         tx: Progress,
     ) -> Result<(), Error> {
         let target = Target::new(&request, &self.registries)?;
+        // As Docker: said once the manifest is there, so a missing tag or
+        // repository fails before anything is printed.
+        let mut resolved = self.resolve(&target).await?;
         send(
             &tx,
             line(
@@ -274,7 +282,6 @@ impl Puller {
             ),
         )
         .await;
-        let mut resolved = self.resolve(&target).await?;
         let configured = self.read_config(&target, &mut resolved, &tx).await?;
         let chains = chain_ids(&configured.diff_ids);
         let _lease = self.leases.lease(&chains);
@@ -291,7 +298,7 @@ impl Puller {
         let shown = &target.shown;
         let what = format!("manifest for {shown}");
         let (top_bytes, top_digest) = self
-            .fetch_manifest(&what, || {
+            .fetch_manifest(target, || {
                 self.registries.manifest(
                     &target.client,
                     &target.oref,
@@ -319,7 +326,7 @@ impl Puller {
                     chosen.clone(),
                 );
                 let (bytes, digest) = self
-                    .fetch_manifest(&what, || {
+                    .fetch_manifest(target, || {
                         self.registries.manifest(
                             &target.client,
                             &by_digest,
@@ -709,7 +716,7 @@ impl Puller {
         let expected: Digest = desc.digest.parse()?;
         within(
             what,
-            self.with_retries(what, || async {
+            self.with_retries(&|e| registry::error(what, e), || async {
                 let mut stream = client.pull_blob_stream(oref, desc).await?;
                 let mut data = Vec::new();
                 while let Some(chunk) = stream.next().await {
@@ -734,23 +741,35 @@ impl Puller {
 
     /// Fetches a manifest with retries, all bounded in time: a registry
     /// that sends headers and then nothing is given up on.
-    async fn fetch_manifest<F, Fut>(&self, what: &str, call: F) -> Result<(Bytes, String), Error>
+    /// Its failures read as Docker's (`manifest for … not found: …`).
+    async fn fetch_manifest<F, Fut>(
+        &self,
+        target: &Target,
+        call: F,
+    ) -> Result<(Bytes, String), Error>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<(Bytes, String), oci_client::errors::OciDistributionError>>,
     {
-        within(what, self.with_retries(what, call)).await
+        let what = format!("manifest for {}", target.shown);
+        let failed = |e| registry::pull_error(&target.reference, e);
+        within(&what, self.with_retries(&failed, call)).await
     }
 
-    /// Runs a registry call, retrying what may pass with backoff.
-    async fn with_retries<T, F, Fut>(&self, what: &str, mut call: F) -> Result<T, Error>
+    /// Runs a registry call, retrying what may pass with backoff; `failed`
+    /// says what a failure means.
+    async fn with_retries<T, F, Fut>(
+        &self,
+        failed: &(dyn Fn(oci_client::errors::OciDistributionError) -> Error + Sync),
+        mut call: F,
+    ) -> Result<T, Error>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, oci_client::errors::OciDistributionError>>,
     {
         let mut attempt = 1;
         loop {
-            match call().await.map_err(|e| registry::error(what, e)) {
+            match call().await.map_err(failed) {
                 Err(err) => match self.retry().after(attempt, &err) {
                     Some(delay) => {
                         tracing::warn!(attempt, "{err}; retrying in {delay:?}");

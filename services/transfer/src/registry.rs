@@ -277,6 +277,46 @@ pub fn error(what: &str, err: OciDistributionError) -> Error {
     }
 }
 
+/// A failed manifest fetch for `reference` in Docker's words (moby's
+/// `translatePullError`): an unknown manifest or repository, or a denied
+/// one, names the reference and then gives the registry's code and
+/// message; anything else reads as [`error`] does.
+pub fn pull_error(reference: &Reference, err: OciDistributionError) -> Error {
+    if let OciDistributionError::RegistryError { envelope, .. } = &err
+        && let Some(first) = envelope.errors.first()
+    {
+        // Distribution's ErrorCode.Error(): the code in lower case, words
+        // apart.
+        let code = serde_json::to_value(&first.code)
+            .ok()
+            .and_then(|v| v.as_str().map(|c| c.to_lowercase().replace('_', " ")))
+            .unwrap_or_default();
+        let cause = format!("{code}: {}", first.message);
+        match first.code {
+            OciErrorCode::ManifestUnknown => {
+                return Error::NotFound(format!(
+                    "manifest for {} not found: {cause}",
+                    reference.familiar()
+                ));
+            }
+            OciErrorCode::NameUnknown => {
+                return Error::NotFound(format!(
+                    "repository {} not found: {cause}",
+                    reference.familiar_name()
+                ));
+            }
+            OciErrorCode::Denied => {
+                return Error::PermissionDenied(format!(
+                    "pull access denied for {}, repository does not exist or may require 'docker login': {cause}",
+                    reference.familiar_name()
+                ));
+            }
+            _ => {}
+        }
+    }
+    error(&format!("manifest for {}", reference.familiar()), err)
+}
+
 /// Whether trying again may help: transport failures and server errors,
 /// not refusals, rate limits or a full disk (Docker's do-not-retry list).
 pub fn retryable(err: &Error) -> bool {
