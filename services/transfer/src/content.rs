@@ -6,9 +6,11 @@
 //! left by an interrupted download stays, so the next attempt can resume
 //! it with a range request.
 
+use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use imaged_common::Error;
 use imaged_model::Digest;
@@ -19,6 +21,34 @@ use sha2::{Digest as _, Sha256};
 pub struct ContentStore {
     blobs: PathBuf,
     ingest: PathBuf,
+    /// One writer per ingest at a time (two layers can share a blob).
+    writers: Arc<Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>>,
+}
+
+/// The right to write the ingest of one blob, taken in turns by the
+/// downloads that want it; see [`ContentStore::ingest_turns`].
+pub struct IngestTurns {
+    blob: Digest,
+    turn: Arc<tokio::sync::Mutex<()>>,
+    writers: Arc<Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>>,
+}
+
+impl IngestTurns {
+    /// Waits until no other download writes this blob's ingest; the
+    /// ingest is this caller's while the guard lives.
+    pub async fn take(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.turn.lock().await
+    }
+}
+
+impl Drop for IngestTurns {
+    fn drop(&mut self) {
+        let mut writers = self.writers.lock().unwrap_or_else(|e| e.into_inner());
+        // The table's and this one: nobody else waits for the blob.
+        if Arc::strong_count(&self.turn) == 2 {
+            writers.remove(&self.blob);
+        }
+    }
 }
 
 impl ContentStore {
@@ -28,7 +58,28 @@ impl ContentStore {
         let ingest = dir.join("ingest");
         fs::create_dir_all(&blobs)?;
         fs::create_dir_all(&ingest)?;
-        Ok(ContentStore { blobs, ingest })
+        Ok(ContentStore {
+            blobs,
+            ingest,
+            writers: Arc::default(),
+        })
+    }
+
+    /// Turns at writing the ingest of `blob`, shared with every other
+    /// download of the same blob in this process.
+    pub fn ingest_turns(&self, blob: &Digest) -> IngestTurns {
+        let turn = Arc::clone(
+            self.writers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(blob.clone())
+                .or_default(),
+        );
+        IngestTurns {
+            blob: blob.clone(),
+            turn,
+            writers: Arc::clone(&self.writers),
+        }
     }
 
     /// Where the committed blob `digest` lives.
@@ -292,5 +343,30 @@ mod tests {
         assert!(err.to_string().contains("digest mismatch"), "{err}");
         assert!(!store.contains(&wrong));
         assert_eq!(fs::read_dir(dir.path().join("ingest")).unwrap().count(), 0);
+    }
+
+    #[tokio::test]
+    async fn downloads_of_one_blob_write_its_ingest_in_turns() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ContentStore::open(dir.path()).unwrap();
+        let blob = Digest::sha256_of(b"shared");
+        let first = store.ingest_turns(&blob);
+        let second = store.ingest_turns(&blob);
+        let other = store.ingest_turns(&Digest::sha256_of(b"other"));
+        let writing = first.take().await;
+        let waiting = tokio::time::timeout(std::time::Duration::from_millis(50), second.take())
+            .await
+            .is_err();
+        assert!(waiting, "two writers of one ingest at once");
+        drop(other.take().await); // another blob is not held up
+        drop(writing);
+        drop(second.take().await);
+        drop(first);
+        drop(second);
+        drop(other);
+        assert!(
+            store.writers.lock().unwrap().is_empty(),
+            "no turn left behind"
+        );
     }
 }

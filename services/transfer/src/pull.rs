@@ -105,8 +105,6 @@ pub struct Puller {
     /// Chains pulls in flight hold (shared with load, import, commit and
     /// GC).
     pub(crate) leases: Arc<Leases>,
-    /// One writer per blob ingest (two chains can share a blob).
-    ingests: Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 /// One layer a pull brings into the store: where it comes from, what it
@@ -250,7 +248,6 @@ impl Puller {
             min_rate: args.min_download_rate,
             jobs: Mutex::new(HashMap::new()),
             leases,
-            ingests: Mutex::new(HashMap::new()),
         }
     }
 
@@ -615,15 +612,9 @@ impl Puller {
         let id = short(&job.desc.digest);
         let blob = &job.blob;
         let mut attempt = 1;
-        let ingest_lock = Arc::clone(
-            self.ingests
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .entry(blob.clone())
-                .or_default(),
-        );
+        let turns = self.content.ingest_turns(blob);
         let (staging, unpacked) = loop {
-            let writing = ingest_lock.lock().await;
+            let writing = turns.take().await;
             let admitted = self.limits.downloads.admit().await;
             let result = self
                 .fetch_layer(&job.client, &job.oref, &job.desc, blob, progress)
@@ -641,14 +632,11 @@ impl Puller {
                         tokio::time::sleep(delay).await;
                         attempt += 1;
                     }
-                    None => {
-                        self.forget_ingest_lock(blob, ingest_lock);
-                        return Err(err);
-                    }
+                    None => return Err(err),
                 },
             }
         };
-        self.forget_ingest_lock(blob, ingest_lock);
+        drop(turns);
         if unpacked.diff_id != job.diff_id {
             return Err(Error::InvalidArgument(format!(
                 "layer {id}: unpacked content has diffID {} but the config says {}",
@@ -687,15 +675,6 @@ impl Puller {
     fn retry(&self) -> Retry {
         Retry {
             attempts: self.limits.max_download_attempts(),
-        }
-    }
-
-    /// Drops the blob's ingest lock from the map once nobody holds it.
-    fn forget_ingest_lock(&self, blob: &Digest, lock: Arc<tokio::sync::Mutex<()>>) {
-        drop(lock);
-        let mut ingests = self.ingests.lock().unwrap_or_else(|e| e.into_inner());
-        if ingests.get(blob).is_some_and(|l| Arc::strong_count(l) == 1) {
-            ingests.remove(blob);
         }
     }
 
