@@ -11,6 +11,7 @@ which imaged accepts. Prints "ok" and exits 0 when every answer is as
 expected.
 """
 
+import importlib.resources
 import json
 import pathlib
 import sys
@@ -22,7 +23,17 @@ from grpc_tools import protoc
 
 def generate(proto_root: pathlib.Path, out: pathlib.Path) -> None:
     files = sorted(str(p.relative_to(proto_root)) for p in proto_root.rglob("*.proto"))
-    args = ["protoc", f"-I{proto_root}", f"--python_out={out}", f"--grpc_python_out={out}", *files]
+    # The well-known types (google/protobuf/timestamp.proto), which
+    # `python -m grpc_tools.protoc` adds to the include path by itself.
+    well_known = importlib.resources.files("grpc_tools") / "_proto"
+    args = [
+        "protoc",
+        f"-I{proto_root}",
+        f"-I{well_known}",
+        f"--python_out={out}",
+        f"--grpc_python_out={out}",
+        *files,
+    ]
     if protoc.main(args) != 0:
         raise SystemExit("protoc failed")
 
@@ -61,6 +72,9 @@ def main() -> None:
 
     inspect = images.InspectImage(images_pb2.InspectImageRequest(image="py/client:v1"))
     assert inspect.id == created.id and inspect.config.labels["client"] == "python", inspect
+    # Times as google.protobuf.Timestamp, the same instant as Docker's forms.
+    assert inspect.created_at.ToJsonString() == "2024-05-01T10:00:00Z", inspect.created_at
+    assert inspect.HasField("last_tagged_at"), inspect
 
     try:
         images.InspectImage(images_pb2.InspectImageRequest(image="py/missing:v1"))
@@ -73,6 +87,7 @@ def main() -> None:
     replayed = list(events.Subscribe(events_pb2.SubscribeRequest(
         filters=["event=tag", "image=py/client:v1"], since="10m", until="0s")))
     assert [e.action for e in replayed] == ["tag"], replayed
+    assert replayed[0].time.ToNanoseconds() == replayed[0].time_nano, replayed[0]
 
     cri = image_service_pb2_grpc.ImageServiceStub(channel)
     status = cri.ImageStatus(image_service_pb2.ImageStatusRequest(

@@ -590,3 +590,59 @@ async fn failed_pulls_say_what_docker_says() {
     let first = tokio_stream::StreamExt::next(&mut stream).await.unwrap();
     assert!(first.is_err(), "{first:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disk_usage_matches_dockers() {
+    let b = both().await;
+    for repo in [
+        "fixtures/base:latest",
+        "fixtures/app:1.0",
+        "fixtures/docker:latest",
+    ] {
+        b.pull(&b.registry.fixtures().reference(repo)).await;
+    }
+    // What `docker system df` reads: the Engine API's /system/df.
+    let out = tokio::process::Command::new("curl")
+        .args(["-sf", "--unix-socket"])
+        .arg(b.dockerd.socket())
+        .arg("http://localhost/v1.41/system/df")
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let docker: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let imaged = b
+        .imaged
+        .images()
+        .disk_usage(DiskUsageRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    same(
+        "df LayersSize",
+        imaged.layers_size,
+        docker["LayersSize"].as_i64().unwrap(),
+    );
+    let mut docker_images: Vec<(String, i64, i64, i64)> = docker["Images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            (
+                i["Id"].as_str().unwrap().to_string(),
+                i["Size"].as_i64().unwrap(),
+                i["SharedSize"].as_i64().unwrap(),
+                i["Containers"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    let mut imaged_images: Vec<(String, i64, i64, i64)> = imaged
+        .images
+        .iter()
+        .map(|i| (i.id.clone(), i.size, i.shared_size, i.containers))
+        .collect();
+    docker_images.sort();
+    imaged_images.sort();
+    assert_eq!(docker_images.len(), 3);
+    same("df Images", imaged_images, docker_images);
+}
