@@ -97,10 +97,12 @@ async fn save_then_load_into_a_fresh_imaged() {
             .unwrap()
             .into_inner();
 
-    // The archive: app:1.0, every tag of base's repository, special by ID.
+    // The archive: app:1.0, every tag of base's repository, special by a
+    // short `sha256:` ID (which parses as name:tag, yet names no tag).
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("images.tar");
     let base_repo = base.rsplit_once(':').unwrap().0;
+    let special_by_id = format!("sha256:{}", &catalog.special.id()[7..19]);
     imagectl(
         &source,
         &[
@@ -109,7 +111,7 @@ async fn save_then_load_into_a_fresh_imaged() {
             path.to_str().unwrap(),
             &app,
             base_repo,
-            catalog.special.id(),
+            &special_by_id,
         ],
     )
     .await;

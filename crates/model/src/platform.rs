@@ -158,6 +158,12 @@ impl Platform {
         }
     }
 
+    /// containerd's `OnlyStrict`: `candidate` is this very platform, once
+    /// both are normalized (save and load match this way).
+    pub fn is(&self, candidate: &Platform) -> bool {
+        self.normalize() == candidate.normalize()
+    }
+
     /// Moby's `OnlyPlatformWithFallback`, for image configs (which often
     /// lack a variant): [`Platform::runs`], or else a candidate without a
     /// variant whose OS and architecture match.
@@ -283,6 +289,15 @@ mod tests {
         assert!(p("linux/arm/v5").runs_with_fallback(&p("linux/arm")));
         assert!(!p("linux/arm/v5").runs_with_fallback(&p("linux/arm/v7")));
         assert!(p("linux/riscv64/rva22").runs_with_fallback(&p("linux/riscv64")));
+    }
+
+    #[test]
+    fn strict_matching_takes_only_the_platform_itself() {
+        assert!(p("linux/arm64").is(&p("linux/aarch64/v8")));
+        assert!(p("linux/arm").is(&p("linux/arm/v7")));
+        assert!(!p("linux/arm64").is(&p("linux/arm/v7")), "runs, but is not");
+        assert!(!p("linux/amd64/v3").is(&p("linux/amd64")));
+        assert!(!p("linux/amd64").is(&p("linux/386")));
     }
 
     #[test]

@@ -13,7 +13,7 @@ use imaged_model::ImageRef;
 use imaged_model::{Digest, Reference};
 
 use crate::images::{Images, PendingEvent};
-use crate::resolve::{get_image, platform};
+use crate::resolve::{get_image, is_id_prefix, platform};
 use crate::store::{Image, ImageMeta, Index};
 use imaged_model::image_config::ImageConfig;
 
@@ -173,7 +173,10 @@ pub fn export_set(
             }
             ImageRef::Named(reference) => {
                 let image = get_image(index, name, None)?;
-                let tag = (reference.digest().is_none()).then(|| reference.familiar());
+                // `sha256:<prefix>` parses as name:tag, but names the image
+                // by ID: no tag goes into the archive for it.
+                let tag = (reference.digest().is_none() && !is_id_prefix(name, image))
+                    .then(|| reference.familiar());
                 add(image.id.to_string(), tag);
             }
         }
@@ -184,7 +187,7 @@ pub fn export_set(
             .image(id)
             .ok_or_else(|| Error::NotFound(format!("No such image: {id}")))?;
         if let Some(wanted) = &wanted
-            && !wanted.runs(&image.config.platform)
+            && !wanted.is(&image.config.platform)
         {
             return Err(Error::NotFound(format!(
                 "no suitable export target found for platform {wanted}"

@@ -157,7 +157,7 @@ impl Loader {
                 )));
             }
             if let Some(wanted) = &platform
-                && !wanted.runs(&image_platform)
+                && !wanted.is(&image_platform)
             {
                 continue; // Docker skips it silently
             }
