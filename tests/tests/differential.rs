@@ -646,3 +646,59 @@ async fn disk_usage_matches_dockers() {
     assert_eq!(docker_images.len(), 3);
     same("df Images", imaged_images, docker_images);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn imagectl_inspect_prints_dockers_record() {
+    let b = both().await;
+    for repo in [
+        "fixtures/app:1.0",
+        "fixtures/docker:latest",
+        "fixtures/base:latest",
+    ] {
+        let reference = b.registry.fixtures().reference(repo);
+        b.pull(&reference).await;
+        let docker: serde_json::Value = serde_json::from_str(
+            &b.dockerd
+                .ok(&["image", "inspect", &reference])
+                .await
+                .unwrap(),
+        )
+        .unwrap();
+        let out = tokio::process::Command::new(imaged_e2e::bin_dir().join("imagectl"))
+            .arg("--host")
+            .arg(format!(
+                "unix://{}",
+                b.imaged
+                    .socket(imaged_common::config::Service::Gateway)
+                    .display()
+            ))
+            .args(["inspect", &reference])
+            .output()
+            .await
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let imaged: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let (docker, imaged) = (&docker[0], &imaged[0]);
+        for key in [
+            "Id",
+            "RepoTags",
+            "RepoDigests",
+            "Parent",
+            "Comment",
+            "Created",
+            "DockerVersion",
+            "Author",
+            "Config",
+            "Architecture",
+            "Os",
+            "Size",
+            "RootFS",
+        ] {
+            same(
+                &format!("{repo}: inspect {key}"),
+                &imaged[key],
+                &docker[key],
+            );
+        }
+    }
+}

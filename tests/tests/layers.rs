@@ -157,6 +157,67 @@ async fn container_layers_on_a_pulled_image() {
     assert_eq!(err.code(), Code::FailedPrecondition, "{err}");
     assert!(err.message().contains("container c1"), "{err}");
 
+    // The runtime says the container runs: not even a forced rmi by ID
+    // goes (Docker's hard conflict). Stopped, it is a soft one again.
+    let rmi_forced = || {
+        let mut images = imaged.images();
+        let id = catalog.app.id().to_string();
+        async move {
+            images
+                .remove_image(RemoveImageRequest {
+                    image: id,
+                    force: true,
+                    prune_children: None,
+                })
+                .await
+        }
+    };
+    let state = |running: bool| {
+        let mut layers = layers.clone();
+        async move {
+            layers
+                .set_container_state(SetContainerStateRequest {
+                    container_id: "c1".into(),
+                    running,
+                })
+                .await
+        }
+    };
+    state(true).await.unwrap();
+    let id = catalog.app.id();
+    let err = rmi_forced().await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err}");
+    assert_eq!(
+        err.message(),
+        format!(
+            "conflict: unable to delete {} (cannot be forced) - image is being used by running container c1",
+            &id.trim_start_matches("sha256:")[..12]
+        )
+    );
+    state(false).await.unwrap();
+    let err = imaged
+        .images()
+        .remove_image(RemoveImageRequest {
+            image: id.to_string(),
+            force: false,
+            prune_children: None,
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        err.message()
+            .contains("image is being used by stopped container c1"),
+        "{err}"
+    );
+    let unknown = layers
+        .set_container_state(SetContainerStateRequest {
+            container_id: "nobody".into(),
+            running: true,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), Code::NotFound);
+
     // Bad requests.
     let again = layers
         .create_layer(CreateLayerRequest {

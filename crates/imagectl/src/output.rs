@@ -172,19 +172,6 @@ fn table(header: &[&str], rows: &[Vec<String>]) {
 
 /// `docker image inspect`'s record.
 pub fn inspect_json(record: &ImageInspect) -> Value {
-    let config = record.config.as_ref().map(|c| {
-        json!({
-            "User": c.user,
-            "Env": c.env,
-            "Entrypoint": c.entrypoint,
-            "Cmd": c.cmd,
-            "WorkingDir": c.working_dir,
-            "Labels": c.labels.iter().collect::<BTreeMap<_, _>>(),
-            "ExposedPorts": c.exposed_ports,
-            "Volumes": c.volumes,
-            "StopSignal": c.stop_signal,
-        })
-    });
     json!({
         "Id": record.id,
         "RepoTags": record.repo_tags,
@@ -194,7 +181,7 @@ pub fn inspect_json(record: &ImageInspect) -> Value {
         "Created": record.created,
         "DockerVersion": record.docker_version,
         "Author": record.author,
-        "Config": config,
+        "Config": container_config(&record.config_json),
         "Architecture": record.architecture,
         "Variant": record.variant,
         "Os": record.os,
@@ -202,6 +189,42 @@ pub fn inspect_json(record: &ImageInspect) -> Value {
         "RootFS": record.root_fs.as_ref().map(|r| json!({"Type": r.r#type, "Layers": r.layers})),
         "Metadata": {"LastTagTime": record.last_tag_time},
     })
+}
+
+/// The image's `config` as Docker's inspect prints it: what the stored
+/// config says, in its own shapes (`ExposedPorts` and `Volumes` objects,
+/// `Healthcheck`, `OnBuild`, `Shell`, `StopTimeout` as given), with the
+/// fields Docker always prints added at their zero value (`null` for an
+/// unset list or map, as Go encodes a nil one).
+fn container_config(config_json: &[u8]) -> Value {
+    const ALWAYS: &[(&str, Value)] = &[
+        ("Hostname", Value::String(String::new())),
+        ("Domainname", Value::String(String::new())),
+        ("User", Value::String(String::new())),
+        ("AttachStdin", Value::Bool(false)),
+        ("AttachStdout", Value::Bool(false)),
+        ("AttachStderr", Value::Bool(false)),
+        ("Tty", Value::Bool(false)),
+        ("OpenStdin", Value::Bool(false)),
+        ("StdinOnce", Value::Bool(false)),
+        ("Env", Value::Null),
+        ("Cmd", Value::Null),
+        ("Image", Value::String(String::new())),
+        ("Volumes", Value::Null),
+        ("WorkingDir", Value::String(String::new())),
+        ("Entrypoint", Value::Null),
+        ("OnBuild", Value::Null),
+        ("Labels", Value::Null),
+    ];
+    let stored: Value = serde_json::from_slice(config_json).unwrap_or(Value::Null);
+    let mut config = match stored.get("config") {
+        Some(Value::Object(c)) => c.clone(),
+        _ => serde_json::Map::new(),
+    };
+    for (key, zero) in ALWAYS {
+        config.entry(*key).or_insert_with(|| zero.clone());
+    }
+    Value::Object(config)
 }
 
 /// `docker history`.

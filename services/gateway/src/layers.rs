@@ -112,4 +112,17 @@ impl Layers for LayersService {
             release_image
         )))
     }
+
+    /// Whether the container on a layer runs (delete conflicts).
+    async fn set_container_state(
+        &self,
+        request: Request<SetContainerStateRequest>,
+    ) -> Result<Response<SetContainerStateResponse>, Status> {
+        Ok(Response::new(forward!(
+            self.peers.transfer,
+            TransferClient,
+            request,
+            set_container_state
+        )))
+    }
 }

@@ -125,12 +125,18 @@ impl Metadata {
         call!(self, export_set, request)
     }
 
-    /// Records that a container's layer stands on `image_id`.
-    pub async fn set_container(&self, container_id: &str, image_id: &str) -> Result<(), Error> {
+    /// Records that a container's layer stands on `image_id`, and whether
+    /// the container runs.
+    pub async fn set_container(
+        &self,
+        container_id: &str,
+        image_id: &str,
+        running: bool,
+    ) -> Result<(), Error> {
         let request = SetContainerRequest {
             container_id: container_id.to_string(),
             image: image_id.to_string(),
-            running: false,
+            running,
         };
         call!(self, set_container, request).map(drop)
     }

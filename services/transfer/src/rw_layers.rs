@@ -188,7 +188,21 @@ impl RwLayers {
 
     /// Records the container against its image in imaged-metadata.
     async fn record(&self, container_id: &str, image_id: &str) -> Result<(), Error> {
-        self.metadata.set_container(container_id, image_id).await
+        self.metadata
+            .set_container(container_id, image_id, false)
+            .await
+    }
+
+    /// Records whether the container runs, for metadata's delete
+    /// conflicts; a container from scratch uses no image.
+    pub async fn set_state(&self, container_id: &str, running: bool) -> Result<(), Error> {
+        let record = self.containers.get(container_id)?;
+        if record.image_id.is_empty() {
+            return Ok(());
+        }
+        self.metadata
+            .set_container(container_id, &record.image_id, running)
+            .await
     }
 
     /// Forgets the container in imaged-metadata (best effort: a record left

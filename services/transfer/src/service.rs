@@ -14,8 +14,9 @@ use imaged_api::v1::{
     ImportImageRequest, ImportImageResponse, KeyValue, LayerSizeRequest, LayerSizeResponse,
     LoadImagesRequest, LoadImagesResponse, MountImageRequest, MountImageResponse,
     PullImageProgress, PullImageRequest, PushImageProgress, PushImageRequest, ReleaseImageRequest,
-    ReleaseImageResponse, ReleaseLayerRequest, ReleaseLayerResponse, SquashImageRequest,
-    SquashImageResponse, UpdateConfigRequest, UpdateConfigResponse,
+    ReleaseImageResponse, ReleaseLayerRequest, ReleaseLayerResponse, SetContainerStateRequest,
+    SetContainerStateResponse, SquashImageRequest, SquashImageResponse, UpdateConfigRequest,
+    UpdateConfigResponse,
 };
 use imaged_common::Error;
 use imaged_model::{Digest, Reference};
@@ -277,6 +278,17 @@ impl Transfer for TransferService {
     ) -> Result<Response<ReleaseImageResponse>, Status> {
         self.rw_layers.release_image(&request.get_ref().lease_id);
         Ok(Response::new(ReleaseImageResponse {}))
+    }
+
+    async fn set_container_state(
+        &self,
+        request: Request<SetContainerStateRequest>,
+    ) -> Result<Response<SetContainerStateResponse>, Status> {
+        let request = request.into_inner();
+        self.rw_layers
+            .set_state(&request.container_id, request.running)
+            .await?;
+        Ok(Response::new(SetContainerStateResponse {}))
     }
 
     async fn commit(
