@@ -3,6 +3,7 @@
 //! collector to see traces. Everything started here is killed when its
 //! handle is dropped, so a failing test leaves nothing running.
 
+pub mod archive;
 pub mod client;
 pub mod collector;
 pub mod containerd;

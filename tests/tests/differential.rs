@@ -702,3 +702,53 @@ async fn imagectl_inspect_prints_dockers_record() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_archive_with_linked_layers_loads_as_in_docker() {
+    let b = both().await;
+    let archive = imaged_e2e::archive::with_linked_layers(&[
+        (&b.catalog.base, "linked/base:1"),
+        (&b.catalog.docker, "linked/docker:1"),
+    ]);
+    let docker = b
+        .dockerd
+        .docker_with_input(&["load"], Some(&archive))
+        .await
+        .unwrap();
+    assert!(docker.status.success(), "{docker:?}");
+    let docker_lines: Vec<String> = String::from_utf8_lossy(&docker.stdout)
+        .lines()
+        .filter(|l| l.starts_with("Loaded image"))
+        .map(str::to_string)
+        .collect();
+    let chunks = vec![LoadImagesRequest {
+        chunk: archive,
+        quiet: true,
+        platform: None,
+    }];
+    let mut answers = b
+        .imaged
+        .images()
+        .load_images(tokio_stream::iter(chunks))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut imaged_lines = Vec::new();
+    while let Some(line) = tokio_stream::StreamExt::next(&mut answers).await {
+        imaged_lines.push(line.unwrap().message);
+    }
+    same("load lines", imaged_lines, docker_lines);
+    for tag in ["linked/base:1", "linked/docker:1"] {
+        let (docker, imaged) = b.inspect(tag).await;
+        same(
+            &format!("{tag}: Id"),
+            imaged.id.as_str(),
+            docker["Id"].as_str().unwrap(),
+        );
+        same(
+            &format!("{tag}: Size"),
+            imaged.size,
+            docker["Size"].as_i64().unwrap(),
+        );
+    }
+}

@@ -262,6 +262,37 @@ async fn save_then_load_into_a_fresh_imaged() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn archives_that_link_shared_layers_load() {
+    let imaged = Imaged::start().await.unwrap();
+    let catalog = imaged_fixtures::catalog().unwrap();
+    // docker shares base's layer: its first layer.tar is a link.
+    let archive = imaged_e2e::archive::with_linked_layers(&[
+        (&catalog.base, "linked/base:1"),
+        (&catalog.docker, "linked/docker:1"),
+    ]);
+    let lines = load(&imaged, archive).await.unwrap();
+    assert!(
+        lines.iter().any(|l| l == "Loaded image: linked/docker:1"),
+        "{lines:?}"
+    );
+    for (tag, image) in [
+        ("linked/base:1", &catalog.base),
+        ("linked/docker:1", &catalog.docker),
+    ] {
+        let found = imaged
+            .images()
+            .inspect_image(InspectImageRequest {
+                image: tag.into(),
+                platform: None,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(found.id, image.id(), "{tag}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unsafe_or_malformed_archives_are_refused() {
     let imaged = Imaged::start().await.unwrap();
     let tar_of = |entries: &[(&str, tar::EntryType, &[u8])]| {
@@ -271,6 +302,13 @@ async fn unsafe_or_malformed_archives_are_refused() {
             header.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
             header.set_entry_type(*kind);
             header.set_mode(0o644);
+            // A link's data is its target.
+            let data: &[u8] = if *kind == tar::EntryType::Symlink {
+                header.as_old_mut().linkname[..data.len()].copy_from_slice(data);
+                b""
+            } else {
+                data
+            };
             header.set_size(data.len() as u64);
             header.set_cksum();
             out.extend_from_slice(header.as_bytes());
@@ -287,9 +325,36 @@ async fn unsafe_or_malformed_archives_are_refused() {
             "path contains",
         ),
         (
-            "link",
+            "link to nothing",
             tar_of(&[("manifest.json", tar::EntryType::Symlink, b"")]),
-            "holds only files and directories",
+            "links to nothing",
+        ),
+        (
+            "link out",
+            tar_of(&[(
+                "manifest.json",
+                tar::EntryType::Symlink,
+                b"../../../etc/passwd",
+            )]),
+            "links out of the archive",
+        ),
+        (
+            "absolute link",
+            tar_of(&[("a/manifest.json", tar::EntryType::Symlink, b"/etc/passwd")]),
+            "links out of the archive",
+        ),
+        (
+            "loop",
+            tar_of(&[
+                ("manifest.json", tar::EntryType::Symlink, b"other.json"),
+                ("other.json", tar::EntryType::Symlink, b"manifest.json"),
+            ]),
+            "loop of links",
+        ),
+        (
+            "device",
+            tar_of(&[("manifest.json", tar::EntryType::Char, b"")]),
+            "holds only files, directories and links",
         ),
         (
             "no manifest",

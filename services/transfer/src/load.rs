@@ -1,6 +1,7 @@
 //! Docker's load (spec 9.3, the manifest.json form): the archive streams
 //! in, is unpacked safely into a staging directory (only files and
-//! directories, every path inside it), then each image's layers are
+//! directories, every path inside it; links between its own files are
+//! followed, never made), then each image's layers are
 //! registered in order — reused when the chain is here, else kept as blobs
 //! and unpacked — and the image is recorded in imaged-metadata with its
 //! tags, which sends the `load` event.
@@ -112,9 +113,9 @@ impl Loader {
         }
         let _ = chunks_tx.send(None).await;
         drop(chunks_tx);
-        extracting.await.map_err(Error::internal)??;
+        let links = extracting.await.map_err(Error::internal)??;
 
-        let manifest_path = dir.join("manifest.json");
+        let manifest_path = archive_file(&dir, &links, "manifest.json")?;
         if !manifest_path.exists() {
             return Err(Error::InvalidArgument(
                 "the archive has no manifest.json: legacy (pre-1.10) archives are not supported"
@@ -133,9 +134,9 @@ impl Loader {
         // Every path the manifest names is checked before anything is
         // stored: a bad one refuses the whole archive.
         for entry in &entries {
-            inside(&dir, &entry.config)?;
+            archive_file(&dir, &links, &entry.config)?;
             for layer in &entry.layers {
-                inside(&dir, layer)?;
+                archive_file(&dir, &links, layer)?;
             }
             check_depth("invalid manifest.json", entry.layers.len())?;
         }
@@ -146,7 +147,11 @@ impl Loader {
         let mut configs: HashMap<String, Vec<u8>> = HashMap::new();
         let mut last_tagged = false;
         for entry in entries {
-            let config = read_capped(&inside(&dir, &entry.config)?, MAX_JSON_BLOB, "config")?;
+            let config = read_capped(
+                &archive_file(&dir, &links, &entry.config)?,
+                MAX_JSON_BLOB,
+                "config",
+            )?;
             let parsed = ImageConfig::parse(&config)?;
             let image_platform = parsed.platform.clone();
             let host = Platform::host();
@@ -191,7 +196,7 @@ impl Loader {
                 if !quiet {
                     line(&tx, format!("Loading layer {}", diff_id.short())).await;
                 }
-                let path = inside(&dir, &entry.layers[i])?;
+                let path = archive_file(&dir, &links, &entry.layers[i])?;
                 let layer = Layer {
                     chain_id: chain.clone(),
                     diff_id: diff_id.clone(),
@@ -322,20 +327,24 @@ fn read_capped(path: &Path, max: u64, what: &str) -> Result<Vec<u8>, Error> {
     Ok(bytes)
 }
 
-/// `rel` (a path written in manifest.json) inside the archive directory.
-fn inside(dir: &Path, rel: &str) -> Result<PathBuf, Error> {
-    Ok(dir.join(relative_path(Path::new(rel))?))
-}
-
 async fn line(tx: &Lines, message: String) {
     let _ = tx.send(Ok(LoadImagesResponse { message })).await;
 }
 
-/// Unpacks the archive: regular files and directories only, every path
-/// inside `dir`.
-fn extract(reader: impl Read, dir: &Path) -> Result<(), Error> {
+/// Links an archive holds between its own files: link path → the path it
+/// names, both relative to the archive's root. `docker save` up to v24 and
+/// skopeo's docker-archive write one `layer.tar` per image and link the
+/// shared ones. Links are never made on disk: a path the manifest names is
+/// followed through this map ([`archive_file`]).
+type Links = HashMap<PathBuf, PathBuf>;
+
+/// Unpacks the archive: regular files and directories, every path inside
+/// `dir`; links (symbolic or hard) that stay inside the archive are
+/// answered, not made.
+fn extract(reader: impl Read, dir: &Path) -> Result<Links, Error> {
     let root = crate::beneath::Root::open(dir)?;
     let mut archive = tar::Archive::new(TarGuard::new(reader, u64::MAX));
+    let mut links = Links::new();
     for entry in archive.entries().map_err(unpack::classify)? {
         let mut entry = entry.map_err(unpack::classify)?;
         let raw = entry.path().map_err(unpack::classify)?.into_owned();
@@ -343,7 +352,8 @@ fn extract(reader: impl Read, dir: &Path) -> Result<(), Error> {
         if path.as_os_str().is_empty() {
             continue;
         }
-        match entry.header().entry_type() {
+        let kind = entry.header().entry_type();
+        match kind {
             tar::EntryType::Directory => {
                 root.create_dirs(&path).map_err(unpack::classify)?;
             }
@@ -353,15 +363,74 @@ fn extract(reader: impl Read, dir: &Path) -> Result<(), Error> {
                 let mut file = at.create_file().map_err(unpack::classify)?;
                 unpack::write_sparse(&mut entry, &mut file).map_err(unpack::classify)?;
             }
+            tar::EntryType::Symlink | tar::EntryType::Link => {
+                let target = entry
+                    .link_name()
+                    .map_err(unpack::classify)?
+                    .map(|t| t.into_owned())
+                    .unwrap_or_default();
+                // A symlink names a path from its own directory, a hard
+                // link from the archive's root.
+                let from = match kind {
+                    tar::EntryType::Symlink => path.parent().unwrap_or(Path::new("")),
+                    _ => Path::new(""),
+                };
+                links.insert(path.clone(), link_target(&raw, from, &target)?);
+            }
             other => {
                 return Err(Error::InvalidArgument(format!(
-                    "invalid archive: {} is a {other:?}; an image archive holds only files and directories",
+                    "invalid archive: {} is a {other:?}; an image archive holds only files, directories and links between them",
                     crate::beneath::quote(raw.as_os_str())
                 )));
             }
         }
     }
-    Ok(())
+    Ok(links)
+}
+
+/// Where a link at `raw` whose directory is `from` leads, when that stays
+/// inside the archive.
+fn link_target(raw: &Path, from: &Path, target: &Path) -> Result<PathBuf, Error> {
+    let refuse = |why: &str| {
+        Error::InvalidArgument(format!(
+            "invalid archive: {} {why}",
+            crate::beneath::quote(raw.as_os_str())
+        ))
+    };
+    if target.as_os_str().is_empty() {
+        return Err(refuse("links to nothing"));
+    }
+    let mut out = from.to_path_buf();
+    for component in target.components() {
+        match component {
+            std::path::Component::Normal(part) => out.push(part),
+            std::path::Component::CurDir => {}
+            std::path::Component::ParentDir => {
+                if !out.pop() {
+                    return Err(refuse("links out of the archive"));
+                }
+            }
+            std::path::Component::RootDir | std::path::Component::Prefix(_) => {
+                return Err(refuse("links out of the archive"));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The file the manifest's `rel` names in the unpacked archive, followed
+/// through the archive's links.
+fn archive_file(dir: &Path, links: &Links, rel: &str) -> Result<PathBuf, Error> {
+    let mut path = relative_path(Path::new(rel))?;
+    for _ in 0..40 {
+        match links.get(&path) {
+            Some(next) => path = next.clone(),
+            None => return Ok(dir.join(path)),
+        }
+    }
+    Err(Error::InvalidArgument(format!(
+        "invalid archive: {rel} is a loop of links"
+    )))
 }
 
 /// Reads the chunks the async side receives; `None` ends the archive, a
