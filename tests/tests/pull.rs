@@ -416,6 +416,36 @@ async fn removing_the_last_image_releases_its_layers() {
         layers.join(&chains[0]).exists(),
         "base's layer is still held by base"
     );
+    // app's manifest and config went with it; base's stay.
+    let blobs = imaged.root().join("transfer/content/blobs/sha256");
+    let has = |digest: &str| blobs.join(digest.trim_start_matches("sha256:")).exists();
+    for _ in 0..100 {
+        if !has(&catalog.app.manifest.digest) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(!has(&catalog.app.manifest.digest), "app's manifest stays");
+    assert!(!has(catalog.app.id()), "app's config stays");
+    assert!(has(&catalog.base.manifest.digest) && has(catalog.base.id()));
+
+    // The last image gone, the content store is empty.
+    client
+        .remove_image(RemoveImageRequest {
+            image: base.clone(),
+            force: false,
+            prune_children: None,
+        })
+        .await
+        .unwrap();
+    let left = || std::fs::read_dir(&blobs).unwrap().count();
+    for _ in 0..100 {
+        if left() == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(left(), 0, "blobs outlive every image");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

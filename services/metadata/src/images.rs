@@ -43,6 +43,8 @@ pub struct PendingEvent {
     labels: BTreeMap<String, String>,
     /// For a delete: the image's layer chains, which may now be unused.
     released: Vec<String>,
+    /// For a delete: the image, whose manifests and config may go.
+    deleted_image: Option<String>,
 }
 
 impl PendingEvent {
@@ -56,6 +58,7 @@ impl PendingEvent {
                 .into_iter()
                 .collect(),
             released: Vec::new(),
+            deleted_image: None,
         }
     }
 
@@ -71,6 +74,7 @@ impl PendingEvent {
                 .map(|i| i.config.labels.clone())
                 .unwrap_or_default(),
             released: Vec::new(),
+            deleted_image: None,
         }
     }
 
@@ -82,6 +86,7 @@ impl PendingEvent {
             .iter()
             .map(|c| c.to_string())
             .collect();
+        event.deleted_image = Some(id);
         event
     }
 
@@ -99,12 +104,14 @@ impl Images {
     /// chains of deleted images that no remaining image holds.
     pub fn publish(self: &Arc<Self>, events: Vec<PendingEvent>) {
         let mut released = HashSet::new();
+        let mut deleted = Vec::new();
         for e in events {
             let name = (!e.name.is_empty()).then_some(e.name.as_str());
             self.events.image(&e.action, &e.id, &e.labels, name);
             released.extend(e.released);
+            deleted.extend(e.deleted_image);
         }
-        if released.is_empty() {
+        if released.is_empty() && deleted.is_empty() {
             return;
         }
         let images = Arc::clone(self);
@@ -114,12 +121,24 @@ impl Images {
             // recorded meanwhile is seen here, or waits until the release
             // is done (and its pull's lease kept its layers).
             let _gate = images.layer_gate.lock().await;
-            let in_use = chains_in_use(&images.store.read());
-            let unused: Vec<String> = released.difference(&in_use).cloned().collect();
-            if unused.is_empty() {
+            let (unused, gone) = {
+                let index = images.store.read();
+                let in_use = chains_in_use(&index);
+                let unused: Vec<String> = released.difference(&in_use).cloned().collect();
+                // An image stored again meanwhile keeps what it needs.
+                let gone: Vec<String> = deleted
+                    .into_iter()
+                    .filter(|id| index.image(id).is_none())
+                    .collect();
+                (unused, gone)
+            };
+            if unused.is_empty() && gone.is_empty() {
                 return;
             }
-            let request = ReleaseLayersRequest { chain_ids: unused };
+            let request = ReleaseLayersRequest {
+                chain_ids: unused,
+                image_ids: gone,
+            };
             let result = images
                 .transfer
                 .call(|channel| {
@@ -146,8 +165,16 @@ impl Images {
     /// (after a crash either side may hold more), retrying until it answers.
     pub async fn reconcile_layers(self: Arc<Self>) {
         let _gate = self.layer_gate.lock().await;
-        let chain_ids: Vec<String> = chains_in_use(&self.store.read()).into_iter().collect();
-        let request = RetainLayersRequest { chain_ids };
+        let (chain_ids, image_ids) = {
+            let index = self.store.read();
+            let chain_ids: Vec<String> = chains_in_use(&index).into_iter().collect();
+            let image_ids: Vec<String> = index.images().map(|i| i.id.to_string()).collect();
+            (chain_ids, image_ids)
+        };
+        let request = RetainLayersRequest {
+            chain_ids,
+            image_ids,
+        };
         loop {
             let result = self
                 .transfer

@@ -21,6 +21,12 @@ use sha2::{Digest as _, Sha256};
 pub struct ContentStore {
     blobs: PathBuf,
     ingest: PathBuf,
+    /// `owners/<image ID hex>`: the manifests and config each image's
+    /// pull or push stored, one digest a line, so they go with the last
+    /// image that needs them.
+    owners: PathBuf,
+    /// Held while an owners file is read and rewritten.
+    owning: Arc<Mutex<()>>,
     /// One writer per ingest at a time (two layers can share a blob).
     writers: Arc<Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>>,
 }
@@ -56,11 +62,15 @@ impl ContentStore {
     pub fn open(dir: &Path) -> io::Result<Self> {
         let blobs = dir.join("blobs").join("sha256");
         let ingest = dir.join("ingest");
+        let owners = dir.join("owners");
         fs::create_dir_all(&blobs)?;
         fs::create_dir_all(&ingest)?;
+        fs::create_dir_all(&owners)?;
         Ok(ContentStore {
             blobs,
             ingest,
+            owners,
+            owning: Arc::default(),
             writers: Arc::default(),
         })
     }
@@ -185,6 +195,65 @@ impl ContentStore {
             target: self.path(expected),
             expected: expected.clone(),
         })
+    }
+
+    /// Records that `image` needs the small blobs `digests` (its manifests
+    /// and config), beside what it needed before; written atomically.
+    pub fn own(&self, image: &Digest, digests: &[Digest]) -> Result<(), Error> {
+        let _owning = self.owning.lock().unwrap_or_else(|e| e.into_inner());
+        let mut owned = self.owned_by(image)?;
+        owned.extend(digests.iter().cloned());
+        owned.sort_by_key(|d| d.to_string());
+        owned.dedup();
+        let text: String = owned.iter().map(|d| format!("{d}\n")).collect();
+        let mut temp = self.temp_file()?;
+        temp.write_all(text.as_bytes())?;
+        temp.as_file().sync_all()?;
+        temp.persist(self.owners.join(image.hex()))
+            .map_err(|e| Error::from(e.error))?;
+        File::open(&self.owners)?.sync_all()?;
+        Ok(())
+    }
+
+    /// Forgets what `image` needed; answers the blobs no other image
+    /// needs any more, for the caller to delete (unless a layer came from
+    /// one).
+    pub fn disown(&self, image: &Digest) -> Result<Vec<Digest>, Error> {
+        let _owning = self.owning.lock().unwrap_or_else(|e| e.into_inner());
+        let owned = self.owned_by(image)?;
+        match fs::remove_file(self.owners.join(image.hex())) {
+            Err(err) if err.kind() != io::ErrorKind::NotFound => return Err(err.into()),
+            _ => {}
+        }
+        if owned.is_empty() {
+            return Ok(owned);
+        }
+        let mut still = std::collections::HashSet::new();
+        for other in self.owners()? {
+            still.extend(self.owned_by(&other)?);
+        }
+        Ok(owned.into_iter().filter(|d| !still.contains(d)).collect())
+    }
+
+    /// The images that own small blobs.
+    pub fn owners(&self) -> Result<Vec<Digest>, Error> {
+        let mut images = Vec::new();
+        for entry in fs::read_dir(&self.owners)? {
+            let name = entry?.file_name();
+            // Temporary files and anything else that is not a digest.
+            if let Ok(image) = Digest::sha256_from_hex(&name.to_string_lossy()) {
+                images.push(image);
+            }
+        }
+        Ok(images)
+    }
+
+    fn owned_by(&self, image: &Digest) -> Result<Vec<Digest>, Error> {
+        match fs::read_to_string(self.owners.join(image.hex())) {
+            Ok(text) => Ok(text.lines().filter_map(|l| l.parse().ok()).collect()),
+            Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(err) => Err(err.into()),
+        }
     }
 
     /// Removes a committed blob; a missing one is not an error.

@@ -1,6 +1,7 @@
-//! Layer garbage collection. Metadata decides which chains no image needs
+//! Garbage collection. Metadata decides which chains no image needs
 //! (after rmi or prune: [`Gc::release`]; at start-up, the full list it
-//! needs: [`Gc::retain`]); this module removes them, children before
+//! needs: [`Gc::retain`]) and which images are gone
+//! ([`Gc::forget_images`]); this module removes the layers, children before
 //! parents, never one that an operation in flight has leased
 //! ([`crate::leases`]), a container stands on, or another stored layer has
 //! as its parent, and then deletes the blobs no remaining layer came from.
@@ -85,6 +86,39 @@ impl Gc {
             }
         }
         Ok(removed)
+    }
+
+    /// Deletes the manifests and configs that only the gone `images`
+    /// needed (a blob a stored layer came from stays). Answers how many.
+    pub fn forget_images(&self, images: &[Digest]) -> Result<usize, Error> {
+        let layer_blobs: HashSet<Digest> = self
+            .layers
+            .all()
+            .iter()
+            .flat_map(|l| l.blobs().cloned().collect::<Vec<_>>())
+            .collect();
+        let mut deleted = 0;
+        for image in images {
+            for blob in self.content.disown(image)? {
+                if !layer_blobs.contains(&blob) {
+                    self.content.delete(&blob)?;
+                    deleted += 1;
+                }
+            }
+        }
+        Ok(deleted)
+    }
+
+    /// Forgets every image that owns small blobs but is not in `images`
+    /// (start-up reconciliation); answers how many blobs went.
+    pub fn retain_images(&self, images: &HashSet<Digest>) -> Result<usize, Error> {
+        let gone: Vec<Digest> = self
+            .content
+            .owners()?
+            .into_iter()
+            .filter(|i| !images.contains(i))
+            .collect();
+        self.forget_images(&gone)
     }
 
     /// Keeps `keep`, what they stand on and what the lease table holds, and
@@ -292,5 +326,44 @@ mod tests {
         containers.release("c1").unwrap();
         let removed = gc.release(set(&[&f.app, &f.base])).await.unwrap();
         assert_eq!(removed.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn manifests_and_configs_go_with_the_last_image_that_needs_them() {
+        let f = fixture();
+        let blob = |name: &str| {
+            let d = Digest::sha256_of(name.as_bytes());
+            f.content.write(&d, name.as_bytes()).unwrap();
+            d
+        };
+        let (index, manifest, config_a, config_b) = (
+            blob("index"),
+            blob("manifest"),
+            blob("config a"),
+            blob("config b"),
+        );
+        let (image_a, image_b) = (config_a.clone(), config_b.clone());
+        f.content
+            .own(
+                &image_a,
+                &[index.clone(), manifest.clone(), config_a.clone()],
+            )
+            .unwrap();
+        f.content
+            .own(&image_b, &[index.clone(), config_b.clone()])
+            .unwrap();
+        let before = f.content.list().unwrap().len();
+
+        assert_eq!(
+            f.gc.forget_images(std::slice::from_ref(&image_a)).unwrap(),
+            2
+        );
+        assert!(f.content.contains(&index), "image b still needs the index");
+        assert!(!f.content.contains(&manifest) && !f.content.contains(&config_a));
+        // At start-up, metadata holds no image any more: b's go too; the
+        // layers' blobs stay.
+        assert_eq!(f.gc.retain_images(&HashSet::new()).unwrap(), 2);
+        assert_eq!(f.content.list().unwrap().len(), before - 4);
+        assert!(f.content.owners().unwrap().is_empty());
     }
 }

@@ -522,6 +522,14 @@ impl Puller {
         for (digest, bytes) in &resolved.small_blobs {
             self.content.write(digest, bytes)?;
         }
+        // They go with the last image that needs them.
+        let small: Vec<Digest> = resolved
+            .small_blobs
+            .iter()
+            .map(|(d, _)| d.clone())
+            .collect();
+        self.content
+            .own(&Digest::sha256_of(&configured.config), &small)?;
         let reference = &target.reference;
         let shown = target.shown.clone();
         let top_digest = resolved.top_digest;

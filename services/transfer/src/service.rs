@@ -55,8 +55,8 @@ pub struct TransferService {
     pub gc: Gc,
 }
 
-fn parse_chains(chains: &[String]) -> Result<Vec<Digest>, Error> {
-    chains
+fn parse_digests(digests: &[String]) -> Result<Vec<Digest>, Error> {
+    digests
         .iter()
         .map(|c| c.parse::<Digest>().map_err(Error::from))
         .collect()
@@ -332,8 +332,11 @@ impl Transfer for TransferService {
         &self,
         request: Request<ReleaseLayersRequest>,
     ) -> Result<Response<ReleaseLayersResponse>, Status> {
-        let chains = parse_chains(&request.get_ref().chain_ids)?;
+        let chains = parse_digests(&request.get_ref().chain_ids)?;
+        let images = parse_digests(&request.get_ref().image_ids)?;
         let removed = self.gc.release(chains.into_iter().collect()).await?;
+        let forgotten = self.gc.forget_images(&images)?;
+        tracing::debug!(layers = removed.len(), small_blobs = forgotten, "released");
         Ok(Response::new(ReleaseLayersResponse { removed }))
     }
 
@@ -341,12 +344,22 @@ impl Transfer for TransferService {
         &self,
         request: Request<RetainLayersRequest>,
     ) -> Result<Response<RetainLayersResponse>, Status> {
-        let keep: HashSet<Digest> = parse_chains(&request.get_ref().chain_ids)?
+        let keep: HashSet<Digest> = parse_digests(&request.get_ref().chain_ids)?
             .into_iter()
             .collect();
         let (removed, missing) = self.gc.retain(&keep).await?;
         if !removed.is_empty() {
             tracing::info!(count = removed.len(), "removed layers no image holds");
+        }
+        let images: HashSet<Digest> = parse_digests(&request.get_ref().image_ids)?
+            .into_iter()
+            .collect();
+        let forgotten = self.gc.retain_images(&images)?;
+        if forgotten > 0 {
+            tracing::info!(
+                count = forgotten,
+                "removed manifests and configs no image needs"
+            );
         }
         Ok(Response::new(RetainLayersResponse { removed, missing }))
     }
