@@ -700,6 +700,34 @@ async fn imagectl_inspect_prints_dockers_record() {
                 &docker[key],
             );
         }
+        // GraphDriver: the same driver and keys; the paths are each
+        // daemon's own, and imaged's point at the image's files.
+        let keys = |v: &serde_json::Value| -> Vec<String> {
+            v["GraphDriver"]["Data"]
+                .as_object()
+                .map(|o| o.keys().cloned().collect())
+                .unwrap_or_default()
+        };
+        same(
+            &format!("{repo}: GraphDriver.Name"),
+            &imaged["GraphDriver"]["Name"],
+            &docker["GraphDriver"]["Name"],
+        );
+        same(
+            &format!("{repo}: GraphDriver.Data keys"),
+            keys(imaged),
+            keys(docker),
+        );
+        let upper = imaged["GraphDriver"]["Data"]["UpperDir"].as_str().unwrap();
+        assert!(std::path::Path::new(upper).is_dir(), "{upper}");
+        for lower in imaged["GraphDriver"]["Data"]["LowerDir"]
+            .as_str()
+            .unwrap_or_default()
+            .split(':')
+            .filter(|l| !l.is_empty())
+        {
+            assert!(std::path::Path::new(lower).is_dir(), "{lower}");
+        }
     }
 }
 

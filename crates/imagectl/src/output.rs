@@ -187,6 +187,10 @@ pub fn inspect_json(record: &ImageInspect) -> Value {
         "Os": record.os,
         "Size": record.size,
         "RootFS": record.root_fs.as_ref().map(|r| json!({"Type": r.r#type, "Layers": r.layers})),
+        "GraphDriver": record.graph_driver.as_ref().map(|g| json!({
+            "Name": g.name,
+            "Data": (!g.data.is_empty()).then(|| g.data.iter().collect::<BTreeMap<_, _>>()),
+        })),
         "Metadata": {"LastTagTime": record.last_tag_time},
     })
 }

@@ -25,6 +25,8 @@ pub struct Images {
     pub layer_gate: tokio::sync::Mutex<()>,
     /// The last unfiltered ListImages answer, encoded.
     pub list_cache: std::sync::Mutex<Option<ListCache>>,
+    /// imaged-transfer's storage driver and layer directory, asked once.
+    pub layout: tokio::sync::OnceCell<crate::inspect::Layout>,
 }
 
 /// An encoded unfiltered ListImages answer and what it was computed from.
@@ -217,6 +219,29 @@ impl Images {
 }
 
 impl Images {
+    /// imaged-transfer's storage layout, asked the first time it is needed;
+    /// `None` while transfer cannot be asked (within half a second: an
+    /// inspect does not wait on a transfer that is down).
+    pub async fn layout(&self) -> Option<&crate::inspect::Layout> {
+        self.layout
+            .get_or_try_init(|| async {
+                let ask = self.transfer.call(|channel| async move {
+                    TransferClient::new(channel)
+                        .info(imaged_api::internal::v1::TransferInfoRequest {})
+                        .await
+                });
+                let info = tokio::time::timeout(std::time::Duration::from_millis(500), ask)
+                    .await
+                    .map_err(|_| tonic::Status::deadline_exceeded("transfer info"))??;
+                Ok::<_, tonic::Status>(crate::inspect::Layout {
+                    driver: info.storage_driver,
+                    layers_dir: info.layers_dir.into(),
+                })
+            })
+            .await
+            .ok()
+    }
+
     /// After a crash or outside damage, images whose layers the layer
     /// store lacks cannot be used: they are forgotten (untag and delete
     /// events say which), so they can be pulled again. When the layer

@@ -1,7 +1,9 @@
 //! Docker's ImageInspect, ImageHistory and Children.
 
 use imaged_api::timestamp;
-use imaged_api::v1::{ContainerConfig, HealthConfig, HistoryItem, ImageInspect, RootFs};
+use imaged_api::v1::{
+    ContainerConfig, GraphDriver, HealthConfig, HistoryItem, ImageInspect, RootFs,
+};
 use imaged_common::Error;
 use imaged_model::Platform;
 use serde_json::Value;
@@ -65,6 +67,8 @@ pub fn inspect(
         config_json: image.config_bytes.clone(),
         created_at: config.created.as_ref().map(|(t, _)| timestamp(*t)),
         last_tagged_at: image.meta.last_tag_time.map(timestamp),
+        // Filled by the service, which asks imaged-transfer where layers are.
+        graph_driver: None,
         id,
     })
 }
@@ -201,5 +205,79 @@ fn container_config(value: &Value) -> ContainerConfig {
         on_build: list("OnBuild"),
         shell: list("Shell"),
         stop_timeout: value.get("StopTimeout").and_then(Value::as_i64),
+    }
+}
+
+/// imaged-transfer's storage driver and where its layers are.
+#[derive(Clone, Debug)]
+pub struct Layout {
+    pub driver: String,
+    pub layers_dir: std::path::PathBuf,
+}
+
+/// Docker's GraphDriver of an image with the layers `diff_ids`: overlay2
+/// shows the layer directories; vfs shows none.
+pub fn graph_driver(layout: &Layout, diff_ids: &[imaged_model::Digest]) -> GraphDriver {
+    let mut data = std::collections::HashMap::new();
+    let chains = imaged_model::digest::chain_ids(diff_ids);
+    if layout.driver == "overlay2"
+        && let Some((top, parents)) = chains.split_last()
+    {
+        let dir = |chain: &imaged_model::Digest| layout.layers_dir.join(chain.hex());
+        let lower: Vec<String> = parents
+            .iter()
+            .rev()
+            .map(|c| dir(c).join("diff").display().to_string())
+            .collect();
+        if !lower.is_empty() {
+            data.insert("LowerDir".to_string(), lower.join(":"));
+        }
+        for (key, sub) in [
+            ("UpperDir", "diff"),
+            ("WorkDir", "work"),
+            ("MergedDir", "merged"),
+        ] {
+            data.insert(key.to_string(), dir(top).join(sub).display().to_string());
+        }
+    }
+    GraphDriver {
+        name: layout.driver.clone(),
+        data,
+    }
+}
+
+#[cfg(test)]
+mod graph_driver_tests {
+    use super::*;
+    use imaged_model::Digest;
+
+    #[test]
+    fn overlay2_names_the_layer_dirs_top_first_and_vfs_none() {
+        let diff_ids: Vec<Digest> = ["a", "b", "c"]
+            .iter()
+            .map(|s| Digest::sha256_of(s.as_bytes()))
+            .collect();
+        let chains = imaged_model::digest::chain_ids(&diff_ids);
+        let layout = Layout {
+            driver: "overlay2".into(),
+            layers_dir: "/var/lib/imaged/transfer/layers".into(),
+        };
+        let dir = |i: usize| format!("/var/lib/imaged/transfer/layers/{}", chains[i].hex());
+        let driver = graph_driver(&layout, &diff_ids);
+        assert_eq!(driver.name, "overlay2");
+        assert_eq!(
+            driver.data["LowerDir"],
+            format!("{}/diff:{}/diff", dir(1), dir(0))
+        );
+        assert_eq!(driver.data["UpperDir"], format!("{}/diff", dir(2)));
+        assert_eq!(driver.data["WorkDir"], format!("{}/work", dir(2)));
+        assert_eq!(driver.data["MergedDir"], format!("{}/merged", dir(2)));
+        let one = graph_driver(&layout, &diff_ids[..1]);
+        assert!(!one.data.contains_key("LowerDir"));
+        let vfs = Layout {
+            driver: "vfs".into(),
+            ..layout
+        };
+        assert!(graph_driver(&vfs, &diff_ids).data.is_empty());
     }
 }

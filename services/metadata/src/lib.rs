@@ -56,6 +56,7 @@ pub async fn run(config: ServiceConfig, args: Args) -> anyhow::Result<()> {
         prune_lock: tokio::sync::Mutex::new(()),
         list_cache: std::sync::Mutex::new(None),
         layer_gate: tokio::sync::Mutex::new(()),
+        layout: tokio::sync::OnceCell::new(),
     });
     tokio::spawn(Arc::clone(&images).reconcile_layers());
     let routes = tonic::service::Routes::new(

@@ -159,6 +159,11 @@ impl LayerStore {
         self.read().values().cloned().collect()
     }
 
+    /// The layer store's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// Where a stored layer's files are.
     pub fn diff_path(&self, chain_id: &Digest) -> PathBuf {
         self.dir.join(chain_id.hex()).join("diff")

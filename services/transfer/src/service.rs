@@ -112,6 +112,10 @@ impl Transfer for TransferService {
             max_download_attempts: self.limits.max_download_attempts(),
             downloads_in_flight: self.limits.downloads.in_flight() as u32,
             uploads_in_flight: self.limits.uploads.in_flight() as u32,
+            layers_dir: std::path::absolute(self.layers.dir())
+                .map_err(Error::from)?
+                .display()
+                .to_string(),
         }))
     }
 
