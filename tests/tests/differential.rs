@@ -780,3 +780,82 @@ async fn an_archive_with_linked_layers_loads_as_in_docker() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn imagectl_images_lists_as_the_docker_cli_does() {
+    let b = both().await;
+    let app = b.registry.fixtures().reference("fixtures/app:1.0");
+    b.pull(&app).await;
+    // A second tag in another repository, and an image known only by
+    // digest.
+    b.dockerd.ok(&["tag", &app, "other/app:2"]).await.unwrap();
+    b.imaged
+        .images()
+        .tag_image(TagImageRequest {
+            source: app.clone(),
+            target: "other/app:2".into(),
+        })
+        .await
+        .unwrap();
+    let base = b.registry.fixtures().reference("fixtures/base:latest");
+    let base_by_digest = format!(
+        "{}@{}",
+        base.rsplit_once(':').unwrap().0,
+        b.catalog.base.manifest.digest
+    );
+    b.pull(&base_by_digest).await;
+
+    let imagectl = |args: Vec<String>| {
+        let socket = b.imaged.socket(imaged_common::config::Service::Gateway);
+        async move {
+            let out = tokio::process::Command::new(imaged_e2e::bin_dir().join("imagectl"))
+                .arg("--host")
+                .arg(format!("unix://{}", socket.display()))
+                .args(&args)
+                .output()
+                .await
+                .unwrap();
+            assert!(out.status.success(), "{out:?}");
+            String::from_utf8(out.stdout).unwrap()
+        }
+    };
+    let sorted = |text: String| {
+        let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+        lines.sort();
+        lines
+    };
+    for args in [
+        vec![
+            "images",
+            "--format",
+            "{{.Repository}}\\t{{.Tag}}\\t{{.ID}}\\t{{.Size}}",
+        ],
+        vec![
+            "images",
+            "--digests",
+            "--format",
+            "{{.Repository}}\\t{{.Tag}}\\t{{.Digest}}\\t{{.ID}}",
+        ],
+        vec!["images", "--format", "json"],
+        vec!["images", "other/app"],
+    ] {
+        let docker = b.dockerd.ok(&args).await.unwrap();
+        let imaged = imagectl(args.iter().map(|a| a.to_string()).collect()).await;
+        if args.len() == 2 {
+            // The default table: the same header, and the same cells.
+            let cells = |t: &str| -> Vec<Vec<String>> {
+                t.lines()
+                    .map(|l| {
+                        l.split("   ")
+                            .map(|c| c.trim().to_string())
+                            .filter(|c| !c.is_empty())
+                            .collect()
+                    })
+                    .collect()
+            };
+            same(&format!("{args:?}"), cells(&imaged), cells(&docker));
+        } else {
+            same(&format!("{args:?}"), sorted(imaged), sorted(docker));
+        }
+    }
+}

@@ -112,10 +112,33 @@ async fn every_command_works_end_to_end() {
     );
     let quiet = cli.ok(&["images", "-q"]).await;
     assert_eq!(quiet.trim(), short(catalog.app.id()));
-    let json: serde_json::Value =
-        serde_json::from_str(&cli.ok(&["images", "--format", "json"]).await).unwrap();
-    assert_eq!(json[0]["Id"], catalog.app.id());
-    assert_eq!(json[0]["Labels"]["com.example.tier"], "web");
+    // json: one object a line, in the docker CLI's shape.
+    let lines = cli.ok(&["images", "--format", "json"]).await;
+    let row: serde_json::Value = serde_json::from_str(lines.lines().next().unwrap()).unwrap();
+    assert_eq!(row["ID"], short(catalog.app.id()));
+    assert_eq!(row["Tag"], "1.0");
+    // A Go template, and a repository argument.
+    let custom = cli
+        .ok(&[
+            "images",
+            "--format",
+            "{{.Repository}}:{{.Tag}} {{.ID}}",
+            app.rsplit_once(':').unwrap().0,
+        ])
+        .await;
+    assert_eq!(custom.trim(), format!("{app} {}", short(catalog.app.id())));
+    let id = cli
+        .ok(&[
+            "image",
+            "inspect",
+            "-f",
+            "{{.Id}} {{index .Config.Labels \"com.example.tier\"}}",
+            &app,
+        ])
+        .await;
+    assert_eq!(id.trim(), format!("{} web", catalog.app.id()));
+    let df = cli.ok(&["system", "df"]).await;
+    assert!(df.starts_with("TYPE") && df.contains("Images"), "{df}");
     let none = cli
         .ok(&["images", "-q", "--filter", "reference=nothing*"])
         .await;

@@ -1,5 +1,6 @@
-//! imagectl: Docker's image commands (`pull`, `images`, `inspect`,
-//! `history`, `tag`, `rmi`, `image prune`, `events`, `info`, `push`) over
+//! imagectl: Docker's image commands (`pull`, `images` / `image ls`,
+//! `inspect` / `image inspect`, `history`, `tag`, `rmi`, `image prune`,
+//! `events`, `info`, `system df`, `push`, `save`, `load`, `import`) over
 //! the gateway's generated `imaged.v1` client. Errors print the server's
 //! message and exit non-zero.
 
@@ -7,6 +8,7 @@ mod archive;
 mod connect;
 mod output;
 mod progress;
+mod template;
 
 use std::io::IsTerminal;
 
@@ -67,31 +69,9 @@ enum Command {
         auth: AuthArgs,
     },
     /// List images.
-    Images {
-        /// Show intermediate images too.
-        #[arg(long, short)]
-        all: bool,
-        /// Only show image IDs.
-        #[arg(long, short)]
-        quiet: bool,
-        /// key=value, as `docker images --filter`. Repeatable.
-        #[arg(long, short)]
-        filter: Vec<String>,
-        /// `table` (default) or `json` (one JSON array).
-        #[arg(long, default_value = "table")]
-        format: String,
-        /// Show digests.
-        #[arg(long)]
-        digests: bool,
-        /// Don't truncate IDs.
-        #[arg(long)]
-        no_trunc: bool,
-    },
-    /// Show images' records as JSON.
-    Inspect {
-        #[arg(required = true)]
-        images: Vec<String>,
-    },
+    Images(ListArgs),
+    /// Show images' records as JSON, or through --format.
+    Inspect(InspectArgs),
     /// Show the history of an image.
     History {
         image: String,
@@ -170,10 +150,67 @@ enum Command {
     },
     /// Show the image service's state.
     Info,
+    /// Docker's `system` commands that concern images.
+    System {
+        #[command(subcommand)]
+        command: SystemCommand,
+    },
+}
+
+/// `docker images` / `docker image ls`.
+#[derive(clap::Args, Debug)]
+struct ListArgs {
+    /// Only this repository, or REPOSITORY:TAG (a glob, as the filter).
+    reference: Option<String>,
+    /// Show intermediate images too.
+    #[arg(long, short)]
+    all: bool,
+    /// Only show image IDs.
+    #[arg(long, short)]
+    quiet: bool,
+    /// key=value, as `docker images --filter`. Repeatable.
+    #[arg(long, short)]
+    filter: Vec<String>,
+    /// `table` (default), `json` (one object a line) or a Go template
+    /// (`{{.Repository}}:{{.Tag}}`, `table {{.ID}}\t{{.Size}}`).
+    #[arg(long, default_value = "table")]
+    format: String,
+    /// Show digests.
+    #[arg(long)]
+    digests: bool,
+    /// Don't truncate IDs.
+    #[arg(long)]
+    no_trunc: bool,
+}
+
+/// `docker inspect` / `docker image inspect`.
+#[derive(clap::Args, Debug)]
+struct InspectArgs {
+    #[arg(required = true)]
+    images: Vec<String>,
+    /// A Go template applied to each record (`{{.Id}}`,
+    /// `{{index .RepoDigests 0}}`, `{{json .Config}}`).
+    #[arg(long, short)]
+    format: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+enum SystemCommand {
+    /// Show the space images take.
+    Df {
+        /// Show each image.
+        #[arg(long, short)]
+        verbose: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
 enum ImageCommand {
+    /// List images.
+    #[command(alias = "list")]
+    Ls(ListArgs),
+    /// Show images' records.
+    Inspect(InspectArgs),
     /// Remove unused images.
     Prune {
         /// Remove all unused images, not just dangling ones.
@@ -296,29 +333,35 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
         }
-        Command::Images {
-            all,
-            quiet,
-            filter,
-            format,
-            digests,
-            no_trunc,
+        Command::Images(args)
+        | Command::Image {
+            command: ImageCommand::Ls(args),
         } => {
+            let mut filters = args.filter;
+            filters.extend(args.reference.map(|r| format!("reference={r}")));
             let list = images
                 .list_images(ListImagesRequest {
-                    filters: filter,
-                    all,
+                    filters,
+                    all: args.all,
                     shared_size: false,
                 })
                 .await?
                 .into_inner()
                 .images;
-            output::images(&list, &format, quiet, digests, no_trunc)?;
+            output::images(&list, &args.format, args.quiet, args.digests, args.no_trunc)?;
         }
-        Command::Inspect { images: names } => {
+        Command::Inspect(args)
+        | Command::Image {
+            command: ImageCommand::Inspect(args),
+        } => {
+            let template = args
+                .format
+                .as_deref()
+                .map(template::Template::parse)
+                .transpose()?;
             let mut records = Vec::new();
             let mut failed = None;
-            for name in names {
+            for name in args.images {
                 match images
                     .inspect_image(InspectImageRequest {
                         image: name,
@@ -327,13 +370,32 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     .await
                 {
                     Ok(record) => records.push(output::inspect_json(&record.into_inner())),
-                    Err(status) => failed = Some(status),
+                    Err(status) => {
+                        eprintln!("Error response from daemon: {}", status.message());
+                        failed = Some(status);
+                    }
                 }
             }
-            println!("{}", serde_json::to_string_pretty(&records)?);
-            if let Some(status) = failed {
-                return Err(status.into());
+            match &template {
+                Some(template) => {
+                    for record in &records {
+                        println!("{}", template.render(record)?);
+                    }
+                }
+                None => println!("{}", serde_json::to_string_pretty(&records)?),
             }
+            if failed.is_some() {
+                std::process::exit(1);
+            }
+        }
+        Command::System {
+            command: SystemCommand::Df { verbose },
+        } => {
+            let usage = images
+                .disk_usage(DiskUsageRequest::default())
+                .await?
+                .into_inner();
+            output::disk_usage(&usage, verbose);
         }
         Command::History {
             image,

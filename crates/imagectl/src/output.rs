@@ -8,6 +8,12 @@ use serde_json::{Value, json};
 
 /// Docker's `units.HumanSizeWithPrecision(size, 3)`: decimal units.
 pub fn human_size(bytes: i64) -> String {
+    human_size_with_precision(bytes, 3)
+}
+
+/// Docker's `units.HumanSizeWithPrecision`: decimal units, `precision`
+/// significant digits (Go's `%g`, trailing zeros dropped).
+pub fn human_size_with_precision(bytes: i64, precision: usize) -> String {
     let units = ["B", "kB", "MB", "GB", "TB", "PB"];
     let mut value = bytes.max(0) as f64;
     let mut unit = 0;
@@ -15,13 +21,14 @@ pub fn human_size(bytes: i64) -> String {
         value /= 1000.0;
         unit += 1;
     }
-    let digits = if value >= 100.0 {
-        0
+    let integer_digits = if value >= 100.0 {
+        3
     } else if value >= 10.0 {
-        1
-    } else {
         2
+    } else {
+        1
     };
+    let digits = precision.saturating_sub(integer_digits);
     let shown = format!("{value:.digits$}");
     let shown = if shown.contains('.') {
         shown
@@ -32,6 +39,70 @@ pub fn human_size(bytes: i64) -> String {
         shown
     };
     format!("{shown}{}", units[unit])
+}
+
+/// `docker system df`, the images part: imaged serves images only, so
+/// the containers, volumes and build cache rows are left out.
+pub fn disk_usage(usage: &imaged_api::v1::DiskUsageResponse, verbose: bool) {
+    let total = usage.layers_size;
+    let active = usage.images.iter().filter(|i| i.containers > 0).count();
+    let used: i64 = usage
+        .images
+        .iter()
+        .filter(|i| i.containers > 0 && i.size >= 0 && i.shared_size >= 0)
+        .map(|i| i.size - i.shared_size)
+        .sum();
+    let reclaimable = total - used;
+    let reclaimable = if total > 0 {
+        format!(
+            "{} ({}%)",
+            human_size_with_precision(reclaimable, 4),
+            reclaimable * 100 / total
+        )
+    } else {
+        human_size_with_precision(reclaimable, 4)
+    };
+    let row = vec![
+        "Images".to_string(),
+        usage.images.len().to_string(),
+        active.to_string(),
+        human_size_with_precision(total, 4),
+        reclaimable,
+    ];
+    table(&["TYPE", "TOTAL", "ACTIVE", "SIZE", "RECLAIMABLE"], &[row]);
+    if !verbose {
+        return;
+    }
+    println!("\nImages space usage:\n");
+    let mut rows = Vec::new();
+    for image in &usage.images {
+        for row in image_rows(image, false, false) {
+            let cell = |k: &str| row[k].as_str().unwrap_or_default().to_string();
+            rows.push(vec![
+                cell("Repository"),
+                cell("Tag"),
+                cell("ID"),
+                cell("CreatedSince"),
+                human_size(image.size),
+                human_size(image.shared_size.max(0)),
+                human_size(image.size - image.shared_size.max(0)),
+                image.containers.to_string(),
+            ]);
+        }
+    }
+    table(
+        &[
+            "REPOSITORY",
+            "TAG",
+            "IMAGE ID",
+            "CREATED",
+            "SIZE",
+            "SHARED SIZE",
+            "UNIQUE SIZE",
+            "CONTAINERS",
+        ],
+        &rows,
+    );
 }
 
 /// Docker's `units.HumanDuration` for "CREATED" columns: "3 days ago".
@@ -72,7 +143,90 @@ fn split_tag(tag: &str) -> (String, String) {
     }
 }
 
-/// `docker images`: a table, IDs only, or JSON.
+/// One row of `docker images`: an image under one repository, tag and
+/// digest, with the docker CLI's field names (what `--format` reads).
+fn image_row(image: &ImageSummary, repo: &str, tag: &str, digest: &str, no_trunc: bool) -> Value {
+    let created_at = chrono::DateTime::from_timestamp(image.created, 0)
+        .map(|t| t.format("%Y-%m-%d %H:%M:%S +0000 UTC").to_string())
+        .unwrap_or_default();
+    json!({
+        "Containers": "N/A",
+        "CreatedAt": created_at,
+        "CreatedSince": ago(image.created),
+        "Digest": digest,
+        "ID": short_id(&image.id, no_trunc),
+        "Repository": repo,
+        "SharedSize": "N/A",
+        "Size": human_size(image.size),
+        "Tag": tag,
+        "UniqueSize": "N/A",
+        "VirtualSize": human_size(image.size),
+    })
+}
+
+/// The rows of one image, as the docker CLI makes them: each tag once,
+/// or with `digests` once per digest of its repository; digests of a
+/// repository without a tag as `<none>` tags; an image without any
+/// reference as `<none>` everywhere. Repositories sorted.
+fn image_rows(image: &ImageSummary, digests: bool, no_trunc: bool) -> Vec<Value> {
+    use std::collections::BTreeMap;
+    if image.repo_tags.is_empty() && image.repo_digests.is_empty() {
+        return vec![image_row(image, "<none>", "<none>", "<none>", no_trunc)];
+    }
+    let mut tags: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for t in &image.repo_tags {
+        let (repo, tag) = split_tag(t);
+        tags.entry(repo).or_default().push(tag);
+    }
+    let mut by_repo: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for d in &image.repo_digests {
+        if let Some((repo, digest)) = d.split_once('@') {
+            by_repo
+                .entry(repo.to_string())
+                .or_default()
+                .push(digest.to_string());
+        }
+    }
+    let mut rows = Vec::new();
+    for (repo, repo_tags) in &tags {
+        let repo_digests = by_repo.remove(repo).filter(|_| digests).unwrap_or_default();
+        for tag in repo_tags {
+            if repo_digests.is_empty() {
+                rows.push(image_row(image, repo, tag, "<none>", no_trunc));
+            }
+            for digest in &repo_digests {
+                rows.push(image_row(image, repo, tag, digest, no_trunc));
+            }
+        }
+    }
+    for (repo, repo_digests) in by_repo {
+        if digests {
+            for digest in &repo_digests {
+                rows.push(image_row(image, &repo, "<none>", digest, no_trunc));
+            }
+        } else {
+            rows.push(image_row(image, &repo, "<none>", "", no_trunc));
+        }
+    }
+    rows
+}
+
+/// A table column's name for a `--format` field, as the docker CLI heads
+/// it.
+fn column_name(field: &str) -> String {
+    match field {
+        "ID" => "IMAGE ID".into(),
+        "CreatedSince" => "CREATED".into(),
+        "CreatedAt" => "CREATED AT".into(),
+        "SharedSize" => "SHARED SIZE".into(),
+        "UniqueSize" => "UNIQUE SIZE".into(),
+        "VirtualSize" => "VIRTUAL SIZE".into(),
+        other => other.to_uppercase(),
+    }
+}
+
+/// `docker images`: a table, IDs only, one JSON object a line (`json`),
+/// or a Go-template `--format` (with `table ` for a header).
 pub fn images(
     list: &[ImageSummary],
     format: &str,
@@ -89,58 +243,41 @@ pub fn images(
         }
         return Ok(());
     }
-    match format {
-        "json" => {
-            let rows: Vec<Value> = list
-                .iter()
-                .map(|i| {
-                    json!({
-                        "Id": i.id,
-                        "ParentId": i.parent_id,
-                        "RepoTags": i.repo_tags,
-                        "RepoDigests": i.repo_digests,
-                        "Created": i.created,
-                        "Size": i.size,
-                        "SharedSize": i.shared_size,
-                        "Labels": i.labels.iter().collect::<BTreeMap<_, _>>(),
-                        "Containers": i.containers,
-                    })
-                })
-                .collect();
-            println!("{}", serde_json::to_string(&rows)?);
+    let rows: Vec<Value> = list
+        .iter()
+        .flat_map(|i| image_rows(i, digests, no_trunc))
+        .collect();
+    let format = match format {
+        "" | "table" if digests => {
+            "table {{.Repository}}\\t{{.Tag}}\\t{{.Digest}}\\t{{.ID}}\\t{{.CreatedSince}}\\t{{.Size}}"
         }
-        "table" => {
-            let mut rows = Vec::new();
-            for image in list {
-                let digest = image
-                    .repo_digests
-                    .first()
-                    .and_then(|d| d.split_once('@'))
-                    .map_or("<none>".to_string(), |(_, d)| d.to_string());
-                let names: Vec<(String, String)> = if image.repo_tags.is_empty() {
-                    vec![("<none>".into(), "<none>".into())]
-                } else {
-                    image.repo_tags.iter().map(|t| split_tag(t)).collect()
-                };
-                for (repo, tag) in names {
-                    let mut row = vec![repo, tag];
-                    if digests {
-                        row.push(digest.clone());
-                    }
-                    row.push(short_id(&image.id, no_trunc));
-                    row.push(ago(image.created));
-                    row.push(human_size(image.size));
-                    rows.push(row);
-                }
-            }
-            let mut header = vec!["REPOSITORY", "TAG"];
-            if digests {
-                header.push("DIGEST");
-            }
-            header.extend(["IMAGE ID", "CREATED", "SIZE"]);
-            table(&header, &rows);
+        "" | "table" => {
+            "table {{.Repository}}\\t{{.Tag}}\\t{{.ID}}\\t{{.CreatedSince}}\\t{{.Size}}"
         }
-        other => anyhow::bail!("unknown format {other:?}: use table or json"),
+        "json" => "{{json .}}",
+        other => other,
+    };
+    let template = crate::template::Template::parse(format)?;
+    let mut lines = Vec::new();
+    for row in &rows {
+        lines.push(template.render(row)?);
+    }
+    if template.table {
+        let header: Vec<String> = template
+            .header(column_name)
+            .split('\t')
+            .map(str::to_string)
+            .collect();
+        let cells: Vec<Vec<String>> = lines
+            .iter()
+            .map(|l| l.split('\t').map(str::to_string).collect())
+            .collect();
+        let header: Vec<&str> = header.iter().map(String::as_str).collect();
+        table(&header, &cells);
+    } else {
+        for line in lines {
+            println!("{line}");
+        }
     }
     Ok(())
 }
