@@ -75,6 +75,7 @@ async fn imaged_pull(imaged: &Imaged, reference: &str) -> Duration {
             reference: reference.into(),
             platform: None,
             auth: None,
+            all_tags: false,
         })
         .await
         .expect("imaged pull")

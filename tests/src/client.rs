@@ -14,6 +14,7 @@ pub fn pull_request(reference: &str) -> PullImageRequest {
         reference: reference.to_string(),
         platform: None,
         auth: None,
+        all_tags: false,
     }
 }
 

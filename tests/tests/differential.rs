@@ -859,3 +859,57 @@ async fn imagectl_images_lists_as_the_docker_cli_does() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pull_all_tags_says_what_docker_says() {
+    let b = both().await;
+    for (tag, image) in [
+        ("tags/app:1", &b.catalog.app),
+        ("tags/app:2", &b.catalog.base),
+        ("tags/app:3", &b.catalog.docker),
+    ] {
+        b.registry.fixtures().push_image(tag, image).await.unwrap();
+    }
+    let repository = b.registry.fixtures().reference("tags/app");
+    let keep = |l: &str| {
+        l.starts_with("Digest: ") || l.starts_with("Status: ") || l.contains(": Pulling from ")
+    };
+    let docker: Vec<String> = b
+        .dockerd
+        .ok(&["pull", "--all-tags", &repository])
+        .await
+        .unwrap()
+        .lines()
+        .filter(|l| keep(l))
+        .map(str::to_string)
+        .collect();
+    let request = PullImageRequest {
+        all_tags: true,
+        ..client::pull_request(&repository)
+    };
+    let imaged: Vec<String> = client::pull(b.imaged.images(), request)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| {
+            if m.id.is_empty() {
+                m.status
+            } else {
+                format!("{}: {}", m.id, m.status)
+            }
+        })
+        .filter(|l| keep(l))
+        .collect();
+    assert_eq!(docker.len(), 7, "{docker:?}");
+    same("pull --all-tags lines", imaged, docker);
+    let status = client::pull(
+        b.imaged.images(),
+        PullImageRequest {
+            all_tags: true,
+            ..client::pull_request(&format!("{repository}:1"))
+        },
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+}

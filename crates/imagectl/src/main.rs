@@ -50,6 +50,9 @@ enum Command {
     /// Download an image from a registry.
     Pull {
         reference: String,
+        /// Pull every tag of the repository.
+        #[arg(long = "all-tags", short = 'a')]
+        all_tags: bool,
         /// os/arch[/variant] to pick from a multi-platform image.
         #[arg(long)]
         platform: Option<String>,
@@ -299,6 +302,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Pull {
             reference,
+            all_tags,
             platform: p,
             auth,
             quiet,
@@ -307,6 +311,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 reference,
                 platform: platform(p.as_deref())?,
                 auth: auth.auth()?,
+                all_tags,
             };
             let stream = images.pull_image(request).await?.into_inner();
             let last = progress::show_pull(stream, quiet).await?;

@@ -230,6 +230,7 @@ impl ImageService for CriImageService {
             reference: image_name(request.image.as_ref())?,
             platform: None,
             auth: registry_auth(request.auth.as_ref())?,
+            all_tags: false,
         };
         let mut stream = self
             .peers

@@ -289,6 +289,23 @@ impl Puller {
         self.record(&target, resolved, configured, &plan, &tx).await
     }
 
+    /// The tags the registry lists for the repository `request` names, in
+    /// its order (`docker pull --all-tags`).
+    pub async fn list_tags(&self, request: &PullImageRequest) -> Result<Vec<String>, Error> {
+        let target = Target::new(request, &self.registries)?;
+        let what = format!("tags of {}", target.reference.familiar_name());
+        let listed = within(
+            &what,
+            self.with_retries(&|e| registry::pull_error(&target.reference, e), || {
+                target
+                    .client
+                    .list_tags(&target.oref, &target.auth, None, None)
+            }),
+        )
+        .await?;
+        Ok(listed.tags)
+    }
+
     /// Step 1: the image manifest, through an index when there is one,
     /// checked as Docker checks it (schema 1, depth, media types).
     async fn resolve(&self, target: &Target) -> Result<Resolved, Error> {

@@ -54,8 +54,63 @@ impl PullShare {
     }
 
     /// Runs the pull `request` asks for, or joins the identical one that
-    /// runs already; sends its progress to `tx`.
+    /// runs already; sends its progress to `tx`. With `all_tags`, pulls
+    /// each tag of the repository in turn, as Docker does: every tag's
+    /// lines but its Status, then one Status for the repository.
     pub async fn pull(&self, request: PullImageRequest, tx: Progress) -> Result<(), Error> {
+        if !request.all_tags {
+            return self.pull_one(request, tx).await;
+        }
+        let reference = Reference::parse(&request.reference)?;
+        if reference.tag().is_some() || reference.digest().is_some() {
+            return Err(Error::InvalidArgument(
+                "tag can't be used with --all-tags/-a".into(),
+            ));
+        }
+        let tags = self.puller.list_tags(&request).await?;
+        let mut updated = false;
+        let mut last = None;
+        for tag in tags {
+            let one = PullImageRequest {
+                reference: reference.with_tag(&tag)?.to_string(),
+                all_tags: false,
+                ..request.clone()
+            };
+            let (tag_tx, mut tag_rx) = tokio::sync::mpsc::channel(64);
+            let pulling = self.pull_one(one, tag_tx);
+            let forwarding = async {
+                while let Some(message) = tag_rx.recv().await {
+                    match message {
+                        Ok(m) if m.status.starts_with("Status: ") => {
+                            updated |= m.status.starts_with("Status: Downloaded newer image");
+                            last = Some(m);
+                        }
+                        other => {
+                            let _ = tx.send(other).await;
+                        }
+                    }
+                }
+            };
+            let (result, ()) = tokio::join!(pulling, forwarding);
+            result?;
+        }
+        let shown = reference.familiar_name();
+        let mut status = last.unwrap_or_default();
+        status.status = format!(
+            "Status: {} for {shown}",
+            if updated {
+                "Downloaded newer image"
+            } else {
+                "Image is up to date"
+            }
+        );
+        status.reference = shown;
+        let _ = tx.send(Ok(status)).await;
+        Ok(())
+    }
+
+    /// One pull, or the identical one in flight.
+    async fn pull_one(&self, request: PullImageRequest, tx: Progress) -> Result<(), Error> {
         let key = key(&request)?;
         let (done, replay, mut live) = self.join_or_start(key, request);
         for message in replay {
