@@ -80,6 +80,74 @@ impl Both {
         (docker, imaged)
     }
 
+    /// Loads `archive` into both; answers the `Loaded image` lines each
+    /// printed (imaged's, Docker's).
+    async fn load(&self, archive: Vec<u8>) -> (Vec<String>, Vec<String>) {
+        let docker = self
+            .dockerd
+            .docker_with_input(&["load"], Some(&archive))
+            .await
+            .unwrap();
+        assert!(docker.status.success(), "{docker:?}");
+        let docker = String::from_utf8_lossy(&docker.stdout)
+            .lines()
+            .filter(|l| l.starts_with("Loaded image"))
+            .map(str::to_string)
+            .collect();
+        let chunks = vec![LoadImagesRequest {
+            chunk: archive,
+            quiet: true,
+            platform: None,
+        }];
+        let mut answers = self
+            .imaged
+            .images()
+            .load_images(tokio_stream::iter(chunks))
+            .await
+            .unwrap()
+            .into_inner();
+        let mut imaged = Vec::new();
+        while let Some(line) = tokio_stream::StreamExt::next(&mut answers).await {
+            imaged.push(line.unwrap().message);
+        }
+        (imaged, docker)
+    }
+
+    /// `docker history` of `image` in both, a row per step (ID, step,
+    /// bytes, comment): (imaged's, Docker's).
+    async fn history(&self, image: &str) -> (Vec<String>, Vec<String>) {
+        let docker = self
+            .dockerd
+            .ok(&[
+                "history",
+                "--human=false",
+                "--no-trunc",
+                "--format",
+                "{{.ID}}\\t{{.CreatedBy}}\\t{{.Size}}\\t{{.Comment}}",
+                image,
+            ])
+            .await
+            .unwrap()
+            .lines()
+            .map(str::to_string)
+            .collect();
+        let imaged = self
+            .imaged
+            .images()
+            .image_history(ImageHistoryRequest {
+                image: image.to_string(),
+                platform: None,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .items
+            .into_iter()
+            .map(|h| format!("{}\t{}\t{}\t{}", h.id, h.created_by, h.size, h.comment))
+            .collect();
+        (imaged, docker)
+    }
+
     /// Pulls `reference` into both.
     async fn pull(&self, reference: &str) {
         self.dockerd.ok(&["pull", reference]).await.unwrap();
@@ -361,34 +429,7 @@ async fn sizes_and_identities_match_dockers_after_a_pull() {
             docker["Created"].as_str().unwrap(),
         );
 
-        // `docker history`, in bytes: ID, step, size, comment per row.
-        let rows = b
-            .dockerd
-            .ok(&[
-                "history",
-                "--human=false",
-                "--no-trunc",
-                "--format",
-                "{{.ID}}\t{{.CreatedBy}}\t{{.Size}}\t{{.Comment}}",
-                &reference,
-            ])
-            .await
-            .unwrap();
-        let docker_rows: Vec<String> = rows.lines().map(str::to_string).collect();
-        let imaged_rows: Vec<String> = b
-            .imaged
-            .images()
-            .image_history(ImageHistoryRequest {
-                image: reference.clone(),
-                platform: None,
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .items
-            .into_iter()
-            .map(|h| format!("{}\t{}\t{}\t{}", h.id, h.created_by, h.size, h.comment))
-            .collect();
+        let (imaged_rows, docker_rows) = b.history(&reference).await;
         same(&format!("{repo}: history"), imaged_rows, docker_rows);
     }
 }
@@ -738,33 +779,7 @@ async fn an_archive_with_linked_layers_loads_as_in_docker() {
         (&b.catalog.base, "linked/base:1"),
         (&b.catalog.docker, "linked/docker:1"),
     ]);
-    let docker = b
-        .dockerd
-        .docker_with_input(&["load"], Some(&archive))
-        .await
-        .unwrap();
-    assert!(docker.status.success(), "{docker:?}");
-    let docker_lines: Vec<String> = String::from_utf8_lossy(&docker.stdout)
-        .lines()
-        .filter(|l| l.starts_with("Loaded image"))
-        .map(str::to_string)
-        .collect();
-    let chunks = vec![LoadImagesRequest {
-        chunk: archive,
-        quiet: true,
-        platform: None,
-    }];
-    let mut answers = b
-        .imaged
-        .images()
-        .load_images(tokio_stream::iter(chunks))
-        .await
-        .unwrap()
-        .into_inner();
-    let mut imaged_lines = Vec::new();
-    while let Some(line) = tokio_stream::StreamExt::next(&mut answers).await {
-        imaged_lines.push(line.unwrap().message);
-    }
+    let (imaged_lines, docker_lines) = b.load(archive).await;
     same("load lines", imaged_lines, docker_lines);
     for tag in ["linked/base:1", "linked/docker:1"] {
         let (docker, imaged) = b.inspect(tag).await;
@@ -912,4 +927,30 @@ async fn pull_all_tags_says_what_docker_says() {
     .await
     .unwrap_err();
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_legacy_archive_loads_with_dockers_ids() {
+    let b = both().await;
+    let archive = imaged_e2e::archive::legacy(&b.catalog.app, "legacy/app:1");
+    let (imaged_lines, docker_lines) = b.load(archive).await;
+    same("legacy load lines", imaged_lines, docker_lines);
+    let (docker, imaged) = b.inspect("legacy/app:1").await;
+    same(
+        "legacy: Id",
+        imaged.id.as_str(),
+        docker["Id"].as_str().unwrap(),
+    );
+    same(
+        "legacy: Size",
+        imaged.size,
+        docker["Size"].as_i64().unwrap(),
+    );
+    same(
+        "legacy: Parent",
+        imaged.parent.is_empty(),
+        docker["Parent"].as_str().unwrap().is_empty(),
+    );
+    let (imaged_history, docker_history) = b.history("legacy/app:1").await;
+    same("legacy: history", imaged_history, docker_history);
 }

@@ -357,9 +357,10 @@ async fn unsafe_or_malformed_archives_are_refused() {
             "holds only files, directories and links",
         ),
         (
+            // Legacy (pre-1.10) archives need their repositories file.
             "no manifest",
             tar_of(&[("oci-layout", tar::EntryType::Regular, b"{}")]),
-            "no manifest.json",
+            "repositories: not in the archive",
         ),
         (
             "null manifest",

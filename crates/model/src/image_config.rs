@@ -152,7 +152,7 @@ impl ImageConfig {
 }
 
 /// RFC 3339 (with or without fraction) to Unix nanoseconds.
-fn parse_time(raw: &str) -> Option<i128> {
+pub fn parse_time(raw: &str) -> Option<i128> {
     let t = chrono::DateTime::parse_from_rfc3339(raw).ok()?;
     Some(t.timestamp() as i128 * 1_000_000_000 + t.timestamp_subsec_nanos() as i128)
 }

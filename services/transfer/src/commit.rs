@@ -203,19 +203,7 @@ impl Committer {
             if let Some(existing) = layers.get(&chain) {
                 return Ok(existing);
             }
-            layers.commit(
-                fresh,
-                Layer {
-                    chain_id: chain,
-                    diff_id: unpacked.diff_id,
-                    parent,
-                    size: unpacked.size,
-                    blob: Some(blob),
-                    inodes: unpacked.entries,
-                    tar_size: unpacked.tar_size,
-                    gzip: None,
-                },
-            )
+            layers.commit(fresh, Layer::unpacked(parent, blob, &unpacked))
         })
         .await
         .map_err(Error::internal)?

@@ -110,16 +110,7 @@ impl Importer {
         let layer = match self.layers.get(&chain) {
             Some(layer) => layer,
             None => {
-                let layer = Layer {
-                    chain_id: chain.clone(),
-                    diff_id: unpacked.diff_id.clone(),
-                    parent: None,
-                    size: unpacked.size,
-                    blob: Some(blob),
-                    inodes: unpacked.entries,
-                    tar_size: unpacked.tar_size,
-                    gzip: None,
-                };
+                let layer = Layer::unpacked(None, blob, &unpacked);
                 tokio::task::spawn_blocking(move || layers.commit(staging, layer))
                     .await
                     .map_err(Error::internal)??

@@ -40,6 +40,25 @@ pub struct Layer {
 }
 
 impl Layer {
+    /// The record of a layer just unpacked from the stored blob `blob`, on
+    /// top of `parent` (its chain ID follows from the parent's).
+    pub fn unpacked(
+        parent: Option<Digest>,
+        blob: Digest,
+        unpacked: &crate::unpack::Unpacked,
+    ) -> Layer {
+        Layer {
+            chain_id: imaged_model::digest::child_chain(parent.as_ref(), &unpacked.diff_id),
+            diff_id: unpacked.diff_id.clone(),
+            parent,
+            size: unpacked.size,
+            blob: Some(blob),
+            inodes: unpacked.entries,
+            tar_size: unpacked.tar_size,
+            gzip: None,
+        }
+    }
+
     /// The blobs stored for this layer: the one it came from and the gzip
     /// one a push made.
     pub fn blobs(&self) -> impl Iterator<Item = &Digest> {

@@ -15,6 +15,7 @@ mod gc;
 mod import;
 mod layers;
 mod leases;
+mod legacy_load;
 mod limits;
 mod load;
 mod manifest;

@@ -50,10 +50,10 @@ struct Entry {
 /// What a load needs from an image config.
 /// The load engine.
 pub struct Loader {
-    content: ContentStore,
-    layers: Arc<LayerStore>,
-    leases: Arc<Leases>,
-    metadata: Metadata,
+    pub(crate) content: ContentStore,
+    pub(crate) layers: Arc<LayerStore>,
+    pub(crate) leases: Arc<Leases>,
+    pub(crate) metadata: Metadata,
 }
 
 impl Loader {
@@ -117,10 +117,8 @@ impl Loader {
 
         let manifest_path = archive_file(&dir, &links, "manifest.json")?;
         if !manifest_path.exists() {
-            return Err(Error::InvalidArgument(
-                "the archive has no manifest.json: legacy (pre-1.10) archives are not supported"
-                    .into(),
-            ));
+            // Written before Docker 1.10.
+            return self.load_legacy(&dir, &links).await;
         }
         let manifest = read_capped(&manifest_path, MAX_MANIFEST as u64, "manifest.json")?;
         let entries: Option<Vec<Entry>> = serde_json::from_slice(&manifest)
@@ -312,7 +310,7 @@ fn valid_parent(parent: &[u8], child: &[u8]) -> bool {
 }
 
 /// Reads a JSON file of the archive, refusing one bigger than `max`.
-fn read_capped(path: &Path, max: u64, what: &str) -> Result<Vec<u8>, Error> {
+pub(crate) fn read_capped(path: &Path, max: u64, what: &str) -> Result<Vec<u8>, Error> {
     let file = std::fs::File::open(path).map_err(|err| match err.kind() {
         io::ErrorKind::NotFound => Error::InvalidArgument(format!("{what}: not in the archive")),
         _ => err.into(),
@@ -336,7 +334,7 @@ async fn line(tx: &Lines, message: String) {
 /// skopeo's docker-archive write one `layer.tar` per image and link the
 /// shared ones. Links are never made on disk: a path the manifest names is
 /// followed through this map ([`archive_file`]).
-type Links = HashMap<PathBuf, PathBuf>;
+pub(crate) type Links = HashMap<PathBuf, PathBuf>;
 
 /// Unpacks the archive: regular files and directories, every path inside
 /// `dir`; links (symbolic or hard) that stay inside the archive are
@@ -420,7 +418,7 @@ fn link_target(raw: &Path, from: &Path, target: &Path) -> Result<PathBuf, Error>
 
 /// The file the manifest's `rel` names in the unpacked archive, followed
 /// through the archive's links.
-fn archive_file(dir: &Path, links: &Links, rel: &str) -> Result<PathBuf, Error> {
+pub(crate) fn archive_file(dir: &Path, links: &Links, rel: &str) -> Result<PathBuf, Error> {
     let mut path = relative_path(Path::new(rel))?;
     for _ in 0..40 {
         match links.get(&path) {
