@@ -189,7 +189,7 @@ async fn serve(
     }
 }
 
-/// Reads a request's head (a registry pull sends no request body).
+/// Reads a request's head; a body, if any, is left to [`forward`].
 async fn read_head(client: &mut TcpStream) -> std::io::Result<Vec<u8>> {
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
@@ -203,8 +203,9 @@ async fn read_head(client: &mut TcpStream) -> std::io::Result<Vec<u8>> {
 }
 
 /// Sends the request on to the registry on a new connection, asking it to
-/// close after answering, and relays the answer.
-async fn forward(mut client: TcpStream, upstream: &str, head: &str) -> std::io::Result<()> {
+/// close after answering, relays the request's body (a push's uploads
+/// have one) and the answer.
+async fn forward(client: TcpStream, upstream: &str, head: &str) -> std::io::Result<()> {
     let mut server = TcpStream::connect(upstream).await?;
     let mut request = String::new();
     for line in head.split("\r\n").filter(|l| !l.is_empty()) {
@@ -215,6 +216,13 @@ async fn forward(mut client: TcpStream, upstream: &str, head: &str) -> std::io::
     }
     request.push_str("Connection: close\r\n\r\n");
     server.write_all(request.as_bytes()).await?;
-    tokio::io::copy(&mut server, &mut client).await?;
-    client.shutdown().await
+    let (mut client_read, mut client_write) = client.into_split();
+    let (mut server_read, mut server_write) = server.into_split();
+    let body = tokio::spawn(async move {
+        let _ = tokio::io::copy(&mut client_read, &mut server_write).await;
+    });
+    let answered = tokio::io::copy(&mut server_read, &mut client_write).await;
+    body.abort();
+    answered?;
+    client_write.shutdown().await
 }

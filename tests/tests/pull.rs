@@ -643,3 +643,45 @@ async fn a_local_image_is_pushed_as_docker_pushes_it() {
         "application/vnd.docker.distribution.manifest.v2+json"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_upload_is_tried_again() {
+    let registry = TestRegistry::start().await.unwrap();
+    let front = imaged_e2e::front::Front::start(&registry.host)
+        .await
+        .unwrap();
+    let imaged = Imaged::start().await.unwrap();
+    let rootfs = imaged_fixtures::LayerBuilder::new()
+        .file("hello", b"retried\n")
+        .build(imaged_fixtures::Compression::None)
+        .unwrap()
+        .tar()
+        .unwrap();
+    let target = format!("{}/retry/app:v1", front.host);
+    client::import(imaged.images(), &target, &rootfs)
+        .await
+        .unwrap();
+    // The registry fails the first two uploads it is asked to start: the
+    // config's and the layer's (they go up at once); only the layer's
+    // shows, as in Docker.
+    front.rule(
+        "POST",
+        "/blobs/uploads/",
+        imaged_e2e::front::Answer::Body {
+            status: 503,
+            headers: Vec::new(),
+            body: b"busy".to_vec(),
+        },
+        2,
+    );
+    let messages = client::push(imaged.images(), &target, false).await.unwrap();
+    assert!(
+        messages.iter().any(|m| m.status == "Retrying in 1 seconds"),
+        "{messages:?}"
+    );
+    let last = messages.last().unwrap();
+    let (body, _) = registry
+        .manifest(&format!("{}/retry/app:v1", registry.host))
+        .await;
+    assert_eq!(imaged_fixtures::sha256_digest(&body), last.digest);
+}
