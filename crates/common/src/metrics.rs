@@ -47,13 +47,16 @@ pub fn init(process: &'static str, listen: Option<&Endpoint>) -> anyhow::Result<
         .with_service_name(process)
         .build();
     let mut builder = SdkMeterProvider::builder().with_resource(resource);
+    let mut readers = 0;
     if std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").is_ok_and(|e| !e.is_empty()) {
+        readers += 1;
         let exporter = opentelemetry_otlp::MetricExporter::builder()
             .with_tonic()
             .build()?;
         builder = builder.with_periodic_exporter(exporter);
     }
     if let Some(listen) = listen {
+        readers += 1;
         let reader = SharedReader(Arc::new(ManualReader::builder().build()));
         builder = builder.with_reader(reader.clone());
         serve_page(listen, move || {
@@ -63,7 +66,11 @@ pub fn init(process: &'static str, listen: Option<&Endpoint>) -> anyhow::Result<
         tracing::info!(listen = %listen, "metrics served");
     }
     let provider = builder.build();
-    opentelemetry::global::set_meter_provider(provider.clone());
+    // Without a reader the global no-op provider stays: instruments cost
+    // nothing, and observable gauges log no "will not be invoked" errors.
+    if readers > 0 {
+        opentelemetry::global::set_meter_provider(provider.clone());
+    }
     Ok(MetricsGuard { provider })
 }
 
