@@ -40,10 +40,14 @@ def generate(proto_root: pathlib.Path, out: pathlib.Path) -> None:
 
 def main() -> None:
     proto_root, socket = pathlib.Path(sys.argv[1]).resolve(), sys.argv[2]
-    out = pathlib.Path(tempfile.mkdtemp(prefix="imaged-py-"))
-    generate(proto_root, out)
-    sys.path.insert(0, str(out))
+    # The generated stubs go with the run, whatever its outcome.
+    with tempfile.TemporaryDirectory(prefix="imaged-py-") as out:
+        generate(proto_root, pathlib.Path(out))
+        sys.path.insert(0, out)
+        talk(socket)
 
+
+def talk(socket: str) -> None:
     from imaged.v1 import events_pb2, images_pb2, images_pb2_grpc, public_events_pb2_grpc
     from runtime.v1 import image_service_pb2, image_service_pb2_grpc
 
