@@ -287,10 +287,12 @@ async fn a_socket_in_use_by_a_live_process_is_refused() {
 #[tokio::test]
 async fn limits_come_from_flags_environment_and_a_config_file() {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("transfer.toml");
+    // One file for all four processes: transfer reads the top and its own
+    // section, not the gateway's (a TCP listener without TLS would stop it).
+    let config = dir.path().join("imaged.toml");
     std::fs::write(
         &config,
-        "max-concurrent-downloads = 7\nmax_concurrent_uploads = 2\nmax-download-attempts = 4\n",
+        "log = \"info\"\n[transfer]\nmax-concurrent-downloads = 7\nmax_concurrent_uploads = 2\nmax-download-attempts = 4\n[gateway]\nlisten = \"tcp://127.0.0.1:1\"\n",
     )
     .unwrap();
     let imaged = Imaged::builder()

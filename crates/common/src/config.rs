@@ -301,9 +301,17 @@ pub fn parse<T: Parser>() -> T {
     }
 }
 
+/// The sections of a configuration file shared by the processes: each
+/// process reads the keys at the top and those of its own section.
+const SECTIONS: &[&str] = &["metadata", "transfer", "events", "gateway"];
+
 /// [`parse`] over explicit arguments, returning the error instead of
-/// exiting. Keys of the TOML file are flag names (`-` or `_`); a key the
-/// process does not know is an error, so a typo is not silently ignored.
+/// exiting. Keys of the TOML file are flag names (`-` or `_`). One file can
+/// serve all four processes: keys at the top apply to each, keys under
+/// `[gateway]`, `[transfer]`, `[metadata]` or `[events]` only to that
+/// process (so the gateway's `listen` is not every process's). A key the
+/// process does not know, at the top or in its own section, is an error,
+/// so a typo is not silently ignored.
 pub fn parse_from<T: Parser>(
     args: impl IntoIterator<Item = impl Into<OsString>>,
 ) -> anyhow::Result<T> {
@@ -318,8 +326,24 @@ pub fn parse_from<T: Parser>(
     let table: toml::Table =
         toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))?;
 
-    let mut from_file: Vec<OsString> = Vec::new();
+    // `imaged-gateway` reads `[gateway]`.
+    let name = cmd.get_name().to_string();
+    let own = name.strip_prefix("imaged-").unwrap_or(&name).to_string();
+    let mut entries: Vec<(&String, &toml::Value)> = Vec::new();
     for (key, value) in &table {
+        match value {
+            toml::Value::Table(section) if *key == own => entries.extend(section.iter()),
+            toml::Value::Table(_) if SECTIONS.contains(&key.as_str()) => {}
+            toml::Value::Table(_) => bail!(
+                "config file {}: unknown section [{key}]: use [{}]",
+                path.display(),
+                SECTIONS.join("], [")
+            ),
+            _ => entries.push((key, value)),
+        }
+    }
+    let mut from_file: Vec<OsString> = Vec::new();
+    for (key, value) in entries {
         let id = key.replace('-', "_");
         let Some(arg) = cmd.get_arguments().find(|a| a.get_id() == id.as_str()) else {
             bail!("config file {}: unknown option {key:?}", path.display());
@@ -404,6 +428,30 @@ mod tests {
 
         let args: Args = parse_from(["imaged-test", "--config", config, "--limit", "9"]).unwrap();
         assert_eq!(args.limit, 9, "the command line wins over the file");
+    }
+
+    #[test]
+    fn a_shared_file_gives_each_process_its_own_section() {
+        let file = write_config(
+            "root = \"/srv/imaged\"\n[test]\nlimit = 7\n[gateway]\nlisten = \"tcp://127.0.0.1:7443\"\n[transfer]\nmax-concurrent-downloads = 2\n",
+        );
+        let config = file.path().to_str().unwrap();
+        let args: Args = parse_from(["imaged-test", "--config", config]).unwrap();
+        assert_eq!(args.common.root, PathBuf::from("/srv/imaged"));
+        assert_eq!(args.limit, 7, "its own section");
+        assert_eq!(args.common.listen, None, "not the gateway's listen");
+
+        let file = write_config("[test]\nlimt = 7\n");
+        let config = file.path().to_str().unwrap();
+        let err = parse_from::<Args>(["imaged-test", "--config", config]).unwrap_err();
+        assert!(err.to_string().contains("unknown option \"limt\""), "{err}");
+        let file = write_config("[gatway]\nlisten = \"x\"\n");
+        let config = file.path().to_str().unwrap();
+        let err = parse_from::<Args>(["imaged-test", "--config", config]).unwrap_err();
+        assert!(
+            err.to_string().contains("unknown section [gatway]"),
+            "{err}"
+        );
     }
 
     #[test]
