@@ -202,6 +202,9 @@ impl ContentStore {
     pub fn own(&self, image: &Digest, digests: &[Digest]) -> Result<(), Error> {
         let _owning = self.owning.lock().unwrap_or_else(|e| e.into_inner());
         let mut owned = self.owned_by(image)?;
+        if digests.iter().all(|d| owned.contains(d)) {
+            return Ok(()); // a warm pull: nothing new, nothing written
+        }
         owned.extend(digests.iter().cloned());
         owned.sort_by_key(|d| d.to_string());
         owned.dedup();
@@ -215,24 +218,29 @@ impl ContentStore {
         Ok(())
     }
 
-    /// Forgets what `image` needed; answers the blobs no other image
-    /// needs any more, for the caller to delete (unless a layer came from
-    /// one).
-    pub fn disown(&self, image: &Digest) -> Result<Vec<Digest>, Error> {
+    /// Forgets what the gone `images` needed; answers the blobs no other
+    /// image needs any more, for the caller to delete (unless a layer came
+    /// from one). The remaining owners are read once, however many images
+    /// go (a prune of thousands stays one pass).
+    pub fn disown(&self, images: &[Digest]) -> Result<Vec<Digest>, Error> {
         let _owning = self.owning.lock().unwrap_or_else(|e| e.into_inner());
-        let owned = self.owned_by(image)?;
-        match fs::remove_file(self.owners.join(image.hex())) {
-            Err(err) if err.kind() != io::ErrorKind::NotFound => return Err(err.into()),
-            _ => {}
+        let mut freed = std::collections::BTreeSet::new();
+        for image in images {
+            freed.extend(self.owned_by(image)?);
+            match fs::remove_file(self.owners.join(image.hex())) {
+                Err(err) if err.kind() != io::ErrorKind::NotFound => return Err(err.into()),
+                _ => {}
+            }
         }
-        if owned.is_empty() {
-            return Ok(owned);
+        if freed.is_empty() {
+            return Ok(Vec::new());
         }
-        let mut still = std::collections::HashSet::new();
         for other in self.owners()? {
-            still.extend(self.owned_by(&other)?);
+            for still in self.owned_by(&other)? {
+                freed.remove(&still);
+            }
         }
-        Ok(owned.into_iter().filter(|d| !still.contains(d)).collect())
+        Ok(freed.into_iter().collect())
     }
 
     /// The images that own small blobs.

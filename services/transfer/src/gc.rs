@@ -91,6 +91,9 @@ impl Gc {
     /// Deletes the manifests and configs that only the gone `images`
     /// needed (a blob a stored layer came from stays). Answers how many.
     pub fn forget_images(&self, images: &[Digest]) -> Result<usize, Error> {
+        if images.is_empty() {
+            return Ok(0);
+        }
         let layer_blobs: HashSet<Digest> = self
             .layers
             .all()
@@ -98,12 +101,10 @@ impl Gc {
             .flat_map(|l| l.blobs().cloned().collect::<Vec<_>>())
             .collect();
         let mut deleted = 0;
-        for image in images {
-            for blob in self.content.disown(image)? {
-                if !layer_blobs.contains(&blob) {
-                    self.content.delete(&blob)?;
-                    deleted += 1;
-                }
+        for blob in self.content.disown(images)? {
+            if !layer_blobs.contains(&blob) {
+                self.content.delete(&blob)?;
+                deleted += 1;
             }
         }
         Ok(deleted)
