@@ -3,7 +3,15 @@
 CARGO ?= cargo
 ROOT ?= ./data
 
-.PHONY: run build test test-deps bench bench-deps fuzz fmt lint clean
+.PHONY: run build test test-deps bench bench-deps fuzz fmt lint clean install install-files
+
+PREFIX ?= /usr/local
+BINDIR ?= $(PREFIX)/bin
+SYSCONFDIR ?= /etc
+UNITDIR ?= $(PREFIX)/lib/systemd/system
+# Where install-files takes the binaries from.
+TARGET_DIR ?= target/release
+BINARIES = imaged-metadata imaged-transfer imaged-events imaged-gateway imaged-run imagectl
 
 ## Build in release mode and start all four processes with stores under $(ROOT).
 run:
@@ -35,6 +43,24 @@ FUZZ_CASES ?= 50000
 fuzz:
 	PROPTEST_CASES=$(FUZZ_CASES) $(CARGO) test --release -p imaged-model --test fuzz
 	PROPTEST_CASES=$(FUZZ_CASES) $(CARGO) test --release -p imaged-transfer fuzz
+
+## Build (release) and install the binaries, the systemd units (enable
+## with `systemctl enable --now imaged.target`) and, unless one is there,
+## the configuration file, under $(DESTDIR)$(PREFIX).
+install:
+	$(CARGO) build --release --workspace --bins
+	$(MAKE) install-files TARGET_DIR=target/release
+
+install-files:
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSCONFDIR)/imaged
+	for b in $(BINARIES); do install -m 0755 $(TARGET_DIR)/$$b $(DESTDIR)$(BINDIR)/$$b; done
+	for u in deploy/systemd/*; do \
+		sed -e 's|@BINDIR@|$(BINDIR)|g' -e 's|@SYSCONFDIR@|$(SYSCONFDIR)|g' $$u \
+			> $(DESTDIR)$(UNITDIR)/$$(basename $$u); \
+		chmod 0644 $(DESTDIR)$(UNITDIR)/$$(basename $$u); \
+	done
+	[ -e $(DESTDIR)$(SYSCONFDIR)/imaged/imaged.toml ] || \
+		install -m 0644 deploy/imaged.toml $(DESTDIR)$(SYSCONFDIR)/imaged/imaged.toml
 
 fmt:
 	$(CARGO) fmt --all

@@ -13,6 +13,8 @@ need=""
 command -v docker-registry >/dev/null 2>&1 || need="$need docker-registry"
 command -v protoc >/dev/null 2>&1 || need="$need protobuf-compiler"
 [ -x /usr/sbin/dockerd ] || need="$need docker.io"
+# systemd-analyze checks the units `make install` writes.
+command -v systemd-analyze >/dev/null 2>&1 || need="$need systemd"
 
 # The Python client test: grpcio and grpcio-tools from PyPI.
 if ! python3 -c "import grpc, grpc_tools" >/dev/null 2>&1; then
