@@ -252,3 +252,36 @@ fn chrono_now() -> String {
         .unwrap();
     format!("{}.{:09}", now.as_secs(), now.subsec_nanos())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_answers_on_every_socket_for_probes() {
+    let imaged = Imaged::start().await.unwrap();
+    let health = |service: Service, args: &[&str]| {
+        let socket = imaged.socket(service);
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        async move {
+            tokio::process::Command::new(bin_dir().join("imagectl"))
+                .arg("--host")
+                .arg(format!("unix://{}", socket.display()))
+                .arg("health")
+                .args(&args)
+                .output()
+                .await
+                .expect("run imagectl")
+        }
+    };
+    for service in [
+        Service::Metadata,
+        Service::Transfer,
+        Service::Events,
+        Service::Gateway,
+    ] {
+        let out = health(service, &[]).await;
+        assert!(out.status.success(), "{service:?}: {out:?}");
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "SERVING");
+    }
+    let out = health(Service::Gateway, &["imaged.v1.Images"]).await;
+    assert!(out.status.success(), "{out:?}");
+    let out = health(Service::Gateway, &["no.such.Service"]).await;
+    assert!(!out.status.success(), "{out:?}");
+}

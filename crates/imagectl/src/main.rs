@@ -153,6 +153,14 @@ enum Command {
     },
     /// Show the image service's state.
     Info,
+    /// Ask a process's gRPC health service (any of the four sockets, with
+    /// -H): exits 0 when it is SERVING, 1 otherwise. For liveness and
+    /// readiness probes.
+    Health {
+        /// The service to ask about; empty: the process as a whole.
+        #[arg(default_value = "")]
+        service: String,
+    },
     /// Docker's `system` commands that concern images.
     System {
         #[command(subcommand)]
@@ -529,6 +537,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Info => {
             let info = images.system_info(SystemInfoRequest {}).await?.into_inner();
             output::info(&info);
+        }
+        Command::Health { service } => {
+            use tonic_health::pb::HealthCheckRequest;
+            use tonic_health::pb::health_check_response::ServingStatus;
+            let answer = tonic_health::pb::health_client::HealthClient::new(channel)
+                .check(HealthCheckRequest { service })
+                .await?
+                .into_inner();
+            let status = ServingStatus::try_from(answer.status).unwrap_or(ServingStatus::Unknown);
+            println!("{}", status.as_str_name());
+            if status != ServingStatus::Serving {
+                std::process::exit(1);
+            }
         }
     }
     Ok(())
