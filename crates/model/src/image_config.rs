@@ -27,6 +27,9 @@ pub struct ImageConfig {
     pub os_version: String,
     pub rootfs_type: String,
     pub diff_ids: Vec<Digest>,
+    /// The chain ID of each layer, bottom first: what the layer store
+    /// names them by, worked out once here rather than by every reader.
+    pub chain_ids: Vec<Digest>,
     pub history: Vec<History>,
     pub author: String,
     pub comment: String,
@@ -124,6 +127,7 @@ impl ImageConfig {
             ),
             os_version: text(object.get("os.version")),
             rootfs_type: text(rootfs.get("type")),
+            chain_ids: crate::digest::chain_ids(&diff_ids),
             diff_ids,
             history,
             author: text(object.get("author")),

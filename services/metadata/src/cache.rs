@@ -8,7 +8,6 @@
 use std::sync::Arc;
 
 use imaged_common::Error;
-use imaged_model::digest::chain_ids;
 use imaged_model::{Digest, Platform};
 use serde_json::{Value, json};
 
@@ -183,7 +182,7 @@ fn history_cache(
     let bytes = serde_json::to_vec(&config).map_err(Error::internal)?;
     let parsed = ImageConfig::parse(&bytes)?;
     let id = Digest::sha256_of(&bytes);
-    let layers = chain_ids(&parsed.diff_ids).len();
+    let layers = parsed.chain_ids.len();
     let layer_sizes = source
         .meta
         .layer_sizes

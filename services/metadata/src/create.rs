@@ -5,7 +5,6 @@ use std::sync::Arc;
 use imaged_api::internal::v1::GetLayersRequest;
 use imaged_api::internal::v1::transfer_client::TransferClient;
 use imaged_common::Error;
-use imaged_model::digest::chain_ids;
 use imaged_model::{Digest, Platform};
 use tonic::Code;
 
@@ -28,10 +27,7 @@ pub async fn create(images: &Arc<Images>, config: Vec<u8>, parent: &str) -> Resu
                 "operating system is not supported".into(),
             ));
         }
-        let chains: Vec<String> = chain_ids(&parsed.diff_ids)
-            .iter()
-            .map(|c| c.to_string())
-            .collect();
+        let chains: Vec<String> = parsed.chain_ids.iter().map(|c| c.to_string()).collect();
         let layers = images
             .transfer
             .call(|channel| {

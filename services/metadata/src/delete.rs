@@ -7,7 +7,6 @@ use imaged_api::v1::DeleteItem;
 use imaged_api::v1::delete_item::Item;
 use imaged_common::Error;
 use imaged_model::Reference;
-use imaged_model::digest::chain_ids;
 use imaged_model::filters::{Filters, label_matches};
 use imaged_model::timestamp;
 
@@ -141,21 +140,23 @@ impl Removal {
     /// `Deleted: <chain ID>` line for each of its layers no remaining image
     /// holds (top first, each once); and the bytes of those layers.
     fn finish(self, index: &Index) -> (Vec<DeleteItem>, u64) {
-        let in_use = crate::images::chains_in_use(index);
+        // Borrowed, not copied: this runs inside the delete's transaction.
+        let in_use: std::collections::HashSet<&imaged_model::Digest> = index
+            .images()
+            .flat_map(|image| image.config.chain_ids.iter())
+            .collect();
         let mut reported = BTreeSet::new();
         let mut reclaimed = 0u64;
         let mut layer_lines: HashMap<String, Vec<DeleteItem>> = HashMap::new();
         for image in &self.deleted {
-            let chains = chain_ids(&image.config.diff_ids);
             let mut lines = Vec::new();
-            for (i, chain) in chains.iter().enumerate().rev() {
-                let chain = chain.to_string();
-                if in_use.contains(&chain) || !reported.insert(chain.clone()) {
+            for (i, chain) in image.config.chain_ids.iter().enumerate().rev() {
+                if in_use.contains(chain) || !reported.insert(chain) {
                     continue;
                 }
                 let size = image.meta.layer_sizes.get(i).copied().unwrap_or(0);
                 reclaimed += size.max(0) as u64;
-                lines.push(deleted(chain));
+                lines.push(deleted(chain.to_string()));
             }
             layer_lines.insert(image.id.to_string(), lines);
         }
@@ -393,6 +394,7 @@ pub fn prune(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use imaged_model::digest::chain_ids;
 
     fn refs(list: &[&str]) -> Vec<Reference> {
         list.iter().map(|r| Reference::parse(r).unwrap()).collect()

@@ -5,7 +5,6 @@ use std::sync::Arc;
 
 use imaged_api::internal::v1::transfer_client::TransferClient;
 use imaged_api::internal::v1::{ReleaseLayersRequest, RetainLayersRequest};
-use imaged_model::digest::chain_ids;
 
 use imaged_common::events::Publisher;
 use imaged_common::peer::Peer;
@@ -84,7 +83,9 @@ impl PendingEvent {
     pub fn deleted(index: &Index, image: &Image) -> Self {
         let id = image.id.to_string();
         let mut event = Self::image(index, "delete", &id, &id);
-        event.released = chain_ids(&image.config.diff_ids)
+        event.released = image
+            .config
+            .chain_ids
             .iter()
             .map(|c| c.to_string())
             .collect();
@@ -262,7 +263,7 @@ impl Images {
                 .index()
                 .images()
                 .filter(|image| {
-                    chain_ids(&image.config.diff_ids)
+                    image.config.chain_ids
                         .iter()
                         .any(|c| missing.contains(&c.to_string()))
                 })
@@ -293,7 +294,6 @@ impl Images {
 pub fn chains_in_use(index: &Index) -> HashSet<String> {
     index
         .images()
-        .flat_map(|image| chain_ids(&image.config.diff_ids))
-        .map(|c| c.to_string())
+        .flat_map(|image| image.config.chain_ids.iter().map(|c| c.to_string()))
         .collect()
 }

@@ -20,6 +20,7 @@ pub fn inspect(
     index: &Index,
     input: &str,
     platform: Option<&Platform>,
+    layout: Option<&Layout>,
 ) -> Result<ImageInspect, Error> {
     let image = get_image(index, input, platform)?;
     let id = image.id.to_string();
@@ -67,8 +68,7 @@ pub fn inspect(
         config_json: image.config_bytes.clone(),
         created_at: config.created.as_ref().map(|(t, _)| timestamp(*t)),
         last_tagged_at: image.meta.last_tag_time.map(timestamp),
-        // Filled by the service, which asks imaged-transfer where layers are.
-        graph_driver: None,
+        graph_driver: layout.map(|l| graph_driver(l, &config.chain_ids)),
         id,
     })
 }
@@ -215,11 +215,10 @@ pub struct Layout {
     pub layers_dir: std::path::PathBuf,
 }
 
-/// Docker's GraphDriver of an image with the layers `diff_ids`: overlay2
-/// shows the layer directories; vfs shows none.
-pub fn graph_driver(layout: &Layout, diff_ids: &[imaged_model::Digest]) -> GraphDriver {
+/// Docker's GraphDriver of an image whose layers are `chains` (bottom
+/// first): overlay2 shows the layer directories; vfs shows none.
+pub fn graph_driver(layout: &Layout, chains: &[imaged_model::Digest]) -> GraphDriver {
     let mut data = std::collections::HashMap::new();
-    let chains = imaged_model::digest::chain_ids(diff_ids);
     if layout.driver == "overlay2"
         && let Some((top, parents)) = chains.split_last()
     {
@@ -263,7 +262,7 @@ mod graph_driver_tests {
             layers_dir: "/var/lib/imaged/transfer/layers".into(),
         };
         let dir = |i: usize| format!("/var/lib/imaged/transfer/layers/{}", chains[i].hex());
-        let driver = graph_driver(&layout, &diff_ids);
+        let driver = graph_driver(&layout, &chains);
         assert_eq!(driver.name, "overlay2");
         assert_eq!(
             driver.data["LowerDir"],
@@ -272,12 +271,12 @@ mod graph_driver_tests {
         assert_eq!(driver.data["UpperDir"], format!("{}/diff", dir(2)));
         assert_eq!(driver.data["WorkDir"], format!("{}/work", dir(2)));
         assert_eq!(driver.data["MergedDir"], format!("{}/merged", dir(2)));
-        let one = graph_driver(&layout, &diff_ids[..1]);
+        let one = graph_driver(&layout, &chains[..1]);
         assert!(!one.data.contains_key("LowerDir"));
         let vfs = Layout {
             driver: "vfs".into(),
             ..layout
         };
-        assert!(graph_driver(&vfs, &diff_ids).data.is_empty());
+        assert!(graph_driver(&vfs, &chains).data.is_empty());
     }
 }

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use imaged_api::v1::{DiskUsageResponse, ImageSummary, ListImagesRequest, ListImagesResponse};
 use imaged_common::Error;
 use imaged_model::filters::{Filters, RefPattern, label_matches};
-use imaged_model::{Digest, Platform, Reference, digest::chain_ids, timestamp};
+use imaged_model::{Digest, Platform, Reference, timestamp};
 
 use crate::images::{Images, ListCache};
 use crate::resolve::get_image;
@@ -201,8 +201,8 @@ fn sort_newest_first(images: &mut [ImageSummary]) {
 fn layer_use_counts(index: &Index) -> HashMap<Digest, usize> {
     let mut counts = HashMap::new();
     for image in index.images() {
-        for chain in chain_ids(&image.config.diff_ids) {
-            *counts.entry(chain).or_insert(0) += 1;
+        for chain in &image.config.chain_ids {
+            *counts.entry(chain.clone()).or_insert(0) += 1;
         }
     }
     counts
@@ -210,7 +210,9 @@ fn layer_use_counts(index: &Index) -> HashMap<Digest, usize> {
 
 /// Bytes of the image's layers that other images use too.
 fn shared_size(image: &Image, counts: &HashMap<Digest, usize>) -> i64 {
-    chain_ids(&image.config.diff_ids)
+    image
+        .config
+        .chain_ids
         .iter()
         .zip(&image.meta.layer_sizes)
         .filter(|(chain, _)| counts.get(*chain).copied().unwrap_or(0) > 1)
@@ -230,10 +232,7 @@ pub fn disk_usage(index: &Index) -> DiskUsageResponse {
         let refs = index.refs_of(&id);
         let intermediate = refs.is_empty() && index.has_children(&id);
         if !intermediate {
-            for (chain, size) in chain_ids(&image.config.diff_ids)
-                .into_iter()
-                .zip(&image.meta.layer_sizes)
-            {
+            for (chain, size) in image.config.chain_ids.iter().zip(&image.meta.layer_sizes) {
                 if seen.insert(chain) {
                     layers_size += size;
                 }

@@ -76,17 +76,9 @@ impl Metadata for MetadataService {
     ) -> Result<Response<ImageInspect>, Status> {
         let request = request.into_inner();
         let platform = platform(request.platform.as_ref())?;
-        let layout = self.images.layout().await.cloned();
+        let layout = self.images.layout().await;
         let index = self.images.store.read();
-        let mut record = inspect::inspect(&index, &request.image, platform.as_ref())?;
-        if let Some(layout) = &layout {
-            let diff_ids: Vec<imaged_model::Digest> = record
-                .root_fs
-                .iter()
-                .flat_map(|r| r.layers.iter().filter_map(|l| l.parse().ok()))
-                .collect();
-            record.graph_driver = Some(inspect::graph_driver(layout, &diff_ids));
-        }
+        let record = inspect::inspect(&index, &request.image, platform.as_ref(), layout)?;
         Ok(Response::new(record))
     }
 

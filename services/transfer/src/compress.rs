@@ -5,24 +5,24 @@
 //! layer store remembers the result ([`crate::layers::Layer::gzip`]) so a
 //! later push sends the same bytes, or skips them.
 
-use std::io::{self, BufWriter, Read, Write};
+use std::io::{self, Read};
 
 use flate2::Compression;
 use flate2::write::GzEncoder;
 use imaged_common::Error;
 use imaged_model::Digest;
-
-use sha2::{Digest as _, Sha256};
+use imaged_model::media_type::{OCI_LAYER_GZIP, oci_layer_for};
 
 use crate::content::ContentStore;
 use crate::unpack::decompressed;
 
-/// Whether the stored blob `digest` is gzip, from its first bytes.
+/// Whether the stored blob `digest` is gzip, from its first bytes (the
+/// one magic-number rule, `media_type::oci_layer_for`).
 pub fn is_gzip(content: &ContentStore, digest: &Digest) -> Result<bool, Error> {
-    let mut magic = [0u8; 2];
+    let mut magic = [0u8; 4];
     let mut file = std::fs::File::open(content.path(digest))?;
     let n = file.read(&mut magic)?;
-    Ok(magic[..n] == [0x1f, 0x8b])
+    Ok(oci_layer_for(&magic[..n]) == OCI_LAYER_GZIP)
 }
 
 /// Writes the gzip of the layer tar inside the stored blob `source` (plain,
@@ -32,53 +32,9 @@ pub fn is_gzip(content: &ContentStore, digest: &Digest) -> Result<bool, Error> {
 pub fn gzip_into_store(content: &ContentStore, source: &Digest) -> Result<(Digest, u64), Error> {
     let file = std::fs::File::open(content.path(source))?;
     let mut tar = decompressed(file)?;
-    let mut temp = content.temp_file()?;
-    let written = {
-        let hashing = HashingWriter::new(BufWriter::with_capacity(1 << 20, temp.as_file_mut()));
-        let mut encoder = GzEncoder::new(hashing, Compression::default());
-        io::copy(&mut tar, &mut encoder)?;
-        let mut hashing = encoder.finish()?;
-        hashing.flush()?;
-        hashing.finish()?
-    };
-    let (digest, size) = written;
-    content.adopt_temp(temp, &digest)?;
-    Ok((digest, size))
-}
-
-/// A writer that hashes and counts what passes through it.
-struct HashingWriter<W> {
-    inner: W,
-    hasher: Sha256,
-    bytes: u64,
-}
-
-impl<W: Write> HashingWriter<W> {
-    fn new(inner: W) -> Self {
-        HashingWriter {
-            inner,
-            hasher: Sha256::new(),
-            bytes: 0,
-        }
-    }
-
-    fn finish(self) -> Result<(Digest, u64), Error> {
-        let digest = Digest::sha256_from_hex(&hex::encode(self.hasher.finalize()))?;
-        Ok((digest, self.bytes))
-    }
-}
-
-impl<W: Write> Write for HashingWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.bytes += n as u64;
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
+    let mut encoder = GzEncoder::new(content.new_blob()?, Compression::default());
+    io::copy(&mut tar, &mut encoder)?;
+    encoder.finish()?.commit(content)
 }
 
 #[cfg(test)]

@@ -140,57 +140,54 @@ impl ContentStore {
             }
             return Ok(());
         }
-        File::open(path)?.sync_all()?;
-        fs::rename(path, &target)?;
-        File::open(&self.blobs)?.sync_all()?;
-        Ok(())
+        Ok(crate::durable::rename(path, &target)?)
     }
 
-    /// A new temporary file beside the store, for a blob whose digest is
-    /// known only once it is written; see [`ContentStore::adopt_temp`].
-    pub fn temp_file(&self) -> io::Result<tempfile::NamedTempFile> {
+    /// A blob whose digest is known only once it is written (the gzip a
+    /// push makes): hashed as it is written, stored by [`NewBlob::commit`].
+    pub fn new_blob(&self) -> io::Result<NewBlob> {
+        Ok(NewBlob(Hashed::new(io::BufWriter::with_capacity(
+            1 << 20,
+            self.temp_file()?,
+        ))))
+    }
+
+    fn temp_file(&self) -> io::Result<tempfile::NamedTempFile> {
         tempfile::NamedTempFile::new_in(&self.ingest)
     }
 
-    /// Takes a [`ContentStore::temp_file`] into the store as the blob
-    /// `digest` (which the caller computed while writing it): fsynced, then
-    /// renamed. When the blob is already stored the temporary file goes.
-    pub fn adopt_temp(&self, temp: tempfile::NamedTempFile, digest: &Digest) -> Result<(), Error> {
+    /// Takes a temporary file into the store as the blob `digest`, which
+    /// the caller computed while writing it; when the blob is stored
+    /// already the temporary file goes.
+    fn adopt_temp(&self, temp: tempfile::NamedTempFile, digest: &Digest) -> Result<(), Error> {
         if self.contains(digest) {
             return Ok(());
         }
-        temp.as_file().sync_all()?;
-        temp.persist(self.path(digest))
-            .map_err(|e| Error::from(e.error))?;
-        File::open(&self.blobs)?.sync_all()?;
-        Ok(())
+        Ok(crate::durable::persist(temp, &self.path(digest))?)
     }
 
     /// Opens the ingest for `expected`, keeping bytes an earlier attempt
     /// left (see [`Ingest::offset`]).
     pub fn ingest(&self, expected: &Digest) -> Result<Ingest, Error> {
         let path = self.ingest.join(expected.hex());
-        let mut file = OpenOptions::new()
+        let file = OpenOptions::new()
             .read(true)
             .append(true)
             .create(true)
             .open(&path)?;
         // Re-hash what is there so the final digest covers every byte.
-        let mut hasher = Sha256::new();
+        let mut out = Hashed::new(file);
         let mut buf = vec![0; 256 * 1024];
-        let mut offset = 0u64;
         loop {
-            let n = file.read(&mut buf)?;
+            let n = out.inner.read(&mut buf)?;
             if n == 0 {
                 break;
             }
-            hasher.update(&buf[..n]);
-            offset += n as u64;
+            out.hasher.update(&buf[..n]);
+            out.bytes += n as u64;
         }
         Ok(Ingest {
-            file,
-            hasher,
-            offset,
+            out,
             path,
             target: self.path(expected),
             expected: expected.clone(),
@@ -209,13 +206,10 @@ impl ContentStore {
         owned.sort_by_key(|d| d.to_string());
         owned.dedup();
         let text: String = owned.iter().map(|d| format!("{d}\n")).collect();
-        let mut temp = self.temp_file()?;
-        temp.write_all(text.as_bytes())?;
-        temp.as_file().sync_all()?;
-        temp.persist(self.owners.join(image.hex()))
-            .map_err(|e| Error::from(e.error))?;
-        File::open(&self.owners)?.sync_all()?;
-        Ok(())
+        Ok(crate::durable::replace(
+            &self.owners.join(image.hex()),
+            text.as_bytes(),
+        )?)
     }
 
     /// Forgets what the gone `images` needed; answers the blobs no other
@@ -309,11 +303,71 @@ impl ContentStore {
     }
 }
 
+/// A writer that hashes and counts what it writes: how bytes enter the
+/// store, downloads ([`Ingest`]) and made blobs ([`NewBlob`]) alike.
+struct Hashed<W> {
+    inner: W,
+    hasher: Sha256,
+    bytes: u64,
+}
+
+impl<W> Hashed<W> {
+    fn new(inner: W) -> Self {
+        Hashed {
+            inner,
+            hasher: Sha256::new(),
+            bytes: 0,
+        }
+    }
+
+    /// The digest of what was written so far.
+    fn digest(&self) -> Result<Digest, Error> {
+        Ok(Digest::sha256_from_hex(&hex::encode(
+            self.hasher.clone().finalize(),
+        ))?)
+    }
+}
+
+impl<W: Write> Write for Hashed<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// A blob of a digest known once written; see [`ContentStore::new_blob`].
+pub struct NewBlob(Hashed<io::BufWriter<tempfile::NamedTempFile>>);
+
+impl NewBlob {
+    /// Stores what was written under its digest (fsynced, renamed);
+    /// answers the digest and size.
+    pub fn commit(self, store: &ContentStore) -> Result<(Digest, u64), Error> {
+        let (digest, bytes) = (self.0.digest()?, self.0.bytes);
+        let temp = self.0.inner.into_inner().map_err(|e| e.into_error())?;
+        store.adopt_temp(temp, &digest)?;
+        Ok((digest, bytes))
+    }
+}
+
+impl Write for NewBlob {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush()
+    }
+}
+
 /// Bytes on their way into the store, hashed as they are written.
 pub struct Ingest {
-    file: File,
-    hasher: Sha256,
-    offset: u64,
+    out: Hashed<File>,
     path: PathBuf,
     target: PathBuf,
     expected: Digest,
@@ -322,34 +376,33 @@ pub struct Ingest {
 impl Ingest {
     /// How many bytes are already here: where a resumed download starts.
     pub fn offset(&self) -> u64 {
-        self.offset
+        self.out.bytes
     }
 
     /// The bytes written so far, for a reader that must see the whole blob
     /// when a download resumes.
     pub fn reopen_written(&self) -> io::Result<io::Take<File>> {
-        Ok(File::open(&self.path)?.take(self.offset))
+        Ok(File::open(&self.path)?.take(self.out.bytes))
     }
 
     /// Forgets what an earlier attempt left (the registry answered the
     /// whole blob instead of the range asked for).
     pub fn reset(&mut self) -> io::Result<()> {
-        self.file.set_len(0)?;
-        self.hasher = Sha256::new();
-        self.offset = 0;
+        self.out.inner.set_len(0)?;
+        self.out.hasher = Sha256::new();
+        self.out.bytes = 0;
         Ok(())
     }
 
     /// Whether the bytes written so far are the expected blob.
     pub fn matches(&self) -> bool {
-        let actual = hex::encode(self.hasher.clone().finalize());
-        actual == self.expected.hex()
+        self.out.digest().is_ok_and(|d| d == self.expected)
     }
 
     /// Verifies the digest, fsyncs and renames into place. On a mismatch
     /// the ingest is removed and nothing is committed.
     pub fn commit(self) -> Result<(), Error> {
-        let actual = Digest::sha256_from_hex(&hex::encode(self.hasher.finalize()))?;
+        let actual = self.out.digest()?;
         if actual != self.expected {
             let _ = fs::remove_file(&self.path);
             return Err(Error::InvalidArgument(format!(
@@ -357,12 +410,7 @@ impl Ingest {
                 self.expected
             )));
         }
-        self.file.sync_all()?;
-        fs::rename(&self.path, &self.target)?;
-        if let Some(dir) = self.target.parent() {
-            File::open(dir)?.sync_all()?;
-        }
-        Ok(())
+        Ok(crate::durable::rename(&self.path, &self.target)?)
     }
 
     /// Removes the ingest (a failure that must not be resumed).
@@ -373,14 +421,11 @@ impl Ingest {
 
 impl Write for Ingest {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.file.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.offset += n as u64;
-        Ok(n)
+        self.out.write(buf)
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        self.file.flush()
+        self.out.flush()
     }
 }
 

@@ -262,16 +262,10 @@ impl LayerStore {
         })?;
         let mut layer = (**stored).clone();
         layer.gzip = Some(gzip);
-        let dir = self.dir.join(chain_id.hex());
-        let mut temp = tempfile::NamedTempFile::new_in(&dir)?;
-        std::io::Write::write_all(
-            &mut temp,
+        crate::durable::replace(
+            &self.dir.join(chain_id.hex()).join("layer.json"),
             &serde_json::to_vec_pretty(&layer).map_err(Error::internal)?,
         )?;
-        temp.as_file().sync_all()?;
-        temp.persist(dir.join("layer.json"))
-            .map_err(|e| Error::from(e.error))?;
-        fs::File::open(&dir)?.sync_all()?;
         let layer = Arc::new(layer);
         layers.insert(chain_id.clone(), Arc::clone(&layer));
         Ok(layer)

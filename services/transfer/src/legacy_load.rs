@@ -92,7 +92,7 @@ impl Loader {
                     )));
                 }
                 let parent = v1["parent"].as_str().unwrap_or_default().to_string();
-                jsons.insert(current.clone(), raw);
+                jsons.insert(current.clone(), (raw, v1));
                 if parent.is_empty() {
                     break;
                 }
@@ -106,8 +106,7 @@ impl Loader {
             }
             // Oldest first.
             while let Some(current) = pending.pop() {
-                let raw = jsons.remove(&current).expect("read above");
-                let v1: Value = serde_json::from_slice(&raw).map_err(Error::internal)?;
+                let (raw, v1) = jsons.remove(&current).expect("read above");
                 let parent = v1["parent"]
                     .as_str()
                     .filter(|p| !p.is_empty())

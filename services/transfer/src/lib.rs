@@ -8,6 +8,7 @@ mod containers;
 mod content;
 mod download;
 mod driver;
+mod durable;
 mod export;
 #[cfg(test)]
 mod fuzz;

@@ -11,7 +11,6 @@ use futures::TryStreamExt;
 use imaged_api::internal::v1::PutImageRequest;
 use imaged_api::v1::{PushImageProgress, PushImageRequest};
 use imaged_common::Error;
-use imaged_model::digest::chain_ids;
 use imaged_model::image_config::ImageConfig;
 use imaged_model::media_type::{DOCKER_CONFIG, DOCKER_LAYER_GZIP, DOCKER_MANIFEST};
 use imaged_model::{Digest, Reference};
@@ -198,12 +197,12 @@ impl Pusher {
             .image_config(&shown, request.platform.clone())
             .await?;
         let config = ImageConfig::parse(&image.config)?;
-        let chains = chain_ids(&config.diff_ids);
+        let chains = &config.chain_ids;
         // Held so that no rmi takes the layers (or a gzip made of one)
         // from under the upload.
-        let _lease = self.leases.lease(&chains);
+        let _lease = self.leases.lease(chains);
         let mut uploads = Vec::new();
-        for chain in &chains {
+        for chain in chains {
             let upload = self.layer_upload(chain, &shown).await?;
             if let Some(id) = &upload.shown_as {
                 send(tx, line(id, "Preparing".into())).await;
@@ -320,20 +319,22 @@ impl Pusher {
         let made = layer.gzip.clone();
         let layers = Arc::clone(&self.layers);
         let chain = chain.clone();
-        let digest = tokio::task::spawn_blocking(move || -> Result<Digest, Error> {
-            if compress::is_gzip(&content, &blob)? {
-                return Ok(blob);
-            }
-            if let Some(made) = made.filter(|d| content.contains(d)) {
-                return Ok(made);
-            }
-            let (gzip, _) = compress::gzip_into_store(&content, &blob)?;
-            layers.set_gzip(&chain, gzip.clone())?;
-            Ok(gzip)
-        })
-        .await
-        .map_err(Error::internal)??;
-        let size = std::fs::metadata(self.content.path(&digest))?.len();
+        let (digest, size) =
+            tokio::task::spawn_blocking(move || -> Result<(Digest, u64), Error> {
+                let digest = if compress::is_gzip(&content, &blob)? {
+                    blob
+                } else if let Some(made) = made.filter(|d| content.contains(d)) {
+                    made
+                } else {
+                    let (gzip, _) = compress::gzip_into_store(&content, &blob)?;
+                    layers.set_gzip(&chain, gzip.clone())?;
+                    gzip
+                };
+                let size = std::fs::metadata(content.path(&digest))?.len();
+                Ok((digest, size))
+            })
+            .await
+            .map_err(Error::internal)??;
         Ok(Upload {
             digest,
             size,
