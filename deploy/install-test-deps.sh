@@ -6,13 +6,17 @@
 # the test of a Python client generated from proto/; and grpcurl; and
 # Debian's docker.io (dockerd 20.10), the oracle of the differential tests,
 # which start a private one of their own (the package's service is not
-# needed and not started).
+# needed and not started); and containerd with runc, which the snapshotter
+# tests start privately.
 set -eu
 
 need=""
 command -v docker-registry >/dev/null 2>&1 || need="$need docker-registry"
 command -v protoc >/dev/null 2>&1 || need="$need protobuf-compiler"
 [ -x /usr/sbin/dockerd ] || need="$need docker.io"
+# containerd 1.6 and runc: imaged as containerd's proxy snapshotter.
+[ -x /usr/bin/containerd ] && [ -x /usr/bin/ctr ] || need="$need containerd"
+command -v runc >/dev/null 2>&1 || need="$need runc"
 # systemd-analyze checks the units `make install` writes.
 command -v systemd-analyze >/dev/null 2>&1 || need="$need systemd"
 

@@ -25,6 +25,17 @@ impl Containerd {
 
     /// Starts containerd trusting `registry` (`127.0.0.1:<port>`) over HTTP.
     pub async fn start(registry: &str) -> anyhow::Result<Self> {
+        Self::start_with(registry, None).await
+    }
+
+    /// Starts containerd with imaged as its proxy snapshotter `imaged` at
+    /// `snapshots` (imaged-transfer's snapshot socket), the snapshotter
+    /// its CRI plugin uses, with the remote-snapshot labels on.
+    pub async fn start_with_imaged(registry: &str, snapshots: &Path) -> anyhow::Result<Self> {
+        Self::start_with(registry, Some(snapshots)).await
+    }
+
+    async fn start_with(registry: &str, snapshots: Option<&Path>) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("imaged-containerd")
             .tempdir()?;
@@ -37,6 +48,16 @@ impl Containerd {
                 "server = \"http://{registry}\"\n\n[host.\"http://{registry}\"]\n  capabilities = [\"pull\", \"resolve\"]\n  skip_verify = true\n"
             ),
         )?;
+        let (proxy, snapshotter) = match snapshots {
+            Some(socket) => (
+                format!(
+                    "[proxy_plugins]\n  [proxy_plugins.imaged]\n    type = \"snapshot\"\n    address = \"{}\"\n",
+                    socket.display()
+                ),
+                "snapshotter = \"imaged\"\n    disable_snapshot_annotations = false",
+            ),
+            None => (String::new(), "snapshotter = \"overlayfs\""),
+        };
         let config = base.join("config.toml");
         std::fs::write(
             &config,
@@ -51,10 +72,11 @@ state = "{state}"
 [ttrpc]
   address = "{sock}.ttrpc"
 
+{proxy}
 [plugins."io.containerd.grpc.v1.cri"]
   disable_tcp_service = true
   [plugins."io.containerd.grpc.v1.cri".containerd]
-    snapshotter = "overlayfs"
+    {snapshotter}
   [plugins."io.containerd.grpc.v1.cri".registry]
     config_path = "{certs}"
 "#,
@@ -91,6 +113,34 @@ state = "{state}"
     /// Its gRPC socket, where the CRI plugin serves `runtime.v1`.
     pub fn socket(&self) -> PathBuf {
         self.dir.path().join("containerd.sock")
+    }
+
+    /// Runs `ctr` against it in the CRI namespace (`k8s.io`), where
+    /// kubelet's images and containers live; fails with ctr's stderr when
+    /// ctr fails, answers its stdout otherwise.
+    pub async fn ctr(&self, args: &[&str]) -> anyhow::Result<String> {
+        let out = Command::new("ctr")
+            .arg("--address")
+            .arg(self.socket())
+            .args(["--namespace", "k8s.io"])
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .await
+            .context("cannot run ctr")?;
+        if !out.status.success() {
+            bail!(
+                "ctr {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// What containerd logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default()
     }
 }
 

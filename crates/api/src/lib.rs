@@ -28,6 +28,22 @@ pub mod cri {
     tonic::include_proto!("runtime.v1");
 }
 
+/// containerd's contracts imaged serves: the snapshot service of a proxy
+/// snapshotter (`containerd.services.snapshots.v1`) and the `Mount` it
+/// answers (`containerd.types`).
+pub mod containerd {
+    pub mod types {
+        tonic::include_proto!("containerd.types");
+    }
+    pub mod services {
+        pub mod snapshots {
+            pub mod v1 {
+                tonic::include_proto!("containerd.services.snapshots.v1");
+            }
+        }
+    }
+}
+
 /// The encoded `FileDescriptorSet` of every contract, for gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/imaged_descriptor.bin"));

@@ -1,6 +1,8 @@
 //! The public contracts do not change incompatibly. The surface users
 //! script against (the `imaged.v1` Images, Events and Layers services and
-//! CRI's `runtime.v1.ImageService`, with every message and enum they reach)
+//! CRI's `runtime.v1.ImageService`, and containerd's snapshot service that
+//! imaged serves as a proxy snapshotter, with every message and enum they
+//! reach)
 //! is written as sorted lines to `proto/public-api.snapshot`, in the spirit
 //! of containerd's `api/next.txtpb`. A line of the snapshot that is gone
 //! or changed is an incompatible change and fails; new lines fail until
@@ -18,6 +20,7 @@ const PUBLIC_SERVICES: &[&str] = &[
     "imaged.v1.Events",
     "imaged.v1.Layers",
     "runtime.v1.ImageService",
+    "containerd.services.snapshots.v1.Snapshots",
 ];
 
 /// Indexes a message and what is nested in it by full name.

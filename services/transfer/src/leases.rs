@@ -4,7 +4,8 @@
 //!   [`Lease`] on the chains it uses and drops it when done;
 //! - a named hold lasts until it is released by name: a container's
 //!   read-write layer (`container/<id>`, taken again at start-up from the
-//!   records on disk) and a MountImage lease (`mount/<lease id>`).
+//!   records on disk), a containerd snapshot (`snapshot/<name>`, likewise)
+//!   and a MountImage lease (`mount/<lease id>`).
 //!
 //! Garbage collection ([`crate::gc`]) asks only this table before it
 //! removes a layer.
@@ -44,6 +45,11 @@ pub struct Lease<'a> {
 /// The name of a container's hold on its image.
 pub fn container_hold(container_id: &str) -> String {
     format!("container/{container_id}")
+}
+
+/// The name of a containerd snapshot's hold on the layer it stands on.
+pub fn snapshot_hold(name: &str) -> String {
+    format!("snapshot/{name}")
 }
 
 /// The name of a MountImage lease's hold.

@@ -30,6 +30,7 @@ mod push;
 mod registry;
 mod rw_layers;
 mod service;
+mod snapshots;
 mod storage;
 mod tar_limits;
 mod unpack;
@@ -67,6 +68,11 @@ pub struct Args {
     /// with RESOURCE_EXHAUSTED.
     #[arg(long, env = "IMAGED_MAX_LAYER_SIZE", default_value_t = 64 << 30)]
     pub max_layer_size: u64,
+    /// Where containerd reaches imaged as a proxy snapshotter
+    /// (`[proxy_plugins.imaged] type = "snapshot"`, `address` = this);
+    /// default `<root>/run/snapshots.sock`.
+    #[arg(long, env = "IMAGED_SNAPSHOTS_SOCKET")]
+    pub snapshots_socket: Option<std::path::PathBuf>,
 }
 
 /// Ingests untouched this long are not resumed but collected at start-up.
@@ -156,6 +162,16 @@ pub async fn run(config: ServiceConfig, args: Args) -> anyhow::Result<()> {
         Arc::clone(&leases),
         metadata,
     ));
+    let snapshot_store = Arc::new(snapshots::Snapshots::open(
+        &config.data_dir,
+        driver.storage(),
+        Arc::clone(&layers),
+        Arc::clone(&leases),
+    )?);
+    let snapshot_service = snapshots::service::SnapshotService {
+        store: snapshot_store,
+        puller: Arc::clone(&puller),
+    };
     let gc = gc::Gc::new(Arc::clone(&layers), content.clone(), leases);
     let service = service::TransferService {
         data_dir: config.data_dir.clone(),
@@ -175,7 +191,15 @@ pub async fn run(config: ServiceConfig, args: Args) -> anyhow::Result<()> {
     let routes = tonic::service::Routes::new(
         TransferServer::new(service).max_decoding_message_size(server::INTERNAL_MESSAGE_LIMIT),
     );
-    let served = server::serve(&config, routes, &[SERVICE_NAME]).await;
+    let snapshots_socket = args
+        .snapshots_socket
+        .clone()
+        .unwrap_or_else(|| root.join("run").join("snapshots.sock"));
+    let served = tokio::select! {
+        served = server::serve(&config, routes, &[SERVICE_NAME]) => served,
+        failed = snapshots::service::serve(&snapshots_socket, snapshot_service, config.socket_gid) => failed,
+    };
+    let _ = std::fs::remove_file(&snapshots_socket);
     events.flush(Duration::from_secs(2)).await;
     served
 }

@@ -105,7 +105,20 @@ pub struct Puller {
     /// Chains pulls in flight hold (shared with load, import, commit and
     /// GC).
     pub(crate) leases: Arc<Leases>,
+    /// The layers and diff IDs of manifests remote snapshots came from, by
+    /// manifest digest: containerd asks layer by layer.
+    remote_plans: Mutex<HashMap<Digest, Arc<RemotePlan>>>,
 }
+
+/// What a remote snapshot needs of its image: the layer descriptors and
+/// the config's diff IDs, bottom first.
+struct RemotePlan {
+    layers: Vec<OciDescriptor>,
+    diff_ids: Vec<Digest>,
+}
+
+/// How many images' plans [`Puller::remote_layer`] keeps.
+const REMOTE_PLANS: usize = 64;
 
 /// One layer a pull brings into the store: where it comes from, what it
 /// must unpack to, and where it sits in the chain.
@@ -248,7 +261,99 @@ impl Puller {
             min_rate: args.min_download_rate,
             jobs: Mutex::new(HashMap::new()),
             leases,
+            remote_plans: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Brings one layer of `image` (whose platform manifest is `manifest`)
+    /// into the store, as containerd's remote snapshots ask: the layer
+    /// whose blob is `blob` and whose chain must come out as `chain`. Its
+    /// parent layer must be stored already (containerd prepares layers
+    /// bottom up). It is the pull's own layer job: the download limit,
+    /// one download per layer however many ask, resume and stall
+    /// detection. No image is recorded; the caller holds the layer.
+    pub async fn remote_layer(
+        self: &Arc<Self>,
+        image: &str,
+        manifest: &Digest,
+        blob: &Digest,
+        chain: &Digest,
+    ) -> Result<Arc<Layer>, Error> {
+        if let Some(layer) = self.layers.get(chain) {
+            return Ok(layer);
+        }
+        let reference = Reference::parse(image)?.with_digest(manifest.clone());
+        let target = Target::new(
+            &PullImageRequest {
+                reference: reference.to_string(),
+                ..Default::default()
+            },
+            &self.registries,
+        )?;
+        let plan = self.remote_plan(&target, manifest).await?;
+        let i = plan
+            .layers
+            .iter()
+            .position(|d| d.digest == blob.to_string())
+            .ok_or_else(|| {
+                Error::InvalidArgument(format!("{image}: manifest {manifest} has no layer {blob}"))
+            })?;
+        let chains = chain_ids(&plan.diff_ids);
+        if chains[i] != *chain {
+            return Err(Error::InvalidArgument(format!(
+                "{image}: layer {blob} makes chain {} in manifest {manifest}, not {chain}",
+                chains[i]
+            )));
+        }
+        let _lease = self.leases.lease(&chains[..=i]);
+        let job = LayerJob {
+            client: target.client.clone(),
+            oref: target.oref.clone(),
+            desc: plan.layers[i].clone(),
+            blob: blob.clone(),
+            diff_id: plan.diff_ids[i].clone(),
+            chain_id: chain.clone(),
+            parent_chain: i.checked_sub(1).map(|p| chains[p].clone()),
+        };
+        let (done, _) = self.job(job, None);
+        done.await
+    }
+
+    /// The layers and diff IDs of the image manifest `manifest`, fetched
+    /// once and kept for the next layers containerd asks for.
+    async fn remote_plan(
+        &self,
+        target: &Target,
+        manifest: &Digest,
+    ) -> Result<Arc<RemotePlan>, Error> {
+        let cached = self
+            .remote_plans
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(manifest)
+            .cloned();
+        if let Some(plan) = cached {
+            return Ok(plan);
+        }
+        let mut resolved = self.resolve(target).await?;
+        if resolved.top_digest != *manifest {
+            return Err(Error::InvalidArgument(format!(
+                "{}: {manifest} is an index, not an image manifest",
+                target.shown
+            )));
+        }
+        let (tx, _) = mpsc::channel(1);
+        let configured = self.read_config(target, &mut resolved, &tx).await?;
+        let plan = Arc::new(RemotePlan {
+            layers: resolved.manifest.layers,
+            diff_ids: configured.diff_ids,
+        });
+        let mut plans = self.remote_plans.lock().unwrap_or_else(|e| e.into_inner());
+        if plans.len() >= REMOTE_PLANS {
+            plans.clear();
+        }
+        plans.insert(manifest.clone(), Arc::clone(&plan));
+        Ok(plan)
     }
 
     /// Runs one pull, sending progress to `tx`. Its span names the image,

@@ -95,6 +95,11 @@ pub trait StorageDriver: Send + Sync {
 
     /// Bytes the container wrote.
     fn size(&self, layer: &LayerDir<'_>) -> Result<u64, Error>;
+
+    /// Whether a layer made by this driver holds only its own changes
+    /// (overlay2: it is stacked on its lowers), rather than the whole tree
+    /// (vfs: a copy that stands alone once made).
+    fn stacked(&self) -> bool;
 }
 
 // The image's merged view, read from its layer dirs without mounting.
@@ -162,15 +167,30 @@ pub(crate) fn lower_names(lowers: &[PathBuf], rel: &Path) -> HashSet<std::ffi::O
 
 /// Bytes of the regular files under `dir`.
 pub(crate) fn tree_size(dir: &Path) -> std::io::Result<u64> {
-    let mut size = 0;
+    Ok(tree_usage(dir)?.size)
+}
+
+/// What a directory tree takes: bytes of its regular files and inodes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub size: u64,
+    pub inodes: u64,
+}
+
+/// The [`Usage`] of everything under `dir` (not `dir` itself).
+pub(crate) fn tree_usage(dir: &Path) -> std::io::Result<Usage> {
+    let mut usage = Usage::default();
     for entry in fs::read_dir(dir)? {
         let entry = entry?;
         let meta = entry.metadata()?;
+        usage.inodes += 1;
         if meta.is_dir() {
-            size += tree_size(&entry.path())?;
+            let inner = tree_usage(&entry.path())?;
+            usage.size += inner.size;
+            usage.inodes += inner.inodes;
         } else if meta.is_file() {
-            size += meta.len();
+            usage.size += meta.len();
         }
     }
-    Ok(size)
+    Ok(usage)
 }

@@ -56,6 +56,10 @@ impl StorageDriver for Overlay {
     fn size(&self, layer: &LayerDir<'_>) -> Result<u64, Error> {
         Ok(tree_size(&layer.upper())?)
     }
+
+    fn stacked(&self) -> bool {
+        true
+    }
 }
 
 /// overlay2: every entry of the upper dir is a change.

@@ -79,6 +79,10 @@ impl StorageDriver for Vfs {
         }
         Ok(size)
     }
+
+    fn stacked(&self) -> bool {
+        false
+    }
 }
 
 /// A read-write bind mount of `source`.

@@ -1,0 +1,179 @@
+//! imaged as containerd's snapshotter, with the real parts: a private
+//! containerd 1.6 (its own root, state and socket) configured with imaged
+//! as its proxy snapshotter `imaged`, runc, and the real registry.
+//!
+//! - containerd's CRI PullImage takes the remote-snapshot path: imaged
+//!   fetches every layer, containerd only the manifest and config (counted
+//!   in the registry's access log);
+//! - `ctr run` starts a container on imaged's layers and it prints what
+//!   the image's shell echoes;
+//! - an imaged rmi and GC while containerd holds a container snapshot on
+//!   the image leave that container able to start.
+//!
+//! Needs root (containerd mounts overlays and runc makes namespaces).
+
+use std::collections::BTreeSet;
+
+use imaged_api::v1::{PullImageRequest as ImagedPull, RemoveImageRequest};
+use imaged_common::config::Service;
+use imaged_common::endpoint::Endpoint;
+use imaged_common::peer::Peer;
+use imaged_e2e::containerd::Containerd;
+use imaged_e2e::{Imaged, TestRegistry};
+use imaged_fixtures::RUNNABLE_OUTPUT;
+use k8s_cri::v1::image_service_client::ImageServiceClient;
+use k8s_cri::v1::{ImageSpec, PullImageRequest};
+
+fn require_root_and_containerd() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "containerd and runc need root: run the tests as root"
+    );
+    assert!(
+        Containerd::available(),
+        "containerd is not installed (make test installs it)"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containerd_runs_containers_on_layers_only_imaged_downloaded() {
+    require_root_and_containerd();
+    let registry = TestRegistry::start().await.unwrap();
+    let image = imaged_fixtures::runnable().unwrap();
+    let fixtures = registry.fixtures();
+    fixtures
+        .push_image("fixtures/runnable:1", &image)
+        .await
+        .unwrap();
+    let reference = fixtures.reference("fixtures/runnable:1");
+    let imaged = Imaged::start().await.unwrap();
+    let containerd =
+        Containerd::start_with_imaged(&registry.host, &imaged.root().join("run/snapshots.sock"))
+            .await
+            .unwrap();
+
+    // containerd's own CRI pull, as kubelet would ask it.
+    let channel = Peer::new(Service::Gateway, Endpoint::Unix(containerd.socket()))
+        .unwrap()
+        .channel();
+    let mut cri = ImageServiceClient::new(channel);
+    let pulled = cri
+        .pull_image(PullImageRequest {
+            image: Some(ImageSpec {
+                image: reference.clone(),
+                ..Default::default()
+            }),
+            auth: None,
+            sandbox_config: None,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}\n{}", containerd.log(), imaged.logs()))
+        .into_inner();
+    assert_eq!(pulled.image_ref, image.id());
+
+    // Every layer was downloaded once, and not by containerd: its content
+    // store holds only the manifest and the config.
+    let gets = registry.blob_gets();
+    for layer in &image.layers {
+        let n = gets.iter().filter(|p| p.ends_with(&layer.digest)).count();
+        assert_eq!(n, 1, "layer {} fetched {n} times: {gets:?}", layer.digest);
+    }
+    let content = containerd.ctr(&["content", "ls", "-q"]).await.unwrap();
+    let stored: BTreeSet<&str> = content.lines().collect();
+    for layer in &image.layers {
+        assert!(
+            !stored.contains(layer.digest.as_str()),
+            "containerd downloaded layer {} itself: {stored:?}",
+            layer.digest
+        );
+    }
+    assert!(
+        stored.contains(image.manifest.digest.as_str()),
+        "{stored:?}"
+    );
+
+    // The snapshots containerd knows are imaged's layers, named by chain.
+    let snapshots = containerd
+        .ctr(&["snapshots", "--snapshotter", "imaged", "ls"])
+        .await
+        .unwrap();
+    assert_eq!(
+        snapshots
+            .lines()
+            .filter(|l| l.contains("Committed"))
+            .count(),
+        image.layers.len(),
+        "{snapshots}"
+    );
+
+    // A container runs from them.
+    let out = containerd
+        .ctr(&[
+            "run",
+            "--rm",
+            "--snapshotter",
+            "imaged",
+            &reference,
+            "imaged-e2e-hello",
+        ])
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}\n{}", containerd.log(), imaged.logs()));
+    assert_eq!(out.trim(), RUNNABLE_OUTPUT);
+
+    // imaged pulls the same image: nothing more is downloaded.
+    let before = registry.blob_gets().len();
+    let mut images = imaged.images();
+    let mut progress = images
+        .pull_image(ImagedPull {
+            reference: reference.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    while progress.message().await.unwrap().is_some() {}
+    let fetched: Vec<String> = registry.blob_gets()[before..].to_vec();
+    assert!(
+        fetched
+            .iter()
+            .all(|p| !image.layers.iter().any(|l| p.ends_with(&l.digest))),
+        "imaged fetched layers it had: {fetched:?}"
+    );
+
+    // A container snapshot made, then the image removed from imaged and
+    // its layers released: the container still starts.
+    containerd
+        .ctr(&[
+            "container",
+            "create",
+            "--snapshotter",
+            "imaged",
+            &reference,
+            "imaged-e2e-kept",
+        ])
+        .await
+        .unwrap();
+    images
+        .remove_image(RemoveImageRequest {
+            image: reference.clone(),
+            force: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    containerd
+        .ctr(&["images", "rm", "--sync", &reference])
+        .await
+        .unwrap();
+    let out = containerd
+        .ctr(&["task", "start", "imaged-e2e-kept"])
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}\n{}", containerd.log(), imaged.logs()));
+    assert_eq!(out.trim(), RUNNABLE_OUTPUT);
+    containerd
+        .ctr(&["container", "rm", "imaged-e2e-kept"])
+        .await
+        .unwrap();
+}
