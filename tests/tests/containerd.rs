@@ -8,7 +8,10 @@
 //! - `ctr run` starts a container on imaged's layers and it prints what
 //!   the image's shell echoes;
 //! - an imaged rmi and GC while containerd holds a container snapshot on
-//!   the image leave that container able to start.
+//!   the image leave that container able to start;
+//! - kubelet's split endpoints: an image pulled through imaged's CRI is
+//!   registered in containerd (`--containerd-address`), containerd's CRI
+//!   finds it and `ctr run` runs it; imaged's rmi removes it there too.
 //!
 //! Needs root (containerd mounts overlays and runc makes namespaces).
 
@@ -22,7 +25,10 @@ use imaged_e2e::containerd::Containerd;
 use imaged_e2e::{Imaged, TestRegistry};
 use imaged_fixtures::RUNNABLE_OUTPUT;
 use k8s_cri::v1::image_service_client::ImageServiceClient;
-use k8s_cri::v1::{ImageSpec, PullImageRequest};
+use k8s_cri::v1::{
+    ImageSpec, ImageStatusRequest, PullImageRequest, RemoveImageRequest as CriRemove,
+};
+use std::time::Duration;
 
 fn require_root_and_containerd() {
     // SAFETY: geteuid has no preconditions.
@@ -176,4 +182,141 @@ async fn containerd_runs_containers_on_layers_only_imaged_downloaded() {
         .ctr(&["container", "rm", "imaged-e2e-kept"])
         .await
         .unwrap();
+}
+
+fn spec(image: &str) -> Option<ImageSpec> {
+    Some(ImageSpec {
+        image: image.into(),
+        ..Default::default()
+    })
+}
+
+/// Polls `check` every 50 ms for up to 10 s; containerd's CRI plugin
+/// learns of image records from containerd's events, a moment later.
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..200 {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{what}: not within 10 s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubelet_pulls_through_imaged_and_containerd_runs_the_image() {
+    require_root_and_containerd();
+    let registry = TestRegistry::start().await.unwrap();
+    let image = imaged_fixtures::runnable().unwrap();
+    let fixtures = registry.fixtures();
+    fixtures
+        .push_image("fixtures/runnable:2", &image)
+        .await
+        .unwrap();
+    let reference = fixtures.reference("fixtures/runnable:2");
+
+    // containerd first, told where imaged's snapshotter will listen; then
+    // imaged, told where containerd is.
+    let sockets = tempfile::tempdir().unwrap();
+    let snapshots = sockets.path().join("snapshots.sock");
+    let containerd = Containerd::start_with_imaged(&registry.host, &snapshots)
+        .await
+        .unwrap();
+    let imaged = Imaged::builder()
+        .arg(
+            Service::Transfer,
+            &format!("--snapshots-socket={}", snapshots.display()),
+        )
+        .arg(
+            Service::Transfer,
+            &format!("--containerd-address={}", containerd.socket().display()),
+        )
+        .start()
+        .await
+        .unwrap();
+
+    // kubelet's image service endpoint is imaged.
+    let mut imaged_cri = ImageServiceClient::new(imaged.channel(Service::Gateway));
+    let pulled = imaged_cri
+        .pull_image(PullImageRequest {
+            image: spec(&reference),
+            auth: None,
+            sandbox_config: None,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}\n{}", containerd.log(), imaged.logs()))
+        .into_inner();
+    assert_eq!(pulled.image_ref, image.id());
+
+    // Its runtime endpoint is containerd: it knows the image.
+    let channel = Peer::new(Service::Gateway, Endpoint::Unix(containerd.socket()))
+        .unwrap()
+        .channel();
+    let containerd_cri = ImageServiceClient::new(channel);
+    let status = |mut cri: ImageServiceClient<_>, reference: String| async move {
+        cri.image_status(ImageStatusRequest {
+            image: spec(&reference),
+            verbose: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .image
+    };
+    eventually("containerd's CRI finds the image", || {
+        let cri = containerd_cri.clone();
+        let reference = reference.clone();
+        async move { status(cri, reference).await.is_some() }
+    })
+    .await;
+    let seen = status(containerd_cri.clone(), reference.clone())
+        .await
+        .unwrap();
+    assert_eq!(seen.id, image.id());
+    assert!(seen.repo_tags.contains(&reference), "{seen:?}");
+
+    // And runs it, on imaged's layers.
+    let out = containerd
+        .ctr(&[
+            "run",
+            "--rm",
+            "--snapshotter",
+            "imaged",
+            &reference,
+            "imaged-e2e-kubelet",
+        ])
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}\n{}", containerd.log(), imaged.logs()));
+    assert_eq!(out.trim(), RUNNABLE_OUTPUT);
+    let stored = containerd.ctr(&["content", "ls", "-q"]).await.unwrap();
+    for layer in &image.layers {
+        assert!(
+            !stored.contains(&layer.digest),
+            "containerd has a layer blob"
+        );
+    }
+
+    // kubelet's image GC removes it through imaged: containerd forgets it.
+    imaged_cri
+        .remove_image(CriRemove {
+            image: spec(&reference),
+        })
+        .await
+        .unwrap();
+    eventually("containerd forgets the removed image", || {
+        let cri = containerd_cri.clone();
+        let reference = reference.clone();
+        async move { status(cri, reference).await.is_none() }
+    })
+    .await;
+    // Every name it had there (tag, digest reference, ID) goes.
+    eventually("containerd has no image left", || async {
+        let names = containerd.ctr(&["images", "ls", "-q"]).await.unwrap();
+        names.trim().is_empty()
+    })
+    .await;
 }

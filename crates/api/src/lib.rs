@@ -28,14 +28,29 @@ pub mod cri {
     tonic::include_proto!("runtime.v1");
 }
 
-/// containerd's contracts imaged serves: the snapshot service of a proxy
-/// snapshotter (`containerd.services.snapshots.v1`) and the `Mount` it
-/// answers (`containerd.types`).
+/// containerd's contracts: the snapshot service imaged serves as a proxy
+/// snapshotter (`containerd.services.snapshots.v1`), and the content,
+/// image and lease services it calls to register its images in containerd.
 pub mod containerd {
     pub mod types {
         tonic::include_proto!("containerd.types");
     }
     pub mod services {
+        pub mod content {
+            pub mod v1 {
+                tonic::include_proto!("containerd.services.content.v1");
+            }
+        }
+        pub mod images {
+            pub mod v1 {
+                tonic::include_proto!("containerd.services.images.v1");
+            }
+        }
+        pub mod leases {
+            pub mod v1 {
+                tonic::include_proto!("containerd.services.leases.v1");
+            }
+        }
         pub mod snapshots {
             pub mod v1 {
                 tonic::include_proto!("containerd.services.snapshots.v1");

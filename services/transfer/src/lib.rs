@@ -4,6 +4,7 @@
 mod beneath;
 mod commit;
 mod compress;
+mod containerd;
 mod containers;
 mod content;
 mod download;
@@ -59,6 +60,8 @@ pub struct Args {
     pub limits: limits::LimitArgs,
     #[command(flatten)]
     pub pull: pull::PullArgs,
+    #[command(flatten)]
+    pub containerd: containerd::ContainerdArgs,
     /// Storage driver: `auto` (overlay2 when overlayfs mounts here, else
     /// vfs), `overlay2` (fail if overlayfs cannot be mounted) or `vfs`.
     #[arg(long, env = "IMAGED_STORAGE_DRIVER", default_value = "auto")]
@@ -99,24 +102,28 @@ pub async fn run(config: ServiceConfig, args: Args) -> anyhow::Result<()> {
         Service::Metadata,
         args.peers.endpoint(Service::Metadata, root),
     )?);
-    let events = Publisher::start(
-        Peer::new(Service::Events, args.peers.endpoint(Service::Events, root))?,
-        Service::Transfer.process(),
-        4096,
-    );
+    let events_peer = Peer::new(Service::Events, args.peers.endpoint(Service::Events, root))?;
+    let events = Publisher::start(events_peer.clone(), Service::Transfer.process(), 4096);
     let leases = Arc::new(leases::Leases::new());
+    let containerd = containerd::Containerd::new(&args.containerd)?;
+    if let Some(containerd) = containerd.clone() {
+        tokio::spawn(containerd.follow(events_peer, metadata.clone()));
+    }
     let registries = Arc::new(registry::Registries::new(
         args.pull.insecure_registries.clone(),
     ));
-    let puller = Arc::new(pull::Puller::new(
-        content.clone(),
-        Arc::clone(&layers),
-        Arc::clone(&limits),
-        Arc::clone(&leases),
-        Arc::clone(&registries),
-        metadata.clone(),
-        &args.pull,
-    ));
+    let puller = Arc::new(
+        pull::Puller::new(
+            content.clone(),
+            Arc::clone(&layers),
+            Arc::clone(&limits),
+            Arc::clone(&leases),
+            Arc::clone(&registries),
+            metadata.clone(),
+            &args.pull,
+        )
+        .with_containerd(containerd.clone()),
+    );
     let pusher = Arc::new(push::Pusher::new(
         content.clone(),
         Arc::clone(&layers),

@@ -24,6 +24,7 @@ use oci_client::manifest::OciDescriptor;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::WatchStream;
 
+use crate::containerd::{self, Containerd};
 use crate::content::ContentStore;
 use crate::layers::{Layer, LayerStore};
 use crate::leases::Leases;
@@ -108,6 +109,8 @@ pub struct Puller {
     /// The layers and diff IDs of manifests remote snapshots came from, by
     /// manifest digest: containerd asks layer by layer.
     remote_plans: Mutex<HashMap<Digest, Arc<RemotePlan>>>,
+    /// The containerd every pulled image is registered in, if any.
+    containerd: Option<Containerd>,
 }
 
 /// What a remote snapshot needs of its image: the layer descriptors and
@@ -262,7 +265,14 @@ impl Puller {
             jobs: Mutex::new(HashMap::new()),
             leases,
             remote_plans: Mutex::new(HashMap::new()),
+            containerd: None,
         }
+    }
+
+    /// Registers every image it pulls in `containerd` too.
+    pub fn with_containerd(mut self, containerd: Option<Containerd>) -> Self {
+        self.containerd = containerd;
+        self
     }
 
     /// Brings one layer of `image` (whose platform manifest is `manifest`)
@@ -661,6 +671,8 @@ impl Puller {
             .map(|c| self.layers.get(c).map_or(0, |l| l.size as i64))
             .collect();
         let name = reference.name();
+        let config_digest = Digest::sha256_of(&configured.config);
+        let config_bytes = Bytes::from(configured.config.clone());
         let put = PutImageRequest {
             config: configured.config,
             tags: reference
@@ -674,7 +686,31 @@ impl Puller {
             event_ref: shown.clone(),
             tag_events: false,
         };
+        let names: Vec<String> = put.tags.iter().chain(&put.digests).cloned().collect();
         let recorded = self.metadata.put_image(put).await?;
+        if let Some(containerd) = &self.containerd {
+            // Manifests as pulled (index first), then the config.
+            let mut blobs: Vec<containerd::Blob> = resolved
+                .small_blobs
+                .iter()
+                .filter(|(d, _)| *d != config_digest)
+                .map(|(digest, bytes)| containerd::Blob {
+                    digest: digest.clone(),
+                    bytes: bytes.clone(),
+                })
+                .collect();
+            blobs.push(containerd::Blob {
+                digest: config_digest.clone(),
+                bytes: config_bytes,
+            });
+            let image = containerd::Image {
+                id: config_digest,
+                blobs,
+                chains: plan.chains.clone(),
+                names,
+            };
+            containerd.register(&image).await?;
+        }
         crate::metrics::moved(crate::metrics::Kind::Pull, plan.total());
         send(tx, line("", format!("Digest: {top_digest}"))).await;
         let mut last = line(

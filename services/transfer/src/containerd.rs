@@ -1,0 +1,586 @@
+//! The images imaged pulls, registered in containerd, so that kubelet can
+//! run with `--image-service-endpoint` at imaged and containerd as its
+//! runtime: containerd (and its CRI plugin) must know every image kubelet
+//! asks it to run.
+//!
+//! For each image this writes, as containerd's own unpacking pull would:
+//! - the snapshot records of its layers, in the namespace, through
+//!   containerd's snapshot service with imaged as the snapshotter (each
+//!   Prepare names the layer by `containerd.io/snapshot.ref`, imaged's
+//!   proxy snapshotter has it and answers ALREADY_EXISTS, so nothing is
+//!   copied);
+//! - the index, manifest and config into containerd's content store, with
+//!   the `containerd.io/gc.ref.*` labels that make its garbage collector
+//!   keep the config, the layers' snapshot and the manifest through the
+//!   image;
+//! - an image record per name (each tag, each digest reference and the
+//!   image ID, as the CRI plugin names what it pulls).
+//!
+//! All of it under a containerd lease until the records exist. Removal
+//! follows imaged's `untag` and `delete` events ([`Containerd::follow`]):
+//! a name imaged no longer resolves to the image is deleted in containerd.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytes::Bytes;
+use imaged_api::containerd::services::content::v1 as content;
+use imaged_api::containerd::services::images::v1 as images;
+use imaged_api::containerd::services::leases::v1 as leases;
+use imaged_api::containerd::services::snapshots::v1 as snapshots;
+use imaged_api::containerd::types::Descriptor;
+use imaged_api::internal::v1::event_log_client::EventLogClient;
+use imaged_api::v1::SubscribeRequest;
+use imaged_common::Error;
+use imaged_common::peer::Peer;
+use imaged_model::{Digest, Reference};
+use tonic::transport::Channel;
+use tonic::{Code, Request};
+
+use crate::metadata::Metadata;
+use crate::snapshots::REF_LABEL;
+
+/// Where containerd is, for registering images there.
+#[derive(clap::Args, Clone, Debug)]
+pub struct ContainerdArgs {
+    /// containerd's socket: every image imaged records is registered
+    /// there too (content, image record, snapshots on imaged's layers).
+    #[arg(long, env = "IMAGED_CONTAINERD_ADDRESS")]
+    pub containerd_address: Option<PathBuf>,
+    /// The containerd namespace images are registered in (kubelet's CRI
+    /// uses `k8s.io`).
+    #[arg(long, env = "IMAGED_CONTAINERD_NAMESPACE", default_value = "k8s.io")]
+    pub containerd_namespace: String,
+    /// The name containerd knows imaged's proxy snapshotter by.
+    #[arg(long, env = "IMAGED_CONTAINERD_SNAPSHOTTER", default_value = "imaged")]
+    pub containerd_snapshotter: String,
+}
+
+/// The label naming the imaged image a containerd image record mirrors.
+pub const IMAGE_LABEL: &str = "io.imaged.image";
+
+/// The label containerd's CRI plugin puts on the images it manages.
+const CRI_LABEL: &str = "io.cri-containerd.image";
+
+/// How long a registration's lease lasts at most if imaged dies midway.
+const LEASE_EXPIRY: Duration = Duration::from_secs(3600);
+
+/// One blob to put in containerd's content store.
+pub struct Blob {
+    pub digest: Digest,
+    pub bytes: Bytes,
+}
+
+/// One image to register.
+pub struct Image {
+    /// The image ID (its config's digest).
+    pub id: Digest,
+    /// The index (when pulled through one), the manifest and the config,
+    /// in that order.
+    pub blobs: Vec<Blob>,
+    /// The image's layer chains, bottom first.
+    pub chains: Vec<Digest>,
+    /// References to record (`name:tag`, `name@digest`); the image ID is
+    /// added.
+    pub names: Vec<String>,
+}
+
+/// A containerd to register images in.
+#[derive(Clone)]
+pub struct Containerd {
+    address: PathBuf,
+    channel: Channel,
+    namespace: String,
+    snapshotter: String,
+}
+
+impl Containerd {
+    /// The containerd `args` name, if any (connected on first use).
+    pub fn new(args: &ContainerdArgs) -> Result<Option<Self>, Error> {
+        let Some(address) = args.containerd_address.clone() else {
+            return Ok(None);
+        };
+        let channel = tonic::transport::Endpoint::from_static("http://containerd")
+            .connect_with_connector_lazy(imaged_common::endpoint::unix_connector(address.clone()));
+        Ok(Some(Containerd {
+            address,
+            channel,
+            namespace: args.containerd_namespace.clone(),
+            snapshotter: args.containerd_snapshotter.clone(),
+        }))
+    }
+
+    /// Registers `image` in containerd (see the module doc).
+    pub async fn register(&self, image: &Image) -> Result<(), Error> {
+        let top = image
+            .blobs
+            .first()
+            .ok_or_else(|| Error::Internal("an image to register has no manifest".into()))?;
+        let lease = self.lease().await?;
+        let result = self.register_leased(image, top, &lease).await;
+        let mut client = leases::leases_client::LeasesClient::new(self.channel.clone());
+        if let Err(status) = client
+            .delete(self.request(
+                leases::DeleteRequest {
+                    id: lease,
+                    sync: false,
+                },
+                None,
+            ))
+            .await
+        {
+            tracing::warn!("cannot end the containerd lease: {}", status.message());
+        }
+        result
+    }
+
+    async fn register_leased(&self, image: &Image, top: &Blob, lease: &str) -> Result<(), Error> {
+        self.snapshots(&image.chains, lease).await?;
+        for (blob, labels) in image.blobs.iter().zip(gc_labels(image, &self.snapshotter)) {
+            self.write(blob, labels, lease).await?;
+        }
+        let target = Descriptor {
+            media_type: media_type(&top.bytes),
+            digest: top.digest.to_string(),
+            size: top.bytes.len() as i64,
+            annotations: HashMap::new(),
+        };
+        let mut names = image.names.clone();
+        names.push(image.id.to_string());
+        for name in names {
+            self.image_record(&name, &image.id, &target).await?;
+        }
+        Ok(())
+    }
+
+    /// Creates (or points at `target`) the image record `name`.
+    async fn image_record(
+        &self,
+        name: &str,
+        id: &Digest,
+        target: &Descriptor,
+    ) -> Result<(), Error> {
+        let record = images::Image {
+            name: name.to_string(),
+            labels: HashMap::from([
+                (CRI_LABEL.to_string(), "managed".to_string()),
+                (IMAGE_LABEL.to_string(), id.to_string()),
+            ]),
+            target: Some(target.clone()),
+            created_at: None,
+            updated_at: None,
+        };
+        let mut client = images::images_client::ImagesClient::new(self.channel.clone());
+        let created = client
+            .create(self.request(
+                images::CreateImageRequest {
+                    image: Some(record.clone()),
+                },
+                None,
+            ))
+            .await;
+        match created {
+            Ok(_) => Ok(()),
+            Err(status) if status.code() == Code::AlreadyExists => {
+                client
+                    .update(self.request(
+                        images::UpdateImageRequest {
+                            image: Some(record),
+                            update_mask: None,
+                        },
+                        None,
+                    ))
+                    .await
+                    .map_err(|s| self.error("update image", name, s))?;
+                Ok(())
+            }
+            Err(status) => Err(self.error("create image", name, status)),
+        }
+    }
+
+    /// Makes containerd's snapshot records of `chains` (bottom first) in
+    /// the namespace, each answered by imaged's proxy snapshotter.
+    async fn snapshots(&self, chains: &[Digest], lease: &str) -> Result<(), Error> {
+        let mut client = snapshots::snapshots_client::SnapshotsClient::new(self.channel.clone());
+        let mut parent = String::new();
+        for chain in chains {
+            let name = chain.to_string();
+            let stat = client
+                .stat(self.request(
+                    snapshots::StatSnapshotRequest {
+                        snapshotter: self.snapshotter.clone(),
+                        key: name.clone(),
+                    },
+                    None,
+                ))
+                .await;
+            match stat {
+                Ok(_) => {
+                    parent = name;
+                    continue;
+                }
+                Err(status) if status.code() == Code::NotFound => {}
+                Err(status) => return Err(self.error("stat snapshot", &name, status)),
+            }
+            let key = format!("imaged-register-{:016x} {name}", rand::random::<u64>());
+            let prepared = client
+                .prepare(self.request(
+                    snapshots::PrepareSnapshotRequest {
+                        snapshotter: self.snapshotter.clone(),
+                        key: key.clone(),
+                        parent: parent.clone(),
+                        labels: HashMap::from([(REF_LABEL.to_string(), name.clone())]),
+                    },
+                    Some(lease),
+                ))
+                .await;
+            match prepared {
+                Err(status) if status.code() == Code::AlreadyExists => {}
+                Err(status) => return Err(self.error("prepare snapshot", &name, status)),
+                Ok(_) => {
+                    // The snapshotter did not know the layer: not ours.
+                    let _ = client
+                        .remove(self.request(
+                            snapshots::RemoveSnapshotRequest {
+                                snapshotter: self.snapshotter.clone(),
+                                key,
+                            },
+                            None,
+                        ))
+                        .await;
+                    return Err(Error::FailedPrecondition(format!(
+                        "containerd at {}: snapshotter {:?} does not have layer {name}; is it imaged's?",
+                        self.address.display(),
+                        self.snapshotter
+                    )));
+                }
+            }
+            parent = name;
+        }
+        Ok(())
+    }
+
+    /// Puts `blob` in containerd's content store with `labels`, or sets
+    /// the labels on the blob already there.
+    async fn write(
+        &self,
+        blob: &Blob,
+        labels: BTreeMap<String, String>,
+        lease: &str,
+    ) -> Result<(), Error> {
+        const CHUNK: usize = 1 << 20;
+        let digest = blob.digest.to_string();
+        let total = blob.bytes.len();
+        let mut messages = Vec::new();
+        let mut offset = 0;
+        loop {
+            let end = (offset + CHUNK).min(total);
+            let last = end == total;
+            messages.push(content::WriteContentRequest {
+                action: if last {
+                    content::WriteAction::Commit
+                } else {
+                    content::WriteAction::Write
+                } as i32,
+                r#ref: format!("imaged-{digest}"),
+                total: total as i64,
+                expected: digest.clone(),
+                offset: offset as i64,
+                data: blob.bytes.slice(offset..end).to_vec(),
+                labels: if last {
+                    labels.clone().into_iter().collect()
+                } else {
+                    HashMap::new()
+                },
+            });
+            if last {
+                break;
+            }
+            offset = end;
+        }
+        let mut client = content::content_client::ContentClient::new(self.channel.clone());
+        let written = async {
+            let mut responses = client
+                .write(self.request(tokio_stream::iter(messages), Some(lease)))
+                .await?
+                .into_inner();
+            while responses.message().await?.is_some() {}
+            Ok::<(), tonic::Status>(())
+        }
+        .await;
+        match written {
+            Ok(()) => Ok(()),
+            Err(status) if status.code() == Code::AlreadyExists => {
+                let paths = labels.keys().map(|k| format!("labels.{k}")).collect();
+                client
+                    .update(self.request(
+                        content::UpdateRequest {
+                            info: Some(content::Info {
+                                digest: digest.clone(),
+                                labels: labels.into_iter().collect(),
+                                ..Default::default()
+                            }),
+                            update_mask: Some(prost_types::FieldMask { paths }),
+                        },
+                        None,
+                    ))
+                    .await
+                    .map_err(|s| self.error("label content", &digest, s))?;
+                Ok(())
+            }
+            Err(status) => Err(self.error("write content", &digest, status)),
+        }
+    }
+
+    /// A lease that keeps what a registration writes until it is done (it
+    /// expires by itself should imaged stop midway).
+    async fn lease(&self) -> Result<String, Error> {
+        let expiry = chrono::Utc::now() + LEASE_EXPIRY;
+        let mut client = leases::leases_client::LeasesClient::new(self.channel.clone());
+        let lease = client
+            .create(self.request(
+                leases::CreateRequest {
+                    id: String::new(),
+                    labels: HashMap::from([(
+                        "containerd.io/gc.expire".to_string(),
+                        expiry.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                    )]),
+                },
+                None,
+            ))
+            .await
+            .map_err(|s| self.error("create lease", "", s))?
+            .into_inner()
+            .lease
+            .ok_or_else(|| Error::Internal("containerd answered no lease".into()))?;
+        Ok(lease.id)
+    }
+
+    /// Follows imaged's `tag`, `untag` and `delete` events for as long as
+    /// the process runs, making containerd's names of each image the ones
+    /// imaged has ([`Containerd::sync`]). After a lost connection to
+    /// imaged-events it resumes from the last event it saw.
+    pub async fn follow(self, events: Peer, metadata: Metadata) {
+        let mut since = String::new();
+        loop {
+            let mut client = EventLogClient::new(events.channel());
+            let request = SubscribeRequest {
+                filters: ["type=image", "event=tag", "event=untag", "event=delete"]
+                    .map(String::from)
+                    .to_vec(),
+                since: since.clone(),
+                until: String::new(),
+            };
+            match client.subscribe(request).await {
+                Ok(stream) => {
+                    let mut stream = stream.into_inner();
+                    while let Ok(Some(event)) = stream.message().await {
+                        let nanos = event.time_nano;
+                        since = format!(
+                            "{}.{:09}",
+                            nanos.div_euclid(1_000_000_000),
+                            nanos.rem_euclid(1_000_000_000)
+                        );
+                        let Some(actor) = event.actor else { continue };
+                        if let Err(err) = self.sync(&actor.id, &metadata).await {
+                            tracing::warn!(image = %actor.id, "cannot update containerd's names of the image: {err}");
+                        }
+                    }
+                }
+                Err(status) => {
+                    tracing::debug!("cannot follow imaged's events: {}", status.message());
+                }
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
+    /// Makes containerd's names of the imaged image `id` those imaged
+    /// has: names imaged no longer has are deleted, new tags recorded on
+    /// the same target.
+    pub async fn sync(&self, id: &str, metadata: &Metadata) -> Result<(), Error> {
+        let current = self.names_of(id).await?;
+        let wanted: Vec<String> = match metadata.image_config(id, None).await {
+            Ok(answer) => answer
+                .repo_tags
+                .iter()
+                .chain(&answer.repo_digests)
+                .filter_map(|r| Reference::parse(r).ok())
+                .map(|r| r.to_string())
+                .chain(std::iter::once(answer.id))
+                .collect(),
+            Err(Error::NotFound(_)) => Vec::new(),
+            Err(err) => return Err(err),
+        };
+        for name in current.iter().filter(|n| !wanted.contains(n)) {
+            self.delete(name).await?;
+        }
+        let Some(existing) = current.iter().find(|n| wanted.contains(n)) else {
+            return Ok(()); // not registered here: nothing to copy
+        };
+        let mut client = images::images_client::ImagesClient::new(self.channel.clone());
+        let target = client
+            .get(self.request(
+                images::GetImageRequest {
+                    name: existing.clone(),
+                },
+                None,
+            ))
+            .await
+            .map_err(|s| self.error("get image", existing, s))?
+            .into_inner()
+            .image
+            .and_then(|i| i.target);
+        let (Some(target), Ok(id)) = (target, id.parse::<Digest>()) else {
+            return Ok(());
+        };
+        for name in wanted.iter().filter(|n| !current.contains(n)) {
+            self.image_record(name, &id, &target).await?;
+        }
+        Ok(())
+    }
+
+    /// The names containerd has for the imaged image `id`.
+    pub async fn names_of(&self, id: &str) -> Result<Vec<String>, Error> {
+        let mut client = images::images_client::ImagesClient::new(self.channel.clone());
+        let listed = client
+            .list(self.request(
+                images::ListImagesRequest {
+                    filters: vec![format!("labels.\"{IMAGE_LABEL}\"=={id}")],
+                },
+                None,
+            ))
+            .await
+            .map_err(|s| self.error("list images", id, s))?
+            .into_inner();
+        Ok(listed.images.into_iter().map(|i| i.name).collect())
+    }
+
+    /// Deletes the image record `name`; a missing one is not an error.
+    pub async fn delete(&self, name: &str) -> Result<(), Error> {
+        let mut client = images::images_client::ImagesClient::new(self.channel.clone());
+        match client
+            .delete(self.request(
+                images::DeleteImageRequest {
+                    name: name.to_string(),
+                    sync: false,
+                },
+                None,
+            ))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(status) if status.code() == Code::NotFound => Ok(()),
+            Err(status) => Err(self.error("delete image", name, status)),
+        }
+    }
+
+    /// A request in the namespace (and `lease`).
+    fn request<T>(&self, message: T, lease: Option<&str>) -> Request<T> {
+        let mut request = Request::new(message);
+        if let Ok(value) = self.namespace.parse() {
+            request.metadata_mut().insert("containerd-namespace", value);
+        }
+        if let Some(value) = lease.and_then(|l| l.parse().ok()) {
+            request.metadata_mut().insert("containerd-lease", value);
+        }
+        request
+    }
+
+    fn error(&self, what: &str, name: &str, status: tonic::Status) -> Error {
+        let message = format!(
+            "containerd at {}: {what} {name}: {}",
+            self.address.display(),
+            status.message()
+        );
+        match status.code() {
+            Code::Unavailable | Code::Unknown => Error::Unavailable(message),
+            _ => Error::from(tonic::Status::new(status.code(), message)),
+        }
+    }
+}
+
+/// The GC labels of each of `image.blobs` (index, manifest, config):
+/// each references what it needs, the config the top layer's snapshot.
+fn gc_labels(image: &Image, snapshotter: &str) -> Vec<BTreeMap<String, String>> {
+    let mut out = Vec::new();
+    let count = image.blobs.len();
+    for (i, blob) in image.blobs.iter().enumerate() {
+        let mut labels = BTreeMap::new();
+        let value: serde_json::Value = serde_json::from_slice(&blob.bytes).unwrap_or_default();
+        if i + 1 == count {
+            // The config.
+            if let Some(top) = image.chains.last() {
+                labels.insert(
+                    format!("containerd.io/gc.ref.snapshot.{snapshotter}"),
+                    top.to_string(),
+                );
+            }
+        } else if let Some(manifests) = value["manifests"].as_array() {
+            for (n, m) in manifests.iter().enumerate() {
+                if let Some(d) = m["digest"].as_str() {
+                    labels.insert(format!("containerd.io/gc.ref.content.m.{n}"), d.to_string());
+                }
+            }
+        } else {
+            if let Some(d) = value["config"]["digest"].as_str() {
+                labels.insert("containerd.io/gc.ref.content.config".into(), d.to_string());
+            }
+            for (n, l) in value["layers"].as_array().into_iter().flatten().enumerate() {
+                if let Some(d) = l["digest"].as_str() {
+                    labels.insert(format!("containerd.io/gc.ref.content.l.{n}"), d.to_string());
+                }
+            }
+        }
+        out.push(labels);
+    }
+    out
+}
+
+/// A manifest's or index's media type, from its `mediaType` or its shape.
+fn media_type(bytes: &[u8]) -> String {
+    let value: serde_json::Value = serde_json::from_slice(bytes).unwrap_or_default();
+    match value["mediaType"].as_str() {
+        Some(media) => media.to_string(),
+        None if value.get("manifests").is_some() => imaged_model::media_type::OCI_INDEX.to_string(),
+        None => imaged_model::media_type::OCI_MANIFEST.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gc_labels_tie_index_manifest_config_and_snapshot_together() {
+        let manifest = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"digest":"sha256:c"},"layers":[{"digest":"sha256:l0"},{"digest":"sha256:l1"}]}"#;
+        let index = br#"{"schemaVersion":2,"manifests":[{"digest":"sha256:m"}]}"#;
+        let chain = Digest::sha256_of(b"top");
+        let image = Image {
+            id: Digest::sha256_of(b"config"),
+            blobs: [&index[..], &manifest[..], b"{}"]
+                .into_iter()
+                .map(|b| Blob {
+                    digest: Digest::sha256_of(b),
+                    bytes: Bytes::copy_from_slice(b),
+                })
+                .collect(),
+            chains: vec![Digest::sha256_of(b"bottom"), chain.clone()],
+            names: vec![],
+        };
+        let labels = gc_labels(&image, "imaged");
+        assert_eq!(labels[0]["containerd.io/gc.ref.content.m.0"], "sha256:m");
+        assert_eq!(labels[1]["containerd.io/gc.ref.content.config"], "sha256:c");
+        assert_eq!(labels[1]["containerd.io/gc.ref.content.l.1"], "sha256:l1");
+        assert_eq!(
+            labels[2]["containerd.io/gc.ref.snapshot.imaged"],
+            chain.to_string()
+        );
+        assert_eq!(media_type(index), imaged_model::media_type::OCI_INDEX);
+        assert_eq!(
+            media_type(manifest),
+            "application/vnd.oci.image.manifest.v1+json"
+        );
+    }
+}
