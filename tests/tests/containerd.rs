@@ -182,6 +182,36 @@ async fn containerd_runs_containers_on_layers_only_imaged_downloaded() {
         .ctr(&["container", "rm", "imaged-e2e-kept"])
         .await
         .unwrap();
+
+    // containerd's GC removes the snapshots it no longer needs; imaged's
+    // layers, which no imaged image needs either, go with them.
+    let names = containerd.ctr(&["images", "ls", "-q"]).await.unwrap();
+    for name in names.lines() {
+        containerd
+            .ctr(&["images", "rm", "--sync", name])
+            .await
+            .unwrap();
+    }
+    let layers = imaged.root().join("transfer/layers");
+    for _ in 0..100 {
+        if std::fs::read_dir(&layers).map(|d| d.count()).unwrap_or(0) == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!(
+        "imaged's layers were not collected: {:?}\ncontainerd's snapshots: {}\n{}",
+        std::fs::read_dir(&layers)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect::<Vec<_>>(),
+        containerd
+            .ctr(&["snapshots", "--snapshotter", "imaged", "ls"])
+            .await
+            .unwrap_or_default(),
+        std::fs::read_to_string(imaged.root().join("transfer/snapshots/index.json"))
+            .unwrap_or_default(),
+    );
 }
 
 fn spec(image: &str) -> Option<ImageSpec> {

@@ -35,16 +35,21 @@ impl Gc {
 
     /// Removes what it may of `chains`; answers the chains removed.
     /// Repeats until nothing more goes, so a child and its parent released
-    /// together both go whatever their order.
+    /// together both go whatever their order. What a named hold keeps
+    /// (itself, or through a child) is deferred until the holds go
+    /// ([`Gc::collect_deferred`]); what an operation in flight uses is not,
+    /// as that operation's image will need it.
     pub async fn release(&self, chains: HashSet<Digest>) -> Result<Vec<String>, Error> {
         let mut removed = Vec::new();
         let mut freed_blobs = Vec::new();
         let mut pending: Vec<Digest> = chains.into_iter().collect();
+        let mut kept_by_holds = HashSet::new();
         loop {
             let before = pending.len();
             let mut still = Vec::new();
             for chain in pending {
                 if self.layers.children(&chain) > 0 {
+                    kept_by_holds.insert(chain.clone());
                     still.push(chain);
                     continue;
                 }
@@ -52,6 +57,9 @@ impl Gc {
                     .leases
                     .unless_leased(&chain, || self.layers.detach(&chain))
                 else {
+                    if self.leases.named_holds(&chain) {
+                        kept_by_holds.insert(chain.clone());
+                    }
                     still.push(chain);
                     continue;
                 };
@@ -73,6 +81,11 @@ impl Gc {
                 break;
             }
         }
+        for chain in pending {
+            if kept_by_holds.contains(&chain) {
+                self.leases.defer(chain);
+            }
+        }
         // A blob goes with its last layer (two chains can share one).
         if !freed_blobs.is_empty() {
             let kept: HashSet<Digest> = self
@@ -86,6 +99,16 @@ impl Gc {
             }
         }
         Ok(removed)
+    }
+
+    /// Removes the deferred chains whose holds are gone: called when a
+    /// container, a snapshot or a mount lets go of its layers.
+    pub async fn collect_deferred(&self) -> Result<Vec<String>, Error> {
+        let deferred = self.leases.take_deferred();
+        if deferred.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.release(deferred).await
     }
 
     /// Deletes the manifests and configs that only the gone `images`
@@ -278,6 +301,29 @@ mod tests {
         drop(lease);
         let removed = f.gc.release(set(&[&f.app, &f.base])).await.unwrap();
         assert_eq!(removed.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn what_a_hold_kept_goes_once_the_hold_does_unless_an_operation_needs_it() {
+        let f = fixture();
+        f.leases.hold("snapshot/x".into(), f.app.clone());
+        let removed = f.gc.release(set(&[&f.app, &f.base])).await.unwrap();
+        assert!(removed.is_empty());
+        assert!(
+            f.gc.collect_deferred().await.unwrap().is_empty(),
+            "still held"
+        );
+        f.leases.release("snapshot/x");
+        let removed = f.gc.collect_deferred().await.unwrap();
+        assert_eq!(removed, [f.app.to_string()], "base still carries other");
+
+        // An operation that uses a deferred chain makes it needed again.
+        f.leases.hold("container/c".into(), f.other.clone());
+        f.gc.release(set(&[&f.other])).await.unwrap();
+        drop(f.leases.lease(std::slice::from_ref(&f.other)));
+        f.leases.release("container/c");
+        assert!(f.gc.collect_deferred().await.unwrap().is_empty());
+        assert!(f.layers.get(&f.other).is_some());
     }
 
     #[tokio::test]

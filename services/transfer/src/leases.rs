@@ -27,11 +27,18 @@ struct Table {
     operations: HashMap<Digest, usize>,
     /// Named holds: hold name → the chain held.
     named: HashMap<String, Digest>,
+    /// Chains no image needs any more that a named hold (or a child kept
+    /// by one) kept from GC: collected once the holds go.
+    deferred: HashSet<Digest>,
 }
 
 impl Table {
     fn holds(&self, chain: &Digest) -> bool {
-        self.operations.contains_key(chain) || self.named.values().any(|c| c == chain)
+        self.operations.contains_key(chain) || self.named_holds(chain)
+    }
+
+    fn named_holds(&self, chain: &Digest) -> bool {
+        self.named.values().any(|c| c == chain)
     }
 }
 
@@ -64,10 +71,13 @@ impl Leases {
     }
 
     /// Holds `chains` against removal until the lease is dropped.
+    /// An operation that uses a chain makes it needed again (its image
+    /// will say so when it is freed next): it is no longer deferred.
     pub fn lease(&self, chains: &[Digest]) -> Lease<'_> {
         let mut table = self.lock();
         for chain in chains {
             *table.operations.entry(chain.clone()).or_default() += 1;
+            table.deferred.remove(chain);
         }
         Lease {
             leases: self,
@@ -84,6 +94,23 @@ impl Leases {
     /// Ends the hold `name`; answers the chain it held, if any.
     pub fn release(&self, name: &str) -> Option<Digest> {
         self.lock().named.remove(name)
+    }
+
+    /// Whether a named hold (a container, a snapshot, a mount) holds
+    /// `chain` itself.
+    pub fn named_holds(&self, chain: &Digest) -> bool {
+        self.lock().named_holds(chain)
+    }
+
+    /// Remembers that no image needs `chain` though a hold kept it.
+    pub fn defer(&self, chain: Digest) {
+        self.lock().deferred.insert(chain);
+    }
+
+    /// The deferred chains, forgotten here (GC defers again what still
+    /// cannot go).
+    pub fn take_deferred(&self) -> HashSet<Digest> {
+        std::mem::take(&mut self.lock().deferred)
     }
 
     /// Every chain held now, by operations and named holds alike (the

@@ -175,11 +175,12 @@ pub async fn run(config: ServiceConfig, args: Args) -> anyhow::Result<()> {
         Arc::clone(&layers),
         Arc::clone(&leases),
     )?);
+    let gc = Arc::new(gc::Gc::new(Arc::clone(&layers), content.clone(), leases));
     let snapshot_service = snapshots::service::SnapshotService {
         store: snapshot_store,
         puller: Arc::clone(&puller),
+        gc: Arc::clone(&gc),
     };
-    let gc = gc::Gc::new(Arc::clone(&layers), content.clone(), leases);
     let service = service::TransferService {
         data_dir: config.data_dir.clone(),
         driver,

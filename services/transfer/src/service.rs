@@ -52,7 +52,7 @@ pub struct TransferService {
     pub importer: Arc<Importer>,
     pub rw_layers: Arc<RwLayers>,
     pub committer: Arc<Committer>,
-    pub gc: Gc,
+    pub gc: Arc<Gc>,
 }
 
 fn parse_digests(digests: &[String]) -> Result<Vec<Digest>, Error> {
@@ -244,6 +244,7 @@ impl Transfer for TransferService {
         self.rw_layers
             .release(&request.get_ref().container_id)
             .await?;
+        self.gc.collect_deferred().await?;
         Ok(Response::new(ReleaseLayerResponse {}))
     }
 
@@ -281,6 +282,7 @@ impl Transfer for TransferService {
         request: Request<ReleaseImageRequest>,
     ) -> Result<Response<ReleaseImageResponse>, Status> {
         self.rw_layers.release_image(&request.get_ref().lease_id);
+        self.gc.collect_deferred().await?;
         Ok(Response::new(ReleaseImageResponse {}))
     }
 

@@ -17,6 +17,7 @@ use tonic::{Request, Response, Status};
 
 use super::filter::Filter;
 use super::{Info, Kind, REF_LABEL, Snapshots};
+use crate::gc::Gc;
 use crate::pull::Puller;
 use crate::storage::Mount;
 
@@ -32,6 +33,8 @@ const LIST_BATCH: usize = 100;
 pub struct SnapshotService {
     pub store: Arc<Snapshots>,
     pub puller: Arc<Puller>,
+    /// Collects the layers a removed snapshot was the last to hold.
+    pub gc: Arc<Gc>,
 }
 
 impl SnapshotService {
@@ -55,7 +58,8 @@ impl SnapshotService {
         let target = labels.get(REF_LABEL)?;
         let chain: Digest = target.parse().ok()?;
         let layers = &self.puller.layers;
-        if layers.get(&chain).is_none() {
+        let fetched = layers.get(&chain).is_none();
+        if fetched {
             let image = labels.get(IMAGE_REF_LABEL)?;
             let manifest: Digest = labels.get(MANIFEST_LABEL)?.parse().ok()?;
             let blob: Digest = labels.get(LAYER_LABEL)?.parse().ok()?;
@@ -81,6 +85,12 @@ impl SnapshotService {
         let store = Arc::clone(&self.store);
         let labels = labels.clone();
         let adopted = tokio::task::spawn_blocking(move || store.adopt_layer(&chain, labels)).await;
+        if fetched && matches!(adopted, Ok(Ok(()))) {
+            // Fetched for containerd alone: no image of imaged's needs it,
+            // so it goes when containerd's snapshot does (unless an imaged
+            // pull uses it first).
+            self.puller.leases.defer(layer.chain_id.clone());
+        }
         match adopted {
             Ok(Ok(())) => Some(Status::already_exists(format!(
                 "target snapshot {target} already exists"
@@ -151,6 +161,7 @@ impl pb::snapshots_server::Snapshots for SnapshotService {
     ) -> Result<Response<()>, Status> {
         let key = request.into_inner().key;
         self.blocking(move |s| s.remove(&key)).await?;
+        self.gc.collect_deferred().await?;
         Ok(Response::new(()))
     }
 
