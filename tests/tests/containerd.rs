@@ -350,3 +350,152 @@ async fn kubelet_pulls_through_imaged_and_containerd_runs_the_image() {
     })
     .await;
 }
+
+/// The fields of a CRI image that must agree with containerd's.
+fn fields(image: &k8s_cri::v1::Image) -> String {
+    let mut tags = image.repo_tags.clone();
+    tags.sort();
+    let mut digests = image.repo_digests.clone();
+    digests.sort();
+    format!(
+        "id={} tags={tags:?} digests={digests:?} size={} uid={:?} username={:?} spec={:?}",
+        image.id,
+        image.size,
+        image.uid.as_ref().map(|u| u.value),
+        image.username,
+        image.spec.as_ref().map(|s| &s.image),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cri_answers_as_containerd_does_for_the_same_images() {
+    require_root_and_containerd();
+    let registry = TestRegistry::start().await.unwrap();
+    let fixtures = registry.fixtures();
+    let catalog = imaged_fixtures::catalog().unwrap();
+    let base = catalog.base.layers[0].clone();
+    let images = [
+        ("fixtures/runnable:3", imaged_fixtures::runnable().unwrap()),
+        (
+            "fixtures/uid:1",
+            imaged_fixtures::ImageBuilder::new(imaged_fixtures::MediaTypes::Oci)
+                .layer(base.clone())
+                .user("1000:1000")
+                .build()
+                .unwrap(),
+        ),
+        (
+            "fixtures/named:1",
+            imaged_fixtures::ImageBuilder::new(imaged_fixtures::MediaTypes::Docker)
+                .layer(base)
+                .user("nobody")
+                .build()
+                .unwrap(),
+        ),
+    ];
+    let mut references = Vec::new();
+    for (name, image) in &images {
+        fixtures.push_image(name, image).await.unwrap();
+        references.push(fixtures.reference(name));
+    }
+    references.push(fixtures.reference("fixtures/multi:1"));
+    fixtures
+        .push_index("fixtures/multi:1", &catalog.multi)
+        .await
+        .unwrap();
+    let pinned = references[2].clone();
+
+    let containerd = Containerd::start(&registry.host).await.unwrap();
+    let imaged = Imaged::builder()
+        .arg(Service::Gateway, &format!("--pinned-images={pinned}"))
+        .start()
+        .await
+        .unwrap();
+    let theirs = ImageServiceClient::new(
+        Peer::new(Service::Gateway, Endpoint::Unix(containerd.socket()))
+            .unwrap()
+            .channel(),
+    );
+    let ours = ImageServiceClient::new(imaged.channel(Service::Gateway));
+
+    for reference in &references {
+        for mut cri in [theirs.clone(), ours.clone()] {
+            cri.pull_image(PullImageRequest {
+                image: spec(reference),
+                auth: None,
+                sandbox_config: None,
+            })
+            .await
+            .unwrap_or_else(|e| panic!("pull {reference}: {e}"));
+        }
+    }
+
+    // ImageStatus, field by field, for each image and for names that are
+    // empty, unparsable or missing.
+    let status = |mut cri: ImageServiceClient<_>, name: String| async move {
+        cri.image_status(ImageStatusRequest {
+            image: spec(&name),
+            verbose: false,
+        })
+        .await
+        .map(|r| r.into_inner().image)
+        .map_err(|s| s.code())
+    };
+    let mut names = references.clone();
+    names.extend([
+        "".into(),
+        "::not a reference::".into(),
+        fixtures.reference("fixtures/absent:1"),
+    ]);
+    for name in &names {
+        let want = status(theirs.clone(), name.clone()).await;
+        let got = status(ours.clone(), name.clone()).await;
+        let show = |r: &Result<Option<k8s_cri::v1::Image>, tonic::Code>| match r {
+            Ok(Some(image)) => fields(image),
+            Ok(None) => "no image".into(),
+            Err(code) => format!("error {code:?}"),
+        };
+        // containerd refuses an empty name with UNKNOWN, its untyped
+        // error; imaged with INVALID_ARGUMENT, as its contract says.
+        let show = |r| match r {
+            Err(_) => "an error".to_string(),
+            ok => show(&ok),
+        };
+        assert_eq!(show(got.clone()), show(want), "ImageStatus of {name:?}");
+        if let Ok(Some(image)) = got {
+            assert_eq!(image.pinned, *name == pinned, "pinned of {name}");
+        }
+    }
+
+    // ListImages, the same rows.
+    let list = |mut cri: ImageServiceClient<_>| async move {
+        let mut rows: Vec<String> = cri
+            .list_images(k8s_cri::v1::ListImagesRequest { filter: None })
+            .await
+            .unwrap()
+            .into_inner()
+            .images
+            .iter()
+            .map(fields)
+            .collect();
+        rows.sort();
+        rows
+    };
+    assert_eq!(list(ours.clone()).await, list(theirs.clone()).await);
+
+    // RemoveImage removes every name; a second removal succeeds.
+    for mut cri in [theirs.clone(), ours.clone()] {
+        for _ in 0..2 {
+            cri.remove_image(CriRemove {
+                image: spec(&references[0]),
+            })
+            .await
+            .unwrap();
+        }
+    }
+    assert_eq!(
+        status(ours.clone(), references[0].clone()).await,
+        status(theirs.clone(), references[0].clone()).await
+    );
+    assert_eq!(list(ours).await, list(theirs).await);
+}

@@ -164,4 +164,83 @@ async fn kubelet_sees_what_it_expects() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
+
+    // An unparsable one names no image: an empty status, as containerd.
+    let status = cri
+        .image_status(ImageStatusRequest {
+            image: spec("::not a reference::"),
+            verbose: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(status.image.is_none());
+}
+
+/// containerd removes an image's names whatever stands on it; imaged's
+/// Docker rmi refuses an image with children, its CRI does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_an_image_with_child_images_removes_its_references() {
+    let registry = TestRegistry::start().await.unwrap();
+    let catalog = imaged_fixtures::catalog().unwrap();
+    catalog.push_all(&registry.fixtures()).await.unwrap();
+    let imaged = Imaged::start().await.unwrap();
+    let mut cri = ImageServiceClient::new(imaged.channel(Service::Gateway));
+    let reference = registry.fixtures().reference("fixtures/base:latest");
+    let parent = cri
+        .pull_image(PullImageRequest {
+            image: spec(&reference),
+            auth: None,
+            sandbox_config: None,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .image_ref;
+    // A child image made on it (as a build or commit would).
+    let mut images = imaged.images();
+    let mut config: serde_json::Value = serde_json::from_slice(&catalog.base.config.data).unwrap();
+    config["config"]["Env"] = serde_json::json!(["CHILD=1"]);
+    let child = images
+        .create_image(imaged_api::v1::CreateImageRequest {
+            config: serde_json::to_vec(&config).unwrap(),
+            parent: parent.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .id;
+    let docker_rmi = images
+        .remove_image(imaged_api::v1::RemoveImageRequest {
+            image: parent.clone(),
+            force: true,
+            prune_children: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(docker_rmi.code(), tonic::Code::FailedPrecondition);
+
+    cri.remove_image(RemoveImageRequest {
+        image: spec(&reference),
+    })
+    .await
+    .unwrap();
+    let status = cri
+        .image_status(ImageStatusRequest {
+            image: spec(&reference),
+            verbose: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(status.image.is_none(), "its name is gone");
+    let child_status = cri
+        .image_status(ImageStatusRequest {
+            image: spec(&child),
+            verbose: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(child_status.image.is_some(), "the child stays");
 }

@@ -1,10 +1,15 @@
 //! The CRI v1 `runtime.v1.ImageService` for kubelet, over the same
 //! internal services as `imaged.v1.Images`, with the semantics kubelet
-//! relies on: a missing image's status is an empty answer, removing a
-//! missing image succeeds, an `Image` always has an ID and a size above 0,
-//! PullImage answers the image ID.
+//! relies on and containerd's answers (compared field by field in the
+//! e2e tests): a missing or unparsable image's status is an empty answer
+//! (an empty name is INVALID_ARGUMENT), removing a missing image succeeds and removing one removes its
+//! references (never refused for child images), an `Image` always has an
+//! ID and a size above 0 (the registry's, compressed, as containerd
+//! counts it), `uid`/`username` come from the config's User, configured
+//! images are pinned, PullImage answers the image ID, and ImageFsInfo
+//! counts the unpacked layers.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use base64::Engine;
 use imaged_api::cri::image_service_server::ImageService;
@@ -28,11 +33,27 @@ use crate::peers::Peers;
 /// Serves `runtime.v1.ImageService`.
 pub struct CriImageService {
     peers: Peers,
+    /// `--pinned-images`, fully qualified (IDs as given).
+    pinned: HashSet<String>,
 }
 
 impl CriImageService {
-    pub fn new(peers: Peers) -> Self {
-        CriImageService { peers }
+    pub fn new(peers: Peers, pinned: &[String]) -> Self {
+        CriImageService {
+            peers,
+            pinned: qualified(pinned).into_iter().collect(),
+        }
+    }
+
+    /// Whether `image` is one of the pinned images.
+    fn pin(&self, mut image: Image) -> Image {
+        image.pinned = self.pinned.contains(&image.id)
+            || image
+                .repo_tags
+                .iter()
+                .chain(&image.repo_digests)
+                .any(|n| self.pinned.contains(n));
+        image
     }
 
     /// The image `spec` names, or `None` when there is none.
@@ -84,43 +105,55 @@ fn cri_image(inspect: &ImageInspect) -> Image {
     let user = inspect
         .config
         .as_ref()
-        .map(|c| c.user.clone())
+        .map(|c| c.user.as_str())
         .unwrap_or_default();
-    // "uid[:gid]" is numeric → uid; a name → username (exclusive).
-    let name = user.split(':').next().unwrap_or_default();
-    let (uid, username) = match name.parse::<i64>() {
-        Ok(uid) => (Some(Int64Value { value: uid }), String::new()),
-        Err(_) => (None, name.to_string()),
-    };
+    let (uid, username) = user_fields(user);
     Image {
         id: inspect.id.clone(),
         repo_tags: qualified(&inspect.repo_tags),
         repo_digests: qualified(&inspect.repo_digests),
-        size: inspect.size.max(1) as u64,
+        size: cri_size(inspect.content_size, inspect.size),
         uid,
         username,
-        spec: Some(ImageSpec {
-            image: inspect.id.clone(),
-            ..Default::default()
-        }),
+        // containerd 1.6 leaves it unset; kubelet does not read it.
+        spec: None,
         pinned: false,
     }
 }
 
-/// The CRI record of a ListImages row: as [`cri_image`] without the user,
-/// which kubelet reads from ImageStatus.
+/// An image's CRI size: as containerd counts it, what its registry holds
+/// (compressed); the unpacked size for an image that came from no
+/// registry; never 0, which kubelet takes for a broken image.
+fn cri_size(content_size: i64, size: i64) -> u64 {
+    if content_size > 0 {
+        content_size as u64
+    } else {
+        size.max(1) as u64
+    }
+}
+
+/// CRI's `uid` and `username` of a config's User: "uid[:gid]" numeric is
+/// a uid, a name a username (never both), as containerd reads it.
+fn user_fields(user: &str) -> (Option<Int64Value>, String) {
+    let name = user.split(':').next().unwrap_or_default();
+    match name.parse::<i64>() {
+        Ok(uid) => (Some(Int64Value { value: uid }), String::new()),
+        Err(_) => (None, name.to_string()),
+    }
+}
+
+/// The CRI record of a ListImages row: as [`cri_image`].
 fn summary_image(summary: &v1::ImageSummary) -> Image {
+    let (uid, username) = user_fields(&summary.user);
     Image {
         id: summary.id.clone(),
         repo_tags: qualified(&summary.repo_tags),
         repo_digests: qualified(&summary.repo_digests),
-        size: summary.size.max(1) as u64,
-        uid: None,
-        username: String::new(),
-        spec: Some(ImageSpec {
-            image: summary.id.clone(),
-            ..Default::default()
-        }),
+        size: cri_size(summary.content_size, summary.size),
+        uid,
+        username,
+        // containerd 1.6 leaves it unset; kubelet does not read it.
+        spec: None,
         pinned: false,
     }
 }
@@ -180,7 +213,7 @@ impl ImageService for CriImageService {
             Some(spec) => self
                 .inspect(Some(&spec))
                 .await?
-                .map(|inspect| cri_image(&inspect))
+                .map(|inspect| self.pin(cri_image(&inspect)))
                 .into_iter()
                 .collect(),
             // The summaries carry all but the user, which kubelet reads
@@ -197,7 +230,7 @@ impl ImageService for CriImageService {
                 .await?
                 .images
                 .iter()
-                .map(summary_image)
+                .map(|s| self.pin(summary_image(s)))
                 .collect(),
         };
         Ok(Response::new(ListImagesResponse { images }))
@@ -208,7 +241,14 @@ impl ImageService for CriImageService {
         request: Request<ImageStatusRequest>,
     ) -> Result<Response<ImageStatusResponse>, Status> {
         let request = request.into_inner();
-        let Some(inspect) = self.inspect(request.image.as_ref()).await? else {
+        // No reference is an error; an unparsable one names no image: an
+        // empty status, as containerd answers both.
+        image_name(request.image.as_ref())?;
+        let found = match self.inspect(request.image.as_ref()).await {
+            Err(status) if status.code() == Code::InvalidArgument => None,
+            other => other?,
+        };
+        let Some(inspect) = found else {
             return Ok(Response::new(ImageStatusResponse::default()));
         };
         let mut info = HashMap::new();
@@ -216,7 +256,7 @@ impl ImageService for CriImageService {
             info.insert("info".to_string(), verbose_info(&inspect));
         }
         Ok(Response::new(ImageStatusResponse {
-            image: Some(cri_image(&inspect)),
+            image: Some(self.pin(cri_image(&inspect))),
             info,
         }))
     }
@@ -266,32 +306,50 @@ impl ImageService for CriImageService {
         let Some(inspect) = self.inspect(request.image.as_ref()).await? else {
             return Ok(Response::new(RemoveImageResponse {}));
         };
-        // Every tag of the image goes, as the CRI asks.
-        let remove = v1::RemoveImageRequest {
-            image: inspect.id,
-            force: true,
-            prune_children: Some(true),
-        };
-        let result = self
-            .peers
-            .metadata
-            .call(|ch| {
-                let remove = remove.clone();
-                async move {
-                    MetadataClient::new(ch)
-                        .max_decoding_message_size(imaged_common::server::INTERNAL_MESSAGE_LIMIT)
-                        .remove_image(remove)
-                        .await
-                }
-            })
-            .await;
-        match result {
-            Ok(_) => Ok(Response::new(RemoveImageResponse {})),
-            Err(status) if status.code() == Code::NotFound => {
-                Ok(Response::new(RemoveImageResponse {}))
-            }
-            Err(status) => Err(status),
+        // Every reference of the image goes, as containerd removes every
+        // name of it; the image itself goes with its last one unless a
+        // child image stands on it. One without references goes by ID.
+        let mut names: Vec<String> = inspect
+            .repo_tags
+            .iter()
+            .chain(&inspect.repo_digests)
+            .cloned()
+            .collect();
+        if names.is_empty() {
+            names.push(inspect.id.clone());
         }
+        for name in names {
+            let remove = v1::RemoveImageRequest {
+                image: name,
+                force: true,
+                prune_children: Some(true),
+            };
+            let result = self
+                .peers
+                .metadata
+                .call(|ch| {
+                    let remove = remove.clone();
+                    async move {
+                        MetadataClient::new(ch)
+                            .max_decoding_message_size(
+                                imaged_common::server::INTERNAL_MESSAGE_LIMIT,
+                            )
+                            .remove_image(remove)
+                            .await
+                    }
+                })
+                .await;
+            match result {
+                Ok(_) => {}
+                // Gone meanwhile, or an unnamed parent of child images
+                // (it has no name left to remove).
+                Err(status) if status.code() == Code::NotFound => {}
+                Err(status)
+                    if status.code() == Code::FailedPrecondition && remove.image == inspect.id => {}
+                Err(status) => return Err(status),
+            }
+        }
+        Ok(Response::new(RemoveImageResponse {}))
     }
 
     async fn image_fs_info(
@@ -315,8 +373,9 @@ impl ImageService for CriImageService {
                 fs_id: Some(FilesystemIdentifier {
                     mountpoint: usage.mountpoint,
                 }),
+                // The unpacked layers, as containerd counts its snapshots.
                 used_bytes: Some(UInt64Value {
-                    value: (usage.content_size + usage.layers_size) as u64,
+                    value: usage.layers_size as u64,
                 }),
                 inodes_used: Some(UInt64Value {
                     value: usage.inodes_used as u64,
@@ -361,7 +420,7 @@ mod tests {
             )]
         );
         assert_eq!(image.size, 1, "kubelet refuses an image of size 0");
-        assert_eq!(image.spec.unwrap().image, "sha256:aaaa");
+        assert_eq!(image.spec, None, "as containerd answers");
         assert_eq!((image.uid, image.username.as_str()), (None, ""));
     }
 
@@ -376,18 +435,23 @@ mod tests {
     }
 
     #[test]
-    fn a_list_row_maps_as_status_does_without_the_user() {
+    fn a_list_row_maps_as_status_does() {
         let summary = v1::ImageSummary {
             id: "sha256:aaaa".into(),
             repo_tags: vec!["busybox:1".into()],
             size: 7,
+            user: "1000".into(),
             ..Default::default()
         };
         let mut from_status = cri_image(&inspect("1000", 7));
         from_status.repo_tags.truncate(1);
         from_status.repo_digests.clear();
-        from_status.uid = None;
         assert_eq!(summary_image(&summary), from_status);
+        let registry_size = v1::ImageSummary {
+            content_size: 3,
+            ..summary
+        };
+        assert_eq!(summary_image(&registry_size).size, 3, "containerd's size");
     }
 
     #[test]

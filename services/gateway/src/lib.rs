@@ -25,6 +25,11 @@ pub struct Args {
     pub common: CommonArgs,
     #[command(flatten)]
     pub peers: PeerArgs,
+    /// Images the CRI answers as pinned (kubelet's image GC never removes
+    /// them), usually the sandbox ("pause") image: references or IDs,
+    /// comma-separated.
+    #[arg(long, env = "IMAGED_PINNED_IMAGES", value_delimiter = ',')]
+    pub pinned_images: Vec<String>,
 }
 
 /// Largest request message the gateway accepts.
@@ -52,7 +57,7 @@ pub async fn run(config: ServiceConfig, args: Args) -> anyhow::Result<()> {
                 .max_decoding_message_size(MAX_REQUEST),
         )
         .add_service(
-            ImageServiceServer::new(cri::CriImageService::new(peers))
+            ImageServiceServer::new(cri::CriImageService::new(peers, &args.pinned_images))
                 .max_decoding_message_size(MAX_REQUEST)
                 .max_encoding_message_size(MAX_ANSWER),
         );

@@ -201,6 +201,7 @@ fn history_cache(
                 last_tag_time: None,
                 built_locally: true,
                 layer_sizes,
+                content_size: 0,
             },
         });
     }

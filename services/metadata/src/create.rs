@@ -86,6 +86,7 @@ pub async fn create(images: &Arc<Images>, config: Vec<u8>, parent: &str) -> Resu
                 last_tag_time: None,
                 built_locally: true,
                 layer_sizes,
+                content_size: 0,
             },
         });
         events.push(PendingEvent::image(

@@ -39,6 +39,7 @@ pub fn inspect(
         config.comment.clone()
     };
     Ok(ImageInspect {
+        content_size: image.meta.content_size,
         repo_tags: tags.iter().map(|r| r.familiar()).collect(),
         repo_digests: digests.iter().map(|r| r.familiar()).collect(),
         parent: image.meta.parent.clone().unwrap_or_default(),

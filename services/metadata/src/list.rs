@@ -171,6 +171,11 @@ fn summary(
 ) -> ImageSummary {
     let id = image.id.to_string();
     ImageSummary {
+        content_size: image.meta.content_size,
+        user: image.config.container_config["User"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
         parent_id: image.meta.parent.clone().unwrap_or_default(),
         repo_tags,
         repo_digests,

@@ -48,8 +48,17 @@ pub fn put(
                     last_tag_time: None,
                     built_locally: false,
                     layer_sizes: request.layer_sizes.clone(),
+                    content_size: request.content_size,
                 },
             });
+        } else if request.content_size > 0
+            && let Some(known) = tx.index().image(&id_text)
+            && known.meta.content_size == 0
+        {
+            // Loaded first, pulled now: the registry's size is known.
+            let mut image = (**known).clone();
+            image.meta.content_size = request.content_size;
+            tx.put_image(image);
         }
         let mut updated = false;
         let mut moved = Vec::new();

@@ -40,6 +40,10 @@ pub struct ImageMeta {
     pub built_locally: bool,
     /// Diff size of each layer, bottom first (from the layer store).
     pub layer_sizes: Vec<i64>,
+    /// Bytes of the image as its registry holds it (index, manifest,
+    /// config, compressed layers) when pulled; 0 otherwise.
+    #[serde(default)]
+    pub content_size: i64,
 }
 
 /// One image: its ID, config and metadata.

@@ -138,6 +138,7 @@ impl Importer {
         // Tagged as TagImage would, then the `import` event: one producer,
         // so the events keep Docker's order.
         let put = PutImageRequest {
+            content_size: 0,
             config,
             tags: reference.iter().map(|r| r.to_string()).collect(),
             digests: Vec::new(),

@@ -210,6 +210,7 @@ impl Loader {
             }
 
             let put = PutImageRequest {
+                content_size: 0,
                 config: config.clone(),
                 tags: tags.iter().map(|t| t.to_string()).collect(),
                 digests: Vec::new(),

@@ -673,7 +673,17 @@ impl Puller {
         let name = reference.name();
         let config_digest = Digest::sha256_of(&configured.config);
         let config_bytes = Bytes::from(configured.config.clone());
+        // As containerd sizes an image: what its registry holds of it.
+        let content_size = resolved
+            .small_blobs
+            .iter()
+            .filter(|(d, _)| *d != config_digest)
+            .map(|(_, b)| b.len() as i64)
+            .chain(resolved.manifest.layers.iter().map(|l| l.size.max(0)))
+            .sum::<i64>()
+            + config_bytes.len() as i64;
         let put = PutImageRequest {
+            content_size,
             config: configured.config,
             tags: reference
                 .tag()
