@@ -21,7 +21,7 @@ use imaged_common::endpoint::Endpoint;
 use imaged_common::peer::Peer;
 use imaged_e2e::containerd::Containerd;
 use imaged_e2e::{Imaged, TestRegistry};
-use imaged_fixtures::{Compression, Image, ImageBuilder, LayerBuilder, MediaTypes};
+use imaged_fixtures::Image;
 use tokio_stream::StreamExt;
 
 struct Case {
@@ -30,21 +30,8 @@ struct Case {
     image: Image,
 }
 
-/// `layers` layers of `files` files of `size` bytes (half noise, so they
-/// compress about as real binaries do).
 fn image(layers: usize, files: usize, size: usize, seed: u64) -> Image {
-    let mut builder = ImageBuilder::new(MediaTypes::Oci);
-    for i in 0..layers {
-        let dir = format!("data{i:02}");
-        builder = builder.layer(
-            LayerBuilder::new()
-                .dir(&dir)
-                .generated_files(&dir, files, size, seed * 100 + i as u64)
-                .build(Compression::Gzip)
-                .expect("building a layer"),
-        );
-    }
-    builder.build().expect("building an image")
+    imaged_fixtures::generated_image(layers, files, size, seed).expect("building an image")
 }
 
 fn cases() -> Vec<Case> {

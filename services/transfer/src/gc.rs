@@ -16,12 +16,16 @@ use imaged_model::Digest;
 use crate::content::ContentStore;
 use crate::layers::LayerStore;
 use crate::leases::Leases;
+use crate::metadata::Metadata;
 
 /// What garbage collection works on.
 pub struct Gc {
     layers: Arc<LayerStore>,
     content: ContentStore,
     leases: Arc<Leases>,
+    /// Asked, before a deferred chain goes, whether an image needs it
+    /// after all (`None` in unit tests: none does).
+    metadata: Option<Metadata>,
 }
 
 impl Gc {
@@ -30,7 +34,14 @@ impl Gc {
             layers,
             content,
             leases,
+            metadata: None,
         }
+    }
+
+    /// Checks deferred chains with imaged-metadata before they go.
+    pub fn with_metadata(mut self, metadata: Metadata) -> Self {
+        self.metadata = Some(metadata);
+        self
     }
 
     /// Removes what it may of `chains`; answers the chains removed.
@@ -101,12 +112,26 @@ impl Gc {
         Ok(removed)
     }
 
-    /// Removes the deferred chains whose holds are gone: called when a
-    /// container, a snapshot or a mount lets go of its layers.
+    /// Removes the deferred chains whose holds are gone and that no image
+    /// needs (imaged-metadata says; unreachable, they wait for the next
+    /// time): called when a container, a snapshot or a mount lets go of
+    /// its layers. An operation that leases one meanwhile keeps it.
     pub async fn collect_deferred(&self) -> Result<Vec<String>, Error> {
-        let deferred = self.leases.take_deferred();
+        let mut deferred = self.leases.take_deferred();
         if deferred.is_empty() {
             return Ok(Vec::new());
+        }
+        if let Some(metadata) = &self.metadata {
+            let asked: Vec<Digest> = deferred.iter().cloned().collect();
+            match metadata.chains_in_use(&asked).await {
+                Ok(in_use) => deferred.retain(|c| !in_use.contains(c)),
+                Err(err) => {
+                    for chain in deferred {
+                        self.leases.defer(chain);
+                    }
+                    return Err(err);
+                }
+            }
         }
         self.release(deferred).await
     }

@@ -167,7 +167,7 @@ pub async fn run(config: ServiceConfig, args: Args) -> anyhow::Result<()> {
         Arc::clone(&layers),
         Arc::clone(&containers),
         Arc::clone(&leases),
-        metadata,
+        metadata.clone(),
     ));
     let snapshot_store = Arc::new(snapshots::Snapshots::open(
         &config.data_dir,
@@ -175,7 +175,9 @@ pub async fn run(config: ServiceConfig, args: Args) -> anyhow::Result<()> {
         Arc::clone(&layers),
         Arc::clone(&leases),
     )?);
-    let gc = Arc::new(gc::Gc::new(Arc::clone(&layers), content.clone(), leases));
+    let gc = Arc::new(
+        gc::Gc::new(Arc::clone(&layers), content.clone(), leases).with_metadata(metadata.clone()),
+    );
     let snapshot_service = snapshots::service::SnapshotService {
         store: snapshot_store,
         puller: Arc::clone(&puller),

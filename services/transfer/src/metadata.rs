@@ -3,11 +3,11 @@
 //! one mapping in `imaged_common::error`. Also the two things transfer
 //! reads from an image config it gets back: its layers and its labels.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use imaged_api::internal::v1::metadata_client::MetadataClient;
 use imaged_api::internal::v1::{
-    ExportSetResponse, ImageConfigResponse, PutImageRequest, PutImageResponse,
+    ChainsInUseRequest, ExportSetResponse, ImageConfigResponse, PutImageRequest, PutImageResponse,
     RemoveContainerRequest, SetContainerRequest,
 };
 use imaged_api::v1::{
@@ -139,6 +139,19 @@ impl Metadata {
             running,
         };
         call!(self, set_container, request).map(drop)
+    }
+
+    /// Which of `chains` a stored image stands on.
+    pub async fn chains_in_use(&self, chains: &[Digest]) -> Result<HashSet<Digest>, Error> {
+        let request = ChainsInUseRequest {
+            chain_ids: chains.iter().map(Digest::to_string).collect(),
+        };
+        let answer = call!(self, chains_in_use, request)?;
+        Ok(answer
+            .chain_ids
+            .iter()
+            .filter_map(|c| c.parse().ok())
+            .collect())
     }
 
     /// Forgets a container's record.

@@ -316,17 +316,57 @@ impl Puller {
             )));
         }
         let _lease = self.leases.lease(&chains[..=i]);
-        let job = LayerJob {
-            client: target.client.clone(),
-            oref: target.oref.clone(),
-            desc: plan.layers[i].clone(),
-            blob: blob.clone(),
-            diff_id: plan.diff_ids[i].clone(),
-            chain_id: chain.clone(),
-            parent_chain: i.checked_sub(1).map(|p| chains[p].clone()),
-        };
-        let (done, _) = self.job(job, None);
-        done.await
+        // containerd prepares one layer at a time, bottom up: the layers
+        // above are started now, each a shared job on the one below as a
+        // pull chains them, so that they download in parallel and
+        // containerd finds them done or in flight when it asks.
+        let mut parent: Option<LayerFuture> = None;
+        let mut wanted = None;
+        let mut above = Vec::new();
+        for j in i..plan.layers.len() {
+            if self.layers.get(&chains[j]).is_some() {
+                parent = None;
+                continue;
+            }
+            let job = LayerJob {
+                client: target.client.clone(),
+                oref: target.oref.clone(),
+                desc: plan.layers[j].clone(),
+                blob: plan.layers[j].digest.parse()?,
+                diff_id: plan.diff_ids[j].clone(),
+                chain_id: chains[j].clone(),
+                parent_chain: j.checked_sub(1).map(|p| chains[p].clone()),
+            };
+            let (done, _) = self.job(job, parent.take());
+            if j == i {
+                wanted = Some(done.clone());
+            } else {
+                above.push((done.clone(), chains[j].clone()));
+            }
+            parent = Some(done);
+        }
+        if !above.is_empty() {
+            let this = Arc::clone(self);
+            let held = chains[i..].to_vec();
+            tokio::spawn(async move {
+                let _lease = this.leases.lease(&held);
+                for (done, chain) in above {
+                    if done.await.is_ok() {
+                        // Fetched ahead for containerd: collectable unless
+                        // it adopts them (or an image needs them).
+                        this.leases.defer(chain);
+                    }
+                }
+            });
+        }
+        match wanted {
+            Some(done) => done.await,
+            None => self.layers.get(chain).ok_or_else(|| {
+                Error::Internal(format!(
+                    "layer {chain} vanished while containerd asked for it"
+                ))
+            }),
+        }
     }
 
     /// The layers and diff IDs of the image manifest `manifest`, fetched
