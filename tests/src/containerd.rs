@@ -25,17 +25,31 @@ impl Containerd {
 
     /// Starts containerd trusting `registry` (`127.0.0.1:<port>`) over HTTP.
     pub async fn start(registry: &str) -> anyhow::Result<Self> {
-        Self::start_with(registry, None).await
+        Self::start_with(registry, None, None).await
     }
 
     /// Starts containerd with imaged as its proxy snapshotter `imaged` at
     /// `snapshots` (imaged-transfer's snapshot socket), the snapshotter
     /// its CRI plugin uses, with the remote-snapshot labels on.
     pub async fn start_with_imaged(registry: &str, snapshots: &Path) -> anyhow::Result<Self> {
-        Self::start_with(registry, Some(snapshots)).await
+        Self::start_with(registry, Some(snapshots), None).await
     }
 
-    async fn start_with(registry: &str, snapshots: Option<&Path>) -> anyhow::Result<Self> {
+    /// As [`Containerd::start_with_imaged`], with `sandbox_image` as the
+    /// pods' sandbox ("pause") image, which its CRI pulls itself.
+    pub async fn start_with_imaged_sandbox(
+        registry: &str,
+        snapshots: &Path,
+        sandbox_image: &str,
+    ) -> anyhow::Result<Self> {
+        Self::start_with(registry, Some(snapshots), Some(sandbox_image)).await
+    }
+
+    async fn start_with(
+        registry: &str,
+        snapshots: Option<&Path>,
+        sandbox_image: Option<&str>,
+    ) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("imaged-containerd")
             .tempdir()?;
@@ -75,6 +89,11 @@ state = "{state}"
 {proxy}
 [plugins."io.containerd.grpc.v1.cri"]
   disable_tcp_service = true
+  {sandbox}
+  # This machine's processes may not lower their OOM score (no
+  # CAP_SYS_RESOURCE in the bounding set): pods get at most containerd's.
+  restrict_oom_score_adj = true
+
   [plugins."io.containerd.grpc.v1.cri".containerd]
     {snapshotter}
   [plugins."io.containerd.grpc.v1.cri".registry]
@@ -84,6 +103,9 @@ state = "{state}"
                 state = base.join("state").display(),
                 sock = base.join("containerd.sock").display(),
                 certs = base.join("certs.d").display(),
+                sandbox = sandbox_image
+                    .map(|i| format!("sandbox_image = \"{i}\""))
+                    .unwrap_or_default(),
             ),
         )?;
         let log = std::fs::File::create(base.join("containerd.log"))?;

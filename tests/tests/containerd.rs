@@ -11,11 +11,14 @@
 //!   the image leave that container able to start;
 //! - kubelet's split endpoints: an image pulled through imaged's CRI is
 //!   registered in containerd (`--containerd-address`), containerd's CRI
-//!   finds it and `ctr run` runs it; imaged's rmi removes it there too.
+//!   finds it and runs it in a pod (RunPodSandbox on the host network with
+//!   a sandbox image containerd pulls onto imaged's snapshotter,
+//!   CreateContainer, StartContainer); imaged's rmi removes it there too.
 //!
 //! Needs root (containerd mounts overlays and runc makes namespaces).
 
 use std::collections::BTreeSet;
+use std::time::Duration;
 
 use imaged_api::v1::{PullImageRequest as ImagedPull, RemoveImageRequest};
 use imaged_common::config::Service;
@@ -25,10 +28,14 @@ use imaged_e2e::containerd::Containerd;
 use imaged_e2e::{Imaged, TestRegistry};
 use imaged_fixtures::RUNNABLE_OUTPUT;
 use k8s_cri::v1::image_service_client::ImageServiceClient;
+use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::{
-    ImageSpec, ImageStatusRequest, PullImageRequest, RemoveImageRequest as CriRemove,
+    ContainerConfig, ContainerMetadata, ContainerState, ContainerStatusRequest,
+    CreateContainerRequest, ImageSpec, ImageStatusRequest, LinuxPodSandboxConfig,
+    LinuxSandboxSecurityContext, NamespaceMode, NamespaceOption, PodSandboxConfig,
+    PodSandboxMetadata, PullImageRequest, RemoveImageRequest as CriRemove, RemovePodSandboxRequest,
+    RunPodSandboxRequest, StartContainerRequest, StopPodSandboxRequest,
 };
-use std::time::Duration;
 
 fn require_root_and_containerd() {
     // SAFETY: geteuid has no preconditions.
@@ -248,12 +255,17 @@ async fn kubelet_pulls_through_imaged_and_containerd_runs_the_image() {
         .await
         .unwrap();
     let reference = fixtures.reference("fixtures/runnable:2");
+    fixtures
+        .push_image("fixtures/pause:1", &imaged_fixtures::pause().unwrap())
+        .await
+        .unwrap();
+    let pause = fixtures.reference("fixtures/pause:1");
 
     // containerd first, told where imaged's snapshotter will listen; then
     // imaged, told where containerd is.
     let sockets = tempfile::tempdir().unwrap();
     let snapshots = sockets.path().join("snapshots.sock");
-    let containerd = Containerd::start_with_imaged(&registry.host, &snapshots)
+    let containerd = Containerd::start_with_imaged_sandbox(&registry.host, &snapshots, &pause)
         .await
         .unwrap();
     let imaged = Imaged::builder()
@@ -309,19 +321,12 @@ async fn kubelet_pulls_through_imaged_and_containerd_runs_the_image() {
     assert_eq!(seen.id, image.id());
     assert!(seen.repo_tags.contains(&reference), "{seen:?}");
 
-    // And runs it, on imaged's layers.
-    let out = containerd
-        .ctr(&[
-            "run",
-            "--rm",
-            "--snapshotter",
-            "imaged",
-            &reference,
-            "imaged-e2e-kubelet",
-        ])
+    // And runs it in a pod, on imaged's layers, as kubelet would ask.
+    let logs = tempfile::tempdir().unwrap();
+    let out = run_in_pod(&containerd, &reference, logs.path())
         .await
-        .unwrap_or_else(|e| panic!("{e}\n{}\n{}", containerd.log(), imaged.logs()));
-    assert_eq!(out.trim(), RUNNABLE_OUTPUT);
+        .unwrap_or_else(|e| panic!("{e:#}\n{}\n{}", containerd.log(), imaged.logs()));
+    assert!(out.contains(RUNNABLE_OUTPUT), "{out}");
     let stored = containerd.ctr(&["content", "ls", "-q"]).await.unwrap();
     for layer in &image.layers {
         assert!(
@@ -343,10 +348,14 @@ async fn kubelet_pulls_through_imaged_and_containerd_runs_the_image() {
         async move { status(cri, reference).await.is_none() }
     })
     .await;
-    // Every name it had there (tag, digest reference, ID) goes.
-    eventually("containerd has no image left", || async {
+    // Every name it had there (tag, digest reference, ID) goes; the
+    // sandbox image containerd pulled itself stays.
+    let id = image.id().to_string();
+    eventually("containerd has none of the image's names left", || async {
         let names = containerd.ctr(&["images", "ls", "-q"]).await.unwrap();
-        names.trim().is_empty()
+        !names
+            .lines()
+            .any(|n| n.contains("fixtures/runnable") || n == id)
     })
     .await;
 }
@@ -498,4 +507,96 @@ async fn cri_answers_as_containerd_does_for_the_same_images() {
         status(theirs.clone(), references[0].clone()).await
     );
     assert_eq!(list(ours).await, list(theirs).await);
+}
+
+/// kubelet's calls for a one-container pod on the host network: the
+/// sandbox (containerd pulls its image itself, onto imaged's snapshotter),
+/// then the container from `image`, started and waited for; answers what
+/// the container wrote to its log. The pod is removed before answering.
+async fn run_in_pod(
+    containerd: &Containerd,
+    image: &str,
+    logs: &std::path::Path,
+) -> anyhow::Result<String> {
+    let channel = Peer::new(Service::Gateway, Endpoint::Unix(containerd.socket()))?.channel();
+    let mut runtime = RuntimeServiceClient::new(channel);
+    let pod = PodSandboxConfig {
+        metadata: Some(PodSandboxMetadata {
+            name: "imaged-e2e".into(),
+            uid: "imaged-e2e-uid".into(),
+            namespace: "default".into(),
+            attempt: 0,
+        }),
+        log_directory: logs.display().to_string(),
+        linux: Some(LinuxPodSandboxConfig {
+            security_context: Some(LinuxSandboxSecurityContext {
+                namespace_options: Some(NamespaceOption {
+                    network: NamespaceMode::Node as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let sandbox = runtime
+        .run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(pod.clone()),
+            runtime_handler: String::new(),
+        })
+        .await?
+        .into_inner()
+        .pod_sandbox_id;
+    let result = async {
+        let container = runtime
+            .create_container(CreateContainerRequest {
+                pod_sandbox_id: sandbox.clone(),
+                config: Some(ContainerConfig {
+                    metadata: Some(ContainerMetadata {
+                        name: "hello".into(),
+                        attempt: 0,
+                    }),
+                    image: spec(image),
+                    log_path: "hello.log".into(),
+                    ..Default::default()
+                }),
+                sandbox_config: Some(pod.clone()),
+            })
+            .await?
+            .into_inner()
+            .container_id;
+        runtime
+            .start_container(StartContainerRequest {
+                container_id: container.clone(),
+            })
+            .await?;
+        for _ in 0..200 {
+            let status = runtime
+                .container_status(ContainerStatusRequest {
+                    container_id: container.clone(),
+                    verbose: false,
+                })
+                .await?
+                .into_inner()
+                .status;
+            if status.is_some_and(|s| s.state == ContainerState::ContainerExited as i32) {
+                return Ok(std::fs::read_to_string(logs.join("hello.log"))?);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        anyhow::bail!("the container did not exit within 10 s")
+    }
+    .await;
+    runtime
+        .stop_pod_sandbox(StopPodSandboxRequest {
+            pod_sandbox_id: sandbox.clone(),
+        })
+        .await?;
+    runtime
+        .remove_pod_sandbox(RemovePodSandboxRequest {
+            pod_sandbox_id: sandbox,
+        })
+        .await?;
+    result
 }
