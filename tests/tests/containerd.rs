@@ -600,3 +600,108 @@ async fn run_in_pod(
         .await?;
     result
 }
+
+/// What one `ctr snapshots` step printed, with the parts that differ by
+/// nature (directories, times) masked: mount sources and options keep
+/// their kind and keys, not their paths.
+fn normalize(out: &str) -> String {
+    let mut lines = Vec::new();
+    for line in out.lines() {
+        let mut words: Vec<String> = Vec::new();
+        for word in line.split_whitespace() {
+            if word.starts_with('/') {
+                words.push("PATH".into());
+            } else if word.contains('=') && word.contains('/') || word.contains(',') {
+                // mount options: keep their names, sorted
+                let mut keys: Vec<&str> = word
+                    .split(',')
+                    .map(|o| o.split('=').next().unwrap_or(o))
+                    .collect();
+                keys.sort();
+                words.push(keys.join(","));
+            } else {
+                words.push(word.to_string());
+            }
+        }
+        lines.push(words.join(" "));
+    }
+    lines.join("\n")
+}
+
+/// The same `ctr snapshots` steps on containerd's own overlayfs
+/// snapshotter and on imaged's give the same answers: kinds, parents,
+/// labels, mounts, the errors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn imaged_snapshots_answer_as_containerds_overlayfs() {
+    require_root_and_containerd();
+    let registry = TestRegistry::start().await.unwrap();
+    let imaged = Imaged::start().await.unwrap();
+    let containerd =
+        Containerd::start_with_imaged(&registry.host, &imaged.root().join("run/snapshots.sock"))
+            .await
+            .unwrap();
+    // containerd collects garbage once shortly after it starts: let that
+    // pass, so that it does not take a view (which has no gc.root label)
+    // in the middle of one run and not the other.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let steps: &[&[&str]] = &[
+        &["prepare", "a"],
+        &["mounts", "/mnt", "a"],
+        &["commit", "c1", "a"],
+        &["prepare", "b", "c1"],
+        &["mounts", "/mnt", "b"],
+        &["view", "v", "c1"],
+        &["mounts", "/mnt", "v"],
+        &["commit", "c2", "v"],
+        // A view carries no gc.root label: the collection a removal sets
+        // off may take v0 at any time after `rm v`, so nothing looks at
+        // it afterwards.
+        &["view", "v0"],
+        &["mounts", "/mnt", "v0"],
+        &["rm", "v"],
+        &["prepare", "b", "c1"],
+        &["prepare", "x", "b"],
+        &["prepare", "y", "missing"],
+        &["commit", "c2", "missing"],
+        &["commit", "c1", "b"],
+        &["label", "c1", "team=imaged"],
+        &["rm", "c1"],
+        &["tree"],
+        &["rm", "b"],
+        &["rm", "c1"],
+        &["rm", "c1"],
+        &["ls"],
+    ];
+    let mut answers = Vec::new();
+    for snapshotter in ["overlayfs", "imaged"] {
+        let mut answer = Vec::new();
+        for step in steps {
+            let mut args = vec!["snapshots", "--snapshotter", snapshotter];
+            args.extend_from_slice(step);
+            let shown = match containerd.ctr(&args).await {
+                Ok(out) => normalize(&out)
+                    .lines()
+                    .filter(|l| !l.starts_with("v0 "))
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+                // The error's kind, without the snapshotter's own words.
+                Err(err) => {
+                    let text = err.to_string();
+                    let kind = [
+                        "not found",
+                        "already exists",
+                        "invalid argument",
+                        "failed precondition",
+                    ]
+                    .into_iter()
+                    .find(|k| text.to_lowercase().contains(k))
+                    .unwrap_or("other");
+                    format!("error: {kind}")
+                }
+            };
+            answer.push(format!("{}: {shown}", step.join(" ")));
+        }
+        answers.push(answer);
+    }
+    assert_eq!(answers[1], answers[0], "imaged (left) vs overlayfs (right)");
+}

@@ -53,10 +53,24 @@ pub fn read_only_view(lowers: &[PathBuf]) -> Mount {
         .map(|d| d.display().to_string())
         .collect::<Vec<_>>()
         .join(":");
+    let mut options = index_off();
+    options.extend([format!("lowerdir={lowerdir}"), "ro".into()]);
     Mount {
         kind: "overlay".into(),
         source: "overlay".into(),
-        options: vec![format!("lowerdir={lowerdir}"), "ro".into()],
+        options,
+    }
+}
+
+/// `index=off` when this kernel's overlayfs has the inodes index: with it
+/// off, the same lower directory can be stacked in several overlays at
+/// once (imaged's layers are shared by every container on them), as
+/// Docker's overlay2 and containerd's overlayfs mount them.
+pub(crate) fn index_off() -> Vec<String> {
+    if Path::new("/sys/module/overlay/parameters/index").exists() {
+        vec!["index=off".to_string()]
+    } else {
+        Vec::new()
     }
 }
 

@@ -30,11 +30,12 @@ impl StorageDriver for Overlay {
             .map(|d| d.display().to_string())
             .collect::<Vec<_>>()
             .join(":");
-        let mut options = vec![
+        let mut options = super::index_off();
+        options.extend([
             format!("lowerdir={lowerdir}"),
             format!("upperdir={}", layer.upper().display()),
             format!("workdir={}", layer.own.join("work").display()),
-        ];
+        ]);
         options.extend(label);
         Mount {
             kind: "overlay".into(),
