@@ -55,6 +55,14 @@ fn manifests_validate_and_kustomizations_resolve() {
                 in_resources = line.starts_with("resources:");
                 continue;
             }
+            // A patch file is named by `- path: <file>`.
+            if let Some(patch) = line.trim().strip_prefix("- path: ") {
+                assert!(
+                    dir.join(patch).exists(),
+                    "{}: patch {patch} is not there",
+                    kustomization.display()
+                );
+            }
             if let Some(resource) = line.trim().strip_prefix("- ").filter(|_| in_resources) {
                 assert!(
                     dir.join(resource).exists(),
