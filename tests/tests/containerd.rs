@@ -122,18 +122,7 @@ async fn containerd_runs_containers_on_layers_only_imaged_downloaded() {
     );
 
     // A container runs from them.
-    let out = containerd
-        .ctr(&[
-            "run",
-            "--rm",
-            "--snapshotter",
-            "imaged",
-            &reference,
-            "imaged-e2e-hello",
-        ])
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n{}\n{}", containerd.log(), imaged.logs()));
-    assert_eq!(out.trim(), RUNNABLE_OUTPUT);
+    run_hello(&containerd, &imaged, &reference, "imaged-e2e-hello").await;
 
     // imaged pulls the same image: nothing more is downloaded.
     let before = registry.blob_gets().len();
@@ -358,6 +347,44 @@ async fn kubelet_pulls_through_imaged_and_containerd_runs_the_image() {
             .any(|n| n.contains("fixtures/runnable") || n == id)
     })
     .await;
+
+    // An image loaded into imaged, with no registry manifest, is
+    // registered too (under a manifest made from its config and layers)
+    // and runs.
+    let archive = imaged_e2e::archive::with_linked_layers(&[(&image, "loaded/runnable:1")]);
+    let chunks: Vec<imaged_api::v1::LoadImagesRequest> = archive
+        .chunks(256 * 1024)
+        .map(|chunk| imaged_api::v1::LoadImagesRequest {
+            chunk: chunk.to_vec(),
+            quiet: true,
+            platform: None,
+        })
+        .collect();
+    let mut loaded = imaged
+        .images()
+        .load_images(tokio_stream::iter(chunks))
+        .await
+        .unwrap()
+        .into_inner();
+    while loaded.message().await.unwrap().is_some() {}
+    let loaded_name = "docker.io/loaded/runnable:1".to_string();
+    eventually("containerd's CRI finds the loaded image", || {
+        let cri = containerd_cri.clone();
+        let name = loaded_name.clone();
+        async move { status(cri, name).await.is_some() }
+    })
+    .await;
+    run_hello(&containerd, &imaged, &loaded_name, "imaged-e2e-loaded").await;
+}
+
+/// `ctr run` of the runnable image `reference` on imaged's snapshotter:
+/// it must print its line.
+async fn run_hello(containerd: &Containerd, imaged: &Imaged, reference: &str, id: &str) {
+    let out = containerd
+        .ctr(&["run", "--rm", "--snapshotter", "imaged", reference, id])
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}\n{}", containerd.log(), imaged.logs()));
+    assert_eq!(out.trim(), RUNNABLE_OUTPUT);
 }
 
 /// The fields of a CRI image that must agree with containerd's.

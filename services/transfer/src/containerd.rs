@@ -16,12 +16,17 @@
 //! - an image record per name (each tag, each digest reference and the
 //!   image ID, as the CRI plugin names what it pulls).
 //!
-//! All of it under a containerd lease until the records exist. Removal
-//! follows imaged's `untag` and `delete` events ([`Containerd::follow`]):
-//! a name imaged no longer resolves to the image is deleted in containerd.
+//! All of it under a containerd lease until the records exist. A pull
+//! registers its image before it answers. Everything else follows imaged's
+//! events ([`Containerd::follow`]) and, at start-up, every stored image:
+//! [`Containerd::sync`] makes containerd's names of an image those imaged
+//! has, deleting the names imaged no longer has and registering an image
+//! that came without a registry manifest (load, import, commit) under an
+//! OCI manifest made from its config and layers.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -30,14 +35,18 @@ use imaged_api::containerd::services::images::v1 as images;
 use imaged_api::containerd::services::leases::v1 as leases;
 use imaged_api::containerd::services::snapshots::v1 as snapshots;
 use imaged_api::containerd::types::Descriptor;
+use imaged_api::internal::v1::ImageConfigResponse;
 use imaged_api::internal::v1::event_log_client::EventLogClient;
 use imaged_api::v1::SubscribeRequest;
 use imaged_common::Error;
 use imaged_common::peer::Peer;
+use imaged_model::image_config::ImageConfig;
+use imaged_model::media_type as media_types;
 use imaged_model::{Digest, Reference};
 use tonic::transport::Channel;
 use tonic::{Code, Request};
 
+use crate::layers::LayerStore;
 use crate::metadata::Metadata;
 use crate::snapshots::REF_LABEL;
 
@@ -93,11 +102,13 @@ pub struct Containerd {
     channel: Channel,
     namespace: String,
     snapshotter: String,
+    /// Where the sizes of layers come from for a made manifest.
+    layers: Arc<LayerStore>,
 }
 
 impl Containerd {
     /// The containerd `args` name, if any (connected on first use).
-    pub fn new(args: &ContainerdArgs) -> Result<Option<Self>, Error> {
+    pub fn new(args: &ContainerdArgs, layers: Arc<LayerStore>) -> Result<Option<Self>, Error> {
         let Some(address) = args.containerd_address.clone() else {
             return Ok(None);
         };
@@ -108,6 +119,7 @@ impl Containerd {
             channel,
             namespace: args.containerd_namespace.clone(),
             snapshotter: args.containerd_snapshotter.clone(),
+            layers,
         }))
     }
 
@@ -362,13 +374,37 @@ impl Containerd {
     /// imaged has ([`Containerd::sync`]). After a lost connection to
     /// imaged-events it resumes from the last event it saw.
     pub async fn follow(self, events: Peer, metadata: Metadata) {
+        // Start-up: what changed while imaged or containerd was down.
+        loop {
+            match metadata.image_ids().await {
+                Ok(ids) => {
+                    for id in ids {
+                        if let Err(err) = self.sync(&id, &metadata).await {
+                            tracing::warn!(image = %id, "cannot register the image in containerd: {err}");
+                        }
+                    }
+                    break;
+                }
+                Err(err) => {
+                    tracing::debug!("cannot list images to register in containerd yet: {err}");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
         let mut since = String::new();
         loop {
             let mut client = EventLogClient::new(events.channel());
             let request = SubscribeRequest {
-                filters: ["type=image", "event=tag", "event=untag", "event=delete"]
-                    .map(String::from)
-                    .to_vec(),
+                filters: [
+                    "type=image",
+                    "event=tag",
+                    "event=untag",
+                    "event=delete",
+                    "event=load",
+                    "event=import",
+                ]
+                .map(String::from)
+                .to_vec(),
                 since: since.clone(),
                 until: String::new(),
             };
@@ -398,26 +434,34 @@ impl Containerd {
 
     /// Makes containerd's names of the imaged image `id` those imaged
     /// has: names imaged no longer has are deleted, new tags recorded on
-    /// the same target.
+    /// the same target, and an image containerd does not have registered
+    /// whole, under a manifest made from its config and layers.
     pub async fn sync(&self, id: &str, metadata: &Metadata) -> Result<(), Error> {
         let current = self.names_of(id).await?;
-        let wanted: Vec<String> = match metadata.image_config(id, None).await {
-            Ok(answer) => answer
-                .repo_tags
-                .iter()
-                .chain(&answer.repo_digests)
-                .filter_map(|r| Reference::parse(r).ok())
-                .map(|r| r.to_string())
-                .chain(std::iter::once(answer.id))
-                .collect(),
-            Err(Error::NotFound(_)) => Vec::new(),
+        let answer = match metadata.image_config(id, None).await {
+            Ok(answer) => Some(answer),
+            Err(Error::NotFound(_)) => None,
             Err(err) => return Err(err),
         };
+        let wanted: Vec<String> = answer
+            .iter()
+            .flat_map(|a| {
+                a.repo_tags
+                    .iter()
+                    .chain(&a.repo_digests)
+                    .filter_map(|r| Reference::parse(r).ok())
+                    .map(|r| r.to_string())
+                    .chain(std::iter::once(a.id.clone()))
+            })
+            .collect();
         for name in current.iter().filter(|n| !wanted.contains(n)) {
             self.delete(name).await?;
         }
         let Some(existing) = current.iter().find(|n| wanted.contains(n)) else {
-            return Ok(()); // not registered here: nothing to copy
+            return match answer {
+                Some(answer) => self.register(&self.made_image(answer)?).await,
+                None => Ok(()),
+            };
         };
         let mut client = images::images_client::ImagesClient::new(self.channel.clone());
         let target = client
@@ -439,6 +483,61 @@ impl Containerd {
             self.image_record(name, &id, &target).await?;
         }
         Ok(())
+    }
+
+    /// An image without a registry manifest, as containerd needs it: an
+    /// OCI manifest made from the config and the layers (each described
+    /// by its uncompressed digest, the diff ID, which is what it is), and
+    /// the config.
+    fn made_image(&self, answer: ImageConfigResponse) -> Result<Image, Error> {
+        let config = ImageConfig::parse(&answer.config)?;
+        let id: Digest = answer.id.parse()?;
+        let layers: Vec<serde_json::Value> = config
+            .diff_ids
+            .iter()
+            .zip(&config.chain_ids)
+            .map(|(diff_id, chain)| {
+                let size = self.layers.get(chain).map_or(0, |l| l.tar_size);
+                serde_json::json!({
+                    "mediaType": media_types::OCI_LAYER,
+                    "digest": diff_id.to_string(),
+                    "size": size,
+                })
+            })
+            .collect();
+        let manifest = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": media_types::OCI_MANIFEST,
+            "config": {
+                "mediaType": media_types::OCI_CONFIG,
+                "digest": id.to_string(),
+                "size": answer.config.len(),
+            },
+            "layers": layers,
+        }))
+        .map_err(Error::internal)?;
+        let names = answer
+            .repo_tags
+            .iter()
+            .chain(&answer.repo_digests)
+            .filter_map(|r| Reference::parse(r).ok())
+            .map(|r| r.to_string())
+            .collect();
+        Ok(Image {
+            id,
+            blobs: vec![
+                Blob {
+                    digest: Digest::sha256_of(&manifest),
+                    bytes: Bytes::from(manifest),
+                },
+                Blob {
+                    digest: Digest::sha256_of(&answer.config),
+                    bytes: Bytes::from(answer.config),
+                },
+            ],
+            chains: config.chain_ids,
+            names,
+        })
     }
 
     /// The names containerd has for the imaged image `id`.

@@ -141,6 +141,16 @@ impl Metadata {
         call!(self, set_container, request).map(drop)
     }
 
+    /// The IDs of every stored image.
+    pub async fn image_ids(&self) -> Result<Vec<String>, Error> {
+        let request = ListImagesRequest {
+            all: true,
+            ..Default::default()
+        };
+        let listed = call!(self, list_images, request)?;
+        Ok(listed.images.into_iter().map(|i| i.id).collect())
+    }
+
     /// Which of `chains` a stored image stands on.
     pub async fn chains_in_use(&self, chains: &[Digest]) -> Result<HashSet<Digest>, Error> {
         let request = ChainsInUseRequest {
