@@ -244,3 +244,111 @@ async fn removing_an_image_with_child_images_removes_its_references() {
         .into_inner();
     assert!(child_status.image.is_some(), "the child stays");
 }
+
+/// The gateway keeps CRI answers between changes; none is ever stale
+/// after a change has returned to its caller, whichever API made it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_and_list_are_current_right_after_each_change() {
+    let registry = TestRegistry::start().await.unwrap();
+    let catalog = imaged_fixtures::catalog().unwrap();
+    catalog.push_all(&registry.fixtures()).await.unwrap();
+    let imaged = Imaged::start().await.unwrap();
+    let mut cri = ImageServiceClient::new(imaged.channel(Service::Gateway));
+    let mut images = imaged.images();
+    let reference = registry.fixtures().reference("fixtures/base:latest");
+    let other = "docker.io/library/other:1".to_string();
+
+    async fn status(
+        cri: &mut ImageServiceClient<imaged_common::peer::PeerChannel>,
+        name: &str,
+    ) -> Option<k8s_cri::v1::Image> {
+        cri.image_status(ImageStatusRequest {
+            image: spec(name),
+            verbose: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .image
+    }
+    async fn listed(cri: &mut ImageServiceClient<imaged_common::peer::PeerChannel>) -> Vec<String> {
+        let mut tags: Vec<String> = cri
+            .list_images(ListImagesRequest { filter: None })
+            .await
+            .unwrap()
+            .into_inner()
+            .images
+            .into_iter()
+            .flat_map(|i| i.repo_tags)
+            .collect();
+        tags.sort();
+        tags
+    }
+
+    // The gateway keeps answers only while this says nothing changed.
+    assert!(
+        imaged.root().join("run/metadata.version").exists(),
+        "imaged-metadata publishes its version"
+    );
+
+    // Asked before the image exists: the empty answer is not kept past
+    // the pull.
+    for _ in 0..3 {
+        assert!(status(&mut cri, &reference).await.is_none());
+        assert!(listed(&mut cri).await.is_empty());
+    }
+    cri.pull_image(PullImageRequest {
+        image: spec(&reference),
+        auth: None,
+        sandbox_config: None,
+    })
+    .await
+    .unwrap();
+    assert!(status(&mut cri, &reference).await.is_some());
+    assert_eq!(listed(&mut cri).await, std::slice::from_ref(&reference));
+
+    images
+        .tag_image(imaged_api::v1::TagImageRequest {
+            source: reference.clone(),
+            target: other.clone(),
+        })
+        .await
+        .unwrap();
+    let tags = status(&mut cri, &reference).await.unwrap().repo_tags;
+    assert!(tags.contains(&other), "{tags:?}");
+    assert!(status(&mut cri, &other).await.is_some());
+    assert_eq!(listed(&mut cri).await, [reference.clone(), other.clone()]);
+
+    images
+        .remove_image(imaged_api::v1::RemoveImageRequest {
+            image: other.clone(),
+            force: false,
+            prune_children: None,
+        })
+        .await
+        .unwrap();
+    assert!(status(&mut cri, &other).await.is_none());
+    assert_eq!(
+        status(&mut cri, &reference).await.unwrap().repo_tags,
+        std::slice::from_ref(&reference)
+    );
+    assert_eq!(listed(&mut cri).await, std::slice::from_ref(&reference));
+
+    cri.remove_image(RemoveImageRequest {
+        image: spec(&reference),
+    })
+    .await
+    .unwrap();
+    assert!(status(&mut cri, &reference).await.is_none());
+    assert!(listed(&mut cri).await.is_empty());
+
+    cri.pull_image(PullImageRequest {
+        image: spec(&reference),
+        auth: None,
+        sandbox_config: None,
+    })
+    .await
+    .unwrap();
+    assert!(status(&mut cri, &reference).await.is_some());
+    assert_eq!(listed(&mut cri).await, [reference]);
+}

@@ -13,6 +13,8 @@
 //! - [`metrics`]: OpenTelemetry metrics, OTLP export and a Prometheus page.
 //! - [`events`]: publishing events to imaged-events, buffered while it is down.
 //! - [`error`]: the one mapping from domain errors to gRPC status codes.
+//! - [`version`]: the metadata store's version, published for readers in
+//!   other processes.
 
 pub mod config;
 pub mod deadline;
@@ -24,5 +26,6 @@ pub mod peer;
 pub mod rpc_trace;
 pub mod server;
 pub mod telemetry;
+pub mod version;
 
 pub use error::Error;

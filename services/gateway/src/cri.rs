@@ -10,6 +10,8 @@
 //! counts the unpacked layers.
 
 use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
 use base64::Engine;
 use imaged_api::cri::image_service_server::ImageService;
@@ -19,11 +21,12 @@ use imaged_api::cri::{
     ListImagesRequest, ListImagesResponse, PullImageRequest, PullImageResponse, RemoveImageRequest,
     RemoveImageResponse, UInt64Value,
 };
-use imaged_api::internal::v1::ContentSizeRequest;
 use imaged_api::internal::v1::metadata_client::MetadataClient;
 use imaged_api::internal::v1::transfer_client::TransferClient;
+use imaged_api::internal::v1::{ContentSizeRequest, CriImagesRequest, StoreVersion};
 use imaged_api::v1::{self, ImageInspect, InspectImageRequest, RegistryAuth};
 use imaged_common::Error;
+use imaged_common::version::{self, Version};
 use imaged_model::Reference;
 use tokio_stream::StreamExt;
 use tonic::{Code, Request, Response, Status};
@@ -35,14 +38,128 @@ pub struct CriImageService {
     peers: Peers,
     /// `--pinned-images`, fully qualified (IDs as given).
     pinned: HashSet<String>,
+    kept: Kept,
+}
+
+/// ImageStatus and ListImages answers kept by the version of the metadata
+/// store they were read at, and given again while imaged-metadata's
+/// published version (one `pread`, [`imaged_common::version`]) is the
+/// same: kubelet asks the same few questions many times between changes,
+/// and a change is published before it returns to its caller, so a kept
+/// answer is never older than a change someone saw complete.
+struct Kept {
+    version: version::Reader,
+    statuses: Mutex<HashMap<String, (Version, Option<Image>)>>,
+    list: Mutex<Option<(Version, Arc<Vec<Image>>)>>,
+}
+
+/// How many names' statuses are kept at most (kubelet asks about the
+/// images of the node's pods).
+const KEPT_STATUSES: usize = 4096;
+
+impl Kept {
+    /// The kept answer for `name`, if still current.
+    fn status(&self, name: &str) -> Option<Option<Image>> {
+        let now = self.version.current()?;
+        let statuses = self.statuses.lock().unwrap_or_else(|e| e.into_inner());
+        let (at, answer) = statuses.get(name)?;
+        (*at == now).then(|| answer.clone())
+    }
+
+    fn keep_status(&self, name: &str, at: Version, answer: Option<Image>) {
+        let mut statuses = self.statuses.lock().unwrap_or_else(|e| e.into_inner());
+        if statuses.len() >= KEPT_STATUSES {
+            statuses.clear();
+        }
+        statuses.insert(name.to_string(), (at, answer));
+    }
+
+    fn list(&self) -> Option<Arc<Vec<Image>>> {
+        let now = self.version.current()?;
+        let list = self.list.lock().unwrap_or_else(|e| e.into_inner());
+        list.as_ref()
+            .filter(|(at, _)| *at == now)
+            .map(|(_, images)| Arc::clone(images))
+    }
+
+    fn keep_list(&self, at: Version, images: Arc<Vec<Image>>) {
+        *self.list.lock().unwrap_or_else(|e| e.into_inner()) = Some((at, images));
+    }
+}
+
+/// A store version from the wire.
+fn version_of(wire: Option<StoreVersion>) -> Option<Version> {
+    wire.map(|v| Version {
+        epoch: v.epoch,
+        generation: v.generation,
+    })
 }
 
 impl CriImageService {
-    pub fn new(peers: Peers, pinned: &[String]) -> Self {
+    /// `version_file`: where imaged-metadata publishes its version.
+    pub fn new(peers: Peers, pinned: &[String], version_file: PathBuf) -> Self {
         CriImageService {
             peers,
             pinned: qualified(pinned).into_iter().collect(),
+            kept: Kept {
+                version: version::Reader::new(version_file),
+                statuses: Mutex::new(HashMap::new()),
+                list: Mutex::new(None),
+            },
         }
+    }
+
+    /// The CRI record of the image `name` names (`None`: no such image),
+    /// as kept or from imaged-metadata.
+    async fn status_image(&self, name: &str) -> Result<Option<Image>, Status> {
+        if let Some(answer) = self.kept.status(name) {
+            return Ok(answer);
+        }
+        let request = InspectImageRequest {
+            image: name.to_string(),
+            platform: None,
+        };
+        let answer = self
+            .peers
+            .metadata
+            .call(|ch| {
+                let request = request.clone();
+                async move { MetadataClient::new(ch).cri_image(request).await }
+            })
+            .await?;
+        let image = answer.image.map(|row| self.pin(summary_image(&row)));
+        if let Some(at) = version_of(answer.version) {
+            self.kept.keep_status(name, at, image.clone());
+        }
+        Ok(image)
+    }
+
+    /// Every image's CRI record, as kept or from imaged-metadata.
+    async fn images(&self) -> Result<Arc<Vec<Image>>, Status> {
+        if let Some(rows) = self.kept.list() {
+            return Ok(rows);
+        }
+        let answer = self
+            .peers
+            .metadata
+            .call(|ch| async move {
+                MetadataClient::new(ch)
+                    .max_decoding_message_size(imaged_common::server::INTERNAL_MESSAGE_LIMIT)
+                    .cri_images(CriImagesRequest {})
+                    .await
+            })
+            .await?;
+        let images: Arc<Vec<Image>> = Arc::new(
+            answer
+                .images
+                .iter()
+                .map(|row| self.pin(summary_image(row)))
+                .collect(),
+        );
+        if let Some(at) = version_of(answer.version) {
+            self.kept.keep_list(at, Arc::clone(&images));
+        }
+        Ok(images)
     }
 
     /// Whether `image` is one of the pinned images.
@@ -211,27 +328,11 @@ impl ImageService for CriImageService {
             .filter(|spec| !spec.image.is_empty());
         let images = match filter {
             Some(spec) => self
-                .inspect(Some(&spec))
+                .status_image(spec.image.trim())
                 .await?
-                .map(|inspect| self.pin(cri_image(&inspect)))
                 .into_iter()
                 .collect(),
-            // The summaries carry all but the user, which kubelet reads
-            // from ImageStatus; one call however many images there are.
-            None => self
-                .peers
-                .metadata
-                .call(|ch| async move {
-                    MetadataClient::new(ch)
-                        .max_decoding_message_size(imaged_common::server::INTERNAL_MESSAGE_LIMIT)
-                        .list_images(v1::ListImagesRequest::default())
-                        .await
-                })
-                .await?
-                .images
-                .iter()
-                .map(|s| self.pin(summary_image(s)))
-                .collect(),
+            None => self.images().await?.as_ref().clone(),
         };
         Ok(Response::new(ListImagesResponse { images }))
     }
@@ -243,21 +344,28 @@ impl ImageService for CriImageService {
         let request = request.into_inner();
         // No reference is an error; an unparsable one names no image: an
         // empty status, as containerd answers both.
-        image_name(request.image.as_ref())?;
-        let found = match self.inspect(request.image.as_ref()).await {
+        let name = image_name(request.image.as_ref())?;
+        if request.verbose {
+            let found = match self.inspect(request.image.as_ref()).await {
+                Err(status) if status.code() == Code::InvalidArgument => None,
+                other => other?,
+            };
+            let Some(inspect) = found else {
+                return Ok(Response::new(ImageStatusResponse::default()));
+            };
+            let info = HashMap::from([("info".to_string(), verbose_info(&inspect))]);
+            return Ok(Response::new(ImageStatusResponse {
+                image: Some(self.pin(cri_image(&inspect))),
+                info,
+            }));
+        }
+        let image = match self.status_image(&name).await {
             Err(status) if status.code() == Code::InvalidArgument => None,
             other => other?,
         };
-        let Some(inspect) = found else {
-            return Ok(Response::new(ImageStatusResponse::default()));
-        };
-        let mut info = HashMap::new();
-        if request.verbose {
-            info.insert("info".to_string(), verbose_info(&inspect));
-        }
         Ok(Response::new(ImageStatusResponse {
-            image: Some(self.pin(cri_image(&inspect))),
-            info,
+            image,
+            info: HashMap::new(),
         }))
     }
 

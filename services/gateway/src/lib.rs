@@ -57,9 +57,13 @@ pub async fn run(config: ServiceConfig, args: Args) -> anyhow::Result<()> {
                 .max_decoding_message_size(MAX_REQUEST),
         )
         .add_service(
-            ImageServiceServer::new(cri::CriImageService::new(peers, &args.pinned_images))
-                .max_decoding_message_size(MAX_REQUEST)
-                .max_encoding_message_size(MAX_ANSWER),
+            ImageServiceServer::new(cri::CriImageService::new(
+                peers,
+                &args.pinned_images,
+                imaged_common::version::path(&config.root),
+            ))
+            .max_decoding_message_size(MAX_REQUEST)
+            .max_encoding_message_size(MAX_ANSWER),
         );
     server::serve(
         &config,

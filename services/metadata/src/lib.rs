@@ -37,7 +37,10 @@ pub struct Args {
 /// until SIGTERM or SIGINT. The process's `main` only parses the flags and
 /// hands this to [`server::run_main`].
 pub async fn run(config: ServiceConfig, args: Args) -> anyhow::Result<()> {
-    let store = tokio::task::block_in_place(|| store::Store::open(&config.data_dir))?;
+    let store = tokio::task::block_in_place(|| store::Store::open(&config.data_dir))?
+        .publish_versions(imaged_common::version::Publisher::create(
+            &imaged_common::version::path(&config.root),
+        )?)?;
     let events = Publisher::start(
         Peer::new(
             Service::Events,

@@ -162,6 +162,20 @@ pub fn list(index: &Index, request: &ListImagesRequest) -> Result<Vec<ImageSumma
     Ok(out)
 }
 
+/// The list row of `image` as an unfiltered ListImages gives it (no
+/// shared size): what CRI shows of an image.
+pub fn row(index: &Index, image: &Arc<Image>) -> ImageSummary {
+    let (mut repo_tags, mut repo_digests) = (Vec::new(), Vec::new());
+    for reference in index.refs_of(&image.id.to_string()) {
+        if reference.digest().is_some() {
+            repo_digests.push(reference.familiar());
+        } else {
+            repo_tags.push(reference.familiar());
+        }
+    }
+    summary(index, image, repo_tags, repo_digests, -1)
+}
+
 fn summary(
     index: &Index,
     image: &Arc<Image>,

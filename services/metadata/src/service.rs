@@ -255,6 +255,44 @@ impl Metadata for MetadataService {
         })
     }
 
+    async fn cri_image(
+        &self,
+        request: Request<InspectImageRequest>,
+    ) -> Result<Response<CriImageResponse>, Status> {
+        let request = request.into_inner();
+        let index = self.images.store.read();
+        let image = match get_image(&index, &request.image, None) {
+            Ok(image) => Some(list::row(&index, image)),
+            Err(Error::NotFound(_)) => None,
+            Err(err) => return Err(err.into()),
+        };
+        Ok(Response::new(CriImageResponse {
+            image,
+            version: Some(store_version(self.images.store.version_of(&index))),
+        }))
+    }
+
+    async fn cri_images(
+        &self,
+        _request: Request<CriImagesRequest>,
+    ) -> Result<Response<CriImagesResponse>, Status> {
+        let index = self.images.store.read();
+        // As an unfiltered ListImages: an untagged parent of other images
+        // is an intermediate, not shown.
+        let images = index
+            .images()
+            .filter(|i| {
+                let id = i.id.to_string();
+                !index.refs_of(&id).is_empty() || !index.has_children(&id)
+            })
+            .map(|i| list::row(&index, i))
+            .collect();
+        Ok(Response::new(CriImagesResponse {
+            images,
+            version: Some(store_version(self.images.store.version_of(&index))),
+        }))
+    }
+
     async fn remove_container(
         &self,
         request: Request<RemoveContainerRequest>,
@@ -267,5 +305,13 @@ impl Metadata for MetadataService {
             })?;
             Ok(RemoveContainerResponse {})
         })
+    }
+}
+
+/// A store version as the wire carries it.
+fn store_version(version: imaged_common::version::Version) -> StoreVersion {
+    StoreVersion {
+        epoch: version.epoch,
+        generation: version.generation,
     }
 }

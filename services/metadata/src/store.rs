@@ -304,6 +304,8 @@ impl Tx<'_> {
 pub struct Store {
     db: Database,
     index: RwLock<Index>,
+    /// Where each committed version is published for other processes.
+    version: Option<imaged_common::version::Publisher>,
 }
 
 impl Store {
@@ -375,6 +377,7 @@ impl Store {
         Ok(Store {
             db,
             index: RwLock::new(index),
+            version: None,
         })
     }
 
@@ -402,8 +405,34 @@ impl Store {
         } else {
             drop(tx);
             index.generation += 1;
+            // Under the write lock and before the change returns: a reader
+            // that sees the old version read before this change.
+            if let Some(publisher) = &self.version
+                && let Err(err) = publisher.publish(index.generation)
+            {
+                tracing::warn!("cannot publish the store's version: {err}");
+            }
         }
         result
+    }
+
+    /// Publishes every committed version through `publisher` from now on
+    /// (the current one at once).
+    pub fn publish_versions(
+        mut self,
+        publisher: imaged_common::version::Publisher,
+    ) -> std::io::Result<Self> {
+        publisher.publish(self.read().generation)?;
+        self.version = Some(publisher);
+        Ok(self)
+    }
+
+    /// The version `index` (a view of this store) is at.
+    pub fn version_of(&self, index: &Index) -> imaged_common::version::Version {
+        imaged_common::version::Version {
+            epoch: self.version.as_ref().map_or(0, |p| p.epoch()),
+            generation: index.generation,
+        }
     }
 }
 

@@ -1,0 +1,155 @@
+//! `make bench`: the CRI calls kubelet makes most (ImageStatus for every
+//! container of every pod sync, ListImages for image GC), through imaged's
+//! gateway and against containerd's own CRI plugin, measured in the same
+//! run with the same client on the same three images.
+//!
+//! Needs containerd (`make bench` installs it) and root.
+
+use std::time::{Duration, Instant};
+
+use imaged_api::cri::image_service_client::ImageServiceClient;
+use imaged_api::cri::{ImageSpec, ImageStatusRequest, ListImagesRequest, PullImageRequest};
+use imaged_common::config::Service;
+use imaged_common::endpoint::Endpoint;
+use imaged_common::peer::{Peer, PeerChannel};
+use imaged_e2e::containerd::Containerd;
+use imaged_e2e::{Imaged, TestRegistry};
+
+const WARMUP: usize = 200;
+const CALLS: usize = 2000;
+
+struct Stats {
+    p50: Duration,
+    p99: Duration,
+}
+
+async fn measure<F, Fut>(mut call: F) -> Stats
+where
+    F: FnMut(usize) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    for i in 0..WARMUP {
+        call(i).await;
+    }
+    let mut samples = Vec::with_capacity(CALLS);
+    for i in 0..CALLS {
+        let t = Instant::now();
+        call(i).await;
+        samples.push(t.elapsed());
+    }
+    samples.sort();
+    Stats {
+        p50: samples[CALLS / 2],
+        p99: samples[CALLS * 99 / 100],
+    }
+}
+
+fn spec(image: &str) -> Option<ImageSpec> {
+    Some(ImageSpec {
+        image: image.into(),
+        ..Default::default()
+    })
+}
+
+async fn status(cri: &ImageServiceClient<PeerChannel>, references: &[String]) -> Stats {
+    measure(|i| {
+        let mut cri = cri.clone();
+        let image = spec(&references[i % references.len()]);
+        async move {
+            let answer = cri
+                .image_status(ImageStatusRequest {
+                    image,
+                    verbose: false,
+                })
+                .await
+                .expect("ImageStatus");
+            assert!(answer.into_inner().image.is_some());
+        }
+    })
+    .await
+}
+
+async fn list(cri: &ImageServiceClient<PeerChannel>) -> Stats {
+    measure(|_| {
+        let mut cri = cri.clone();
+        async move {
+            let answer = cri
+                .list_images(ListImagesRequest { filter: None })
+                .await
+                .expect("ListImages");
+            assert_eq!(answer.into_inner().images.len(), 3);
+        }
+    })
+    .await
+}
+
+fn row(call: &str, ours: &Stats, theirs: &Stats) {
+    println!(
+        "{call:<14} {:>10.0?} {:>10.0?} {:>10.0?} {:>10.0?} {:>6.2}x {:>6.2}x",
+        ours.p50,
+        ours.p99,
+        theirs.p50,
+        theirs.p99,
+        ours.p50.as_secs_f64() / theirs.p50.as_secs_f64(),
+        ours.p99.as_secs_f64() / theirs.p99.as_secs_f64(),
+    );
+}
+
+#[tokio::main]
+async fn main() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 || !Containerd::available() {
+        eprintln!("CRI hot-path bench skipped: needs root and containerd");
+        return;
+    }
+    let registry = TestRegistry::start().await.expect("start docker-registry");
+    let fixtures = registry.fixtures();
+    let catalog = imaged_fixtures::catalog().expect("fixtures");
+    catalog.push_all(&fixtures).await.expect("push");
+    let references: Vec<String> = [
+        "fixtures/base:latest",
+        "fixtures/app:1.0",
+        "fixtures/docker:latest",
+    ]
+    .iter()
+    .map(|r| fixtures.reference(r))
+    .collect();
+
+    let containerd = Containerd::start(&registry.host).await.expect("containerd");
+    let theirs = ImageServiceClient::new(
+        Peer::new(Service::Gateway, Endpoint::Unix(containerd.socket()))
+            .expect("endpoint")
+            .channel(),
+    );
+    let imaged = Imaged::start().await.expect("imaged");
+    let ours = ImageServiceClient::new(imaged.channel(Service::Gateway));
+    for reference in &references {
+        for mut cri in [theirs.clone(), ours.clone()] {
+            cri.pull_image(PullImageRequest {
+                image: spec(reference),
+                ..Default::default()
+            })
+            .await
+            .expect("pull");
+        }
+    }
+
+    println!(
+        "\nCRI hot path ({CALLS} sequential calls, same client, same 3 images; ratio = imaged / containerd)"
+    );
+    println!(
+        "{:<14} {:>10} {:>10} {:>10} {:>10} {:>7} {:>7}",
+        "call", "imaged p50", "p99", "ctrd p50", "p99", "p50", "p99"
+    );
+    // Alternated, so that neither side gets a quieter minute.
+    for _ in 0..2 {
+        let (a, b) = (
+            status(&ours, &references).await,
+            status(&theirs, &references).await,
+        );
+        row("ImageStatus", &a, &b);
+        let (a, b) = (list(&ours).await, list(&theirs).await);
+        row("ListImages", &a, &b);
+    }
+    println!("target: imaged p50 and p99 at or below containerd's");
+}
