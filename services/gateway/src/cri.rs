@@ -10,8 +10,7 @@
 //! counts the unpacked layers.
 
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use base64::Engine;
 use imaged_api::cri::image_service_server::ImageService;
@@ -23,14 +22,15 @@ use imaged_api::cri::{
 };
 use imaged_api::internal::v1::metadata_client::MetadataClient;
 use imaged_api::internal::v1::transfer_client::TransferClient;
-use imaged_api::internal::v1::{ContentSizeRequest, CriImagesRequest, StoreVersion};
+use imaged_api::internal::v1::{ContentSizeRequest, CriImagesRequest};
 use imaged_api::v1::{self, ImageInspect, InspectImageRequest, RegistryAuth};
 use imaged_common::Error;
-use imaged_common::version::{self, Version};
+use imaged_common::version;
 use imaged_model::Reference;
 use tokio_stream::StreamExt;
 use tonic::{Code, Request, Response, Status};
 
+use crate::kept::{Kept, version_of};
 use crate::peers::Peers;
 
 /// Serves `runtime.v1.ImageService`.
@@ -38,81 +38,32 @@ pub struct CriImageService {
     peers: Peers,
     /// `--pinned-images`, fully qualified (IDs as given).
     pinned: HashSet<String>,
-    kept: Kept,
-}
-
-/// ImageStatus and ListImages answers kept by the version of the metadata
-/// store they were read at, and given again while imaged-metadata's
-/// published version (one `pread`, [`imaged_common::version`]) is the
-/// same: kubelet asks the same few questions many times between changes,
-/// and a change is published before it returns to its caller, so a kept
-/// answer is never older than a change someone saw complete.
-struct Kept {
-    version: version::Reader,
-    statuses: Mutex<HashMap<String, (Version, Option<Image>)>>,
-    list: Mutex<Option<(Version, Arc<Vec<Image>>)>>,
+    /// ImageStatus answers by name, and the ListImages answer, kept while
+    /// the store does not change ([`crate::kept`]): kubelet asks the same
+    /// few questions many times between changes.
+    statuses: Kept<String, Option<Image>>,
+    list: Kept<(), Arc<Vec<Image>>>,
 }
 
 /// How many names' statuses are kept at most (kubelet asks about the
 /// images of the node's pods).
 const KEPT_STATUSES: usize = 4096;
 
-impl Kept {
-    /// The kept answer for `name`, if still current.
-    fn status(&self, name: &str) -> Option<Option<Image>> {
-        let now = self.version.current()?;
-        let statuses = self.statuses.lock().unwrap_or_else(|e| e.into_inner());
-        let (at, answer) = statuses.get(name)?;
-        (*at == now).then(|| answer.clone())
-    }
-
-    fn keep_status(&self, name: &str, at: Version, answer: Option<Image>) {
-        let mut statuses = self.statuses.lock().unwrap_or_else(|e| e.into_inner());
-        if statuses.len() >= KEPT_STATUSES {
-            statuses.clear();
-        }
-        statuses.insert(name.to_string(), (at, answer));
-    }
-
-    fn list(&self) -> Option<Arc<Vec<Image>>> {
-        let now = self.version.current()?;
-        let list = self.list.lock().unwrap_or_else(|e| e.into_inner());
-        list.as_ref()
-            .filter(|(at, _)| *at == now)
-            .map(|(_, images)| Arc::clone(images))
-    }
-
-    fn keep_list(&self, at: Version, images: Arc<Vec<Image>>) {
-        *self.list.lock().unwrap_or_else(|e| e.into_inner()) = Some((at, images));
-    }
-}
-
-/// A store version from the wire.
-fn version_of(wire: Option<StoreVersion>) -> Option<Version> {
-    wire.map(|v| Version {
-        epoch: v.epoch,
-        generation: v.generation,
-    })
-}
-
 impl CriImageService {
-    /// `version_file`: where imaged-metadata publishes its version.
-    pub fn new(peers: Peers, pinned: &[String], version_file: PathBuf) -> Self {
+    /// `version`: imaged-metadata's published version.
+    pub fn new(peers: Peers, pinned: &[String], version: Arc<version::Reader>) -> Self {
         CriImageService {
             peers,
             pinned: qualified(pinned).into_iter().collect(),
-            kept: Kept {
-                version: version::Reader::new(version_file),
-                statuses: Mutex::new(HashMap::new()),
-                list: Mutex::new(None),
-            },
+            statuses: Kept::new(Arc::clone(&version), KEPT_STATUSES),
+            list: Kept::new(version, 1),
         }
     }
 
     /// The CRI record of the image `name` names (`None`: no such image),
     /// as kept or from imaged-metadata.
     async fn status_image(&self, name: &str) -> Result<Option<Image>, Status> {
-        if let Some(answer) = self.kept.status(name) {
+        if let Some(answer) = self.statuses.get(&name.to_string()) {
             return Ok(answer);
         }
         let request = InspectImageRequest {
@@ -128,16 +79,15 @@ impl CriImageService {
             })
             .await?;
         let image = answer.image.map(|row| self.pin(summary_image(&row)));
-        if let Some(at) = version_of(answer.version) {
-            self.kept.keep_status(name, at, image.clone());
-        }
+        self.statuses
+            .keep(name.to_string(), version_of(answer.version), image.clone());
         Ok(image)
     }
 
     /// Every image's CRI record, as kept or from imaged-metadata.
     async fn images(&self) -> Result<Arc<Vec<Image>>, Status> {
-        if let Some(rows) = self.kept.list() {
-            return Ok(rows);
+        if let Some(images) = self.list.get(&()) {
+            return Ok(images);
         }
         let answer = self
             .peers
@@ -156,9 +106,8 @@ impl CriImageService {
                 .map(|row| self.pin(summary_image(row)))
                 .collect(),
         );
-        if let Some(at) = version_of(answer.version) {
-            self.kept.keep_list(at, Arc::clone(&images));
-        }
+        self.list
+            .keep((), version_of(answer.version), Arc::clone(&images));
         Ok(images)
     }
 

@@ -6,21 +6,34 @@ use imaged_api::internal::v1::transfer_client::TransferClient;
 use imaged_api::internal::v1::*;
 use imaged_api::v1::images_server::Images;
 use imaged_api::v1::*;
-use imaged_common::deadline;
+use std::sync::Arc;
+
 use imaged_common::peer::Peer;
+use imaged_common::{deadline, version};
 use tonic::{Request, Response, Status};
 
 use crate::forward::forward;
+use crate::kept::{Kept, version_of};
 use crate::peers::Peers;
 
 /// Serves `imaged.v1.Images` by calling the internal services.
 pub struct ImagesService {
     peers: Peers,
+    /// InspectImage answers by request, kept while the store does not
+    /// change ([`crate::kept`]).
+    inspected: Kept<InspectImageRequest, ImageInspect>,
 }
 
+/// How many InspectImage answers are kept at most.
+const KEPT_INSPECTS: usize = 1024;
+
 impl ImagesService {
-    pub fn new(peers: Peers) -> Self {
-        ImagesService { peers }
+    /// `version`: imaged-metadata's published version.
+    pub fn new(peers: Peers, version: Arc<version::Reader>) -> Self {
+        ImagesService {
+            peers,
+            inspected: Kept::new(version, KEPT_INSPECTS),
+        }
     }
 }
 
@@ -79,12 +92,22 @@ impl Images for ImagesService {
         &self,
         request: Request<InspectImageRequest>,
     ) -> Result<Response<ImageInspect>, Status> {
-        Ok(Response::new(forward!(
+        if let Some(inspect) = self.inspected.get(request.get_ref()) {
+            return Ok(Response::new(inspect));
+        }
+        let key = request.get_ref().clone();
+        let answer = forward!(
             self.peers.metadata,
             MetadataClient,
             request,
-            inspect_image
-        )))
+            inspect_image_at
+        );
+        let inspect = answer
+            .inspect
+            .ok_or_else(|| Status::internal("imaged-metadata answered no inspect"))?;
+        self.inspected
+            .keep(key, version_of(answer.version), inspect.clone());
+        Ok(Response::new(inspect))
     }
 
     /// Docker: ImageHistory.

@@ -5,6 +5,7 @@ mod cri;
 mod events;
 mod forward;
 mod images;
+mod kept;
 mod layers;
 mod list_relay;
 mod peers;
@@ -44,27 +45,39 @@ pub async fn run(config: ServiceConfig, args: Args) -> anyhow::Result<()> {
     let peers = peers::Peers::new(&args.peers, &config.root)?;
     // Requests are small (configs, references); answers may be large
     // (ListImages of a big store) but stay under kubelet's 16 MiB.
-    let images = ImagesServer::new(images::ImagesService::new(peers.clone()))
+    // imaged-metadata's published version: what the kept answers are
+    // checked against.
+    let version = std::sync::Arc::new(imaged_common::version::Reader::new(
+        imaged_common::version::path(&config.root),
+    ));
+    let images = ImagesServer::new(images::ImagesService::new(
+        peers.clone(),
+        std::sync::Arc::clone(&version),
+    ))
+    .max_decoding_message_size(MAX_REQUEST)
+    .max_encoding_message_size(MAX_ANSWER);
+    let routes = tonic::service::Routes::new(list_relay::WithListRelay::new(
+        images,
+        peers.clone(),
+        std::sync::Arc::clone(&version),
+    ))
+    .add_service(
+        EventsServer::new(events::EventsService::new(peers.clone()))
+            .max_decoding_message_size(MAX_REQUEST),
+    )
+    .add_service(
+        LayersServer::new(layers::LayersService::new(peers.clone()))
+            .max_decoding_message_size(MAX_REQUEST),
+    )
+    .add_service(
+        ImageServiceServer::new(cri::CriImageService::new(
+            peers,
+            &args.pinned_images,
+            version,
+        ))
         .max_decoding_message_size(MAX_REQUEST)
-        .max_encoding_message_size(MAX_ANSWER);
-    let routes = tonic::service::Routes::new(list_relay::WithListRelay::new(images, peers.clone()))
-        .add_service(
-            EventsServer::new(events::EventsService::new(peers.clone()))
-                .max_decoding_message_size(MAX_REQUEST),
-        )
-        .add_service(
-            LayersServer::new(layers::LayersService::new(peers.clone()))
-                .max_decoding_message_size(MAX_REQUEST),
-        )
-        .add_service(
-            ImageServiceServer::new(cri::CriImageService::new(
-                peers,
-                &args.pinned_images,
-                imaged_common::version::path(&config.root),
-            ))
-            .max_decoding_message_size(MAX_REQUEST)
-            .max_encoding_message_size(MAX_ANSWER),
-        );
+        .max_encoding_message_size(MAX_ANSWER),
+    );
     server::serve(
         &config,
         routes,

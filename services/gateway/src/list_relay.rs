@@ -4,19 +4,21 @@
 //! For 10,000 images that is most of what the call costs.
 
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::{BufMut, Bytes};
 use futures::future::BoxFuture;
 use imaged_api::internal::v1::metadata_client::MetadataClient;
 use imaged_api::v1::ListImagesRequest;
-use imaged_common::deadline;
+use imaged_common::{deadline, version};
 use tonic::body::Body;
 use tonic::codec::{Codec, EncodeBuf, Encoder};
 use tonic::server::{NamedService, UnaryService};
 use tonic::{Request, Response, Status};
 use tonic_prost::ProstDecoder;
 
+use crate::kept::{Kept, version_of};
 use crate::peers::Peers;
 
 /// The one method served here.
@@ -57,7 +59,13 @@ impl Codec for PassCodec {
 
 struct Relay {
     peers: Peers,
+    kept: Arc<KeptLists>,
 }
+
+/// Unfiltered answers by (`all`, `shared_size`), kept while the store does
+/// not change ([`crate::kept`]). A filtered one is never kept: `until=10m`
+/// moves with the clock.
+type KeptLists = Kept<(bool, bool), Bytes>;
 
 impl UnaryService<ListImagesRequest> for Relay {
     type Response = Bytes;
@@ -65,8 +73,14 @@ impl UnaryService<ListImagesRequest> for Relay {
 
     fn call(&mut self, request: Request<ListImagesRequest>) -> Self::Future {
         let peers = self.peers.clone();
+        let kept = Arc::clone(&self.kept);
         Box::pin(async move {
             let (deadline, request) = deadline::split(request);
+            let key = (request.all, request.shared_size);
+            let keepable = request.filters.is_empty();
+            if keepable && let Some(encoded) = kept.get(&key) {
+                return Ok(Response::new(encoded));
+            }
             let answer = peers
                 .metadata
                 .call(|ch| {
@@ -79,6 +93,13 @@ impl UnaryService<ListImagesRequest> for Relay {
                     }
                 })
                 .await?;
+            if keepable {
+                kept.keep(
+                    key,
+                    version_of(answer.version),
+                    answer.list_images_response.clone(),
+                );
+            }
             Ok(Response::new(answer.list_images_response))
         })
     }
@@ -89,11 +110,17 @@ impl UnaryService<ListImagesRequest> for Relay {
 pub struct WithListRelay<S> {
     inner: S,
     peers: Peers,
+    kept: Arc<KeptLists>,
 }
 
 impl<S> WithListRelay<S> {
-    pub fn new(inner: S, peers: Peers) -> Self {
-        WithListRelay { inner, peers }
+    /// `version`: imaged-metadata's published version.
+    pub fn new(inner: S, peers: Peers, version: Arc<version::Reader>) -> Self {
+        WithListRelay {
+            inner,
+            peers,
+            kept: Arc::new(Kept::new(version, 4)),
+        }
     }
 }
 
@@ -117,6 +144,7 @@ where
         if request.uri().path() == PATH {
             let relay = Relay {
                 peers: self.peers.clone(),
+                kept: Arc::clone(&self.kept),
             };
             Box::pin(async move {
                 let mut grpc = tonic::server::Grpc::new(PassCodec);

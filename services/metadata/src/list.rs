@@ -17,8 +17,12 @@ const KEYS: &[&str] = &["dangling", "label", "before", "since", "until", "refere
 
 /// [`list`], encoded as a `ListImagesResponse`; the unfiltered answer is
 /// kept until the store changes, so repeated `docker images` cost a copy.
-pub fn list_encoded(images: &Images, request: &ListImagesRequest) -> Result<Bytes, Error> {
+pub fn list_encoded(
+    images: &Images,
+    request: &ListImagesRequest,
+) -> Result<(Bytes, imaged_common::version::Version), Error> {
     let index = images.store.read();
+    let version = images.store.version_of(&index);
     let cacheable = request.filters.is_empty();
     let mut cache = images.list_cache.lock().unwrap_or_else(|e| e.into_inner());
     if cacheable
@@ -27,7 +31,7 @@ pub fn list_encoded(images: &Images, request: &ListImagesRequest) -> Result<Byte
         && hit.all == request.all
         && hit.shared_size == request.shared_size
     {
-        return Ok(hit.encoded.clone());
+        return Ok((hit.encoded.clone(), version));
     }
     let response = ListImagesResponse {
         images: list(&index, request)?,
@@ -41,7 +45,7 @@ pub fn list_encoded(images: &Images, request: &ListImagesRequest) -> Result<Byte
             encoded: encoded.clone(),
         });
     }
-    Ok(encoded)
+    Ok((encoded, version))
 }
 
 /// Lists images as Docker's Images does (spec section 4.2), newest first.

@@ -64,8 +64,10 @@ impl Metadata for MetadataService {
     ) -> Result<Response<EncodedListImagesResponse>, Status> {
         let request = request.into_inner();
         self.blocking(|images| {
+            let (encoded, version) = list::list_encoded(images, &request)?;
             Ok(EncodedListImagesResponse {
-                list_images_response: list::list_encoded(images, &request)?,
+                list_images_response: encoded,
+                version: Some(store_version(version)),
             })
         })
     }
@@ -80,6 +82,21 @@ impl Metadata for MetadataService {
         let index = self.images.store.read();
         let record = inspect::inspect(&index, &request.image, platform.as_ref(), layout)?;
         Ok(Response::new(record))
+    }
+
+    async fn inspect_image_at(
+        &self,
+        request: Request<InspectImageRequest>,
+    ) -> Result<Response<InspectImageAtResponse>, Status> {
+        let request = request.into_inner();
+        let platform = platform(request.platform.as_ref())?;
+        let layout = self.images.layout().await;
+        let index = self.images.store.read();
+        let inspect = inspect::inspect(&index, &request.image, platform.as_ref(), layout)?;
+        Ok(Response::new(InspectImageAtResponse {
+            inspect: Some(inspect),
+            version: Some(store_version(self.images.store.version_of(&index))),
+        }))
     }
 
     async fn image_history(
