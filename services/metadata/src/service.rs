@@ -25,6 +25,18 @@ impl MetadataService {
     }
 
     /// Runs a blocking store operation off the async workers' hot path.
+    /// InspectImage, and the store's version it was read at.
+    async fn inspect_at(
+        &self,
+        request: InspectImageRequest,
+    ) -> Result<(ImageInspect, imaged_common::version::Version), Status> {
+        let platform = platform(request.platform.as_ref())?;
+        let layout = self.images.layout().await;
+        let index = self.images.store.read();
+        let inspect = inspect::inspect(&index, &request.image, platform.as_ref(), layout)?;
+        Ok((inspect, self.images.store.version_of(&index)))
+    }
+
     fn blocking<T>(
         &self,
         f: impl FnOnce(&Arc<Images>) -> Result<T, Error>,
@@ -76,26 +88,18 @@ impl Metadata for MetadataService {
         &self,
         request: Request<InspectImageRequest>,
     ) -> Result<Response<ImageInspect>, Status> {
-        let request = request.into_inner();
-        let platform = platform(request.platform.as_ref())?;
-        let layout = self.images.layout().await;
-        let index = self.images.store.read();
-        let record = inspect::inspect(&index, &request.image, platform.as_ref(), layout)?;
-        Ok(Response::new(record))
+        let (inspect, _) = self.inspect_at(request.into_inner()).await?;
+        Ok(Response::new(inspect))
     }
 
     async fn inspect_image_at(
         &self,
         request: Request<InspectImageRequest>,
     ) -> Result<Response<InspectImageAtResponse>, Status> {
-        let request = request.into_inner();
-        let platform = platform(request.platform.as_ref())?;
-        let layout = self.images.layout().await;
-        let index = self.images.store.read();
-        let inspect = inspect::inspect(&index, &request.image, platform.as_ref(), layout)?;
+        let (inspect, version) = self.inspect_at(request.into_inner()).await?;
         Ok(Response::new(InspectImageAtResponse {
             inspect: Some(inspect),
-            version: Some(store_version(self.images.store.version_of(&index))),
+            version: Some(store_version(version)),
         }))
     }
 
