@@ -166,6 +166,11 @@ state = "{state}"
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
+    /// Its process ID.
+    pub fn pid(&self) -> u32 {
+        self.child.id().unwrap_or(0)
+    }
+
     /// What containerd logged so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default()

@@ -27,13 +27,19 @@ static REFERENCE: LazyLock<Regex> = LazyLock::new(|| {
     let host = format!(r"(?:{domain_name}|\[[a-fA-F0-9:]+\])");
     let domain = format!(r"{host}(?::[0-9]+)?");
     let name = format!("(?:{domain}/)?{path_component}(?:/{path_component})*");
-    let tag = r"[\w][\w.-]{0,127}";
+    // Go's `\w` is ASCII: Unicode word characters are no tag's (and a
+    // Unicode class repeated 128 times is a regex that takes tens of
+    // milliseconds to build).
+    let tag = TAG_GRAMMAR;
     let digest = "[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}";
     Regex::new(&format!("^({name})(?::({tag}))?(?:@({digest}))?$")).expect("reference grammar")
 });
 
+/// distribution's tag grammar, `[\w][\w.-]{0,127}` with Go's ASCII `\w`.
+const TAG_GRAMMAR: &str = "[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}";
+
 static TAG: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"^[\w][\w.-]{0,127}$").expect("tag grammar"));
+    LazyLock::new(|| Regex::new(&format!("^{TAG_GRAMMAR}$")).expect("tag grammar"));
 
 static IDENTIFIER: LazyLock<Regex> =
     LazyLock::new(|| Regex::new("^[a-f0-9]{64}$").expect("identifier grammar"));
@@ -332,6 +338,9 @@ mod tests {
             msg(&format!("busybox:{}", "t".repeat(129))),
             "invalid reference format"
         );
+        // Go's \w is ASCII: a tag with another letter is refused.
+        assert_eq!(msg("busybox:caf\u{e9}"), "invalid reference format");
+        assert!(Reference::parse("busybox:Caf_e.1-x").is_ok());
         assert!(msg(&format!("{}/x", "a".repeat(300))).contains("must not be more than 255"));
         // A domain may have uppercase, the path may not.
         assert!(Reference::parse("MyReg.io/app").is_ok());

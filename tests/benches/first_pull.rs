@@ -1,0 +1,177 @@
+//! `make bench`: what one small pull costs in daemon CPU, imaged's four
+//! processes together against containerd's for the same pull, and whether
+//! the first pull after start-up costs more than the next ones (nothing
+//! should be set up lazily on the first pull). Each image is a one-layer
+//! image of about 3 MiB; every pull is cold for its image.
+//!
+//! CPU comes from /proc/<pid>/stat (user + system, all threads, in clock
+//! ticks of 10 ms): the figures are sums over several pulls.
+
+use std::time::{Duration, Instant};
+
+use imaged_api::cri::image_service_client::ImageServiceClient;
+use imaged_api::cri::{ImageSpec, PullImageRequest};
+use imaged_common::config::Service;
+use imaged_common::endpoint::Endpoint;
+use imaged_common::peer::{Peer, PeerChannel};
+use imaged_e2e::containerd::Containerd;
+use imaged_e2e::{Imaged, TestRegistry};
+
+/// Pulls measured after the first.
+const LATER: usize = 8;
+
+/// CPU seconds `pid` has used so far.
+fn cpu(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // After the command name (in parentheses), utime and stime are the
+    // 12th and 13th fields.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields
+        .get(11..13)
+        .map(|f| f.iter().filter_map(|v| v.parse::<f64>().ok()).sum())
+        .unwrap_or(0.0);
+    // SAFETY: sysconf has no preconditions.
+    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
+fn cpu_of(pids: &[u32]) -> f64 {
+    pids.iter().map(|p| cpu(*p)).sum()
+}
+
+async fn cri_pull(cri: &ImageServiceClient<PeerChannel>, reference: &str) -> Duration {
+    let started = Instant::now();
+    cri.clone()
+        .pull_image(PullImageRequest {
+            image: Some(ImageSpec {
+                image: reference.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("CRI pull");
+    started.elapsed()
+}
+
+struct Run {
+    first_wall: Duration,
+    first_cpu: f64,
+    /// The first pull's CPU by process, in the order of the pids.
+    first_by_process: Vec<f64>,
+    later_wall: Duration,
+    later_cpu: f64,
+}
+
+/// The first pull, then `LATER` pulls of other images, on `cri`, with
+/// the CPU of `pids`.
+async fn run(cri: &ImageServiceClient<PeerChannel>, pids: &[u32], references: &[String]) -> Run {
+    let before = cpu_of(pids);
+    let each: Vec<f64> = pids.iter().map(|p| cpu(*p)).collect();
+    let first_wall = cri_pull(cri, &references[0]).await;
+    let first_cpu = cpu_of(pids) - before;
+    let first_by_process = pids.iter().zip(each).map(|(p, b)| cpu(*p) - b).collect();
+    let before = cpu_of(pids);
+    let mut later_wall = Duration::ZERO;
+    for reference in &references[1..] {
+        later_wall += cri_pull(cri, reference).await;
+    }
+    let n = (references.len() - 1) as f64;
+    Run {
+        first_wall,
+        first_cpu,
+        first_by_process,
+        later_wall: later_wall.div_f64(n),
+        later_cpu: (cpu_of(pids) - before) / n,
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 || !Containerd::available() {
+        eprintln!("first-pull bench skipped: needs root and containerd");
+        return;
+    }
+    let registry = TestRegistry::start().await.expect("start docker-registry");
+    let fixtures = registry.fixtures();
+    let mut references = Vec::new();
+    for i in 0..=LATER {
+        let image =
+            imaged_fixtures::generated_image(1, 3, 1024 * 1024, 40 + i as u64).expect("an image");
+        let repo = format!("bench/small{i}:1");
+        fixtures.push_image(&repo, &image).await.expect("push");
+        references.push(fixtures.reference(&repo));
+    }
+
+    let imaged = Imaged::start().await.expect("imaged");
+    // Let start-up finish (its reconciliation) before measuring.
+    tokio::time::sleep(Duration::from_millis(
+        std::env::var("FIRST_PULL_DELAY_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(500),
+    ))
+    .await;
+    let pids: Vec<u32> = [
+        Service::Events,
+        Service::Metadata,
+        Service::Transfer,
+        Service::Gateway,
+    ]
+    .iter()
+    .filter_map(|s| imaged.pid(*s))
+    .collect();
+    let ours = run(
+        &ImageServiceClient::new(imaged.channel(Service::Gateway)),
+        &pids,
+        &references,
+    )
+    .await;
+    drop(imaged);
+
+    let containerd = Containerd::start(&registry.host).await.expect("containerd");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let theirs = run(
+        &ImageServiceClient::new(
+            Peer::new(Service::Gateway, Endpoint::Unix(containerd.socket()))
+                .expect("endpoint")
+                .channel(),
+        ),
+        &[containerd.pid()],
+        &references,
+    )
+    .await;
+
+    println!("\nsmall pulls (1 layer, 3 MiB; CRI PullImage; CPU of the daemons, all threads)");
+    println!(
+        "{:<12} {:>11} {:>10} {:>11} {:>10}",
+        "", "first wall", "first CPU", "later wall", "later CPU"
+    );
+    for (name, r) in [("imaged", &ours), ("containerd", &theirs)] {
+        println!(
+            "{name:<12} {:>11.1?} {:>8.0}ms {:>11.1?} {:>8.0}ms",
+            r.first_wall,
+            r.first_cpu * 1000.0,
+            r.later_wall,
+            r.later_cpu * 1000.0
+        );
+    }
+    println!(
+        "ratios (imaged / containerd): first wall {:.2}x, later wall {:.2}x, later CPU {:.2}x; imaged first/later CPU {:.2}x",
+        ours.first_wall.as_secs_f64() / theirs.first_wall.as_secs_f64(),
+        ours.later_wall.as_secs_f64() / theirs.later_wall.as_secs_f64(),
+        ours.later_cpu / theirs.later_cpu.max(0.001),
+        ours.first_cpu / ours.later_cpu.max(0.001),
+    );
+    println!(
+        "imaged's first pull by process: events {:.0}ms, metadata {:.0}ms, transfer {:.0}ms, gateway {:.0}ms",
+        ours.first_by_process[0] * 1000.0,
+        ours.first_by_process[1] * 1000.0,
+        ours.first_by_process[2] * 1000.0,
+        ours.first_by_process[3] * 1000.0,
+    );
+    println!(
+        "targets: wall <= 0.6x containerd; CPU <= 0.5x; the first pull costs no more than later ones"
+    );
+}
