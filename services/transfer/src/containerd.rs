@@ -212,29 +212,15 @@ impl Containerd {
     }
 
     /// Makes containerd's snapshot records of `chains` (bottom first) in
-    /// the namespace, each answered by imaged's proxy snapshotter.
+    /// the namespace, each answered by imaged's proxy snapshotter. Every
+    /// layer is asked for, even one containerd has: containerd then adds
+    /// it to the registration's lease, so its garbage collector cannot
+    /// take it before the config that references it is written.
     async fn snapshots(&self, chains: &[Digest], lease: &str) -> Result<(), Error> {
         let mut client = snapshots::snapshots_client::SnapshotsClient::new(self.channel.clone());
         let mut parent = String::new();
         for chain in chains {
             let name = chain.to_string();
-            let stat = client
-                .stat(self.request(
-                    snapshots::StatSnapshotRequest {
-                        snapshotter: self.snapshotter.clone(),
-                        key: name.clone(),
-                    },
-                    None,
-                ))
-                .await;
-            match stat {
-                Ok(_) => {
-                    parent = name;
-                    continue;
-                }
-                Err(status) if status.code() == Code::NotFound => {}
-                Err(status) => return Err(self.error("stat snapshot", &name, status)),
-            }
             let key = format!("imaged-register-{:016x} {name}", rand::random::<u64>());
             let prepared = client
                 .prepare(self.request(
