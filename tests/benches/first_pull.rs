@@ -6,6 +6,10 @@
 //!
 //! CPU comes from /proc/<pid>/stat (user + system, all threads, in clock
 //! ticks of 10 ms): the figures are sums over several pulls.
+//!
+//! `FIRST_PULL_DELAY_MS` (default 500) is how long imaged idles after
+//! start-up before the first pull: long enough to attach a profiler
+//! (`perf record -e cpu-clock -g -p <pid>` works on this machine).
 
 use std::time::{Duration, Instant};
 
