@@ -40,6 +40,24 @@ impl Version {
     }
 }
 
+impl From<Version> for imaged_api::internal::v1::StoreVersion {
+    fn from(v: Version) -> Self {
+        imaged_api::internal::v1::StoreVersion {
+            epoch: v.epoch,
+            generation: v.generation,
+        }
+    }
+}
+
+impl From<imaged_api::internal::v1::StoreVersion> for Version {
+    fn from(v: imaged_api::internal::v1::StoreVersion) -> Self {
+        Version {
+            epoch: v.epoch,
+            generation: v.generation,
+        }
+    }
+}
+
 /// Where the version file of the root `root` is.
 pub fn path(root: &Path) -> PathBuf {
     root.join("run").join("metadata.version")
@@ -58,7 +76,7 @@ impl Publisher {
         let file = File::create(path)?;
         Ok(Publisher {
             file,
-            epoch: rand_epoch(),
+            epoch: rand::random(),
         })
     }
 
@@ -107,18 +125,6 @@ impl Reader {
         file.read_exact_at(&mut bytes, 0).ok()?;
         Some(Version::from_bytes(bytes))
     }
-}
-
-fn rand_epoch() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos()),
-    );
-    hasher.write_u32(std::process::id());
-    hasher.finish()
 }
 
 #[cfg(test)]

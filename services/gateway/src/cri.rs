@@ -30,7 +30,7 @@ use imaged_model::Reference;
 use tokio_stream::StreamExt;
 use tonic::{Code, Request, Response, Status};
 
-use crate::kept::{Kept, version_of};
+use crate::kept::Kept;
 use crate::peers::Peers;
 
 /// Serves `runtime.v1.ImageService`.
@@ -42,7 +42,7 @@ pub struct CriImageService {
     /// the store does not change ([`crate::kept`]): kubelet asks the same
     /// few questions many times between changes.
     statuses: Kept<String, Option<Image>>,
-    list: Kept<(), Arc<Vec<Image>>>,
+    list: Kept<(), Vec<Image>>,
 }
 
 /// How many names' statuses are kept at most (kubelet asks about the
@@ -63,7 +63,7 @@ impl CriImageService {
     /// The CRI record of the image `name` names (`None`: no such image),
     /// as kept or from imaged-metadata.
     async fn status_image(&self, name: &str) -> Result<Option<Image>, Status> {
-        if let Some(answer) = self.statuses.get(&name.to_string()) {
+        if let Some(answer) = self.statuses.get(name) {
             return Ok(answer);
         }
         let request = InspectImageRequest {
@@ -78,14 +78,14 @@ impl CriImageService {
                 async move { MetadataClient::new(ch).cri_image(request).await }
             })
             .await?;
-        let image = answer.image.map(|row| self.pin(summary_image(&row)));
+        let image = answer.image.map(|row| self.pin(cri_image(&row)));
         self.statuses
-            .keep(name.to_string(), version_of(answer.version), image.clone());
+            .keep(name.to_string(), answer.version, image.clone());
         Ok(image)
     }
 
     /// Every image's CRI record, as kept or from imaged-metadata.
-    async fn images(&self) -> Result<Arc<Vec<Image>>, Status> {
+    async fn images(&self) -> Result<Vec<Image>, Status> {
         if let Some(images) = self.list.get(&()) {
             return Ok(images);
         }
@@ -99,15 +99,12 @@ impl CriImageService {
                     .await
             })
             .await?;
-        let images: Arc<Vec<Image>> = Arc::new(
-            answer
-                .images
-                .iter()
-                .map(|row| self.pin(summary_image(row)))
-                .collect(),
-        );
-        self.list
-            .keep((), version_of(answer.version), Arc::clone(&images));
+        let images: Vec<Image> = answer
+            .images
+            .iter()
+            .map(|row| self.pin(cri_image(row)))
+            .collect();
+        self.list.keep((), answer.version, images.clone());
         Ok(images)
     }
 
@@ -166,27 +163,6 @@ fn qualified(names: &[String]) -> Vec<String> {
         .collect()
 }
 
-/// The CRI record of an image: ID, names, a size above zero, the user.
-fn cri_image(inspect: &ImageInspect) -> Image {
-    let user = inspect
-        .config
-        .as_ref()
-        .map(|c| c.user.as_str())
-        .unwrap_or_default();
-    let (uid, username) = user_fields(user);
-    Image {
-        id: inspect.id.clone(),
-        repo_tags: qualified(&inspect.repo_tags),
-        repo_digests: qualified(&inspect.repo_digests),
-        size: cri_size(inspect.content_size, inspect.size),
-        uid,
-        username,
-        // containerd 1.6 leaves it unset; kubelet does not read it.
-        spec: None,
-        pinned: false,
-    }
-}
-
 /// An image's CRI size: as containerd counts it, what its registry holds
 /// (compressed); the unpacked size for an image that came from no
 /// registry; never 0, which kubelet takes for a broken image.
@@ -208,8 +184,9 @@ fn user_fields(user: &str) -> (Option<Int64Value>, String) {
     }
 }
 
-/// The CRI record of a ListImages row: as [`cri_image`].
-fn summary_image(summary: &v1::ImageSummary) -> Image {
+/// The CRI record of an image, from its list row: ID, fully qualified
+/// names, a size above zero, the user (all kubelet reads of an image).
+fn cri_image(summary: &v1::ImageSummary) -> Image {
     let (uid, username) = user_fields(&summary.user);
     Image {
         id: summary.id.clone(),
@@ -281,7 +258,7 @@ impl ImageService for CriImageService {
                 .await?
                 .into_iter()
                 .collect(),
-            None => self.images().await?.as_ref().clone(),
+            None => self.images().await?,
         };
         Ok(Response::new(ListImagesResponse { images }))
     }
@@ -294,28 +271,19 @@ impl ImageService for CriImageService {
         // No reference is an error; an unparsable one names no image: an
         // empty status, as containerd answers both.
         let name = image_name(request.image.as_ref())?;
-        if request.verbose {
-            let found = match self.inspect(request.image.as_ref()).await {
-                Err(status) if status.code() == Code::InvalidArgument => None,
-                other => other?,
-            };
-            let Some(inspect) = found else {
-                return Ok(Response::new(ImageStatusResponse::default()));
-            };
-            let info = HashMap::from([("info".to_string(), verbose_info(&inspect))]);
-            return Ok(Response::new(ImageStatusResponse {
-                image: Some(self.pin(cri_image(&inspect))),
-                info,
-            }));
-        }
         let image = match self.status_image(&name).await {
             Err(status) if status.code() == Code::InvalidArgument => None,
             other => other?,
         };
-        Ok(Response::new(ImageStatusResponse {
-            image,
-            info: HashMap::new(),
-        }))
+        let mut info = HashMap::new();
+        // Verbose: the config and chain ID too, as containerd gives them.
+        if request.verbose
+            && image.is_some()
+            && let Some(inspect) = self.inspect(request.image.as_ref()).await?
+        {
+            info.insert("info".to_string(), verbose_info(&inspect));
+        }
+        Ok(Response::new(ImageStatusResponse { image, info }))
     }
 
     async fn pull_image(
@@ -446,25 +414,22 @@ impl ImageService for CriImageService {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use imaged_api::v1::{ContainerConfig, RootFs};
+    use imaged_api::v1::RootFs;
 
-    fn inspect(user: &str, size: i64) -> ImageInspect {
-        ImageInspect {
+    fn row(user: &str, size: i64) -> v1::ImageSummary {
+        v1::ImageSummary {
             id: "sha256:aaaa".into(),
             repo_tags: vec!["busybox:1".into(), "myreg:5000/team/app:v2".into()],
             repo_digests: vec![format!("busybox@sha256:{}", "b".repeat(64))],
             size,
-            config: Some(ContainerConfig {
-                user: user.into(),
-                ..Default::default()
-            }),
+            user: user.into(),
             ..Default::default()
         }
     }
 
     #[test]
-    fn an_image_has_qualified_names_a_size_above_zero_and_its_spec() {
-        let image = cri_image(&inspect("", 0));
+    fn an_image_has_qualified_names_a_size_above_zero_and_no_spec() {
+        let image = cri_image(&row("", 0));
         assert_eq!(
             image.repo_tags,
             ["docker.io/library/busybox:1", "myreg:5000/team/app:v2"]
@@ -483,43 +448,35 @@ mod tests {
 
     #[test]
     fn a_numeric_user_is_a_uid_and_a_name_is_a_username() {
-        let image = cri_image(&inspect("1000:100", 5));
+        let image = cri_image(&row("1000:100", 5));
         assert_eq!(image.uid, Some(Int64Value { value: 1000 }));
         assert_eq!(image.username, "");
-        let image = cri_image(&inspect("nginx:www", 5));
+        let image = cri_image(&row("nginx:www", 5));
         assert_eq!((image.uid, image.username.as_str()), (None, "nginx"));
         assert_eq!(image.size, 5);
     }
 
     #[test]
-    fn a_list_row_maps_as_status_does() {
-        let summary = v1::ImageSummary {
-            id: "sha256:aaaa".into(),
-            repo_tags: vec!["busybox:1".into()],
-            size: 7,
-            user: "1000".into(),
-            ..Default::default()
-        };
-        let mut from_status = cri_image(&inspect("1000", 7));
-        from_status.repo_tags.truncate(1);
-        from_status.repo_digests.clear();
-        assert_eq!(summary_image(&summary), from_status);
+    fn the_size_is_the_registrys_when_known() {
         let registry_size = v1::ImageSummary {
             content_size: 3,
-            ..summary
+            ..row("", 7)
         };
-        assert_eq!(summary_image(&registry_size).size, 3, "containerd's size");
+        assert_eq!(cri_image(&registry_size).size, 3, "containerd's size");
+        assert_eq!(cri_image(&row("", 7)).size, 7, "no registry: unpacked");
     }
 
     #[test]
     fn verbose_info_carries_the_spec_and_the_chain_id() {
         let diff_id = format!("sha256:{}", "c".repeat(64));
-        let mut image = inspect("", 1);
-        image.config_json = br#"{"architecture":"amd64"}"#.to_vec();
-        image.root_fs = Some(RootFs {
-            r#type: "layers".into(),
-            layers: vec![diff_id.clone()],
-        });
+        let image = ImageInspect {
+            config_json: br#"{"architecture":"amd64"}"#.to_vec(),
+            root_fs: Some(RootFs {
+                r#type: "layers".into(),
+                layers: vec![diff_id.clone()],
+            }),
+            ..Default::default()
+        };
         let info: serde_json::Value = serde_json::from_str(&verbose_info(&image)).unwrap();
         assert_eq!(info["chainID"], diff_id, "one layer: chain ID = diff ID");
         assert_eq!(info["imageSpec"]["architecture"], "amd64");

@@ -13,7 +13,7 @@ use imaged_common::{deadline, version};
 use tonic::{Request, Response, Status};
 
 use crate::forward::forward;
-use crate::kept::{Kept, version_of};
+use crate::kept::Kept;
 use crate::peers::Peers;
 
 /// Serves `imaged.v1.Images` by calling the internal services.
@@ -105,8 +105,7 @@ impl Images for ImagesService {
         let inspect = answer
             .inspect
             .ok_or_else(|| Status::internal("imaged-metadata answered no inspect"))?;
-        self.inspected
-            .keep(key, version_of(answer.version), inspect.clone());
+        self.inspected.keep(key, answer.version, inspect.clone());
         Ok(Response::new(inspect))
     }
 

@@ -5,6 +5,7 @@
 //! its caller, so a kept answer is never older than a change someone has
 //! seen complete; without a published version nothing is kept.
 
+use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::sync::{Arc, Mutex};
@@ -29,30 +30,29 @@ impl<K: Eq + Hash, V: Clone> Kept<K, V> {
     }
 
     /// The answer kept for `key`, if the store has not changed since.
-    pub fn get(&self, key: &K) -> Option<V> {
+    pub fn get<Q>(&self, key: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Eq + Hash + ?Sized,
+    {
         let now = self.version.current()?;
         let answers = self.answers.lock().unwrap_or_else(|e| e.into_inner());
         let (at, answer) = answers.get(key)?;
         (*at == now).then(|| answer.clone())
     }
 
-    /// Keeps `answer`, read at `at` (the version the answer came with).
-    pub fn keep(&self, key: K, at: Option<Version>, answer: V) {
-        let Some(at) = at else { return };
+    /// Keeps `answer`, read at `at` (the version the answer came with;
+    /// none, nothing is kept).
+    pub fn keep(&self, key: K, at: Option<impl Into<Version>>, answer: V) {
+        let Some(at) = at.map(Into::into) else {
+            return;
+        };
         let mut answers = self.answers.lock().unwrap_or_else(|e| e.into_inner());
         if answers.len() >= self.capacity {
             answers.clear();
         }
         answers.insert(key, (at, answer));
     }
-}
-
-/// A store version from the wire.
-pub fn version_of(wire: Option<imaged_api::internal::v1::StoreVersion>) -> Option<Version> {
-    wire.map(|v| Version {
-        epoch: v.epoch,
-        generation: v.generation,
-    })
 }
 
 #[cfg(test)]
@@ -65,7 +65,7 @@ mod tests {
         let path = dir.path().join("metadata.version");
         let reader = Arc::new(version::Reader::new(path.clone()));
         let kept: Kept<&str, u32> = Kept::new(Arc::clone(&reader), 2);
-        kept.keep("a", None, 1);
+        kept.keep("a", None::<Version>, 1);
         assert_eq!(kept.get(&"a"), None, "no version, nothing kept");
 
         let publisher = version::Publisher::create(&path).unwrap();

@@ -18,7 +18,7 @@ use tonic::server::{NamedService, UnaryService};
 use tonic::{Request, Response, Status};
 use tonic_prost::ProstDecoder;
 
-use crate::kept::{Kept, version_of};
+use crate::kept::Kept;
 use crate::peers::Peers;
 
 /// The one method served here.
@@ -94,11 +94,7 @@ impl UnaryService<ListImagesRequest> for Relay {
                 })
                 .await?;
             if keepable {
-                kept.keep(
-                    key,
-                    version_of(answer.version),
-                    answer.list_images_response.clone(),
-                );
+                kept.keep(key, answer.version, answer.list_images_response.clone());
             }
             Ok(Response::new(answer.list_images_response))
         })

@@ -79,7 +79,7 @@ impl Metadata for MetadataService {
             let (encoded, version) = list::list_encoded(images, &request)?;
             Ok(EncodedListImagesResponse {
                 list_images_response: encoded,
-                version: Some(store_version(version)),
+                version: Some(version.into()),
             })
         })
     }
@@ -99,7 +99,7 @@ impl Metadata for MetadataService {
         let (inspect, version) = self.inspect_at(request.into_inner()).await?;
         Ok(Response::new(InspectImageAtResponse {
             inspect: Some(inspect),
-            version: Some(store_version(version)),
+            version: Some(version.into()),
         }))
     }
 
@@ -289,7 +289,7 @@ impl Metadata for MetadataService {
         };
         Ok(Response::new(CriImageResponse {
             image,
-            version: Some(store_version(self.images.store.version_of(&index))),
+            version: Some(self.images.store.version_of(&index).into()),
         }))
     }
 
@@ -298,19 +298,11 @@ impl Metadata for MetadataService {
         _request: Request<CriImagesRequest>,
     ) -> Result<Response<CriImagesResponse>, Status> {
         let index = self.images.store.read();
-        // As an unfiltered ListImages: an untagged parent of other images
-        // is an intermediate, not shown.
-        let images = index
-            .images()
-            .filter(|i| {
-                let id = i.id.to_string();
-                !index.refs_of(&id).is_empty() || !index.has_children(&id)
-            })
-            .map(|i| list::row(&index, i))
-            .collect();
+        // The rows of an unfiltered ListImages (no intermediates).
+        let images = list::list(&index, &ListImagesRequest::default())?;
         Ok(Response::new(CriImagesResponse {
             images,
-            version: Some(store_version(self.images.store.version_of(&index))),
+            version: Some(self.images.store.version_of(&index).into()),
         }))
     }
 
@@ -326,13 +318,5 @@ impl Metadata for MetadataService {
             })?;
             Ok(RemoveContainerResponse {})
         })
-    }
-}
-
-/// A store version as the wire carries it.
-fn store_version(version: imaged_common::version::Version) -> StoreVersion {
-    StoreVersion {
-        epoch: version.epoch,
-        generation: version.generation,
     }
 }

@@ -41,12 +41,12 @@ use imaged_api::v1::SubscribeRequest;
 use imaged_common::Error;
 use imaged_common::peer::Peer;
 use imaged_model::image_config::ImageConfig;
-use imaged_model::media_type as media_types;
 use imaged_model::{Digest, Reference};
 use tonic::transport::Channel;
 use tonic::{Code, Request};
 
 use crate::layers::LayerStore;
+use crate::manifest::{uncompressed_layer, uncompressed_manifest};
 use crate::metadata::Metadata;
 use crate::snapshots::REF_LABEL;
 
@@ -76,6 +76,7 @@ const CRI_LABEL: &str = "io.cri-containerd.image";
 const LEASE_EXPIRY: Duration = Duration::from_secs(3600);
 
 /// One blob to put in containerd's content store.
+#[derive(Clone)]
 pub struct Blob {
     pub digest: Digest,
     pub bytes: Bytes,
@@ -108,19 +109,17 @@ pub struct Containerd {
 
 impl Containerd {
     /// The containerd `args` name, if any (connected on first use).
-    pub fn new(args: &ContainerdArgs, layers: Arc<LayerStore>) -> Result<Option<Self>, Error> {
-        let Some(address) = args.containerd_address.clone() else {
-            return Ok(None);
-        };
+    pub fn new(args: &ContainerdArgs, layers: Arc<LayerStore>) -> Option<Self> {
+        let address = args.containerd_address.clone()?;
         let channel = tonic::transport::Endpoint::from_static("http://containerd")
             .connect_with_connector_lazy(imaged_common::endpoint::unix_connector(address.clone()));
-        Ok(Some(Containerd {
+        Some(Containerd {
             address,
             channel,
             namespace: args.containerd_namespace.clone(),
             snapshotter: args.containerd_snapshotter.clone(),
             layers,
-        }))
+        })
     }
 
     /// Registers `image` in containerd (see the module doc).
@@ -149,11 +148,12 @@ impl Containerd {
 
     async fn register_leased(&self, image: &Image, top: &Blob, lease: &str) -> Result<(), Error> {
         self.snapshots(&image.chains, lease).await?;
-        for (blob, labels) in image.blobs.iter().zip(gc_labels(image, &self.snapshotter)) {
+        let (target_type, labels) = describe(image, &self.snapshotter);
+        for (blob, labels) in image.blobs.iter().zip(labels) {
             self.write(blob, labels, lease).await?;
         }
         let target = Descriptor {
-            media_type: media_type(&top.bytes),
+            media_type: target_type,
             digest: top.digest.to_string(),
             size: top.bytes.len() as i64,
             annotations: HashMap::new(),
@@ -431,14 +431,7 @@ impl Containerd {
         };
         let wanted: Vec<String> = answer
             .iter()
-            .flat_map(|a| {
-                a.repo_tags
-                    .iter()
-                    .chain(&a.repo_digests)
-                    .filter_map(|r| Reference::parse(r).ok())
-                    .map(|r| r.to_string())
-                    .chain(std::iter::once(a.id.clone()))
-            })
+            .flat_map(|a| qualified_names(a).into_iter().chain([a.id.clone()]))
             .collect();
         for name in current.iter().filter(|n| !wanted.contains(n)) {
             self.delete(name).await?;
@@ -478,49 +471,28 @@ impl Containerd {
     fn made_image(&self, answer: ImageConfigResponse) -> Result<Image, Error> {
         let config = ImageConfig::parse(&answer.config)?;
         let id: Digest = answer.id.parse()?;
-        let layers: Vec<serde_json::Value> = config
+        let layers = config
             .diff_ids
             .iter()
             .zip(&config.chain_ids)
             .map(|(diff_id, chain)| {
-                let size = self.layers.get(chain).map_or(0, |l| l.tar_size);
-                serde_json::json!({
-                    "mediaType": media_types::OCI_LAYER,
-                    "digest": diff_id.to_string(),
-                    "size": size,
-                })
+                uncompressed_layer(diff_id, self.layers.get(chain).map_or(0, |l| l.tar_size))
             })
             .collect();
-        let manifest = serde_json::to_vec(&serde_json::json!({
-            "schemaVersion": 2,
-            "mediaType": media_types::OCI_MANIFEST,
-            "config": {
-                "mediaType": media_types::OCI_CONFIG,
-                "digest": id.to_string(),
-                "size": answer.config.len(),
-            },
-            "layers": layers,
-        }))
-        .map_err(Error::internal)?;
-        let names = answer
-            .repo_tags
-            .iter()
-            .chain(&answer.repo_digests)
-            .filter_map(|r| Reference::parse(r).ok())
-            .map(|r| r.to_string())
-            .collect();
+        let manifest = uncompressed_manifest(&id, &answer.config, layers)?;
+        let names = qualified_names(&answer);
         Ok(Image {
-            id,
             blobs: vec![
                 Blob {
                     digest: Digest::sha256_of(&manifest),
                     bytes: Bytes::from(manifest),
                 },
                 Blob {
-                    digest: Digest::sha256_of(&answer.config),
+                    digest: id.clone(),
                     bytes: Bytes::from(answer.config),
                 },
             ],
+            id,
             chains: config.chain_ids,
             names,
         })
@@ -586,23 +558,43 @@ impl Containerd {
     }
 }
 
-/// The GC labels of each of `image.blobs` (index, manifest, config):
-/// each references what it needs, the config the top layer's snapshot.
-fn gc_labels(image: &Image, snapshotter: &str) -> Vec<BTreeMap<String, String>> {
+/// An image's tags and digest references, fully qualified, as containerd
+/// names images.
+fn qualified_names(answer: &ImageConfigResponse) -> Vec<String> {
+    answer
+        .repo_tags
+        .iter()
+        .chain(&answer.repo_digests)
+        .filter_map(|r| Reference::parse(r).ok())
+        .map(|r| r.to_string())
+        .collect()
+}
+
+/// Reads each of `image.blobs` (index, manifest, config) once: the media
+/// type of the first (the image's target) and the GC labels of each, which
+/// reference what it needs (the config: the top layer's snapshot).
+fn describe(image: &Image, snapshotter: &str) -> (String, Vec<BTreeMap<String, String>>) {
+    let mut target_type = String::new();
     let mut out = Vec::new();
     let count = image.blobs.len();
     for (i, blob) in image.blobs.iter().enumerate() {
         let mut labels = BTreeMap::new();
-        let value: serde_json::Value = serde_json::from_slice(&blob.bytes).unwrap_or_default();
         if i + 1 == count {
-            // The config.
+            // The config: not read, only pointed at the snapshot.
             if let Some(top) = image.chains.last() {
                 labels.insert(
                     format!("containerd.io/gc.ref.snapshot.{snapshotter}"),
                     top.to_string(),
                 );
             }
-        } else if let Some(manifests) = value["manifests"].as_array() {
+            out.push(labels);
+            continue;
+        }
+        let value: serde_json::Value = serde_json::from_slice(&blob.bytes).unwrap_or_default();
+        if i == 0 {
+            target_type = media_type(&value);
+        }
+        if let Some(manifests) = value["manifests"].as_array() {
             for (n, m) in manifests.iter().enumerate() {
                 if let Some(d) = m["digest"].as_str() {
                     labels.insert(format!("containerd.io/gc.ref.content.m.{n}"), d.to_string());
@@ -620,12 +612,11 @@ fn gc_labels(image: &Image, snapshotter: &str) -> Vec<BTreeMap<String, String>> 
         }
         out.push(labels);
     }
-    out
+    (target_type, out)
 }
 
 /// A manifest's or index's media type, from its `mediaType` or its shape.
-fn media_type(bytes: &[u8]) -> String {
-    let value: serde_json::Value = serde_json::from_slice(bytes).unwrap_or_default();
+fn media_type(value: &serde_json::Value) -> String {
     match value["mediaType"].as_str() {
         Some(media) => media.to_string(),
         None if value.get("manifests").is_some() => imaged_model::media_type::OCI_INDEX.to_string(),
@@ -654,7 +645,7 @@ mod tests {
             chains: vec![Digest::sha256_of(b"bottom"), chain.clone()],
             names: vec![],
         };
-        let labels = gc_labels(&image, "imaged");
+        let (target_type, labels) = describe(&image, "imaged");
         assert_eq!(labels[0]["containerd.io/gc.ref.content.m.0"], "sha256:m");
         assert_eq!(labels[1]["containerd.io/gc.ref.content.config"], "sha256:c");
         assert_eq!(labels[1]["containerd.io/gc.ref.content.l.1"], "sha256:l1");
@@ -662,9 +653,17 @@ mod tests {
             labels[2]["containerd.io/gc.ref.snapshot.imaged"],
             chain.to_string()
         );
-        assert_eq!(media_type(index), imaged_model::media_type::OCI_INDEX);
         assert_eq!(
-            media_type(manifest),
+            target_type,
+            imaged_model::media_type::OCI_INDEX,
+            "from its shape"
+        );
+        let alone = Image {
+            blobs: image.blobs[1..].to_vec(),
+            ..image
+        };
+        assert_eq!(
+            describe(&alone, "imaged").0,
             "application/vnd.oci.image.manifest.v1+json"
         );
     }

@@ -20,11 +20,12 @@ use tokio::sync::mpsc;
 
 use crate::content::ContentStore;
 use crate::layers::{Layer, LayerStore};
+use crate::manifest::{uncompressed_layer, uncompressed_manifest};
 use crate::metadata::{Metadata, config_diff_ids, config_labels};
 use crate::unpack::{self, HashingReader};
 
 const CHUNK: usize = 1 << 20;
-use imaged_model::media_type::{OCI_CONFIG, OCI_INDEX, OCI_LAYER, OCI_MANIFEST};
+use imaged_model::media_type::{OCI_INDEX, OCI_MANIFEST};
 
 /// What an export sends its caller.
 pub type Chunks = mpsc::Sender<Result<ExportImagesChunk, tonic::Status>>;
@@ -147,18 +148,11 @@ fn write_archive(out: ChunkWriter, plan: &[Planned], content: &ContentStore) -> 
         let mut sources = serde_json::Map::new();
         for (layer, diff_id) in planned.layers.iter().zip(&planned.diff_ids) {
             let size = write_layer(&mut tar, layer, planned.created, content, &mut written)?;
-            let descriptor =
-                json!({"mediaType": OCI_LAYER, "digest": diff_id.to_string(), "size": size});
+            let descriptor = uncompressed_layer(diff_id, size);
             sources.insert(diff_id.to_string(), descriptor.clone());
             descriptors.push(descriptor);
         }
-        let manifest = serde_json::to_vec(&json!({
-            "schemaVersion": 2,
-            "mediaType": OCI_MANIFEST,
-            "config": {"mediaType": OCI_CONFIG, "digest": image.id, "size": image.config.len()},
-            "layers": descriptors,
-        }))
-        .map_err(Error::internal)?;
+        let manifest = uncompressed_manifest(&id, &image.config, descriptors)?;
         let manifest_digest = Digest::sha256_of(&manifest);
         if written.insert(manifest_digest.hex().to_string()) {
             file(&mut tar, &blob_path(&manifest_digest), 0, &manifest)?;

@@ -105,7 +105,7 @@ pub async fn run(config: ServiceConfig, args: Args) -> anyhow::Result<()> {
     let events_peer = Peer::new(Service::Events, args.peers.endpoint(Service::Events, root))?;
     let events = Publisher::start(events_peer.clone(), Service::Transfer.process(), 4096);
     let leases = Arc::new(leases::Leases::new());
-    let containerd = containerd::Containerd::new(&args.containerd, Arc::clone(&layers))?;
+    let containerd = containerd::Containerd::new(&args.containerd, Arc::clone(&layers));
     if let Some(containerd) = containerd.clone() {
         tokio::spawn(containerd.follow(events_peer, metadata.clone()));
     }

@@ -1,11 +1,37 @@
 //! What a pull reads from the registry before any layer: manifests,
 //! indexes and configs, the platform choice, and the checks Docker makes on
-//! them (media types, schema 1).
+//! them (media types, schema 1). And the one manifest imaged writes itself,
+//! for an image it has no registry manifest for ([`uncompressed_manifest`]).
 
 use imaged_common::Error;
-use imaged_model::Platform;
+use imaged_model::media_type::{OCI_CONFIG, OCI_LAYER, OCI_MANIFEST};
+use imaged_model::{Digest, Platform};
 use oci_client::manifest::OciDescriptor;
 use serde::Deserialize;
+
+/// The descriptor of a layer as stored uncompressed: its diff ID and the
+/// size of its tar.
+pub(crate) fn uncompressed_layer(diff_id: &Digest, size: u64) -> serde_json::Value {
+    serde_json::json!({"mediaType": OCI_LAYER, "digest": diff_id.to_string(), "size": size})
+}
+
+/// An OCI manifest of the config `config` (whose digest is `id`) and its
+/// layers as [`uncompressed_layer`] describes them, bottom first: what
+/// `save` writes and what containerd is given for an image that came from
+/// no registry.
+pub(crate) fn uncompressed_manifest(
+    id: &Digest,
+    config: &[u8],
+    layers: Vec<serde_json::Value>,
+) -> Result<Vec<u8>, Error> {
+    serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": OCI_CONFIG, "digest": id.to_string(), "size": config.len()},
+        "layers": layers,
+    }))
+    .map_err(Error::internal)
+}
 
 /// Manifest media types a pull accepts.
 pub(crate) use imaged_model::media_type::PULLABLE as ACCEPTED;

@@ -138,6 +138,28 @@ struct LayerJob {
     parent_chain: Option<Digest>,
 }
 
+impl LayerJob {
+    /// Layer `i` of an image (`layers` and `diff_ids` bottom first, their
+    /// `chains`), fetched from `target`'s repository.
+    fn new(
+        target: &Target,
+        layers: &[OciDescriptor],
+        diff_ids: &[Digest],
+        chains: &[Digest],
+        i: usize,
+    ) -> Result<Self, Error> {
+        Ok(LayerJob {
+            client: target.client.clone(),
+            oref: target.oref.clone(),
+            desc: layers[i].clone(),
+            blob: layers[i].digest.parse()?,
+            diff_id: diff_ids[i].clone(),
+            chain_id: chains[i].clone(),
+            parent_chain: i.checked_sub(1).map(|p| chains[p].clone()),
+        })
+    }
+}
+
 /// What a pull reads from: the request, resolved once.
 struct Target {
     /// With `latest` added when it named no tag or digest.
@@ -328,15 +350,7 @@ impl Puller {
                 parent = None;
                 continue;
             }
-            let job = LayerJob {
-                client: target.client.clone(),
-                oref: target.oref.clone(),
-                desc: plan.layers[j].clone(),
-                blob: plan.layers[j].digest.parse()?,
-                diff_id: plan.diff_ids[j].clone(),
-                chain_id: chains[j].clone(),
-                parent_chain: j.checked_sub(1).map(|p| chains[p].clone()),
-            };
+            let job = LayerJob::new(&target, &plan.layers, &plan.diff_ids, &chains, j)?;
             let (done, _) = self.job(job, parent.take());
             if j == i {
                 wanted = Some(done.clone());
@@ -626,15 +640,7 @@ impl Puller {
                 continue;
             }
             send(tx, line(&id, "Pulling fs layer".into())).await;
-            let job = LayerJob {
-                client: target.client.clone(),
-                oref: target.oref.clone(),
-                desc: desc.clone(),
-                blob: desc.digest.parse()?,
-                diff_id: configured.diff_ids[i].clone(),
-                chain_id: chains[i].clone(),
-                parent_chain: i.checked_sub(1).map(|p| chains[p].clone()),
-            };
+            let job = LayerJob::new(target, layers, &configured.diff_ids, chains, i)?;
             let (done, progress) = self.job(job, parent.take());
             waits.push(done.clone());
             watches.push(WatchStream::new(progress).map(move |state| (i, id.clone(), state)));

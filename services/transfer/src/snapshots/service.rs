@@ -82,22 +82,18 @@ impl SnapshotService {
             // containerd looks for the target on this parent only.
             return None;
         }
-        let store = Arc::clone(&self.store);
         let labels = labels.clone();
-        let adopted = tokio::task::spawn_blocking(move || store.adopt_layer(&chain, labels)).await;
-        if fetched && matches!(adopted, Ok(Ok(()))) {
-            // Fetched for containerd alone: no image of imaged's needs it,
-            // so it goes when containerd's snapshot does (unless an imaged
-            // pull uses it first).
+        if let Err(status) = self.blocking(move |s| s.adopt_layer(&chain, labels)).await {
+            return Some(status);
+        }
+        if fetched {
+            // Fetched for containerd alone: it goes with containerd's
+            // snapshot, once imaged-metadata says no image needs it.
             self.puller.leases.defer(layer.chain_id.clone());
         }
-        match adopted {
-            Ok(Ok(())) => Some(Status::already_exists(format!(
-                "target snapshot {target} already exists"
-            ))),
-            Ok(Err(err)) => Some(err.into()),
-            Err(err) => Some(Status::internal(err.to_string())),
-        }
+        Some(Status::already_exists(format!(
+            "target snapshot {target} already exists"
+        )))
     }
 }
 
