@@ -1,6 +1,10 @@
 # imaged: `make run` starts the four processes; `make test` runs every test.
 
 CARGO ?= cargo
+# `make` builds once per machine: incremental state would only add
+# gigabytes of disk (CI's disk is small). `cargo` run by hand keeps it.
+CARGO_INCREMENTAL ?= 0
+export CARGO_INCREMENTAL
 ROOT ?= ./data
 
 .PHONY: run build test test-deps bench bench-deps fuzz fmt lint clean install install-files
