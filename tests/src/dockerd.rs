@@ -13,6 +13,7 @@ use anyhow::{Context, bail};
 use tokio::process::{Child, Command};
 
 use crate::die_with_parent;
+pub use crate::docker_cli::DockerCli;
 
 /// A running dockerd; stopped (and its mounts undone) when dropped.
 pub struct Dockerd {
@@ -85,9 +86,14 @@ impl Dockerd {
         std::fs::read_to_string(self.dir.path().join("dockerd.log")).unwrap_or_default()
     }
 
+    /// The docker CLI, pointed at this daemon.
+    pub fn cli(&self) -> DockerCli {
+        DockerCli::new(self.socket(), self.dir.path().join("config"))
+    }
+
     /// Runs the docker CLI against this daemon.
     pub async fn docker(&self, args: &[&str]) -> anyhow::Result<Output> {
-        self.docker_with_input(args, None).await
+        self.cli().docker(args).await
     }
 
     /// Runs the docker CLI with `input` on its standard input.
@@ -96,45 +102,13 @@ impl Dockerd {
         args: &[&str],
         input: Option<&[u8]>,
     ) -> anyhow::Result<Output> {
-        use tokio::io::AsyncWriteExt;
-        let mut command = Command::new("docker");
-        command
-            .args(args)
-            .env("DOCKER_HOST", format!("unix://{}", self.socket().display()))
-            .env("DOCKER_CONFIG", self.dir.path().join("config"))
-            .env("DOCKER_CLI_HINTS", "false")
-            .stdin(if input.is_some() {
-                std::process::Stdio::piped()
-            } else {
-                std::process::Stdio::null()
-            })
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .kill_on_drop(true);
-        let mut child = command.spawn().context("cannot run the docker CLI")?;
-        if let Some(input) = input {
-            let mut stdin = child.stdin.take().expect("piped");
-            stdin.write_all(input).await?;
-            drop(stdin);
-        }
-        let output = tokio::time::timeout(Duration::from_secs(120), child.wait_with_output())
-            .await
-            .with_context(|| format!("docker {args:?} took over 120 s"))??;
-        Ok(output)
+        self.cli().docker_with_input(args, input).await
     }
 
     /// Runs the docker CLI and answers its standard output; an exit other
     /// than 0 is an error carrying its standard error.
     pub async fn ok(&self, args: &[&str]) -> anyhow::Result<String> {
-        let output = self.docker(args).await?;
-        if !output.status.success() {
-            bail!(
-                "docker {args:?} exited with {}: {}",
-                output.status,
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
-        Ok(String::from_utf8(output.stdout)?)
+        self.cli().ok(args).await
     }
 }
 

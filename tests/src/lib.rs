@@ -7,6 +7,7 @@ pub mod archive;
 pub mod client;
 pub mod collector;
 pub mod containerd;
+pub mod docker_cli;
 pub mod dockerd;
 pub mod front;
 pub mod processes;

@@ -109,6 +109,14 @@ impl Imaged {
         self.root.path()
     }
 
+    /// The docker CLI, pointed at imaged's Docker Engine API socket.
+    pub fn docker_cli(&self) -> crate::docker_cli::DockerCli {
+        crate::docker_cli::DockerCli::new(
+            self.root().join("run").join("docker.sock"),
+            self.root().join("docker-config"),
+        )
+    }
+
     /// The Unix socket `service` listens on.
     pub fn socket(&self, service: Service) -> PathBuf {
         service.default_socket(self.root())

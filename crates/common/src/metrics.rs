@@ -113,7 +113,7 @@ impl Listener {
                 socket.set_nonblocking(true)?;
                 Listener::Tcp(tokio::net::TcpListener::from_std(socket)?)
             }
-            Endpoint::Unix(path) => Listener::Unix(crate::server::bind_unix(path)?),
+            Endpoint::Unix(path) => Listener::Unix(crate::server::bind_unix(path, None)?),
         })
     }
 }

@@ -104,12 +104,7 @@ pub async fn serve(
     let serving = async {
         match &config.listen {
             Endpoint::Unix(path) => {
-                let listener = bind_unix(path)?;
-                if let Some(gid) = config.socket_gid {
-                    std::os::unix::fs::chown(path, None, Some(gid)).with_context(|| {
-                        format!("cannot give {} to group {gid}", path.display())
-                    })?;
-                }
+                let listener = bind_unix(path, config.socket_gid)?;
                 tracing::info!(listen = %config.listen, "{process} serving");
                 let result = router
                     .serve_with_incoming_shutdown(UnixListenerStream::new(listener), stopped)
@@ -150,10 +145,11 @@ pub async fn serve(
     }
 }
 
-/// Binds a Unix socket at `path` with mode 0660. A socket file left by a
-/// crashed process is replaced; one a live process still answers on is an
-/// error, as is any other file at that path.
-pub fn bind_unix(path: &Path) -> anyhow::Result<UnixListener> {
+/// Binds a Unix socket at `path` with mode 0660, owned by group `gid`
+/// when given (`--socket-group`). A socket file left by a crashed process
+/// is replaced; one a live process still answers on is an error, as is
+/// any other file at that path.
+pub fn bind_unix(path: &Path, gid: Option<u32>) -> anyhow::Result<UnixListener> {
     match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => {
             if std::os::unix::net::UnixStream::connect(path).is_ok() {
@@ -177,6 +173,10 @@ pub fn bind_unix(path: &Path) -> anyhow::Result<UnixListener> {
         UnixListener::bind(path).with_context(|| format!("cannot listen on {}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
         .with_context(|| format!("cannot set the mode of {}", path.display()))?;
+    if let Some(gid) = gid {
+        std::os::unix::fs::chown(path, None, Some(gid))
+            .with_context(|| format!("cannot give {} to group {gid}", path.display()))?;
+    }
     Ok(listener)
 }
 

@@ -2,6 +2,7 @@
 //! serves `imaged.v1` and orchestrates the calls that span services.
 
 mod cri;
+mod docker;
 mod events;
 mod forward;
 mod images;
@@ -31,6 +32,10 @@ pub struct Args {
     /// comma-separated.
     #[arg(long, env = "IMAGED_PINNED_IMAGES", value_delimiter = ',')]
     pub pinned_images: Vec<String>,
+    /// Where the Docker Engine API (image endpoints) is served; default
+    /// `<root>/run/docker.sock`.
+    #[arg(long, env = "IMAGED_DOCKER_SOCKET")]
+    pub docker_socket: Option<std::path::PathBuf>,
 }
 
 /// Largest request message the gateway accepts.
@@ -78,7 +83,16 @@ pub async fn run(config: ServiceConfig, args: Args) -> anyhow::Result<()> {
         .max_decoding_message_size(MAX_REQUEST)
         .max_encoding_message_size(MAX_ANSWER),
     );
-    server::serve(
+    let docker_socket = args
+        .docker_socket
+        .unwrap_or_else(|| config.root.join("run").join("docker.sock"));
+    let docker = docker::serve(
+        &docker_socket,
+        config.socket_gid,
+        config.root.clone(),
+        docker::in_process(routes.clone()),
+    );
+    let grpc = server::serve(
         &config,
         routes,
         &[
@@ -87,6 +101,11 @@ pub async fn run(config: ServiceConfig, args: Args) -> anyhow::Result<()> {
             layers_server::SERVICE_NAME,
             image_service_server::SERVICE_NAME,
         ],
-    )
-    .await
+    );
+    let result = tokio::select! {
+        served = grpc => served,
+        failed = docker => failed,
+    };
+    let _ = std::fs::remove_file(&docker_socket);
+    result
 }

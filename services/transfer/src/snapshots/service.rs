@@ -247,11 +247,7 @@ pub async fn serve(
     gid: Option<u32>,
 ) -> anyhow::Result<()> {
     use anyhow::Context;
-    let listener = imaged_common::server::bind_unix(path)?;
-    if let Some(gid) = gid {
-        std::os::unix::fs::chown(path, None, Some(gid))
-            .with_context(|| format!("cannot give {} to group {gid}", path.display()))?;
-    }
+    let listener = imaged_common::server::bind_unix(path, gid)?;
     tracing::info!(listen = %path.display(), "containerd proxy snapshotter serving");
     tonic::transport::Server::builder()
         .add_service(pb::snapshots_server::SnapshotsServer::new(service))
