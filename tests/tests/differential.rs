@@ -13,7 +13,7 @@
 //! either is missing the tests fail, saying so.
 
 use imaged_api::v1::*;
-use imaged_e2e::dockerd::Dockerd;
+use imaged_e2e::dockerd::{DockerCli, Dockerd};
 use imaged_e2e::{Imaged, TestRegistry, client};
 use imaged_fixtures::{Catalog, catalog};
 
@@ -458,7 +458,7 @@ async fn pulls_report_what_docker_reports() {
 /// (action, actor ID, attributes) of each image event in `[since, until]`,
 /// as the docker CLI prints them with `--format '{{json .}}'`.
 async fn docker_events(
-    dockerd: &Dockerd,
+    dockerd: &DockerCli,
     since: &str,
     until: &str,
 ) -> Vec<(String, String, serde_json::Value)> {
@@ -520,7 +520,11 @@ async fn events_of_real_operations_match_dockers() {
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     let until = chrono::Utc::now().timestamp().to_string();
 
-    let docker = docker_events(&b.dockerd, &since, &until).await;
+    let docker = docker_events(&b.dockerd.cli(), &since, &until).await;
+    // The same events as the docker CLI prints them from imaged's Docker
+    // Engine API.
+    let imaged_cli = docker_events(&b.imaged.docker_cli(), &since, &until).await;
+    same("docker events", imaged_cli, docker.clone());
     let mut stream = imaged_api::v1::events_client::EventsClient::new(
         b.imaged.channel(imaged_common::config::Service::Gateway),
     )
@@ -953,4 +957,182 @@ async fn a_legacy_archive_loads_with_dockers_ids() {
     );
     let (imaged_history, docker_history) = b.history("legacy/app:1").await;
     same("legacy: history", imaged_history, docker_history);
+}
+
+/// The docker CLI's image commands, run the same against dockerd and
+/// against imaged's Docker Engine API: what the user reads must be the
+/// same, line for line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_docker_cli_prints_the_same_against_both() {
+    let b = both().await;
+    let cli = b.imaged.docker_cli();
+    let run = |args: Vec<String>| {
+        let docker = b.dockerd.cli();
+        let cli = cli.clone();
+        async move {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let imaged = cli.docker(&args).await.unwrap();
+            let docker = docker.docker(&args).await.unwrap();
+            (imaged, docker)
+        }
+    };
+    let ok = |args: &[&str]| {
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let run = &run;
+        async move {
+            let (imaged, docker) = run(args.clone()).await;
+            assert!(
+                imaged.status.success(),
+                "imaged: docker {args:?}: {imaged:?}"
+            );
+            assert!(
+                docker.status.success(),
+                "dockerd: docker {args:?}: {docker:?}"
+            );
+            (
+                String::from_utf8_lossy(&imaged.stdout).into_owned(),
+                String::from_utf8_lossy(&docker.stdout).into_owned(),
+            )
+        }
+    };
+    let app = b.registry.fixtures().reference("fixtures/app:1.0");
+    let base = b.registry.fixtures().reference("fixtures/base:latest");
+
+    // pull: the same layer lines, digest, status and final reference. A
+    // layer's passing states (downloading, verifying, ...) depend on
+    // timing in both, so only where each layer starts and ends counts.
+    let settled = |out: &str| -> Vec<String> {
+        out.lines()
+            .filter(|l| {
+                ![
+                    "Waiting",
+                    "Verifying Checksum",
+                    "Download complete",
+                    "Downloading",
+                    "Extracting",
+                ]
+                .iter()
+                .any(|passing| {
+                    l.split_once(": ")
+                        .is_some_and(|(_, s)| s.starts_with(passing))
+                })
+            })
+            .map(str::to_string)
+            .collect()
+    };
+    let (imaged, docker) = ok(&["pull", &app]).await;
+    same("docker pull output", settled(&imaged), settled(&docker));
+    ok(&["pull", &base]).await;
+
+    let (imaged, docker) = ok(&[
+        "images",
+        "--digests",
+        "--no-trunc",
+        "--format",
+        "{{.Repository}} {{.Tag}} {{.Digest}} {{.ID}} {{.Size}}",
+    ])
+    .await;
+    // Both fixtures were created at the same second: Docker's order of
+    // ties is its sort's, unspecified.
+    let sorted = |out: &str| {
+        let mut lines: Vec<String> = out.lines().map(str::to_string).collect();
+        lines.sort();
+        lines
+    };
+    same("docker images", sorted(&imaged), sorted(&docker));
+    let (imaged, docker) = ok(&["images", "-q", "--filter", "reference=*/fixtures/app"]).await;
+    same("docker images --filter reference", imaged, docker);
+
+    // inspect: the record's fields (Config as a whole differs by API
+    // version: 1.41 fills every container field, 1.50 only the image's,
+    // omitting empty ones). `.ID` is the CLI's typed field, so the
+    // template reads the typed record, never the raw JSON map.
+    let format = "{{.ID}} {{json .RepoTags}} {{json .RepoDigests}} {{.Parent}} {{.Comment}} \
+        {{.Created}} {{.Author}} {{.Os}}/{{.Architecture}} {{.Size}} {{json .RootFS}} \
+        {{json .Config.Cmd}} {{json .Config.Env}} {{json .Config.Labels}} {{.Config.User}}";
+    for image in [&app, &base] {
+        let (imaged, docker) = ok(&["image", "inspect", "--format", format, image]).await;
+        same("docker image inspect", imaged, docker);
+    }
+    let (imaged, docker) = ok(&[
+        "history",
+        "--no-trunc",
+        "--format",
+        "{{.ID}} {{.CreatedBy}} {{.Size}} {{.Comment}}",
+        &app,
+    ])
+    .await;
+    same("docker history", imaged, docker);
+
+    // tag and rmi: Docker's lines.
+    ok(&["tag", &app, "myapp:v1"]).await;
+    let (imaged, docker) = ok(&["rmi", "myapp:v1"]).await;
+    same("docker rmi of a second tag", imaged, docker);
+    let (imaged, docker) = run(vec!["rmi".into(), "myapp:v1".into()]).await;
+    same(
+        "docker rmi of a missing image",
+        (
+            imaged.status.code(),
+            String::from_utf8_lossy(&imaged.stderr).into_owned(),
+        ),
+        (
+            docker.status.code(),
+            String::from_utf8_lossy(&docker.stderr).into_owned(),
+        ),
+    );
+
+    // save | rmi | load.
+    let saved_imaged = cli.docker(&["save", &app]).await.unwrap().stdout;
+    let saved_docker = b.dockerd.docker(&["save", &app]).await.unwrap().stdout;
+    let (imaged, docker) = ok(&["rmi", &app]).await;
+    same("docker rmi of the last tag", imaged, docker);
+    let imaged = cli
+        .docker_with_input(&["load"], Some(&saved_imaged))
+        .await
+        .unwrap();
+    let docker = b
+        .dockerd
+        .docker_with_input(&["load"], Some(&saved_docker))
+        .await
+        .unwrap();
+    same(
+        "docker load output",
+        String::from_utf8_lossy(&imaged.stdout).into_owned(),
+        String::from_utf8_lossy(&docker.stdout).into_owned(),
+    );
+
+    // system df: the images row.
+    let (imaged, docker) = ok(&[
+        "system",
+        "df",
+        "--format",
+        "{{.Type}} {{.TotalCount}} {{.Active}} {{.Size}}",
+    ])
+    .await;
+    let images_row = |out: &str| {
+        out.lines()
+            .find(|l| l.starts_with("Images"))
+            .map(str::to_string)
+    };
+    same("docker system df", images_row(&imaged), images_row(&docker));
+
+    // prune -a: everything goes, and the same space is reclaimed.
+    let (imaged, docker) = ok(&["image", "prune", "-a", "-f"]).await;
+    let total = |out: &str| out.lines().last().map(str::to_string);
+    let deleted = |out: &str| {
+        sorted(out)
+            .into_iter()
+            .filter(|l| l.starts_with("deleted:") || l.starts_with("untagged:"))
+            .collect::<Vec<_>>()
+    };
+    same(
+        "docker image prune -a lines",
+        deleted(&imaged),
+        deleted(&docker),
+    );
+    same(
+        "docker image prune -a total",
+        total(&imaged),
+        total(&docker),
+    );
 }

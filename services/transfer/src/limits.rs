@@ -120,6 +120,20 @@ impl Gate {
 
     /// Waits for a free slot.
     pub async fn admit(&self) -> Admitted {
+        self.admit_or(|| {}).await
+    }
+
+    /// Waits for a free slot, calling `held_back` first when there is none
+    /// now (a pull then says "Waiting" for the layer, as Docker does).
+    pub async fn admit_or(&self, held_back: impl FnOnce()) -> Admitted {
+        if let Ok(permit) = Arc::clone(&self.semaphore).try_acquire_owned() {
+            self.in_flight.fetch_add(1, Ordering::Relaxed);
+            return Admitted {
+                _permit: permit,
+                in_flight: Arc::clone(&self.in_flight),
+            };
+        }
+        held_back();
         self.waiting.fetch_add(1, Ordering::Relaxed);
         // Counted as waiting until admitted, or until the caller gives up.
         struct Waiting<'a>(&'a AtomicUsize);

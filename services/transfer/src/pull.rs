@@ -61,9 +61,17 @@ pub struct PullArgs {
 /// One layer's state, as Docker words it.
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) enum State {
+    /// Created, not yet admitted: not shown. Docker says "Waiting" only
+    /// for a download the concurrency limit holds back.
+    Pending,
     Waiting,
-    Downloading { current: u64, total: u64 },
-    Retrying { seconds: u64 },
+    Downloading {
+        current: u64,
+        total: u64,
+    },
+    Retrying {
+        seconds: u64,
+    },
     Verifying,
     DownloadComplete,
     Extracting,
@@ -74,7 +82,7 @@ pub(crate) enum State {
 impl State {
     fn status(&self) -> String {
         match self {
-            State::Waiting => "Waiting".into(),
+            State::Pending | State::Waiting => "Waiting".into(),
             State::Downloading { .. } => "Downloading".into(),
             State::Retrying { seconds } => format!("Retrying in {seconds} seconds"),
             State::Verifying => "Verifying Checksum".into(),
@@ -657,6 +665,9 @@ impl Puller {
             tokio::select! {
                 result = &mut all => { result?; break; }
                 Some((i, id, state)) = updates.next() => {
+                    if state == State::Pending {
+                        continue;
+                    }
                     let (current, total) = match &state {
                         State::Downloading { current, total } => (*current, *total),
                         State::Verifying | State::DownloadComplete | State::Extracting | State::Complete => (totals[i], totals[i]),
@@ -800,7 +811,7 @@ impl Puller {
         {
             return (done, running.progress.clone());
         }
-        let (progress_tx, progress) = watch::channel(State::Waiting);
+        let (progress_tx, progress) = watch::channel(State::Pending);
         let this = Arc::clone(self);
         let key = job.chain_id.clone();
         let future = async move {
@@ -837,7 +848,13 @@ impl Puller {
         let turns = self.content.ingest_turns(blob);
         let (staging, unpacked) = loop {
             let writing = turns.take().await;
-            let admitted = self.limits.downloads.admit().await;
+            let admitted = self
+                .limits
+                .downloads
+                .admit_or(|| {
+                    progress.send_replace(State::Waiting);
+                })
+                .await;
             let result = self
                 .fetch_layer(&job.client, &job.oref, &job.desc, blob, progress)
                 .await;
