@@ -1064,6 +1064,21 @@ async fn the_docker_cli_prints_the_same_against_both() {
     .await;
     same("docker history", imaged, docker);
 
+    // push to a repository of each's own: the same manifest digest line.
+    let pushed_imaged = b.registry.fixtures().reference("pushed-by-imaged/app:1");
+    let pushed_docker = b.registry.fixtures().reference("pushed-by-docker/app:1");
+    cli.ok(&["tag", &app, &pushed_imaged]).await.unwrap();
+    b.dockerd.ok(&["tag", &app, &pushed_docker]).await.unwrap();
+    let imaged = cli.ok(&["push", &pushed_imaged]).await.unwrap();
+    let docker = b.dockerd.ok(&["push", &pushed_docker]).await.unwrap();
+    same(
+        "docker push digest line",
+        imaged.lines().last().map(str::to_string),
+        docker.lines().last().map(str::to_string),
+    );
+    cli.ok(&["rmi", &pushed_imaged]).await.unwrap();
+    b.dockerd.ok(&["rmi", &pushed_docker]).await.unwrap();
+
     // tag and rmi: Docker's lines.
     ok(&["tag", &app, "myapp:v1"]).await;
     let (imaged, docker) = ok(&["rmi", "myapp:v1"]).await;
@@ -1100,6 +1115,50 @@ async fn the_docker_cli_prints_the_same_against_both() {
         String::from_utf8_lossy(&imaged.stdout).into_owned(),
         String::from_utf8_lossy(&docker.stdout).into_owned(),
     );
+
+    // import with changes and a message: the same config and layer.
+    let rootfs = imaged_fixtures::LayerBuilder::new()
+        .dir("bin")
+        .file("bin/hello", b"hello\n")
+        .build(imaged_fixtures::Compression::None)
+        .unwrap();
+    let import = [
+        "import",
+        "--change",
+        "CMD [\"/bin/hello\"]",
+        "--change",
+        "ENV A=b",
+        "--change",
+        "WORKDIR /bin",
+        "-m",
+        "from a pipe",
+        "-",
+        "imported:1",
+    ];
+    let imaged = cli
+        .docker_with_input(&import, Some(&rootfs.data))
+        .await
+        .unwrap();
+    let docker = b
+        .dockerd
+        .docker_with_input(&import, Some(&rootfs.data))
+        .await
+        .unwrap();
+    assert!(
+        imaged.status.success() && docker.status.success(),
+        "{imaged:?} {docker:?}"
+    );
+    let (imaged, docker) = ok(&[
+        "image",
+        "inspect",
+        "--format",
+        "{{json .Config.Cmd}} {{json .Config.Env}} {{.Config.WorkingDir}} {{.Comment}} \
+         {{.Os}}/{{.Architecture}} {{json .RootFS.Layers}} {{.Size}} {{json .RepoTags}}",
+        "imported:1",
+    ])
+    .await;
+    same("docker import", imaged, docker);
+    ok(&["rmi", "imported:1"]).await;
 
     // system df: the images row.
     let (imaged, docker) = ok(&[

@@ -459,3 +459,43 @@ async fn docker_py_drives_imaged() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(stdout.contains("docker-py: all checks passed"), "{stdout}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_docker_cli_sends_its_stored_credentials() {
+    use base64::Engine;
+    const PASSWORD: &str = "docker-cli-Pa55";
+    let registry = TestRegistry::start_with_auth("tester", PASSWORD)
+        .await
+        .unwrap();
+    let catalog = catalog().unwrap();
+    registry
+        .fixtures_as("tester", PASSWORD)
+        .push_image("private/base:latest", &catalog.base)
+        .await
+        .unwrap();
+    let imaged = Imaged::start().await.unwrap();
+    let cli = imaged.docker_cli();
+    let private = format!("{}/private/base:latest", registry.host);
+
+    let refused = cli.docker(&["pull", &private]).await.unwrap();
+    assert!(!refused.status.success(), "{refused:?}");
+    let refused = String::from_utf8_lossy(&refused.stderr);
+    assert!(refused.contains("Error response from daemon"), "{refused}");
+    assert!(!refused.contains(PASSWORD));
+
+    // What `docker login` stores; the CLI sends it as X-Registry-Auth.
+    let config = imaged.root().join("docker-config");
+    std::fs::create_dir_all(&config).unwrap();
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("tester:{PASSWORD}"));
+    std::fs::write(
+        config.join("config.json"),
+        serde_json::json!({ "auths": { registry.host.clone(): { "auth": auth } } }).to_string(),
+    )
+    .unwrap();
+    cli.ok(&["pull", &private]).await.unwrap();
+    let pushed = format!("{}/private/pushed:1", registry.host);
+    cli.ok(&["tag", &private, &pushed]).await.unwrap();
+    let out = cli.ok(&["push", &pushed]).await.unwrap();
+    assert!(out.contains("1: digest: sha256:"), "{out}");
+    assert!(!imaged.logs().contains(PASSWORD));
+}

@@ -26,15 +26,15 @@ impl ApiError {
 
 /// The one mapping of imaged's gRPC codes to Docker's HTTP statuses
 /// (Moby's `errdefs` → `httpstatus`): not found 404, conflicts 409, bad
-/// parameters 400, refused credentials 401/403, the rest 500.
+/// parameters 400, the rest 500. A registry refusing credentials is a 500
+/// in Docker too ("no basic auth credentials"): a 401 would make the
+/// docker CLI ask for a login on the terminal and retry.
 impl From<tonic::Status> for ApiError {
     fn from(status: tonic::Status) -> Self {
         let code = match status.code() {
             Code::NotFound => StatusCode::NOT_FOUND,
             Code::FailedPrecondition | Code::AlreadyExists | Code::Aborted => StatusCode::CONFLICT,
             Code::InvalidArgument | Code::OutOfRange => StatusCode::BAD_REQUEST,
-            Code::Unauthenticated => StatusCode::UNAUTHORIZED,
-            Code::PermissionDenied => StatusCode::FORBIDDEN,
             Code::Unimplemented => StatusCode::NOT_IMPLEMENTED,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
