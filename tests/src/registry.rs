@@ -20,15 +20,25 @@ pub struct TestRegistry {
 impl TestRegistry {
     /// Starts the registry and waits until it accepts connections.
     pub async fn start() -> anyhow::Result<Self> {
-        Self::start_with(None).await
+        Self::start_with(None, None).await
     }
 
     /// A registry that asks for HTTP basic credentials (htpasswd).
     pub async fn start_with_auth(user: &str, password: &str) -> anyhow::Result<Self> {
-        Self::start_with(Some((user, password))).await
+        Self::start_with(Some((user, password)), None).await
     }
 
-    async fn start_with(credentials: Option<(&str, &str)>) -> anyhow::Result<Self> {
+    /// A pull-through cache of the registry at `upstream` (`host:port`,
+    /// plain HTTP): Distribution's proxy mode (`proxy.remoteurl`), a real
+    /// registry mirror.
+    pub async fn start_mirror_of(upstream: &str) -> anyhow::Result<Self> {
+        Self::start_with(None, Some(upstream)).await
+    }
+
+    async fn start_with(
+        credentials: Option<(&str, &str)>,
+        upstream: Option<&str>,
+    ) -> anyhow::Result<Self> {
         let binary = registry_binary()?;
         let dir = tempfile::tempdir()?;
         let auth = match credentials {
@@ -49,8 +59,11 @@ impl TestRegistry {
         std::fs::write(
             &config,
             format!(
-                "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {host}\n{auth}",
-                dir.path().join("storage").display()
+                "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {host}\n{auth}{proxy}",
+                dir.path().join("storage").display(),
+                proxy = upstream
+                    .map(|u| format!("proxy:\n  remoteurl: http://{u}\n"))
+                    .unwrap_or_default(),
             ),
         )?;
         let log = std::fs::File::create(dir.path().join("registry.log"))?;
@@ -94,6 +107,18 @@ impl TestRegistry {
     /// Paths of the GETs answered 200 whose path contains `part`
     /// (`/manifests/`, `/blobs/`), in order.
     pub fn gets(&self, part: &str) -> Vec<String> {
+        self.requests()
+            .into_iter()
+            .filter(|(method, path, status)| {
+                method == "GET" && path.contains(part) && status == "200"
+            })
+            .map(|(_, path, _)| path)
+            .collect()
+    }
+
+    /// Every request the registry answered so far: (method, path,
+    /// status), in order.
+    pub fn requests(&self) -> Vec<(String, String, String)> {
         let log = std::fs::read_to_string(&self.access_log).unwrap_or_default();
         log.lines()
             .filter_map(|line| {
@@ -101,8 +126,7 @@ impl TestRegistry {
                 let status = line.split('"').nth(2)?.split_whitespace().next()?;
                 let mut parts = request.split_whitespace();
                 let (method, path) = (parts.next()?, parts.next()?);
-                (method == "GET" && path.contains(part) && status == "200")
-                    .then(|| path.to_string())
+                Some((method.to_string(), path.to_string(), status.to_string()))
             })
             .collect()
     }

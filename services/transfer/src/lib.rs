@@ -24,6 +24,7 @@ mod manifest;
 mod merge;
 mod metadata;
 mod metrics;
+mod mirrors;
 mod pack;
 mod pull;
 mod pull_share;
@@ -111,6 +112,7 @@ pub async fn run(config: ServiceConfig, args: Args) -> anyhow::Result<()> {
     }
     let registries = Arc::new(registry::Registries::new(
         args.pull.insecure_registries.clone(),
+        mirrors::MirrorConfig::new(args.pull.registry_config_dir.clone()),
     ));
     let puller = Arc::new(
         pull::Puller::new(

@@ -19,7 +19,6 @@ use imaged_common::Error;
 use imaged_model::digest::chain_ids;
 use imaged_model::image_config::ImageConfig;
 use imaged_model::{Digest, Platform, Reference};
-use oci_client::Client;
 use oci_client::manifest::OciDescriptor;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::WatchStream;
@@ -34,7 +33,7 @@ use crate::manifest::{
     check_manifest, check_media_type, choose_platform, schema1,
 };
 use crate::metadata::Metadata;
-use crate::registry::{self, Registries, Retry};
+use crate::registry::{self, Registries, Retry, Source};
 
 /// How long a pull waits for bytes, and the throughput it must keep.
 #[derive(clap::Args, Clone, Debug)]
@@ -56,6 +55,11 @@ pub struct PullArgs {
         value_delimiter = ','
     )]
     pub insecure_registries: Vec<String>,
+    /// containerd's registry host configuration: `DIR/<registry
+    /// host>/hosts.toml` (or `DIR/_default/hosts.toml`) lists the mirrors
+    /// a pull tries, in order, before the registry itself.
+    #[arg(long, env = "IMAGED_REGISTRY_CONFIG_DIR")]
+    pub registry_config_dir: Option<std::path::PathBuf>,
 }
 
 /// One layer's state, as Docker words it.
@@ -134,8 +138,8 @@ const REMOTE_PLANS: usize = 64;
 /// One layer a pull brings into the store: where it comes from, what it
 /// must unpack to, and where it sits in the chain.
 struct LayerJob {
-    client: Client,
-    oref: oci_client::Reference,
+    /// Where to fetch it from, in order: mirrors, then the registry.
+    sources: Vec<Source>,
     desc: OciDescriptor,
     /// The compressed blob (`desc.digest`).
     blob: Digest,
@@ -157,8 +161,7 @@ impl LayerJob {
         i: usize,
     ) -> Result<Self, Error> {
         Ok(LayerJob {
-            client: target.client.clone(),
-            oref: target.oref.clone(),
+            sources: target.sources.clone(),
             desc: layers[i].clone(),
             blob: layers[i].digest.parse()?,
             diff_id: diff_ids[i].clone(),
@@ -179,9 +182,9 @@ struct Target {
     /// Whether the caller named a platform (Docker then warns on a
     /// mismatch).
     platform_asked: bool,
-    auth: oci_client::secrets::RegistryAuth,
-    client: Client,
-    oref: oci_client::Reference,
+    /// Where it is read from: the registry's mirrors, then the registry
+    /// itself (always the last).
+    sources: Vec<Source>,
 }
 
 impl Target {
@@ -203,14 +206,19 @@ impl Target {
         );
         let auth = registry::auth(request.auth.as_ref());
         Ok(Target {
-            client: registries.client(&reference, &auth),
-            oref: registry::oci_reference(&reference),
+            sources: registries.sources(&reference, &auth),
             shown: reference.familiar(),
             reference,
             platform,
             platform_asked: request.platform.is_some(),
-            auth,
         })
+    }
+
+    /// The registry itself, and the mirrors to try before it.
+    fn upstream_and_mirrors(&self) -> (&Source, &[Source]) {
+        self.sources
+            .split_last()
+            .expect("the registry itself is always a source")
     }
 
     /// The tag, or the digest, Docker's first line names.
@@ -471,12 +479,13 @@ impl Puller {
     pub async fn list_tags(&self, request: &PullImageRequest) -> Result<Vec<String>, Error> {
         let target = Target::new(request, &self.registries)?;
         let what = format!("tags of {}", target.reference.familiar_name());
+        let (upstream, _) = target.upstream_and_mirrors();
         let listed = within(
             &what,
             self.with_retries(&|e| registry::pull_error(&target.reference, e), || {
-                target
+                upstream
                     .client
-                    .list_tags(&target.oref, &target.auth, None, None)
+                    .list_tags(&upstream.oref, &upstream.auth, None, None)
             }),
         )
         .await?;
@@ -488,17 +497,7 @@ impl Puller {
     async fn resolve(&self, target: &Target) -> Result<Resolved, Error> {
         let shown = &target.shown;
         let what = format!("manifest for {shown}");
-        let (top_bytes, top_digest) = self
-            .fetch_manifest(target, || {
-                self.registries.manifest(
-                    &target.client,
-                    &target.oref,
-                    &target.auth,
-                    ACCEPTED,
-                    MAX_MANIFEST,
-                )
-            })
-            .await?;
+        let (top_bytes, top_digest) = self.fetch_manifest(target, None).await?;
         let top_digest: Digest = top_digest.parse()?;
         tracing::Span::current().record("image.manifest_digest", top_digest.to_string());
         let probe = probe_manifest(&what, &top_bytes)?;
@@ -511,22 +510,7 @@ impl Puller {
         let manifest_bytes = match probe.manifests {
             Some(entries) => {
                 let chosen = choose_platform(&entries, &target.platform, shown)?;
-                let by_digest = oci_client::Reference::with_digest(
-                    target.oref.registry().to_string(),
-                    target.oref.repository().to_string(),
-                    chosen.clone(),
-                );
-                let (bytes, digest) = self
-                    .fetch_manifest(target, || {
-                        self.registries.manifest(
-                            &target.client,
-                            &by_digest,
-                            &target.auth,
-                            ACCEPTED,
-                            MAX_MANIFEST,
-                        )
-                    })
-                    .await?;
+                let (bytes, digest) = self.fetch_manifest(target, Some(&chosen)).await?;
                 if probe_manifest(&what, &bytes)?.manifests.is_some() {
                     return Err(Error::InvalidArgument(format!(
                         "{what}: an index entry points at another index"
@@ -576,12 +560,7 @@ impl Puller {
             Ok(bytes) => bytes,
             Err(_) => {
                 let bytes = self
-                    .fetch_small(
-                        &target.client,
-                        &target.oref,
-                        &manifest.config,
-                        &format!("config of {shown}"),
-                    )
+                    .fetch_small(target, &manifest.config, &format!("config of {shown}"))
                     .await?;
                 resolved
                     .small_blobs
@@ -846,6 +825,7 @@ impl Puller {
         let blob = &job.blob;
         let mut attempt = 1;
         let turns = self.content.ingest_turns(blob);
+        let mut source = 0;
         let (staging, unpacked) = loop {
             let writing = turns.take().await;
             let admitted = self
@@ -855,13 +835,20 @@ impl Puller {
                     progress.send_replace(State::Waiting);
                 })
                 .await;
+            let from = &job.sources[source];
             let result = self
-                .fetch_layer(&job.client, &job.oref, &job.desc, blob, progress)
+                .fetch_layer(&from.client, &from.oref, &job.desc, blob, progress)
                 .await;
             drop(admitted);
             drop(writing);
             match result {
                 Ok(done) => break done,
+                // A mirror that fails is skipped (once per layer); what it
+                // wrote is resumed from the next source.
+                Err(err) if from.mirror.is_some() => {
+                    tracing::warn!(layer = %id, mirror = from.name(), "mirror failed, trying the next source: {err}");
+                    source += 1;
+                }
                 Err(err) => match self.retry().after(attempt, &err) {
                     Some(delay) => {
                         tracing::warn!(layer = %id, attempt, "layer download failed, retrying: {err}");
@@ -917,11 +904,11 @@ impl Puller {
         }
     }
 
-    /// Fetches a small blob (a config) whole and checks its digest.
+    /// Fetches a small JSON blob (a config) whole, digest checked: from
+    /// each mirror once, then from the registry with retries.
     async fn fetch_small(
         &self,
-        client: &Client,
-        oref: &oci_client::Reference,
+        target: &Target,
         desc: &OciDescriptor,
         what: &str,
     ) -> Result<Vec<u8>, Error> {
@@ -932,46 +919,74 @@ impl Puller {
             )));
         }
         let expected: Digest = desc.digest.parse()?;
-        within(
+        let checked = |data: Vec<u8>| {
+            if Digest::sha256_of(&data) != expected {
+                return Err(Error::InvalidArgument(format!(
+                    "{what}: digest mismatch: the registry sent other bytes than {expected}"
+                )));
+            }
+            Ok(data)
+        };
+        let (upstream, mirrors) = target.upstream_and_mirrors();
+        for mirror in mirrors {
+            match within(what, async {
+                small_blob(mirror, desc)
+                    .await
+                    .map_err(|e| registry::error(what, e))
+                    .and_then(checked)
+            })
+            .await
+            {
+                Ok(data) => return Ok(data),
+                Err(err) => mirror_failed(mirror, &err),
+            }
+        }
+        let data = within(
             what,
-            self.with_retries(&|e| registry::error(what, e), || async {
-                let mut stream = client.pull_blob_stream(oref, desc).await?;
-                let mut data = Vec::new();
-                while let Some(chunk) = stream.next().await {
-                    data.extend_from_slice(&chunk?);
-                    if data.len() as u64 > MAX_JSON_BLOB {
-                        return Err(oci_client::errors::OciDistributionError::GenericError(
-                            Some("blob larger than announced".into()),
-                        ));
-                    }
-                }
-                Ok(data)
+            self.with_retries(&|e| registry::error(what, e), || small_blob(upstream, desc)),
+        )
+        .await?;
+        checked(data)
+    }
+
+    /// Fetches the manifest at `digest`, or the one the target names: from
+    /// each mirror once (only those that may resolve tags, for a tag),
+    /// then from the registry with retries, all bounded in time: a
+    /// registry that sends headers and then nothing is given up on. The
+    /// registry's failures read as Docker's (`manifest for … not found: …`).
+    async fn fetch_manifest(
+        &self,
+        target: &Target,
+        digest: Option<&str>,
+    ) -> Result<(Bytes, String), Error> {
+        let what = format!("manifest for {}", target.shown);
+        let by_tag = digest.is_none() && target.reference.digest().is_none();
+        let at = |source: &Source| match digest {
+            Some(digest) => source.at_digest(digest),
+            None => source.oref.clone(),
+        };
+        let (upstream, mirrors) = target.upstream_and_mirrors();
+        for mirror in mirrors.iter().filter(|m| m.resolves || !by_tag) {
+            let fetched = within(&what, async {
+                Registries::manifest(mirror, &at(mirror), ACCEPTED, MAX_MANIFEST)
+                    .await
+                    .map_err(|e| registry::error(&what, e))
+            })
+            .await;
+            match fetched {
+                Ok(fetched) => return Ok(fetched),
+                Err(err) => mirror_failed(mirror, &err),
+            }
+        }
+        let failed = |e| registry::pull_error(&target.reference, e);
+        let oref = at(upstream);
+        within(
+            &what,
+            self.with_retries(&failed, || {
+                Registries::manifest(upstream, &oref, ACCEPTED, MAX_MANIFEST)
             }),
         )
         .await
-        .and_then(|data| {
-            if Digest::sha256_of(&data) != expected {
-                return Err(Error::InvalidArgument(format!("{what}: digest mismatch")));
-            }
-            Ok(data)
-        })
-    }
-
-    /// Fetches a manifest with retries, all bounded in time: a registry
-    /// that sends headers and then nothing is given up on.
-    /// Its failures read as Docker's (`manifest for … not found: …`).
-    async fn fetch_manifest<F, Fut>(
-        &self,
-        target: &Target,
-        call: F,
-    ) -> Result<(Bytes, String), Error>
-    where
-        F: FnMut() -> Fut,
-        Fut: Future<Output = Result<(Bytes, String), oci_client::errors::OciDistributionError>>,
-    {
-        let what = format!("manifest for {}", target.shown);
-        let failed = |e| registry::pull_error(&target.reference, e);
-        within(&what, self.with_retries(&failed, call)).await
     }
 
     /// Runs a registry call, retrying what may pass with backoff; `failed`
@@ -1000,6 +1015,32 @@ impl Puller {
             }
         }
     }
+}
+
+/// One fetch of a small blob from `source`, read with the size limit.
+async fn small_blob(
+    source: &Source,
+    desc: &OciDescriptor,
+) -> Result<Vec<u8>, oci_client::errors::OciDistributionError> {
+    let mut stream = source.client.pull_blob_stream(&source.oref, desc).await?;
+    let mut data = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        data.extend_from_slice(&chunk?);
+        if data.len() as u64 > MAX_JSON_BLOB {
+            return Err(oci_client::errors::OciDistributionError::GenericError(
+                Some("blob larger than announced".into()),
+            ));
+        }
+    }
+    Ok(data)
+}
+
+/// A mirror could not serve: said, and the next source is tried.
+fn mirror_failed(mirror: &Source, err: &Error) {
+    tracing::warn!(
+        mirror = mirror.name(),
+        "mirror failed, trying the next source: {err}"
+    );
 }
 
 /// Bounds a manifest or config fetch, retries included, by

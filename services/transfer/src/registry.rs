@@ -17,6 +17,8 @@ use oci_client::errors::{OciDistributionError, OciEnvelope, OciErrorCode};
 use oci_client::secrets::RegistryAuth;
 use sha2::{Digest as _, Sha256};
 
+use crate::mirrors::MirrorConfig;
+
 /// Registry clients, shared by pulls and pushes so connections and tokens
 /// are reused; a client is never shared between different credentials.
 pub struct Registries {
@@ -25,42 +27,151 @@ pub struct Registries {
     /// For manifest requests, whose bodies must be read with a limit
     /// (oci-client reads them whole).
     http: reqwest::Client,
+    /// Where the mirrors of each registry are configured.
+    mirrors: MirrorConfig,
+}
+
+/// One place a pull reads from: a mirror of the registry (from
+/// `hosts.toml`, asked without credentials: they are the registry's) or
+/// the registry itself.
+#[derive(Clone)]
+pub struct Source {
+    pub client: Client,
+    /// The image's repository there, with the request's tag or digest.
+    pub oref: oci_client::Reference,
+    pub auth: RegistryAuth,
+    /// For manifests (read with a limit).
+    http: reqwest::Client,
+    plain_http: bool,
+    /// The mirror's host; `None` for the registry itself.
+    pub mirror: Option<String>,
+    /// Whether it may answer a tag (a mirror needs `resolve`).
+    pub resolves: bool,
+}
+
+impl Source {
+    /// Where messages say a failure came from.
+    pub fn name(&self) -> &str {
+        self.mirror.as_deref().unwrap_or(self.oref.registry())
+    }
+
+    /// The same repository here, at `digest`.
+    pub fn at_digest(&self, digest: &str) -> oci_client::Reference {
+        oci_client::Reference::with_digest(
+            self.oref.registry().to_string(),
+            self.oref.repository().to_string(),
+            digest.to_string(),
+        )
+    }
 }
 
 impl Registries {
     /// `insecure` lists registries (`host[:port]`) reached over plain HTTP
-    /// besides loopback ones.
-    pub fn new(insecure: Vec<String>) -> Self {
+    /// besides loopback ones; `mirrors` says where their mirrors are.
+    pub fn new(insecure: Vec<String>, mirrors: MirrorConfig) -> Self {
         Registries {
             insecure,
             clients: Mutex::new(HashMap::new()),
-            http: reqwest::Client::builder()
-                .connect_timeout(std::time::Duration::from_secs(30))
-                .build()
-                .unwrap_or_default(),
+            http: http_client(false, &[]),
+            mirrors,
         }
     }
 
     /// The client for `reference`'s registry and these credentials.
     pub fn client(&self, reference: &Reference, auth: &RegistryAuth) -> Client {
         let host = reference.domain().to_string();
-        let key = (host.clone(), credential_key(auth));
+        let plain_http = self.is_insecure(&host);
+        self.client_for(&host, auth, plain_http, false, &[])
+    }
+
+    fn client_for(
+        &self,
+        host: &str,
+        auth: &RegistryAuth,
+        plain_http: bool,
+        skip_verify: bool,
+        ca: &[Vec<u8>],
+    ) -> Client {
+        let key = (host.to_string(), credential_key(auth));
         let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
         clients
             .entry(key)
             .or_insert_with(|| {
-                let protocol = if self.is_insecure(&host) {
-                    ClientProtocol::Http
-                } else {
-                    ClientProtocol::Https
-                };
                 Client::new(ClientConfig {
-                    protocol,
+                    protocol: if plain_http {
+                        ClientProtocol::Http
+                    } else {
+                        ClientProtocol::Https
+                    },
                     connect_timeout: Some(std::time::Duration::from_secs(30)),
+                    accept_invalid_certificates: skip_verify,
+                    extra_root_certificates: ca
+                        .iter()
+                        .map(|pem| oci_client::client::Certificate {
+                            encoding: oci_client::client::CertificateEncoding::Pem,
+                            data: pem.clone(),
+                        })
+                        .collect(),
                     ..Default::default()
                 })
             })
             .clone()
+    }
+
+    /// Where a pull of `reference` reads from, in order: the registry's
+    /// mirrors (`hosts.toml`), then the registry itself, last.
+    pub fn sources(&self, reference: &Reference, auth: &RegistryAuth) -> Vec<Source> {
+        let upstream = oci_reference(reference);
+        let mut sources: Vec<Source> = self
+            .mirrors
+            .for_registry(reference.domain())
+            .into_iter()
+            .map(|mirror| {
+                let anonymous = RegistryAuth::Anonymous;
+                let oref = match upstream.digest() {
+                    Some(digest) => oci_client::Reference::with_digest(
+                        mirror.host.clone(),
+                        upstream.repository().to_string(),
+                        digest.to_string(),
+                    ),
+                    None => oci_client::Reference::with_tag(
+                        mirror.host.clone(),
+                        upstream.repository().to_string(),
+                        upstream.tag().unwrap_or("latest").to_string(),
+                    ),
+                };
+                let tls = mirror.skip_verify || !mirror.ca.is_empty();
+                Source {
+                    client: self.client_for(
+                        &mirror.host,
+                        &anonymous,
+                        mirror.plain_http,
+                        mirror.skip_verify,
+                        &mirror.ca,
+                    ),
+                    oref,
+                    auth: anonymous,
+                    http: if tls {
+                        http_client(mirror.skip_verify, &mirror.ca)
+                    } else {
+                        self.http.clone()
+                    },
+                    plain_http: mirror.plain_http,
+                    mirror: Some(mirror.host),
+                    resolves: mirror.resolve,
+                }
+            })
+            .collect();
+        sources.push(Source {
+            client: self.client(reference, auth),
+            plain_http: self.is_insecure(reference.domain()),
+            oref: upstream,
+            auth: auth.clone(),
+            http: self.http.clone(),
+            mirror: None,
+            resolves: true,
+        });
+        sources
     }
 
     /// Fetches a manifest or index as oci-client's `pull_manifest_raw`
@@ -69,22 +180,17 @@ impl Registries {
     /// performs the token exchange and the request is made again with the
     /// token. Answers the bytes and their digest.
     pub async fn manifest(
-        &self,
-        client: &Client,
+        source: &Source,
         oref: &oci_client::Reference,
-        auth: &RegistryAuth,
         accepted: &[&str],
         max: usize,
     ) -> Result<(Bytes, String), OciDistributionError> {
+        let (client, auth) = (&source.client, &source.auth);
         let registry = oref.resolve_registry();
         // The blob requests that follow go through oci-client, which must
         // know the credentials.
         client.store_auth_if_needed(registry, auth).await;
-        let scheme = if self.is_insecure(registry) {
-            "http"
-        } else {
-            "https"
-        };
+        let scheme = if source.plain_http { "http" } else { "https" };
         let reference = oref.digest().or(oref.tag()).unwrap_or("latest");
         let url = format!(
             "{scheme}://{registry}/v2/{}/manifests/{reference}",
@@ -92,7 +198,7 @@ impl Registries {
         );
         let mut token = None;
         loop {
-            let mut request = self
+            let mut request = source
                 .http
                 .get(&url)
                 .header(reqwest::header::ACCEPT, accepted.join(", "));
@@ -165,6 +271,20 @@ impl Registries {
         let name = name.trim_start_matches('[').trim_end_matches(']');
         name == "localhost" || name.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
     }
+}
+
+/// A client for manifest requests, trusting `ca` too, or any certificate.
+fn http_client(skip_verify: bool, ca: &[Vec<u8>]) -> reqwest::Client {
+    let mut builder = reqwest::Client::builder()
+        .connect_timeout(std::time::Duration::from_secs(30))
+        .danger_accept_invalid_certs(skip_verify);
+    for pem in ca {
+        match reqwest::Certificate::from_pem(pem) {
+            Ok(cert) => builder = builder.add_root_certificate(cert),
+            Err(err) => tracing::warn!("a mirror's CA certificate is not PEM: {err}"),
+        }
+    }
+    builder.build().unwrap_or_default()
 }
 
 /// A digest of the credentials: pulls and clients are shared only
@@ -357,7 +477,7 @@ mod tests {
 
     #[test]
     fn plain_http_only_for_loopback_and_listed_hosts() {
-        let registries = Registries::new(vec!["registry.lan:5000".into()]);
+        let registries = Registries::new(vec!["registry.lan:5000".into()], MirrorConfig::default());
         for host in [
             "127.0.0.1:5000",
             "localhost",
