@@ -31,6 +31,7 @@ mod pull_share;
 mod push;
 mod registry;
 mod rw_layers;
+mod serve_content;
 mod service;
 mod snapshots;
 mod storage;
@@ -77,6 +78,11 @@ pub struct Args {
     /// default `<root>/run/snapshots.sock`.
     #[arg(long, env = "IMAGED_SNAPSHOTS_SOCKET")]
     pub snapshots_socket: Option<std::path::PathBuf>,
+    /// Serve the content store read-only over the OCI distribution API on
+    /// this address (`IP:PORT`, plain HTTP), for other nodes to list as a
+    /// mirror: blobs by digest, of images this node holds.
+    #[arg(long, env = "IMAGED_SERVE_CONTENT")]
+    pub serve_content: Option<std::net::SocketAddr>,
 }
 
 /// Ingests untouched this long are not resumed but collected at start-up.
@@ -96,6 +102,15 @@ pub async fn run(config: ServiceConfig, args: Args) -> anyhow::Result<()> {
     let layers = Arc::new(
         layers::LayerStore::open(&config.data_dir)?.with_max_layer_bytes(args.max_layer_size),
     );
+    let serving_content = {
+        let (content, layers) = (content.clone(), Arc::clone(&layers));
+        async move {
+            match args.serve_content {
+                Some(addr) => serve_content::serve(addr, content, layers).await,
+                None => std::future::pending().await,
+            }
+        }
+    };
     let limits = Arc::new(limits::Limits::new(&args.limits));
     metrics::register_gauges(Arc::clone(&limits), Arc::clone(&layers), content.clone());
     let root = &config.root;
@@ -210,6 +225,7 @@ pub async fn run(config: ServiceConfig, args: Args) -> anyhow::Result<()> {
     let served = tokio::select! {
         served = server::serve(&config, routes, &[SERVICE_NAME]) => served,
         failed = snapshots::service::serve(&snapshots_socket, snapshot_service, config.socket_gid) => failed,
+        failed = serving_content => failed,
     };
     let _ = std::fs::remove_file(&snapshots_socket);
     events.flush(Duration::from_secs(2)).await;

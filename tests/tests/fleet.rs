@@ -1,0 +1,176 @@
+//! Nodes that feed each other: five imaged stacks on one machine (own
+//! roots, content served on 127.0.0.2–6), each listing the other four as
+//! mirrors in its `hosts.toml`, in front of one upstream registry behind
+//! a byte-counting proxy. Rolling an image out (one node first, then the
+//! other four at once) costs the upstream about one copy of the image;
+//! five independent pulls cost five. Run with `--nocapture` to see the
+//! figures.
+
+use std::time::Instant;
+
+use imaged_common::config::Service;
+use imaged_e2e::throttle::Throttle;
+use imaged_e2e::{Imaged, TestRegistry, client, free_port};
+
+const NODES: usize = 5;
+
+/// `NODES` running stacks, their `hosts.toml` directories and the
+/// addresses they serve their content on.
+struct Fleet {
+    nodes: Vec<Imaged>,
+    _configs: Vec<tempfile::TempDir>,
+    addresses: Vec<String>,
+}
+
+/// Starts `NODES` stacks; with `peers`, each serves its content on
+/// 127.0.0.(2+i):`port` and lists the others as pull mirrors of
+/// `registry`.
+async fn fleet(registry: &str, peers: bool) -> Fleet {
+    let port = free_port();
+    let address = |i: usize| format!("127.0.0.{}:{port}", i + 2);
+    let mut nodes = Vec::new();
+    let mut configs = Vec::new();
+    for i in 0..NODES {
+        let mut builder = Imaged::builder();
+        if peers {
+            let dir = tempfile::tempdir().unwrap();
+            let mut toml = format!("server = \"http://{registry}\"\n");
+            for other in (0..NODES).filter(|&o| o != i) {
+                toml.push_str(&format!(
+                    "\n[host.\"http://{}\"]\n  capabilities = [\"pull\"]\n",
+                    address(other)
+                ));
+            }
+            std::fs::create_dir_all(dir.path().join(registry)).unwrap();
+            std::fs::write(dir.path().join(registry).join("hosts.toml"), toml).unwrap();
+            builder = builder
+                .arg(
+                    Service::Transfer,
+                    &format!("--registry-config-dir={}", dir.path().display()),
+                )
+                .arg(
+                    Service::Transfer,
+                    &format!("--serve-content={}", address(i)),
+                );
+            configs.push(dir);
+        }
+        nodes.push(builder.start().await.unwrap());
+    }
+    Fleet {
+        nodes,
+        _configs: configs,
+        addresses: (0..NODES).map(address).collect(),
+    }
+}
+
+async fn pull_on(nodes: &[Imaged], reference: &str) {
+    let pulls: Vec<_> = nodes
+        .iter()
+        .map(|node| tokio::spawn(client::pull(node.images(), client::pull_request(reference))))
+        .collect();
+    for pull in pulls {
+        pull.await.unwrap().unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_to_five_nodes_costs_the_upstream_about_one_copy() {
+    let upstream = TestRegistry::start().await.unwrap();
+    let image = imaged_fixtures::generated_image(4, 8, 256 << 10, 41).unwrap();
+    let compressed: u64 = image.layers.iter().map(|l| l.data.len() as u64).sum();
+    upstream
+        .fixtures()
+        .push_image("fleet/app:1", &image)
+        .await
+        .unwrap();
+    let counted = Throttle::start(&upstream.host, 200 << 20).await.unwrap();
+    let reference = format!("{}/fleet/app:1", counted.host);
+
+    // The rollout: one node first, then the other four at once.
+    // (`_configs` is bound: the hosts.toml files must outlive the pulls.)
+    let Fleet {
+        nodes,
+        addresses,
+        _configs,
+    } = fleet(&counted.host, true).await;
+    let started = Instant::now();
+    pull_on(&nodes[..1], &reference).await;
+    let first_time = started.elapsed();
+    let first = counted.bytes();
+    pull_on(&nodes[1..], &reference).await;
+    let rollout_time = started.elapsed();
+    let rollout = counted.bytes();
+
+    // What a node serves: blobs by digest, of the images it holds; no tags.
+    let served = |path: String| {
+        let url = format!("http://{}{path}", addresses[0]);
+        async move {
+            let out = tokio::process::Command::new("curl")
+                .args([
+                    "-s",
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{http_code} %{size_download}",
+                    &url,
+                ])
+                .output()
+                .await
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        }
+    };
+    let layer = &image.layers[0];
+    assert_eq!(
+        served(format!("/v2/any/name/blobs/{}", layer.digest)).await,
+        format!("200 {}", layer.data.len())
+    );
+    assert_eq!(
+        served(format!("/v2/fleet/app/manifests/{}", image.manifest.digest)).await,
+        format!("200 {}", image.manifest.data.len())
+    );
+    assert!(
+        served("/v2/fleet/app/manifests/1".into())
+            .await
+            .starts_with("404")
+    );
+    let absent = format!("sha256:{}", "0".repeat(64));
+    assert!(
+        served(format!("/v2/fleet/app/blobs/{absent}"))
+            .await
+            .starts_with("404")
+    );
+    drop(nodes);
+
+    // Five independent pulls of the same image.
+    let before = counted.bytes();
+    let nodes = fleet(&counted.host, false).await.nodes;
+    let started = Instant::now();
+    pull_on(&nodes, &reference).await;
+    let independent_time = started.elapsed();
+    let independent = counted.bytes() - before;
+    drop(nodes);
+
+    eprintln!(
+        "fleet of {NODES}: image {:.1} MiB compressed; upstream bytes: rollout {:.1} MiB \
+         (first node {:.1} MiB in {:.2?}) in {:.2?}, {NODES} independent pulls {:.1} MiB in {:.2?}",
+        compressed as f64 / 1048576.0,
+        rollout as f64 / 1048576.0,
+        first as f64 / 1048576.0,
+        first_time,
+        rollout_time,
+        independent as f64 / 1048576.0,
+        independent_time,
+    );
+    assert!(
+        first >= compressed,
+        "the first node pulls the image upstream"
+    );
+    // About one copy: the four later nodes fetched only the manifest
+    // (tags are resolved upstream) and took the blobs from their peers.
+    assert!(
+        rollout < compressed + compressed / 10,
+        "rollout cost the upstream {rollout} bytes for a {compressed}-byte image"
+    );
+    assert!(independent >= NODES as u64 * compressed);
+}
