@@ -7,7 +7,7 @@
 # Debian's docker.io (dockerd 20.10), the oracle of the differential tests,
 # which start a private one of their own (the package's service is not
 # needed and not started); and containerd with runc, which the snapshotter
-# tests start privately.
+# tests start privately; and nats-server, the fleet events' JetStream.
 set -eu
 
 need=""
@@ -17,6 +17,8 @@ command -v protoc >/dev/null 2>&1 || need="$need protobuf-compiler"
 # containerd 1.6 and runc: imaged as containerd's proxy snapshotter.
 [ -x /usr/bin/containerd ] && [ -x /usr/bin/ctr ] || need="$need containerd"
 command -v runc >/dev/null 2>&1 || need="$need runc"
+# nats-server (JetStream) receives the fleet's events in the tests.
+command -v nats-server >/dev/null 2>&1 || need="$need nats-server"
 # systemd-analyze checks the units `make install` writes.
 command -v systemd-analyze >/dev/null 2>&1 || need="$need systemd"
 

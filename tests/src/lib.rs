@@ -10,6 +10,7 @@ pub mod containerd;
 pub mod docker_cli;
 pub mod dockerd;
 pub mod front;
+pub mod nats;
 pub mod processes;
 pub mod registry;
 pub mod throttle;

@@ -15,9 +15,11 @@
 //! - [`error`]: the one mapping from domain errors to gRPC status codes.
 //! - [`version`]: the metadata store's version, published for readers in
 //!   other processes.
+//! - [`durable`]: crash-safe file writes (temporary file, fsync, rename).
 
 pub mod config;
 pub mod deadline;
+pub mod durable;
 pub mod endpoint;
 pub mod error;
 pub mod events;

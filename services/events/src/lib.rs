@@ -2,6 +2,7 @@
 
 mod filter;
 mod log;
+mod nats;
 mod service;
 
 use clap::Parser;
@@ -17,6 +18,8 @@ pub struct Args {
     pub common: CommonArgs,
     #[command(flatten)]
     pub log: log::LogArgs,
+    #[command(flatten)]
+    pub nats: nats::NatsArgs,
 }
 
 /// The event log's size and its live subscribers, read at each collection.
@@ -48,6 +51,7 @@ fn register_gauges(log: log::EventLog) {
 pub async fn run(config: ServiceConfig, args: Args) -> anyhow::Result<()> {
     let log = log::EventLog::open(&config.data_dir, &args.log)?;
     register_gauges(log.clone());
+    nats::start(log.clone(), &args.nats, &config.data_dir)?;
     let routes =
         tonic::service::Routes::new(EventLogServer::new(service::EventLogService::new(log)));
     server::serve(&config, routes, &[SERVICE_NAME]).await

@@ -9,7 +9,7 @@ mod containers;
 mod content;
 mod download;
 mod driver;
-mod durable;
+use imaged_common::durable;
 mod export;
 #[cfg(test)]
 mod fuzz;
