@@ -231,3 +231,24 @@ fn now_nanos() -> i64 {
         .map(|d| d.as_nanos() as i64)
         .unwrap_or_default()
 }
+
+/// An event as Docker's Engine API streams it (`events.Message`, with the
+/// legacy `status`, `id` and `from` that API 1.50 still sends for
+/// images): what `GET /events` answers and what NATS carries.
+pub fn docker_message(event: &Event) -> serde_json::Value {
+    let actor = event.actor.clone().unwrap_or_default();
+    let mut message = serde_json::json!({
+        "status": event.action,
+        "id": actor.id,
+        "Type": event.r#type,
+        "Action": event.action,
+        "Actor": { "ID": actor.id, "Attributes": actor.attributes },
+        "scope": event.scope,
+        "time": event.time_nano / 1_000_000_000,
+        "timeNano": event.time_nano,
+    });
+    if let Some(from) = actor.attributes.get("image") {
+        message["from"] = serde_json::Value::String(from.clone());
+    }
+    message
+}

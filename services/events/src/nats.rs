@@ -195,22 +195,13 @@ fn read_cursor(path: &Path) -> u64 {
         .unwrap_or(0)
 }
 
-/// One event as its JSON message: Docker's event fields, with the node
-/// and the node's log sequence.
+/// One event as its JSON message: Docker's, with the node and the
+/// node's log sequence.
 fn message(node: &str, event: &Event) -> Vec<u8> {
-    let actor = event.actor.clone().unwrap_or_default();
-    serde_json::json!({
-        "node": node,
-        "sequence": event.sequence,
-        "Type": event.r#type,
-        "Action": event.action,
-        "Actor": { "ID": actor.id, "Attributes": actor.attributes },
-        "scope": event.scope,
-        "time": event.time_nano / 1_000_000_000,
-        "timeNano": event.time_nano,
-    })
-    .to_string()
-    .into_bytes()
+    let mut message = imaged_common::events::docker_message(event);
+    message["node"] = node.into();
+    message["sequence"] = event.sequence.into();
+    message.to_string().into_bytes()
 }
 
 /// Waits between tries while NATS is away: 100 ms doubling to

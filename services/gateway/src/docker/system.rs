@@ -6,7 +6,7 @@ use axum::Json;
 use axum::extract::{Query, State};
 use axum::http::{StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use imaged_api::v1::{DiskUsageRequest, Event, SubscribeRequest, SystemInfoRequest};
+use imaged_api::v1::{DiskUsageRequest, SubscribeRequest, SystemInfoRequest};
 use serde_json::{Value, json};
 
 use super::error::{ApiError, ApiResult};
@@ -140,27 +140,9 @@ pub async fn events(
     };
     // A bad filter or time fails the call itself, before any event.
     let answers = api.events().subscribe(request).await?.into_inner();
-    Ok(stream::json_lines(answers, |event| vec![event_json(event)]))
-}
-
-/// Docker's `events.Message`, with the legacy `status`/`id`/`from` that
-/// API 1.50 still sends for images.
-fn event_json(event: Event) -> Value {
-    let actor = event.actor.unwrap_or_default();
-    let mut message = json!({
-        "status": event.action,
-        "id": actor.id,
-        "Type": event.r#type,
-        "Action": event.action,
-        "Actor": { "ID": actor.id, "Attributes": actor.attributes },
-        "scope": event.scope,
-        "time": event.time_nano / 1_000_000_000,
-        "timeNano": event.time_nano,
-    });
-    if let Some(from) = actor.attributes.get("image") {
-        message["from"] = Value::String(from.clone());
-    }
-    message
+    Ok(stream::json_lines(answers, |event| {
+        vec![imaged_common::events::docker_message(&event)]
+    }))
 }
 
 /// Every route imaged does not serve: containers, networks, volumes,
