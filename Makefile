@@ -7,7 +7,7 @@ CARGO_INCREMENTAL ?= 0
 export CARGO_INCREMENTAL
 ROOT ?= ./data
 
-.PHONY: run build test test-deps bench bench-deps fuzz fmt lint clean install install-files
+.PHONY: run build test test-deps bench bench-deps fuzz fmt lint clean install install-files image image-deps
 
 PREFIX ?= /usr/local
 BINDIR ?= $(PREFIX)/bin
@@ -32,6 +32,22 @@ test: test-deps
 
 test-deps:
 	./deploy/install-test-deps.sh
+
+## The OCI image of imaged (release binaries and the libraries they load,
+## no base image) as an OCI layout in target/image; with
+## IMAGE=REGISTRY/REPO:TAG also pushed there (skopeo).
+IMAGE ?=
+image: image-deps
+	$(CARGO) build --release --workspace --bins
+	./deploy/make-image.sh --bin-dir target/release --out target/image \
+		$(if $(IMAGE),--push $(IMAGE))
+
+image-deps:
+	@command -v skopeo >/dev/null 2>&1 || { \
+		echo "installing: skopeo"; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get install -y -q --no-install-recommends skopeo \
+		|| { apt-get update && apt-get install -y -q --no-install-recommends skopeo; }; }
 
 ## Benchmarks against the real processes (release build); prints tables.
 bench: test-deps bench-deps

@@ -19,6 +19,8 @@ command -v protoc >/dev/null 2>&1 || need="$need protobuf-compiler"
 command -v runc >/dev/null 2>&1 || need="$need runc"
 # nats-server (JetStream) receives the fleet's events in the tests.
 command -v nats-server >/dev/null 2>&1 || need="$need nats-server"
+# skopeo pushes the image `make image` builds (deploy/make-image.sh).
+command -v skopeo >/dev/null 2>&1 || need="$need skopeo"
 # systemd-analyze checks the units `make install` writes.
 command -v systemd-analyze >/dev/null 2>&1 || need="$need systemd"
 

@@ -37,6 +37,23 @@ use k8s_cri::v1::{
     RunPodSandboxRequest, StartContainerRequest, StopPodSandboxRequest,
 };
 
+/// imaged serving containerd's proxy snapshotter on `snapshots` and
+/// registering what it pulls in `containerd`.
+async fn imaged_for(containerd: &Containerd, snapshots: &std::path::Path) -> Imaged {
+    Imaged::builder()
+        .arg(
+            Service::Transfer,
+            &format!("--snapshots-socket={}", snapshots.display()),
+        )
+        .arg(
+            Service::Transfer,
+            &format!("--containerd-address={}", containerd.socket().display()),
+        )
+        .start()
+        .await
+        .unwrap()
+}
+
 fn require_root_and_containerd() {
     // SAFETY: geteuid has no preconditions.
     assert_eq!(
@@ -257,18 +274,7 @@ async fn kubelet_pulls_through_imaged_and_containerd_runs_the_image() {
     let containerd = Containerd::start_with_imaged_sandbox(&registry.host, &snapshots, &pause)
         .await
         .unwrap();
-    let imaged = Imaged::builder()
-        .arg(
-            Service::Transfer,
-            &format!("--snapshots-socket={}", snapshots.display()),
-        )
-        .arg(
-            Service::Transfer,
-            &format!("--containerd-address={}", containerd.socket().display()),
-        )
-        .start()
-        .await
-        .unwrap();
+    let imaged = imaged_for(&containerd, &snapshots).await;
 
     // kubelet's image service endpoint is imaged.
     let mut imaged_cri = ImageServiceClient::new(imaged.channel(Service::Gateway));
@@ -731,4 +737,55 @@ async fn imaged_snapshots_answer_as_containerds_overlayfs() {
         answers.push(answer);
     }
     assert_eq!(answers[1], answers[0], "imaged (left) vs overlayfs (right)");
+}
+
+/// `make image`'s builder (deploy/make-image.sh, here on the built test
+/// binaries): the image it pushes is pulled by imaged itself, and
+/// containerd runs `imaged-run --help` from its rootfs on imaged's
+/// snapshotter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_image_of_imaged_is_pulled_by_imaged_and_run_by_containerd() {
+    require_root_and_containerd();
+    let registry = TestRegistry::start().await.unwrap();
+    let reference = format!("{}/imaged:test", registry.host);
+    let layout = tempfile::tempdir().unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/make-image.sh");
+    let built = tokio::process::Command::new(script)
+        .arg("--bin-dir")
+        .arg(imaged_e2e::bin_dir())
+        .arg("--out")
+        .arg(layout.path().join("image"))
+        .args(["--tag", "test", "--push", &reference])
+        .output()
+        .await
+        .unwrap();
+    assert!(built.status.success(), "make-image: {built:?}");
+    assert!(layout.path().join("image/oci-layout").exists());
+
+    let sockets = tempfile::tempdir().unwrap();
+    let snapshots = sockets.path().join("snapshots.sock");
+    let containerd = Containerd::start_with_imaged(&registry.host, &snapshots)
+        .await
+        .unwrap();
+    let imaged = imaged_for(&containerd, &snapshots).await;
+    imaged_e2e::client::pull(
+        imaged.images(),
+        imaged_e2e::client::pull_request(&reference),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", imaged.logs()));
+    let help = containerd
+        .ctr(&[
+            "run",
+            "--rm",
+            "--snapshotter",
+            "imaged",
+            &reference,
+            "imaged-e2e-image",
+            "/usr/local/bin/imaged-run",
+            "--help",
+        ])
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}\n{}", containerd.log(), imaged.logs()));
+    assert!(help.contains("Usage: imaged-run"), "{help}");
 }
