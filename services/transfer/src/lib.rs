@@ -127,7 +127,10 @@ pub async fn run(config: ServiceConfig, args: Args) -> anyhow::Result<()> {
     }
     let registries = Arc::new(registry::Registries::new(
         args.pull.insecure_registries.clone(),
-        mirrors::MirrorConfig::new(args.pull.registry_config_dir.clone()),
+        mirrors::MirrorConfig::new(
+            args.pull.registry_config_dir.clone(),
+            &args.pull.registry_mirrors,
+        )?,
     ));
     let puller = Arc::new(
         pull::Puller::new(

@@ -33,41 +33,67 @@ pub struct Mirror {
     pub ca: Vec<Vec<u8>>,
 }
 
-/// Where the `hosts.toml` files are (`--registry-config-dir`).
+/// Where the `hosts.toml` files are (`--registry-config-dir`), and
+/// Docker's `registry-mirrors` for Docker Hub (`--registry-mirror`).
 #[derive(Clone, Debug, Default)]
 pub struct MirrorConfig {
     dir: Option<PathBuf>,
+    docker_hub: Vec<Mirror>,
 }
 
+/// Docker Hub's name in references.
+const DOCKER_HUB: &str = "docker.io";
+
 impl MirrorConfig {
-    pub fn new(dir: Option<PathBuf>) -> Self {
-        MirrorConfig { dir }
+    /// `docker_hub`: mirror URLs for Docker Hub, as Docker's
+    /// `registry-mirrors` (used when no `docker.io/hosts.toml` says
+    /// otherwise).
+    pub fn new(dir: Option<PathBuf>, docker_hub: &[String]) -> Result<Self, Error> {
+        let docker_hub = docker_hub
+            .iter()
+            .map(|url| {
+                mirror(url, &toml::Table::new(), Path::new("--registry-mirror"))
+                    .and_then(|m| m.ok_or_else(|| Error::InvalidArgument("cannot pull".into())))
+                    .map_err(|err| {
+                        Error::InvalidArgument(format!("--registry-mirror {url}: {err}"))
+                    })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(MirrorConfig { dir, docker_hub })
     }
 
     /// The mirrors for `registry` (`host[:port]`) that can serve pulls, in
     /// order. A file that cannot be read or parsed is logged and means no
     /// mirrors: the registry itself still answers.
     pub fn for_registry(&self, registry: &str) -> Vec<Mirror> {
-        let Some(dir) = &self.dir else {
-            return Vec::new();
-        };
+        let from_files = self.in_files(registry);
+        match from_files {
+            None if registry == DOCKER_HUB => self.docker_hub.clone(),
+            from_files => from_files.unwrap_or_default(),
+        }
+    }
+
+    /// What the `hosts.toml` for `registry` (or `_default`) says; `None`
+    /// when there is no such file.
+    fn in_files(&self, registry: &str) -> Option<Vec<Mirror>> {
+        let dir = self.dir.as_ref()?;
         let file = [registry, "_default"]
             .iter()
             .map(|name| dir.join(name).join("hosts.toml"))
             .find(|file| file.is_file());
-        let Some(file) = file else {
-            return Vec::new();
-        };
-        match std::fs::read_to_string(&file)
-            .map_err(|err| Error::InvalidArgument(err.to_string()))
-            .and_then(|text| parse(&text, &file))
-        {
-            Ok(mirrors) => mirrors,
-            Err(err) => {
-                tracing::warn!(file = %file.display(), "registry mirrors not used: {err}");
-                Vec::new()
-            }
-        }
+        let file = file?;
+        Some(
+            match std::fs::read_to_string(&file)
+                .map_err(|err| Error::InvalidArgument(err.to_string()))
+                .and_then(|text| parse(&text, &file))
+            {
+                Ok(mirrors) => mirrors,
+                Err(err) => {
+                    tracing::warn!(file = %file.display(), "registry mirrors not used: {err}");
+                    Vec::new()
+                }
+            },
+        )
     }
 }
 
@@ -250,11 +276,24 @@ server = "https://registry-1.docker.io"
         };
         write("127.0.0.1:5000", "own:1");
         write("_default", "fallback:2");
-        let config = MirrorConfig::new(Some(dir.path().to_path_buf()));
+        let config = MirrorConfig::new(Some(dir.path().to_path_buf()), &[]).unwrap();
         assert_eq!(config.for_registry("127.0.0.1:5000")[0].host, "own:1");
         assert_eq!(config.for_registry("docker.io")[0].host, "fallback:2");
         std::fs::write(dir.path().join("_default").join("hosts.toml"), "[[broken").unwrap();
         assert!(config.for_registry("docker.io").is_empty());
-        assert!(MirrorConfig::new(None).for_registry("docker.io").is_empty());
+        assert!(MirrorConfig::default().for_registry("docker.io").is_empty());
+    }
+
+    #[test]
+    fn dockers_registry_mirrors_serve_docker_hub_only() {
+        let config = MirrorConfig::new(None, &["https://mirror.gcr.io".into()]).unwrap();
+        let hub = config.for_registry("docker.io");
+        assert_eq!(hub.len(), 1);
+        assert_eq!(
+            (hub[0].host.as_str(), hub[0].resolve),
+            ("mirror.gcr.io", true)
+        );
+        assert!(config.for_registry("quay.io").is_empty());
+        assert!(MirrorConfig::new(None, &["https://x/some/path".into()]).is_err());
     }
 }

@@ -60,6 +60,15 @@ pub struct PullArgs {
     /// a pull tries, in order, before the registry itself.
     #[arg(long, env = "IMAGED_REGISTRY_CONFIG_DIR")]
     pub registry_config_dir: Option<std::path::PathBuf>,
+    /// Mirrors of Docker Hub, as Docker's `registry-mirrors`
+    /// (`https://mirror.example`); a `docker.io/hosts.toml` under
+    /// `--registry-config-dir` takes precedence. Repeatable.
+    #[arg(
+        long = "registry-mirror",
+        env = "IMAGED_REGISTRY_MIRRORS",
+        value_delimiter = ','
+    )]
+    pub registry_mirrors: Vec<String>,
 }
 
 /// One layer's state, as Docker words it.
