@@ -499,3 +499,44 @@ async fn the_docker_cli_sends_its_stored_credentials() {
     assert!(out.contains("1: digest: sha256:"), "{out}");
     assert!(!imaged.logs().contains(PASSWORD));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn archives_larger_than_any_buffer_stream_through() {
+    let s = setup().await;
+    // 4 layers of 8 MiB: a save of 32 MiB and more, loaded back.
+    let image = imaged_fixtures::generated_image(4, 8, 1 << 20, 7).unwrap();
+    s.registry
+        .fixtures()
+        .push_image("big/app:1", &image)
+        .await
+        .unwrap();
+    let big = s.reference("big/app:1");
+    s.ok(&["pull", &big]).await;
+    let saved = s.cli.docker(&["save", &big]).await.unwrap();
+    assert!(saved.status.success(), "{:?}", saved.stderr);
+    assert!(saved.stdout.len() > 32 << 20, "{}", saved.stdout.len());
+    s.ok(&["rmi", &big]).await;
+    let loaded = s
+        .cli
+        .docker_with_input(&["load"], Some(&saved.stdout))
+        .await
+        .unwrap();
+    assert!(loaded.status.success(), "{loaded:?}");
+    assert_eq!(s.inspect(&big).await.id, image.id());
+    // And an import of a 16 MiB root filesystem.
+    let rootfs = imaged_fixtures::LayerBuilder::new()
+        .dir("data")
+        .generated_files("data", 16, 1 << 20, 3)
+        .build(Compression::None)
+        .unwrap();
+    let imported = s
+        .cli
+        .docker_with_input(&["import", "-", "bigroot:1"], Some(&rootfs.data))
+        .await
+        .unwrap();
+    assert!(imported.status.success(), "{imported:?}");
+    assert_eq!(
+        s.inspect("bigroot:1").await.root_fs.unwrap().layers.len(),
+        1
+    );
+}
