@@ -120,11 +120,13 @@ async fn run(args: Args) -> anyhow::Result<i32> {
         result = ready => match result {
             Ok(()) => {
                 let gateway = Service::Gateway.default_socket(&root).display().to_string();
+                let docker = root.join("run").join("docker.sock").display().to_string();
                 // Whoever reads our stdout may be gone; that must not stop imaged.
                 let _ = writeln!(
                     std::io::stdout(),
                     "imaged is ready; the gateway listens on unix://{gateway}\n\
-                     try: grpcurl -plaintext -unix {gateway} imaged.v1.Images/SystemInfo"
+                     try: grpcurl -plaintext -unix {gateway} imaged.v1.Images/SystemInfo\n\
+                     the docker CLI: DOCKER_HOST=unix://{docker} docker images"
                 );
             }
             Err(err) => {

@@ -87,8 +87,7 @@ pub async fn run(config: ServiceConfig, args: Args) -> anyhow::Result<()> {
         .docker_socket
         .unwrap_or_else(|| config.root.join("run").join("docker.sock"));
     let docker = docker::serve(
-        &docker_socket,
-        config.socket_gid,
+        docker::bind(&docker_socket, config.socket_gid)?,
         config.root.clone(),
         docker::in_process(routes.clone()),
     );

@@ -167,16 +167,21 @@ fn out_of_range(version: &str) -> Option<ApiError> {
     None
 }
 
-/// Serves the Docker Engine API on the Unix socket `path` (mode 0660,
-/// group `gid` when given) until the task is dropped.
+/// Binds the Docker Engine API's Unix socket `path` (mode 0660, group
+/// `gid` when given). Bound before the gRPC listener, so that the socket
+/// is there once the gateway answers health checks.
+pub fn bind(path: &Path, gid: Option<u32>) -> anyhow::Result<tokio::net::UnixListener> {
+    let listener = imaged_common::server::bind_unix(path, gid)?;
+    tracing::info!(socket = %path.display(), "Docker Engine API serving");
+    Ok(listener)
+}
+
+/// Serves the Docker Engine API on `listener` until the task is dropped.
 pub async fn serve(
-    path: &Path,
-    gid: Option<u32>,
+    listener: tokio::net::UnixListener,
     root: PathBuf,
     channel: Channel,
 ) -> anyhow::Result<()> {
-    let listener = imaged_common::server::bind_unix(path, gid)?;
-    tracing::info!(socket = %path.display(), "Docker Engine API serving");
     axum::serve(listener, router(Api { channel, root }))
         .await
         .context("the Docker Engine API stopped")
