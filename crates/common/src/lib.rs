@@ -16,6 +16,7 @@
 //! - [`version`]: the metadata store's version, published for readers in
 //!   other processes.
 //! - [`durable`]: crash-safe file writes (temporary file, fsync, rename).
+//! - [`pass`]: a gRPC codec for answers held already encoded.
 
 pub mod config;
 pub mod deadline;
@@ -24,6 +25,7 @@ pub mod endpoint;
 pub mod error;
 pub mod events;
 pub mod metrics;
+pub mod pass;
 pub mod peer;
 pub mod rpc_trace;
 pub mod server;

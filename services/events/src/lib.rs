@@ -52,7 +52,9 @@ pub async fn run(config: ServiceConfig, args: Args) -> anyhow::Result<()> {
     let log = log::EventLog::open(&config.data_dir, &args.log)?;
     register_gauges(log.clone());
     nats::start(log.clone(), &args.nats, &config.data_dir)?;
-    let routes =
-        tonic::service::Routes::new(EventLogServer::new(service::EventLogService::new(log)));
+    let routes = tonic::service::Routes::new(service::WithEncodedSubscribe::new(
+        EventLogServer::new(service::EventLogService::new(log.clone())),
+        log,
+    ));
     server::serve(&config, routes, &[SERVICE_NAME]).await
 }

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::Context;
+use bytes::Bytes;
 use imaged_api::v1::Event;
 use imaged_common::Error;
 use prost::Message;
@@ -50,6 +51,14 @@ pub struct LogArgs {
     pub subscriber_backlog: u64,
 }
 
+/// An event as committed: its sequence and time set, and its encoding
+/// (what the log stores), made once and sent as it is to every
+/// subscriber.
+pub struct Logged {
+    pub event: Event,
+    pub encoded: Bytes,
+}
+
 /// One publish call waiting for its commit.
 struct Append {
     source: String,
@@ -72,7 +81,7 @@ struct Stats {
 pub struct EventLog {
     db: Arc<Database>,
     appends: mpsc::Sender<Append>,
-    live: broadcast::Sender<Arc<Event>>,
+    live: broadcast::Sender<Arc<Logged>>,
     stats: Arc<Stats>,
 }
 
@@ -147,7 +156,7 @@ impl EventLog {
     }
 
     /// A receiver of every event committed from now on.
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Logged>> {
         self.live.subscribe()
     }
 
@@ -204,7 +213,7 @@ fn with_time(mut event: Event) -> Event {
 struct Writer {
     db: Arc<Database>,
     queue: mpsc::Receiver<Append>,
-    live: broadcast::Sender<Arc<Event>>,
+    live: broadcast::Sender<Arc<Logged>>,
     stats: Arc<Stats>,
     max_events: u64,
     max_bytes: u64,
@@ -227,9 +236,9 @@ impl Writer {
             match self.commit(&mut batch) {
                 Ok(appended) => {
                     let last = self.stats.last_sequence.load(Ordering::Acquire);
-                    for event in appended {
+                    for logged in appended {
                         // No receivers is fine: nobody is listening live.
-                        let _ = self.live.send(Arc::new(event));
+                        let _ = self.live.send(Arc::new(logged));
                     }
                     for append in batch {
                         let _ = append.done.send(Ok(last));
@@ -249,7 +258,7 @@ impl Writer {
 
     /// Writes a batch in one transaction; returns the events appended (with
     /// their sequence numbers) once the transaction is durable.
-    fn commit(&self, batch: &mut [Append]) -> Result<Vec<Event>, Error> {
+    fn commit(&self, batch: &mut [Append]) -> Result<Vec<Logged>, Error> {
         let txn = self.db.begin_write().map_err(Error::internal)?;
         let mut appended = Vec::new();
         let mut count = self.stats.count.load(Ordering::Acquire);
@@ -278,13 +287,13 @@ impl Writer {
                     let mut event = with_time(event);
                     event.sequence = next;
                     next += 1;
-                    let encoded = event.encode_to_vec();
+                    let encoded = Bytes::from(event.encode_to_vec());
                     count += 1;
                     bytes += encoded.len() as u64;
                     events
-                        .insert(event.sequence, encoded.as_slice())
+                        .insert(event.sequence, encoded.as_ref())
                         .map_err(Error::internal)?;
-                    appended.push(event);
+                    appended.push(Logged { event, encoded });
                 }
                 positions.insert(append.source.clone(), position);
             }
@@ -374,9 +383,11 @@ mod tests {
                 .await
                 .unwrap();
             assert_eq!(log.last_sequence(), 3);
-            assert_eq!(live.recv().await.unwrap().action, "tag");
-            assert_eq!(live.recv().await.unwrap().action, "untag");
-            assert_eq!(live.recv().await.unwrap().sequence, 3);
+            let tagged = live.recv().await.unwrap();
+            assert_eq!(tagged.event.action, "tag");
+            assert_eq!(Event::decode(tagged.encoded.clone()).unwrap(), tagged.event);
+            assert_eq!(live.recv().await.unwrap().event.action, "untag");
+            assert_eq!(live.recv().await.unwrap().event.sequence, 3);
         }
         // The writer thread lets go of the database shortly after the last handle.
         let log = loop {

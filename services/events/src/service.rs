@@ -4,17 +4,22 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
+use futures::future::BoxFuture;
 use imaged_api::internal::v1::event_log_server::EventLog as EventLogRpc;
 use imaged_api::internal::v1::{EventLogInfoRequest, PublishRequest, PublishResponse};
 use imaged_api::v1::{Event, EventLogInfoResponse, SubscribeRequest};
 use imaged_common::Error;
+use imaged_common::pass::PassCodec;
 use imaged_model::timestamp;
+use prost::Message;
 use tokio::sync::{broadcast, mpsc};
-use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
 use crate::filter::Subscription;
-use crate::log::{EventLog, MAX_EVENTS_PER_PUBLISH};
+use crate::log::{EventLog, Logged, MAX_EVENTS_PER_PUBLISH};
 
 /// Events read from the log per page while replaying.
 const REPLAY_PAGE: usize = 1024;
@@ -81,19 +86,19 @@ impl EventLogRpc for EventLogService {
 
     type SubscribeStream = EventStream;
 
+    /// The typed path, for any other wiring of the service: the same
+    /// feed, decoded. `serve` routes Subscribe to [`Subscribe`], which
+    /// sends the encoded events as they are.
     async fn subscribe(
         &self,
         request: Request<SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
-        let subscription = Subscription::parse(request.get_ref(), chrono::Utc::now())?;
-        // Subscribe to live events before reading the log, so nothing
-        // committed in between is missed; sequence numbers drop repeats.
-        let live = self.log.subscribe();
-        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        tokio::spawn(feed(self.log.clone(), subscription, live, tx));
-        Ok(Response::new(Box::pin(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
-        )))
+        let encoded = start_feed(&self.log, request.get_ref())?;
+        Ok(Response::new(Box::pin(encoded.map(|answer| {
+            answer.and_then(|bytes| {
+                Event::decode(bytes).map_err(|err| Status::internal(err.to_string()))
+            })
+        }))))
     }
 
     async fn info(
@@ -109,13 +114,28 @@ impl EventLogRpc for EventLogService {
     }
 }
 
-/// Sends one subscriber its events: the replay from the log, then live
-/// events, until `until`, a lag, or the subscriber going away.
+/// A subscriber's events, encoded: the feed task started for `request`.
+fn start_feed(
+    log: &EventLog,
+    request: &SubscribeRequest,
+) -> Result<ReceiverStream<Result<Bytes, Status>>, Status> {
+    let subscription = Subscription::parse(request, chrono::Utc::now())?;
+    // Subscribe to live events before reading the log, so nothing
+    // committed in between is missed; sequence numbers drop repeats.
+    let live = log.subscribe();
+    let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+    tokio::spawn(feed(log.clone(), subscription, live, tx));
+    Ok(ReceiverStream::new(rx))
+}
+
+/// Sends one subscriber its events, encoded: the replay from the log, then
+/// live events (encoded once for all subscribers), until `until`, a lag,
+/// or the subscriber going away.
 async fn feed(
     log: EventLog,
     subscription: Subscription,
-    mut live: broadcast::Receiver<Arc<Event>>,
-    tx: mpsc::Sender<Result<Event, Status>>,
+    mut live: broadcast::Receiver<Arc<Logged>>,
+    tx: mpsc::Sender<Result<Bytes, Status>>,
 ) {
     let mut sent_up_to = 0;
     if subscription.replays() {
@@ -142,7 +162,7 @@ async fn feed(
             for event in page {
                 if subscription.in_window(&event)
                     && subscription.matches(&event)
-                    && tx.send(Ok(event)).await.is_err()
+                    && tx.send(Ok(event.encode_to_vec().into())).await.is_err()
                 {
                     return;
                 }
@@ -165,13 +185,14 @@ async fn feed(
             () = &mut deadline, if until_sleep.is_some() => return,
             () = tx.closed() => return,
             received = live.recv() => match received {
-                Ok(event) => {
+                Ok(logged) => {
+                    let event = &logged.event;
                     if event.sequence <= sent_up_to {
                         continue;
                     }
                     sent_up_to = event.sequence;
-                    if subscription.in_window(&event) && subscription.matches(&event)
-                        && tx.send(Ok((*event).clone())).await.is_err()
+                    if subscription.in_window(event) && subscription.matches(event)
+                        && tx.send(Ok(logged.encoded.clone())).await.is_err()
                     {
                         return;
                     }
@@ -189,4 +210,80 @@ async fn feed(
             }
         }
     }
+}
+
+/// The one method served encoded.
+const SUBSCRIBE: &str = "/imaged.internal.v1.EventLog/Subscribe";
+
+/// Subscribe with the events sent as encoded at commit: no copy or
+/// encoding per subscriber.
+struct Subscribe {
+    log: EventLog,
+}
+
+impl tonic::server::ServerStreamingService<SubscribeRequest> for Subscribe {
+    type Response = Bytes;
+    type ResponseStream = ReceiverStream<Result<Bytes, Status>>;
+    type Future = BoxFuture<'static, Result<Response<Self::ResponseStream>, Status>>;
+
+    fn call(&mut self, request: Request<SubscribeRequest>) -> Self::Future {
+        let started = start_feed(&self.log, request.get_ref()).map(Response::new);
+        Box::pin(async move { started })
+    }
+}
+
+/// The `imaged.internal.v1.EventLog` server with Subscribe served by
+/// [`Subscribe`].
+#[derive(Clone)]
+pub struct WithEncodedSubscribe<S> {
+    inner: S,
+    log: EventLog,
+}
+
+impl<S> WithEncodedSubscribe<S> {
+    pub fn new(inner: S, log: EventLog) -> Self {
+        WithEncodedSubscribe { inner, log }
+    }
+}
+
+impl<S> tower::Service<http::Request<tonic::body::Body>> for WithEncodedSubscribe<S>
+where
+    S: tower::Service<
+            http::Request<tonic::body::Body>,
+            Response = http::Response<tonic::body::Body>,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+        if request.uri().path() == SUBSCRIBE {
+            let subscribe = Subscribe {
+                log: self.log.clone(),
+            };
+            Box::pin(async move {
+                let mut grpc = tonic::server::Grpc::new(PassCodec::<SubscribeRequest>::default());
+                Ok(grpc.server_streaming(subscribe, request).await)
+            })
+        } else {
+            let mut inner = self.inner.clone();
+            Box::pin(async move { inner.call(request).await })
+        }
+    }
+}
+
+impl<S: tonic::server::NamedService> tonic::server::NamedService for WithEncodedSubscribe<S> {
+    const NAME: &'static str = S::NAME;
 }

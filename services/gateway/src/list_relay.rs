@@ -7,55 +7,21 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use bytes::{BufMut, Bytes};
+use bytes::Bytes;
 use futures::future::BoxFuture;
 use imaged_api::internal::v1::metadata_client::MetadataClient;
 use imaged_api::v1::ListImagesRequest;
+use imaged_common::pass::PassCodec;
 use imaged_common::{deadline, version};
 use tonic::body::Body;
-use tonic::codec::{Codec, EncodeBuf, Encoder};
 use tonic::server::{NamedService, UnaryService};
 use tonic::{Request, Response, Status};
-use tonic_prost::ProstDecoder;
 
 use crate::kept::Kept;
 use crate::peers::Peers;
 
 /// The one method served here.
 const PATH: &str = "/imaged.v1.Images/ListImages";
-
-/// Writes bytes that are already an encoded message.
-#[derive(Debug, Default)]
-struct PassEncoder;
-
-impl Encoder for PassEncoder {
-    type Item = Bytes;
-    type Error = Status;
-
-    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        dst.put(item);
-        Ok(())
-    }
-}
-
-/// Decodes the request as usual, passes the answer through.
-#[derive(Debug, Default)]
-struct PassCodec;
-
-impl Codec for PassCodec {
-    type Encode = Bytes;
-    type Decode = ListImagesRequest;
-    type Encoder = PassEncoder;
-    type Decoder = ProstDecoder<ListImagesRequest>;
-
-    fn encoder(&mut self) -> PassEncoder {
-        PassEncoder
-    }
-
-    fn decoder(&mut self) -> ProstDecoder<ListImagesRequest> {
-        ProstDecoder::default()
-    }
-}
 
 struct Relay {
     peers: Peers,
@@ -143,7 +109,7 @@ where
                 kept: Arc::clone(&self.kept),
             };
             Box::pin(async move {
-                let mut grpc = tonic::server::Grpc::new(PassCodec);
+                let mut grpc = tonic::server::Grpc::new(PassCodec::<ListImagesRequest>::default());
                 Ok(grpc.unary(relay, request).await)
             })
         } else {
