@@ -6,7 +6,7 @@ mod nats;
 mod service;
 
 use clap::Parser;
-use imaged_api::internal::v1::event_log_server::{EventLogServer, SERVICE_NAME};
+use imaged_api::internal::v1::event_log_server::SERVICE_NAME;
 use imaged_common::config::{CommonArgs, ServiceConfig};
 use imaged_common::server;
 
@@ -52,9 +52,6 @@ pub async fn run(config: ServiceConfig, args: Args) -> anyhow::Result<()> {
     let log = log::EventLog::open(&config.data_dir, &args.log)?;
     register_gauges(log.clone());
     nats::start(log.clone(), &args.nats, &config.data_dir)?;
-    let routes = tonic::service::Routes::new(service::WithEncodedSubscribe::new(
-        EventLogServer::new(service::EventLogService::new(log.clone())),
-        log,
-    ));
+    let routes = tonic::service::Routes::new(service::server(log));
     server::serve(&config, routes, &[SERVICE_NAME]).await
 }

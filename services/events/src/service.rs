@@ -6,11 +6,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
-use imaged_api::internal::v1::event_log_server::EventLog as EventLogRpc;
+use imaged_api::internal::v1::event_log_server::{EventLog as EventLogRpc, EventLogServer};
 use imaged_api::internal::v1::{EventLogInfoRequest, PublishRequest, PublishResponse};
 use imaged_api::v1::{Event, EventLogInfoResponse, SubscribeRequest};
 use imaged_common::Error;
-use imaged_common::pass::PassCodec;
+use imaged_common::pass::{Handler, Override, PassCodec};
 use imaged_model::timestamp;
 use prost::Message;
 use tokio::sync::{broadcast, mpsc};
@@ -233,57 +233,15 @@ impl tonic::server::ServerStreamingService<SubscribeRequest> for Subscribe {
 }
 
 /// The `imaged.internal.v1.EventLog` server with Subscribe served by
-/// [`Subscribe`].
-#[derive(Clone)]
-pub struct WithEncodedSubscribe<S> {
-    inner: S,
-    log: EventLog,
-}
-
-impl<S> WithEncodedSubscribe<S> {
-    pub fn new(inner: S, log: EventLog) -> Self {
-        WithEncodedSubscribe { inner, log }
-    }
-}
-
-impl<S> tower::Service<http::Request<tonic::body::Body>> for WithEncodedSubscribe<S>
-where
-    S: tower::Service<
-            http::Request<tonic::body::Body>,
-            Response = http::Response<tonic::body::Body>,
-            Error = std::convert::Infallible,
-        > + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-{
-    type Response = http::Response<tonic::body::Body>;
-    type Error = std::convert::Infallible;
-    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
-
-    fn poll_ready(
-        &mut self,
-        _cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Self::Error>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
-        if request.uri().path() == SUBSCRIBE {
-            let subscribe = Subscribe {
-                log: self.log.clone(),
-            };
-            Box::pin(async move {
-                let mut grpc = tonic::server::Grpc::new(PassCodec::<SubscribeRequest>::default());
-                Ok(grpc.server_streaming(subscribe, request).await)
-            })
-        } else {
-            let mut inner = self.inner.clone();
-            Box::pin(async move { inner.call(request).await })
-        }
-    }
-}
-
-impl<S: tonic::server::NamedService> tonic::server::NamedService for WithEncodedSubscribe<S> {
-    const NAME: &'static str = S::NAME;
+/// [`Subscribe`], encoded events passed through.
+pub fn server(log: EventLog) -> Override<EventLogServer<EventLogService>> {
+    let server = EventLogServer::new(EventLogService::new(log.clone()));
+    let handler: Handler = Arc::new(move |request| {
+        let subscribe = Subscribe { log: log.clone() };
+        Box::pin(async move {
+            let mut grpc = tonic::server::Grpc::new(PassCodec::<SubscribeRequest>::default());
+            grpc.server_streaming(subscribe, request).await
+        })
+    });
+    Override::new(server, SUBSCRIBE, handler)
 }

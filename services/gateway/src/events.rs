@@ -1,7 +1,14 @@
 //! The public `imaged.v1.Events` service: imaged-events' Subscribe,
-//! relayed. Dropping the client's stream cancels the upstream one.
+//! relayed. The events pass as imaged-events encoded them (filters are
+//! applied there), never decoded here. Dropping the client's stream
+//! cancels the upstream one.
 
 use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use imaged_common::pass::{Handler, Override, PassCodec, RelayCodec};
 
 use imaged_api::internal::v1::event_log_client::EventLogClient;
 use imaged_api::v1::events_server::Events;
@@ -47,4 +54,60 @@ impl Events for EventsService {
             .await?;
         Ok(Response::new(Box::pin(upstream)))
     }
+}
+
+/// The upstream method the relay calls.
+const UPSTREAM: &str = "/imaged.internal.v1.EventLog/Subscribe";
+
+/// Subscribe relayed as bytes.
+struct Relay {
+    peers: Peers,
+}
+
+type Encoded = Pin<Box<dyn Stream<Item = Result<Bytes, Status>> + Send>>;
+
+impl tonic::server::ServerStreamingService<SubscribeRequest> for Relay {
+    type Response = Bytes;
+    type ResponseStream = Encoded;
+    type Future = BoxFuture<'static, Result<Response<Encoded>, Status>>;
+
+    fn call(&mut self, request: Request<SubscribeRequest>) -> Self::Future {
+        let peers = self.peers.clone();
+        Box::pin(async move {
+            let (deadline, request) = deadline::split(request);
+            let upstream = peers
+                .events
+                .call(|channel| {
+                    let request = request.clone();
+                    async move {
+                        let mut grpc = tonic::client::Grpc::new(channel);
+                        grpc.ready()
+                            .await
+                            .map_err(|e| Status::unavailable(e.to_string()))?;
+                        grpc.server_streaming(
+                            deadline::attach(request, deadline),
+                            http::uri::PathAndQuery::from_static(UPSTREAM),
+                            RelayCodec::<SubscribeRequest>::default(),
+                        )
+                        .await
+                    }
+                })
+                .await?;
+            Ok(Response::new(Box::pin(upstream) as Encoded))
+        })
+    }
+}
+
+/// The `imaged.v1.Events` server `inner` with Subscribe relayed as bytes.
+pub fn with_event_relay<S>(inner: S, peers: Peers) -> Override<S> {
+    let handler: Handler = Arc::new(move |request| {
+        let relay = Relay {
+            peers: peers.clone(),
+        };
+        Box::pin(async move {
+            let mut grpc = tonic::server::Grpc::new(PassCodec::<SubscribeRequest>::default());
+            grpc.server_streaming(relay, request).await
+        })
+    });
+    Override::new(inner, "/imaged.v1.Events/Subscribe", handler)
 }

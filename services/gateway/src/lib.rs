@@ -61,15 +61,16 @@ pub async fn run(config: ServiceConfig, args: Args) -> anyhow::Result<()> {
     ))
     .max_decoding_message_size(MAX_REQUEST)
     .max_encoding_message_size(MAX_ANSWER);
-    let routes = tonic::service::Routes::new(list_relay::WithListRelay::new(
+    let routes = tonic::service::Routes::new(list_relay::with_list_relay(
         images,
         peers.clone(),
         std::sync::Arc::clone(&version),
     ))
-    .add_service(
+    .add_service(events::with_event_relay(
         EventsServer::new(events::EventsService::new(peers.clone()))
             .max_decoding_message_size(MAX_REQUEST),
-    )
+        peers.clone(),
+    ))
     .add_service(
         LayersServer::new(layers::LayersService::new(peers.clone()))
             .max_decoding_message_size(MAX_REQUEST),

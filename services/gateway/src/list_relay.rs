@@ -3,18 +3,15 @@
 //! gateway passes those bytes on without decoding and re-encoding them.
 //! For 10,000 images that is most of what the call costs.
 
-use std::convert::Infallible;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use imaged_api::internal::v1::metadata_client::MetadataClient;
 use imaged_api::v1::ListImagesRequest;
-use imaged_common::pass::PassCodec;
+use imaged_common::pass::{Handler, Override, PassCodec};
 use imaged_common::{deadline, version};
-use tonic::body::Body;
-use tonic::server::{NamedService, UnaryService};
+use tonic::server::UnaryService;
 use tonic::{Request, Response, Status};
 
 use crate::kept::Kept;
@@ -67,58 +64,19 @@ impl UnaryService<ListImagesRequest> for Relay {
     }
 }
 
-/// The `imaged.v1.Images` server with ListImages served by the relay.
-#[derive(Clone)]
-pub struct WithListRelay<S> {
-    inner: S,
-    peers: Peers,
-    kept: Arc<KeptLists>,
-}
-
-impl<S> WithListRelay<S> {
-    /// `version`: imaged-metadata's published version.
-    pub fn new(inner: S, peers: Peers, version: Arc<version::Reader>) -> Self {
-        WithListRelay {
-            inner,
-            peers,
-            kept: Arc::new(Kept::new(version, 4)),
-        }
-    }
-}
-
-impl<S> tower::Service<http::Request<Body>> for WithListRelay<S>
-where
-    S: tower::Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-{
-    type Response = http::Response<Body>;
-    type Error = Infallible;
-    type Future = BoxFuture<'static, Result<http::Response<Body>, Infallible>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
-        if request.uri().path() == PATH {
-            let relay = Relay {
-                peers: self.peers.clone(),
-                kept: Arc::clone(&self.kept),
-            };
-            Box::pin(async move {
-                let mut grpc = tonic::server::Grpc::new(PassCodec::<ListImagesRequest>::default());
-                Ok(grpc.unary(relay, request).await)
-            })
-        } else {
-            let mut inner = self.inner.clone();
-            Box::pin(async move { inner.call(request).await })
-        }
-    }
-}
-
-impl<S: NamedService> NamedService for WithListRelay<S> {
-    const NAME: &'static str = S::NAME;
+/// The `imaged.v1.Images` server `inner` with ListImages served by the
+/// relay. `version`: imaged-metadata's published version.
+pub fn with_list_relay<S>(inner: S, peers: Peers, version: Arc<version::Reader>) -> Override<S> {
+    let kept: Arc<KeptLists> = Arc::new(Kept::new(version, 4));
+    let handler: Handler = Arc::new(move |request| {
+        let relay = Relay {
+            peers: peers.clone(),
+            kept: Arc::clone(&kept),
+        };
+        Box::pin(async move {
+            let mut grpc = tonic::server::Grpc::new(PassCodec::<ListImagesRequest>::default());
+            grpc.unary(relay, request).await
+        })
+    });
+    Override::new(inner, PATH, handler)
 }
