@@ -387,3 +387,61 @@ pub fn not_found() -> ApiError {
         message: "page not found".into(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn references_from_name_and_tag_as_moby_reads_them() {
+        let read = |name: &str, tag: Option<&str>| with_tag(name, tag).unwrap();
+        assert_eq!(
+            read("busybox", Some("1.36")),
+            ("busybox:1.36".into(), false)
+        );
+        assert_eq!(
+            read("busybox", Some("sha256:abc")),
+            ("busybox@sha256:abc".into(), false)
+        );
+        // No tag on a bare name: every tag (pull -a, push --all-tags).
+        assert_eq!(read("busybox", None), ("busybox".into(), true));
+        assert_eq!(read("busybox", Some("")), ("busybox".into(), true));
+        assert_eq!(read("busybox:1.36", None), ("busybox:1.36".into(), false));
+        assert!(with_tag("Not A Name", None).is_err());
+    }
+
+    #[test]
+    fn inspect_takes_config_from_the_stored_json_and_omits_empty_fields() {
+        let record = ImageInspect {
+            id: "sha256:1".into(),
+            config_json: br#"{"config":{"Cmd":["/bin/sh"],"User":"1000"},"os":"linux"}"#.to_vec(),
+            created: String::new(),
+            variant: "v8".into(),
+            ..Default::default()
+        };
+        let json = inspect(record);
+        assert_eq!(json["Config"]["Cmd"][0], "/bin/sh");
+        assert_eq!(json["Config"]["User"], "1000");
+        assert_eq!(json["Variant"], "v8");
+        assert!(json.get("Created").is_none());
+        assert!(json.get("OsVersion").is_none());
+        assert_eq!(json["RepoTags"], serde_json::json!([]));
+        // A config that is not JSON gives a null Config, not a failure.
+        let broken = inspect(ImageInspect {
+            config_json: b"{".to_vec(),
+            ..Default::default()
+        });
+        assert!(broken["Config"].is_null());
+    }
+
+    #[test]
+    fn list_rows_count_containers_only_for_disk_usage() {
+        let image = ImageSummary {
+            id: "sha256:1".into(),
+            containers: 2,
+            ..Default::default()
+        };
+        assert_eq!(summary(image.clone(), false)["Containers"], -1);
+        assert_eq!(summary(image, true)["Containers"], 2);
+    }
+}
