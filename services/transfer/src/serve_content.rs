@@ -169,3 +169,30 @@ fn unknown(code: &str, message: &str) -> Response {
     )
         .into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_manifest_is_served_as_its_own_media_type_or_its_shape() {
+        assert_eq!(
+            manifest_media_type(
+                br#"{"mediaType":"application/vnd.docker.distribution.manifest.v2+json"}"#
+            ),
+            "application/vnd.docker.distribution.manifest.v2+json"
+        );
+        assert_eq!(
+            manifest_media_type(br#"{"schemaVersion":2,"manifests":[]}"#),
+            imaged_model::media_type::OCI_INDEX
+        );
+        assert_eq!(
+            manifest_media_type(br#"{"schemaVersion":2,"layers":[]}"#),
+            imaged_model::media_type::OCI_MANIFEST
+        );
+        assert_eq!(
+            manifest_media_type(b"not json"),
+            imaged_model::media_type::OCI_MANIFEST
+        );
+    }
+}
