@@ -20,6 +20,8 @@ use std::path::{Component, Path, PathBuf};
 use imaged_common::Error;
 use imaged_model::Digest;
 use sha2::{Digest as _, Sha256};
+use std::cell::Cell;
+use std::time::{Duration, Instant};
 use tar::EntryType;
 
 use crate::beneath::{Kind, Root, quote};
@@ -38,6 +40,39 @@ pub struct Unpacked {
     pub entries: u64,
     /// Bytes of the uncompressed tar (what `docker save` writes).
     pub tar_size: u64,
+    /// Where the time went.
+    pub timings: Timings,
+}
+
+/// Where an unpack's time went, for the pull's log line (and `make
+/// bench`'s breakdown). The parts run interleaved on one thread, so each
+/// is the time spent in it, not a phase.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Timings {
+    /// Reading the layer as it arrives: for a pull, waiting for the
+    /// registry's bytes, storing them and hashing the blob.
+    pub source: Duration,
+    /// Inflating gzip or zstd.
+    pub inflate: Duration,
+    /// Hashing the uncompressed tar (the diffID).
+    pub hash: Duration,
+    /// Reading the tar and creating the files.
+    pub create: Duration,
+}
+
+/// A reader that adds the time spent in `inner` to `spent`.
+struct Timed<'a, R> {
+    inner: R,
+    spent: &'a Cell<Duration>,
+}
+
+impl<R: Read> Read for Timed<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let started = Instant::now();
+        let read = self.inner.read(buf);
+        self.spent.set(self.spent.get() + started.elapsed());
+        read
+    }
 }
 
 /// Unpacks the layer file at `path` into a new staging directory and keeps
@@ -63,18 +98,35 @@ pub fn unpack_and_keep(
 /// Errors: INVALID_ARGUMENT for a malformed or unsafe archive,
 /// RESOURCE_EXHAUSTED for a full disk or a layer past its budget.
 pub fn unpack(reader: impl Read, dest: &Path, budget: u64) -> Result<Unpacked, Error> {
-    let mut hashing = HashingReader::new(decompressed(reader)?);
+    let started = Instant::now();
+    let (source, decompressing) = (Cell::new(Duration::ZERO), Cell::new(Duration::ZERO));
+    let source_reader = Timed {
+        inner: reader,
+        spent: &source,
+    };
+    let mut hashing = HashingReader::new(Timed {
+        inner: decompressed(source_reader)?,
+        spent: &decompressing,
+    });
     let mut guard = TarGuard::new(&mut hashing, budget);
     let (size, entries) = unpack_entries(&mut guard, dest)?;
     // The tar reader stops at the end-of-archive blocks; the diffID covers
     // every byte of the stream.
     io::copy(&mut guard, &mut io::sink()).map_err(classify)?;
+    let hash = hashing.hashing;
     let (diff_id, tar_size) = hashing.finish()?;
+    let reading = decompressing.get().max(source.get());
     Ok(Unpacked {
         diff_id,
         size,
         entries,
         tar_size,
+        timings: Timings {
+            source: source.get(),
+            inflate: reading - source.get(),
+            hash,
+            create: started.elapsed().saturating_sub(reading + hash),
+        },
     })
 }
 
@@ -375,6 +427,8 @@ pub struct HashingReader<R> {
     inner: R,
     hasher: Sha256,
     bytes: u64,
+    /// Time spent hashing.
+    hashing: Duration,
 }
 
 impl<R: Read> HashingReader<R> {
@@ -383,6 +437,7 @@ impl<R: Read> HashingReader<R> {
             inner,
             hasher: Sha256::new(),
             bytes: 0,
+            hashing: Duration::ZERO,
         }
     }
 
@@ -396,7 +451,9 @@ impl<R: Read> HashingReader<R> {
 impl<R: Read> Read for HashingReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
+        let started = Instant::now();
         self.hasher.update(&buf[..n]);
+        self.hashing += started.elapsed();
         self.bytes += n as u64;
         Ok(n)
     }
