@@ -1040,6 +1040,12 @@ async fn the_docker_cli_prints_the_same_against_both() {
         lines
     };
     same("docker images", sorted(&imaged), sorted(&docker));
+    let (imaged, docker) = ok(&["images", "--format", "{{json .}}"]).await;
+    same(
+        "docker images --format json",
+        sorted(&imaged),
+        sorted(&docker),
+    );
     let (imaged, docker) = ok(&["images", "-q", "--filter", "reference=*/fixtures/app"]).await;
     same("docker images --filter reference", imaged, docker);
 
@@ -1063,6 +1069,21 @@ async fn the_docker_cli_prints_the_same_against_both() {
     ])
     .await;
     same("docker history", imaged, docker);
+
+    // pull --platform of an index: the same image for that platform.
+    let multi = b.registry.fixtures().reference("fixtures/multi:latest");
+    let (imaged, docker) = ok(&["pull", "--platform", "linux/arm64", &multi]).await;
+    same("docker pull --platform", settled(&imaged), settled(&docker));
+    let (imaged, docker) = ok(&[
+        "image",
+        "inspect",
+        "--format",
+        "{{.ID}} {{.Os}}/{{.Architecture}}/{{.Variant}} {{json .RepoDigests}}",
+        &multi,
+    ])
+    .await;
+    same("docker image inspect after pull --platform", imaged, docker);
+    ok(&["rmi", &multi]).await;
 
     // push to a repository of each's own: the same manifest digest line.
     let pushed_imaged = b.registry.fixtures().reference("pushed-by-imaged/app:1");
