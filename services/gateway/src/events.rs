@@ -8,18 +8,49 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
-use imaged_common::pass::{Handler, Override, PassCodec, RelayCodec};
-
-use imaged_api::internal::v1::event_log_client::EventLogClient;
 use imaged_api::v1::events_server::Events;
 use imaged_api::v1::{Event, SubscribeRequest};
 use imaged_common::deadline;
-use tokio_stream::Stream;
+use imaged_common::pass::{Handler, Override, PassCodec, RelayCodec};
+use prost::Message;
+use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
 use crate::peers::Peers;
 
-/// Relays subscriptions to imaged-events.
+/// The upstream method the relay calls.
+const UPSTREAM: &str = "/imaged.internal.v1.EventLog/Subscribe";
+
+/// Events as imaged-events encoded them.
+type Encoded = Pin<Box<dyn Stream<Item = Result<Bytes, Status>> + Send>>;
+
+/// Subscribes to imaged-events for `request`: the encoded events.
+async fn relay(peers: &Peers, request: Request<SubscribeRequest>) -> Result<Encoded, Status> {
+    let (deadline, request) = deadline::split(request);
+    let upstream = peers
+        .events
+        .call(|channel| {
+            let request = request.clone();
+            async move {
+                let mut grpc = tonic::client::Grpc::new(channel);
+                grpc.ready()
+                    .await
+                    .map_err(|e| Status::unavailable(e.to_string()))?;
+                grpc.server_streaming(
+                    deadline::attach(request, deadline),
+                    http::uri::PathAndQuery::from_static(UPSTREAM),
+                    RelayCodec::<SubscribeRequest>::default(),
+                )
+                .await
+            }
+        })
+        .await?;
+    Ok(Box::pin(upstream))
+}
+
+/// Relays subscriptions to imaged-events. `serve` routes Subscribe to
+/// [`with_event_relay`]'s handler; this typed path, for any other wiring,
+/// decodes the same relay.
 pub struct EventsService {
     peers: Peers,
 }
@@ -39,32 +70,19 @@ impl Events for EventsService {
         &self,
         request: Request<SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
-        let (deadline, request) = deadline::split(request);
-        let upstream = self
-            .peers
-            .events
-            .call(|channel| {
-                let request = request.clone();
-                async move {
-                    EventLogClient::new(channel)
-                        .subscribe(deadline::attach(request, deadline))
-                        .await
-                }
+        let encoded = relay(&self.peers, request).await?;
+        Ok(Response::new(Box::pin(encoded.map(|answer| {
+            answer.and_then(|bytes| {
+                Event::decode(bytes).map_err(|err| Status::internal(err.to_string()))
             })
-            .await?;
-        Ok(Response::new(Box::pin(upstream)))
+        }))))
     }
 }
-
-/// The upstream method the relay calls.
-const UPSTREAM: &str = "/imaged.internal.v1.EventLog/Subscribe";
 
 /// Subscribe relayed as bytes.
 struct Relay {
     peers: Peers,
 }
-
-type Encoded = Pin<Box<dyn Stream<Item = Result<Bytes, Status>> + Send>>;
 
 impl tonic::server::ServerStreamingService<SubscribeRequest> for Relay {
     type Response = Bytes;
@@ -73,28 +91,7 @@ impl tonic::server::ServerStreamingService<SubscribeRequest> for Relay {
 
     fn call(&mut self, request: Request<SubscribeRequest>) -> Self::Future {
         let peers = self.peers.clone();
-        Box::pin(async move {
-            let (deadline, request) = deadline::split(request);
-            let upstream = peers
-                .events
-                .call(|channel| {
-                    let request = request.clone();
-                    async move {
-                        let mut grpc = tonic::client::Grpc::new(channel);
-                        grpc.ready()
-                            .await
-                            .map_err(|e| Status::unavailable(e.to_string()))?;
-                        grpc.server_streaming(
-                            deadline::attach(request, deadline),
-                            http::uri::PathAndQuery::from_static(UPSTREAM),
-                            RelayCodec::<SubscribeRequest>::default(),
-                        )
-                        .await
-                    }
-                })
-                .await?;
-            Ok(Response::new(Box::pin(upstream) as Encoded))
-        })
+        Box::pin(async move { relay(&peers, request).await.map(Response::new) })
     }
 }
 

@@ -9,7 +9,6 @@ mod containers;
 mod content;
 mod download;
 mod driver;
-use imaged_common::durable;
 mod export;
 #[cfg(test)]
 mod fuzz;
@@ -45,6 +44,7 @@ use std::time::Duration;
 use clap::Parser;
 use imaged_api::internal::v1::transfer_server::{SERVICE_NAME, TransferServer};
 use imaged_common::config::{CommonArgs, PeerArgs, Service, ServiceConfig};
+use imaged_common::durable;
 use imaged_common::events::Publisher;
 use imaged_common::peer::Peer;
 use imaged_common::server;

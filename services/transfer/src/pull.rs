@@ -913,8 +913,7 @@ impl Puller {
         }
     }
 
-    /// Fetches a small JSON blob (a config) whole, digest checked: from
-    /// each mirror once, then from the registry with retries.
+    /// Fetches a small JSON blob (a config) whole, digest checked.
     async fn fetch_small(
         &self,
         target: &Target,
@@ -928,40 +927,29 @@ impl Puller {
             )));
         }
         let expected: Digest = desc.digest.parse()?;
-        let checked = |data: Vec<u8>| {
-            if Digest::sha256_of(&data) != expected {
-                return Err(Error::InvalidArgument(format!(
-                    "{what}: digest mismatch: the registry sent other bytes than {expected}"
-                )));
-            }
-            Ok(data)
-        };
-        let (upstream, mirrors) = target.upstream_and_mirrors();
-        for mirror in mirrors {
-            match within(what, async {
-                small_blob(mirror, desc)
-                    .await
-                    .map_err(|e| registry::error(what, e))
-                    .and_then(checked)
-            })
-            .await
-            {
-                Ok(data) => return Ok(data),
-                Err(err) => mirror_failed(mirror, &err),
-            }
-        }
-        let data = within(
+        self.first_answer(
+            target,
             what,
-            self.with_retries(&|e| registry::error(what, e), || small_blob(upstream, desc)),
+            |_| true,
+            &|e| registry::error(what, e),
+            |source| {
+                let desc = desc.clone();
+                Box::pin(async move { small_blob(source, &desc).await })
+            },
+            |data| {
+                if Digest::sha256_of(&data) != expected {
+                    return Err(Error::InvalidArgument(format!(
+                        "{what}: digest mismatch: the registry sent other bytes than {expected}"
+                    )));
+                }
+                Ok(data)
+            },
         )
-        .await?;
-        checked(data)
+        .await
     }
 
-    /// Fetches the manifest at `digest`, or the one the target names: from
-    /// each mirror once (only those that may resolve tags, for a tag),
-    /// then from the registry with retries, all bounded in time: a
-    /// registry that sends headers and then nothing is given up on. The
+    /// Fetches the manifest at `digest`, or the one the target names (a
+    /// mirror answers a tag only with the `resolve` capability). The
     /// registry's failures read as Docker's (`manifest for … not found: …`).
     async fn fetch_manifest(
         &self,
@@ -970,32 +958,55 @@ impl Puller {
     ) -> Result<(Bytes, String), Error> {
         let what = format!("manifest for {}", target.shown);
         let by_tag = digest.is_none() && target.reference.digest().is_none();
-        let at = |source: &Source| match digest {
-            Some(digest) => source.at_digest(digest),
-            None => source.oref.clone(),
-        };
+        self.first_answer(
+            target,
+            &what,
+            |source| source.resolves || !by_tag,
+            &|e| registry::pull_error(&target.reference, e),
+            |source| {
+                let oref = match digest {
+                    Some(digest) => source.at_digest(digest),
+                    None => source.oref.clone(),
+                };
+                Box::pin(async move {
+                    Registries::manifest(source, &oref, ACCEPTED, MAX_MANIFEST).await
+                })
+            },
+            Ok,
+        )
+        .await
+    }
+
+    /// Runs `call` against each mirror `asks` allows, once, and then
+    /// against the registry itself with retries; each bounded in time (a
+    /// registry that sends headers and then nothing is given up on). A
+    /// mirror's failure, or an answer `check` refuses, is logged and the
+    /// next source tried; `failed` says what the registry's failure means.
+    async fn first_answer<T>(
+        &self,
+        target: &Target,
+        what: &str,
+        asks: impl Fn(&Source) -> bool,
+        failed: &(dyn Fn(oci_client::errors::OciDistributionError) -> Error + Sync),
+        call: impl for<'a> Fn(
+            &'a Source,
+        )
+            -> BoxFuture<'a, Result<T, oci_client::errors::OciDistributionError>>,
+        check: impl Fn(T) -> Result<T, Error>,
+    ) -> Result<T, Error> {
         let (upstream, mirrors) = target.upstream_and_mirrors();
-        for mirror in mirrors.iter().filter(|m| m.resolves || !by_tag) {
-            let fetched = within(&what, async {
-                Registries::manifest(mirror, &at(mirror), ACCEPTED, MAX_MANIFEST)
-                    .await
-                    .map_err(|e| registry::error(&what, e))
+        for mirror in mirrors.iter().filter(|m| asks(m)) {
+            let answer = within(what, async {
+                call(mirror).await.map_err(|e| registry::error(what, e))
             })
-            .await;
-            match fetched {
-                Ok(fetched) => return Ok(fetched),
+            .await
+            .and_then(&check);
+            match answer {
+                Ok(answer) => return Ok(answer),
                 Err(err) => mirror_failed(mirror, &err),
             }
         }
-        let failed = |e| registry::pull_error(&target.reference, e);
-        let oref = at(upstream);
-        within(
-            &what,
-            self.with_retries(&failed, || {
-                Registries::manifest(upstream, &oref, ACCEPTED, MAX_MANIFEST)
-            }),
-        )
-        .await
+        check(within(what, self.with_retries(failed, || call(upstream))).await?)
     }
 
     /// Runs a registry call, retrying what may pass with backoff; `failed`

@@ -23,12 +23,25 @@ use crate::mirrors::MirrorConfig;
 /// are reused; a client is never shared between different credentials.
 pub struct Registries {
     insecure: Vec<String>,
-    clients: Mutex<HashMap<(String, [u8; 32]), Client>>,
+    clients: Mutex<HashMap<ClientKey, Clients>>,
     /// For manifest requests, whose bodies must be read with a limit
     /// (oci-client reads them whole).
     http: reqwest::Client,
     /// Where the mirrors of each registry are configured.
     mirrors: MirrorConfig,
+}
+
+/// What a client is shared by: the host, how it is reached (plain HTTP,
+/// any certificate, the digest of its extra CAs) and the credentials. The
+/// same host may be a registry over HTTPS and a mirror over HTTP.
+type ClientKey = (String, bool, bool, [u8; 32], [u8; 32]);
+
+/// The registry client of a [`ClientKey`], and the HTTP client its
+/// manifests are read with (the shared one unless TLS is configured).
+#[derive(Clone)]
+struct Clients {
+    registry: Client,
+    http: reqwest::Client,
 }
 
 /// One place a pull reads from: a mirror of the registry (from
@@ -79,25 +92,42 @@ impl Registries {
 
     /// The client for `reference`'s registry and these credentials.
     pub fn client(&self, reference: &Reference, auth: &RegistryAuth) -> Client {
-        let host = reference.domain().to_string();
-        let plain_http = self.is_insecure(&host);
-        self.client_for(&host, auth, plain_http, false, &[])
+        let host = reference.domain();
+        self.clients_for(host, auth, self.is_insecure(host), false, &[])
+            .registry
     }
 
-    fn client_for(
+    /// The clients for `host` reached this way with these credentials,
+    /// made once and kept.
+    fn clients_for(
         &self,
         host: &str,
         auth: &RegistryAuth,
         plain_http: bool,
         skip_verify: bool,
         ca: &[Vec<u8>],
-    ) -> Client {
-        let key = (host.to_string(), credential_key(auth));
+    ) -> Clients {
+        let mut cas = Sha256::new();
+        for pem in ca {
+            cas.update(Sha256::digest(pem));
+        }
+        let key = (
+            host.to_string(),
+            plain_http,
+            skip_verify,
+            cas.finalize().into(),
+            credential_key(auth),
+        );
         let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
         clients
             .entry(key)
-            .or_insert_with(|| {
-                Client::new(ClientConfig {
+            .or_insert_with(|| Clients {
+                http: if skip_verify || !ca.is_empty() {
+                    http_client(skip_verify, ca)
+                } else {
+                    self.http.clone()
+                },
+                registry: Client::new(ClientConfig {
                     protocol: if plain_http {
                         ClientProtocol::Http
                     } else {
@@ -113,7 +143,7 @@ impl Registries {
                         })
                         .collect(),
                     ..Default::default()
-                })
+                }),
             })
             .clone()
     }
@@ -128,46 +158,32 @@ impl Registries {
             .into_iter()
             .map(|mirror| {
                 let anonymous = RegistryAuth::Anonymous;
-                let oref = match upstream.digest() {
-                    Some(digest) => oci_client::Reference::with_digest(
-                        mirror.host.clone(),
-                        upstream.repository().to_string(),
-                        digest.to_string(),
-                    ),
-                    None => oci_client::Reference::with_tag(
-                        mirror.host.clone(),
-                        upstream.repository().to_string(),
-                        upstream.tag().unwrap_or("latest").to_string(),
-                    ),
-                };
-                let tls = mirror.skip_verify || !mirror.ca.is_empty();
+                let clients = self.clients_for(
+                    &mirror.host,
+                    &anonymous,
+                    mirror.plain_http,
+                    mirror.skip_verify,
+                    &mirror.ca,
+                );
                 Source {
-                    client: self.client_for(
-                        &mirror.host,
-                        &anonymous,
-                        mirror.plain_http,
-                        mirror.skip_verify,
-                        &mirror.ca,
-                    ),
-                    oref,
+                    client: clients.registry,
+                    oref: at_host(&upstream, &mirror.host),
                     auth: anonymous,
-                    http: if tls {
-                        http_client(mirror.skip_verify, &mirror.ca)
-                    } else {
-                        self.http.clone()
-                    },
+                    http: clients.http,
                     plain_http: mirror.plain_http,
                     mirror: Some(mirror.host),
                     resolves: mirror.resolve,
                 }
             })
             .collect();
+        let plain_http = self.is_insecure(reference.domain());
+        let clients = self.clients_for(reference.domain(), auth, plain_http, false, &[]);
         sources.push(Source {
-            client: self.client(reference, auth),
-            plain_http: self.is_insecure(reference.domain()),
+            client: clients.registry,
+            plain_http,
             oref: upstream,
             auth: auth.clone(),
-            http: self.http.clone(),
+            http: clients.http,
             mirror: None,
             resolves: true,
         });
@@ -270,6 +286,22 @@ impl Registries {
         };
         let name = name.trim_start_matches('[').trim_end_matches(']');
         name == "localhost" || name.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    }
+}
+
+/// `reference` (tag or digest) in the same repository on `host`.
+fn at_host(reference: &oci_client::Reference, host: &str) -> oci_client::Reference {
+    match reference.digest() {
+        Some(digest) => oci_client::Reference::with_digest(
+            host.to_string(),
+            reference.repository().to_string(),
+            digest.to_string(),
+        ),
+        None => oci_client::Reference::with_tag(
+            host.to_string(),
+            reference.repository().to_string(),
+            reference.tag().unwrap_or("latest").to_string(),
+        ),
     }
 }
 
