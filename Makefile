@@ -52,7 +52,9 @@ image-deps:
 ## Benchmarks against the real processes (release build); prints tables.
 bench: test-deps bench-deps
 	$(CARGO) build --release --workspace --bins
+	rm -rf target/bench-figures
 	$(CARGO) bench --workspace --benches
+	$(CARGO) run --release -q -p imaged-e2e --bin bench-table
 
 bench-deps:
 	./deploy/install-bench-deps.sh

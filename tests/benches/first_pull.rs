@@ -19,29 +19,11 @@ use imaged_common::config::Service;
 use imaged_common::endpoint::Endpoint;
 use imaged_common::peer::{Peer, PeerChannel};
 use imaged_e2e::containerd::Containerd;
-use imaged_e2e::{Imaged, TestRegistry};
+use imaged_e2e::figures::{Figures, Unit};
+use imaged_e2e::{Imaged, TestRegistry, usage};
 
 /// Pulls measured after the first.
 const LATER: usize = 8;
-
-/// CPU seconds `pid` has used so far.
-fn cpu(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // After the command name (in parentheses), utime and stime are the
-    // 12th and 13th fields.
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = fields
-        .get(11..13)
-        .map(|f| f.iter().filter_map(|v| v.parse::<f64>().ok()).sum())
-        .unwrap_or(0.0);
-    // SAFETY: sysconf has no preconditions.
-    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
-}
-
-fn cpu_of(pids: &[u32]) -> f64 {
-    pids.iter().map(|p| cpu(*p)).sum()
-}
 
 async fn cri_pull(cri: &ImageServiceClient<PeerChannel>, reference: &str) -> Duration {
     let started = Instant::now();
@@ -70,12 +52,16 @@ struct Run {
 /// The first pull, then `LATER` pulls of other images, on `cri`, with
 /// the CPU of `pids`.
 async fn run(cri: &ImageServiceClient<PeerChannel>, pids: &[u32], references: &[String]) -> Run {
-    let before = cpu_of(pids);
-    let each: Vec<f64> = pids.iter().map(|p| cpu(*p)).collect();
+    let before = usage::cpu_seconds_of(pids);
+    let each: Vec<f64> = pids.iter().map(|p| usage::cpu_seconds(*p)).collect();
     let first_wall = cri_pull(cri, &references[0]).await;
-    let first_cpu = cpu_of(pids) - before;
-    let first_by_process = pids.iter().zip(each).map(|(p, b)| cpu(*p) - b).collect();
-    let before = cpu_of(pids);
+    let first_cpu = usage::cpu_seconds_of(pids) - before;
+    let first_by_process = pids
+        .iter()
+        .zip(each)
+        .map(|(p, b)| usage::cpu_seconds(*p) - b)
+        .collect();
+    let before = usage::cpu_seconds_of(pids);
     let mut later_wall = Duration::ZERO;
     for reference in &references[1..] {
         later_wall += cri_pull(cri, reference).await;
@@ -86,7 +72,7 @@ async fn run(cri: &ImageServiceClient<PeerChannel>, pids: &[u32], references: &[
         first_cpu,
         first_by_process,
         later_wall: later_wall.div_f64(n),
-        later_cpu: (cpu_of(pids) - before) / n,
+        later_cpu: (usage::cpu_seconds_of(pids) - before) / n,
     }
 }
 
@@ -178,4 +164,40 @@ async fn main() {
     println!(
         "targets: wall <= 0.6x containerd; CPU <= 0.5x; the first pull costs no more than later ones"
     );
+    let mut figures = Figures::new("first_pull");
+    let small = "small pull (1 layer, 3 MiB)";
+    figures.ratio(
+        format!("first cold {small}"),
+        Unit::Seconds,
+        ours.first_wall.as_secs_f64(),
+        "containerd",
+        theirs.first_wall.as_secs_f64(),
+        0.6,
+    );
+    figures.ratio(
+        format!("later cold {small}, mean of {LATER}"),
+        Unit::Seconds,
+        ours.later_wall.as_secs_f64(),
+        "containerd",
+        theirs.later_wall.as_secs_f64(),
+        0.6,
+    );
+    figures.ratio(
+        format!("daemon CPU per later {small}"),
+        Unit::Seconds,
+        ours.later_cpu,
+        "containerd",
+        theirs.later_cpu,
+        0.5,
+    );
+    // CPU is counted in 10 ms ticks: one tick of slack for the one pull.
+    figures.ratio(
+        format!("daemon CPU of the first {small}, + 10 ms"),
+        Unit::Seconds,
+        ours.first_cpu,
+        "imaged later",
+        ours.later_cpu + 0.010,
+        1.0,
+    );
+    figures.write();
 }

@@ -12,6 +12,7 @@ use imaged_api::internal::v1::{EventLogInfoRequest, MetadataInfoRequest, Transfe
 use imaged_api::v1::SystemInfoRequest;
 use imaged_common::config::Service;
 use imaged_e2e::Imaged;
+use imaged_e2e::figures::{Figures, Unit};
 
 const WARMUP: usize = 200;
 const CALLS: usize = 3000;
@@ -93,4 +94,14 @@ async fn main() {
     );
     row("direct: metadata+transfer+events Info", &direct, &direct);
     row("gateway: Images/SystemInfo", &through_gateway, &direct);
+    let mut figures = Figures::new("gateway_hop");
+    figures.ratio(
+        "SystemInfo through the gateway (fans out to 3), median",
+        Unit::Seconds,
+        through_gateway.median.as_secs_f64(),
+        "direct 3 calls",
+        direct.median.as_secs_f64(),
+        2.0,
+    );
+    figures.write();
 }

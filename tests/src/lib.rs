@@ -9,12 +9,14 @@ pub mod collector;
 pub mod containerd;
 pub mod docker_cli;
 pub mod dockerd;
+pub mod figures;
 pub mod front;
 pub mod nats;
 pub mod processes;
 pub mod registry;
 pub mod throttle;
 pub mod unpacked;
+pub mod usage;
 
 pub use collector::Collector;
 pub use processes::{Imaged, ImagedBuilder, bin_dir};

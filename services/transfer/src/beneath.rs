@@ -35,6 +35,25 @@ pub struct At {
     name: OsString,
 }
 
+/// Which entry an [`At`] names, whatever path led to it: the inode of its
+/// directory and its last name. Two paths that reach one entry through the
+/// layer's symlinks have the same identity, which is how unpacking knows
+/// that an entry must wait for a file still being written.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Identity {
+    dev: u64,
+    ino: u64,
+    name: OsString,
+}
+
+impl Identity {
+    /// The directory's (device, inode): files of one directory are created
+    /// under its lock, one at a time, whoever creates them.
+    pub fn directory(&self) -> (u64, u64) {
+        (self.dev, self.ino)
+    }
+}
+
 /// What kind of inode [`At::stat`] found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -116,6 +135,16 @@ impl Root {
 }
 
 impl At {
+    /// This entry's [`Identity`].
+    pub fn identity(&self) -> io::Result<Identity> {
+        let stat = rfs::fstat(&self.dir)?;
+        Ok(Identity {
+            dev: stat.st_dev,
+            ino: stat.st_ino,
+            name: self.name.clone(),
+        })
+    }
+
     /// The inode at this name, not following a symlink; `None` when absent.
     pub fn stat(&self) -> io::Result<Option<Kind>> {
         match rfs::statat(&self.dir, &self.name, AtFlags::SYMLINK_NOFOLLOW) {

@@ -37,6 +37,7 @@ mod storage;
 mod tar_limits;
 mod unpack;
 mod whiteout;
+mod writers;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,9 +1,10 @@
 //! Unpacking one layer tar into its own directory, the overlay2 way.
 //!
-//! The `tar` crate (synchronous, run on a blocking thread) reads the
-//! archive; every entry is written here, through [`crate::beneath::Root`],
-//! so that no path, however the layer's symlinks are laid, is resolved
-//! outside the layer's directory. [`crate::tar_limits::TarGuard`] bounds
+//! The `tar` crate (synchronous, on a thread of its own, fed by the one
+//! that inflates and hashes the stream) reads the archive; every entry is
+//! written here, through [`crate::beneath::Root`], so that no path,
+//! however the layer's symlinks are laid, is resolved outside the layer's
+//! directory (small regular files by [`crate::writers`], side by side). [`crate::tar_limits::TarGuard`] bounds
 //! header extensions and the bytes a layer may inflate to. Kept: modes,
 //! owners (when root), times with PAX precision (directories restored after
 //! their children), symlinks, hardlinks, xattrs other than overlayfs's own,
@@ -21,12 +22,15 @@ use imaged_common::Error;
 use imaged_model::Digest;
 use sha2::{Digest as _, Sha256};
 use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::time::{Duration, Instant};
 use tar::EntryType;
 
-use crate::beneath::{Kind, Root, quote};
+use crate::beneath::{At, Identity, Kind, Root, quote};
 use crate::tar_limits::{MAX_PATH, TarGuard};
 use crate::whiteout;
+use crate::writers::{MAX_SMALL_FILE, Meta, Writers};
 
 /// What unpacking learnt about the layer.
 #[derive(Clone, Debug)]
@@ -45,8 +49,9 @@ pub struct Unpacked {
 }
 
 /// Where an unpack's time went, for the pull's log line (and `make
-/// bench`'s breakdown). The parts run interleaved on one thread, so each
-/// is the time spent in it, not a phase.
+/// bench`'s breakdown). Source, inflate and hash interleave on one
+/// thread, create runs beside them on another: each is the time spent in
+/// it, not a phase.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Timings {
     /// Reading the layer as it arrives: for a pull, waiting for the
@@ -56,7 +61,9 @@ pub struct Timings {
     pub inflate: Duration,
     /// Hashing the uncompressed tar (the diffID).
     pub hash: Duration,
-    /// Reading the tar and creating the files.
+    /// Reading the tar and creating the files (on a thread of its own,
+    /// while the stream is read, inflated and hashed on another), not
+    /// counting its waits for that stream.
     pub create: Duration,
 }
 
@@ -98,7 +105,6 @@ pub fn unpack_and_keep(
 /// Errors: INVALID_ARGUMENT for a malformed or unsafe archive,
 /// RESOURCE_EXHAUSTED for a full disk or a layer past its budget.
 pub fn unpack(reader: impl Read, dest: &Path, budget: u64) -> Result<Unpacked, Error> {
-    let started = Instant::now();
     let (source, decompressing) = (Cell::new(Duration::ZERO), Cell::new(Duration::ZERO));
     let source_reader = Timed {
         inner: reader,
@@ -109,10 +115,48 @@ pub fn unpack(reader: impl Read, dest: &Path, budget: u64) -> Result<Unpacked, E
         spent: &decompressing,
     });
     let mut guard = TarGuard::new(&mut hashing, budget);
-    let (size, entries) = unpack_entries(&mut guard, dest)?;
-    // The tar reader stops at the end-of-archive blocks; the diffID covers
-    // every byte of the stream.
-    io::copy(&mut guard, &mut io::sink()).map_err(classify)?;
+    // Two stages on two threads: this one reads, inflates, hashes and
+    // bounds the stream; the other reads the tar from it and makes the
+    // files. A layer then takes the longer of the two, not their sum.
+    let failed = AtomicBool::new(false);
+    let (created, feeding) = std::thread::scope(|scope| {
+        let (chunks, arriving) = mpsc::sync_channel::<Vec<u8>>(STAGE_CHUNKS);
+        let failed = &failed;
+        let maker = std::thread::Builder::new()
+            .name("layer-unpack".into())
+            .spawn_scoped(scope, move || {
+                let started = Instant::now();
+                let mut tar = ChunkReader {
+                    arriving,
+                    chunk: Vec::new(),
+                    at: 0,
+                    waited: Duration::ZERO,
+                };
+                let made = unpack_entries(&mut tar, dest);
+                failed.store(made.is_err(), Ordering::Relaxed);
+                (made, started.elapsed().saturating_sub(tar.waited))
+            });
+        let maker = match maker {
+            Ok(maker) => maker,
+            Err(err) => {
+                let err = Error::Internal(format!("starting a layer unpack thread: {err}"));
+                return (Err(err), Ok(()));
+            }
+        };
+        let feeding = feed(&mut guard, &chunks, failed);
+        drop(chunks);
+        let made = maker.join().unwrap_or_else(|_| {
+            (
+                Err(Error::Internal("layer unpack thread panicked".into())),
+                Duration::ZERO,
+            )
+        });
+        (made.0.map(|counts| (counts, made.1)), feeding)
+    });
+    // A failure of the stream (past its budget, a bad gzip) is the cause
+    // of whatever the tar reader then saw.
+    feeding?;
+    let ((size, entries), create) = created?;
     let hash = hashing.hashing;
     let (diff_id, tar_size) = hashing.finish()?;
     let reading = decompressing.get().max(source.get());
@@ -125,14 +169,112 @@ pub fn unpack(reader: impl Read, dest: &Path, budget: u64) -> Result<Unpacked, E
             source: source.get(),
             inflate: reading - source.get(),
             hash,
-            create: started.elapsed().saturating_sub(reading + hash),
+            create,
         },
     })
 }
 
+/// Chunks of the tar in flight between the two stages of an unpack, at
+/// most (of [`STAGE_CHUNK`] bytes each).
+const STAGE_CHUNKS: usize = 4;
+const STAGE_CHUNK: usize = 256 * 1024;
+
+/// Reads the whole stream from `guard` (so the diffID covers every byte,
+/// past the tar's end-of-archive blocks included) and hands it on in
+/// chunks while the tar stage takes them. Stops early only when that stage
+/// failed.
+fn feed(
+    guard: &mut dyn Read,
+    chunks: &SyncSender<Vec<u8>>,
+    failed: &AtomicBool,
+) -> Result<(), Error> {
+    let mut taken = true;
+    loop {
+        let mut chunk = vec![0u8; STAGE_CHUNK];
+        let n = match guard.read(&mut chunk) {
+            Ok(n) => n,
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+            Err(err) => return Err(classify(err)),
+        };
+        if n == 0 {
+            return Ok(());
+        }
+        chunk.truncate(n);
+        if taken && chunks.send(chunk).is_err() {
+            // The tar stage is done: at its end (read the rest for the
+            // hash) or failed (its error is the answer).
+            if failed.load(Ordering::Relaxed) {
+                return Ok(());
+            }
+            taken = false;
+        }
+    }
+}
+
+/// The tar stage's side of the pipe: the chunks as one stream.
+struct ChunkReader {
+    arriving: Receiver<Vec<u8>>,
+    chunk: Vec<u8>,
+    at: usize,
+    /// Time spent waiting for the first stage.
+    waited: Duration,
+}
+
+impl Read for ChunkReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.at == self.chunk.len() {
+            let waiting = Instant::now();
+            let next = self.arriving.recv();
+            self.waited += waiting.elapsed();
+            match next {
+                Ok(chunk) => {
+                    self.chunk = chunk;
+                    self.at = 0;
+                }
+                // The stream ended (or its stage failed: its error wins).
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.chunk.len() - self.at);
+        buf[..n].copy_from_slice(&self.chunk[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+}
+
+/// Unpacks every entry into `dest`; small regular files are written by
+/// [`Writers`] while the tar is read on.
 fn unpack_entries(reader: &mut dyn Read, dest: &Path) -> Result<(u64, u64), Error> {
-    let as_root = unsafe { libc::geteuid() } == 0;
     let root = Root::open(dest).map_err(classify)?;
+    let mut writers = Writers::new(write_file);
+    let unpacked = unpack_each(reader, dest, &root, &mut writers);
+    // Every file handed out is written (or has failed) before directory
+    // times are restored, and before the caller keeps or removes `dest`.
+    let written = writers.finish();
+    let (size, entries, dir_times) = unpacked?;
+    written?;
+    // Children changed their directories' times; put them back, deepest
+    // first. A directory a later entry removed is skipped.
+    for (dir, (secs, nanos)) in dir_times.iter().rev() {
+        if let Ok(at) = root.existing(dir)
+            && at.stat().ok().flatten() == Some(Kind::Dir)
+        {
+            at.set_times(*secs, *nanos).map_err(classify)?;
+        }
+    }
+    Ok((size, entries))
+}
+
+/// Directories and the times to give them once their children are made.
+type DirTimes = Vec<(PathBuf, (i64, u32))>;
+
+fn unpack_each(
+    reader: &mut dyn Read,
+    dest: &Path,
+    root: &Root,
+    writers: &mut Writers,
+) -> Result<(u64, u64, DirTimes), Error> {
+    let as_root = unsafe { libc::geteuid() } == 0;
     let mut archive = tar::Archive::new(reader);
     let mut size = 0u64;
     let mut entries = 0u64;
@@ -171,7 +313,7 @@ fn unpack_entries(reader: &mut dyn Read, dest: &Path) -> Result<(u64, u64), Erro
             let at = root
                 .entry(&parent.join(OsStr::from_bytes(hidden)))
                 .map_err(refuse)?;
-            at.remove().map_err(refuse)?;
+            clear(&at, writers, false).map_err(|e| entry_error(&raw, e))?;
             at.whiteout().map_err(refuse)?;
             entries += 1;
             continue;
@@ -180,22 +322,37 @@ fn unpack_entries(reader: &mut dyn Read, dest: &Path) -> Result<(u64, u64), Erro
         let at = root.entry(&path).map_err(refuse)?;
         // A later entry replaces an earlier one of the same name, except
         // that a directory over a directory keeps what is in it (Docker).
-        match at.stat().map_err(refuse)? {
-            Some(Kind::Dir) if kind == EntryType::Directory => {}
-            Some(_) => at.remove().map_err(refuse)?,
-            None => {}
-        }
+        let identity =
+            clear(&at, writers, kind == EntryType::Directory).map_err(|e| entry_error(&raw, e))?;
         let extensions = Extensions::read(&mut entry, &raw)?;
         let header = entry.header();
         let mode = header.mode().map_err(classify)?;
         let (uid, gid) = (header.uid().unwrap_or(0), header.gid().unwrap_or(0));
+        let meta = Meta {
+            mode,
+            owner: as_root.then_some((uid as u32, gid as u32)),
+            xattrs: extensions.xattrs,
+            mtime: extensions.mtime,
+        };
+        let is_file = matches!(
+            kind,
+            EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse
+        );
+        if is_file && entry.size() <= MAX_SMALL_FILE {
+            let mut data = Vec::with_capacity(entry.size() as usize);
+            entry.read_to_end(&mut data).map_err(classify)?;
+            size += data.len() as u64;
+            entries += 1;
+            writers.submit(at, identity, data, meta, raw)?;
+            continue;
+        }
         let mut owned = true;
         match kind {
             EntryType::Directory => {
                 if at.stat().map_err(refuse)?.is_none() {
                     at.mkdir().map_err(refuse)?;
                 }
-                dir_times.push((path.clone(), extensions.mtime));
+                dir_times.push((path.clone(), meta.mtime));
             }
             EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
                 let mut file = at.create_file().map_err(refuse)?;
@@ -211,6 +368,8 @@ fn unpack_entries(reader: &mut dyn Read, dest: &Path) -> Result<(u64, u64), Erro
             EntryType::Link => {
                 let link = relative_path(&link_name(&mut entry, &raw)?)?;
                 let source = root.existing(&link).map_err(refuse)?;
+                // The source may be a file a writer has not made yet.
+                writers.wait_for(&source.identity().map_err(refuse)?)?;
                 at.hardlink_to(&source).map_err(refuse)?;
                 owned = false; // the inode is the source's
             }
@@ -229,34 +388,86 @@ fn unpack_entries(reader: &mut dyn Read, dest: &Path) -> Result<(u64, u64), Erro
             _ => continue,
         }
         entries += 1;
-        if !owned {
-            continue;
-        }
-        if as_root {
-            at.chown(uid as u32, gid as u32).map_err(refuse)?;
-        }
-        if kind != EntryType::Symlink {
-            // After chown, which clears set-id bits.
-            at.chmod(mode).map_err(refuse)?;
-        }
-        for (name, value) in &extensions.xattrs {
-            at.set_xattr(name, value).map_err(refuse)?;
-        }
-        if kind != EntryType::Directory {
-            let (secs, nanos) = extensions.mtime;
-            at.set_times(secs, nanos).map_err(refuse)?;
+        if owned {
+            settle(&at, kind, &meta).map_err(refuse)?;
         }
     }
-    // Children changed their directories' times; put them back, deepest
-    // first. A directory a later entry removed is skipped.
-    for (dir, (secs, nanos)) in dir_times.iter().rev() {
-        if let Ok(at) = root.existing(dir)
-            && at.stat().ok().flatten() == Some(Kind::Dir)
-        {
-            at.set_times(*secs, *nanos).map_err(classify)?;
+    Ok((size, entries, dir_times))
+}
+
+/// Makes room for an entry at `at`: waits for a pending file of that name,
+/// then removes what is there, unless `keep_dir` and it is a directory.
+/// Removing a directory waits for every pending file, which may be in it.
+/// Answers the name's identity.
+fn clear(at: &At, writers: &mut Writers, keep_dir: bool) -> Result<Identity, EntryError> {
+    let identity = at.identity()?;
+    writers.wait_for(&identity)?;
+    match at.stat()? {
+        Some(Kind::Dir) if keep_dir => {}
+        Some(Kind::Dir) => {
+            writers.wait_all()?;
+            at.remove()?;
         }
+        Some(Kind::Other) => at.remove()?,
+        None => {}
     }
-    Ok((size, entries))
+    Ok(identity)
+}
+
+/// A failure while making room for an entry: a file system refusal (named
+/// after the entry) or a writer's failure (already named).
+enum EntryError {
+    Io(io::Error),
+    Writer(Error),
+}
+
+impl From<io::Error> for EntryError {
+    fn from(err: io::Error) -> Self {
+        EntryError::Io(err)
+    }
+}
+
+impl From<Error> for EntryError {
+    fn from(err: Error) -> Self {
+        EntryError::Writer(err)
+    }
+}
+
+fn entry_error(raw: &Path, err: EntryError) -> Error {
+    match err {
+        EntryError::Io(err) => classify_entry(raw, err),
+        EntryError::Writer(err) => err,
+    }
+}
+
+/// Creates the regular file `at` with `data` and its metadata: what a
+/// writer thread does for each small file.
+fn write_file(at: &At, data: &[u8], meta: &Meta, raw: &Path) -> Result<(), Error> {
+    let refuse = |err: io::Error| classify_entry(raw, err);
+    let mut file = at.create_file().map_err(refuse)?;
+    write_sparse(&mut &data[..], &mut file).map_err(classify)?;
+    drop(file);
+    settle(at, EntryType::Regular, meta).map_err(refuse)
+}
+
+/// Gives an inode this process made its owner, mode, xattrs and (but for
+/// a directory, whose children change it still) its times.
+fn settle(at: &At, kind: EntryType, meta: &Meta) -> io::Result<()> {
+    if let Some((uid, gid)) = meta.owner {
+        at.chown(uid, gid)?;
+    }
+    if kind != EntryType::Symlink {
+        // After chown, which clears set-id bits.
+        at.chmod(meta.mode)?;
+    }
+    for (name, value) in &meta.xattrs {
+        at.set_xattr(name, value)?;
+    }
+    if kind != EntryType::Directory {
+        let (secs, nanos) = meta.mtime;
+        at.set_times(secs, nanos)?;
+    }
+    Ok(())
 }
 
 /// Writes an entry's data, leaving runs of zeros as holes: a sparse file
@@ -717,6 +928,76 @@ mod tests {
                 .unwrap()
                 .is_dir()
         );
+    }
+
+    #[test]
+    fn files_written_side_by_side_keep_the_order_of_the_tar() {
+        // Small files go to writer threads; every later entry that touches
+        // one of them (a hardlink, a replacement through a symlinked
+        // directory, a whiteout, a directory tree replaced by a file) must
+        // see it written, as a one-thread unpack would.
+        let mut entries: Vec<(String, EntryType, String, Vec<u8>)> = Vec::new();
+        for d in 0..40 {
+            entries.push((format!("d{d}/"), EntryType::Directory, "".into(), vec![]));
+            for f in 0..20 {
+                let data = format!("d{d}/f{f}").repeat(50).into_bytes();
+                entries.push((format!("d{d}/f{f}"), EntryType::Regular, "".into(), data));
+            }
+        }
+        let more: [(&str, EntryType, &str, &[u8]); 8] = [
+            ("d0/hard", EntryType::Link, "d0/f19", b""),
+            ("alias", EntryType::Symlink, "d1", b""),
+            (
+                "alias/f3",
+                EntryType::Regular,
+                "",
+                b"replaced through the alias",
+            ),
+            ("d2/.wh.f7", EntryType::Regular, "", b""),
+            ("d3", EntryType::Regular, "", b"the tree is gone"),
+            ("d4/f5", EntryType::Symlink, "f6", b""),
+            ("d5/f0", EntryType::Regular, "", b"second"),
+            ("d5/hard", EntryType::Link, "d5/f0", b""),
+        ];
+        for (name, kind, link, data) in more {
+            entries.push((name.into(), kind, link.into(), data.to_vec()));
+        }
+        let borrowed: Vec<(&str, EntryType, &str, &[u8])> = entries
+            .iter()
+            .map(|(n, k, l, d)| (n.as_str(), *k, l.as_str(), d.as_slice()))
+            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        let unpacked = unpack(raw_tar(&borrowed).as_slice(), dir.path(), u64::MAX).unwrap();
+        let read = |p: &str| std::fs::read(dir.path().join(p)).unwrap();
+        assert_eq!(read("d9/f13"), b"d9/f13".repeat(50));
+        assert_eq!(read("d0/hard"), read("d0/f19"));
+        let hard = std::fs::metadata(dir.path().join("d0/hard")).unwrap();
+        assert_eq!(hard.nlink(), 2);
+        assert_eq!(read("d1/f3"), b"replaced through the alias");
+        let whiteout = std::fs::symlink_metadata(dir.path().join("d2/f7")).unwrap();
+        assert!(whiteout.file_type().is_char_device());
+        assert_eq!(read("d3"), b"the tree is gone");
+        let link = std::fs::read_link(dir.path().join("d4/f5")).unwrap();
+        assert_eq!(link, Path::new("f6"));
+        assert_eq!(read("d5/hard"), b"second");
+        // Directory times are restored after their files were written.
+        let times = std::fs::metadata(dir.path().join("d9")).unwrap();
+        assert_eq!(times.mtime(), 1_700_000_000);
+        assert_eq!(unpacked.entries, 40 + 800 + 8);
+    }
+
+    #[test]
+    fn a_writer_failure_fails_the_unpack() {
+        // "f" is a file (written by a writer); "f/x" needs it to be a
+        // directory. Whichever thread is first, the layer is refused.
+        for _ in 0..20 {
+            let tar = raw_tar(&[
+                ("f", EntryType::Regular, "", b"file"),
+                ("f/x", EntryType::Regular, "", b"below a file"),
+            ]);
+            let (err, _dir) = refused(&tar);
+            assert!(matches!(err, Error::InvalidArgument(_)), "{err:?}");
+        }
     }
 
     #[test]
