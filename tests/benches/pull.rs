@@ -13,6 +13,9 @@
 //! containerd's), the warm pull (everything present), the peak RSS of each
 //! process, and where the cold pull's time went (download, inflate, hash,
 //! create, sync).
+//!
+//! `PULL_CASES=big,rootfs` runs only the cases whose repository names
+//! contain one of those words, to profile one.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -279,7 +282,13 @@ async fn theirs(
 async fn main() {
     let registry = TestRegistry::start().await.expect("start docker-registry");
     let fixtures = registry.fixtures();
-    let cases = cases();
+    // `PULL_CASES=big,rootfs` runs only the cases whose repository names
+    // contain one of the words (to profile one).
+    let only = std::env::var("PULL_CASES").unwrap_or_default();
+    let cases: Vec<Case> = cases()
+        .into_iter()
+        .filter(|c| only.is_empty() || only.split(',').any(|w| c.repo.contains(w)))
+        .collect();
     for case in &cases {
         fixtures
             .push_image(case.repo, &case.image)

@@ -133,6 +133,10 @@ pub async fn run(config: ServiceConfig, args: Args) -> anyhow::Result<()> {
             &args.pull.registry_mirrors,
         )?,
     ));
+    tokio::task::spawn_blocking({
+        let registries = Arc::clone(&registries);
+        move || registries.prepare()
+    });
     let puller = Arc::new(
         pull::Puller::new(
             content.clone(),
