@@ -25,6 +25,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // Credentials get a Debug that hides them (in src/lib.rs).
         // Relayed as is by the gateway: keep it a cheap `Bytes`.
         .bytes(".imaged.internal.v1.EncodedListImagesResponse")
+        .bytes(".imaged.internal.v1.InspectedImage")
         .skip_debug(["imaged.v1.RegistryAuth", "runtime.v1.AuthConfig"])
         .compile_fds(fds)?;
     Ok(())

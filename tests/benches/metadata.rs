@@ -9,8 +9,8 @@ use imaged_api::internal::v1::metadata_client::MetadataClient;
 use imaged_api::v1::images_client::ImagesClient;
 use imaged_api::v1::{CreateImageRequest, InspectImageRequest, ListImagesRequest, TagImageRequest};
 use imaged_common::config::Service;
-use imaged_e2e::Imaged;
 use imaged_e2e::figures::{Figures, Unit};
+use imaged_e2e::{Imaged, usage};
 
 const IMAGES: usize = 10_000;
 const TAGS_PER_IMAGE: usize = 2;
@@ -307,6 +307,20 @@ async fn main() {
             1.25,
         );
     }
+    figures.info(
+        "peak RSS of the gateway, 10,000 images in its read model",
+        Unit::MiB,
+        imaged
+            .pid(Service::Gateway)
+            .map_or(0.0, usage::peak_rss_mib),
+    );
+    figures.info(
+        "peak RSS of metadata, 10,000 images",
+        Unit::MiB,
+        imaged
+            .pid(Service::Metadata)
+            .map_or(0.0, usage::peak_rss_mib),
+    );
     figures.info(
         "TagImage through the gateway, median",
         Unit::Seconds,

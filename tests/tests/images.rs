@@ -302,6 +302,66 @@ async fn images_resolve_by_every_form_docker_accepts() {
     );
 }
 
+/// The gateway answers InspectImage from its read model while the store
+/// does not change; right after a change returns, the answer is current,
+/// whichever form names the image.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inspect_is_current_right_after_each_change() {
+    let imaged = Imaged::start().await.unwrap();
+    let mut client = imaged.images();
+    // Lets the read model load at the store's current version (it loads
+    // in the background after an InspectImage finds it stale, at most
+    // once a second).
+    async fn settle(client: &mut Client, image: &str) {
+        let _ = inspect(client, image).await;
+        tokio::time::sleep(Duration::from_millis(1300)).await;
+        let _ = inspect(client, image).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let a = create(&mut client, config("a", "2024-01-01T00:00:00Z", &[]), "").await;
+    tag(&mut client, &a, "first:1").await;
+    settle(&mut client, "first:1").await;
+    for _ in 0..3 {
+        let answer = inspect(&mut client, "first:1").await.unwrap();
+        assert_eq!(answer.id, a);
+        assert_eq!(answer.repo_tags, ["first:1"]);
+    }
+
+    tag(&mut client, "first:1", "second:2").await;
+    let answer = inspect(&mut client, "second:2").await.unwrap();
+    assert_eq!(answer.repo_tags, ["first:1", "second:2"]);
+    settle(&mut client, "second:2").await;
+    assert_eq!(
+        inspect(&mut client, &a[7..19]).await.unwrap().repo_tags,
+        ["first:1", "second:2"]
+    );
+
+    rmi(&mut client, "second:2", false, None).await.unwrap();
+    let err = inspect(&mut client, "second:2").await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    assert_eq!(err.message(), "No such image: second:2");
+    assert_eq!(
+        inspect(&mut client, &a).await.unwrap().repo_tags,
+        ["first:1"]
+    );
+    settle(&mut client, "first:1").await;
+
+    // The tag moves to a new image: its new ID right away.
+    let b = create(&mut client, config("b", "2024-01-02T00:00:00Z", &[]), "").await;
+    tag(&mut client, &b, "first:1").await;
+    assert_eq!(inspect(&mut client, "first:1").await.unwrap().id, b);
+    assert!(inspect(&mut client, &a).await.unwrap().repo_tags.is_empty());
+    settle(&mut client, "first:1").await;
+    assert_eq!(inspect(&mut client, "first:1").await.unwrap().id, b);
+    assert_eq!(inspect(&mut client, &b[7..15]).await.unwrap().id, b);
+
+    rmi(&mut client, &b, true, None).await.unwrap();
+    let err = inspect(&mut client, "first:1").await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    let err = inspect(&mut client, &b).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+}
+
 #[tokio::test]
 async fn list_applies_every_filter() {
     let imaged = Imaged::start().await.unwrap();

@@ -17,6 +17,7 @@
 //!   other processes.
 //! - [`durable`]: crash-safe file writes (temporary file, fsync, rename).
 //! - [`pass`]: a gRPC codec for answers held already encoded.
+//! - [`resolve`]: Docker's order for which image a reference or ID names.
 
 pub mod config;
 pub mod deadline;
@@ -27,6 +28,7 @@ pub mod events;
 pub mod metrics;
 pub mod pass;
 pub mod peer;
+pub mod resolve;
 pub mod rpc_trace;
 pub mod server;
 pub mod telemetry;

@@ -15,12 +15,17 @@ use tonic::{Request, Response, Status};
 use crate::forward::forward;
 use crate::kept::Kept;
 use crate::peers::Peers;
+use crate::read_model::ReadModel;
 
 /// Serves `imaged.v1.Images` by calling the internal services.
 pub struct ImagesService {
     peers: Peers,
+    /// Every image's InspectImage answer, while the store does not change
+    /// ([`crate::read_model`]).
+    read_model: Arc<ReadModel>,
     /// InspectImage answers by request, kept while the store does not
-    /// change ([`crate::kept`]).
+    /// change ([`crate::kept`]): after a change, until the read model is
+    /// loaded again.
     inspected: Kept<InspectImageRequest, ImageInspect>,
 }
 
@@ -31,6 +36,7 @@ impl ImagesService {
     /// `version`: imaged-metadata's published version.
     pub fn new(peers: Peers, version: Arc<version::Reader>) -> Self {
         ImagesService {
+            read_model: ReadModel::new(peers.clone(), Arc::clone(&version)),
             peers,
             inspected: Kept::new(version, KEPT_INSPECTS),
         }
@@ -92,6 +98,9 @@ impl Images for ImagesService {
         &self,
         request: Request<InspectImageRequest>,
     ) -> Result<Response<ImageInspect>, Status> {
+        if let Some(answer) = self.read_model.inspect(request.get_ref()) {
+            return answer.map(Response::new);
+        }
         if let Some(inspect) = self.inspected.get(request.get_ref()) {
             return Ok(Response::new(inspect));
         }

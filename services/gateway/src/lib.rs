@@ -10,6 +10,7 @@ mod kept;
 mod layers;
 mod list_relay;
 mod peers;
+mod read_model;
 
 use clap::Parser;
 use imaged_api::cri::image_service_server::{self, ImageServiceServer};

@@ -1,5 +1,6 @@
 //! Docker's ImageInspect, ImageHistory and Children.
 
+use imaged_api::internal::v1::{InspectedImage, StoredReference};
 use imaged_api::timestamp;
 use imaged_api::v1::{
     ContainerConfig, GraphDriver, HealthConfig, HistoryItem, ImageInspect, RootFs,
@@ -16,6 +17,31 @@ use imaged_model::image_config::format_time;
 const ZERO_TIME: &str = "0001-01-01T00:00:00Z";
 
 /// `docker image inspect`.
+/// Every image's InspectImage answer (encoded, no platform asked) and
+/// every reference: what the gateway's read model answers from.
+pub fn inspect_all(
+    index: &Index,
+    layout: Option<&Layout>,
+) -> Result<(Vec<InspectedImage>, Vec<StoredReference>), Error> {
+    let mut images = Vec::with_capacity(index.image_count());
+    for image in index.images() {
+        let id = image.id.to_string();
+        let answer = inspect(index, &id, None, layout)?;
+        images.push(InspectedImage {
+            id,
+            inspect: prost::Message::encode_to_vec(&answer).into(),
+        });
+    }
+    let references = index
+        .refs()
+        .map(|(reference, id)| StoredReference {
+            key: reference.to_string(),
+            id: id.to_string(),
+        })
+        .collect();
+    Ok((images, references))
+}
+
 pub fn inspect(
     index: &Index,
     input: &str,

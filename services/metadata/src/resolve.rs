@@ -3,8 +3,8 @@
 use std::sync::Arc;
 
 use imaged_api::v1::Platform as PlatformMsg;
-use imaged_common::Error;
-use imaged_model::{ImageRef, Platform};
+use imaged_common::{Error, resolve};
+use imaged_model::Platform;
 
 use crate::store::{Image, Index};
 
@@ -29,52 +29,34 @@ pub fn get_image<'a>(
 }
 
 fn find<'a>(index: &'a Index, input: &str) -> Result<&'a Arc<Image>, Error> {
-    if input.is_empty() {
-        return Err(Error::InvalidArgument("image name cannot be blank".into()));
-    }
-    let shown = match ImageRef::parse(input)? {
-        ImageRef::Id(digest) => {
-            let id = digest.to_string();
-            return index
-                .image(&id)
-                .ok_or_else(|| Error::NotFound(format!("No such image: {id}")));
-        }
-        ImageRef::Named(reference) => {
-            let key = reference.store_key();
-            if let Some(image) = index
-                .resolve_ref(&key.to_string())
-                .and_then(|id| index.image(id))
-            {
-                return Ok(image);
-            }
-            key.familiar()
-        }
-    };
-    by_prefix(index, input).ok_or_else(|| Error::NotFound(format!("No such image: {shown}")))
+    resolve::find(index, input)
 }
 
-/// The one image whose ID starts with `input` (bare hex or `sha256:`-prefixed).
-fn by_prefix<'a>(index: &'a Index, input: &str) -> Option<&'a Arc<Image>> {
-    let hex = input.strip_prefix("sha256:").unwrap_or(input);
-    if hex.is_empty()
-        || !hex
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    {
-        return None;
+impl resolve::Images for Index {
+    type Image = Arc<Image>;
+
+    fn by_id(&self, id: &str) -> Option<&Arc<Image>> {
+        self.image(id)
     }
-    let mut found = None;
-    for image in index.images() {
-        if image.id.hex().starts_with(hex) {
-            if image.id.hex() == hex {
-                return Some(image);
-            }
-            if found.replace(image).is_some() {
-                return None; // ambiguous
+
+    fn by_reference(&self, key: &str) -> Option<&Arc<Image>> {
+        self.resolve_ref(key).and_then(|id| self.image(id))
+    }
+
+    fn by_prefix(&self, hex: &str) -> Option<&Arc<Image>> {
+        let mut found = None;
+        for image in self.images() {
+            if image.id.hex().starts_with(hex) {
+                if image.id.hex() == hex {
+                    return Some(image);
+                }
+                if found.replace(image).is_some() {
+                    return None; // ambiguous
+                }
             }
         }
+        found
     }
-    found
 }
 
 /// Whether `input` is a prefix of image `id` (`sha256:…` or bare hex):

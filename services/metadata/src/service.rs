@@ -103,6 +103,22 @@ impl Metadata for MetadataService {
         }))
     }
 
+    async fn inspect_all(
+        &self,
+        _: Request<InspectAllRequest>,
+    ) -> Result<Response<InspectAllResponse>, Status> {
+        let layout = self.images.layout().await;
+        self.blocking(|images| {
+            let index = images.store.read();
+            let (images_at, references) = inspect::inspect_all(&index, layout)?;
+            Ok(InspectAllResponse {
+                images: images_at,
+                references,
+                version: Some(images.store.version_of(&index).into()),
+            })
+        })
+    }
+
     async fn image_history(
         &self,
         request: Request<ImageHistoryRequest>,
