@@ -25,6 +25,9 @@ use imaged_e2e::{Imaged, TestRegistry, usage};
 /// Pulls measured after the first.
 const LATER: usize = 8;
 
+/// Starts of each side whose first pulls are averaged.
+const FIRSTS: usize = 3;
+
 async fn cri_pull(cri: &ImageServiceClient<PeerChannel>, reference: &str) -> Duration {
     let started = Instant::now();
     cri.clone()
@@ -49,14 +52,14 @@ struct Run {
     later_cpu: f64,
 }
 
-/// The first pull, then `LATER` pulls of other images, on `cri`, with
+/// The first pull, then pulls of the other `references`, on `cri`, with
 /// the CPU of `pids`.
 async fn run(cri: &ImageServiceClient<PeerChannel>, pids: &[u32], references: &[String]) -> Run {
     let before = usage::cpu_seconds_of(pids);
     let each: Vec<f64> = pids.iter().map(|p| usage::cpu_seconds(*p)).collect();
     let first_wall = cri_pull(cri, &references[0]).await;
     let first_cpu = usage::cpu_seconds_of(pids) - before;
-    let first_by_process = pids
+    let first_by_process: Vec<f64> = pids
         .iter()
         .zip(each)
         .map(|(p, b)| usage::cpu_seconds(*p) - b)
@@ -66,13 +69,34 @@ async fn run(cri: &ImageServiceClient<PeerChannel>, pids: &[u32], references: &[
     for reference in &references[1..] {
         later_wall += cri_pull(cri, reference).await;
     }
-    let n = (references.len() - 1) as f64;
+    let n = (references.len() - 1).max(1) as f64;
     Run {
         first_wall,
         first_cpu,
         first_by_process,
         later_wall: later_wall.div_f64(n),
         later_cpu: (usage::cpu_seconds_of(pids) - before) / n,
+    }
+}
+
+impl Run {
+    /// The first pulls of `runs` averaged; the later pulls of the first.
+    fn averaged(runs: &[Run]) -> Run {
+        let n = runs.len() as f64;
+        let processes = runs[0].first_by_process.len();
+        Run {
+            first_wall: runs
+                .iter()
+                .map(|r| r.first_wall)
+                .sum::<Duration>()
+                .div_f64(n),
+            first_cpu: runs.iter().map(|r| r.first_cpu).sum::<f64>() / n,
+            first_by_process: (0..processes)
+                .map(|i| runs.iter().map(|r| r.first_by_process[i]).sum::<f64>() / n)
+                .collect(),
+            later_wall: runs[0].later_wall,
+            later_cpu: runs[0].later_cpu,
+        }
     }
 }
 
@@ -94,44 +118,64 @@ async fn main() {
         references.push(fixtures.reference(&repo));
     }
 
-    let imaged = Imaged::start().await.expect("imaged");
-    // Let start-up finish (its reconciliation) before measuring.
-    tokio::time::sleep(Duration::from_millis(
+    // The registry answers an image's first reads more slowly than later
+    // ones; a throwaway imaged reads every image once, so that neither
+    // side measured pays that (whoever came first would).
+    {
+        let warm = Imaged::start().await.expect("imaged");
+        let cri = ImageServiceClient::new(warm.channel(Service::Gateway));
+        for reference in &references {
+            cri_pull(&cri, reference).await;
+        }
+    }
+
+    // Each side starts FIRSTS times; the first pulls are averaged (CPU
+    // comes in 10 ms ticks), and the later pulls are the first start's.
+    let delay = Duration::from_millis(
         std::env::var("FIRST_PULL_DELAY_MS")
             .ok()
             .and_then(|v| v.parse().ok())
             .unwrap_or(500),
-    ))
-    .await;
-    let pids: Vec<u32> = [
-        Service::Events,
-        Service::Metadata,
-        Service::Transfer,
-        Service::Gateway,
-    ]
-    .iter()
-    .filter_map(|s| imaged.pid(*s))
-    .collect();
-    let ours = run(
-        &ImageServiceClient::new(imaged.channel(Service::Gateway)),
-        &pids,
-        &references,
-    )
-    .await;
-    drop(imaged);
-
-    let containerd = Containerd::start(&registry.host).await.expect("containerd");
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let theirs = run(
-        &ImageServiceClient::new(
+    );
+    let mut ours: Vec<Run> = Vec::new();
+    for start in 0..FIRSTS {
+        let imaged = Imaged::start().await.expect("imaged");
+        // Let start-up finish (its reconciliation) before measuring.
+        tokio::time::sleep(delay).await;
+        let pids: Vec<u32> = [
+            Service::Events,
+            Service::Metadata,
+            Service::Transfer,
+            Service::Gateway,
+        ]
+        .iter()
+        .filter_map(|s| imaged.pid(*s))
+        .collect();
+        let cri = ImageServiceClient::new(imaged.channel(Service::Gateway));
+        let pulls = if start == 0 {
+            &references[..]
+        } else {
+            &references[..1]
+        };
+        ours.push(run(&cri, &pids, pulls).await);
+    }
+    let mut theirs: Vec<Run> = Vec::new();
+    for start in 0..FIRSTS {
+        let containerd = Containerd::start(&registry.host).await.expect("containerd");
+        tokio::time::sleep(delay).await;
+        let cri = ImageServiceClient::new(
             Peer::new(Service::Gateway, Endpoint::Unix(containerd.socket()))
                 .expect("endpoint")
                 .channel(),
-        ),
-        &[containerd.pid()],
-        &references,
-    )
-    .await;
+        );
+        let pulls = if start == 0 {
+            &references[..]
+        } else {
+            &references[..1]
+        };
+        theirs.push(run(&cri, &[containerd.pid()], pulls).await);
+    }
+    let (ours, theirs) = (Run::averaged(&ours), Run::averaged(&theirs));
 
     println!("\nsmall pulls (1 layer, 3 MiB; CRI PullImage; CPU of the daemons, all threads)");
     println!(

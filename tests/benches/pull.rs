@@ -208,6 +208,8 @@ fn ratio(ours: Duration, theirs: Option<Duration>) -> String {
 struct Ours {
     cold: Duration,
     cpu: f64,
+    /// Of which in the kernel.
+    kernel: f64,
     /// Peak RSS of transfer, metadata, events and gateway, in MiB.
     rss: [f64; 4],
     parts: String,
@@ -218,10 +220,11 @@ struct Ours {
 
 /// What the bench made, removed only when it ends. On this machine's ext4,
 /// which has no journal, the inode allocator skips inodes deleted in the
-/// last 30 s (`recently_deleted`), reading each one's on-disk record: file
-/// creation right after a mass delete costs several times its usual CPU.
-/// Removing one run's files before the next would bill that to the next
-/// run, whichever side it is.
+/// last 60 s (360 s while their inode table block is dirty), reading each
+/// candidate's on-disk record (`recently_deleted` in fs/ext4/ialloc.c):
+/// creating files soon after a mass delete costs several times its usual
+/// kernel CPU, for containerd as for imaged. Removing one run's files
+/// before the next would bill that to the next run, whichever side it is.
 type Graveyard = Vec<Box<dyn std::any::Any>>;
 
 async fn ours(reference: &str) -> Ours {
@@ -234,15 +237,23 @@ async fn ours(reference: &str) -> Ours {
     ];
     let pids: Vec<u32> = services.iter().filter_map(|s| imaged.pid(*s)).collect();
     settle();
-    let before = usage::cpu_seconds_of(&pids);
+    let split = |pids: &[u32]| {
+        pids.iter()
+            .map(|p| usage::cpu_split(*p))
+            .fold((0.0, 0.0), |(u, s), (pu, ps)| (u + pu, s + ps))
+    };
+    let before = split(&pids);
     let cold = imaged_pull(&imaged, reference).await;
-    let cpu = usage::cpu_seconds_of(&pids) - before;
+    let after = split(&pids);
+    let cpu = (after.0 - before.0) + (after.1 - before.1);
+    let kernel = after.1 - before.1;
     let rss = services.map(|s| imaged.pid(s).map_or(0.0, usage::peak_rss_mib));
     let parts = breakdown(&imaged);
     let warm = imaged_pull(&imaged, reference).await;
     Ours {
         cold,
         cpu,
+        kernel,
         rss,
         parts,
         warm,
@@ -250,13 +261,14 @@ async fn ours(reference: &str) -> Ours {
     }
 }
 
-/// One cold CRI pull by a fresh containerd: wall time and its CPU. The
+/// One cold CRI pull by a fresh containerd: wall time, its CPU and the
+/// part of it in the kernel. The
 /// containerd (its root) goes to `graveyard`.
 async fn theirs(
     registry: &str,
     reference: &str,
     graveyard: &mut Graveyard,
-) -> Option<(Duration, f64)> {
+) -> Option<(Duration, f64, f64)> {
     let containerd = match Containerd::start(registry).await {
         Ok(c) => c,
         Err(err) => {
@@ -265,12 +277,13 @@ async fn theirs(
         }
     };
     settle();
-    let before = usage::cpu_seconds(containerd.pid());
+    let before = usage::cpu_split(containerd.pid());
     let pulled = containerd_pull(&containerd, reference).await;
-    let cpu = usage::cpu_seconds(containerd.pid()) - before;
+    let after = usage::cpu_split(containerd.pid());
     graveyard.push(Box::new(containerd));
+    let (user, kernel) = (after.0 - before.0, after.1 - before.1);
     match pulled {
-        Ok(wall) => Some((wall, cpu)),
+        Ok(wall) => Some((wall, user + kernel, kernel)),
         Err(err) => {
             eprintln!("containerd pull of {reference} failed: {err:#}");
             None
@@ -301,8 +314,8 @@ async fn main() {
     }
     let mut figures = Figures::new("pull");
     let mut graveyard: Graveyard = Vec::new();
-    // What earlier benches deleted is "recent" for 30 s (see Graveyard).
-    tokio::time::sleep(Duration::from_secs(31)).await;
+    // What earlier benches deleted is "recent" for 60 s (see Graveyard).
+    tokio::time::sleep(Duration::from_secs(61)).await;
 
     println!(
         "\npull (cold: median of {RUNS} on fresh roots; CPU: the daemons' user+system; ratio = imaged / baseline, lower is better)"
@@ -373,6 +386,19 @@ async fn main() {
             rss[1],
             rss[2],
             rss[3]
+        );
+        println!(
+            "{:<38} CPU in the kernel, each run: imaged {}; containerd {}",
+            "",
+            runs.iter()
+                .map(|r| format!("{:.2}s of {:.2}s", r.kernel, r.cpu))
+                .collect::<Vec<_>>()
+                .join(", "),
+            baseline
+                .iter()
+                .map(|b| format!("{:.2}s of {:.2}s", b.2, b.1))
+                .collect::<Vec<_>>()
+                .join(", "),
         );
         println!(
             "{:<38} median cold pull, summed per part: {}",

@@ -107,7 +107,7 @@ impl Imaged {
     /// Kills the four processes and answers their root, left in place for
     /// the caller to remove when it chooses (a bench removes roots only
     /// after its last measurement: on an ext4 without a journal, creating
-    /// files is slow for 30 s after many were deleted).
+    /// files is slow for a minute or more after many were deleted).
     pub fn stop(self) -> tempfile::TempDir {
         let Imaged { root, children, .. } = self;
         drop(children);

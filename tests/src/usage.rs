@@ -4,17 +4,28 @@
 /// CPU seconds `pid` has used (user and system, all threads, and children
 /// it has waited for), in clock ticks of 10 ms.
 pub fn cpu_seconds(pid: u32) -> f64 {
+    let (user, system) = cpu_split(pid);
+    user + system
+}
+
+/// CPU seconds `pid` has used in user space and in the kernel (all
+/// threads, and children it has waited for).
+pub fn cpu_split(pid: u32) -> (f64, f64) {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // After the command name (in parentheses): utime, stime, cutime and
     // cstime are the 12th to 15th fields.
     let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = fields
-        .get(11..15)
-        .map(|f| f.iter().filter_map(|v| v.parse::<f64>().ok()).sum())
-        .unwrap_or(0.0);
+    let fields: Vec<f64> = rest
+        .split_whitespace()
+        .map(|v| v.parse::<f64>().unwrap_or(0.0))
+        .collect();
+    let field = |i: usize| fields.get(i).copied().unwrap_or(0.0);
     // SAFETY: sysconf has no preconditions.
-    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+    let tick = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    (
+        (field(11) + field(13)) / tick,
+        (field(12) + field(14)) / tick,
+    )
 }
 
 /// The CPU seconds of several processes together.
