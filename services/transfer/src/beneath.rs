@@ -20,6 +20,7 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
 
 use rustix::fs::{self as rfs, AtFlags, Mode, OFlags, ResolveFlags};
 
@@ -31,7 +32,8 @@ pub struct Root {
 /// One name inside a directory resolved beneath a [`Root`]: where a single
 /// entry is created, changed or removed.
 pub struct At {
-    dir: OwnedFd,
+    /// Shared by the entries of one directory ([`At::sibling`]).
+    dir: Arc<OwnedFd>,
     name: OsString,
 }
 
@@ -47,6 +49,15 @@ pub struct Identity {
 }
 
 impl Identity {
+    /// The identity of `name` in the same directory.
+    pub fn sibling(&self, name: &OsStr) -> Identity {
+        Identity {
+            dev: self.dev,
+            ino: self.ino,
+            name: name.to_owned(),
+        }
+    }
+
     /// The directory's (device, inode): files of one directory are created
     /// under its lock, one at a time, whoever creates them.
     pub fn directory(&self) -> (u64, u64) {
@@ -118,7 +129,7 @@ impl Root {
     pub fn entry(&self, rel: &Path) -> io::Result<At> {
         let (parent, name) = split(rel)?;
         Ok(At {
-            dir: self.create_dirs(parent)?,
+            dir: Arc::new(self.create_dirs(parent)?),
             name: name.to_owned(),
         })
     }
@@ -128,13 +139,22 @@ impl Root {
     pub fn existing(&self, rel: &Path) -> io::Result<At> {
         let (parent, name) = split(rel)?;
         Ok(At {
-            dir: self.dir(parent)?,
+            dir: Arc::new(self.dir(parent)?),
             name: name.to_owned(),
         })
     }
 }
 
 impl At {
+    /// The entry `name` (a plain name) in this entry's directory, as
+    /// resolved for this one: for a run of entries in one directory.
+    pub fn sibling(&self, name: &OsStr) -> At {
+        At {
+            dir: Arc::clone(&self.dir),
+            name: name.to_owned(),
+        }
+    }
+
     /// This entry's [`Identity`].
     pub fn identity(&self) -> io::Result<Identity> {
         let stat = rfs::fstat(&self.dir)?;

@@ -279,6 +279,11 @@ fn unpack_each(
     let mut size = 0u64;
     let mut entries = 0u64;
     let mut dir_times = Vec::new();
+    // The directory of the last regular file, resolved: the next files of
+    // that directory are made in it without resolving it again. Forgotten
+    // at any other entry, and when making room for a file removed
+    // something: only those can change where a path leads.
+    let mut last_dir: Option<(PathBuf, At, Identity)> = None;
     for entry in archive.entries().map_err(classify)? {
         let mut entry = entry.map_err(classify)?;
         let raw = entry.path().map_err(classify)?.into_owned();
@@ -288,7 +293,17 @@ fn unpack_each(
         };
         let parent = path.parent().unwrap_or(Path::new(""));
         let refuse = |err: io::Error| classify_entry(&raw, err);
-        let hidden = match whiteout::tar_name(&name) {
+        let kind = entry.header().entry_type();
+        let tar_name = whiteout::tar_name(&name);
+        let is_file = tar_name == whiteout::TarName::Plain
+            && matches!(
+                kind,
+                EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse
+            );
+        if !(is_file && last_dir.as_ref().is_some_and(|(dir, _, _)| dir == parent)) {
+            last_dir = None;
+        }
+        let hidden = match tar_name {
             whiteout::TarName::Plain => None,
             whiteout::TarName::Meta => continue, // meaningless to overlay
             whiteout::TarName::Whiteout(hidden) => Some(hidden),
@@ -313,17 +328,34 @@ fn unpack_each(
             let at = root
                 .entry(&parent.join(OsStr::from_bytes(hidden)))
                 .map_err(refuse)?;
-            clear(&at, writers, false).map_err(|e| entry_error(&raw, e))?;
+            let identity = at.identity().map_err(refuse)?;
+            clear(&at, &identity, writers, false).map_err(|e| entry_error(&raw, e))?;
             at.whiteout().map_err(refuse)?;
             entries += 1;
             continue;
         }
-        let kind = entry.header().entry_type();
-        let at = root.entry(&path).map_err(refuse)?;
+        let file_name = OsStr::from_bytes(&name);
+        let (at, identity) = match &last_dir {
+            Some((_, dir, in_dir)) => (dir.sibling(file_name), in_dir.sibling(file_name)),
+            None => {
+                let at = root.entry(&path).map_err(refuse)?;
+                let identity = at.identity().map_err(refuse)?;
+                (at, identity)
+            }
+        };
         // A later entry replaces an earlier one of the same name, except
         // that a directory over a directory keeps what is in it (Docker).
-        let identity =
-            clear(&at, writers, kind == EntryType::Directory).map_err(|e| entry_error(&raw, e))?;
+        let found = clear(&at, &identity, writers, kind == EntryType::Directory)
+            .map_err(|e| entry_error(&raw, e))?;
+        if !is_file || found {
+            last_dir = None;
+        } else if last_dir.is_none() {
+            last_dir = Some((
+                parent.to_path_buf(),
+                at.sibling(file_name),
+                identity.clone(),
+            ));
+        }
         let extensions = Extensions::read(&mut entry, &raw)?;
         let header = entry.header();
         let mode = header.mode().map_err(classify)?;
@@ -334,10 +366,6 @@ fn unpack_each(
             xattrs: extensions.xattrs,
             mtime: extensions.mtime,
         };
-        let is_file = matches!(
-            kind,
-            EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse
-        );
         if is_file && entry.size() <= MAX_SMALL_FILE {
             let mut data = Vec::with_capacity(entry.size() as usize);
             entry.read_to_end(&mut data).map_err(classify)?;
@@ -395,13 +423,17 @@ fn unpack_each(
     Ok((size, entries, dir_times))
 }
 
-/// Makes room for an entry at `at`: waits for a pending file of that name,
-/// then removes what is there, unless `keep_dir` and it is a directory.
-/// Removing a directory waits for every pending file, which may be in it.
-/// Answers the name's identity.
-fn clear(at: &At, writers: &mut Writers, keep_dir: bool) -> Result<Identity, EntryError> {
-    let identity = at.identity()?;
-    writers.wait_for(&identity)?;
+/// Makes room for an entry at `at` (named `identity`): waits for a pending
+/// file of that name, then removes what is there, unless `keep_dir` and it
+/// is a directory. Removing a directory waits for every pending file,
+/// which may be in it. Answers whether something was there.
+fn clear(
+    at: &At,
+    identity: &Identity,
+    writers: &mut Writers,
+    keep_dir: bool,
+) -> Result<bool, EntryError> {
+    writers.wait_for(identity)?;
     match at.stat()? {
         Some(Kind::Dir) if keep_dir => {}
         Some(Kind::Dir) => {
@@ -409,9 +441,9 @@ fn clear(at: &At, writers: &mut Writers, keep_dir: bool) -> Result<Identity, Ent
             at.remove()?;
         }
         Some(Kind::Other) => at.remove()?,
-        None => {}
+        None => return Ok(false),
     }
-    Ok(identity)
+    Ok(true)
 }
 
 /// A failure while making room for an entry: a file system refusal (named
@@ -984,6 +1016,24 @@ mod tests {
         let times = std::fs::metadata(dir.path().join("d9")).unwrap();
         assert_eq!(times.mtime(), 1_700_000_000);
         assert_eq!(unpacked.entries, 40 + 800 + 8);
+    }
+
+    #[test]
+    fn a_directory_is_resolved_again_once_a_file_replaced_part_of_its_path() {
+        // "a/b" leads to the root through two symlinks; "a/b/a" replaces
+        // the symlink "a" with a file, so "a/b/y" no longer leads anywhere
+        // and the layer is refused, as one thread resolving each path
+        // would refuse it.
+        let tar = raw_tar(&[
+            ("b", EntryType::Symlink, ".", b""),
+            ("a", EntryType::Symlink, ".", b""),
+            ("a/b/f1", EntryType::Regular, "", b"one"),
+            ("a/b/a", EntryType::Regular, "", b"a file now"),
+            ("a/b/y", EntryType::Regular, "", b"nowhere"),
+        ]);
+        let (err, dir) = refused(&tar);
+        assert!(matches!(err, Error::InvalidArgument(_)), "{err:?}");
+        assert!(!dir.path().join("layer/y").exists());
     }
 
     #[test]
