@@ -1103,3 +1103,45 @@ async fn image_cache_lookup_finds_local_and_history_hits() {
         .into_inner();
     assert_eq!(inspect.parent, intermediate, "and it gets the parent link");
 }
+
+/// InspectAll (the gateway's read model) answers every image and reference
+/// at one version, or refuses a store bigger than the caller will hold.
+#[tokio::test]
+async fn inspect_all_answers_everything_at_one_version() {
+    let imaged = Imaged::start().await.unwrap();
+    let mut client = imaged.images();
+    let a = create(&mut client, config("a", "2024-01-01T00:00:00Z", &[]), "").await;
+    let b = create(&mut client, config("b", "2024-01-02T00:00:00Z", &[]), "").await;
+    tag(&mut client, &a, "app:1").await;
+    let mut metadata = MetadataClient::new(imaged.channel(Service::Metadata));
+    let all = metadata
+        .inspect_all(InspectAllRequest { max_images: 0 })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut ids: Vec<&str> = all.images.iter().map(|i| i.id.as_str()).collect();
+    ids.sort();
+    let mut want = vec![a.as_str(), b.as_str()];
+    want.sort();
+    assert_eq!(ids, want);
+    let inspect_a: ImageInspect = prost::Message::decode(
+        all.images
+            .iter()
+            .find(|i| i.id == a)
+            .unwrap()
+            .inspect
+            .clone(),
+    )
+    .unwrap();
+    assert_eq!(inspect_a.repo_tags, ["app:1"]);
+    assert_eq!(all.references.len(), 1);
+    assert_eq!(all.references[0].key, "docker.io/library/app:1");
+    assert_eq!(all.references[0].id, a);
+    assert!(all.version.is_some());
+
+    let err = metadata
+        .inspect_all(InspectAllRequest { max_images: 1 })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+}

@@ -12,7 +12,8 @@
 //! costs one load a second, not one per call. Which image an input names
 //! is decided by [`imaged_common::resolve`], the code imaged-metadata runs,
 //! so an answer or refusal from here is the one it would give. A request
-//! with a platform always goes to imaged-metadata.
+//! with a platform always goes to imaged-metadata, and so does every
+//! request while the store holds more than [`MAX_IMAGES`] images.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -31,6 +32,10 @@ use crate::peers::Peers;
 
 /// The least time between two loads.
 const RELOAD_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The most images the model holds (about 1.5 KiB each); a bigger store is
+/// answered by imaged-metadata alone.
+const MAX_IMAGES: u32 = 50_000;
 
 /// Every image's encoded InspectImage answer at one version of the store.
 struct Snapshot {
@@ -142,7 +147,9 @@ impl ReadModel {
             .call(|channel| async move {
                 MetadataClient::new(channel)
                     .max_decoding_message_size(usize::MAX)
-                    .inspect_all(InspectAllRequest {})
+                    .inspect_all(InspectAllRequest {
+                        max_images: MAX_IMAGES,
+                    })
                     .await
             })
             .await?;

@@ -105,11 +105,18 @@ impl Metadata for MetadataService {
 
     async fn inspect_all(
         &self,
-        _: Request<InspectAllRequest>,
+        request: Request<InspectAllRequest>,
     ) -> Result<Response<InspectAllResponse>, Status> {
+        let max = request.into_inner().max_images as usize;
         let layout = self.images.layout().await;
         self.blocking(|images| {
             let index = images.store.read();
+            if max > 0 && index.image_count() > max {
+                return Err(Error::FailedPrecondition(format!(
+                    "{} images: more than the {max} asked for",
+                    index.image_count()
+                )));
+            }
             let (images_at, references) = inspect::inspect_all(&index, layout)?;
             Ok(InspectAllResponse {
                 images: images_at,
