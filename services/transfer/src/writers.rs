@@ -32,12 +32,15 @@
 //! A file that is a parent of a later entry fails the unpack either way
 //! (it is not a directory), whichever thread is first. Memory stays
 //! bounded: at most [`MAX_PENDING_BYTES`] of file data wait for a writer.
+//! Hand-offs are batched both ways (a full queue is drained to half before
+//! more files go out; writers report in batches), so a thread wakes once
+//! for many files, not once per file in each direction.
 
 use std::collections::HashMap;
 use std::ffi::OsString;
 use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
-use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
 use std::thread::JoinHandle;
 
 use imaged_common::Error;
@@ -53,6 +56,9 @@ const MAX_PENDING_BYTES: usize = 2 * 1024 * 1024;
 
 /// Files waiting for or in a writer, at most.
 const MAX_PENDING_FILES: usize = 256;
+
+/// Files a writer reports on at once, at most.
+const REPORT_BATCH: usize = 32;
 
 /// Writer threads of one unpack, at most. Each is started when the first
 /// file for it arrives, so a layer of one directory starts one.
@@ -93,8 +99,8 @@ pub struct Writers {
     write: WriteFn,
     /// Each writer's queue, once started; all dropped to stop them.
     queues: Vec<Option<Sender<Job>>>,
-    done_tx: Sender<Done>,
-    done: Receiver<Done>,
+    done_tx: Sender<Vec<Done>>,
+    done: Receiver<Vec<Done>>,
     threads: Vec<JoinHandle<()>>,
     /// Pending files by name (a count: a name can be queued again only
     /// after waiting, but counting keeps that assumption out of here).
@@ -132,10 +138,16 @@ impl Writers {
         meta: Meta,
         raw: PathBuf,
     ) -> Result<(), Error> {
-        while self.pending_files >= MAX_PENDING_FILES
+        if self.pending_files >= MAX_PENDING_FILES
             || (self.pending_files > 0 && self.pending_bytes + data.len() > MAX_PENDING_BYTES)
         {
-            self.wait_one()?;
+            // Down to half before handing out more: one wake-up of this
+            // thread for many files, not one per file.
+            while self.pending_files > MAX_PENDING_FILES / 2
+                || (self.pending_files > 0 && self.pending_bytes > MAX_PENDING_BYTES / 2)
+            {
+                self.wait_one()?;
+            }
         }
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         identity.directory().hash(&mut hasher);
@@ -193,23 +205,26 @@ impl Writers {
         }
     }
 
+    /// Waits for the next reports of the writers.
     fn wait_one(&mut self) -> Result<(), Error> {
-        let done = self
+        let reports = self
             .done
             .recv()
             .map_err(|_| Error::Internal("layer file writers stopped".into()))?;
-        self.pending_files -= 1;
-        self.pending_bytes -= done.bytes;
-        if let Some(count) = self.pending.get_mut(&done.identity) {
-            *count -= 1;
-            if *count == 0 {
-                self.pending.remove(&done.identity);
+        for done in reports {
+            self.pending_files -= 1;
+            self.pending_bytes -= done.bytes;
+            if let Some(count) = self.pending.get_mut(&done.identity) {
+                *count -= 1;
+                if *count == 0 {
+                    self.pending.remove(&done.identity);
+                }
             }
-        }
-        if let Err(err) = done.result
-            && self.failed.is_none()
-        {
-            self.failed = Some(err);
+            if let Err(err) = done.result
+                && self.failed.is_none()
+            {
+                self.failed = Some(err);
+            }
         }
         self.check()
     }
@@ -222,14 +237,37 @@ impl Writers {
         let thread = std::thread::Builder::new()
             .name("layer-writer".into())
             .spawn(move || {
-                while let Ok(job) = jobs.recv() {
+                // Reports go back in batches: when this writer has nothing
+                // queued, or every REPORT_BATCH files.
+                let mut reports = Vec::new();
+                loop {
+                    let job = match jobs.try_recv() {
+                        Ok(job) => job,
+                        Err(TryRecvError::Empty) => {
+                            if !reports.is_empty()
+                                && done.send(std::mem::take(&mut reports)).is_err()
+                            {
+                                return;
+                            }
+                            match jobs.recv() {
+                                Ok(job) => job,
+                                Err(_) => return,
+                            }
+                        }
+                        Err(TryRecvError::Disconnected) => {
+                            let _ = done.send(reports);
+                            return;
+                        }
+                    };
                     let result = write(&job.at, &job.data, &job.meta, &job.raw);
-                    let report = Done {
+                    reports.push(Done {
                         identity: job.identity,
                         bytes: job.data.len(),
                         result,
-                    };
-                    if done.send(report).is_err() {
+                    });
+                    if reports.len() >= REPORT_BATCH
+                        && done.send(std::mem::take(&mut reports)).is_err()
+                    {
                         return;
                     }
                 }
