@@ -237,14 +237,9 @@ async fn ours(reference: &str) -> Ours {
     ];
     let pids: Vec<u32> = services.iter().filter_map(|s| imaged.pid(*s)).collect();
     settle();
-    let split = |pids: &[u32]| {
-        pids.iter()
-            .map(|p| usage::cpu_split(*p))
-            .fold((0.0, 0.0), |(u, s), (pu, ps)| (u + pu, s + ps))
-    };
-    let before = split(&pids);
+    let before = usage::cpu_split_of(&pids);
     let cold = imaged_pull(&imaged, reference).await;
-    let after = split(&pids);
+    let after = usage::cpu_split_of(&pids);
     let cpu = (after.0 - before.0) + (after.1 - before.1);
     let kernel = after.1 - before.1;
     let rss = services.map(|s| imaged.pid(s).map_or(0.0, usage::peak_rss_mib));

@@ -30,7 +30,15 @@ pub fn cpu_split(pid: u32) -> (f64, f64) {
 
 /// The CPU seconds of several processes together.
 pub fn cpu_seconds_of(pids: &[u32]) -> f64 {
-    pids.iter().map(|p| cpu_seconds(*p)).sum()
+    let (user, system) = cpu_split_of(pids);
+    user + system
+}
+
+/// [`cpu_split`] of several processes together.
+pub fn cpu_split_of(pids: &[u32]) -> (f64, f64) {
+    pids.iter()
+        .map(|p| cpu_split(*p))
+        .fold((0.0, 0.0), |(u, s), (pu, ps)| (u + pu, s + ps))
 }
 
 /// The most resident memory `pid` has had (VmHWM), in MiB.

@@ -59,6 +59,22 @@ impl Setup {
         String::from_utf8_lossy(&output.stderr).into_owned()
     }
 
+    /// `docker save image | docker rmi image | docker load`, through
+    /// pipes; answers the saved archive and load's output.
+    async fn save_remove_load(&self, image: &str) -> (Vec<u8>, String) {
+        let saved = self.cli.docker(&["save", image]).await.unwrap();
+        assert!(saved.status.success(), "{:?}", saved.stderr);
+        self.ok(&["rmi", image]).await;
+        let loaded = self
+            .cli
+            .docker_with_input(&["load"], Some(&saved.stdout))
+            .await
+            .unwrap();
+        assert!(loaded.status.success(), "{loaded:?}");
+        let said = String::from_utf8_lossy(&loaded.stdout).into_owned();
+        (saved.stdout, said)
+    }
+
     async fn inspect(&self, image: &str) -> ImageInspect {
         self.imaged
             .images()
@@ -344,24 +360,13 @@ async fn the_docker_cli_saves_loads_imports_pushes_and_counts() {
     let id = s.inspect(&app).await.id;
 
     // save | load, through pipes.
-    let saved = s.cli.docker(&["save", &app]).await.unwrap();
-    assert!(saved.status.success(), "{saved:?}");
-    assert!(saved.stdout.len() > 1024);
-    s.ok(&["rmi", &app]).await;
-    let loaded = s
-        .cli
-        .docker_with_input(&["load"], Some(&saved.stdout))
-        .await
-        .unwrap();
-    assert!(loaded.status.success(), "{loaded:?}");
-    assert_eq!(
-        String::from_utf8_lossy(&loaded.stdout).trim(),
-        format!("Loaded image: {app}")
-    );
+    let (saved, loaded) = s.save_remove_load(&app).await;
+    assert!(saved.len() > 1024);
+    assert_eq!(loaded.trim(), format!("Loaded image: {app}"));
     assert_eq!(s.inspect(&app).await.id, id);
     let quiet = s
         .cli
-        .docker_with_input(&["load", "-q"], Some(&saved.stdout))
+        .docker_with_input(&["load", "-q"], Some(&saved))
         .await
         .unwrap();
     assert!(quiet.status.success(), "{quiet:?}");
@@ -512,16 +517,8 @@ async fn archives_larger_than_any_buffer_stream_through() {
         .unwrap();
     let big = s.reference("big/app:1");
     s.ok(&["pull", &big]).await;
-    let saved = s.cli.docker(&["save", &big]).await.unwrap();
-    assert!(saved.status.success(), "{:?}", saved.stderr);
-    assert!(saved.stdout.len() > 32 << 20, "{}", saved.stdout.len());
-    s.ok(&["rmi", &big]).await;
-    let loaded = s
-        .cli
-        .docker_with_input(&["load"], Some(&saved.stdout))
-        .await
-        .unwrap();
-    assert!(loaded.status.success(), "{loaded:?}");
+    let (saved, _) = s.save_remove_load(&big).await;
+    assert!(saved.len() > 32 << 20, "{}", saved.len());
     assert_eq!(s.inspect(&big).await.id, image.id());
     // And an import of a 16 MiB root filesystem.
     let rootfs = imaged_fixtures::LayerBuilder::new()

@@ -16,7 +16,6 @@
 //! request while the store holds more than [`MAX_IMAGES`] images.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -73,8 +72,14 @@ pub struct ReadModel {
     version: Arc<version::Reader>,
     peers: Peers,
     current: Mutex<Option<Arc<Snapshot>>>,
-    loading: AtomicBool,
-    last_load: Mutex<Option<Instant>>,
+    loads: Mutex<Loads>,
+}
+
+/// Whether a load runs, and when the last one started.
+#[derive(Default)]
+struct Loads {
+    running: bool,
+    last_start: Option<Instant>,
 }
 
 impl ReadModel {
@@ -84,8 +89,7 @@ impl ReadModel {
             version,
             peers,
             current: Mutex::new(None),
-            loading: AtomicBool::new(false),
-            last_load: Mutex::new(None),
+            loads: Mutex::new(Loads::default()),
         })
     }
 
@@ -117,13 +121,18 @@ impl ReadModel {
     /// Starts a load unless one runs or the last started too recently.
     fn reload(self: &Arc<Self>) {
         {
-            let mut last = self.last_load.lock().unwrap_or_else(|e| e.into_inner());
-            if last.is_some_and(|at| at.elapsed() < RELOAD_INTERVAL)
-                || self.loading.swap(true, Ordering::AcqRel)
+            let mut loads = self.loads.lock().unwrap_or_else(|e| e.into_inner());
+            if loads.running
+                || loads
+                    .last_start
+                    .is_some_and(|at| at.elapsed() < RELOAD_INTERVAL)
             {
                 return;
             }
-            *last = Some(Instant::now());
+            *loads = Loads {
+                running: true,
+                last_start: Some(Instant::now()),
+            };
         }
         let model = Arc::clone(self);
         tokio::spawn(async move {
@@ -136,7 +145,11 @@ impl ReadModel {
                     tracing::debug!(%status, "loading the InspectImage read model failed");
                 }
             }
-            model.loading.store(false, Ordering::Release);
+            model
+                .loads
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .running = false;
         });
     }
 

@@ -10,7 +10,7 @@ use imaged_model::Platform;
 use serde_json::Value;
 
 use crate::resolve::get_image;
-use crate::store::Index;
+use crate::store::{Image, Index};
 use imaged_model::image_config::format_time;
 
 /// The zero time Docker shows for an image never tagged with TagImage.
@@ -22,14 +22,12 @@ const ZERO_TIME: &str = "0001-01-01T00:00:00Z";
 pub fn inspect_all(
     index: &Index,
     layout: Option<&Layout>,
-) -> Result<(Vec<InspectedImage>, Vec<StoredReference>), Error> {
+) -> (Vec<InspectedImage>, Vec<StoredReference>) {
     let mut images = Vec::with_capacity(index.image_count());
     for image in index.images() {
-        let id = image.id.to_string();
-        let answer = inspect(index, &id, None, layout)?;
         images.push(InspectedImage {
-            id,
-            inspect: prost::Message::encode_to_vec(&answer).into(),
+            id: image.id.to_string(),
+            inspect: prost::Message::encode_to_vec(&inspect_image(index, image, layout)).into(),
         });
     }
     let references = index
@@ -39,7 +37,7 @@ pub fn inspect_all(
             id: id.to_string(),
         })
         .collect();
-    Ok((images, references))
+    (images, references)
 }
 
 pub fn inspect(
@@ -48,7 +46,15 @@ pub fn inspect(
     platform: Option<&Platform>,
     layout: Option<&Layout>,
 ) -> Result<ImageInspect, Error> {
-    let image = get_image(index, input, platform)?;
+    Ok(inspect_image(
+        index,
+        get_image(index, input, platform)?,
+        layout,
+    ))
+}
+
+/// The InspectImage answer for `image`.
+fn inspect_image(index: &Index, image: &Image, layout: Option<&Layout>) -> ImageInspect {
     let id = image.id.to_string();
     let (digests, tags): (Vec<_>, Vec<_>) = index
         .refs_of(&id)
@@ -64,7 +70,7 @@ pub fn inspect(
     } else {
         config.comment.clone()
     };
-    Ok(ImageInspect {
+    ImageInspect {
         content_size: image.meta.content_size,
         repo_tags: tags.iter().map(|r| r.familiar()).collect(),
         repo_digests: digests.iter().map(|r| r.familiar()).collect(),
@@ -97,7 +103,7 @@ pub fn inspect(
         last_tagged_at: image.meta.last_tag_time.map(timestamp),
         graph_driver: layout.map(|l| graph_driver(l, &config.chain_ids)),
         id,
-    })
+    }
 }
 
 /// `docker history`: the config's history, newest first, with sizes from

@@ -117,7 +117,7 @@ impl Metadata for MetadataService {
                     index.image_count()
                 )));
             }
-            let (images_at, references) = inspect::inspect_all(&index, layout)?;
+            let (images_at, references) = inspect::inspect_all(&index, layout);
             Ok(InspectAllResponse {
                 images: images_at,
                 references,

@@ -4,11 +4,12 @@
 //! that inflates and hashes the stream) reads the archive; every entry is
 //! written here, through [`crate::beneath::Root`], so that no path,
 //! however the layer's symlinks are laid, is resolved outside the layer's
-//! directory (small regular files by [`crate::writers`], side by side). [`crate::tar_limits::TarGuard`] bounds
-//! header extensions and the bytes a layer may inflate to. Kept: modes,
-//! owners (when root), times with PAX precision (directories restored after
-//! their children), symlinks, hardlinks, xattrs other than overlayfs's own,
-//! devices, FIFOs and sparse files' holes. Whiteouts take the form overlayfs
+//! directory (small regular files by [`crate::writers`], side by side).
+//! [`crate::tar_limits::TarGuard`] bounds header extensions and the bytes
+//! a layer may inflate to. Kept: modes, owners (when root), times with PAX
+//! precision (directories restored after their children), symlinks,
+//! hardlinks, xattrs other than overlayfs's own, devices, FIFOs and sparse
+//! files' holes. Whiteouts take the form overlayfs
 //! reads (`.wh.NAME` becomes a 0/0 character device, `.wh..wh..opq` the
 //! `trusted.overlay.opaque=y` xattr on its directory). The diffID is the
 //! sha256 of the uncompressed stream.
@@ -121,6 +122,8 @@ pub fn unpack(reader: impl Read, dest: &Path, budget: u64) -> Result<Unpacked, E
     let failed = AtomicBool::new(false);
     let (created, feeding) = std::thread::scope(|scope| {
         let (chunks, arriving) = mpsc::sync_channel::<Vec<u8>>(STAGE_CHUNKS);
+        // Read chunks come back to be filled again.
+        let (spent, spare) = mpsc::channel::<Vec<u8>>();
         let failed = &failed;
         let maker = std::thread::Builder::new()
             .name("layer-unpack".into())
@@ -128,6 +131,7 @@ pub fn unpack(reader: impl Read, dest: &Path, budget: u64) -> Result<Unpacked, E
                 let started = Instant::now();
                 let mut tar = ChunkReader {
                     arriving,
+                    spent,
                     chunk: Vec::new(),
                     at: 0,
                     waited: Duration::ZERO,
@@ -143,7 +147,7 @@ pub fn unpack(reader: impl Read, dest: &Path, budget: u64) -> Result<Unpacked, E
                 return (Err(err), Ok(()));
             }
         };
-        let feeding = feed(&mut guard, &chunks, failed);
+        let feeding = feed(&mut guard, &chunks, &spare, failed);
         drop(chunks);
         let made = maker.join().unwrap_or_else(|_| {
             (
@@ -175,7 +179,7 @@ pub fn unpack(reader: impl Read, dest: &Path, budget: u64) -> Result<Unpacked, E
 }
 
 /// Chunks of the tar in flight between the two stages of an unpack, at
-/// most (of [`STAGE_CHUNK`] bytes each).
+/// most (of [`STAGE_CHUNK`] bytes each; read ones are filled again).
 const STAGE_CHUNKS: usize = 4;
 const STAGE_CHUNK: usize = 256 * 1024;
 
@@ -186,11 +190,13 @@ const STAGE_CHUNK: usize = 256 * 1024;
 fn feed(
     guard: &mut dyn Read,
     chunks: &SyncSender<Vec<u8>>,
+    spare: &Receiver<Vec<u8>>,
     failed: &AtomicBool,
 ) -> Result<(), Error> {
     let mut taken = true;
     loop {
-        let mut chunk = vec![0u8; STAGE_CHUNK];
+        let mut chunk = spare.try_recv().unwrap_or_default();
+        chunk.resize(STAGE_CHUNK, 0);
         let n = match guard.read(&mut chunk) {
             Ok(n) => n,
             Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
@@ -214,6 +220,8 @@ fn feed(
 /// The tar stage's side of the pipe: the chunks as one stream.
 struct ChunkReader {
     arriving: Receiver<Vec<u8>>,
+    /// Where read chunks go back to the first stage.
+    spent: mpsc::Sender<Vec<u8>>,
     chunk: Vec<u8>,
     at: usize,
     /// Time spent waiting for the first stage.
@@ -228,7 +236,11 @@ impl Read for ChunkReader {
             self.waited += waiting.elapsed();
             match next {
                 Ok(chunk) => {
-                    self.chunk = chunk;
+                    let read = std::mem::replace(&mut self.chunk, chunk);
+                    if read.capacity() > 0 {
+                        // The first stage may be gone; the chunk is freed.
+                        let _ = self.spent.send(read);
+                    }
                     self.at = 0;
                 }
                 // The stream ended (or its stage failed: its error wins).
@@ -329,7 +341,7 @@ fn unpack_each(
                 .entry(&parent.join(OsStr::from_bytes(hidden)))
                 .map_err(refuse)?;
             let identity = at.identity().map_err(refuse)?;
-            clear(&at, &identity, writers, false).map_err(|e| entry_error(&raw, e))?;
+            clear(&at, &identity, writers, false, &raw)?;
             at.whiteout().map_err(refuse)?;
             entries += 1;
             continue;
@@ -345,8 +357,7 @@ fn unpack_each(
         };
         // A later entry replaces an earlier one of the same name, except
         // that a directory over a directory keeps what is in it (Docker).
-        let found = clear(&at, &identity, writers, kind == EntryType::Directory)
-            .map_err(|e| entry_error(&raw, e))?;
+        let found = clear(&at, &identity, writers, kind == EntryType::Directory, &raw)?;
         if !is_file || found {
             last_dir = None;
         } else if last_dir.is_none() {
@@ -423,53 +434,29 @@ fn unpack_each(
     Ok((size, entries, dir_times))
 }
 
-/// Makes room for an entry at `at` (named `identity`): waits for a pending
-/// file of that name, then removes what is there, unless `keep_dir` and it
-/// is a directory. Removing a directory waits for every pending file,
-/// which may be in it. Answers whether something was there.
+/// Makes room for the entry `raw` at `at` (named `identity`): waits for
+/// a pending file of that name, then removes what is there, unless
+/// `keep_dir` and it is a directory. Removing a directory waits for every
+/// pending file, which may be in it. Answers whether something was there.
 fn clear(
     at: &At,
     identity: &Identity,
     writers: &mut Writers,
     keep_dir: bool,
-) -> Result<bool, EntryError> {
+    raw: &Path,
+) -> Result<bool, Error> {
+    let refuse = |err: io::Error| classify_entry(raw, err);
     writers.wait_for(identity)?;
-    match at.stat()? {
+    match at.stat().map_err(refuse)? {
         Some(Kind::Dir) if keep_dir => {}
         Some(Kind::Dir) => {
             writers.wait_all()?;
-            at.remove()?;
+            at.remove().map_err(refuse)?;
         }
-        Some(Kind::Other) => at.remove()?,
+        Some(Kind::Other) => at.remove().map_err(refuse)?,
         None => return Ok(false),
     }
     Ok(true)
-}
-
-/// A failure while making room for an entry: a file system refusal (named
-/// after the entry) or a writer's failure (already named).
-enum EntryError {
-    Io(io::Error),
-    Writer(Error),
-}
-
-impl From<io::Error> for EntryError {
-    fn from(err: io::Error) -> Self {
-        EntryError::Io(err)
-    }
-}
-
-impl From<Error> for EntryError {
-    fn from(err: Error) -> Self {
-        EntryError::Writer(err)
-    }
-}
-
-fn entry_error(raw: &Path, err: EntryError) -> Error {
-    match err {
-        EntryError::Io(err) => classify_entry(raw, err),
-        EntryError::Writer(err) => err,
-    }
 }
 
 /// Creates the regular file `at` with `data` and its metadata: what a
