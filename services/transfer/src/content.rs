@@ -1,13 +1,14 @@
 //! The content store: blobs (layers, configs, manifests) by digest.
 //!
-//! Bytes arrive in `ingest/<hex>`, are hashed as they are written, and
-//! become `blobs/sha256/<hex>` only after the digest is verified, the file
-//! fsynced and renamed. A digest mismatch is never committed. An ingest
-//! left by an interrupted download stays, so the next attempt can resume
-//! it with a range request.
+//! Bytes arrive in `ingest/<hex>`, are hashed as they are written (around
+//! the page cache: see `direct_write`), and become `blobs/sha256/<hex>`
+//! only after the digest is verified, the file fsynced and renamed. A
+//! digest mismatch is never committed. An ingest left by an interrupted
+//! download keeps its whole blocks, so the next attempt can resume it with
+//! a range request.
 
 use std::collections::HashMap;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -15,6 +16,8 @@ use std::sync::{Arc, Mutex};
 use imaged_common::Error;
 use imaged_model::Digest;
 use sha2::{Digest as _, Sha256};
+
+use crate::direct_write::DirectWriter;
 
 /// Blobs by digest under `<transfer root>/content`.
 #[derive(Clone, Debug)]
@@ -172,22 +175,23 @@ impl ContentStore {
     /// left (see [`Ingest::offset`]).
     pub fn ingest(&self, expected: &Digest) -> Result<Ingest, Error> {
         let path = self.ingest.join(expected.hex());
-        let file = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .create(true)
-            .open(&path)?;
+        let (writer, len) = DirectWriter::open(&path)?;
         // Re-hash what is there so the final digest covers every byte.
-        let mut out = Hashed::new(file);
+        let mut hasher = Sha256::new();
         let mut buf = vec![0; 256 * 1024];
+        let mut kept = File::open(&path)?.take(len);
         loop {
-            let n = out.inner.read(&mut buf)?;
+            let n = kept.read(&mut buf)?;
             if n == 0 {
                 break;
             }
-            out.hasher.update(&buf[..n]);
-            out.bytes += n as u64;
+            hasher.update(&buf[..n]);
         }
+        let out = Hashed {
+            inner: writer,
+            hasher,
+            bytes: len,
+        };
         Ok(Ingest {
             out,
             path,
@@ -404,9 +408,11 @@ impl Write for NewBlob {
     }
 }
 
-/// Bytes on their way into the store, hashed as they are written.
+/// Bytes on their way into the store, hashed as they are written, and
+/// written around the page cache (only a push or a save reads them again;
+/// see [`DirectWriter`]).
 pub struct Ingest {
-    out: Hashed<File>,
+    out: Hashed<DirectWriter>,
     path: PathBuf,
     target: PathBuf,
     expected: Digest,
@@ -427,7 +433,8 @@ impl Ingest {
     /// Forgets what an earlier attempt left (the registry answered the
     /// whole blob instead of the range asked for).
     pub fn reset(&mut self) -> io::Result<()> {
-        self.out.inner.set_len(0)?;
+        self.out.inner.file().set_len(0)?;
+        self.out.inner.forget();
         self.out.hasher = Sha256::new();
         self.out.bytes = 0;
         Ok(())
@@ -440,20 +447,23 @@ impl Ingest {
 
     /// Verifies the digest, fsyncs and renames into place. On a mismatch
     /// the ingest is removed and nothing is committed.
-    pub fn commit(self) -> Result<(), Error> {
+    pub fn commit(mut self) -> Result<(), Error> {
         let actual = self.out.digest()?;
         if actual != self.expected {
+            self.out.inner.forget();
             let _ = fs::remove_file(&self.path);
             return Err(Error::InvalidArgument(format!(
                 "digest mismatch: expected {}, got {actual}",
                 self.expected
             )));
         }
+        self.out.inner.finish()?;
         Ok(crate::durable::rename(&self.path, &self.target)?)
     }
 
     /// Removes the ingest (a failure that must not be resumed).
-    pub fn discard(self) {
+    pub fn discard(mut self) {
+        self.out.inner.forget();
         let _ = fs::remove_file(&self.path);
     }
 }
@@ -503,23 +513,24 @@ mod tests {
     fn commits_only_verified_bytes_and_resumes() {
         let dir = tempfile::tempdir().unwrap();
         let store = ContentStore::open(dir.path()).unwrap();
-        let data = b"hello layer bytes".to_vec();
+        let block = crate::direct_write::ALIGN;
+        let data: Vec<u8> = (0..3 * block + 17).map(|i| (i % 253) as u8).collect();
         let digest = Digest::sha256_of(&data);
 
         let mut first = store.ingest(&digest).unwrap();
-        first.write_all(&data[..5]).unwrap();
-        drop(first); // interrupted
+        first.write_all(&data[..2 * block + 5]).unwrap();
+        drop(first); // interrupted: its whole blocks are kept
 
         let mut again = store.ingest(&digest).unwrap();
-        assert_eq!(again.offset(), 5);
+        assert_eq!(again.offset(), 2 * block as u64);
         let mut seen = Vec::new();
         again
             .reopen_written()
             .unwrap()
             .read_to_end(&mut seen)
             .unwrap();
-        assert_eq!(seen, b"hello");
-        again.write_all(&data[5..]).unwrap();
+        assert!(seen == data[..2 * block], "the kept bytes differ");
+        again.write_all(&data[2 * block..]).unwrap();
         again.commit().unwrap();
         assert!(store.contains(&digest));
         assert_eq!(store.read(&digest).unwrap(), data);

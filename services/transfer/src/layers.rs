@@ -326,14 +326,14 @@ impl LayerStore {
     }
 }
 
-/// Flushes the filesystem holding `path` (one syncfs for a whole layer,
-/// rather than an fsync per file).
 /// Bytes an unprivileged writer may still use on the filesystem of `dir`.
 fn free_bytes(dir: &Path) -> Result<u64, Error> {
     let stat = rustix::fs::statvfs(dir).map_err(std::io::Error::from)?;
     Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
 }
 
+/// Flushes the filesystem holding `path` (one syncfs for a whole layer,
+/// rather than an fsync per file).
 fn sync_filesystem(path: &Path) -> Result<(), Error> {
     let dir = fs::File::open(path)?;
     // SAFETY: the descriptor is valid for the life of `dir`.

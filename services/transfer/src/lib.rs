@@ -7,6 +7,7 @@ mod compress;
 mod containerd;
 mod containers;
 mod content;
+mod direct_write;
 mod download;
 mod driver;
 mod export;
