@@ -396,6 +396,8 @@ fn unpack_each(
             EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
                 let mut file = at.create_file().map_err(refuse)?;
                 size += write_sparse(&mut entry, &mut file).map_err(classify)?;
+                settle_file(&file, &meta).map_err(refuse)?;
+                owned = false; // settled through its descriptor
             }
             EntryType::Symlink => {
                 let link = link_name(&mut entry, &raw)?;
@@ -465,8 +467,37 @@ fn write_file(at: &At, data: &[u8], meta: &Meta, raw: &Path) -> Result<(), Error
     let refuse = |err: io::Error| classify_entry(raw, err);
     let mut file = at.create_file().map_err(refuse)?;
     write_sparse(&mut &data[..], &mut file).map_err(classify)?;
-    drop(file);
-    settle(at, EntryType::Regular, meta).map_err(refuse)
+    settle_file(&file, meta).map_err(refuse)
+}
+
+/// [`settle`] for a regular file this process just created and still
+/// holds open: through its descriptor, with no lookup of its name.
+fn settle_file(file: &std::fs::File, meta: &Meta) -> io::Result<()> {
+    if let Some((uid, gid)) = meta.owner {
+        rustix::fs::fchown(
+            file,
+            Some(rustix::fs::Uid::from_raw(uid)),
+            Some(rustix::fs::Gid::from_raw(gid)),
+        )?;
+    }
+    // After chown, which clears set-id bits.
+    rustix::fs::fchmod(file, rustix::fs::Mode::from_raw_mode(meta.mode & 0o7777))?;
+    for (name, value) in &meta.xattrs {
+        rustix::fs::fsetxattr(file, name, value, rustix::fs::XattrFlags::empty())?;
+    }
+    let (secs, nanos) = meta.mtime;
+    let time = rustix::fs::Timespec {
+        tv_sec: secs,
+        tv_nsec: nanos as _,
+    };
+    rustix::fs::futimens(
+        file,
+        &rustix::fs::Timestamps {
+            last_access: time,
+            last_modification: time,
+        },
+    )?;
+    Ok(())
 }
 
 /// Gives an inode this process made its owner, mode, xattrs and (but for
