@@ -12,7 +12,9 @@
 //! pull wall time, the daemons' CPU (all four processes against
 //! containerd's), the warm pull (everything present), the peak RSS of each
 //! process, and where the cold pull's time went (download, inflate, hash,
-//! create, sync).
+//! create, sync). Every root is on a fresh journaled ext4 made for the
+//! run ([`BenchFs`]), so the figures do not depend on what the machine
+//! deleted in the minutes before.
 //!
 //! `PULL_CASES=big,rootfs` runs only the cases whose repository names
 //! contain one of those words, to profile one.
@@ -26,6 +28,7 @@ use imaged_api::v1::PullImageRequest;
 use imaged_common::config::Service;
 use imaged_common::endpoint::Endpoint;
 use imaged_common::peer::Peer;
+use imaged_e2e::bench_fs::BenchFs;
 use imaged_e2e::containerd::Containerd;
 use imaged_e2e::figures::{Figures, Unit};
 use imaged_e2e::{Imaged, TestRegistry, usage};
@@ -218,13 +221,9 @@ struct Ours {
     root: tempfile::TempDir,
 }
 
-/// What the bench made, removed only when it ends. On this machine's ext4,
-/// which has no journal, the inode allocator skips inodes deleted in the
-/// last 60 s (360 s while their inode table block is dirty), reading each
-/// candidate's on-disk record (`recently_deleted` in fs/ext4/ialloc.c):
-/// creating files soon after a mass delete costs several times its usual
-/// kernel CPU, for containerd as for imaged. Removing one run's files
-/// before the next would bill that to the next run, whichever side it is.
+/// What the bench made, removed only when it ends: removing one run's
+/// files before the next would bill part of that work (and hand the pages
+/// it frees) to the next run, whichever side it is. See also `BenchFs`.
 type Graveyard = Vec<Box<dyn std::any::Any>>;
 
 async fn ours(reference: &str) -> Ours {
@@ -307,10 +306,13 @@ async fn main() {
     if !with_containerd {
         eprintln!("containerd baseline skipped: not installed (make bench installs it)");
     }
+    // Every root from here on (imaged's, containerd's, tar's) is on a
+    // fresh filesystem, dropped after `graveyard`.
+    let bench_fs =
+        BenchFs::mount(48).expect("a fresh filesystem for the roots (root, loop devices)");
+    println!("roots on a fresh ext4 at {}", bench_fs.path().display());
     let mut figures = Figures::new("pull");
     let mut graveyard: Graveyard = Vec::new();
-    // What earlier benches deleted is "recent" for 60 s (see Graveyard).
-    tokio::time::sleep(Duration::from_secs(61)).await;
 
     println!(
         "\npull (cold: median of {RUNS} on fresh roots; CPU: the daemons' user+system; ratio = imaged / baseline, lower is better)"

@@ -4,6 +4,7 @@
 //! handle is dropped, so a failing test leaves nothing running.
 
 pub mod archive;
+pub mod bench_fs;
 pub mod client;
 pub mod collector;
 pub mod containerd;

@@ -1,0 +1,101 @@
+//! A fresh, journaled ext4 filesystem (a loop-mounted sparse file) for a
+//! bench's roots, so what it measures does not depend on what this
+//! machine did in the minutes before.
+//!
+//! The machines here run on an ext4 without a journal. Its inode allocator
+//! then skips inodes deleted in the last 60 s (360 s while their inode
+//! table block is dirty), reading each candidate's on-disk record
+//! (`recently_deleted` in fs/ext4/ialloc.c): creating files within minutes
+//! of a mass delete (an earlier bench's roots, a `cargo clean`) costs
+//! several times its usual kernel CPU, for containerd as for imaged, and
+//! swamps the figures. A node's image store sits on a journaled
+//! filesystem, which has no such check, and a fresh one has nothing
+//! deleted at all.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, bail};
+
+/// The mounted filesystem; unmounted, its loop device detached and its
+/// file removed when dropped.
+pub struct BenchFs {
+    mount: Option<tempfile::TempDir>,
+    /// `/dev/loopN`, once attached.
+    device: Option<String>,
+    image: PathBuf,
+}
+
+impl BenchFs {
+    /// Makes a sparse `gib` GiB file in the temporary directory, an ext4
+    /// with a journal on it (through a loop device), mounts it, and makes it the directory
+    /// `tempfile` creates in from now on (every root the e2e helpers
+    /// make). Needs root and a loop device.
+    pub fn mount(gib: u64) -> anyhow::Result<Self> {
+        let mount = tempfile::Builder::new().prefix("ibf").tempdir()?;
+        let image = mount.path().with_extension("img");
+        std::fs::File::create(&image)?.set_len(gib << 30)?;
+        let mut fs = BenchFs {
+            mount: None,
+            device: None,
+            image,
+        };
+        // Direct I/O to the file: the filesystem's pages are cached once,
+        // as on a disk, not again as the file's.
+        let device = run(Command::new("losetup")
+            .args(["--find", "--show", "--direct-io=on"])
+            .arg(&fs.image))?;
+        fs.device = Some(device.trim().to_string());
+        run(Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0"])
+            .arg(device.trim()))?;
+        run(Command::new("mount").arg(device.trim()).arg(mount.path()))?;
+        fs.mount = Some(mount);
+        tempfile::env::override_temp_dir(fs.path()).map_err(|set| {
+            anyhow::anyhow!("tempfile's directory is set already: {}", set.display())
+        })?;
+        Ok(fs)
+    }
+
+    /// Where it is mounted.
+    pub fn path(&self) -> &Path {
+        self.mount
+            .as_ref()
+            .map_or(Path::new("/nonexistent"), |m| m.path())
+    }
+}
+
+/// Runs `command`; answers its standard output.
+fn run(command: &mut Command) -> anyhow::Result<String> {
+    let output = command
+        .output()
+        .with_context(|| format!("run {command:?}"))?;
+    if !output.status.success() {
+        bail!(
+            "{command:?} failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+impl Drop for BenchFs {
+    fn drop(&mut self) {
+        if let Some(mount) = self.mount.take() {
+            let unmounted = Command::new("umount")
+                .arg(mount.path())
+                .status()
+                .is_ok_and(|s| s.success());
+            if !unmounted {
+                // Something still holds it: detach now, freed when let go.
+                let _ = Command::new("umount").arg("-l").arg(mount.path()).status();
+            }
+            let _ = mount.close();
+        }
+        if let Some(device) = self.device.take() {
+            let _ = Command::new("losetup").arg("-d").arg(device).status();
+        }
+        let _ = std::fs::remove_file(&self.image);
+    }
+}
