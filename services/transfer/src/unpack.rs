@@ -466,7 +466,7 @@ fn clear(
 fn write_file(at: &At, data: &[u8], meta: &Meta, raw: &Path) -> Result<(), Error> {
     let refuse = |err: io::Error| classify_entry(raw, err);
     let mut file = at.create_file().map_err(refuse)?;
-    write_sparse(&mut &data[..], &mut file).map_err(classify)?;
+    write_sparse_bytes(data, &mut file).map_err(classify)?;
     settle_file(&file, meta).map_err(refuse)
 }
 
@@ -520,32 +520,56 @@ fn settle(at: &At, kind: EntryType, meta: &Meta) -> io::Result<()> {
     Ok(())
 }
 
+/// How much of a file is checked for zeros at a time: a chunk of zeros
+/// becomes a hole.
+const SPARSE_CHUNK: usize = 128 * 1024;
+
 /// Writes an entry's data, leaving runs of zeros as holes: a sparse file
 /// (GNU sparse entries arrive as data with zeros for their holes) takes
 /// the disk its data needs, not its length. Returns the bytes written.
 pub fn write_sparse(data: &mut dyn Read, file: &mut std::fs::File) -> io::Result<u64> {
-    let mut buf = vec![0u8; 128 * 1024];
+    let mut buf = vec![0u8; SPARSE_CHUNK];
     let mut length = 0u64;
-    let mut pending_hole = false;
+    let mut hole = false;
     loop {
         let n = data.read(&mut buf)?;
         if n == 0 {
             break;
         }
-        let chunk = &buf[..n];
-        if chunk.iter().all(|b| *b == 0) {
-            file.seek(io::SeekFrom::Current(n as i64))?;
-            pending_hole = true;
-        } else {
-            file.write_all(chunk)?;
-            pending_hole = false;
-        }
+        hole = write_chunk(&buf[..n], file)?;
         length += n as u64;
     }
-    if pending_hole {
+    if hole {
         file.set_len(length)?;
     }
     Ok(length)
+}
+
+/// [`write_sparse`] for data already in memory (a writer thread's small
+/// file), with no buffer to fill: no copy, and no 128 KiB allocated and
+/// zeroed per file.
+fn write_sparse_bytes(data: &[u8], file: &mut std::fs::File) -> io::Result<()> {
+    let mut hole = false;
+    for chunk in data.chunks(SPARSE_CHUNK) {
+        hole = write_chunk(chunk, file)?;
+    }
+    if hole {
+        file.set_len(data.len() as u64)?;
+    }
+    Ok(())
+}
+
+/// Writes `chunk` at the file's offset, or skips past it when it is all
+/// zeros; answers whether it was skipped (the file must then be given
+/// its length at the end).
+fn write_chunk(chunk: &[u8], file: &mut std::fs::File) -> io::Result<bool> {
+    if chunk.iter().all(|b| *b == 0) {
+        file.seek(io::SeekFrom::Current(chunk.len() as i64))?;
+        Ok(true)
+    } else {
+        file.write_all(chunk)?;
+        Ok(false)
+    }
 }
 
 fn link_name<R: Read>(entry: &mut tar::Entry<'_, R>, raw: &Path) -> Result<PathBuf, Error> {
@@ -1097,6 +1121,29 @@ mod tests {
         if let Ok(Some(note)) = xattr::get(&path, "user.note") {
             assert_eq!(note, b"kept");
         }
+    }
+
+    #[test]
+    fn small_files_written_side_by_side_keep_their_holes_and_bytes() {
+        // At most MAX_SMALL_FILE: a writer thread makes these.
+        let mut tail = vec![0u8; 200 * 1024];
+        tail[150 * 1024..].fill(9);
+        let tar = raw_tar(&[
+            ("hole", EntryType::Regular, "", &[0u8; 250 * 1024]),
+            ("tail", EntryType::Regular, "", &tail),
+        ]);
+        let dir = tempfile::tempdir().unwrap();
+        unpack(tar.as_slice(), dir.path(), u64::MAX).unwrap();
+        let hole = std::fs::metadata(dir.path().join("hole")).unwrap();
+        assert_eq!(hole.len(), 250 * 1024);
+        assert!(hole.blocks() * 512 < 250 * 1024, "{} blocks", hole.blocks());
+        assert!(
+            std::fs::read(dir.path().join("hole"))
+                .unwrap()
+                .iter()
+                .all(|b| *b == 0)
+        );
+        assert!(std::fs::read(dir.path().join("tail")).unwrap() == tail);
     }
 
     #[test]
