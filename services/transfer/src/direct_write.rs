@@ -93,14 +93,21 @@ impl DirectWriter {
         let whole = self.pending - self.pending % ALIGN;
         self.write_out(whole)?;
         if self.pending > 0 {
-            if self.direct {
-                let flags = rustix::fs::fcntl_getfl(&self.file)?;
-                rustix::fs::fcntl_setfl(&self.file, flags - rustix::fs::OFlags::DIRECT)?;
-                self.direct = false;
-            }
+            self.stop_direct()?;
             let tail = self.start..self.start + self.pending;
             self.file.write_all(&self.memory[tail])?;
             self.pending = 0;
+        }
+        Ok(())
+    }
+
+    /// Goes on with plain writes: for the last partial block, or where a
+    /// device wants a bigger alignment than [`ALIGN`].
+    fn stop_direct(&mut self) -> io::Result<()> {
+        if self.direct {
+            let flags = rustix::fs::fcntl_getfl(&self.file)?;
+            rustix::fs::fcntl_setfl(&self.file, flags - rustix::fs::OFlags::DIRECT)?;
+            self.direct = false;
         }
         Ok(())
     }
@@ -116,8 +123,22 @@ impl DirectWriter {
         if len == 0 {
             return Ok(());
         }
-        let range = self.start..self.start + len;
-        self.file.write_all(&self.memory[range])?;
+        let mut done = 0;
+        while done < len {
+            match self
+                .file
+                .write(&self.memory[self.start + done..self.start + len])
+            {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => done += n,
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                // A device with bigger blocks than ALIGN: write plainly.
+                Err(err) if self.direct && err.raw_os_error() == Some(libc::EINVAL) => {
+                    self.stop_direct()?
+                }
+                Err(err) => return Err(err),
+            }
+        }
         let rest = self.pending - len;
         let from = self.start + len;
         self.memory.copy_within(from..from + rest, self.start);
