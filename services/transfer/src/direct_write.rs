@@ -148,14 +148,16 @@ impl DirectWriter {
 }
 
 impl Write for DirectWriter {
+    /// Takes bytes into the buffer, writing it out first when full: a
+    /// write that fails took none of `buf`.
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.pending == BUFFER {
+            self.write_out(BUFFER)?;
+        }
         let pending = self.pending;
         let n = buf.len().min(BUFFER - pending);
         self.buffer()[pending..pending + n].copy_from_slice(&buf[..n]);
         self.pending += n;
-        if self.pending == BUFFER {
-            self.write_out(BUFFER)?;
-        }
         Ok(n)
     }
 
@@ -229,6 +231,17 @@ mod tests {
         let (_, len) = DirectWriter::open(&path).unwrap();
         assert_eq!(len, ALIGN as u64);
         assert_eq!(std::fs::metadata(&path).unwrap().len(), ALIGN as u64);
+    }
+
+    #[test]
+    fn a_write_that_fails_takes_none_of_its_bytes() {
+        // Every write to /dev/full fails with ENOSPC.
+        let (mut out, _) = DirectWriter::open(Path::new("/dev/full")).unwrap();
+        assert_eq!(out.write(&data(BUFFER)).unwrap(), BUFFER);
+        let err = out.write(b"more").unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ENOSPC));
+        assert_eq!(out.pending, BUFFER, "the failed write took bytes");
+        out.forget();
     }
 
     #[test]

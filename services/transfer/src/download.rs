@@ -276,8 +276,13 @@ impl Read for TeeReader {
             }
             match self.chunks.blocking_recv() {
                 Some(Chunk::Data(bytes)) => {
-                    if let Some(ingest) = self.ingest.as_mut() {
-                        ingest.write_all(&bytes)?;
+                    if let Some(ingest) = self.ingest.as_mut()
+                        && let Err(err) = ingest.write_all(&bytes)
+                    {
+                        // Sticky: a chunk the ingest missed must not reach
+                        // the unpacker either (a full disk, mostly).
+                        self.failure = Some(Error::from(err));
+                        continue;
                     }
                     self.current = bytes;
                 }
