@@ -118,32 +118,36 @@ impl DirectWriter {
     }
 
     /// Writes the first `len` gathered bytes (a whole number of blocks)
-    /// and keeps the rest at the start of the buffer.
+    /// and keeps the rest at the start of the buffer. On an error, what
+    /// was written is dropped from the buffer all the same, so a later
+    /// flush never writes it twice.
     fn write_out(&mut self, len: usize) -> io::Result<()> {
-        if len == 0 {
-            return Ok(());
-        }
         let mut done = 0;
-        while done < len {
+        let result = loop {
+            if done == len {
+                break Ok(());
+            }
             match self
                 .file
                 .write(&self.memory[self.start + done..self.start + len])
             {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(0) => break Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => done += n,
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
                 // A device with bigger blocks than ALIGN: write plainly.
                 Err(err) if self.direct && err.raw_os_error() == Some(libc::EINVAL) => {
-                    self.stop_direct()?
+                    if let Err(err) = self.stop_direct() {
+                        break Err(err);
+                    }
                 }
-                Err(err) => return Err(err),
+                Err(err) => break Err(err),
             }
-        }
-        let rest = self.pending - len;
-        let from = self.start + len;
-        self.memory.copy_within(from..from + rest, self.start);
-        self.pending = rest;
-        Ok(())
+        };
+        let from = self.start + done;
+        self.memory
+            .copy_within(from..self.start + self.pending, self.start);
+        self.pending -= done;
+        result
     }
 }
 
