@@ -256,8 +256,8 @@ async fn ours(reference: &str) -> Ours {
 }
 
 /// One cold CRI pull by a fresh containerd: wall time, its CPU and the
-/// part of it in the kernel. The
-/// containerd (its root) goes to `graveyard`.
+/// part of it in the kernel. The containerd (its root) goes to
+/// `graveyard`.
 async fn theirs(
     registry: &str,
     reference: &str,

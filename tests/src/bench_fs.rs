@@ -20,7 +20,8 @@ use anyhow::{Context, bail};
 /// The mounted filesystem; unmounted, its loop device detached and its
 /// file removed when dropped.
 pub struct BenchFs {
-    mount: Option<tempfile::TempDir>,
+    /// Where it is mounted (removed after the unmount, in `drop`).
+    mount: tempfile::TempDir,
     /// `/dev/loopN`, once attached.
     device: Option<String>,
     image: PathBuf,
@@ -28,15 +29,16 @@ pub struct BenchFs {
 
 impl BenchFs {
     /// Makes a sparse `gib` GiB file in the temporary directory, an ext4
-    /// with a journal on it (through a loop device), mounts it, and makes it the directory
-    /// `tempfile` creates in from now on (every root the e2e helpers
-    /// make). Needs root and a loop device.
+    /// with a journal on it (through a loop device), and mounts it; then
+    /// makes it the directory `tempfile` creates in from now on (every
+    /// root the e2e helpers make). Needs root and a loop device.
     pub fn mount(gib: u64) -> anyhow::Result<Self> {
         let mount = tempfile::Builder::new().prefix("ibf").tempdir()?;
         let image = mount.path().with_extension("img");
         std::fs::File::create(&image)?.set_len(gib << 30)?;
+        // From here on, a failure undoes what was done (`drop`).
         let mut fs = BenchFs {
-            mount: None,
+            mount,
             device: None,
             image,
         };
@@ -45,12 +47,11 @@ impl BenchFs {
         let device = run(Command::new("losetup")
             .args(["--find", "--show", "--direct-io=on"])
             .arg(&fs.image))?;
-        fs.device = Some(device.trim().to_string());
+        let device = fs.device.insert(device.trim().to_string()).clone();
         run(Command::new("mkfs.ext4")
             .args(["-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0"])
-            .arg(device.trim()))?;
-        run(Command::new("mount").arg(device.trim()).arg(mount.path()))?;
-        fs.mount = Some(mount);
+            .arg(&device))?;
+        run(Command::new("mount").arg(&device).arg(fs.path()))?;
         tempfile::env::override_temp_dir(fs.path()).map_err(|set| {
             anyhow::anyhow!("tempfile's directory is set already: {}", set.display())
         })?;
@@ -59,9 +60,7 @@ impl BenchFs {
 
     /// Where it is mounted.
     pub fn path(&self) -> &Path {
-        self.mount
-            .as_ref()
-            .map_or(Path::new("/nonexistent"), |m| m.path())
+        self.mount.path()
     }
 }
 
@@ -81,17 +80,16 @@ fn run(command: &mut Command) -> anyhow::Result<String> {
 }
 
 impl Drop for BenchFs {
+    /// Unmounts (lazily when something still holds it; a failure only
+    /// means it was never mounted), detaches and removes; the mount point
+    /// itself goes with `mount` after this.
     fn drop(&mut self) {
-        if let Some(mount) = self.mount.take() {
-            let unmounted = Command::new("umount")
-                .arg(mount.path())
-                .status()
-                .is_ok_and(|s| s.success());
-            if !unmounted {
-                // Something still holds it: detach now, freed when let go.
-                let _ = Command::new("umount").arg("-l").arg(mount.path()).status();
-            }
-            let _ = mount.close();
+        let unmounted = Command::new("umount")
+            .arg(self.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !unmounted {
+            let _ = Command::new("umount").arg("-l").arg(self.path()).status();
         }
         if let Some(device) = self.device.take() {
             let _ = Command::new("losetup").arg("-d").arg(device).status();

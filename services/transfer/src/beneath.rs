@@ -285,18 +285,10 @@ impl At {
 
     /// Sets access and modification times of the inode itself.
     pub fn set_times(&self, secs: i64, nanos: u32) -> io::Result<()> {
-        let time = rustix::fs::Timespec {
-            tv_sec: secs,
-            tv_nsec: nanos as _,
-        };
-        let times = rfs::Timestamps {
-            last_access: time,
-            last_modification: time,
-        };
         Ok(rfs::utimensat(
             &self.dir,
             &self.name,
-            &times,
+            &timestamps(secs, nanos),
             AtFlags::SYMLINK_NOFOLLOW,
         )?)
     }
@@ -361,6 +353,19 @@ pub fn quote(raw: &OsStr) -> String {
         out.push_str(&format!("… ({} bytes)", bytes.len()));
     }
     format!("\"{out}\"")
+}
+
+/// Access and modification times both set to `secs`.`nanos`, as a layer
+/// gives an entry's one mtime.
+pub fn timestamps(secs: i64, nanos: u32) -> rfs::Timestamps {
+    let time = rfs::Timespec {
+        tv_sec: secs,
+        tv_nsec: nanos as _,
+    };
+    rfs::Timestamps {
+        last_access: time,
+        last_modification: time,
+    }
 }
 
 #[cfg(test)]

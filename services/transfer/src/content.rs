@@ -176,7 +176,9 @@ impl ContentStore {
     pub fn ingest(&self, expected: &Digest) -> Result<Ingest, Error> {
         let path = self.ingest.join(expected.hex());
         let (writer, len) = DirectWriter::open(&path)?;
-        // Re-hash what is there so the final digest covers every byte.
+        // Re-hash what is there so the final digest covers every byte
+        // (through a descriptor of its own: the writer's is O_DIRECT, which
+        // reads only into aligned memory).
         let mut hasher = Sha256::new();
         let mut buf = vec![0; 256 * 1024];
         let mut kept = File::open(&path)?.take(len);
@@ -433,8 +435,7 @@ impl Ingest {
     /// Forgets what an earlier attempt left (the registry answered the
     /// whole blob instead of the range asked for).
     pub fn reset(&mut self) -> io::Result<()> {
-        self.out.inner.file().set_len(0)?;
-        self.out.inner.forget();
+        self.out.inner.truncate()?;
         self.out.hasher = Sha256::new();
         self.out.bytes = 0;
         Ok(())

@@ -75,14 +75,14 @@ impl DirectWriter {
         Ok((writer, kept))
     }
 
-    /// The file, to read or truncate; call [`DirectWriter::forget`] after
-    /// truncating it.
-    pub fn file(&self) -> &File {
-        &self.file
+    /// Empties the file and drops the bytes gathered: writing starts
+    /// again from its first byte.
+    pub fn truncate(&mut self) -> io::Result<()> {
+        self.pending = 0;
+        self.file.set_len(0)
     }
 
-    /// Drops the bytes gathered and not written (the file was truncated,
-    /// or is going).
+    /// Drops the bytes gathered and not written (the file is going).
     pub fn forget(&mut self) {
         self.pending = 0;
     }
@@ -249,13 +249,12 @@ mod tests {
     }
 
     #[test]
-    fn forgotten_bytes_are_not_written() {
+    fn a_truncated_file_is_written_again_from_its_start() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("blob");
         let (mut out, _) = DirectWriter::open(&path).unwrap();
         out.write_all(&vec![7; 2 * ALIGN]).unwrap();
-        out.file().set_len(0).unwrap();
-        out.forget();
+        out.truncate().unwrap();
         out.write_all(b"again").unwrap();
         out.finish().unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"again");

@@ -385,7 +385,9 @@ fn unpack_each(
             writers.submit(at, identity, data, meta, raw)?;
             continue;
         }
-        let mut owned = true;
+        // Whether the entry still needs its owner, mode, xattrs and times,
+        // set by name after the match.
+        let mut settle_by_name = true;
         match kind {
             EntryType::Directory => {
                 if at.stat().map_err(refuse)?.is_none() {
@@ -397,7 +399,7 @@ fn unpack_each(
                 let mut file = at.create_file().map_err(refuse)?;
                 size += write_sparse(&mut entry, &mut file).map_err(classify)?;
                 settle_file(&file, &meta).map_err(refuse)?;
-                owned = false; // settled through its descriptor
+                settle_by_name = false; // settled through its descriptor
             }
             EntryType::Symlink => {
                 let link = link_name(&mut entry, &raw)?;
@@ -412,7 +414,7 @@ fn unpack_each(
                 // The source may be a file a writer has not made yet.
                 writers.wait_for(&source.identity().map_err(refuse)?)?;
                 at.hardlink_to(&source).map_err(refuse)?;
-                owned = false; // the inode is the source's
+                settle_by_name = false; // the inode is the source's
             }
             EntryType::Char | EntryType::Block | EntryType::Fifo => {
                 let file_type = match kind {
@@ -429,7 +431,7 @@ fn unpack_each(
             _ => continue,
         }
         entries += 1;
-        if owned {
+        if settle_by_name {
             settle(&at, kind, &meta).map_err(refuse)?;
         }
     }
@@ -486,17 +488,7 @@ fn settle_file(file: &std::fs::File, meta: &Meta) -> io::Result<()> {
         rustix::fs::fsetxattr(file, name, value, rustix::fs::XattrFlags::empty())?;
     }
     let (secs, nanos) = meta.mtime;
-    let time = rustix::fs::Timespec {
-        tv_sec: secs,
-        tv_nsec: nanos as _,
-    };
-    rustix::fs::futimens(
-        file,
-        &rustix::fs::Timestamps {
-            last_access: time,
-            last_modification: time,
-        },
-    )?;
+    rustix::fs::futimens(file, &crate::beneath::timestamps(secs, nanos))?;
     Ok(())
 }
 
