@@ -31,7 +31,8 @@ use imaged_common::peer::Peer;
 use imaged_e2e::bench_fs::BenchFs;
 use imaged_e2e::containerd::Containerd;
 use imaged_e2e::figures::{Figures, Unit};
-use imaged_e2e::{Imaged, TestRegistry, usage};
+use imaged_e2e::usage::{self, CpuMeter};
+use imaged_e2e::{Imaged, TestRegistry};
 use imaged_fixtures::Image;
 use tokio_stream::StreamExt;
 
@@ -235,10 +236,11 @@ async fn ours(reference: &str) -> Ours {
         Service::Gateway,
     ];
     let pids: Vec<u32> = services.iter().filter_map(|s| imaged.pid(*s)).collect();
+    let meter = CpuMeter::new(&pids).expect("a CPU meter");
     settle();
-    let before = usage::cpu_split_of(&pids);
+    let before = meter.split();
     let cold = imaged_pull(&imaged, reference).await;
-    let after = usage::cpu_split_of(&pids);
+    let after = meter.split();
     let cpu = (after.0 - before.0) + (after.1 - before.1);
     let kernel = after.1 - before.1;
     let rss = services.map(|s| imaged.pid(s).map_or(0.0, usage::peak_rss_mib));
@@ -270,10 +272,12 @@ async fn theirs(
             return None;
         }
     };
+    let meter = CpuMeter::new(&[containerd.pid()]).expect("a CPU meter");
     settle();
-    let before = usage::cpu_split(containerd.pid());
+    let before = meter.split();
     let pulled = containerd_pull(&containerd, reference).await;
-    let after = usage::cpu_split(containerd.pid());
+    let after = meter.split();
+    drop(meter);
     graveyard.push(Box::new(containerd));
     let (user, kernel) = (after.0 - before.0, after.1 - before.1);
     match pulled {

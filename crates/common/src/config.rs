@@ -9,6 +9,7 @@ use clap::Parser;
 use clap::parser::ValueSource;
 
 use crate::endpoint::Endpoint;
+use crate::peer::Peer;
 
 /// The four imaged processes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -149,6 +150,14 @@ impl PeerArgs {
         given
             .clone()
             .unwrap_or_else(|| Endpoint::Unix(peer.default_socket(root)))
+    }
+
+    /// The client to `peer` that a process keeps: dialled now, in the
+    /// background ([`Peer::dial_ahead`]), so its first call is not slower.
+    pub fn peer(&self, peer: Service, root: &Path) -> anyhow::Result<Peer> {
+        let peer = Peer::new(peer, self.endpoint(peer, root))?;
+        peer.dial_ahead();
+        Ok(peer)
     }
 }
 

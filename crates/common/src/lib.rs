@@ -33,5 +33,6 @@ pub mod rpc_trace;
 pub mod server;
 pub mod telemetry;
 pub mod version;
+pub mod warm;
 
 pub use error::Error;

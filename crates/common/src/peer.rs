@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use tonic::transport::Channel;
 use tonic::{Code, Status};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_client::HealthClient;
 
 use crate::config::Service;
 use crate::endpoint::Endpoint;
@@ -56,6 +58,32 @@ impl Peer {
             endpoint,
             channel,
         })
+    }
+
+    /// Dials the peer now, in the background, so that the first real call
+    /// does not wait for the connection nor pay for it: both ends of a new
+    /// HTTP/2 connection spend about half a millisecond of CPU setting it
+    /// up, a good part of what the first pull after start-up cost more
+    /// than later ones. It makes one health check, retried while the peer
+    /// may still be starting (about ten seconds); if the peer never
+    /// answers, nothing is reported and calls dial as they would have.
+    pub fn dial_ahead(&self) {
+        let channel = self.channel.clone();
+        tokio::spawn(async move {
+            let mut delay = Duration::from_millis(25);
+            for _ in 0..12 {
+                let check = HealthClient::new(channel.clone())
+                    .check(HealthCheckRequest::default())
+                    .await;
+                match check {
+                    Err(status) if is_unreachable(&status) => {
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(Duration::from_secs(1));
+                    }
+                    _ => return,
+                }
+            }
+        });
     }
 
     /// Which service this peer is.

@@ -18,7 +18,7 @@ use tonic_health::ServingStatus;
 
 use crate::config::{CommonArgs, Service, ServiceConfig};
 use crate::endpoint::Endpoint;
-use crate::telemetry;
+use crate::{telemetry, warm};
 
 /// How long in-flight calls may run after a shutdown signal.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
@@ -197,20 +197,27 @@ pub async fn shutdown_signal() -> &'static str {
     }
 }
 
-/// Runs a process's `main`: checks its root (a bad one is reported and
-/// exits with status 2), sets up telemetry inside a tokio runtime, runs
-/// `body`, and turns an error from it into a message and exit status 1.
 /// The largest message the processes send each other: a valid image
 /// config with many labels or history entries can pass gRPC's default of
 /// 4 MiB, and internal calls carry configs whole.
 pub const INTERNAL_MESSAGE_LIMIT: usize = 64 << 20;
 
+/// Runs a process's `main`: makes its heap and code ready ([`warm`]),
+/// checks its root (a bad one is reported and exits with status 2), sets
+/// up telemetry inside a tokio runtime, runs `body`, and turns an error
+/// from it into a message and exit status 1.
 pub fn run_main<F, Fut>(service: Service, common: &CommonArgs, body: F) -> !
 where
     F: FnOnce(ServiceConfig) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<()>>,
 {
     let process = service.process();
+    // Transfer's pulls use about 5 MiB of buffers; the others answer
+    // with far less.
+    warm::prepare(match service {
+        Service::Transfer => 8 << 20,
+        _ => 2 << 20,
+    });
     // Both rustls back ends are linked (tonic's TLS uses ring, the registry
     // client aws-lc-rs); TLS servers and clients of ours use ring.
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -221,7 +228,7 @@ where
             std::process::exit(2);
         }
     };
-    let runtime = match tokio::runtime::Runtime::new() {
+    let runtime = match warm::runtime() {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("{process}: error: cannot start the runtime: {err}");

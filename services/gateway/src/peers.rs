@@ -5,7 +5,7 @@ use std::path::Path;
 use imaged_common::config::{PeerArgs, Service};
 use imaged_common::peer::Peer;
 
-/// One lazily connected peer per internal service.
+/// One peer per internal service, each dialled ahead of its first call.
 #[derive(Clone, Debug)]
 pub struct Peers {
     pub metadata: Peer,
@@ -15,11 +15,10 @@ pub struct Peers {
 
 impl Peers {
     pub fn new(args: &PeerArgs, root: &Path) -> anyhow::Result<Self> {
-        let peer = |service| Peer::new(service, args.endpoint(service, root));
         Ok(Peers {
-            metadata: peer(Service::Metadata)?,
-            transfer: peer(Service::Transfer)?,
-            events: peer(Service::Events)?,
+            metadata: args.peer(Service::Metadata, root)?,
+            transfer: args.peer(Service::Transfer, root)?,
+            events: args.peer(Service::Events, root)?,
         })
     }
 }

@@ -19,7 +19,6 @@ use clap::Parser;
 use imaged_api::internal::v1::metadata_server::{MetadataServer, SERVICE_NAME};
 use imaged_common::config::{CommonArgs, PeerArgs, Service, ServiceConfig};
 use imaged_common::events::{DEFAULT_CAPACITY, Publisher};
-use imaged_common::peer::Peer;
 use imaged_common::server;
 
 /// imaged-metadata: images, references (tags and digests), parent/child
@@ -42,19 +41,13 @@ pub async fn run(config: ServiceConfig, args: Args) -> anyhow::Result<()> {
             &imaged_common::version::path(&config.root),
         )?)?;
     let events = Publisher::start(
-        Peer::new(
-            Service::Events,
-            args.peers.endpoint(Service::Events, &config.root),
-        )?,
+        args.peers.peer(Service::Events, &config.root)?,
         Service::Metadata.process(),
         DEFAULT_CAPACITY,
     );
     let images = Arc::new(images::Images {
         store,
-        transfer: Peer::new(
-            Service::Transfer,
-            args.peers.endpoint(Service::Transfer, &config.root),
-        )?,
+        transfer: args.peers.peer(Service::Transfer, &config.root)?,
         events: events.clone(),
         prune_lock: tokio::sync::Mutex::new(()),
         list_cache: std::sync::Mutex::new(None),

@@ -48,7 +48,6 @@ use imaged_api::internal::v1::transfer_server::{SERVICE_NAME, TransferServer};
 use imaged_common::config::{CommonArgs, PeerArgs, Service, ServiceConfig};
 use imaged_common::durable;
 use imaged_common::events::Publisher;
-use imaged_common::peer::Peer;
 use imaged_common::server;
 
 /// imaged-transfer: content store, layer store, registry pull and push,
@@ -116,11 +115,8 @@ pub async fn run(config: ServiceConfig, args: Args) -> anyhow::Result<()> {
     let limits = Arc::new(limits::Limits::new(&args.limits));
     metrics::register_gauges(Arc::clone(&limits), Arc::clone(&layers), content.clone());
     let root = &config.root;
-    let metadata = metadata::Metadata::new(Peer::new(
-        Service::Metadata,
-        args.peers.endpoint(Service::Metadata, root),
-    )?);
-    let events_peer = Peer::new(Service::Events, args.peers.endpoint(Service::Events, root))?;
+    let metadata = metadata::Metadata::new(args.peers.peer(Service::Metadata, root)?);
+    let events_peer = args.peers.peer(Service::Events, root)?;
     let events = Publisher::start(events_peer.clone(), Service::Transfer.process(), 4096);
     let leases = Arc::new(leases::Leases::new());
     let containerd = containerd::Containerd::new(&args.containerd, Arc::clone(&layers));
@@ -137,6 +133,15 @@ pub async fn run(config: ServiceConfig, args: Args) -> anyhow::Result<()> {
     tokio::task::spawn_blocking({
         let registries = Arc::clone(&registries);
         move || registries.prepare()
+    });
+    tokio::task::spawn_blocking({
+        let layers = Arc::clone(&layers);
+        move || {
+            if let Err(err) = unpack::rehearse(&layers) {
+                // A full disk, say: the first pull will say so.
+                tracing::debug!("unpack rehearsal at start-up failed: {err}");
+            }
+        }
     });
     let puller = Arc::new(
         pull::Puller::new(

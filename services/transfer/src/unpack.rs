@@ -750,6 +750,28 @@ pub fn decompressed<'a>(reader: impl Read + 'a) -> Result<Box<dyn Read + 'a>, Er
     })
 }
 
+/// Unpacks a small layer made here into a staging directory of `layers`
+/// and removes it: run once at start-up, so that the first pull is not the
+/// first to run the unpacker (inflating, hashing, reading the tar, making
+/// files on the writer threads), whose first run costs about 1.5 ms more
+/// CPU than later ones.
+pub fn rehearse(layers: &crate::layers::LayerStore) -> Result<(), Error> {
+    let staging = layers.stage()?;
+    let mut tar = tar::Builder::new(Vec::new());
+    for (i, size) in [0usize, 100, 5_000, 70_000].into_iter().enumerate() {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(size as u64);
+        header.set_mode(0o644);
+        header.set_entry_type(tar::EntryType::Regular);
+        let data: Vec<u8> = (0..size).map(|n| (n * 7 + i) as u8).collect();
+        tar.append_data(&mut header, format!("d/f{i}"), data.as_slice())?;
+    }
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    io::Write::write_all(&mut gz, &tar.into_inner()?)?;
+    unpack(gz.finish()?.as_slice(), &staging.diff(), staging.budget())?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1160,5 +1182,15 @@ mod tests {
         let tar = builder.into_inner().unwrap();
         let (err, _layer) = refused(&tar);
         assert!(err.to_string().contains("path too long"), "{err}");
+    }
+
+    #[test]
+    fn the_rehearsal_at_start_up_leaves_nothing_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let layers = crate::layers::LayerStore::open(dir.path()).unwrap();
+        rehearse(&layers).unwrap();
+        let staging = dir.path().join("staging");
+        assert_eq!(std::fs::read_dir(&staging).unwrap().count(), 0);
+        assert!(layers.all().is_empty());
     }
 }
