@@ -56,6 +56,18 @@ struct Run {
     later_by_process: Vec<f64>,
 }
 
+/// What start `start` of a side pulls: the first start pulls every image
+/// (the first one, then the later ones); each other start pulls only its
+/// first image, a different one each time, so that the first pulls
+/// averaged are of as many images as the later ones.
+fn first_and_later(references: &[String], start: usize) -> &[String] {
+    if start == 0 {
+        references
+    } else {
+        &references[start..=start]
+    }
+}
+
 /// The CPU seconds of each of `meters`.
 fn cpu_each(meters: &[CpuMeter]) -> Vec<f64> {
     meters.iter().map(CpuMeter::seconds).collect()
@@ -175,11 +187,7 @@ async fn main() {
         .map(|s| CpuMeter::new(&[imaged.pid(*s).expect("a pid")]).expect("a CPU meter"))
         .collect();
         let cri = ImageServiceClient::new(imaged.channel(Service::Gateway));
-        let pulls = if start == 0 {
-            &references[..]
-        } else {
-            &references[..1]
-        };
+        let pulls = first_and_later(&references, start);
         ours.push(run(&cri, &meters, pulls, delay).await);
     }
     let mut theirs: Vec<Run> = Vec::new();
@@ -191,11 +199,7 @@ async fn main() {
                 .expect("endpoint")
                 .channel(),
         );
-        let pulls = if start == 0 {
-            &references[..]
-        } else {
-            &references[..1]
-        };
+        let pulls = first_and_later(&references, start);
         let meter = CpuMeter::new(&[containerd.pid()]).expect("a CPU meter");
         theirs.push(run(&cri, &[meter], pulls, delay).await);
     }

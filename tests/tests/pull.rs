@@ -71,11 +71,22 @@ fn assert_unpacked(imaged: &Imaged, image: &Image) {
 async fn pulls_every_fixture_shape_exactly() {
     let (imaged, registry, catalog) = setup().await;
     let mut client = imaged.images();
+    // The registry is open: a pull asks only for what it needs, never for
+    // /v2/ (oci-client's auth probe) before each blob.
+    let probes = || {
+        registry
+            .requests()
+            .iter()
+            .filter(|(method, path, _)| method == "GET" && path == "/v2/")
+            .count()
+    };
+    let probes_before = probes();
     for (repo_tag, image) in catalog.images() {
         let reference = registry.fixtures().reference(repo_tag);
         let messages = pull(&mut client, &reference, None)
             .await
             .unwrap_or_else(|e| panic!("pull {reference}: {e}"));
+        assert_eq!(probes(), probes_before, "{reference}: /v2/ was asked");
         let last = messages.last().unwrap();
         assert_eq!(last.image_id, image.id(), "{reference}");
         assert_eq!(last.digest, image.manifest.digest, "{reference}");

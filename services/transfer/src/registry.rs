@@ -237,8 +237,15 @@ impl Registries {
         let (client, auth) = (&source.client, &source.auth);
         let registry = oref.resolve_registry();
         // The blob requests that follow go through oci-client, which must
-        // know the credentials.
-        client.store_auth_if_needed(registry, auth).await;
+        // know the credentials. Without credentials nothing is stored:
+        // oci-client would then ask the registry's /v2/ before every blob
+        // (it keeps no answer of "no token needed"), a round trip per
+        // blob. A registry that wants a token even for anonymous pulls
+        // answers this request 401, and `client.auth` below stores what
+        // the blob requests need.
+        if !matches!(auth, RegistryAuth::Anonymous) {
+            client.store_auth_if_needed(registry, auth).await;
+        }
         let scheme = if source.plain_http { "http" } else { "https" };
         let reference = oref.digest().or(oref.tag()).unwrap_or("latest");
         let url = format!(
