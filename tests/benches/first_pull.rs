@@ -47,11 +47,9 @@ async fn cri_pull(cri: &ImageServiceClient<PeerChannel>, reference: &str) -> Dur
 
 struct Run {
     first_wall: Duration,
-    first_cpu: f64,
     /// The first pull's CPU by process, in the order of the pids.
     first_by_process: Vec<f64>,
     later_wall: Duration,
-    later_cpu: f64,
     /// A later pull's CPU by process, in the order of the pids.
     later_by_process: Vec<f64>,
 }
@@ -105,15 +103,23 @@ async fn run(
     let n = (references.len() - 1).max(1) as f64;
     Run {
         first_wall,
-        first_cpu: first_by_process.iter().sum(),
         first_by_process,
         later_wall: later_wall.div_f64(n),
-        later_cpu: later_by_process.iter().sum::<f64>() / n,
         later_by_process: later_by_process.iter().map(|c| c / n).collect(),
     }
 }
 
 impl Run {
+    /// The first pull's CPU, all processes together.
+    fn first_cpu(&self) -> f64 {
+        self.first_by_process.iter().sum()
+    }
+
+    /// A later pull's CPU, all processes together.
+    fn later_cpu(&self) -> f64 {
+        self.later_by_process.iter().sum()
+    }
+
     /// The first pulls of `runs` averaged; the later pulls of the first.
     fn averaged(runs: &[Run]) -> Run {
         let n = runs.len() as f64;
@@ -124,12 +130,10 @@ impl Run {
                 .map(|r| r.first_wall)
                 .sum::<Duration>()
                 .div_f64(n),
-            first_cpu: runs.iter().map(|r| r.first_cpu).sum::<f64>() / n,
             first_by_process: (0..processes)
                 .map(|i| runs.iter().map(|r| r.first_by_process[i]).sum::<f64>() / n)
                 .collect(),
             later_wall: runs[0].later_wall,
-            later_cpu: runs[0].later_cpu,
             later_by_process: runs[0].later_by_process.clone(),
         }
     }
@@ -214,17 +218,17 @@ async fn main() {
         println!(
             "{name:<12} {:>11.1?} {:>8.0}ms {:>11.1?} {:>8.0}ms",
             r.first_wall,
-            r.first_cpu * 1000.0,
+            r.first_cpu() * 1000.0,
             r.later_wall,
-            r.later_cpu * 1000.0
+            r.later_cpu() * 1000.0
         );
     }
     println!(
         "ratios (imaged / containerd): first wall {:.2}x, later wall {:.2}x, later CPU {:.2}x; imaged first/later CPU {:.2}x",
         ours.first_wall.as_secs_f64() / theirs.first_wall.as_secs_f64(),
         ours.later_wall.as_secs_f64() / theirs.later_wall.as_secs_f64(),
-        ours.later_cpu / theirs.later_cpu.max(0.001),
-        ours.first_cpu / ours.later_cpu.max(0.001),
+        ours.later_cpu() / theirs.later_cpu().max(0.001),
+        ours.first_cpu() / ours.later_cpu().max(0.001),
     );
     for (pull, cpu) in [
         ("first pull", &ours.first_by_process),
@@ -262,17 +266,17 @@ async fn main() {
     figures.ratio(
         format!("daemon CPU per later {small}"),
         Unit::Seconds,
-        ours.later_cpu,
+        ours.later_cpu(),
         "containerd",
-        theirs.later_cpu,
+        theirs.later_cpu(),
         0.5,
     );
     figures.ratio(
         format!("daemon CPU of the first {small}"),
         Unit::Seconds,
-        ours.first_cpu,
+        ours.first_cpu(),
         "imaged later",
-        ours.later_cpu,
+        ours.later_cpu(),
         1.0,
     );
     figures.write();

@@ -64,25 +64,19 @@ impl Peer {
     /// does not wait for the connection nor pay for it: both ends of a new
     /// HTTP/2 connection spend about half a millisecond of CPU setting it
     /// up, a good part of what the first pull after start-up cost more
-    /// than later ones. It makes one health check, retried while the peer
-    /// may still be starting (about ten seconds); if the peer never
-    /// answers, nothing is reported and calls dial as they would have.
+    /// than later ones. It makes one health check, retried as every call
+    /// is while the peer may still be starting; if the peer never answers,
+    /// nothing is reported and calls dial as they would have. The check
+    /// goes on the bare channel: it is no request of anyone's to trace.
     pub fn dial_ahead(&self) {
-        let channel = self.channel.clone();
+        let peer = self.clone();
         tokio::spawn(async move {
-            let mut delay = Duration::from_millis(25);
-            for _ in 0..12 {
-                let check = HealthClient::new(channel.clone())
-                    .check(HealthCheckRequest::default())
-                    .await;
-                match check {
-                    Err(status) if is_unreachable(&status) => {
-                        tokio::time::sleep(delay).await;
-                        delay = (delay * 2).min(Duration::from_secs(1));
-                    }
-                    _ => return,
-                }
-            }
+            let _ = peer
+                .retrying(|| {
+                    let mut health = HealthClient::new(peer.channel.clone());
+                    async move { health.check(HealthCheckRequest::default()).await }
+                })
+                .await;
         });
     }
 
@@ -106,9 +100,19 @@ impl Peer {
         F: FnMut(PeerChannel) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
+        self.retrying(|| call(self.channel())).await
+    }
+
+    /// Runs `attempt` until it reaches the peer, waiting [`BACKOFF`]
+    /// between tries; then `UNAVAILABLE` naming the peer.
+    async fn retrying<T, F, Fut>(&self, mut attempt: F) -> Result<T, Status>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
         let mut delays = BACKOFF.iter();
         loop {
-            match call(self.channel()).await {
+            match attempt().await {
                 Ok(response) => return Ok(response.into_inner()),
                 Err(status) if is_unreachable(&status) => match delays.next() {
                     Some(delay) => {

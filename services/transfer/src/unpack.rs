@@ -398,7 +398,7 @@ fn unpack_each(
             EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
                 let mut file = at.create_file().map_err(refuse)?;
                 size += write_sparse(&mut entry, &mut file).map_err(classify)?;
-                settle_file(&file, &meta).map_err(refuse)?;
+                settle(&file, kind, &meta).map_err(refuse)?;
                 settle_by_name = false; // settled through its descriptor
             }
             EntryType::Symlink => {
@@ -469,45 +469,80 @@ fn write_file(at: &At, data: &[u8], meta: &Meta, raw: &Path) -> Result<(), Error
     let refuse = |err: io::Error| classify_entry(raw, err);
     let mut file = at.create_file().map_err(refuse)?;
     write_sparse_bytes(data, &mut file).map_err(classify)?;
-    settle_file(&file, meta).map_err(refuse)
+    settle(&file, EntryType::Regular, meta).map_err(refuse)
 }
 
-/// [`settle`] for a regular file this process just created and still
-/// holds open: through its descriptor, with no lookup of its name.
-fn settle_file(file: &std::fs::File, meta: &Meta) -> io::Result<()> {
-    if let Some((uid, gid)) = meta.owner {
-        rustix::fs::fchown(
-            file,
-            Some(rustix::fs::Uid::from_raw(uid)),
-            Some(rustix::fs::Gid::from_raw(gid)),
-        )?;
+/// An inode given its owner, mode, xattrs and times: by name, beneath the
+/// layer's root ([`At`]), or through the descriptor of a regular file this
+/// process just made and still holds open, with no lookup of its name.
+trait Inode {
+    fn chown(&self, uid: u32, gid: u32) -> io::Result<()>;
+    fn chmod(&self, mode: u32) -> io::Result<()>;
+    fn set_xattr(&self, name: &OsStr, value: &[u8]) -> io::Result<()>;
+    fn set_times(&self, secs: i64, nanos: u32) -> io::Result<()>;
+}
+
+impl Inode for At {
+    fn chown(&self, uid: u32, gid: u32) -> io::Result<()> {
+        At::chown(self, uid, gid)
     }
-    // After chown, which clears set-id bits.
-    rustix::fs::fchmod(file, rustix::fs::Mode::from_raw_mode(meta.mode & 0o7777))?;
-    for (name, value) in &meta.xattrs {
-        rustix::fs::fsetxattr(file, name, value, rustix::fs::XattrFlags::empty())?;
+    fn chmod(&self, mode: u32) -> io::Result<()> {
+        At::chmod(self, mode)
     }
-    let (secs, nanos) = meta.mtime;
-    rustix::fs::futimens(file, &crate::beneath::timestamps(secs, nanos))?;
-    Ok(())
+    fn set_xattr(&self, name: &OsStr, value: &[u8]) -> io::Result<()> {
+        At::set_xattr(self, name, value)
+    }
+    fn set_times(&self, secs: i64, nanos: u32) -> io::Result<()> {
+        At::set_times(self, secs, nanos)
+    }
+}
+
+impl Inode for std::fs::File {
+    fn chown(&self, uid: u32, gid: u32) -> io::Result<()> {
+        let (uid, gid) = (
+            rustix::fs::Uid::from_raw(uid),
+            rustix::fs::Gid::from_raw(gid),
+        );
+        Ok(rustix::fs::fchown(self, Some(uid), Some(gid))?)
+    }
+    fn chmod(&self, mode: u32) -> io::Result<()> {
+        Ok(rustix::fs::fchmod(
+            self,
+            rustix::fs::Mode::from_raw_mode(mode & 0o7777),
+        )?)
+    }
+    fn set_xattr(&self, name: &OsStr, value: &[u8]) -> io::Result<()> {
+        Ok(rustix::fs::fsetxattr(
+            self,
+            name,
+            value,
+            rustix::fs::XattrFlags::empty(),
+        )?)
+    }
+    fn set_times(&self, secs: i64, nanos: u32) -> io::Result<()> {
+        Ok(rustix::fs::futimens(
+            self,
+            &crate::beneath::timestamps(secs, nanos),
+        )?)
+    }
 }
 
 /// Gives an inode this process made its owner, mode, xattrs and (but for
 /// a directory, whose children change it still) its times.
-fn settle(at: &At, kind: EntryType, meta: &Meta) -> io::Result<()> {
+fn settle(inode: &impl Inode, kind: EntryType, meta: &Meta) -> io::Result<()> {
     if let Some((uid, gid)) = meta.owner {
-        at.chown(uid, gid)?;
+        inode.chown(uid, gid)?;
     }
     if kind != EntryType::Symlink {
         // After chown, which clears set-id bits.
-        at.chmod(meta.mode)?;
+        inode.chmod(meta.mode)?;
     }
     for (name, value) in &meta.xattrs {
-        at.set_xattr(name, value)?;
+        inode.set_xattr(name, value)?;
     }
     if kind != EntryType::Directory {
         let (secs, nanos) = meta.mtime;
-        at.set_times(secs, nanos)?;
+        inode.set_times(secs, nanos)?;
     }
     Ok(())
 }
