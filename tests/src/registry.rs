@@ -104,13 +104,13 @@ impl TestRegistry {
         self.gets("/blobs/")
     }
 
-    /// Paths of the GETs answered 200 whose path contains `part`
-    /// (`/manifests/`, `/blobs/`), in order.
+    /// Paths of the GETs answered with content (200, or 206 for a range)
+    /// whose path contains `part` (`/manifests/`, `/blobs/`), in order.
     pub fn gets(&self, part: &str) -> Vec<String> {
         self.requests()
             .into_iter()
             .filter(|(method, path, status)| {
-                method == "GET" && path.contains(part) && status == "200"
+                method == "GET" && path.contains(part) && (status == "200" || status == "206")
             })
             .map(|(_, path, _)| path)
             .collect()

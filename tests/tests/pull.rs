@@ -696,3 +696,67 @@ async fn a_failed_upload_is_tried_again() {
         .await;
     assert_eq!(imaged_fixtures::sha256_digest(&body), last.digest);
 }
+
+/// Layers are asked for by range, from byte 0 on a fresh download, so the
+/// blob is hashed once (by the ingest; oci-client leaves a 206 unhashed).
+/// A registry that ignores ranges answers 200 with the whole blob, and
+/// the pull is the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn layers_are_fetched_by_range_and_a_registry_without_ranges_serves_them_whole() {
+    let (imaged, registry, catalog) = setup().await;
+    let image = &catalog.app;
+    registry
+        .fixtures()
+        .push_image("ranges/app:1", image)
+        .await
+        .unwrap();
+    let direct = registry.fixtures().reference("ranges/app:1");
+    client::pull(imaged.images(), client::pull_request(&direct))
+        .await
+        .unwrap();
+    for layer in &image.layers {
+        let path = format!("/blobs/{}", layer.digest);
+        let statuses: Vec<String> = registry
+            .requests()
+            .into_iter()
+            .filter(|(method, p, _)| method == "GET" && p.ends_with(&path))
+            .map(|(_, _, status)| status)
+            .collect();
+        assert_eq!(statuses, ["206"], "{}", layer.digest);
+    }
+    assert_unpacked(&imaged, image);
+
+    // A front that answers every layer 200, whole, as a registry without
+    // range support does; on a fresh node.
+    let other = Imaged::start().await.unwrap();
+    let front = imaged_e2e::front::Front::start(&registry.host)
+        .await
+        .unwrap();
+    for layer in &image.layers {
+        front.rule(
+            "GET",
+            &format!("/blobs/{}", layer.digest),
+            imaged_e2e::front::Answer::Body {
+                status: 200,
+                headers: Vec::new(),
+                body: layer.data.clone(),
+            },
+            usize::MAX,
+        );
+    }
+    let through = format!("{}/ranges/app:1", front.host);
+    client::pull(other.images(), client::pull_request(&through))
+        .await
+        .unwrap();
+    assert_unpacked(&other, image);
+    let inspected = other
+        .images()
+        .inspect_image(InspectImageRequest {
+            image: through,
+            platform: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(inspected.id, image.id());
+}

@@ -49,29 +49,31 @@ impl Puller {
         if ingest.offset() >= total {
             ingest.reset()?;
         }
+        // Always a ranged request, from 0 on a fresh ingest: a 206 answer
+        // is a stream oci-client leaves unhashed, so each byte is hashed
+        // once, by the ingest (which also knows about resumed bytes). A
+        // registry that ignores ranges answers 200 with the whole blob,
+        // which oci-client verifies as well, and the ingest starts again.
         let offset = ingest.offset();
-        let stream = if offset > 0 {
-            match client
-                .pull_blob_stream_partial(oref, desc, offset, None)
-                .await
-                .map_err(|e| registry::error(&what, e))?
-            {
-                BlobResponse::Partial(stream) => {
+        let stream = match client
+            .pull_blob_stream_partial(oref, desc, offset, None)
+            .await
+        {
+            Ok(BlobResponse::Partial(stream)) => {
+                if offset > 0 {
                     tracing::info!(layer = %id, offset, "resuming layer download");
-                    stream
                 }
-                BlobResponse::Full(stream) => {
-                    ingest.reset()?;
-                    stream
-                }
+                stream
             }
-        } else {
-            match client.pull_blob_stream(oref, desc).await {
-                Ok(stream) => stream,
-                Err(err) => {
+            Ok(BlobResponse::Full(stream)) => {
+                ingest.reset()?;
+                stream
+            }
+            Err(err) => {
+                if offset == 0 {
                     ingest.discard(); // nothing was written: leave nothing
-                    return Err(registry::error(&what, err));
                 }
+                return Err(registry::error(&what, err));
             }
         };
         let offset = ingest.offset();
