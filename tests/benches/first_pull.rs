@@ -7,18 +7,20 @@
 //! CPU is user + system time of all threads, to the nanosecond, from a
 //! cgroup each process is moved into (`usage::CpuMeter`).
 //!
-//! `FIRST_PULL_DELAY_MS` (default 500) is how long imaged idles after
-//! start-up before the first pull, and again before the later pulls: long
+//! Before each pull the bench asks for the image's status, as kubelet
+//! does, and then idles `FIRST_PULL_DELAY_MS` (default 500), before the
+//! first pull as before the later ones; long
 //! enough to attach a profiler to either
 //! (`perf record -e cpu-clock -g -p <pid>` works on this machine).
 
 use std::time::{Duration, Instant};
 
 use imaged_api::cri::image_service_client::ImageServiceClient;
-use imaged_api::cri::{ImageSpec, PullImageRequest};
+use imaged_api::cri::{ImageSpec, ImageStatusRequest, PullImageRequest};
 use imaged_common::config::Service;
 use imaged_common::endpoint::Endpoint;
 use imaged_common::peer::{Peer, PeerChannel};
+use imaged_e2e::bench_fs::{BenchFs, Graveyard};
 use imaged_e2e::containerd::Containerd;
 use imaged_e2e::figures::{Figures, Unit};
 use imaged_e2e::usage::CpuMeter;
@@ -29,6 +31,26 @@ const LATER: usize = 8;
 
 /// Starts of each side whose first pulls are averaged.
 const FIRSTS: usize = 5;
+
+/// What kubelet asks before it pulls an image: its status (absent, here).
+/// Called outside the measured window, so that the first pull's figure
+/// does not include the client's connection set-up, which kubelet makes
+/// once, at its start.
+async fn cri_status(cri: &ImageServiceClient<PeerChannel>, reference: &str) {
+    let status = cri
+        .clone()
+        .image_status(ImageStatusRequest {
+            image: Some(ImageSpec {
+                image: reference.into(),
+                ..Default::default()
+            }),
+            verbose: false,
+        })
+        .await
+        .expect("CRI ImageStatus")
+        .into_inner();
+    assert!(status.image.is_none(), "{reference} is present already");
+}
 
 async fn cri_pull(cri: &ImageServiceClient<PeerChannel>, reference: &str) -> Duration {
     let started = Instant::now();
@@ -79,6 +101,8 @@ async fn run(
     references: &[String],
     pause: Duration,
 ) -> Run {
+    cri_status(cri, &references[0]).await;
+    tokio::time::sleep(pause).await;
     let before = cpu_each(meters);
     let first_wall = cri_pull(cri, &references[0]).await;
     let first_by_process: Vec<f64> = cpu_each(meters)
@@ -89,6 +113,7 @@ async fn run(
     let mut later_by_process = vec![0.0; meters.len()];
     let mut later_wall = Duration::ZERO;
     for reference in &references[1..] {
+        cri_status(cri, reference).await;
         tokio::time::sleep(pause).await;
         let before = cpu_each(meters);
         later_wall += cri_pull(cri, reference).await;
@@ -157,6 +182,15 @@ async fn main() {
         references.push(fixtures.reference(&repo));
     }
 
+    // Every root from here on is on a fresh journaled ext4, and none is
+    // removed before the end (`graveyard`): on this machine's ext4
+    // without a journal, files made within a minute of others' removal
+    // cost more (see `BenchFs`), so each start's first pull would pay
+    // for the removal of the start before, and the later pulls would not.
+    let bench_fs =
+        BenchFs::mount(8).expect("a fresh filesystem for the roots (root, loop devices)");
+    let mut graveyard: Graveyard = Vec::new();
+
     // The registry answers an image's first reads more slowly than later
     // ones; a throwaway imaged reads every image once, so that neither
     // side measured pays that (whoever came first would).
@@ -166,6 +200,7 @@ async fn main() {
         for reference in &references {
             cri_pull(&cri, reference).await;
         }
+        graveyard.push(Box::new(warm.stop()));
     }
 
     // Each side starts FIRSTS times; the first pulls are averaged, and the
@@ -193,6 +228,8 @@ async fn main() {
         let cri = ImageServiceClient::new(imaged.channel(Service::Gateway));
         let pulls = first_and_later(&references, start);
         ours.push(run(&cri, &meters, pulls, delay).await);
+        drop(meters);
+        graveyard.push(Box::new(imaged.stop()));
     }
     let mut theirs: Vec<Run> = Vec::new();
     for start in 0..FIRSTS {
@@ -206,6 +243,7 @@ async fn main() {
         let pulls = first_and_later(&references, start);
         let meter = CpuMeter::new(&[containerd.pid()]).expect("a CPU meter");
         theirs.push(run(&cri, &[meter], pulls, delay).await);
+        graveyard.push(Box::new(containerd));
     }
     let (ours, theirs) = (Run::averaged(&ours), Run::averaged(&theirs));
 
@@ -280,4 +318,6 @@ async fn main() {
         1.0,
     );
     figures.write();
+    drop(graveyard);
+    drop(bench_fs);
 }

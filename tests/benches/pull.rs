@@ -28,7 +28,7 @@ use imaged_api::v1::PullImageRequest;
 use imaged_common::config::Service;
 use imaged_common::endpoint::Endpoint;
 use imaged_common::peer::Peer;
-use imaged_e2e::bench_fs::BenchFs;
+use imaged_e2e::bench_fs::{BenchFs, Graveyard};
 use imaged_e2e::containerd::Containerd;
 use imaged_e2e::figures::{Figures, Unit};
 use imaged_e2e::usage::{self, CpuMeter};
@@ -221,11 +221,6 @@ struct Ours {
     /// Removed only after the last measurement (see [`Graveyard`]).
     root: tempfile::TempDir,
 }
-
-/// What the bench made, removed only when it ends: removing one run's
-/// files before the next would bill part of that work (and hand the pages
-/// it frees) to the next run, whichever side it is. See also `BenchFs`.
-type Graveyard = Vec<Box<dyn std::any::Any>>;
 
 async fn ours(reference: &str) -> Ours {
     let imaged = Imaged::start().await.expect("start imaged");

@@ -17,6 +17,11 @@ use std::process::Command;
 
 use anyhow::{Context, bail};
 
+/// What a bench made (roots, daemons), removed only when it ends:
+/// removing one run's files before the next would bill part of that work
+/// (and hand the pages it frees) to the next run, whichever side it is.
+pub type Graveyard = Vec<Box<dyn std::any::Any>>;
+
 /// The mounted filesystem; unmounted, its loop device detached and its
 /// file removed when dropped.
 pub struct BenchFs {
@@ -80,14 +85,21 @@ fn run(command: &mut Command) -> anyhow::Result<String> {
 }
 
 impl Drop for BenchFs {
-    /// Unmounts (lazily when something still holds it; a failure only
-    /// means it was never mounted), detaches and removes; the mount point
+    /// Unmounts (retried for a second, then lazily when something still
+    /// holds it; a failure only means it was never mounted), detaches and removes; the mount point
     /// itself goes with `mount` after this.
     fn drop(&mut self) {
-        let unmounted = Command::new("umount")
-            .arg(self.path())
-            .status()
-            .is_ok_and(|s| s.success());
+        // Daemons killed just before may take a moment to let go.
+        let unmounted = (0..20).any(|attempt| {
+            if attempt > 0 {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            Command::new("umount")
+                .arg(self.path())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        });
         if !unmounted {
             let _ = Command::new("umount").arg("-l").arg(self.path()).status();
         }

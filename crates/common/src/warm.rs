@@ -1,5 +1,6 @@
-//! The heap and the code are made ready at start-up, so that the first
-//! request after start-up does not pay for them.
+//! The heap, the stacks, the code and the reference grammars are made
+//! ready at start-up, so that the first request after start-up does not
+//! pay for them.
 //!
 //! A page the process has never touched costs a page fault the first time
 //! it is used: on a VM that hands free memory back to its host (free page
@@ -8,7 +9,9 @@
 //! first pull after start-up faulted in about 1,000 more pages than later
 //! ones (`perf record -e page-faults`): each thread's new arena, and the
 //! large buffers that glibc maps and unmaps on every use. The code a pull
-//! runs for the first time is mapped page by page too.
+//! runs for the first time is mapped page by page too, and so are its
+//! read-only data (tables of idna, float formatting) and the pages deep in
+//! a runtime thread's stack where large futures are built.
 
 use std::time::Duration;
 
@@ -17,12 +20,20 @@ use std::time::Duration;
 /// their threads again (an idle thread costs only its stack).
 const BLOCKING_KEEP_ALIVE: Duration = Duration::from_secs(600);
 
+/// How much of each runtime thread's stack is faulted in when it starts:
+/// a pull builds futures of tens of KiB on the stack of the worker that
+/// spawns them, and the first pull faulted in pages there that later ones
+/// found ready. Tokio's threads have 2 MiB of stack.
+const STACK_WARM: usize = 256 << 10;
+
 /// The tokio runtime a process runs on, with two threads of its blocking
-/// pool already started (redb's transactions and the unpacker run there).
+/// pool already started (redb's transactions and the unpacker run there),
+/// and the top of each thread's stack faulted in.
 pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_keep_alive(BLOCKING_KEEP_ALIVE)
+        .on_thread_start(prepare_stack)
         .build()?;
     // Two tasks that overlap need two threads.
     for _ in 0..2 {
@@ -31,11 +42,21 @@ pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     Ok(runtime)
 }
 
-/// Maps the process's code and faults in `heap` bytes of heap; see
-/// [`prepare_heap`] and [`map_code`].
+/// Writes [`STACK_WARM`] bytes of this thread's stack, below the caller's
+/// frame, so that they are faulted in.
+#[inline(never)]
+fn prepare_stack() {
+    let mut below = [0u8; STACK_WARM];
+    std::hint::black_box(&mut below);
+}
+
+/// Maps the process's executable, faults in `heap` bytes of heap and
+/// builds the reference grammars; see [`prepare_heap`] and
+/// [`map_executable`].
 pub fn prepare(heap: usize) {
     prepare_heap(heap);
-    map_code();
+    map_executable();
+    imaged_model::reference::prepare();
 }
 
 /// Sets up glibc's allocator and faults in `warm` bytes of heap ahead:
@@ -63,11 +84,12 @@ fn prepare_heap(warm: usize) {
     std::hint::black_box(&pieces);
 }
 
-/// Maps every page of the executable's code now (`MADV_POPULATE_READ`,
-/// Linux 5.14), instead of at the first call of each function; the file's
-/// pages are in the page cache, since it was just started. Where the
-/// kernel is older, the pages are mapped on use, as before.
-fn map_code() {
+/// Maps every page of the executable's code and read-only data now
+/// (`MADV_POPULATE_READ`, Linux 5.14), instead of at the first use of each;
+/// the file's pages are in the page cache, since it was just started.
+/// Writable mappings are left alone (a write would fault anyway). Where
+/// the kernel is older, the pages are mapped on use, as before.
+fn map_executable() {
     let Ok(exe) = std::fs::read_link("/proc/self/exe") else {
         return;
     };
@@ -80,7 +102,7 @@ fn map_code() {
         let [range, perms, _, _, _, path] = fields[..] else {
             continue;
         };
-        if !perms.contains('x') || std::path::Path::new(path) != exe {
+        if perms.contains('w') || std::path::Path::new(path) != exe {
             continue;
         }
         let Some((start, end)) = range.split_once('-') else {

@@ -44,6 +44,15 @@ static TAG: LazyLock<Regex> =
 static IDENTIFIER: LazyLock<Regex> =
     LazyLock::new(|| Regex::new("^[a-f0-9]{64}$").expect("identifier grammar"));
 
+/// Builds the grammars now. Each is a regex compilation, a fraction of a
+/// millisecond that the first request to parse a reference would pay
+/// otherwise; processes call this at start-up.
+pub fn prepare() {
+    LazyLock::force(&REFERENCE);
+    LazyLock::force(&TAG);
+    LazyLock::force(&IDENTIFIER);
+}
+
 fn invalid(msg: impl Into<String>) -> Error {
     Error::InvalidArgument(msg.into())
 }
