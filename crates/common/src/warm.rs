@@ -9,9 +9,8 @@
 //! first pull after start-up faulted in about 1,000 more pages than later
 //! ones (`perf record -e page-faults`): each thread's new arena, and the
 //! large buffers that glibc maps and unmaps on every use. The code a pull
-//! runs for the first time is mapped page by page too, and so are its
-//! read-only data (tables of idna, float formatting) and the pages deep in
-//! a runtime thread's stack where large futures are built.
+//! runs for the first time is mapped page by page too, and so are the
+//! pages deep in a runtime thread's stack where large futures are built.
 
 use std::time::Duration;
 
@@ -22,9 +21,10 @@ const BLOCKING_KEEP_ALIVE: Duration = Duration::from_secs(600);
 
 /// How much of each runtime thread's stack is faulted in when it starts:
 /// a pull builds futures of tens of KiB on the stack of the worker that
-/// spawns them, and the first pull faulted in pages there that later ones
-/// found ready. Tokio's threads have 2 MiB of stack.
-const STACK_WARM: usize = 256 << 10;
+/// spawns them, and the first pull faulted in about 15 pages there that
+/// later ones found ready. Tokio's threads have 2 MiB of stack; every
+/// thread, blocking ones too, pays this much resident memory.
+const STACK_WARM: usize = 96 << 10;
 
 /// The tokio runtime a process runs on, with two threads of its blocking
 /// pool already started (redb's transactions and the unpacker run there),
@@ -50,12 +50,11 @@ fn prepare_stack() {
     std::hint::black_box(&mut below);
 }
 
-/// Maps the process's executable, faults in `heap` bytes of heap and
-/// builds the reference grammars; see [`prepare_heap`] and
-/// [`map_executable`].
+/// Maps the process's code, faults in `heap` bytes of heap and builds the
+/// reference grammars; see [`prepare_heap`] and [`map_code`].
 pub fn prepare(heap: usize) {
     prepare_heap(heap);
-    map_executable();
+    map_code();
     imaged_model::reference::prepare();
 }
 
@@ -84,12 +83,14 @@ fn prepare_heap(warm: usize) {
     std::hint::black_box(&pieces);
 }
 
-/// Maps every page of the executable's code and read-only data now
-/// (`MADV_POPULATE_READ`, Linux 5.14), instead of at the first use of each;
-/// the file's pages are in the page cache, since it was just started.
-/// Writable mappings are left alone (a write would fault anyway). Where
-/// the kernel is older, the pages are mapped on use, as before.
-fn map_executable() {
+/// Maps every page of the executable's code now (`MADV_POPULATE_READ`,
+/// Linux 5.14), instead of at the first call of each function; the file's
+/// pages are in the page cache, since it was just started. Read-only data
+/// is left to be mapped on use: its 6 MiB in transfer (unwind tables,
+/// mostly) would count in every process's resident memory, for the few
+/// pages of it a pull reads. Where the kernel is older, the pages are
+/// mapped on use, as before.
+fn map_code() {
     let Ok(exe) = std::fs::read_link("/proc/self/exe") else {
         return;
     };
@@ -102,7 +103,7 @@ fn map_executable() {
         let [range, perms, _, _, _, path] = fields[..] else {
             continue;
         };
-        if perms.contains('w') || std::path::Path::new(path) != exe {
+        if !perms.contains('x') || std::path::Path::new(path) != exe {
             continue;
         }
         let Some((start, end)) = range.split_once('-') else {

@@ -24,10 +24,10 @@ fn buffers_after_start_up_reuse_the_warmed_heap() {
     );
 }
 
-/// 128 KiB of this thread's stack, written.
+/// 64 KiB of this thread's stack, written.
 #[inline(never)]
 fn deep_frame() {
-    let mut frame = [1u8; 128 << 10];
+    let mut frame = [1u8; 64 << 10];
     std::hint::black_box(&mut frame);
 }
 
@@ -43,6 +43,6 @@ fn a_deep_stack_on_a_runtime_thread_is_ready() {
         .await
         .unwrap()
     });
-    // Without the warming, 32 pages.
-    assert!(faults < 4, "a 128 KiB frame faulted in {faults} pages");
+    // Without the warming, 16 pages.
+    assert!(faults < 4, "a 64 KiB frame faulted in {faults} pages");
 }

@@ -116,12 +116,9 @@ impl Registries {
         }
     }
 
-    /// Makes a registry client for each protocol ahead of the first pull,
-    /// and builds oci-client's reference grammar (a regex compilation the
-    /// first pull would pay otherwise); run it on a blocking thread at
-    /// start-up.
+    /// Makes a registry client for each protocol ahead of the first pull
+    /// (run it on a blocking thread at start-up).
     pub fn prepare(&self) {
-        let _ = oci_client::Reference::try_from("localhost/prepare:1");
         let made: Vec<(bool, Client)> = [true, false]
             .into_iter()
             .map(|plain_http| (plain_http, registry_client(plain_http, false, &[])))
