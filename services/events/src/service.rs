@@ -45,6 +45,9 @@ impl EventLogService {
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<Event, Status>> + Send>>;
 
+/// A subscriber's events as encoded in the log.
+type EncodedStream = Pin<Box<dyn Stream<Item = Result<Bytes, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl EventLogRpc for EventLogService {
     async fn publish(
@@ -114,99 +117,135 @@ impl EventLogRpc for EventLogService {
     }
 }
 
-/// A subscriber's events, encoded: the feed task started for `request`.
-fn start_feed(
-    log: &EventLog,
-    request: &SubscribeRequest,
-) -> Result<ReceiverStream<Result<Bytes, Status>>, Status> {
-    let subscription = Subscription::parse(request, chrono::Utc::now())?;
+/// A subscriber's events, encoded, as the stream its answer is sent from:
+/// the replay from the log, if it asks for one, then live events.
+fn start_feed(log: &EventLog, request: &SubscribeRequest) -> Result<EncodedStream, Status> {
+    let subscription = Arc::new(Subscription::parse(request, chrono::Utc::now())?);
     // Subscribe to live events before reading the log, so nothing
     // committed in between is missed; sequence numbers drop repeats.
     let live = log.subscribe();
+    if !subscription.replays() {
+        return Ok(Box::pin(live_events(log.clone(), subscription, live, 0)));
+    }
+    let up_to = log.last_sequence();
     let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-    tokio::spawn(feed(log.clone(), subscription, live, tx));
-    Ok(ReceiverStream::new(rx))
+    tokio::spawn(replay(log.clone(), Arc::clone(&subscription), up_to, tx));
+    // An error ends the answer (tonic sends it as the status), so a failed
+    // replay is not followed by live events.
+    Ok(Box::pin(ReceiverStream::new(rx).chain(live_events(
+        log.clone(),
+        subscription,
+        live,
+        up_to,
+    ))))
 }
 
-/// Sends one subscriber its events, encoded: the replay from the log, then
-/// live events (encoded once for all subscribers), until `until`, a lag,
-/// or the subscriber going away.
-async fn feed(
+/// Sends one subscriber the events of the log up to `up_to`, encoded,
+/// a page at a time, until the subscriber goes away.
+async fn replay(
     log: EventLog,
-    subscription: Subscription,
-    mut live: broadcast::Receiver<Arc<Logged>>,
+    subscription: Arc<Subscription>,
+    up_to: u64,
     tx: mpsc::Sender<Result<Bytes, Status>>,
 ) {
-    let mut sent_up_to = 0;
-    if subscription.replays() {
-        let up_to = log.last_sequence();
-        let mut after = 0;
-        loop {
-            let page = {
-                let log = log.clone();
-                match tokio::task::spawn_blocking(move || log.read(after, up_to, REPLAY_PAGE)).await
-                {
-                    Ok(Ok(page)) => page,
-                    Ok(Err(err)) => {
-                        let _ = tx.send(Err(err.into())).await;
-                        return;
-                    }
-                    Err(err) => {
-                        let _ = tx.send(Err(Status::internal(err.to_string()))).await;
-                        return;
-                    }
+    let mut after = 0;
+    loop {
+        let page = {
+            let log = log.clone();
+            match tokio::task::spawn_blocking(move || log.read(after, up_to, REPLAY_PAGE)).await {
+                Ok(Ok(page)) => page,
+                Ok(Err(err)) => {
+                    let _ = tx.send(Err(err.into())).await;
+                    return;
                 }
-            };
-            let Some(last) = page.last() else { break };
-            after = last.sequence;
-            for event in page {
-                if subscription.in_window(&event)
-                    && subscription.matches(&event)
-                    && tx.send(Ok(event.encode_to_vec().into())).await.is_err()
-                {
+                Err(err) => {
+                    let _ = tx.send(Err(Status::internal(err.to_string()))).await;
                     return;
                 }
             }
+        };
+        let Some(last) = page.last() else { return };
+        after = last.sequence;
+        for event in page {
+            if subscription.in_window(&event)
+                && subscription.matches(&event)
+                && tx.send(Ok(event.encode_to_vec().into())).await.is_err()
+            {
+                return;
+            }
         }
-        sent_up_to = up_to;
     }
+}
 
-    let until_sleep = subscription.until.map(|until| {
+/// Live events after `sent_up_to` that `subscription` matches, as
+/// encoded once for all subscribers, read from the broadcast as the
+/// answer is sent (no task or queue of its own per subscriber): until
+/// `until`, a lag (an error), or the subscriber going away, which drops
+/// the stream.
+fn live_events(
+    log: EventLog,
+    subscription: Arc<Subscription>,
+    live: broadcast::Receiver<Arc<Logged>>,
+    sent_up_to: u64,
+) -> impl Stream<Item = Result<Bytes, Status>> + Send + 'static {
+    let deadline = subscription.until.map(|until| {
         let wait = (until - timestamp::now_nanos()).clamp(0, u64::MAX as i128);
-        Duration::from_nanos(wait as u64)
+        Box::pin(tokio::time::sleep(Duration::from_nanos(wait as u64)))
     });
-    if until_sleep == Some(Duration::ZERO) {
-        return;
-    }
-    let deadline = tokio::time::sleep(until_sleep.unwrap_or(Duration::MAX / 4));
-    tokio::pin!(deadline);
-    loop {
-        tokio::select! {
-            () = &mut deadline, if until_sleep.is_some() => return,
-            () = tx.closed() => return,
-            received = live.recv() => match received {
+    let state = Live {
+        log,
+        subscription,
+        live,
+        sent_up_to,
+        deadline,
+    };
+    futures::stream::unfold(Some(state), |state| async move {
+        let mut state = state?;
+        let item = state.next().await?;
+        let go_on = item.is_ok();
+        Some((item, go_on.then_some(state)))
+    })
+}
+
+/// Where a subscriber's live stream is.
+struct Live {
+    log: EventLog,
+    subscription: Arc<Subscription>,
+    live: broadcast::Receiver<Arc<Logged>>,
+    sent_up_to: u64,
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Live {
+    /// The next event to send, a lag, or `None` at the end.
+    async fn next(&mut self) -> Option<Result<Bytes, Status>> {
+        loop {
+            let received = match self.deadline.as_mut() {
+                Some(deadline) => tokio::select! {
+                    biased;
+                    () = deadline.as_mut() => return None,
+                    received = self.live.recv() => received,
+                },
+                None => self.live.recv().await,
+            };
+            match received {
                 Ok(logged) => {
                     let event = &logged.event;
-                    if event.sequence <= sent_up_to {
+                    if event.sequence <= self.sent_up_to {
                         continue;
                     }
-                    sent_up_to = event.sequence;
-                    if subscription.in_window(event) && subscription.matches(event)
-                        && tx.send(Ok(logged.encoded.clone())).await.is_err()
-                    {
-                        return;
+                    self.sent_up_to = event.sequence;
+                    if self.subscription.in_window(event) && self.subscription.matches(event) {
+                        return Some(Ok(logged.encoded.clone()));
                     }
                 }
                 Err(broadcast::error::RecvError::Lagged(_)) => {
-                    let missed = log.last_sequence().saturating_sub(sent_up_to);
-                    let _ = tx
-                        .send(Err(Status::resource_exhausted(format!(
-                            "subscriber lagged by {missed} events"
-                        ))))
-                        .await;
-                    return;
+                    let missed = self.log.last_sequence().saturating_sub(self.sent_up_to);
+                    return Some(Err(Status::resource_exhausted(format!(
+                        "subscriber lagged by {missed} events"
+                    ))));
                 }
-                Err(broadcast::error::RecvError::Closed) => return,
+                Err(broadcast::error::RecvError::Closed) => return None,
             }
         }
     }
@@ -223,7 +262,7 @@ struct Subscribe {
 
 impl tonic::server::ServerStreamingService<SubscribeRequest> for Subscribe {
     type Response = Bytes;
-    type ResponseStream = ReceiverStream<Result<Bytes, Status>>;
+    type ResponseStream = EncodedStream;
     type Future = BoxFuture<'static, Result<Response<Self::ResponseStream>, Status>>;
 
     fn call(&mut self, request: Request<SubscribeRequest>) -> Self::Future {
