@@ -9,9 +9,9 @@
 //!
 //! Before each pull the bench asks for the image's status, as kubelet
 //! does, and then idles `FIRST_PULL_DELAY_MS` (default 500), before the
-//! first pull as before the later ones; long
-//! enough to attach a profiler to either
-//! (`perf record -e cpu-clock -g -p <pid>` works on this machine).
+//! first pull as before the later ones: long enough to attach a profiler
+//! to either (`perf record -e cpu-clock -g -p <pid>` works on this
+//! machine).
 
 use std::time::{Duration, Instant};
 

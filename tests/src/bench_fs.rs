@@ -86,8 +86,8 @@ fn run(command: &mut Command) -> anyhow::Result<String> {
 
 impl Drop for BenchFs {
     /// Unmounts (retried for a second, then lazily when something still
-    /// holds it; a failure only means it was never mounted), detaches and removes; the mount point
-    /// itself goes with `mount` after this.
+    /// holds it; a failure only means it was never mounted), detaches and
+    /// removes; the mount point itself goes with `mount` after this.
     fn drop(&mut self) {
         // Daemons killed just before may take a moment to let go.
         let unmounted = (0..20).any(|attempt| {

@@ -748,6 +748,17 @@ async fn layers_are_fetched_by_range_and_a_registry_without_ranges_serves_them_w
     client::pull(other.images(), client::pull_request(&through))
         .await
         .unwrap();
+    // Every layer was the front's whole-blob answer.
+    let answered = front.requests();
+    for layer in &image.layers {
+        let path = format!("/blobs/{}", layer.digest);
+        assert!(
+            answered
+                .iter()
+                .any(|r| r.starts_with("GET") && r.contains(&path)),
+            "{path} not asked of the front: {answered:?}"
+        );
+    }
     assert_unpacked(&other, image);
     let inspected = other
         .images()

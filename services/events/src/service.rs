@@ -23,7 +23,8 @@ use crate::log::{EventLog, Logged, MAX_EVENTS_PER_PUBLISH};
 
 /// Events read from the log per page while replaying.
 const REPLAY_PAGE: usize = 1024;
-/// Events buffered between a subscriber's task and its gRPC stream.
+/// Replayed events buffered between a subscriber's replay task and its
+/// answer stream.
 const STREAM_BUFFER: usize = 256;
 
 /// Serves the event log.
