@@ -26,11 +26,11 @@ use imaged_e2e::figures::{Figures, Unit};
 use imaged_e2e::usage::CpuMeter;
 use imaged_e2e::{Imaged, TestRegistry};
 
-/// Pulls measured after the first.
-const LATER: usize = 8;
+/// Images in the registry; each side starts once per image.
+const IMAGES: usize = 9;
 
-/// Starts of each side whose first pulls are averaged.
-const FIRSTS: usize = 5;
+/// Pulls after the first in each start.
+const LATER: usize = 2;
 
 /// What kubelet asks before it pulls an image: its status (absent, here).
 /// Called outside the measured window, so that the first pull's figure
@@ -76,16 +76,16 @@ struct Run {
     later_by_process: Vec<f64>,
 }
 
-/// What start `start` of a side pulls: the first start pulls every image
-/// (the first one, then the later ones); each other start pulls only its
-/// first image, a different one each time, so that the first pulls
-/// averaged are of as many images as the later ones.
-fn first_and_later(references: &[String], start: usize) -> &[String] {
-    if start == 0 {
-        references
-    } else {
-        &references[start..=start]
-    }
+/// What start `start` of a side pulls: image `start` first, then the
+/// [`LATER`] images after it (wrapping around). Over all starts every
+/// image is pulled once first and [`LATER`] times later, and first and
+/// later pulls alternate throughout the bench, so that a change in the
+/// machine's speed while it runs (this VM's neighbours) weighs on both
+/// figures alike.
+fn first_and_later(references: &[String], start: usize) -> Vec<String> {
+    (0..=LATER)
+        .map(|i| references[(start + i) % references.len()].clone())
+        .collect()
 }
 
 /// The CPU seconds of each of `meters`.
@@ -145,21 +145,21 @@ impl Run {
         self.later_by_process.iter().sum()
     }
 
-    /// The first pulls of `runs` averaged; the later pulls of the first.
+    /// The first pulls of `runs` averaged, and their later pulls.
     fn averaged(runs: &[Run]) -> Run {
         let n = runs.len() as f64;
         let processes = runs[0].first_by_process.len();
+        let mean = |f: fn(&Run) -> Duration| runs.iter().map(f).sum::<Duration>().div_f64(n);
+        let mean_each = |f: fn(&Run) -> &Vec<f64>| {
+            (0..processes)
+                .map(|i| runs.iter().map(|r| f(r)[i]).sum::<f64>() / n)
+                .collect()
+        };
         Run {
-            first_wall: runs
-                .iter()
-                .map(|r| r.first_wall)
-                .sum::<Duration>()
-                .div_f64(n),
-            first_by_process: (0..processes)
-                .map(|i| runs.iter().map(|r| r.first_by_process[i]).sum::<f64>() / n)
-                .collect(),
-            later_wall: runs[0].later_wall,
-            later_by_process: runs[0].later_by_process.clone(),
+            first_wall: mean(|r| r.first_wall),
+            first_by_process: mean_each(|r| &r.first_by_process),
+            later_wall: mean(|r| r.later_wall),
+            later_by_process: mean_each(|r| &r.later_by_process),
         }
     }
 }
@@ -174,7 +174,7 @@ async fn main() {
     let registry = TestRegistry::start().await.expect("start docker-registry");
     let fixtures = registry.fixtures();
     let mut references = Vec::new();
-    for i in 0..=LATER {
+    for i in 0..IMAGES {
         let image =
             imaged_fixtures::generated_image(1, 3, 1024 * 1024, 40 + i as u64).expect("an image");
         let repo = format!("bench/small{i}:1");
@@ -203,8 +203,8 @@ async fn main() {
         graveyard.push(Box::new(warm.stop()));
     }
 
-    // Each side starts FIRSTS times; the first pulls are averaged, and the
-    // later pulls are the first start's.
+    // Each side starts once per image; its first pulls are averaged, and
+    // so are its later pulls.
     let delay = Duration::from_millis(
         std::env::var("FIRST_PULL_DELAY_MS")
             .ok()
@@ -212,7 +212,7 @@ async fn main() {
             .unwrap_or(500),
     );
     let mut ours: Vec<Run> = Vec::new();
-    for start in 0..FIRSTS {
+    for start in 0..IMAGES {
         let imaged = Imaged::start().await.expect("imaged");
         // Let start-up finish (its reconciliation) before measuring.
         tokio::time::sleep(delay).await;
@@ -227,12 +227,12 @@ async fn main() {
         .collect();
         let cri = ImageServiceClient::new(imaged.channel(Service::Gateway));
         let pulls = first_and_later(&references, start);
-        ours.push(run(&cri, &meters, pulls, delay).await);
+        ours.push(run(&cri, &meters, &pulls, delay).await);
         drop(meters);
         graveyard.push(Box::new(imaged.stop()));
     }
     let mut theirs: Vec<Run> = Vec::new();
-    for start in 0..FIRSTS {
+    for start in 0..IMAGES {
         let containerd = Containerd::start(&registry.host).await.expect("containerd");
         tokio::time::sleep(delay).await;
         let cri = ImageServiceClient::new(
@@ -242,7 +242,7 @@ async fn main() {
         );
         let pulls = first_and_later(&references, start);
         let meter = CpuMeter::new(&[containerd.pid()]).expect("a CPU meter");
-        theirs.push(run(&cri, &[meter], pulls, delay).await);
+        theirs.push(run(&cri, &[meter], &pulls, delay).await);
         graveyard.push(Box::new(containerd));
     }
     let (ours, theirs) = (Run::averaged(&ours), Run::averaged(&theirs));
@@ -294,7 +294,7 @@ async fn main() {
         0.6,
     );
     figures.ratio(
-        format!("later cold {small}, mean of {LATER}"),
+        format!("later cold {small}, mean of {}", IMAGES * LATER),
         Unit::Seconds,
         ours.later_wall.as_secs_f64(),
         "containerd",

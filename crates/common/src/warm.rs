@@ -1,6 +1,6 @@
-//! The heap, the stacks, the code and the reference grammars are made
-//! ready at start-up, so that the first request after start-up does not
-//! pay for them.
+//! The heap, the stacks, the code, the reference grammars and the SHA-256
+//! implementation are made ready at start-up, so that the first request
+//! after start-up does not pay for them.
 //!
 //! A page the process has never touched costs a page fault the first time
 //! it is used: on a VM that hands free memory back to its host (free page
@@ -50,12 +50,14 @@ fn prepare_stack() {
     std::hint::black_box(&mut below);
 }
 
-/// Maps the process's code, faults in `heap` bytes of heap and builds the
-/// reference grammars; see [`prepare_heap`] and [`map_code`].
+/// Maps the process's code, faults in `heap` bytes of heap, builds the
+/// reference grammars and selects the SHA-256 implementation; see
+/// [`prepare_heap`] and [`map_code`].
 pub fn prepare(heap: usize) {
     prepare_heap(heap);
     map_code();
     imaged_model::reference::prepare();
+    imaged_model::digest::prepare();
 }
 
 /// Sets up glibc's allocator and faults in `warm` bytes of heap ahead:
