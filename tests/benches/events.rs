@@ -59,7 +59,8 @@ async fn run(
 ) -> Run {
     let mut tasks = Vec::new();
     for s in 0..subscribers {
-        // Ten subscribers share a connection, as a process's clients would.
+        // Each subscriber has a connection of its own, as separate clients
+        // (a `docker events` each) would.
         let channel = imaged.channel(Service::Events);
         let mut client = EventLogClient::new(channel);
         let mut stream = client

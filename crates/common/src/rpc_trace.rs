@@ -201,10 +201,13 @@ impl<B: Body + Unpin> Body for TracedBody<B> {
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         // tracing-opentelemetry ends a span at its last exit: polling the
         // body inside the span makes the call's span end with its last
-        // frame.
-        let span = self.span.clone();
-        let _entered = span.as_ref().map(tracing::Span::enter);
-        let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        // frame. The span is entered by reference, not cloned: a streamed
+        // answer polls once per message.
+        let this = &mut *self;
+        let frame = {
+            let _entered = this.span.as_ref().map(tracing::Span::enter);
+            ready!(Pin::new(&mut this.inner).poll_frame(cx))
+        };
         match &frame {
             Some(Ok(frame)) => {
                 if let Some(trailers) = frame.trailers_ref()
