@@ -5,8 +5,6 @@
 //!
 //! Needs containerd (`make bench` installs it) and root.
 
-use std::time::{Duration, Instant};
-
 use imaged_api::cri::image_service_client::ImageServiceClient;
 use imaged_api::cri::{ImageSpec, ImageStatusRequest, ListImagesRequest, PullImageRequest};
 use imaged_common::config::Service;
@@ -14,36 +12,11 @@ use imaged_common::endpoint::Endpoint;
 use imaged_common::peer::{Peer, PeerChannel};
 use imaged_e2e::containerd::Containerd;
 use imaged_e2e::figures::{Figures, Unit};
+use imaged_e2e::latency::{Latency, paired};
 use imaged_e2e::{Imaged, TestRegistry};
 
 const WARMUP: usize = 200;
 const CALLS: usize = 2000;
-
-struct Stats {
-    p50: Duration,
-    p99: Duration,
-}
-
-async fn measure<F, Fut>(mut call: F) -> Stats
-where
-    F: FnMut(usize) -> Fut,
-    Fut: std::future::Future<Output = ()>,
-{
-    for i in 0..WARMUP {
-        call(i).await;
-    }
-    let mut samples = Vec::with_capacity(CALLS);
-    for i in 0..CALLS {
-        let t = Instant::now();
-        call(i).await;
-        samples.push(t.elapsed());
-    }
-    samples.sort();
-    Stats {
-        p50: samples[CALLS / 2],
-        p99: samples[CALLS * 99 / 100],
-    }
-}
 
 fn spec(image: &str) -> Option<ImageSpec> {
     Some(ImageSpec {
@@ -52,8 +25,13 @@ fn spec(image: &str) -> Option<ImageSpec> {
     })
 }
 
-async fn status(cri: &ImageServiceClient<PeerChannel>, references: &[String]) -> Stats {
-    measure(|i| {
+/// ImageStatus of the three images in turn, imaged against containerd.
+async fn status(
+    ours: &ImageServiceClient<PeerChannel>,
+    theirs: &ImageServiceClient<PeerChannel>,
+    references: &[String],
+) -> (Latency, Latency) {
+    let call = |cri: &ImageServiceClient<PeerChannel>, i: usize| {
         let mut cri = cri.clone();
         let image = spec(&references[i % references.len()]);
         async move {
@@ -66,12 +44,16 @@ async fn status(cri: &ImageServiceClient<PeerChannel>, references: &[String]) ->
                 .expect("ImageStatus");
             assert!(answer.into_inner().image.is_some());
         }
-    })
-    .await
+    };
+    paired(WARMUP, CALLS, |i| call(ours, i), |i| call(theirs, i)).await
 }
 
-async fn list(cri: &ImageServiceClient<PeerChannel>) -> Stats {
-    measure(|_| {
+/// ListImages, imaged against containerd.
+async fn list(
+    ours: &ImageServiceClient<PeerChannel>,
+    theirs: &ImageServiceClient<PeerChannel>,
+) -> (Latency, Latency) {
+    let call = |cri: &ImageServiceClient<PeerChannel>| {
         let mut cri = cri.clone();
         async move {
             let answer = cri
@@ -80,11 +62,11 @@ async fn list(cri: &ImageServiceClient<PeerChannel>) -> Stats {
                 .expect("ListImages");
             assert_eq!(answer.into_inner().images.len(), 3);
         }
-    })
-    .await
+    };
+    paired(WARMUP, CALLS, |_| call(ours), |_| call(theirs)).await
 }
 
-fn row(call: &str, ours: &Stats, theirs: &Stats) {
+fn row(call: &str, ours: &Latency, theirs: &Latency) {
     println!(
         "{call:<14} {:>10.0?} {:>10.0?} {:>10.0?} {:>10.0?} {:>6.2}x {:>6.2}x",
         ours.p50,
@@ -136,25 +118,19 @@ async fn main() {
     }
 
     println!(
-        "\nCRI hot path ({CALLS} sequential calls, same client, same 3 images; ratio = imaged / containerd)"
+        "\nCRI hot path ({CALLS} calls a side, alternated call by call, same client, same 3 images; ratio = imaged / containerd)"
     );
     println!(
         "{:<14} {:>10} {:>10} {:>10} {:>10} {:>7} {:>7}",
         "call", "imaged p50", "p99", "ctrd p50", "p99", "p50", "p99"
     );
-    // Alternated, so that neither side gets a quieter minute; the table
-    // takes the second round.
-    let mut last = Vec::new();
-    for _ in 0..2 {
-        let (a, b) = (
-            status(&ours, &references).await,
-            status(&theirs, &references).await,
-        );
-        row("ImageStatus", &a, &b);
-        let (c, d) = (list(&ours).await, list(&theirs).await);
-        row("ListImages", &c, &d);
-        last = vec![("ImageStatus", a, b), ("ListImages", c, d)];
-    }
+    // Call by call, imaged and containerd alternate (see
+    // `imaged_e2e::latency`).
+    let (a, b) = status(&ours, &theirs, &references).await;
+    row("ImageStatus", &a, &b);
+    let (c, d) = list(&ours, &theirs).await;
+    row("ListImages", &c, &d);
+    let last = [("ImageStatus", a, b), ("ListImages", c, d)];
     println!("target: imaged p50 and p99 at or below containerd's");
     let mut figures = Figures::new("cri_hot_path");
     for (call, ours, theirs) in &last {

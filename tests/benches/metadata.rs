@@ -10,11 +10,14 @@ use imaged_api::v1::images_client::ImagesClient;
 use imaged_api::v1::{CreateImageRequest, InspectImageRequest, ListImagesRequest, TagImageRequest};
 use imaged_common::config::Service;
 use imaged_e2e::figures::{Figures, Unit};
+use imaged_e2e::latency::{Latency, paired};
 use imaged_e2e::{Imaged, usage};
 
 const IMAGES: usize = 10_000;
 const TAGS_PER_IMAGE: usize = 2;
 const MAX_MESSAGE: usize = 64 << 20;
+/// InspectImage calls measured a side, per row.
+const INSPECTS: usize = 2000;
 
 fn config(i: usize) -> Vec<u8> {
     format!(
@@ -26,46 +29,18 @@ fn config(i: usize) -> Vec<u8> {
     .into_bytes()
 }
 
-struct Stats {
-    median: Duration,
-    p99: Duration,
-    ops: f64,
-}
-
-async fn measure<F, Fut>(calls: usize, mut call: F) -> Stats
-where
-    F: FnMut(usize) -> Fut,
-    Fut: std::future::Future<Output = ()>,
-{
-    for i in 0..calls.min(20) {
-        call(i).await;
-    }
-    let mut samples = Vec::with_capacity(calls);
-    let start = Instant::now();
-    for i in 0..calls {
-        let t = Instant::now();
-        call(i).await;
-        samples.push(t.elapsed());
-    }
-    let total = start.elapsed();
-    samples.sort();
-    Stats {
-        median: samples[calls / 2],
-        p99: samples[(calls * 99 / 100).min(calls - 1)],
-        ops: calls as f64 / total.as_secs_f64(),
-    }
-}
-
-fn row(name: &str, gateway: &Stats, direct: &Stats) {
+/// One row: the call through the gateway against the same call direct
+/// to imaged-metadata.
+fn row(name: &str, gateway: &Latency, direct: &Latency) {
     println!(
         "{name:<34} {:>10.2?} {:>10.2?} {:>8.0} | {:>10.2?} {:>10.2?} {:>8.0} | {:>+6.1}%",
-        gateway.median,
+        gateway.p50,
         gateway.p99,
         gateway.ops,
-        direct.median,
+        direct.p50,
         direct.p99,
         direct.ops,
-        (gateway.median.as_secs_f64() / direct.median.as_secs_f64() - 1.0) * 100.0
+        (gateway.p50.as_secs_f64() / direct.p50.as_secs_f64() - 1.0) * 100.0
     );
 }
 
@@ -122,22 +97,20 @@ async fn main() {
         ..Default::default()
     };
 
-    let g = gateway.clone();
-    let gw_list = measure(100, |_| {
-        let (mut g, r) = (g.clone(), list_all.clone());
+    let (g, d) = (gateway.clone(), direct.clone());
+    let gw_list_call = |request: &ListImagesRequest, expected: usize| {
+        let (mut g, r) = (g.clone(), request.clone());
         async move {
             assert_eq!(
                 g.list_images(r).await.unwrap().into_inner().images.len(),
-                IMAGES
+                expected
             )
         }
-    })
-    .await;
-    let d = direct.clone();
+    };
     // Direct: the call the gateway makes (the encoded answer), decoded
     // here, so the ratio shows only the hop.
-    let md_list = measure(100, |_| {
-        let (mut d, r) = (d.clone(), list_all.clone());
+    let md_list_call = |request: &ListImagesRequest, expected: usize| {
+        let (mut d, r) = (d.clone(), request.clone());
         async move {
             let encoded = d
                 .list_images_encoded(r)
@@ -147,34 +120,22 @@ async fn main() {
                 .list_images_response;
             let decoded: imaged_api::v1::ListImagesResponse =
                 prost::Message::decode(encoded).unwrap();
-            assert_eq!(decoded.images.len(), IMAGES)
+            assert_eq!(decoded.images.len(), expected)
         }
-    })
+    };
+    let (gw_list, md_list) = paired(
+        10,
+        100,
+        |_| gw_list_call(&list_all, IMAGES),
+        |_| md_list_call(&list_all, IMAGES),
+    )
     .await;
-    let gw_ref = measure(200, |_| {
-        let (mut g, r) = (g.clone(), list_ref.clone());
-        async move {
-            assert_eq!(
-                g.list_images(r).await.unwrap().into_inner().images.len(),
-                IMAGES / 100
-            )
-        }
-    })
-    .await;
-    let md_ref = measure(200, |_| {
-        let (mut d, r) = (d.clone(), list_ref.clone());
-        async move {
-            let encoded = d
-                .list_images_encoded(r)
-                .await
-                .unwrap()
-                .into_inner()
-                .list_images_response;
-            let decoded: imaged_api::v1::ListImagesResponse =
-                prost::Message::decode(encoded).unwrap();
-            assert_eq!(decoded.images.len(), IMAGES / 100)
-        }
-    })
+    let (gw_ref, md_ref) = paired(
+        20,
+        200,
+        |_| gw_list_call(&list_ref, IMAGES / 100),
+        |_| md_list_call(&list_ref, IMAGES / 100),
+    )
     .await;
 
     let by_tag = |i: usize| InspectImageRequest {
@@ -186,6 +147,30 @@ async fn main() {
         image: ids_ref[i][7..19].to_string(),
         platform: None,
     };
+    // InspectImage through the gateway against the same request direct.
+    let inspect = |request: fn(usize) -> usize, by: &dyn Fn(usize) -> InspectImageRequest| {
+        let requests: Vec<InspectImageRequest> = (0..INSPECTS).map(|i| by(request(i))).collect();
+        let (g, d) = (g.clone(), d.clone());
+        async move {
+            paired(
+                20,
+                INSPECTS,
+                |i| {
+                    let (mut g, r) = (g.clone(), requests[i].clone());
+                    async move {
+                        g.inspect_image(r).await.unwrap();
+                    }
+                },
+                |i| {
+                    let (mut d, r) = (d.clone(), requests[i].clone());
+                    async move {
+                        d.inspect_image(r).await.unwrap();
+                    }
+                },
+            )
+            .await
+        }
+    };
     // The gateway answers InspectImage from its read model, which the
     // first call after a change starts loading (InspectAll, in the
     // background; calls are forwarded to imaged-metadata meanwhile). The
@@ -195,85 +180,43 @@ async fn main() {
     // beside the first thousand calls.
     g.clone().inspect_image(by_tag(0)).await.unwrap();
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let gw_tag = measure(2000, |i| {
-        let mut g = g.clone();
-        let r = by_tag(i * 7 % IMAGES);
-        async move {
-            g.inspect_image(r).await.unwrap();
-        }
-    })
-    .await;
-    let md_tag = measure(2000, |i| {
-        let mut d = d.clone();
-        let r = by_tag(i * 7 % IMAGES);
-        async move {
-            d.inspect_image(r).await.unwrap();
-        }
-    })
-    .await;
+    let (gw_tag, md_tag) = inspect(|i| i * 7 % IMAGES, &by_tag).await;
     // The same few images again and again, as kubelet and scripts ask.
-    let gw_again = measure(2000, |i| {
-        let mut g = g.clone();
-        let r = by_tag(i % 10);
-        async move {
-            g.inspect_image(r).await.unwrap();
-        }
-    })
-    .await;
-    let md_again = measure(2000, |i| {
-        let mut d = d.clone();
-        let r = by_tag(i % 10);
-        async move {
-            d.inspect_image(r).await.unwrap();
-        }
-    })
-    .await;
-    let gw_short = measure(2000, |i| {
-        let mut g = g.clone();
-        let r = by_short(i * 7 % IMAGES);
-        async move {
-            g.inspect_image(r).await.unwrap();
-        }
-    })
-    .await;
-    let md_short = measure(2000, |i| {
-        let mut d = d.clone();
-        let r = by_short(i * 7 % IMAGES);
-        async move {
-            d.inspect_image(r).await.unwrap();
-        }
-    })
-    .await;
-    let gw_tagging = measure(1000, |i| {
-        let mut g = g.clone();
-        let r = TagImageRequest {
-            source: ids_ref[i % IMAGES].clone(),
-            target: format!("moved:gw{}", i % 50),
-        };
-        async move {
-            g.tag_image(r).await.unwrap();
-        }
-    })
-    .await;
-    let md_tagging = measure(1000, |i| {
-        let mut d = d.clone();
-        let r = TagImageRequest {
-            source: ids_ref[i % IMAGES].clone(),
-            target: format!("moved:md{}", i % 50),
-        };
-        async move {
-            d.tag_image(r).await.unwrap();
-        }
-    })
+    let (gw_again, md_again) = inspect(|i| i % 10, &by_tag).await;
+    let (gw_short, md_short) = inspect(|i| i * 7 % IMAGES, &by_short).await;
+    let (gw_tagging, md_tagging) = paired(
+        20,
+        1000,
+        |i| {
+            let mut g = g.clone();
+            let r = TagImageRequest {
+                source: ids_ref[i % IMAGES].clone(),
+                target: format!("moved:gw{}", i % 50),
+            };
+            async move {
+                g.tag_image(r).await.unwrap();
+            }
+        },
+        |i| {
+            let mut d = d.clone();
+            let r = TagImageRequest {
+                source: ids_ref[i % IMAGES].clone(),
+                target: format!("moved:md{}", i % 50),
+            };
+            async move {
+                d.tag_image(r).await.unwrap();
+            }
+        },
+    )
     .await;
 
     println!(
         "{:<34} {:>10} {:>10} {:>8} | {:>10} {:>10} {:>8} | {:>7}",
         "call (10k images, 20k tags)",
-        "gw median",
+        "gw p50",
         "gw p99",
         "gw op/s",
-        "md median",
+        "md p50",
         "md p99",
         "md op/s",
         "gw cost"
@@ -291,7 +234,7 @@ async fn main() {
     figures.at_most(
         "ListImages over 10,000 images, through the gateway, median",
         Unit::Seconds,
-        gw_list.median.as_secs_f64(),
+        gw_list.p50.as_secs_f64(),
         0.010,
     );
     for (call, gw, md) in [
@@ -310,9 +253,9 @@ async fn main() {
         figures.ratio(
             format!("{call}, gateway median"),
             Unit::Seconds,
-            gw.median.as_secs_f64(),
+            gw.p50.as_secs_f64(),
             "direct",
-            md.median.as_secs_f64(),
+            md.p50.as_secs_f64(),
             1.25,
         );
     }
@@ -333,7 +276,7 @@ async fn main() {
     figures.info(
         "TagImage through the gateway, median",
         Unit::Seconds,
-        gw_tagging.median.as_secs_f64(),
+        gw_tagging.p50.as_secs_f64(),
     );
     figures.write();
 }

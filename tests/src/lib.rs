@@ -12,6 +12,7 @@ pub mod docker_cli;
 pub mod dockerd;
 pub mod figures;
 pub mod front;
+pub mod latency;
 pub mod nats;
 pub mod processes;
 pub mod registry;
