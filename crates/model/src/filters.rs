@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::Error;
+use crate::{Error, Reference};
 
 /// Parsed `key=value` filters: every value given for each key.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -77,14 +77,21 @@ impl RefPattern {
     }
 
     /// Whether the pattern matches the familiar reference (`busybox:latest`)
-    /// or its familiar name (`busybox`), as Docker's list filter does.
-    pub fn matches(&self, familiar_ref: &str, familiar_name: &str) -> bool {
+    /// or its familiar name (`busybox`), as Docker's list filter does. The
+    /// name is tried first: the reference is the name extended, so it costs
+    /// one string more only when the name does not match.
+    pub fn matches(&self, reference: &Reference) -> bool {
         let options = glob::MatchOptions {
             case_sensitive: true,
             require_literal_separator: true,
             require_literal_leading_dot: false,
         };
-        self.0.matches_with(familiar_ref, options) || self.0.matches_with(familiar_name, options)
+        let name = reference.familiar_name();
+        if self.0.matches_with(&name, options) {
+            return true;
+        }
+        let familiar = reference.familiar_from(name);
+        self.0.matches_with(&familiar, options)
     }
 }
 
@@ -132,15 +139,22 @@ mod tests {
 
     #[test]
     fn reference_globs_follow_docker() {
+        let reference = |r: &str| Reference::parse(r).unwrap();
         let p = RefPattern::new("busybox").unwrap();
-        assert!(p.matches("busybox:latest", "busybox"));
-        assert!(!p.matches("user/busybox:latest", "user/busybox"));
+        assert!(p.matches(&reference("busybox:latest")));
+        assert!(!p.matches(&reference("user/busybox:latest")));
         let star = RefPattern::new("*").unwrap();
-        assert!(star.matches("busybox:latest", "busybox"));
-        assert!(!star.matches("user/app:1", "user/app"));
+        assert!(star.matches(&reference("busybox:latest")));
+        assert!(!star.matches(&reference("user/app:1")));
         let tagged = RefPattern::new("user/*:1.?").unwrap();
-        assert!(tagged.matches("user/app:1.2", "user/app"));
-        assert!(!tagged.matches("user/app:1.23", "user/app"));
+        assert!(tagged.matches(&reference("user/app:1.2")));
+        assert!(!tagged.matches(&reference("user/app:1.23")));
+        // Matched in the familiar form, without docker.io.
+        assert!(tagged.matches(&reference("docker.io/user/app:1.2")));
+        let digested = RefPattern::new("busybox@sha256:*").unwrap();
+        let digest = format!("busybox@sha256:{}", "a".repeat(64));
+        assert!(digested.matches(&reference(&digest)));
+        assert!(!digested.matches(&reference("busybox:latest")));
         assert!(RefPattern::new("[").is_err());
     }
 

@@ -196,9 +196,14 @@ impl Reference {
 
     /// The whole reference as Docker shows it (`busybox:latest`).
     pub fn familiar(&self) -> String {
-        let mut out = self.familiar_name();
-        self.append_tag_and_digest(&mut out);
-        out
+        self.familiar_from(self.familiar_name())
+    }
+
+    /// [`Reference::familiar`] from the [`Reference::familiar_name`] the
+    /// caller already has.
+    pub fn familiar_from(&self, mut familiar_name: String) -> String {
+        self.append_tag_and_digest(&mut familiar_name);
+        familiar_name
     }
 
     fn append_tag_and_digest(&self, out: &mut String) {

@@ -38,7 +38,7 @@ proptest! {
             let _ = filters.bool("dangling");
             for pattern in filters.get("reference") {
                 if let Ok(pattern) = RefPattern::new(pattern) {
-                    let _ = pattern.matches("busybox:latest", "busybox");
+                    let _ = pattern.matches(&Reference::parse("busybox:latest").unwrap());
                 }
             }
         }

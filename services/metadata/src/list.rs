@@ -1,6 +1,6 @@
 //! Docker's Images (`docker images`) and ImageDiskUsage.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -90,25 +90,20 @@ pub fn list(index: &Index, request: &ListImagesRequest) -> Result<Vec<ImageSumma
     let shared = request.shared_size.then(|| layer_use_counts(index));
     // With reference patterns only images with a matching reference can be
     // listed: find them from the references rather than test every image.
-    let candidates: Option<HashSet<&str>> = (!patterns.is_empty()).then(|| {
+    let candidates: Option<BTreeSet<&str>> = (!patterns.is_empty()).then(|| {
         index
             .refs()
-            .filter(|(r, _)| {
-                let (familiar, name) = (r.familiar(), r.familiar_name());
-                patterns.iter().any(|p| p.matches(&familiar, &name))
-            })
+            .filter(|(r, _)| patterns.iter().any(|p| p.matches(r)))
             .map(|(_, id)| id)
             .collect()
     });
+    let images: Box<dyn Iterator<Item = &Arc<Image>>> = match &candidates {
+        Some(ids) => Box::new(ids.iter().filter_map(|id| index.image(id))),
+        None => Box::new(index.images()),
+    };
     let mut out = Vec::new();
-    for image in index.images() {
+    for image in images {
         let id = image.id.to_string();
-        if candidates
-            .as_ref()
-            .is_some_and(|c| !c.contains(id.as_str()))
-        {
-            continue;
-        }
         if dangling == Some(true) && index.has_children(&id) {
             continue; // only heads
         }
@@ -132,14 +127,10 @@ pub fn list(index: &Index, request: &ListImagesRequest) -> Result<Vec<ImageSumma
         let mut repo_tags = Vec::new();
         let mut repo_digests = Vec::new();
         for reference in index.refs_of(&id) {
-            let familiar = reference.familiar();
-            if !patterns.is_empty()
-                && !patterns
-                    .iter()
-                    .any(|p| p.matches(&familiar, &reference.familiar_name()))
-            {
+            if !patterns.is_empty() && !patterns.iter().any(|p| p.matches(reference)) {
                 continue;
             }
+            let familiar = reference.familiar();
             if reference.digest().is_some() {
                 repo_digests.push(familiar);
             } else {

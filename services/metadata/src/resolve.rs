@@ -44,18 +44,10 @@ impl resolve::Images for Index {
     }
 
     fn by_prefix(&self, hex: &str) -> Option<&Arc<Image>> {
-        let mut found = None;
-        for image in self.images() {
-            if image.id.hex().starts_with(hex) {
-                if image.id.hex() == hex {
-                    return Some(image);
-                }
-                if found.replace(image).is_some() {
-                    return None; // ambiguous
-                }
-            }
-        }
-        found
+        let mut matching = self.by_id_prefix(hex);
+        let first = matching.next()?;
+        // An exact match sorts first and wins; otherwise one match only.
+        (first.id.hex() == hex || matching.next().is_none()).then_some(first)
     }
 }
 

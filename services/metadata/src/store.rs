@@ -74,7 +74,8 @@ pub struct Container {
 pub struct Index {
     /// Counts committed updates: what a cached answer was computed from.
     generation: u64,
-    images: HashMap<String, Arc<Image>>,
+    /// By ID, ordered so that an ID prefix is a range ([`Index::by_id_prefix`]).
+    images: BTreeMap<String, Arc<Image>>,
     refs: BTreeMap<String, (Reference, String)>,
     refs_by_image: HashMap<String, BTreeSet<String>>,
     children: HashMap<String, BTreeSet<String>>,
@@ -93,6 +94,16 @@ impl Index {
 
     pub fn images(&self) -> impl Iterator<Item = &Arc<Image>> {
         self.images.values()
+    }
+
+    /// The images whose ID starts with `sha256:` and then `hex`, in ID
+    /// order: a range of the ordered index, as Docker's digest set looks
+    /// up a short ID, not a scan of every image.
+    pub fn by_id_prefix<'a>(&'a self, hex: &str) -> impl Iterator<Item = &'a Arc<Image>> {
+        self.images
+            .range(format!("sha256:{hex}")..)
+            .take_while(move |(_, image)| image.id.hex().starts_with(hex))
+            .map(|(_, image)| image)
     }
 
     pub fn image_count(&self) -> usize {
