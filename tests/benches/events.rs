@@ -1,6 +1,8 @@
 //! `make bench`: imaged-events publish rate with 0, 10 and 100 live
 //! subscribers, delivery latency to those subscribers, and replay speed
 //! from the persisted log, against the real imaged-events process.
+//!
+//! `EVENTS_RUNS=k100,p10` runs only the runs of those names (see `plan`).
 
 use std::time::{Duration, Instant};
 
@@ -155,15 +157,25 @@ async fn main() {
         .await
         .expect("start imaged");
     const PACE: Option<u64> = Some(50_000);
-    let runs = [
-        run(&imaged, 0, 200_000, None, "s0").await,
-        run(&imaged, 10, 100_000, None, "s10").await,
-        run(&imaged, 10, 100_000, PACE, "p10").await,
-        run(&imaged, 100, 20_000, None, "s100").await,
-        run(&imaged, 100, 50_000, PACE, "p100").await,
-        run(&imaged, 100, 20_000, Some(10_000), "q100").await,
-        run(&imaged, 100, 10_000, Some(1_000), "k100").await,
+    // Subscribers, events, offered rate (flat out when none), and a name
+    // (the producer's source): `EVENTS_RUNS=k100` runs only the runs so
+    // named, to profile one.
+    let plan = [
+        (0, 200_000, None, "s0"),
+        (10, 100_000, None, "s10"),
+        (10, 100_000, PACE, "p10"),
+        (100, 20_000, None, "s100"),
+        (100, 50_000, PACE, "p100"),
+        (100, 20_000, Some(10_000), "q100"),
+        (100, 10_000, Some(1_000), "k100"),
     ];
+    let only = std::env::var("EVENTS_RUNS").unwrap_or_default();
+    let mut runs = Vec::new();
+    for (subscribers, events, rate, name) in plan {
+        if only.is_empty() || only.split(',').any(|n| n == name) {
+            runs.push(run(&imaged, subscribers, events, rate, name).await);
+        }
+    }
 
     // Replay: everything in the log, from the start.
     let mut client = EventLogClient::new(imaged.channel(Service::Events));
