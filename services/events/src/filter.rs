@@ -11,10 +11,21 @@ use imaged_model::timestamp::{self, UnixNanos};
 /// Filter keys a subscription accepts.
 const KEYS: &[&str] = &["type", "event", "action", "image", "label", "scope"];
 
-/// A parsed subscription.
+/// A parsed subscription. The filters are sorted by key here, once, so
+/// that testing an event, which every live event costs every subscriber,
+/// looks nothing up.
 #[derive(Debug)]
 pub struct Subscription {
-    filters: Filters,
+    /// `type=`: any of these (all when empty).
+    types: Vec<String>,
+    /// `scope=`: any of these.
+    scopes: Vec<String>,
+    /// `event=` and `action=` together: any of these.
+    actions: Vec<String>,
+    /// `image=`: an ID or reference, with or without its tag.
+    images: Vec<String>,
+    /// `label=`: `key` or `key=value`, all of these.
+    labels: Vec<String>,
     /// Replay from this time on (nanoseconds since the epoch).
     pub since: Option<UnixNanos>,
     /// End at this time.
@@ -42,8 +53,13 @@ impl Subscription {
                 request.since, request.until
             )));
         }
+        let values = |key: &str| filters.get(key).to_vec();
         Ok(Subscription {
-            filters,
+            types: values("type"),
+            scopes: values("scope"),
+            actions: [values("event"), values("action")].concat(),
+            images: values("image"),
+            labels: values("label"),
             since,
             until,
         })
@@ -63,20 +79,12 @@ impl Subscription {
     /// Whether `event` passes every filter key (values of one key are
     /// alternatives, except `label`, whose values must all match).
     pub fn matches(&self, event: &Event) -> bool {
-        let any = |key: &str, value: &str| {
-            let wanted = self.filters.get(key);
-            wanted.is_empty() || wanted.iter().any(|w| w == value)
-        };
-        if !any("type", &event.r#type) || !any("scope", &event.scope) {
-            return false;
-        }
-        let actions: Vec<&String> = self
-            .filters
-            .get("event")
-            .iter()
-            .chain(self.filters.get("action"))
-            .collect();
-        if !actions.is_empty() && !actions.iter().any(|a| **a == event.action) {
+        let any =
+            |wanted: &[String], value: &str| wanted.is_empty() || wanted.iter().any(|w| w == value);
+        if !any(&self.types, &event.r#type)
+            || !any(&self.scopes, &event.scope)
+            || !any(&self.actions, &event.action)
+        {
             return false;
         }
         let empty = Default::default();
@@ -84,26 +92,22 @@ impl Subscription {
             Some(actor) => (actor.id.as_str(), &actor.attributes),
             None => ("", &empty),
         };
-        let images = self.filters.get("image");
-        if !images.is_empty() {
+        if !self.images.is_empty() {
             let name = attributes.get("name").map(String::as_str).unwrap_or("");
-            let candidates = [
-                id.to_string(),
-                name.to_string(),
-                strip_tag(id),
-                strip_tag(name),
-            ];
-            if !images.iter().any(|w| candidates.contains(w)) {
+            // The names without their tags only when needed: parsing a
+            // reference costs more than the rest of the test.
+            let found = self.images.iter().any(|w| w == id || w == name) || {
+                let untagged = [strip_tag(id), strip_tag(name)];
+                self.images.iter().any(|w| untagged.contains(w))
+            };
+            if !found {
                 return false;
             }
         }
-        self.filters
-            .get("label")
-            .iter()
-            .all(|label| match label.split_once('=') {
-                Some((k, v)) => attributes.get(k).is_some_and(|have| have == v),
-                None => attributes.contains_key(label.as_str()),
-            })
+        self.labels.iter().all(|label| match label.split_once('=') {
+            Some((k, v)) => attributes.get(k).is_some_and(|have| have == v),
+            None => attributes.contains_key(label.as_str()),
+        })
     }
 }
 
