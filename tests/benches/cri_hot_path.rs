@@ -80,6 +80,7 @@ fn row(call: &str, ours: &Latency, theirs: &Latency) {
 
 #[tokio::main]
 async fn main() {
+    let mut figures = Figures::new("cri_hot_path");
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 || !Containerd::available() {
         eprintln!("CRI hot-path bench skipped: needs root and containerd");
@@ -132,7 +133,6 @@ async fn main() {
     row("ListImages", &c, &d);
     let last = [("ImageStatus", a, b), ("ListImages", c, d)];
     println!("target: imaged p50 and p99 at or below containerd's");
-    let mut figures = Figures::new("cri_hot_path");
     for (call, ours, theirs) in &last {
         for (stat, o, t) in [("p50", ours.p50, theirs.p50), ("p99", ours.p99, theirs.p99)] {
             figures.ratio(

@@ -11,7 +11,7 @@ use imaged_api::internal::v1::event_log_client::EventLogClient;
 use imaged_api::v1::{Actor, Event, SubscribeRequest};
 use imaged_common::config::Service;
 use imaged_e2e::Imaged;
-use imaged_e2e::figures::{Figures, Unit};
+use imaged_e2e::figures::{CpuTime, Figures, Unit};
 
 const BATCH: usize = 500;
 const PUBLISHERS: usize = 4;
@@ -47,6 +47,8 @@ struct Run {
     publish_rate: f64,
     p50: Duration,
     p99: Duration,
+    /// The share of CPU time the hypervisor took during the run.
+    stolen: f64,
 }
 
 /// Publishes `events` with `subscribers` listening. With `rate` set, the
@@ -85,6 +87,7 @@ async fn run(
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     let start = Instant::now();
+    let cpu = CpuTime::now();
     let per_publisher = events / PUBLISHERS;
     let mut publishers = Vec::new();
     for p in 0..PUBLISHERS {
@@ -144,11 +147,13 @@ async fn run(
         publish_rate: (per_publisher * PUBLISHERS) as f64 / publish_time.as_secs_f64(),
         p50: pick(0.50),
         p99: pick(0.99),
+        stolen: cpu.and_then(CpuTime::stolen_since).unwrap_or(f64::NAN),
     }
 }
 
 #[tokio::main]
 async fn main() {
+    let mut figures = Figures::new("events");
     let imaged = Imaged::builder()
         .arg(Service::Events, "--max-events=1000000")
         .arg(Service::Events, "--max-bytes=1073741824")
@@ -199,8 +204,8 @@ async fn main() {
         "\nimaged-events ({PUBLISHERS} publishers, {BATCH} events per Publish; latency = event creation to subscriber receipt)"
     );
     println!(
-        "{:>12} {:>14} {:>9} {:>14} {:>12} {:>12}",
-        "subscribers", "offered/s", "events", "published/s", "p50", "p99"
+        "{:>12} {:>14} {:>9} {:>14} {:>12} {:>12} {:>8}",
+        "subscribers", "offered/s", "events", "published/s", "p50", "p99", "stolen"
     );
     for r in &runs {
         let offered = r
@@ -208,15 +213,21 @@ async fn main() {
             .map(|r| r.to_string())
             .unwrap_or_else(|| "max".into());
         println!(
-            "{:>12} {:>14} {:>9} {:>14.0} {:>12.2?} {:>12.2?}",
-            r.subscribers, offered, r.events, r.publish_rate, r.p50, r.p99
+            "{:>12} {:>14} {:>9} {:>14.0} {:>12.2?} {:>12.2?} {:>7.1}%",
+            r.subscribers,
+            offered,
+            r.events,
+            r.publish_rate,
+            r.p50,
+            r.p99,
+            r.stolen * 100.0
         );
     }
     println!("replay from the log: {replayed} events at {replay_rate:.0} events/s");
     println!(
         "targets: p99 delivery < 10 ms for 100 subscribers at 1,000 events/s and for 10 at 50,000 events/s"
     );
-    let mut figures = Figures::new("events");
+    println!("stolen: the share of CPU time the hypervisor gave to others during the run");
     for r in &runs {
         let Some(rate) = r.rate else {
             if r.subscribers > 0 {

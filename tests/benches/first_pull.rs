@@ -166,6 +166,7 @@ impl Run {
 
 #[tokio::main]
 async fn main() {
+    let mut figures = Figures::new("first_pull");
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 || !Containerd::available() {
         eprintln!("first-pull bench skipped: needs root and containerd");
@@ -283,7 +284,6 @@ async fn main() {
     println!(
         "targets: wall <= 0.6x containerd; CPU <= 0.5x; the first pull costs no more than later ones"
     );
-    let mut figures = Figures::new("first_pull");
     let small = "small pull (1 layer, 3 MiB)";
     figures.ratio(
         format!("first cold {small}"),

@@ -59,6 +59,7 @@ fn row(name: &str, stats: &Stats, baseline: &Stats) {
 
 #[tokio::main]
 async fn main() {
+    let mut figures = Figures::new("gateway_hop");
     let imaged = Imaged::start().await.expect("start imaged");
     let gateway = imaged.images();
     let metadata = MetadataClient::new(imaged.channel(Service::Metadata));
@@ -94,7 +95,6 @@ async fn main() {
     );
     row("direct: metadata+transfer+events Info", &direct, &direct);
     row("gateway: Images/SystemInfo", &through_gateway, &direct);
-    let mut figures = Figures::new("gateway_hop");
     figures.info(
         "SystemInfo through the gateway (fans out to 3), median",
         Unit::Seconds,

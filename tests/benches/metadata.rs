@@ -46,6 +46,7 @@ fn row(name: &str, gateway: &Latency, direct: &Latency) {
 
 #[tokio::main]
 async fn main() {
+    let mut figures = Figures::new("metadata");
     let imaged = Imaged::start().await.expect("start imaged");
     let gateway =
         ImagesClient::new(imaged.channel(Service::Gateway)).max_decoding_message_size(MAX_MESSAGE);
@@ -230,7 +231,6 @@ async fn main() {
     println!(
         "targets: ListImages over 10,000 images < 10ms median through the gateway; gateway cost <= 25%"
     );
-    let mut figures = Figures::new("metadata");
     figures.at_most(
         "ListImages over 10,000 images, through the gateway, median",
         Unit::Seconds,

@@ -286,6 +286,7 @@ async fn theirs(
 
 #[tokio::main]
 async fn main() {
+    let mut figures = Figures::new("pull");
     let registry = TestRegistry::start().await.expect("start docker-registry");
     let fixtures = registry.fixtures();
     // `PULL_CASES=big,rootfs` runs only the cases whose repository names
@@ -310,7 +311,6 @@ async fn main() {
     let bench_fs =
         BenchFs::mount(48).expect("a fresh filesystem for the roots (root, loop devices)");
     println!("roots on a fresh ext4 at {}", bench_fs.path().display());
-    let mut figures = Figures::new("pull");
     let mut graveyard: Graveyard = Vec::new();
 
     println!(
