@@ -246,6 +246,22 @@ async fn main() {
         theirs.push(run(&cri, &[meter], &pulls, delay).await);
         graveyard.push(Box::new(containerd));
     }
+    for (name, runs) in [("imaged", &ours), ("containerd", &theirs)] {
+        let each: Vec<String> = runs
+            .iter()
+            .map(|r| {
+                format!(
+                    "{:.1}/{:.1}",
+                    r.first_cpu() * 1000.0,
+                    r.later_cpu() * 1000.0
+                )
+            })
+            .collect();
+        println!(
+            "{name}, each start, first/later CPU in ms: {}",
+            each.join(" ")
+        );
+    }
     let (ours, theirs) = (Run::averaged(&ours), Run::averaged(&theirs));
 
     println!("\nsmall pulls (1 layer, 3 MiB; CRI PullImage; CPU of the daemons, all threads)");
