@@ -131,9 +131,9 @@ async fn main() {
     row("ImageStatus", &a, &b);
     let (c, d) = list(&ours, &theirs).await;
     row("ListImages", &c, &d);
-    let last = [("ImageStatus", a, b), ("ListImages", c, d)];
+    let measured = [("ImageStatus", a, b), ("ListImages", c, d)];
     println!("target: imaged p50 and p99 at or below containerd's");
-    for (call, ours, theirs) in &last {
+    for (call, ours, theirs) in &measured {
         for (stat, o, t) in [("p50", ours.p50, theirs.p50), ("p99", ours.p99, theirs.p99)] {
             figures.ratio(
                 format!("CRI {call} {stat}, through the gateway"),

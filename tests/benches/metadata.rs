@@ -1,7 +1,8 @@
 //! `make bench`: imaged-metadata with 10,000 images and 20,000 tags.
 //! ListImages (no filter, reference= filter), InspectImage (by tag, by
 //! short ID) and TagImage, each through the gateway and direct to
-//! imaged-metadata in the same run, so the gateway hop's cost shows.
+//! imaged-metadata, alternated call by call (`imaged_e2e::latency`), so
+//! the gateway hop's cost shows.
 
 use std::time::{Duration, Instant};
 
@@ -169,9 +170,10 @@ async fn main() {
         image: ids_ref[i][7..19].to_string(),
         platform: None,
     };
-    // InspectImage through the gateway against the same request direct.
-    let inspect = |request: fn(usize) -> usize, by: &dyn Fn(usize) -> InspectImageRequest| {
-        let requests: Vec<InspectImageRequest> = (0..INSPECTS).map(|i| by(request(i))).collect();
+    // InspectImage through the gateway against the same request direct:
+    // call `i` asks for image `image_of(i)`, named by `by`.
+    let inspect = |image_of: fn(usize) -> usize, by: &dyn Fn(usize) -> InspectImageRequest| {
+        let requests: Vec<InspectImageRequest> = (0..INSPECTS).map(|i| by(image_of(i))).collect();
         let (g, d) = (g.clone(), d.clone());
         async move {
             paired(
