@@ -394,6 +394,46 @@ async fn push_then_pull_back_by_digest() {
     assert_eq!(metadata[8].1, by_digest);
 }
 
+/// imaged-metadata's start-up reconciliation tells imaged-transfer which
+/// images exist and holds PutImage back until it is answered. A pull that
+/// wrote its manifest and config meanwhile waits to record its image; the
+/// reconciliation, decided without that image, must not forget its blobs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_during_the_start_up_reconciliation_keeps_its_blobs() {
+    use imaged_common::config::Service;
+    let registry = TestRegistry::start().await.unwrap();
+    let catalog = catalog().unwrap();
+    catalog.push_all(&registry.fixtures()).await.unwrap();
+    // imaged-metadata first: its reconciliation finds imaged-transfer down
+    // and tries again every 2 s, holding PutImage back meanwhile.
+    let mut imaged = Imaged::builder()
+        .only(&[Service::Events, Service::Metadata])
+        .start()
+        .await
+        .unwrap();
+    imaged.start_service(Service::Transfer).await.unwrap();
+    imaged.start_service(Service::Gateway).await.unwrap();
+    let mut client = imaged.images();
+    let base = registry.fixtures().reference("fixtures/base:latest");
+    pull(&mut client, &base, None).await.unwrap();
+    let blobs = imaged.root().join("transfer/content/blobs/sha256");
+    let has = |digest: &str| blobs.join(digest.trim_start_matches("sha256:")).exists();
+    assert!(
+        has(&catalog.base.manifest.digest) && has(catalog.base.id()),
+        "the pulled image's manifest and config were forgotten"
+    );
+    // imaged-metadata recorded it.
+    let inspect = client
+        .inspect_image(InspectImageRequest {
+            image: base.clone(),
+            platform: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(inspect.id, catalog.base.id());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn removing_the_last_image_releases_its_layers() {
     let (imaged, registry, catalog) = setup().await;

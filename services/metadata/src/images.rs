@@ -168,17 +168,16 @@ impl Images {
     /// (after a crash either side may hold more), retrying until it answers.
     pub async fn reconcile_layers(self: Arc<Self>) {
         let _gate = self.layer_gate.lock().await;
-        let (chain_ids, image_ids) = {
-            let index = self.store.read();
-            let chain_ids: Vec<String> = chains_in_use(&index).into_iter().collect();
-            let image_ids: Vec<String> = index.images().map(|i| i.id.to_string()).collect();
-            (chain_ids, image_ids)
-        };
-        let request = RetainLayersRequest {
-            chain_ids,
-            image_ids,
-        };
         loop {
+            // Read again for every attempt: an attempt answered after a
+            // wait must say what the store holds then, not at the first.
+            let request = {
+                let index = self.store.read();
+                RetainLayersRequest {
+                    chain_ids: chains_in_use(&index).into_iter().collect(),
+                    image_ids: index.images().map(|i| i.id.to_string()).collect(),
+                }
+            };
             let result = self
                 .transfer
                 .call(|channel| {

@@ -138,6 +138,9 @@ impl Gc {
 
     /// Deletes the manifests and configs that only the gone `images`
     /// needed (a blob a stored layer came from stays). Answers how many.
+    /// An image an operation is recording right now ([`Leases::lease_image`])
+    /// keeps its blobs: the decision that it is gone was made before it was
+    /// stored again.
     pub fn forget_images(&self, images: &[Digest]) -> Result<usize, Error> {
         if images.is_empty() {
             return Ok(0);
@@ -148,14 +151,16 @@ impl Gc {
             .iter()
             .flat_map(|l| l.blobs().cloned().collect::<Vec<_>>())
             .collect();
-        let mut deleted = 0;
-        for blob in self.content.disown(images)? {
-            if !layer_blobs.contains(&blob) {
-                self.content.delete(&blob)?;
-                deleted += 1;
+        self.leases.unless_images_leased(images, |gone| {
+            let mut deleted = 0;
+            for blob in self.content.disown(gone)? {
+                if !layer_blobs.contains(&blob) {
+                    self.content.delete(&blob)?;
+                    deleted += 1;
+                }
             }
-        }
-        Ok(deleted)
+            Ok(deleted)
+        })
     }
 
     /// Forgets every image that owns small blobs but is not in `images`

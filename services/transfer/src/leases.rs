@@ -7,8 +7,13 @@
 //!   records on disk), a containerd snapshot (`snapshot/<name>`, likewise)
 //!   and a MountImage lease (`mount/<lease id>`).
 //!
+//! An operation that records an image also leases the image itself
+//! ([`ImageLease`]): its manifests and config, written before imaged-metadata
+//! has the image, are not forgotten meanwhile by a reconciliation or a
+//! removal that was decided before the image existed.
+//!
 //! Garbage collection ([`crate::gc`]) asks only this table before it
-//! removes a layer.
+//! removes a layer or forgets an image's blobs.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, MutexGuard};
@@ -30,6 +35,8 @@ struct Table {
     /// Chains no image needs any more that a named hold (or a child kept
     /// by one) kept from GC: collected once the holds go.
     deferred: HashSet<Digest>,
+    /// How many operations in flight are recording each image (by ID).
+    images: HashMap<Digest, usize>,
 }
 
 impl Table {
@@ -47,6 +54,13 @@ impl Table {
 pub struct Lease<'a> {
     leases: &'a Leases,
     chains: Vec<Digest>,
+}
+
+/// An image's manifests and config held while an operation records it.
+#[must_use = "an image lease holds the image only while it lives"]
+pub struct ImageLease<'a> {
+    leases: &'a Leases,
+    image: Digest,
 }
 
 /// The name of a container's hold on its image.
@@ -83,6 +97,35 @@ impl Leases {
             leases: self,
             chains: chains.to_vec(),
         }
+    }
+
+    /// Holds the blobs image `image` owns until the lease is dropped: take
+    /// it before writing them, keep it until imaged-metadata has the image.
+    pub fn lease_image(&self, image: &Digest) -> ImageLease<'_> {
+        *self.lock().images.entry(image.clone()).or_default() += 1;
+        ImageLease {
+            leases: self,
+            image: image.clone(),
+        }
+    }
+
+    /// Runs `forget` on those of `images` that no operation is recording,
+    /// with the table locked, so that an operation that leases one next
+    /// writes its blobs after they are forgotten, not before.
+    pub fn unless_images_leased<T>(
+        &self,
+        images: &[Digest],
+        forget: impl FnOnce(&[Digest]) -> T,
+    ) -> T {
+        let table = self.lock();
+        let unleased: Vec<Digest> = images
+            .iter()
+            .filter(|image| !table.images.contains_key(image))
+            .cloned()
+            .collect();
+        let forgotten = forget(&unleased);
+        drop(table);
+        forgotten
     }
 
     /// Holds `chain` under `name` until [`Leases::release`]; a second hold
@@ -157,9 +200,41 @@ impl Drop for Lease<'_> {
     }
 }
 
+impl Drop for ImageLease<'_> {
+    fn drop(&mut self) {
+        let mut table = self.leases.lock();
+        if let Some(n) = table.images.get_mut(&self.image) {
+            *n -= 1;
+            if *n == 0 {
+                table.images.remove(&self.image);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_image_being_recorded_is_not_forgotten() {
+        let leases = Leases::new();
+        let (a, b) = (chain(1), chain(2));
+        let first = leases.lease_image(&a);
+        let second = leases.lease_image(&a);
+        let forgotten = |leases: &Leases| {
+            leases.unless_images_leased(&[a.clone(), b.clone()], <[Digest]>::to_vec)
+        };
+        assert_eq!(forgotten(&leases), std::slice::from_ref(&b));
+        drop(first);
+        assert_eq!(
+            forgotten(&leases),
+            std::slice::from_ref(&b),
+            "one recording still runs"
+        );
+        drop(second);
+        assert_eq!(forgotten(&leases), [a, b]);
+    }
 
     fn chain(n: u8) -> Digest {
         Digest::sha256_of(&[n])

@@ -696,6 +696,11 @@ impl Puller {
         plan: &LayerPlan,
         tx: &Progress,
     ) -> Result<(), Error> {
+        // Until imaged-metadata has the image, a reconciliation or removal
+        // decided without it must not forget the blobs written here.
+        let _image_lease = self
+            .leases
+            .lease_image(&Digest::sha256_of(&configured.config));
         for (digest, bytes) in &resolved.small_blobs {
             self.content.write(digest, bytes)?;
         }
