@@ -37,6 +37,15 @@ async fn setup() -> (Imaged, TestRegistry, Catalog) {
     (imaged, registry, catalog)
 }
 
+/// Whether imaged-transfer's content store holds the blob `digest`.
+fn stored_blob(imaged: &Imaged, digest: &str) -> bool {
+    imaged
+        .root()
+        .join("transfer/content/blobs/sha256")
+        .join(digest.trim_start_matches("sha256:"))
+        .exists()
+}
+
 fn chain_hexes(image: &Image) -> Vec<String> {
     let mut chain: Option<String> = None;
     image
@@ -416,8 +425,7 @@ async fn a_pull_during_the_start_up_reconciliation_keeps_its_blobs() {
     let mut client = imaged.images();
     let base = registry.fixtures().reference("fixtures/base:latest");
     pull(&mut client, &base, None).await.unwrap();
-    let blobs = imaged.root().join("transfer/content/blobs/sha256");
-    let has = |digest: &str| blobs.join(digest.trim_start_matches("sha256:")).exists();
+    let has = |digest: &str| stored_blob(&imaged, digest);
     assert!(
         has(&catalog.base.manifest.digest) && has(catalog.base.id()),
         "the pulled image's manifest and config were forgotten"
@@ -469,7 +477,7 @@ async fn removing_the_last_image_releases_its_layers() {
     );
     // app's manifest and config went with it; base's stay.
     let blobs = imaged.root().join("transfer/content/blobs/sha256");
-    let has = |digest: &str| blobs.join(digest.trim_start_matches("sha256:")).exists();
+    let has = |digest: &str| stored_blob(&imaged, digest);
     for _ in 0..100 {
         if !has(&catalog.app.manifest.digest) {
             break;

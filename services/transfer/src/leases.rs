@@ -190,25 +190,24 @@ impl Drop for Lease<'_> {
     fn drop(&mut self) {
         let mut table = self.leases.lock();
         for chain in &self.chains {
-            if let Some(n) = table.operations.get_mut(chain) {
-                *n -= 1;
-                if *n == 0 {
-                    table.operations.remove(chain);
-                }
-            }
+            let_go(&mut table.operations, chain);
+        }
+    }
+}
+
+/// One lease of `what` fewer in `counts`; none left, it is no longer held.
+fn let_go(counts: &mut HashMap<Digest, usize>, what: &Digest) {
+    if let Some(n) = counts.get_mut(what) {
+        *n -= 1;
+        if *n == 0 {
+            counts.remove(what);
         }
     }
 }
 
 impl Drop for ImageLease<'_> {
     fn drop(&mut self) {
-        let mut table = self.leases.lock();
-        if let Some(n) = table.images.get_mut(&self.image) {
-            *n -= 1;
-            if *n == 0 {
-                table.images.remove(&self.image);
-            }
-        }
+        let_go(&mut self.leases.lock().images, &self.image);
     }
 }
 

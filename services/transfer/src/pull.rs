@@ -696,11 +696,10 @@ impl Puller {
         plan: &LayerPlan,
         tx: &Progress,
     ) -> Result<(), Error> {
+        let config_digest = Digest::sha256_of(&configured.config);
         // Until imaged-metadata has the image, a reconciliation or removal
         // decided without it must not forget the blobs written here.
-        let _image_lease = self
-            .leases
-            .lease_image(&Digest::sha256_of(&configured.config));
+        let _image_lease = self.leases.lease_image(&config_digest);
         for (digest, bytes) in &resolved.small_blobs {
             self.content.write(digest, bytes)?;
         }
@@ -710,8 +709,7 @@ impl Puller {
             .iter()
             .map(|(d, _)| d.clone())
             .collect();
-        self.content
-            .own(&Digest::sha256_of(&configured.config), &small)?;
+        self.content.own(&config_digest, &small)?;
         let reference = &target.reference;
         let shown = target.shown.clone();
         let top_digest = resolved.top_digest;
@@ -721,7 +719,6 @@ impl Puller {
             .map(|c| self.layers.get(c).map_or(0, |l| l.size as i64))
             .collect();
         let name = reference.name();
-        let config_digest = Digest::sha256_of(&configured.config);
         let config_bytes = Bytes::from(configured.config.clone());
         // As containerd sizes an image: what its registry holds of it.
         let content_size = resolved
