@@ -390,8 +390,22 @@ async fn kubelet_pulls_through_imaged_and_containerd_runs_the_image() {
 async fn run_hello(containerd: &Containerd, imaged: &Imaged, reference: &str, id: &str) {
     let out = containerd
         .ctr(&["run", "--rm", "--snapshotter", "imaged", reference, id])
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n{}\n{}", containerd.log(), imaged.logs()));
+        .await;
+    let out = match out {
+        Ok(out) => out,
+        Err(e) => {
+            // What containerd had then, before the logs, which are long.
+            let mut had = String::new();
+            for args in [
+                &["snapshots", "--snapshotter", "imaged", "ls"][..],
+                &["images", "ls"],
+            ] {
+                let listed = containerd.ctr(args).await.unwrap_or_else(|e| e.to_string());
+                had.push_str(&format!("ctr {}:\n{listed}\n", args.join(" ")));
+            }
+            panic!("{e}\n{had}\n{}\n{}", imaged.logs(), containerd.log())
+        }
+    };
     assert_eq!(out.trim(), RUNNABLE_OUTPUT);
 }
 

@@ -15,7 +15,7 @@ use imaged_model::Digest;
 
 use crate::content::ContentStore;
 use crate::layers::LayerStore;
-use crate::leases::Leases;
+use crate::leases::{Claim, Leases};
 use crate::metadata::Metadata;
 
 /// What garbage collection works on.
@@ -51,6 +51,11 @@ impl Gc {
     /// ([`Gc::collect_deferred`]); what an operation in flight uses is not,
     /// as that operation's image will need it.
     pub async fn release(&self, chains: HashSet<Digest>) -> Result<Vec<String>, Error> {
+        self.remove(chains, Claim::Unheld).await
+    }
+
+    /// [`Gc::release`], taking each chain only as `claim` allows.
+    async fn remove(&self, chains: HashSet<Digest>, claim: Claim) -> Result<Vec<String>, Error> {
         let mut removed = Vec::new();
         let mut freed_blobs = Vec::new();
         let mut pending: Vec<Digest> = chains.into_iter().collect();
@@ -66,7 +71,7 @@ impl Gc {
                 }
                 let Some(detached) = self
                     .leases
-                    .unless_leased(&chain, || self.layers.detach(&chain))
+                    .unless_leased(&chain, claim, || self.layers.detach(&chain))
                 else {
                     if self.leases.named_holds(&chain) {
                         kept_by_holds.insert(chain.clone());
@@ -97,6 +102,9 @@ impl Gc {
                 self.leases.defer(chain);
             }
         }
+        if !removed.is_empty() {
+            tracing::info!(?claim, chains = ?removed, "layers removed");
+        }
         // A blob goes with its last layer (two chains can share one).
         if !freed_blobs.is_empty() {
             let kept: HashSet<Digest> = self
@@ -115,25 +123,21 @@ impl Gc {
     /// Removes the deferred chains whose holds are gone and that no image
     /// needs (imaged-metadata says; unreachable, they wait for the next
     /// time): called when a container, a snapshot or a mount lets go of
-    /// its layers. An operation that leases one meanwhile keeps it.
+    /// its layers. An operation that leases one meanwhile keeps it, even
+    /// one that has let go again by the time imaged-metadata answers: its
+    /// image may be recorded after imaged-metadata was asked.
     pub async fn collect_deferred(&self) -> Result<Vec<String>, Error> {
-        let mut deferred = self.leases.take_deferred();
+        let mut deferred = self.leases.deferred();
         if deferred.is_empty() {
             return Ok(Vec::new());
         }
         if let Some(metadata) = &self.metadata {
             let asked: Vec<Digest> = deferred.iter().cloned().collect();
-            match metadata.chains_in_use(&asked).await {
-                Ok(in_use) => deferred.retain(|c| !in_use.contains(c)),
-                Err(err) => {
-                    for chain in deferred {
-                        self.leases.defer(chain);
-                    }
-                    return Err(err);
-                }
-            }
+            let in_use = metadata.chains_in_use(&asked).await?;
+            self.leases.undefer(&in_use);
+            deferred.retain(|c| !in_use.contains(c));
         }
-        self.release(deferred).await
+        self.remove(deferred, Claim::StillDeferred).await
     }
 
     /// Deletes the manifests and configs that only the gone `images`
@@ -354,6 +358,24 @@ mod tests {
         f.leases.release("container/c");
         assert!(f.gc.collect_deferred().await.unwrap().is_empty());
         assert!(f.layers.get(&f.other).is_some());
+    }
+
+    #[tokio::test]
+    async fn a_deferred_chain_an_operation_used_while_metadata_was_asked_stays() {
+        let f = fixture();
+        f.leases.hold("snapshot/x".into(), f.app.clone());
+        f.gc.release(set(&[&f.app])).await.unwrap();
+        f.leases.release("snapshot/x");
+        // collect_deferred reads the deferred chains and asks
+        // imaged-metadata, which has no image on app yet...
+        let asked = f.leases.deferred();
+        assert_eq!(asked, set(&[&f.app]));
+        // ...a load leases app, records its image and lets go...
+        drop(f.leases.lease(std::slice::from_ref(&f.app)));
+        // ...and the answer arrives: no image needs app.
+        let removed = f.gc.remove(asked, Claim::StillDeferred).await.unwrap();
+        assert!(removed.is_empty(), "the load's image stands on app");
+        assert!(f.layers.get(&f.app).is_some());
     }
 
     #[tokio::test]

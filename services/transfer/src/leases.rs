@@ -49,6 +49,22 @@ impl Table {
     }
 }
 
+/// What a removal asks of the table before it takes a chain, by how it
+/// decided that no image needs the chain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Claim {
+    /// Decided by imaged-metadata behind the gate its PutImage also
+    /// takes (a release, a reconciliation): an image recorded since waits
+    /// for the removal, and its operation's lease keeps its chains. Nothing
+    /// may hold the chain now.
+    Unheld,
+    /// Decided here, from the deferred chains, by asking imaged-metadata
+    /// without that gate: an operation may have leased the chain, recorded
+    /// its image and let go since it asked. Nothing may hold the chain now,
+    /// and it must still be deferred (a lease undefers it).
+    StillDeferred,
+}
+
 /// Chains held until this is dropped.
 #[must_use = "a lease holds its chains only while it lives"]
 pub struct Lease<'a> {
@@ -150,10 +166,20 @@ impl Leases {
         self.lock().deferred.insert(chain);
     }
 
-    /// The deferred chains, forgotten here (GC defers again what still
-    /// cannot go).
-    pub fn take_deferred(&self) -> HashSet<Digest> {
-        std::mem::take(&mut self.lock().deferred)
+    /// The deferred chains now. They stay deferred until a removal with
+    /// [`Claim::StillDeferred`] takes them, an operation leases them or
+    /// [`Leases::undefer`] says an image needs them.
+    pub fn deferred(&self) -> HashSet<Digest> {
+        self.lock().deferred.clone()
+    }
+
+    /// `chains` are needed by an image again: no longer deferred (the
+    /// image releases them when it goes).
+    pub fn undefer<'c>(&self, chains: impl IntoIterator<Item = &'c Digest>) {
+        let mut table = self.lock();
+        for chain in chains {
+            table.deferred.remove(chain);
+        }
     }
 
     /// Every chain held now, by operations and named holds alike (the
@@ -168,12 +194,21 @@ impl Leases {
             .collect()
     }
 
-    /// Runs `remove` unless something holds `chain`. The table stays
-    /// locked meanwhile, so an operation that leases the chain next sees
-    /// it gone, and one that leased it first keeps it.
-    pub fn unless_leased<T>(&self, chain: &Digest, remove: impl FnOnce() -> T) -> Option<T> {
-        let table = self.lock();
+    /// Runs `remove` unless something holds `chain`, or, for
+    /// [`Claim::StillDeferred`], unless it is no longer deferred. The table
+    /// stays locked meanwhile, so an operation that leases the chain next
+    /// sees it gone, and one that leased it first keeps it.
+    pub fn unless_leased<T>(
+        &self,
+        chain: &Digest,
+        claim: Claim,
+        remove: impl FnOnce() -> T,
+    ) -> Option<T> {
+        let mut table = self.lock();
         if table.holds(chain) {
+            return None;
+        }
+        if claim == Claim::StillDeferred && !table.deferred.remove(chain) {
             return None;
         }
         let removed = remove();
@@ -239,27 +274,45 @@ mod tests {
         Digest::sha256_of(&[n])
     }
 
+    /// Whether a removal decided behind imaged-metadata's gate takes
+    /// chain `n`.
+    fn removed(leases: &Leases, n: u8) -> Option<&'static str> {
+        leases.unless_leased(&chain(n), Claim::Unheld, || "removed")
+    }
+
+    #[test]
+    fn a_deferred_chain_leased_since_is_not_claimed_as_still_deferred() {
+        let leases = Leases::new();
+        let claim = |n: u8| leases.unless_leased(&chain(n), Claim::StillDeferred, || "removed");
+        leases.defer(chain(1));
+        leases.defer(chain(2));
+        assert_eq!(
+            leases.deferred(),
+            [chain(1), chain(2)].into_iter().collect()
+        );
+        // An operation uses chain 2 and lets go: its image needs it now.
+        drop(leases.lease(&[chain(2)]));
+        assert_eq!(claim(2), None);
+        assert_eq!(claim(1), Some("removed"));
+        assert_eq!(claim(1), None, "claimed once");
+        assert_eq!(claim(3), None, "never deferred");
+        leases.defer(chain(4));
+        leases.undefer([&chain(4)]);
+        assert!(leases.deferred().is_empty());
+    }
+
     #[test]
     fn a_chain_is_held_while_any_lease_on_it_lives() {
         let leases = Leases::new();
         let first = leases.lease(&[chain(1), chain(2)]);
         let second = leases.lease(&[chain(2)]);
-        assert_eq!(leases.unless_leased(&chain(1), || "removed"), None);
-        assert_eq!(
-            leases.unless_leased(&chain(3), || "removed"),
-            Some("removed")
-        );
+        assert_eq!(removed(&leases, 1), None);
+        assert_eq!(removed(&leases, 3), Some("removed"));
         drop(first);
-        assert_eq!(
-            leases.unless_leased(&chain(1), || "removed"),
-            Some("removed")
-        );
-        assert_eq!(leases.unless_leased(&chain(2), || "removed"), None);
+        assert_eq!(removed(&leases, 1), Some("removed"));
+        assert_eq!(removed(&leases, 2), None);
         drop(second);
-        assert_eq!(
-            leases.unless_leased(&chain(2), || "removed"),
-            Some("removed")
-        );
+        assert_eq!(removed(&leases, 2), Some("removed"));
     }
 
     #[test]
@@ -273,17 +326,10 @@ mod tests {
             [chain(1), chain(2)].into_iter().collect()
         );
         assert_eq!(leases.release(&container_hold("c1")), Some(chain(1)));
-        assert_eq!(
-            leases.unless_leased(&chain(1), || "removed"),
-            None,
-            "the mount still holds it"
-        );
+        assert_eq!(removed(&leases, 1), None, "the mount still holds it");
         assert_eq!(leases.release(&mount_hold("m1")), Some(chain(1)));
         assert_eq!(leases.release(&mount_hold("m1")), None);
-        assert_eq!(
-            leases.unless_leased(&chain(1), || "removed"),
-            Some("removed")
-        );
+        assert_eq!(removed(&leases, 1), Some("removed"));
         drop(op);
         assert!(leases.held_chains().is_empty());
     }
