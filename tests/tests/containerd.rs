@@ -54,6 +54,29 @@ async fn imaged_for(containerd: &Containerd, snapshots: &std::path::Path) -> Ima
         .unwrap()
 }
 
+/// The runnable fixture image, pushed to `registry` as `name`; answers it
+/// and its full reference.
+async fn push_runnable(registry: &TestRegistry, name: &str) -> (imaged_fixtures::Image, String) {
+    let image = imaged_fixtures::runnable().unwrap();
+    let fixtures = registry.fixtures();
+    fixtures.push_image(name, &image).await.unwrap();
+    (image, fixtures.reference(name))
+}
+
+/// containerd with imaged as its proxy snapshotter, then imaged, told
+/// where containerd is; and the directory of the snapshotter's socket.
+async fn containerd_then_imaged(
+    registry: &TestRegistry,
+) -> (tempfile::TempDir, Containerd, Imaged) {
+    let sockets = tempfile::tempdir().unwrap();
+    let snapshots = sockets.path().join("snapshots.sock");
+    let containerd = Containerd::start_with_imaged(&registry.host, &snapshots)
+        .await
+        .unwrap();
+    let imaged = imaged_for(&containerd, &snapshots).await;
+    (sockets, containerd, imaged)
+}
+
 fn require_root_and_containerd() {
     // SAFETY: geteuid has no preconditions.
     assert_eq!(
@@ -71,13 +94,7 @@ fn require_root_and_containerd() {
 async fn containerd_runs_containers_on_layers_only_imaged_downloaded() {
     require_root_and_containerd();
     let registry = TestRegistry::start().await.unwrap();
-    let image = imaged_fixtures::runnable().unwrap();
-    let fixtures = registry.fixtures();
-    fixtures
-        .push_image("fixtures/runnable:1", &image)
-        .await
-        .unwrap();
-    let reference = fixtures.reference("fixtures/runnable:1");
+    let (image, reference) = push_runnable(&registry, "fixtures/runnable:1").await;
     let imaged = Imaged::start().await.unwrap();
     let containerd =
         Containerd::start_with_imaged(&registry.host, &imaged.root().join("run/snapshots.sock"))
@@ -256,13 +273,8 @@ where
 async fn kubelet_pulls_through_imaged_and_containerd_runs_the_image() {
     require_root_and_containerd();
     let registry = TestRegistry::start().await.unwrap();
-    let image = imaged_fixtures::runnable().unwrap();
+    let (image, reference) = push_runnable(&registry, "fixtures/runnable:2").await;
     let fixtures = registry.fixtures();
-    fixtures
-        .push_image("fixtures/runnable:2", &image)
-        .await
-        .unwrap();
-    let reference = fixtures.reference("fixtures/runnable:2");
     fixtures
         .push_image("fixtures/pause:1", &imaged_fixtures::pause().unwrap())
         .await
@@ -383,6 +395,106 @@ async fn kubelet_pulls_through_imaged_and_containerd_runs_the_image() {
     })
     .await;
     run_hello(&containerd, &imaged, &loaded_name, "imaged-e2e-loaded").await;
+}
+
+/// containerd (1.6) answers the Prepare of a layer snapshot it already has
+/// without leasing it. An image imaged registers again after containerd
+/// lost its records, but before containerd collected the snapshots they
+/// left, must keep them through a collection that lands while the
+/// registration writes the rest. Each round runs one collection a
+/// millisecond later than the last, so that some land in that moment
+/// (on this machine, 15-35 ms after the tag: without the registration's
+/// lease on its snapshots, 5 runs of 6 lost them, or failed to register).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_registered_again_keeps_its_snapshots_through_containerds_collection() {
+    require_root_and_containerd();
+    let registry = TestRegistry::start().await.unwrap();
+    let (image, reference) = push_runnable(&registry, "fixtures/runnable:1").await;
+    let (_sockets, containerd, imaged) = containerd_then_imaged(&registry).await;
+    ImageServiceClient::new(imaged.channel(Service::Gateway))
+        .pull_image(PullImageRequest {
+            image: spec(&reference),
+            auth: None,
+            sandbox_config: None,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}\n{}", containerd.log(), imaged.logs()));
+    let layers = || async {
+        let listed = containerd
+            .ctr(&["snapshots", "--snapshotter", "imaged", "ls"])
+            .await
+            .unwrap();
+        let committed = listed
+            .lines()
+            .filter(|l| l.starts_with("sha256:") && l.trim_end().ends_with("Committed"))
+            .count();
+        (committed, listed)
+    };
+    let (committed, listed) = layers().await;
+    assert_eq!(committed, image.layers.len(), "{listed}");
+
+    let channel = Peer::new(Service::Gateway, Endpoint::Unix(containerd.socket()))
+        .unwrap()
+        .channel();
+    for round in 0..40u64 {
+        // containerd loses the image's records (not imaged): its snapshots
+        // wait for a collection.
+        let names = containerd.ctr(&["images", "ls", "-q"]).await.unwrap();
+        let mut rm = vec!["images", "rm"];
+        rm.extend(names.lines());
+        containerd.ctr(&rm).await.unwrap();
+        // imaged registers it again, as for a tag; containerd collects
+        // meanwhile.
+        let collection = tokio::spawn(collect(channel.clone(), Duration::from_millis(10 + round)));
+        let tag = format!("{}/fixtures/again:{round}", registry.host);
+        imaged
+            .images()
+            .tag_image(imaged_api::v1::TagImageRequest {
+                source: reference.clone(),
+                target: tag.clone(),
+            })
+            .await
+            .unwrap();
+        eventually("containerd has the image again", || async {
+            let names = containerd.ctr(&["images", "ls", "-q"]).await.unwrap();
+            names.lines().any(|n| n == tag)
+        })
+        .await;
+        collection.await.unwrap();
+        collect(channel.clone(), Duration::ZERO).await;
+        let (committed, listed) = layers().await;
+        assert_eq!(
+            committed,
+            image.layers.len(),
+            "round {round}: containerd lost a layer snapshot\n{listed}\n{}\n{}",
+            imaged.logs(),
+            containerd.log()
+        );
+    }
+}
+
+/// Runs containerd's garbage collection once, `after` from now (a lease
+/// deleted with `sync` collects at once).
+async fn collect(channel: imaged_common::peer::PeerChannel, after: Duration) {
+    use imaged_api::containerd::services::leases::v1 as leases;
+    fn request<T>(message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        request
+            .metadata_mut()
+            .insert("containerd-namespace", "k8s.io".parse().unwrap());
+        request
+    }
+    tokio::time::sleep(after).await;
+    let mut client = leases::leases_client::LeasesClient::new(channel);
+    let created = client
+        .create(request(leases::CreateRequest::default()))
+        .await
+        .unwrap();
+    let id = created.into_inner().lease.map(|l| l.id).unwrap_or_default();
+    client
+        .delete(request(leases::DeleteRequest { id, sync: true }))
+        .await
+        .unwrap();
 }
 
 /// `ctr run` of the runnable image `reference` on imaged's snapshotter:
@@ -784,12 +896,7 @@ async fn the_image_of_imaged_is_pulled_by_imaged_and_run_by_containerd() {
     assert!(built.status.success(), "make-image: {built:?}");
     assert!(layout.path().join("image/oci-layout").exists());
 
-    let sockets = tempfile::tempdir().unwrap();
-    let snapshots = sockets.path().join("snapshots.sock");
-    let containerd = Containerd::start_with_imaged(&registry.host, &snapshots)
-        .await
-        .unwrap();
-    let imaged = imaged_for(&containerd, &snapshots).await;
+    let (_sockets, containerd, imaged) = containerd_then_imaged(&registry).await;
     imaged_e2e::client::pull(
         imaged.images(),
         imaged_e2e::client::pull_request(&reference),

@@ -212,15 +212,31 @@ impl Containerd {
     }
 
     /// Makes containerd's snapshot records of `chains` (bottom first) in
-    /// the namespace, each answered by imaged's proxy snapshotter. Every
-    /// layer is asked for, even one containerd has: containerd then adds
-    /// it to the registration's lease, so its garbage collector cannot
-    /// take it before the config that references it is written.
+    /// the namespace, each answered by imaged's proxy snapshotter. Each
+    /// layer is added to the registration's lease first, so that
+    /// containerd's garbage collector cannot take it before the config that
+    /// references it is written: containerd (1.6) answers ALREADY_EXISTS
+    /// for a layer it has without leasing it, and one it has may be one
+    /// that a removed image left for its next collection.
     async fn snapshots(&self, chains: &[Digest], lease: &str) -> Result<(), Error> {
         let mut client = snapshots::snapshots_client::SnapshotsClient::new(self.channel.clone());
+        let mut leases = leases::leases_client::LeasesClient::new(self.channel.clone());
         let mut parent = String::new();
         for chain in chains {
             let name = chain.to_string();
+            leases
+                .add_resource(self.request(
+                    leases::AddResourceRequest {
+                        id: lease.to_string(),
+                        resource: Some(leases::Resource {
+                            id: name.clone(),
+                            r#type: format!("snapshots/{}", self.snapshotter),
+                        }),
+                    },
+                    None,
+                ))
+                .await
+                .map_err(|s| self.error("lease snapshot", &name, s))?;
             let key = format!("imaged-register-{:016x} {name}", rand::random::<u64>());
             let prepared = client
                 .prepare(self.request(
