@@ -436,7 +436,7 @@ async fn an_image_registered_again_keeps_its_snapshots_through_containerds_colle
     let channel = Peer::new(Service::Gateway, Endpoint::Unix(containerd.socket()))
         .unwrap()
         .channel();
-    for round in 0..40u64 {
+    for round in 0..50u64 {
         // containerd loses the image's records (not imaged): its snapshots
         // wait for a collection.
         let names = containerd.ctr(&["images", "ls", "-q"]).await.unwrap();
@@ -445,7 +445,7 @@ async fn an_image_registered_again_keeps_its_snapshots_through_containerds_colle
         containerd.ctr(&rm).await.unwrap();
         // imaged registers it again, as for a tag; containerd collects
         // meanwhile.
-        let collection = tokio::spawn(collect(channel.clone(), Duration::from_millis(10 + round)));
+        let collection = tokio::spawn(collect(channel.clone(), Duration::from_millis(round)));
         let tag = format!("{}/fixtures/again:{round}", registry.host);
         imaged
             .images()

@@ -208,7 +208,9 @@ impl Leases {
         if table.holds(chain) {
             return None;
         }
-        if claim == Claim::StillDeferred && !table.deferred.remove(chain) {
+        // A chain removed is no longer deferred, whoever removes it.
+        let was_deferred = table.deferred.remove(chain);
+        if claim == Claim::StillDeferred && !was_deferred {
             return None;
         }
         let removed = remove();
@@ -298,7 +300,12 @@ mod tests {
         assert_eq!(claim(3), None, "never deferred");
         leases.defer(chain(4));
         leases.undefer([&chain(4)]);
-        assert!(leases.deferred().is_empty());
+        leases.defer(chain(5));
+        assert_eq!(removed(&leases, 5), Some("removed"));
+        assert!(
+            leases.deferred().is_empty(),
+            "removed, so no longer deferred"
+        );
     }
 
     #[test]
