@@ -403,8 +403,9 @@ async fn kubelet_pulls_through_imaged_and_containerd_runs_the_image() {
 /// left, must keep them through a collection that lands while the
 /// registration writes the rest. Each round runs one collection a
 /// millisecond later than the last, so that some land in that moment
-/// (on this machine, 15-35 ms after the tag: without the registration's
-/// lease on its snapshots, 5 runs of 6 lost them, or failed to register).
+/// (on this machine, 22-45 ms after the tag: without the registration's
+/// lease on its snapshots, 5 runs of 6 failed, losing them or failing to
+/// register).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_image_registered_again_keeps_its_snapshots_through_containerds_collection() {
     require_root_and_containerd();
