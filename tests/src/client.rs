@@ -2,8 +2,8 @@
 
 use imaged_api::v1::images_client::ImagesClient;
 use imaged_api::v1::{
-    ImageSummary, ImportImageRequest, ListImagesRequest, PullImageProgress, PullImageRequest,
-    PushImageProgress, PushImageRequest,
+    ImageInspect, ImageSummary, ImportImageRequest, InspectImageRequest, ListImagesRequest,
+    PullImageProgress, PullImageRequest, PushImageProgress, PushImageRequest,
 };
 use imaged_common::peer::PeerChannel;
 use tokio_stream::StreamExt;
@@ -16,6 +16,20 @@ pub fn pull_request(reference: &str) -> PullImageRequest {
         auth: None,
         all_tags: false,
     }
+}
+
+/// InspectImage of `image` (a name, reference or ID) for any platform.
+pub async fn inspect(
+    client: &mut ImagesClient<PeerChannel>,
+    image: &str,
+) -> Result<ImageInspect, tonic::Status> {
+    client
+        .inspect_image(InspectImageRequest {
+            image: image.into(),
+            platform: None,
+        })
+        .await
+        .map(tonic::Response::into_inner)
 }
 
 /// Runs a pull through the gateway and answers every progress message,

@@ -15,6 +15,7 @@ use imaged_api::v1::*;
 use imaged_common::config::Service;
 use imaged_common::peer::PeerChannel;
 use imaged_e2e::Imaged;
+use imaged_e2e::client::inspect;
 use serde_json::json;
 use tonic::Code;
 
@@ -81,16 +82,6 @@ async fn ids(client: &mut Client, filters: &[&str]) -> Vec<String> {
         .into_iter()
         .map(|i| i.id)
         .collect()
-}
-
-async fn inspect(client: &mut Client, image: &str) -> Result<ImageInspect, tonic::Status> {
-    client
-        .inspect_image(InspectImageRequest {
-            image: image.into(),
-            platform: None,
-        })
-        .await
-        .map(|r| r.into_inner())
 }
 
 async fn rmi(
@@ -1093,15 +1084,11 @@ async fn image_cache_lookup_finds_local_and_history_hits() {
     )
     .await;
     assert_eq!(last, source, "the source's last step is the source itself");
-    let inspect = client
-        .inspect_image(InspectImageRequest {
-            image: source.clone(),
-            platform: None,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(inspect.parent, intermediate, "and it gets the parent link");
+    let inspected = inspect(&mut client, &source).await.unwrap();
+    assert_eq!(
+        inspected.parent, intermediate,
+        "and it gets the parent link"
+    );
 }
 
 /// InspectAll (the gateway's read model) answers every image and reference

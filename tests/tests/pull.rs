@@ -7,6 +7,7 @@ use std::collections::HashSet;
 use imaged_api::v1::images_client::ImagesClient;
 use imaged_api::v1::*;
 use imaged_common::peer::PeerChannel;
+use imaged_e2e::client::inspect;
 use imaged_e2e::unpacked::assert_layer_matches;
 use imaged_e2e::{Imaged, TestRegistry, client};
 use imaged_fixtures::{Catalog, Image, catalog};
@@ -113,23 +114,16 @@ async fn pulls_every_fixture_shape_exactly() {
         );
         assert_unpacked(&imaged, image);
 
-        let inspect = client
-            .inspect_image(InspectImageRequest {
-                image: reference.clone(),
-                platform: None,
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        assert_eq!(inspect.id, image.id());
+        let inspected = inspect(&mut client, &reference).await.unwrap();
+        assert_eq!(inspected.id, image.id());
         assert!(
-            inspect.repo_tags.contains(&reference),
+            inspected.repo_tags.contains(&reference),
             "{:?}",
-            inspect.repo_tags
+            inspected.repo_tags
         );
         let name = reference.rsplit_once(':').unwrap().0;
         assert_eq!(
-            inspect.repo_digests,
+            inspected.repo_digests,
             vec![format!("{name}@{}", image.manifest.digest)]
         );
     }
@@ -334,14 +328,7 @@ async fn push_then_pull_back_by_digest() {
 
     // The image now carries the pushed manifest's digest.
     let by_digest = format!("{}@{}", target.rsplit_once(':').unwrap().0, last.digest);
-    let inspected = client
-        .inspect_image(InspectImageRequest {
-            image: target.clone(),
-            platform: None,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let inspected = inspect(&mut client, &target).await.unwrap();
     assert!(
         inspected.repo_digests.contains(&by_digest),
         "{:?}",
@@ -431,15 +418,8 @@ async fn a_pull_during_the_start_up_reconciliation_keeps_its_blobs() {
         "the pulled image's manifest and config were forgotten"
     );
     // imaged-metadata recorded it.
-    let inspect = client
-        .inspect_image(InspectImageRequest {
-            image: base.clone(),
-            platform: None,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(inspect.id, catalog.base.id());
+    let inspected = inspect(&mut client, &base).await.unwrap();
+    assert_eq!(inspected.id, catalog.base.id());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -642,15 +622,7 @@ async fn a_local_image_is_pushed_as_docker_pushes_it() {
     assert_eq!(again.last().unwrap().digest, last.digest);
 
     // The image carries repo@digest, as `docker inspect` shows after a push.
-    let inspected = imaged
-        .images()
-        .inspect_image(InspectImageRequest {
-            image: id.clone(),
-            platform: None,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let inspected = inspect(&mut imaged.images(), &id).await.unwrap();
     let name = target.rsplit_once(':').unwrap().0;
     assert_eq!(inspected.repo_digests, [format!("{name}@{}", last.digest)]);
 
@@ -808,14 +780,6 @@ async fn layers_are_fetched_by_range_and_a_registry_without_ranges_serves_them_w
         );
     }
     assert_unpacked(&other, image);
-    let inspected = other
-        .images()
-        .inspect_image(InspectImageRequest {
-            image: through,
-            platform: None,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let inspected = inspect(&mut other.images(), &through).await.unwrap();
     assert_eq!(inspected.id, image.id());
 }

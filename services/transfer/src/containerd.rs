@@ -220,11 +220,11 @@ impl Containerd {
     /// that a removed image left for its next collection.
     async fn snapshots(&self, chains: &[Digest], lease: &str) -> Result<(), Error> {
         let mut client = snapshots::snapshots_client::SnapshotsClient::new(self.channel.clone());
-        let mut leases = leases::leases_client::LeasesClient::new(self.channel.clone());
+        let mut lease_client = leases::leases_client::LeasesClient::new(self.channel.clone());
         let mut parent = String::new();
         for chain in chains {
             let name = chain.to_string();
-            leases
+            lease_client
                 .add_resource(self.request(
                     leases::AddResourceRequest {
                         id: lease.to_string(),
