@@ -3,7 +3,7 @@
 use imaged_api::v1::images_client::ImagesClient;
 use imaged_api::v1::{
     ImageInspect, ImageSummary, ImportImageRequest, InspectImageRequest, ListImagesRequest,
-    PullImageProgress, PullImageRequest, PushImageProgress, PushImageRequest,
+    LoadImagesRequest, PullImageProgress, PullImageRequest, PushImageProgress, PushImageRequest,
 };
 use imaged_common::peer::PeerChannel;
 use tokio_stream::StreamExt;
@@ -91,6 +91,31 @@ pub async fn import(
         .import_image(tokio_stream::iter(chunks))
         .await
         .map(|answer| answer.into_inner().id)
+}
+
+/// Loads `archive` (as `docker load`, quietly) in 256 KiB chunks;
+/// answers the lines it printed.
+pub async fn load(
+    mut client: ImagesClient<PeerChannel>,
+    archive: Vec<u8>,
+) -> Result<Vec<String>, tonic::Status> {
+    let chunks: Vec<LoadImagesRequest> = archive
+        .chunks(256 * 1024)
+        .map(|chunk| LoadImagesRequest {
+            chunk: chunk.to_vec(),
+            quiet: true,
+            platform: None,
+        })
+        .collect();
+    let mut answers = client
+        .load_images(tokio_stream::iter(chunks))
+        .await?
+        .into_inner();
+    let mut lines = Vec::new();
+    while let Some(line) = answers.next().await {
+        lines.push(line?.message);
+    }
+    Ok(lines)
 }
 
 /// Every image the gateway lists, unfiltered.

@@ -27,6 +27,8 @@ pub enum Answer {
     Endless(Vec<u8>),
     /// A 200 with headers and then nothing, until the client gives up.
     Silent,
+    /// Nothing at all, not even a status line, until the client gives up.
+    Unanswered,
 }
 
 /// A rule: requests whose path contains `path_part` (and whose method is
@@ -179,14 +181,20 @@ async fn serve(
                     b"HTTP/1.1 200 OK\r\nContent-Type: application/vnd.oci.image.manifest.v1+json\r\nContent-Length: 100000\r\nConnection: close\r\n\r\n",
                 )
                 .await?;
-            // Wait for the client to give up; never longer than a test.
-            let mut buf = [0u8; 1];
-            let _ =
-                tokio::time::timeout(std::time::Duration::from_secs(120), client.read(&mut buf))
-                    .await;
+            wait_for_hang_up(&mut client).await;
+            Ok(())
+        }
+        Some(Answer::Unanswered) => {
+            wait_for_hang_up(&mut client).await;
             Ok(())
         }
     }
+}
+
+/// Waits for the client to give up; never longer than a test.
+async fn wait_for_hang_up(client: &mut TcpStream) {
+    let mut buf = [0u8; 1];
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(120), client.read(&mut buf)).await;
 }
 
 /// Reads a request's head; a body, if any, is left to [`forward`].

@@ -52,24 +52,7 @@ fn files(archive: &[u8]) -> BTreeMap<String, Vec<u8>> {
 }
 
 async fn load(imaged: &Imaged, archive: Vec<u8>) -> Result<Vec<String>, tonic::Status> {
-    let chunks: Vec<LoadImagesRequest> = archive
-        .chunks(256 * 1024)
-        .map(|chunk| LoadImagesRequest {
-            chunk: chunk.to_vec(),
-            quiet: true,
-            platform: None,
-        })
-        .collect();
-    let mut answers = imaged
-        .images()
-        .load_images(tokio_stream::iter(chunks))
-        .await?
-        .into_inner();
-    let mut lines = Vec::new();
-    while let Some(line) = answers.next().await {
-        lines.push(line?.message);
-    }
-    Ok(lines)
+    client::load(imaged.images(), archive).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -305,7 +305,7 @@ impl At {
 
     /// `/proc/self/fd/<parent>/<name>`: the kernel follows the descriptor's
     /// link to the directory we resolved, then looks up one plain name.
-    fn proc_path(&self) -> PathBuf {
+    pub fn proc_path(&self) -> PathBuf {
         PathBuf::from(format!("/proc/self/fd/{}", self.dir.as_fd().as_raw_fd())).join(&self.name)
     }
 }

@@ -107,6 +107,7 @@ impl Containers {
         mount_label: &str,
     ) -> Result<Container, Error> {
         check_id(container_id)?;
+        check_label(mount_label)?;
         if self.get(container_id).is_ok() {
             return Err(Error::AlreadyExists(format!(
                 "container {container_id} already has a layer"
@@ -186,6 +187,8 @@ impl Containers {
             .map(|d| d.display().to_string())
             .collect();
         folders.push(layer.upper().display().to_string());
+        // Checked here too: a record written before labels were checked.
+        check_label(&record.mount_label)?;
         let label =
             (!record.mount_label.is_empty()).then(|| format!("context=\"{}\"", record.mount_label));
         Ok((vec![self.storage.mount(&layer, label)], folders))
@@ -244,9 +247,82 @@ fn check_id(id: &str) -> Result<(), Error> {
     }
 }
 
+/// A mount label becomes a mount option (`context="…"`): it must be an
+/// SELinux context, `user:role:type[:level]`, and nothing else. A quote
+/// would end the option and what follows would be options of its own
+/// (`x",upperdir=/…`); a comma is allowed only between categories of the
+/// level (`s0:c1,c2`), where what follows it can only be another category.
+fn check_label(label: &str) -> Result<(), Error> {
+    if label.is_empty() || selinux_context(label) {
+        return Ok(());
+    }
+    Err(Error::InvalidArgument(format!(
+        "invalid mount label {:?}: not an SELinux context (user:role:type[:level])",
+        label.chars().take(200).collect::<String>()
+    )))
+}
+
+fn selinux_context(label: &str) -> bool {
+    let word = |s: &str| {
+        !s.is_empty() && s.len() <= 255 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    };
+    let mut parts = label.splitn(4, ':');
+    let (Some(user), Some(role), Some(kind)) = (parts.next(), parts.next(), parts.next()) else {
+        return false;
+    };
+    if !(word(user) && word(role) && word(kind)) {
+        return false;
+    }
+    parts
+        .next()
+        .is_none_or(|level| level.split('-').all(mls_level))
+}
+
+/// One MLS level: `s0`, or `s0:c1,c3.c7`.
+fn mls_level(level: &str) -> bool {
+    let numbered = |s: &str, prefix: char| {
+        s.strip_prefix(prefix)
+            .is_some_and(|n| !n.is_empty() && n.len() <= 5 && n.bytes().all(|b| b.is_ascii_digit()))
+    };
+    let (sensitivity, categories) = match level.split_once(':') {
+        Some((s, c)) => (s, Some(c)),
+        None => (level, None),
+    };
+    numbered(sensitivity, 's')
+        && categories.is_none_or(|c| c.split([',', '.']).all(|category| numbered(category, 'c')))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_mount_label_is_an_selinux_context_or_refused() {
+        for good in [
+            "",
+            "system_u:object_r:container_file_t:s0",
+            "system_u:object_r:container_file_t:s0:c1,c2",
+            "system_u:object_r:container_file_t:s0-s0:c0.c1023",
+            "u:r:t",
+        ] {
+            assert!(check_label(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "x\",upperdir=/etc,workdir=/tmp",
+            "system_u:object_r:t:s0\",upperdir=/",
+            "system_u:object_r:container_file_t:s0:c1,volatile",
+            "system_u:object_r:t:s0,ro",
+            "a:b",
+            "a:b:c d",
+            "a:b:c:s0:c1\nx",
+            "a:b:c:",
+        ] {
+            assert!(
+                matches!(check_label(bad), Err(Error::InvalidArgument(_))),
+                "{bad}"
+            );
+        }
+    }
 
     #[test]
     fn records_survive_reopen_and_half_made_layers_are_dropped() {

@@ -55,10 +55,17 @@ impl Puller {
         // registry that ignores ranges answers 200 with the whole blob,
         // which oci-client verifies as well, and the ingest starts again.
         let offset = ingest.offset();
-        let stream = match client
-            .pull_blob_stream_partial(oref, desc, offset, None)
-            .await
-        {
+        // The answer's status line is bounded like every later chunk: a
+        // registry that accepts the request and never answers must not
+        // hold a download slot past the stall timeout.
+        let asked = client.pull_blob_stream_partial(oref, desc, offset, None);
+        let Ok(answer) = tokio::time::timeout(self.stall, asked).await else {
+            if offset == 0 {
+                ingest.discard();
+            }
+            return Err(unanswered(&what, self.stall));
+        };
+        let stream = match answer {
             Ok(BlobResponse::Partial(stream)) => {
                 if offset > 0 {
                     tracing::info!(layer = %id, offset, "resuming layer download");
@@ -241,6 +248,26 @@ impl Puller {
                 String::new()
             }
         ))
+    }
+}
+
+/// Words that say a registry never answered a request (see
+/// [`unanswered`]).
+const UNANSWERED: &str = "the registry sent no answer within";
+
+/// A request the registry accepted and never answered within `stall`:
+/// UNAVAILABLE, so that it is tried again (its slot freed meanwhile);
+/// [`final_error`] makes the last one DEADLINE_EXCEEDED.
+fn unanswered(what: &str, stall: Duration) -> Error {
+    Error::Unavailable(format!("{what}: {UNANSWERED} {}s", stall.as_secs()))
+}
+
+/// The error a layer download ends with once no try is left: one that
+/// was never answered ran out of time.
+pub(crate) fn final_error(err: Error) -> Error {
+    match err {
+        Error::Unavailable(text) if text.contains(UNANSWERED) => Error::DeadlineExceeded(text),
+        other => other,
     }
 }
 

@@ -93,7 +93,28 @@ impl Detached {
 pub struct Staging {
     path: PathBuf,
     synced: bool,
-    budget: u64,
+    budget: Budget,
+}
+
+/// What one layer may take.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Budget {
+    /// Uncompressed tar bytes: the store's limit, or the free space where
+    /// it is unpacked, whichever is less.
+    pub stream: u64,
+    /// The apparent size of its files, sparse holes included: the store's
+    /// limit. A hole costs no disk, but what reads the layer later (a
+    /// push, an export, a container) pays for its length.
+    pub apparent: u64,
+}
+
+#[cfg(test)]
+impl Budget {
+    /// No limit (for tests).
+    pub const UNLIMITED: Budget = Budget {
+        stream: u64::MAX,
+        apparent: u64::MAX,
+    };
 }
 
 impl Staging {
@@ -102,9 +123,8 @@ impl Staging {
         self.path.join("diff")
     }
 
-    /// The most uncompressed bytes this layer may inflate to: the store's
-    /// limit, or the free space where it is unpacked, whichever is less.
-    pub fn budget(&self) -> u64 {
+    /// What this layer may take.
+    pub fn budget(&self) -> Budget {
         self.budget
     }
 
@@ -211,7 +231,10 @@ impl LayerStore {
             rand::random::<u64>()
         ));
         fs::create_dir_all(path.join("diff"))?;
-        let budget = self.max_layer_bytes.min(free_bytes(&self.staging)?);
+        let budget = Budget {
+            stream: self.max_layer_bytes.min(free_bytes(&self.staging)?),
+            apparent: self.max_layer_bytes,
+        };
         Ok(Staging {
             path,
             synced: false,

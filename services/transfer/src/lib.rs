@@ -34,9 +34,11 @@ mod rw_layers;
 mod serve_content;
 mod service;
 mod snapshots;
+mod sparse;
 mod storage;
 mod tar_limits;
 mod unpack;
+mod walk;
 mod whiteout;
 mod writers;
 

@@ -360,7 +360,7 @@ fn extract(reader: impl Read, dir: &Path) -> Result<Links, Error> {
                 let at = root.entry(&path).map_err(unpack::classify)?;
                 at.remove().map_err(unpack::classify)?;
                 let mut file = at.create_file().map_err(unpack::classify)?;
-                unpack::write_sparse(&mut entry, &mut file).map_err(unpack::classify)?;
+                crate::sparse::write_sparse(&mut entry, &mut file).map_err(unpack::classify)?;
             }
             tar::EntryType::Symlink | tar::EntryType::Link => {
                 let target = entry

@@ -2,13 +2,12 @@
 //! devices, opaque directories marked by an xattr) onto a plain directory:
 //! what the copying `vfs` driver does to build a container's files.
 
-use std::fs;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use imaged_common::Error;
 
 use crate::beneath::{At, Kind, Root};
+use crate::walk::{self, Entry};
 use crate::whiteout;
 
 /// Applies the layer in `layer` onto `target`: whiteouts delete, opaque
@@ -20,28 +19,31 @@ pub fn apply_layer(layer: &Path, target: &Path) -> Result<(), Error> {
 
 /// [`apply_layer`], optionally keeping the whiteouts and opaque markers in
 /// `target` (merging layers into one that still hides what lies below).
-/// Every write into `target` is resolved beneath it; the walk keeps its
-/// own list of directories, so its depth costs heap, not stack.
+/// `layer` may be a container's upper directory, changing while it is
+/// read: it is read through [`walk`], never by path, so a symlink planted
+/// there is copied as a symlink and nothing outside it is read. Every
+/// write into `target` is resolved beneath it; the walk keeps its own list
+/// of directories, so its depth costs heap, not stack.
 pub fn apply(layer: &Path, target: &Path, keep_whiteouts: bool) -> Result<(), Error> {
     let root = Root::open(target)?;
-    let mut pending = vec![PathBuf::new()];
+    let mut pending = vec![(PathBuf::new(), walk::Dir::open(layer)?)];
     let mut dirs = Vec::new();
-    while let Some(rel) = pending.pop() {
-        for entry in fs::read_dir(layer.join(&rel))? {
-            let child = rel.join(entry?.file_name());
-            let source = layer.join(&child);
-            let meta = fs::symlink_metadata(&source)?;
+    while let Some((rel, source_dir)) = pending.pop() {
+        for name in source_dir.names()? {
+            let Some(source) = source_dir.entry(&name)? else {
+                continue; // removed since it was listed
+            };
+            let child = rel.join(&name);
             let at = root.entry(&child)?;
-            let kind = meta.file_type();
-            if whiteout::is_whiteout(&meta) {
+            if source.is_whiteout() {
                 at.remove()?;
                 if keep_whiteouts {
                     at.whiteout()?;
                 }
                 continue;
             }
-            if kind.is_dir() {
-                let opaque = whiteout::is_opaque(&source);
+            if source.is_dir() {
+                let opaque = source.is_opaque();
                 if opaque || at.stat()? != Some(Kind::Dir) {
                     at.remove()?;
                     at.mkdir()?;
@@ -49,64 +51,68 @@ pub fn apply(layer: &Path, target: &Path, keep_whiteouts: bool) -> Result<(), Er
                 if opaque && keep_whiteouts {
                     at.set_xattr(whiteout::OPAQUE_XATTR.as_ref(), b"y")?;
                 }
-                pending.push(child.clone());
-                dirs.push((child, source, meta));
+                pending.push((child.clone(), source.dir()?));
+                dirs.push((child, source));
                 continue;
             }
             at.remove()?;
-            if kind.is_symlink() {
-                at.symlink(&fs::read_link(&source)?)?;
-            } else if kind.is_file() {
-                let mut from = fs::File::open(&source)?;
-                crate::unpack::write_sparse(&mut from, &mut at.create_file()?)?;
-            } else {
-                let file_type = if kind.is_char_device() {
-                    libc::S_IFCHR
-                } else if kind.is_block_device() {
-                    libc::S_IFBLK
-                } else {
-                    libc::S_IFIFO
-                };
-                let dev = meta.rdev();
-                at.mknod(file_type, libc::major(dev), libc::minor(dev))?;
-            }
-            copy_metadata(&source, &at, &meta)?;
+            copy_entry(&source, &at)?;
         }
     }
     // Directories last, deepest first: their children changed their times.
-    for (rel, source, meta) in dirs.iter().rev() {
-        copy_metadata(source, &root.existing(rel)?, meta)?;
+    for (rel, source) in dirs.iter().rev() {
+        copy_metadata(source, &root.existing(rel)?)?;
     }
     Ok(())
 }
 
+/// Makes at `at` (free) a copy of `source`, which is not a directory: a
+/// symlink as a symlink, a file with its bytes (holes kept), a device or
+/// FIFO as a node; then its metadata.
+pub fn copy_entry(source: &Entry, at: &At) -> Result<(), Error> {
+    if source.is_symlink() {
+        at.symlink(&source.link_target()?)?;
+    } else if source.is_file() {
+        let mut from = source.open_file()?;
+        crate::sparse::write_sparse(&mut from, &mut at.create_file()?)?;
+    } else {
+        let file_type = match source.kind() {
+            rustix::fs::FileType::CharacterDevice => libc::S_IFCHR,
+            rustix::fs::FileType::BlockDevice => libc::S_IFBLK,
+            rustix::fs::FileType::Fifo => libc::S_IFIFO,
+            // A socket has no place in a layer (Docker skips them too).
+            _ => return Ok(()),
+        };
+        let dev = source.rdev();
+        at.mknod(file_type, libc::major(dev), libc::minor(dev))?;
+    }
+    copy_metadata(source, at)
+}
+
 /// Gives `at` the owner (when root), mode, xattrs (not overlayfs's own) and
 /// times of `source`.
-pub fn copy_metadata(source: &Path, at: &At, meta: &fs::Metadata) -> Result<(), Error> {
+pub fn copy_metadata(source: &Entry, at: &At) -> Result<(), Error> {
     let as_root = unsafe { libc::geteuid() } == 0;
     if as_root {
-        at.chown(meta.uid(), meta.gid())?;
+        at.chown(source.uid(), source.gid())?;
     }
-    if !meta.file_type().is_symlink() {
-        at.chmod(meta.mode())?;
-        if let Ok(names) = xattr::list(source) {
-            for name in names {
-                if whiteout::is_overlay_xattr(&name) {
-                    continue;
-                }
-                if let Ok(Some(value)) = xattr::get(source, &name) {
-                    let _ = at.set_xattr(&name, &value);
-                }
+    if !source.is_symlink() {
+        at.chmod(source.mode())?;
+        for (name, value) in source.xattrs() {
+            if !whiteout::is_overlay_xattr(&name) {
+                let _ = at.set_xattr(&name, &value);
             }
         }
     }
-    at.set_times(meta.mtime(), meta.mtime_nsec() as u32)?;
+    let (secs, nanos) = source.mtime();
+    at.set_times(secs, nanos)?;
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
 
     fn make_whiteout(path: &Path) {
         Root::open(path.parent().unwrap())

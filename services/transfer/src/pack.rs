@@ -187,11 +187,18 @@ mod tests {
         );
 
         let out = tempfile::tempdir().unwrap();
-        let unpacked = crate::unpack::unpack(tar.as_slice(), out.path(), u64::MAX).unwrap();
+        let unpacked =
+            crate::unpack::unpack(tar.as_slice(), out.path(), crate::layers::Budget::UNLIMITED)
+                .unwrap();
         let again = tempfile::tempdir().unwrap();
         let mut tar2 = Vec::new();
         pack(out.path(), &mut tar2).unwrap();
-        let unpacked2 = crate::unpack::unpack(tar2.as_slice(), again.path(), u64::MAX).unwrap();
+        let unpacked2 = crate::unpack::unpack(
+            tar2.as_slice(),
+            again.path(),
+            crate::layers::Budget::UNLIMITED,
+        )
+        .unwrap();
         assert_eq!(unpacked.diff_id, unpacked2.diff_id, "packing is stable");
         let meta = fs::metadata(out.path().join("etc/alias")).unwrap();
         assert_eq!(

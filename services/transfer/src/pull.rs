@@ -869,7 +869,7 @@ impl Puller {
                         tokio::time::sleep(delay).await;
                         attempt += 1;
                     }
-                    None => return Err(err),
+                    None => return Err(crate::download::final_error(err)),
                 },
             }
         };

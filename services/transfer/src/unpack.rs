@@ -15,7 +15,7 @@
 //! sha256 of the uncompressed stream.
 
 use std::ffi::{OsStr, OsString};
-use std::io::{self, BufRead, BufReader, Read, Seek, Write};
+use std::io::{self, BufRead, BufReader, Read};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
@@ -29,6 +29,8 @@ use std::time::{Duration, Instant};
 use tar::EntryType;
 
 use crate::beneath::{At, Identity, Kind, Root, quote};
+use crate::layers::Budget;
+use crate::sparse;
 use crate::tar_limits::{MAX_PATH, TarGuard};
 use crate::whiteout;
 use crate::writers::{MAX_SMALL_FILE, Meta, Writers};
@@ -102,10 +104,11 @@ pub fn unpack_and_keep(
 
 /// Unpacks the (gzip, zstd or uncompressed, detected from the first bytes)
 /// layer tar read from `reader` into the empty directory `dest`, reading
-/// at most `budget` uncompressed bytes.
+/// at most `budget.stream` uncompressed bytes into files whose apparent
+/// sizes add up to at most `budget.apparent`.
 /// Errors: INVALID_ARGUMENT for a malformed or unsafe archive,
 /// RESOURCE_EXHAUSTED for a full disk or a layer past its budget.
-pub fn unpack(reader: impl Read, dest: &Path, budget: u64) -> Result<Unpacked, Error> {
+pub fn unpack(reader: impl Read, dest: &Path, budget: Budget) -> Result<Unpacked, Error> {
     let (source, decompressing) = (Cell::new(Duration::ZERO), Cell::new(Duration::ZERO));
     let source_reader = Timed {
         inner: reader,
@@ -115,7 +118,7 @@ pub fn unpack(reader: impl Read, dest: &Path, budget: u64) -> Result<Unpacked, E
         inner: decompressed(source_reader)?,
         spent: &decompressing,
     });
-    let mut guard = TarGuard::new(&mut hashing, budget);
+    let mut guard = TarGuard::new(&mut hashing, budget.stream);
     // Two stages on two threads: this one reads, inflates, hashes and
     // bounds the stream; the other reads the tar from it and makes the
     // files. A layer then takes the longer of the two, not their sum.
@@ -136,7 +139,7 @@ pub fn unpack(reader: impl Read, dest: &Path, budget: u64) -> Result<Unpacked, E
                     at: 0,
                     waited: Duration::ZERO,
                 };
-                let made = unpack_entries(&mut tar, dest);
+                let made = unpack_entries(&mut tar, dest, budget.apparent);
                 failed.store(made.is_err(), Ordering::Relaxed);
                 (made, started.elapsed().saturating_sub(tar.waited))
             });
@@ -256,10 +259,10 @@ impl Read for ChunkReader {
 
 /// Unpacks every entry into `dest`; small regular files are written by
 /// [`Writers`] while the tar is read on.
-fn unpack_entries(reader: &mut dyn Read, dest: &Path) -> Result<(u64, u64), Error> {
+fn unpack_entries(reader: &mut dyn Read, dest: &Path, apparent: u64) -> Result<(u64, u64), Error> {
     let root = Root::open(dest).map_err(classify)?;
     let mut writers = Writers::new(write_file);
-    let unpacked = unpack_each(reader, dest, &root, &mut writers);
+    let unpacked = unpack_each(reader, dest, apparent, &root, &mut writers);
     // Every file handed out is written (or has failed) before directory
     // times are restored, and before the caller keeps or removes `dest`.
     let written = writers.finish();
@@ -283,6 +286,7 @@ type DirTimes = Vec<(PathBuf, (i64, u32))>;
 fn unpack_each(
     reader: &mut dyn Read,
     dest: &Path,
+    apparent: u64,
     root: &Root,
     writers: &mut Writers,
 ) -> Result<(u64, u64, DirTimes), Error> {
@@ -377,7 +381,14 @@ fn unpack_each(
             xattrs: extensions.xattrs,
             mtime: extensions.mtime,
         };
-        if is_file && entry.size() <= MAX_SMALL_FILE {
+        if is_file && size.saturating_add(entry.size()) > apparent {
+            return Err(Error::ResourceExhausted(format!(
+                "{}: the layer's files are larger than the {apparent} bytes a layer may take",
+                quote(raw.as_os_str())
+            )));
+        }
+        // A sparse file is never read whole: its holes would cost reading.
+        if is_file && kind != EntryType::GNUSparse && entry.size() <= MAX_SMALL_FILE {
             let mut data = Vec::with_capacity(entry.size() as usize);
             entry.read_to_end(&mut data).map_err(classify)?;
             size += data.len() as u64;
@@ -395,9 +406,16 @@ fn unpack_each(
                 }
                 dir_times.push((path.clone(), meta.mtime));
             }
-            EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
+            EntryType::GNUSparse => {
+                // Its holes are skipped in one step each, from its map.
+                let file = sparse::write_gnu_sparse(&mut entry, &at).map_err(classify)?;
+                size += entry.size();
+                settle(&file, kind, &meta).map_err(refuse)?;
+                settle_by_name = false; // settled through its descriptor
+            }
+            EntryType::Regular | EntryType::Continuous => {
                 let mut file = at.create_file().map_err(refuse)?;
-                size += write_sparse(&mut entry, &mut file).map_err(classify)?;
+                size += sparse::write_sparse(&mut entry, &mut file).map_err(classify)?;
                 settle(&file, kind, &meta).map_err(refuse)?;
                 settle_by_name = false; // settled through its descriptor
             }
@@ -468,7 +486,7 @@ fn clear(
 fn write_file(at: &At, data: &[u8], meta: &Meta, raw: &Path) -> Result<(), Error> {
     let refuse = |err: io::Error| classify_entry(raw, err);
     let mut file = at.create_file().map_err(refuse)?;
-    write_sparse_bytes(data, &mut file).map_err(classify)?;
+    sparse::write_sparse_bytes(data, &mut file).map_err(classify)?;
     settle(&file, EntryType::Regular, meta).map_err(refuse)
 }
 
@@ -545,58 +563,6 @@ fn settle(inode: &impl Inode, kind: EntryType, meta: &Meta) -> io::Result<()> {
         inode.set_times(secs, nanos)?;
     }
     Ok(())
-}
-
-/// How much of a file is checked for zeros at a time: a chunk of zeros
-/// becomes a hole.
-const SPARSE_CHUNK: usize = 128 * 1024;
-
-/// Writes an entry's data, leaving runs of zeros as holes: a sparse file
-/// (GNU sparse entries arrive as data with zeros for their holes) takes
-/// the disk its data needs, not its length. Returns the bytes written.
-pub fn write_sparse(data: &mut dyn Read, file: &mut std::fs::File) -> io::Result<u64> {
-    let mut buf = vec![0u8; SPARSE_CHUNK];
-    let mut length = 0u64;
-    let mut hole = false;
-    loop {
-        let n = data.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hole = write_chunk(&buf[..n], file)?;
-        length += n as u64;
-    }
-    if hole {
-        file.set_len(length)?;
-    }
-    Ok(length)
-}
-
-/// [`write_sparse`] for data already in memory (a writer thread's small
-/// file), with no buffer to fill: no copy, and no 128 KiB allocated and
-/// zeroed per file.
-fn write_sparse_bytes(data: &[u8], file: &mut std::fs::File) -> io::Result<()> {
-    let mut hole = false;
-    for chunk in data.chunks(SPARSE_CHUNK) {
-        hole = write_chunk(chunk, file)?;
-    }
-    if hole {
-        file.set_len(data.len() as u64)?;
-    }
-    Ok(())
-}
-
-/// Writes `chunk` at the file's offset, or skips past it when it is all
-/// zeros; answers whether it was skipped (the file must then be given
-/// its length at the end).
-fn write_chunk(chunk: &[u8], file: &mut std::fs::File) -> io::Result<bool> {
-    if chunk.iter().all(|b| *b == 0) {
-        file.seek(io::SeekFrom::Current(chunk.len() as i64))?;
-        Ok(true)
-    } else {
-        file.write_all(chunk)?;
-        Ok(false)
-    }
 }
 
 fn link_name<R: Read>(entry: &mut tar::Entry<'_, R>, raw: &Path) -> Result<PathBuf, Error> {
@@ -843,7 +809,7 @@ mod tests {
         let outside = tempfile::tempdir().unwrap();
         let dest = outside.path().join("layer");
         std::fs::create_dir(&dest).unwrap();
-        let err = unpack(tar, &dest, u64::MAX).expect_err("an unsafe layer was accepted");
+        let err = unpack(tar, &dest, Budget::UNLIMITED).expect_err("an unsafe layer was accepted");
         (err, outside)
     }
 
@@ -873,7 +839,7 @@ mod tests {
             .unwrap();
         let tar = builder.into_inner().unwrap();
         let dir = tempfile::tempdir().unwrap();
-        unpack(tar.as_slice(), dir.path(), u64::MAX).unwrap();
+        unpack(tar.as_slice(), dir.path(), Budget::UNLIMITED).unwrap();
         let precise = std::fs::metadata(dir.path().join("precise")).unwrap();
         assert_eq!(
             (precise.mtime(), precise.mtime_nsec()),
@@ -936,7 +902,7 @@ mod tests {
             ("etc/.wh.motd", EntryType::Regular, "", b""),
         ]);
         let dir = tempfile::tempdir().unwrap();
-        let unpacked = unpack(tar.as_slice(), dir.path(), u64::MAX).unwrap();
+        let unpacked = unpack(tar.as_slice(), dir.path(), Budget::UNLIMITED).unwrap();
         // The file once (its hardlink is the same inode), the symlink as
         // the 7 bytes of "busybox", directories and whiteouts as nothing:
         // what Docker's overlay2 DiffSize sums over lstat.
@@ -955,7 +921,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         std::io::Write::write_all(&mut gz, &tar).unwrap();
-        let unpacked = unpack(gz.finish().unwrap().as_slice(), dir.path(), u64::MAX).unwrap();
+        let unpacked = unpack(
+            gz.finish().unwrap().as_slice(),
+            dir.path(),
+            Budget::UNLIMITED,
+        )
+        .unwrap();
         assert_eq!(unpacked.diff_id, Digest::sha256_of(&tar));
         assert_eq!(unpacked.size, 4);
         let whiteout = std::fs::symlink_metadata(dir.path().join("etc/motd")).unwrap();
@@ -1043,7 +1014,7 @@ mod tests {
             ("c/", EntryType::Directory, "", b""),
         ]);
         let dir = tempfile::tempdir().unwrap();
-        unpack(tar.as_slice(), dir.path(), u64::MAX).unwrap();
+        unpack(tar.as_slice(), dir.path(), Budget::UNLIMITED).unwrap();
         assert_eq!(std::fs::read(dir.path().join("a/inner")).unwrap(), b"in");
         assert_eq!(std::fs::read(dir.path().join("b")).unwrap(), b"now a file");
         assert!(
@@ -1090,7 +1061,8 @@ mod tests {
             .map(|(n, k, l, d)| (n.as_str(), *k, l.as_str(), d.as_slice()))
             .collect();
         let dir = tempfile::tempdir().unwrap();
-        let unpacked = unpack(raw_tar(&borrowed).as_slice(), dir.path(), u64::MAX).unwrap();
+        let unpacked =
+            unpack(raw_tar(&borrowed).as_slice(), dir.path(), Budget::UNLIMITED).unwrap();
         let read = |p: &str| std::fs::read(dir.path().join(p)).unwrap();
         assert_eq!(read("d9/f13"), b"d9/f13".repeat(50));
         assert_eq!(read("d0/hard"), read("d0/f19"));
@@ -1160,7 +1132,7 @@ mod tests {
             .unwrap();
         let tar = builder.into_inner().unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let unpacked = unpack(tar.as_slice(), dir.path(), u64::MAX).unwrap();
+        let unpacked = unpack(tar.as_slice(), dir.path(), Budget::UNLIMITED).unwrap();
         assert_eq!(unpacked.size, length);
         let meta = std::fs::metadata(dir.path().join("zeros")).unwrap();
         assert_eq!(meta.len(), length);
@@ -1182,7 +1154,7 @@ mod tests {
             ("tail", EntryType::Regular, "", &tail),
         ]);
         let dir = tempfile::tempdir().unwrap();
-        unpack(tar.as_slice(), dir.path(), u64::MAX).unwrap();
+        unpack(tar.as_slice(), dir.path(), Budget::UNLIMITED).unwrap();
         let hole = std::fs::metadata(dir.path().join("hole")).unwrap();
         assert_eq!(hole.len(), 250 * 1024);
         assert!(hole.blocks() * 512 < 250 * 1024, "{} blocks", hole.blocks());
@@ -1199,7 +1171,11 @@ mod tests {
     fn a_layer_past_its_budget_is_resource_exhausted() {
         let tar = raw_tar(&[("big", EntryType::Regular, "", &[7u8; 64 * 1024])]);
         let dir = tempfile::tempdir().unwrap();
-        let err = unpack(tar.as_slice(), dir.path(), 16 * 1024).unwrap_err();
+        let budget = Budget {
+            stream: 16 * 1024,
+            apparent: u64::MAX,
+        };
+        let err = unpack(tar.as_slice(), dir.path(), budget).unwrap_err();
         assert!(matches!(err, Error::ResourceExhausted(_)), "{err}");
     }
 

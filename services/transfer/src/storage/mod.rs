@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 
 use imaged_common::Error;
 
+use crate::walk;
 use crate::whiteout::{is_opaque, is_whiteout};
 
 /// What a container changed: path (from `/`) → kind, sorted by path.
@@ -191,20 +192,27 @@ pub struct Usage {
     pub inodes: u64,
 }
 
-/// The [`Usage`] of everything under `dir` (not `dir` itself).
+/// The [`Usage`] of everything under `dir` (not `dir` itself), which a
+/// container may be changing: read through [`crate::walk`], so a symlink
+/// is counted as itself and never followed.
 pub(crate) fn tree_usage(dir: &Path) -> std::io::Result<Usage> {
     let mut usage = Usage::default();
-    for entry in fs::read_dir(dir)? {
-        let entry = entry?;
-        let meta = entry.metadata()?;
-        usage.inodes += 1;
-        if meta.is_dir() {
-            let inner = tree_usage(&entry.path())?;
-            usage.size += inner.size;
-            usage.inodes += inner.inodes;
-        } else if meta.is_file() {
-            usage.size += meta.len();
+    let mut pending = vec![walk::Dir::open(dir)?];
+    while let Some(dir) = pending.pop() {
+        for name in dir.names()? {
+            let Some(entry) = dir.entry(&name)? else {
+                continue;
+            };
+            usage.inodes += 1;
+            if entry.is_dir() {
+                pending.push(entry.dir()?);
+            } else if entry.is_file() {
+                usage.size += entry.len();
+            }
         }
     }
     Ok(usage)
 }
+
+#[cfg(test)]
+mod race_tests;

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use imaged_common::Error;
 
 use super::{ChangeKind, Changes, LayerDir, Mount, StorageDriver, lower_has, tree_size};
-use crate::whiteout::{is_opaque, is_whiteout};
+use crate::walk;
 
 /// The overlay2 driver.
 pub struct Overlay;
@@ -46,7 +46,12 @@ impl StorageDriver for Overlay {
 
     fn changes(&self, layer: &LayerDir<'_>) -> Result<Changes, Error> {
         let mut changes = Changes::new();
-        overlay_changes(&layer.upper(), Path::new(""), layer.lowers, &mut changes)?;
+        changes_in(
+            &walk::Dir::open(&layer.upper())?,
+            Path::new(""),
+            layer.lowers,
+            &mut changes,
+        )?;
         Ok(changes)
     }
 
@@ -63,20 +68,21 @@ impl StorageDriver for Overlay {
     }
 }
 
-/// overlay2: every entry of the upper dir is a change.
-fn overlay_changes(
-    upper: &Path,
+/// overlay2: every entry of the upper dir is a change. The upper dir is
+/// the container's, read through [`walk`] while it may change.
+fn changes_in(
+    dir: &walk::Dir,
     rel: &Path,
     lowers: &[PathBuf],
     out: &mut Changes,
 ) -> Result<(), Error> {
-    let dir = upper.join(rel);
-    for entry in fs::read_dir(&dir)? {
-        let entry = entry?;
-        let child = rel.join(entry.file_name());
-        let meta = entry.metadata()?;
+    for name in dir.names()? {
+        let Some(entry) = dir.entry(&name)? else {
+            continue;
+        };
+        let child = rel.join(&name);
         let shown = format!("/{}", child.display());
-        if is_whiteout(&meta) {
+        if entry.is_whiteout() {
             out.insert(shown, ChangeKind::Delete);
             continue;
         }
@@ -85,13 +91,13 @@ fn overlay_changes(
         } else {
             ChangeKind::Add
         };
-        if meta.is_dir() {
+        if entry.is_dir() {
             // A directory copied up only to hold changed children is not
             // itself a change unless it is new.
-            if kind == ChangeKind::Add || is_opaque(&entry.path()) {
+            if kind == ChangeKind::Add || entry.is_opaque() {
                 out.insert(shown, kind);
             }
-            overlay_changes(upper, &child, lowers, out)?;
+            changes_in(&entry.dir()?, &child, lowers, out)?;
         } else {
             out.insert(shown, kind);
         }

@@ -3,7 +3,6 @@
 //! the image's merged view.
 
 use std::collections::HashSet;
-use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -11,6 +10,7 @@ use imaged_common::Error;
 
 use super::{ChangeKind, Changes, LayerDir, Mount, StorageDriver, lower_meta, lower_names};
 use crate::beneath::{Kind, Root};
+use crate::walk;
 
 /// The copying vfs driver.
 pub struct Vfs;
@@ -34,7 +34,7 @@ impl StorageDriver for Vfs {
     }
 
     fn diff_into(&self, layer: &LayerDir<'_>, dir: &Path) -> Result<(), Error> {
-        let upper = layer.upper();
+        let upper = walk::Dir::open(&layer.upper())?;
         let root = Root::open(dir)?;
         for (path, kind) in self.changes(layer)? {
             let rel = Path::new(path.trim_start_matches('/'));
@@ -44,22 +44,20 @@ impl StorageDriver for Vfs {
                 at.whiteout()?;
                 continue;
             }
-            let from = upper.join(rel);
-            let meta = fs::symlink_metadata(&from)?;
-            if meta.is_dir() {
+            // Found again from the top, never through a symlink: what is
+            // there now, or nothing if it went away since it was listed.
+            let Some(from) = upper.find(rel)? else {
+                continue;
+            };
+            if from.is_dir() {
                 if at.stat()? != Some(Kind::Dir) {
                     at.remove()?;
                     at.mkdir()?;
                 }
-                at.chmod(meta.mode())?;
-            } else if meta.file_type().is_symlink() {
-                at.remove()?;
-                at.symlink(&fs::read_link(&from)?)?;
+                at.chmod(from.mode())?;
             } else {
                 at.remove()?;
-                let mut source = fs::File::open(&from)?;
-                crate::unpack::write_sparse(&mut source, &mut at.create_file()?)?;
-                crate::merge::copy_metadata(&from, &at, &meta)?;
+                crate::merge::copy_entry(&from, &at)?;
             }
         }
         Ok(())
@@ -67,14 +65,14 @@ impl StorageDriver for Vfs {
 
     fn size(&self, layer: &LayerDir<'_>) -> Result<u64, Error> {
         // The bytes of added and modified files.
-        let upper = layer.upper();
+        let upper = walk::Dir::open(&layer.upper())?;
         let mut size = 0;
         for (path, kind) in self.changes(layer)? {
             if kind != ChangeKind::Delete
-                && let Ok(meta) = fs::symlink_metadata(upper.join(path.trim_start_matches('/')))
-                && meta.is_file()
+                && let Some(entry) = upper.find(Path::new(path.trim_start_matches('/')))?
+                && entry.is_file()
             {
-                size += meta.len();
+                size += entry.len();
             }
         }
         Ok(size)
@@ -96,30 +94,32 @@ pub(crate) fn bind(source: &Path, label: Option<String>) -> Mount {
     }
 }
 
-/// vfs: compare the full copy with the image's merged view, by metadata,
+/// vfs: compare the full copy (the container's, read through [`walk`]
+/// while it may change) with the image's merged view, by metadata,
 /// without materializing the image.
 fn copy_changes(copy: &Path, lowers: &[PathBuf], out: &mut Changes) -> Result<(), Error> {
-    diff_against_image(copy, lowers, Path::new(""), out)
+    diff_against_image(&walk::Dir::open(copy)?, lowers, Path::new(""), out)
 }
 
 fn diff_against_image(
-    copy: &Path,
+    copy: &walk::Dir,
     lowers: &[PathBuf],
     rel: &Path,
     out: &mut Changes,
 ) -> Result<(), Error> {
     let mut seen = HashSet::new();
-    for entry in fs::read_dir(copy.join(rel))? {
-        let entry = entry?;
-        let child = rel.join(entry.file_name());
-        seen.insert(entry.file_name());
+    for name in copy.names()? {
+        let Some(now) = copy.entry(&name)? else {
+            continue;
+        };
+        let child = rel.join(&name);
         let shown = format!("/{}", child.display());
-        let now = entry.metadata()?;
+        seen.insert(name);
         match lower_meta(lowers, &child) {
             None => {
                 out.insert(shown, ChangeKind::Add);
                 if now.is_dir() {
-                    diff_against_image(copy, lowers, &child, out)?;
+                    diff_against_image(&now.dir()?, lowers, &child, out)?;
                 }
             }
             Some(before) => {
@@ -127,12 +127,12 @@ fn diff_against_image(
                     || before.uid() != now.uid()
                     || before.gid() != now.gid()
                     || (!now.is_dir()
-                        && (before.len() != now.len() || before.mtime() != now.mtime()));
+                        && (before.len() != now.len() || before.mtime() != now.mtime().0));
                 if differs {
                     out.insert(shown, ChangeKind::Modify);
                 }
                 if now.is_dir() && before.is_dir() {
-                    diff_against_image(copy, lowers, &child, out)?;
+                    diff_against_image(&now.dir()?, lowers, &child, out)?;
                 }
             }
         }

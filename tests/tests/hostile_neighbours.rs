@@ -1,0 +1,192 @@
+//! Security, second round, against the four real processes and a real
+//! registry: what a hostile registry or a hostile layer can cost a node.
+//! A registry that accepts a blob request and never answers must not hold
+//! a download slot past the stall timeout; a GNU sparse layer with a 1 TiB
+//! hole must cost what it stores, on pull, load and import.
+
+use std::time::{Duration, Instant};
+
+use imaged_common::config::Service;
+use imaged_e2e::front::{Answer, Front};
+use imaged_e2e::{Imaged, TestRegistry, client};
+use imaged_fixtures::{Compression, Image, ImageBuilder, LayerBuilder, MediaTypes};
+use tonic::Code;
+
+const TIB: u64 = 1 << 40;
+
+fn image_of(layer: LayerBuilder) -> Image {
+    ImageBuilder::new(MediaTypes::Oci)
+        .layer(layer.build(Compression::Gzip).unwrap())
+        .build()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn layers_a_registry_never_answers_hold_no_slot_past_the_stall_timeout() {
+    let registry = TestRegistry::start().await.unwrap();
+    let hostile: Vec<Image> = (0..3)
+        .map(|n| image_of(LayerBuilder::new().generated_files("d", 2, 4096, 100 + n)))
+        .collect();
+    for (n, image) in hostile.iter().enumerate() {
+        registry
+            .fixtures()
+            .push_image(&format!("never/app{n}:latest"), image)
+            .await
+            .unwrap();
+    }
+    let fine = image_of(LayerBuilder::new().generated_files("d", 2, 4096, 7));
+    registry
+        .fixtures()
+        .push_image("fine/app:latest", &fine)
+        .await
+        .unwrap();
+    let front = Front::start(&registry.host).await.unwrap();
+    for image in &hostile {
+        let path = format!("/blobs/{}", image.layers[0].digest);
+        front.rule("GET", &path, Answer::Unanswered, usize::MAX);
+    }
+    // Three slots (the default), a 2 s stall timeout, two tries a layer.
+    let imaged = Imaged::builder()
+        .arg(Service::Transfer, "--stall-timeout-secs=2")
+        .arg(Service::Transfer, "--max-download-attempts=2")
+        .start()
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut stuck = Vec::new();
+    for n in 0..3 {
+        let reference = format!("{}/never/app{n}:latest", front.host);
+        let images = imaged.images();
+        stuck.push(tokio::spawn(async move {
+            client::pull(images, client::pull_request(&reference)).await
+        }));
+    }
+    // Until all three hold a slot, waiting for an answer.
+    while front
+        .requests()
+        .iter()
+        .filter(|r| r.starts_with("GET") && r.contains("/blobs/"))
+        .count()
+        < 3
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{:?}",
+            front.requests()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let reference = format!("{}/fine/app:latest", front.host);
+    let pulled = tokio::time::timeout(
+        Duration::from_secs(30),
+        client::pull(imaged.images(), client::pull_request(&reference)),
+    )
+    .await
+    .expect("the fourth pull waited behind layers that never answer")
+    .unwrap();
+    assert_eq!(pulled.last().unwrap().image_id, fine.id());
+    for pulling in stuck {
+        let err = tokio::time::timeout(Duration::from_secs(30), pulling)
+            .await
+            .expect("a never-answered layer held its pull past its tries")
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(err.code(), Code::DeadlineExceeded, "{err}");
+        assert!(err.message().contains("no answer within 2s"), "{err}");
+    }
+}
+
+/// A layer holding one GNU sparse file of 1 TiB: data at each end and a
+/// hole between, a few KiB of tar.
+fn hole() -> LayerBuilder {
+    let mut head = b"head".to_vec();
+    head.resize(512, 0); // every block but the last fills its 512 bytes
+    LayerBuilder::new().sparse_file("hole", &[(0, &head), (TIB - 4, b"tail")], TIB)
+}
+
+/// The apparent size of `/hole` in every stored layer of `imaged`.
+fn stored_holes(imaged: &Imaged) -> Vec<(u64, u64)> {
+    let mut found = Vec::new();
+    let layers = imaged.root().join("transfer/layers");
+    for entry in std::fs::read_dir(&layers).unwrap().flatten() {
+        let path = entry.path().join("diff/hole");
+        if let Ok(meta) = std::fs::metadata(&path) {
+            found.push((
+                meta.len(),
+                std::os::unix::fs::MetadataExt::blocks(&meta) * 512,
+            ));
+        }
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_tib_hole_costs_what_it_stores_on_pull_load_and_import() {
+    let registry = TestRegistry::start().await.unwrap();
+    let image = image_of(hole());
+    registry
+        .fixtures()
+        .push_image("sparse/app:latest", &image)
+        .await
+        .unwrap();
+    // A layer may be 2 TiB here; the hole alone is 1 TiB.
+    let imaged = Imaged::builder()
+        .arg(Service::Transfer, "--max-layer-size=2199023255552")
+        .start()
+        .await
+        .unwrap();
+
+    // Each operation read the hole as zeros before: 7 minutes a TiB.
+    let reference = registry.fixtures().reference("sparse/app:latest");
+    let started = Instant::now();
+    client::pull(imaged.images(), client::pull_request(&reference))
+        .await
+        .unwrap();
+    let pull = started.elapsed();
+
+    // Each operation has a layer of its own, so each unpacks one.
+    let loaded = image_of(hole().file("loaded", b"x"));
+    let archive = imaged_e2e::archive::with_linked_layers(&[(&loaded, "sparse/loaded:latest")]);
+    let started = Instant::now();
+    client::load(imaged.images(), archive).await.unwrap();
+    let load = started.elapsed();
+
+    // A file that ends in a hole: its map ends with an empty block there.
+    let rootfs = hole().sparse_file("other", &[(0, &[7u8; 512]), (TIB / 2, b"")], TIB / 2);
+    let tar = rootfs.build(Compression::None).unwrap().tar().unwrap();
+    let started = Instant::now();
+    client::import(imaged.images(), "sparse/imported:latest", &tar)
+        .await
+        .unwrap();
+    let import = started.elapsed();
+
+    for (what, took) in [("pull", pull), ("load", load), ("import", import)] {
+        assert!(took < Duration::from_secs(20), "{what} took {took:?}");
+    }
+    let holes = stored_holes(&imaged);
+    assert!(!holes.is_empty(), "no layer holds the hole");
+    for (length, on_disk) in holes {
+        assert_eq!(length, TIB);
+        assert!(on_disk < 1 << 20, "{on_disk} bytes on disk");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hole_past_the_layer_limit_is_refused_at_once() {
+    let registry = TestRegistry::start().await.unwrap();
+    let image = image_of(hole());
+    registry
+        .fixtures()
+        .push_image("sparse/big:latest", &image)
+        .await
+        .unwrap();
+    let imaged = Imaged::start().await.unwrap();
+    let reference = registry.fixtures().reference("sparse/big:latest");
+    let started = Instant::now();
+    let err = client::pull(imaged.images(), client::pull_request(&reference))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err}");
+    assert!(started.elapsed() < Duration::from_secs(20));
+    assert!(stored_holes(&imaged).is_empty());
+}
