@@ -82,7 +82,7 @@ install-files:
 		chmod 0644 $(DESTDIR)$(UNITDIR)/$$(basename $$u); \
 	done
 	[ -e $(DESTDIR)$(SYSCONFDIR)/imaged/imaged.toml ] || \
-		install -m 0644 deploy/imaged.toml $(DESTDIR)$(SYSCONFDIR)/imaged/imaged.toml
+		install -m 0600 deploy/imaged.toml $(DESTDIR)$(SYSCONFDIR)/imaged/imaged.toml
 
 fmt:
 	$(CARGO) fmt --all

@@ -38,6 +38,9 @@ fn make_install_lays_out_binaries_units_and_configuration() {
     }
     let config = p.join("etc/imaged/imaged.toml");
     assert!(config.is_file());
+    // It may hold a NATS URL with credentials: root's alone.
+    let mode = std::os::unix::fs::PermissionsExt::mode(&config.metadata().unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600, "{mode:o}");
     let units = p.join("lib/systemd/system");
     let gateway = std::fs::read_to_string(units.join("imaged-gateway.service")).unwrap();
     assert!(

@@ -23,9 +23,15 @@ use crate::log::EventLog;
 #[derive(clap::Args, Clone, Debug)]
 pub struct NatsArgs {
     /// Also publish every event to NATS JetStream at this URL
-    /// (`nats://host:port`); off when unset.
+    /// (`nats://host:port`); off when unset. Its user and password, if
+    /// any, never appear in a log line; prefer `--nats-creds`.
     #[arg(long, env = "IMAGED_NATS_URL")]
     pub nats_url: Option<String>,
+    /// Authenticate to NATS with this file: a `.creds` file (a user JWT
+    /// and its nkey seed, as `nsc` writes them) or a file holding an nkey
+    /// user seed (`SU…`).
+    #[arg(long, env = "IMAGED_NATS_CREDS")]
+    pub nats_creds: Option<PathBuf>,
     /// This node's name, the last part of the subject
     /// (`imaged.events.<node>`); default the host name.
     #[arg(long, env = "IMAGED_NODE_NAME")]
@@ -61,16 +67,83 @@ pub fn start(log: EventLog, args: &NatsArgs, data_dir: &Path) -> anyhow::Result<
     {
         anyhow::bail!("--node-name {node:?} cannot be a NATS subject token");
     }
+    // Read now, so that a missing or unreadable file stops the start.
+    let creds = match &args.nats_creds {
+        Some(path) => Some(Credentials::read(path)?),
+        None => None,
+    };
     let publisher = Publisher {
         log,
         subject: format!("imaged.events.{node}"),
         node,
         stream: args.nats_stream.clone(),
         cursor_path: data_dir.join("nats.cursor"),
+        creds,
     };
-    tracing::info!(%url, subject = %publisher.subject, "publishing events to NATS JetStream");
+    tracing::info!(url = %redacted(&url), subject = %publisher.subject, "publishing events to NATS JetStream");
     tokio::spawn(publisher.run(url));
     Ok(())
+}
+
+/// How the publisher authenticates, read from `--nats-creds`.
+enum Credentials {
+    /// A `.creds` file's text: a user JWT and its seed.
+    File(String),
+    /// An nkey user seed.
+    Nkey(String),
+}
+
+impl Credentials {
+    fn read(path: &Path) -> anyhow::Result<Credentials> {
+        let text = std::fs::read_to_string(path).map_err(|err| {
+            anyhow::anyhow!("--nats-creds {}: cannot read it: {err}", path.display())
+        })?;
+        let trimmed = text.trim();
+        if trimmed.contains("-----BEGIN NATS USER JWT-----") {
+            async_nats::ConnectOptions::with_credentials(&text).map_err(|err| {
+                anyhow::anyhow!(
+                    "--nats-creds {}: not a valid .creds file: {err}",
+                    path.display()
+                )
+            })?;
+            return Ok(Credentials::File(text));
+        }
+        if trimmed.starts_with("SU") && !trimmed.contains(char::is_whitespace) {
+            return Ok(Credentials::Nkey(trimmed.to_string()));
+        }
+        anyhow::bail!(
+            "--nats-creds {}: neither a .creds file (a user JWT and seed) nor an nkey user seed (SU…)",
+            path.display()
+        )
+    }
+
+    fn apply(
+        &self,
+        options: async_nats::ConnectOptions,
+    ) -> anyhow::Result<async_nats::ConnectOptions> {
+        Ok(match self {
+            Credentials::File(text) => options.credentials(text)?,
+            Credentials::Nkey(seed) => options.nkey(seed.clone()),
+        })
+    }
+}
+
+/// `url` (one or several, comma-separated) with any user and password
+/// replaced by `***`: what a log line may show of it.
+pub fn redacted(url: &str) -> String {
+    url.split(',')
+        .map(|one| match one.split_once("://") {
+            Some((scheme, rest)) => match rest.rsplit_once('@') {
+                Some((_, host)) => format!("{scheme}://***@{host}"),
+                None => one.to_string(),
+            },
+            None => match one.rsplit_once('@') {
+                Some((_, host)) => format!("***@{host}"),
+                None => one.to_string(),
+            },
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 struct Publisher {
@@ -79,6 +152,7 @@ struct Publisher {
     subject: String,
     stream: String,
     cursor_path: PathBuf,
+    creds: Option<Credentials>,
 }
 
 impl Publisher {
@@ -87,13 +161,20 @@ impl Publisher {
         let mut live = self.log.subscribe();
         let client = loop {
             // Connects in the background, and reconnects, from then on.
-            match async_nats::ConnectOptions::new()
-                .retry_on_initial_connect()
-                .connect(url.as_str())
-                .await
-            {
+            let mut options = async_nats::ConnectOptions::new().retry_on_initial_connect();
+            if let Some(creds) = &self.creds {
+                options = match creds.apply(options) {
+                    Ok(options) => options,
+                    Err(err) => {
+                        tracing::error!("--nats-creds: {err}; events are not published to NATS");
+                        return;
+                    }
+                };
+            }
+            match options.connect(url.as_str()).await {
                 Ok(client) => break client,
                 Err(err) => {
+                    let url = redacted(&url);
                     tracing::warn!(%url, "cannot use NATS: {err}; trying again");
                     tokio::time::sleep(MAX_BACKOFF).await;
                 }
@@ -228,6 +309,31 @@ impl Backoff {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_url_in_a_log_line_shows_no_credentials() {
+        assert_eq!(redacted("nats://u:p4ss@nats:4222"), "nats://***@nats:4222");
+        assert_eq!(
+            redacted("nats://tok@a:4222,nats://b:4222"),
+            "nats://***@a:4222,nats://b:4222"
+        );
+        assert_eq!(redacted("u:p@host:4222"), "***@host:4222");
+        assert_eq!(redacted("nats://n:4222"), "nats://n:4222");
+    }
+
+    #[test]
+    fn a_creds_file_that_is_neither_is_refused_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.creds");
+        std::fs::write(&path, "not a credential").unwrap();
+        let err = Credentials::read(&path).err().unwrap().to_string();
+        assert!(err.contains("neither a .creds file"), "{err}");
+        assert!(Credentials::read(&dir.path().join("missing")).is_err());
+        std::fs::write(&path, "SUAEXAMPLESEED\n").unwrap();
+        assert!(
+            matches!(Credentials::read(&path), Ok(Credentials::Nkey(seed)) if seed == "SUAEXAMPLESEED")
+        );
+    }
 
     #[test]
     fn messages_carry_the_node_and_the_sequence() {
