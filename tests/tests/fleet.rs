@@ -101,7 +101,8 @@ async fn a_rollout_to_five_nodes_costs_the_upstream_about_one_copy() {
     let rollout_time = started.elapsed();
     let rollout = counted.bytes();
 
-    // What a node serves: blobs by digest, of the images it holds; no tags.
+    // What a node serves: blobs by digest, of the images it pulled
+    // anonymously, under their repository; no tags.
     let served = |path: String| {
         let url = format!("http://{}{path}", addresses[0]);
         async move {
@@ -122,8 +123,14 @@ async fn a_rollout_to_five_nodes_costs_the_upstream_about_one_copy() {
     };
     let layer = &image.layers[0];
     assert_eq!(
-        served(format!("/v2/any/name/blobs/{}", layer.digest)).await,
+        served(format!("/v2/fleet/app/blobs/{}", layer.digest)).await,
         format!("200 {}", layer.data.len())
+    );
+    // Only under the repository it was pulled from.
+    assert!(
+        served(format!("/v2/any/name/blobs/{}", layer.digest))
+            .await
+            .starts_with("404")
     );
     assert_eq!(
         served(format!("/v2/fleet/app/manifests/{}", image.manifest.digest)).await,

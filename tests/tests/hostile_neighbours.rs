@@ -190,3 +190,105 @@ async fn a_hole_past_the_layer_limit_is_refused_at_once() {
     assert!(started.elapsed() < Duration::from_secs(20));
     assert!(stored_holes(&imaged).is_empty());
 }
+
+/// `GET http://<address><path>` with curl, as a peer without credentials:
+/// the status and the bytes received.
+async fn anonymous_get(address: &str, path: &str) -> String {
+    let out = tokio::process::Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{size_download}",
+        ])
+        .arg(format!("http://{address}{path}"))
+        .output()
+        .await
+        .expect("curl runs");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_content_gives_an_anonymous_peer_only_what_was_pulled_anonymously() {
+    const PASSWORD: &str = "peer-secret-pw";
+    let open = TestRegistry::start().await.unwrap();
+    let private = TestRegistry::start_with_auth("tenant", PASSWORD)
+        .await
+        .unwrap();
+    let public_image = image_of(LayerBuilder::new().file("pub", b"public bytes"));
+    let private_image = image_of(LayerBuilder::new().file("priv", b"private bytes"));
+    let loaded_image = image_of(LayerBuilder::new().file("only-here", b"local bytes"));
+    open.fixtures()
+        .push_image("team/app:1", &public_image)
+        .await
+        .unwrap();
+    private
+        .fixtures_as("tenant", PASSWORD)
+        .push_image("team/secret:1", &private_image)
+        .await
+        .unwrap();
+    let address = format!("127.0.0.1:{}", imaged_e2e::free_port());
+    let imaged = Imaged::builder()
+        .arg(Service::Transfer, &format!("--serve-content={address}"))
+        .start()
+        .await
+        .unwrap();
+    let reference = open.fixtures().reference("team/app:1");
+    client::pull(imaged.images(), client::pull_request(&reference))
+        .await
+        .unwrap();
+    let request = imaged_api::v1::PullImageRequest {
+        auth: Some(imaged_api::v1::RegistryAuth {
+            username: "tenant".into(),
+            password: PASSWORD.into(),
+            ..Default::default()
+        }),
+        ..client::pull_request(&private.fixtures().reference("team/secret:1"))
+    };
+    client::pull(imaged.images(), request).await.unwrap();
+    let archive = imaged_e2e::archive::with_linked_layers(&[(&loaded_image, "local/only:1")]);
+    client::load(imaged.images(), archive).await.unwrap();
+    // Serving starts with the process; wait until it answers.
+    let started = Instant::now();
+    while !anonymous_get(&address, "/v2/").await.starts_with("200") {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "serve-content never answered"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // What was pulled anonymously: served, under its own repository only.
+    let blob = |repository: &str, digest: &str| format!("/v2/{repository}/blobs/{digest}");
+    let layer = &public_image.layers[0];
+    assert_eq!(
+        anonymous_get(&address, &blob("team/app", &layer.digest)).await,
+        format!("200 {}", layer.data.len())
+    );
+    let manifest = format!("/v2/team/app/manifests/{}", public_image.manifest.digest);
+    assert!(anonymous_get(&address, &manifest).await.starts_with("200"));
+    assert!(
+        anonymous_get(&address, &blob("team/secret", &layer.digest))
+            .await
+            .starts_with("404")
+    );
+
+    // Pulled with credentials, or only here: a 404 under any name.
+    let hidden = [
+        private_image.layers[0].digest.clone(),
+        private_image.config.digest.clone(),
+        private_image.manifest.digest.clone(),
+        loaded_image.layers[0].diff_id.clone(),
+        loaded_image.config.digest.clone(),
+    ];
+    for digest in &hidden {
+        for repository in ["team/secret", "team/app", "local/only"] {
+            for kind in ["blobs", "manifests"] {
+                let path = format!("/v2/{repository}/{kind}/{digest}");
+                let answer = anonymous_get(&address, &path).await;
+                assert!(answer.starts_with("404"), "{path}: {answer}");
+            }
+        }
+    }
+}

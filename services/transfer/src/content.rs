@@ -18,6 +18,7 @@ use imaged_model::Digest;
 use sha2::{Digest as _, Sha256};
 
 use crate::direct_write::DirectWriter;
+use crate::public::Public;
 
 /// Blobs by digest under `<transfer root>/content`.
 #[derive(Clone, Debug)]
@@ -34,6 +35,8 @@ pub struct ContentStore {
     owning: Arc<Mutex<Option<HashMap<Digest, usize>>>>,
     /// One writer per ingest at a time (two layers can share a blob).
     writers: Arc<Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>>,
+    /// The blobs anyone may have (see [`crate::public`]).
+    public: Public,
 }
 
 /// The right to write the ingest of one blob, taken in turns by the
@@ -77,7 +80,13 @@ impl ContentStore {
             owners,
             owning: Arc::default(),
             writers: Arc::default(),
+            public: Public::open(dir)?,
         })
+    }
+
+    /// The blobs anyone may have.
+    pub fn public(&self) -> &Public {
+        &self.public
     }
 
     /// Turns at writing the ingest of `blob`, shared with every other
@@ -305,6 +314,7 @@ impl ContentStore {
 
     /// Removes a committed blob; a missing one is not an error.
     pub fn delete(&self, digest: &Digest) -> io::Result<()> {
+        self.public.forget(digest);
         match fs::remove_file(self.path(digest)) {
             Err(err) if err.kind() != io::ErrorKind::NotFound => Err(err),
             _ => Ok(()),

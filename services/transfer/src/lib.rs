@@ -26,6 +26,7 @@ mod metadata;
 mod metrics;
 mod mirrors;
 mod pack;
+mod public;
 mod pull;
 mod pull_share;
 mod push;

@@ -20,6 +20,7 @@ use imaged_model::digest::chain_ids;
 use imaged_model::image_config::ImageConfig;
 use imaged_model::{Digest, Platform, Reference};
 use oci_client::manifest::OciDescriptor;
+use oci_client::secrets::RegistryAuth;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::WatchStream;
 
@@ -710,6 +711,16 @@ impl Puller {
             .map(|(d, _)| d.clone())
             .collect();
         self.content.own(&config_digest, &small)?;
+        // Fetched without credentials in this pull (what was found stored
+        // stays as private as it was).
+        let upstream = target.upstream_and_mirrors().0;
+        if matches!(upstream.auth, RegistryAuth::Anonymous) {
+            for digest in &small {
+                self.content
+                    .public()
+                    .mark(digest, upstream.oref.repository())?;
+            }
+        }
         let reference = &target.reference;
         let shown = target.shown.clone();
         let top_digest = resolved.top_digest;
@@ -853,7 +864,12 @@ impl Puller {
             drop(admitted);
             drop(writing);
             match result {
-                Ok(done) => break done,
+                Ok(done) => {
+                    if matches!(from.auth, RegistryAuth::Anonymous) {
+                        self.content.public().mark(blob, from.oref.repository())?;
+                    }
+                    break done;
+                }
                 // A mirror that fails is skipped (once per layer); what it
                 // wrote is resumed from the next source.
                 Err(err) if from.mirror.is_some() => {

@@ -5,11 +5,14 @@
 //!
 //! Only `GET` and `HEAD` of `/v2/`, `/v2/<name>/manifests/<digest>` and
 //! `/v2/<name>/blobs/<digest>`: no tags, no listing, no push. A blob is
-//! served only by digest, and only when an image this node holds needs
-//! it (a manifest or config some image owns, or the blob a stored layer
-//! came from); the repository name is not checked, as a peer asks under
-//! the upstream's names. Plain HTTP: what is served is checked against
-//! its digest by whoever fetches it.
+//! served only by digest, only when an image this node holds needs it (a
+//! manifest or config some image owns, or the blob a stored layer came
+//! from), and only when it is public under the repository asked for
+//! (`<name>`, the upstream's name: see [`crate::public`]): fetched by
+//! this node without credentials from that repository. A blob pulled with
+//! credentials, or that exists only here, is a 404 like a blob this node
+//! never had. Plain HTTP: what is served is checked against its digest by
+//! whoever fetches it.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -36,9 +39,11 @@ struct Served {
 }
 
 impl Served {
-    /// Whether `digest` is a blob of an image this node holds.
-    fn holds(&self, digest: &Digest) -> bool {
-        self.content.contains(digest)
+    /// Whether `digest` is a blob of an image this node holds that anyone
+    /// may have under `repository`.
+    fn holds(&self, digest: &Digest, repository: &str) -> bool {
+        self.content.public().allows(digest, repository)
+            && self.content.contains(digest)
             && (self
                 .layers
                 .all()
@@ -82,13 +87,14 @@ async fn fetch(State(served): State<Served>, method: Method, Path(rest): Path<St
     let Some((name_and_kind, reference)) = rest.rsplit_once('/') else {
         return unknown("NAME_UNKNOWN", "not served here");
     };
-    let (kind, code) = if name_and_kind.ends_with("/manifests") {
-        ("manifest", "MANIFEST_UNKNOWN")
-    } else if name_and_kind.ends_with("/blobs") {
-        ("blob", "BLOB_UNKNOWN")
-    } else {
-        return unknown("NAME_UNKNOWN", "not served here");
-    };
+    let (kind, code, repository) =
+        if let Some(repository) = name_and_kind.strip_suffix("/manifests") {
+            ("manifest", "MANIFEST_UNKNOWN", repository.to_string())
+        } else if let Some(repository) = name_and_kind.strip_suffix("/blobs") {
+            ("blob", "BLOB_UNKNOWN", repository.to_string())
+        } else {
+            return unknown("NAME_UNKNOWN", "not served here");
+        };
     // By digest only: this node answers no tags.
     let Ok(digest) = reference.parse::<Digest>() else {
         return unknown(code, "only digests are served here");
@@ -96,7 +102,7 @@ async fn fetch(State(served): State<Served>, method: Method, Path(rest): Path<St
     let holds = {
         let served = served.clone();
         let digest = digest.clone();
-        tokio::task::spawn_blocking(move || served.holds(&digest))
+        tokio::task::spawn_blocking(move || served.holds(&digest, &repository))
             .await
             .unwrap_or(false)
     };
