@@ -191,22 +191,30 @@ async fn a_hole_past_the_layer_limit_is_refused_at_once() {
     assert!(stored_holes(&imaged).is_empty());
 }
 
-/// `GET http://<address><path>` with curl, as a peer without credentials:
-/// the status and the bytes received.
+/// `GET http://<address><path>` as a peer without credentials (one
+/// request, then the connection closes): the status and the body's bytes,
+/// or what went wrong.
 async fn anonymous_get(address: &str, path: &str) -> String {
-    let out = tokio::process::Command::new("curl")
-        .args([
-            "-s",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code} %{size_download}",
-        ])
-        .arg(format!("http://{address}{path}"))
-        .output()
-        .await
-        .expect("curl runs");
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(address).await?;
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await?;
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer).await?;
+        Ok::<_, std::io::Error>(answer)
+    };
+    let answer = match exchange.await {
+        Ok(answer) => answer,
+        Err(err) => return format!("000 {err}"),
+    };
+    let Some(split) = answer.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return format!("000 no head in {} bytes", answer.len());
+    };
+    let head = String::from_utf8_lossy(&answer[..split]);
+    let status = head.split_whitespace().nth(1).unwrap_or("000");
+    format!("{status} {}", answer.len() - split - 4)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -291,4 +299,81 @@ async fn serve_content_gives_an_anonymous_peer_only_what_was_pulled_anonymously(
             }
         }
     }
+}
+
+/// Open descriptors and resident KiB of process `pid`.
+fn descriptors_and_rss(pid: u32) -> (usize, u64) {
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    (fds, rss)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_content_survives_a_crowd_of_two_thousand_idle_connections() {
+    let registry = TestRegistry::start().await.unwrap();
+    let image = image_of(LayerBuilder::new().generated_files("d", 4, 64 << 10, 5));
+    registry
+        .fixtures()
+        .push_image("crowd/app:1", &image)
+        .await
+        .unwrap();
+    let address = format!("127.0.0.1:{}", imaged_e2e::free_port());
+    let imaged = Imaged::builder()
+        .arg(Service::Transfer, &format!("--serve-content={address}"))
+        .start()
+        .await
+        .unwrap();
+    let reference = registry.fixtures().reference("crowd/app:1");
+    client::pull(imaged.images(), client::pull_request(&reference))
+        .await
+        .unwrap();
+    let started = Instant::now();
+    while !anonymous_get(&address, "/v2/").await.starts_with("200") {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "serve-content never answered"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let transfer = imaged.pid(Service::Transfer).unwrap();
+    let (fds_before, rss_before) = descriptors_and_rss(transfer);
+
+    // Two thousand connections that never send a byte.
+    let mut crowd = Vec::new();
+    for _ in 0..2000 {
+        match tokio::net::TcpStream::connect(&address).await {
+            Ok(stream) => crowd.push(stream),
+            Err(err) => panic!("connection {} refused: {err}", crowd.len()),
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // A real fetch still gets its blob, and gRPC still answers.
+    let layer = &image.layers[0];
+    let path = format!("/v2/crowd/app/blobs/{}", layer.digest);
+    let fetched = tokio::time::timeout(Duration::from_secs(15), anonymous_get(&address, &path))
+        .await
+        .expect("a fetch waited behind the crowd");
+    assert_eq!(fetched, format!("200 {}", layer.data.len()));
+    let listed = tokio::time::timeout(Duration::from_secs(15), client::list(imaged.images()))
+        .await
+        .expect("gRPC stopped answering");
+    assert_eq!(listed.len(), 1);
+    let (fds, rss) = descriptors_and_rss(transfer);
+    assert!(
+        fds < fds_before + 600,
+        "transfer holds {fds} descriptors, {fds_before} before the crowd"
+    );
+    assert!(
+        rss < rss_before + 64 * 1024,
+        "transfer's RSS grew from {rss_before} to {rss} KiB"
+    );
+    drop(crowd);
 }

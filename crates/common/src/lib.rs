@@ -25,6 +25,7 @@ pub mod durable;
 pub mod endpoint;
 pub mod error;
 pub mod events;
+pub mod http;
 pub mod metrics;
 pub mod pass;
 pub mod peer;

@@ -19,6 +19,7 @@ use opentelemetry_sdk::metrics::{
 };
 
 use crate::endpoint::Endpoint;
+use crate::http;
 
 /// Histogram bounds for durations in seconds: a millisecond call to a
 /// five-minute pull.
@@ -100,24 +101,6 @@ impl MetricReader for SharedReader {
     }
 }
 
-enum Listener {
-    Tcp(tokio::net::TcpListener),
-    Unix(tokio::net::UnixListener),
-}
-
-impl Listener {
-    fn bind(listen: &Endpoint) -> anyhow::Result<Listener> {
-        Ok(match listen {
-            Endpoint::Tcp(addr) => {
-                let socket = std::net::TcpListener::bind(addr)?;
-                socket.set_nonblocking(true)?;
-                Listener::Tcp(tokio::net::TcpListener::from_std(socket)?)
-            }
-            Endpoint::Unix(path) => Listener::Unix(crate::server::bind_unix(path, None)?),
-        })
-    }
-}
-
 /// Serves `page()` at `GET /metrics` on `listen` (anything else is 404),
 /// until the process ends.
 pub fn serve_page<F, Fut>(listen: &Endpoint, page: F) -> anyhow::Result<()>
@@ -125,41 +108,30 @@ where
     F: Fn() -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = String> + Send + 'static,
 {
-    let listener = Listener::bind(listen)?;
-    tokio::spawn(async move {
-        loop {
-            let stream: Box<dyn Io> = match &listener {
-                Listener::Tcp(l) => match l.accept().await {
-                    Ok((s, _)) => Box::new(s),
-                    Err(_) => continue,
-                },
-                Listener::Unix(l) => match l.accept().await {
-                    Ok((s, _)) => Box::new(s),
-                    Err(_) => continue,
-                },
+    let listener = match listen {
+        Endpoint::Tcp(addr) => {
+            let socket = std::net::TcpListener::bind(addr)?;
+            socket.set_nonblocking(true)?;
+            http::Listener::Tcp(tokio::net::TcpListener::from_std(socket)?)
+        }
+        Endpoint::Unix(path) => http::Listener::Unix(crate::server::bind_unix(path, None)?),
+    };
+    let service = tower::service_fn(move |request: ::http::Request<_>| {
+        let page = page.clone();
+        async move {
+            let response = if request.uri().path() == "/metrics" {
+                ::http::Response::builder()
+                    .header("content-type", "text/plain; version=0.0.4")
+                    .body(page().await)
+            } else {
+                ::http::Response::builder()
+                    .status(404)
+                    .body("not found: try /metrics\n".to_string())
             };
-            let page = page.clone();
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |request: http::Request<_>| {
-                    let page = page.clone();
-                    async move {
-                        if request.uri().path() == "/metrics" {
-                            http::Response::builder()
-                                .header("content-type", "text/plain; version=0.0.4")
-                                .body(page().await)
-                        } else {
-                            http::Response::builder()
-                                .status(404)
-                                .body("not found: try /metrics\n".to_string())
-                        }
-                    }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                    .await;
-            });
+            Ok::<_, std::convert::Infallible>(response.unwrap_or_default())
         }
     });
+    tokio::spawn(http::serve(listener, service, http::Limits::default()));
     Ok(())
 }
 
@@ -181,9 +153,6 @@ pub async fn fetch_page(path: &std::path::Path) -> std::io::Result<String> {
         _ => Err(std::io::Error::other("not a metrics page")),
     }
 }
-
-trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
-impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> Io for T {}
 
 /// The Prometheus text page of everything the reader collects now.
 fn page(reader: &SharedReader, process: &str) -> String {

@@ -36,7 +36,13 @@ const MAX_MANIFEST: u64 = 4 << 20;
 struct Served {
     content: ContentStore,
     layers: Arc<LayerStore>,
+    /// Requests whose check runs on a blocking thread at once; the others
+    /// wait their turn, so a crowd cannot take the blocking pool.
+    checking: Arc<tokio::sync::Semaphore>,
 }
+
+/// Checks (disk lookups) run at once, at most.
+const CHECKS_AT_ONCE: usize = 8;
 
 impl Served {
     /// Whether `digest` is a blob of an image this node holds that anyone
@@ -67,10 +73,14 @@ pub async fn serve(
         .route("/v2/", get(ping))
         .route("/v2/{*rest}", get(fetch))
         .fallback(|| async { unknown("NAME_UNKNOWN", "not served here") })
-        .with_state(Served { content, layers });
-    axum::serve(listener, router)
-        .await
-        .context("serving content stopped")
+        .with_state(Served {
+            content,
+            layers,
+            checking: Arc::new(tokio::sync::Semaphore::new(CHECKS_AT_ONCE)),
+        });
+    let listener = imaged_common::http::Listener::Tcp(listener);
+    imaged_common::http::serve(listener, router, imaged_common::http::Limits::default()).await;
+    anyhow::bail!("serving content stopped")
 }
 
 /// `GET /v2/`: the API version check every registry client makes.
@@ -100,6 +110,9 @@ async fn fetch(State(served): State<Served>, method: Method, Path(rest): Path<St
         return unknown(code, "only digests are served here");
     };
     let holds = {
+        let Ok(_turn) = served.checking.acquire().await else {
+            return unknown(code, &format!("{kind} unknown"));
+        };
         let served = served.clone();
         let digest = digest.clone();
         tokio::task::spawn_blocking(move || served.holds(&digest, &repository))

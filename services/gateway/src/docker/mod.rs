@@ -17,7 +17,6 @@ mod system;
 
 use std::path::{Path, PathBuf};
 
-use anyhow::Context;
 use axum::Router;
 use axum::extract::Request;
 use axum::http::{HeaderValue, Uri};
@@ -182,9 +181,10 @@ pub async fn serve(
     root: PathBuf,
     channel: Channel,
 ) -> anyhow::Result<()> {
-    axum::serve(listener, router(Api { channel, root }))
-        .await
-        .context("the Docker Engine API stopped")
+    let listener = imaged_common::http::Listener::Unix(listener);
+    let router = router(Api { channel, root });
+    imaged_common::http::serve(listener, router, imaged_common::http::Limits::default()).await;
+    anyhow::bail!("the Docker Engine API stopped")
 }
 
 #[cfg(test)]

@@ -1,0 +1,280 @@
+//! The one HTTP/1 server of the side listeners (`--serve-content`, the
+//! metrics page, the Docker Engine API's `docker.sock`): listeners that a
+//! crowd of idle or slow connections cannot turn against the process.
+//!
+//! - **A connection cap.** At most [`Limits::connections`] connections are
+//!   served at once. When all are taken, the one that has waited longest
+//!   without sending a byte is closed to make room; if every connection is
+//!   busy with a request, the next waits in the kernel's backlog. A crowd
+//!   of idle connections costs a bounded number of descriptors and bytes,
+//!   and never keeps a real client out.
+//! - **A header and idle timeout.** A request's head must arrive within
+//!   [`Limits::header_timeout`], and so must the next one on a kept-alive
+//!   connection (hyper's header timer runs whenever a connection waits for
+//!   a head).
+//! - **Accept errors back off** (out of descriptors, mostly) instead of
+//!   spinning.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::{Semaphore, oneshot};
+
+/// How much a listener takes on.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Connections served at once.
+    pub connections: usize,
+    /// How long a request's head (and, on a kept-alive connection, the
+    /// wait for the next one) may take.
+    pub header_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            connections: 512,
+            header_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A bound TCP or Unix listener.
+pub enum Listener {
+    Tcp(tokio::net::TcpListener),
+    Unix(tokio::net::UnixListener),
+}
+
+/// A byte stream of either kind.
+pub trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
+
+impl Listener {
+    async fn accept(&self) -> io::Result<Box<dyn Io>> {
+        Ok(match self {
+            Listener::Tcp(listener) => Box::new(listener.accept().await?.0),
+            Listener::Unix(listener) => Box::new(listener.accept().await?.0),
+        })
+    }
+}
+
+/// The longest pause after failed accepts.
+const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
+
+/// Serves `service` on `listener` within `limits`, until the task is
+/// dropped.
+pub async fn serve<S, B>(listener: Listener, service: S, limits: Limits)
+where
+    S: tower::Service<http::Request<Incoming>, Response = http::Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let slots = Arc::new(Semaphore::new(limits.connections.max(1)));
+    let waiting = Arc::new(Waiting::default());
+    let mut backoff = Duration::ZERO;
+    loop {
+        let slot = match Arc::clone(&slots).try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => {
+                // Full: make room by closing the longest-silent connection.
+                waiting.evict_oldest();
+                match Arc::clone(&slots).acquire_owned().await {
+                    Ok(slot) => slot,
+                    Err(_) => return, // the semaphore is never closed
+                }
+            }
+        };
+        let stream = match listener.accept().await {
+            Ok(stream) => {
+                backoff = Duration::ZERO;
+                stream
+            }
+            Err(err) => {
+                backoff = (backoff * 2).clamp(Duration::from_millis(10), MAX_ACCEPT_BACKOFF);
+                tracing::warn!("accepting a connection failed: {err}; pausing {backoff:?}");
+                tokio::time::sleep(backoff).await;
+                continue;
+            }
+        };
+        let (evicted, evict) = oneshot::channel();
+        let heard = Arc::new(AtomicBool::new(false));
+        let id = waiting.add(evicted);
+        let service = service.clone();
+        let waiting = Arc::clone(&waiting);
+        tokio::spawn(async move {
+            let io = Heard {
+                inner: stream,
+                heard,
+                waiting: Arc::clone(&waiting),
+                id,
+            };
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.header_timeout)
+                .serve_connection(
+                    TokioIo::new(io),
+                    hyper_util::service::TowerToHyperService::new(service),
+                );
+            // Leaving the queue drops the sender: only a sent `()` evicts.
+            tokio::select! {
+                _ = connection => {}
+                Ok(()) = evict => {}
+            }
+            waiting.remove(id);
+            drop(slot);
+        });
+    }
+}
+
+/// The connections that have not sent a byte yet, oldest first, each with
+/// the sender that closes it.
+#[derive(Default)]
+struct Waiting {
+    queue: Mutex<Queue>,
+}
+
+/// The last number given to a connection, and the silent ones in order.
+#[derive(Default)]
+struct Queue {
+    last: u64,
+    silent: VecDeque<(u64, oneshot::Sender<()>)>,
+}
+
+impl Waiting {
+    fn add(&self, close: oneshot::Sender<()>) -> u64 {
+        let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        queue.last += 1;
+        let id = queue.last;
+        queue.silent.push_back((id, close));
+        id
+    }
+
+    fn remove(&self, id: u64) {
+        let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        queue.silent.retain(|(waiting, _)| *waiting != id);
+    }
+
+    fn evict_oldest(&self) {
+        let oldest = self
+            .queue
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .silent
+            .pop_front();
+        if let Some((_, close)) = oldest {
+            let _ = close.send(());
+        }
+    }
+}
+
+/// A connection's stream that leaves [`Waiting`] at its first byte.
+struct Heard {
+    inner: Box<dyn Io>,
+    heard: Arc<AtomicBool>,
+    waiting: Arc<Waiting>,
+    id: u64,
+}
+
+impl AsyncRead for Heard {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before && !self.heard.swap(true, Ordering::Relaxed) {
+            self.waiting.remove(self.id);
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for Heard {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn hello(
+        _: http::Request<Incoming>,
+    ) -> Result<http::Response<http_body_util::Full<bytes::Bytes>>, Infallible> {
+        // Slow enough that a connection dropped once it was heard shows.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        Ok(http::Response::new(http_body_util::Full::new(
+            bytes::Bytes::from_static(b"hello"),
+        )))
+    }
+
+    async fn get(address: std::net::SocketAddr) -> io::Result<String> {
+        let mut stream = tokio::net::TcpStream::connect(address).await?;
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await?;
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).await?;
+        Ok(answer)
+    }
+
+    #[tokio::test]
+    async fn silent_connections_make_room_and_time_out() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let limits = Limits {
+            connections: 8,
+            header_timeout: Duration::from_millis(500),
+        };
+        let service = tower::service_fn(hello);
+        let server = tokio::spawn(serve(Listener::Tcp(listener), service, limits));
+        // Twenty connections that never say a word: more than the cap.
+        let mut silent = Vec::new();
+        for _ in 0..20 {
+            silent.push(tokio::net::TcpStream::connect(address).await.unwrap());
+        }
+        let answer = tokio::time::timeout(Duration::from_secs(5), get(address))
+            .await
+            .expect("a real request waited behind silent connections")
+            .unwrap();
+        assert!(answer.ends_with("hello"), "{answer}");
+        // Each silent one is closed: made room for, or timed out.
+        for mut stream in silent {
+            let mut buf = [0u8; 1];
+            let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+                .await
+                .expect("a silent connection was kept open");
+            assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+        }
+        server.abort();
+    }
+}
