@@ -25,6 +25,13 @@ pub enum Answer {
     Cut { length: usize, body: Vec<u8> },
     /// A 200 whose body never ends: these bytes, again and again.
     Endless(Vec<u8>),
+    /// This status, these headers and a body that never ends: `chunk`,
+    /// again and again.
+    Flood {
+        status: u16,
+        headers: Vec<(String, String)>,
+        chunk: Vec<u8>,
+    },
     /// A 200 with headers and then nothing, until the client gives up.
     Silent,
     /// Nothing at all, not even a status line, until the client gives up.
@@ -162,19 +169,12 @@ async fn serve(
             client.write_all(&body).await?;
             client.shutdown().await
         }
-        Some(Answer::Endless(chunk)) => {
-            client
-                .write_all(
-                    b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nConnection: close\r\n\r\n",
-                )
-                .await?;
-            // Until the client hangs up (bounded: a test's imaged stops
-            // reading long before).
-            for _ in 0..1_000_000 {
-                client.write_all(&chunk).await?;
-            }
-            Ok(())
-        }
+        Some(Answer::Endless(chunk)) => flood(&mut client, 200, Vec::new(), &chunk).await,
+        Some(Answer::Flood {
+            status,
+            headers,
+            chunk,
+        }) => flood(&mut client, status, headers, &chunk).await,
         Some(Answer::Silent) => {
             client
                 .write_all(
@@ -189,6 +189,26 @@ async fn serve(
             Ok(())
         }
     }
+}
+
+/// Answers `status` and `headers`, then `chunk` again and again until the
+/// client hangs up (bounded: a test's imaged stops reading long before).
+async fn flood(
+    client: &mut TcpStream,
+    status: u16,
+    headers: Vec<(String, String)>,
+    chunk: &[u8],
+) -> std::io::Result<()> {
+    let mut out = format!("HTTP/1.1 {status} X\r\nContent-Type: application/octet-stream\r\n");
+    for (name, value) in headers {
+        out.push_str(&format!("{name}: {value}\r\n"));
+    }
+    out.push_str("Connection: close\r\n\r\n");
+    client.write_all(out.as_bytes()).await?;
+    for _ in 0..1_000_000 {
+        client.write_all(chunk).await?;
+    }
+    Ok(())
 }
 
 /// Waits for the client to give up; never longer than a test.

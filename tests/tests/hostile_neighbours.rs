@@ -377,3 +377,93 @@ async fn serve_content_survives_a_crowd_of_two_thousand_idle_connections() {
     );
     drop(crowd);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endless_token_and_error_bodies_fail_the_pull_promptly_with_a_short_message() {
+    let registry = TestRegistry::start().await.unwrap();
+    let image = image_of(LayerBuilder::new().file("f", b"bytes"));
+    registry
+        .fixtures()
+        .push_image("flood/app:1", &image)
+        .await
+        .unwrap();
+    let front = Front::start(&registry.host).await.unwrap();
+    let imaged = Imaged::builder()
+        .arg(Service::Transfer, "--max-download-attempts=1")
+        .start()
+        .await
+        .unwrap();
+    let transfer = imaged.pid(Service::Transfer).unwrap();
+    let (_, rss_before) = descriptors_and_rss(transfer);
+    let reference = format!("{}/flood/app:1", front.host);
+    let flood = |status: u16, headers: Vec<(String, String)>| Answer::Flood {
+        status,
+        headers,
+        chunk: b"{\"token\":\"".repeat(6554),
+    };
+
+    // The manifest asks for a token; the realm (this registry, loopback,
+    // plain HTTP: allowed) answers a body that never ends.
+    let challenge = format!(
+        "Bearer realm=\"http://{}/token\",service=\"flood\"",
+        front.host
+    );
+    front.rule(
+        "GET",
+        "/manifests/1",
+        Answer::Body {
+            status: 401,
+            headers: vec![("WWW-Authenticate".into(), challenge)],
+            body: b"{}".to_vec(),
+        },
+        1,
+    );
+    front.rule("GET", "/token", flood(200, Vec::new()), 1);
+    let started = Instant::now();
+    let err = client::pull(imaged.images(), client::pull_request(&reference))
+        .await
+        .unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(err.code(), Code::Unauthenticated, "{err}");
+    assert!(err.message().contains("larger than"), "{err}");
+    assert!(
+        err.message().len() < 400,
+        "{} bytes of message",
+        err.message().len()
+    );
+
+    // A layer answered 500 with a body that never ends.
+    let blob = format!("/blobs/{}", image.layers[0].digest);
+    front.rule("GET", &blob, flood(500, Vec::new()), 1);
+    let started = Instant::now();
+    let err = client::pull(imaged.images(), client::pull_request(&reference))
+        .await
+        .unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(err.code(), Code::Unavailable, "{err}");
+    assert!(err.message().contains("500"), "{err}");
+    assert!(
+        err.message().len() < 600,
+        "{} bytes of message",
+        err.message().len()
+    );
+
+    let (_, rss) = descriptors_and_rss(transfer);
+    assert!(
+        rss < rss_before + 64 * 1024,
+        "transfer's RSS grew from {rss_before} to {rss} KiB"
+    );
+    // Nothing of either is kept, and an honest pull still works.
+    let pulled = client::pull(imaged.images(), client::pull_request(&reference))
+        .await
+        .unwrap();
+    assert_eq!(pulled.last().unwrap().image_id, image.id());
+}

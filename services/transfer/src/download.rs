@@ -11,15 +11,14 @@ use bytes::Bytes;
 use futures::StreamExt;
 use imaged_common::Error;
 use imaged_model::Digest;
-use oci_client::Client;
-use oci_client::client::BlobResponse;
 use oci_client::manifest::OciDescriptor;
 use tokio::sync::{mpsc, watch};
 
 use crate::content::Ingest;
+use crate::fetch;
 use crate::layers::Staging;
 use crate::pull::{Puller, State, short};
-use crate::registry;
+use crate::registry::{self, Source};
 use crate::unpack::{self, Unpacked};
 
 impl Puller {
@@ -27,8 +26,7 @@ impl Puller {
     /// ranges) while hashing and unpacking.
     pub(crate) async fn fetch_layer(
         &self,
-        client: &Client,
-        oref: &oci_client::Reference,
+        source: &Source,
         desc: &OciDescriptor,
         blob: &Digest,
         progress: &watch::Sender<State>,
@@ -49,32 +47,34 @@ impl Puller {
         if ingest.offset() >= total {
             ingest.reset()?;
         }
-        // Always a ranged request, from 0 on a fresh ingest: a 206 answer
-        // is a stream oci-client leaves unhashed, so each byte is hashed
-        // once, by the ingest (which also knows about resumed bytes). A
-        // registry that ignores ranges answers 200 with the whole blob,
-        // which oci-client verifies as well, and the ingest starts again.
+        // Always a ranged request, from 0 on a fresh ingest: a registry
+        // that ignores ranges answers 200 with the whole blob, and the
+        // ingest starts again. Each byte is hashed once, by the ingest
+        // (which also knows about resumed bytes).
         let offset = ingest.offset();
         // The answer's status line is bounded like every later chunk: a
         // registry that accepts the request and never answers must not
         // hold a download slot past the stall timeout.
-        let asked = client.pull_blob_stream_partial(oref, desc, offset, None);
+        let asked = fetch::blob(source, &source.oref, &desc.digest, offset);
         let Ok(answer) = tokio::time::timeout(self.stall, asked).await else {
             if offset == 0 {
                 ingest.discard();
             }
             return Err(unanswered(&what, self.stall));
         };
-        let stream = match answer {
-            Ok(BlobResponse::Partial(stream)) => {
+        let mut body = match answer {
+            Ok(fetch::Blob {
+                partial: true,
+                body,
+            }) => {
                 if offset > 0 {
                     tracing::info!(layer = %id, offset, "resuming layer download");
                 }
-                stream
+                body
             }
-            Ok(BlobResponse::Full(stream)) => {
+            Ok(fetch::Blob { body, .. }) => {
                 ingest.reset()?;
-                stream
+                body
             }
             Err(err) => {
                 if offset == 0 {
@@ -84,7 +84,6 @@ impl Puller {
             }
         };
         let offset = ingest.offset();
-        let mut body = stream.stream;
 
         let (chunks_tx, chunks_rx) = mpsc::channel::<Chunk>(16);
         let layers = Arc::clone(&self.layers);
@@ -181,16 +180,6 @@ impl Puller {
                     break Chunk::Failed(self.stalled(&id, current, total));
                 }
                 Ok(None) => break Chunk::End,
-                // oci-client checks the digest at the end of the body; the
-                // ingest checks it too (and knows about resumed bytes), so
-                // its verdict is the one reported.
-                Ok(Some(Err(err)))
-                    if err
-                        .get_ref()
-                        .is_some_and(|e| e.is::<oci_client::errors::DigestError>()) =>
-                {
-                    break Chunk::End;
-                }
                 Ok(Some(Err(err))) => {
                     break Chunk::Failed(Error::Unavailable(format!(
                         "{what}: download interrupted: {err}"

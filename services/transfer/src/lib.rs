@@ -11,6 +11,7 @@ mod direct_write;
 mod download;
 mod driver;
 mod export;
+mod fetch;
 #[cfg(test)]
 mod fuzz;
 mod gc;
@@ -38,6 +39,7 @@ mod snapshots;
 mod sparse;
 mod storage;
 mod tar_limits;
+mod token;
 mod unpack;
 mod walk;
 mod whiteout;

@@ -26,6 +26,7 @@ use tokio_stream::wrappers::WatchStream;
 
 use crate::containerd::{self, Containerd};
 use crate::content::ContentStore;
+use crate::fetch;
 use crate::layers::{Layer, LayerStore};
 use crate::leases::Leases;
 use crate::limits::Limits;
@@ -493,13 +494,11 @@ impl Puller {
         let listed = within(
             &what,
             self.with_retries(&|e| registry::pull_error(&target.reference, e), || {
-                upstream
-                    .client
-                    .list_tags(&upstream.oref, &upstream.auth, None, None)
+                fetch::tags(upstream, &upstream.oref)
             }),
         )
         .await?;
-        Ok(listed.tags)
+        Ok(listed)
     }
 
     /// Step 1: the image manifest, through an index when there is one,
@@ -858,9 +857,7 @@ impl Puller {
                 })
                 .await;
             let from = &job.sources[source];
-            let result = self
-                .fetch_layer(&from.client, &from.oref, &job.desc, blob, progress)
-                .await;
+            let result = self.fetch_layer(from, &job.desc, blob, progress).await;
             drop(admitted);
             drop(writing);
             match result {
@@ -952,7 +949,9 @@ impl Puller {
             &|e| registry::error(what, e),
             |source| {
                 let desc = desc.clone();
-                Box::pin(async move { small_blob(source, &desc).await })
+                Box::pin(async move {
+                    fetch::small_blob(source, &source.oref, &desc.digest, MAX_JSON_BLOB).await
+                })
             },
             |data| {
                 if Digest::sha256_of(&data) != expected {
@@ -986,9 +985,9 @@ impl Puller {
                     Some(digest) => source.at_digest(digest),
                     None => source.oref.clone(),
                 };
-                Box::pin(async move {
-                    Registries::manifest(source, &oref, ACCEPTED, MAX_MANIFEST).await
-                })
+                Box::pin(
+                    async move { fetch::manifest(source, &oref, ACCEPTED, MAX_MANIFEST).await },
+                )
             },
             Ok,
         )
@@ -1053,24 +1052,6 @@ impl Puller {
             }
         }
     }
-}
-
-/// One fetch of a small blob from `source`, read with the size limit.
-async fn small_blob(
-    source: &Source,
-    desc: &OciDescriptor,
-) -> Result<Vec<u8>, oci_client::errors::OciDistributionError> {
-    let mut stream = source.client.pull_blob_stream(&source.oref, desc).await?;
-    let mut data = Vec::new();
-    while let Some(chunk) = stream.next().await {
-        data.extend_from_slice(&chunk?);
-        if data.len() as u64 > MAX_JSON_BLOB {
-            return Err(oci_client::errors::OciDistributionError::GenericError(
-                Some("blob larger than announced".into()),
-            ));
-        }
-    }
-    Ok(data)
 }
 
 /// A mirror could not serve: said, and the next source is tried.

@@ -6,17 +6,16 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Mutex;
 
-use bytes::Bytes;
 use imaged_api::v1::RegistryAuth as WireAuth;
 use imaged_common::Error;
 use imaged_model::Reference;
 use oci_client::Client;
-use oci_client::RegistryOperation;
 use oci_client::client::{ClientConfig, ClientProtocol};
-use oci_client::errors::{OciDistributionError, OciEnvelope, OciErrorCode};
+use oci_client::errors::{OciDistributionError, OciErrorCode};
 use oci_client::secrets::RegistryAuth;
 use sha2::{Digest as _, Sha256};
 
+use crate::fetch;
 use crate::mirrors::MirrorConfig;
 
 /// Registry clients, shared by pulls and pushes so connections and tokens
@@ -67,6 +66,8 @@ fn registry_client(plain_http: bool, skip_verify: bool, ca: &[Vec<u8>]) -> Clien
 struct Clients {
     registry: Client,
     http: reqwest::Client,
+    /// The tokens got for these credentials.
+    tokens: fetch::Tokens,
 }
 
 /// One place a pull reads from: a mirror of the registry (from
@@ -74,13 +75,15 @@ struct Clients {
 /// the registry itself.
 #[derive(Clone)]
 pub struct Source {
-    pub client: Client,
     /// The image's repository there, with the request's tag or digest.
     pub oref: oci_client::Reference,
     pub auth: RegistryAuth,
-    /// For manifests (read with a limit).
-    http: reqwest::Client,
-    plain_http: bool,
+    /// For manifests, blobs and tags, read with limits ([`fetch`]).
+    pub(crate) http: reqwest::Client,
+    pub(crate) plain_http: bool,
+    /// Tokens got from this source's realm, shared by the pulls that use
+    /// the same client.
+    pub(crate) tokens: fetch::Tokens,
     /// The mirror's host; `None` for the registry itself.
     pub mirror: Option<String>,
     /// Whether it may answer a tag (a mirror needs `resolve`).
@@ -168,6 +171,7 @@ impl Registries {
         clients
             .entry(key)
             .or_insert_with(|| Clients {
+                tokens: fetch::Tokens::default(),
                 http: if skip_verify || !ca.is_empty() {
                     http_client(skip_verify, ca)
                 } else {
@@ -199,10 +203,10 @@ impl Registries {
                     &mirror.ca,
                 );
                 Source {
-                    client: clients.registry,
                     oref: at_host(&upstream, &mirror.host),
                     auth: anonymous,
                     http: clients.http,
+                    tokens: clients.tokens,
                     plain_http: mirror.plain_http,
                     mirror: Some(mirror.host),
                     resolves: mirror.resolve,
@@ -212,107 +216,15 @@ impl Registries {
         let plain_http = self.is_insecure(reference.domain());
         let clients = self.clients_for(reference.domain(), auth, plain_http, false, &[]);
         sources.push(Source {
-            client: clients.registry,
             plain_http,
             oref: upstream,
             auth: auth.clone(),
             http: clients.http,
+            tokens: clients.tokens,
             mirror: None,
             resolves: true,
         });
         sources
-    }
-
-    /// Fetches a manifest or index as oci-client's `pull_manifest_raw`
-    /// does, reading at most `max` bytes of body: a registry cannot make a
-    /// pull hold more. Anonymous (or basic) first; on a 401, oci-client
-    /// performs the token exchange and the request is made again with the
-    /// token. Answers the bytes and their digest.
-    pub async fn manifest(
-        source: &Source,
-        oref: &oci_client::Reference,
-        accepted: &[&str],
-        max: usize,
-    ) -> Result<(Bytes, String), OciDistributionError> {
-        let (client, auth) = (&source.client, &source.auth);
-        let registry = oref.resolve_registry();
-        // The blob requests that follow go through oci-client, which must
-        // know the credentials. Without credentials nothing is stored:
-        // oci-client would then ask the registry's /v2/ before every blob
-        // (it keeps no answer of "no token needed"), a round trip per
-        // blob. A registry that wants a token even for anonymous pulls
-        // answers this request 401, and `client.auth` below stores what
-        // the blob requests need.
-        if !matches!(auth, RegistryAuth::Anonymous) {
-            client.store_auth_if_needed(registry, auth).await;
-        }
-        let scheme = if source.plain_http { "http" } else { "https" };
-        let reference = oref.digest().or(oref.tag()).unwrap_or("latest");
-        let url = format!(
-            "{scheme}://{registry}/v2/{}/manifests/{reference}",
-            oref.repository()
-        );
-        let mut token = None;
-        loop {
-            let mut request = source
-                .http
-                .get(&url)
-                .header(reqwest::header::ACCEPT, accepted.join(", "));
-            request = match (&token, auth) {
-                (Some(token), _) => request.bearer_auth(token),
-                (None, RegistryAuth::Basic(user, password)) => {
-                    request.basic_auth(user, Some(password))
-                }
-                _ => request,
-            };
-            let mut response = request.send().await?;
-            let status = response.status();
-            if status == reqwest::StatusCode::UNAUTHORIZED
-                && token.is_none()
-                && let Some(bearer) = client.auth(oref, auth, RegistryOperation::Pull).await?
-            {
-                token = Some(bearer);
-                continue;
-            }
-            let limit = if status.is_success() { max } else { 64 * 1024 };
-            let too_big = || {
-                OciDistributionError::ManifestParsingError(format!(
-                    "manifest exceeds the {max}-byte limit"
-                ))
-            };
-            if status.is_success() && response.content_length().unwrap_or(0) > max as u64 {
-                return Err(too_big());
-            }
-            let mut body = Vec::new();
-            while let Some(chunk) = response.chunk().await? {
-                if body.len() + chunk.len() > limit {
-                    if status.is_success() {
-                        return Err(too_big());
-                    }
-                    break;
-                }
-                body.extend_from_slice(&chunk);
-            }
-            if !status.is_success() {
-                return Err(match serde_json::from_slice::<OciEnvelope>(&body) {
-                    Ok(envelope) => OciDistributionError::RegistryError { envelope, url },
-                    Err(_) => OciDistributionError::ServerError {
-                        code: status.as_u16(),
-                        url,
-                        message: String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned(),
-                    },
-                });
-            }
-            let digest = format!("sha256:{}", hex::encode(Sha256::digest(&body)));
-            if let Some(wanted) = oref.digest()
-                && wanted != digest
-            {
-                return Err(OciDistributionError::ManifestParsingError(format!(
-                    "digest mismatch: asked for {wanted}, got {digest}"
-                )));
-            }
-            return Ok((Bytes::from(body), digest));
-        }
     }
 
     /// Plain HTTP is allowed for listed registries and loopback hosts.
@@ -349,6 +261,22 @@ fn at_host(reference: &oci_client::Reference, host: &str) -> oci_client::Referen
 fn http_client(skip_verify: bool, ca: &[Vec<u8>]) -> reqwest::Client {
     let mut builder = reqwest::Client::builder()
         .connect_timeout(std::time::Duration::from_secs(30))
+        .redirect(reqwest::redirect::Policy::custom(|attempt| {
+            // A registry may send a blob to its storage, not to a cloud's
+            // metadata service, and not round and round.
+            let link_local = match attempt.url().host() {
+                Some(url::Host::Ipv4(ip)) => ip.is_link_local(),
+                Some(url::Host::Ipv6(ip)) => (ip.segments()[0] & 0xffc0) == 0xfe80,
+                _ => false,
+            };
+            if link_local {
+                attempt.error("a redirect to a link-local address")
+            } else if attempt.previous().len() >= 10 {
+                attempt.error("too many redirects")
+            } else {
+                attempt.follow()
+            }
+        }))
         .danger_accept_invalid_certs(skip_verify);
     for pem in ca {
         match reqwest::Certificate::from_pem(pem) {
