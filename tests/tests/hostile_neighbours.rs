@@ -378,6 +378,21 @@ async fn serve_content_survives_a_crowd_of_two_thousand_idle_connections() {
     drop(crowd);
 }
 
+/// Pulls `reference`, which must fail within seconds with `code`, a
+/// message that says `says`, and no more than a few lines of it.
+async fn refused_promptly(imaged: &Imaged, reference: &str, code: Code, says: &str) {
+    let started = Instant::now();
+    let err = client::pull(imaged.images(), client::pull_request(reference))
+        .await
+        .unwrap_err();
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(20), "{took:?}");
+    assert_eq!(err.code(), code, "{err}");
+    assert!(err.message().contains(says), "{err}");
+    let length = err.message().len();
+    assert!(length < 600, "{length} bytes of message");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn endless_token_and_error_bodies_fail_the_pull_promptly_with_a_short_message() {
     let registry = TestRegistry::start().await.unwrap();
@@ -419,42 +434,12 @@ async fn endless_token_and_error_bodies_fail_the_pull_promptly_with_a_short_mess
         1,
     );
     front.rule("GET", "/token", flood(200, Vec::new()), 1);
-    let started = Instant::now();
-    let err = client::pull(imaged.images(), client::pull_request(&reference))
-        .await
-        .unwrap_err();
-    assert!(
-        started.elapsed() < Duration::from_secs(20),
-        "{:?}",
-        started.elapsed()
-    );
-    assert_eq!(err.code(), Code::Unauthenticated, "{err}");
-    assert!(err.message().contains("larger than"), "{err}");
-    assert!(
-        err.message().len() < 400,
-        "{} bytes of message",
-        err.message().len()
-    );
+    refused_promptly(&imaged, &reference, Code::Unauthenticated, "larger than").await;
 
     // A layer answered 500 with a body that never ends.
     let blob = format!("/blobs/{}", image.layers[0].digest);
     front.rule("GET", &blob, flood(500, Vec::new()), 1);
-    let started = Instant::now();
-    let err = client::pull(imaged.images(), client::pull_request(&reference))
-        .await
-        .unwrap_err();
-    assert!(
-        started.elapsed() < Duration::from_secs(20),
-        "{:?}",
-        started.elapsed()
-    );
-    assert_eq!(err.code(), Code::Unavailable, "{err}");
-    assert!(err.message().contains("500"), "{err}");
-    assert!(
-        err.message().len() < 600,
-        "{} bytes of message",
-        err.message().len()
-    );
+    refused_promptly(&imaged, &reference, Code::Unavailable, "500").await;
 
     let (_, rss) = descriptors_and_rss(transfer);
     assert!(
