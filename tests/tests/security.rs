@@ -97,6 +97,66 @@ async fn tcp_needs_tls_or_an_explicit_insecure_flag() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_without_client_certificates_needs_an_explicit_flag() {
+    let imaged = Imaged::builder()
+        .only(&[Service::Metadata, Service::Transfer, Service::Events])
+        .start()
+        .await
+        .unwrap();
+    let certs = tempfile::tempdir().unwrap();
+    certificates(certs.path());
+    let path = |name: &str| certs.path().join(name).display().to_string();
+    let port = free_port();
+    let tls = [
+        format!("--listen=tcp://127.0.0.1:{port}"),
+        format!("--tls-cert={}", path("server.pem")),
+        format!("--tls-key={}", path("server.key")),
+    ];
+    let refused = imaged
+        .command(Service::Gateway)
+        .args(&tls)
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("--tls-no-client-auth"), "{stderr}");
+
+    let log = imaged.root().join("logs/open-tls-gateway.log");
+    let mut open = imaged
+        .command(Service::Gateway)
+        .args(&tls)
+        .arg("--tls-no-client-auth")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let host = format!("https://127.0.0.1:{port}");
+    let ca = path("ca.pem");
+    let mut answered = false;
+    for _ in 0..100 {
+        if imagectl(&["--host", &host, "--tls-ca", &ca, "info"])
+            .await
+            .status
+            .success()
+        {
+            answered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(answered, "{}", std::fs::read_to_string(&log).unwrap());
+    assert!(
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .contains("clients without a certificate"),
+        "no warning was logged"
+    );
+    open.kill().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_with_client_certificates() {
     let imaged = Imaged::builder()
         .only(&[Service::Metadata, Service::Transfer, Service::Events])
@@ -254,4 +314,117 @@ async fn one_client_cannot_starve_the_others() {
     }
     assert_eq!(most, 1, "the greedy client's second request waited");
     assert!(other_answered, "another client was served meanwhile");
+}
+
+/// Starts `service` by hand with `args`, its log in `logs/<name>.log`.
+fn spawn(imaged: &Imaged, service: Service, args: &[String], name: &str) -> tokio::process::Child {
+    imaged
+        .command(service)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(imaged.root().join(format!("logs/{name}.log"))).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn internal_peers_dial_tls_with_a_client_certificate() {
+    // imaged-metadata on TCP, TLS, client certificates required; the
+    // gateway reaches it there, as on another host.
+    let imaged = Imaged::builder()
+        .only(&[Service::Transfer, Service::Events])
+        .start()
+        .await
+        .unwrap();
+    let certs = tempfile::tempdir().unwrap();
+    certificates(certs.path());
+    let path = |name: &str| certs.path().join(name).display().to_string();
+    let port = free_port();
+    let mut metadata = spawn(
+        &imaged,
+        Service::Metadata,
+        &[
+            format!("--listen=tcp://127.0.0.1:{port}"),
+            format!("--tls-cert={}", path("server.pem")),
+            format!("--tls-key={}", path("server.key")),
+            format!("--tls-client-ca={}", path("ca.pem")),
+        ],
+        "tls-metadata",
+    );
+    let gateway_with = |name: &str, identity: bool| {
+        let mut args = vec![
+            format!("--metadata-addr=tcp://127.0.0.1:{port}"),
+            format!("--peer-tls-ca={}", path("ca.pem")),
+        ];
+        if identity {
+            args.push(format!("--peer-tls-cert={}", path("client.pem")));
+            args.push(format!("--peer-tls-key={}", path("client.key")));
+        }
+        args.push(format!(
+            "--listen={}",
+            imaged.root().join(format!("run/{name}.sock")).display()
+        ));
+        args.push(format!(
+            "--docker-socket={}",
+            imaged
+                .root()
+                .join(format!("run/{name}-docker.sock"))
+                .display()
+        ));
+        spawn(&imaged, Service::Gateway, &args, name)
+    };
+    let list = |name: &str| {
+        let host = format!(
+            "unix://{}",
+            imaged.root().join(format!("run/{name}.sock")).display()
+        );
+        async move { imagectl(&["--host", &host, "images"]).await }
+    };
+
+    let mut with = gateway_with("gateway-with-cert", true);
+    let mut listed = None;
+    for _ in 0..100 {
+        let out = list("gateway-with-cert").await;
+        if out.status.success() {
+            listed = Some(out);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let listed = listed.unwrap_or_else(|| {
+        let log = |name: &str| {
+            std::fs::read_to_string(imaged.root().join(format!("logs/{name}.log"))).unwrap()
+        };
+        panic!(
+            "the gateway never listed images through TLS metadata:\n{}\n{}",
+            log("gateway-with-cert"),
+            log("tls-metadata")
+        )
+    });
+    assert!(String::from_utf8_lossy(&listed.stdout).contains("REPOSITORY"));
+
+    // Without a client certificate the peer refuses it.
+    let mut without = gateway_with("gateway-without-cert", false);
+    // Up (its socket takes connections), then refused by metadata.
+    let socket = imaged.root().join("run/gateway-without-cert.sock");
+    let mut up = false;
+    for _ in 0..100 {
+        if tokio::net::UnixStream::connect(&socket).await.is_ok() {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(up, "the second gateway never listened");
+    let refused = list("gateway-without-cert").await;
+    assert!(
+        !refused.status.success(),
+        "metadata served a peer without a certificate"
+    );
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(said.contains("metadata"), "{said}");
+    for child in [&mut with, &mut without, &mut metadata] {
+        child.kill().await.unwrap();
+    }
 }

@@ -95,6 +95,16 @@ pub struct CommonArgs {
     #[arg(long, env = "IMAGED_INSECURE_TCP")]
     pub insecure_tcp: bool,
 
+    /// Serve a TLS listener to clients without a certificate (anyone who
+    /// can reach the port can use the service). Without it, a TLS listener
+    /// needs --tls-client-ca.
+    #[arg(
+        long,
+        env = "IMAGED_TLS_NO_CLIENT_AUTH",
+        conflicts_with = "tls_client_ca"
+    )]
+    pub tls_no_client_auth: bool,
+
     /// Group (name or GID) to give the Unix socket, so its members can
     /// connect (mode 0660).
     #[arg(long, env = "IMAGED_SOCKET_GROUP")]
@@ -136,6 +146,20 @@ pub struct PeerArgs {
     /// Address of imaged-events. Default: `<root>/run/events.sock`.
     #[arg(long, env = "IMAGED_EVENTS_ADDR")]
     pub events_addr: Option<Endpoint>,
+
+    /// CA (PEM) of the peers' server certificates: with it, peers at a
+    /// `tcp://` address are dialled over TLS.
+    #[arg(long, env = "IMAGED_PEER_TLS_CA")]
+    pub peer_tls_ca: Option<PathBuf>,
+
+    /// Client certificate (PEM) this process presents to its TLS peers
+    /// (their --tls-client-ca signs it).
+    #[arg(long, env = "IMAGED_PEER_TLS_CERT", requires_all = ["peer_tls_key", "peer_tls_ca"])]
+    pub peer_tls_cert: Option<PathBuf>,
+
+    /// Private key (PEM) of --peer-tls-cert.
+    #[arg(long, env = "IMAGED_PEER_TLS_KEY", requires = "peer_tls_cert")]
+    pub peer_tls_key: Option<PathBuf>,
 }
 
 impl PeerArgs {
@@ -155,10 +179,39 @@ impl PeerArgs {
     /// The client to `peer` that a process keeps: dialled now, in the
     /// background ([`Peer::dial_ahead`]), so its first call is not slower.
     pub fn peer(&self, peer: Service, root: &Path) -> anyhow::Result<Peer> {
-        let peer = Peer::new(peer, self.endpoint(peer, root))?;
+        let peer = Peer::with_tls(peer, self.endpoint(peer, root), self.tls()?.as_ref())?;
         peer.dial_ahead();
         Ok(peer)
     }
+
+    /// How TCP peers are dialled over TLS, if they are.
+    fn tls(&self) -> anyhow::Result<Option<PeerTls>> {
+        let Some(ca) = &self.peer_tls_ca else {
+            return Ok(None);
+        };
+        let read = |path: &PathBuf, what: &str| {
+            std::fs::read(path).with_context(|| format!("cannot read {what} {}", path.display()))
+        };
+        let identity = match (&self.peer_tls_cert, &self.peer_tls_key) {
+            (Some(cert), Some(key)) => {
+                Some((read(cert, "--peer-tls-cert")?, read(key, "--peer-tls-key")?))
+            }
+            _ => None,
+        };
+        Ok(Some(PeerTls {
+            ca: read(ca, "--peer-tls-ca")?,
+            identity,
+        }))
+    }
+}
+
+/// TLS to the peers at `tcp://` addresses.
+#[derive(Clone, Debug)]
+pub struct PeerTls {
+    /// PEM of the CA that signs their server certificates.
+    pub ca: Vec<u8>,
+    /// PEM certificate and key presented to them.
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 /// The settings a process runs with once its root has been checked.
@@ -226,6 +279,15 @@ impl CommonArgs {
             std::fs::read(path).with_context(|| format!("cannot read {what} {}", path.display()))
         };
         let tls = match (&listen, &self.tls_cert, &self.tls_key) {
+            (Endpoint::Tcp(addr), Some(_), Some(_))
+                if self.tls_client_ca.is_none() && !self.tls_no_client_auth =>
+            {
+                bail!(
+                    "refusing to serve tcp://{addr} to clients without a certificate: give \
+                     --tls-client-ca (the CA of the clients' certificates), or \
+                     --tls-no-client-auth to let anyone who reaches the port in"
+                )
+            }
             (Endpoint::Tcp(_), Some(cert), Some(key)) => Some(TlsFiles {
                 cert: read(cert, "--tls-cert")?,
                 key: read(key, "--tls-key")?,

@@ -13,7 +13,7 @@ use tonic::{Code, Status};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 
-use crate::config::Service;
+use crate::config::{PeerTls, Service};
 use crate::endpoint::Endpoint;
 use crate::rpc_trace::RpcTrace;
 
@@ -43,12 +43,37 @@ impl Peer {
     /// A channel to `service` at `endpoint`; nothing is dialled until the
     /// first call.
     pub fn new(service: Service, endpoint: Endpoint) -> anyhow::Result<Self> {
-        let channel = match &endpoint {
-            Endpoint::Unix(path) => tonic::transport::Endpoint::from_static("http://localhost")
-                .connect_timeout(CONNECT_TIMEOUT)
-                .connect_with_connector_lazy(crate::endpoint::unix_connector(path.clone())),
-            Endpoint::Tcp(addr) => {
+        Peer::with_tls(service, endpoint, None)
+    }
+
+    /// [`Peer::new`]; a peer at a `tcp://` address is dialled over TLS
+    /// when `tls` is given (its server certificate must name the
+    /// address's IP).
+    pub fn with_tls(
+        service: Service,
+        endpoint: Endpoint,
+        tls: Option<&PeerTls>,
+    ) -> anyhow::Result<Self> {
+        let channel = match (&endpoint, tls) {
+            (Endpoint::Unix(path), _) => {
+                tonic::transport::Endpoint::from_static("http://localhost")
+                    .connect_timeout(CONNECT_TIMEOUT)
+                    .connect_with_connector_lazy(crate::endpoint::unix_connector(path.clone()))
+            }
+            (Endpoint::Tcp(addr), None) => {
                 tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+                    .connect_timeout(CONNECT_TIMEOUT)
+                    .connect_lazy()
+            }
+            (Endpoint::Tcp(addr), Some(tls)) => {
+                let mut config = tonic::transport::ClientTlsConfig::new()
+                    .ca_certificate(tonic::transport::Certificate::from_pem(&tls.ca))
+                    .domain_name(addr.ip().to_string());
+                if let Some((cert, key)) = &tls.identity {
+                    config = config.identity(tonic::transport::Identity::from_pem(cert, key));
+                }
+                tonic::transport::Endpoint::from_shared(format!("https://{addr}"))?
+                    .tls_config(config)?
                     .connect_timeout(CONNECT_TIMEOUT)
                     .connect_lazy()
             }
@@ -131,6 +156,17 @@ impl Peer {
                         )));
                     }
                 },
+                // Not the peer's answer: the connection failed under the
+                // call (a TLS peer that refuses this process's certificate
+                // closes it so).
+                Err(status) if std::error::Error::source(&status).is_some() => {
+                    return Err(Status::unavailable(format!(
+                        "{} at {} closed the connection: {}",
+                        self.service.process(),
+                        self.endpoint,
+                        status.message()
+                    )));
+                }
                 Err(status) => return Err(status),
             }
         }

@@ -71,8 +71,14 @@ pub async fn serve(
     if let Some(tls) = &config.tls {
         let mut tls_config = tonic::transport::ServerTlsConfig::new()
             .identity(tonic::transport::Identity::from_pem(&tls.cert, &tls.key));
-        if let Some(ca) = &tls.client_ca {
-            tls_config = tls_config.client_ca_root(tonic::transport::Certificate::from_pem(ca));
+        match &tls.client_ca {
+            Some(ca) => {
+                tls_config = tls_config.client_ca_root(tonic::transport::Certificate::from_pem(ca))
+            }
+            None => tracing::warn!(
+                listen = %config.listen,
+                "serving TLS to clients without a certificate (--tls-no-client-auth): anyone who can reach the port can use it"
+            ),
         }
         builder = builder
             .tls_config(tls_config)
