@@ -452,3 +452,29 @@ async fn endless_token_and_error_bodies_fail_the_pull_promptly_with_a_short_mess
         .unwrap();
     assert_eq!(pulled.last().unwrap().image_id, image.id());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_import_larger_than_a_layer_may_be_is_refused_as_it_arrives() {
+    let imaged = Imaged::builder()
+        .arg(Service::Transfer, "--max-layer-size=1048576")
+        .start()
+        .await
+        .unwrap();
+    // 4 MiB of files: past the 1 MiB a layer may take here.
+    let tar = LayerBuilder::new()
+        .generated_files("d", 4, 1 << 20, 9)
+        .build(Compression::None)
+        .unwrap()
+        .tar()
+        .unwrap();
+    let err = client::import(imaged.images(), "big/import:1", &tar)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err}");
+    assert!(client::list(imaged.images()).await.is_empty());
+    let staging = imaged.root().join("transfer/staging");
+    if let Ok(entries) = std::fs::read_dir(&staging) {
+        let left: Vec<_> = entries.flatten().map(|e| e.path()).collect();
+        assert!(left.is_empty(), "left in staging: {left:?}");
+    }
+}

@@ -140,7 +140,7 @@ proptest! {
     #[test]
     fn unpack_never_panics_on_any_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..4096)) {
         let dir = tempfile::tempdir().unwrap();
-        let _ = unpack(bytes.as_slice(), dir.path(), crate::layers::Budget { stream: 1 << 20, apparent: 1 << 20 });
+        let _ = unpack(bytes.as_slice(), dir.path(), crate::layers::Budget { stream: 1 << 20, apparent: 1 << 20, free: 1 << 20 });
     }
 
     #[test]

@@ -82,8 +82,17 @@ impl Importer {
         let spooled = self.layers.stage()?;
         let spool = spooled.diff().with_extension("tar");
         let mut file = std::fs::File::create(&spool)?;
+        // It becomes one layer: at most what a layer may take.
+        let limit = spooled.budget().stream;
+        let mut spooled_bytes = 0u64;
         let mut message = Some(first.chunk);
         while let Some(chunk) = message.take() {
+            spooled_bytes += chunk.len() as u64;
+            if spooled_bytes > limit {
+                return Err(Error::ResourceExhausted(format!(
+                    "the imported archive is larger than the {limit} bytes a layer may take"
+                )));
+            }
             file.write_all(&chunk)?;
             message = match inbound.next().await {
                 Some(Ok(m)) => Some(m.chunk),

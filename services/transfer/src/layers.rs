@@ -106,6 +106,9 @@ pub struct Budget {
     /// limit. A hole costs no disk, but what reads the layer later (a
     /// push, an export, a container) pays for its length.
     pub apparent: u64,
+    /// The free space where it is unpacked: what a whole archive being
+    /// loaded may take.
+    pub free: u64,
 }
 
 #[cfg(test)]
@@ -114,6 +117,7 @@ impl Budget {
     pub const UNLIMITED: Budget = Budget {
         stream: u64::MAX,
         apparent: u64::MAX,
+        free: u64::MAX,
     };
 }
 
@@ -231,9 +235,11 @@ impl LayerStore {
             rand::random::<u64>()
         ));
         fs::create_dir_all(path.join("diff"))?;
+        let free = free_bytes(&self.staging)?;
         let budget = Budget {
-            stream: self.max_layer_bytes.min(free_bytes(&self.staging)?),
+            stream: self.max_layer_bytes.min(free),
             apparent: self.max_layer_bytes,
+            free,
         };
         Ok(Staging {
             path,

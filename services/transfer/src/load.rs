@@ -93,8 +93,11 @@ impl Loader {
         let dir = staging.diff();
         let (chunks_tx, chunks_rx) = mpsc::channel::<Option<Bytes>>(4);
         let target = dir.clone();
-        let extracting =
-            tokio::task::spawn_blocking(move || extract(ChannelReader::new(chunks_rx), &target));
+        // The whole archive may take at most the free space it lands on.
+        let limit = staging.budget().free;
+        let extracting = tokio::task::spawn_blocking(move || {
+            extract(ChannelReader::new(chunks_rx), &target, limit)
+        });
         let mut message = Some(first);
         while let Some(m) = message.take() {
             if chunks_tx.send(Some(Bytes::from(m.chunk))).await.is_err() {
@@ -337,12 +340,16 @@ async fn line(tx: &Lines, message: String) {
 /// followed through this map ([`archive_file`]).
 pub(crate) type Links = HashMap<PathBuf, PathBuf>;
 
+/// The most links an archive may hold (one per layer an image shares with
+/// another, in the archives Docker writes): the map stays small.
+const MAX_LINKS: usize = 65_536;
+
 /// Unpacks the archive: regular files and directories, every path inside
 /// `dir`; links (symbolic or hard) that stay inside the archive are
 /// answered, not made.
-fn extract(reader: impl Read, dir: &Path) -> Result<Links, Error> {
+fn extract(reader: impl Read, dir: &Path, limit: u64) -> Result<Links, Error> {
     let root = crate::beneath::Root::open(dir)?;
-    let mut archive = tar::Archive::new(TarGuard::new(reader, u64::MAX));
+    let mut archive = tar::Archive::new(TarGuard::new(reader, limit));
     let mut links = Links::new();
     for entry in archive.entries().map_err(unpack::classify)? {
         let mut entry = entry.map_err(unpack::classify)?;
@@ -374,6 +381,11 @@ fn extract(reader: impl Read, dir: &Path) -> Result<Links, Error> {
                     tar::EntryType::Symlink => path.parent().unwrap_or(Path::new("")),
                     _ => Path::new(""),
                 };
+                if links.len() >= MAX_LINKS {
+                    return Err(Error::InvalidArgument(format!(
+                        "invalid archive: more than {MAX_LINKS} links"
+                    )));
+                }
                 links.insert(path.clone(), link_target(&raw, from, &target)?);
             }
             other => {
@@ -471,5 +483,46 @@ impl Read for ChannelReader {
         buf[..n].copy_from_slice(&self.current[..n]);
         let _ = self.current.split_to(n);
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn links(count: usize) -> Vec<u8> {
+        let mut builder = tar::Builder::new(Vec::new());
+        let mut header = tar::Header::new_gnu();
+        header.set_size(1);
+        header.set_mode(0o644);
+        builder
+            .append_data(&mut header, "target", &b"x"[..])
+            .unwrap();
+        for n in 0..count {
+            let mut header = tar::Header::new_gnu();
+            header.set_entry_type(tar::EntryType::Symlink);
+            header.set_size(0);
+            builder
+                .append_link(&mut header, format!("l{n}"), "target")
+                .unwrap();
+        }
+        builder.into_inner().unwrap()
+    }
+
+    #[test]
+    fn an_archive_is_bounded_in_bytes_and_in_links() {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = links(10);
+        assert_eq!(
+            extract(ok.as_slice(), dir.path(), u64::MAX).unwrap().len(),
+            10
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let err = extract(ok.as_slice(), dir.path(), 2048).unwrap_err();
+        assert!(matches!(err, Error::ResourceExhausted(_)), "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        let many = links(MAX_LINKS + 1);
+        let err = extract(many.as_slice(), dir.path(), u64::MAX).unwrap_err();
+        assert!(err.to_string().contains("links"), "{err}");
     }
 }

@@ -22,7 +22,9 @@ use crate::mirrors::MirrorConfig;
 /// are reused; a client is never shared between different credentials.
 pub struct Registries {
     insecure: Vec<String>,
-    clients: Mutex<HashMap<ClientKey, Clients>>,
+    /// At most [`MAX_CLIENTS`], the least recently used going first: one
+    /// per host and credentials would otherwise grow with every caller.
+    clients: Mutex<ClientCache>,
     /// For manifest requests, whose bodies must be read with a limit
     /// (oci-client reads them whole).
     http: reqwest::Client,
@@ -38,6 +40,16 @@ pub struct Registries {
 /// any certificate, the digest of its extra CAs) and the credentials. The
 /// same host may be a registry over HTTPS and a mirror over HTTP.
 type ClientKey = (String, bool, bool, [u8; 32], [u8; 32]);
+
+/// Clients kept at most.
+const MAX_CLIENTS: usize = 64;
+
+/// The kept clients, each with the tick it was last used at.
+#[derive(Default)]
+struct ClientCache {
+    tick: u64,
+    clients: HashMap<ClientKey, (u64, Clients)>,
+}
 
 /// A registry client reaching its hosts this way.
 fn registry_client(plain_http: bool, skip_verify: bool, ca: &[Vec<u8>]) -> Client {
@@ -112,7 +124,7 @@ impl Registries {
     pub fn new(insecure: Vec<String>, mirrors: MirrorConfig) -> Self {
         Registries {
             insecure,
-            clients: Mutex::new(HashMap::new()),
+            clients: Mutex::default(),
             http: http_client(false, &[]),
             mirrors,
             spare: Mutex::new(Vec::new()),
@@ -167,22 +179,36 @@ impl Registries {
             cas.finalize().into(),
             credential_key(auth),
         );
-        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        let mut cache = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        cache.tick += 1;
+        let tick = cache.tick;
+        if let Some((used, clients)) = cache.clients.get_mut(&key) {
+            *used = tick;
+            return clients.clone();
+        }
+        if cache.clients.len() >= MAX_CLIENTS
+            && let Some(oldest) = cache
+                .clients
+                .iter()
+                .min_by_key(|(_, (used, _))| *used)
+                .map(|(key, _)| key.clone())
+        {
+            cache.clients.remove(&oldest);
+        }
+        let clients = Clients {
+            tokens: fetch::Tokens::default(),
+            http: if skip_verify || !ca.is_empty() {
+                http_client(skip_verify, ca)
+            } else {
+                self.http.clone()
+            },
+            registry: (!skip_verify && ca.is_empty())
+                .then(|| self.take_spare(plain_http))
+                .flatten()
+                .unwrap_or_else(|| registry_client(plain_http, skip_verify, ca)),
+        };
+        cache.clients.insert(key, (tick, clients.clone()));
         clients
-            .entry(key)
-            .or_insert_with(|| Clients {
-                tokens: fetch::Tokens::default(),
-                http: if skip_verify || !ca.is_empty() {
-                    http_client(skip_verify, ca)
-                } else {
-                    self.http.clone()
-                },
-                registry: (!skip_verify && ca.is_empty())
-                    .then(|| self.take_spare(plain_http))
-                    .flatten()
-                    .unwrap_or_else(|| registry_client(plain_http, skip_verify, ca)),
-            })
-            .clone()
     }
 
     /// Where a pull of `reference` reads from, in order: the registry's
@@ -495,6 +521,22 @@ mod tests {
         ] {
             assert!(!registries.is_insecure(host), "{host}");
         }
+    }
+
+    #[test]
+    fn the_client_cache_keeps_the_most_recently_used() {
+        let registries = Registries::new(Vec::new(), MirrorConfig::default());
+        let user = |n: usize| RegistryAuth::Basic(format!("user{n}"), "pw".into());
+        let first = registries.clients_for("reg.example", &user(0), false, false, &[]);
+        for n in 1..MAX_CLIENTS + 10 {
+            // The first is used again and again: it stays.
+            registries.clients_for("reg.example", &user(0), false, false, &[]);
+            registries.clients_for("reg.example", &user(n), false, false, &[]);
+        }
+        let kept = registries.clients.lock().unwrap().clients.len();
+        assert_eq!(kept, MAX_CLIENTS);
+        let again = registries.clients_for("reg.example", &user(0), false, false, &[]);
+        assert!(std::sync::Arc::ptr_eq(&first.tokens, &again.tokens));
     }
 
     #[test]

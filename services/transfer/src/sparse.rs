@@ -141,8 +141,8 @@ mod tests {
         let tar = one_tib_hole();
         let dir = tempfile::tempdir().unwrap();
         let budget = Budget {
-            stream: u64::MAX,
             apparent: 64 << 30,
+            ..Budget::UNLIMITED
         };
         let err = unpack(tar.as_slice(), dir.path(), budget).unwrap_err();
         assert!(matches!(err, Error::ResourceExhausted(_)), "{err}");

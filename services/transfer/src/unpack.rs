@@ -1173,7 +1173,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let budget = Budget {
             stream: 16 * 1024,
-            apparent: u64::MAX,
+            ..Budget::UNLIMITED
         };
         let err = unpack(tar.as_slice(), dir.path(), budget).unwrap_err();
         assert!(matches!(err, Error::ResourceExhausted(_)), "{err}");
