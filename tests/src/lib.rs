@@ -5,6 +5,7 @@
 
 pub mod archive;
 pub mod bench_fs;
+pub mod certs;
 pub mod client;
 pub mod collector;
 pub mod containerd;

@@ -478,3 +478,147 @@ async fn an_import_larger_than_a_layer_may_be_is_refused_as_it_arrives() {
         assert!(left.is_empty(), "left in staging: {left:?}");
     }
 }
+
+/// `GET https://<address><path>` with curl, trusting the test CA in
+/// `certs`, presenting its client certificate when `fleet`: the status
+/// and the bytes received.
+async fn tls_get(address: &str, path: &str, certs: &std::path::Path, fleet: bool) -> String {
+    let file = |name: &str| certs.join(name).display().to_string();
+    let mut curl = tokio::process::Command::new("curl");
+    curl.args([
+        "-sS",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code} %{size_download}",
+    ])
+    .args(["--cacert", &file("ca.pem")]);
+    if fleet {
+        curl.args(["--cert", &file("client.pem"), "--key", &file("client.key")]);
+    }
+    let out = curl
+        .arg(format!("https://{address}{path}"))
+        .output()
+        .await
+        .expect("curl runs");
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr).trim()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_peer_with_a_client_certificate_gets_private_blobs_and_no_one_else() {
+    const PASSWORD: &str = "fleet-secret-pw";
+    let private = TestRegistry::start_with_auth("tenant", PASSWORD)
+        .await
+        .unwrap();
+    let image = image_of(LayerBuilder::new().generated_files("d", 2, 64 << 10, 77));
+    private
+        .fixtures_as("tenant", PASSWORD)
+        .push_image("team/secret:1", &image)
+        .await
+        .unwrap();
+    let certs = tempfile::tempdir().unwrap();
+    imaged_e2e::certs::write(certs.path());
+    let file = |name: &str| certs.path().join(name).display().to_string();
+    let address = format!("127.0.0.1:{}", imaged_e2e::free_port());
+    let node_a = Imaged::builder()
+        .arg(Service::Transfer, &format!("--serve-content={address}"))
+        .arg(
+            Service::Transfer,
+            &format!("--serve-content-tls-cert={}", file("server.pem")),
+        )
+        .arg(
+            Service::Transfer,
+            &format!("--serve-content-tls-key={}", file("server.key")),
+        )
+        .arg(
+            Service::Transfer,
+            &format!("--serve-content-tls-client-ca={}", file("ca.pem")),
+        )
+        .start()
+        .await
+        .unwrap();
+    let reference = private.fixtures().reference("team/secret:1");
+    let with_credentials = || imaged_api::v1::PullImageRequest {
+        auth: Some(imaged_api::v1::RegistryAuth {
+            username: "tenant".into(),
+            password: PASSWORD.into(),
+            ..Default::default()
+        }),
+        ..client::pull_request(&reference)
+    };
+    client::pull(node_a.images(), with_credentials())
+        .await
+        .unwrap();
+    let started = Instant::now();
+    loop {
+        let answer = tls_get(&address, "/v2/", certs.path(), false).await;
+        if answer.starts_with("200") {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "serve-content never answered: {answer}\n{}",
+            node_a.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Over TLS without a certificate: private is a 404; with the fleet's
+    // certificate: served.
+    let layer = &image.layers[0];
+    let path = format!("/v2/team/secret/blobs/{}", layer.digest);
+    let anonymous = tls_get(&address, &path, certs.path(), false).await;
+    assert!(anonymous.starts_with("404"), "{anonymous}");
+    let fleet = tls_get(&address, &path, certs.path(), true).await;
+    assert_eq!(fleet, format!("200 {}", layer.data.len()));
+
+    // Node B lists A as a mirror with the fleet's certificate (containerd's
+    // `client` key) and pulls the same private image: its layer comes
+    // from A, not from the registry.
+    let hosts = tempfile::tempdir().unwrap();
+    let dir = hosts.path().join(&private.host);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("hosts.toml"),
+        format!(
+            "server = \"http://{}\"\n\n[host.\"https://{address}\"]\n  capabilities = [\"pull\"]\n  ca = \"{}\"\n  client = [[\"{}\", \"{}\"]]\n",
+            private.host,
+            file("ca.pem"),
+            file("client.pem"),
+            file("client.key")
+        ),
+    )
+    .unwrap();
+    let node_b = Imaged::builder()
+        .arg(
+            Service::Transfer,
+            &format!("--registry-config-dir={}", hosts.path().display()),
+        )
+        .start()
+        .await
+        .unwrap();
+    let layer_gets = |registry: &TestRegistry| {
+        registry
+            .blob_gets()
+            .iter()
+            .filter(|path| path.contains(&layer.digest))
+            .count()
+    };
+    let before = layer_gets(&private);
+    client::pull(node_b.images(), with_credentials())
+        .await
+        .unwrap();
+    assert_eq!(
+        layer_gets(&private),
+        before,
+        "node B fetched the layer upstream"
+    );
+    // What B fetched from an authenticated peer is not public on B.
+    let public = node_b.root().join("transfer/content/public");
+    let marked = std::fs::read_dir(&public).map_or(0, |d| d.count());
+    assert_eq!(marked, 0, "a private blob became public on node B");
+}

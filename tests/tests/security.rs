@@ -8,34 +8,6 @@ use std::time::Duration;
 
 use imaged_common::config::Service;
 use imaged_e2e::{Imaged, bin_dir, free_port};
-use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
-
-/// A CA, a server certificate for localhost/127.0.0.1 and a client
-/// certificate, all written as PEM files into `dir`.
-fn certificates(dir: &std::path::Path) {
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = rcgen::Issuer::from_params(&ca_params, &ca_key);
-    let write = |name: &str, text: String| std::fs::write(dir.join(name), text).unwrap();
-    write("ca.pem", ca.pem());
-    for (name, sans) in [
-        (
-            "server",
-            vec!["localhost".to_string(), "127.0.0.1".to_string()],
-        ),
-        ("client", vec!["imagectl".to_string()]),
-    ] {
-        let key = KeyPair::generate().unwrap();
-        let cert = CertificateParams::new(sans)
-            .unwrap()
-            .signed_by(&key, &issuer)
-            .unwrap();
-        write(&format!("{name}.pem"), cert.pem());
-        write(&format!("{name}.key"), key.serialize_pem());
-    }
-}
 
 async fn imagectl(args: &[&str]) -> std::process::Output {
     tokio::process::Command::new(bin_dir().join("imagectl"))
@@ -104,7 +76,7 @@ async fn tls_without_client_certificates_needs_an_explicit_flag() {
         .await
         .unwrap();
     let certs = tempfile::tempdir().unwrap();
-    certificates(certs.path());
+    imaged_e2e::certs::write(certs.path());
     let path = |name: &str| certs.path().join(name).display().to_string();
     let port = free_port();
     let tls = [
@@ -164,7 +136,7 @@ async fn tls_with_client_certificates() {
         .await
         .unwrap();
     let certs = tempfile::tempdir().unwrap();
-    certificates(certs.path());
+    imaged_e2e::certs::write(certs.path());
     let path = |name: &str| certs.path().join(name).display().to_string();
     let port = free_port();
     let mut gateway = imaged
@@ -338,7 +310,7 @@ async fn internal_peers_dial_tls_with_a_client_certificate() {
         .await
         .unwrap();
     let certs = tempfile::tempdir().unwrap();
-    certificates(certs.path());
+    imaged_e2e::certs::write(certs.path());
     let path = |name: &str| certs.path().join(name).display().to_string();
     let port = free_port();
     let mut metadata = spawn(

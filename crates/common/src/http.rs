@@ -14,6 +14,11 @@
 //!   a head).
 //! - **Accept errors back off** (out of descriptors, mostly) instead of
 //!   spinning.
+//! - **TLS, optionally with client certificates** ([`tls_acceptor`]): a
+//!   client that presents a certificate the listener's client CA signed is
+//!   [`Verified`] in each request's extensions; one that presents none is
+//!   served too, unverified. The handshake is bounded by the header
+//!   timeout.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -52,6 +57,51 @@ impl Default for Limits {
 pub enum Listener {
     Tcp(tokio::net::TcpListener),
     Unix(tokio::net::UnixListener),
+    /// TCP, each connection a TLS handshake first.
+    Tls(tokio::net::TcpListener, tokio_rustls::TlsAcceptor),
+}
+
+/// Whether a request's client proved who it is: a TLS client certificate
+/// signed by the listener's client CA. In every request's extensions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Verified(pub bool);
+
+/// A TLS server for `cert`/`key` (PEM) that verifies the client
+/// certificates `client_ca` (PEM) signed, and serves clients without one
+/// as unverified.
+pub fn tls_acceptor(
+    cert: &[u8],
+    key: &[u8],
+    client_ca: &[u8],
+) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
+    use anyhow::Context;
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let certs = CertificateDer::pem_slice_iter(cert)
+        .collect::<Result<Vec<_>, _>>()
+        .context("the certificate is not PEM")?;
+    let key = PrivateKeyDer::from_pem_slice(key).context("the key is not PEM")?;
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in CertificateDer::pem_slice_iter(client_ca) {
+        roots
+            .add(ca.context("the client CA is not PEM")?)
+            .context("the client CA is not a certificate")?;
+    }
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .allow_unauthenticated()
+    .build()
+    .context("the client CA")?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certs, key)
+        .context("the certificate and key")?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
 /// A byte stream of either kind.
@@ -61,9 +111,18 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
 impl Listener {
     async fn accept(&self) -> io::Result<Box<dyn Io>> {
         Ok(match self {
-            Listener::Tcp(listener) => Box::new(listener.accept().await?.0),
+            Listener::Tcp(listener) | Listener::Tls(listener, _) => {
+                Box::new(listener.accept().await?.0)
+            }
             Listener::Unix(listener) => Box::new(listener.accept().await?.0),
         })
+    }
+
+    fn tls(&self) -> Option<tokio_rustls::TlsAcceptor> {
+        match self {
+            Listener::Tls(_, acceptor) => Some(acceptor.clone()),
+            _ => None,
+        }
     }
 }
 
@@ -115,6 +174,7 @@ where
         let id = waiting.add(evicted);
         let service = service.clone();
         let waiting = Arc::clone(&waiting);
+        let tls = listener.tls();
         tokio::spawn(async move {
             let io = Heard {
                 inner: stream,
@@ -122,22 +182,62 @@ where
                 waiting: Arc::clone(&waiting),
                 id,
             };
-            let connection = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(limits.header_timeout)
-                .serve_connection(
-                    TokioIo::new(io),
-                    hyper_util::service::TowerToHyperService::new(service),
-                );
             // Leaving the queue drops the sender: only a sent `()` evicts.
             tokio::select! {
-                _ = connection => {}
+                _ = connection(io, tls, service, limits) => {}
                 Ok(()) = evict => {}
             }
             waiting.remove(id);
             drop(slot);
         });
     }
+}
+
+/// Serves one connection: its TLS handshake first, if any, then its
+/// requests, each told whether the client is [`Verified`].
+async fn connection<S, B>(
+    io: Heard,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    service: S,
+    limits: Limits,
+) where
+    S: tower::Service<http::Request<Incoming>, Response = http::Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let (io, verified): (Box<dyn Io>, bool) = match tls {
+        None => (Box::new(io), false),
+        Some(acceptor) => {
+            match tokio::time::timeout(limits.header_timeout, acceptor.accept(io)).await {
+                Ok(Ok(stream)) => {
+                    let verified = stream
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .is_some_and(|certs| !certs.is_empty());
+                    (Box::new(stream), verified)
+                }
+                _ => return, // a failed or slow handshake
+            }
+        }
+    };
+    let service = tower::service_fn(move |mut request: http::Request<Incoming>| {
+        request.extensions_mut().insert(Verified(verified));
+        tower::ServiceExt::oneshot(service.clone(), request)
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .serve_connection(
+            TokioIo::new(io),
+            hyper_util::service::TowerToHyperService::new(service),
+        )
+        .await;
 }
 
 /// The connections that have not sent a byte yet, oldest first, each with

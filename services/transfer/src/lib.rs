@@ -48,6 +48,8 @@ mod writers;
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context as _;
+
 use clap::Parser;
 use imaged_api::internal::v1::transfer_server::{SERVICE_NAME, TransferServer};
 use imaged_common::config::{CommonArgs, PeerArgs, Service, ServiceConfig};
@@ -89,6 +91,53 @@ pub struct Args {
     /// mirror: blobs by digest, of images this node holds.
     #[arg(long, env = "IMAGED_SERVE_CONTENT")]
     pub serve_content: Option<std::net::SocketAddr>,
+    /// Serve --serve-content over TLS with this certificate (PEM); peers
+    /// whose client certificate --serve-content-tls-client-ca signed get
+    /// every blob this node holds, others only what it fetched without
+    /// credentials.
+    #[arg(long, env = "IMAGED_SERVE_CONTENT_TLS_CERT", requires_all = ["serve_content_tls_key", "serve_content_tls_client_ca", "serve_content"])]
+    pub serve_content_tls_cert: Option<std::path::PathBuf>,
+    /// Private key (PEM) of --serve-content-tls-cert.
+    #[arg(
+        long,
+        env = "IMAGED_SERVE_CONTENT_TLS_KEY",
+        requires = "serve_content_tls_cert"
+    )]
+    pub serve_content_tls_key: Option<std::path::PathBuf>,
+    /// The fleet's CA (PEM): peers with a client certificate it signed may
+    /// have private blobs from --serve-content.
+    #[arg(
+        long,
+        env = "IMAGED_SERVE_CONTENT_TLS_CLIENT_CA",
+        requires = "serve_content_tls_cert"
+    )]
+    pub serve_content_tls_client_ca: Option<std::path::PathBuf>,
+}
+
+impl Args {
+    /// The TLS of --serve-content, read and checked now (a bad file stops
+    /// the start).
+    fn serve_content_tls(&self) -> anyhow::Result<Option<tokio_rustls::TlsAcceptor>> {
+        let (Some(cert), Some(key), Some(ca)) = (
+            &self.serve_content_tls_cert,
+            &self.serve_content_tls_key,
+            &self.serve_content_tls_client_ca,
+        ) else {
+            return Ok(None);
+        };
+        let read = |path: &std::path::PathBuf, what: &str| {
+            std::fs::read(path).with_context(|| {
+                format!("cannot read --serve-content-tls-{what} {}", path.display())
+            })
+        };
+        let acceptor = imaged_common::http::tls_acceptor(
+            &read(cert, "cert")?,
+            &read(key, "key")?,
+            &read(ca, "client-ca")?,
+        )
+        .context("--serve-content-tls-*")?;
+        Ok(Some(acceptor))
+    }
 }
 
 /// Ingests untouched this long are not resumed but collected at start-up.
@@ -108,11 +157,12 @@ pub async fn run(config: ServiceConfig, args: Args) -> anyhow::Result<()> {
     let layers = Arc::new(
         layers::LayerStore::open(&config.data_dir)?.with_max_layer_bytes(args.max_layer_size),
     );
+    let serve_content_tls = args.serve_content_tls()?;
     let serving_content = {
         let (content, layers) = (content.clone(), Arc::clone(&layers));
         async move {
             match args.serve_content {
-                Some(addr) => serve_content::serve(addr, content, layers).await,
+                Some(addr) => serve_content::serve(addr, serve_content_tls, content, layers).await,
                 None => std::future::pending().await,
             }
         }

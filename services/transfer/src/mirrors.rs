@@ -8,8 +8,10 @@
 //! What imaged reads of a `[host."URL"]` table: the URL (`http://` or
 //! `https://`, a host and port, no path), `capabilities` (`pull` to fetch
 //! by digest, `resolve` to answer tags; both by default), `skip_verify`
-//! and `ca` (one PEM file or a list). `override_path`, `header` and
-//! `client` are not supported: such a host is skipped, saying so. The
+//! `ca` (one PEM file or a list) and `client` (the certificate this node
+//! presents: one PEM file holding the certificate and its key, or
+//! `[["cert.pem", "key.pem"]]`, the first pair). `override_path` and
+//! `header` are not supported: such a host is skipped, saying so. The
 //! file is read at every pull, as containerd reads it at every request,
 //! so an edit applies to the next pull.
 
@@ -31,6 +33,9 @@ pub struct Mirror {
     pub skip_verify: bool,
     /// Extra CA certificates, PEM (`ca`).
     pub ca: Vec<Vec<u8>>,
+    /// The client certificate and key presented to it, PEM (`client`):
+    /// a fleet peer serving what it holds to authenticated nodes.
+    pub client: Option<Vec<u8>>,
 }
 
 /// Where the `hosts.toml` files are (`--registry-config-dir`), and
@@ -143,7 +148,7 @@ fn mirror(url: &str, settings: &toml::Table, file: &Path) -> Result<Option<Mirro
             "{url}: a path other than /v2 is not supported"
         )));
     }
-    for unsupported in ["override_path", "header", "client"] {
+    for unsupported in ["override_path", "header"] {
         if settings
             .get(unsupported)
             .is_some_and(|v| v.as_bool() != Some(false))
@@ -190,13 +195,45 @@ fn mirror(url: &str, settings: &toml::Table, file: &Path) -> Result<Option<Mirro
             std::fs::read(&path).map_err(|err| bad(format!("ca {}: {err}", path.display())))
         })
         .collect::<Result<_, _>>()?;
+    let client = client_identity(settings.get("client"), base)?;
     Ok(Some(Mirror {
         host: host.to_string(),
         plain_http,
         resolve: capabilities.iter().any(|c| c == "resolve"),
         skip_verify,
         ca,
+        client,
     }))
+}
+
+/// containerd's `client`: a PEM file with the certificate and its key, or
+/// a list of `[cert, key]` pairs (the first is used; an empty key means
+/// the certificate's file holds it). Relative paths are from `base`.
+fn client_identity(value: Option<&toml::Value>, base: &Path) -> Result<Option<Vec<u8>>, Error> {
+    let bad = |what: String| Error::InvalidArgument(what);
+    let (cert, key) = match value {
+        None | Some(toml::Value::Boolean(false)) => return Ok(None),
+        Some(toml::Value::String(path)) => (path.clone(), String::new()),
+        Some(toml::Value::Array(pairs)) => {
+            let first = pairs
+                .first()
+                .and_then(toml::Value::as_array)
+                .ok_or_else(|| bad("`client` must be a path or [[cert, key]]".into()))?;
+            let part = |i: usize| first.get(i).and_then(toml::Value::as_str).unwrap_or("");
+            (part(0).to_string(), part(1).to_string())
+        }
+        Some(_) => return Err(bad("`client` must be a path or [[cert, key]]".into())),
+    };
+    let read = |path: &str| {
+        let path = base.join(path);
+        std::fs::read(&path).map_err(|err| bad(format!("client {}: {err}", path.display())))
+    };
+    let mut pem = read(&cert)?;
+    if !key.is_empty() {
+        pem.push(b'\n');
+        pem.extend(read(&key)?);
+    }
+    Ok(Some(pem))
 }
 
 #[cfg(test)]

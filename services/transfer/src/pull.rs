@@ -710,10 +710,15 @@ impl Puller {
             .map(|(d, _)| d.clone())
             .collect();
         self.content.own(&config_digest, &small)?;
-        // Fetched without credentials in this pull (what was found stored
-        // stays as private as it was).
+        // Fetched without credentials in this pull, from no source that
+        // knows this node (what was found stored stays as private as it
+        // was).
         let upstream = target.upstream_and_mirrors().0;
-        if matches!(upstream.auth, RegistryAuth::Anonymous) {
+        let anonymous = target
+            .sources
+            .iter()
+            .all(|source| matches!(source.auth, RegistryAuth::Anonymous) && !source.identified);
+        if anonymous {
             for digest in &small {
                 self.content
                     .public()
@@ -862,7 +867,7 @@ impl Puller {
             drop(writing);
             match result {
                 Ok(done) => {
-                    if matches!(from.auth, RegistryAuth::Anonymous) {
+                    if matches!(from.auth, RegistryAuth::Anonymous) && !from.identified {
                         self.content.public().mark(blob, from.oref.repository())?;
                     }
                     break done;

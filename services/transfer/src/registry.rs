@@ -37,9 +37,20 @@ pub struct Registries {
 }
 
 /// What a client is shared by: the host, how it is reached (plain HTTP,
-/// any certificate, the digest of its extra CAs) and the credentials. The
+/// any certificate, the digest of its extra CAs and client certificate)
+/// and the credentials. The
 /// same host may be a registry over HTTPS and a mirror over HTTP.
 type ClientKey = (String, bool, bool, [u8; 32], [u8; 32]);
+
+/// How a host is reached: plain HTTP, any certificate accepted, extra CAs
+/// (PEM), the client certificate and key presented (PEM).
+#[derive(Clone, Copy, Default)]
+struct Reach<'a> {
+    plain_http: bool,
+    skip_verify: bool,
+    ca: &'a [Vec<u8>],
+    client: Option<&'a [u8]>,
+}
 
 /// Clients kept at most.
 const MAX_CLIENTS: usize = 64;
@@ -96,6 +107,10 @@ pub struct Source {
     /// Tokens got from this source's realm, shared by the pulls that use
     /// the same client.
     pub(crate) tokens: fetch::Tokens,
+    /// Whether this node presents a client certificate to it (a fleet
+    /// peer that may serve private blobs): what it serves is then not
+    /// known to be public.
+    pub identified: bool,
     /// The mirror's host; `None` for the registry itself.
     pub mirror: Option<String>,
     /// Whether it may answer a tag (a mirror needs `resolve`).
@@ -125,7 +140,7 @@ impl Registries {
         Registries {
             insecure,
             clients: Mutex::default(),
-            http: http_client(false, &[]),
+            http: http_client(false, &[], None),
             mirrors,
             spare: Mutex::new(Vec::new()),
         }
@@ -154,29 +169,35 @@ impl Registries {
     /// The client for `reference`'s registry and these credentials.
     pub fn client(&self, reference: &Reference, auth: &RegistryAuth) -> Client {
         let host = reference.domain();
-        self.clients_for(host, auth, self.is_insecure(host), false, &[])
-            .registry
+        let reach = Reach {
+            plain_http: self.is_insecure(host),
+            ..Reach::default()
+        };
+        self.clients_for(host, auth, &reach).registry
     }
 
     /// The clients for `host` reached this way with these credentials,
     /// made once and kept.
-    fn clients_for(
-        &self,
-        host: &str,
-        auth: &RegistryAuth,
-        plain_http: bool,
-        skip_verify: bool,
-        ca: &[Vec<u8>],
-    ) -> Clients {
-        let mut cas = Sha256::new();
+    fn clients_for(&self, host: &str, auth: &RegistryAuth, reach: &Reach<'_>) -> Clients {
+        let Reach {
+            plain_http,
+            skip_verify,
+            ca,
+            client,
+        } = *reach;
+        let mut tls = Sha256::new();
         for pem in ca {
-            cas.update(Sha256::digest(pem));
+            tls.update(Sha256::digest(pem));
+        }
+        if let Some(identity) = client {
+            tls.update(b"client");
+            tls.update(Sha256::digest(identity));
         }
         let key = (
             host.to_string(),
             plain_http,
             skip_verify,
-            cas.finalize().into(),
+            tls.finalize().into(),
             credential_key(auth),
         );
         let mut cache = self.clients.lock().unwrap_or_else(|e| e.into_inner());
@@ -197,8 +218,8 @@ impl Registries {
         }
         let clients = Clients {
             tokens: fetch::Tokens::default(),
-            http: if skip_verify || !ca.is_empty() {
-                http_client(skip_verify, ca)
+            http: if skip_verify || !ca.is_empty() || client.is_some() {
+                http_client(skip_verify, ca, client)
             } else {
                 self.http.clone()
             },
@@ -221,14 +242,15 @@ impl Registries {
             .into_iter()
             .map(|mirror| {
                 let anonymous = RegistryAuth::Anonymous;
-                let clients = self.clients_for(
-                    &mirror.host,
-                    &anonymous,
-                    mirror.plain_http,
-                    mirror.skip_verify,
-                    &mirror.ca,
-                );
+                let reach = Reach {
+                    plain_http: mirror.plain_http,
+                    skip_verify: mirror.skip_verify,
+                    ca: &mirror.ca,
+                    client: mirror.client.as_deref(),
+                };
+                let clients = self.clients_for(&mirror.host, &anonymous, &reach);
                 Source {
+                    identified: mirror.client.is_some(),
                     oref: at_host(&upstream, &mirror.host),
                     auth: anonymous,
                     http: clients.http,
@@ -240,13 +262,18 @@ impl Registries {
             })
             .collect();
         let plain_http = self.is_insecure(reference.domain());
-        let clients = self.clients_for(reference.domain(), auth, plain_http, false, &[]);
+        let reach = Reach {
+            plain_http,
+            ..Reach::default()
+        };
+        let clients = self.clients_for(reference.domain(), auth, &reach);
         sources.push(Source {
             plain_http,
             oref: upstream,
             auth: auth.clone(),
             http: clients.http,
             tokens: clients.tokens,
+            identified: false,
             mirror: None,
             resolves: true,
         });
@@ -284,7 +311,7 @@ fn at_host(reference: &oci_client::Reference, host: &str) -> oci_client::Referen
 }
 
 /// A client for manifest requests, trusting `ca` too, or any certificate.
-fn http_client(skip_verify: bool, ca: &[Vec<u8>]) -> reqwest::Client {
+fn http_client(skip_verify: bool, ca: &[Vec<u8>], client: Option<&[u8]>) -> reqwest::Client {
     let mut builder = reqwest::Client::builder()
         .connect_timeout(std::time::Duration::from_secs(30))
         .redirect(reqwest::redirect::Policy::custom(|attempt| {
@@ -310,7 +337,16 @@ fn http_client(skip_verify: bool, ca: &[Vec<u8>]) -> reqwest::Client {
             Err(err) => tracing::warn!("a mirror's CA certificate is not PEM: {err}"),
         }
     }
-    builder.build().unwrap_or_default()
+    if let Some(pem) = client {
+        match reqwest::Identity::from_pem(pem) {
+            Ok(identity) => builder = builder.identity(identity),
+            Err(err) => tracing::warn!("a mirror's client certificate is not PEM: {err}"),
+        }
+    }
+    builder.build().unwrap_or_else(|err| {
+        tracing::warn!("a registry client cannot be made as configured: {err}");
+        reqwest::Client::default()
+    })
 }
 
 /// A digest of the credentials: pulls and clients are shared only
@@ -527,15 +563,15 @@ mod tests {
     fn the_client_cache_keeps_the_most_recently_used() {
         let registries = Registries::new(Vec::new(), MirrorConfig::default());
         let user = |n: usize| RegistryAuth::Basic(format!("user{n}"), "pw".into());
-        let first = registries.clients_for("reg.example", &user(0), false, false, &[]);
+        let first = registries.clients_for("reg.example", &user(0), &Reach::default());
         for n in 1..MAX_CLIENTS + 10 {
             // The first is used again and again: it stays.
-            registries.clients_for("reg.example", &user(0), false, false, &[]);
-            registries.clients_for("reg.example", &user(n), false, false, &[]);
+            registries.clients_for("reg.example", &user(0), &Reach::default());
+            registries.clients_for("reg.example", &user(n), &Reach::default());
         }
         let kept = registries.clients.lock().unwrap().clients.len();
         assert_eq!(kept, MAX_CLIENTS);
-        let again = registries.clients_for("reg.example", &user(0), false, false, &[]);
+        let again = registries.clients_for("reg.example", &user(0), &Reach::default());
         assert!(std::sync::Arc::ptr_eq(&first.tokens, &again.tokens));
     }
 

@@ -11,19 +11,23 @@
 //! (`<name>`, the upstream's name: see [`crate::public`]): fetched by
 //! this node without credentials from that repository. A blob pulled with
 //! credentials, or that exists only here, is a 404 like a blob this node
-//! never had. Plain HTTP: what is served is checked against its digest by
-//! whoever fetches it.
+//! never had, except to a fleet peer: with `--serve-content-tls-*` the
+//! listener speaks TLS, and a client whose certificate the fleet's CA
+//! signed may have every blob this node holds. Whoever fetches checks
+//! what is served against its digest.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
+use axum::Extension;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use imaged_common::http::Verified;
 use imaged_model::Digest;
 
 use crate::content::ContentStore;
@@ -45,10 +49,11 @@ struct Served {
 const CHECKS_AT_ONCE: usize = 8;
 
 impl Served {
-    /// Whether `digest` is a blob of an image this node holds that anyone
-    /// may have under `repository`.
-    fn holds(&self, digest: &Digest, repository: &str) -> bool {
-        self.content.public().allows(digest, repository)
+    /// Whether `digest` is a blob of an image this node holds that the
+    /// client may have under `repository`: a fleet peer ([`Verified`])
+    /// anything, anyone else what is public there.
+    fn holds(&self, digest: &Digest, repository: &str, verified: Verified) -> bool {
+        (verified.0 || self.content.public().allows(digest, repository))
             && self.content.contains(digest)
             && (self
                 .layers
@@ -62,6 +67,7 @@ impl Served {
 /// Serves the content store on `addr` until the task is dropped.
 pub async fn serve(
     addr: SocketAddr,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     content: ContentStore,
     layers: Arc<LayerStore>,
 ) -> anyhow::Result<()> {
@@ -78,7 +84,10 @@ pub async fn serve(
             layers,
             checking: Arc::new(tokio::sync::Semaphore::new(CHECKS_AT_ONCE)),
         });
-    let listener = imaged_common::http::Listener::Tcp(listener);
+    let listener = match tls {
+        Some(acceptor) => imaged_common::http::Listener::Tls(listener, acceptor),
+        None => imaged_common::http::Listener::Tcp(listener),
+    };
     imaged_common::http::serve(listener, router, imaged_common::http::Limits::default()).await;
     anyhow::bail!("serving content stopped")
 }
@@ -93,7 +102,13 @@ async fn ping() -> Response {
 }
 
 /// `GET`/`HEAD /v2/<name>/(manifests|blobs)/<digest>`.
-async fn fetch(State(served): State<Served>, method: Method, Path(rest): Path<String>) -> Response {
+async fn fetch(
+    State(served): State<Served>,
+    verified: Option<Extension<Verified>>,
+    method: Method,
+    Path(rest): Path<String>,
+) -> Response {
+    let verified = verified.map_or(Verified(false), |Extension(v)| v);
     let Some((name_and_kind, reference)) = rest.rsplit_once('/') else {
         return unknown("NAME_UNKNOWN", "not served here");
     };
@@ -115,7 +130,7 @@ async fn fetch(State(served): State<Served>, method: Method, Path(rest): Path<St
         };
         let served = served.clone();
         let digest = digest.clone();
-        tokio::task::spawn_blocking(move || served.holds(&digest, &repository))
+        tokio::task::spawn_blocking(move || served.holds(&digest, &repository, verified))
             .await
             .unwrap_or(false)
     };
