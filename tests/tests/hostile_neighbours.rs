@@ -622,3 +622,161 @@ async fn a_fleet_peer_with_a_client_certificate_gets_private_blobs_and_no_one_el
     let marked = std::fs::read_dir(&public).map_or(0, |d| d.count());
     assert_eq!(marked, 0, "a private blob became public on node B");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_registry_whose_realm_is_plain_http_is_refused_before_the_realm_is_asked() {
+    use imaged_common::http as side;
+    let certs = tempfile::tempdir().unwrap();
+    imaged_e2e::certs::write(certs.path());
+    let read = |name: &str| std::fs::read(certs.path().join(name)).unwrap();
+    // The realm: plain HTTP on loopback, counting who reaches it.
+    let realm = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let realm_address = realm.local_addr().unwrap();
+    let reached = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counting = std::sync::Arc::clone(&reached);
+    let realm_task = tokio::spawn(async move {
+        while let Ok(_connection) = realm.accept().await {
+            counting.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    });
+    // The registry: TLS on loopback, asking every request for a token
+    // from that realm.
+    let registry = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let registry_address = registry.local_addr().unwrap();
+    let challenge = format!("Bearer realm=\"http://{realm_address}/token\",service=\"evil\"");
+    let service = tower::service_fn(move |_request: http::Request<side::Incoming>| {
+        let challenge = challenge.clone();
+        async move {
+            let answer = http::Response::builder()
+                .status(401)
+                .header("WWW-Authenticate", challenge)
+                .body(String::from("{}"))
+                .unwrap();
+            Ok::<_, std::convert::Infallible>(answer)
+        }
+    });
+    let acceptor =
+        side::tls_acceptor(&read("server.pem"), &read("server.key"), &read("ca.pem")).unwrap();
+    let listener = side::Listener::Tls(registry, acceptor);
+    let registry_task = tokio::spawn(side::serve(listener, service, side::Limits::default()));
+    // imaged trusts the registry's CA through its hosts.toml.
+    let hosts = tempfile::tempdir().unwrap();
+    let host = registry_address.to_string();
+    let dir = hosts.path().join(&host);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("hosts.toml"),
+        format!(
+            "server = \"https://{host}\"\n\n[host.\"https://{host}\"]\n  ca = \"{}\"\n",
+            certs.path().join("ca.pem").display()
+        ),
+    )
+    .unwrap();
+    let imaged = Imaged::builder()
+        .arg(
+            Service::Transfer,
+            &format!("--registry-config-dir={}", hosts.path().display()),
+        )
+        .arg(Service::Transfer, "--max-download-attempts=1")
+        .start()
+        .await
+        .unwrap();
+    let reference = format!("{host}/evil/app:1");
+    let err = client::pull(imaged.images(), client::pull_request(&reference))
+        .await
+        .unwrap_err();
+    assert_ne!(err.code(), Code::Ok);
+    let logs = imaged.logs();
+    assert!(
+        logs.contains("is plain HTTP, but the registry is reached over TLS"),
+        "{err}\n{logs}"
+    );
+    assert_eq!(
+        reached.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "the realm was reached"
+    );
+    registry_task.abort();
+    realm_task.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_gets_its_token_through_the_same_bounded_exchange() {
+    let registry = TestRegistry::start().await.unwrap();
+    let image = image_of(LayerBuilder::new().file("p", b"pushed"));
+    registry
+        .fixtures()
+        .push_image("src/app:1", &image)
+        .await
+        .unwrap();
+    let front = Front::start(&registry.host).await.unwrap();
+    let imaged = Imaged::builder()
+        .arg(Service::Transfer, "--max-download-attempts=1")
+        .start()
+        .await
+        .unwrap();
+    client::pull(
+        imaged.images(),
+        client::pull_request(&registry.fixtures().reference("src/app:1")),
+    )
+    .await
+    .unwrap();
+    let target = format!("{}/dst/app:1", front.host);
+    imaged
+        .images()
+        .tag_image(imaged_api::v1::TagImageRequest {
+            source: registry.fixtures().reference("src/app:1"),
+            target: target.clone(),
+        })
+        .await
+        .unwrap();
+    let challenge = format!(
+        "Bearer realm=\"http://{}/token\",service=\"reg\"",
+        front.host
+    );
+    let ask_for_a_token = || Answer::Body {
+        status: 401,
+        headers: vec![("WWW-Authenticate".into(), challenge.clone())],
+        body: b"{}".to_vec(),
+    };
+
+    // A realm that answers a token: the push carries it.
+    front.rule("GET", "/v2/", ask_for_a_token(), 1);
+    front.rule(
+        "GET",
+        "/token",
+        Answer::Body {
+            status: 200,
+            headers: vec![],
+            body: br#"{"token":"t0ken"}"#.to_vec(),
+        },
+        1,
+    );
+    client::push(imaged.images(), &target, false).await.unwrap();
+    let asked = front.requests();
+    let token_request = asked.iter().find(|r| r.contains("/token")).unwrap();
+    assert!(
+        token_request.contains("pull%2Cpush") || token_request.contains("pull,push"),
+        "{token_request}"
+    );
+
+    // A realm whose answer never ends: the push fails at once, shortly.
+    front.rule("GET", "/v2/", ask_for_a_token(), 1);
+    front.rule(
+        "GET",
+        "/token",
+        Answer::Flood {
+            status: 200,
+            headers: vec![],
+            chunk: vec![b'x'; 64 * 1024],
+        },
+        1,
+    );
+    let started = Instant::now();
+    let err = client::push(imaged.images(), &target, false)
+        .await
+        .unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(20));
+    assert_eq!(err.code(), Code::Unauthenticated, "{err}");
+    assert!(err.message().contains("larger than"), "{err}");
+}

@@ -158,6 +158,49 @@ async fn send(
     }
 }
 
+/// The token a push to `oref`'s repository needs (`pull,push`), got
+/// through [`token`]'s rules, for oci-client's uploads to carry: the
+/// registry's `/v2/` is asked which challenge it makes. `None` when it
+/// wants no token (basic credentials, or none).
+pub async fn push_token(
+    source: &Source,
+    oref: &oci_client::Reference,
+) -> Result<Option<String>, OciDistributionError> {
+    let scheme = if source.plain_http { "http" } else { "https" };
+    let url = format!("{scheme}://{}/v2/", oref.resolve_registry());
+    let response = source
+        .http
+        .get(&url)
+        .timeout(token::TOKEN_TIMEOUT)
+        .send()
+        .await?;
+    if response.status() != reqwest::StatusCode::UNAUTHORIZED {
+        return Ok(None);
+    }
+    let challenge = response
+        .headers()
+        .get(reqwest::header::WWW_AUTHENTICATE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(Challenge::parse);
+    let Some(Challenge::Bearer { realm, service }) = challenge else {
+        return Ok(None);
+    };
+    let registry = token::Registry {
+        host: oref.resolve_registry(),
+        plain_http: source.plain_http,
+    };
+    let scope = format!("repository:{}:pull,push", oref.repository());
+    token::exchange(
+        &source.http,
+        (&realm, service.as_deref()),
+        &scope,
+        &registry,
+        &source.auth,
+    )
+    .await
+    .map(Some)
+}
+
 /// `scheme://registry/v2/<repository>/<rest>`.
 fn url(source: &Source, oref: &oci_client::Reference, rest: &str) -> String {
     let scheme = if source.plain_http { "http" } else { "https" };

@@ -14,6 +14,7 @@ use imaged_common::Error;
 use imaged_model::image_config::ImageConfig;
 use imaged_model::media_type::{DOCKER_CONFIG, DOCKER_LAYER_GZIP, DOCKER_MANIFEST};
 use imaged_model::{Digest, Reference};
+use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, RegistryOperation};
 use serde::Serialize;
 use tokio::sync::mpsc;
@@ -215,10 +216,18 @@ impl Pusher {
         let auth = registry::auth(request.auth.as_ref());
         let client = self.registries.client(reference, &auth);
         let oref = registry::oci_reference(reference);
-        client
-            .auth(&oref, &auth, RegistryOperation::Push)
+        let what = format!("push to {}", reference.name());
+        // The token exchange in imaged's own bounded code (token.rs);
+        // oci-client is handed the token, so it never asks a realm itself.
+        let upstream = self.registries.registry(reference, &auth);
+        let token = crate::fetch::push_token(&upstream, &oref)
             .await
-            .map_err(|e| registry::error(&format!("push to {}", reference.name()), e))?;
+            .map_err(|e| registry::error(&what, e))?;
+        let pushing_as = token.map_or_else(|| auth.clone(), RegistryAuth::Bearer);
+        client
+            .auth(&oref, &pushing_as, RegistryOperation::Push)
+            .await
+            .map_err(|e| registry::error(&what, e))?;
 
         // Other repositories of the same registry the image came from.
         let sources: Vec<oci_client::Reference> = image

@@ -261,23 +261,29 @@ impl Registries {
                 }
             })
             .collect();
+        sources.push(self.registry(reference, auth));
+        sources
+    }
+
+    /// The registry itself, as a [`Source`]: where a pull reads last and
+    /// where a push goes.
+    pub fn registry(&self, reference: &Reference, auth: &RegistryAuth) -> Source {
         let plain_http = self.is_insecure(reference.domain());
         let reach = Reach {
             plain_http,
             ..Reach::default()
         };
         let clients = self.clients_for(reference.domain(), auth, &reach);
-        sources.push(Source {
+        Source {
             plain_http,
-            oref: upstream,
+            oref: oci_reference(reference),
             auth: auth.clone(),
             http: clients.http,
             tokens: clients.tokens,
             identified: false,
             mirror: None,
             resolves: true,
-        });
-        sources
+        }
     }
 
     /// Plain HTTP is allowed for listed registries and loopback hosts.
