@@ -25,6 +25,14 @@ pub use collector::Collector;
 pub use processes::{Imaged, ImagedBuilder, bin_dir};
 pub use registry::TestRegistry;
 
+/// An OCI image of one gzip layer built from `layer`.
+pub fn one_layer_image(layer: imaged_fixtures::LayerBuilder) -> imaged_fixtures::Image {
+    imaged_fixtures::ImageBuilder::new(imaged_fixtures::MediaTypes::Oci)
+        .layer(layer.build(imaged_fixtures::Compression::Gzip).unwrap())
+        .build()
+        .unwrap()
+}
+
 /// A free TCP port on 127.0.0.1 (bound once, then released).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -3,6 +3,20 @@
 
 use std::path::{Path, PathBuf};
 
+/// Open descriptors and resident KiB of process `pid`.
+pub fn descriptors_and_rss(pid: u32) -> (usize, u64) {
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    (fds, rss)
+}
+
 /// CPU time of a few processes, counted to the nanosecond by a cgroup made
 /// for them: all their threads, those that have exited too.
 ///
