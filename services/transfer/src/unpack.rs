@@ -303,6 +303,12 @@ fn unpack_each(
     for entry in archive.entries().map_err(classify)? {
         let mut entry = entry.map_err(classify)?;
         let raw = entry.path().map_err(classify)?.into_owned();
+        // A PAX sparse file is named by its records, not its header.
+        let pax_sparse = sparse::pax_sparse(&mut entry).map_err(|e| classify_entry(&raw, e))?;
+        let raw = match &pax_sparse {
+            Some(found) => PathBuf::from(OsStr::from_bytes(&found.name)),
+            None => raw,
+        };
         let path = relative_path(&raw)?;
         let Some(name) = path.file_name().map(|n| n.as_bytes().to_vec()) else {
             continue; // the layer root itself ("./")
@@ -381,14 +387,19 @@ fn unpack_each(
             xattrs: extensions.xattrs,
             mtime: extensions.mtime,
         };
-        if is_file && size.saturating_add(entry.size()) > apparent {
+        let apparent_size = pax_sparse.as_ref().map_or(entry.size(), |s| s.real_size);
+        if is_file && size.saturating_add(apparent_size) > apparent {
             return Err(Error::ResourceExhausted(format!(
                 "{}: the layer's files are larger than the {apparent} bytes a layer may take",
                 quote(raw.as_os_str())
             )));
         }
         // A sparse file is never read whole: its holes would cost reading.
-        if is_file && kind != EntryType::GNUSparse && entry.size() <= MAX_SMALL_FILE {
+        if is_file
+            && kind != EntryType::GNUSparse
+            && pax_sparse.is_none()
+            && entry.size() <= MAX_SMALL_FILE
+        {
             let mut data = Vec::with_capacity(entry.size() as usize);
             entry.read_to_end(&mut data).map_err(classify)?;
             size += data.len() as u64;
@@ -410,6 +421,15 @@ fn unpack_each(
                 // Its holes are skipped in one step each, from its map.
                 let file = sparse::write_gnu_sparse(&mut entry, &at).map_err(classify)?;
                 size += entry.size();
+                settle(&file, kind, &meta).map_err(refuse)?;
+                settle_by_name = false; // settled through its descriptor
+            }
+            EntryType::Regular | EntryType::Continuous if pax_sparse.is_some() => {
+                let found = pax_sparse.as_ref().expect("matched as sparse");
+                let mut file = at.create_file().map_err(refuse)?;
+                let stored = entry.size();
+                sparse::write_pax_sparse(&mut entry, stored, found, &mut file).map_err(refuse)?;
+                size += found.real_size;
                 settle(&file, kind, &meta).map_err(refuse)?;
                 settle_by_name = false; // settled through its descriptor
             }
