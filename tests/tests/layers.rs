@@ -60,6 +60,31 @@ async fn container_layers_on_a_pulled_image() {
         .unwrap();
     let mut layers = LayersClient::new(imaged.channel(Service::Gateway));
 
+    // A mount label becomes a mount option: one that would end the option
+    // and add its own (`upperdir=` of the host's choosing) is refused, and
+    // nothing is made.
+    for label in [
+        "x\",upperdir=/etc,workdir=/tmp",
+        "system_u:object_r:container_file_t:s0:c1,volatile",
+    ] {
+        let err = layers
+            .create_layer(CreateLayerRequest {
+                container_id: "injected".into(),
+                image: app.clone(),
+                mount_label: label.into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{label}: {err}");
+        let gone = layers
+            .get_layer(GetLayerRequest {
+                container_id: "injected".into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(gone.code(), Code::NotFound, "{label}: {gone}");
+    }
+
     let created = layers
         .create_layer(CreateLayerRequest {
             container_id: "c1".into(),
