@@ -37,6 +37,26 @@ async fn anonymous_get(address: &str, path: &str) -> String {
     format!("{status} {}", answer.len() - split - 4)
 }
 
+/// imaged serving its content on a free port of 127.0.0.1, once it
+/// answers there.
+async fn serving_content() -> (String, Imaged) {
+    let address = format!("127.0.0.1:{}", imaged_e2e::free_port());
+    let imaged = Imaged::builder()
+        .arg(Service::Transfer, &format!("--serve-content={address}"))
+        .start()
+        .await
+        .unwrap();
+    let started = Instant::now();
+    while !anonymous_get(&address, "/v2/").await.starts_with("200") {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "serve-content never answered"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    (address, imaged)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_content_gives_an_anonymous_peer_only_what_was_pulled_anonymously() {
     const PASSWORD: &str = "peer-secret-pw";
@@ -56,12 +76,7 @@ async fn serve_content_gives_an_anonymous_peer_only_what_was_pulled_anonymously(
         .push_image("team/secret:1", &private_image)
         .await
         .unwrap();
-    let address = format!("127.0.0.1:{}", imaged_e2e::free_port());
-    let imaged = Imaged::builder()
-        .arg(Service::Transfer, &format!("--serve-content={address}"))
-        .start()
-        .await
-        .unwrap();
+    let (address, imaged) = serving_content().await;
     let reference = open.fixtures().reference("team/app:1");
     client::pull(imaged.images(), client::pull_request(&reference))
         .await
@@ -77,15 +92,6 @@ async fn serve_content_gives_an_anonymous_peer_only_what_was_pulled_anonymously(
     client::pull(imaged.images(), request).await.unwrap();
     let archive = imaged_e2e::archive::with_linked_layers(&[(&loaded_image, "local/only:1")]);
     client::load(imaged.images(), archive).await.unwrap();
-    // Serving starts with the process; wait until it answers.
-    let started = Instant::now();
-    while !anonymous_get(&address, "/v2/").await.starts_with("200") {
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "serve-content never answered"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 
     // What was pulled anonymously: served, under its own repository only.
     let blob = |repository: &str, digest: &str| format!("/v2/{repository}/blobs/{digest}");
@@ -130,24 +136,11 @@ async fn serve_content_survives_a_crowd_of_two_thousand_idle_connections() {
         .push_image("crowd/app:1", &image)
         .await
         .unwrap();
-    let address = format!("127.0.0.1:{}", imaged_e2e::free_port());
-    let imaged = Imaged::builder()
-        .arg(Service::Transfer, &format!("--serve-content={address}"))
-        .start()
-        .await
-        .unwrap();
+    let (address, imaged) = serving_content().await;
     let reference = registry.fixtures().reference("crowd/app:1");
     client::pull(imaged.images(), client::pull_request(&reference))
         .await
         .unwrap();
-    let started = Instant::now();
-    while !anonymous_get(&address, "/v2/").await.starts_with("200") {
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "serve-content never answered"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
     let transfer = imaged.pid(Service::Transfer).unwrap();
     let (fds_before, rss_before) = descriptors_and_rss(transfer);
 

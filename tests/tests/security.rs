@@ -27,45 +27,63 @@ async fn tcp_needs_tls_or_an_explicit_insecure_flag() {
     let port = free_port();
     let listen = format!("--listen=tcp://127.0.0.1:{port}");
 
+    let info = refused_unless_explicit(
+        &imaged,
+        &[listen],
+        ("without TLS", "--insecure-tcp", "without TLS"),
+        &["--host", &format!("tcp://127.0.0.1:{port}")],
+    )
+    .await;
+    assert!(info.contains("Max Concurrent Downloads: 3"), "{info}");
+}
+
+/// Starts a gateway with `args`, which must refuse to start (exit 2,
+/// saying `says.0`); then with the opt-out flag `says.1` as well, which
+/// must answer `imagectl <client> info` and log the warning `says.2`.
+/// Answers what `info` printed.
+async fn refused_unless_explicit(
+    imaged: &Imaged,
+    args: &[String],
+    says: (&str, &str, &str),
+    client: &[&str],
+) -> String {
+    let (refusal, opt_out, warning) = says;
     let refused = imaged
         .command(Service::Gateway)
-        .arg(&listen)
+        .args(args)
         .output()
         .await
         .unwrap();
     assert_eq!(refused.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&refused.stderr);
-    assert!(stderr.contains("without TLS"), "{stderr}");
+    assert!(stderr.contains(refusal), "{stderr}");
 
-    let log = imaged.root().join("logs/insecure-gateway.log");
-    let mut insecure = imaged
+    let log = imaged.root().join("logs/explicit-gateway.log");
+    let mut gateway = imaged
         .command(Service::Gateway)
-        .arg(&listen)
-        .arg("--insecure-tcp")
+        .args(args)
+        .arg(opt_out)
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let host = format!("tcp://127.0.0.1:{port}");
+    let mut with_info = client.to_vec();
+    with_info.push("info");
     let mut answered = None;
     for _ in 0..100 {
-        let out = imagectl(&["--host", &host, "info"]).await;
+        let out = imagectl(&with_info).await;
         if out.status.success() {
             answered = Some(String::from_utf8(out.stdout).unwrap());
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let info = answered.expect("the insecure TCP gateway answers");
-    assert!(info.contains("Max Concurrent Downloads: 3"), "{info}");
-    assert!(
-        std::fs::read_to_string(&log)
-            .unwrap()
-            .contains("without TLS"),
-        "no warning was logged"
-    );
-    insecure.kill().await.unwrap();
+    let logged = std::fs::read_to_string(&log).unwrap();
+    let info = answered.unwrap_or_else(|| panic!("the gateway {opt_out} never answered: {logged}"));
+    assert!(logged.contains(warning), "no warning was logged: {logged}");
+    gateway.kill().await.unwrap();
+    info
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -84,48 +102,23 @@ async fn tls_without_client_certificates_needs_an_explicit_flag() {
         format!("--tls-cert={}", path("server.pem")),
         format!("--tls-key={}", path("server.key")),
     ];
-    let refused = imaged
-        .command(Service::Gateway)
-        .args(&tls)
-        .output()
-        .await
-        .unwrap();
-    assert_eq!(refused.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&refused.stderr);
-    assert!(stderr.contains("--tls-no-client-auth"), "{stderr}");
-
-    let log = imaged.root().join("logs/open-tls-gateway.log");
-    let mut open = imaged
-        .command(Service::Gateway)
-        .args(&tls)
-        .arg("--tls-no-client-auth")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let host = format!("https://127.0.0.1:{port}");
     let ca = path("ca.pem");
-    let mut answered = false;
-    for _ in 0..100 {
-        if imagectl(&["--host", &host, "--tls-ca", &ca, "info"])
-            .await
-            .status
-            .success()
-        {
-            answered = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(answered, "{}", std::fs::read_to_string(&log).unwrap());
-    assert!(
-        std::fs::read_to_string(&log)
-            .unwrap()
-            .contains("clients without a certificate"),
-        "no warning was logged"
-    );
-    open.kill().await.unwrap();
+    refused_unless_explicit(
+        &imaged,
+        &tls,
+        (
+            "--tls-no-client-auth",
+            "--tls-no-client-auth",
+            "clients without a certificate",
+        ),
+        &[
+            "--host",
+            &format!("https://127.0.0.1:{port}"),
+            "--tls-ca",
+            &ca,
+        ],
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -126,6 +126,45 @@ impl Listener {
     }
 }
 
+/// What [`serve`] serves: a service of HTTP requests that never fails
+/// (its errors are responses), cloned for each connection.
+pub trait Handler<B>:
+    tower::Service<
+        http::Request<Incoming>,
+        Response = http::Response<B>,
+        Error = Infallible,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<S, B> Handler<B> for S where
+    S: tower::Service<
+            http::Request<Incoming>,
+            Response = http::Response<B>,
+            Error = Infallible,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + 'static
+{
+}
+
+/// A response body [`serve`] can send.
+pub trait Body:
+    http_body::Body<Data: Send, Error: Into<Box<dyn std::error::Error + Send + Sync>>> + Send + 'static
+{
+}
+
+impl<B> Body for B where
+    B: http_body::Body<Data: Send, Error: Into<Box<dyn std::error::Error + Send + Sync>>>
+        + Send
+        + 'static
+{
+}
+
 /// The longest pause after failed accepts.
 const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 
@@ -133,14 +172,8 @@ const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 /// dropped.
 pub async fn serve<S, B>(listener: Listener, service: S, limits: Limits)
 where
-    S: tower::Service<http::Request<Incoming>, Response = http::Response<B>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    B: http_body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S: Handler<B>,
+    B: Body,
 {
     let slots = Arc::new(Semaphore::new(limits.connections.max(1)));
     let waiting = Arc::new(Waiting::default());
@@ -195,21 +228,12 @@ where
 
 /// Serves one connection: its TLS handshake first, if any, then its
 /// requests, each told whether the client is [`Verified`].
-async fn connection<S, B>(
+async fn connection<S: Handler<B>, B: Body>(
     io: Heard,
     tls: Option<tokio_rustls::TlsAcceptor>,
     service: S,
     limits: Limits,
-) where
-    S: tower::Service<http::Request<Incoming>, Response = http::Response<B>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    B: http_body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
+) {
     let (io, verified): (Box<dyn Io>, bool) = match tls {
         None => (Box::new(io), false),
         Some(acceptor) => {

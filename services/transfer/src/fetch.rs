@@ -129,26 +129,9 @@ async fn send(
         if response.status() != reqwest::StatusCode::UNAUTHORIZED || exchanged {
             return Ok(response);
         }
-        let challenge = response
-            .headers()
-            .get(reqwest::header::WWW_AUTHENTICATE)
-            .and_then(|v| v.to_str().ok())
-            .and_then(Challenge::parse);
-        let Some(Challenge::Bearer { realm, service }) = challenge else {
+        let Some(got) = token_for(source, oref, &response, &scope).await? else {
             return Ok(response); // basic, and the credentials did not do
         };
-        let registry = token::Registry {
-            host: oref.resolve_registry(),
-            plain_http: source.plain_http,
-        };
-        let got = token::exchange(
-            &source.http,
-            (&realm, service.as_deref()),
-            &scope,
-            &registry,
-            &source.auth,
-        )
-        .await?;
         source
             .tokens
             .lock()
@@ -177,6 +160,19 @@ pub async fn push_token(
     if response.status() != reqwest::StatusCode::UNAUTHORIZED {
         return Ok(None);
     }
+    let scope = format!("repository:{}:pull,push", oref.repository());
+    token_for(source, oref, &response, &scope).await
+}
+
+/// The token for `scope` that `response`'s `WWW-Authenticate: Bearer`
+/// challenge asks for, got through [`token::exchange`]; `None` when it
+/// asks for none (basic credentials, or no challenge).
+async fn token_for(
+    source: &Source,
+    oref: &oci_client::Reference,
+    response: &reqwest::Response,
+    scope: &str,
+) -> Result<Option<String>, OciDistributionError> {
     let challenge = response
         .headers()
         .get(reqwest::header::WWW_AUTHENTICATE)
@@ -189,16 +185,15 @@ pub async fn push_token(
         host: oref.resolve_registry(),
         plain_http: source.plain_http,
     };
-    let scope = format!("repository:{}:pull,push", oref.repository());
-    token::exchange(
+    let got = token::exchange(
         &source.http,
         (&realm, service.as_deref()),
-        &scope,
+        scope,
         &registry,
         &source.auth,
     )
-    .await
-    .map(Some)
+    .await?;
+    Ok(Some(got))
 }
 
 /// `scheme://registry/v2/<repository>/<rest>`.
