@@ -1,0 +1,280 @@
+//! Bringing an image's layers into the store: which are missing, one
+//! shared job per layer however many pulls want it (download slot,
+//! retries, mirror fallback, resume), committed in chain order.
+
+use super::*;
+
+pub(super) type LayerFuture = Shared<BoxFuture<'static, Result<Arc<Layer>, Error>>>;
+
+pub(super) struct Job {
+    done: WeakShared<BoxFuture<'static, Result<Arc<Layer>, Error>>>,
+    progress: watch::Receiver<State>,
+}
+
+/// One layer a pull brings into the store: where it comes from, what it
+/// must unpack to, and where it sits in the chain.
+pub(super) struct LayerJob {
+    /// Where to fetch it from, in order: mirrors, then the registry.
+    sources: Vec<Source>,
+    desc: OciDescriptor,
+    /// The compressed blob (`desc.digest`).
+    blob: Digest,
+    /// What the config says the unpacked tar hashes to.
+    diff_id: Digest,
+    chain_id: Digest,
+    /// The chain below; `None` for a base layer.
+    parent_chain: Option<Digest>,
+}
+
+impl LayerJob {
+    /// Layer `i` of an image (`layers` and `diff_ids` bottom first, their
+    /// `chains`), fetched from `target`'s repository.
+    pub(super) fn new(
+        target: &Target,
+        layers: &[OciDescriptor],
+        diff_ids: &[Digest],
+        chains: &[Digest],
+        i: usize,
+    ) -> Result<Self, Error> {
+        Ok(LayerJob {
+            sources: target.sources.clone(),
+            desc: layers[i].clone(),
+            blob: layers[i].digest.parse()?,
+            diff_id: diff_ids[i].clone(),
+            chain_id: chains[i].clone(),
+            parent_chain: i.checked_sub(1).map(|p| chains[p].clone()),
+        })
+    }
+}
+
+/// Which of an image's layers a pull must fetch: those whose chain is not
+/// stored yet. Planned before any download, so the totals Docker's progress
+/// shows are known up front.
+#[derive(Debug, PartialEq)]
+pub(super) struct LayerPlan {
+    pub(super) chains: Vec<Digest>,
+    /// Per layer: fetch it (true) or it is stored already.
+    pub(super) fetch: Vec<bool>,
+    /// Per layer: the bytes to download (0 for a stored one).
+    pub(super) totals: Vec<u64>,
+}
+
+impl LayerPlan {
+    pub(super) fn new(layers: &LayerStore, descs: &[OciDescriptor], chains: &[Digest]) -> Self {
+        let fetch: Vec<bool> = chains.iter().map(|c| layers.get(c).is_none()).collect();
+        let totals = descs
+            .iter()
+            .zip(&fetch)
+            .map(|(desc, fetch)| if *fetch { desc.size.max(0) as u64 } else { 0 })
+            .collect();
+        LayerPlan {
+            chains: chains.to_vec(),
+            fetch,
+            totals,
+        }
+    }
+
+    /// Bytes the pull downloads.
+    pub(super) fn total(&self) -> u64 {
+        self.totals.iter().sum()
+    }
+}
+
+impl Puller {
+    /// Step 3: the planned layers, each a shared job (fetched once however
+    /// many pulls want it), committed in chain order, with Docker's
+    /// progress.
+    pub(super) async fn bring_layers(
+        self: &Arc<Self>,
+        target: &Target,
+        resolved: &Resolved,
+        configured: &Configured,
+        plan: &LayerPlan,
+        tx: &Progress,
+    ) -> Result<(), Error> {
+        let layers = &resolved.manifest.layers;
+        let chains = &plan.chains;
+        let mut waits: Vec<LayerFuture> = Vec::new();
+        let mut watches = Vec::new();
+        let mut parent: Option<LayerFuture> = None;
+        for (i, desc) in layers.iter().enumerate() {
+            let id = short(&desc.digest);
+            if !plan.fetch[i] {
+                send(tx, line(&id, State::AlreadyExists.status())).await;
+                parent = None;
+                continue;
+            }
+            send(tx, line(&id, "Pulling fs layer".into())).await;
+            let job = LayerJob::new(target, layers, &configured.diff_ids, chains, i)?;
+            let (done, progress) = self.job(job, parent.take());
+            waits.push(done.clone());
+            watches.push(WatchStream::new(progress).map(move |state| (i, id.clone(), state)));
+            parent = Some(done);
+        }
+
+        let totals = &plan.totals;
+        let aggregate_total = plan.total();
+        let mut done_bytes = vec![0u64; chains.len()];
+        let mut last_state: Vec<Option<State>> = vec![None; chains.len()];
+        let mut updates = stream::select_all(watches);
+        let mut all = futures::future::try_join_all(waits).fuse();
+        loop {
+            tokio::select! {
+                result = &mut all => { result?; break; }
+                Some((i, id, state)) = updates.next() => {
+                    if state == State::Pending {
+                        continue;
+                    }
+                    let (current, total) = match &state {
+                        State::Downloading { current, total } => (*current, *total),
+                        State::Verifying | State::DownloadComplete | State::Extracting | State::Complete => (totals[i], totals[i]),
+                        _ => (0, 0),
+                    };
+                    done_bytes[i] = done_bytes[i].max(current);
+                    last_state[i] = Some(state.clone());
+                    let mut message = line(&id, state.status());
+                    message.current = current as i64;
+                    message.total = total as i64;
+                    message.aggregate_current = done_bytes.iter().sum::<u64>() as i64;
+                    message.aggregate_total = aggregate_total as i64;
+                    send(tx, message).await;
+                }
+            }
+        }
+        // Layers that finished between the last update and the join.
+        for (i, desc) in layers.iter().enumerate() {
+            if plan.fetch[i] && last_state[i] != Some(State::Complete) {
+                let mut message = line(&short(&desc.digest), State::Complete.status());
+                message.current = totals[i] as i64;
+                message.total = totals[i] as i64;
+                message.aggregate_current = aggregate_total as i64;
+                message.aggregate_total = aggregate_total as i64;
+                send(tx, message).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// The shared job that brings one layer into the store, created or
+    /// joined.
+    pub(super) fn job(
+        self: &Arc<Self>,
+        job: LayerJob,
+        parent: Option<LayerFuture>,
+    ) -> (LayerFuture, watch::Receiver<State>) {
+        let mut jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(running) = jobs.get(&job.chain_id)
+            && let Some(done) = running.done.upgrade()
+        {
+            return (done, running.progress.clone());
+        }
+        let (progress_tx, progress) = watch::channel(State::Pending);
+        let this = Arc::clone(self);
+        let key = job.chain_id.clone();
+        let future = async move {
+            let result = this.bring_layer(&job, parent, &progress_tx).await;
+            this.jobs
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&job.chain_id);
+            result
+        }
+        .boxed()
+        .shared();
+        jobs.insert(
+            key,
+            Job {
+                done: future.downgrade().expect("a fresh shared future upgrades"),
+                progress: progress.clone(),
+            },
+        );
+        (future, progress)
+    }
+
+    /// Downloads and unpacks one layer (retrying what may pass), then
+    /// commits it once its parent is in.
+    pub(super) async fn bring_layer(
+        &self,
+        job: &LayerJob,
+        parent: Option<LayerFuture>,
+        progress: &watch::Sender<State>,
+    ) -> Result<Arc<Layer>, Error> {
+        let id = short(&job.desc.digest);
+        let blob = &job.blob;
+        let mut attempt = 1;
+        let turns = self.content.ingest_turns(blob);
+        let mut source = 0;
+        let (staging, unpacked) = loop {
+            let writing = turns.take().await;
+            let admitted = self
+                .limits
+                .downloads
+                .admit_or(|| {
+                    progress.send_replace(State::Waiting);
+                })
+                .await;
+            let from = &job.sources[source];
+            let result = self.fetch_layer(from, &job.desc, blob, progress).await;
+            drop(admitted);
+            drop(writing);
+            match result {
+                Ok(done) => {
+                    if matches!(from.auth, RegistryAuth::Anonymous) && !from.identified {
+                        self.content.public().mark(blob, from.oref.repository())?;
+                    }
+                    break done;
+                }
+                // A mirror that fails is skipped (once per layer); what it
+                // wrote is resumed from the next source.
+                Err(err) if from.mirror.is_some() => {
+                    tracing::warn!(layer = %id, mirror = from.name(), "mirror failed, trying the next source: {err}");
+                    source += 1;
+                }
+                Err(err) => match self.retry().after(attempt, &err) {
+                    Some(delay) => {
+                        tracing::warn!(layer = %id, attempt, "layer download failed, retrying: {err}");
+                        progress.send_replace(State::Retrying {
+                            seconds: delay.as_secs(),
+                        });
+                        tokio::time::sleep(delay).await;
+                        attempt += 1;
+                    }
+                    None => return Err(crate::download::final_error(err)),
+                },
+            }
+        };
+        drop(turns);
+        if unpacked.diff_id != job.diff_id {
+            return Err(Error::InvalidArgument(format!(
+                "layer {id}: unpacked content has diffID {} but the config says {}",
+                unpacked.diff_id, job.diff_id
+            )));
+        }
+        progress.send_replace(State::Extracting);
+        if let Some(parent) = parent {
+            parent.await?;
+        } else if let Some(parent_chain) = &job.parent_chain
+            && self.layers.get(parent_chain).is_none()
+        {
+            return Err(Error::Internal(format!(
+                "layer {id}: parent layer {parent_chain} vanished during the pull"
+            )));
+        }
+        let layers = Arc::clone(&self.layers);
+        let layer = Layer {
+            chain_id: job.chain_id.clone(),
+            diff_id: job.diff_id.clone(),
+            parent: job.parent_chain.clone(),
+            size: unpacked.size,
+            blob: Some(blob.clone()),
+            inodes: unpacked.entries,
+            tar_size: unpacked.tar_size,
+            gzip: None,
+        };
+        let committed = tokio::task::spawn_blocking(move || layers.commit(staging, layer))
+            .await
+            .map_err(Error::internal)??;
+        progress.send_replace(State::Complete);
+        Ok(committed)
+    }
+}

@@ -1,0 +1,552 @@
+//! Docker's PullImage: resolve, pick the platform, fetch the config, then
+//! stream every missing layer registry → hasher → decompressor → tar
+//! reader → files, in parallel under the download limit, committing the
+//! chain in order; finally record the image in imaged-metadata.
+//!
+//! A layer wanted by several pulls at once is fetched and unpacked once:
+//! its job is shared, and it runs as long as one pull still waits on it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::future::{BoxFuture, FutureExt, Shared, WeakShared};
+use futures::{StreamExt, stream};
+use imaged_api::internal::v1::PutImageRequest;
+use imaged_api::v1::{PullImageProgress, PullImageRequest};
+use imaged_common::Error;
+use imaged_model::digest::chain_ids;
+use imaged_model::image_config::ImageConfig;
+use imaged_model::{Digest, Platform, Reference};
+use oci_client::manifest::OciDescriptor;
+use oci_client::secrets::RegistryAuth;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::WatchStream;
+
+use crate::containerd::{self, Containerd};
+use crate::content::ContentStore;
+use crate::fetch;
+use crate::layers::{Layer, LayerStore};
+use crate::leases::Leases;
+use crate::limits::Limits;
+use crate::manifest::{
+    ACCEPTED, MANIFEST_TIMEOUT, MAX_JSON_BLOB, MAX_MANIFEST, Manifest, Probe, check_depth,
+    check_manifest, check_media_type, choose_platform, schema1,
+};
+use crate::metadata::Metadata;
+use crate::registry::{self, Registries, Retry, Source};
+
+/// How long a pull waits for bytes, and the throughput it must keep.
+#[derive(clap::Args, Clone, Debug)]
+pub struct PullArgs {
+    /// Seconds without a byte from the registry before a layer download is
+    /// cancelled as stalled.
+    #[arg(long, env = "IMAGED_STALL_TIMEOUT_SECS", default_value_t = 300,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub stall_timeout_secs: u64,
+    /// Bytes per second a layer download must average over each stall
+    /// window (0: only a complete stall cancels).
+    #[arg(long, env = "IMAGED_MIN_DOWNLOAD_RATE", default_value_t = 1024)]
+    pub min_download_rate: u64,
+    /// Registries (`host[:port]`) reached over plain HTTP besides
+    /// loopback ones. Repeatable.
+    #[arg(
+        long = "insecure-registry",
+        env = "IMAGED_INSECURE_REGISTRIES",
+        value_delimiter = ','
+    )]
+    pub insecure_registries: Vec<String>,
+    /// containerd's registry host configuration: `DIR/<registry
+    /// host>/hosts.toml` (or `DIR/_default/hosts.toml`) lists the mirrors
+    /// a pull tries, in order, before the registry itself.
+    #[arg(long, env = "IMAGED_REGISTRY_CONFIG_DIR")]
+    pub registry_config_dir: Option<std::path::PathBuf>,
+    /// Mirrors of Docker Hub, as Docker's `registry-mirrors`
+    /// (`https://mirror.example`); a `docker.io/hosts.toml` under
+    /// `--registry-config-dir` takes precedence. Repeatable.
+    #[arg(
+        long = "registry-mirror",
+        env = "IMAGED_REGISTRY_MIRRORS",
+        value_delimiter = ','
+    )]
+    pub registry_mirrors: Vec<String>,
+}
+
+/// One layer's state, as Docker words it.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum State {
+    /// Created, not yet admitted: not shown. Docker says "Waiting" only
+    /// for a download the concurrency limit holds back.
+    Pending,
+    Waiting,
+    Downloading {
+        current: u64,
+        total: u64,
+    },
+    Retrying {
+        seconds: u64,
+    },
+    Verifying,
+    DownloadComplete,
+    Extracting,
+    Complete,
+    AlreadyExists,
+}
+
+impl State {
+    fn status(&self) -> String {
+        match self {
+            State::Pending | State::Waiting => "Waiting".into(),
+            State::Downloading { .. } => "Downloading".into(),
+            State::Retrying { seconds } => format!("Retrying in {seconds} seconds"),
+            State::Verifying => "Verifying Checksum".into(),
+            State::DownloadComplete => "Download complete".into(),
+            State::Extracting => "Extracting".into(),
+            State::Complete => "Pull complete".into(),
+            State::AlreadyExists => "Already exists".into(),
+        }
+    }
+}
+
+/// The pull engine, shared by every pull of the process.
+pub struct Puller {
+    pub(crate) content: ContentStore,
+    pub(crate) layers: Arc<LayerStore>,
+    limits: Arc<Limits>,
+    registries: Arc<Registries>,
+    metadata: Metadata,
+    pub(crate) stall: Duration,
+    pub(crate) min_rate: u64,
+    jobs: Mutex<HashMap<Digest, Job>>,
+    /// Chains pulls in flight hold (shared with load, import, commit and
+    /// GC).
+    pub(crate) leases: Arc<Leases>,
+    /// The layers and diff IDs of manifests remote snapshots came from, by
+    /// manifest digest: containerd asks layer by layer.
+    remote_plans: Mutex<HashMap<Digest, Arc<RemotePlan>>>,
+    /// The containerd every pulled image is registered in, if any.
+    containerd: Option<Containerd>,
+}
+
+/// What a pull reads from: the request, resolved once.
+struct Target {
+    /// With `latest` added when it named no tag or digest.
+    reference: Reference,
+    /// As Docker shows it (`busybox:latest`).
+    shown: String,
+    /// The platform wanted, the host's filling the gaps.
+    platform: Platform,
+    /// Whether the caller named a platform (Docker then warns on a
+    /// mismatch).
+    platform_asked: bool,
+    /// Where it is read from: the registry's mirrors, then the registry
+    /// itself (always the last).
+    sources: Vec<Source>,
+}
+
+impl Target {
+    fn new(request: &PullImageRequest, registries: &Registries) -> Result<Self, Error> {
+        let reference = Reference::parse(&request.reference)?;
+        if reference.familiar_name() == "scratch" {
+            return Err(Error::InvalidArgument(
+                "'scratch' is a reserved name".into(),
+            ));
+        }
+        let reference = if reference.digest().is_some() {
+            reference
+        } else {
+            reference.with_default_tag()
+        };
+        let platform = request.platform.as_ref().map_or_else(
+            || Platform::or_host("", "", ""),
+            |p| Platform::or_host(&p.os, &p.architecture, &p.variant),
+        );
+        let auth = registry::auth(request.auth.as_ref());
+        Ok(Target {
+            sources: registries.sources(&reference, &auth),
+            shown: reference.familiar(),
+            reference,
+            platform,
+            platform_asked: request.platform.is_some(),
+        })
+    }
+
+    /// The registry itself, and the mirrors to try before it.
+    fn upstream_and_mirrors(&self) -> (&Source, &[Source]) {
+        self.sources
+            .split_last()
+            .expect("the registry itself is always a source")
+    }
+
+    /// The tag, or the digest, Docker's first line names.
+    fn tag_or_digest(&self) -> String {
+        self.reference
+            .tag()
+            .map(str::to_string)
+            .or_else(|| self.reference.digest().map(|d| d.to_string()))
+            .unwrap_or_default()
+    }
+}
+
+/// What step 1 found: the image manifest, its digest as pulled (the index's
+/// when there was one), and the small blobs to store once the layers are.
+struct Resolved {
+    top_digest: Digest,
+    manifest: Manifest,
+    small_blobs: Vec<(Digest, Bytes)>,
+}
+
+/// What step 2 read: the config bytes (recorded as they are) and its
+/// diffIDs, bottom first.
+struct Configured {
+    config: Vec<u8>,
+    diff_ids: Vec<Digest>,
+}
+
+/// What a pull sends its caller.
+pub type Progress = mpsc::Sender<Result<PullImageProgress, tonic::Status>>;
+
+impl Puller {
+    pub fn new(
+        content: ContentStore,
+        layers: Arc<LayerStore>,
+        limits: Arc<Limits>,
+        leases: Arc<Leases>,
+        registries: Arc<Registries>,
+        metadata: Metadata,
+        args: &PullArgs,
+    ) -> Self {
+        Puller {
+            content,
+            layers,
+            limits,
+            registries,
+            metadata,
+            stall: Duration::from_secs(args.stall_timeout_secs),
+            min_rate: args.min_download_rate,
+            jobs: Mutex::new(HashMap::new()),
+            leases,
+            remote_plans: Mutex::new(HashMap::new()),
+            containerd: None,
+        }
+    }
+
+    /// Registers every image it pulls in `containerd` too.
+    pub fn with_containerd(mut self, containerd: Option<Containerd>) -> Self {
+        self.containerd = containerd;
+        self
+    }
+
+    /// Runs one pull, sending progress to `tx`. Its span names the image,
+    /// the manifest digest and the bytes fetched, for a trace to show.
+    #[tracing::instrument(
+        name = "pull",
+        skip_all,
+        fields(
+            image.reference = %request.reference,
+            image.manifest_digest = tracing::field::Empty,
+            image.bytes = tracing::field::Empty,
+        )
+    )]
+    pub async fn pull(
+        self: &Arc<Self>,
+        request: PullImageRequest,
+        tx: Progress,
+    ) -> Result<(), Error> {
+        let target = Target::new(&request, &self.registries)?;
+        // As Docker: said once the manifest is there, so a missing tag or
+        // repository fails before anything is printed.
+        let mut resolved = self.resolve(&target).await?;
+        send(
+            &tx,
+            line(
+                &target.tag_or_digest(),
+                format!("Pulling from {}", target.reference.path()),
+            ),
+        )
+        .await;
+        let configured = self.read_config(&target, &mut resolved, &tx).await?;
+        let chains = chain_ids(&configured.diff_ids);
+        let _lease = self.leases.lease(&chains);
+        let plan = LayerPlan::new(&self.layers, &resolved.manifest.layers, &chains);
+        tracing::Span::current().record("image.bytes", plan.total());
+        self.bring_layers(&target, &resolved, &configured, &plan, &tx)
+            .await?;
+        self.record(&target, resolved, configured, &plan, &tx).await
+    }
+
+    /// The tags the registry lists for the repository `request` names, in
+    /// its order (`docker pull --all-tags`).
+    pub async fn list_tags(&self, request: &PullImageRequest) -> Result<Vec<String>, Error> {
+        let target = Target::new(request, &self.registries)?;
+        let what = format!("tags of {}", target.reference.familiar_name());
+        let (upstream, _) = target.upstream_and_mirrors();
+        let listed = within(
+            &what,
+            self.with_retries(&|e| registry::pull_error(&target.reference, e), || {
+                fetch::tags(upstream, &upstream.oref)
+            }),
+        )
+        .await?;
+        Ok(listed)
+    }
+
+    /// Step 1: the image manifest, through an index when there is one,
+    /// checked as Docker checks it (schema 1, depth, media types).
+    async fn resolve(&self, target: &Target) -> Result<Resolved, Error> {
+        let shown = &target.shown;
+        let what = format!("manifest for {shown}");
+        let (top_bytes, top_digest) = self.fetch_manifest(target, None).await?;
+        let top_digest: Digest = top_digest.parse()?;
+        tracing::Span::current().record("image.manifest_digest", top_digest.to_string());
+        let probe = probe_manifest(&what, &top_bytes)?;
+        if probe.schema_version == Some(1) {
+            return Err(schema1(shown));
+        }
+        // Manifests and the config are stored only once the layers are:
+        // a refused pull leaves no blob behind.
+        let mut small_blobs = vec![(top_digest.clone(), top_bytes.clone())];
+        let manifest_bytes = match probe.manifests {
+            Some(entries) => {
+                let chosen = choose_platform(&entries, &target.platform, shown)?;
+                let (bytes, digest) = self.fetch_manifest(target, Some(&chosen)).await?;
+                if probe_manifest(&what, &bytes)?.manifests.is_some() {
+                    return Err(Error::InvalidArgument(format!(
+                        "{what}: an index entry points at another index"
+                    )));
+                }
+                small_blobs.push((digest.parse()?, bytes.clone()));
+                bytes
+            }
+            None => {
+                if let Some(media) = probe.media_type.as_deref()
+                    && media.starts_with(imaged_model::media_type::DOCKER_SCHEMA1_PREFIX)
+                {
+                    return Err(schema1(shown));
+                }
+                top_bytes.clone()
+            }
+        };
+        let mut manifest: Manifest = serde_json::from_slice(&manifest_bytes)
+            .map_err(|e| Error::InvalidArgument(format!("{what}: invalid manifest: {e}")))?;
+        check_depth(shown, manifest.layers.len())?;
+        for desc in std::iter::once(&mut manifest.config).chain(&mut manifest.layers) {
+            check_media_type(&desc.media_type)?;
+            // Foreign URLs are never followed: every byte comes from the
+            // registry the user named (Docker follows them only for
+            // foreign layers, and only when allowed).
+            desc.urls = None;
+        }
+        Ok(Resolved {
+            top_digest,
+            manifest,
+            small_blobs,
+        })
+    }
+
+    /// Step 2: the config, fetched whole (or found stored) and checked
+    /// against the platform and the manifest.
+    async fn read_config(
+        &self,
+        target: &Target,
+        resolved: &mut Resolved,
+        tx: &Progress,
+    ) -> Result<Configured, Error> {
+        let shown = &target.shown;
+        let manifest = &resolved.manifest;
+        let config_digest: Digest = manifest.config.digest.parse()?;
+        let config = match self.content.read(&config_digest) {
+            Ok(bytes) => bytes,
+            Err(_) => {
+                let bytes = self
+                    .fetch_small(target, &manifest.config, &format!("config of {shown}"))
+                    .await?;
+                resolved
+                    .small_blobs
+                    .push((config_digest.clone(), Bytes::from(bytes.clone())));
+                bytes
+            }
+        };
+        let image_config = ImageConfig::parse(&config)
+            .map_err(|e| Error::InvalidArgument(format!("config of {shown}: {e}")))?;
+        let image_platform = image_config.platform.clone();
+        let platform = &target.platform;
+        if !image_platform.os.is_empty() && !image_platform.os.eq_ignore_ascii_case(&platform.os) {
+            return Err(Error::InvalidArgument(format!(
+                "image operating system \"{}\" cannot be used on this platform",
+                image_platform.os
+            )));
+        }
+        if target.platform_asked && !platform.runs_with_fallback(&image_platform) {
+            // Docker pulls it anyway and says so.
+            send(
+                tx,
+                line(
+                    "",
+                    format!(
+                        "WARNING: image with reference {shown} was found but its platform ({}) does not match the specified platform ({platform})",
+                        image_platform.normalize()
+                    ),
+                ),
+            )
+            .await;
+        }
+        let diff_ids = image_config.diff_ids;
+        if diff_ids.len() != manifest.layers.len() {
+            return Err(Error::InvalidArgument(format!(
+                "{shown}: the manifest has {} layers but the config {} diff IDs",
+                manifest.layers.len(),
+                diff_ids.len()
+            )));
+        }
+        Ok(Configured { config, diff_ids })
+    }
+
+    /// Step 4: the manifests and config stored, and the image recorded in
+    /// metadata (tag moved, repo digest added, the pull event sent).
+    async fn record(
+        &self,
+        target: &Target,
+        resolved: Resolved,
+        configured: Configured,
+        plan: &LayerPlan,
+        tx: &Progress,
+    ) -> Result<(), Error> {
+        let config_digest = Digest::sha256_of(&configured.config);
+        // Until imaged-metadata has the image, a reconciliation or removal
+        // decided without it must not forget the blobs written here.
+        let _image_lease = self.leases.lease_image(&config_digest);
+        for (digest, bytes) in &resolved.small_blobs {
+            self.content.write(digest, bytes)?;
+        }
+        // They go with the last image that needs them.
+        let small: Vec<Digest> = resolved
+            .small_blobs
+            .iter()
+            .map(|(d, _)| d.clone())
+            .collect();
+        self.content.own(&config_digest, &small)?;
+        // Fetched without credentials in this pull, from no source that
+        // knows this node (what was found stored stays as private as it
+        // was).
+        let upstream = target.upstream_and_mirrors().0;
+        let anonymous = target
+            .sources
+            .iter()
+            .all(|source| matches!(source.auth, RegistryAuth::Anonymous) && !source.identified);
+        if anonymous {
+            for digest in &small {
+                self.content
+                    .public()
+                    .mark(digest, upstream.oref.repository())?;
+            }
+        }
+        let reference = &target.reference;
+        let shown = target.shown.clone();
+        let top_digest = resolved.top_digest;
+        let layer_sizes = plan
+            .chains
+            .iter()
+            .map(|c| self.layers.get(c).map_or(0, |l| l.size as i64))
+            .collect();
+        let name = reference.name();
+        let config_bytes = Bytes::from(configured.config.clone());
+        // As containerd sizes an image: what its registry holds of it.
+        let content_size = resolved
+            .small_blobs
+            .iter()
+            .filter(|(d, _)| *d != config_digest)
+            .map(|(_, b)| b.len() as i64)
+            .chain(resolved.manifest.layers.iter().map(|l| l.size.max(0)))
+            .sum::<i64>()
+            + config_bytes.len() as i64;
+        let put = PutImageRequest {
+            content_size,
+            config: configured.config,
+            tags: reference
+                .tag()
+                .map(|t| format!("{name}:{t}"))
+                .into_iter()
+                .collect(),
+            digests: vec![format!("{name}@{top_digest}")],
+            layer_sizes,
+            action: "pull".into(),
+            event_ref: shown.clone(),
+            tag_events: false,
+        };
+        let names: Vec<String> = put.tags.iter().chain(&put.digests).cloned().collect();
+        let recorded = self.metadata.put_image(put).await?;
+        if let Some(containerd) = &self.containerd {
+            // Manifests as pulled (index first), then the config.
+            let mut blobs: Vec<containerd::Blob> = resolved
+                .small_blobs
+                .iter()
+                .filter(|(d, _)| *d != config_digest)
+                .map(|(digest, bytes)| containerd::Blob {
+                    digest: digest.clone(),
+                    bytes: bytes.clone(),
+                })
+                .collect();
+            blobs.push(containerd::Blob {
+                digest: config_digest.clone(),
+                bytes: config_bytes,
+            });
+            let image = containerd::Image {
+                id: config_digest,
+                blobs,
+                chains: plan.chains.clone(),
+                names,
+            };
+            containerd.register(&image).await?;
+        }
+        crate::metrics::moved(crate::metrics::Kind::Pull, plan.total());
+        send(tx, line("", format!("Digest: {top_digest}"))).await;
+        let mut last = line(
+            "",
+            format!(
+                "Status: {} for {shown}",
+                if recorded.updated {
+                    "Downloaded newer image"
+                } else {
+                    "Image is up to date"
+                }
+            ),
+        );
+        last.image_id = recorded.id;
+        last.reference = shown;
+        last.digest = top_digest.to_string();
+        send(tx, last).await;
+        Ok(())
+    }
+}
+
+/// The 12 hex characters Docker shows for a digest.
+pub(crate) fn short(digest: &str) -> String {
+    let hex = digest.split_once(':').map_or(digest, |(_, h)| h);
+    hex.chars().take(12).collect()
+}
+
+fn line(id: &str, status: String) -> PullImageProgress {
+    PullImageProgress {
+        id: id.to_string(),
+        status,
+        ..Default::default()
+    }
+}
+
+/// Progress is best effort: a caller that went away cancels the pull
+/// through the stream, not here.
+async fn send(tx: &Progress, message: PullImageProgress) {
+    let _ = tx.send(Ok(message)).await;
+}
+
+mod layers;
+mod remote;
+mod sources;
+
+use layers::{Job, LayerFuture, LayerJob, LayerPlan};
+use remote::RemotePlan;
+use sources::{probe_manifest, within};
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,140 @@
+//! Layers containerd asks for through imaged's proxy snapshotter (CRI's
+//! remote snapshots): one layer of an image fetched by the pull's own
+//! layer job, with the manifest it belongs to kept a while.
+
+use super::*;
+
+/// What a remote snapshot needs of its image: the layer descriptors and
+/// the config's diff IDs, bottom first.
+pub(super) struct RemotePlan {
+    layers: Vec<OciDescriptor>,
+    diff_ids: Vec<Digest>,
+}
+
+/// How many images' plans [`Puller::remote_layer`] keeps.
+pub(super) const REMOTE_PLANS: usize = 64;
+
+impl Puller {
+    /// Brings one layer of `image` (whose platform manifest is `manifest`)
+    /// into the store, as containerd's remote snapshots ask: the layer
+    /// whose blob is `blob` and whose chain must come out as `chain`. Its
+    /// parent layer must be stored already (containerd prepares layers
+    /// bottom up). It is the pull's own layer job: the download limit,
+    /// one download per layer however many ask, resume and stall
+    /// detection. No image is recorded; the caller holds the layer.
+    pub async fn remote_layer(
+        self: &Arc<Self>,
+        image: &str,
+        manifest: &Digest,
+        blob: &Digest,
+        chain: &Digest,
+    ) -> Result<Arc<Layer>, Error> {
+        if let Some(layer) = self.layers.get(chain) {
+            return Ok(layer);
+        }
+        let reference = Reference::parse(image)?.with_digest(manifest.clone());
+        let target = Target::new(
+            &PullImageRequest {
+                reference: reference.to_string(),
+                ..Default::default()
+            },
+            &self.registries,
+        )?;
+        let plan = self.remote_plan(&target, manifest).await?;
+        let i = plan
+            .layers
+            .iter()
+            .position(|d| d.digest == blob.to_string())
+            .ok_or_else(|| {
+                Error::InvalidArgument(format!("{image}: manifest {manifest} has no layer {blob}"))
+            })?;
+        let chains = chain_ids(&plan.diff_ids);
+        if chains[i] != *chain {
+            return Err(Error::InvalidArgument(format!(
+                "{image}: layer {blob} makes chain {} in manifest {manifest}, not {chain}",
+                chains[i]
+            )));
+        }
+        let _lease = self.leases.lease(&chains[..=i]);
+        // containerd prepares one layer at a time, bottom up: the layers
+        // above are started now, each a shared job on the one below as a
+        // pull chains them, so that they download in parallel and
+        // containerd finds them done or in flight when it asks.
+        let mut parent: Option<LayerFuture> = None;
+        let mut wanted = None;
+        let mut above = Vec::new();
+        for j in i..plan.layers.len() {
+            if self.layers.get(&chains[j]).is_some() {
+                parent = None;
+                continue;
+            }
+            let job = LayerJob::new(&target, &plan.layers, &plan.diff_ids, &chains, j)?;
+            let (done, _) = self.job(job, parent.take());
+            if j == i {
+                wanted = Some(done.clone());
+            } else {
+                above.push((done.clone(), chains[j].clone()));
+            }
+            parent = Some(done);
+        }
+        if !above.is_empty() {
+            let this = Arc::clone(self);
+            let held = chains[i..].to_vec();
+            tokio::spawn(async move {
+                let _lease = this.leases.lease(&held);
+                for (done, chain) in above {
+                    if done.await.is_ok() {
+                        // Fetched ahead for containerd: collectable unless
+                        // it adopts them (or an image needs them).
+                        this.leases.defer(chain);
+                    }
+                }
+            });
+        }
+        match wanted {
+            Some(done) => done.await,
+            None => self.layers.get(chain).ok_or_else(|| {
+                Error::Internal(format!(
+                    "layer {chain} vanished while containerd asked for it"
+                ))
+            }),
+        }
+    }
+
+    /// The layers and diff IDs of the image manifest `manifest`, fetched
+    /// once and kept for the next layers containerd asks for.
+    pub(super) async fn remote_plan(
+        &self,
+        target: &Target,
+        manifest: &Digest,
+    ) -> Result<Arc<RemotePlan>, Error> {
+        let cached = self
+            .remote_plans
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(manifest)
+            .cloned();
+        if let Some(plan) = cached {
+            return Ok(plan);
+        }
+        let mut resolved = self.resolve(target).await?;
+        if resolved.top_digest != *manifest {
+            return Err(Error::InvalidArgument(format!(
+                "{}: {manifest} is an index, not an image manifest",
+                target.shown
+            )));
+        }
+        let (tx, _) = mpsc::channel(1);
+        let configured = self.read_config(target, &mut resolved, &tx).await?;
+        let plan = Arc::new(RemotePlan {
+            layers: resolved.manifest.layers,
+            diff_ids: configured.diff_ids,
+        });
+        let mut plans = self.remote_plans.lock().unwrap_or_else(|e| e.into_inner());
+        if plans.len() >= REMOTE_PLANS {
+            plans.clear();
+        }
+        plans.insert(manifest.clone(), Arc::clone(&plan));
+        Ok(plan)
+    }
+}
