@@ -24,7 +24,6 @@ use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -203,7 +202,6 @@ where
             }
         };
         let (evicted, evict) = oneshot::channel();
-        let heard = Arc::new(AtomicBool::new(false));
         let id = waiting.add(evicted);
         let service = service.clone();
         let waiting = Arc::clone(&waiting);
@@ -211,7 +209,7 @@ where
         tokio::spawn(async move {
             let io = Heard {
                 inner: stream,
-                heard,
+                heard: false,
                 waiting: Arc::clone(&waiting),
                 id,
             };
@@ -308,7 +306,8 @@ impl Waiting {
 /// A connection's stream that leaves [`Waiting`] at its first byte.
 struct Heard {
     inner: Box<dyn Io>,
-    heard: Arc<AtomicBool>,
+    /// Whether a byte came (and the connection left the queue).
+    heard: bool,
     waiting: Arc<Waiting>,
     id: u64,
 }
@@ -321,7 +320,8 @@ impl AsyncRead for Heard {
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if buf.filled().len() > before && !self.heard.swap(true, Ordering::Relaxed) {
+        if buf.filled().len() > before && !self.heard {
+            self.heard = true;
             self.waiting.remove(self.id);
         }
         polled

@@ -186,10 +186,6 @@ pub async fn run(config: ServiceConfig, args: Args) -> anyhow::Result<()> {
         )?,
     ));
     tokio::task::spawn_blocking({
-        let registries = Arc::clone(&registries);
-        move || registries.prepare()
-    });
-    tokio::task::spawn_blocking({
         let layers = Arc::clone(&layers);
         move || {
             if let Err(err) = unpack::rehearse(&layers) {

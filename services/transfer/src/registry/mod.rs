@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use imaged_api::v1::RegistryAuth as WireAuth;
 use imaged_model::Reference;
@@ -26,15 +26,11 @@ pub struct Registries {
     /// At most [`MAX_CLIENTS`], the least recently used going first: one
     /// per host and credentials would otherwise grow with every caller.
     clients: Mutex<ClientCache>,
-    /// For manifest requests, whose bodies must be read with a limit
-    /// (oci-client reads them whole).
+    /// The HTTP client every host without TLS settings of its own shares
+    /// (made at start-up, so the first pull does not pay for it).
     http: reqwest::Client,
     /// Where the mirrors of each registry are configured.
     mirrors: MirrorConfig,
-    /// Registry clients made ahead (by [`Registries::prepare`]) for the
-    /// first hosts reached over plain HTTP (`true`) or HTTPS: making one
-    /// costs about 5 ms of CPU, which the first pull then does not wait on.
-    spare: Mutex<Vec<(bool, Client)>>,
 }
 
 /// What a client is shared by: the host, how it is reached (plain HTTP,
@@ -63,8 +59,9 @@ struct ClientCache {
     clients: HashMap<ClientKey, (u64, Clients)>,
 }
 
-/// A registry client reaching its hosts this way.
-fn registry_client(plain_http: bool, skip_verify: bool, ca: &[Vec<u8>]) -> Client {
+/// The oci-client a push uploads through (pushes go to the registry
+/// itself, never to a mirror with TLS settings of its own).
+fn registry_client(plain_http: bool) -> Client {
     Client::new(ClientConfig {
         protocol: if plain_http {
             ClientProtocol::Http
@@ -72,23 +69,16 @@ fn registry_client(plain_http: bool, skip_verify: bool, ca: &[Vec<u8>]) -> Clien
             ClientProtocol::Https
         },
         connect_timeout: Some(std::time::Duration::from_secs(30)),
-        accept_invalid_certificates: skip_verify,
-        extra_root_certificates: ca
-            .iter()
-            .map(|pem| oci_client::client::Certificate {
-                encoding: oci_client::client::CertificateEncoding::Pem,
-                data: pem.clone(),
-            })
-            .collect(),
         ..Default::default()
     })
 }
 
-/// The registry client of a [`ClientKey`], and the HTTP client its
-/// manifests are read with (the shared one unless TLS is configured).
+/// The clients of a [`ClientKey`]: the HTTP client pulls read with (the
+/// shared one unless TLS is configured), and the oci-client pushes upload
+/// through, made on the first push.
 #[derive(Clone)]
 struct Clients {
-    registry: Client,
+    pushes: Arc<std::sync::OnceLock<Client>>,
     http: reqwest::Client,
     /// The tokens got for these credentials.
     tokens: fetch::Tokens,
@@ -143,38 +133,24 @@ impl Registries {
             clients: Mutex::default(),
             http: http_client(false, &[], None),
             mirrors,
-            spare: Mutex::new(Vec::new()),
         }
     }
 
-    /// Makes a registry client for each protocol ahead of the first pull
-    /// (run it on a blocking thread at start-up).
-    pub fn prepare(&self) {
-        let made: Vec<(bool, Client)> = [true, false]
-            .into_iter()
-            .map(|plain_http| (plain_http, registry_client(plain_http, false, &[])))
-            .collect();
-        self.spare
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend(made);
-    }
-
-    /// A client made ahead for `plain_http`, if one is left.
-    fn take_spare(&self, plain_http: bool) -> Option<Client> {
-        let mut spare = self.spare.lock().unwrap_or_else(|e| e.into_inner());
-        let at = spare.iter().position(|(plain, _)| *plain == plain_http)?;
-        Some(spare.swap_remove(at).1)
-    }
-
-    /// The client for `reference`'s registry and these credentials.
+    /// The oci-client for `reference`'s registry and these credentials,
+    /// which pushes upload through; made on the first push (about 5 ms of
+    /// CPU), since pulls do not use it.
     pub fn client(&self, reference: &Reference, auth: &RegistryAuth) -> Client {
         let host = reference.domain();
+        let plain_http = self.is_insecure(host);
         let reach = Reach {
-            plain_http: self.is_insecure(host),
+            plain_http,
             ..Reach::default()
         };
-        self.clients_for(host, auth, &reach).registry
+        let clients = self.clients_for(host, auth, &reach);
+        clients
+            .pushes
+            .get_or_init(|| registry_client(plain_http))
+            .clone()
     }
 
     /// The clients for `host` reached this way with these credentials,
@@ -224,10 +200,7 @@ impl Registries {
             } else {
                 self.http.clone()
             },
-            registry: (!skip_verify && ca.is_empty())
-                .then(|| self.take_spare(plain_http))
-                .flatten()
-                .unwrap_or_else(|| registry_client(plain_http, skip_verify, ca)),
+            pushes: Arc::default(),
         };
         cache.clients.insert(key, (tick, clients.clone()));
         clients
