@@ -39,7 +39,6 @@ impl DockerCli {
         args: &[&str],
         input: Option<&[u8]>,
     ) -> anyhow::Result<Output> {
-        use tokio::io::AsyncWriteExt;
         std::fs::create_dir_all(&self.config)?;
         let mut command = Command::new("docker");
         command
@@ -48,25 +47,10 @@ impl DockerCli {
             .env("DOCKER_CONFIG", &self.config)
             .env("DOCKER_CLI_HINTS", "false")
             .env_remove("DOCKER_API_VERSION")
-            .env_remove("DOCKER_CONTEXT")
-            .stdin(if input.is_some() {
-                std::process::Stdio::piped()
-            } else {
-                std::process::Stdio::null()
-            })
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .kill_on_drop(true);
-        let mut child = command.spawn().context("cannot run the docker CLI")?;
-        if let Some(input) = input {
-            let mut stdin = child.stdin.take().expect("piped");
-            stdin.write_all(input).await?;
-            drop(stdin);
-        }
-        let output = tokio::time::timeout(Duration::from_secs(120), child.wait_with_output())
+            .env_remove("DOCKER_CONTEXT");
+        run_with_input(command, input)
             .await
-            .with_context(|| format!("docker {args:?} took over 120 s"))??;
-        Ok(output)
+            .with_context(|| format!("docker {args:?}"))
     }
 
     /// Runs the docker CLI and answers its standard output; an exit other
@@ -82,4 +66,28 @@ impl DockerCli {
         }
         Ok(String::from_utf8(output.stdout)?)
     }
+}
+
+/// Runs `command` with `input` on its standard input (none: /dev/null),
+/// catching what it prints; killed if it runs past 120 s or is dropped.
+pub async fn run_with_input(mut command: Command, input: Option<&[u8]>) -> anyhow::Result<Output> {
+    use tokio::io::AsyncWriteExt;
+    command
+        .stdin(if input.is_some() {
+            std::process::Stdio::piped()
+        } else {
+            std::process::Stdio::null()
+        })
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = command.spawn().context("cannot start it")?;
+    if let (Some(input), Some(mut stdin)) = (input, child.stdin.take()) {
+        stdin.write_all(input).await?;
+        drop(stdin);
+    }
+    tokio::time::timeout(Duration::from_secs(120), child.wait_with_output())
+        .await
+        .context("it took over 120 s")?
+        .map_err(Into::into)
 }

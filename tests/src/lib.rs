@@ -15,6 +15,7 @@ pub mod figures;
 pub mod front;
 pub mod latency;
 pub mod nats;
+pub mod oracle;
 pub mod processes;
 pub mod registry;
 pub mod throttle;

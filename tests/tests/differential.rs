@@ -6,172 +6,17 @@
 //!
 //! Moby v28, which imaged follows (`shared/spec/moby-images-behavior.md`),
 //! differs from dockerd 20.10 in a few known places. Each one a scenario
-//! meets is in [`V28`] with its reason and is the only difference let
-//! through; any other difference fails the test.
+//! meets is in `imaged_e2e::oracle::V28` with its reason and is the only
+//! difference let through; any other difference fails the test. The
+//! imagectl-against-docker-CLI scenarios are in `differential_cli.rs`.
 //!
 //! Needs root and dockerd (`make test` installs Debian's docker.io); where
 //! either is missing the tests fail, saying so.
 
 use imaged_api::v1::*;
-use imaged_e2e::dockerd::{DockerCli, Dockerd};
-use imaged_e2e::{Imaged, TestRegistry, client};
-use imaged_fixtures::{Catalog, catalog};
-
-/// Where Moby v28 and dockerd 20.10 part, so that imaged (v28) may differ
-/// from the oracle: (what is compared, as [`same`] names it; why v28
-/// answers otherwise). None of the scenarios below meets one yet; save's
-/// OCI layout, the `until` filter of `docker images` and v28's error
-/// wording go here with their scenarios.
-const V28: &[(&str, &str)] = &[];
-
-/// Asserts that imaged answers what Docker answers, unless [`V28`] lists
-/// `what`.
-#[track_caller]
-fn same<T: PartialEq + std::fmt::Debug>(what: &str, imaged: T, docker: T) {
-    if let Some((_, why)) = V28.iter().find(|(w, _)| *w == what) {
-        eprintln!("{what}: not compared, v28 differs from 20.10: {why}");
-        return;
-    }
-    assert_eq!(
-        imaged, docker,
-        "{what}: imaged (left) and Docker (right) differ"
-    );
-}
-
-/// The oracle, imaged and a registry holding the fixture catalog.
-struct Both {
-    dockerd: Dockerd,
-    imaged: Imaged,
-    registry: TestRegistry,
-    catalog: Catalog,
-}
-
-async fn both() -> Both {
-    let registry = TestRegistry::start().await.unwrap();
-    let catalog = catalog().unwrap();
-    catalog.push_all(&registry.fixtures()).await.unwrap();
-    let dockerd = Dockerd::start().await.unwrap();
-    let imaged = Imaged::start().await.unwrap();
-    Both {
-        dockerd,
-        imaged,
-        registry,
-        catalog,
-    }
-}
-
-impl Both {
-    /// Pulls `reference` into both; answers the `Digest:` and `Status:`
-    /// lines each printed.
-    async fn pull_lines(&self, reference: &str) -> (Vec<String>, Vec<String>) {
-        let docker = self.dockerd.ok(&["pull", reference]).await.unwrap();
-        let docker = docker
-            .lines()
-            .filter(|l| l.starts_with("Digest: ") || l.starts_with("Status: "))
-            .map(str::to_string)
-            .collect();
-        let imaged = client::pull(self.imaged.images(), client::pull_request(reference))
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|m| m.status)
-            .filter(|l| l.starts_with("Digest: ") || l.starts_with("Status: "))
-            .collect();
-        (docker, imaged)
-    }
-
-    /// Loads `archive` into both; answers the `Loaded image` lines each
-    /// printed (imaged's, Docker's).
-    async fn load(&self, archive: Vec<u8>) -> (Vec<String>, Vec<String>) {
-        let docker = self
-            .dockerd
-            .docker_with_input(&["load"], Some(&archive))
-            .await
-            .unwrap();
-        assert!(docker.status.success(), "{docker:?}");
-        let docker = String::from_utf8_lossy(&docker.stdout)
-            .lines()
-            .filter(|l| l.starts_with("Loaded image"))
-            .map(str::to_string)
-            .collect();
-        let chunks = vec![LoadImagesRequest {
-            chunk: archive,
-            quiet: true,
-            platform: None,
-        }];
-        let mut answers = self
-            .imaged
-            .images()
-            .load_images(tokio_stream::iter(chunks))
-            .await
-            .unwrap()
-            .into_inner();
-        let mut imaged = Vec::new();
-        while let Some(line) = tokio_stream::StreamExt::next(&mut answers).await {
-            imaged.push(line.unwrap().message);
-        }
-        (imaged, docker)
-    }
-
-    /// `docker history` of `image` in both, a row per step (ID, step,
-    /// bytes, comment): (imaged's, Docker's).
-    async fn history(&self, image: &str) -> (Vec<String>, Vec<String>) {
-        let docker = self
-            .dockerd
-            .ok(&[
-                "history",
-                "--human=false",
-                "--no-trunc",
-                "--format",
-                "{{.ID}}\\t{{.CreatedBy}}\\t{{.Size}}\\t{{.Comment}}",
-                image,
-            ])
-            .await
-            .unwrap()
-            .lines()
-            .map(str::to_string)
-            .collect();
-        let imaged = self
-            .imaged
-            .images()
-            .image_history(ImageHistoryRequest {
-                image: image.to_string(),
-                platform: None,
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .items
-            .into_iter()
-            .map(|h| format!("{}\t{}\t{}\t{}", h.id, h.created_by, h.size, h.comment))
-            .collect();
-        (imaged, docker)
-    }
-
-    /// Pulls `reference` into both.
-    async fn pull(&self, reference: &str) {
-        self.dockerd.ok(&["pull", reference]).await.unwrap();
-        client::pull(self.imaged.images(), client::pull_request(reference))
-            .await
-            .unwrap();
-    }
-
-    async fn inspect(&self, image: &str) -> (serde_json::Value, ImageInspect) {
-        let docker = self.dockerd.ok(&["image", "inspect", image]).await.unwrap();
-        let docker: serde_json::Value = serde_json::from_str(&docker).unwrap();
-        let imaged = self
-            .imaged
-            .images()
-            .inspect_image(InspectImageRequest {
-                image: image.to_string(),
-                platform: None,
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        (docker[0].clone(), imaged)
-    }
-}
+use imaged_e2e::client;
+use imaged_e2e::dockerd::DockerCli;
+use imaged_e2e::oracle::{both, same};
 
 /// `<tag>: digest: <digest> size: <bytes>` from a push's output.
 fn digest_line(output: &str) -> (String, i64) {

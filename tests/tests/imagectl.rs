@@ -151,7 +151,13 @@ async fn every_command_works_end_to_end() {
         serde_json::from_str(&cli.ok(&["inspect", &app]).await).unwrap();
     assert_eq!(inspect[0]["Id"], catalog.app.id());
     assert_eq!(inspect[0]["Config"]["Cmd"][0], "/app/run");
+    // The docker CLI's words: `inspect` looks for any object.
     let missing = cli.fails(&["inspect", "no/such:image"]).await;
+    assert!(
+        missing.contains("Error: No such object: no/such:image"),
+        "{missing}"
+    );
+    let missing = cli.fails(&["image", "inspect", "no/such:image"]).await;
     assert!(
         missing.contains("No such image: no/such:image"),
         "{missing}"
@@ -199,7 +205,7 @@ async fn every_command_works_end_to_end() {
     assert_eq!(listed.trim(), dangling);
     let pruned = cli.ok(&["image", "prune", "-f"]).await;
     assert!(pruned.starts_with("Deleted Images:"), "{pruned}");
-    assert!(pruned.contains(&format!("Deleted: {dangling}")), "{pruned}");
+    assert!(pruned.contains(&format!("deleted: {dangling}")), "{pruned}");
     assert!(!pruned.contains("Total reclaimed space: 0B"), "{pruned}");
 
     // events: replay since the start, until now.

@@ -343,7 +343,7 @@ async fn unsafe_or_malformed_archives_are_refused() {
             // Legacy (pre-1.10) archives need their repositories file.
             "no manifest",
             tar_of(&[("oci-layout", tar::EntryType::Regular, b"{}")]),
-            "repositories: not in the archive",
+            "/repositories: no such file or directory",
         ),
         (
             "null manifest",
@@ -495,7 +495,7 @@ async fn import_makes_a_one_layer_image_with_the_changes() {
         .await
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("RUN is not a valid change command"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("run is not a valid change command"));
     let err = imaged
         .images()
         .import_image(tokio_stream::iter([ImportImageRequest {

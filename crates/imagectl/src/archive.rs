@@ -50,10 +50,10 @@ pub async fn load(
     input: Option<&Path>,
     quiet: bool,
 ) -> anyhow::Result<()> {
+    // As the docker CLI: the layer lines only on a terminal.
+    let quiet = quiet || !std::io::stdout().is_terminal();
     let mut reader: Box<dyn Read + Send> = match input {
-        Some(path) => Box::new(
-            std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?,
-        ),
+        Some(path) => Box::new(crate::local::open(path)?),
         None if std::io::stdin().is_terminal() => {
             bail!("requested load from stdin, but stdin is empty")
         }
@@ -92,8 +92,10 @@ pub async fn load(
         .load_images(tokio_stream::wrappers::ReceiverStream::new(rx))
         .await?
         .into_inner();
+    // Docker's load answers errors in its stream: they print bare.
     while let Some(line) = answers.next().await {
-        println!("{}", line?.message);
+        let line = line.map_err(|s| crate::progress::in_stream(s, true))?;
+        println!("{}", line.message);
     }
     match reading.join() {
         Ok(result) => result.context("reading the archive")?,
@@ -112,7 +114,7 @@ pub async fn import(
     let mut reader: Box<dyn Read + Send> = if file == "-" {
         Box::new(std::io::stdin())
     } else {
-        Box::new(std::fs::File::open(file).with_context(|| format!("cannot open {file}"))?)
+        Box::new(crate::local::open(Path::new(file))?)
     };
     let (tx, rx) = tokio::sync::mpsc::channel::<ImportImageRequest>(4);
     let reading = std::thread::spawn(move || -> std::io::Result<()> {

@@ -6,6 +6,8 @@
 
 mod archive;
 mod connect;
+mod inspect;
+mod local;
 mod output;
 mod progress;
 mod template;
@@ -114,7 +116,8 @@ enum Command {
         /// Stream events until this timestamp or duration.
         #[arg(long)]
         until: Option<String>,
-        /// `text` (default) or `json` (one JSON object a line).
+        /// `text` (default), `json` (one JSON object a line) or a Go
+        /// template (`{{.Action}} {{.Actor.ID}}`).
         #[arg(long, default_value = "text")]
         format: String,
     },
@@ -273,9 +276,11 @@ impl AuthArgs {
 async fn main() {
     let cli = Cli::parse();
     if let Err(err) = run(cli).await {
+        // As the docker CLI: the daemon's refusals carry its prefix; what
+        // the CLI found itself, or what failed mid-stream, prints bare.
         match err.downcast_ref::<tonic::Status>() {
             Some(status) => eprintln!("Error response from daemon: {}", status.message()),
-            None => eprintln!("Error: {err:#}"),
+            None => eprintln!("{err:#}"),
         }
         std::process::exit(1);
     }
@@ -315,6 +320,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             auth,
             quiet,
         } => {
+            let parsed = local::named(&reference)?;
+            if !all_tags && !quiet && local::default_tag(&parsed) {
+                println!("Using default tag: latest");
+            }
             let request = PullImageRequest {
                 reference,
                 platform: platform(p.as_deref())?,
@@ -330,6 +339,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             all_tags,
             auth,
         } => {
+            // The docker CLI 28 pushes `latest` of a name without a tag,
+            // every tag only with --all-tags.
+            let parsed = local::named(&reference)?;
+            let reference = if !all_tags && local::default_tag(&parsed) {
+                println!("Using default tag: latest");
+                format!("{reference}:latest")
+            } else {
+                reference
+            };
             let request = PushImageRequest {
                 reference,
                 platform: None,
@@ -337,11 +355,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 all_tags,
             };
             let mut stream = images.push_image(request).await?.into_inner();
+            let mut said = false;
             while let Some(message) = stream.next().await {
-                let message = message?;
+                // Past the first line, Docker's errors come in the stream.
+                let message = message.map_err(|s| progress::in_stream(s, said))?;
+                said = true;
                 if message.id.is_empty() {
                     println!("{}", message.status);
-                } else if message.status != "Pushing" {
+                } else if !progress::shows_progress(&message.status) {
                     println!("{}: {}", message.id, message.status);
                 }
             }
@@ -363,44 +384,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .images;
             output::images(&list, &args.format, args.quiet, args.digests, args.no_trunc)?;
         }
-        Command::Inspect(args)
-        | Command::Image {
+        Command::Inspect(args) => inspect(&mut images, args, false).await?,
+        Command::Image {
             command: ImageCommand::Inspect(args),
-        } => {
-            let template = args
-                .format
-                .as_deref()
-                .map(template::Template::parse)
-                .transpose()?;
-            let mut records = Vec::new();
-            let mut failed = None;
-            for name in args.images {
-                match images
-                    .inspect_image(InspectImageRequest {
-                        image: name,
-                        platform: None,
-                    })
-                    .await
-                {
-                    Ok(record) => records.push(output::inspect_json(&record.into_inner())),
-                    Err(status) => {
-                        eprintln!("Error response from daemon: {}", status.message());
-                        failed = Some(status);
-                    }
-                }
-            }
-            match &template {
-                Some(template) => {
-                    for record in &records {
-                        println!("{}", template.render(record)?);
-                    }
-                }
-                None => println!("{}", serde_json::to_string_pretty(&records)?),
-            }
-            if failed.is_some() {
-                std::process::exit(1);
-            }
-        }
+        } => inspect(&mut images, args, true).await?,
         Command::System {
             command: SystemCommand::Df { verbose },
         } => {
@@ -426,6 +413,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             output::history(&items, no_trunc, quiet);
         }
         Command::Tag { source, target } => {
+            local::tag(&source, &target)?;
             images.tag_image(TagImageRequest { source, target }).await?;
         }
         Command::Rmi {
@@ -481,13 +469,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .await?
                 .into_inner();
             if !answer.deleted.is_empty() {
+                // The docker CLI's prune lines are lower case, unlike rmi's.
                 println!("Deleted Images:");
-                print_deleted(&answer.deleted);
+                for item in &answer.deleted {
+                    match &item.item {
+                        Some(Item::Untagged(name)) => println!("untagged: {name}"),
+                        Some(Item::Deleted(id)) => println!("deleted: {id}"),
+                        None => {}
+                    }
+                }
                 println!();
             }
             println!(
                 "Total reclaimed space: {}",
-                output::human_size(answer.space_reclaimed as i64)
+                output::human_size_with_precision(answer.space_reclaimed as i64, 4)
             );
         }
         Command::Events {
@@ -524,10 +519,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             message,
             platform: p,
         } => {
+            if let Some(reference) = &reference {
+                local::named(reference)?;
+            }
             let first = ImportImageRequest {
                 reference: reference.unwrap_or_default(),
                 platform: platform(p.as_deref())?,
-                message: message.unwrap_or_else(|| format!("Imported from {file}")),
+                // As the docker CLI, which streams the file: the path on
+                // this machine never goes into the image.
+                message: message.unwrap_or_else(|| "Imported from -".into()),
                 changes: change,
                 chunk: Vec::new(),
             };
@@ -553,6 +553,55 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `docker image inspect` (`image_only`) or `docker inspect`: the records
+/// found, then an error line for each name not found, as the docker CLI
+/// words them; exits 1 if any was missing.
+async fn inspect(
+    images: &mut ImagesClient<tonic::transport::Channel>,
+    args: InspectArgs,
+    image_only: bool,
+) -> anyhow::Result<()> {
+    let template = args
+        .format
+        .as_deref()
+        .map(template::Template::parse)
+        .transpose()?;
+    let mut records = Vec::new();
+    let mut missing = Vec::new();
+    for name in args.images {
+        let request = InspectImageRequest {
+            image: name.clone(),
+            platform: None,
+        };
+        match images.inspect_image(request).await {
+            Ok(record) => records.push(inspect::record(&record.into_inner())),
+            Err(status) if status.code() == tonic::Code::NotFound && !image_only => {
+                missing.push(format!("Error: No such object: {name}"))
+            }
+            Err(status) if status.code() == tonic::Code::NotFound => missing.push(format!(
+                "Error response from daemon: no such image: {name}: {}",
+                status.message()
+            )),
+            Err(status) => return Err(status.into()),
+        }
+    }
+    match &template {
+        Some(template) => {
+            for record in &records {
+                println!("{}", template.render(&record.to_value())?);
+            }
+        }
+        None => inspect::print(&records)?,
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    for line in &missing {
+        eprintln!("{line}");
+    }
+    std::process::exit(1);
 }
 
 fn print_deleted(items: &[DeleteItem]) {

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use imaged_api::v1::{Event, HistoryItem, ImageInspect, ImageSummary, SystemInfoResponse};
+use imaged_api::v1::{Event, HistoryItem, ImageSummary, SystemInfoResponse};
 use serde_json::{Value, json};
 
 /// Docker's `units.HumanSizeWithPrecision(size, 3)`: decimal units.
@@ -44,6 +44,10 @@ pub fn human_size_with_precision(bytes: i64, precision: usize) -> String {
 /// `docker system df`, the images part: imaged serves images only, so
 /// the containers, volumes and build cache rows are left out.
 pub fn disk_usage(usage: &imaged_api::v1::DiskUsageResponse, verbose: bool) {
+    if verbose {
+        disk_usage_per_image(usage);
+        return;
+    }
     let total = usage.layers_size;
     let active = usage.images.iter().filter(|i| i.containers > 0).count();
     let used: i64 = usage
@@ -69,26 +73,45 @@ pub fn disk_usage(usage: &imaged_api::v1::DiskUsageResponse, verbose: bool) {
         human_size_with_precision(total, 4),
         reclaimable,
     ];
-    table(&["TYPE", "TOTAL", "ACTIVE", "SIZE", "RECLAIMABLE"], &[row]);
-    if !verbose {
-        return;
-    }
-    println!("\nImages space usage:\n");
+    // imaged keeps images only: the other rows are Docker's, empty, as
+    // the docker CLI prints them against imaged's Engine API too.
+    let empty =
+        |kind: &str| -> Vec<String> { [kind, "0", "0", "0B", "0B"].map(str::to_string).to_vec() };
+    table(
+        &["TYPE", "TOTAL", "ACTIVE", "SIZE", "RECLAIMABLE"],
+        &[
+            row,
+            empty("Containers"),
+            empty("Local Volumes"),
+            empty("Build Cache"),
+        ],
+    );
+}
+
+/// `docker system df -v`'s images part: a row per image, under its first
+/// tag only, as the docker CLI prints it.
+fn disk_usage_per_image(usage: &imaged_api::v1::DiskUsageResponse) {
+    println!("Images space usage:\n");
     let mut rows = Vec::new();
     for image in &usage.images {
-        for row in image_rows(image, false, false) {
-            let cell = |k: &str| row[k].as_str().unwrap_or_default().to_string();
-            rows.push(vec![
-                cell("Repository"),
-                cell("Tag"),
-                cell("ID"),
-                cell("CreatedSince"),
-                human_size(image.size),
-                human_size(image.shared_size.max(0)),
-                human_size(image.size - image.shared_size.max(0)),
-                image.containers.to_string(),
-            ]);
-        }
+        let Some(row) = image_rows(image, false, false).into_iter().next() else {
+            continue;
+        };
+        let cell = |k: &str| row[k].as_str().unwrap_or_default().to_string();
+        let (repository, tag) = match image.repo_tags.first() {
+            Some(first) => split_tag(first),
+            None => ("<none>".to_string(), "<none>".to_string()),
+        };
+        rows.push(vec![
+            repository,
+            tag,
+            cell("ID"),
+            cell("CreatedSince"),
+            human_size(image.size),
+            human_size_with_precision(image.shared_size.max(0), 4),
+            human_size_with_precision(image.size - image.shared_size.max(0), 4),
+            image.containers.to_string(),
+        ]);
     }
     table(
         &[
@@ -102,6 +125,37 @@ pub fn disk_usage(usage: &imaged_api::v1::DiskUsageResponse, verbose: bool) {
             "CONTAINERS",
         ],
         &rows,
+    );
+    // The sections of what imaged does not keep, empty, as Docker prints
+    // them.
+    println!("\nContainers space usage:\n");
+    table(
+        &[
+            "CONTAINER ID",
+            "IMAGE",
+            "COMMAND",
+            "LOCAL VOLUMES",
+            "SIZE",
+            "CREATED",
+            "STATUS",
+            "NAMES",
+        ],
+        &[],
+    );
+    println!("\nLocal Volumes space usage:\n");
+    table(&["VOLUME NAME", "LINKS", "SIZE"], &[]);
+    println!("\nBuild cache usage: 0B\n");
+    table(
+        &[
+            "CACHE ID",
+            "CACHE TYPE",
+            "SIZE",
+            "CREATED",
+            "LAST USED",
+            "USAGE",
+            "SHARED",
+        ],
+        &[],
     );
 }
 
@@ -160,7 +214,8 @@ fn image_row(image: &ImageSummary, repo: &str, tag: &str, digest: &str, no_trunc
         "Size": human_size(image.size),
         "Tag": tag,
         "UniqueSize": "N/A",
-        "VirtualSize": human_size(image.size),
+        // The docker CLI's VirtualSize is `units.HumanSize`: four digits.
+        "VirtualSize": human_size_with_precision(image.size, 4),
     })
 }
 
@@ -234,19 +289,18 @@ pub fn images(
     digests: bool,
     no_trunc: bool,
 ) -> anyhow::Result<()> {
-    if quiet {
-        let mut seen = std::collections::HashSet::new();
-        for image in list {
-            if seen.insert(&image.id) {
-                println!("{}", short_id(&image.id, no_trunc));
-            }
-        }
-        return Ok(());
-    }
     let rows: Vec<Value> = list
         .iter()
         .flat_map(|i| image_rows(i, digests, no_trunc))
         .collect();
+    if quiet {
+        // One ID a row, as the docker CLI prints: an image with three
+        // tags appears three times.
+        for row in &rows {
+            println!("{}", row["ID"].as_str().unwrap_or_default());
+        }
+        return Ok(());
+    }
     let format = match format {
         "" | "table" if digests => {
             "table {{.Repository}}\\t{{.Tag}}\\t{{.Digest}}\\t{{.ID}}\\t{{.CreatedSince}}\\t{{.Size}}"
@@ -282,12 +336,18 @@ pub fn images(
     Ok(())
 }
 
-/// Prints rows under a header, columns padded to fit, three spaces apart.
+/// Prints rows under a header as the docker CLI's tabwriter does
+/// (`tabwriter.NewWriter(out, 10, 1, 3, ' ', 0)`): every column but the
+/// last padded to its widest cell plus three, and to at least ten; the
+/// last one printed as it is, so an empty last cell leaves the padding
+/// before it.
 fn table(header: &[&str], rows: &[Vec<String>]) {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
     for row in rows {
         for (i, cell) in row.iter().enumerate() {
-            widths[i] = widths[i].max(cell.chars().count());
+            if let Some(width) = widths.get_mut(i) {
+                *width = (*width).max(cell.chars().count());
+            }
         }
     }
     let line = |cells: Vec<&str>| {
@@ -296,76 +356,16 @@ fn table(header: &[&str], rows: &[Vec<String>]) {
             if i + 1 == cells.len() {
                 out.push_str(cell);
             } else {
-                out.push_str(&format!("{cell:<width$}   ", width = widths[i]));
+                let width = (widths[i] + 3).max(10);
+                out.push_str(&format!("{cell:<width$}"));
             }
         }
-        println!("{}", out.trim_end());
+        println!("{out}");
     };
     line(header.to_vec());
     for row in rows {
         line(row.iter().map(String::as_str).collect());
     }
-}
-
-/// `docker image inspect`'s record.
-pub fn inspect_json(record: &ImageInspect) -> Value {
-    json!({
-        "Id": record.id,
-        "RepoTags": record.repo_tags,
-        "RepoDigests": record.repo_digests,
-        "Parent": record.parent,
-        "Comment": record.comment,
-        "Created": record.created,
-        "DockerVersion": record.docker_version,
-        "Author": record.author,
-        "Config": container_config(&record.config_json),
-        "Architecture": record.architecture,
-        "Variant": record.variant,
-        "Os": record.os,
-        "Size": record.size,
-        "RootFS": record.root_fs.as_ref().map(|r| json!({"Type": r.r#type, "Layers": r.layers})),
-        "GraphDriver": record.graph_driver.as_ref().map(|g| json!({
-            "Name": g.name,
-            "Data": (!g.data.is_empty()).then(|| g.data.iter().collect::<BTreeMap<_, _>>()),
-        })),
-        "Metadata": {"LastTagTime": record.last_tag_time},
-    })
-}
-
-/// The image's `config` as Docker's inspect prints it: what the stored
-/// config says, in its own shapes (`ExposedPorts` and `Volumes` objects,
-/// `Healthcheck`, `OnBuild`, `Shell`, `StopTimeout` as given), with the
-/// fields Docker always prints added at their zero value (`null` for an
-/// unset list or map, as Go encodes a nil one).
-fn container_config(config_json: &[u8]) -> Value {
-    const ALWAYS: &[(&str, Value)] = &[
-        ("Hostname", Value::String(String::new())),
-        ("Domainname", Value::String(String::new())),
-        ("User", Value::String(String::new())),
-        ("AttachStdin", Value::Bool(false)),
-        ("AttachStdout", Value::Bool(false)),
-        ("AttachStderr", Value::Bool(false)),
-        ("Tty", Value::Bool(false)),
-        ("OpenStdin", Value::Bool(false)),
-        ("StdinOnce", Value::Bool(false)),
-        ("Env", Value::Null),
-        ("Cmd", Value::Null),
-        ("Image", Value::String(String::new())),
-        ("Volumes", Value::Null),
-        ("WorkingDir", Value::String(String::new())),
-        ("Entrypoint", Value::Null),
-        ("OnBuild", Value::Null),
-        ("Labels", Value::Null),
-    ];
-    let stored: Value = serde_json::from_slice(config_json).unwrap_or(Value::Null);
-    let mut config = match stored.get("config") {
-        Some(Value::Object(c)) => c.clone(),
-        _ => serde_json::Map::new(),
-    };
-    for (key, zero) in ALWAYS {
-        config.entry(*key).or_insert_with(|| zero.clone());
-    }
-    Value::Object(config)
 }
 
 /// `docker history`.
@@ -406,26 +406,24 @@ fn short_history_id(id: &str, no_trunc: bool) -> String {
     }
 }
 
-/// One `docker events` line, or one JSON object.
+/// One `docker events` line: Docker's text line, one JSON object
+/// (`json`), or a Go template over that object (`{{.Action}}`).
 pub fn event(event: &Event, format: &str) -> anyhow::Result<()> {
     let actor = event.actor.clone().unwrap_or_default();
     let attributes: BTreeMap<_, _> = actor.attributes.iter().collect();
+    let record = json!({
+        // Docker's legacy keys, still set for image events.
+        "status": event.action,
+        "id": actor.id,
+        "Type": event.r#type,
+        "Action": event.action,
+        "Actor": {"ID": actor.id, "Attributes": attributes},
+        "scope": event.scope,
+        "timeNano": event.time_nano,
+        "time": event.time_nano / 1_000_000_000,
+    });
     match format {
-        "json" => println!(
-            "{}",
-            json!({
-                // Docker's legacy keys, still set for image events.
-                "status": event.action,
-                "id": actor.id,
-                "Type": event.r#type,
-                "Action": event.action,
-                "Actor": {"ID": actor.id, "Attributes": attributes},
-                "scope": event.scope,
-                "timeNano": event.time_nano,
-                "time": event.time_nano / 1_000_000_000,
-            })
-        ),
-        "text" => {
+        "" | "text" => {
             let time = chrono::DateTime::from_timestamp_nanos(event.time_nano)
                 .to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
             let attrs: Vec<String> = attributes.iter().map(|(k, v)| format!("{k}={v}")).collect();
@@ -437,7 +435,11 @@ pub fn event(event: &Event, format: &str) -> anyhow::Result<()> {
                 attrs.join(", ")
             );
         }
-        other => anyhow::bail!("unknown format {other:?}: use text or json"),
+        "json" => println!("{record}"),
+        template => println!(
+            "{}",
+            crate::template::Template::parse(template)?.render(&record)?
+        ),
     }
     Ok(())
 }

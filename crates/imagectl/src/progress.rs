@@ -9,6 +9,26 @@ use imaged_api::v1::PullImageProgress;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio_stream::{Stream, StreamExt};
 
+/// Whether Docker sends this layer state with a progress bar: the docker
+/// CLI prints such lines only on a terminal.
+pub fn shows_progress(status: &str) -> bool {
+    matches!(
+        status,
+        "Downloading" | "Extracting" | "Pushing" | "Loading layer"
+    )
+}
+
+/// A stream's error as the docker CLI shows it: refused before the
+/// first line, the daemon's answer (with its prefix); after, a line of
+/// the stream (bare).
+pub fn in_stream(status: tonic::Status, said: bool) -> anyhow::Error {
+    if said {
+        anyhow::anyhow!("{}", status.message())
+    } else {
+        status.into()
+    }
+}
+
 /// Shows the pull's progress and answers its last message (with the image
 /// ID, reference and digest).
 pub async fn show_pull(
@@ -35,8 +55,10 @@ pub async fn show_pull(
     let mut total: Option<ProgressBar> = None;
     let mut last = PullImageProgress::default();
 
+    let mut said = false;
     while let Some(message) = stream.next().await {
-        let message = message?;
+        let message = message.map_err(|s| in_stream(s, said))?;
+        said = true;
         if message.id.is_empty() {
             if !quiet && !message.status.is_empty() {
                 if live {
@@ -67,7 +89,10 @@ pub async fn show_pull(
                 aggregate.set_length(message.aggregate_total as u64);
                 aggregate.set_position(message.aggregate_current as u64);
             }
-        } else if !quiet && last_status.get(&message.id) != Some(&message.status) {
+        } else if !quiet
+            && !shows_progress(&message.status)
+            && last_status.get(&message.id) != Some(&message.status)
+        {
             println!("{}: {}", message.id, message.status);
             last_status.insert(message.id.clone(), message.status.clone());
         }

@@ -98,8 +98,11 @@ fn apply_one(config: &mut Map<String, Value>, line: &str) -> Result<(), Error> {
             config.insert("Healthcheck".into(), healthcheck(rest)?);
         }
         _ => {
+            // Docker names the instruction as its parser keeps it: lower
+            // case.
             return Err(Error::InvalidArgument(format!(
-                "{upper} is not a valid change command"
+                "{} is not a valid change command",
+                upper.to_lowercase()
             )));
         }
     }
@@ -309,9 +312,9 @@ mod tests {
     #[test]
     fn refuses_what_docker_refuses() {
         let err = applied(&["RUN make"]).unwrap_err();
-        assert_eq!(err.to_string(), "RUN is not a valid change command");
+        assert_eq!(err.to_string(), "run is not a valid change command");
         let err = applied(&["from scratch"]).unwrap_err();
-        assert_eq!(err.to_string(), "FROM is not a valid change command");
+        assert_eq!(err.to_string(), "from is not a valid change command");
         assert!(applied(&["ENV =x"]).is_err());
         assert!(applied(&["EXPOSE"]).is_err());
         assert!(applied(&["HEALTHCHECK --bogus=1 CMD x"]).is_err());

@@ -15,6 +15,20 @@ impl Filters {
     /// Parses `items` (`dangling=true`, `label=k=v`, `label!=k`), refusing
     /// keys not in `allowed` with Docker's `invalid filter '<key>'`.
     pub fn parse(items: &[String], allowed: &[&str]) -> Result<Self, Error> {
+        let filters = Self::parse_any(items)?;
+        match filters
+            .values
+            .keys()
+            .find(|k| !allowed.contains(&k.as_str()))
+        {
+            Some(key) => Err(Error::InvalidArgument(format!("invalid filter '{key}'"))),
+            None => Ok(filters),
+        }
+    }
+
+    /// Parses `items` taking every key: Docker's events endpoint never
+    /// checks its filter keys, so an unknown one filters nothing.
+    pub fn parse_any(items: &[String]) -> Result<Self, Error> {
         let mut values: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for item in items {
             let Some((key, value)) = item.split_once('=') else {
@@ -23,9 +37,6 @@ impl Filters {
                 )));
             };
             let key = key.trim().to_lowercase();
-            if !allowed.contains(&key.as_str()) {
-                return Err(Error::InvalidArgument(format!("invalid filter '{key}'")));
-            }
             values.entry(key).or_default().push(value.to_string());
         }
         Ok(Filters { values })

@@ -7,6 +7,11 @@ use std::collections::BTreeMap;
 use crate::{Digest, Error, Platform};
 use serde_json::Value;
 
+/// What imaged writes in the `docker_version` field of the configs it
+/// makes (import, commit, the builder's cache), where Docker writes its
+/// own version.
+pub const DOCKER_VERSION: &str = concat!("imaged-", env!("CARGO_PKG_VERSION"));
+
 /// One `history` entry of a config.
 #[derive(Clone, Debug, Default)]
 pub struct History {

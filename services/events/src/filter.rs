@@ -8,9 +8,6 @@ use imaged_model::Reference;
 use imaged_model::filters::Filters;
 use imaged_model::timestamp::{self, UnixNanos};
 
-/// Filter keys a subscription accepts.
-const KEYS: &[&str] = &["type", "event", "action", "image", "label", "scope"];
-
 /// A parsed subscription. The filters are sorted by key here, once, so
 /// that testing an event, which every live event costs every subscriber,
 /// looks nothing up.
@@ -35,7 +32,9 @@ pub struct Subscription {
 impl Subscription {
     /// Parses a request, with Docker's messages for bad input.
     pub fn parse(request: &SubscribeRequest, now: DateTime<Utc>) -> Result<Self, Error> {
-        let filters = Filters::parse(&request.filters, KEYS)?;
+        // Keys other than type, scope, event, action, image and label are
+        // ignored, as Docker's events endpoint ignores them.
+        let filters = Filters::parse_any(&request.filters)?;
         let time = |value: &str| -> Result<Option<UnixNanos>, Error> {
             if value.is_empty() {
                 Ok(None)
@@ -188,7 +187,9 @@ mod tests {
                 .unwrap_err()
                 .to_string()
         };
-        assert_eq!(err(&["colour=red"], "", ""), "invalid filter 'colour'");
+        // An unknown key filters nothing, as in Docker.
+        let any = Subscription::parse(&request(&["colour=red"], "", ""), now).unwrap();
+        assert!(any.matches(&e));
         assert_eq!(
             err(&[], "soon", ""),
             "failed to parse value as time or duration: \"soon\""

@@ -172,7 +172,7 @@ fn history_cache(
         "container_config": cfg,
         "rootfs": {"type": "layers", "diff_ids": diff_ids},
         "history": history,
-        "docker_version": concat!("imaged-", env!("CARGO_PKG_VERSION")),
+        "docker_version": imaged_model::image_config::DOCKER_VERSION,
     });
     for key in ["author", "os.version", "os.features"] {
         if let Some(value) = source_json.get(key) {

@@ -13,7 +13,7 @@ use imaged_model::ImageRef;
 use imaged_model::{Digest, Reference};
 
 use crate::images::{Images, PendingEvent};
-use crate::resolve::{get_image, is_id_prefix, platform};
+use crate::resolve::{get_image, platform};
 use crate::store::{Image, ImageMeta, Index};
 use imaged_model::image_config::ImageConfig;
 
@@ -176,17 +176,28 @@ pub fn export_set(
                     add(id.to_string(), r.tag().map(|_| r.familiar()));
                 }
                 if !found {
-                    // A short ID parses as a name.
-                    add(get_image(index, name, None)?.id.to_string(), None);
+                    // A short ID parses as a name; Docker names the raw
+                    // input when it is not one either.
+                    let image = get_image(index, name, None).map_err(|err| match err {
+                        Error::NotFound(_) => Error::NotFound(format!("No such image: {name}")),
+                        other => other,
+                    })?;
+                    add(image.id.to_string(), None);
                 }
             }
+            // `sha256:<prefix>` parses as name:tag, but names the image by
+            // ID: no tag goes into the archive for it.
+            ImageRef::Named(reference) if reference.familiar_name() == "sha256" => {
+                add(get_image(index, name, None)?.id.to_string(), None);
+            }
             ImageRef::Named(reference) => {
-                let image = get_image(index, name, None)?;
-                // `sha256:<prefix>` parses as name:tag, but names the image
-                // by ID: no tag goes into the archive for it.
-                let tag = (reference.digest().is_none() && !is_id_prefix(name, image))
-                    .then(|| reference.familiar());
-                add(image.id.to_string(), tag);
+                // Docker reads the reference store only: a missing tag is
+                // its "reference does not exist", not "No such image".
+                let id = index
+                    .resolve_ref(&reference.store_key().to_string())
+                    .ok_or_else(|| Error::NotFound("reference does not exist".into()))?;
+                let tag = reference.digest().is_none().then(|| reference.familiar());
+                add(id.to_string(), tag);
             }
         }
     }

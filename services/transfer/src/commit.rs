@@ -84,7 +84,7 @@ impl Committer {
         config.insert("config".into(), Value::Object(run_config.clone()));
         config.insert(
             "docker_version".into(),
-            json!(concat!("imaged-", env!("CARGO_PKG_VERSION"))),
+            json!(imaged_model::image_config::DOCKER_VERSION),
         );
         set_text(&mut config, "author", &request.author);
         set_text(&mut config, "comment", &request.comment);

@@ -18,7 +18,7 @@ use imaged_model::Digest;
 use sha2::{Digest as _, Sha256};
 
 use crate::direct_write::DirectWriter;
-use crate::public::Public;
+use crate::marks::Marks;
 
 /// Blobs by digest under `<transfer root>/content`.
 #[derive(Clone, Debug)]
@@ -35,8 +35,11 @@ pub struct ContentStore {
     owning: Arc<Mutex<Option<HashMap<Digest, usize>>>>,
     /// One writer per ingest at a time (two layers can share a blob).
     writers: Arc<Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>>,
-    /// The blobs anyone may have (see [`crate::public`]).
-    public: Public,
+    /// The blobs anyone may have (see [`crate::marks`]).
+    public: Marks,
+    /// The registry repositories each blob is known to be in, for
+    /// cross-repository mounts (see [`crate::marks`]).
+    known_at: Marks,
 }
 
 /// The right to write the ingest of one blob, taken in turns by the
@@ -80,13 +83,19 @@ impl ContentStore {
             owners,
             owning: Arc::default(),
             writers: Arc::default(),
-            public: Public::open(dir)?,
+            public: Marks::open(dir, "public")?,
+            known_at: Marks::open(dir, "known-at")?,
         })
     }
 
     /// The blobs anyone may have.
-    pub fn public(&self) -> &Public {
+    pub fn public(&self) -> &Marks {
         &self.public
+    }
+
+    /// The registry repositories each blob was pulled from or pushed to.
+    pub fn known_at(&self) -> &Marks {
+        &self.known_at
     }
 
     /// Turns at writing the ingest of `blob`, shared with every other
@@ -315,6 +324,7 @@ impl ContentStore {
     /// Removes a committed blob; a missing one is not an error.
     pub fn delete(&self, digest: &Digest) -> io::Result<()> {
         self.public.forget(digest);
+        self.known_at.forget(digest);
         match fs::remove_file(self.path(digest)) {
             Err(err) if err.kind() != io::ErrorKind::NotFound => Err(err),
             _ => Ok(()),

@@ -58,9 +58,9 @@ impl Importer {
             text => {
                 let reference = Reference::parse(text)?;
                 if reference.digest().is_some() {
-                    return Err(Error::InvalidArgument(format!(
-                        "cannot import into a digest reference: {text}"
-                    )));
+                    return Err(Error::InvalidArgument(
+                        "cannot import digest reference".into(),
+                    ));
                 }
                 Some(reference.with_default_tag())
             }
@@ -131,6 +131,7 @@ impl Importer {
             "architecture": platform.architecture,
             "os": platform.os,
             "created": now,
+            "docker_version": imaged_model::image_config::DOCKER_VERSION,
             "config": Value::Object(container_config),
             "rootfs": {"type": "layers", "diff_ids": [layer.diff_id.to_string()]},
             "history": [{"created": now}],

@@ -119,6 +119,7 @@ impl Gate {
     }
 
     /// Waits for a free slot.
+    #[cfg(test)]
     pub async fn admit(&self) -> Admitted {
         self.admit_or(|| {}).await
     }

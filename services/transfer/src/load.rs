@@ -313,10 +313,31 @@ fn valid_parent(parent: &[u8], child: &[u8]) -> bool {
     c.len() == p.len() + 1 && c[..p.len()] == p[..]
 }
 
-/// Reads a JSON file of the archive, refusing one bigger than `max`.
+/// An archive that is not a tar, or ends inside one, in Docker's words
+/// (its untar runs in a child process, hence the exit status).
+fn archive_error(err: io::Error) -> Error {
+    match unpack::classify(err) {
+        Error::InvalidArgument(text) => {
+            let text = text.trim_start_matches("invalid layer tar: ");
+            let why = if text.contains("failed to read entire block") {
+                "unexpected EOF"
+            } else {
+                text
+            };
+            Error::InvalidArgument(format!("Error processing tar file(exit status 1): {why}"))
+        }
+        other => other,
+    }
+}
+
+/// Reads a JSON file of the archive, refusing one bigger than `max`. A
+/// missing one is Docker's `open <path>: no such file or directory`.
 pub(crate) fn read_capped(path: &Path, max: u64, what: &str) -> Result<Vec<u8>, Error> {
     let file = std::fs::File::open(path).map_err(|err| match err.kind() {
-        io::ErrorKind::NotFound => Error::InvalidArgument(format!("{what}: not in the archive")),
+        io::ErrorKind::NotFound => Error::InvalidArgument(format!(
+            "open {}: no such file or directory",
+            path.display()
+        )),
         _ => err.into(),
     })?;
     let mut bytes = Vec::new();
@@ -351,8 +372,8 @@ fn extract(reader: impl Read, dir: &Path, limit: u64) -> Result<Links, Error> {
     let root = crate::beneath::Root::open(dir)?;
     let mut archive = tar::Archive::new(TarGuard::new(reader, limit));
     let mut links = Links::new();
-    for entry in archive.entries().map_err(unpack::classify)? {
-        let mut entry = entry.map_err(unpack::classify)?;
+    for entry in archive.entries().map_err(archive_error)? {
+        let mut entry = entry.map_err(archive_error)?;
         let raw = entry.path().map_err(unpack::classify)?.into_owned();
         let path = relative_path(&raw)?;
         if path.as_os_str().is_empty() {

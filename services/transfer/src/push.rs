@@ -124,7 +124,13 @@ impl Pusher {
                 "cannot push a digest reference".into(),
             ));
         }
-        let tags = self.tags_to_push(&reference, request.all_tags).await?;
+        if request.all_tags && reference.tag().is_some() {
+            return Err(Error::InvalidArgument(
+                "tag can't be used with --all-tags/-a".into(),
+            ));
+        }
+        // As Docker: said first, so that a missing image is an error in
+        // the stream, after it.
         send(
             &tx,
             line(
@@ -133,6 +139,7 @@ impl Pusher {
             ),
         )
         .await;
+        let tags = self.tags_to_push(&reference, request.all_tags).await?;
         for tag in tags {
             self.push_tag(&tag, &request, &tx).await?;
         }
@@ -168,11 +175,6 @@ impl Pusher {
             } else {
                 Error::NotFound(format!("tag does not exist: {}", tag.familiar()))
             });
-        }
-        if reference.tag().is_some() {
-            return Err(Error::InvalidArgument(
-                "tag can't be used with --all-tags/-a".into(),
-            ));
         }
         let (tags, digests) = self.metadata.repository_refs(reference).await?;
         match (tags.is_empty(), digests.is_empty()) {
@@ -248,7 +250,7 @@ impl Pusher {
             uploads
                 .iter()
                 .chain(std::iter::once(&config_upload))
-                .map(|upload| self.upload(&client, &oref, &sources, upload, tx)),
+                .map(|upload| self.upload(&client, reference, &sources, upload, tx)),
         )
         .await?;
 
@@ -356,18 +358,29 @@ impl Pusher {
     async fn upload(
         &self,
         client: &Client,
-        oref: &oci_client::Reference,
-        sources: &[oci_client::Reference],
+        target: &Reference,
+        image_sources: &[oci_client::Reference],
         upload: &Upload,
         tx: &Progress,
     ) -> Result<(), Error> {
+        let oref = &registry::oci_reference(target);
+        let sources = &self.mount_sources(target, &upload.digest, image_sources);
         let say = |status: String| async {
             if let Some(id) = &upload.shown_as {
                 send(tx, line(id, status)).await;
             }
         };
-        say("Waiting".into()).await;
-        let _admitted = self.limits.uploads.admit().await;
+        // "Waiting" only when the upload limit holds this one back, as
+        // Docker says it.
+        let _admitted = self
+            .limits
+            .uploads
+            .admit_or(|| {
+                if let Some(id) = &upload.shown_as {
+                    let _ = tx.try_send(Ok(line(id, "Waiting".into())));
+                }
+            })
+            .await;
         let retry = Retry {
             attempts: UPLOAD_ATTEMPTS,
         };
@@ -375,6 +388,13 @@ impl Pusher {
         loop {
             match self.upload_once(client, oref, sources, upload, tx).await {
                 Ok(status) => {
+                    if upload.shown_as.is_some() {
+                        // As Docker's distribution metadata: the next push
+                        // to this registry can mount it from here.
+                        self.content
+                            .known_at()
+                            .mark(&upload.digest, &target.name())?;
+                    }
                     say(status).await;
                     return Ok(());
                 }
@@ -389,6 +409,36 @@ impl Pusher {
                 },
             }
         }
+    }
+
+    /// Where `blob` may be mounted from in `target`'s registry: the other
+    /// repositories there it was last pushed to or pulled from (Docker's
+    /// distribution metadata, newest first, three at most, as Docker
+    /// tries), then those the image itself is known under.
+    fn mount_sources(
+        &self,
+        target: &Reference,
+        blob: &Digest,
+        image_sources: &[oci_client::Reference],
+    ) -> Vec<oci_client::Reference> {
+        let known = self.content.known_at().repositories(blob);
+        let mut sources: Vec<oci_client::Reference> = known
+            .iter()
+            .rev()
+            .filter_map(|name| Reference::parse(name).ok())
+            .filter(|r| r.domain() == target.domain() && r.path() != target.path())
+            .take(3)
+            .map(|r| registry::oci_reference(&r))
+            .collect();
+        for source in image_sources {
+            if !sources
+                .iter()
+                .any(|s| s.repository() == source.repository())
+            {
+                sources.push(source.clone());
+            }
+        }
+        sources
     }
 
     /// One try of [`Pusher::upload`]; answers the line that ends it.

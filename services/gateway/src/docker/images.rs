@@ -298,7 +298,12 @@ pub async fn create(
     let first = ImportImageRequest {
         reference,
         platform,
-        message: one(&q, "message").unwrap_or_default().to_string(),
+        // Moby's router: "Imported from <fromSrc>" unless a message is
+        // given; only `-` (the body) is taken here.
+        message: one(&q, "message")
+            .filter(|m| !m.is_empty())
+            .unwrap_or("Imported from -")
+            .to_string(),
         changes: params::all(&q, "changes"),
         chunk: Vec::new(),
     };

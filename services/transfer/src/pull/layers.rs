@@ -125,26 +125,33 @@ impl Puller {
                     if state == State::Pending {
                         continue;
                     }
-                    let (current, total) = match &state {
-                        State::Downloading { current, total } => (*current, *total),
-                        State::Verifying | State::DownloadComplete | State::Extracting | State::Complete => (totals[i], totals[i]),
-                        _ => (0, 0),
-                    };
-                    done_bytes[i] = done_bytes[i].max(current);
-                    last_state[i] = Some(state.clone());
-                    let mut message = line(&id, state.status());
-                    message.current = current as i64;
-                    message.total = total as i64;
-                    message.aggregate_current = done_bytes.iter().sum::<u64>() as i64;
-                    message.aggregate_total = aggregate_total as i64;
-                    send(tx, message).await;
+                    // A watch keeps only the latest state: the milestones
+                    // Docker always prints are said even if passed unseen.
+                    for state in state.with_missed(last_state[i].as_ref()) {
+                        let (current, total) = match &state {
+                            State::Downloading { current, total } => (*current, *total),
+                            State::Verifying | State::DownloadComplete | State::Extracting | State::Complete => (totals[i], totals[i]),
+                            _ => (0, 0),
+                        };
+                        done_bytes[i] = done_bytes[i].max(current);
+                        let mut message = line(&id, state.status());
+                        message.current = current as i64;
+                        message.total = total as i64;
+                        message.aggregate_current = done_bytes.iter().sum::<u64>() as i64;
+                        message.aggregate_total = aggregate_total as i64;
+                        send(tx, message).await;
+                        last_state[i] = Some(state);
+                    }
                 }
             }
         }
         // Layers that finished between the last update and the join.
         for (i, desc) in layers.iter().enumerate() {
-            if plan.fetch[i] && last_state[i] != Some(State::Complete) {
-                let mut message = line(&short(&desc.digest), State::Complete.status());
+            if !plan.fetch[i] || last_state[i] == Some(State::Complete) {
+                continue;
+            }
+            for state in State::Complete.with_missed(last_state[i].as_ref()) {
+                let mut message = line(&short(&desc.digest), state.status());
                 message.current = totals[i] as i64;
                 message.total = totals[i] as i64;
                 message.aggregate_current = aggregate_total as i64;

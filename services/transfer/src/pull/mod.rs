@@ -73,42 +73,6 @@ pub struct PullArgs {
     pub registry_mirrors: Vec<String>,
 }
 
-/// One layer's state, as Docker words it.
-#[derive(Clone, Debug, PartialEq)]
-pub(crate) enum State {
-    /// Created, not yet admitted: not shown. Docker says "Waiting" only
-    /// for a download the concurrency limit holds back.
-    Pending,
-    Waiting,
-    Downloading {
-        current: u64,
-        total: u64,
-    },
-    Retrying {
-        seconds: u64,
-    },
-    Verifying,
-    DownloadComplete,
-    Extracting,
-    Complete,
-    AlreadyExists,
-}
-
-impl State {
-    fn status(&self) -> String {
-        match self {
-            State::Pending | State::Waiting => "Waiting".into(),
-            State::Downloading { .. } => "Downloading".into(),
-            State::Retrying { seconds } => format!("Retrying in {seconds} seconds"),
-            State::Verifying => "Verifying Checksum".into(),
-            State::DownloadComplete => "Download complete".into(),
-            State::Extracting => "Extracting".into(),
-            State::Complete => "Pull complete".into(),
-            State::AlreadyExists => "Already exists".into(),
-        }
-    }
-}
-
 /// The pull engine, shared by every pull of the process.
 pub struct Puller {
     pub(crate) content: ContentStore,
@@ -180,12 +144,14 @@ impl Target {
     }
 
     /// The tag, or the digest, Docker's first line names.
+    /// What the `Pulling from` line starts with: the tag, or for a pull
+    /// by digest the whole reference, as Docker prints them.
     fn tag_or_digest(&self) -> String {
-        self.reference
-            .tag()
-            .map(str::to_string)
-            .or_else(|| self.reference.digest().map(|d| d.to_string()))
-            .unwrap_or_default()
+        match self.reference.tag() {
+            Some(tag) => tag.to_string(),
+            None if self.reference.digest().is_some() => self.shown.clone(),
+            None => String::new(),
+        }
     }
 }
 
@@ -202,6 +168,8 @@ struct Resolved {
 struct Configured {
     config: Vec<u8>,
     diff_ids: Vec<Digest>,
+    /// Whether the config was found stored rather than fetched.
+    stored: bool,
 }
 
 /// What a pull sends its caller.
@@ -271,9 +239,22 @@ impl Puller {
         let _lease = self.leases.lease(&chains);
         let plan = LayerPlan::new(&self.layers, &resolved.manifest.layers, &chains);
         tracing::Span::current().record("image.bytes", plan.total());
-        self.bring_layers(&target, &resolved, &configured, &plan, &tx)
-            .await?;
+        // As Docker: an image already here gets no layer work, nor lines.
+        if !self.is_local(&configured, &plan).await {
+            self.bring_layers(&target, &resolved, &configured, &plan, &tx)
+                .await?;
+        }
         self.record(&target, resolved, configured, &plan, &tx).await
+    }
+
+    /// Whether the image `configured` describes is already a local image
+    /// with every layer stored.
+    async fn is_local(&self, configured: &Configured, plan: &LayerPlan) -> bool {
+        if !configured.stored || plan.fetch.iter().any(|f| *f) {
+            return false;
+        }
+        let id = Digest::sha256_of(&configured.config).to_string();
+        self.metadata.image_config(&id, None).await.is_ok()
     }
 
     /// The tags the registry lists for the repository `request` names, in
@@ -356,9 +337,10 @@ impl Puller {
         let shown = &target.shown;
         let manifest = &resolved.manifest;
         let config_digest: Digest = manifest.config.digest.parse()?;
-        let config = match self.content.read(&config_digest) {
-            Ok(bytes) => bytes,
-            Err(_) => {
+        let stored = self.content.read(&config_digest).ok();
+        let config = match stored.clone() {
+            Some(bytes) => bytes,
+            None => {
                 let bytes = self
                     .fetch_small(target, &manifest.config, &format!("config of {shown}"))
                     .await?;
@@ -400,7 +382,11 @@ impl Puller {
                 diff_ids.len()
             )));
         }
-        Ok(Configured { config, diff_ids })
+        Ok(Configured {
+            config,
+            diff_ids,
+            stored: stored.is_some(),
+        })
     }
 
     /// Step 4: the manifests and config stored, and the image recorded in
@@ -427,6 +413,15 @@ impl Puller {
             .map(|(d, _)| d.clone())
             .collect();
         self.content.own(&config_digest, &small)?;
+        // The registry holds every layer in this repository (its manifest
+        // names them): a push there elsewhere can mount them from here.
+        for layer in &resolved.manifest.layers {
+            if let Ok(blob) = layer.digest.parse::<Digest>() {
+                self.content
+                    .known_at()
+                    .mark(&blob, &target.reference.name())?;
+            }
+        }
         // Fetched without credentials in this pull, from no source that
         // knows this node (what was found stored stays as private as it
         // was).
@@ -544,9 +539,11 @@ async fn send(tx: &Progress, message: PullImageProgress) {
 mod layers;
 mod remote;
 mod sources;
+mod state;
 
 use layers::{Job, LayerFuture, LayerJob, LayerPlan};
 use remote::RemotePlan;
 use sources::{probe_manifest, within};
+pub(crate) use state::State;
 #[cfg(test)]
 mod tests;

@@ -1,16 +1,22 @@
-//! Which blobs anyone may have: those this node fetched anonymously, and
-//! under which repositories. `--serve-content` gives a peer that does not
-//! prove who it is only these, asked under one of these repositories.
+//! Per blob, the repositories it is tied to. A content store keeps two
+//! such records:
 //!
-//! A blob is public when this node downloaded it without credentials (from
-//! the registry or a mirror): whoever asks the same repository anonymously
-//! gets it there too. Nothing else is: not a blob pulled with credentials,
-//! not one that exists only here (loaded, imported, committed, pushed),
-//! and not one an anonymous pull found already stored, since a hostile
-//! registry can name any digest in a manifest of its own. A marker lost in
-//! a crash makes a blob private, never the other way round.
+//! - **public**: which blobs anyone may have. `--serve-content` gives a
+//!   peer that does not prove who it is only these, asked under one of
+//!   these repositories. A blob is public when this node downloaded it
+//!   without credentials (from the registry or a mirror): whoever asks the
+//!   same repository anonymously gets it there too. Nothing else is: not a
+//!   blob pulled with credentials, not one that exists only here (loaded,
+//!   imported, committed, pushed), and not one an anonymous pull found
+//!   already stored, since a hostile registry can name any digest in a
+//!   manifest of its own. A marker lost in a crash makes a blob private,
+//!   never the other way round.
+//! - **known at**: the registry repositories a blob was pulled from or
+//!   pushed to (`registry/path`), Docker's distribution metadata: a push
+//!   to another repository of that registry mounts the blob from there
+//!   instead of uploading it again. A lost marker costs an upload.
 //!
-//! On disk: `<content>/public/<hex>`, the repositories one a line,
+//! On disk: `<content>/<kind>/<hex>`, the repositories one a line,
 //! replaced durably.
 
 use std::fs;
@@ -21,27 +27,27 @@ use std::sync::{Arc, Mutex};
 use imaged_common::Error;
 use imaged_model::Digest;
 
-/// The public blobs of one content store.
+/// One record of repositories per blob.
 #[derive(Clone, Debug)]
-pub struct Public {
+pub struct Marks {
     dir: PathBuf,
     /// Held while a marker is read and rewritten.
     writing: Arc<Mutex<()>>,
 }
 
-impl Public {
-    /// Opens (creating) `<content>/public`.
-    pub fn open(content: &Path) -> io::Result<Public> {
-        let dir = content.join("public");
+impl Marks {
+    /// Opens (creating) `<content>/<kind>`.
+    pub fn open(content: &Path, kind: &str) -> io::Result<Marks> {
+        let dir = content.join(kind);
         fs::create_dir_all(&dir)?;
-        Ok(Public {
+        Ok(Marks {
             dir,
             writing: Arc::default(),
         })
     }
 
-    /// Records that `digest` was fetched anonymously from `repository`
-    /// (its path at the registry: `library/busybox`).
+    /// Ties `digest` to `repository` (for public: its path at the
+    /// registry, `library/busybox`; for known-at: the full name).
     pub fn mark(&self, digest: &Digest, repository: &str) -> Result<(), Error> {
         let _writing = self.writing.lock().unwrap_or_else(|e| e.into_inner());
         let mut repositories = self.repositories(digest);
@@ -54,8 +60,8 @@ impl Public {
         Ok(())
     }
 
-    /// Whether anyone may have `digest` when asking for it under
-    /// `repository`.
+    /// Whether `digest` is tied to `repository` (for public: whether
+    /// anyone may have it when asking under that repository).
     pub fn allows(&self, digest: &Digest, repository: &str) -> bool {
         self.repositories(digest).iter().any(|r| r == repository)
     }
@@ -66,7 +72,8 @@ impl Public {
         let _ = fs::remove_file(self.dir.join(digest.hex()));
     }
 
-    fn repositories(&self, digest: &Digest) -> Vec<String> {
+    /// The repositories `digest` is tied to, oldest first.
+    pub fn repositories(&self, digest: &Digest) -> Vec<String> {
         fs::read_to_string(self.dir.join(digest.hex()))
             .map(|text| text.lines().map(str::to_string).collect())
             .unwrap_or_default()
@@ -80,7 +87,7 @@ mod tests {
     #[test]
     fn a_blob_is_public_only_under_the_repositories_it_came_from() {
         let dir = tempfile::tempdir().unwrap();
-        let public = Public::open(dir.path()).unwrap();
+        let public = Marks::open(dir.path(), "public").unwrap();
         let blob = Digest::sha256_of(b"layer");
         assert!(!public.allows(&blob, "library/app"));
         public.mark(&blob, "library/app").unwrap();
@@ -89,7 +96,7 @@ mod tests {
         assert!(public.allows(&blob, "library/app"));
         assert!(public.allows(&blob, "team/app"));
         assert!(!public.allows(&blob, "other/app"));
-        let again = Public::open(dir.path()).unwrap();
+        let again = Marks::open(dir.path(), "public").unwrap();
         assert!(again.allows(&blob, "team/app"));
         again.forget(&blob);
         assert!(!public.allows(&blob, "library/app"));
