@@ -307,6 +307,33 @@ async fn imagectl_pull_and_push_print_dockers_lines() {
         lines[1]
     );
     same("push lines", &lines[0], &lines[1]);
+    // Several layers: "Preparing" from the top layer down, as Docker.
+    let mut preparing = Vec::new();
+    for who in ["imaged", "docker"] {
+        let target = b
+            .registry
+            .fixtures()
+            .reference(&format!("prep-{who}/app:1"));
+        let ran = match who {
+            "imaged" => {
+                b.imagectl(&["tag", &app, &target], None).await;
+                b.imagectl(&["push", &target], None).await
+            }
+            _ => {
+                b.dockerd.ok(&["tag", &app, &target]).await.unwrap();
+                Ran::from(b.dockerd.docker(&["push", &target]).await.unwrap())
+            }
+        };
+        let lines: Vec<String> = ran
+            .stdout
+            .lines()
+            .filter(|l| l.ends_with(": Preparing"))
+            .map(str::to_string)
+            .collect();
+        preparing.push(lines);
+    }
+    assert_eq!(preparing[1].len(), 3, "{preparing:?}");
+    same("push Preparing order", &preparing[0], &preparing[1]);
     let missing = b.registry.fixtures().reference("nope:1");
     let (imaged, docker) = b.run_both(&["push", &missing], None).await;
     same_run("push of a missing image", &imaged, &docker);

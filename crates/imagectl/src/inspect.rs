@@ -4,7 +4,11 @@
 
 use std::collections::BTreeMap;
 
-use imaged_api::v1::ImageInspect;
+use imaged_api::v1::images_client::ImagesClient;
+use imaged_api::v1::{ImageInspect, InspectImageRequest};
+use tonic::transport::Channel;
+
+use crate::cli::InspectArgs;
 use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::{Value, json};
 
@@ -53,6 +57,55 @@ impl Serialize for Ordered {
             }
         }
     }
+}
+
+/// `docker image inspect` (`image_only`) or `docker inspect`: the records
+/// found, then an error line for each name not found, as the docker CLI
+/// words them; exits 1 if any was missing.
+pub async fn run(
+    images: &mut ImagesClient<Channel>,
+    args: InspectArgs,
+    image_only: bool,
+) -> anyhow::Result<()> {
+    let template = args
+        .format
+        .as_deref()
+        .map(crate::template::Template::parse)
+        .transpose()?;
+    let mut records = Vec::new();
+    let mut missing = Vec::new();
+    for name in args.images {
+        let request = InspectImageRequest {
+            image: name.clone(),
+            platform: None,
+        };
+        match images.inspect_image(request).await {
+            Ok(answer) => records.push(record(&answer.into_inner())),
+            Err(status) if status.code() == tonic::Code::NotFound && !image_only => {
+                missing.push(format!("Error: No such object: {name}"))
+            }
+            Err(status) if status.code() == tonic::Code::NotFound => missing.push(format!(
+                "Error response from daemon: no such image: {name}: {}",
+                status.message()
+            )),
+            Err(status) => return Err(status.into()),
+        }
+    }
+    match &template {
+        Some(template) => {
+            for record in &records {
+                println!("{}", template.render(&record.to_value())?);
+            }
+        }
+        None => print(&records)?,
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    for line in &missing {
+        eprintln!("{line}");
+    }
+    std::process::exit(1);
 }
 
 /// Prints records as `docker image inspect` does: a JSON array indented

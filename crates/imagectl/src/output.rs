@@ -311,9 +311,15 @@ pub fn images(
         "json" => "{{json .}}",
         other => other,
     };
+    render(&rows, format, column_name)
+}
+
+/// Prints `rows` through a `--format` template: a table under a header
+/// (`table …`, columns named by `column_name`), else a line a row.
+fn render(rows: &[Value], format: &str, column_name: fn(&str) -> String) -> anyhow::Result<()> {
     let template = crate::template::Template::parse(format)?;
     let mut lines = Vec::new();
-    for row in &rows {
+    for row in rows {
         lines.push(template.render(row)?);
     }
     if template.table {
@@ -368,34 +374,52 @@ fn table(header: &[&str], rows: &[Vec<String>]) {
     }
 }
 
-/// `docker history`.
-pub fn history(items: &[HistoryItem], no_trunc: bool, quiet: bool) {
-    if quiet {
-        for item in items {
-            println!("{}", short_history_id(&item.id, no_trunc));
-        }
-        return;
-    }
-    let rows: Vec<Vec<String>> = items
+/// `docker history`: Docker's table (with `human`, sizes and ages as
+/// people read them; without, bytes and RFC 3339 times), IDs only, one
+/// JSON object a row, or a Go template over the CLI's fields.
+pub fn history(
+    items: &[HistoryItem],
+    format: &str,
+    no_trunc: bool,
+    quiet: bool,
+    human: bool,
+) -> anyhow::Result<()> {
+    let rows: Vec<Value> = items
         .iter()
         .map(|item| {
             let mut created_by = item.created_by.replace('\t', " ");
             if !no_trunc && created_by.chars().count() > 45 {
                 created_by = created_by.chars().take(44).collect::<String>() + "…";
             }
-            vec![
-                short_history_id(&item.id, no_trunc),
-                ago(item.created),
-                created_by,
-                human_size(item.size),
-                item.comment.clone(),
-            ]
+            let created_at = chrono::DateTime::from_timestamp(item.created, 0)
+                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+                .unwrap_or_default();
+            json!({
+                "ID": short_history_id(&item.id, no_trunc),
+                "CreatedSince": if human { ago(item.created) } else { created_at.clone() },
+                "CreatedAt": created_at,
+                "CreatedBy": created_by,
+                "Size": if human { human_size(item.size) } else { item.size.to_string() },
+                "Comment": item.comment,
+            })
         })
         .collect();
-    table(
-        &["IMAGE", "CREATED", "CREATED BY", "SIZE", "COMMENT"],
-        &rows,
-    );
+    let format = match format {
+        _ if quiet => "{{.ID}}",
+        "" | "table" if human => {
+            "table {{.ID}}\\t{{.CreatedSince}}\\t{{.CreatedBy}}\\t{{.Size}}\\t{{.Comment}}"
+        }
+        "" | "table" => {
+            "table {{.ID}}\\t{{.CreatedAt}}\\t{{.CreatedBy}}\\t{{.Size}}\\t{{.Comment}}"
+        }
+        "json" => "{{json .}}",
+        other => other,
+    };
+    render(&rows, format, |field| match field {
+        "ID" => "IMAGE".into(),
+        "CreatedBy" => "CREATED BY".into(),
+        other => column_name(other),
+    })
 }
 
 fn short_history_id(id: &str, no_trunc: bool) -> String {

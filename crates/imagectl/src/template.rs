@@ -37,7 +37,13 @@ enum Action {
 }
 
 impl Template {
+    /// Parses `format`; a bad one is refused in the docker CLI's words
+    /// ("template parsing error: …").
     pub fn parse(format: &str) -> anyhow::Result<Self> {
+        Self::parse_inner(format).map_err(|err| anyhow::anyhow!("template parsing error: {err}"))
+    }
+
+    fn parse_inner(format: &str) -> anyhow::Result<Self> {
         let (table, body) = match format.strip_prefix("table") {
             Some(rest) if rest.is_empty() || rest.starts_with(' ') => (true, rest.trim()),
             _ => (false, format),
@@ -51,7 +57,7 @@ impl Template {
             }
             let end = rest[start..]
                 .find("}}")
-                .with_context(|| format!("template: unclosed action in {format:?}"))?;
+                .context("template: :1: unclosed action")?;
             let action = rest[start + 2..start + end].trim();
             parts.push(Part::Action(parse_action(action)?));
             rest = &rest[start + end + 2..];

@@ -204,13 +204,16 @@ impl Pusher {
         // Held so that no rmi takes the layers (or a gzip made of one)
         // from under the upload.
         let _lease = self.leases.lease(chains);
+        // Docker says "Preparing" for each layer from the top down, before
+        // any is compressed.
+        for chain in chains.iter().rev() {
+            if let Some(layer) = self.layers.get(chain) {
+                send(tx, line(layer.diff_id.short(), "Preparing".into())).await;
+            }
+        }
         let mut uploads = Vec::new();
         for chain in chains {
-            let upload = self.layer_upload(chain, &shown).await?;
-            if let Some(id) = &upload.shown_as {
-                send(tx, line(id, "Preparing".into())).await;
-            }
-            uploads.push(upload);
+            uploads.push(self.layer_upload(chain, &shown).await?);
         }
         let config_digest: Digest = image.id.parse()?;
         self.content.write(&config_digest, &image.config)?;

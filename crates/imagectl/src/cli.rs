@@ -1,0 +1,354 @@
+//! The command line: Docker's image commands, their flags and the
+//! `docker image …` forms of each, parsed by clap.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use imaged_api::v1::RegistryAuth;
+
+/// The default gateway socket: where `make run` puts it.
+const DEFAULT_HOST: &str = "unix://./data/run/gateway.sock";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "imagectl",
+    version,
+    about = "Docker's image commands for imaged"
+)]
+pub struct Cli {
+    /// The gateway: unix:///path/gateway.sock, tcp://IP:PORT (no TLS) or
+    /// https://HOST:PORT.
+    #[arg(long, short = 'H', env = "IMAGED_HOST", default_value = DEFAULT_HOST, global = true)]
+    pub host: String,
+    /// CA certificate (PEM) to trust for https:// hosts.
+    #[arg(long, env = "IMAGED_TLS_CA", global = true)]
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate and key (PEM) for https:// hosts that ask for one.
+    #[arg(long, env = "IMAGED_TLS_CERT", global = true, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    #[arg(long, env = "IMAGED_TLS_KEY", global = true)]
+    pub tls_key: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Download an image from a registry.
+    Pull(PullArgs),
+    /// Upload an image to a registry.
+    Push(PushArgs),
+    /// List images.
+    Images(ListArgs),
+    /// Show records (images) as JSON, or through --format.
+    Inspect(InspectArgs),
+    /// Show the history of an image.
+    History(HistoryArgs),
+    /// Create a tag TARGET that refers to SOURCE.
+    Tag(TagArgs),
+    /// Remove images.
+    Rmi(RmiArgs),
+    /// Image commands as Docker nests them under `image`.
+    Image {
+        #[command(subcommand)]
+        command: ImageCommand,
+    },
+    /// Show image events, live or replayed.
+    Events {
+        /// key=value: type, event, image, label (others are ignored, as
+        /// Docker ignores them). Repeatable.
+        #[arg(long, short)]
+        filter: Vec<String>,
+        /// Show events since a timestamp or duration (10m).
+        #[arg(long)]
+        since: Option<String>,
+        /// Stream events until this timestamp or duration.
+        #[arg(long)]
+        until: Option<String>,
+        /// `text` (default), `json` (one JSON object a line) or a Go
+        /// template (`{{.Action}} {{.Actor.ID}}`).
+        #[arg(long, default_value = "text")]
+        format: String,
+    },
+    /// Write images to a tar archive (`docker save`).
+    Save(SaveArgs),
+    /// Load images from a tar archive (`docker load`).
+    Load(LoadArgs),
+    /// Make an image from a root filesystem tar (`docker import`).
+    Import(ImportArgs),
+    /// Show the image service's state.
+    Info,
+    /// Ask a process's gRPC health service (any of the four sockets, with
+    /// -H): exits 0 when it is SERVING, 1 otherwise. For liveness and
+    /// readiness probes.
+    Health {
+        /// The service to ask about; empty: the process as a whole.
+        #[arg(default_value = "")]
+        service: String,
+    },
+    /// Docker's `system` commands that concern images.
+    System {
+        #[command(subcommand)]
+        command: SystemCommand,
+    },
+}
+
+/// `docker image …`: the same commands under their nested names.
+#[derive(Subcommand, Debug)]
+pub enum ImageCommand {
+    /// List images.
+    #[command(alias = "list")]
+    Ls(ListArgs),
+    /// Show images' records.
+    Inspect(InspectArgs),
+    /// Remove unused images.
+    Prune(PruneArgs),
+    /// Remove images.
+    #[command(alias = "remove")]
+    Rm(RmiArgs),
+    /// Create a tag TARGET that refers to SOURCE.
+    Tag(TagArgs),
+    /// Show the history of an image.
+    History(HistoryArgs),
+    /// Download an image from a registry.
+    Pull(PullArgs),
+    /// Upload an image to a registry.
+    Push(PushArgs),
+    /// Write images to a tar archive.
+    Save(SaveArgs),
+    /// Load images from a tar archive.
+    Load(LoadArgs),
+    /// Make an image from a root filesystem tar.
+    Import(ImportArgs),
+}
+
+/// What a command line asks for, with the `image …` forms folded into
+/// the top-level ones (`image inspect` stays apart: it looks for images
+/// only, `inspect` for any object).
+pub enum Action {
+    Top(Command),
+    ImageInspect(InspectArgs),
+    Prune(PruneArgs),
+}
+
+impl Command {
+    pub fn action(self) -> Action {
+        let Command::Image { command } = self else {
+            return Action::Top(self);
+        };
+        Action::Top(match command {
+            ImageCommand::Ls(args) => Command::Images(args),
+            ImageCommand::Inspect(args) => return Action::ImageInspect(args),
+            ImageCommand::Prune(args) => return Action::Prune(args),
+            ImageCommand::Rm(args) => Command::Rmi(args),
+            ImageCommand::Tag(args) => Command::Tag(args),
+            ImageCommand::History(args) => Command::History(args),
+            ImageCommand::Pull(args) => Command::Pull(args),
+            ImageCommand::Push(args) => Command::Push(args),
+            ImageCommand::Save(args) => Command::Save(args),
+            ImageCommand::Load(args) => Command::Load(args),
+            ImageCommand::Import(args) => Command::Import(args),
+        })
+    }
+}
+
+/// `docker pull`.
+#[derive(Args, Debug)]
+pub struct PullArgs {
+    pub reference: String,
+    /// Pull every tag of the repository.
+    #[arg(long = "all-tags", short = 'a')]
+    pub all_tags: bool,
+    /// os/arch[/variant] to pick from a multi-platform image.
+    #[arg(long)]
+    pub platform: Option<String>,
+    #[command(flatten)]
+    pub auth: AuthArgs,
+    /// Print nothing but the image's reference.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+/// `docker push`.
+#[derive(Args, Debug)]
+pub struct PushArgs {
+    pub reference: String,
+    /// Push every tag of the repository.
+    #[arg(long = "all-tags", short = 'a')]
+    pub all_tags: bool,
+    #[command(flatten)]
+    pub auth: AuthArgs,
+}
+
+/// `docker images` / `docker image ls`.
+#[derive(Args, Debug)]
+pub struct ListArgs {
+    /// Only this repository, or REPOSITORY:TAG (a glob, as the filter).
+    pub reference: Option<String>,
+    /// Show intermediate images too.
+    #[arg(long, short)]
+    pub all: bool,
+    /// Only show image IDs.
+    #[arg(long, short)]
+    pub quiet: bool,
+    /// key=value, as `docker images --filter`. Repeatable.
+    #[arg(long, short)]
+    pub filter: Vec<String>,
+    /// `table` (default), `json` (one object a line) or a Go template
+    /// (`{{.Repository}}:{{.Tag}}`, `table {{.ID}}\t{{.Size}}`).
+    #[arg(long, default_value = "table")]
+    pub format: String,
+    /// Show digests.
+    #[arg(long)]
+    pub digests: bool,
+    /// Don't truncate IDs.
+    #[arg(long)]
+    pub no_trunc: bool,
+}
+
+/// `docker inspect` / `docker image inspect`.
+#[derive(Args, Debug)]
+pub struct InspectArgs {
+    #[arg(required = true)]
+    pub images: Vec<String>,
+    /// A Go template applied to each record (`{{.Id}}`,
+    /// `{{index .RepoDigests 0}}`, `{{json .Config}}`).
+    #[arg(long, short)]
+    pub format: Option<String>,
+}
+
+/// `docker history`.
+#[derive(Args, Debug)]
+pub struct HistoryArgs {
+    pub image: String,
+    /// Don't truncate output.
+    #[arg(long)]
+    pub no_trunc: bool,
+    /// Only show image IDs.
+    #[arg(long, short)]
+    pub quiet: bool,
+    /// Sizes and dates in human-readable form (`--human=false`: bytes
+    /// and RFC 3339 times).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub human: bool,
+    /// `table` (default), `json` or a Go template (`{{.ID}} {{.Size}}`).
+    #[arg(long, default_value = "table")]
+    pub format: String,
+}
+
+/// `docker tag`.
+#[derive(Args, Debug)]
+pub struct TagArgs {
+    pub source: String,
+    pub target: String,
+}
+
+/// `docker rmi` / `docker image rm`.
+#[derive(Args, Debug)]
+pub struct RmiArgs {
+    #[arg(required = true)]
+    pub images: Vec<String>,
+    /// Remove even if referenced or used by a stopped container.
+    #[arg(long, short)]
+    pub force: bool,
+    /// Do not delete untagged parents.
+    #[arg(long)]
+    pub no_prune: bool,
+}
+
+/// `docker image prune`.
+#[derive(Args, Debug)]
+pub struct PruneArgs {
+    /// Remove all unused images, not just dangling ones.
+    #[arg(long, short)]
+    pub all: bool,
+    /// key=value: until, label, label!. Repeatable.
+    #[arg(long)]
+    pub filter: Vec<String>,
+    /// Do not prompt for confirmation.
+    #[arg(long, short)]
+    pub force: bool,
+}
+
+/// `docker save`.
+#[derive(Args, Debug)]
+pub struct SaveArgs {
+    #[arg(required = true)]
+    pub images: Vec<String>,
+    /// Write to a file instead of standard output.
+    #[arg(long, short)]
+    pub output: Option<PathBuf>,
+}
+
+/// `docker load`.
+#[derive(Args, Debug)]
+pub struct LoadArgs {
+    /// Read from a file instead of standard input.
+    #[arg(long, short)]
+    pub input: Option<PathBuf>,
+    /// Print only the final lines.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+/// `docker import`.
+#[derive(Args, Debug)]
+pub struct ImportArgs {
+    /// The tar file, or `-` for standard input.
+    pub file: String,
+    /// name[:tag] for the new image.
+    pub reference: Option<String>,
+    /// A Dockerfile instruction to apply (CMD, ENV, LABEL, …). Repeatable.
+    #[arg(long, short)]
+    pub change: Vec<String>,
+    /// The image comment.
+    #[arg(long, short)]
+    pub message: Option<String>,
+    /// os/arch[/variant] of the image.
+    #[arg(long)]
+    pub platform: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SystemCommand {
+    /// Show the space images take.
+    Df {
+        /// Show each image.
+        #[arg(long, short)]
+        verbose: bool,
+    },
+}
+
+/// Registry credentials for pull and push.
+#[derive(Args, Debug)]
+pub struct AuthArgs {
+    /// Registry user name.
+    #[arg(long, short)]
+    pub username: Option<String>,
+    /// Registry password (prefer IMAGECTL_PASSWORD or --password-stdin).
+    #[arg(long, short, env = "IMAGECTL_PASSWORD", hide_env_values = true)]
+    pub password: Option<String>,
+    /// Read the password from standard input.
+    #[arg(long)]
+    pub password_stdin: bool,
+}
+
+impl AuthArgs {
+    /// The credentials given, if any.
+    pub fn auth(&self) -> anyhow::Result<Option<RegistryAuth>> {
+        let mut password = self.password.clone();
+        if self.password_stdin {
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line)?;
+            password = Some(line.trim_end_matches(['\r', '\n']).to_string());
+        }
+        if self.username.is_none() && password.is_none() {
+            return Ok(None);
+        }
+        Ok(Some(RegistryAuth {
+            username: self.username.clone().unwrap_or_default(),
+            password: password.unwrap_or_default(),
+            ..Default::default()
+        }))
+    }
+}
