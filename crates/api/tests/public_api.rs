@@ -1,5 +1,6 @@
 //! The public contracts do not change incompatibly. The surface users
-//! script against (the `imaged.v1` Images, Events and Layers services and
+//! script against (the `imaged.v1` Images, Events, Layers and Registries
+//! services and
 //! CRI's `runtime.v1.ImageService`, and containerd's snapshot service that
 //! imaged serves as a proxy snapshotter, with every message and enum they
 //! reach)
@@ -19,6 +20,7 @@ const PUBLIC_SERVICES: &[&str] = &[
     "imaged.v1.Images",
     "imaged.v1.Events",
     "imaged.v1.Layers",
+    "imaged.v1.Registries",
     "runtime.v1.ImageService",
     "containerd.services.snapshots.v1.Snapshots",
 ];

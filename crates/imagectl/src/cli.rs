@@ -76,6 +76,11 @@ pub enum Command {
     Load(LoadArgs),
     /// Make an image from a root filesystem tar (`docker import`).
     Import(ImportArgs),
+    /// Log in to a registry: the credentials are checked, then kept where
+    /// the docker CLI keeps them (config.json or its credential helper).
+    Login(LoginArgs),
+    /// Forget the credentials kept for a registry.
+    Logout(LogoutArgs),
     /// Show the image service's state.
     Info,
     /// Ask a process's gRPC health service (any of the four sockets, with
@@ -319,7 +324,31 @@ pub enum SystemCommand {
     },
 }
 
-/// Registry credentials for pull and push.
+/// `docker login`.
+#[derive(Args, Debug)]
+pub struct LoginArgs {
+    /// The registry (`host[:port]`); Docker Hub when left out.
+    pub server: Option<String>,
+    /// Registry user name.
+    #[arg(long, short)]
+    pub username: Option<String>,
+    /// Password (insecure on a command line: prefer --password-stdin).
+    #[arg(long, short)]
+    pub password: Option<String>,
+    /// Read the password from standard input.
+    #[arg(long)]
+    pub password_stdin: bool,
+}
+
+/// `docker logout`.
+#[derive(Args, Debug)]
+pub struct LogoutArgs {
+    /// The registry (`host[:port]`); Docker Hub when left out.
+    pub server: Option<String>,
+}
+
+/// Registry credentials for pull and push: when none is given, those
+/// `login` kept for the registry are used.
 #[derive(Args, Debug)]
 pub struct AuthArgs {
     /// Registry user name.

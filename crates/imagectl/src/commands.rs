@@ -11,7 +11,7 @@ use tokio_stream::StreamExt;
 use tonic::transport::Channel;
 
 use crate::cli::{Action, Command, PruneArgs, PullArgs, PushArgs, SystemCommand};
-use crate::{archive, inspect, local, output, progress};
+use crate::{archive, inspect, local, login, output, progress};
 
 /// Runs what the command line asked for.
 pub async fn run(
@@ -122,6 +122,8 @@ pub async fn run(
             let id = archive::import(&mut images, &args.file, first).await?;
             println!("{id}");
         }
+        Command::Login(args) => login::login(channel, args).await?,
+        Command::Logout(args) => login::logout(args)?,
         Command::Info => {
             let info = images.system_info(SystemInfoRequest {}).await?.into_inner();
             output::info(&info);
@@ -148,9 +150,9 @@ async fn pull(images: &mut ImagesClient<Channel>, args: PullArgs) -> anyhow::Res
         println!("Using default tag: latest");
     }
     let request = PullImageRequest {
+        auth: credentials(&args.auth, &parsed)?,
         reference: args.reference,
         platform: platform(args.platform.as_deref())?,
-        auth: args.auth.auth()?,
         all_tags: args.all_tags,
     };
     let stream = images.pull_image(request).await?.into_inner();
@@ -172,7 +174,7 @@ async fn push(images: &mut ImagesClient<Channel>, args: PushArgs) -> anyhow::Res
     let request = PushImageRequest {
         reference,
         platform: None,
-        auth: args.auth.auth()?,
+        auth: credentials(&args.auth, &parsed)?,
         all_tags: args.all_tags,
     };
     let mut stream = images.push_image(request).await?.into_inner();
@@ -188,6 +190,18 @@ async fn push(images: &mut ImagesClient<Channel>, args: PushArgs) -> anyhow::Res
         }
     }
     Ok(())
+}
+
+/// The credentials a pull or push of `reference` sends: those given on
+/// the command line, else those kept for its registry.
+fn credentials(
+    given: &crate::cli::AuthArgs,
+    reference: &imaged_model::Reference,
+) -> anyhow::Result<Option<RegistryAuth>> {
+    match given.auth()? {
+        Some(auth) => Ok(Some(auth)),
+        None => login::kept_for(reference.domain()),
+    }
 }
 
 /// `docker image prune`: asks first unless forced, as the docker CLI

@@ -11,12 +11,14 @@ mod layers;
 mod list_relay;
 mod peers;
 mod read_model;
+mod registries;
 
 use clap::Parser;
 use imaged_api::cri::image_service_server::{self, ImageServiceServer};
 use imaged_api::v1::events_server::{self, EventsServer};
 use imaged_api::v1::images_server::{self, ImagesServer};
 use imaged_api::v1::layers_server::{self, LayersServer};
+use imaged_api::v1::registries_server::{self, RegistriesServer};
 use imaged_common::config::{CommonArgs, PeerArgs, ServiceConfig};
 use imaged_common::server;
 
@@ -77,6 +79,10 @@ pub async fn run(config: ServiceConfig, args: Args) -> anyhow::Result<()> {
             .max_decoding_message_size(MAX_REQUEST),
     )
     .add_service(
+        RegistriesServer::new(registries::RegistriesService::new(peers.clone()))
+            .max_decoding_message_size(MAX_REQUEST),
+    )
+    .add_service(
         ImageServiceServer::new(cri::CriImageService::new(
             peers,
             &args.pinned_images,
@@ -100,6 +106,7 @@ pub async fn run(config: ServiceConfig, args: Args) -> anyhow::Result<()> {
             images_server::SERVICE_NAME,
             events_server::SERVICE_NAME,
             layers_server::SERVICE_NAME,
+            registries_server::SERVICE_NAME,
             image_service_server::SERVICE_NAME,
         ],
     );

@@ -21,6 +21,7 @@ mod leases;
 mod legacy_load;
 mod limits;
 mod load;
+mod login;
 mod manifest;
 mod marks;
 mod merge;
@@ -211,7 +212,7 @@ pub async fn run(config: ServiceConfig, args: Args) -> anyhow::Result<()> {
         Arc::clone(&layers),
         Arc::clone(&leases),
         Arc::clone(&limits),
-        registries,
+        Arc::clone(&registries),
         metadata.clone(),
     ));
     let exporter = Arc::new(export::Exporter::new(
@@ -273,6 +274,7 @@ pub async fn run(config: ServiceConfig, args: Args) -> anyhow::Result<()> {
         layers,
         pulls: Arc::new(pull_share::PullShare::new(puller)),
         pusher,
+        registries,
         exporter,
         loader,
         importer,

@@ -12,11 +12,11 @@ use imaged_api::v1::{
     ChangesRequest, ChangesResponse, CommitImageRequest, CommitImageResponse, CreateLayerRequest,
     CreateLayerResponse, ExportImagesChunk, ExportImagesRequest, GetLayerRequest, GetLayerResponse,
     ImportImageRequest, ImportImageResponse, KeyValue, LayerSizeRequest, LayerSizeResponse,
-    LoadImagesRequest, LoadImagesResponse, MountImageRequest, MountImageResponse,
-    PullImageProgress, PullImageRequest, PushImageProgress, PushImageRequest, ReleaseImageRequest,
-    ReleaseImageResponse, ReleaseLayerRequest, ReleaseLayerResponse, SetContainerStateRequest,
-    SetContainerStateResponse, SquashImageRequest, SquashImageResponse, UpdateConfigRequest,
-    UpdateConfigResponse,
+    LoadImagesRequest, LoadImagesResponse, LoginRequest, LoginResponse, MountImageRequest,
+    MountImageResponse, PullImageProgress, PullImageRequest, PushImageProgress, PushImageRequest,
+    ReleaseImageRequest, ReleaseImageResponse, ReleaseLayerRequest, ReleaseLayerResponse,
+    SetContainerStateRequest, SetContainerStateResponse, SquashImageRequest, SquashImageResponse,
+    UpdateConfigRequest, UpdateConfigResponse,
 };
 use imaged_common::Error;
 use imaged_model::{Digest, Reference};
@@ -47,6 +47,8 @@ pub struct TransferService {
     pub layers: Arc<LayerStore>,
     pub pulls: Arc<PullShare>,
     pub pusher: Arc<Pusher>,
+    /// The registry clients, for logins.
+    pub registries: Arc<crate::registry::Registries>,
     pub exporter: Arc<Exporter>,
     pub loader: Arc<Loader>,
     pub importer: Arc<Importer>,
@@ -164,6 +166,15 @@ impl Transfer for TransferService {
     }
 
     type PushStream = ReceiverStream<Result<PushImageProgress, Status>>;
+
+    /// Docker: `POST /auth`. Nothing is kept.
+    async fn login(
+        &self,
+        request: Request<LoginRequest>,
+    ) -> Result<Response<LoginResponse>, Status> {
+        let answer = crate::login::login(&self.registries, request.into_inner()).await?;
+        Ok(Response::new(answer))
+    }
 
     async fn push(
         &self,

@@ -211,12 +211,56 @@ pub async fn exchange(
     registry: &Registry<'_>,
     auth: &RegistryAuth,
 ) -> Result<String, OciDistributionError> {
+    let asked = Ask {
+        scope: Some(scope),
+        offline: false,
+    };
+    Ok(exchange_for(http, challenge, asked, registry, auth)
+        .await?
+        .token)
+}
+
+/// What a token request asks for.
+#[derive(Clone, Copy)]
+pub struct Ask<'a> {
+    /// The scope (`repository:library/busybox:pull`); none for a login.
+    pub scope: Option<&'a str>,
+    /// Ask for a refresh token too (Docker's `offline_token=true`,
+    /// `client_id=docker`): what a login keeps instead of the password.
+    pub offline: bool,
+}
+
+/// What a token service answered.
+pub struct Answer {
+    pub token: String,
+    /// The refresh token, when asked for and given.
+    pub refresh_token: Option<String>,
+}
+
+/// [`exchange`], asking what `asked` says; answers the refresh token too.
+pub async fn exchange_for(
+    http: &reqwest::Client,
+    challenge: (&str, Option<&str>),
+    asked: Ask<'_>,
+    registry: &Registry<'_>,
+    auth: &RegistryAuth,
+) -> Result<Answer, OciDistributionError> {
     let (realm, service) = challenge;
     let refused = |why: String| OciDistributionError::AuthenticationFailure(why);
     let credentials_allowed = check_realm(realm, registry).await.map_err(refused)?;
-    let mut query = vec![("scope", scope)];
+    let mut query = Vec::new();
+    if let Some(scope) = asked.scope {
+        query.push(("scope", scope));
+    }
     if let Some(service) = service {
         query.push(("service", service));
+    }
+    if asked.offline {
+        query.push(("offline_token", "true"));
+        query.push(("client_id", "docker"));
+        if let RegistryAuth::Basic(user, _) = auth {
+            query.push(("account", user.as_str()));
+        }
     }
     let mut request = http.get(realm).query(&query).timeout(TOKEN_TIMEOUT);
     if let RegistryAuth::Basic(user, password) = auth {
@@ -243,17 +287,22 @@ pub async fn exchange(
         )));
     }
     #[derive(serde::Deserialize)]
-    struct Answer {
+    struct Wire {
         token: Option<String>,
         access_token: Option<String>,
+        refresh_token: Option<String>,
     }
-    let answer: Answer = serde_json::from_slice(&body)
+    let wire: Wire = serde_json::from_slice(&body)
         .map_err(|err| refused(format!("the token answer is not JSON: {err}")))?;
-    answer
+    let token = wire
         .token
-        .or(answer.access_token)
+        .or(wire.access_token)
         .filter(|t| !t.is_empty())
-        .ok_or_else(|| refused("the token answer holds no token".into()))
+        .ok_or_else(|| refused("the token answer holds no token".into()))?;
+    Ok(Answer {
+        token,
+        refresh_token: wire.refresh_token.filter(|t| !t.is_empty()),
+    })
 }
 
 #[cfg(test)]

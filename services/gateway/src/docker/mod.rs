@@ -9,6 +9,7 @@
 //! `/vX.Y` prefix are served alike, for API versions [`MIN_VERSION`] to
 //! [`MAX_VERSION`].
 
+mod auth;
 mod error;
 mod images;
 mod params;
@@ -26,6 +27,7 @@ use axum::routing::{get, post};
 use hyper_util::rt::TokioIo;
 use imaged_api::v1::events_client::EventsClient;
 use imaged_api::v1::images_client::ImagesClient;
+use imaged_api::v1::registries_client::RegistriesClient;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 
@@ -49,6 +51,10 @@ impl Api {
         ImagesClient::new(self.channel.clone())
             .max_decoding_message_size(crate::MAX_ANSWER)
             .max_encoding_message_size(crate::MAX_REQUEST)
+    }
+
+    fn registries(&self) -> RegistriesClient<Channel> {
+        RegistriesClient::new(self.channel.clone())
     }
 
     fn events(&self) -> EventsClient<Channel> {
@@ -93,6 +99,7 @@ fn router(api: Api) -> Router {
         .route("/info", get(system::info))
         .route("/events", get(system::events))
         .route("/system/df", get(system::disk_usage))
+        .route("/auth", post(auth::login))
         .route("/images/json", get(images::list))
         .route("/images/create", post(images::create))
         .route("/images/prune", post(images::prune))

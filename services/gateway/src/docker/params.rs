@@ -99,18 +99,44 @@ pub fn platform(raw: Option<&str>) -> ApiResult<Option<Platform>> {
     }))
 }
 
-/// The credentials of `X-Registry-Auth` (base64url JSON of Docker's
-/// `AuthConfig`); none when the header is absent or empty (`{}`).
-pub fn registry_auth(headers: &HeaderMap) -> ApiResult<Option<RegistryAuth>> {
-    #[derive(Deserialize, Default)]
-    #[serde(default)]
-    struct AuthConfig {
-        username: String,
-        password: String,
-        auth: String,
-        identitytoken: String,
-        registrytoken: String,
+/// Docker's `AuthConfig`, as the `X-Registry-Auth` header and `POST /auth`
+/// carry it.
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct AuthConfig {
+    username: String,
+    password: String,
+    auth: String,
+    identitytoken: String,
+    registrytoken: String,
+    serveraddress: String,
+}
+
+impl AuthConfig {
+    /// The credentials it carries (`auth` is base64 of "user:password",
+    /// as in config.json); `None` when it carries none.
+    fn credentials(mut self) -> Option<RegistryAuth> {
+        if self.username.is_empty()
+            && !self.auth.is_empty()
+            && let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(&self.auth)
+            && let Some((user, password)) = String::from_utf8_lossy(&decoded).split_once(':')
+        {
+            self.username = user.to_string();
+            self.password = password.to_string();
+        }
+        let auth = RegistryAuth {
+            username: self.username,
+            password: self.password,
+            identity_token: self.identitytoken,
+            registry_token: self.registrytoken,
+        };
+        (auth != RegistryAuth::default()).then_some(auth)
     }
+}
+
+/// The credentials of the `X-Registry-Auth` header (base64url JSON of
+/// Docker's `AuthConfig`), if any.
+pub fn registry_auth(headers: &HeaderMap) -> ApiResult<Option<RegistryAuth>> {
     let Some(raw) = headers
         .get("x-registry-auth")
         .and_then(|v| v.to_str().ok())
@@ -128,27 +154,18 @@ pub fn registry_auth(headers: &HeaderMap) -> ApiResult<Option<RegistryAuth>> {
         .iter()
         .find_map(|engine| engine.decode(raw).ok())
         .ok_or_else(|| ApiError::bad_request("invalid X-Registry-Auth header: not base64"))?;
-    let mut config: AuthConfig = serde_json::from_slice(&json)
+    let config: AuthConfig = serde_json::from_slice(&json)
         .map_err(|_| ApiError::bad_request("invalid X-Registry-Auth header: not JSON"))?;
-    // `auth` is base64 of "user:password", as in config.json.
-    if config.username.is_empty()
-        && !config.auth.is_empty()
-        && let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(&config.auth)
-        && let Some((user, password)) = String::from_utf8_lossy(&decoded).split_once(':')
-    {
-        config.username = user.to_string();
-        config.password = password.to_string();
-    }
-    let auth = RegistryAuth {
-        username: config.username,
-        password: config.password,
-        identity_token: config.identitytoken,
-        registry_token: config.registrytoken,
-    };
-    if auth == RegistryAuth::default() {
-        return Ok(None);
-    }
-    Ok(Some(auth))
+    Ok(config.credentials())
+}
+
+/// The body of `POST /auth`: the server to log in to and the
+/// credentials.
+pub fn login_body(body: &[u8]) -> ApiResult<(String, Option<RegistryAuth>)> {
+    let config: AuthConfig = serde_json::from_slice(body)
+        .map_err(|err| ApiError::bad_request(format!("invalid auth configuration: {err}")))?;
+    let server = config.serveraddress.clone();
+    Ok((server, config.credentials()))
 }
 
 #[cfg(test)]

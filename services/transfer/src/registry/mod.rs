@@ -242,15 +242,27 @@ impl Registries {
     /// The registry itself, as a [`Source`]: where a pull reads last and
     /// where a push goes.
     pub fn registry(&self, reference: &Reference, auth: &RegistryAuth) -> Source {
-        let plain_http = self.is_insecure(reference.domain());
+        self.registry_at(oci_reference(reference), auth)
+    }
+
+    /// The registry at `host` (`host[:port]`) itself, for what concerns
+    /// no repository (a login).
+    pub fn host(&self, host: &str, auth: &RegistryAuth) -> Source {
+        let oref = oci_client::Reference::with_tag(host.into(), "library".into(), "latest".into());
+        self.registry_at(oref, auth)
+    }
+
+    fn registry_at(&self, oref: oci_client::Reference, auth: &RegistryAuth) -> Source {
+        let domain = oref.registry().to_string();
+        let plain_http = self.is_insecure(&domain);
         let reach = Reach {
             plain_http,
             ..Reach::default()
         };
-        let clients = self.clients_for(reference.domain(), auth, &reach);
+        let clients = self.clients_for(&domain, auth, &reach);
         Source {
             plain_http,
-            oref: oci_reference(reference),
+            oref,
             auth: auth.clone(),
             http: clients.http,
             tokens: clients.tokens,
