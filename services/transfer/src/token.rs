@@ -220,6 +220,10 @@ pub async fn exchange(
         .token)
 }
 
+/// The user name an identity token goes under (Docker's credential
+/// helpers keep it so): the secret is then a refresh token.
+pub const IDENTITY_TOKEN_USER: &str = "<token>";
+
 /// What a token request asks for.
 #[derive(Clone, Copy)]
 pub struct Ask<'a> {
@@ -255,22 +259,45 @@ pub async fn exchange_for(
     if let Some(service) = service {
         query.push(("service", service));
     }
-    if asked.offline {
-        query.push(("offline_token", "true"));
-        query.push(("client_id", "docker"));
-        if let RegistryAuth::Basic(user, _) = auth {
-            query.push(("account", user.as_str()));
-        }
+    if matches!(auth, RegistryAuth::Basic(..)) && !credentials_allowed {
+        return Err(refused(format!(
+            "realm {realm:?} is plain HTTP and not the registry: credentials go to it only over TLS"
+        )));
     }
-    let mut request = http.get(realm).query(&query).timeout(TOKEN_TIMEOUT);
-    if let RegistryAuth::Basic(user, password) = auth {
-        if !credentials_allowed {
-            return Err(refused(format!(
-                "realm {realm:?} is plain HTTP and not the registry: credentials go to it only over TLS"
-            )));
+    let request = match auth {
+        // An identity token (a login's refresh token, kept as Docker's
+        // credential helpers keep it) is exchanged as OAuth2 asks: a POST
+        // of the refresh grant, as Docker's client sends it.
+        RegistryAuth::Basic(user, refresh_token) if user == IDENTITY_TOKEN_USER => {
+            let mut form = vec![
+                ("grant_type", "refresh_token"),
+                ("refresh_token", refresh_token.as_str()),
+                ("client_id", "docker"),
+            ];
+            form.extend(query.iter().copied());
+            let body = url::form_urlencoded::Serializer::new(String::new())
+                .extend_pairs(form)
+                .finish();
+            http.post(realm)
+                .header(
+                    reqwest::header::CONTENT_TYPE,
+                    "application/x-www-form-urlencoded",
+                )
+                .body(body)
         }
-        request = request.basic_auth(user, Some(password));
-    }
+        RegistryAuth::Basic(user, password) => {
+            if asked.offline {
+                query.push(("offline_token", "true"));
+                query.push(("client_id", "docker"));
+                query.push(("account", user.as_str()));
+            }
+            http.get(realm)
+                .query(&query)
+                .basic_auth(user, Some(password))
+        }
+        _ => http.get(realm).query(&query),
+    };
+    let request = request.timeout(TOKEN_TIMEOUT);
     let response = request.send().await?;
     if !response.status().is_success() {
         let status = response.status().as_u16();
@@ -429,6 +456,101 @@ mod tests {
                 true
             ),
             Ok(true)
+        );
+    }
+
+    /// A token service on loopback that answers one request with
+    /// `answer` and hands back the request it read.
+    async fn one_answer(answer: &'static str) -> (String, tokio::task::JoinHandle<String>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let realm = format!("http://{}/token", listener.local_addr().unwrap());
+        let served = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut request = Vec::new();
+            let mut buf = [0u8; 4096];
+            loop {
+                let n = socket.read(&mut buf).await.unwrap();
+                request.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&request);
+                if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                    let length = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length: ")
+                                .map(|v| v.trim().parse::<usize>().unwrap())
+                        })
+                        .unwrap_or(0);
+                    if body.len() >= length {
+                        break;
+                    }
+                }
+            }
+            let reply = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{answer}",
+                answer.len()
+            );
+            socket.write_all(reply.as_bytes()).await.unwrap();
+            String::from_utf8_lossy(&request).into_owned()
+        });
+        (realm, served)
+    }
+
+    #[tokio::test]
+    async fn an_identity_token_is_exchanged_by_the_refresh_grant_and_a_login_asks_for_one() {
+        let http = reqwest::Client::new();
+        // The registry is its own token service here: credentials may go.
+        let at = |realm: &str| {
+            realm
+                .trim_start_matches("http://")
+                .trim_end_matches("/token")
+                .to_string()
+        };
+        let asked = Ask {
+            scope: Some("repository:app:pull"),
+            offline: false,
+        };
+        let (realm, served) = one_answer(r#"{"access_token":"t1"}"#).await;
+        let identity = RegistryAuth::Basic(IDENTITY_TOKEN_USER.into(), "refresh-1".into());
+        let host = at(&realm);
+        let registry = Registry {
+            host: &host,
+            plain_http: true,
+        };
+        let got = exchange_for(&http, (&realm, Some("reg")), asked, &registry, &identity)
+            .await
+            .unwrap();
+        assert_eq!(got.token, "t1");
+        let request = served.await.unwrap();
+        assert!(request.starts_with("POST /token "), "{request}");
+        assert!(request.contains("grant_type=refresh_token&refresh_token=refresh-1&client_id=docker&scope=repository%3Aapp%3Apull&service=reg"), "{request}");
+
+        let (realm, served) = one_answer(r#"{"token":"t2","refresh_token":"refresh-2"}"#).await;
+        let login = Ask {
+            scope: None,
+            offline: true,
+        };
+        let basic = RegistryAuth::Basic("alice".into(), "pw".into());
+        let host = at(&realm);
+        let registry = Registry {
+            host: &host,
+            plain_http: true,
+        };
+        let got = exchange_for(&http, (&realm, None), login, &registry, &basic)
+            .await
+            .unwrap();
+        assert_eq!(got.refresh_token.as_deref(), Some("refresh-2"));
+        let request = served.await.unwrap();
+        assert!(
+            request.starts_with("GET /token?offline_token=true&client_id=docker&account=alice "),
+            "{request}"
+        );
+        assert!(
+            request
+                .to_ascii_lowercase()
+                .contains("authorization: basic "),
+            "{request}"
         );
     }
 }

@@ -370,7 +370,10 @@ pub fn auth(wire: Option<&WireAuth>) -> RegistryAuth {
     if !wire.registry_token.is_empty() {
         RegistryAuth::Bearer(wire.registry_token.clone())
     } else if !wire.identity_token.is_empty() {
-        RegistryAuth::Basic("<token>".into(), wire.identity_token.clone())
+        RegistryAuth::Basic(
+            crate::token::IDENTITY_TOKEN_USER.into(),
+            wire.identity_token.clone(),
+        )
     } else if !wire.username.is_empty() || !wire.password.is_empty() {
         RegistryAuth::Basic(wire.username.clone(), wire.password.clone())
     } else {
