@@ -490,3 +490,102 @@ async fn imagectl_import_load_and_prune_say_what_docker_says() {
         docker.lines().last(),
     );
 }
+
+/// An operation's event is logged before the operation returns, as in
+/// dockerd: right after `docker tag` returns, the Engine API's events up
+/// to that instant hold the tag, against both daemons (the docker CLI's
+/// own `--until 0s` rounds to the second, so the instant is asked through
+/// the API); and imagectl's events up to it, after `imagectl tag`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operations_event_is_logged_before_it_returns() {
+    let b = both().await;
+    let app = b.registry.fixtures().reference("fixtures/app:1.0");
+    b.pull(&app).await;
+    let since = (chrono::Utc::now().timestamp() - 60).to_string();
+    let now = || {
+        let t = chrono::Utc::now();
+        format!("{}.{:09}", t.timestamp(), t.timestamp_subsec_nanos())
+    };
+    let imaged_cli = b.imaged.docker_cli();
+    let oracle = b.dockerd.cli();
+    for round in 0..5 {
+        let tag = format!("now/tagged:{round}");
+        for (who, cli, socket) in [
+            ("dockerd", &oracle, b.dockerd.socket()),
+            (
+                "imaged",
+                &imaged_cli,
+                b.imaged.root().join("run/docker.sock"),
+            ),
+        ] {
+            cli.ok(&["tag", &app, &tag]).await.unwrap();
+            let until = now();
+            let out = tokio::process::Command::new("curl")
+                .args(["-sf", "--unix-socket"])
+                .arg(&socket)
+                .arg(format!(
+                    "http://localhost/events?since={since}&until={until}"
+                ))
+                .output()
+                .await
+                .unwrap();
+            assert!(out.status.success(), "{who}: {out:?}");
+            let logged = String::from_utf8_lossy(&out.stdout);
+            let tagged = logged.lines().any(|line| {
+                let e: serde_json::Value = serde_json::from_str(line).unwrap_or_default();
+                e["Action"] == "tag" && e["Actor"]["Attributes"]["name"] == tag.as_str()
+            });
+            assert!(tagged, "{who}, round {round}: no tag {tag} in {logged}");
+        }
+        // Through the API itself, with nothing between the two calls.
+        let tag = format!("now/grpc:{round}");
+        b.imaged
+            .images()
+            .tag_image(TagImageRequest {
+                source: app.clone(),
+                target: tag.clone(),
+            })
+            .await
+            .unwrap();
+        let mut stream = imaged_api::v1::events_client::EventsClient::new(
+            b.imaged.channel(imaged_common::config::Service::Gateway),
+        )
+        .subscribe(imaged_api::v1::SubscribeRequest {
+            filters: vec![],
+            since: since.clone(),
+            until: now(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+        let mut tagged = false;
+        while let Some(event) = tokio_stream::StreamExt::next(&mut stream).await {
+            let event = event.unwrap();
+            let name = event
+                .actor
+                .unwrap_or_default()
+                .attributes
+                .get("name")
+                .cloned();
+            tagged |= event.action == "tag" && name.as_deref() == Some(tag.as_str());
+        }
+        assert!(tagged, "gRPC, round {round}: no tag {tag}");
+        let tag = format!("now/imagectl:{round}");
+        b.imagectl(&["tag", &app, &tag], None).await;
+        let until = now();
+        let events = [
+            "events",
+            "--since",
+            &since,
+            "--until",
+            &until,
+            "--format",
+            "{{.Action}} {{.Actor.Attributes.name}}",
+        ];
+        let logged = b.imagectl(&events, None).await;
+        assert!(
+            logged.stdout.lines().any(|l| l == format!("tag {tag}")),
+            "imagectl, round {round}: {logged:?}"
+        );
+    }
+}

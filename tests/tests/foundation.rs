@@ -25,6 +25,7 @@ fn own_services(service: Service) -> &'static [&'static str] {
             "imaged.v1.Events",
             "imaged.v1.Images",
             "imaged.v1.Layers",
+            "imaged.v1.Registries",
             "runtime.v1.ImageService",
         ],
     }

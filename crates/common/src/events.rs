@@ -1,11 +1,17 @@
 //! The producer side of the event log: every imaged process that changes
 //! images publishes through a [`Publisher`].
 //!
-//! Publishing never waits for imaged-events: events go into a bounded
+//! Publishing never fails for imaged-events: events go into a bounded
 //! in-memory queue and a background task delivers them in order, retrying
 //! with backoff while imaged-events is down. Each event carries this
 //! producer's name and a sequence number, so a batch re-sent after a lost
 //! answer is logged once.
+//!
+//! An operation waits for its events to be logged before it returns
+//! ([`Publisher::delivered`]), as dockerd logs an event before it answers:
+//! `docker tag a b && docker events --until 0s` shows the tag. The wait is
+//! bounded, and skipped while imaged-events cannot be reached, so a down
+//! event log never holds an operation back.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -34,11 +40,18 @@ struct Queued {
     context: opentelemetry::Context,
 }
 
+/// The longest an operation waits for its events to be logged.
+pub const DELIVERY_WAIT: Duration = Duration::from_secs(2);
+
 struct Inner {
     source: String,
     queue: Mutex<VecDeque<Queued>>,
     capacity: usize,
     next_sequence: AtomicU64,
+    /// Every event numbered up to this one is logged (or was dropped).
+    delivered_through: AtomicU64,
+    /// The last delivery failed: imaged-events cannot be reached now.
+    failing: std::sync::atomic::AtomicBool,
     dropped: AtomicU64,
     wake: Notify,
     drained: Notify,
@@ -64,6 +77,8 @@ impl Publisher {
             queue: Mutex::new(VecDeque::new()),
             capacity: capacity.max(1),
             next_sequence: AtomicU64::new(1),
+            delivered_through: AtomicU64::new(0),
+            failing: std::sync::atomic::AtomicBool::new(false),
             dropped: AtomicU64::new(0),
             wake: Notify::new(),
             drained: Notify::new(),
@@ -74,13 +89,14 @@ impl Publisher {
 
     /// Queues an image event: `action` on `actor_id`, attributes the
     /// image's labels and then `name` (so `name` wins, as in Docker).
+    /// Answers its number, for [`Publisher::delivered`].
     pub fn image(
         &self,
         action: &str,
         actor_id: &str,
         labels: &BTreeMap<String, String>,
         name: Option<&str>,
-    ) {
+    ) -> u64 {
         let mut attributes: std::collections::HashMap<String, String> =
             labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         if let Some(name) = name {
@@ -97,11 +113,11 @@ impl Publisher {
             scope: "local".into(),
             time_nano: now_nanos(),
             time: None,
-        });
+        })
     }
 
-    /// Queues any event.
-    pub fn publish(&self, event: Event) {
+    /// Queues any event; answers its number.
+    pub fn publish(&self, event: Event) -> u64 {
         let mut queue = self.inner.queue.lock().unwrap_or_else(|p| p.into_inner());
         let source_sequence = self.inner.next_sequence.fetch_add(1, Ordering::Relaxed);
         if queue.len() >= self.inner.capacity {
@@ -119,6 +135,28 @@ impl Publisher {
         });
         drop(queue);
         self.inner.wake.notify_one();
+        source_sequence
+    }
+
+    /// Waits until the event numbered `sequence` is in imaged-events' log;
+    /// at most [`DELIVERY_WAIT`], and not at all while imaged-events
+    /// cannot be reached. Answers whether it is logged.
+    pub async fn delivered(&self, sequence: u64) -> bool {
+        let wait = async {
+            loop {
+                let drained = self.inner.drained.notified();
+                if self.inner.delivered_through.load(Ordering::Acquire) >= sequence {
+                    return true;
+                }
+                if self.inner.failing.load(Ordering::Acquire) {
+                    return false;
+                }
+                drained.await;
+            }
+        };
+        tokio::time::timeout(DELIVERY_WAIT, wait)
+            .await
+            .unwrap_or(false)
     }
 
     /// Events not yet delivered.
@@ -182,6 +220,10 @@ async fn deliver(peer: Peer, inner: Arc<Inner>) {
         match sent {
             Ok(_) => {
                 backoff = Duration::from_millis(100);
+                inner.failing.store(false, Ordering::Release);
+                inner
+                    .delivered_through
+                    .fetch_max(first + count as u64 - 1, Ordering::AcqRel);
                 let mut queue = inner.queue.lock().unwrap_or_else(|p| p.into_inner());
                 // Only what was sent: newer events may have been queued, and
                 // older ones may have been dropped for space meanwhile.
@@ -191,8 +233,12 @@ async fn deliver(peer: Peer, inner: Arc<Inner>) {
                 {
                     queue.pop_front();
                 }
+                drop(queue);
+                inner.drained.notify_waiters();
             }
             Err(status) => {
+                inner.failing.store(true, Ordering::Release);
+                inner.drained.notify_waiters();
                 tracing::warn!(
                     "cannot deliver events, retrying in {backoff:?}: {}",
                     status.message()

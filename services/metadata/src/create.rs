@@ -98,6 +98,7 @@ pub async fn create(images: &Arc<Images>, config: Vec<u8>, parent: &str) -> Resu
         Ok(())
     });
     result?;
-    images.publish(events);
+    let logged = images.publish(events);
+    images.logged(logged).await;
     Ok(id_text)
 }

@@ -101,21 +101,35 @@ impl PendingEvent {
     }
 }
 
+/// The last event a change published, to wait for ([`Images::logged`]).
+#[must_use = "an answer goes back once its events are logged"]
+pub struct Logged(Option<u64>);
+
 impl Images {
-    /// Publishes events of a committed change, in order.
+    /// Waits until the events a change published are in the event log
+    /// (bounded; see [`imaged_common::events::Publisher::delivered`]).
+    pub async fn logged(&self, logged: Logged) {
+        if let Logged(Some(sequence)) = logged {
+            self.events.delivered(sequence).await;
+        }
+    }
+
+    /// Publishes events of a committed change, in order; the caller
+    /// answers once they are [`Images::logged`].
     /// Then, in the background, releases in imaged-transfer the layer
     /// chains of deleted images that no remaining image holds.
-    pub fn publish(self: &Arc<Self>, events: Vec<PendingEvent>) {
+    pub fn publish(self: &Arc<Self>, events: Vec<PendingEvent>) -> Logged {
         let mut released = HashSet::new();
         let mut deleted = Vec::new();
+        let mut last = None;
         for e in events {
             let name = (!e.name.is_empty()).then_some(e.name.as_str());
-            self.events.image(&e.action, &e.id, &e.labels, name);
+            last = Some(self.events.image(&e.action, &e.id, &e.labels, name));
             released.extend(e.released);
             deleted.extend(e.deleted_image);
         }
         if released.is_empty() && deleted.is_empty() {
-            return;
+            return Logged(last);
         }
         let images = Arc::clone(self);
         // On behalf of the call that released them: in its span.
@@ -162,6 +176,7 @@ impl Images {
                 Err(status) => tracing::warn!("releasing layers failed: {}", status.message()),
             }
         }));
+        Logged(last)
     }
 
     /// Makes imaged-transfer hold exactly the layers of the stored images
@@ -283,7 +298,8 @@ impl Images {
             Ok(())
         });
         match result {
-            Ok(()) => self.publish(events),
+            // Nobody waits on this one: it is the start-up reconciliation.
+            Ok(()) => drop(self.publish(events)),
             Err(err) => tracing::error!("forgetting images with missing layers failed: {err}"),
         }
     }

@@ -12,7 +12,7 @@ use imaged_common::Error;
 use imaged_model::ImageRef;
 use imaged_model::{Digest, Reference};
 
-use crate::images::{Images, PendingEvent};
+use crate::images::{Images, Logged, PendingEvent};
 use crate::resolve::{get_image, platform};
 use crate::store::{Image, ImageMeta, Index};
 use imaged_model::image_config::ImageConfig;
@@ -25,7 +25,7 @@ use imaged_model::image_config::ImageConfig;
 pub fn put(
     images: &std::sync::Arc<Images>,
     request: PutImageRequest,
-) -> Result<(String, bool, Vec<MovedTag>), Error> {
+) -> Result<(String, bool, Vec<MovedTag>, Logged), Error> {
     let parsed = ImageConfig::parse(&request.config)?;
     let id = Digest::sha256_of(&request.config);
     let id_text = id.to_string();
@@ -114,8 +114,8 @@ pub fn put(
         }
         Ok((updated, moved))
     })?;
-    images.publish(events);
-    Ok((id_text, updated.0, updated.1))
+    let logged = images.publish(events);
+    Ok((id_text, updated.0, updated.1, logged))
 }
 
 fn parse_all(references: &[String]) -> Result<Vec<Reference>, Error> {

@@ -9,7 +9,7 @@ use imaged_api::v1::*;
 use imaged_common::Error;
 use tonic::{Request, Response, Status};
 
-use crate::images::{Images, chains_in_use};
+use crate::images::{Images, Logged, chains_in_use};
 use crate::resolve::{get_image, platform};
 use crate::store::Container;
 use crate::{cache, create, delete, inspect, list, put, tag};
@@ -44,6 +44,17 @@ impl MetadataService {
         tokio::task::block_in_place(|| f(&self.images))
             .map(Response::new)
             .map_err(Status::from)
+    }
+
+    /// [`Self::blocking`] for a change that publishes events: its answer
+    /// goes back once they are logged, as dockerd answers after logging.
+    async fn changing<T>(
+        &self,
+        f: impl FnOnce(&Arc<Images>) -> Result<(T, Logged), Error>,
+    ) -> Result<Response<T>, Status> {
+        let (answer, logged) = tokio::task::block_in_place(|| f(&self.images))?;
+        self.images.logged(logged).await;
+        Ok(Response::new(answer))
     }
 }
 
@@ -142,14 +153,14 @@ impl Metadata for MetadataService {
         request: Request<TagImageRequest>,
     ) -> Result<Response<TagImageResponse>, Status> {
         let request = request.into_inner();
-        self.blocking(|images| {
+        self.changing(|images| {
             let mut events = Vec::new();
             images
                 .store
                 .update(|tx| tag::tag(tx, &request.source, &request.target, &mut events))?;
-            images.publish(events);
-            Ok(TagImageResponse {})
+            Ok((TagImageResponse {}, images.publish(events)))
         })
+        .await
     }
 
     async fn remove_image(
@@ -158,14 +169,14 @@ impl Metadata for MetadataService {
     ) -> Result<Response<RemoveImageResponse>, Status> {
         let request = request.into_inner();
         let prune = request.prune_children.unwrap_or(true);
-        self.blocking(|images| {
+        self.changing(|images| {
             let mut events = Vec::new();
             let items = images.store.update(|tx| {
                 delete::remove(tx, &request.image, request.force, prune, &mut events)
             })?;
-            images.publish(events);
-            Ok(RemoveImageResponse { items })
+            Ok((RemoveImageResponse { items }, images.publish(events)))
         })
+        .await
     }
 
     async fn prune_images(
@@ -178,17 +189,18 @@ impl Metadata for MetadataService {
                 Error::FailedPrecondition("a prune operation is already running".into()).into(),
             );
         };
-        self.blocking(|images| {
+        self.changing(|images| {
             let mut events = Vec::new();
             let (deleted, space_reclaimed) = images
                 .store
                 .update(|tx| delete::prune(tx, &request.filters, &mut events))?;
-            images.publish(events);
-            Ok(PruneImagesResponse {
+            let answer = PruneImagesResponse {
                 deleted,
                 space_reclaimed,
-            })
+            };
+            Ok((answer, images.publish(events)))
         })
+        .await
     }
 
     async fn image_children(
@@ -246,10 +258,11 @@ impl Metadata for MetadataService {
     ) -> Result<Response<PutImageResponse>, Status> {
         let request = request.into_inner();
         let _gate = self.images.layer_gate.lock().await;
-        self.blocking(|images| {
-            let (id, updated, moved) = put::put(images, request)?;
-            Ok(PutImageResponse { id, updated, moved })
+        self.changing(|images| {
+            let (id, updated, moved, logged) = put::put(images, request)?;
+            Ok((PutImageResponse { id, updated, moved }, logged))
         })
+        .await
     }
 
     async fn image_config(

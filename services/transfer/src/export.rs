@@ -78,9 +78,14 @@ impl Exporter {
         })
         .await
         .map_err(Error::internal)??;
+        let mut last = None;
         for planned in plan.iter() {
             let id = &planned.image.id;
-            self.events.image("save", id, &planned.labels, Some(id));
+            last = Some(self.events.image("save", id, &planned.labels, Some(id)));
+        }
+        // Logged before the archive's end reaches the caller.
+        if let Some(last) = last {
+            self.events.delivered(last).await;
         }
         Ok(())
     }
