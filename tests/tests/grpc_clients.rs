@@ -3,7 +3,7 @@
 //! written, and absolute, as `imaged-run` prints it), and lists and health
 //! checks all four processes. grpc clients send the socket path as
 //! `:authority` (raw or percent-encoded); imaged must answer them all
-//! (crates/h2/PATCH.md). The Python client with grpcio's default options is
+//! (vendor/h2/PATCH.md). The Python client with grpcio's default options is
 //! in foundation.rs.
 
 use std::path::Path;

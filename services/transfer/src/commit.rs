@@ -11,11 +11,11 @@ use imaged_model::digest::{chain_id, chain_ids, child_chain};
 use imaged_model::{Digest, Platform, Reference, changes};
 use serde_json::{Map, Value, json};
 
-use crate::containers::Containers;
-use crate::content::ContentStore;
-use crate::layers::{Layer, LayerStore};
-use crate::leases::Leases;
-use crate::metadata::{Metadata, config_diff_ids};
+use crate::containers::records::Containers;
+use crate::grpc::metadata::{Metadata, config_diff_ids};
+use crate::store::content::ContentStore;
+use crate::store::layers::{Layer, LayerStore};
+use crate::store::leases::Leases;
 
 /// The commit and squash engine.
 pub struct Committer {
@@ -154,7 +154,7 @@ impl Committer {
         let keep_whiteouts = !parent_ids.is_empty();
         tokio::task::spawn_blocking(move || -> Result<(), Error> {
             for layer in &above {
-                crate::merge::apply(layer, &diff, keep_whiteouts)?;
+                crate::archive::merge::apply(layer, &diff, keep_whiteouts)?;
             }
             Ok(())
         })
@@ -184,7 +184,7 @@ impl Committer {
     /// Packs `staging`'s diff into a tar blob and registers it on `parent`.
     async fn register(
         &self,
-        staging: crate::layers::Staging,
+        staging: crate::store::layers::Staging,
         parent: Option<Digest>,
     ) -> Result<Arc<Layer>, Error> {
         let content = self.content.clone();
@@ -193,11 +193,11 @@ impl Committer {
             let diff = staging.diff();
             let tar_path = diff.with_extension("tar");
             let file = std::fs::File::create(&tar_path)?;
-            crate::pack::pack(&diff, std::io::BufWriter::new(file))?;
+            crate::archive::pack::pack(&diff, std::io::BufWriter::new(file))?;
             // Unpack the tar itself, so the layer is exactly what its
             // diffID says.
             let (blob, unpacked, fresh) =
-                crate::unpack::unpack_and_keep(&content, &layers, &tar_path)?;
+                crate::archive::unpack::unpack_and_keep(&content, &layers, &tar_path)?;
             drop(staging);
             let chain = child_chain(parent.as_ref(), &unpacked.diff_id);
             if let Some(existing) = layers.get(&chain) {

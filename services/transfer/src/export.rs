@@ -18,11 +18,11 @@ use imaged_model::{Digest, Reference};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
-use crate::content::ContentStore;
-use crate::layers::{Layer, LayerStore};
-use crate::manifest::{uncompressed_layer, uncompressed_manifest};
-use crate::metadata::{Metadata, config_diff_ids, config_labels};
-use crate::unpack::{self, HashingReader};
+use crate::archive::unpack::{self, HashingReader};
+use crate::grpc::metadata::{Metadata, config_diff_ids, config_labels};
+use crate::registry::manifest::{uncompressed_layer, uncompressed_manifest};
+use crate::store::content::ContentStore;
+use crate::store::layers::{Layer, LayerStore};
 
 const CHUNK: usize = 1 << 20;
 use imaged_model::media_type::{OCI_INDEX, OCI_MANIFEST};

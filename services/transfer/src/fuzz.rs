@@ -12,8 +12,8 @@ use imaged_model::Platform;
 use proptest::prelude::*;
 use tar::EntryType;
 
-use crate::manifest::{IndexEntry, Manifest, Probe, check_manifest, choose_platform};
-use crate::unpack::unpack;
+use crate::archive::unpack::unpack;
+use crate::registry::manifest::{IndexEntry, Manifest, Probe, check_manifest, choose_platform};
 
 /// One raw tar entry: name, type, link target, data.
 type RawEntry = (String, EntryType, String, Vec<u8>);
@@ -131,7 +131,7 @@ proptest! {
         std::fs::create_dir(&layer).unwrap();
         let before = snapshot(&canary);
         let tar = raw_tar(&entries, &canary);
-        let _ = unpack(tar.as_slice(), &layer, crate::layers::Budget::UNLIMITED);
+        let _ = unpack(tar.as_slice(), &layer, crate::store::layers::Budget::UNLIMITED);
         prop_assert_eq!(snapshot(&canary), before);
         let names: Vec<_> = std::fs::read_dir(top.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
         prop_assert_eq!(names.len(), 2, "{:?}", names);
@@ -140,7 +140,7 @@ proptest! {
     #[test]
     fn unpack_never_panics_on_any_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..4096)) {
         let dir = tempfile::tempdir().unwrap();
-        let _ = unpack(bytes.as_slice(), dir.path(), crate::layers::Budget { stream: 1 << 20, apparent: 1 << 20, free: 1 << 20 });
+        let _ = unpack(bytes.as_slice(), dir.path(), crate::store::layers::Budget { stream: 1 << 20, apparent: 1 << 20, free: 1 << 20 });
     }
 
     #[test]

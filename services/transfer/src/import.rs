@@ -14,11 +14,11 @@ use imaged_model::{Platform, Reference, changes};
 use serde_json::{Map, Value, json};
 use tokio_stream::{Stream, StreamExt};
 
-use crate::content::ContentStore;
-use crate::layers::{Layer, LayerStore};
-use crate::leases::Leases;
-use crate::metadata::Metadata;
-use crate::unpack;
+use crate::archive::unpack;
+use crate::grpc::metadata::Metadata;
+use crate::store::content::ContentStore;
+use crate::store::layers::{Layer, LayerStore};
+use crate::store::leases::Leases;
 
 /// The import engine.
 pub struct Importer {

@@ -1,50 +1,23 @@
 //! imaged-transfer: the owner of every byte — blobs, layers and registry
 //! traffic — and of the download and upload limits.
 
-mod beneath;
+mod archive;
 mod commit;
-mod compress;
 mod containerd;
 mod containers;
-mod content;
-mod direct_write;
-mod download;
-mod driver;
 mod export;
-mod fetch;
 #[cfg(test)]
 mod fuzz;
-mod gc;
+mod grpc;
 mod import;
-mod layers;
-mod leases;
-mod legacy_load;
 mod limits;
 mod load;
-mod login;
-mod manifest;
-mod marks;
-mod merge;
-mod metadata;
 mod metrics;
-mod mirrors;
-mod pack;
 mod pull;
-mod pull_share;
 mod push;
 mod registry;
-mod rw_layers;
-mod serve_content;
-mod service;
-mod snapshots;
-mod sparse;
 mod storage;
-mod tar_limits;
-mod token;
-mod unpack;
-mod walk;
-mod whiteout;
-mod writers;
+mod store;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -76,7 +49,7 @@ pub struct Args {
     /// Storage driver: `auto` (overlay2 when overlayfs mounts here, else
     /// vfs), `overlay2` (fail if overlayfs cannot be mounted) or `vfs`.
     #[arg(long, env = "IMAGED_STORAGE_DRIVER", default_value = "auto")]
-    pub storage_driver: driver::DriverChoice,
+    pub storage_driver: storage::driver::DriverChoice,
     /// The most bytes one layer may inflate to, uncompressed; past it (or
     /// past the free space of the store) a pull, load or import is refused
     /// with RESOURCE_EXHAUSTED.
@@ -148,22 +121,25 @@ const STALE_INGEST: Duration = Duration::from_secs(24 * 3600);
 /// until SIGTERM or SIGINT. The process's `main` only parses the flags and
 /// hands this to [`server::run_main`].
 pub async fn run(config: ServiceConfig, args: Args) -> anyhow::Result<()> {
-    let driver = driver::Driver::select(args.storage_driver, &config.data_dir)?;
+    let driver = storage::driver::Driver::select(args.storage_driver, &config.data_dir)?;
     tracing::info!(driver = driver.name(), "storage driver selected");
-    let content = content::ContentStore::open(&config.data_dir.join("content"))?;
+    let content = store::content::ContentStore::open(&config.data_dir.join("content"))?;
     let stale = content.remove_ingests_older_than(STALE_INGEST)?;
     if stale > 0 {
         tracing::info!(stale, "removed stale ingests");
     }
     let layers = Arc::new(
-        layers::LayerStore::open(&config.data_dir)?.with_max_layer_bytes(args.max_layer_size),
+        store::layers::LayerStore::open(&config.data_dir)?
+            .with_max_layer_bytes(args.max_layer_size),
     );
     let serve_content_tls = args.serve_content_tls()?;
     let serving_content = {
         let (content, layers) = (content.clone(), Arc::clone(&layers));
         async move {
             match args.serve_content {
-                Some(addr) => serve_content::serve(addr, serve_content_tls, content, layers).await,
+                Some(addr) => {
+                    registry::serve_content::serve(addr, serve_content_tls, content, layers).await
+                }
                 None => std::future::pending().await,
             }
         }
@@ -171,17 +147,17 @@ pub async fn run(config: ServiceConfig, args: Args) -> anyhow::Result<()> {
     let limits = Arc::new(limits::Limits::new(&args.limits));
     metrics::register_gauges(Arc::clone(&limits), Arc::clone(&layers), content.clone());
     let root = &config.root;
-    let metadata = metadata::Metadata::new(args.peers.peer(Service::Metadata, root)?);
+    let metadata = grpc::metadata::Metadata::new(args.peers.peer(Service::Metadata, root)?);
     let events_peer = args.peers.peer(Service::Events, root)?;
     let events = Publisher::start(events_peer.clone(), Service::Transfer.process(), 4096);
-    let leases = Arc::new(leases::Leases::new());
+    let leases = Arc::new(store::leases::Leases::new());
     let containerd = containerd::Containerd::new(&args.containerd, Arc::clone(&layers));
     if let Some(containerd) = containerd.clone() {
         tokio::spawn(containerd.follow(events_peer, metadata.clone()));
     }
     let registries = Arc::new(registry::Registries::new(
         args.pull.insecure_registries.clone(),
-        mirrors::MirrorConfig::new(
+        registry::mirrors::MirrorConfig::new(
             args.pull.registry_config_dir.clone(),
             &args.pull.registry_mirrors,
         )?,
@@ -189,7 +165,7 @@ pub async fn run(config: ServiceConfig, args: Args) -> anyhow::Result<()> {
     tokio::task::spawn_blocking({
         let layers = Arc::clone(&layers);
         move || {
-            if let Err(err) = unpack::rehearse(&layers) {
+            if let Err(err) = archive::unpack::rehearse(&layers) {
                 // A full disk, say: the first pull will say so.
                 tracing::debug!("unpack rehearsal at start-up failed: {err}");
             }
@@ -233,13 +209,13 @@ pub async fn run(config: ServiceConfig, args: Args) -> anyhow::Result<()> {
         Arc::clone(&leases),
         metadata.clone(),
     ));
-    let containers = Arc::new(containers::Containers::open(
+    let containers = Arc::new(containers::records::Containers::open(
         &config.data_dir,
         driver.storage(),
         Arc::clone(&layers),
         Arc::clone(&leases),
     )?);
-    let rw_layers = Arc::new(rw_layers::RwLayers::new(
+    let rw_layers = Arc::new(containers::RwLayers::new(
         Arc::clone(&containers),
         Arc::clone(&layers),
         Arc::clone(&leases),
@@ -252,27 +228,28 @@ pub async fn run(config: ServiceConfig, args: Args) -> anyhow::Result<()> {
         Arc::clone(&leases),
         metadata.clone(),
     ));
-    let snapshot_store = Arc::new(snapshots::Snapshots::open(
+    let snapshot_store = Arc::new(containerd::snapshots::Snapshots::open(
         &config.data_dir,
         driver.storage(),
         Arc::clone(&layers),
         Arc::clone(&leases),
     )?);
     let gc = Arc::new(
-        gc::Gc::new(Arc::clone(&layers), content.clone(), leases).with_metadata(metadata.clone()),
+        store::gc::Gc::new(Arc::clone(&layers), content.clone(), leases)
+            .with_metadata(metadata.clone()),
     );
-    let snapshot_service = snapshots::service::SnapshotService {
+    let snapshot_service = containerd::snapshots::service::SnapshotService {
         store: snapshot_store,
         puller: Arc::clone(&puller),
         gc: Arc::clone(&gc),
     };
-    let service = service::TransferService {
+    let service = grpc::service::TransferService {
         data_dir: config.data_dir.clone(),
         driver,
         limits,
         content,
         layers,
-        pulls: Arc::new(pull_share::PullShare::new(puller)),
+        pulls: Arc::new(pull::share::PullShare::new(puller)),
         pusher,
         registries,
         exporter,
@@ -291,7 +268,7 @@ pub async fn run(config: ServiceConfig, args: Args) -> anyhow::Result<()> {
         .unwrap_or_else(|| root.join("run").join("snapshots.sock"));
     let served = tokio::select! {
         served = server::serve(&config, routes, &[SERVICE_NAME]) => served,
-        failed = snapshots::service::serve(&snapshots_socket, snapshot_service, config.socket_gid) => failed,
+        failed = containerd::snapshots::service::serve(&snapshots_socket, snapshot_service, config.socket_gid) => failed,
         failed = serving_content => failed,
     };
     let _ = std::fs::remove_file(&snapshots_socket);

@@ -10,9 +10,9 @@ use imaged_common::Error;
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Counter, Histogram};
 
-use crate::content::ContentStore;
-use crate::layers::LayerStore;
 use crate::limits::Limits;
+use crate::store::content::ContentStore;
+use crate::store::layers::LayerStore;
 
 /// What a pull or a push is counted as.
 #[derive(Clone, Copy, Debug)]

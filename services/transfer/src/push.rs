@@ -19,13 +19,13 @@ use oci_client::{Client, RegistryOperation};
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-use crate::compress;
-use crate::content::ContentStore;
-use crate::layers::LayerStore;
-use crate::leases::Leases;
+use crate::archive::compress;
+use crate::grpc::metadata::Metadata;
 use crate::limits::Limits;
-use crate::metadata::Metadata;
 use crate::registry::{self, Registries, Retry};
+use crate::store::content::ContentStore;
+use crate::store::layers::LayerStore;
+use crate::store::leases::Leases;
 
 /// What a push sends its caller.
 pub type Progress = mpsc::Sender<Result<PushImageProgress, tonic::Status>>;
@@ -225,7 +225,7 @@ impl Pusher {
         // The token exchange in imaged's own bounded code (token.rs);
         // oci-client is handed the token, so it never asks a realm itself.
         let upstream = self.registries.registry(reference, &auth);
-        let token = crate::fetch::push_token(&upstream, &oref)
+        let token = crate::registry::fetch::push_token(&upstream, &oref)
             .await
             .map_err(|e| registry::error(&what, e))?;
         let pushing_as = token.map_or_else(|| auth.clone(), RegistryAuth::Bearer);

@@ -24,6 +24,8 @@
 //! that came without a registry manifest (load, import, commit) under an
 //! OCI manifest made from its config and layers.
 
+pub(crate) mod snapshots;
+
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -33,7 +35,7 @@ use bytes::Bytes;
 use imaged_api::containerd::services::content::v1 as content;
 use imaged_api::containerd::services::images::v1 as images;
 use imaged_api::containerd::services::leases::v1 as leases;
-use imaged_api::containerd::services::snapshots::v1 as snapshots;
+use imaged_api::containerd::services::snapshots::v1 as snapshots_api;
 use imaged_api::containerd::types::Descriptor;
 use imaged_api::internal::v1::ImageConfigResponse;
 use imaged_api::internal::v1::event_log_client::EventLogClient;
@@ -45,10 +47,10 @@ use imaged_model::{Digest, Reference};
 use tonic::transport::Channel;
 use tonic::{Code, Request};
 
-use crate::layers::LayerStore;
-use crate::manifest::{uncompressed_layer, uncompressed_manifest};
-use crate::metadata::Metadata;
-use crate::snapshots::REF_LABEL;
+use crate::containerd::snapshots::REF_LABEL;
+use crate::grpc::metadata::Metadata;
+use crate::registry::manifest::{uncompressed_layer, uncompressed_manifest};
+use crate::store::layers::LayerStore;
 
 /// Where containerd is, for registering images there.
 #[derive(clap::Args, Clone, Debug)]
@@ -219,7 +221,8 @@ impl Containerd {
     /// for a layer it has without leasing it, and one it has may be one
     /// that a removed image left for its next collection.
     async fn snapshots(&self, chains: &[Digest], lease: &str) -> Result<(), Error> {
-        let mut client = snapshots::snapshots_client::SnapshotsClient::new(self.channel.clone());
+        let mut client =
+            snapshots_api::snapshots_client::SnapshotsClient::new(self.channel.clone());
         let mut lease_client = leases::leases_client::LeasesClient::new(self.channel.clone());
         let mut parent = String::new();
         for chain in chains {
@@ -240,7 +243,7 @@ impl Containerd {
             let key = format!("imaged-register-{:016x} {name}", rand::random::<u64>());
             let prepared = client
                 .prepare(self.request(
-                    snapshots::PrepareSnapshotRequest {
+                    snapshots_api::PrepareSnapshotRequest {
                         snapshotter: self.snapshotter.clone(),
                         key: key.clone(),
                         parent: parent.clone(),
@@ -256,7 +259,7 @@ impl Containerd {
                     // The snapshotter did not know the layer: not ours.
                     let _ = client
                         .remove(self.request(
-                            snapshots::RemoveSnapshotRequest {
+                            snapshots_api::RemoveSnapshotRequest {
                                 snapshotter: self.snapshotter.clone(),
                                 key,
                             },

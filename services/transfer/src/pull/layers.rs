@@ -246,7 +246,7 @@ impl Puller {
                         tokio::time::sleep(delay).await;
                         attempt += 1;
                     }
-                    None => return Err(crate::download::final_error(err)),
+                    None => return Err(crate::pull::download::final_error(err)),
                 },
             }
         };

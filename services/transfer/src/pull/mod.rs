@@ -6,6 +6,9 @@
 //! A layer wanted by several pulls at once is fetched and unpacked once:
 //! its job is shared, and it runs as long as one pull still waits on it.
 
+pub(crate) mod download;
+pub(crate) mod share;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -25,17 +28,17 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::WatchStream;
 
 use crate::containerd::{self, Containerd};
-use crate::content::ContentStore;
-use crate::fetch;
-use crate::layers::{Layer, LayerStore};
-use crate::leases::Leases;
+use crate::grpc::metadata::Metadata;
 use crate::limits::Limits;
-use crate::manifest::{
+use crate::registry::fetch;
+use crate::registry::manifest::{
     ACCEPTED, MANIFEST_TIMEOUT, MAX_JSON_BLOB, MAX_MANIFEST, Manifest, Probe, check_depth,
     check_manifest, check_media_type, choose_platform, schema1,
 };
-use crate::metadata::Metadata;
 use crate::registry::{self, Registries, Retry, Source};
+use crate::store::content::ContentStore;
+use crate::store::layers::{Layer, LayerStore};
+use crate::store::leases::Leases;
 
 /// How long a pull waits for bytes, and the throughput it must keep.
 #[derive(clap::Args, Clone, Debug)]

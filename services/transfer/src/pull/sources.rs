@@ -164,7 +164,7 @@ pub(super) async fn within<T>(
 /// Reads the fields that say what a manifest is, after its size and media
 /// type checks.
 pub(super) fn probe_manifest(what: &str, bytes: &[u8]) -> Result<Probe, Error> {
-    if bytes.len() > crate::manifest::MAX_MANIFEST {
+    if bytes.len() > crate::registry::manifest::MAX_MANIFEST {
         // Refused before parsing: a huge body is not worth decoding.
         check_manifest(what, bytes, &Probe::default())?;
     }

@@ -2,6 +2,13 @@
 //! it and credentials, plain HTTP only where allowed; the one mapping from
 //! registry failures to imaged's errors is in [`errors`].
 
+pub(crate) mod fetch;
+pub(crate) mod login;
+pub(crate) mod manifest;
+pub(crate) mod mirrors;
+pub(crate) mod serve_content;
+pub(crate) mod token;
+
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
@@ -13,8 +20,7 @@ use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::secrets::RegistryAuth;
 use sha2::{Digest as _, Sha256};
 
-use crate::fetch;
-use crate::mirrors::MirrorConfig;
+use crate::registry::mirrors::MirrorConfig;
 
 mod errors;
 pub use errors::{Retry, error, pull_error};
@@ -371,7 +377,7 @@ pub fn auth(wire: Option<&WireAuth>) -> RegistryAuth {
         RegistryAuth::Bearer(wire.registry_token.clone())
     } else if !wire.identity_token.is_empty() {
         RegistryAuth::Basic(
-            crate::token::IDENTITY_TOKEN_USER.into(),
+            crate::registry::token::IDENTITY_TOKEN_USER.into(),
             wire.identity_token.clone(),
         )
     } else if !wire.username.is_empty() || !wire.password.is_empty() {

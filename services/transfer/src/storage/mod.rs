@@ -4,7 +4,9 @@
 //! container's own upper dir) and vfs ([`vfs`]: a full copy, bind mounted),
 //! as containerd keeps `core/snapshots` with its overlay and native
 //! snapshotters. Which one runs is chosen once, at start-up
-//! ([`crate::driver`]); the rest of imaged-transfer only calls the trait.
+//! ([`crate::storage::driver`]); the rest of imaged-transfer only calls the trait.
+
+pub(crate) mod driver;
 
 pub mod overlay;
 pub mod vfs;
@@ -15,8 +17,8 @@ use std::path::{Path, PathBuf};
 
 use imaged_common::Error;
 
-use crate::walk;
-use crate::whiteout::{is_opaque, is_whiteout};
+use crate::archive::walk;
+use crate::archive::whiteout::{is_opaque, is_whiteout};
 
 /// What a container changed: path (from `/`) → kind, sorted by path.
 pub type Changes = BTreeMap<String, ChangeKind>;
@@ -193,7 +195,7 @@ pub struct Usage {
 }
 
 /// The [`Usage`] of everything under `dir` (not `dir` itself), which a
-/// container may be changing: read through [`crate::walk`], so a symlink
+/// container may be changing: read through [`crate::archive::walk`], so a symlink
 /// is counted as itself and never followed.
 pub(crate) fn tree_usage(dir: &Path) -> std::io::Result<Usage> {
     let mut usage = Usage::default();

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use imaged_common::Error;
 
 use super::{ChangeKind, Changes, LayerDir, Mount, StorageDriver, lower_has, tree_size};
-use crate::walk;
+use crate::archive::walk;
 
 /// The overlay2 driver.
 pub struct Overlay;
@@ -56,7 +56,7 @@ impl StorageDriver for Overlay {
     }
 
     fn diff_into(&self, layer: &LayerDir<'_>, dir: &Path) -> Result<(), Error> {
-        crate::merge::apply(&layer.upper(), dir, true)
+        crate::archive::merge::apply(&layer.upper(), dir, true)
     }
 
     fn size(&self, layer: &LayerDir<'_>) -> Result<u64, Error> {

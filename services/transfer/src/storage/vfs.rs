@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use imaged_common::Error;
 
 use super::{ChangeKind, Changes, LayerDir, Mount, StorageDriver, lower_meta, lower_names};
-use crate::beneath::{Kind, Root};
-use crate::walk;
+use crate::archive::beneath::{Kind, Root};
+use crate::archive::walk;
 
 /// The copying vfs driver.
 pub struct Vfs;
@@ -18,7 +18,7 @@ pub struct Vfs;
 impl StorageDriver for Vfs {
     fn create(&self, layer: &LayerDir<'_>) -> Result<(), Error> {
         for lower in layer.lowers.iter().rev() {
-            crate::merge::apply_layer(lower, &layer.upper())?;
+            crate::archive::merge::apply_layer(lower, &layer.upper())?;
         }
         Ok(())
     }
@@ -57,7 +57,7 @@ impl StorageDriver for Vfs {
                 at.chmod(from.mode())?;
             } else {
                 at.remove()?;
-                crate::merge::copy_entry(&from, &at)?;
+                crate::archive::merge::copy_entry(&from, &at)?;
             }
         }
         Ok(())

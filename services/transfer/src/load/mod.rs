@@ -1,0 +1,552 @@
+//! Docker's load (spec 9.3, the manifest.json form): the archive streams
+//! in, is unpacked safely into a staging directory (only files and
+//! directories, every path inside it; links between its own files are
+//! followed, never made), then each image's layers are
+//! registered in order — reused when the chain is here, else kept as blobs
+//! and unpacked — and the image is recorded in imaged-metadata with its
+//! tags, which sends the `load` event.
+
+pub(crate) mod legacy;
+
+use std::collections::HashMap;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use imaged_api::internal::v1::PutImageRequest;
+use imaged_api::v1::{LoadImagesRequest, LoadImagesResponse};
+use imaged_common::Error;
+use imaged_model::digest::chain_ids;
+use imaged_model::image_config::ImageConfig;
+use imaged_model::{Digest, Platform, Reference};
+use serde::Deserialize;
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
+
+use crate::archive::tar_limits::TarGuard;
+use crate::archive::unpack::{self, relative_path};
+use crate::grpc::metadata::Metadata;
+use crate::registry::manifest::{MAX_JSON_BLOB, MAX_MANIFEST, check_depth};
+use crate::store::content::ContentStore;
+use crate::store::layers::{Layer, LayerStore};
+use crate::store::leases::Leases;
+
+/// What a load sends its caller.
+pub type Lines = mpsc::Sender<Result<LoadImagesResponse, tonic::Status>>;
+
+/// One entry of manifest.json.
+#[derive(Deserialize)]
+struct Entry {
+    #[serde(rename = "Config")]
+    config: String,
+    #[serde(rename = "RepoTags", default)]
+    repo_tags: Option<Vec<String>>,
+    #[serde(rename = "Layers", default)]
+    layers: Vec<String>,
+    /// The parent image's ID, when the parent is in the archive too.
+    #[serde(rename = "Parent", default)]
+    parent: Option<String>,
+}
+
+/// What a load needs from an image config.
+/// The load engine.
+pub struct Loader {
+    pub(crate) content: ContentStore,
+    pub(crate) layers: Arc<LayerStore>,
+    pub(crate) leases: Arc<Leases>,
+    pub(crate) metadata: Metadata,
+}
+
+impl Loader {
+    pub fn new(
+        content: ContentStore,
+        layers: Arc<LayerStore>,
+        leases: Arc<Leases>,
+        metadata: Metadata,
+    ) -> Self {
+        Loader {
+            content,
+            layers,
+            leases,
+            metadata,
+        }
+    }
+
+    /// Loads the archive arriving on `inbound`, answering lines on `tx`.
+    pub async fn load(
+        &self,
+        mut inbound: impl tokio_stream::Stream<Item = Result<LoadImagesRequest, tonic::Status>> + Unpin,
+        tx: Lines,
+    ) -> Result<(), Error> {
+        let Some(first) = inbound.next().await else {
+            return Err(Error::InvalidArgument("empty archive".into()));
+        };
+        let first = first.map_err(|s| Error::InvalidArgument(s.message().into()))?;
+        let quiet = first.quiet;
+        let platform = first
+            .platform
+            .as_ref()
+            .filter(|p| !p.os.is_empty() || !p.architecture.is_empty())
+            .map(|p| Platform::new(&p.os, &p.architecture, &p.variant).normalize());
+
+        // Unpack the archive while it arrives.
+        let staging = self.layers.stage()?;
+        let dir = staging.diff();
+        let (chunks_tx, chunks_rx) = mpsc::channel::<Option<Bytes>>(4);
+        let target = dir.clone();
+        // The whole archive may take at most the free space it lands on.
+        let limit = staging.budget().free;
+        let extracting = tokio::task::spawn_blocking(move || {
+            extract(ChannelReader::new(chunks_rx), &target, limit)
+        });
+        let mut message = Some(first);
+        while let Some(m) = message.take() {
+            if chunks_tx.send(Some(Bytes::from(m.chunk))).await.is_err() {
+                break; // extraction stopped; its error follows
+            }
+            message = match inbound.next().await {
+                Some(Ok(m)) => Some(m),
+                Some(Err(status)) => {
+                    return Err(Error::InvalidArgument(format!(
+                        "the archive stream broke: {}",
+                        status.message()
+                    )));
+                }
+                None => None,
+            };
+        }
+        let _ = chunks_tx.send(None).await;
+        drop(chunks_tx);
+        let links = extracting.await.map_err(Error::internal)??;
+
+        let manifest_path = archive_file(&dir, &links, "manifest.json")?;
+        if !manifest_path.exists() {
+            // Written before Docker 1.10.
+            return self.load_legacy(&dir, &links).await;
+        }
+        let manifest = read_capped(&manifest_path, MAX_MANIFEST as u64, "manifest.json")?;
+        let entries: Option<Vec<Entry>> = serde_json::from_slice(&manifest)
+            .map_err(|e| Error::InvalidArgument(format!("invalid manifest.json: {e}")))?;
+        let entries = entries.ok_or_else(|| {
+            Error::InvalidArgument(
+                "invalid manifest, manifest cannot be null (but can be [])".into(),
+            )
+        })?;
+
+        // Every path the manifest names is checked before anything is
+        // stored: a bad one refuses the whole archive.
+        for entry in &entries {
+            archive_file(&dir, &links, &entry.config)?;
+            for layer in &entry.layers {
+                archive_file(&dir, &links, layer)?;
+            }
+            check_depth("invalid manifest.json", entry.layers.len())?;
+        }
+        let mut adopted: HashMap<PathBuf, Digest> = HashMap::new();
+        let mut loaded = Vec::new();
+        // (child ID, its config, the parent it names), applied at the end.
+        let mut parents: Vec<(String, Vec<u8>, String)> = Vec::new();
+        let mut configs: HashMap<String, Vec<u8>> = HashMap::new();
+        let mut last_tagged = false;
+        for entry in entries {
+            let config = read_capped(
+                &archive_file(&dir, &links, &entry.config)?,
+                MAX_JSON_BLOB,
+                "config",
+            )?;
+            let parsed = ImageConfig::parse(&config)?;
+            let image_platform = parsed.platform.clone();
+            let host = Platform::host();
+            if !image_platform.os.is_empty() && !image_platform.os.eq_ignore_ascii_case(&host.os) {
+                return Err(Error::InvalidArgument(format!(
+                    "cannot load {} image on {}",
+                    image_platform.os, host.os
+                )));
+            }
+            if let Some(wanted) = &platform
+                && !wanted.is(&image_platform)
+            {
+                continue; // Docker skips it silently
+            }
+            let diff_ids = parsed.diff_ids;
+            if diff_ids.len() != entry.layers.len() {
+                return Err(Error::InvalidArgument(format!(
+                    "invalid manifest, layers length mismatch: expected {}, got {}",
+                    diff_ids.len(),
+                    entry.layers.len()
+                )));
+            }
+            let tags = entry
+                .repo_tags
+                .unwrap_or_default()
+                .iter()
+                .map(|t| {
+                    Reference::parse(t)
+                        .ok()
+                        .filter(|r| r.tag().is_some() && r.digest().is_none())
+                        .ok_or_else(|| Error::InvalidArgument(format!("invalid tag \"{t}\"")))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let chains = chain_ids(&diff_ids);
+            let _lease = self.leases.lease(&chains);
+            let mut sizes = Vec::new();
+            for (i, (chain, diff_id)) in chains.iter().zip(&diff_ids).enumerate() {
+                if let Some(layer) = self.layers.get(chain) {
+                    sizes.push(layer.size as i64);
+                    continue;
+                }
+                if !quiet {
+                    line(&tx, format!("Loading layer {}", diff_id.short())).await;
+                }
+                let path = archive_file(&dir, &links, &entry.layers[i])?;
+                let layer = Layer {
+                    chain_id: chain.clone(),
+                    diff_id: diff_id.clone(),
+                    parent: i.checked_sub(1).map(|p| chains[p].clone()),
+                    size: 0,
+                    blob: None,
+                    inodes: 0,
+                    tar_size: 0,
+                    gzip: None,
+                };
+                let committed = self.register(path, layer, i, &mut adopted).await?;
+                sizes.push(committed.size as i64);
+            }
+
+            let put = PutImageRequest {
+                content_size: 0,
+                config: config.clone(),
+                tags: tags.iter().map(|t| t.to_string()).collect(),
+                digests: Vec::new(),
+                layer_sizes: sizes,
+                action: "load".into(),
+                event_ref: Digest::sha256_of(&config).to_string(),
+                tag_events: false,
+            };
+            let recorded = self.metadata.put_image(put).await?;
+            for moved in &recorded.moved {
+                line(
+                    &tx,
+                    format!(
+                        "The image {} already exists, renaming the old one with ID {} to empty string",
+                        moved.tag, moved.from_id
+                    ),
+                )
+                .await;
+            }
+            for tag in &tags {
+                line(&tx, format!("Loaded image: {}", tag.familiar())).await;
+            }
+            last_tagged = !tags.is_empty();
+            if let Some(parent) = entry.parent.filter(|p| !p.is_empty()) {
+                parents.push((recorded.id.clone(), config.clone(), parent));
+            }
+            configs.insert(recorded.id.clone(), config);
+            loaded.push(recorded.id);
+        }
+        // Parent links, only to a parent loaded from the same archive that
+        // is a valid parent (Docker's rule).
+        for (child, config, parent) in parents {
+            let Some(parent_config) = configs.get(&parent) else {
+                continue;
+            };
+            if !valid_parent(parent_config, &config) {
+                return Err(Error::InvalidArgument(format!(
+                    "image {parent} is not a valid parent for {child}"
+                )));
+            }
+            self.metadata.create_image(config, &parent).await?;
+        }
+        if !last_tagged {
+            for id in &loaded {
+                line(&tx, format!("Loaded image ID: {id}")).await;
+            }
+        }
+        drop(staging);
+        Ok(())
+    }
+
+    /// Keeps the layer file as a blob and unpacks it into the layer store.
+    async fn register(
+        &self,
+        path: PathBuf,
+        mut layer: Layer,
+        index: usize,
+        adopted: &mut HashMap<PathBuf, Digest>,
+    ) -> Result<Arc<Layer>, Error> {
+        // A file two entries share was kept as a blob the first time.
+        let source = match adopted.get(&path) {
+            Some(blob) => self.content.path(blob),
+            None => path.clone(),
+        };
+        let (content, layers) = (self.content.clone(), Arc::clone(&self.layers));
+        let (blob, layer) = tokio::task::spawn_blocking(move || {
+            let (blob, unpacked, staging) = unpack::unpack_and_keep(&content, &layers, &source)?;
+            if unpacked.diff_id != layer.diff_id {
+                return Err(Error::InvalidArgument(format!(
+                    "invalid diffID for layer {index}: expected \"{}\", got \"{}\"",
+                    layer.diff_id, unpacked.diff_id
+                )));
+            }
+            layer.size = unpacked.size;
+            layer.inodes = unpacked.entries;
+            layer.tar_size = unpacked.tar_size;
+            layer.blob = Some(blob.clone());
+            Ok::<_, Error>((blob, layers.commit(staging, layer)?))
+        })
+        .await
+        .map_err(Error::internal)??;
+        adopted.insert(path, blob);
+        Ok(layer)
+    }
+}
+
+/// Docker's valid-parent check: the child's history is the parent's plus
+/// one entry, with an equal prefix (and so equal `created` times).
+fn valid_parent(parent: &[u8], child: &[u8]) -> bool {
+    let history = |bytes: &[u8]| -> Vec<serde_json::Value> {
+        serde_json::from_slice::<serde_json::Value>(bytes)
+            .ok()
+            .and_then(|c| c["history"].as_array().cloned())
+            .unwrap_or_default()
+    };
+    let (p, c) = (history(parent), history(child));
+    c.len() == p.len() + 1 && c[..p.len()] == p[..]
+}
+
+/// An archive that is not a tar, or ends inside one, in Docker's words
+/// (its untar runs in a child process, hence the exit status).
+fn archive_error(err: io::Error) -> Error {
+    match unpack::classify(err) {
+        Error::InvalidArgument(text) => {
+            let text = text.trim_start_matches("invalid layer tar: ");
+            let why = if text.contains("failed to read entire block") {
+                "unexpected EOF"
+            } else {
+                text
+            };
+            Error::InvalidArgument(format!("Error processing tar file(exit status 1): {why}"))
+        }
+        other => other,
+    }
+}
+
+/// Reads a JSON file of the archive, refusing one bigger than `max`. A
+/// missing one is Docker's `open <path>: no such file or directory`.
+pub(crate) fn read_capped(path: &Path, max: u64, what: &str) -> Result<Vec<u8>, Error> {
+    let file = std::fs::File::open(path).map_err(|err| match err.kind() {
+        io::ErrorKind::NotFound => Error::InvalidArgument(format!(
+            "open {}: no such file or directory",
+            path.display()
+        )),
+        _ => err.into(),
+    })?;
+    let mut bytes = Vec::new();
+    file.take(max + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max {
+        return Err(Error::InvalidArgument(format!(
+            "{what} exceeds the {max}-byte limit"
+        )));
+    }
+    Ok(bytes)
+}
+
+async fn line(tx: &Lines, message: String) {
+    let _ = tx.send(Ok(LoadImagesResponse { message })).await;
+}
+
+/// Links an archive holds between its own files: link path → the path it
+/// names, both relative to the archive's root. `docker save` up to v24 and
+/// skopeo's docker-archive write one `layer.tar` per image and link the
+/// shared ones. Links are never made on disk: a path the manifest names is
+/// followed through this map ([`archive_file`]).
+pub(crate) type Links = HashMap<PathBuf, PathBuf>;
+
+/// The most links an archive may hold (one per layer an image shares with
+/// another, in the archives Docker writes): the map stays small.
+const MAX_LINKS: usize = 65_536;
+
+/// Unpacks the archive: regular files and directories, every path inside
+/// `dir`; links (symbolic or hard) that stay inside the archive are
+/// answered, not made.
+fn extract(reader: impl Read, dir: &Path, limit: u64) -> Result<Links, Error> {
+    let root = crate::archive::beneath::Root::open(dir)?;
+    let mut archive = tar::Archive::new(TarGuard::new(reader, limit));
+    let mut links = Links::new();
+    for entry in archive.entries().map_err(archive_error)? {
+        let mut entry = entry.map_err(archive_error)?;
+        let raw = entry.path().map_err(unpack::classify)?.into_owned();
+        let path = relative_path(&raw)?;
+        if path.as_os_str().is_empty() {
+            continue;
+        }
+        let kind = entry.header().entry_type();
+        match kind {
+            tar::EntryType::Directory => {
+                root.create_dirs(&path).map_err(unpack::classify)?;
+            }
+            tar::EntryType::Regular | tar::EntryType::Continuous => {
+                let at = root.entry(&path).map_err(unpack::classify)?;
+                at.remove().map_err(unpack::classify)?;
+                let mut file = at.create_file().map_err(unpack::classify)?;
+                crate::archive::sparse::write_sparse(&mut entry, &mut file)
+                    .map_err(unpack::classify)?;
+            }
+            tar::EntryType::Symlink | tar::EntryType::Link => {
+                let target = entry
+                    .link_name()
+                    .map_err(unpack::classify)?
+                    .map(|t| t.into_owned())
+                    .unwrap_or_default();
+                // A symlink names a path from its own directory, a hard
+                // link from the archive's root.
+                let from = match kind {
+                    tar::EntryType::Symlink => path.parent().unwrap_or(Path::new("")),
+                    _ => Path::new(""),
+                };
+                if links.len() >= MAX_LINKS {
+                    return Err(Error::InvalidArgument(format!(
+                        "invalid archive: more than {MAX_LINKS} links"
+                    )));
+                }
+                links.insert(path.clone(), link_target(&raw, from, &target)?);
+            }
+            other => {
+                return Err(Error::InvalidArgument(format!(
+                    "invalid archive: {} is a {other:?}; an image archive holds only files, directories and links between them",
+                    crate::archive::beneath::quote(raw.as_os_str())
+                )));
+            }
+        }
+    }
+    Ok(links)
+}
+
+/// Where a link at `raw` whose directory is `from` leads, when that stays
+/// inside the archive.
+fn link_target(raw: &Path, from: &Path, target: &Path) -> Result<PathBuf, Error> {
+    let refuse = |why: &str| {
+        Error::InvalidArgument(format!(
+            "invalid archive: {} {why}",
+            crate::archive::beneath::quote(raw.as_os_str())
+        ))
+    };
+    if target.as_os_str().is_empty() {
+        return Err(refuse("links to nothing"));
+    }
+    let mut out = from.to_path_buf();
+    for component in target.components() {
+        match component {
+            std::path::Component::Normal(part) => out.push(part),
+            std::path::Component::CurDir => {}
+            std::path::Component::ParentDir => {
+                if !out.pop() {
+                    return Err(refuse("links out of the archive"));
+                }
+            }
+            std::path::Component::RootDir | std::path::Component::Prefix(_) => {
+                return Err(refuse("links out of the archive"));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The file the manifest's `rel` names in the unpacked archive, followed
+/// through the archive's links.
+pub(crate) fn archive_file(dir: &Path, links: &Links, rel: &str) -> Result<PathBuf, Error> {
+    let mut path = relative_path(Path::new(rel))?;
+    for _ in 0..40 {
+        match links.get(&path) {
+            Some(next) => path = next.clone(),
+            None => return Ok(dir.join(path)),
+        }
+    }
+    Err(Error::InvalidArgument(format!(
+        "invalid archive: {rel} is a loop of links"
+    )))
+}
+
+/// Reads the chunks the async side receives; `None` ends the archive, a
+/// dropped sender means the caller went away.
+struct ChannelReader {
+    chunks: mpsc::Receiver<Option<Bytes>>,
+    current: Bytes,
+    ended: bool,
+}
+
+impl ChannelReader {
+    fn new(chunks: mpsc::Receiver<Option<Bytes>>) -> Self {
+        ChannelReader {
+            chunks,
+            current: Bytes::new(),
+            ended: false,
+        }
+    }
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.current.is_empty() {
+            if self.ended {
+                return Ok(0);
+            }
+            match self.chunks.blocking_recv() {
+                Some(Some(bytes)) => self.current = bytes,
+                Some(None) => self.ended = true,
+                None => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the archive stream ended early",
+                    ));
+                }
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current[..n]);
+        let _ = self.current.split_to(n);
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn links(count: usize) -> Vec<u8> {
+        let mut builder = tar::Builder::new(Vec::new());
+        let mut header = tar::Header::new_gnu();
+        header.set_size(1);
+        header.set_mode(0o644);
+        builder
+            .append_data(&mut header, "target", &b"x"[..])
+            .unwrap();
+        for n in 0..count {
+            let mut header = tar::Header::new_gnu();
+            header.set_entry_type(tar::EntryType::Symlink);
+            header.set_size(0);
+            builder
+                .append_link(&mut header, format!("l{n}"), "target")
+                .unwrap();
+        }
+        builder.into_inner().unwrap()
+    }
+
+    #[test]
+    fn an_archive_is_bounded_in_bytes_and_in_links() {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = links(10);
+        assert_eq!(
+            extract(ok.as_slice(), dir.path(), u64::MAX).unwrap().len(),
+            10
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let err = extract(ok.as_slice(), dir.path(), 2048).unwrap_err();
+        assert!(matches!(err, Error::ResourceExhausted(_)), "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        let many = links(MAX_LINKS + 1);
+        let err = extract(many.as_slice(), dir.path(), u64::MAX).unwrap_err();
+        assert!(err.to_string().contains("links"), "{err}");
+    }
+}

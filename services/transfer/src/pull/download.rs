@@ -1,0 +1,321 @@
+//! One layer download attempt: registry → ingest (hashed, resumable) →
+//! decompressor → tar reader → files, with the download on the async side,
+//! the unpacking on a blocking thread, a bounded channel between them, and
+//! stall detection.
+
+use std::io::{self, Read, Write};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use imaged_common::Error;
+use imaged_model::Digest;
+use oci_client::manifest::OciDescriptor;
+use tokio::sync::{mpsc, watch};
+
+use crate::archive::unpack::{self, Unpacked};
+use crate::pull::{Puller, State, short};
+use crate::registry::fetch;
+use crate::registry::{self, Source};
+use crate::store::content::Ingest;
+use crate::store::layers::Staging;
+
+impl Puller {
+    /// One attempt: download (resuming an ingest when the registry allows
+    /// ranges) while hashing and unpacking.
+    pub(crate) async fn fetch_layer(
+        &self,
+        source: &Source,
+        desc: &OciDescriptor,
+        blob: &Digest,
+        progress: &watch::Sender<State>,
+    ) -> Result<(Staging, Unpacked), Error> {
+        let id = short(&desc.digest);
+        let what = format!("layer {id}");
+        if desc.size <= 0 {
+            return Err(Error::InvalidArgument(format!(
+                "{what}: the manifest gives no size for it"
+            )));
+        }
+        let total = desc.size as u64;
+        let content = self.content.clone();
+        let wanted = blob.clone();
+        let mut ingest = tokio::task::spawn_blocking(move || content.ingest(&wanted))
+            .await
+            .map_err(Error::internal)??;
+        if ingest.offset() >= total {
+            ingest.reset()?;
+        }
+        // Always a ranged request, from 0 on a fresh ingest: a registry
+        // that ignores ranges answers 200 with the whole blob, and the
+        // ingest starts again. Each byte is hashed once, by the ingest
+        // (which also knows about resumed bytes).
+        let offset = ingest.offset();
+        // The answer's status line is bounded like every later chunk: a
+        // registry that accepts the request and never answers must not
+        // hold a download slot past the stall timeout.
+        let asked = fetch::blob(source, &source.oref, &desc.digest, offset);
+        let Ok(answer) = tokio::time::timeout(self.stall, asked).await else {
+            if offset == 0 {
+                ingest.discard();
+            }
+            return Err(unanswered(&what, self.stall));
+        };
+        let mut body = match answer {
+            Ok(fetch::Blob {
+                partial: true,
+                body,
+            }) => {
+                if offset > 0 {
+                    tracing::info!(layer = %id, offset, "resuming layer download");
+                }
+                body
+            }
+            Ok(fetch::Blob { body, .. }) => {
+                ingest.reset()?;
+                body
+            }
+            Err(err) => {
+                if offset == 0 {
+                    ingest.discard(); // nothing was written: leave nothing
+                }
+                return Err(registry::error(&what, err));
+            }
+        };
+        let offset = ingest.offset();
+
+        let (chunks_tx, chunks_rx) = mpsc::channel::<Chunk>(16);
+        let layers = Arc::clone(&self.layers);
+        let wanted_blob = blob.clone();
+        let what_blocking = what.clone();
+        let unpacking = tokio::task::spawn_blocking(
+            move || -> Result<(Staging, Unpacked), Error> {
+                let prefix: Box<dyn Read + Send> = if offset > 0 {
+                    Box::new(ingest.reopen_written()?)
+                } else {
+                    Box::new(io::empty())
+                };
+                let mut reader = TeeReader {
+                    prefix,
+                    chunks: chunks_rx,
+                    current: Bytes::new(),
+                    ingest: Some(ingest),
+                    failure: None,
+                    ended: false,
+                };
+                let staging = layers.stage()?;
+                let result = unpack::unpack(&mut reader, &staging.diff(), staging.budget())
+                    .and_then(|unpacked| {
+                        io::copy(&mut reader, &mut io::sink()).map_err(unpack::classify)?;
+                        Ok(unpacked)
+                    });
+                // Wrong bytes are a digest mismatch, whatever the tar reader
+                // made of them: read the rest (the download side stops at
+                // the declared size) before judging.
+                let drained = result.is_ok() || io::copy(&mut reader, &mut io::sink()).is_ok();
+                if let Some(failure) = reader.failure.take() {
+                    if let (Error::InvalidArgument(_), Some(ingest)) =
+                        (&failure, reader.ingest.take())
+                    {
+                        ingest.discard(); // a refusal: nothing to resume
+                    }
+                    return Err(failure); // the download failed: keep the ingest
+                }
+                let ingest = reader.ingest.take().expect("ingest kept until the end");
+                if drained && !ingest.matches() {
+                    ingest.discard();
+                    return Err(if offset > 0 {
+                        // What an earlier attempt left was not this blob
+                        // (another registry's bytes): start again from 0.
+                        Error::Unavailable(format!(
+                            "{what_blocking}: digest mismatch after resuming at byte {offset}; fetching it again from the start"
+                        ))
+                    } else {
+                        Error::InvalidArgument(format!(
+                            "{what_blocking}: digest mismatch: the registry sent other bytes than {wanted_blob}"
+                        ))
+                    });
+                }
+                match result {
+                    Ok(unpacked) => {
+                        ingest.commit()?;
+                        let mut staging = staging;
+                        let syncing = std::time::Instant::now();
+                        staging.sync()?;
+                        // Where the layer's time went (`make bench` sums
+                        // these for its pull breakdown).
+                        let t = unpacked.timings;
+                        let ms = |d: std::time::Duration| (d.as_secs_f64() * 1e4).round() / 10.0;
+                        tracing::info!(
+                            download_ms = ms(t.source),
+                            inflate_ms = ms(t.inflate),
+                            hash_ms = ms(t.hash),
+                            create_ms = ms(t.create),
+                            sync_ms = ms(syncing.elapsed()),
+                            entries = unpacked.entries,
+                            "{what_blocking} unpacked"
+                        );
+                        Ok((staging, unpacked))
+                    }
+                    Err(err) => {
+                        ingest.discard();
+                        Err(err)
+                    }
+                }
+            },
+        );
+
+        progress.send_replace(State::Downloading {
+            current: offset,
+            total,
+        });
+        let mut current = offset;
+        let mut window_start = Instant::now();
+        let mut window_bytes = 0u64;
+        let mut last_report = Instant::now();
+        let outcome = loop {
+            match tokio::time::timeout(self.stall, body.next()).await {
+                Err(_) => {
+                    break Chunk::Failed(self.stalled(&id, current, total));
+                }
+                Ok(None) => break Chunk::End,
+                Ok(Some(Err(err))) => {
+                    break Chunk::Failed(Error::Unavailable(format!(
+                        "{what}: download interrupted: {err}"
+                    )));
+                }
+                Ok(Some(Ok(bytes))) => {
+                    current += bytes.len() as u64;
+                    if current > total {
+                        // Never read past the descriptor: a body that does
+                        // not end is refused, not stored.
+                        break Chunk::Failed(Error::InvalidArgument(format!(
+                            "{what}: the registry sent more than the {total} bytes the manifest declares"
+                        )));
+                    }
+                    window_bytes += bytes.len() as u64;
+                    if chunks_tx.send(Chunk::Data(bytes)).await.is_err() {
+                        break Chunk::End; // unpacking failed; its error follows
+                    }
+                    if last_report.elapsed() >= Duration::from_millis(100) {
+                        progress.send_replace(State::Downloading { current, total });
+                        last_report = Instant::now();
+                    }
+                    if window_start.elapsed() >= self.stall {
+                        let floor = self.min_rate * window_start.elapsed().as_secs();
+                        if window_bytes < floor {
+                            break Chunk::Failed(self.stalled(&id, current, total));
+                        }
+                        window_start = Instant::now();
+                        window_bytes = 0;
+                    }
+                }
+            }
+        };
+        let stalled = matches!(&outcome, Chunk::Failed(Error::DeadlineExceeded(_)));
+        progress.send_replace(State::Downloading { current, total });
+        let _ = chunks_tx.send(outcome).await;
+        drop(chunks_tx);
+        progress.send_replace(State::Verifying);
+        let result = unpacking.await.map_err(Error::internal)?;
+        if result.is_ok() {
+            progress.send_replace(State::DownloadComplete);
+        } else if stalled {
+            tracing::warn!(layer = %id, "layer download stalled");
+        }
+        result
+    }
+
+    fn stalled(&self, id: &str, current: u64, total: u64) -> Error {
+        Error::DeadlineExceeded(format!(
+            "layer {id} stalled: {current} of {total} bytes after no progress for {}s{}",
+            self.stall.as_secs(),
+            if self.min_rate > 0 {
+                format!(" (minimum {} bytes/s)", self.min_rate)
+            } else {
+                String::new()
+            }
+        ))
+    }
+}
+
+/// Words that say a registry never answered a request (see
+/// [`unanswered`]).
+const UNANSWERED: &str = "the registry sent no answer within";
+
+/// A request the registry accepted and never answered within `stall`:
+/// UNAVAILABLE, so that it is tried again (its slot freed meanwhile);
+/// [`final_error`] makes the last one DEADLINE_EXCEEDED.
+fn unanswered(what: &str, stall: Duration) -> Error {
+    Error::Unavailable(format!("{what}: {UNANSWERED} {}s", stall.as_secs()))
+}
+
+/// The error a layer download ends with once no try is left: one that
+/// was never answered ran out of time.
+pub(crate) fn final_error(err: Error) -> Error {
+    match err {
+        Error::Unavailable(text) if text.contains(UNANSWERED) => Error::DeadlineExceeded(text),
+        other => other,
+    }
+}
+
+/// What the download side hands the unpacking side.
+enum Chunk {
+    Data(Bytes),
+    End,
+    Failed(Error),
+}
+
+/// The blocking side's reader: bytes an earlier attempt left in the
+/// ingest, then the download, each new byte written to the ingest.
+struct TeeReader {
+    prefix: Box<dyn Read + Send>,
+    chunks: mpsc::Receiver<Chunk>,
+    current: Bytes,
+    ingest: Option<Ingest>,
+    failure: Option<Error>,
+    /// The download ended; later reads answer end of file.
+    ended: bool,
+}
+
+impl Read for TeeReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.prefix.read(buf)?;
+        if n > 0 {
+            return Ok(n);
+        }
+        while self.current.is_empty() {
+            if self.ended {
+                return Ok(0);
+            }
+            if self.failure.is_some() {
+                return Err(io::Error::other("download failed"));
+            }
+            match self.chunks.blocking_recv() {
+                Some(Chunk::Data(bytes)) => {
+                    if let Some(ingest) = self.ingest.as_mut()
+                        && let Err(err) = ingest.write_all(&bytes)
+                    {
+                        // Sticky: a chunk the ingest missed must not reach
+                        // the unpacker either (a full disk, mostly).
+                        self.failure = Some(Error::from(err));
+                        continue;
+                    }
+                    self.current = bytes;
+                }
+                Some(Chunk::End) => self.ended = true,
+                Some(Chunk::Failed(err)) => {
+                    self.failure = Some(err);
+                }
+                None => {
+                    self.failure = Some(Error::Unavailable("download cancelled".into()));
+                }
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current[..n]);
+        let _ = self.current.split_to(n);
+        Ok(n)
+    }
+}

@@ -1,0 +1,186 @@
+//! `docker login`'s check (Moby's `loginV2`): credentials are presented to
+//! a registry the way a pull presents them, and the answer says whether
+//! it took them. Nothing is kept: the caller stores what it stores.
+//!
+//! The registry's `/v2/` is asked first, without credentials. An answer
+//! of 200 needs none: the login succeeds as Docker's does. A basic
+//! challenge gets the credentials sent to `/v2/`; a bearer challenge gets
+//! them exchanged at the realm (through [`crate::registry::token`]'s rules), asking
+//! for a refresh token to keep instead of the password, and the token is
+//! then shown to `/v2/`.
+
+use std::time::Duration;
+
+use imaged_api::v1::{LoginRequest, LoginResponse};
+use imaged_common::Error;
+use oci_client::errors::OciDistributionError;
+use oci_client::secrets::RegistryAuth;
+
+use crate::registry::token::{self, Ask, Challenge};
+use crate::registry::{self, Registries, Source};
+
+/// How long each request of a login may take.
+const LOGIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The server a login names when it names none (Docker Hub's index).
+const DOCKER_HUB: &str = "https://index.docker.io/v1/";
+
+/// Checks `request.auth` against the registry `request.server` names.
+pub async fn login(registries: &Registries, request: LoginRequest) -> Result<LoginResponse, Error> {
+    let host = hostname(&request.server)?;
+    let auth = registry::auth(request.auth.as_ref());
+    let source = registries.host(&host, &auth);
+    let identity_token = check(&source, &auth).await?;
+    Ok(LoginResponse {
+        status: "Login Succeeded".into(),
+        identity_token: identity_token.unwrap_or_default(),
+    })
+}
+
+/// The registry host a server names, as Docker's `ConvertToHostname`
+/// reads it: the scheme and any path dropped; Docker Hub's index for
+/// none.
+fn hostname(server: &str) -> Result<String, Error> {
+    let server = match server.trim() {
+        "" => DOCKER_HUB,
+        text => text,
+    };
+    let bare = server
+        .strip_prefix("https://")
+        .or_else(|| server.strip_prefix("http://"))
+        .unwrap_or(server);
+    let host = bare.split('/').next().unwrap_or_default();
+    let valid = !host.is_empty()
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'));
+    if !valid {
+        return Err(Error::InvalidArgument(format!(
+            "invalid registry server {server:?}: use host[:port]"
+        )));
+    }
+    // Docker Hub's index answers logins at its registry.
+    Ok(match host {
+        "index.docker.io" | "registry-1.docker.io" => "docker.io".into(),
+        other => other.to_string(),
+    })
+}
+
+/// Presents `auth` to the registry; answers the refresh token its token
+/// service gave, if any.
+async fn check(source: &Source, auth: &RegistryAuth) -> Result<Option<String>, Error> {
+    let scheme = if source.plain_http { "http" } else { "https" };
+    let url = format!("{scheme}://{}/v2/", source.oref.resolve_registry());
+    let unreachable = |err: reqwest::Error| {
+        if err.is_timeout() {
+            Error::DeadlineExceeded(format!("Get \"{url}\": no answer in {LOGIN_TIMEOUT:?}"))
+        } else {
+            Error::Unavailable(format!("Get \"{url}\": {}", error_chain(&err)))
+        }
+    };
+    let get = || source.http.get(&url).timeout(LOGIN_TIMEOUT);
+    let ping = get().send().await.map_err(unreachable)?;
+    if ping.status().is_success() {
+        return Ok(None);
+    }
+    if ping.status() != reqwest::StatusCode::UNAUTHORIZED {
+        return Err(refused(&url, ping.status()));
+    }
+    let challenge = ping
+        .headers()
+        .get(reqwest::header::WWW_AUTHENTICATE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(Challenge::parse);
+    let (answer, refresh_token) = match challenge {
+        Some(Challenge::Bearer { realm, service }) => {
+            let registry = token::Registry {
+                host: source.oref.resolve_registry(),
+                plain_http: source.plain_http,
+            };
+            let asked = Ask {
+                scope: None,
+                offline: true,
+            };
+            let got = token::exchange_for(
+                &source.http,
+                (&realm, service.as_deref()),
+                asked,
+                &registry,
+                auth,
+            )
+            .await
+            .map_err(|err| {
+                let why = match err {
+                    OciDistributionError::AuthenticationFailure(why) => why,
+                    other => other.to_string(),
+                };
+                Error::Unauthenticated(format!("Get \"{url}\": unauthorized: {why}"))
+            })?;
+            let answer = get()
+                .bearer_auth(&got.token)
+                .send()
+                .await
+                .map_err(unreachable)?;
+            (answer, got.refresh_token)
+        }
+        _ => {
+            let request = match auth {
+                RegistryAuth::Basic(user, password) => get().basic_auth(user, Some(password)),
+                RegistryAuth::Bearer(token) => get().bearer_auth(token),
+                RegistryAuth::Anonymous => get(),
+            };
+            (request.send().await.map_err(unreachable)?, None)
+        }
+    };
+    if answer.status().is_success() {
+        Ok(refresh_token)
+    } else {
+        Err(refused(&url, answer.status()))
+    }
+}
+
+/// Docker's words for a registry that did not take the credentials.
+fn refused(url: &str, status: reqwest::StatusCode) -> Error {
+    let text = format!(
+        "login attempt to {url} failed with status: {} {}",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or_default()
+    );
+    if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN {
+        Error::Unauthenticated(text)
+    } else {
+        Error::Unavailable(text)
+    }
+}
+
+/// An error with its causes, as one line.
+fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn servers_read_as_docker_reads_them() {
+        assert_eq!(hostname("").unwrap(), "docker.io");
+        assert_eq!(
+            hostname("https://index.docker.io/v1/").unwrap(),
+            "docker.io"
+        );
+        assert_eq!(hostname("127.0.0.1:5000").unwrap(), "127.0.0.1:5000");
+        assert_eq!(
+            hostname("http://reg.example:5000/v2/").unwrap(),
+            "reg.example:5000"
+        );
+        assert!(hostname("bad host").is_err());
+        assert!(hostname("https:///x").is_err());
+    }
+}

@@ -1,0 +1,232 @@
+//! The content store, served read-only over the OCI distribution API
+//! (`--serve-content ADDR`), so that other nodes can list this one as a
+//! registry mirror (`hosts.toml`, capability `pull`) and fetch from it
+//! what it already pulled, as Spegel does.
+//!
+//! Only `GET` and `HEAD` of `/v2/`, `/v2/<name>/manifests/<digest>` and
+//! `/v2/<name>/blobs/<digest>`: no tags, no listing, no push. A blob is
+//! served only by digest, only when an image this node holds needs it (a
+//! manifest or config some image owns, or the blob a stored layer came
+//! from), and only when it is public under the repository asked for
+//! (`<name>`, the upstream's name: see [`crate::public`]): fetched by
+//! this node without credentials from that repository. A blob pulled with
+//! credentials, or that exists only here, is a 404 like a blob this node
+//! never had, except to a fleet peer: with `--serve-content-tls-*` the
+//! listener speaks TLS, and a client whose certificate the fleet's CA
+//! signed may have every blob this node holds. Whoever fetches checks
+//! what is served against its digest.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use axum::Extension;
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use imaged_common::http::Verified;
+use imaged_model::Digest;
+
+use crate::store::content::ContentStore;
+use crate::store::layers::LayerStore;
+
+/// Largest manifest served (read whole to find its media type).
+const MAX_MANIFEST: u64 = 4 << 20;
+
+#[derive(Clone)]
+struct Served {
+    content: ContentStore,
+    layers: Arc<LayerStore>,
+    /// Requests whose check runs on a blocking thread at once; the others
+    /// wait their turn, so a crowd cannot take the blocking pool.
+    checking: Arc<tokio::sync::Semaphore>,
+}
+
+/// Checks (disk lookups) run at once, at most.
+const CHECKS_AT_ONCE: usize = 8;
+
+impl Served {
+    /// Whether `digest` is a blob of an image this node holds that the
+    /// client may have under `repository`: a fleet peer ([`Verified`])
+    /// anything, anyone else what is public there.
+    fn holds(&self, digest: &Digest, repository: &str, verified: Verified) -> bool {
+        (verified.0 || self.content.public().allows(digest, repository))
+            && self.content.contains(digest)
+            && (self
+                .layers
+                .all()
+                .iter()
+                .any(|layer| layer.blobs().any(|b| b == digest))
+                || self.content.is_owned(digest).unwrap_or(false))
+    }
+}
+
+/// Serves the content store on `addr` until the task is dropped.
+pub async fn serve(
+    addr: SocketAddr,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    content: ContentStore,
+    layers: Arc<LayerStore>,
+) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot serve content on {addr}"))?;
+    tracing::info!(%addr, "content served read-only over the OCI distribution API");
+    let router = Router::new()
+        .route("/v2/", get(ping))
+        .route("/v2/{*rest}", get(fetch))
+        .fallback(|| async { unknown("NAME_UNKNOWN", "not served here") })
+        .with_state(Served {
+            content,
+            layers,
+            checking: Arc::new(tokio::sync::Semaphore::new(CHECKS_AT_ONCE)),
+        });
+    let listener = match tls {
+        Some(acceptor) => imaged_common::http::Listener::Tls(listener, acceptor),
+        None => imaged_common::http::Listener::Tcp(listener),
+    };
+    imaged_common::http::serve(listener, router, imaged_common::http::Limits::default()).await;
+    anyhow::bail!("serving content stopped")
+}
+
+/// `GET /v2/`: the API version check every registry client makes.
+async fn ping() -> Response {
+    (
+        [("Docker-Distribution-API-Version", "registry/2.0")],
+        axum::Json(serde_json::json!({})),
+    )
+        .into_response()
+}
+
+/// `GET`/`HEAD /v2/<name>/(manifests|blobs)/<digest>`.
+async fn fetch(
+    State(served): State<Served>,
+    verified: Option<Extension<Verified>>,
+    method: Method,
+    Path(rest): Path<String>,
+) -> Response {
+    let verified = verified.map_or(Verified(false), |Extension(v)| v);
+    let Some((name_and_kind, reference)) = rest.rsplit_once('/') else {
+        return unknown("NAME_UNKNOWN", "not served here");
+    };
+    let (kind, code, repository) =
+        if let Some(repository) = name_and_kind.strip_suffix("/manifests") {
+            ("manifest", "MANIFEST_UNKNOWN", repository.to_string())
+        } else if let Some(repository) = name_and_kind.strip_suffix("/blobs") {
+            ("blob", "BLOB_UNKNOWN", repository.to_string())
+        } else {
+            return unknown("NAME_UNKNOWN", "not served here");
+        };
+    // By digest only: this node answers no tags.
+    let Ok(digest) = reference.parse::<Digest>() else {
+        return unknown(code, "only digests are served here");
+    };
+    let holds = {
+        let Ok(_turn) = served.checking.acquire().await else {
+            return unknown(code, &format!("{kind} unknown"));
+        };
+        let served = served.clone();
+        let digest = digest.clone();
+        tokio::task::spawn_blocking(move || served.holds(&digest, &repository, verified))
+            .await
+            .unwrap_or(false)
+    };
+    if !holds {
+        return unknown(code, &format!("{kind} unknown"));
+    }
+    let path = served.content.path(&digest);
+    let Ok(file) = tokio::fs::File::open(&path).await else {
+        return unknown(code, &format!("{kind} unknown"));
+    };
+    let Ok(meta) = file.metadata().await else {
+        return unknown(code, &format!("{kind} unknown"));
+    };
+    let media_type = if kind == "manifest" {
+        if meta.len() > MAX_MANIFEST {
+            return unknown(code, "manifest too large");
+        }
+        match tokio::fs::read(&path).await {
+            Ok(bytes) => manifest_media_type(&bytes),
+            Err(_) => return unknown(code, "manifest unknown"),
+        }
+    } else {
+        "application/octet-stream".to_string()
+    };
+    let mut response = if method == Method::HEAD {
+        Response::new(Body::empty())
+    } else {
+        Response::new(Body::from_stream(
+            tokio_util::io::ReaderStream::with_capacity(file, 256 << 10),
+        ))
+    };
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(meta.len()));
+    if let Ok(value) = HeaderValue::from_str(&media_type) {
+        headers.insert(header::CONTENT_TYPE, value);
+    }
+    if let Ok(value) = HeaderValue::from_str(&digest.to_string()) {
+        headers.insert("Docker-Content-Digest", value);
+    }
+    response
+}
+
+/// A manifest's media type: its own `mediaType`, else what its shape says.
+fn manifest_media_type(bytes: &[u8]) -> String {
+    #[derive(serde::Deserialize)]
+    struct Probe {
+        #[serde(rename = "mediaType")]
+        media_type: Option<String>,
+        manifests: Option<serde_json::Value>,
+    }
+    match serde_json::from_slice::<Probe>(bytes) {
+        Ok(Probe {
+            media_type: Some(media_type),
+            ..
+        }) => media_type,
+        Ok(Probe {
+            manifests: Some(_), ..
+        }) => imaged_model::media_type::OCI_INDEX.to_string(),
+        _ => imaged_model::media_type::OCI_MANIFEST.to_string(),
+    }
+}
+
+/// The distribution API's 404.
+fn unknown(code: &str, message: &str) -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        axum::Json(serde_json::json!({
+            "errors": [{ "code": code, "message": message }]
+        })),
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_manifest_is_served_as_its_own_media_type_or_its_shape() {
+        assert_eq!(
+            manifest_media_type(
+                br#"{"mediaType":"application/vnd.docker.distribution.manifest.v2+json"}"#
+            ),
+            "application/vnd.docker.distribution.manifest.v2+json"
+        );
+        assert_eq!(
+            manifest_media_type(br#"{"schemaVersion":2,"manifests":[]}"#),
+            imaged_model::media_type::OCI_INDEX
+        );
+        assert_eq!(
+            manifest_media_type(br#"{"schemaVersion":2,"layers":[]}"#),
+            imaged_model::media_type::OCI_MANIFEST
+        );
+        assert_eq!(
+            manifest_media_type(b"not json"),
+            imaged_model::media_type::OCI_MANIFEST
+        );
+    }
+}
