@@ -379,7 +379,12 @@ async fn imagectl_errors_read_as_the_docker_cli_prints_them() {
 
     // An unknown events filter key filters nothing: the stream still
     // ends, with the events it would have had.
-    let since = chrono::Utc::now().timestamp().to_string();
+    // From the next whole second: the pulls above stay out of the window
+    // in both, whichever second they fell in.
+    let now = chrono::Utc::now();
+    let since = (now.timestamp() + 1).to_string();
+    let to_next_second = 1_050 - u64::from(now.timestamp_subsec_millis());
+    tokio::time::sleep(std::time::Duration::from_millis(to_next_second)).await;
     b.dockerd.ok(&["tag", &app, "ev/app:1"]).await.unwrap();
     b.imagectl(&["tag", &app, "ev/app:1"], None).await;
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
