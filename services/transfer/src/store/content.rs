@@ -83,8 +83,8 @@ impl ContentStore {
             owners,
             owning: Arc::default(),
             writers: Arc::default(),
-            public: Marks::open(dir, "public")?,
-            known_at: Marks::open(dir, "known-at")?,
+            public: Marks::open(dir, "public", true)?,
+            known_at: Marks::open(dir, "known-at", false)?,
         })
     }
 

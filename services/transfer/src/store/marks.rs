@@ -31,17 +31,23 @@ use imaged_model::Digest;
 #[derive(Clone, Debug)]
 pub struct Marks {
     dir: PathBuf,
+    /// Whether a mark is fsynced before it counts (see [`Marks::open`]).
+    durable: bool,
     /// Held while a marker is read and rewritten.
     writing: Arc<Mutex<()>>,
 }
 
 impl Marks {
-    /// Opens (creating) `<content>/<kind>`.
-    pub fn open(content: &Path, kind: &str) -> io::Result<Marks> {
+    /// Opens (creating) `<content>/<kind>`. A `durable` record fsyncs
+    /// each mark; another only renames it into place, for marks whose loss
+    /// costs nothing but work (a known-at mark lost in a crash costs an
+    /// upload, where two fsyncs a layer cost every pull).
+    pub fn open(content: &Path, kind: &str, durable: bool) -> io::Result<Marks> {
         let dir = content.join(kind);
         fs::create_dir_all(&dir)?;
         Ok(Marks {
             dir,
+            durable,
             writing: Arc::default(),
         })
     }
@@ -56,7 +62,14 @@ impl Marks {
         }
         repositories.push(repository.to_string());
         let text: String = repositories.iter().map(|r| format!("{r}\n")).collect();
-        crate::durable::replace(&self.dir.join(digest.hex()), text.as_bytes())?;
+        let path = self.dir.join(digest.hex());
+        if self.durable {
+            crate::durable::replace(&path, text.as_bytes())?;
+        } else {
+            let mut temp = tempfile::NamedTempFile::new_in(&self.dir)?;
+            io::Write::write_all(&mut temp, text.as_bytes())?;
+            temp.persist(&path).map_err(|err| err.error)?;
+        }
         Ok(())
     }
 
@@ -87,7 +100,7 @@ mod tests {
     #[test]
     fn a_blob_is_public_only_under_the_repositories_it_came_from() {
         let dir = tempfile::tempdir().unwrap();
-        let public = Marks::open(dir.path(), "public").unwrap();
+        let public = Marks::open(dir.path(), "public", true).unwrap();
         let blob = Digest::sha256_of(b"layer");
         assert!(!public.allows(&blob, "library/app"));
         public.mark(&blob, "library/app").unwrap();
@@ -96,7 +109,7 @@ mod tests {
         assert!(public.allows(&blob, "library/app"));
         assert!(public.allows(&blob, "team/app"));
         assert!(!public.allows(&blob, "other/app"));
-        let again = Marks::open(dir.path(), "public").unwrap();
+        let again = Marks::open(dir.path(), "public", true).unwrap();
         assert!(again.allows(&blob, "team/app"));
         again.forget(&blob);
         assert!(!public.allows(&blob, "library/app"));
