@@ -17,7 +17,8 @@
 //!   instead of uploading it again. A lost marker costs an upload.
 //!
 //! On disk: `<content>/<kind>/<hex>`, the repositories one a line,
-//! replaced durably.
+//! replaced whole: durably for public marks, by a plain rename for
+//! known-at ones.
 
 use std::fs;
 use std::io;
