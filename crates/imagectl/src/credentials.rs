@@ -17,8 +17,8 @@ use anyhow::{Context, bail};
 use base64::Engine;
 use serde_json::{Map, Value, json};
 
-/// The key Docker Hub's credentials are kept under.
-pub const DOCKER_HUB: &str = "https://index.docker.io/v1/";
+use imaged_model::reference;
+pub use imaged_model::reference::DOCKER_HUB_SERVER as DOCKER_HUB;
 
 /// What a helper answers when it has nothing for a server.
 const NOT_FOUND: &str = "credentials not found in native keychain";
@@ -197,20 +197,16 @@ impl Store {
 
 /// The key a registry's credentials are kept under: Docker Hub's for
 /// `docker.io`, else the host as named.
-pub fn server_key(domain: &str) -> String {
-    match domain {
-        "docker.io" | "index.docker.io" | "registry-1.docker.io" => DOCKER_HUB.to_string(),
-        other => other.to_string(),
+pub fn server_key(host: &str) -> String {
+    match reference::registry_domain(host) {
+        reference::DEFAULT_DOMAIN => DOCKER_HUB.to_string(),
+        _ => host.to_string(),
     }
 }
 
 /// A server key's host, as Docker's `ConvertToHostname`.
 fn hostname(server: &str) -> &str {
-    let bare = server
-        .strip_prefix("https://")
-        .or_else(|| server.strip_prefix("http://"))
-        .unwrap_or(server);
-    bare.split('/').next().unwrap_or(bare)
+    reference::server_hostname(server)
 }
 
 /// Runs `docker-credential-<helper> <action>` with `input`; answers its

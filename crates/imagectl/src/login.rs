@@ -136,12 +136,7 @@ fn wire(credentials: &Credentials) -> RegistryAuth {
 /// or for its index; else the host, without scheme or path.
 fn key(server: Option<&str>) -> String {
     let server = server.unwrap_or(credentials::DOCKER_HUB).trim();
-    let bare = server
-        .strip_prefix("https://")
-        .or_else(|| server.strip_prefix("http://"))
-        .unwrap_or(server);
-    let host = bare.split('/').next().unwrap_or(bare);
-    credentials::server_key(host)
+    credentials::server_key(imaged_model::reference::server_hostname(server))
 }
 
 /// Asks on the terminal; the password without echo. Refused without a

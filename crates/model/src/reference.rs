@@ -15,6 +15,27 @@ const LEGACY_DEFAULT_DOMAIN: &str = "index.docker.io";
 const OFFICIAL_REPO_PREFIX: &str = "library/";
 /// The tag a reference without tag or digest gets.
 pub const DEFAULT_TAG: &str = "latest";
+/// The server Docker Hub's credentials are kept under and logins name.
+pub const DOCKER_HUB_SERVER: &str = "https://index.docker.io/v1/";
+
+/// The registry host a login server names, as Docker's
+/// `ConvertToHostname` reads it: the scheme and any path dropped.
+pub fn server_hostname(server: &str) -> &str {
+    let bare = server
+        .strip_prefix("https://")
+        .or_else(|| server.strip_prefix("http://"))
+        .unwrap_or(server);
+    bare.split('/').next().unwrap_or(bare)
+}
+
+/// The registry domain a host stands for: Docker Hub's index and
+/// registry hosts are `docker.io`.
+pub fn registry_domain(host: &str) -> &str {
+    match host {
+        LEGACY_DEFAULT_DOMAIN | "registry-1.docker.io" => DEFAULT_DOMAIN,
+        other => other,
+    }
+}
 const NAME_TOTAL_LENGTH_MAX: usize = 255;
 
 /// The grammar of distribution's reference package.

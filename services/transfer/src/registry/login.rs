@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use imaged_api::v1::{LoginRequest, LoginResponse};
 use imaged_common::Error;
+use imaged_model::reference;
 use oci_client::errors::OciDistributionError;
 use oci_client::secrets::RegistryAuth;
 
@@ -21,9 +22,6 @@ use crate::registry::{self, Registries, Source};
 
 /// How long each request of a login may take.
 const LOGIN_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// The server a login names when it names none (Docker Hub's index).
-const DOCKER_HUB: &str = "https://index.docker.io/v1/";
 
 /// Checks `request.auth` against the registry `request.server` names.
 pub async fn login(registries: &Registries, request: LoginRequest) -> Result<LoginResponse, Error> {
@@ -37,19 +35,14 @@ pub async fn login(registries: &Registries, request: LoginRequest) -> Result<Log
     })
 }
 
-/// The registry host a server names, as Docker's `ConvertToHostname`
-/// reads it: the scheme and any path dropped; Docker Hub's index for
-/// none.
+/// The registry host a server names (Docker's `ConvertToHostname`);
+/// Docker Hub for none.
 fn hostname(server: &str) -> Result<String, Error> {
     let server = match server.trim() {
-        "" => DOCKER_HUB,
+        "" => reference::DOCKER_HUB_SERVER,
         text => text,
     };
-    let bare = server
-        .strip_prefix("https://")
-        .or_else(|| server.strip_prefix("http://"))
-        .unwrap_or(server);
-    let host = bare.split('/').next().unwrap_or_default();
+    let host = reference::server_hostname(server);
     let valid = !host.is_empty()
         && host
             .chars()
@@ -59,11 +52,7 @@ fn hostname(server: &str) -> Result<String, Error> {
             "invalid registry server {server:?}: use host[:port]"
         )));
     }
-    // Docker Hub's index answers logins at its registry.
-    Ok(match host {
-        "index.docker.io" | "registry-1.docker.io" => "docker.io".into(),
-        other => other.to_string(),
-    })
+    Ok(reference::registry_domain(host).to_string())
 }
 
 /// Presents `auth` to the registry; answers the refresh token its token
