@@ -341,7 +341,8 @@ impl Puller {
         let manifest = &resolved.manifest;
         let config_digest: Digest = manifest.config.digest.parse()?;
         let stored = self.content.read(&config_digest).ok();
-        let config = match stored.clone() {
+        let was_stored = stored.is_some();
+        let config = match stored {
             Some(bytes) => bytes,
             None => {
                 let bytes = self
@@ -388,7 +389,7 @@ impl Puller {
         Ok(Configured {
             config,
             diff_ids,
-            stored: stored.is_some(),
+            stored: was_stored,
         })
     }
 
