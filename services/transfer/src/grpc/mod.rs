@@ -2,5 +2,7 @@
 //! service (the adapter from protobuf to the engines) and the client of
 //! imaged-metadata it calls.
 
+pub(crate) mod convert;
 pub(crate) mod metadata;
+pub(crate) mod progress;
 pub(crate) mod service;

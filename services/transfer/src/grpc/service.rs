@@ -24,6 +24,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use super::{convert, progress};
 use crate::commit::Committer;
 use crate::containers::RwLayers;
 use crate::export::Exporter;
@@ -153,12 +154,19 @@ impl Transfer for TransferService {
     ) -> Result<Response<Self::PullStream>, Status> {
         let request = request.into_inner();
         Reference::parse(&request.reference).map_err(Error::from)?;
+        let order = convert::pull_order(request);
         let pulls = Arc::clone(&self.pulls);
         Ok(Response::new(stream_task(
             PROGRESS_BUFFER,
             move |tx| async move {
                 let started = std::time::Instant::now();
-                let result = pulls.pull(request, tx).await;
+                let (events_tx, mut events) = mpsc::channel(PROGRESS_BUFFER);
+                let forward = async {
+                    while let Some(event) = events.recv().await {
+                        let _ = tx.send(Ok(progress::pull_line(event))).await;
+                    }
+                };
+                let (result, ()) = tokio::join!(pulls.pull(order, events_tx), forward);
                 crate::metrics::finished(crate::metrics::Kind::Pull, started, &result);
                 result
             },
@@ -182,12 +190,19 @@ impl Transfer for TransferService {
     ) -> Result<Response<Self::PushStream>, Status> {
         let request = request.into_inner();
         Reference::parse(&request.reference).map_err(Error::from)?;
+        let order = convert::push_order(request);
         let pusher = Arc::clone(&self.pusher);
         Ok(Response::new(stream_task(
             PROGRESS_BUFFER,
             move |tx| async move {
                 let started = std::time::Instant::now();
-                let result = pusher.push(request, tx).await;
+                let (events_tx, mut events) = mpsc::channel(PROGRESS_BUFFER);
+                let forward = async {
+                    while let Some(event) = events.recv().await {
+                        let _ = tx.send(Ok(progress::push_line(event))).await;
+                    }
+                };
+                let (result, ()) = tokio::join!(pusher.push(order, events_tx), forward);
                 crate::metrics::finished(crate::metrics::Kind::Push, started, &result);
                 result
             },
@@ -214,11 +229,24 @@ impl Transfer for TransferService {
         &self,
         request: Request<tonic::Streaming<LoadImagesRequest>>,
     ) -> Result<Response<Self::LoadStream>, Status> {
-        let inbound = request.into_inner();
+        let mut inbound = request.into_inner();
+        let Some(first) = inbound.message().await? else {
+            return Err(Error::InvalidArgument("empty archive".into()).into());
+        };
+        let (options, chunks) = convert::load_stream(first, inbound);
         let loader = Arc::clone(&self.loader);
         Ok(Response::new(stream_task(
             PROGRESS_BUFFER,
-            move |tx| async move { loader.load(inbound, tx).await },
+            move |tx| async move {
+                let (events_tx, mut events) = mpsc::channel(PROGRESS_BUFFER);
+                let forward = async {
+                    while let Some(event) = events.recv().await {
+                        let _ = tx.send(Ok(progress::load_line(event))).await;
+                    }
+                };
+                let (result, ()) = tokio::join!(loader.load(options, chunks, events_tx), forward);
+                result
+            },
         )))
     }
 

@@ -6,6 +6,7 @@
 //! and unpacked — and the image is recorded in imaged-metadata with its
 //! tags, which sends the `load` event.
 
+pub mod events;
 pub(crate) mod legacy;
 
 use std::collections::HashMap;
@@ -15,7 +16,6 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use imaged_api::internal::v1::PutImageRequest;
-use imaged_api::v1::{LoadImagesRequest, LoadImagesResponse};
 use imaged_common::Error;
 use imaged_model::digest::chain_ids;
 use imaged_model::image_config::ImageConfig;
@@ -32,8 +32,7 @@ use crate::store::content::ContentStore;
 use crate::store::layers::{Layer, LayerStore};
 use crate::store::leases::Leases;
 
-/// What a load sends its caller.
-pub type Lines = mpsc::Sender<Result<LoadImagesResponse, tonic::Status>>;
+use events::{LoadEvent, LoadOptions, Progress, say};
 
 /// One entry of manifest.json.
 #[derive(Deserialize)]
@@ -73,22 +72,16 @@ impl Loader {
         }
     }
 
-    /// Loads the archive arriving on `inbound`, answering lines on `tx`.
+    /// Loads the archive arriving on `inbound`, saying how it goes on
+    /// `tx`.
     pub async fn load(
         &self,
-        mut inbound: impl tokio_stream::Stream<Item = Result<LoadImagesRequest, tonic::Status>> + Unpin,
-        tx: Lines,
+        options: LoadOptions,
+        mut inbound: impl tokio_stream::Stream<Item = Result<Bytes, Error>> + Unpin,
+        tx: Progress,
     ) -> Result<(), Error> {
-        let Some(first) = inbound.next().await else {
-            return Err(Error::InvalidArgument("empty archive".into()));
-        };
-        let first = first.map_err(|s| Error::InvalidArgument(s.message().into()))?;
-        let quiet = first.quiet;
-        let platform = first
-            .platform
-            .as_ref()
-            .filter(|p| !p.os.is_empty() || !p.architecture.is_empty())
-            .map(|p| Platform::new(&p.os, &p.architecture, &p.variant).normalize());
+        let quiet = options.quiet;
+        let platform = options.platform.map(|p| p.normalize());
 
         // Unpack the archive while it arrives.
         let staging = self.layers.stage()?;
@@ -100,21 +93,12 @@ impl Loader {
         let extracting = tokio::task::spawn_blocking(move || {
             extract(ChannelReader::new(chunks_rx), &target, limit)
         });
-        let mut message = Some(first);
-        while let Some(m) = message.take() {
-            if chunks_tx.send(Some(Bytes::from(m.chunk))).await.is_err() {
+        while let Some(chunk) = inbound.next().await {
+            let chunk = chunk
+                .map_err(|e| Error::InvalidArgument(format!("the archive stream broke: {e}")))?;
+            if chunks_tx.send(Some(chunk)).await.is_err() {
                 break; // extraction stopped; its error follows
             }
-            message = match inbound.next().await {
-                Some(Ok(m)) => Some(m),
-                Some(Err(status)) => {
-                    return Err(Error::InvalidArgument(format!(
-                        "the archive stream broke: {}",
-                        status.message()
-                    )));
-                }
-                None => None,
-            };
         }
         let _ = chunks_tx.send(None).await;
         drop(chunks_tx);
@@ -197,7 +181,13 @@ impl Loader {
                     continue;
                 }
                 if !quiet {
-                    line(&tx, format!("Loading layer {}", diff_id.short())).await;
+                    say(
+                        &tx,
+                        LoadEvent::LoadingLayer {
+                            diff_id: diff_id.clone(),
+                        },
+                    )
+                    .await;
                 }
                 let path = archive_file(&dir, &links, &entry.layers[i])?;
                 let layer = Layer {
@@ -225,18 +215,12 @@ impl Loader {
                 tag_events: false,
             };
             let recorded = self.metadata.put_image(put).await?;
-            for moved in &recorded.moved {
-                line(
-                    &tx,
-                    format!(
-                        "The image {} already exists, renaming the old one with ID {} to empty string",
-                        moved.tag, moved.from_id
-                    ),
-                )
-                .await;
+            for moved in recorded.moved {
+                let (tag, from_id) = (moved.tag, moved.from_id);
+                say(&tx, LoadEvent::Renamed { tag, from_id }).await;
             }
             for tag in &tags {
-                line(&tx, format!("Loaded image: {}", tag.familiar())).await;
+                say(&tx, LoadEvent::Loaded { tag: tag.clone() }).await;
             }
             last_tagged = !tags.is_empty();
             if let Some(parent) = entry.parent.filter(|p| !p.is_empty()) {
@@ -260,7 +244,7 @@ impl Loader {
         }
         if !last_tagged {
             for id in &loaded {
-                line(&tx, format!("Loaded image ID: {id}")).await;
+                say(&tx, LoadEvent::LoadedId { id: id.clone() }).await;
             }
         }
         drop(staging);
@@ -350,10 +334,6 @@ pub(crate) fn read_capped(path: &Path, max: u64, what: &str) -> Result<Vec<u8>, 
         )));
     }
     Ok(bytes)
-}
-
-async fn line(tx: &Lines, message: String) {
-    let _ = tx.send(Ok(LoadImagesResponse { message })).await;
 }
 
 /// Links an archive holds between its own files: link path → the path it

@@ -3,12 +3,21 @@
 //! retries, mirror fallback, resume), committed in chain order.
 
 use super::*;
+use events::Bytes;
 
 pub(super) type LayerFuture = Shared<BoxFuture<'static, Result<Arc<Layer>, Error>>>;
 
 pub(super) struct Job {
     done: WeakShared<BoxFuture<'static, Result<Arc<Layer>, Error>>>,
     progress: watch::Receiver<State>,
+}
+
+fn layer_event(blob: &Digest, state: State, bytes: Bytes) -> PullEvent {
+    PullEvent::Layer {
+        blob: blob.clone(),
+        state,
+        bytes,
+    }
 }
 
 /// One layer a pull brings into the store: where it comes from, what it
@@ -97,23 +106,29 @@ impl Puller {
         let mut waits: Vec<LayerFuture> = Vec::new();
         let mut watches = Vec::new();
         let mut parent: Option<LayerFuture> = None;
+        let mut blobs = Vec::with_capacity(layers.len());
         for (i, desc) in layers.iter().enumerate() {
-            let id = short(&desc.digest);
+            let blob: Digest = desc.digest.parse()?;
+            blobs.push(blob.clone());
             if !plan.fetch[i] {
-                send(tx, line(&id, State::AlreadyExists.status())).await;
+                say(
+                    tx,
+                    layer_event(&blob, State::AlreadyExists, Bytes::default()),
+                )
+                .await;
                 parent = None;
                 continue;
             }
-            send(tx, line(&id, "Pulling fs layer".into())).await;
+            say(tx, layer_event(&blob, State::Announced, Bytes::default())).await;
             let job = LayerJob::new(target, layers, &configured.diff_ids, chains, i)?;
             let (done, progress) = self.job(job, parent.take());
             waits.push(done.clone());
-            watches.push(WatchStream::new(progress).map(move |state| (i, id.clone(), state)));
+            watches.push(WatchStream::new(progress).map(move |state| (i, state)));
             parent = Some(done);
         }
 
         let totals = &plan.totals;
-        let aggregate_total = plan.total();
+        let all_total = plan.total();
         let mut done_bytes = vec![0u64; chains.len()];
         let mut last_state: Vec<Option<State>> = vec![None; chains.len()];
         let mut updates = stream::select_all(watches);
@@ -121,7 +136,7 @@ impl Puller {
         loop {
             tokio::select! {
                 result = &mut all => { result?; break; }
-                Some((i, id, state)) = updates.next() => {
+                Some((i, state)) = updates.next() => {
                     if state == State::Pending {
                         continue;
                     }
@@ -134,29 +149,31 @@ impl Puller {
                             _ => (0, 0),
                         };
                         done_bytes[i] = done_bytes[i].max(current);
-                        let mut message = line(&id, state.status());
-                        message.current = current as i64;
-                        message.total = total as i64;
-                        message.aggregate_current = done_bytes.iter().sum::<u64>() as i64;
-                        message.aggregate_total = aggregate_total as i64;
-                        send(tx, message).await;
+                        let bytes = Bytes {
+                            current,
+                            total,
+                            all_current: done_bytes.iter().sum(),
+                            all_total,
+                        };
+                        say(tx, layer_event(&blobs[i], state.clone(), bytes)).await;
                         last_state[i] = Some(state);
                     }
                 }
             }
         }
         // Layers that finished between the last update and the join.
-        for (i, desc) in layers.iter().enumerate() {
+        for (i, blob) in blobs.iter().enumerate() {
             if !plan.fetch[i] || last_state[i] == Some(State::Complete) {
                 continue;
             }
             for state in State::Complete.with_missed(last_state[i].as_ref()) {
-                let mut message = line(&short(&desc.digest), state.status());
-                message.current = totals[i] as i64;
-                message.total = totals[i] as i64;
-                message.aggregate_current = aggregate_total as i64;
-                message.aggregate_total = aggregate_total as i64;
-                send(tx, message).await;
+                let bytes = Bytes {
+                    current: totals[i],
+                    total: totals[i],
+                    all_current: all_total,
+                    all_total,
+                };
+                say(tx, layer_event(blob, state, bytes)).await;
             }
         }
         Ok(())

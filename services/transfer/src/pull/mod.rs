@@ -7,6 +7,7 @@
 //! its job is shared, and it runs as long as one pull still waits on it.
 
 pub(crate) mod download;
+pub mod events;
 pub(crate) mod share;
 
 use std::collections::HashMap;
@@ -17,14 +18,13 @@ use bytes::Bytes;
 use futures::future::{BoxFuture, FutureExt, Shared, WeakShared};
 use futures::{StreamExt, stream};
 use imaged_api::internal::v1::PutImageRequest;
-use imaged_api::v1::{PullImageProgress, PullImageRequest};
 use imaged_common::Error;
 use imaged_model::digest::chain_ids;
 use imaged_model::image_config::ImageConfig;
 use imaged_model::{Digest, Platform, Reference};
 use oci_client::manifest::OciDescriptor;
 use oci_client::secrets::RegistryAuth;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio_stream::wrappers::WatchStream;
 
 use crate::containerd::{self, Containerd};
@@ -96,7 +96,20 @@ pub struct Puller {
     containerd: Option<Containerd>,
 }
 
-/// What a pull reads from: the request, resolved once.
+/// What to pull, as the caller asked for it.
+#[derive(Clone, Debug)]
+pub struct PullOrder {
+    /// The reference as given (`busybox`, `host/repo@sha256:…`).
+    pub reference: String,
+    /// The platform asked for, if any (the host's fills its gaps).
+    pub platform: Option<Platform>,
+    /// The credentials for the registry (and its mirrors).
+    pub auth: RegistryAuth,
+    /// Every tag of the repository (`docker pull --all-tags`).
+    pub all_tags: bool,
+}
+
+/// What a pull reads from: the order, resolved once.
 struct Target {
     /// With `latest` added when it named no tag or digest.
     reference: Reference,
@@ -113,8 +126,8 @@ struct Target {
 }
 
 impl Target {
-    fn new(request: &PullImageRequest, registries: &Registries) -> Result<Self, Error> {
-        let reference = Reference::parse(&request.reference)?;
+    fn new(order: &PullOrder, registries: &Registries) -> Result<Self, Error> {
+        let reference = Reference::parse(&order.reference)?;
         if reference.familiar_name() == "scratch" {
             return Err(Error::InvalidArgument(
                 "'scratch' is a reserved name".into(),
@@ -125,17 +138,16 @@ impl Target {
         } else {
             reference.with_default_tag()
         };
-        let platform = request.platform.as_ref().map_or_else(
+        let platform = order.platform.as_ref().map_or_else(
             || Platform::or_host("", "", ""),
             |p| Platform::or_host(&p.os, &p.architecture, &p.variant),
         );
-        let auth = registry::auth(request.auth.as_ref());
         Ok(Target {
-            sources: registries.sources(&reference, &auth),
+            sources: registries.sources(&reference, &order.auth),
             shown: reference.familiar(),
             reference,
             platform,
-            platform_asked: request.platform.is_some(),
+            platform_asked: order.platform.is_some(),
         })
     }
 
@@ -175,9 +187,6 @@ struct Configured {
     stored: bool,
 }
 
-/// What a pull sends its caller.
-pub type Progress = mpsc::Sender<Result<PullImageProgress, tonic::Status>>;
-
 impl Puller {
     pub fn new(
         content: ContentStore,
@@ -215,26 +224,22 @@ impl Puller {
         name = "pull",
         skip_all,
         fields(
-            image.reference = %request.reference,
+            image.reference = %order.reference,
             image.manifest_digest = tracing::field::Empty,
             image.bytes = tracing::field::Empty,
         )
     )]
-    pub async fn pull(
-        self: &Arc<Self>,
-        request: PullImageRequest,
-        tx: Progress,
-    ) -> Result<(), Error> {
-        let target = Target::new(&request, &self.registries)?;
+    pub async fn pull(self: &Arc<Self>, order: PullOrder, tx: Progress) -> Result<(), Error> {
+        let target = Target::new(&order, &self.registries)?;
         // As Docker: said once the manifest is there, so a missing tag or
         // repository fails before anything is printed.
         let mut resolved = self.resolve(&target).await?;
-        send(
+        say(
             &tx,
-            line(
-                &target.tag_or_digest(),
-                format!("Pulling from {}", target.reference.path()),
-            ),
+            PullEvent::Started {
+                tag_or_digest: target.tag_or_digest(),
+                path: target.reference.path().to_string(),
+            },
         )
         .await;
         let configured = self.read_config(&target, &mut resolved, &tx).await?;
@@ -260,10 +265,10 @@ impl Puller {
         self.metadata.image_config(&id, None).await.is_ok()
     }
 
-    /// The tags the registry lists for the repository `request` names, in
+    /// The tags the registry lists for the repository `order` names, in
     /// its order (`docker pull --all-tags`).
-    pub async fn list_tags(&self, request: &PullImageRequest) -> Result<Vec<String>, Error> {
-        let target = Target::new(request, &self.registries)?;
+    pub async fn list_tags(&self, order: &PullOrder) -> Result<Vec<String>, Error> {
+        let target = Target::new(order, &self.registries)?;
         let what = format!("tags of {}", target.reference.familiar_name());
         let (upstream, _) = target.upstream_and_mirrors();
         let listed = within(
@@ -366,15 +371,13 @@ impl Puller {
         }
         if target.platform_asked && !platform.runs_with_fallback(&image_platform) {
             // Docker pulls it anyway and says so.
-            send(
+            say(
                 tx,
-                line(
-                    "",
-                    format!(
-                        "WARNING: image with reference {shown} was found but its platform ({}) does not match the specified platform ({platform})",
-                        image_platform.normalize()
-                    ),
-                ),
+                PullEvent::PlatformMismatch {
+                    shown: shown.clone(),
+                    found: image_platform.normalize().to_string(),
+                    wanted: platform.to_string(),
+                },
             )
             .await;
         }
@@ -500,22 +503,23 @@ impl Puller {
             containerd.register(&image).await?;
         }
         crate::metrics::moved(crate::metrics::Kind::Pull, plan.total());
-        send(tx, line("", format!("Digest: {top_digest}"))).await;
-        let mut last = line(
-            "",
-            format!(
-                "Status: {} for {shown}",
-                if recorded.updated {
-                    "Downloaded newer image"
-                } else {
-                    "Image is up to date"
-                }
-            ),
-        );
-        last.image_id = recorded.id;
-        last.reference = shown;
-        last.digest = top_digest.to_string();
-        send(tx, last).await;
+        say(
+            tx,
+            PullEvent::Recorded {
+                digest: top_digest.to_string(),
+            },
+        )
+        .await;
+        say(
+            tx,
+            PullEvent::Done(Pulled {
+                digest: top_digest.to_string(),
+                updated: recorded.updated,
+                image_id: recorded.id,
+                shown,
+            }),
+        )
+        .await;
         Ok(())
     }
 }
@@ -526,28 +530,15 @@ pub(crate) fn short(digest: &str) -> String {
     hex.chars().take(12).collect()
 }
 
-fn line(id: &str, status: String) -> PullImageProgress {
-    PullImageProgress {
-        id: id.to_string(),
-        status,
-        ..Default::default()
-    }
-}
-
-/// Progress is best effort: a caller that went away cancels the pull
-/// through the stream, not here.
-async fn send(tx: &Progress, message: PullImageProgress) {
-    let _ = tx.send(Ok(message)).await;
-}
-
 mod layers;
 mod remote;
 mod sources;
 mod state;
 
+use events::{Progress, PullEvent, Pulled, say};
 use layers::{Job, LayerFuture, LayerJob, LayerPlan};
 use remote::RemotePlan;
 use sources::{probe_manifest, within};
-pub(crate) use state::State;
+pub use state::State;
 #[cfg(test)]
 mod tests;

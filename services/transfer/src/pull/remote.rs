@@ -34,9 +34,11 @@ impl Puller {
         }
         let reference = Reference::parse(image)?.with_digest(manifest.clone());
         let target = Target::new(
-            &PullImageRequest {
+            &PullOrder {
                 reference: reference.to_string(),
-                ..Default::default()
+                platform: None,
+                auth: RegistryAuth::Anonymous,
+                all_tags: false,
             },
             &self.registries,
         )?;
@@ -124,7 +126,7 @@ impl Puller {
                 target.shown
             )));
         }
-        let (tx, _) = mpsc::channel(1);
+        let (tx, _) = tokio::sync::mpsc::channel(1);
         let configured = self.read_config(target, &mut resolved, &tx).await?;
         let plan = Arc::new(RemotePlan {
             layers: resolved.manifest.layers,

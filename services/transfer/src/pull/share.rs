@@ -8,12 +8,12 @@ use std::sync::{Arc, Mutex};
 
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared, WeakShared};
-use imaged_api::v1::{PullImageProgress, PullImageRequest};
 use imaged_common::Error;
-use imaged_model::{Platform, Reference};
+use imaged_model::Reference;
 use tokio::sync::{broadcast, mpsc};
 
-use crate::pull::{Progress, Puller};
+use crate::pull::events::{Progress, PullEvent};
+use crate::pull::{PullOrder, Puller};
 use crate::registry;
 
 type Done = Shared<BoxFuture<'static, Result<(), Error>>>;
@@ -35,8 +35,8 @@ struct Operation {
 /// Progress so far, and the channel the rest goes out on; one lock so a
 /// joining caller misses nothing and sees nothing twice.
 struct Said {
-    log: Vec<PullImageProgress>,
-    live: broadcast::Sender<PullImageProgress>,
+    log: Vec<PullEvent>,
+    live: broadcast::Sender<PullEvent>,
 }
 
 /// The pulls in flight, by what they pull.
@@ -53,37 +53,37 @@ impl PullShare {
         }
     }
 
-    /// Runs the pull `request` asks for, or joins the identical one that
+    /// Runs the pull `order` asks for, or joins the identical one that
     /// runs already; sends its progress to `tx`. With `all_tags`, pulls
     /// each tag of the repository in turn, as Docker does: every tag's
-    /// lines but its Status, then one Status for the repository.
-    pub async fn pull(&self, request: PullImageRequest, tx: Progress) -> Result<(), Error> {
-        if !request.all_tags {
-            return self.pull_one(request, tx).await;
+    /// events but its end, then one end for the repository.
+    pub async fn pull(&self, order: PullOrder, tx: Progress) -> Result<(), Error> {
+        if !order.all_tags {
+            return self.pull_one(order, tx).await;
         }
-        let reference = Reference::parse(&request.reference)?;
+        let reference = Reference::parse(&order.reference)?;
         if reference.tag().is_some() || reference.digest().is_some() {
             return Err(Error::InvalidArgument(
                 "tag can't be used with --all-tags/-a".into(),
             ));
         }
-        let tags = self.puller.list_tags(&request).await?;
+        let tags = self.puller.list_tags(&order).await?;
         let mut updated = false;
         let mut last = None;
         for tag in tags {
-            let one = PullImageRequest {
+            let one = PullOrder {
                 reference: reference.with_tag(&tag)?.to_string(),
                 all_tags: false,
-                ..request.clone()
+                ..order.clone()
             };
             let (tag_tx, mut tag_rx) = tokio::sync::mpsc::channel(64);
             let pulling = self.pull_one(one, tag_tx);
             let forwarding = async {
-                while let Some(message) = tag_rx.recv().await {
-                    match message {
-                        Ok(m) if m.status.starts_with("Status: ") => {
-                            updated |= m.status.starts_with("Status: Downloaded newer image");
-                            last = Some(m);
+                while let Some(event) = tag_rx.recv().await {
+                    match event {
+                        PullEvent::Done(pulled) => {
+                            updated |= pulled.updated;
+                            last = Some(pulled);
                         }
                         other => {
                             let _ = tx.send(other).await;
@@ -94,41 +94,33 @@ impl PullShare {
             let (result, ()) = tokio::join!(pulling, forwarding);
             result?;
         }
-        let shown = reference.familiar_name();
-        let mut status = last.unwrap_or_default();
-        status.status = format!(
-            "Status: {} for {shown}",
-            if updated {
-                "Downloaded newer image"
-            } else {
-                "Image is up to date"
-            }
-        );
-        status.reference = shown;
-        let _ = tx.send(Ok(status)).await;
+        let mut pulled = last.unwrap_or_default();
+        pulled.updated = updated;
+        pulled.shown = reference.familiar_name();
+        let _ = tx.send(PullEvent::Done(pulled)).await;
         Ok(())
     }
 
     /// One pull, or the identical one in flight.
-    async fn pull_one(&self, request: PullImageRequest, tx: Progress) -> Result<(), Error> {
-        let key = key(&request)?;
-        let (done, replay, mut live) = self.join_or_start(key, request);
-        for message in replay {
-            let _ = tx.send(Ok(message)).await;
+    async fn pull_one(&self, order: PullOrder, tx: Progress) -> Result<(), Error> {
+        let key = key(&order)?;
+        let (done, replay, mut live) = self.join_or_start(key, order);
+        for event in replay {
+            let _ = tx.send(event).await;
         }
         let mut done = done.fuse();
         loop {
             tokio::select! {
                 biased;
                 message = live.recv() => match message {
-                    Ok(message) => { let _ = tx.send(Ok(message)).await; }
+                    Ok(event) => { let _ = tx.send(event).await; }
                     // Progress is best effort; the result is not.
                     Err(broadcast::error::RecvError::Lagged(_)) => {}
                     Err(broadcast::error::RecvError::Closed) => return done.await,
                 },
                 result = &mut done => {
-                    while let Ok(message) = live.try_recv() {
-                        let _ = tx.send(Ok(message)).await;
+                    while let Ok(event) = live.try_recv() {
+                        let _ = tx.send(event).await;
                     }
                     return result;
                 }
@@ -139,12 +131,8 @@ impl PullShare {
     fn join_or_start(
         &self,
         key: Key,
-        request: PullImageRequest,
-    ) -> (
-        Done,
-        Vec<PullImageProgress>,
-        broadcast::Receiver<PullImageProgress>,
-    ) {
+        order: PullOrder,
+    ) -> (Done, Vec<PullEvent>, broadcast::Receiver<PullEvent>) {
         let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(operation) = running.get(&key)
             && let Some(done) = operation.done.upgrade()
@@ -158,20 +146,20 @@ impl PullShare {
             log: Vec::new(),
             live,
         }));
-        let (op_tx, mut op_rx) = mpsc::channel::<Result<PullImageProgress, tonic::Status>>(64);
+        let (op_tx, mut op_rx) = mpsc::channel::<PullEvent>(64);
         let puller = Arc::clone(&self.puller);
         let recorder = Arc::clone(&said);
         let registry_of_running = Arc::clone(&self.running);
         let own_key = key.clone();
         let done = async move {
             let record = async {
-                while let Some(Ok(message)) = op_rx.recv().await {
+                while let Some(event) = op_rx.recv().await {
                     let mut said = recorder.lock().unwrap_or_else(|e| e.into_inner());
-                    said.log.push(message.clone());
-                    let _ = said.live.send(message);
+                    said.log.push(event.clone());
+                    let _ = said.live.send(event);
                 }
             };
-            let (result, ()) = tokio::join!(puller.pull(request, op_tx), record);
+            let (result, ()) = tokio::join!(puller.pull(order, op_tx), record);
             registry_of_running
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -191,25 +179,21 @@ impl PullShare {
     }
 }
 
-fn key(request: &PullImageRequest) -> Result<Key, Error> {
-    let reference = Reference::parse(&request.reference)?;
+fn key(order: &PullOrder) -> Result<Key, Error> {
+    let reference = Reference::parse(&order.reference)?;
     let reference = if reference.digest().is_some() {
         reference
     } else {
         reference.with_default_tag()
     };
-    let platform = request
+    let platform = order
         .platform
         .as_ref()
-        .map(|p| {
-            Platform::new(&p.os, &p.architecture, &p.variant)
-                .normalize()
-                .to_string()
-        })
+        .map(|p| p.normalize().to_string())
         .unwrap_or_default();
     Ok(Key {
         reference: reference.to_string(),
         platform,
-        credentials: registry::credential_key(&registry::auth(request.auth.as_ref())),
+        credentials: registry::credential_key(&order.auth),
     })
 }

@@ -1,12 +1,14 @@
-//! One layer's state in a pull, as Docker words it, and the milestones
-//! Docker always prints on the way.
+//! One layer's state in a pull, and the milestones Docker always prints
+//! on the way (the gRPC adapter words them).
 
-/// One layer's state, as Docker words it.
+/// One layer's state, in the steps Docker shows.
 #[derive(Clone, Debug, PartialEq)]
-pub(crate) enum State {
+pub enum State {
     /// Created, not yet admitted: not shown. Docker says "Waiting" only
     /// for a download the concurrency limit holds back.
     Pending,
+    /// It will be fetched ("Pulling fs layer").
+    Announced,
     Waiting,
     Downloading {
         current: u64,
@@ -23,19 +25,6 @@ pub(crate) enum State {
 }
 
 impl State {
-    pub(super) fn status(&self) -> String {
-        match self {
-            State::Pending | State::Waiting => "Waiting".into(),
-            State::Downloading { .. } => "Downloading".into(),
-            State::Retrying { seconds } => format!("Retrying in {seconds} seconds"),
-            State::Verifying => "Verifying Checksum".into(),
-            State::DownloadComplete => "Download complete".into(),
-            State::Extracting => "Extracting".into(),
-            State::Complete => "Pull complete".into(),
-            State::AlreadyExists => "Already exists".into(),
-        }
-    }
-
     /// How far along a layer's download this state is: Docker says
     /// "Verifying Checksum" and "Download complete" for every layer it
     /// downloads, in that order, before "Pull complete".
@@ -51,7 +40,7 @@ impl State {
 
     /// This state, after the milestones (verifying, download complete)
     /// passed since `last` was said.
-    pub(super) fn with_missed(self, last: Option<&State>) -> Vec<State> {
+    pub(crate) fn with_missed(self, last: Option<&State>) -> Vec<State> {
         let said = last.map_or(0, State::rank);
         let mut states: Vec<State> = [State::Verifying, State::DownloadComplete]
             .into_iter()
@@ -68,22 +57,19 @@ mod tests {
 
     #[test]
     fn milestones_passed_unseen_are_said_in_order() {
-        let said = |s: Vec<State>| s.iter().map(State::status).collect::<Vec<_>>();
+        use State::*;
         assert_eq!(
-            said(State::Complete.with_missed(Some(&State::Downloading {
+            Complete.with_missed(Some(&Downloading {
                 current: 1,
                 total: 2
-            }))),
-            ["Verifying Checksum", "Download complete", "Pull complete"]
+            })),
+            [Verifying, DownloadComplete, Complete]
         );
         assert_eq!(
-            said(State::Extracting.with_missed(Some(&State::Verifying))),
-            ["Download complete", "Extracting"]
+            Extracting.with_missed(Some(&Verifying)),
+            [DownloadComplete, Extracting]
         );
-        assert_eq!(
-            said(State::Complete.with_missed(Some(&State::Extracting))),
-            ["Pull complete"]
-        );
-        assert_eq!(said(State::Waiting.with_missed(None)), ["Waiting"]);
+        assert_eq!(Complete.with_missed(Some(&Extracting)), [Complete]);
+        assert_eq!(Waiting.with_missed(None), [Waiting]);
     }
 }

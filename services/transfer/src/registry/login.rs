@@ -18,7 +18,7 @@ use oci_client::errors::OciDistributionError;
 use oci_client::secrets::RegistryAuth;
 
 use crate::registry::token::{self, Ask, Challenge};
-use crate::registry::{self, Registries, Source};
+use crate::registry::{Registries, Source};
 
 /// How long each request of a login may take.
 const LOGIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -26,7 +26,7 @@ const LOGIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Checks `request.auth` against the registry `request.server` names.
 pub async fn login(registries: &Registries, request: LoginRequest) -> Result<LoginResponse, Error> {
     let host = hostname(&request.server)?;
-    let auth = registry::auth(request.auth.as_ref());
+    let auth = crate::grpc::convert::auth(request.auth.as_ref());
     let source = registries.host(&host, &auth);
     let identity_token = check(&source, &auth).await?;
     Ok(LoginResponse {

@@ -13,7 +13,6 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
-use imaged_api::v1::RegistryAuth as WireAuth;
 use imaged_model::Reference;
 use oci_client::Client;
 use oci_client::client::{ClientConfig, ClientProtocol};
@@ -367,26 +366,6 @@ pub fn credential_key(auth: &RegistryAuth) -> [u8; 32] {
     hasher.finalize().into()
 }
 
-/// The credentials of a request as oci-client takes them. An identity
-/// token is sent as Docker's credential helpers do (user `<token>`).
-pub fn auth(wire: Option<&WireAuth>) -> RegistryAuth {
-    let Some(wire) = wire else {
-        return RegistryAuth::Anonymous;
-    };
-    if !wire.registry_token.is_empty() {
-        RegistryAuth::Bearer(wire.registry_token.clone())
-    } else if !wire.identity_token.is_empty() {
-        RegistryAuth::Basic(
-            crate::registry::token::IDENTITY_TOKEN_USER.into(),
-            wire.identity_token.clone(),
-        )
-    } else if !wire.username.is_empty() || !wire.password.is_empty() {
-        RegistryAuth::Basic(wire.username.clone(), wire.password.clone())
-    } else {
-        RegistryAuth::Anonymous
-    }
-}
-
 /// The oci-client reference for one of ours.
 pub fn oci_reference(reference: &Reference) -> oci_client::Reference {
     match (reference.digest(), reference.tag()) {
@@ -443,21 +422,5 @@ mod tests {
         assert_eq!(kept, MAX_CLIENTS);
         let again = registries.clients_for("reg.example", &user(0), &Reach::default());
         assert!(std::sync::Arc::ptr_eq(&first.tokens, &again.tokens));
-    }
-
-    #[test]
-    fn auth_prefers_tokens() {
-        let wire = WireAuth {
-            username: "u".into(),
-            password: "p".into(),
-            ..Default::default()
-        };
-        assert!(matches!(auth(Some(&wire)), RegistryAuth::Basic(u, p) if u == "u" && p == "p"));
-        let wire = WireAuth {
-            registry_token: "t".into(),
-            ..wire
-        };
-        assert!(matches!(auth(Some(&wire)), RegistryAuth::Bearer(t) if t == "t"));
-        assert!(matches!(auth(None), RegistryAuth::Anonymous));
     }
 }

@@ -7,31 +7,40 @@
 
 use std::sync::Arc;
 
-use futures::TryStreamExt;
 use imaged_api::internal::v1::PutImageRequest;
-use imaged_api::v1::{PushImageProgress, PushImageRequest};
 use imaged_common::Error;
 use imaged_model::image_config::ImageConfig;
 use imaged_model::media_type::{DOCKER_CONFIG, DOCKER_LAYER_GZIP, DOCKER_MANIFEST};
-use imaged_model::{Digest, Reference};
+use imaged_model::{Digest, Platform, Reference};
+use oci_client::RegistryOperation;
 use oci_client::secrets::RegistryAuth;
-use oci_client::{Client, RegistryOperation};
 use serde::Serialize;
-use tokio::sync::mpsc;
 
 use crate::archive::compress;
 use crate::grpc::metadata::Metadata;
 use crate::limits::Limits;
-use crate::registry::{self, Registries, Retry};
+use crate::registry::{self, Registries};
 use crate::store::content::ContentStore;
 use crate::store::layers::LayerStore;
 use crate::store::leases::Leases;
 
-/// What a push sends its caller.
-pub type Progress = mpsc::Sender<Result<PushImageProgress, tonic::Status>>;
+pub mod events;
+mod upload;
 
-/// Tries per blob upload, as Docker's push makes.
-const UPLOAD_ATTEMPTS: u32 = 5;
+use events::{Progress, PushEvent, Step, say};
+
+/// What to push, as the caller asked for it.
+#[derive(Clone, Debug)]
+pub struct PushOrder {
+    /// The local reference to push (`latest` when it names no tag).
+    pub reference: String,
+    /// Every local tag of the repository (`docker push --all-tags`).
+    pub all_tags: bool,
+    /// Which platform's image, for a multi-platform one.
+    pub platform: Option<Platform>,
+    /// The credentials for the registry.
+    pub auth: RegistryAuth,
+}
 
 /// The push engine.
 pub struct Pusher {
@@ -47,9 +56,9 @@ pub struct Pusher {
 struct Upload {
     digest: Digest,
     size: u64,
-    /// What progress lines call it (Docker: the layer's short diffID);
-    /// `None` for the config, which Docker uploads without a line.
-    shown_as: Option<String>,
+    /// The layer's diffID, which progress names it by; `None` for the
+    /// config, which Docker uploads without a line.
+    layer: Option<Digest>,
 }
 
 /// A Docker image manifest v2 schema 2, fields in Docker's order.
@@ -100,7 +109,7 @@ impl Pusher {
         }
     }
 
-    /// Pushes the local image `request.reference` names to its registry:
+    /// Pushes the local image `order.reference` names to its registry:
     /// that tag (`latest` when none), or with `all_tags` every local tag of
     /// the repository. Its span names the reference, and per tag the
     /// manifest digest and bytes.
@@ -108,40 +117,35 @@ impl Pusher {
         name = "push",
         skip_all,
         fields(
-            image.reference = %request.reference,
+            image.reference = %order.reference,
             image.manifest_digest = tracing::field::Empty,
             image.bytes = tracing::field::Empty,
         )
     )]
-    pub async fn push(
-        self: &Arc<Self>,
-        request: PushImageRequest,
-        tx: Progress,
-    ) -> Result<(), Error> {
-        let reference = Reference::parse(&request.reference)?;
+    pub async fn push(self: &Arc<Self>, order: PushOrder, tx: Progress) -> Result<(), Error> {
+        let reference = Reference::parse(&order.reference)?;
         if reference.digest().is_some() {
             return Err(Error::InvalidArgument(
                 "cannot push a digest reference".into(),
             ));
         }
-        if request.all_tags && reference.tag().is_some() {
+        if order.all_tags && reference.tag().is_some() {
             return Err(Error::InvalidArgument(
                 "tag can't be used with --all-tags/-a".into(),
             ));
         }
         // As Docker: said first, so that a missing image is an error in
         // the stream, after it.
-        send(
+        say(
             &tx,
-            line(
-                "",
-                format!("The push refers to repository [{}]", reference.name()),
-            ),
+            PushEvent::Started {
+                repository: reference.name(),
+            },
         )
         .await;
-        let tags = self.tags_to_push(&reference, request.all_tags).await?;
+        let tags = self.tags_to_push(&reference, order.all_tags).await?;
         for tag in tags {
-            self.push_tag(&tag, &request, &tx).await?;
+            self.push_tag(&tag, &order, &tx).await?;
         }
         Ok(())
     }
@@ -191,14 +195,16 @@ impl Pusher {
     async fn push_tag(
         &self,
         reference: &Reference,
-        request: &PushImageRequest,
+        order: &PushOrder,
         tx: &Progress,
     ) -> Result<(), Error> {
         let shown = reference.familiar();
-        let image = self
-            .metadata
-            .image_config(&shown, request.platform.clone())
-            .await?;
+        let platform = order.platform.as_ref().map(|p| imaged_api::v1::Platform {
+            os: p.os.clone(),
+            architecture: p.architecture.clone(),
+            variant: p.variant.clone(),
+        });
+        let image = self.metadata.image_config(&shown, platform).await?;
         let config = ImageConfig::parse(&image.config)?;
         let chains = &config.chain_ids;
         // Held so that no rmi takes the layers (or a gzip made of one)
@@ -208,7 +214,7 @@ impl Pusher {
         // any is compressed.
         for chain in chains.iter().rev() {
             if let Some(layer) = self.layers.get(chain) {
-                send(tx, line(layer.diff_id.short(), "Preparing".into())).await;
+                say(tx, PushEvent::layer(&layer.diff_id, Step::Preparing)).await;
             }
         }
         let mut uploads = Vec::new();
@@ -218,13 +224,13 @@ impl Pusher {
         let config_digest: Digest = image.id.parse()?;
         self.content.write(&config_digest, &image.config)?;
 
-        let auth = registry::auth(request.auth.as_ref());
-        let client = self.registries.client(reference, &auth);
+        let auth = &order.auth;
+        let client = self.registries.client(reference, auth);
         let oref = registry::oci_reference(reference);
         let what = format!("push to {}", reference.name());
         // The token exchange in imaged's own bounded code (token.rs);
         // oci-client is handed the token, so it never asks a realm itself.
-        let upstream = self.registries.registry(reference, &auth);
+        let upstream = self.registries.registry(reference, auth);
         let token = crate::registry::fetch::push_token(&upstream, &oref)
             .await
             .map_err(|e| registry::error(&what, e))?;
@@ -247,7 +253,7 @@ impl Pusher {
         let config_upload = Upload {
             digest: config_digest.clone(),
             size: image.config.len() as u64,
-            shown_as: None,
+            layer: None,
         };
         futures::future::try_join_all(
             uploads
@@ -305,12 +311,15 @@ impl Pusher {
             })
             .await?;
 
-        let tag = reference.tag().unwrap_or("latest").to_string();
-        let mut last = line("", format!("{tag}: digest: {digest} size: {size}"));
-        last.digest = digest.to_string();
-        last.size = size;
-        last.tag = tag;
-        send(tx, last).await;
+        say(
+            tx,
+            PushEvent::Pushed {
+                tag: reference.tag().unwrap_or("latest").to_string(),
+                digest,
+                size,
+            },
+        )
+        .await;
         Ok(())
     }
 
@@ -352,156 +361,9 @@ impl Pusher {
         Ok(Upload {
             digest,
             size,
-            shown_as: Some(layer.diff_id.short().to_string()),
+            layer: Some(layer.diff_id.clone()),
         })
     }
-
-    /// Uploads one blob unless the registry has it or can mount it; a
-    /// transport failure is tried again ([`Retry`]), saying so.
-    async fn upload(
-        &self,
-        client: &Client,
-        target: &Reference,
-        image_sources: &[oci_client::Reference],
-        upload: &Upload,
-        tx: &Progress,
-    ) -> Result<(), Error> {
-        let oref = &registry::oci_reference(target);
-        let sources = &self.mount_sources(target, &upload.digest, image_sources);
-        let say = |status: String| async {
-            if let Some(id) = &upload.shown_as {
-                send(tx, line(id, status)).await;
-            }
-        };
-        // "Waiting" only when the upload limit holds this one back, as
-        // Docker says it.
-        let _admitted = self
-            .limits
-            .uploads
-            .admit_or(|| {
-                if let Some(id) = &upload.shown_as {
-                    let _ = tx.try_send(Ok(line(id, "Waiting".into())));
-                }
-            })
-            .await;
-        let retry = Retry {
-            attempts: UPLOAD_ATTEMPTS,
-        };
-        let mut attempt = 1;
-        loop {
-            match self.upload_once(client, oref, sources, upload, tx).await {
-                Ok(status) => {
-                    if upload.shown_as.is_some() {
-                        // As Docker's distribution metadata: the next push
-                        // to this registry can mount it from here.
-                        self.content
-                            .known_at()
-                            .mark(&upload.digest, &target.name())?;
-                    }
-                    say(status).await;
-                    return Ok(());
-                }
-                Err(err) => match retry.after(attempt, &err) {
-                    Some(wait) => {
-                        tracing::warn!(blob = %upload.digest, attempt, "upload failed, retrying: {err}");
-                        say(format!("Retrying in {} seconds", wait.as_secs())).await;
-                        tokio::time::sleep(wait).await;
-                        attempt += 1;
-                    }
-                    None => return Err(err),
-                },
-            }
-        }
-    }
-
-    /// Where `blob` may be mounted from in `target`'s registry: the other
-    /// repositories there it was last pushed to or pulled from (Docker's
-    /// distribution metadata, newest first, three at most, as Docker
-    /// tries), then those the image itself is known under.
-    fn mount_sources(
-        &self,
-        target: &Reference,
-        blob: &Digest,
-        image_sources: &[oci_client::Reference],
-    ) -> Vec<oci_client::Reference> {
-        let known = self.content.known_at().repositories(blob);
-        let mut sources: Vec<oci_client::Reference> = known
-            .iter()
-            .rev()
-            .filter_map(|name| Reference::parse(name).ok())
-            .filter(|r| r.domain() == target.domain() && r.path() != target.path())
-            .take(3)
-            .map(|r| registry::oci_reference(&r))
-            .collect();
-        for source in image_sources {
-            if !sources
-                .iter()
-                .any(|s| s.repository() == source.repository())
-            {
-                sources.push(source.clone());
-            }
-        }
-        sources
-    }
-
-    /// One try of [`Pusher::upload`]; answers the line that ends it.
-    async fn upload_once(
-        &self,
-        client: &Client,
-        oref: &oci_client::Reference,
-        sources: &[oci_client::Reference],
-        upload: &Upload,
-        tx: &Progress,
-    ) -> Result<String, Error> {
-        let what = format!("blob {}", upload.digest);
-        let digest = upload.digest.to_string();
-        if client
-            .blob_exists(oref, &digest)
-            .await
-            .map_err(|e| registry::error(&what, e))?
-        {
-            return Ok("Layer already exists".into());
-        }
-        for source in sources {
-            if client.mount_blob(oref, source, &digest).await.is_ok()
-                && client.blob_exists(oref, &digest).await.unwrap_or(false)
-            {
-                return Ok(format!("Mounted from {}", source.repository()));
-            }
-        }
-        let file = tokio::fs::File::open(self.content.path(&upload.digest)).await?;
-        let total = upload.size as i64;
-        let progress = upload.shown_as.clone().map(|id| (tx.clone(), id));
-        let mut sent = 0i64;
-        let body = tokio_util::io::ReaderStream::with_capacity(file, 1 << 20)
-            .map_err(oci_client::errors::OciDistributionError::from)
-            .inspect_ok(move |chunk| {
-                sent += chunk.len() as i64;
-                if let Some((tx, id)) = &progress {
-                    let mut message = line(id, "Pushing".into());
-                    message.current = sent;
-                    message.total = total;
-                    let _ = tx.try_send(Ok(message));
-                }
-            });
-        client
-            .push_blob_stream(oref, body, &digest, Some(upload.size))
-            .await
-            .map_err(|e| registry::error(&what, e))?;
-        Ok("Pushed".into())
-    }
-}
-
-fn line(id: &str, status: String) -> PushImageProgress {
-    PushImageProgress {
-        id: id.to_string(),
-        status,
-        ..Default::default()
-    }
-}
-
-async fn send(tx: &Progress, message: PushImageProgress) {
-    let _ = tx.send(Ok(message)).await;
 }
 
 #[cfg(test)]

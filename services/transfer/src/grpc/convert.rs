@@ -1,0 +1,104 @@
+//! From the wire to the engines' inputs: the conversions every RPC of
+//! the adapter shares.
+
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use imaged_api::v1::{
+    LoadImagesRequest, PullImageRequest, PushImageRequest, RegistryAuth as WireAuth,
+};
+use imaged_common::Error;
+use imaged_model::Platform;
+use oci_client::secrets::RegistryAuth;
+
+use crate::load::events::LoadOptions;
+use crate::pull::PullOrder;
+use crate::push::PushOrder;
+
+/// The credentials of a request as oci-client takes them. An identity
+/// token is sent as Docker's credential helpers do (user `<token>`).
+pub fn auth(wire: Option<&WireAuth>) -> RegistryAuth {
+    let Some(wire) = wire else {
+        return RegistryAuth::Anonymous;
+    };
+    if !wire.registry_token.is_empty() {
+        RegistryAuth::Bearer(wire.registry_token.clone())
+    } else if !wire.identity_token.is_empty() {
+        RegistryAuth::Basic(
+            crate::registry::token::IDENTITY_TOKEN_USER.into(),
+            wire.identity_token.clone(),
+        )
+    } else if !wire.username.is_empty() || !wire.password.is_empty() {
+        RegistryAuth::Basic(wire.username.clone(), wire.password.clone())
+    } else {
+        RegistryAuth::Anonymous
+    }
+}
+
+/// What a PullImage request asks the pull engine for.
+pub fn pull_order(request: PullImageRequest) -> PullOrder {
+    PullOrder {
+        auth: auth(request.auth.as_ref()),
+        platform: request
+            .platform
+            .map(|p| Platform::new(&p.os, &p.architecture, &p.variant)),
+        reference: request.reference,
+        all_tags: request.all_tags,
+    }
+}
+
+/// What a PushImage request asks the push engine for.
+pub fn push_order(request: PushImageRequest) -> PushOrder {
+    PushOrder {
+        auth: auth(request.auth.as_ref()),
+        platform: request
+            .platform
+            .map(|p| Platform::new(&p.os, &p.architecture, &p.variant)),
+        reference: request.reference,
+        all_tags: request.all_tags,
+    }
+}
+
+/// A Load call's options (its first message says them) and its archive,
+/// chunk by chunk.
+pub fn load_stream(
+    first: LoadImagesRequest,
+    rest: tonic::Streaming<LoadImagesRequest>,
+) -> (
+    LoadOptions,
+    impl Stream<Item = Result<Bytes, Error>> + Unpin + Send + 'static,
+) {
+    let options = LoadOptions {
+        quiet: first.quiet,
+        platform: first
+            .platform
+            .filter(|p| !p.os.is_empty() || !p.architecture.is_empty())
+            .map(|p| Platform::new(&p.os, &p.architecture, &p.variant)),
+    };
+    let chunks =
+        futures::stream::once(async move { Ok(Bytes::from(first.chunk)) }).chain(rest.map(|m| {
+            m.map(|m| Bytes::from(m.chunk))
+                .map_err(|s| Error::InvalidArgument(s.message().into()))
+        }));
+    (options, Box::pin(chunks))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auth_prefers_tokens() {
+        let wire = WireAuth {
+            username: "u".into(),
+            password: "p".into(),
+            ..Default::default()
+        };
+        assert!(matches!(auth(Some(&wire)), RegistryAuth::Basic(u, p) if u == "u" && p == "p"));
+        let wire = WireAuth {
+            registry_token: "t".into(),
+            ..wire
+        };
+        assert!(matches!(auth(Some(&wire)), RegistryAuth::Bearer(t) if t == "t"));
+        assert!(matches!(auth(None), RegistryAuth::Anonymous));
+    }
+}
