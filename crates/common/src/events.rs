@@ -18,8 +18,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::clients::EventLogClient;
 use imaged_api::internal::v1::PublishRequest;
-use imaged_api::internal::v1::event_log_client::EventLogClient;
 use imaged_api::v1::{Actor, Event};
 use tokio::sync::Notify;
 use tracing::Instrument;
@@ -211,9 +211,9 @@ async fn deliver(peer: Peer, inner: Arc<Inner>) {
             events,
         };
         let sent = peer
-            .call(|channel| {
+            .rpc(|mut client: EventLogClient| {
                 let request = request.clone();
-                async move { EventLogClient::new(channel).publish(request).await }
+                async move { client.publish(request).await }
             })
             .instrument(publish_span(&contexts))
             .await;

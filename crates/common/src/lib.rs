@@ -19,6 +19,7 @@
 //! - [`pass`]: a gRPC codec for answers held already encoded.
 //! - [`resolve`]: Docker's order for which image a reference or ID names.
 
+pub mod clients;
 pub mod config;
 pub mod deadline;
 pub mod durable;

@@ -20,11 +20,11 @@ use imaged_api::cri::{
     ListImagesRequest, ListImagesResponse, PullImageRequest, PullImageResponse, RemoveImageRequest,
     RemoveImageResponse, UInt64Value,
 };
-use imaged_api::internal::v1::metadata_client::MetadataClient;
-use imaged_api::internal::v1::transfer_client::TransferClient;
 use imaged_api::internal::v1::{ContentSizeRequest, CriImagesRequest};
 use imaged_api::v1::{self, ImageInspect, InspectImageRequest, RegistryAuth};
 use imaged_common::Error;
+use imaged_common::clients::MetadataClient;
+use imaged_common::clients::TransferClient;
 use imaged_common::version;
 use imaged_model::Reference;
 use tokio_stream::StreamExt;
@@ -73,9 +73,9 @@ impl CriImageService {
         let answer = self
             .peers
             .metadata
-            .call(|ch| {
+            .rpc(|mut client: MetadataClient| {
                 let request = request.clone();
-                async move { MetadataClient::new(ch).cri_image(request).await }
+                async move { client.cri_image(request).await }
             })
             .await?;
         let image = answer.image.map(|row| self.pin(cri_image(&row)));
@@ -92,11 +92,8 @@ impl CriImageService {
         let answer = self
             .peers
             .metadata
-            .call(|ch| async move {
-                MetadataClient::new(ch)
-                    .max_decoding_message_size(imaged_common::server::INTERNAL_MESSAGE_LIMIT)
-                    .cri_images(CriImagesRequest {})
-                    .await
+            .rpc(|mut client: MetadataClient| async move {
+                client.cri_images(CriImagesRequest {}).await
             })
             .await?;
         let images: Vec<Image> = answer
@@ -129,14 +126,9 @@ impl CriImageService {
         let result = self
             .peers
             .metadata
-            .call(|ch| {
+            .rpc(|mut client: MetadataClient| {
                 let request = request.clone();
-                async move {
-                    MetadataClient::new(ch)
-                        .max_decoding_message_size(imaged_common::server::INTERNAL_MESSAGE_LIMIT)
-                        .inspect_image(request)
-                        .await
-                }
+                async move { client.inspect_image(request).await }
             })
             .await;
         match result {
@@ -300,14 +292,9 @@ impl ImageService for CriImageService {
         let mut stream = self
             .peers
             .transfer
-            .call(|ch| {
+            .rpc(|mut client: TransferClient| {
                 let pull = pull.clone();
-                async move {
-                    TransferClient::new(ch)
-                        .max_decoding_message_size(imaged_common::server::INTERNAL_MESSAGE_LIMIT)
-                        .pull(pull)
-                        .await
-                }
+                async move { client.pull(pull).await }
             })
             .await?;
         let mut image_ref = String::new();
@@ -352,16 +339,9 @@ impl ImageService for CriImageService {
             let result = self
                 .peers
                 .metadata
-                .call(|ch| {
+                .rpc(|mut client: MetadataClient| {
                     let remove = remove.clone();
-                    async move {
-                        MetadataClient::new(ch)
-                            .max_decoding_message_size(
-                                imaged_common::server::INTERNAL_MESSAGE_LIMIT,
-                            )
-                            .remove_image(remove)
-                            .await
-                    }
+                    async move { client.remove_image(remove).await }
                 })
                 .await;
             match result {
@@ -384,11 +364,8 @@ impl ImageService for CriImageService {
         let usage = self
             .peers
             .transfer
-            .call(|ch| async move {
-                TransferClient::new(ch)
-                    .max_decoding_message_size(imaged_common::server::INTERNAL_MESSAGE_LIMIT)
-                    .content_size(ContentSizeRequest {})
-                    .await
+            .rpc(|mut client: TransferClient| async move {
+                client.content_size(ContentSizeRequest {}).await
             })
             .await?;
         let timestamp = imaged_model::timestamp::now_nanos() as i64;

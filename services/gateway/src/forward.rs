@@ -9,11 +9,10 @@ macro_rules! forward {
     ($peer:expr, $client:ident, $request:ident, $method:ident) => {{
         let (deadline, request) = imaged_common::deadline::split($request);
         $peer
-            .call(|ch| {
+            .rpc(|mut client: $client| {
                 let request = request.clone();
                 async move {
-                    $client::new(ch)
-                        .max_decoding_message_size(imaged_common::server::INTERNAL_MESSAGE_LIMIT)
+                    client
                         .$method(imaged_common::deadline::attach(request, deadline))
                         .await
                 }

@@ -1,11 +1,11 @@
 //! The public `imaged.v1.Images` service.
 
-use imaged_api::internal::v1::event_log_client::EventLogClient;
-use imaged_api::internal::v1::metadata_client::MetadataClient;
-use imaged_api::internal::v1::transfer_client::TransferClient;
 use imaged_api::internal::v1::*;
 use imaged_api::v1::images_server::Images;
 use imaged_api::v1::*;
+use imaged_common::clients::EventLogClient;
+use imaged_common::clients::MetadataClient;
+use imaged_common::clients::TransferClient;
 use std::sync::Arc;
 
 use imaged_common::peer::Peer;
@@ -50,23 +50,24 @@ impl Images for ImagesService {
         &self,
         _request: Request<SystemInfoRequest>,
     ) -> Result<Response<SystemInfoResponse>, Status> {
-        let metadata = self.peers.metadata.call(|channel| async move {
-            MetadataClient::new(channel)
-                .max_decoding_message_size(imaged_common::server::INTERNAL_MESSAGE_LIMIT)
-                .info(MetadataInfoRequest {})
-                .await
-        });
-        let transfer = self.peers.transfer.call(|channel| async move {
-            TransferClient::new(channel)
-                .max_decoding_message_size(imaged_common::server::INTERNAL_MESSAGE_LIMIT)
-                .info(TransferInfoRequest {})
-                .await
-        });
-        let events = self.peers.events.call(|channel| async move {
-            EventLogClient::new(channel)
-                .info(EventLogInfoRequest {})
-                .await
-        });
+        let metadata =
+            self.peers
+                .metadata
+                .rpc(|mut client: MetadataClient| async move {
+                    client.info(MetadataInfoRequest {}).await
+                });
+        let transfer =
+            self.peers
+                .transfer
+                .rpc(|mut client: TransferClient| async move {
+                    client.info(TransferInfoRequest {}).await
+                });
+        let events =
+            self.peers
+                .events
+                .rpc(|mut client: EventLogClient| async move {
+                    client.info(EventLogInfoRequest {}).await
+                });
         let (metadata, transfer, events) = tokio::try_join!(metadata, transfer, events)?;
         Ok(Response::new(SystemInfoResponse {
             images: metadata.images,
@@ -202,18 +203,18 @@ impl Images for ImagesService {
         &self,
         _request: Request<DiskUsageRequest>,
     ) -> Result<Response<DiskUsageResponse>, Status> {
-        let images = self.peers.metadata.call(|ch| async move {
-            MetadataClient::new(ch)
-                .max_decoding_message_size(imaged_common::server::INTERNAL_MESSAGE_LIMIT)
-                .disk_usage(DiskUsageRequest {})
-                .await
-        });
-        let content = self.peers.transfer.call(|ch| async move {
-            TransferClient::new(ch)
-                .max_decoding_message_size(imaged_common::server::INTERNAL_MESSAGE_LIMIT)
-                .content_size(ContentSizeRequest {})
-                .await
-        });
+        let images = self
+            .peers
+            .metadata
+            .rpc(|mut client: MetadataClient| async move {
+                client.disk_usage(DiskUsageRequest {}).await
+            });
+        let content = self
+            .peers
+            .transfer
+            .rpc(|mut client: TransferClient| async move {
+                client.content_size(ContentSizeRequest {}).await
+            });
         let (mut answer, content) = tokio::try_join!(images, content)?;
         answer.content_size = content.content_size;
         Ok(Response::new(answer))
@@ -264,7 +265,7 @@ impl Images for ImagesService {
         // A broken client stream ends the archive early, which the load
         // reports as a truncated archive.
         let outbound = tokio_stream::StreamExt::map_while(inbound, Result::ok);
-        let upstream = TransferClient::new(self.peers.transfer.channel())
+        let upstream = (self.peers.transfer.client::<TransferClient>())
             .load(deadline::attach(outbound, deadline))
             .await?
             .into_inner();
@@ -279,7 +280,7 @@ impl Images for ImagesService {
     ) -> Result<Response<ImportImageResponse>, Status> {
         let (deadline, inbound) = deadline::split(request);
         let outbound = tokio_stream::StreamExt::map_while(inbound, Result::ok);
-        let answer = TransferClient::new(self.peers.transfer.channel())
+        let answer = (self.peers.transfer.client::<TransferClient>())
             .import(deadline::attach(outbound, deadline))
             .await?;
         Ok(Response::new(answer.into_inner()))

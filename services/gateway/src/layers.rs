@@ -1,9 +1,9 @@
 //! The public `imaged.v1.Layers` service: imaged-transfer's container
 //! layers and image mounts, forwarded with the caller's deadline.
 
-use imaged_api::internal::v1::transfer_client::TransferClient;
 use imaged_api::v1::layers_server::Layers;
 use imaged_api::v1::*;
+use imaged_common::clients::TransferClient;
 use tonic::{Request, Response, Status};
 
 use crate::forward::forward;

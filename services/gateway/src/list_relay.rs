@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
-use imaged_api::internal::v1::metadata_client::MetadataClient;
 use imaged_api::v1::ListImagesRequest;
+use imaged_common::clients::MetadataClient;
 use imaged_common::pass::{Handler, Override, PassCodec};
 use imaged_common::{deadline, version};
 use tonic::server::UnaryService;
@@ -46,11 +46,10 @@ impl UnaryService<ListImagesRequest> for Relay {
             }
             let answer = peers
                 .metadata
-                .call(|ch| {
+                .rpc(|mut client: MetadataClient| {
                     let request = request.clone();
                     async move {
-                        MetadataClient::new(ch)
-                            .max_decoding_message_size(usize::MAX)
+                        client
                             .list_images_encoded(deadline::attach(request, deadline))
                             .await
                     }

@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use imaged_api::internal::v1::InspectAllRequest;
-use imaged_api::internal::v1::metadata_client::MetadataClient;
 use imaged_api::v1::{ImageInspect, InspectImageRequest};
+use imaged_common::clients::MetadataClient;
 use imaged_common::resolve;
 use imaged_common::version::{self, Version};
 use tonic::Status;
@@ -157,9 +157,8 @@ impl ReadModel {
         let answer = self
             .peers
             .metadata
-            .call(|channel| async move {
-                MetadataClient::new(channel)
-                    .max_decoding_message_size(usize::MAX)
+            .rpc(|mut client: MetadataClient| async move {
+                client
                     .inspect_all(InspectAllRequest {
                         max_images: MAX_IMAGES,
                     })

@@ -2,9 +2,9 @@
 //! imaged-transfer (the owner of all registry traffic) and forwarded with
 //! the caller's deadline. Nothing is kept, here or there.
 
-use imaged_api::internal::v1::transfer_client::TransferClient;
 use imaged_api::v1::registries_server::Registries;
 use imaged_api::v1::{LoginRequest, LoginResponse};
+use imaged_common::clients::TransferClient;
 use tonic::{Request, Response, Status};
 
 use crate::forward::forward;

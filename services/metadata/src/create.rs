@@ -3,8 +3,8 @@
 use std::sync::Arc;
 
 use imaged_api::internal::v1::GetLayersRequest;
-use imaged_api::internal::v1::transfer_client::TransferClient;
 use imaged_common::Error;
+use imaged_common::clients::TransferClient;
 use imaged_model::{Digest, Platform};
 use tonic::Code;
 
@@ -30,16 +30,11 @@ pub async fn create(images: &Arc<Images>, config: Vec<u8>, parent: &str) -> Resu
         let chains: Vec<String> = parsed.chain_ids.iter().map(|c| c.to_string()).collect();
         let layers = images
             .transfer
-            .call(|channel| {
+            .rpc(|mut client: TransferClient| {
                 let request = GetLayersRequest {
                     chain_ids: chains.clone(),
                 };
-                async move {
-                    TransferClient::new(channel)
-                        .max_decoding_message_size(imaged_common::server::INTERNAL_MESSAGE_LIMIT)
-                        .get_layers(request)
-                        .await
-                }
+                async move { client.get_layers(request).await }
             })
             .await
             .map_err(|status| match status.code() {

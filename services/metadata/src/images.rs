@@ -3,8 +3,8 @@
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
-use imaged_api::internal::v1::transfer_client::TransferClient;
 use imaged_api::internal::v1::{ReleaseLayersRequest, RetainLayersRequest};
+use imaged_common::clients::TransferClient;
 
 use imaged_common::events::Publisher;
 use imaged_common::peer::Peer;
@@ -158,16 +158,9 @@ impl Images {
             };
             let result = images
                 .transfer
-                .call(|channel| {
+                .rpc(|mut client: TransferClient| {
                     let request = request.clone();
-                    async move {
-                        TransferClient::new(channel)
-                            .max_decoding_message_size(
-                                imaged_common::server::INTERNAL_MESSAGE_LIMIT,
-                            )
-                            .release_layers(request)
-                            .await
-                    }
+                    async move { client.release_layers(request).await }
                 })
                 .await;
             match result {
@@ -195,16 +188,9 @@ impl Images {
             };
             let result = self
                 .transfer
-                .call(|channel| {
+                .rpc(|mut client: TransferClient| {
                     let request = request.clone();
-                    async move {
-                        TransferClient::new(channel)
-                            .max_decoding_message_size(
-                                imaged_common::server::INTERNAL_MESSAGE_LIMIT,
-                            )
-                            .retain_layers(request)
-                            .await
-                    }
+                    async move { client.retain_layers(request).await }
                 })
                 .await;
             match result {
@@ -240,8 +226,8 @@ impl Images {
     pub async fn layout(&self) -> Option<&crate::inspect::Layout> {
         self.layout
             .get_or_try_init(|| async {
-                let ask = self.transfer.call(|channel| async move {
-                    TransferClient::new(channel)
+                let ask = self.transfer.rpc(|mut client: TransferClient| async move {
+                    client
                         .info(imaged_api::internal::v1::TransferInfoRequest {})
                         .await
                 });

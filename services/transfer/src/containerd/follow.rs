@@ -29,7 +29,7 @@ impl Containerd {
         }
         let mut since = String::new();
         loop {
-            let mut client = EventLogClient::new(events.channel());
+            let mut client: EventLogClient = events.client();
             let request = SubscribeRequest {
                 filters: [
                     "type=image",

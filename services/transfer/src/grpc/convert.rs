@@ -34,13 +34,16 @@ pub fn auth(wire: Option<&WireAuth>) -> RegistryAuth {
     }
 }
 
+/// A platform as the wire spells it.
+pub fn platform(wire: imaged_api::v1::Platform) -> Platform {
+    Platform::new(&wire.os, &wire.architecture, &wire.variant)
+}
+
 /// What a PullImage request asks the pull engine for.
 pub fn pull_order(request: PullImageRequest) -> PullOrder {
     PullOrder {
         auth: auth(request.auth.as_ref()),
-        platform: request
-            .platform
-            .map(|p| Platform::new(&p.os, &p.architecture, &p.variant)),
+        platform: request.platform.map(platform),
         reference: request.reference,
         all_tags: request.all_tags,
     }
@@ -50,9 +53,7 @@ pub fn pull_order(request: PullImageRequest) -> PullOrder {
 pub fn push_order(request: PushImageRequest) -> PushOrder {
     PushOrder {
         auth: auth(request.auth.as_ref()),
-        platform: request
-            .platform
-            .map(|p| Platform::new(&p.os, &p.architecture, &p.variant)),
+        platform: request.platform.map(platform),
         reference: request.reference,
         all_tags: request.all_tags,
     }
@@ -72,7 +73,7 @@ pub fn load_stream(
         platform: first
             .platform
             .filter(|p| !p.os.is_empty() || !p.architecture.is_empty())
-            .map(|p| Platform::new(&p.os, &p.architecture, &p.variant)),
+            .map(platform),
     };
     let chunks =
         futures::stream::once(async move { Ok(Bytes::from(first.chunk)) }).chain(rest.map(|m| {

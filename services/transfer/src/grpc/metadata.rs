@@ -5,7 +5,6 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use imaged_api::internal::v1::metadata_client::MetadataClient;
 use imaged_api::internal::v1::{
     ChainsInUseRequest, ExportSetResponse, ImageConfigResponse, PutImageRequest, PutImageResponse,
     RemoveContainerRequest, SetContainerRequest,
@@ -15,6 +14,7 @@ use imaged_api::v1::{
     TagImageRequest,
 };
 use imaged_common::Error;
+use imaged_common::clients::MetadataClient;
 use imaged_common::peer::Peer;
 use imaged_model::image_config::ImageConfig;
 use imaged_model::{Digest, Reference};
@@ -32,14 +32,9 @@ macro_rules! call {
         let request = $request;
         $self
             .peer
-            .call(|channel| {
+            .rpc(|mut client: MetadataClient| {
                 let request = request.clone();
-                async move {
-                    MetadataClient::new(channel)
-                        .max_decoding_message_size(imaged_common::server::INTERNAL_MESSAGE_LIMIT)
-                        .$method(request)
-                        .await
-                }
+                async move { client.$method(request).await }
             })
             .await
             .map_err(Error::from)

@@ -95,6 +95,27 @@ where
     ReceiverStream::new(rx)
 }
 
+/// [`stream_task`] for an engine that speaks its own events: each is
+/// worded for the wire by `word` as it comes.
+fn event_stream<E, T, F, Fut>(word: fn(E) -> T, run: F) -> ReceiverStream<Result<T, Status>>
+where
+    E: Send + 'static,
+    T: Send + 'static,
+    F: FnOnce(mpsc::Sender<E>) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<(), Error>> + Send + 'static,
+{
+    stream_task(PROGRESS_BUFFER, move |tx| async move {
+        let (events_tx, mut events) = mpsc::channel(PROGRESS_BUFFER);
+        let forward = async {
+            while let Some(event) = events.recv().await {
+                let _ = tx.send(Ok(word(event))).await;
+            }
+        };
+        let (result, ()) = tokio::join!(run(events_tx), forward);
+        result
+    })
+}
+
 #[tonic::async_trait]
 impl Transfer for TransferService {
     async fn info(
@@ -156,17 +177,11 @@ impl Transfer for TransferService {
         Reference::parse(&request.reference).map_err(Error::from)?;
         let order = convert::pull_order(request);
         let pulls = Arc::clone(&self.pulls);
-        Ok(Response::new(stream_task(
-            PROGRESS_BUFFER,
-            move |tx| async move {
+        Ok(Response::new(event_stream(
+            progress::pull_line,
+            move |events| async move {
                 let started = std::time::Instant::now();
-                let (events_tx, mut events) = mpsc::channel(PROGRESS_BUFFER);
-                let forward = async {
-                    while let Some(event) = events.recv().await {
-                        let _ = tx.send(Ok(progress::pull_line(event))).await;
-                    }
-                };
-                let (result, ()) = tokio::join!(pulls.pull(order, events_tx), forward);
+                let result = pulls.pull(order, events).await;
                 crate::metrics::finished(crate::metrics::Kind::Pull, started, &result);
                 result
             },
@@ -192,17 +207,11 @@ impl Transfer for TransferService {
         Reference::parse(&request.reference).map_err(Error::from)?;
         let order = convert::push_order(request);
         let pusher = Arc::clone(&self.pusher);
-        Ok(Response::new(stream_task(
-            PROGRESS_BUFFER,
-            move |tx| async move {
+        Ok(Response::new(event_stream(
+            progress::push_line,
+            move |events| async move {
                 let started = std::time::Instant::now();
-                let (events_tx, mut events) = mpsc::channel(PROGRESS_BUFFER);
-                let forward = async {
-                    while let Some(event) = events.recv().await {
-                        let _ = tx.send(Ok(progress::push_line(event))).await;
-                    }
-                };
-                let (result, ()) = tokio::join!(pusher.push(order, events_tx), forward);
+                let result = pusher.push(order, events).await;
                 crate::metrics::finished(crate::metrics::Kind::Push, started, &result);
                 result
             },
@@ -235,18 +244,9 @@ impl Transfer for TransferService {
         };
         let (options, chunks) = convert::load_stream(first, inbound);
         let loader = Arc::clone(&self.loader);
-        Ok(Response::new(stream_task(
-            PROGRESS_BUFFER,
-            move |tx| async move {
-                let (events_tx, mut events) = mpsc::channel(PROGRESS_BUFFER);
-                let forward = async {
-                    while let Some(event) = events.recv().await {
-                        let _ = tx.send(Ok(progress::load_line(event))).await;
-                    }
-                };
-                let (result, ()) = tokio::join!(loader.load(options, chunks, events_tx), forward);
-                result
-            },
+        Ok(Response::new(event_stream(
+            progress::load_line,
+            move |events| async move { loader.load(options, chunks, events).await },
         )))
     }
 
