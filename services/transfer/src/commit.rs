@@ -12,7 +12,8 @@ use imaged_model::{Digest, Platform, Reference, changes};
 use serde_json::{Map, Value, json};
 
 use crate::containers::records::Containers;
-use crate::grpc::metadata::{Metadata, config_diff_ids};
+use crate::neighbours::Recorder;
+use crate::neighbours::recorder::config_diff_ids;
 use crate::store::content::ContentStore;
 use crate::store::layers::{Layer, LayerStore};
 use crate::store::leases::Leases;
@@ -23,7 +24,7 @@ pub struct Committer {
     layers: Arc<LayerStore>,
     containers: Arc<Containers>,
     leases: Arc<Leases>,
-    metadata: Metadata,
+    metadata: Arc<dyn Recorder>,
 }
 
 impl Committer {
@@ -32,7 +33,7 @@ impl Committer {
         layers: Arc<LayerStore>,
         containers: Arc<Containers>,
         leases: Arc<Leases>,
-        metadata: Metadata,
+        metadata: Arc<dyn Recorder>,
     ) -> Self {
         Committer {
             content,
@@ -210,7 +211,7 @@ impl Committer {
     }
 
     async fn image_config(&self, image: &str) -> Result<(String, Value), Error> {
-        let answer = self.metadata.image_config(image, None).await?;
+        let answer = self.metadata.image(image, None).await?;
         let config = serde_json::from_slice(&answer.config).map_err(Error::internal)?;
         Ok((answer.id, config))
     }

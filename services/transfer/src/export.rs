@@ -9,17 +9,16 @@ use std::collections::{BTreeMap, HashSet};
 use std::io::{self, Read, Write};
 use std::sync::Arc;
 
-use imaged_api::internal::v1::ExportedImage;
-use imaged_api::v1::{ExportImagesChunk, ExportImagesRequest};
 use imaged_common::Error;
 use imaged_common::events::Publisher;
 use imaged_model::digest::chain_ids;
-use imaged_model::{Digest, Reference};
+use imaged_model::{Digest, Platform, Reference};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 use crate::archive::unpack::{self, HashingReader};
-use crate::grpc::metadata::{Metadata, config_diff_ids, config_labels};
+use crate::neighbours::Recorder;
+use crate::neighbours::recorder::{ExportedImage, config_diff_ids, config_labels};
 use crate::registry::manifest::{uncompressed_layer, uncompressed_manifest};
 use crate::store::content::ContentStore;
 use crate::store::layers::{Layer, LayerStore};
@@ -28,7 +27,7 @@ const CHUNK: usize = 1 << 20;
 use imaged_model::media_type::{OCI_INDEX, OCI_MANIFEST};
 
 /// What an export sends its caller.
-pub type Chunks = mpsc::Sender<Result<ExportImagesChunk, tonic::Status>>;
+pub type Chunks = mpsc::Sender<Vec<u8>>;
 
 /// One image of the archive with its layers, bottom first.
 struct Planned {
@@ -43,7 +42,7 @@ struct Planned {
 pub struct Exporter {
     content: ContentStore,
     layers: Arc<LayerStore>,
-    metadata: Metadata,
+    metadata: Arc<dyn Recorder>,
     events: Publisher,
 }
 
@@ -51,7 +50,7 @@ impl Exporter {
     pub fn new(
         content: ContentStore,
         layers: Arc<LayerStore>,
-        metadata: Metadata,
+        metadata: Arc<dyn Recorder>,
         events: Publisher,
     ) -> Self {
         Exporter {
@@ -62,11 +61,16 @@ impl Exporter {
         }
     }
 
-    /// Writes the archive of the images `request` names to `tx`.
-    pub async fn export(&self, request: ExportImagesRequest, tx: Chunks) -> Result<(), Error> {
-        let set = self.metadata.export_set(request).await?;
+    /// Writes the archive of the images `names` name (of `platform`
+    /// only, when given) to `tx`.
+    pub async fn export(
+        &self,
+        names: Vec<String>,
+        platform: Option<Platform>,
+        tx: Chunks,
+    ) -> Result<(), Error> {
+        let set = self.metadata.export_set(names, platform.as_ref()).await?;
         let plan = set
-            .images
             .into_iter()
             .map(|image| self.plan(image))
             .collect::<Result<Vec<_>, _>>()?;
@@ -331,7 +335,7 @@ impl ChunkWriter {
         }
         let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK));
         self.tx
-            .blocking_send(Ok(ExportImagesChunk { chunk }))
+            .blocking_send(chunk)
             .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "caller went away"))
     }
 }

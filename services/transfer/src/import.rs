@@ -7,25 +7,38 @@
 use std::io::Write;
 use std::sync::Arc;
 
-use imaged_api::internal::v1::PutImageRequest;
-use imaged_api::v1::ImportImageRequest;
+use bytes::Bytes;
 use imaged_common::Error;
 use imaged_model::{Platform, Reference, changes};
 use serde_json::{Map, Value, json};
 use tokio_stream::{Stream, StreamExt};
 
 use crate::archive::unpack;
-use crate::grpc::metadata::Metadata;
+use crate::neighbours::Recorder;
+use crate::neighbours::recorder::Record;
 use crate::store::content::ContentStore;
 use crate::store::layers::{Layer, LayerStore};
 use crate::store::leases::Leases;
+
+/// What to import, as the caller asked for it.
+#[derive(Clone, Debug, Default)]
+pub struct ImportOrder {
+    /// `name[:tag]` to tag the image with; empty: no tag.
+    pub reference: String,
+    /// The image's platform; the host's when unset.
+    pub platform: Option<Platform>,
+    /// The image comment.
+    pub message: String,
+    /// Dockerfile instructions applied to the config.
+    pub changes: Vec<String>,
+}
 
 /// The import engine.
 pub struct Importer {
     content: ContentStore,
     layers: Arc<LayerStore>,
     leases: Arc<Leases>,
-    metadata: Metadata,
+    metadata: Arc<dyn Recorder>,
 }
 
 impl Importer {
@@ -33,7 +46,7 @@ impl Importer {
         content: ContentStore,
         layers: Arc<LayerStore>,
         leases: Arc<Leases>,
-        metadata: Metadata,
+        metadata: Arc<dyn Recorder>,
     ) -> Self {
         Importer {
             content,
@@ -46,14 +59,10 @@ impl Importer {
     /// Imports the tar arriving on `inbound`; answers the image ID.
     pub async fn import(
         &self,
-        mut inbound: impl Stream<Item = Result<ImportImageRequest, tonic::Status>> + Unpin,
+        order: ImportOrder,
+        mut inbound: impl Stream<Item = Result<Bytes, Error>> + Unpin,
     ) -> Result<String, Error> {
-        let first = inbound
-            .next()
-            .await
-            .ok_or_else(|| Error::InvalidArgument("empty import".into()))?
-            .map_err(|s| Error::InvalidArgument(s.message().into()))?;
-        let reference = match first.reference.trim() {
+        let reference = match order.reference.trim() {
             "" => None,
             text => {
                 let reference = Reference::parse(text)?;
@@ -66,7 +75,7 @@ impl Importer {
             }
         };
         let host = Platform::host();
-        let platform = first.platform.as_ref().map_or_else(
+        let platform = order.platform.as_ref().map_or_else(
             || Platform::or_host("", "", ""),
             |p| Platform::or_host(&p.os, &p.architecture, &p.variant),
         );
@@ -76,7 +85,7 @@ impl Importer {
             ));
         }
         let mut container_config = Map::new();
-        changes::apply(&mut container_config, &first.changes)?;
+        changes::apply(&mut container_config, &order.changes)?;
 
         // The tar, to a staging file: the caller's bytes never pile up here.
         let spooled = self.layers.stage()?;
@@ -85,8 +94,9 @@ impl Importer {
         // It becomes one layer: at most what a layer may take.
         let limit = spooled.budget().stream;
         let mut spooled_bytes = 0u64;
-        let mut message = Some(first.chunk);
-        while let Some(chunk) = message.take() {
+        while let Some(chunk) = inbound.next().await {
+            let chunk = chunk
+                .map_err(|e| Error::InvalidArgument(format!("the import stream broke: {e}")))?;
             spooled_bytes += chunk.len() as u64;
             if spooled_bytes > limit {
                 return Err(Error::ResourceExhausted(format!(
@@ -94,16 +104,6 @@ impl Importer {
                 )));
             }
             file.write_all(&chunk)?;
-            message = match inbound.next().await {
-                Some(Ok(m)) => Some(m.chunk),
-                Some(Err(status)) => {
-                    return Err(Error::InvalidArgument(format!(
-                        "the import stream broke: {}",
-                        status.message()
-                    )));
-                }
-                None => None,
-            };
         }
         drop(file);
         let (content, layers) = (self.content.clone(), Arc::clone(&self.layers));
@@ -139,25 +139,25 @@ impl Importer {
         if !platform.variant.is_empty() {
             config["variant"] = json!(platform.variant);
         }
-        if !first.message.is_empty() {
-            config["comment"] = json!(first.message);
-            config["history"][0]["comment"] = json!(first.message);
+        if !order.message.is_empty() {
+            config["comment"] = json!(order.message);
+            config["history"][0]["comment"] = json!(order.message);
         }
         let config = serde_json::to_vec(&config).map_err(Error::internal)?;
         let id = imaged_model::Digest::sha256_of(&config).to_string();
         // Tagged as TagImage would, then the `import` event: one producer,
         // so the events keep Docker's order.
-        let put = PutImageRequest {
+        let put = Record {
             content_size: 0,
             config,
             tags: reference.iter().map(|r| r.to_string()).collect(),
             digests: Vec::new(),
             layer_sizes: vec![layer.size as i64],
-            action: "import".into(),
+            action: "import",
             event_ref: id.clone(),
             tag_events: true,
         };
-        self.metadata.put_image(put).await?;
+        self.metadata.record(put).await?;
         Ok(id)
     }
 }

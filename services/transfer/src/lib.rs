@@ -13,6 +13,7 @@ mod import;
 mod limits;
 mod load;
 mod metrics;
+mod neighbours;
 mod pull;
 mod push;
 mod registry;
@@ -147,7 +148,9 @@ pub async fn run(config: ServiceConfig, args: Args) -> anyhow::Result<()> {
     let limits = Arc::new(limits::Limits::new(&args.limits));
     metrics::register_gauges(Arc::clone(&limits), Arc::clone(&layers), content.clone());
     let root = &config.root;
-    let metadata = grpc::metadata::Metadata::new(args.peers.peer(Service::Metadata, root)?);
+    let metadata: Arc<dyn neighbours::Recorder> = Arc::new(grpc::metadata::Metadata::new(
+        args.peers.peer(Service::Metadata, root)?,
+    ));
     let events_peer = args.peers.peer(Service::Events, root)?;
     let events = Publisher::start(events_peer.clone(), Service::Transfer.process(), 4096);
     let leases = Arc::new(store::leases::Leases::new());

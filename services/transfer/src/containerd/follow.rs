@@ -9,13 +9,13 @@ impl Containerd {
     /// the process runs, making containerd's names of each image the ones
     /// imaged has ([`Containerd::sync`]). After a lost connection to
     /// imaged-events it resumes from the last event it saw.
-    pub async fn follow(self, events: Peer, metadata: Metadata) {
+    pub async fn follow(self, events: Peer, metadata: Arc<dyn Recorder>) {
         // Start-up: what changed while imaged or containerd was down.
         loop {
             match metadata.image_ids().await {
                 Ok(ids) => {
                     for id in ids {
-                        if let Err(err) = self.sync(&id, &metadata).await {
+                        if let Err(err) = self.sync(&id, metadata.as_ref()).await {
                             tracing::warn!(image = %id, "cannot register the image in containerd: {err}");
                         }
                     }
@@ -55,7 +55,7 @@ impl Containerd {
                             nanos.rem_euclid(1_000_000_000)
                         );
                         let Some(actor) = event.actor else { continue };
-                        if let Err(err) = self.sync(&actor.id, &metadata).await {
+                        if let Err(err) = self.sync(&actor.id, metadata.as_ref()).await {
                             tracing::warn!(image = %actor.id, "cannot update containerd's names of the image: {err}");
                         }
                     }
@@ -72,9 +72,9 @@ impl Containerd {
     /// has: names imaged no longer has are deleted, new tags recorded on
     /// the same target, and an image containerd does not have registered
     /// whole, under a manifest made from its config and layers.
-    pub async fn sync(&self, id: &str, metadata: &Metadata) -> Result<(), Error> {
+    pub async fn sync(&self, id: &str, metadata: &dyn Recorder) -> Result<(), Error> {
         let current = self.names_of(id).await?;
-        let answer = match metadata.image_config(id, None).await {
+        let answer = match metadata.image(id, None).await {
             Ok(answer) => Some(answer),
             Err(Error::NotFound(_)) => None,
             Err(err) => return Err(err),
@@ -118,7 +118,7 @@ impl Containerd {
     /// OCI manifest made from the config and the layers (each described
     /// by its uncompressed digest, the diff ID, which is what it is), and
     /// the config.
-    fn made_image(&self, answer: ImageConfigResponse) -> Result<Image, Error> {
+    fn made_image(&self, answer: StoredImage) -> Result<Image, Error> {
         let config = ImageConfig::parse(&answer.config)?;
         let id: Digest = answer.id.parse()?;
         let layers = config
@@ -186,7 +186,7 @@ impl Containerd {
 
 /// An image's tags and digest references, fully qualified, as containerd
 /// names images.
-fn qualified_names(answer: &ImageConfigResponse) -> Vec<String> {
+fn qualified_names(answer: &StoredImage) -> Vec<String> {
     answer
         .repo_tags
         .iter()

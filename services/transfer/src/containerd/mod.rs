@@ -37,7 +37,6 @@ use imaged_api::containerd::services::images::v1 as images;
 use imaged_api::containerd::services::leases::v1 as leases;
 use imaged_api::containerd::services::snapshots::v1 as snapshots_api;
 use imaged_api::containerd::types::Descriptor;
-use imaged_api::internal::v1::ImageConfigResponse;
 use imaged_api::v1::SubscribeRequest;
 use imaged_common::Error;
 use imaged_common::clients::EventLogClient;
@@ -48,7 +47,8 @@ use tonic::transport::Channel;
 use tonic::{Code, Request};
 
 use crate::containerd::snapshots::REF_LABEL;
-use crate::grpc::metadata::Metadata;
+use crate::neighbours::Recorder;
+use crate::neighbours::recorder::StoredImage;
 use crate::registry::manifest::{uncompressed_layer, uncompressed_manifest};
 use crate::store::layers::LayerStore;
 

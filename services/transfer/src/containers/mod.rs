@@ -16,7 +16,8 @@ use imaged_model::digest::chain_id;
 use serde_json::Value;
 
 use crate::containers::records::{Container, Containers};
-use crate::grpc::metadata::{Metadata, config_diff_ids};
+use crate::neighbours::Recorder;
+use crate::neighbours::recorder::config_diff_ids;
 use crate::storage::{self, ChangeKind};
 use crate::store::layers::LayerStore;
 use crate::store::leases::{Leases, mount_hold};
@@ -26,7 +27,7 @@ pub struct RwLayers {
     pub containers: Arc<Containers>,
     layers: Arc<LayerStore>,
     leases: Arc<Leases>,
-    metadata: Metadata,
+    metadata: Arc<dyn Recorder>,
 }
 
 impl RwLayers {
@@ -34,7 +35,7 @@ impl RwLayers {
         containers: Arc<Containers>,
         layers: Arc<LayerStore>,
         leases: Arc<Leases>,
-        metadata: Metadata,
+        metadata: Arc<dyn Recorder>,
     ) -> Self {
         RwLayers {
             containers,
@@ -48,9 +49,9 @@ impl RwLayers {
     async fn image_chain(
         &self,
         image: &str,
-        platform: Option<imaged_api::v1::Platform>,
+        platform: Option<&imaged_model::Platform>,
     ) -> Result<(String, Option<Digest>), Error> {
-        let answer = self.metadata.image_config(image, platform).await?;
+        let answer = self.metadata.image(image, platform).await?;
         let config: Value = serde_json::from_slice(&answer.config).map_err(Error::internal)?;
         let diff_ids = config_diff_ids(&config)?;
         Ok((answer.id, chain_id(&diff_ids)))
@@ -169,7 +170,15 @@ impl RwLayers {
         &self,
         request: MountImageRequest,
     ) -> Result<MountImageResponse, Error> {
-        let (image_id, chain) = self.image_chain(&request.image, request.platform).await?;
+        let (image_id, chain) = self
+            .image_chain(
+                &request.image,
+                request
+                    .platform
+                    .map(|p| imaged_model::Platform::new(&p.os, &p.architecture, &p.variant))
+                    .as_ref(),
+            )
+            .await?;
         let chain = chain.ok_or_else(|| {
             Error::InvalidArgument(format!("image {} has no layers to mount", request.image))
         })?;

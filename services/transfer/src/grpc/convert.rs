@@ -4,12 +4,14 @@
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use imaged_api::v1::{
-    LoadImagesRequest, PullImageRequest, PushImageRequest, RegistryAuth as WireAuth,
+    ImportImageRequest, LoadImagesRequest, PullImageRequest, PushImageRequest,
+    RegistryAuth as WireAuth,
 };
 use imaged_common::Error;
 use imaged_model::Platform;
 use oci_client::secrets::RegistryAuth;
 
+use crate::import::ImportOrder;
 use crate::load::events::LoadOptions;
 use crate::pull::PullOrder;
 use crate::push::PushOrder;
@@ -59,15 +61,27 @@ pub fn push_order(request: PushImageRequest) -> PushOrder {
     }
 }
 
-/// A Load call's options (its first message says them) and its archive,
-/// chunk by chunk.
+/// A byte stream the caller sends in messages: the first one's `chunk`,
+/// then each later message's.
+pub type Chunks = std::pin::Pin<Box<dyn Stream<Item = Result<Bytes, Error>> + Send>>;
+
+fn chunks<M: Send + 'static>(
+    first: Vec<u8>,
+    rest: tonic::Streaming<M>,
+    chunk: fn(M) -> Vec<u8>,
+) -> Chunks {
+    let rest = rest.map(move |m| {
+        m.map(|m| Bytes::from(chunk(m)))
+            .map_err(|s| Error::InvalidArgument(s.message().into()))
+    });
+    Box::pin(futures::stream::once(async move { Ok(Bytes::from(first)) }).chain(rest))
+}
+
+/// A Load call's options (its first message says them) and its archive.
 pub fn load_stream(
     first: LoadImagesRequest,
     rest: tonic::Streaming<LoadImagesRequest>,
-) -> (
-    LoadOptions,
-    impl Stream<Item = Result<Bytes, Error>> + Unpin + Send + 'static,
-) {
+) -> (LoadOptions, Chunks) {
     let options = LoadOptions {
         quiet: first.quiet,
         platform: first
@@ -75,12 +89,21 @@ pub fn load_stream(
             .filter(|p| !p.os.is_empty() || !p.architecture.is_empty())
             .map(platform),
     };
-    let chunks =
-        futures::stream::once(async move { Ok(Bytes::from(first.chunk)) }).chain(rest.map(|m| {
-            m.map(|m| Bytes::from(m.chunk))
-                .map_err(|s| Error::InvalidArgument(s.message().into()))
-        }));
-    (options, Box::pin(chunks))
+    (options, chunks(first.chunk, rest, |m| m.chunk))
+}
+
+/// An Import call's order (its first message says it) and its tar.
+pub fn import_stream(
+    first: ImportImageRequest,
+    rest: tonic::Streaming<ImportImageRequest>,
+) -> (ImportOrder, Chunks) {
+    let order = ImportOrder {
+        reference: first.reference,
+        platform: first.platform.map(platform),
+        message: first.message,
+        changes: first.changes,
+    };
+    (order, chunks(first.chunk, rest, |m| m.chunk))
 }
 
 #[cfg(test)]

@@ -1,24 +1,25 @@
-//! imaged-transfer's calls to imaged-metadata, in one place: each a retried
-//! call through the lazy peer, its status passed on as an [`Error`] by the
-//! one mapping in `imaged_common::error`. Also the two things transfer
-//! reads from an image config it gets back: its layers and its labels.
+//! imaged-transfer's calls to imaged-metadata, in one place: the
+//! [`Recorder`] the engines see, each call retried through the lazy peer,
+//! its status passed on as an [`Error`] by the one mapping in
+//! `imaged_common::error`.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 
 use imaged_api::internal::v1::{
-    ChainsInUseRequest, ExportSetResponse, ImageConfigResponse, PutImageRequest, PutImageResponse,
-    RemoveContainerRequest, SetContainerRequest,
+    ChainsInUseRequest, PutImageRequest, RemoveContainerRequest, SetContainerRequest,
 };
 use imaged_api::v1::{
-    CreateImageRequest, ExportImagesRequest, InspectImageRequest, ListImagesRequest, Platform,
+    CreateImageRequest, ExportImagesRequest, InspectImageRequest, ListImagesRequest,
     TagImageRequest,
 };
 use imaged_common::Error;
 use imaged_common::clients::MetadataClient;
 use imaged_common::peer::Peer;
-use imaged_model::image_config::ImageConfig;
-use imaged_model::{Digest, Reference};
-use serde_json::Value;
+use imaged_model::{Digest, Platform, Reference};
+
+use crate::neighbours::recorder::{
+    ExportedImage, MovedTag, Record, Recorded, Recorder, StoredImage,
+};
 
 /// The metadata peer, with the calls transfer makes.
 #[derive(Clone, Debug)]
@@ -45,26 +46,33 @@ impl Metadata {
     pub fn new(peer: Peer) -> Self {
         Metadata { peer }
     }
+}
 
-    /// An image's ID, exact config bytes and references.
-    pub async fn image_config(
-        &self,
-        image: &str,
-        platform: Option<Platform>,
-    ) -> Result<ImageConfigResponse, Error> {
-        call!(
-            self,
-            image_config,
-            InspectImageRequest {
-                image: image.to_string(),
-                platform,
-            }
-        )
+fn wire_platform(platform: Option<&Platform>) -> Option<imaged_api::v1::Platform> {
+    platform.map(|p| imaged_api::v1::Platform {
+        os: p.os.clone(),
+        architecture: p.architecture.clone(),
+        variant: p.variant.clone(),
+    })
+}
+
+#[tonic::async_trait]
+impl Recorder for Metadata {
+    async fn image(&self, name: &str, platform: Option<&Platform>) -> Result<StoredImage, Error> {
+        let request = InspectImageRequest {
+            image: name.to_string(),
+            platform: wire_platform(platform),
+        };
+        let answer = call!(self, image_config, request)?;
+        Ok(StoredImage {
+            id: answer.id,
+            config: answer.config,
+            repo_tags: answer.repo_tags,
+            repo_digests: answer.repo_digests,
+        })
     }
 
-    /// The local tags and digest references of the repository `name`
-    /// names (its tag or digest, if any, left aside), sorted.
-    pub async fn repository_refs(
+    async fn repository_refs(
         &self,
         name: &Reference,
     ) -> Result<(Vec<Reference>, Vec<Reference>), Error> {
@@ -89,13 +97,33 @@ impl Metadata {
         Ok((tags, digests))
     }
 
-    /// Records an image transfer fetched, loaded or imported.
-    pub async fn put_image(&self, request: PutImageRequest) -> Result<PutImageResponse, Error> {
-        call!(self, put_image, request)
+    async fn record(&self, record: Record) -> Result<Recorded, Error> {
+        let request = PutImageRequest {
+            config: record.config,
+            tags: record.tags,
+            digests: record.digests,
+            layer_sizes: record.layer_sizes,
+            action: record.action.to_string(),
+            event_ref: record.event_ref,
+            tag_events: record.tag_events,
+            content_size: record.content_size,
+        };
+        let answer = call!(self, put_image, request)?;
+        Ok(Recorded {
+            id: answer.id,
+            updated: answer.updated,
+            moved: answer
+                .moved
+                .into_iter()
+                .map(|m| MovedTag {
+                    tag: m.tag,
+                    from_id: m.from_id,
+                })
+                .collect(),
+        })
     }
 
-    /// Stores a config made here (commit, squash), or sets a parent link.
-    pub async fn create_image(&self, config: Vec<u8>, parent: &str) -> Result<String, Error> {
+    async fn create_image(&self, config: Vec<u8>, parent: &str) -> Result<String, Error> {
         let request = CreateImageRequest {
             config,
             parent: parent.to_string(),
@@ -103,8 +131,7 @@ impl Metadata {
         Ok(call!(self, create_image, request)?.id)
     }
 
-    /// Tags `id` as TagImage does.
-    pub async fn tag(&self, id: &str, target: &str) -> Result<(), Error> {
+    async fn tag(&self, id: &str, target: &str) -> Result<(), Error> {
         let request = TagImageRequest {
             source: id.to_string(),
             target: target.to_string(),
@@ -112,17 +139,29 @@ impl Metadata {
         call!(self, tag_image, request).map(drop)
     }
 
-    /// The images an export writes.
-    pub async fn export_set(
+    async fn export_set(
         &self,
-        request: ExportImagesRequest,
-    ) -> Result<ExportSetResponse, Error> {
-        call!(self, export_set, request)
+        names: Vec<String>,
+        platform: Option<&Platform>,
+    ) -> Result<Vec<ExportedImage>, Error> {
+        let request = ExportImagesRequest {
+            names,
+            platform: wire_platform(platform),
+        };
+        let answer = call!(self, export_set, request)?;
+        Ok(answer
+            .images
+            .into_iter()
+            .map(|i| ExportedImage {
+                id: i.id,
+                config: i.config,
+                repo_tags: i.repo_tags,
+                parent: i.parent,
+            })
+            .collect())
     }
 
-    /// Records that a container's layer stands on `image_id`, and whether
-    /// the container runs.
-    pub async fn set_container(
+    async fn set_container(
         &self,
         container_id: &str,
         image_id: &str,
@@ -136,8 +175,7 @@ impl Metadata {
         call!(self, set_container, request).map(drop)
     }
 
-    /// The IDs of every stored image.
-    pub async fn image_ids(&self) -> Result<Vec<String>, Error> {
+    async fn image_ids(&self) -> Result<Vec<String>, Error> {
         let request = ListImagesRequest {
             all: true,
             ..Default::default()
@@ -146,8 +184,7 @@ impl Metadata {
         Ok(listed.images.into_iter().map(|i| i.id).collect())
     }
 
-    /// Which of `chains` a stored image stands on.
-    pub async fn chains_in_use(&self, chains: &[Digest]) -> Result<HashSet<Digest>, Error> {
+    async fn chains_in_use(&self, chains: &[Digest]) -> Result<HashSet<Digest>, Error> {
         let request = ChainsInUseRequest {
             chain_ids: chains.iter().map(Digest::to_string).collect(),
         };
@@ -159,31 +196,10 @@ impl Metadata {
             .collect())
     }
 
-    /// Forgets a container's record.
-    pub async fn remove_container(&self, container_id: &str) -> Result<(), Error> {
+    async fn remove_container(&self, container_id: &str) -> Result<(), Error> {
         let request = RemoveContainerRequest {
             container_id: container_id.to_string(),
         };
         call!(self, remove_container, request).map(drop)
     }
-}
-
-/// The diffIDs of an image config, bottom first; a config that is not
-/// valid (a diffID that is not a digest among them) is refused, never
-/// read in part.
-pub fn config_diff_ids(config: &Value) -> Result<Vec<Digest>, Error> {
-    Ok(ImageConfig::from_value(config)?.diff_ids)
-}
-
-/// The labels of an image config (events copy them).
-pub fn config_labels(config: &Value) -> BTreeMap<String, String> {
-    config["config"]["Labels"]
-        .as_object()
-        .map(|labels| {
-            labels
-                .iter()
-                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
-                .collect()
-        })
-        .unwrap_or_default()
 }

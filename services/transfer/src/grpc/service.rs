@@ -97,15 +97,19 @@ where
 
 /// [`stream_task`] for an engine that speaks its own events: each is
 /// worded for the wire by `word` as it comes.
-fn event_stream<E, T, F, Fut>(word: fn(E) -> T, run: F) -> ReceiverStream<Result<T, Status>>
+fn event_stream<E, T, F, Fut>(
+    buffer: usize,
+    word: fn(E) -> T,
+    run: F,
+) -> ReceiverStream<Result<T, Status>>
 where
     E: Send + 'static,
     T: Send + 'static,
     F: FnOnce(mpsc::Sender<E>) -> Fut + Send + 'static,
     Fut: Future<Output = Result<(), Error>> + Send + 'static,
 {
-    stream_task(PROGRESS_BUFFER, move |tx| async move {
-        let (events_tx, mut events) = mpsc::channel(PROGRESS_BUFFER);
+    stream_task(buffer, move |tx| async move {
+        let (events_tx, mut events) = mpsc::channel(buffer);
         let forward = async {
             while let Some(event) = events.recv().await {
                 let _ = tx.send(Ok(word(event))).await;
@@ -178,6 +182,7 @@ impl Transfer for TransferService {
         let order = convert::pull_order(request);
         let pulls = Arc::clone(&self.pulls);
         Ok(Response::new(event_stream(
+            PROGRESS_BUFFER,
             progress::pull_line,
             move |events| async move {
                 let started = std::time::Instant::now();
@@ -208,6 +213,7 @@ impl Transfer for TransferService {
         let order = convert::push_order(request);
         let pusher = Arc::clone(&self.pusher);
         Ok(Response::new(event_stream(
+            PROGRESS_BUFFER,
             progress::push_line,
             move |events| async move {
                 let started = std::time::Instant::now();
@@ -225,10 +231,12 @@ impl Transfer for TransferService {
         request: Request<ExportImagesRequest>,
     ) -> Result<Response<Self::ExportStream>, Status> {
         let request = request.into_inner();
+        let platform = request.platform.map(convert::platform);
         let exporter = Arc::clone(&self.exporter);
-        Ok(Response::new(stream_task(
+        Ok(Response::new(event_stream(
             CHUNK_BUFFER,
-            move |tx| async move { exporter.export(request, tx).await },
+            |chunk| ExportImagesChunk { chunk },
+            move |chunks| async move { exporter.export(request.names, platform, chunks).await },
         )))
     }
 
@@ -245,6 +253,7 @@ impl Transfer for TransferService {
         let (options, chunks) = convert::load_stream(first, inbound);
         let loader = Arc::clone(&self.loader);
         Ok(Response::new(event_stream(
+            PROGRESS_BUFFER,
             progress::load_line,
             move |events| async move { loader.load(options, chunks, events).await },
         )))
@@ -254,7 +263,12 @@ impl Transfer for TransferService {
         &self,
         request: Request<tonic::Streaming<ImportImageRequest>>,
     ) -> Result<Response<ImportImageResponse>, Status> {
-        let id = self.importer.import(request.into_inner()).await?;
+        let mut inbound = request.into_inner();
+        let Some(first) = inbound.message().await? else {
+            return Err(Error::InvalidArgument("empty import".into()).into());
+        };
+        let (order, chunks) = convert::import_stream(first, inbound);
+        let id = self.importer.import(order, chunks).await?;
         Ok(Response::new(ImportImageResponse { id }))
     }
 

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Arc;
 
-use imaged_api::internal::v1::PutImageRequest;
+use crate::neighbours::recorder::Record;
 use imaged_common::Error;
 use imaged_model::digest::chain_ids;
 use imaged_model::{Digest, Platform, Reference};
@@ -133,7 +133,7 @@ impl Loader {
                 })?;
                 let reference = Reference::parse(&name)?.with_tag(&tag)?;
                 self.metadata
-                    .put_image(PutImageRequest {
+                    .record(Record {
                         config: image.config.clone(),
                         tags: vec![reference.to_string()],
                         layer_sizes: image.sizes.clone(),
@@ -173,12 +173,12 @@ impl Loader {
         sizes.push(layer.size as i64);
         history.push(history_from_v1(v1));
         let config = config_from_v1(raw, &diff_ids, &history)?;
-        let put = PutImageRequest {
+        let put = Record {
             config: config.clone(),
             layer_sizes: sizes.clone(),
             ..Default::default()
         };
-        let id = self.metadata.put_image(put).await?.id;
+        let id = self.metadata.record(put).await?.id;
         if let Some(parent) = parent {
             self.metadata
                 .create_image(config.clone(), &parent.id)

@@ -14,8 +14,8 @@ use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::neighbours::recorder::Record;
 use bytes::Bytes;
-use imaged_api::internal::v1::PutImageRequest;
 use imaged_common::Error;
 use imaged_model::digest::chain_ids;
 use imaged_model::image_config::ImageConfig;
@@ -26,7 +26,7 @@ use tokio_stream::StreamExt;
 
 use crate::archive::tar_limits::TarGuard;
 use crate::archive::unpack::{self, relative_path};
-use crate::grpc::metadata::Metadata;
+use crate::neighbours::Recorder;
 use crate::registry::manifest::{MAX_JSON_BLOB, MAX_MANIFEST, check_depth};
 use crate::store::content::ContentStore;
 use crate::store::layers::{Layer, LayerStore};
@@ -54,7 +54,7 @@ pub struct Loader {
     pub(crate) content: ContentStore,
     pub(crate) layers: Arc<LayerStore>,
     pub(crate) leases: Arc<Leases>,
-    pub(crate) metadata: Metadata,
+    pub(crate) metadata: Arc<dyn Recorder>,
 }
 
 impl Loader {
@@ -62,7 +62,7 @@ impl Loader {
         content: ContentStore,
         layers: Arc<LayerStore>,
         leases: Arc<Leases>,
-        metadata: Metadata,
+        metadata: Arc<dyn Recorder>,
     ) -> Self {
         Loader {
             content,
@@ -204,17 +204,17 @@ impl Loader {
                 sizes.push(committed.size as i64);
             }
 
-            let put = PutImageRequest {
+            let put = Record {
                 content_size: 0,
                 config: config.clone(),
                 tags: tags.iter().map(|t| t.to_string()).collect(),
                 digests: Vec::new(),
                 layer_sizes: sizes,
-                action: "load".into(),
+                action: "load",
                 event_ref: Digest::sha256_of(&config).to_string(),
                 tag_events: false,
             };
-            let recorded = self.metadata.put_image(put).await?;
+            let recorded = self.metadata.record(put).await?;
             for moved in recorded.moved {
                 let (tag, from_id) = (moved.tag, moved.from_id);
                 say(&tx, LoadEvent::Renamed { tag, from_id }).await;

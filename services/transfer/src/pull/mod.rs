@@ -14,10 +14,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::neighbours::recorder::Record;
 use bytes::Bytes;
 use futures::future::{BoxFuture, FutureExt, Shared, WeakShared};
 use futures::{StreamExt, stream};
-use imaged_api::internal::v1::PutImageRequest;
 use imaged_common::Error;
 use imaged_model::digest::chain_ids;
 use imaged_model::image_config::ImageConfig;
@@ -28,8 +28,8 @@ use tokio::sync::watch;
 use tokio_stream::wrappers::WatchStream;
 
 use crate::containerd::{self, Containerd};
-use crate::grpc::metadata::Metadata;
 use crate::limits::Limits;
+use crate::neighbours::Recorder;
 use crate::registry::fetch;
 use crate::registry::manifest::{
     ACCEPTED, MANIFEST_TIMEOUT, MAX_JSON_BLOB, MAX_MANIFEST, Manifest, Probe, check_depth,
@@ -82,7 +82,7 @@ pub struct Puller {
     pub(crate) layers: Arc<LayerStore>,
     limits: Arc<Limits>,
     registries: Arc<Registries>,
-    metadata: Metadata,
+    metadata: Arc<dyn Recorder>,
     pub(crate) stall: Duration,
     pub(crate) min_rate: u64,
     jobs: Mutex<HashMap<Digest, Job>>,
@@ -194,7 +194,7 @@ impl Puller {
         limits: Arc<Limits>,
         leases: Arc<Leases>,
         registries: Arc<Registries>,
-        metadata: Metadata,
+        metadata: Arc<dyn Recorder>,
         args: &PullArgs,
     ) -> Self {
         Puller {
@@ -262,7 +262,7 @@ impl Puller {
             return false;
         }
         let id = Digest::sha256_of(&configured.config).to_string();
-        self.metadata.image_config(&id, None).await.is_ok()
+        self.metadata.image(&id, None).await.is_ok()
     }
 
     /// The tags the registry lists for the repository `order` names, in
@@ -463,7 +463,7 @@ impl Puller {
             .chain(resolved.manifest.layers.iter().map(|l| l.size.max(0)))
             .sum::<i64>()
             + config_bytes.len() as i64;
-        let put = PutImageRequest {
+        let put = Record {
             content_size,
             config: configured.config,
             tags: reference
@@ -473,12 +473,12 @@ impl Puller {
                 .collect(),
             digests: vec![format!("{name}@{top_digest}")],
             layer_sizes,
-            action: "pull".into(),
+            action: "pull",
             event_ref: shown.clone(),
             tag_events: false,
         };
         let names: Vec<String> = put.tags.iter().chain(&put.digests).cloned().collect();
-        let recorded = self.metadata.put_image(put).await?;
+        let recorded = self.metadata.record(put).await?;
         if let Some(containerd) = &self.containerd {
             // Manifests as pulled (index first), then the config.
             let mut blobs: Vec<containerd::Blob> = resolved

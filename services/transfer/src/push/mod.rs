@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use imaged_api::internal::v1::PutImageRequest;
+use crate::neighbours::recorder::Record;
 use imaged_common::Error;
 use imaged_model::image_config::ImageConfig;
 use imaged_model::media_type::{DOCKER_CONFIG, DOCKER_LAYER_GZIP, DOCKER_MANIFEST};
@@ -17,8 +17,8 @@ use oci_client::secrets::RegistryAuth;
 use serde::Serialize;
 
 use crate::archive::compress;
-use crate::grpc::metadata::Metadata;
 use crate::limits::Limits;
+use crate::neighbours::Recorder;
 use crate::registry::{self, Registries};
 use crate::store::content::ContentStore;
 use crate::store::layers::LayerStore;
@@ -49,7 +49,7 @@ pub struct Pusher {
     leases: Arc<Leases>,
     limits: Arc<Limits>,
     registries: Arc<Registries>,
-    metadata: Metadata,
+    metadata: Arc<dyn Recorder>,
 }
 
 /// One blob to upload.
@@ -97,7 +97,7 @@ impl Pusher {
         leases: Arc<Leases>,
         limits: Arc<Limits>,
         registries: Arc<Registries>,
-        metadata: Metadata,
+        metadata: Arc<dyn Recorder>,
     ) -> Self {
         Pusher {
             content,
@@ -165,12 +165,7 @@ impl Pusher {
         };
         if !all_tags {
             let tag = reference.clone().with_default_tag();
-            if self
-                .metadata
-                .image_config(&tag.familiar(), None)
-                .await
-                .is_ok()
-            {
+            if self.metadata.image(&tag.familiar(), None).await.is_ok() {
                 return Ok(vec![tag]);
             }
             let (tags, digests) = self.metadata.repository_refs(reference).await?;
@@ -199,12 +194,7 @@ impl Pusher {
         tx: &Progress,
     ) -> Result<(), Error> {
         let shown = reference.familiar();
-        let platform = order.platform.as_ref().map(|p| imaged_api::v1::Platform {
-            os: p.os.clone(),
-            architecture: p.architecture.clone(),
-            variant: p.variant.clone(),
-        });
-        let image = self.metadata.image_config(&shown, platform).await?;
+        let image = self.metadata.image(&shown, order.platform.as_ref()).await?;
         let config = ImageConfig::parse(&image.config)?;
         let chains = &config.chain_ids;
         // Held so that no rmi takes the layers (or a gzip made of one)
@@ -302,10 +292,10 @@ impl Pusher {
 
         // As Docker: the image gains `name@digest`; metadata sends `push`.
         self.metadata
-            .put_image(PutImageRequest {
+            .record(Record {
                 config: image.config.clone(),
                 digests: vec![format!("{}@{digest}", reference.name())],
-                action: "push".into(),
+                action: "push",
                 event_ref: shown.clone(),
                 ..Default::default()
             })

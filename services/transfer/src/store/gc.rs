@@ -13,7 +13,7 @@ use std::sync::Arc;
 use imaged_common::Error;
 use imaged_model::Digest;
 
-use crate::grpc::metadata::Metadata;
+use crate::neighbours::Recorder;
 use crate::store::content::ContentStore;
 use crate::store::layers::LayerStore;
 use crate::store::leases::{Claim, Leases};
@@ -25,7 +25,7 @@ pub struct Gc {
     leases: Arc<Leases>,
     /// Asked, before a deferred chain goes, whether an image needs it
     /// after all (`None` in unit tests: none does).
-    metadata: Option<Metadata>,
+    metadata: Option<Arc<dyn Recorder>>,
 }
 
 impl Gc {
@@ -39,7 +39,7 @@ impl Gc {
     }
 
     /// Checks deferred chains with imaged-metadata before they go.
-    pub fn with_metadata(mut self, metadata: Metadata) -> Self {
+    pub fn with_metadata(mut self, metadata: Arc<dyn Recorder>) -> Self {
         self.metadata = Some(metadata);
         self
     }
