@@ -176,11 +176,14 @@ pub async fn run(config: ServiceConfig, args: Args) -> anyhow::Result<()> {
     });
     let puller = Arc::new(
         pull::Puller::new(
-            content.clone(),
-            Arc::clone(&layers),
+            store::Stores {
+                content: content.clone(),
+                layers: Arc::clone(&layers),
+                leases: Arc::clone(&leases),
+            },
             Arc::clone(&limits),
-            Arc::clone(&leases),
             Arc::clone(&registries),
+            Arc::new(registry::fetch::Http),
             metadata.clone(),
             &args.pull,
         )

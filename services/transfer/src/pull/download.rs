@@ -15,8 +15,8 @@ use oci_client::manifest::OciDescriptor;
 use tokio::sync::{mpsc, watch};
 
 use crate::archive::unpack::{self, Unpacked};
+use crate::neighbours::fetcher::Blob;
 use crate::pull::{Puller, State, short};
-use crate::registry::fetch;
 use crate::registry::{self, Source};
 use crate::store::content::Ingest;
 use crate::store::layers::Staging;
@@ -55,7 +55,7 @@ impl Puller {
         // The answer's status line is bounded like every later chunk: a
         // registry that accepts the request and never answers must not
         // hold a download slot past the stall timeout.
-        let asked = fetch::blob(source, &source.oref, &desc.digest, offset);
+        let asked = self.fetcher.blob(source, &desc.digest, offset);
         let Ok(answer) = tokio::time::timeout(self.stall, asked).await else {
             if offset == 0 {
                 ingest.discard();
@@ -63,7 +63,7 @@ impl Puller {
             return Err(unanswered(&what, self.stall));
         };
         let mut body = match answer {
-            Ok(fetch::Blob {
+            Ok(Blob {
                 partial: true,
                 body,
             }) => {
@@ -72,7 +72,7 @@ impl Puller {
                 }
                 body
             }
-            Ok(fetch::Blob { body, .. }) => {
+            Ok(Blob { body, .. }) => {
                 ingest.reset()?;
                 body
             }

@@ -29,8 +29,7 @@ use tokio_stream::wrappers::WatchStream;
 
 use crate::containerd::{self, Containerd};
 use crate::limits::Limits;
-use crate::neighbours::Recorder;
-use crate::registry::fetch;
+use crate::neighbours::{Fetcher, Recorder};
 use crate::registry::manifest::{
     ACCEPTED, MANIFEST_TIMEOUT, MAX_JSON_BLOB, MAX_MANIFEST, Manifest, Probe, check_depth,
     check_manifest, check_media_type, choose_platform, schema1,
@@ -38,6 +37,7 @@ use crate::registry::manifest::{
 use crate::registry::{self, Registries, Retry, Source};
 use crate::store::content::ContentStore;
 use crate::store::layers::{Layer, LayerStore};
+use crate::store::Stores;
 use crate::store::leases::Leases;
 
 /// How long a pull waits for bytes, and the throughput it must keep.
@@ -82,6 +82,8 @@ pub struct Puller {
     pub(crate) layers: Arc<LayerStore>,
     limits: Arc<Limits>,
     registries: Arc<Registries>,
+    /// What reads the registries' bytes (HTTP, or a fake in unit tests).
+    fetcher: Arc<dyn Fetcher>,
     metadata: Arc<dyn Recorder>,
     pub(crate) stall: Duration,
     pub(crate) min_rate: u64,
@@ -189,19 +191,24 @@ struct Configured {
 
 impl Puller {
     pub fn new(
-        content: ContentStore,
-        layers: Arc<LayerStore>,
+        stores: Stores,
         limits: Arc<Limits>,
-        leases: Arc<Leases>,
         registries: Arc<Registries>,
+        fetcher: Arc<dyn Fetcher>,
         metadata: Arc<dyn Recorder>,
         args: &PullArgs,
     ) -> Self {
+        let Stores {
+            content,
+            layers,
+            leases,
+        } = stores;
         Puller {
             content,
             layers,
             limits,
             registries,
+            fetcher,
             metadata,
             stall: Duration::from_secs(args.stall_timeout_secs),
             min_rate: args.min_download_rate,
@@ -274,7 +281,7 @@ impl Puller {
         let listed = within(
             &what,
             self.with_retries(&|e| registry::pull_error(&target.reference, e), || {
-                fetch::tags(upstream, &upstream.oref)
+                self.fetcher.tags(upstream)
             }),
         )
         .await?;

@@ -32,8 +32,11 @@ impl Puller {
             &|e| registry::error(what, e),
             |source| {
                 let desc = desc.clone();
+                let fetcher = Arc::clone(&self.fetcher);
                 Box::pin(async move {
-                    fetch::small_blob(source, &source.oref, &desc.digest, MAX_JSON_BLOB).await
+                    fetcher
+                        .small_blob(source, &desc.digest, MAX_JSON_BLOB)
+                        .await
                 })
             },
             |data| {
@@ -68,9 +71,12 @@ impl Puller {
                     Some(digest) => source.at_digest(digest),
                     None => source.oref.clone(),
                 };
-                Box::pin(
-                    async move { fetch::manifest(source, &oref, ACCEPTED, MAX_MANIFEST).await },
-                )
+                let fetcher = Arc::clone(&self.fetcher);
+                Box::pin(async move {
+                    fetcher
+                        .manifest(source, &oref, ACCEPTED, MAX_MANIFEST)
+                        .await
+                })
             },
             Ok,
         )

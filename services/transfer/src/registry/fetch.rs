@@ -13,12 +13,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use futures::StreamExt;
-use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
 use oci_client::errors::{OciDistributionError, OciEnvelope};
 use oci_client::secrets::RegistryAuth;
 use sha2::{Digest as _, Sha256};
 
+use crate::neighbours::fetcher::{Blob, Fetcher};
 use crate::registry::Source;
 use crate::registry::token::{self, Challenge};
 
@@ -246,13 +246,6 @@ pub async fn manifest(
     Ok((Bytes::from(body), digest))
 }
 
-/// A blob's answer: its bytes from the offset asked (`partial`), or the
-/// whole blob (the registry ignored the range).
-pub struct Blob {
-    pub partial: bool,
-    pub body: BoxStream<'static, Result<Bytes, reqwest::Error>>,
-}
-
 /// Asks for the blob `digest` of `oref`'s repository from byte `offset`.
 /// The body is the caller's to read and bound.
 pub async fn blob(
@@ -274,28 +267,40 @@ pub async fn blob(
     };
     Ok(Blob {
         partial,
-        body: response.bytes_stream().boxed(),
+        body: response
+            .bytes_stream()
+            .map_err(std::io::Error::other)
+            .boxed(),
     })
 }
 
-/// The blob `digest` whole, refused past `max` bytes.
-pub async fn small_blob(
-    source: &Source,
-    oref: &oci_client::Reference,
-    digest: &str,
-    max: u64,
-) -> Result<Vec<u8>, OciDistributionError> {
-    let mut answer = blob(source, oref, digest, 0).await?;
-    let mut data = Vec::new();
-    while let Some(chunk) = answer.body.next().await {
-        data.extend_from_slice(&chunk?);
-        if data.len() as u64 > max {
-            return Err(OciDistributionError::GenericError(Some(format!(
-                "blob larger than the {max} bytes allowed"
-            ))));
-        }
+/// The real registry: HTTP, with the limits above.
+pub struct Http;
+
+#[tonic::async_trait]
+impl Fetcher for Http {
+    async fn manifest(
+        &self,
+        source: &Source,
+        oref: &oci_client::Reference,
+        accepted: &[&str],
+        max: usize,
+    ) -> Result<(Bytes, String), OciDistributionError> {
+        manifest(source, oref, accepted, max).await
     }
-    Ok(data)
+
+    async fn blob(
+        &self,
+        source: &Source,
+        digest: &str,
+        offset: u64,
+    ) -> Result<Blob, OciDistributionError> {
+        blob(source, &source.oref, digest, offset).await
+    }
+
+    async fn tags(&self, source: &Source) -> Result<Vec<String>, OciDistributionError> {
+        tags(source, &source.oref).await
+    }
 }
 
 /// The tags of `oref`'s repository, in the registry's order, page by

@@ -9,3 +9,15 @@ pub(crate) mod gc;
 pub(crate) mod layers;
 pub(crate) mod leases;
 pub(crate) mod marks;
+
+use std::sync::Arc;
+
+/// The three stores every engine that writes works on, handed over
+/// together.
+#[derive(Clone)]
+pub struct Stores {
+    pub content: content::ContentStore,
+    pub layers: Arc<layers::LayerStore>,
+    /// What holds chains (and images) while an operation uses them.
+    pub leases: Arc<leases::Leases>,
+}
