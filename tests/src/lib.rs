@@ -3,7 +3,6 @@
 //! collector to see traces. Everything started here is killed when its
 //! handle is dropped, so a failing test leaves nothing running.
 
-pub mod archive;
 pub mod bench_fs;
 pub mod certs;
 pub mod client;

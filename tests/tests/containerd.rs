@@ -371,7 +371,7 @@ async fn kubelet_pulls_through_imaged_and_containerd_runs_the_image() {
     // An image loaded into imaged, with no registry manifest, is
     // registered too (under a manifest made from its config and layers)
     // and runs.
-    let archive = imaged_e2e::archive::with_linked_layers(&[(&image, "loaded/runnable:1")]);
+    let archive = imaged_fixtures::archive::with_linked_layers(&[(&image, "loaded/runnable:1")]);
     let chunks: Vec<imaged_api::v1::LoadImagesRequest> = archive
         .chunks(256 * 1024)
         .map(|chunk| imaged_api::v1::LoadImagesRequest {

@@ -624,7 +624,7 @@ async fn imagectl_inspect_prints_dockers_record() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_archive_with_linked_layers_loads_as_in_docker() {
     let b = both().await;
-    let archive = imaged_e2e::archive::with_linked_layers(&[
+    let archive = imaged_fixtures::archive::with_linked_layers(&[
         (&b.catalog.base, "linked/base:1"),
         (&b.catalog.docker, "linked/docker:1"),
     ]);
@@ -781,7 +781,7 @@ async fn pull_all_tags_says_what_docker_says() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_legacy_archive_loads_with_dockers_ids() {
     let b = both().await;
-    let archive = imaged_e2e::archive::legacy(&b.catalog.app, "legacy/app:1");
+    let archive = imaged_fixtures::archive::legacy(&b.catalog.app, "legacy/app:1");
     let (imaged_lines, docker_lines) = b.load(archive).await;
     same("legacy load lines", imaged_lines, docker_lines);
     let (docker, imaged) = b.inspect("legacy/app:1").await;

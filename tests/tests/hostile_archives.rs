@@ -62,7 +62,8 @@ async fn a_one_tib_hole_costs_what_it_stores_on_pull_load_and_import() {
 
     // Each operation has a layer of its own, so each unpacks one.
     let loaded = image_of(hole().file("loaded", b"x"));
-    let archive = imaged_e2e::archive::with_linked_layers(&[(&loaded, "sparse/loaded:latest")]);
+    let archive =
+        imaged_fixtures::archive::with_linked_layers(&[(&loaded, "sparse/loaded:latest")]);
     let started = Instant::now();
     client::load(imaged.images(), archive).await.unwrap();
     let load = started.elapsed();

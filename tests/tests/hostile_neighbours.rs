@@ -90,7 +90,7 @@ async fn serve_content_gives_an_anonymous_peer_only_what_was_pulled_anonymously(
         ..client::pull_request(&private.fixtures().reference("team/secret:1"))
     };
     client::pull(imaged.images(), request).await.unwrap();
-    let archive = imaged_e2e::archive::with_linked_layers(&[(&loaded_image, "local/only:1")]);
+    let archive = imaged_fixtures::archive::with_linked_layers(&[(&loaded_image, "local/only:1")]);
     client::load(imaged.images(), archive).await.unwrap();
 
     // What was pulled anonymously: served, under its own repository only.

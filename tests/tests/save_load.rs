@@ -249,7 +249,7 @@ async fn archives_that_link_shared_layers_load() {
     let imaged = Imaged::start().await.unwrap();
     let catalog = imaged_fixtures::catalog().unwrap();
     // docker shares base's layer: its first layer.tar is a link.
-    let archive = imaged_e2e::archive::with_linked_layers(&[
+    let archive = imaged_fixtures::archive::with_linked_layers(&[
         (&catalog.base, "linked/base:1"),
         (&catalog.docker, "linked/docker:1"),
     ]);

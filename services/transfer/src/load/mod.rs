@@ -491,42 +491,4 @@ impl Read for ChannelReader {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn links(count: usize) -> Vec<u8> {
-        let mut builder = tar::Builder::new(Vec::new());
-        let mut header = tar::Header::new_gnu();
-        header.set_size(1);
-        header.set_mode(0o644);
-        builder
-            .append_data(&mut header, "target", &b"x"[..])
-            .unwrap();
-        for n in 0..count {
-            let mut header = tar::Header::new_gnu();
-            header.set_entry_type(tar::EntryType::Symlink);
-            header.set_size(0);
-            builder
-                .append_link(&mut header, format!("l{n}"), "target")
-                .unwrap();
-        }
-        builder.into_inner().unwrap()
-    }
-
-    #[test]
-    fn an_archive_is_bounded_in_bytes_and_in_links() {
-        let dir = tempfile::tempdir().unwrap();
-        let ok = links(10);
-        assert_eq!(
-            extract(ok.as_slice(), dir.path(), u64::MAX).unwrap().len(),
-            10
-        );
-        let dir = tempfile::tempdir().unwrap();
-        let err = extract(ok.as_slice(), dir.path(), 2048).unwrap_err();
-        assert!(matches!(err, Error::ResourceExhausted(_)), "{err}");
-        let dir = tempfile::tempdir().unwrap();
-        let many = links(MAX_LINKS + 1);
-        let err = extract(many.as_slice(), dir.path(), u64::MAX).unwrap_err();
-        assert!(err.to_string().contains("links"), "{err}");
-    }
-}
+mod tests;

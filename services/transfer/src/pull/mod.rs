@@ -35,9 +35,9 @@ use crate::registry::manifest::{
     check_manifest, check_media_type, choose_platform, schema1,
 };
 use crate::registry::{self, Registries, Retry, Source};
+use crate::store::Stores;
 use crate::store::content::ContentStore;
 use crate::store::layers::{Layer, LayerStore};
-use crate::store::Stores;
 use crate::store::leases::Leases;
 
 /// How long a pull waits for bytes, and the throughput it must keep.
