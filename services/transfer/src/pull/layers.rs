@@ -4,6 +4,7 @@
 
 use super::*;
 use events::Bytes;
+use said::Said;
 
 pub(super) type LayerFuture = Shared<BoxFuture<'static, Result<Arc<Layer>, Error>>>;
 
@@ -127,54 +128,22 @@ impl Puller {
             parent = Some(done);
         }
 
-        let totals = &plan.totals;
-        let all_total = plan.total();
-        let mut done_bytes = vec![0u64; chains.len()];
-        let mut last_state: Vec<Option<State>> = vec![None; chains.len()];
+        let mut said = Said::new(&plan.fetch, &plan.totals);
         let mut updates = stream::select_all(watches);
         let mut all = futures::future::try_join_all(waits).fuse();
         loop {
             tokio::select! {
                 result = &mut all => { result?; break; }
                 Some((i, state)) = updates.next() => {
-                    if state == State::Pending {
-                        continue;
-                    }
-                    // A watch keeps only the latest state: the milestones
-                    // Docker always prints are said even if passed unseen.
-                    for state in state.with_missed(last_state[i].as_ref()) {
-                        let (current, total) = match &state {
-                            State::Downloading { current, total } => (*current, *total),
-                            State::Verifying | State::DownloadComplete | State::Extracting | State::Complete => (totals[i], totals[i]),
-                            _ => (0, 0),
-                        };
-                        done_bytes[i] = done_bytes[i].max(current);
-                        let bytes = Bytes {
-                            current,
-                            total,
-                            all_current: done_bytes.iter().sum(),
-                            all_total,
-                        };
-                        say(tx, layer_event(&blobs[i], state.clone(), bytes)).await;
-                        last_state[i] = Some(state);
+                    for (i, state, bytes) in said.reached(i, state) {
+                        say(tx, layer_event(&blobs[i], state, bytes)).await;
                     }
                 }
             }
         }
         // Layers that finished between the last update and the join.
-        for (i, blob) in blobs.iter().enumerate() {
-            if !plan.fetch[i] || last_state[i] == Some(State::Complete) {
-                continue;
-            }
-            for state in State::Complete.with_missed(last_state[i].as_ref()) {
-                let bytes = Bytes {
-                    current: totals[i],
-                    total: totals[i],
-                    all_current: all_total,
-                    all_total,
-                };
-                say(tx, layer_event(blob, state, bytes)).await;
-            }
+        for (i, state, bytes) in said.finish() {
+            say(tx, layer_event(&blobs[i], state, bytes)).await;
         }
         Ok(())
     }

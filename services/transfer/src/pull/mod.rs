@@ -539,6 +539,7 @@ pub(crate) fn short(digest: &str) -> String {
 
 mod layers;
 mod remote;
+mod said;
 mod sources;
 mod state;
 
