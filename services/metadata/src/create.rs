@@ -31,8 +31,11 @@ pub async fn create(images: &Arc<Images>, config: Vec<u8>, parent: &str) -> Resu
         let layers = images
             .transfer
             .rpc(|mut client: TransferClient| {
+                // Transfer records the image as holding them now: the
+                // image is stored next, under the gate releases take.
                 let request = GetLayersRequest {
                     chain_ids: chains.clone(),
+                    hold_for_image: id.to_string(),
                 };
                 async move { client.get_layers(request).await }
             })

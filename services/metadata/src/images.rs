@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
-use imaged_api::internal::v1::{ReleaseLayersRequest, RetainLayersRequest};
+use imaged_api::internal::v1::{HeldImage, ReleaseLayersRequest, RetainLayersRequest};
 use imaged_common::clients::TransferClient;
 
 use imaged_common::events::Publisher;
@@ -42,9 +42,8 @@ pub struct PendingEvent {
     id: String,
     name: String,
     labels: BTreeMap<String, String>,
-    /// For a delete: the image's layer chains, which may now be unused.
-    released: Vec<String>,
-    /// For a delete: the image, whose manifests and config may go.
+    /// For a delete: the image, whose layers, manifests and config may
+    /// go (imaged-transfer decides).
     deleted_image: Option<String>,
 }
 
@@ -58,7 +57,6 @@ impl PendingEvent {
             labels: [("reclaimed".to_string(), reclaimed.to_string())]
                 .into_iter()
                 .collect(),
-            released: Vec::new(),
             deleted_image: None,
         }
     }
@@ -74,21 +72,14 @@ impl PendingEvent {
                 .image(id)
                 .map(|i| i.config.labels.clone())
                 .unwrap_or_default(),
-            released: Vec::new(),
             deleted_image: None,
         }
     }
 
-    /// A delete event that also says which layer chains the image held.
+    /// A delete event, which also tells imaged-transfer the image is gone.
     pub fn deleted(index: &Index, image: &Image) -> Self {
         let id = image.id.to_string();
         let mut event = Self::image(index, "delete", &id, &id);
-        event.released = image
-            .config
-            .chain_ids
-            .iter()
-            .map(|c| c.to_string())
-            .collect();
         event.deleted_image = Some(id);
         event
     }
@@ -116,19 +107,17 @@ impl Images {
 
     /// Publishes events of a committed change, in order; the caller
     /// answers once they are [`Images::logged`].
-    /// Then, in the background, releases in imaged-transfer the layer
-    /// chains of deleted images that no remaining image holds.
+    /// Then, in the background, tells imaged-transfer which images are
+    /// gone: it alone decides what of theirs is unused.
     pub fn publish(self: &Arc<Self>, events: Vec<PendingEvent>) -> Logged {
-        let mut released = HashSet::new();
         let mut deleted = Vec::new();
         let mut last = None;
         for e in events {
             let name = (!e.name.is_empty()).then_some(e.name.as_str());
             last = Some(self.events.image(&e.action, &e.id, &e.labels, name));
-            released.extend(e.released);
             deleted.extend(e.deleted_image);
         }
-        if released.is_empty() && deleted.is_empty() {
+        if deleted.is_empty() {
             return Logged(last);
         }
         let images = Arc::clone(self);
@@ -138,24 +127,18 @@ impl Images {
             // recorded meanwhile is seen here, or waits until the release
             // is done (and its pull's lease kept its layers).
             let _gate = images.layer_gate.lock().await;
-            let (unused, gone) = {
+            let gone: Vec<String> = {
                 let index = images.store.read();
-                let in_use = chains_in_use(&index);
-                let unused: Vec<String> = released.difference(&in_use).cloned().collect();
                 // An image stored again meanwhile keeps what it needs.
-                let gone: Vec<String> = deleted
+                deleted
                     .into_iter()
                     .filter(|id| index.image(id).is_none())
-                    .collect();
-                (unused, gone)
+                    .collect()
             };
-            if unused.is_empty() && gone.is_empty() {
+            if gone.is_empty() {
                 return;
             }
-            let request = ReleaseLayersRequest {
-                chain_ids: unused,
-                image_ids: gone,
-            };
+            let request = ReleaseLayersRequest { image_ids: gone };
             let result = images
                 .transfer
                 .rpc(|mut client: TransferClient| {
@@ -179,12 +162,23 @@ impl Images {
         loop {
             // Read again for every attempt: an attempt answered after a
             // wait must say what the store holds then, not at the first.
-            let request = {
+            let (request, all_chains) = {
                 let index = self.store.read();
-                RetainLayersRequest {
-                    chain_ids: chains_in_use(&index).into_iter().collect(),
-                    image_ids: index.images().map(|i| i.id.to_string()).collect(),
-                }
+                let request = RetainLayersRequest {
+                    images: index
+                        .images()
+                        .map(|i| HeldImage {
+                            id: i.id.to_string(),
+                            top_chain: i
+                                .config
+                                .chain_ids
+                                .last()
+                                .map(|c| c.to_string())
+                                .unwrap_or_default(),
+                        })
+                        .collect(),
+                };
+                (request, chains_in_use(&index).len())
             };
             let result = self
                 .transfer
@@ -202,7 +196,7 @@ impl Images {
                         );
                     }
                     if !answer.missing.is_empty() {
-                        let everything = answer.missing.len() == request.chain_ids.len();
+                        let everything = answer.missing.len() == all_chains;
                         self.forget_images_missing_layers(answer.missing, everything);
                     }
                     return;

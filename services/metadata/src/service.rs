@@ -9,7 +9,7 @@ use imaged_api::v1::*;
 use imaged_common::Error;
 use tonic::{Request, Response, Status};
 
-use crate::images::{Images, Logged, chains_in_use};
+use crate::images::{Images, Logged};
 use crate::resolve::{get_image, platform};
 use crate::store::Container;
 use crate::{cache, create, delete, inspect, list, put, tag};
@@ -295,19 +295,6 @@ impl Metadata for MetadataService {
             })?;
             Ok(ImageCacheLookupResponse {
                 id: id.unwrap_or_default(),
-            })
-        })
-    }
-
-    async fn chains_in_use(
-        &self,
-        request: Request<ChainsInUseRequest>,
-    ) -> Result<Response<ChainsInUseResponse>, Status> {
-        let asked = request.into_inner().chain_ids;
-        self.blocking(move |images| {
-            let in_use = chains_in_use(&images.store.read());
-            Ok(ChainsInUseResponse {
-                chain_ids: asked.into_iter().filter(|c| in_use.contains(c)).collect(),
             })
         })
     }

@@ -216,8 +216,14 @@ impl Committer {
         Ok((answer.id, config))
     }
 
+    /// Records the image `config` describes, holding its chain first
+    /// (see crate::store::holds).
     async fn create(&self, config: Value, parent: &str) -> Result<String, Error> {
+        let top = chain_ids(&config_diff_ids(&config)?).last().cloned();
         let bytes = serde_json::to_vec(&config).map_err(Error::internal)?;
+        let image_id = Digest::sha256_of(&bytes);
+        let _image_lease = self.leases.lease_image(&image_id);
+        self.content.hold(&image_id, &[], top.as_ref())?;
         self.metadata.create_image(bytes, parent).await
     }
 }

@@ -157,6 +157,9 @@ impl Importer {
             event_ref: id.clone(),
             tag_events: true,
         };
+        let image_id = imaged_model::Digest::sha256_of(&put.config);
+        let _image_lease = self.leases.lease_image(&image_id);
+        self.content.hold(&image_id, &[], Some(&layer.chain_id))?;
         self.metadata.record(put).await?;
         Ok(id)
     }

@@ -240,10 +240,11 @@ pub async fn run(config: ServiceConfig, args: Args) -> anyhow::Result<()> {
         Arc::clone(&layers),
         Arc::clone(&leases),
     )?);
-    let gc = Arc::new(
-        store::gc::Gc::new(Arc::clone(&layers), content.clone(), leases)
-            .with_metadata(metadata.clone()),
-    );
+    let gc = Arc::new(store::gc::Gc::new(
+        Arc::clone(&layers),
+        content.clone(),
+        leases,
+    ));
     let snapshot_service = containerd::snapshots::service::SnapshotService {
         store: snapshot_store,
         puller: Arc::clone(&puller),

@@ -3,11 +3,7 @@
 //! its status passed on as an [`Error`] by the one mapping in
 //! `imaged_common::error`.
 
-use std::collections::HashSet;
-
-use imaged_api::internal::v1::{
-    ChainsInUseRequest, PutImageRequest, RemoveContainerRequest, SetContainerRequest,
-};
+use imaged_api::internal::v1::{PutImageRequest, RemoveContainerRequest, SetContainerRequest};
 use imaged_api::v1::{
     CreateImageRequest, ExportImagesRequest, InspectImageRequest, ListImagesRequest,
     TagImageRequest,
@@ -15,7 +11,7 @@ use imaged_api::v1::{
 use imaged_common::Error;
 use imaged_common::clients::MetadataClient;
 use imaged_common::peer::Peer;
-use imaged_model::{Digest, Platform, Reference};
+use imaged_model::{Platform, Reference};
 
 use crate::neighbours::recorder::{
     ExportedImage, MovedTag, Record, Recorded, Recorder, StoredImage,
@@ -182,18 +178,6 @@ impl Recorder for Metadata {
         };
         let listed = call!(self, list_images, request)?;
         Ok(listed.images.into_iter().map(|i| i.id).collect())
-    }
-
-    async fn chains_in_use(&self, chains: &[Digest]) -> Result<HashSet<Digest>, Error> {
-        let request = ChainsInUseRequest {
-            chain_ids: chains.iter().map(Digest::to_string).collect(),
-        };
-        let answer = call!(self, chains_in_use, request)?;
-        Ok(answer
-            .chain_ids
-            .iter()
-            .filter_map(|c| c.parse().ok())
-            .collect())
     }
 
     async fn remove_container(&self, container_id: &str) -> Result<(), Error> {

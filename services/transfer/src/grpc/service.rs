@@ -1,6 +1,5 @@
 //! The `imaged.internal.v1.Transfer` gRPC service.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 
 use imaged_api::internal::v1::{
@@ -167,6 +166,12 @@ impl Transfer for TransferService {
                     .unwrap_or_default(),
                 size: layer.size as i64,
             });
+        }
+        let image = &request.get_ref().hold_for_image;
+        if !image.is_empty() {
+            let image: Digest = image.parse().map_err(Error::from)?;
+            let chains = parse_digests(&request.get_ref().chain_ids)?;
+            self.gc.hold_image(&image, &chains)?;
         }
         Ok(Response::new(GetLayersResponse { layers }))
     }
@@ -391,10 +396,8 @@ impl Transfer for TransferService {
         &self,
         request: Request<ReleaseLayersRequest>,
     ) -> Result<Response<ReleaseLayersResponse>, Status> {
-        let chains = parse_digests(&request.get_ref().chain_ids)?;
         let images = parse_digests(&request.get_ref().image_ids)?;
-        let removed = self.gc.release(chains.into_iter().collect()).await?;
-        let forgotten = self.gc.forget_images(&images)?;
+        let (removed, forgotten) = self.gc.release_images(&images).await?;
         tracing::debug!(layers = removed.len(), small_blobs = forgotten, "released");
         Ok(Response::new(ReleaseLayersResponse { removed }))
     }
@@ -403,22 +406,17 @@ impl Transfer for TransferService {
         &self,
         request: Request<RetainLayersRequest>,
     ) -> Result<Response<RetainLayersResponse>, Status> {
-        let keep: HashSet<Digest> = parse_digests(&request.get_ref().chain_ids)?
-            .into_iter()
-            .collect();
-        let (removed, missing) = self.gc.retain(&keep).await?;
+        let mut images = Vec::new();
+        for held in &request.get_ref().images {
+            let chain = match held.top_chain.as_str() {
+                "" => None,
+                chain => Some(chain.parse::<Digest>().map_err(Error::from)?),
+            };
+            images.push((held.id.parse::<Digest>().map_err(Error::from)?, chain));
+        }
+        let (removed, missing) = self.gc.retain(&images).await?;
         if !removed.is_empty() {
             tracing::info!(count = removed.len(), "removed layers no image holds");
-        }
-        let images: HashSet<Digest> = parse_digests(&request.get_ref().image_ids)?
-            .into_iter()
-            .collect();
-        let forgotten = self.gc.retain_images(&images)?;
-        if forgotten > 0 {
-            tracing::info!(
-                count = forgotten,
-                "removed manifests and configs no image needs"
-            );
         }
         Ok(Response::new(RetainLayersResponse { removed, missing }))
     }

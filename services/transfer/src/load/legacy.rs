@@ -178,6 +178,10 @@ impl Loader {
             layer_sizes: sizes.clone(),
             ..Default::default()
         };
+        let image_id = Digest::sha256_of(&config);
+        let _image_lease = self.leases.lease_image(&image_id);
+        self.content
+            .hold(&image_id, &[], chain_ids(&diff_ids).last())?;
         let id = self.metadata.record(put).await?.id;
         if let Some(parent) = parent {
             self.metadata

@@ -214,6 +214,11 @@ impl Loader {
                 event_ref: Digest::sha256_of(&config).to_string(),
                 tag_events: false,
             };
+            // The image holds its chain before metadata has it (see
+            // crate::store::holds).
+            let image_id = Digest::sha256_of(&config);
+            let _image_lease = self.leases.lease_image(&image_id);
+            self.content.hold(&image_id, &[], chains.last())?;
             let recorded = self.metadata.record(put).await?;
             for moved in recorded.moved {
                 let (tag, from_id) = (moved.tag, moved.from_id);

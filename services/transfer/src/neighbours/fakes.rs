@@ -296,8 +296,4 @@ impl Recorder for FakeRecorder {
     async fn remove_container(&self, _: &str) -> Result<(), Error> {
         Err(unsupported("keep containers"))
     }
-
-    async fn chains_in_use(&self, _chains: &[Digest]) -> Result<HashSet<Digest>, Error> {
-        Ok(HashSet::new())
-    }
 }

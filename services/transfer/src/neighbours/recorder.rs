@@ -2,7 +2,7 @@
 //! gRPC client (`crate::grpc::metadata::Metadata`) is the real one; unit
 //! tests use [`super::fakes::FakeRecorder`].
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 
 use imaged_common::Error;
 use imaged_model::image_config::ImageConfig;
@@ -113,9 +113,6 @@ pub trait Recorder: Send + Sync {
 
     /// Forgets a container's record.
     async fn remove_container(&self, container_id: &str) -> Result<(), Error>;
-
-    /// Which of `chains` a stored image stands on.
-    async fn chains_in_use(&self, chains: &[Digest]) -> Result<HashSet<Digest>, Error>;
 }
 
 /// The diffIDs of an image config, bottom first; a config that is not

@@ -426,7 +426,8 @@ impl Puller {
             .iter()
             .map(|(d, _)| d.clone())
             .collect();
-        self.content.own(&config_digest, &small)?;
+        self.content
+            .hold(&config_digest, &small, plan.chains.last())?;
         // The registry holds every layer in this repository (its manifest
         // names them): a push there elsewhere can mount them from here.
         for layer in &resolved.manifest.layers {

@@ -278,8 +278,11 @@ impl Pusher {
         let bytes = uploads.iter().map(|u| u.size).sum::<u64>() + config_upload.size;
         span.record("image.bytes", bytes);
         self.content.write(&digest, &body)?;
-        self.content
-            .own(&config_digest, &[config_digest.clone(), digest.clone()])?;
+        self.content.hold(
+            &config_digest,
+            &[config_digest.clone(), digest.clone()],
+            None,
+        )?;
         client
             .push_manifest_raw(
                 &oref,

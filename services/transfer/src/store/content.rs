@@ -28,11 +28,11 @@ pub struct ContentStore {
     /// `owners/<image ID hex>`: the manifests and config each image's
     /// pull or push stored, one digest a line, so they go with the last
     /// image that needs them.
-    owners: PathBuf,
+    pub(super) owners: PathBuf,
     /// Held while an owners file is read and rewritten; holds how many
     /// images own each small blob, counted on first use (see
     /// [`ContentStore::is_owned`]) and kept current from then on.
-    owning: Arc<Mutex<Option<HashMap<Digest, usize>>>>,
+    pub(super) owning: Arc<Mutex<Option<HashMap<Digest, usize>>>>,
     /// One writer per ingest at a time (two layers can share a blob).
     writers: Arc<Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>>,
     /// The blobs anyone may have (see [`crate::store::marks`]).
@@ -220,107 +220,6 @@ impl ContentStore {
         })
     }
 
-    /// Records that `image` needs the small blobs `digests` (its manifests
-    /// and config), beside what it needed before; written atomically.
-    pub fn own(&self, image: &Digest, digests: &[Digest]) -> Result<(), Error> {
-        let mut counts = self.owning.lock().unwrap_or_else(|e| e.into_inner());
-        let mut owned = self.owned_by(image)?;
-        let mut new: Vec<Digest> = digests
-            .iter()
-            .filter(|d| !owned.contains(d))
-            .cloned()
-            .collect();
-        if new.is_empty() {
-            return Ok(()); // a warm pull: nothing new, nothing written
-        }
-        new.sort_by_key(|d| d.to_string());
-        new.dedup();
-        owned.extend(new.iter().cloned());
-        owned.sort_by_key(|d| d.to_string());
-        let text: String = owned.iter().map(|d| format!("{d}\n")).collect();
-        crate::durable::replace(&self.owners.join(image.hex()), text.as_bytes())?;
-        if let Some(counts) = counts.as_mut() {
-            for digest in new {
-                *counts.entry(digest).or_default() += 1;
-            }
-        }
-        Ok(())
-    }
-
-    /// Whether some image owns the small blob `digest` (a manifest or
-    /// config of an image this node holds). The first call reads every
-    /// owners file; later ones are a lookup.
-    pub fn is_owned(&self, digest: &Digest) -> Result<bool, Error> {
-        let mut counts = self.owning.lock().unwrap_or_else(|e| e.into_inner());
-        if counts.is_none() {
-            let mut counted = HashMap::new();
-            for image in self.owners()? {
-                for owned in self.owned_by(&image)? {
-                    *counted.entry(owned).or_default() += 1;
-                }
-            }
-            *counts = Some(counted);
-        }
-        Ok(counts.as_ref().is_some_and(|c| c.contains_key(digest)))
-    }
-
-    /// Forgets what the gone `images` needed; answers the blobs no other
-    /// image needs any more, for the caller to delete (unless a layer came
-    /// from one). The remaining owners are read once, however many images
-    /// go (a prune of thousands stays one pass).
-    pub fn disown(&self, images: &[Digest]) -> Result<Vec<Digest>, Error> {
-        let mut counts = self.owning.lock().unwrap_or_else(|e| e.into_inner());
-        let mut freed = std::collections::BTreeSet::new();
-        for image in images {
-            let owned = self.owned_by(image)?;
-            match fs::remove_file(self.owners.join(image.hex())) {
-                Err(err) if err.kind() != io::ErrorKind::NotFound => return Err(err.into()),
-                _ => {}
-            }
-            if let Some(counts) = counts.as_mut() {
-                for digest in &owned {
-                    if let Some(count) = counts.get_mut(digest) {
-                        *count -= 1;
-                        if *count == 0 {
-                            counts.remove(digest);
-                        }
-                    }
-                }
-            }
-            freed.extend(owned);
-        }
-        if freed.is_empty() {
-            return Ok(Vec::new());
-        }
-        for other in self.owners()? {
-            for still in self.owned_by(&other)? {
-                freed.remove(&still);
-            }
-        }
-        Ok(freed.into_iter().collect())
-    }
-
-    /// The images that own small blobs.
-    pub fn owners(&self) -> Result<Vec<Digest>, Error> {
-        let mut images = Vec::new();
-        for entry in fs::read_dir(&self.owners)? {
-            let name = entry?.file_name();
-            // Temporary files and anything else that is not a digest.
-            if let Ok(image) = Digest::sha256_from_hex(&name.to_string_lossy()) {
-                images.push(image);
-            }
-        }
-        Ok(images)
-    }
-
-    fn owned_by(&self, image: &Digest) -> Result<Vec<Digest>, Error> {
-        match fs::read_to_string(self.owners.join(image.hex())) {
-            Ok(text) => Ok(text.lines().filter_map(|l| l.parse().ok()).collect()),
-            Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
-            Err(err) => Err(err.into()),
-        }
-    }
-
     /// Removes a committed blob; a missing one is not an error.
     pub fn delete(&self, digest: &Digest) -> io::Result<()> {
         self.public.forget(digest);
@@ -502,33 +401,6 @@ impl Write for Ingest {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn owned_blobs_are_counted_across_own_and_disown() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = ContentStore::open(dir.path()).unwrap();
-        let d = |s: &str| Digest::sha256_of(s.as_bytes());
-        let (a, b) = (d("image a"), d("image b"));
-        let (shared, only_a) = (d("manifest"), d("config a"));
-        store.own(&a, &[shared.clone(), only_a.clone()]).unwrap();
-        // Counted from the files on first use, kept current after.
-        assert!(store.is_owned(&shared).unwrap());
-        store.own(&b, std::slice::from_ref(&shared)).unwrap();
-        store.own(&b, std::slice::from_ref(&shared)).unwrap(); // again: no double count
-        assert_eq!(
-            store.disown(std::slice::from_ref(&a)).unwrap(),
-            vec![only_a.clone()]
-        );
-        assert!(store.is_owned(&shared).unwrap());
-        assert!(!store.is_owned(&only_a).unwrap());
-        store.disown(std::slice::from_ref(&b)).unwrap();
-        assert!(!store.is_owned(&shared).unwrap());
-        // A store opened afresh counts the same from the files.
-        store.own(&a, std::slice::from_ref(&only_a)).unwrap();
-        let reopened = ContentStore::open(dir.path()).unwrap();
-        assert!(reopened.is_owned(&only_a).unwrap());
-        assert!(!reopened.is_owned(&shared).unwrap());
-    }
 
     #[test]
     fn commits_only_verified_bytes_and_resumes() {

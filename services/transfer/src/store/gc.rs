@@ -1,10 +1,12 @@
-//! Garbage collection. Metadata decides which chains no image needs
-//! (after rmi or prune: [`Gc::release`]; at start-up, the full list it
-//! needs: [`Gc::retain`]) and which images are gone
-//! ([`Gc::forget_images`]); this module removes the layers, children before
-//! parents, never one that an operation in flight has leased
-//! ([`crate::store::leases`]), a container stands on, or another stored layer has
-//! as its parent, and then deletes the blobs no remaining layer came from.
+//! Garbage collection, with one owner: imaged-transfer. It keeps what
+//! each image holds itself ([`crate::store::holds`], written before
+//! imaged-metadata records the image); metadata only says which images
+//! are gone ([`Gc::release_images`]; at start-up, which exist:
+//! [`Gc::retain`]). This module removes the layers no image holds,
+//! children before parents, never one that an operation in flight has
+//! leased ([`crate::store::leases`]), a container stands on, or another
+//! stored layer has as its parent, and then deletes the blobs no
+//! remaining layer or image needs. It never asks metadata anything.
 //! The gRPC service only calls it.
 
 use std::collections::HashSet;
@@ -13,7 +15,6 @@ use std::sync::Arc;
 use imaged_common::Error;
 use imaged_model::Digest;
 
-use crate::neighbours::Recorder;
 use crate::store::content::ContentStore;
 use crate::store::layers::LayerStore;
 use crate::store::leases::{Claim, Leases};
@@ -23,9 +24,6 @@ pub struct Gc {
     layers: Arc<LayerStore>,
     content: ContentStore,
     leases: Arc<Leases>,
-    /// Asked, before a deferred chain goes, whether an image needs it
-    /// after all (`None` in unit tests: none does).
-    metadata: Option<Arc<dyn Recorder>>,
 }
 
 impl Gc {
@@ -34,14 +32,7 @@ impl Gc {
             layers,
             content,
             leases,
-            metadata: None,
         }
-    }
-
-    /// Checks deferred chains with imaged-metadata before they go.
-    pub fn with_metadata(mut self, metadata: Arc<dyn Recorder>) -> Self {
-        self.metadata = Some(metadata);
-        self
     }
 
     /// Removes what it may of `chains`; answers the chains removed.
@@ -107,12 +98,7 @@ impl Gc {
         }
         // A blob goes with its last layer (two chains can share one).
         if !freed_blobs.is_empty() {
-            let kept: HashSet<Digest> = self
-                .layers
-                .all()
-                .iter()
-                .flat_map(|l| l.blobs().cloned().collect::<Vec<_>>())
-                .collect();
+            let kept = self.layer_blobs();
             for blob in freed_blobs.iter().filter(|b| !kept.contains(b)) {
                 self.content.delete(blob)?;
             }
@@ -121,72 +107,84 @@ impl Gc {
     }
 
     /// Removes the deferred chains whose holds are gone and that no image
-    /// needs (imaged-metadata says; unreachable, they wait for the next
-    /// time): called when a container, a snapshot or a mount lets go of
+    /// holds: called when a container, a snapshot or a mount lets go of
     /// its layers. An operation that leases one meanwhile keeps it, even
-    /// one that has let go again by the time imaged-metadata answers: its
-    /// image may be recorded after imaged-metadata was asked.
+    /// one that has let go again by now: its image holds it from before it
+    /// is recorded.
     pub async fn collect_deferred(&self) -> Result<Vec<String>, Error> {
         let mut deferred = self.leases.deferred();
         if deferred.is_empty() {
             return Ok(Vec::new());
         }
-        if let Some(metadata) = &self.metadata {
-            let asked: Vec<Digest> = deferred.iter().cloned().collect();
-            let in_use = metadata.chains_in_use(&asked).await?;
-            self.leases.undefer(&in_use);
-            deferred.retain(|c| !in_use.contains(c));
-        }
+        let in_use = self.held_by_images()?;
+        self.leases.undefer(&in_use);
+        deferred.retain(|c| !in_use.contains(c));
         self.remove(deferred, Claim::StillDeferred).await
     }
 
-    /// Deletes the manifests and configs that only the gone `images`
-    /// needed (a blob a stored layer came from stays). Answers how many.
-    /// An image an operation is recording right now ([`Leases::lease_image`])
-    /// keeps its blobs: the decision that it is gone was made before it was
-    /// stored again.
-    pub fn forget_images(&self, images: &[Digest]) -> Result<usize, Error> {
+    /// The images imaged-metadata deleted: forgets what they held, deletes
+    /// the manifests and configs only they needed (a blob a stored layer
+    /// came from stays), and removes the layers no image holds any more.
+    /// An image an operation is recording right now
+    /// ([`Leases::lease_image`]) keeps everything: the decision that it is
+    /// gone was made before it was stored again. Answers the chains
+    /// removed and how many small blobs went.
+    pub async fn release_images(&self, images: &[Digest]) -> Result<(Vec<String>, usize), Error> {
         if images.is_empty() {
-            return Ok(0);
+            return Ok((Vec::new(), 0));
         }
-        let layer_blobs: HashSet<Digest> = self
-            .layers
-            .all()
-            .iter()
-            .flat_map(|l| l.blobs().cloned().collect::<Vec<_>>())
-            .collect();
-        self.leases.unless_images_leased(images, |gone| {
+        let layer_blobs = self.layer_blobs();
+        let (tops, deleted) = self.leases.unless_images_leased(images, |gone| {
+            let (freed, tops) = self.content.disown(gone)?;
             let mut deleted = 0;
-            for blob in self.content.disown(gone)? {
-                if !layer_blobs.contains(&blob) {
-                    self.content.delete(&blob)?;
-                    deleted += 1;
-                }
+            for blob in freed.iter().filter(|b| !layer_blobs.contains(b)) {
+                self.content.delete(blob)?;
+                deleted += 1;
             }
-            Ok(deleted)
-        })
+            Ok::<_, Error>((tops, deleted))
+        })?;
+        let (stood_on, _) = self.stood_on(tops);
+        let in_use = self.held_by_images()?;
+        let unused = stood_on
+            .into_iter()
+            .filter(|c| !in_use.contains(c))
+            .collect();
+        Ok((self.release(unused).await?, deleted))
     }
 
-    /// Forgets every image that owns small blobs but is not in `images`
-    /// (start-up reconciliation); answers how many blobs went.
-    pub fn retain_images(&self, images: &HashSet<Digest>) -> Result<usize, Error> {
+    /// Makes the stores hold what the images imaged-metadata has need
+    /// (start-up reconciliation, after a crash on either side): `images`
+    /// are every image with its top chain. Each is recorded as holding its
+    /// chain (an image recorded before chains were kept learns it here);
+    /// every other image is forgotten; then the layers no image, container,
+    /// snapshot or operation holds are removed. Answers (removed, missing):
+    /// the chains removed, and the images' chains (or their parents) not
+    /// stored.
+    pub async fn retain(
+        &self,
+        images: &[(Digest, Option<Digest>)],
+    ) -> Result<(Vec<String>, Vec<String>), Error> {
+        for (image, chain) in images {
+            if chain.is_some() {
+                self.content.hold(image, &[], chain.as_ref())?;
+            }
+        }
+        let listed: HashSet<&Digest> = images.iter().map(|(i, _)| i).collect();
         let gone: Vec<Digest> = self
             .content
             .owners()?
             .into_iter()
-            .filter(|i| !images.contains(i))
+            .filter(|i| !listed.contains(i))
             .collect();
-        self.forget_images(&gone)
-    }
-
-    /// Keeps `keep`, what they stand on and what the lease table holds, and
-    /// removes every other layer. Answers (removed, missing): the chains
-    /// removed, and those of `keep` (or their parents) not stored.
-    pub async fn retain(
-        &self,
-        keep: &HashSet<Digest>,
-    ) -> Result<(Vec<String>, Vec<String>), Error> {
-        let (mut held, mut missing) = self.stood_on(keep.iter().cloned());
+        let (mut removed, forgotten) = self.release_images(&gone).await?;
+        if forgotten > 0 {
+            tracing::info!(
+                count = forgotten,
+                "removed manifests and configs no image needs"
+            );
+        }
+        let (_, missing) = self.stood_on(images.iter().filter_map(|(_, c)| c.clone()));
+        let mut held = self.held_by_images()?;
         let (by_leases, _) = self.stood_on(self.leases.held_chains());
         held.extend(by_leases);
         let orphans: HashSet<Digest> = self
@@ -196,10 +194,38 @@ impl Gc {
             .map(|l| l.chain_id.clone())
             .filter(|c| !held.contains(c))
             .collect();
-        let removed = self.release(orphans).await?;
+        removed.extend(self.release(orphans).await?);
+        let mut missing = missing;
         missing.sort();
         missing.dedup();
         Ok((removed, missing))
+    }
+
+    /// Records `image` as holding `chains` (bottom first, all stored): an
+    /// image imaged-metadata is about to create on stored layers. They are
+    /// leased while it is written, so a collection running now keeps them.
+    pub fn hold_image(&self, image: &Digest, chains: &[Digest]) -> Result<(), Error> {
+        let _lease = self.leases.lease(chains);
+        if let Some(missing) = chains.iter().find(|c| self.layers.get(c).is_none()) {
+            return Err(Error::NotFound(format!(
+                "failed to get layer {missing}: layer does not exist"
+            )));
+        }
+        self.content.hold(image, &[], chains.last())
+    }
+
+    /// Every chain some image stands on.
+    fn held_by_images(&self) -> Result<HashSet<Digest>, Error> {
+        Ok(self.stood_on(self.content.held_chains()?).0)
+    }
+
+    /// The blobs stored layers came from.
+    fn layer_blobs(&self) -> HashSet<Digest> {
+        self.layers
+            .all()
+            .iter()
+            .flat_map(|l| l.blobs().cloned().collect::<Vec<_>>())
+            .collect()
     }
 
     /// The chains `tops` stand on (themselves and their parents), and the
@@ -361,20 +387,57 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_deferred_chain_an_operation_used_while_metadata_was_asked_stays() {
+    async fn a_deferred_chain_an_operation_used_while_it_was_collected_stays() {
         let f = fixture();
         f.leases.hold("snapshot/x".into(), f.app.clone());
         f.gc.release(set(&[&f.app])).await.unwrap();
         f.leases.release("snapshot/x");
-        // collect_deferred reads the deferred chains and asks
-        // imaged-metadata, which has no image on app yet...
+        // collect_deferred reads the deferred chains and the images'
+        // holds, and no image holds app yet...
         let asked = f.leases.deferred();
         assert_eq!(asked, set(&[&f.app]));
         // ...a load leases app, records its image and lets go...
         drop(f.leases.lease(std::slice::from_ref(&f.app)));
-        // ...and the answer arrives: no image needs app.
+        // ...and then the removal comes.
         let removed = f.gc.remove(asked, Claim::StillDeferred).await.unwrap();
         assert!(removed.is_empty(), "the load's image stands on app");
+        assert!(f.layers.get(&f.app).is_some());
+    }
+
+    #[tokio::test]
+    async fn an_images_layers_go_with_the_last_image_that_stands_on_them() {
+        let f = fixture();
+        let (a, b) = (Digest::sha256_of(b"image a"), Digest::sha256_of(b"image b"));
+        f.content.hold(&a, &[], Some(&f.app)).unwrap();
+        f.content.hold(&b, &[], Some(&f.other)).unwrap();
+        let (removed, _) = f.gc.release_images(std::slice::from_ref(&a)).await.unwrap();
+        assert_eq!(removed, [f.app.to_string()], "b stands on base");
+        // An image being recorded right now keeps what it holds.
+        let recording = f.leases.lease_image(&b);
+        let (removed, _) = f.gc.release_images(std::slice::from_ref(&b)).await.unwrap();
+        assert!(removed.is_empty());
+        drop(recording);
+        let (mut removed, _) = f.gc.release_images(std::slice::from_ref(&b)).await.unwrap();
+        removed.sort();
+        let mut expected = vec![f.other.to_string(), f.base.to_string()];
+        expected.sort();
+        assert_eq!(removed, expected);
+        assert!(f.layers.get(&f.lone).is_some(), "no image named lone");
+    }
+
+    #[tokio::test]
+    async fn a_deferred_chain_an_image_holds_is_not_collected() {
+        let f = fixture();
+        f.leases.hold("container/c".into(), f.app.clone());
+        f.gc.release(set(&[&f.app])).await.unwrap();
+        // An image is created on app meanwhile (a commit, CreateImage).
+        f.gc.hold_image(
+            &Digest::sha256_of(b"image"),
+            &[f.base.clone(), f.app.clone()],
+        )
+        .unwrap();
+        f.leases.release("container/c");
+        assert!(f.gc.collect_deferred().await.unwrap().is_empty());
         assert!(f.layers.get(&f.app).is_some());
     }
 
@@ -382,7 +445,12 @@ mod tests {
     async fn retain_keeps_what_images_stand_on_and_names_what_is_missing() {
         let f = fixture();
         let gone = Digest::sha256_of(b"never stored");
-        let (removed, missing) = f.gc.retain(&set(&[&f.app, &gone])).await.unwrap();
+        let images = [
+            (Digest::sha256_of(b"image a"), Some(f.app.clone())),
+            (Digest::sha256_of(b"image b"), Some(gone.clone())),
+            (Digest::sha256_of(b"no layers"), None),
+        ];
+        let (removed, missing) = f.gc.retain(&images).await.unwrap();
         let mut removed = removed;
         removed.sort();
         let mut expected = vec![f.other.to_string(), f.lone.to_string()];
@@ -415,7 +483,7 @@ mod tests {
             f.content.clone(),
             Arc::clone(&leases),
         );
-        let (removed, _) = gc.retain(&HashSet::new()).await.unwrap();
+        let (removed, _) = gc.retain(&[]).await.unwrap();
         let mut removed = removed;
         removed.sort();
         let mut expected = vec![f.other.to_string(), f.lone.to_string()];
@@ -443,26 +511,29 @@ mod tests {
         );
         let (image_a, image_b) = (config_a.clone(), config_b.clone());
         f.content
-            .own(
+            .hold(
                 &image_a,
                 &[index.clone(), manifest.clone(), config_a.clone()],
+                None,
             )
             .unwrap();
         f.content
-            .own(&image_b, &[index.clone(), config_b.clone()])
+            .hold(&image_b, &[index.clone(), config_b.clone()], Some(&f.lone))
             .unwrap();
         let before = f.content.list().unwrap().len();
 
-        assert_eq!(
-            f.gc.forget_images(std::slice::from_ref(&image_a)).unwrap(),
-            2
-        );
+        let (_, deleted) =
+            f.gc.release_images(std::slice::from_ref(&image_a))
+                .await
+                .unwrap();
+        assert_eq!(deleted, 2);
         assert!(f.content.contains(&index), "image b still needs the index");
         assert!(!f.content.contains(&manifest) && !f.content.contains(&config_a));
-        // At start-up, metadata holds no image any more: b's go too; the
-        // layers' blobs stay.
-        assert_eq!(f.gc.retain_images(&HashSet::new()).unwrap(), 2);
-        assert_eq!(f.content.list().unwrap().len(), before - 4);
+        // At start-up, metadata holds no image any more: b's go too, and
+        // every layer with its blob.
+        let (removed, _) = f.gc.retain(&[]).await.unwrap();
+        assert_eq!(removed.len(), 4);
+        assert_eq!(f.content.list().unwrap().len(), before - 4 - 4);
         assert!(f.content.owners().unwrap().is_empty());
     }
 }

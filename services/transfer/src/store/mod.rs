@@ -6,6 +6,7 @@
 pub(crate) mod content;
 pub(crate) mod direct_write;
 pub(crate) mod gc;
+pub(crate) mod holds;
 pub(crate) mod layers;
 pub(crate) mod leases;
 pub(crate) mod marks;
