@@ -60,11 +60,15 @@ bench-deps:
 	./deploy/install-bench-deps.sh
 
 ## The parsers and the layer applier on generated input, long: `make
-## test` runs 256 cases of each property, this FUZZ_CASES.
+## test` runs 256 cases of each property, this FUZZ_CASES; and the
+## model-based GC test, GC_MODEL_CASES sequences (`make test`: 8).
 FUZZ_CASES ?= 50000
+GC_MODEL_CASES ?= 200
 fuzz:
 	PROPTEST_CASES=$(FUZZ_CASES) $(CARGO) test --release -p imaged-model --test fuzz
 	PROPTEST_CASES=$(FUZZ_CASES) $(CARGO) test --release -p imaged-transfer fuzz
+	$(CARGO) build --workspace --bins
+	PROPTEST_CASES=$(GC_MODEL_CASES) $(CARGO) test -p imaged-e2e --test it gc_model
 
 ## Build (release) and install the binaries, the systemd units (enable
 ## with `systemctl enable --now imaged.target`) and, unless one is there,

@@ -12,6 +12,7 @@ mod events;
 mod fixtures_registry;
 mod fleet;
 mod foundation;
+mod gc_model;
 mod grpc_clients;
 mod hostile;
 mod hostile_archives;

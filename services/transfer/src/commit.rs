@@ -59,7 +59,9 @@ impl Committer {
         tokio::task::spawn_blocking(move || containers.diff_into(&diff_dir_record, &diff))
             .await
             .map_err(Error::internal)??;
-        let layer = self.register(staging, record.chain_id.clone()).await?;
+        let layer = self
+            .register(staging, record.chain_id.clone(), false)
+            .await?;
 
         // The config: the parent's, the changes applied, one more step.
         let mut run_config = parent_config["config"]
@@ -161,7 +163,7 @@ impl Committer {
         })
         .await
         .map_err(Error::internal)??;
-        let layer = self.register(staging, chain_id(&parent_ids)).await?;
+        let layer = self.register(staging, chain_id(&parent_ids), true).await?;
 
         let now = now();
         let mut new = config.as_object().cloned().unwrap_or_default();
@@ -183,10 +185,13 @@ impl Committer {
     }
 
     /// Packs `staging`'s diff into a tar blob and registers it on `parent`.
+    /// An empty diff is stored only with `keep_empty` (a squash's image
+    /// lists it; a commit's does not).
     async fn register(
         &self,
         staging: crate::store::layers::Staging,
         parent: Option<Digest>,
+        keep_empty: bool,
     ) -> Result<Arc<Layer>, Error> {
         let content = self.content.clone();
         let layers = Arc::clone(&self.layers);
@@ -203,6 +208,16 @@ impl Committer {
             let chain = child_chain(parent.as_ref(), &unpacked.diff_id);
             if let Some(existing) = layers.get(&chain) {
                 return Ok(existing);
+            }
+            if !keep_empty && unpacked.diff_id == empty_tar_digest() {
+                // As Docker: an empty diff is no layer (the image's step
+                // says `empty_layer`), so nothing is kept of it.
+                drop(fresh);
+                let used = layers.all().iter().any(|l| l.blobs().any(|b| *b == blob));
+                if !used {
+                    content.delete(&blob)?;
+                }
+                return Ok(Arc::new(Layer::unpacked(parent, blob, &unpacked)));
             }
             layers.commit(fresh, Layer::unpacked(parent, blob, &unpacked))
         })
