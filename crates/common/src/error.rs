@@ -1,9 +1,19 @@
 //! The one mapping from imaged's domain errors to gRPC status codes.
 //!
 //! Services return [`Error`]; the conversion to [`tonic::Status`] below is
-//! the only place that decides which code a failure gets.
+//! the only place that decides which code a failure gets. An error is a
+//! kind (the variant, or [`Error::Caused`]'s `kind`) and a message; one
+//! that has a cause keeps it ([`Error::caused`]): a rule's typed error
+//! (`DeleteConflict`, `DigestMismatch`, `LayerTooLarge`, …), or the I/O
+//! error under a failure of our own, for logs and callers to look into
+//! (`std::error::Error::source`, `downcast_ref`).
+
+use std::sync::Arc;
 
 use tonic::{Code, Status};
+
+/// The cause an [`Error::Caused`] keeps.
+pub type Cause = Arc<dyn std::error::Error + Send + Sync + 'static>;
 
 /// A failure a caller can act on, with the message it will read.
 #[derive(Clone, Debug, thiserror::Error)]
@@ -58,6 +68,15 @@ pub enum Error {
     /// A failure a peer could not classify, passed on as it was.
     #[error("{0}")]
     Unknown(String),
+    /// A failure of `kind` (the code it is reported with) whose cause is
+    /// kept: a typed error of the rule that refused, or an I/O error.
+    #[error("{message}")]
+    Caused {
+        kind: Code,
+        message: String,
+        #[source]
+        source: Cause,
+    },
 }
 
 impl Error {
@@ -80,6 +99,24 @@ impl Error {
             Error::Unimplemented(_) => Code::Unimplemented,
             Error::DataLoss(_) => Code::DataLoss,
             Error::Unknown(_) => Code::Unknown,
+            Error::Caused { kind, .. } => *kind,
+        }
+    }
+
+    /// An error of `kind` that reads as its cause does and keeps it.
+    pub fn caused(kind: Code, cause: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Error::Caused {
+            kind,
+            message: cause.to_string(),
+            source: Arc::new(cause),
+        }
+    }
+
+    /// The typed cause of this error, if it is a `T`.
+    pub fn cause<T: std::error::Error + 'static>(&self) -> Option<&T> {
+        match self {
+            Error::Caused { source, .. } => source.downcast_ref::<T>(),
+            _ => None,
         }
     }
 
@@ -137,10 +174,12 @@ impl From<std::io::Error> for Error {
     /// about, anything else is our fault.
     fn from(err: std::io::Error) -> Self {
         match err.raw_os_error() {
-            Some(libc::ENOSPC) | Some(libc::EDQUOT) => {
-                Error::ResourceExhausted(format!("no space left on device: {err}"))
-            }
-            _ => Error::Internal(err.to_string()),
+            Some(libc::ENOSPC) | Some(libc::EDQUOT) => Error::Caused {
+                kind: Code::ResourceExhausted,
+                message: format!("no space left on device: {err}"),
+                source: Arc::new(err),
+            },
+            _ => Error::caused(Code::Internal, err),
         }
     }
 }
@@ -157,7 +196,12 @@ mod tests {
         let full = std::io::Error::from_raw_os_error(libc::ENOSPC);
         assert_eq!(Error::from(full).code(), Code::ResourceExhausted);
         let other = std::io::Error::from_raw_os_error(libc::EIO);
-        assert_eq!(Error::from(other).code(), Code::Internal);
+        let err = Error::from(other);
+        assert_eq!(err.code(), Code::Internal);
+        // The I/O error is kept as the cause.
+        let cause = err.cause::<std::io::Error>().expect("an io::Error cause");
+        assert_eq!(cause.raw_os_error(), Some(libc::EIO));
+        assert!(std::error::Error::source(&err).is_some());
         // Every code a peer can answer passes through unchanged.
         for code in [
             Code::Cancelled,

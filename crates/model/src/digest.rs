@@ -8,6 +8,15 @@ use sha2::{Digest as _, Sha256};
 
 /// A content digest: algorithm and lowercase hex. For `sha256` the hex is
 /// exactly 64 characters; other algorithms need at least 32.
+/// Bytes named by the digest `expected` that hash to `got`: refused,
+/// never stored.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("digest mismatch: expected {expected}, got {got}")]
+pub struct DigestMismatch {
+    pub expected: Digest,
+    pub got: Digest,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Digest {
     algorithm: String,

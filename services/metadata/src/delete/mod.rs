@@ -9,56 +9,16 @@ use imaged_common::Error;
 use imaged_model::Reference;
 use imaged_model::filters::{Filters, label_matches};
 use imaged_model::timestamp;
+use tonic::Code;
 
 use crate::images::PendingEvent;
+
+mod conflict;
+
 use crate::resolve::{get_image, is_id_prefix};
 use crate::store::{Image, Index, Tx};
-
-/// What stands in the way of deleting an image, in the order checked.
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum Conflict {
-    /// Hard: another image has it as parent.
-    Child,
-    /// Hard: a running container uses it.
-    Running(String),
-    /// Soft: it still has references.
-    Referenced,
-    /// Soft: a stopped container uses it.
-    Stopped(String),
-}
-
-impl Conflict {
-    fn hard(&self) -> bool {
-        matches!(self, Conflict::Child | Conflict::Running(_))
-    }
-
-    /// A "used" conflict: a container.
-    fn used(&self) -> bool {
-        matches!(self, Conflict::Running(_) | Conflict::Stopped(_))
-    }
-
-    fn error(&self, image: &Image) -> Error {
-        let tail = match self {
-            Conflict::Child => "image has dependent child images".to_string(),
-            Conflict::Running(c) => {
-                format!("image is being used by running container {}", short(c))
-            }
-            Conflict::Referenced => "image is referenced in multiple repositories".to_string(),
-            Conflict::Stopped(c) => {
-                format!("image is being used by stopped container {}", short(c))
-            }
-        };
-        let severity = if self.hard() {
-            "cannot be forced"
-        } else {
-            "must be forced"
-        };
-        Error::FailedPrecondition(format!(
-            "conflict: unable to delete {} ({severity}) - {tail}",
-            image.id.short()
-        ))
-    }
-}
+use conflict::Conflict;
+pub use conflict::DeleteConflict;
 
 /// Which conflicts a check looks for.
 #[derive(Clone, Copy)]
@@ -66,11 +26,6 @@ struct Mask {
     hard: bool,
     referenced: bool,
     stopped: bool,
-}
-
-fn short(id: &str) -> &str {
-    let id = id.split_once(':').map_or(id, |(_, hex)| hex);
-    &id[..id.len().min(12)]
 }
 
 fn untagged(reference: &Reference) -> DeleteItem {
@@ -207,11 +162,12 @@ fn remove_into(
             && single_reference(&refs)
             && let Some((cid, _)) = tx.index().containers_of(&id).next()
         {
-            return Err(Error::FailedPrecondition(format!(
-                "conflict: unable to remove repository reference \"{input}\" (must force) - container {} is using its referenced image {}",
-                short(cid),
-                image.id.short()
-            )));
+            return Err(DeleteConflict::Reference {
+                reference: input.to_string(),
+                container: cid.clone(),
+                image: image.id.short().to_string(),
+            }
+            .into());
         }
         let key = Reference::parse(input)?.store_key();
         if tx.index().resolve_ref(&key.to_string()).is_none() {
@@ -379,7 +335,7 @@ pub fn prune(
                 Err(err) => {
                     removal.items.truncate(items);
                     removal.deleted.truncate(deleted);
-                    if !matches!(err, Error::FailedPrecondition(_) | Error::NotFound(_)) {
+                    if !matches!(err.code(), Code::FailedPrecondition | Code::NotFound) {
                         tracing::warn!(image = %id, "prune: cannot remove {input}: {err}");
                     }
                 }

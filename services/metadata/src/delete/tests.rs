@@ -1,3 +1,4 @@
+use super::conflict::short;
 use super::*;
 use imaged_model::digest::chain_ids;
 
@@ -213,6 +214,18 @@ fn hard_conflicts_cannot_be_forced() {
         err.to_string()
             .contains("(cannot be forced) - image has dependent child images"),
         "{err}"
+    );
+    // The conflict is the error's typed cause; its code is the kind's.
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+    assert!(
+        matches!(
+            err.cause::<super::DeleteConflict>(),
+            Some(super::DeleteConflict::Image {
+                conflict: super::Conflict::Child,
+                ..
+            })
+        ),
+        "{err:?}"
     );
     f.container("c0ffee0123456789", &child, true);
     let err = f.rmi(&child, true).unwrap_err();

@@ -269,7 +269,7 @@ mod tests {
             ..Budget::UNLIMITED
         };
         let err = unpack(tar.as_slice(), dir.path(), budget).unwrap_err();
-        assert!(matches!(err, Error::ResourceExhausted(_)), "{err}");
+        assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err}");
         assert!(!dir.path().join("hole").exists());
     }
 

@@ -171,6 +171,14 @@ impl<R: Read> TarGuard<R> {
     }
 }
 
+/// A layer that inflates past what one layer may take (the configured
+/// maximum, or the free space it lands on).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("layer inflates past {limit} bytes, the most one layer may take")]
+pub struct LayerTooLarge {
+    pub limit: u64,
+}
+
 impl<R: Read> Read for TarGuard<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
@@ -178,10 +186,7 @@ impl<R: Read> Read for TarGuard<R> {
         if self.read > self.budget {
             return Err(io::Error::new(
                 io::ErrorKind::FileTooLarge,
-                format!(
-                    "layer inflates past {} bytes, the most one layer may take",
-                    self.budget
-                ),
+                LayerTooLarge { limit: self.budget },
             ));
         }
         self.observe(&buf[..n])?;

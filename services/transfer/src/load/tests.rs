@@ -36,7 +36,7 @@ fn an_archive_is_bounded_in_bytes_and_in_links() {
     );
     let dir = tempfile::tempdir().unwrap();
     let err = extract(ok.as_slice(), dir.path(), 2048).unwrap_err();
-    assert!(matches!(err, Error::ResourceExhausted(_)), "{err}");
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err}");
     let dir = tempfile::tempdir().unwrap();
     let many = links(MAX_LINKS + 1);
     let err = extract(many.as_slice(), dir.path(), u64::MAX).unwrap_err();

@@ -1,6 +1,8 @@
 //! Where a pull reads manifests and configs: each mirror once, then the
 //! registry with retries, each bounded in time; the one retry policy.
 
+use imaged_model::digest::DigestMismatch;
+
 use super::*;
 
 impl Puller {
@@ -40,10 +42,18 @@ impl Puller {
                 })
             },
             |data| {
-                if Digest::sha256_of(&data) != expected {
-                    return Err(Error::InvalidArgument(format!(
-                        "{what}: digest mismatch: the registry sent other bytes than {expected}"
-                    )));
+                let got = Digest::sha256_of(&data);
+                if got != expected {
+                    return Err(Error::Caused {
+                        kind: tonic::Code::InvalidArgument,
+                        message: format!(
+                            "{what}: digest mismatch: the registry sent other bytes than {expected}"
+                        ),
+                        source: Arc::new(DigestMismatch {
+                            expected: expected.clone(),
+                            got,
+                        }),
+                    });
                 }
                 Ok(data)
             },

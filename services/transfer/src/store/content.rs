@@ -15,7 +15,9 @@ use std::sync::{Arc, Mutex};
 
 use imaged_common::Error;
 use imaged_model::Digest;
+use imaged_model::digest::DigestMismatch;
 use sha2::{Digest as _, Sha256};
+use tonic::Code;
 
 use crate::store::direct_write::DirectWriter;
 use crate::store::marks::Marks;
@@ -142,9 +144,11 @@ impl ContentStore {
         }
         let actual = Digest::sha256_of(data);
         if &actual != digest {
-            return Err(Error::InvalidArgument(format!(
-                "digest mismatch: expected {digest}, got {actual}"
-            )));
+            let mismatch = DigestMismatch {
+                expected: digest.clone(),
+                got: actual,
+            };
+            return Err(Error::caused(Code::InvalidArgument, mismatch));
         }
         let mut temp = self.temp_file()?;
         temp.write_all(data)?;
@@ -372,10 +376,11 @@ impl Ingest {
         if actual != self.expected {
             self.out.inner.forget();
             let _ = fs::remove_file(&self.path);
-            return Err(Error::InvalidArgument(format!(
-                "digest mismatch: expected {}, got {actual}",
-                self.expected
-            )));
+            let mismatch = DigestMismatch {
+                expected: self.expected.clone(),
+                got: actual,
+            };
+            return Err(Error::caused(Code::InvalidArgument, mismatch));
         }
         self.out.inner.finish()?;
         Ok(crate::durable::rename(&self.path, &self.target)?)

@@ -21,6 +21,8 @@ use std::path::{Component, Path, PathBuf};
 
 use imaged_common::Error;
 use imaged_model::Digest;
+
+use crate::archive::tar_limits::LayerTooLarge;
 use sha2::{Digest as _, Sha256};
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -312,6 +314,17 @@ pub fn classify(err: io::Error) -> Error {
     }
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&err);
     while let Some(current) = source {
+        let inner = current
+            .downcast_ref::<io::Error>()
+            .and_then(|e| e.get_ref())
+            .map(|e| e as &(dyn std::error::Error + 'static));
+        if let Some(too_large) = inner.unwrap_or(current).downcast_ref::<LayerTooLarge>() {
+            return Error::Caused {
+                kind: tonic::Code::ResourceExhausted,
+                message: text,
+                source: std::sync::Arc::new(too_large.clone()),
+            };
+        }
         if let Some(io_err) = current.downcast_ref::<io::Error>()
             && io_err.kind() == io::ErrorKind::FileTooLarge
         {

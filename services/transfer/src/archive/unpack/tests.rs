@@ -398,7 +398,10 @@ fn a_layer_past_its_budget_is_resource_exhausted() {
         ..Budget::UNLIMITED
     };
     let err = unpack(tar.as_slice(), dir.path(), budget).unwrap_err();
-    assert!(matches!(err, Error::ResourceExhausted(_)), "{err}");
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err}");
+    // The rule that refused it is kept as the typed cause.
+    let cause = err.cause::<crate::archive::tar_limits::LayerTooLarge>();
+    assert_eq!(cause.map(|c| c.limit), Some(16 * 1024), "{err:?}");
 }
 
 #[test]
