@@ -3,7 +3,7 @@
 //! - [`config`]: flags, environment and an optional TOML file, and the root
 //!   directory every process keeps its data under.
 //! - [`endpoint`]: where a process listens or where a peer is reached
-//!   (Unix socket or TCP).
+//!   (Unix socket or TCP); from `imaged-client`, re-exported.
 //! - [`server`]: the one server bootstrap (health, reflection, tracing,
 //!   graceful shutdown).
 //! - [`telemetry`]: `tracing` logs, OpenTelemetry export, trace context
@@ -15,15 +15,15 @@
 //! - [`error`]: the one mapping from domain errors to gRPC status codes.
 //! - [`version`]: the metadata store's version, published for readers in
 //!   other processes.
-//! - [`durable`]: crash-safe file writes (temporary file, fsync, rename).
+//! - [`durable`]: crash-safe file writes (temporary file, fsync, rename);
+//!   from `imaged-client`, re-exported.
 //! - [`pass`]: a gRPC codec for answers held already encoded.
 //! - [`resolve`]: Docker's order for which image a reference or ID names.
 
 pub mod clients;
 pub mod config;
+pub use imaged_client::{durable, endpoint};
 pub mod deadline;
-pub mod durable;
-pub mod endpoint;
 pub mod error;
 pub mod events;
 pub mod http;

@@ -16,7 +16,7 @@ pub async fn channel(
 ) -> anyhow::Result<Channel> {
     if let Some(path) = host.strip_prefix("unix://") {
         let channel = Endpoint::try_from("http://localhost")?
-            .connect_with_connector(imaged_common::endpoint::unix_connector(path.into()))
+            .connect_with_connector(imaged_client::endpoint::unix_connector(path.into()))
             .await
             .with_context(|| format!("cannot connect to the gateway at {host}"))?;
         return Ok(channel);

@@ -190,7 +190,7 @@ impl Store {
             .with_context(|| format!("creating {}", dir.display()))?;
         let mut bytes = serde_json::to_vec_pretty(&self.config)?;
         bytes.push(b'\n');
-        imaged_common::durable::replace(&self.path, &bytes)
+        imaged_client::durable::replace(&self.path, &bytes)
             .with_context(|| format!("writing {}", self.path.display()))
     }
 }
