@@ -172,6 +172,11 @@ mod tests {
         xattr::set(dir.join("etc/conf"), "user.note", b"kept").unwrap();
         let precise = filetime::FileTime::from_unix_time(1_700_000_000, 250_000_000);
         filetime::set_file_mtime(dir.join("etc/conf"), precise).unwrap();
+        // A whiteout from long ago: its time must survive the round trip
+        // (it once took the unpack's time, which failed when a second
+        // boundary fell between the two).
+        let long_ago = filetime::FileTime::from_unix_time(1_600_000_000, 0);
+        filetime::set_symlink_file_times(dir.join("etc/gone"), long_ago, long_ago).unwrap();
 
         let mut tar = Vec::new();
         pack(dir, &mut tar).unwrap();

@@ -104,6 +104,10 @@ fn unpack_each(
             let identity = at.identity().map_err(refuse)?;
             clear(&at, &identity, writers, false, &raw)?;
             at.whiteout().map_err(refuse)?;
+            // The whiteout keeps its entry's time, so packing the layer
+            // again gives the same tar (and diffID).
+            at.set_times(entry.header().mtime().unwrap_or(0) as i64, 0)
+                .map_err(refuse)?;
             entries += 1;
             continue;
         }
