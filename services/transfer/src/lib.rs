@@ -3,6 +3,7 @@
 
 mod archive;
 mod commit;
+mod config;
 mod containerd;
 mod containers;
 mod export;
@@ -23,97 +24,13 @@ mod store;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context as _;
-
-use clap::Parser;
 use imaged_api::internal::v1::transfer_server::{SERVICE_NAME, TransferServer};
-use imaged_common::config::{CommonArgs, PeerArgs, Service, ServiceConfig};
+use imaged_common::config::{Service, ServiceConfig};
 use imaged_common::durable;
 use imaged_common::events::Publisher;
 use imaged_common::server;
 
-/// imaged-transfer: content store, layer store, registry pull and push,
-/// tar load, save and import.
-#[derive(Parser, Debug)]
-#[command(name = "imaged-transfer", version)]
-pub struct Args {
-    #[command(flatten)]
-    pub common: CommonArgs,
-    #[command(flatten)]
-    pub peers: PeerArgs,
-    #[command(flatten)]
-    pub limits: limits::LimitArgs,
-    #[command(flatten)]
-    pub pull: pull::PullArgs,
-    #[command(flatten)]
-    pub containerd: containerd::ContainerdArgs,
-    /// Storage driver: `auto` (overlay2 when overlayfs mounts here, else
-    /// vfs), `overlay2` (fail if overlayfs cannot be mounted) or `vfs`.
-    #[arg(long, env = "IMAGED_STORAGE_DRIVER", default_value = "auto")]
-    pub storage_driver: storage::driver::DriverChoice,
-    /// The most bytes one layer may inflate to, uncompressed; past it (or
-    /// past the free space of the store) a pull, load or import is refused
-    /// with RESOURCE_EXHAUSTED.
-    #[arg(long, env = "IMAGED_MAX_LAYER_SIZE", default_value_t = 64 << 30)]
-    pub max_layer_size: u64,
-    /// Where containerd reaches imaged as a proxy snapshotter
-    /// (`[proxy_plugins.imaged] type = "snapshot"`, `address` = this);
-    /// default `<root>/run/snapshots.sock`.
-    #[arg(long, env = "IMAGED_SNAPSHOTS_SOCKET")]
-    pub snapshots_socket: Option<std::path::PathBuf>,
-    /// Serve the content store read-only over the OCI distribution API on
-    /// this address (`IP:PORT`, plain HTTP), for other nodes to list as a
-    /// mirror: blobs by digest, of images this node holds.
-    #[arg(long, env = "IMAGED_SERVE_CONTENT")]
-    pub serve_content: Option<std::net::SocketAddr>,
-    /// Serve --serve-content over TLS with this certificate (PEM); peers
-    /// whose client certificate --serve-content-tls-client-ca signed get
-    /// every blob this node holds, others only what it fetched without
-    /// credentials.
-    #[arg(long, env = "IMAGED_SERVE_CONTENT_TLS_CERT", requires_all = ["serve_content_tls_key", "serve_content_tls_client_ca", "serve_content"])]
-    pub serve_content_tls_cert: Option<std::path::PathBuf>,
-    /// Private key (PEM) of --serve-content-tls-cert.
-    #[arg(
-        long,
-        env = "IMAGED_SERVE_CONTENT_TLS_KEY",
-        requires = "serve_content_tls_cert"
-    )]
-    pub serve_content_tls_key: Option<std::path::PathBuf>,
-    /// The fleet's CA (PEM): peers with a client certificate it signed may
-    /// have private blobs from --serve-content.
-    #[arg(
-        long,
-        env = "IMAGED_SERVE_CONTENT_TLS_CLIENT_CA",
-        requires = "serve_content_tls_cert"
-    )]
-    pub serve_content_tls_client_ca: Option<std::path::PathBuf>,
-}
-
-impl Args {
-    /// The TLS of --serve-content, read and checked now (a bad file stops
-    /// the start).
-    fn serve_content_tls(&self) -> anyhow::Result<Option<tokio_rustls::TlsAcceptor>> {
-        let (Some(cert), Some(key), Some(ca)) = (
-            &self.serve_content_tls_cert,
-            &self.serve_content_tls_key,
-            &self.serve_content_tls_client_ca,
-        ) else {
-            return Ok(None);
-        };
-        let read = |path: &std::path::PathBuf, what: &str| {
-            std::fs::read(path).with_context(|| {
-                format!("cannot read --serve-content-tls-{what} {}", path.display())
-            })
-        };
-        let acceptor = imaged_common::http::tls_acceptor(
-            &read(cert, "cert")?,
-            &read(key, "key")?,
-            &read(ca, "client-ca")?,
-        )
-        .context("--serve-content-tls-*")?;
-        Ok(Some(acceptor))
-    }
-}
+pub use config::Args;
 
 /// Ingests untouched this long are not resumed but collected at start-up.
 const STALE_INGEST: Duration = Duration::from_secs(24 * 3600);

@@ -46,27 +46,12 @@ use imaged_model::{Digest, Reference};
 use tonic::transport::Channel;
 use tonic::{Code, Request};
 
+use crate::config::ContainerdArgs;
 use crate::containerd::snapshots::REF_LABEL;
 use crate::neighbours::Recorder;
 use crate::neighbours::recorder::StoredImage;
 use crate::registry::manifest::{uncompressed_layer, uncompressed_manifest};
 use crate::store::layers::LayerStore;
-
-/// Where containerd is, for registering images there.
-#[derive(clap::Args, Clone, Debug)]
-pub struct ContainerdArgs {
-    /// containerd's socket: every image imaged records is registered
-    /// there too (content, image record, snapshots on imaged's layers).
-    #[arg(long, env = "IMAGED_CONTAINERD_ADDRESS")]
-    pub containerd_address: Option<PathBuf>,
-    /// The containerd namespace images are registered in (kubelet's CRI
-    /// uses `k8s.io`).
-    #[arg(long, env = "IMAGED_CONTAINERD_NAMESPACE", default_value = "k8s.io")]
-    pub containerd_namespace: String,
-    /// The name containerd knows imaged's proxy snapshotter by.
-    #[arg(long, env = "IMAGED_CONTAINERD_SNAPSHOTTER", default_value = "imaged")]
-    pub containerd_snapshotter: String,
-}
 
 /// The label naming the imaged image a containerd image record mirrors.
 pub const IMAGE_LABEL: &str = "io.imaged.image";

@@ -27,6 +27,7 @@ use oci_client::secrets::RegistryAuth;
 use tokio::sync::watch;
 use tokio_stream::wrappers::WatchStream;
 
+use crate::config::PullArgs;
 use crate::containerd::{self, Containerd};
 use crate::limits::Limits;
 use crate::neighbours::{Fetcher, Recorder};
@@ -39,42 +40,6 @@ use crate::store::Stores;
 use crate::store::content::ContentStore;
 use crate::store::layers::{Layer, LayerStore};
 use crate::store::leases::Leases;
-
-/// How long a pull waits for bytes, and the throughput it must keep.
-#[derive(clap::Args, Clone, Debug)]
-pub struct PullArgs {
-    /// Seconds without a byte from the registry before a layer download is
-    /// cancelled as stalled.
-    #[arg(long, env = "IMAGED_STALL_TIMEOUT_SECS", default_value_t = 300,
-          value_parser = clap::value_parser!(u64).range(1..))]
-    pub stall_timeout_secs: u64,
-    /// Bytes per second a layer download must average over each stall
-    /// window (0: only a complete stall cancels).
-    #[arg(long, env = "IMAGED_MIN_DOWNLOAD_RATE", default_value_t = 1024)]
-    pub min_download_rate: u64,
-    /// Registries (`host[:port]`) reached over plain HTTP besides
-    /// loopback ones. Repeatable.
-    #[arg(
-        long = "insecure-registry",
-        env = "IMAGED_INSECURE_REGISTRIES",
-        value_delimiter = ','
-    )]
-    pub insecure_registries: Vec<String>,
-    /// containerd's registry host configuration: `DIR/<registry
-    /// host>/hosts.toml` (or `DIR/_default/hosts.toml`) lists the mirrors
-    /// a pull tries, in order, before the registry itself.
-    #[arg(long, env = "IMAGED_REGISTRY_CONFIG_DIR")]
-    pub registry_config_dir: Option<std::path::PathBuf>,
-    /// Mirrors of Docker Hub, as Docker's `registry-mirrors`
-    /// (`https://mirror.example`); a `docker.io/hosts.toml` under
-    /// `--registry-config-dir` takes precedence. Repeatable.
-    #[arg(
-        long = "registry-mirror",
-        env = "IMAGED_REGISTRY_MIRRORS",
-        value_delimiter = ','
-    )]
-    pub registry_mirrors: Vec<String>,
-}
 
 /// The pull engine, shared by every pull of the process.
 pub struct Puller {

@@ -6,7 +6,7 @@ use imaged_fixtures::{Compression, ImageBuilder, LayerBuilder, MediaTypes};
 use tokio::sync::mpsc;
 
 use super::*;
-use crate::limits::LimitArgs;
+use crate::config::LimitArgs;
 use crate::neighbours::fakes::{FakeRecorder, FakeRegistry};
 use crate::registry::mirrors::MirrorConfig;
 
