@@ -1,0 +1,41 @@
+//! `imagectl push`: Docker's `docker push`.
+
+use imaged_api::v1::images_client::ImagesClient;
+use imaged_api::v1::*;
+use tokio_stream::StreamExt;
+use tonic::transport::Channel;
+
+use super::credentials;
+use crate::cli::PushArgs;
+use crate::{local, progress};
+
+/// `docker push`: as the docker CLI 28, `latest` of a name without a tag,
+/// every tag only with --all-tags.
+pub async fn run(images: &mut ImagesClient<Channel>, args: PushArgs) -> anyhow::Result<()> {
+    let parsed = local::named(&args.reference)?;
+    let reference = if !args.all_tags && local::default_tag(&parsed) {
+        println!("Using default tag: latest");
+        format!("{}:latest", args.reference)
+    } else {
+        args.reference
+    };
+    let request = PushImageRequest {
+        reference,
+        platform: None,
+        auth: credentials(&args.auth, &parsed)?,
+        all_tags: args.all_tags,
+    };
+    let mut stream = images.push_image(request).await?.into_inner();
+    let mut said = false;
+    while let Some(message) = stream.next().await {
+        // Past the first line, Docker's errors come in the stream.
+        let message = message.map_err(|s| progress::in_stream(s, said))?;
+        said = true;
+        if message.id.is_empty() {
+            println!("{}", message.status);
+        } else if !progress::shows_progress(&message.status) {
+            println!("{}: {}", message.id, message.status);
+        }
+    }
+    Ok(())
+}
