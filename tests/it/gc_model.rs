@@ -299,21 +299,12 @@ fn hex(digest: &str) -> String {
     digest.trim_start_matches("sha256:").to_string()
 }
 
-/// The chain IDs (hex) of `diff_ids`, bottom first.
+/// The chain IDs (hex) of `diff_ids`, bottom first (imaged's own rule).
 fn chains(diff_ids: &[String]) -> Vec<String> {
-    let mut chain: Option<String> = None;
-    diff_ids
+    let diff_ids: Vec<imaged_model::Digest> = diff_ids.iter().map(|d| d.parse().unwrap()).collect();
+    imaged_model::digest::chain_ids(&diff_ids)
         .iter()
-        .map(|diff_id| {
-            let next = match &chain {
-                None => diff_id.clone(),
-                Some(parent) => {
-                    imaged_fixtures::sha256_digest(format!("{parent} {diff_id}").as_bytes())
-                }
-            };
-            chain = Some(next.clone());
-            hex(&next)
-        })
+        .map(|c| c.hex().to_string())
         .collect()
 }
 

@@ -15,6 +15,7 @@ use crate::containers::records::Containers;
 use crate::neighbours::Recorder;
 use crate::neighbours::recorder::config_diff_ids;
 use crate::store::content::ContentStore;
+use crate::store::holds::hold_for_record;
 use crate::store::layers::{Layer, LayerStore};
 use crate::store::leases::Leases;
 
@@ -236,9 +237,7 @@ impl Committer {
     async fn create(&self, config: Value, parent: &str) -> Result<String, Error> {
         let top = chain_ids(&config_diff_ids(&config)?).last().cloned();
         let bytes = serde_json::to_vec(&config).map_err(Error::internal)?;
-        let image_id = Digest::sha256_of(&bytes);
-        let _image_lease = self.leases.lease_image(&image_id);
-        self.content.hold(&image_id, &[], top.as_ref())?;
+        let _image_lease = hold_for_record(&self.content, &self.leases, &bytes, top.as_ref())?;
         self.metadata.create_image(bytes, parent).await
     }
 }

@@ -17,6 +17,7 @@ use crate::archive::unpack;
 use crate::neighbours::Recorder;
 use crate::neighbours::recorder::Record;
 use crate::store::content::ContentStore;
+use crate::store::holds::hold_for_record;
 use crate::store::layers::{Layer, LayerStore};
 use crate::store::leases::Leases;
 
@@ -157,9 +158,8 @@ impl Importer {
             event_ref: id.clone(),
             tag_events: true,
         };
-        let image_id = imaged_model::Digest::sha256_of(&put.config);
-        let _image_lease = self.leases.lease_image(&image_id);
-        self.content.hold(&image_id, &[], Some(&layer.chain_id))?;
+        let chain = Some(&layer.chain_id);
+        let _image_lease = hold_for_record(&self.content, &self.leases, &put.config, chain)?;
         self.metadata.record(put).await?;
         Ok(id)
     }

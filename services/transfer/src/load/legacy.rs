@@ -12,6 +12,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::neighbours::recorder::Record;
+use crate::store::holds::hold_for_record;
 use imaged_common::Error;
 use imaged_model::digest::chain_ids;
 use imaged_model::{Digest, Platform, Reference};
@@ -178,10 +179,8 @@ impl Loader {
             layer_sizes: sizes.clone(),
             ..Default::default()
         };
-        let image_id = Digest::sha256_of(&config);
-        let _image_lease = self.leases.lease_image(&image_id);
-        self.content
-            .hold(&image_id, &[], chain_ids(&diff_ids).last())?;
+        let chain = chain_ids(&diff_ids).last().cloned();
+        let _image_lease = hold_for_record(&self.content, &self.leases, &config, chain.as_ref())?;
         let id = self.metadata.record(put).await?.id;
         if let Some(parent) = parent {
             self.metadata

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::neighbours::recorder::Record;
+use crate::store::holds::hold_for_record;
 use bytes::Bytes;
 use imaged_common::Error;
 use imaged_model::digest::chain_ids;
@@ -216,9 +217,8 @@ impl Loader {
             };
             // The image holds its chain before metadata has it (see
             // crate::store::holds).
-            let image_id = Digest::sha256_of(&config);
-            let _image_lease = self.leases.lease_image(&image_id);
-            self.content.hold(&image_id, &[], chains.last())?;
+            let _image_lease =
+                hold_for_record(&self.content, &self.leases, &config, chains.last())?;
             let recorded = self.metadata.record(put).await?;
             for moved in recorded.moved {
                 let (tag, from_id) = (moved.tag, moved.from_id);

@@ -32,9 +32,10 @@ pub struct ContentStore {
     /// image that needs them.
     pub(super) owners: PathBuf,
     /// Held while an owners file is read and rewritten; holds how many
-    /// images own each small blob, counted on first use (see
-    /// [`ContentStore::is_owned`]) and kept current from then on.
-    pub(super) owning: Arc<Mutex<Option<HashMap<Digest, usize>>>>,
+    /// images own each small blob and stand on each chain, counted from
+    /// the files on first use and kept current from then on (see
+    /// `crate::store::holds`).
+    pub(super) owning: Arc<Mutex<Option<super::holds::Counts>>>,
     /// One writer per ingest at a time (two layers can share a blob).
     writers: Arc<Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>>,
     /// The blobs anyone may have (see [`crate::store::marks`]).

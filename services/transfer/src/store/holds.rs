@@ -16,9 +16,63 @@ use imaged_common::Error;
 use imaged_model::Digest;
 
 use super::content::ContentStore;
+use super::leases::{ImageLease, Leases};
+
+/// What an engine does before it asks imaged-metadata to record the image
+/// `config` describes: leases the image (so no release decided earlier
+/// forgets it) and records it as holding `chain`. Keep the lease until
+/// metadata has answered.
+pub fn hold_for_record<'a>(
+    content: &ContentStore,
+    leases: &'a Leases,
+    config: &[u8],
+    chain: Option<&Digest>,
+) -> Result<ImageLease<'a>, Error> {
+    let image = Digest::sha256_of(config);
+    let lease = leases.lease_image(&image);
+    content.hold(&image, &[], chain)?;
+    Ok(lease)
+}
+
+/// How many images own each small blob and stand on each top chain: the
+/// records, counted once and then kept current, so that a collection
+/// (run at every container, snapshot or mount release) reads no file.
+#[derive(Debug, Default)]
+pub(crate) struct Counts {
+    blobs: HashMap<Digest, usize>,
+    chains: HashMap<Digest, usize>,
+}
+
+impl Counts {
+    fn add(&mut self, held: &Held) {
+        for blob in &held.blobs {
+            *self.blobs.entry(blob.clone()).or_default() += 1;
+        }
+        if let Some(chain) = &held.chain {
+            *self.chains.entry(chain.clone()).or_default() += 1;
+        }
+    }
+
+    fn remove(&mut self, held: &Held) {
+        fn down(counts: &mut HashMap<Digest, usize>, key: &Digest) {
+            if let Some(count) = counts.get_mut(key) {
+                *count -= 1;
+                if *count == 0 {
+                    counts.remove(key);
+                }
+            }
+        }
+        for blob in &held.blobs {
+            down(&mut self.blobs, blob);
+        }
+        if let Some(chain) = &held.chain {
+            down(&mut self.chains, chain);
+        }
+    }
+}
 
 /// One image's record.
-#[derive(Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 struct Held {
     blobs: Vec<Digest>,
     chain: Option<Digest>,
@@ -57,7 +111,8 @@ impl ContentStore {
         chain: Option<&Digest>,
     ) -> Result<(), Error> {
         let mut counts = self.owning.lock().unwrap_or_else(|e| e.into_inner());
-        let mut held = self.held_by(image)?;
+        let before = self.held_by(image)?;
+        let mut held = before.clone();
         let mut new: Vec<Digest> = blobs
             .iter()
             .filter(|d| !held.blobs.contains(d))
@@ -76,11 +131,22 @@ impl ContentStore {
         }
         crate::durable::replace(&self.owners.join(image.hex()), held.text().as_bytes())?;
         if let Some(counts) = counts.as_mut() {
-            for digest in new {
-                *counts.entry(digest).or_default() += 1;
-            }
+            counts.remove(&before);
+            counts.add(&held);
         }
         Ok(())
+    }
+
+    /// The counts, read from every record the first time.
+    fn counted<'a>(&self, counts: &'a mut Option<Counts>) -> Result<&'a mut Counts, Error> {
+        if counts.is_none() {
+            let mut counted = Counts::default();
+            for image in self.owners()? {
+                counted.add(&self.held_by(&image)?);
+            }
+            *counts = Some(counted);
+        }
+        Ok(counts.as_mut().expect("counted just now"))
     }
 
     /// Whether some image owns the small blob `digest` (a manifest or
@@ -88,16 +154,7 @@ impl ContentStore {
     /// record; later ones are a lookup.
     pub fn is_owned(&self, digest: &Digest) -> Result<bool, Error> {
         let mut counts = self.owning.lock().unwrap_or_else(|e| e.into_inner());
-        if counts.is_none() {
-            let mut counted = HashMap::new();
-            for image in self.owners()? {
-                for owned in self.held_by(&image)?.blobs {
-                    *counted.entry(owned).or_default() += 1;
-                }
-            }
-            *counts = Some(counted);
-        }
-        Ok(counts.as_ref().is_some_and(|c| c.contains_key(digest)))
+        Ok(self.counted(&mut counts)?.blobs.contains_key(digest))
     }
 
     /// Forgets the gone `images`; answers the blobs no other image needs
@@ -106,7 +163,9 @@ impl ContentStore {
     /// read once, however many images go (a prune of thousands stays one
     /// pass).
     pub fn disown(&self, images: &[Digest]) -> Result<(Vec<Digest>, Vec<Digest>), Error> {
-        let mut counts = self.owning.lock().unwrap_or_else(|e| e.into_inner());
+        let mut guard = self.owning.lock().unwrap_or_else(|e| e.into_inner());
+        // Counted before any record goes, so each goes from the counts once.
+        let counts = self.counted(&mut guard)?;
         let mut freed = std::collections::BTreeSet::new();
         let mut chains = Vec::new();
         for image in images {
@@ -115,26 +174,12 @@ impl ContentStore {
                 Err(err) if err.kind() != io::ErrorKind::NotFound => return Err(err.into()),
                 _ => {}
             }
-            if let Some(counts) = counts.as_mut() {
-                for digest in &held.blobs {
-                    if let Some(count) = counts.get_mut(digest) {
-                        *count -= 1;
-                        if *count == 0 {
-                            counts.remove(digest);
-                        }
-                    }
-                }
-            }
+            counts.remove(&held);
             freed.extend(held.blobs);
             chains.extend(held.chain);
         }
-        if !freed.is_empty() {
-            for other in self.owners()? {
-                for still in self.held_by(&other)?.blobs {
-                    freed.remove(&still);
-                }
-            }
-        }
+        // What another image still owns stays.
+        freed.retain(|blob| !counts.blobs.contains_key(blob));
         Ok((freed.into_iter().collect(), chains))
     }
 
@@ -151,14 +196,11 @@ impl ContentStore {
         Ok(images)
     }
 
-    /// The top chains the images stand on.
+    /// The top chains the images stand on (from the counts: no file read
+    /// after the first call).
     pub fn held_chains(&self) -> Result<Vec<Digest>, Error> {
-        let _counts = self.owning.lock().unwrap_or_else(|e| e.into_inner());
-        let mut chains = Vec::new();
-        for image in self.owners()? {
-            chains.extend(self.held_by(&image)?.chain);
-        }
-        Ok(chains)
+        let mut counts = self.owning.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(self.counted(&mut counts)?.chains.keys().cloned().collect())
     }
 
     fn held_by(&self, image: &Digest) -> Result<Held, Error> {
@@ -223,8 +265,25 @@ mod tests {
         assert_eq!(held, both);
         let (freed, gone) = store.disown(std::slice::from_ref(&a)).unwrap();
         assert_eq!(freed.len(), 2);
-        assert_eq!(gone, [chain_a]);
+        assert_eq!(gone, std::slice::from_ref(&chain_a));
+        assert_eq!(store.held_chains().unwrap(), std::slice::from_ref(&chain_b));
+
+        // Kept in memory after the first read: a chain two images stand on
+        // stays held until both go, and a record's new chain replaces its
+        // old one; a store opened afresh counts the same from the files.
+        let c = d("image c");
+        store.hold(&c, &[], Some(&chain_a)).unwrap();
+        store.hold(&c, &[], Some(&chain_b)).unwrap();
+        assert_eq!(store.held_chains().unwrap(), std::slice::from_ref(&chain_b));
+        let reopened = ContentStore::open(dir.path()).unwrap();
+        assert_eq!(
+            reopened.held_chains().unwrap(),
+            std::slice::from_ref(&chain_b)
+        );
+        store.disown(std::slice::from_ref(&b)).unwrap();
         assert_eq!(store.held_chains().unwrap(), [chain_b]);
+        store.disown(std::slice::from_ref(&c)).unwrap();
+        assert!(store.held_chains().unwrap().is_empty());
     }
 
     #[test]
