@@ -57,6 +57,87 @@ struct Inner {
     drained: Notify,
 }
 
+/// Where an operation's image events go: imaged-events through a
+/// [`Publisher`], or a [`MemoryEvents`] in unit tests.
+#[tonic::async_trait]
+pub trait ImageEvents: Send + Sync {
+    /// Queues an image event, as [`Publisher::image`] does; answers its
+    /// number.
+    fn image(
+        &self,
+        action: &str,
+        actor_id: &str,
+        labels: &BTreeMap<String, String>,
+        name: Option<&str>,
+    ) -> u64;
+
+    /// Waits (bounded) until the event numbered `sequence` is logged, as
+    /// [`Publisher::delivered`] does; answers whether it is.
+    async fn delivered(&self, sequence: u64) -> bool;
+}
+
+#[tonic::async_trait]
+impl ImageEvents for Publisher {
+    fn image(
+        &self,
+        action: &str,
+        actor_id: &str,
+        labels: &BTreeMap<String, String>,
+        name: Option<&str>,
+    ) -> u64 {
+        Publisher::image(self, action, actor_id, labels, name)
+    }
+
+    async fn delivered(&self, sequence: u64) -> bool {
+        Publisher::delivered(self, sequence).await
+    }
+}
+
+/// An image event as [`MemoryEvents`] keeps it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeptEvent {
+    pub action: String,
+    pub id: String,
+    pub name: Option<String>,
+}
+
+/// Image events kept in memory, every one logged at once: the test double
+/// of [`Publisher`].
+#[derive(Default)]
+pub struct MemoryEvents {
+    kept: Mutex<Vec<KeptEvent>>,
+}
+
+impl MemoryEvents {
+    /// The events so far, oldest first.
+    pub fn kept(&self) -> Vec<KeptEvent> {
+        self.kept.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+#[tonic::async_trait]
+impl ImageEvents for MemoryEvents {
+    fn image(
+        &self,
+        action: &str,
+        actor_id: &str,
+        _labels: &BTreeMap<String, String>,
+        name: Option<&str>,
+    ) -> u64 {
+        let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
+        kept.push(KeptEvent {
+            action: action.to_string(),
+            id: actor_id.to_string(),
+            name: name.map(str::to_string),
+        });
+        kept.len() as u64
+    }
+
+    async fn delivered(&self, _sequence: u64) -> bool {
+        true
+    }
+}
+
 /// Publishes events to imaged-events; cheap to clone.
 #[derive(Clone)]
 pub struct Publisher {

@@ -8,6 +8,7 @@
 //! - [`filters`]: `key=value` filter lists and reference globs.
 //! - [`image_config`]: image configs, parsed once and strictly.
 //! - [`media_type`]: the manifest, index, config and layer media types.
+//! - [`record`]: an image to record, and what recording did.
 //!
 //! The crate knows no transport: its [`Error`] says what input was wrong,
 //! in Docker's wording, and `imaged-common` maps it to a gRPC status, so a
@@ -20,6 +21,7 @@ pub mod filters;
 pub mod image_config;
 pub mod media_type;
 pub mod platform;
+pub mod record;
 pub mod reference;
 pub mod timestamp;
 

@@ -2,11 +2,8 @@
 
 use std::sync::Arc;
 
-use imaged_api::internal::v1::GetLayersRequest;
 use imaged_common::Error;
-use imaged_common::clients::TransferClient;
 use imaged_model::{Digest, Platform};
-use tonic::Code;
 
 use crate::images::{Images, PendingEvent};
 use crate::resolve::get_image;
@@ -28,24 +25,17 @@ pub async fn create(images: &Arc<Images>, config: Vec<u8>, parent: &str) -> Resu
             ));
         }
         let chains: Vec<String> = parsed.chain_ids.iter().map(|c| c.to_string()).collect();
-        let layers = images
+        // Transfer records the image as holding them now: the image is
+        // stored next, under the gate releases take.
+        layer_sizes = images
             .transfer
-            .rpc(|mut client: TransferClient| {
-                // Transfer records the image as holding them now: the
-                // image is stored next, under the gate releases take.
-                let request = GetLayersRequest {
-                    chain_ids: chains.clone(),
-                    hold_for_image: id.to_string(),
-                };
-                async move { client.get_layers(request).await }
-            })
+            .hold(chains, &id.to_string())
             .await
-            .map_err(|status| match status.code() {
-                Code::NotFound => Error::InvalidArgument(status.message().to_string()),
-                Code::Unavailable => Error::Unavailable(status.message().to_string()),
-                _ => Error::Internal(status.message().to_string()),
+            .map_err(|err| match err {
+                Error::NotFound(message) => Error::InvalidArgument(message),
+                Error::Unavailable(message) => Error::Unavailable(message),
+                other => Error::Internal(other.to_string()),
             })?;
-        layer_sizes = layers.layers.iter().map(|l| l.size).collect();
     }
 
     let mut events = Vec::new();
@@ -99,4 +89,78 @@ pub async fn create(images: &Arc<Images>, config: Vec<u8>, parent: &str) -> Resu
     let logged = images.publish(events);
     images.logged(logged).await;
     Ok(id_text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::Service;
+    use imaged_model::digest::chain_ids;
+
+    fn config(layers: &[&str]) -> (Vec<u8>, Vec<String>) {
+        let diff_ids: Vec<Digest> = layers
+            .iter()
+            .map(|l| Digest::sha256_of(l.as_bytes()))
+            .collect();
+        let quoted: Vec<String> = diff_ids.iter().map(|d| format!("\"{d}\"")).collect();
+        let config = format!(
+            r#"{{"architecture":"amd64","os":"linux","rootfs":{{"type":"layers","diff_ids":[{}]}}}}"#,
+            quoted.join(",")
+        );
+        let chains = chain_ids(&diff_ids).iter().map(|c| c.to_string()).collect();
+        (config.into_bytes(), chains)
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn an_image_on_stored_layers_gets_their_sizes_and_a_create_event() {
+        let s = Service::new();
+        let (bytes, chains) = config(&["a", "b"]);
+        s.layers.add(&chains[0], 3);
+        s.layers.add(&chains[1], 4);
+        let id = create(&s.images, bytes.clone(), "").await.unwrap();
+        assert_eq!(id, Digest::sha256_of(&bytes).to_string());
+        let index = s.images.store.read();
+        let image = index.image(&id).unwrap();
+        assert_eq!(image.meta.layer_sizes, [3, 4]);
+        assert!(image.meta.built_locally);
+        assert_eq!(s.said(), [format!("create {id}")]);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_missing_layer_or_parent_is_refused_and_stores_nothing() {
+        let s = Service::new();
+        let (bytes, chains) = config(&["a", "b"]);
+        s.layers.add(&chains[0], 3);
+        let err = create(&s.images, bytes.clone(), "").await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
+        s.layers.add(&chains[1], 4);
+        let err = create(&s.images, bytes, "sha256:0123").await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::NotFound, "{err}");
+        assert!(err.to_string().contains("unknown parent image ID"), "{err}");
+        assert_eq!(s.images.store.read().image_count(), 0);
+        assert!(s.said().is_empty());
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_removed_image_is_released_to_the_layer_store() {
+        let s = Service::new();
+        let (bytes, chains) = config(&["a"]);
+        s.layers.add(&chains[0], 3);
+        let id = create(&s.images, bytes, "").await.unwrap();
+        let mut events = Vec::new();
+        s.images
+            .store
+            .update(|tx| crate::delete::remove(tx, &id, false, true, &mut events))
+            .unwrap();
+        s.images.logged(s.images.publish(events)).await;
+        // The release runs in the background, under the layer gate.
+        for _ in 0..100 {
+            if s.layers.released().contains(&id) {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert!(s.layers.released().contains(&id));
+        assert_eq!(s.said(), [format!("create {id}"), format!("delete {id}")]);
+    }
 }

@@ -3,20 +3,17 @@
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
-use imaged_api::internal::v1::{HeldImage, ReleaseLayersRequest, RetainLayersRequest};
-use imaged_common::clients::TransferClient;
+use imaged_common::events::ImageEvents;
 
-use imaged_common::events::Publisher;
-use imaged_common::peer::Peer;
-
+use crate::layer_store::{HeldImage, LayerStore};
 use crate::store::{Image, Index, Store};
 
 /// Everything the metadata operations work with.
 pub struct Images {
     pub store: Store,
-    /// imaged-transfer, for layer sizes.
-    pub transfer: Peer,
-    pub events: Publisher,
+    /// imaged-transfer: layer sizes, and what gone images leave unused.
+    pub transfer: Arc<dyn LayerStore>,
+    pub events: Arc<dyn ImageEvents>,
     /// Held while a prune runs; a second one is refused.
     pub prune_lock: tokio::sync::Mutex<()>,
     /// Orders layer releases against images being recorded (see
@@ -138,18 +135,10 @@ impl Images {
             if gone.is_empty() {
                 return;
             }
-            let request = ReleaseLayersRequest { image_ids: gone };
-            let result = images
-                .transfer
-                .rpc(|mut client: TransferClient| {
-                    let request = request.clone();
-                    async move { client.release_layers(request).await }
-                })
-                .await;
-            match result {
-                Ok(answer) => tracing::debug!(removed = answer.removed.len(), "layers released"),
+            match images.transfer.release(gone).await {
+                Ok(removed) => tracing::debug!(removed, "layers released"),
                 // Start-up reconciliation removes them later.
-                Err(status) => tracing::warn!("releasing layers failed: {}", status.message()),
+                Err(err) => tracing::warn!("releasing layers failed: {err}"),
             }
         }));
         Logged(last)
@@ -162,38 +151,26 @@ impl Images {
         loop {
             // Read again for every attempt: an attempt answered after a
             // wait must say what the store holds then, not at the first.
-            let (request, all_chains) = {
+            let (held, all_chains) = {
                 let index = self.store.read();
-                let request = RetainLayersRequest {
-                    images: index
-                        .images()
-                        .map(|i| HeldImage {
-                            id: i.id.to_string(),
-                            top_chain: i
-                                .config
-                                .chain_ids
-                                .last()
-                                .map(|c| c.to_string())
-                                .unwrap_or_default(),
-                        })
-                        .collect(),
-                };
-                (request, chains_in_use(&index).len())
+                let held: Vec<HeldImage> = index
+                    .images()
+                    .map(|i| HeldImage {
+                        id: i.id.to_string(),
+                        top_chain: i
+                            .config
+                            .chain_ids
+                            .last()
+                            .map(|c| c.to_string())
+                            .unwrap_or_default(),
+                    })
+                    .collect();
+                (held, chains_in_use(&index).len())
             };
-            let result = self
-                .transfer
-                .rpc(|mut client: TransferClient| {
-                    let request = request.clone();
-                    async move { client.retain_layers(request).await }
-                })
-                .await;
-            match result {
+            match self.transfer.retain(held).await {
                 Ok(answer) => {
-                    if !answer.removed.is_empty() {
-                        tracing::info!(
-                            removed = answer.removed.len(),
-                            "removed layers no image holds"
-                        );
+                    if answer.removed > 0 {
+                        tracing::info!(removed = answer.removed, "removed layers no image holds");
                     }
                     if !answer.missing.is_empty() {
                         let everything = answer.missing.len() == all_chains;
@@ -201,11 +178,8 @@ impl Images {
                     }
                     return;
                 }
-                Err(status) => {
-                    tracing::debug!(
-                        "layer reconciliation waits for imaged-transfer: {}",
-                        status.message()
-                    );
+                Err(err) => {
+                    tracing::debug!("layer reconciliation waits for imaged-transfer: {err}");
                     tokio::time::sleep(std::time::Duration::from_secs(2)).await;
                 }
             }
@@ -220,18 +194,10 @@ impl Images {
     pub async fn layout(&self) -> Option<&crate::inspect::Layout> {
         self.layout
             .get_or_try_init(|| async {
-                let ask = self.transfer.rpc(|mut client: TransferClient| async move {
-                    client
-                        .info(imaged_api::internal::v1::TransferInfoRequest {})
-                        .await
-                });
-                let info = tokio::time::timeout(std::time::Duration::from_millis(500), ask)
+                let ask = self.transfer.layout();
+                tokio::time::timeout(std::time::Duration::from_millis(500), ask)
                     .await
-                    .map_err(|_| tonic::Status::deadline_exceeded("transfer info"))??;
-                Ok::<_, tonic::Status>(crate::inspect::Layout {
-                    driver: info.storage_driver,
-                    layers_dir: info.layers_dir.into(),
-                })
+                    .map_err(|_| imaged_common::Error::DeadlineExceeded("transfer info".into()))?
             })
             .await
             .ok()

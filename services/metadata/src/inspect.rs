@@ -1,109 +1,27 @@
-//! Docker's ImageInspect, ImageHistory and Children.
+//! Docker's ImageHistory and Children, and where an image's layers are
+//! (its GraphDriver). ImageInspect's answer is the image itself, shown by
+//! the gRPC adapter (`grpc/inspect.rs`).
 
-use imaged_api::internal::v1::{InspectedImage, StoredReference};
-use imaged_api::timestamp;
-use imaged_api::v1::{
-    ContainerConfig, GraphDriver, HealthConfig, HistoryItem, ImageInspect, RootFs,
-};
+use std::collections::HashMap;
+
 use imaged_common::Error;
 use imaged_model::Platform;
-use serde_json::Value;
 
 use crate::resolve::get_image;
-use crate::store::{Image, Index};
-use imaged_model::image_config::format_time;
+use crate::store::Index;
 
-/// The zero time Docker shows for an image never tagged with TagImage.
-const ZERO_TIME: &str = "0001-01-01T00:00:00Z";
-
-/// `docker image inspect`.
-/// Every image's InspectImage answer (encoded, no platform asked) and
-/// every reference: what the gateway's read model answers from.
-pub fn inspect_all(
-    index: &Index,
-    layout: Option<&Layout>,
-) -> (Vec<InspectedImage>, Vec<StoredReference>) {
-    let mut images = Vec::with_capacity(index.image_count());
-    for image in index.images() {
-        images.push(InspectedImage {
-            id: image.id.to_string(),
-            inspect: prost::Message::encode_to_vec(&inspect_image(index, image, layout)).into(),
-        });
-    }
-    let references = index
-        .refs()
-        .map(|(reference, id)| StoredReference {
-            key: reference.to_string(),
-            id: id.to_string(),
-        })
-        .collect();
-    (images, references)
-}
-
-pub fn inspect(
-    index: &Index,
-    input: &str,
-    platform: Option<&Platform>,
-    layout: Option<&Layout>,
-) -> Result<ImageInspect, Error> {
-    Ok(inspect_image(
-        index,
-        get_image(index, input, platform)?,
-        layout,
-    ))
-}
-
-/// The InspectImage answer for `image`.
-fn inspect_image(index: &Index, image: &Image, layout: Option<&Layout>) -> ImageInspect {
-    let id = image.id.to_string();
-    let (digests, tags): (Vec<_>, Vec<_>) = index
-        .refs_of(&id)
-        .into_iter()
-        .partition(|r| r.digest().is_some());
-    let config = &image.config;
-    let comment = if config.comment.is_empty() {
-        config
-            .history
-            .last()
-            .map(|h| h.comment.clone())
-            .unwrap_or_default()
-    } else {
-        config.comment.clone()
-    };
-    ImageInspect {
-        content_size: image.meta.content_size,
-        repo_tags: tags.iter().map(|r| r.familiar()).collect(),
-        repo_digests: digests.iter().map(|r| r.familiar()).collect(),
-        parent: image.meta.parent.clone().unwrap_or_default(),
-        comment,
-        created: config
-            .created
-            .as_ref()
-            .map(|(t, _)| format_time(*t))
-            .unwrap_or_default(),
-        docker_version: config.docker_version.clone(),
-        author: config.author.clone(),
-        config: Some(container_config(&config.container_config)),
-        architecture: config.platform.architecture.clone(),
-        variant: config.platform.variant.clone(),
-        os: config.os(),
-        os_version: config.os_version.clone(),
-        size: image.size(),
-        root_fs: Some(RootFs {
-            r#type: config.rootfs_type.clone(),
-            layers: config.diff_ids.iter().map(|d| d.to_string()).collect(),
-        }),
-        last_tag_time: image
-            .meta
-            .last_tag_time
-            .map(format_time)
-            .unwrap_or_else(|| ZERO_TIME.to_string()),
-        config_json: image.config_bytes.clone(),
-        created_at: config.created.as_ref().map(|(t, _)| timestamp(*t)),
-        last_tagged_at: image.meta.last_tag_time.map(timestamp),
-        graph_driver: layout.map(|l| graph_driver(l, &config.chain_ids)),
-        id,
-    }
+/// One row of `docker history`, newest first.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HistoryRow {
+    /// The local image this row is the top of, or `<missing>`.
+    pub id: String,
+    /// Nanoseconds since the epoch.
+    pub created: Option<i128>,
+    pub created_by: String,
+    /// Its image's familiar tags.
+    pub tags: Vec<String>,
+    pub size: i64,
+    pub comment: String,
 }
 
 /// `docker history`: the config's history, newest first, with sizes from
@@ -112,7 +30,7 @@ pub fn history(
     index: &Index,
     input: &str,
     platform: Option<&Platform>,
-) -> Result<Vec<HistoryItem>, Error> {
+) -> Result<Vec<HistoryRow>, Error> {
     let image = get_image(index, input, platform)?;
     let mut layer = 0;
     let mut items = Vec::new();
@@ -126,13 +44,9 @@ pub fn history(
             layer += 1;
             size
         };
-        items.push(HistoryItem {
+        items.push(HistoryRow {
             id: "<missing>".into(),
-            created: h
-                .created
-                .map(|t| t.div_euclid(1_000_000_000) as i64)
-                .unwrap_or(0),
-            created_at: h.created.map(timestamp),
+            created: h.created,
             created_by: h.created_by.clone(),
             tags: Vec::new(),
             size,
@@ -167,80 +81,6 @@ pub fn children(index: &Index, input: &str) -> Result<Vec<String>, Error> {
         .collect())
 }
 
-fn container_config(value: &Value) -> ContainerConfig {
-    let text = |key: &str| {
-        value
-            .get(key)
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_string()
-    };
-    let list = |key: &str| -> Vec<String> {
-        value
-            .get(key)
-            .and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .filter_map(|v| v.as_str().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
-    let keys = |key: &str| -> Vec<String> {
-        value
-            .get(key)
-            .and_then(Value::as_object)
-            .map(|o| o.keys().cloned().collect())
-            .unwrap_or_default()
-    };
-    let health = value.get("Healthcheck").filter(|h| h.is_object()).map(|h| {
-        let n = |k: &str| h.get(k).and_then(Value::as_i64).unwrap_or(0);
-        HealthConfig {
-            test: h
-                .get("Test")
-                .and_then(Value::as_array)
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|v| v.as_str().map(str::to_string))
-                        .collect()
-                })
-                .unwrap_or_default(),
-            interval: n("Interval"),
-            timeout: n("Timeout"),
-            start_period: n("StartPeriod"),
-            start_interval: n("StartInterval"),
-            retries: n("Retries"),
-        }
-    });
-    ContainerConfig {
-        user: text("User"),
-        env: list("Env"),
-        entrypoint: list("Entrypoint"),
-        cmd: list("Cmd"),
-        volumes: keys("Volumes"),
-        working_dir: text("WorkingDir"),
-        labels: value
-            .get("Labels")
-            .and_then(Value::as_object)
-            .map(|o| {
-                o.iter()
-                    .map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_string()))
-                    .collect()
-            })
-            .unwrap_or_default(),
-        stop_signal: text("StopSignal"),
-        args_escaped: value
-            .get("ArgsEscaped")
-            .and_then(Value::as_bool)
-            .unwrap_or(false),
-        exposed_ports: keys("ExposedPorts"),
-        healthcheck: health,
-        on_build: list("OnBuild"),
-        shell: list("Shell"),
-        stop_timeout: value.get("StopTimeout").and_then(Value::as_i64),
-    }
-}
-
 /// imaged-transfer's storage driver and where its layers are.
 #[derive(Clone, Debug)]
 pub struct Layout {
@@ -248,10 +88,11 @@ pub struct Layout {
     pub layers_dir: std::path::PathBuf,
 }
 
-/// Docker's GraphDriver of an image whose layers are `chains` (bottom
-/// first): overlay2 shows the layer directories; vfs shows none.
-pub fn graph_driver(layout: &Layout, chains: &[imaged_model::Digest]) -> GraphDriver {
-    let mut data = std::collections::HashMap::new();
+/// The data of Docker's GraphDriver (its name is the layout's driver) of
+/// an image whose layers are `chains` (bottom first): overlay2 shows the
+/// layer directories; vfs shows none.
+pub fn graph_driver(layout: &Layout, chains: &[imaged_model::Digest]) -> HashMap<String, String> {
+    let mut data = HashMap::new();
     if layout.driver == "overlay2"
         && let Some((top, parents)) = chains.split_last()
     {
@@ -272,10 +113,7 @@ pub fn graph_driver(layout: &Layout, chains: &[imaged_model::Digest]) -> GraphDr
             data.insert(key.to_string(), dir(top).join(sub).display().to_string());
         }
     }
-    GraphDriver {
-        name: layout.driver.clone(),
-        data,
-    }
+    data
 }
 
 #[cfg(test)]
@@ -296,20 +134,19 @@ mod graph_driver_tests {
         };
         let dir = |i: usize| format!("/var/lib/imaged/transfer/layers/{}", chains[i].hex());
         let driver = graph_driver(&layout, &chains);
-        assert_eq!(driver.name, "overlay2");
         assert_eq!(
-            driver.data["LowerDir"],
+            driver["LowerDir"],
             format!("{}/diff:{}/diff", dir(1), dir(0))
         );
-        assert_eq!(driver.data["UpperDir"], format!("{}/diff", dir(2)));
-        assert_eq!(driver.data["WorkDir"], format!("{}/work", dir(2)));
-        assert_eq!(driver.data["MergedDir"], format!("{}/merged", dir(2)));
+        assert_eq!(driver["UpperDir"], format!("{}/diff", dir(2)));
+        assert_eq!(driver["WorkDir"], format!("{}/work", dir(2)));
+        assert_eq!(driver["MergedDir"], format!("{}/merged", dir(2)));
         let one = graph_driver(&layout, &chains[..1]);
-        assert!(!one.data.contains_key("LowerDir"));
+        assert!(!one.contains_key("LowerDir"));
         let vfs = Layout {
             driver: "vfs".into(),
             ..layout
         };
-        assert!(graph_driver(&vfs, &chains).data.is_empty());
+        assert!(graph_driver(&vfs, &chains).is_empty());
     }
 }

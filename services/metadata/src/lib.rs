@@ -3,14 +3,17 @@
 mod cache;
 mod create;
 mod delete;
+mod grpc;
 mod images;
 mod inspect;
+mod layer_store;
 mod list;
 mod put;
 mod resolve;
-mod service;
 mod store;
 mod tag;
+#[cfg(test)]
+mod testing;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -45,10 +48,13 @@ pub async fn run(config: ServiceConfig, args: Args) -> anyhow::Result<()> {
         Service::Metadata.process(),
         DEFAULT_CAPACITY,
     );
+    let transfer = grpc::transfer::Transfer {
+        peer: args.peers.peer(Service::Transfer, &config.root)?,
+    };
     let images = Arc::new(images::Images {
         store,
-        transfer: args.peers.peer(Service::Transfer, &config.root)?,
-        events: events.clone(),
+        transfer: Arc::new(transfer),
+        events: Arc::new(events.clone()),
         prune_lock: tokio::sync::Mutex::new(()),
         list_cache: std::sync::Mutex::new(None),
         layer_gate: tokio::sync::Mutex::new(()),
@@ -56,7 +62,7 @@ pub async fn run(config: ServiceConfig, args: Args) -> anyhow::Result<()> {
     });
     tokio::spawn(Arc::clone(&images).reconcile_layers());
     let routes = tonic::service::Routes::new(
-        MetadataServer::new(service::MetadataService::new(images))
+        MetadataServer::new(grpc::service::MetadataService::new(images))
             .max_decoding_message_size(server::INTERNAL_MESSAGE_LIMIT),
     );
     let served = server::serve(&config, routes, &[SERVICE_NAME]).await;

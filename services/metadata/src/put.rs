@@ -4,28 +4,19 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use imaged_api::internal::v1::{
-    ExportSetResponse, ExportedImage, ImageConfigResponse, MovedTag, PutImageRequest,
-};
-use imaged_api::v1::ExportImagesRequest;
 use imaged_common::Error;
-use imaged_model::ImageRef;
-use imaged_model::{Digest, Reference};
+use imaged_model::image_config::ImageConfig;
+use imaged_model::{Digest, ImageRef, Platform, Reference};
 
 use crate::images::{Images, Logged, PendingEvent};
-use crate::resolve::{get_image, platform};
+use crate::resolve::get_image;
 use crate::store::{Image, ImageMeta, Index};
-use imaged_model::image_config::ImageConfig;
+
+pub use imaged_model::record::{ExportedImage, MovedTag, Record, Recorded, StoredImage};
 
 /// Stores the config (if new), points the tags at it (moving them, as a
 /// pull does), adds the digest references, then sends the event.
-/// Answers the image ID, whether the image is newer to its references (a
-/// tag created or moved; without tags, a digest reference added), and the
-/// tags taken from other images.
-pub fn put(
-    images: &std::sync::Arc<Images>,
-    request: PutImageRequest,
-) -> Result<(String, bool, Vec<MovedTag>, Logged), Error> {
+pub fn put(images: &std::sync::Arc<Images>, request: Record) -> Result<(Recorded, Logged), Error> {
     let parsed = ImageConfig::parse(&request.config)?;
     let id = Digest::sha256_of(&request.config);
     let id_text = id.to_string();
@@ -115,7 +106,13 @@ pub fn put(
         Ok((updated, moved))
     })?;
     let logged = images.publish(events);
-    Ok((id_text, updated.0, updated.1, logged))
+    let (updated, moved) = updated;
+    let recorded = Recorded {
+        id: id_text,
+        updated,
+        moved,
+    };
+    Ok((recorded, logged))
 }
 
 fn parse_all(references: &[String]) -> Result<Vec<Reference>, Error> {
@@ -126,11 +123,11 @@ fn parse_all(references: &[String]) -> Result<Vec<Reference>, Error> {
 }
 
 /// The exact config bytes and references of the image `input` names.
-pub fn config(index: &Index, input: &str) -> Result<ImageConfigResponse, Error> {
+pub fn config(index: &Index, input: &str) -> Result<StoredImage, Error> {
     let image = get_image(index, input, None)?;
     let id = image.id.to_string();
     let refs = index.refs_of(&id);
-    Ok(ImageConfigResponse {
+    Ok(StoredImage {
         id,
         config: image.config_bytes.clone(),
         repo_tags: refs
@@ -150,9 +147,9 @@ pub fn config(index: &Index, input: &str) -> Result<ImageConfigResponse, Error> 
 /// familiar tags to write, in the order first named.
 pub fn export_set(
     index: &Index,
-    request: &ExportImagesRequest,
-) -> Result<ExportSetResponse, Error> {
-    let wanted = platform(request.platform.as_ref())?;
+    names: &[String],
+    wanted: Option<&Platform>,
+) -> Result<Vec<ExportedImage>, Error> {
     let mut order: Vec<String> = Vec::new();
     let mut tags: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     let mut add = |id: String, tag: Option<String>| {
@@ -164,7 +161,7 @@ pub fn export_set(
             entry.insert(tag);
         }
     };
-    for name in &request.names {
+    for name in names {
         match ImageRef::parse(name)? {
             ImageRef::Id(_) => add(get_image(index, name, None)?.id.to_string(), None),
             ImageRef::Named(reference)
@@ -206,7 +203,7 @@ pub fn export_set(
         let image = index
             .image(id)
             .ok_or_else(|| Error::NotFound(format!("No such image: {id}")))?;
-        if let Some(wanted) = &wanted
+        if let Some(wanted) = wanted
             && !wanted.is(&image.config.platform)
         {
             return Err(Error::NotFound(format!(
@@ -226,5 +223,5 @@ pub fn export_set(
             parent,
         });
     }
-    Ok(ExportSetResponse { images })
+    Ok(images)
 }

@@ -2,7 +2,6 @@
 
 use std::sync::Arc;
 
-use imaged_api::v1::Platform as PlatformMsg;
 use imaged_common::{Error, resolve};
 use imaged_model::Platform;
 
@@ -56,18 +55,4 @@ impl resolve::Images for Index {
 pub fn is_id_prefix(input: &str, image: &Image) -> bool {
     let full = image.id.to_string();
     !input.is_empty() && (full.starts_with(input) || image.id.hex().starts_with(input))
-}
-
-/// A platform from the API, or none when it is unset or empty.
-pub fn platform(message: Option<&PlatformMsg>) -> Result<Option<Platform>, Error> {
-    let Some(p) = message else { return Ok(None) };
-    if p.os.is_empty() && p.architecture.is_empty() && p.variant.is_empty() {
-        return Ok(None);
-    }
-    if p.os.is_empty() || p.architecture.is_empty() {
-        return Err(Error::InvalidArgument(
-            "optional platform fields provided, but OS and Architecture are missing".into(),
-        ));
-    }
-    Ok(Some(Platform::new(&p.os, &p.architecture, &p.variant)))
 }

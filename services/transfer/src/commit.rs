@@ -5,7 +5,6 @@
 
 use std::sync::Arc;
 
-use imaged_api::v1::{CommitImageRequest, SquashImageRequest};
 use imaged_common::Error;
 use imaged_model::digest::{chain_id, chain_ids, child_chain};
 use imaged_model::{Digest, Platform, Reference, changes};
@@ -18,6 +17,18 @@ use crate::store::content::ContentStore;
 use crate::store::holds::hold_for_record;
 use crate::store::layers::{Layer, LayerStore};
 use crate::store::leases::Leases;
+
+/// What a commit makes an image of (Docker's CommitImage).
+#[derive(Clone, Debug, Default)]
+pub struct CommitOrder {
+    pub container_id: String,
+    /// `name[:tag]` to tag the new image with; empty for none.
+    pub reference: String,
+    pub author: String,
+    pub comment: String,
+    /// Dockerfile instructions applied to the config, as import's.
+    pub changes: Vec<String>,
+}
 
 /// The commit and squash engine.
 pub struct Committer {
@@ -46,7 +57,7 @@ impl Committer {
     }
 
     /// Makes an image of the container's layer on its image; answers the ID.
-    pub async fn commit(&self, request: CommitImageRequest) -> Result<String, Error> {
+    pub async fn commit(&self, request: CommitOrder) -> Result<String, Error> {
         let reference = parse_target(&request.reference)?;
         let record = self.containers.get(&request.container_id)?;
         let parent_config = match record.image_id.as_str() {
@@ -128,12 +139,13 @@ impl Committer {
         Ok(id)
     }
 
-    /// Merges the image's layers above `parent` into one; answers the new
-    /// image's ID (the original stays).
-    pub async fn squash(&self, request: SquashImageRequest) -> Result<String, Error> {
-        let (image_id, config) = self.image_config(&request.image).await?;
+    /// Merges the layers of `image` above `parent` (an ancestor; empty
+    /// flattens the whole image) into one; answers the new image's ID (the
+    /// original stays).
+    pub async fn squash(&self, image: &str, parent: &str) -> Result<String, Error> {
+        let (image_id, config) = self.image_config(image).await?;
         let diff_ids = config_diff_ids(&config)?;
-        let (parent_ids, parent_history_len) = match request.parent.as_str() {
+        let (parent_ids, parent_history_len) = match parent {
             "" => (Vec::new(), 0),
             parent => {
                 let (parent_id, parent_config) = self.image_config(parent).await?;
@@ -176,7 +188,7 @@ impl Committer {
                 step["empty_layer"] = json!(true);
             }
         }
-        let comment = match request.parent.as_str() {
+        let comment = match parent {
             "" => format!("create new from {image_id}"),
             parent => format!("merge {image_id} to {parent}"),
         };

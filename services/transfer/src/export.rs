@@ -10,7 +10,7 @@ use std::io::{self, Read, Write};
 use std::sync::Arc;
 
 use imaged_common::Error;
-use imaged_common::events::Publisher;
+use imaged_common::events::ImageEvents;
 use imaged_model::digest::chain_ids;
 use imaged_model::{Digest, Platform, Reference};
 use serde_json::{Value, json};
@@ -43,7 +43,7 @@ pub struct Exporter {
     content: ContentStore,
     layers: Arc<LayerStore>,
     metadata: Arc<dyn Recorder>,
-    events: Publisher,
+    events: Arc<dyn ImageEvents>,
 }
 
 impl Exporter {
@@ -51,7 +51,7 @@ impl Exporter {
         content: ContentStore,
         layers: Arc<LayerStore>,
         metadata: Arc<dyn Recorder>,
-        events: Publisher,
+        events: Arc<dyn ImageEvents>,
     ) -> Self {
         Exporter {
             content,

@@ -154,7 +154,7 @@ impl Importer {
             tags: reference.iter().map(|r| r.to_string()).collect(),
             digests: Vec::new(),
             layer_sizes: vec![layer.size as i64],
-            action: "import",
+            action: "import".into(),
             event_ref: id.clone(),
             tag_events: true,
         };

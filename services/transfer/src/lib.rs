@@ -104,21 +104,27 @@ pub async fn run(config: ServiceConfig, args: Args) -> anyhow::Result<()> {
             metadata.clone(),
             &args.pull,
         )
-        .with_containerd(containerd.clone()),
+        .with_containerd(
+            containerd
+                .clone()
+                .map(|c| Arc::new(c) as Arc<dyn neighbours::Registrar>),
+        ),
     );
     let pusher = Arc::new(push::Pusher::new(
         content.clone(),
         Arc::clone(&layers),
         Arc::clone(&leases),
         Arc::clone(&limits),
-        Arc::clone(&registries),
+        Arc::new(registry::push::Http {
+            registries: Arc::clone(&registries),
+        }),
         metadata.clone(),
     ));
     let exporter = Arc::new(export::Exporter::new(
         content.clone(),
         Arc::clone(&layers),
         metadata.clone(),
-        events.clone(),
+        Arc::new(events.clone()),
     ));
     let loader = Arc::new(load::Loader::new(
         content.clone(),

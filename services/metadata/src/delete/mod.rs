@@ -3,8 +3,6 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
-use imaged_api::v1::DeleteItem;
-use imaged_api::v1::delete_item::Item;
 use imaged_common::Error;
 use imaged_model::Reference;
 use imaged_model::filters::{Filters, label_matches};
@@ -28,16 +26,21 @@ struct Mask {
     stopped: bool,
 }
 
-fn untagged(reference: &Reference) -> DeleteItem {
-    DeleteItem {
-        item: Some(Item::Untagged(reference.familiar())),
-    }
+/// One line of a removal's answer, as `docker rmi` prints it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Line {
+    /// `Untagged: <familiar reference>`.
+    Untagged(String),
+    /// `Deleted: <image ID or layer chain ID>`.
+    Deleted(String),
 }
 
-fn deleted(id: String) -> DeleteItem {
-    DeleteItem {
-        item: Some(Item::Deleted(id)),
-    }
+fn untagged(reference: &Reference) -> Line {
+    Line::Untagged(reference.familiar())
+}
+
+fn deleted(id: String) -> Line {
+    Line::Deleted(id)
 }
 
 fn conflict(index: &Index, id: &str, mask: Mask) -> Option<Conflict> {
@@ -86,7 +89,7 @@ fn single_reference(refs: &[Reference]) -> bool {
 /// deleted (to name the layers they leave unused).
 #[derive(Default)]
 struct Removal {
-    items: Vec<DeleteItem>,
+    items: Vec<Line>,
     deleted: Vec<Arc<Image>>,
 }
 
@@ -94,7 +97,7 @@ impl Removal {
     /// The answer as Docker gives it: after each deleted image, a
     /// `Deleted: <chain ID>` line for each of its layers no remaining image
     /// holds (top first, each once); and the bytes of those layers.
-    fn finish(self, index: &Index) -> (Vec<DeleteItem>, u64) {
+    fn finish(self, index: &Index) -> (Vec<Line>, u64) {
         // Borrowed, not copied: this runs inside the delete's transaction.
         let in_use: std::collections::HashSet<&imaged_model::Digest> = index
             .images()
@@ -102,7 +105,7 @@ impl Removal {
             .collect();
         let mut reported = BTreeSet::new();
         let mut reclaimed = 0u64;
-        let mut layer_lines: HashMap<String, Vec<DeleteItem>> = HashMap::new();
+        let mut layer_lines: HashMap<String, Vec<Line>> = HashMap::new();
         for image in &self.deleted {
             let mut lines = Vec::new();
             for (i, chain) in image.config.chain_ids.iter().enumerate().rev() {
@@ -117,9 +120,9 @@ impl Removal {
         }
         let mut items = Vec::with_capacity(self.items.len() + reported.len());
         for item in self.items {
-            let layers = match &item.item {
-                Some(Item::Deleted(id)) => layer_lines.remove(id),
-                _ => None,
+            let layers = match &item {
+                Line::Deleted(id) => layer_lines.remove(id),
+                Line::Untagged(_) => None,
             };
             items.push(item);
             items.extend(layers.into_iter().flatten());
@@ -135,7 +138,7 @@ pub fn remove(
     force: bool,
     prune: bool,
     events: &mut Vec<PendingEvent>,
-) -> Result<Vec<DeleteItem>, Error> {
+) -> Result<Vec<Line>, Error> {
     let mut removal = Removal::default();
     remove_into(tx, input, force, prune, events, &mut removal)?;
     Ok(removal.finish(tx.index()).0)
@@ -272,7 +275,7 @@ pub fn prune(
     tx: &mut Tx<'_>,
     request_filters: &[String],
     events: &mut Vec<PendingEvent>,
-) -> Result<(Vec<DeleteItem>, u64), Error> {
+) -> Result<(Vec<Line>, u64), Error> {
     let filters = Filters::parse(request_filters, PRUNE_KEYS)?;
     let dangling = filters.bool("dangling")?.unwrap_or(true);
     let until = match filters.get("until") {

@@ -24,76 +24,15 @@ fn short_ids() {
     assert_eq!(short("c0ffee"), "c0ffee");
 }
 
-/// A store in a temporary directory, filled through the same
-/// transactions the service uses.
-struct Fixture {
-    _dir: tempfile::TempDir,
-    store: crate::store::Store,
+use crate::testing::Fixture;
+
+/// The removal operations, as the service runs them.
+trait Removals {
+    fn rmi(&self, input: &str, force: bool) -> Result<Vec<String>, Error>;
+    fn prune(&self, filters: &[&str]) -> Vec<String>;
 }
 
-impl Fixture {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let store = crate::store::Store::open(dir.path()).unwrap();
-        Fixture { _dir: dir, store }
-    }
-
-    /// Adds an image whose config is made from `seed`, with `parent`,
-    /// tagged `tags`; answers its ID.
-    fn image(&self, seed: &str, parent: Option<&str>, tags: &[&str]) -> String {
-        self.layered(seed, parent, tags, &[])
-    }
-
-    /// [`Fixture::image`] with layers, each named by a seed of its
-    /// diffID and 10 bytes big.
-    fn layered(&self, seed: &str, parent: Option<&str>, tags: &[&str], layers: &[&str]) -> String {
-        let diff_ids: Vec<String> = layers
-            .iter()
-            .map(|l| format!("\"{}\"", imaged_model::Digest::sha256_of(l.as_bytes())))
-            .collect();
-        let config = format!(
-            r#"{{"architecture":"amd64","os":"linux","created":"2024-01-01T00:00:00Z","config":{{"Labels":{{"seed":"{seed}"}}}},"rootfs":{{"type":"layers","diff_ids":[{}]}}}}"#,
-            diff_ids.join(",")
-        );
-        let bytes = config.into_bytes();
-        let id = imaged_model::Digest::sha256_of(&bytes);
-        let image = Image {
-            id: id.clone(),
-            config: imaged_model::image_config::ImageConfig::parse(&bytes).unwrap(),
-            config_bytes: bytes,
-            meta: crate::store::ImageMeta {
-                parent: parent.map(str::to_string),
-                layer_sizes: vec![10; layers.len()],
-                ..Default::default()
-            },
-        };
-        self.store
-            .update(|tx| {
-                tx.put_image(image);
-                for tag in tags {
-                    tx.put_ref(Reference::parse(tag).unwrap().store_key(), &id.to_string());
-                }
-                Ok(())
-            })
-            .unwrap();
-        id.to_string()
-    }
-
-    fn container(&self, cid: &str, image: &str, running: bool) {
-        self.store
-            .update(|tx| {
-                tx.put_container(
-                    cid,
-                    crate::store::Container {
-                        image_id: image.to_string(),
-                        running,
-                    },
-                );
-                Ok(())
-            })
-            .unwrap();
-    }
-
+impl Removals for Fixture {
     fn rmi(&self, input: &str, force: bool) -> Result<Vec<String>, Error> {
         let mut events = Vec::new();
         let items = self
@@ -111,17 +50,12 @@ impl Fixture {
             .unwrap();
         items.into_iter().map(describe).collect()
     }
-
-    fn has(&self, id: &str) -> bool {
-        self.store.read().image(id).is_some()
-    }
 }
 
-fn describe(item: DeleteItem) -> String {
-    match item.item {
-        Some(Item::Untagged(r)) => format!("untagged {r}"),
-        Some(Item::Deleted(id)) => format!("deleted {}", short(&id)),
-        None => String::new(),
+fn describe(item: Line) -> String {
+    match item {
+        Line::Untagged(r) => format!("untagged {r}"),
+        Line::Deleted(id) => format!("deleted {}", short(&id)),
     }
 }
 

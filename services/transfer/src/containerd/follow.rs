@@ -88,7 +88,7 @@ impl Containerd {
         }
         let Some(existing) = current.iter().find(|n| wanted.contains(n)) else {
             return match answer {
-                Some(answer) => self.register(&self.made_image(answer)?).await,
+                Some(answer) => self.register_image(&self.made_image(answer)?).await,
                 None => Ok(()),
             };
         };

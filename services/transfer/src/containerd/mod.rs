@@ -62,26 +62,7 @@ const CRI_LABEL: &str = "io.cri-containerd.image";
 /// How long a registration's lease lasts at most if imaged dies midway.
 const LEASE_EXPIRY: Duration = Duration::from_secs(3600);
 
-/// One blob to put in containerd's content store.
-#[derive(Clone)]
-pub struct Blob {
-    pub digest: Digest,
-    pub bytes: Bytes,
-}
-
-/// One image to register.
-pub struct Image {
-    /// The image ID (its config's digest).
-    pub id: Digest,
-    /// The index (when pulled through one), the manifest and the config,
-    /// in that order.
-    pub blobs: Vec<Blob>,
-    /// The image's layer chains, bottom first.
-    pub chains: Vec<Digest>,
-    /// References to record (`name:tag`, `name@digest`); the image ID is
-    /// added.
-    pub names: Vec<String>,
-}
+pub use crate::neighbours::registrar::{Blob, Image};
 
 /// A containerd to register images in.
 #[derive(Clone)]
@@ -110,7 +91,7 @@ impl Containerd {
     }
 
     /// Registers `image` in containerd (see the module doc).
-    pub async fn register(&self, image: &Image) -> Result<(), Error> {
+    pub(crate) async fn register_image(&self, image: &Image) -> Result<(), Error> {
         let top = image
             .blobs
             .first()
@@ -441,3 +422,10 @@ fn media_type(value: &serde_json::Value) -> String {
 mod follow;
 #[cfg(test)]
 mod tests;
+
+#[tonic::async_trait]
+impl crate::neighbours::Registrar for Containerd {
+    async fn register(&self, image: &Image) -> Result<(), Error> {
+        self.register_image(image).await
+    }
+}

@@ -6,10 +6,6 @@ pub(crate) mod records;
 
 use std::sync::Arc;
 
-use imaged_api::v1::{
-    Change, ChangesResponse, CreateLayerRequest, CreateLayerResponse, GetLayerResponse,
-    LayerSizeResponse, Mount, MountImageRequest, MountImageResponse, change,
-};
 use imaged_common::Error;
 use imaged_model::Digest;
 use imaged_model::digest::chain_id;
@@ -18,9 +14,48 @@ use serde_json::Value;
 use crate::containers::records::{Container, Containers};
 use crate::neighbours::Recorder;
 use crate::neighbours::recorder::config_diff_ids;
-use crate::storage::{self, ChangeKind};
+use crate::storage::{self, Changes, Mount};
 use crate::store::layers::LayerStore;
 use crate::store::leases::{Leases, mount_hold};
+
+/// A container layer to make.
+#[derive(Clone, Debug, Default)]
+pub struct NewLayer {
+    pub container_id: String,
+    /// Name or ID of the image; empty for a layer from scratch.
+    pub image: String,
+    /// SELinux mount label, added as the `context=` mount option.
+    pub mount_label: String,
+}
+
+/// A container layer and how to mount it.
+#[derive(Clone, Debug)]
+pub struct Layer {
+    /// The layer's own ID (Docker's mount ID).
+    pub mount_id: String,
+    pub mounts: Vec<Mount>,
+    /// The layer's directories, image layers first, the container's last.
+    pub folders: Vec<String>,
+    /// The image the layer was made from; empty for scratch.
+    pub image_id: String,
+}
+
+/// What a container layer takes on disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LayerSize {
+    /// The container's own files.
+    pub rw: u64,
+    /// The container's own files and its image's layers.
+    pub virtual_size: u64,
+}
+
+/// A read-only view of an image's files, held until released.
+#[derive(Clone, Debug)]
+pub struct ImageMount {
+    pub lease_id: String,
+    pub mount: Mount,
+    pub image_id: String,
+}
 
 /// Container layers and image mounts.
 pub struct RwLayers {
@@ -57,7 +92,10 @@ impl RwLayers {
         Ok((answer.id, chain_id(&diff_ids)))
     }
 
-    pub async fn create(&self, request: CreateLayerRequest) -> Result<CreateLayerResponse, Error> {
+    /// Makes a container layer on `request.image`'s layers and records the
+    /// container in imaged-metadata. `FailedPrecondition` when the image's
+    /// layers are missing, `AlreadyExists` for a known container.
+    pub async fn create(&self, request: NewLayer) -> Result<Layer, Error> {
         let (image_id, chain) = match request.image.as_str() {
             "" => (String::new(), None),
             image => self.image_chain(image, None).await?,
@@ -90,25 +128,25 @@ impl RwLayers {
                 return Err(err);
             }
         };
-        let (mounts, folders) = self.containers.mounts(&record)?;
-        Ok(CreateLayerResponse {
-            mount_id: record.mount_id,
-            mounts: wire_mounts(mounts),
-            folders,
-        })
+        self.layer(record)
     }
 
-    pub fn get(&self, container_id: &str) -> Result<GetLayerResponse, Error> {
-        let record = self.containers.get(container_id)?;
+    /// The container's layer; `NotFound` for an unknown container.
+    pub fn get(&self, container_id: &str) -> Result<Layer, Error> {
+        self.layer(self.containers.get(container_id)?)
+    }
+
+    fn layer(&self, record: Container) -> Result<Layer, Error> {
         let (mounts, folders) = self.containers.mounts(&record)?;
-        Ok(GetLayerResponse {
+        Ok(Layer {
             mount_id: record.mount_id,
-            mounts: wire_mounts(mounts),
+            mounts,
             folders,
             image_id: record.image_id,
         })
     }
 
+    /// Removes the container's layer and forgets the container.
     pub async fn release(&self, container_id: &str) -> Result<(), Error> {
         let containers = Arc::clone(&self.containers);
         let id = container_id.to_string();
@@ -122,27 +160,17 @@ impl RwLayers {
         Ok(())
     }
 
-    pub async fn changes(&self, container_id: &str) -> Result<ChangesResponse, Error> {
+    /// Docker's ContainerChanges: what the container changed, by path.
+    pub async fn changes(&self, container_id: &str) -> Result<Changes, Error> {
         let record = self.containers.get(container_id)?;
         let containers = Arc::clone(&self.containers);
-        let changes = tokio::task::spawn_blocking(move || containers.changes(&record))
+        tokio::task::spawn_blocking(move || containers.changes(&record))
             .await
-            .map_err(Error::internal)??;
-        let changes = changes
-            .into_iter()
-            .map(|(path, kind)| Change {
-                path,
-                kind: match kind {
-                    ChangeKind::Modify => change::Kind::Modify,
-                    ChangeKind::Add => change::Kind::Add,
-                    ChangeKind::Delete => change::Kind::Delete,
-                } as i32,
-            })
-            .collect();
-        Ok(ChangesResponse { changes })
+            .map_err(Error::internal)?
     }
 
-    pub async fn size(&self, container_id: &str) -> Result<LayerSizeResponse, Error> {
+    /// The container's own size and its size with its image's layers.
+    pub async fn size(&self, container_id: &str) -> Result<LayerSize, Error> {
         let record = self.containers.get(container_id)?;
         let image_size: u64 = {
             let mut size = 0;
@@ -160,34 +188,30 @@ impl RwLayers {
         let rw = tokio::task::spawn_blocking(move || containers.rw_size(&record))
             .await
             .map_err(Error::internal)??;
-        Ok(LayerSizeResponse {
-            rw_size: rw as i64,
-            virtual_size: (rw + image_size) as i64,
+        Ok(LayerSize {
+            rw,
+            virtual_size: rw + image_size,
         })
     }
 
+    /// A read-only mount of `image`'s files, its layers kept until
+    /// [`RwLayers::release_image`]. `InvalidArgument` for an image without
+    /// layers.
     pub async fn mount_image(
         &self,
-        request: MountImageRequest,
-    ) -> Result<MountImageResponse, Error> {
-        let (image_id, chain) = self
-            .image_chain(
-                &request.image,
-                request
-                    .platform
-                    .map(|p| imaged_model::Platform::new(&p.os, &p.architecture, &p.variant))
-                    .as_ref(),
-            )
-            .await?;
+        image: &str,
+        platform: Option<&imaged_model::Platform>,
+    ) -> Result<ImageMount, Error> {
+        let (image_id, chain) = self.image_chain(image, platform).await?;
         let chain = chain.ok_or_else(|| {
-            Error::InvalidArgument(format!("image {} has no layers to mount", request.image))
+            Error::InvalidArgument(format!("image {image} has no layers to mount"))
         })?;
         let mount = storage::read_only_view(&self.layers.diff_dirs(&chain)?);
         let lease_id = format!("{:032x}", rand::random::<u128>());
         self.leases.hold(mount_hold(&lease_id), chain);
-        Ok(MountImageResponse {
+        Ok(ImageMount {
             lease_id,
-            mounts: wire_mounts(vec![mount]),
+            mount,
             image_id,
         })
     }
@@ -226,16 +250,4 @@ impl RwLayers {
             );
         }
     }
-}
-
-/// The storage driver's mounts as the wire carries them.
-fn wire_mounts(mounts: Vec<storage::Mount>) -> Vec<Mount> {
-    mounts
-        .into_iter()
-        .map(|m| Mount {
-            r#type: m.kind,
-            source: m.source,
-            options: m.options,
-        })
-        .collect()
 }

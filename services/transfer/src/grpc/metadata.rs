@@ -99,7 +99,7 @@ impl Recorder for Metadata {
             tags: record.tags,
             digests: record.digests,
             layer_sizes: record.layer_sizes,
-            action: record.action.to_string(),
+            action: record.action,
             event_ref: record.event_ref,
             tag_events: record.tag_events,
             content_size: record.content_size,

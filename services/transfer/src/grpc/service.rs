@@ -23,7 +23,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use super::{convert, progress};
+use super::{convert, layers, progress};
 use crate::commit::Committer;
 use crate::containers::RwLayers;
 use crate::export::Exporter;
@@ -205,8 +205,14 @@ impl Transfer for TransferService {
         &self,
         request: Request<LoginRequest>,
     ) -> Result<Response<LoginResponse>, Status> {
-        let answer = crate::registry::login::login(&self.registries, request.into_inner()).await?;
-        Ok(Response::new(answer))
+        let request = request.into_inner();
+        let auth = convert::auth(request.auth.as_ref());
+        let identity_token =
+            crate::registry::login::login(&self.registries, &request.server, &auth).await?;
+        Ok(Response::new(LoginResponse {
+            status: "Login Succeeded".into(),
+            identity_token: identity_token.unwrap_or_default(),
+        }))
     }
 
     async fn push(
@@ -281,18 +287,19 @@ impl Transfer for TransferService {
         &self,
         request: Request<CreateLayerRequest>,
     ) -> Result<Response<CreateLayerResponse>, Status> {
-        Ok(Response::new(
-            self.rw_layers.create(request.into_inner()).await?,
-        ))
+        let layer = self
+            .rw_layers
+            .create(layers::new_layer(request.into_inner()))
+            .await?;
+        Ok(Response::new(layers::created(layer)))
     }
 
     async fn get_layer(
         &self,
         request: Request<GetLayerRequest>,
     ) -> Result<Response<GetLayerResponse>, Status> {
-        Ok(Response::new(
-            self.rw_layers.get(&request.get_ref().container_id)?,
-        ))
+        let layer = self.rw_layers.get(&request.get_ref().container_id)?;
+        Ok(Response::new(layers::layer(layer)))
     }
 
     async fn release_layer(
@@ -310,29 +317,34 @@ impl Transfer for TransferService {
         &self,
         request: Request<ChangesRequest>,
     ) -> Result<Response<ChangesResponse>, Status> {
-        Ok(Response::new(
-            self.rw_layers
-                .changes(&request.get_ref().container_id)
-                .await?,
-        ))
+        let changes = self
+            .rw_layers
+            .changes(&request.get_ref().container_id)
+            .await?;
+        Ok(Response::new(layers::changes(changes)))
     }
 
     async fn layer_size(
         &self,
         request: Request<LayerSizeRequest>,
     ) -> Result<Response<LayerSizeResponse>, Status> {
-        Ok(Response::new(
-            self.rw_layers.size(&request.get_ref().container_id).await?,
-        ))
+        let size = self.rw_layers.size(&request.get_ref().container_id).await?;
+        Ok(Response::new(layers::size(size)))
     }
 
     async fn mount_image(
         &self,
         request: Request<MountImageRequest>,
     ) -> Result<Response<MountImageResponse>, Status> {
-        Ok(Response::new(
-            self.rw_layers.mount_image(request.into_inner()).await?,
-        ))
+        let request = request.into_inner();
+        let platform = request
+            .platform
+            .map(|p| imaged_model::Platform::new(&p.os, &p.architecture, &p.variant));
+        let mount = self
+            .rw_layers
+            .mount_image(&request.image, platform.as_ref())
+            .await?;
+        Ok(Response::new(layers::image_mount(mount)))
     }
 
     async fn release_image(
@@ -359,7 +371,8 @@ impl Transfer for TransferService {
         &self,
         request: Request<CommitImageRequest>,
     ) -> Result<Response<CommitImageResponse>, Status> {
-        let id = self.committer.commit(request.into_inner()).await?;
+        let order = layers::commit_order(request.into_inner());
+        let id = self.committer.commit(order).await?;
         Ok(Response::new(CommitImageResponse { id }))
     }
 
@@ -367,7 +380,11 @@ impl Transfer for TransferService {
         &self,
         request: Request<SquashImageRequest>,
     ) -> Result<Response<SquashImageResponse>, Status> {
-        let id = self.committer.squash(request.into_inner()).await?;
+        let request = request.into_inner();
+        let id = self
+            .committer
+            .squash(&request.image, &request.parent)
+            .await?;
         Ok(Response::new(SquashImageResponse { id }))
     }
 

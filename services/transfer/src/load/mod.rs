@@ -211,7 +211,7 @@ impl Loader {
                 tags: tags.iter().map(|t| t.to_string()).collect(),
                 digests: Vec::new(),
                 layer_sizes: sizes,
-                action: "load",
+                action: "load".into(),
                 event_ref: Digest::sha256_of(&config).to_string(),
                 tag_events: false,
             };

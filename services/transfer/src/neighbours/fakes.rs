@@ -1,6 +1,7 @@
 //! Test doubles of the engines' neighbours: a registry that serves images
-//! from memory (with faults on request) and a recorder that keeps what it
-//! is told. Unit tests of the engines run against these.
+//! from memory and takes pushes into it (with faults on request), a
+//! recorder and a containerd that keep what they are told. Unit tests of
+//! the engines run against these.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
@@ -31,6 +32,11 @@ pub struct FakeRegistry {
     served: Mutex<HashMap<(String, String), u32>>,
     /// While false, the body of this blob waits before its first byte.
     gate: Option<(String, watch::Receiver<bool>)>,
+    /// (repository, blob digest) the registry has, for pushes.
+    repository_blobs: Mutex<HashSet<(String, String)>>,
+    /// What pushes did, in order: `upload <repo> <digest>`,
+    /// `mount <repo> <digest> from <repo>`, `manifest <repo>:<tag>`.
+    pub pushes: Mutex<Vec<String>>,
 }
 
 impl FakeRegistry {
@@ -57,6 +63,30 @@ impl FakeRegistry {
         );
         for layer in &image.layers {
             blobs.insert(layer.digest.clone(), Bytes::from(layer.data.clone()));
+        }
+        let mut held = self.repository_blobs.lock().unwrap();
+        for digest in image.layers.iter().map(|l| &l.digest) {
+            held.insert((repository.into(), digest.clone()));
+        }
+        held.insert((repository.into(), image.config.digest.clone()));
+    }
+
+    /// Whether the repository has the blob `digest` (pushed, mounted or
+    /// served there).
+    pub fn has_blob(&self, repository: &str, digest: &str) -> bool {
+        let key = (repository.to_string(), digest.to_string());
+        self.repository_blobs.lock().unwrap().contains(&key)
+    }
+
+    /// The next failures left for `key`, counting this one down.
+    fn fails(&self, key: (String, String)) -> bool {
+        let mut failures = self.failures.lock().unwrap();
+        match failures.get_mut(&key) {
+            Some(left) if *left > 0 => {
+                *left -= 1;
+                true
+            }
+            _ => false,
         }
     }
 
@@ -134,10 +164,7 @@ impl Fetcher for FakeRegistry {
     ) -> Result<Blob, OciDistributionError> {
         self.refuse(source)?;
         let key = (source.name().to_string(), digest.to_string());
-        if let Some(left) = self.failures.lock().unwrap().get_mut(&key)
-            && *left > 0
-        {
-            *left -= 1;
+        if self.fails(key.clone()) {
             return Err(unreachable(source.name()));
         }
         let bytes = self.blobs.lock().unwrap().get(digest).cloned();
@@ -190,12 +217,12 @@ pub struct FakeRecorder {
 
 impl FakeRecorder {
     /// The actions recorded, in order (`pull`, `load`, …).
-    pub fn actions(&self) -> Vec<&'static str> {
+    pub fn actions(&self) -> Vec<String> {
         self.records
             .lock()
             .unwrap()
             .iter()
-            .map(|r| r.action)
+            .map(|r| r.action.clone())
             .collect()
     }
 }
@@ -273,8 +300,17 @@ impl Recorder for FakeRecorder {
         Err(unsupported("create images"))
     }
 
-    async fn tag(&self, _id: &str, _target: &str) -> Result<(), Error> {
-        Err(unsupported("tag"))
+    async fn tag(&self, id: &str, target: &str) -> Result<(), Error> {
+        let tag = Reference::parse(target)?.with_default_tag().familiar();
+        let mut images = self.images.lock().unwrap();
+        for image in images.values_mut() {
+            image.repo_tags.retain(|t| *t != tag);
+        }
+        let image = images
+            .get_mut(id)
+            .ok_or_else(|| Error::NotFound(format!("No such image: {id}")))?;
+        image.repo_tags.push(tag);
+        Ok(())
     }
 
     async fn export_set(
@@ -295,5 +331,124 @@ impl Recorder for FakeRecorder {
 
     async fn remove_container(&self, _: &str) -> Result<(), Error> {
         Err(unsupported("keep containers"))
+    }
+}
+
+/// containerd in memory: the images registered, in order.
+#[derive(Default)]
+pub struct FakeRegistrar {
+    pub registered: Mutex<Vec<super::registrar::Image>>,
+}
+
+#[tonic::async_trait]
+impl super::Registrar for FakeRegistrar {
+    async fn register(&self, image: &super::registrar::Image) -> Result<(), Error> {
+        self.registered.lock().unwrap().push(image.clone());
+        Ok(())
+    }
+}
+
+/// The source name [`FakeRegistry::fail_blob`] takes for pushes.
+pub const PUSH: &str = "push";
+
+/// Pushes into a shared [`FakeRegistry`]: blobs by repository, manifests
+/// by tag and digest, so a pull reads back what a push wrote.
+pub struct FakeDestination(pub std::sync::Arc<FakeRegistry>);
+
+struct FakeSession {
+    registry: std::sync::Arc<FakeRegistry>,
+    repository: String,
+    tag: String,
+}
+
+#[tonic::async_trait]
+impl super::destination::Destination for FakeDestination {
+    async fn open(
+        &self,
+        target: &Reference,
+        _auth: &oci_client::secrets::RegistryAuth,
+    ) -> Result<Box<dyn super::destination::PushSession>, OciDistributionError> {
+        Ok(Box::new(FakeSession {
+            registry: std::sync::Arc::clone(&self.0),
+            repository: target.path().to_string(),
+            tag: target.tag().unwrap_or("latest").to_string(),
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl super::destination::PushSession for FakeSession {
+    async fn blob_exists(&self, digest: &str) -> Result<bool, OciDistributionError> {
+        Ok(self.registry.has_blob(&self.repository, digest))
+    }
+
+    async fn mount_blob(
+        &self,
+        digest: &str,
+        source: &oci_client::Reference,
+    ) -> Result<(), OciDistributionError> {
+        let from = source.repository().to_string();
+        if self.registry.has_blob(&from, digest) {
+            let mut held = self.registry.repository_blobs.lock().unwrap();
+            held.insert((self.repository.clone(), digest.to_string()));
+            self.registry
+                .pushes
+                .lock()
+                .unwrap()
+                .push(format!("mount {} {digest} from {from}", self.repository));
+        }
+        Ok(())
+    }
+
+    async fn push_blob(
+        &self,
+        digest: &str,
+        size: u64,
+        mut body: super::destination::BlobBody,
+    ) -> Result<(), OciDistributionError> {
+        if self.registry.fails((PUSH.to_string(), digest.to_string())) {
+            return Err(unreachable(PUSH));
+        }
+        let mut data = Vec::new();
+        while let Some(chunk) = body.next().await {
+            data.extend_from_slice(&chunk?);
+        }
+        if data.len() as u64 != size || Digest::sha256_of(&data).to_string() != digest {
+            return Err(OciDistributionError::GenericError(Some(format!(
+                "blob {digest}: {} bytes that do not match",
+                data.len()
+            ))));
+        }
+        self.registry
+            .blobs
+            .lock()
+            .unwrap()
+            .insert(digest.to_string(), Bytes::from(data));
+        let key = (self.repository.clone(), digest.to_string());
+        self.registry.repository_blobs.lock().unwrap().insert(key);
+        self.registry
+            .pushes
+            .lock()
+            .unwrap()
+            .push(format!("upload {} {digest}", self.repository));
+        Ok(())
+    }
+
+    async fn push_manifest(
+        &self,
+        body: Vec<u8>,
+        _media_type: &str,
+    ) -> Result<(), OciDistributionError> {
+        let body = Bytes::from(body);
+        let digest = Digest::sha256_of(&body).to_string();
+        let mut manifests = self.registry.manifests.lock().unwrap();
+        manifests.insert((self.repository.clone(), self.tag.clone()), body.clone());
+        manifests.insert((self.repository.clone(), digest), body);
+        self.registry
+            .pushes
+            .lock()
+            .unwrap()
+            .push(format!("manifest {}:{}", self.repository, self.tag));
+        Ok(())
     }
 }

@@ -28,8 +28,9 @@ use tokio::sync::watch;
 use tokio_stream::wrappers::WatchStream;
 
 use crate::config::PullArgs;
-use crate::containerd::{self, Containerd};
 use crate::limits::Limits;
+use crate::neighbours::Registrar;
+use crate::neighbours::registrar as containerd;
 use crate::neighbours::{Fetcher, Recorder};
 use crate::registry::manifest::{
     ACCEPTED, MANIFEST_TIMEOUT, MAX_JSON_BLOB, MAX_MANIFEST, Manifest, Probe, check_depth,
@@ -60,7 +61,7 @@ pub struct Puller {
     /// manifest digest: containerd asks layer by layer.
     remote_plans: Mutex<HashMap<Digest, Arc<RemotePlan>>>,
     /// The containerd every pulled image is registered in, if any.
-    containerd: Option<Containerd>,
+    containerd: Option<Arc<dyn Registrar>>,
 }
 
 /// What to pull, as the caller asked for it.
@@ -185,7 +186,7 @@ impl Puller {
     }
 
     /// Registers every image it pulls in `containerd` too.
-    pub fn with_containerd(mut self, containerd: Option<Containerd>) -> Self {
+    pub fn with_containerd(mut self, containerd: Option<Arc<dyn Registrar>>) -> Self {
         self.containerd = containerd;
         self
     }
@@ -446,7 +447,7 @@ impl Puller {
                 .collect(),
             digests: vec![format!("{name}@{top_digest}")],
             layer_sizes,
-            action: "pull",
+            action: "pull".into(),
             event_ref: shown.clone(),
             tag_events: false,
         };
@@ -515,4 +516,4 @@ use remote::RemotePlan;
 use sources::{probe_manifest, within};
 pub use state::State;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -12,14 +12,19 @@ use crate::registry::mirrors::MirrorConfig;
 
 /// A puller on fresh stores, reading from `registry` (through `mirrors`
 /// of Docker Hub first, if any).
-struct Rig {
+pub(crate) struct Rig {
     _dir: tempfile::TempDir,
-    puller: Arc<Puller>,
-    registry: Arc<FakeRegistry>,
-    recorder: Arc<FakeRecorder>,
+    pub(crate) puller: Arc<Puller>,
+    pub(crate) registry: Arc<FakeRegistry>,
+    pub(crate) recorder: Arc<FakeRecorder>,
 }
 
-fn rig(registry: FakeRegistry, mirrors: &[&str]) -> Rig {
+pub(crate) fn rig(registry: FakeRegistry, mirrors: &[&str]) -> Rig {
+    rig_on(Arc::new(registry), mirrors)
+}
+
+/// [`rig`] on a registry another rig (or a push) shares.
+pub(crate) fn rig_on(registry: Arc<FakeRegistry>, mirrors: &[&str]) -> Rig {
     let dir = tempfile::tempdir().unwrap();
     let layers = Arc::new(LayerStore::open(dir.path()).unwrap());
     let content = ContentStore::open(&dir.path().join("content")).unwrap();
@@ -33,7 +38,6 @@ fn rig(registry: FakeRegistry, mirrors: &[&str]) -> Rig {
         Vec::new(),
         MirrorConfig::new(None, &mirrors).unwrap(),
     ));
-    let registry = Arc::new(registry);
     let recorder = Arc::new(FakeRecorder::default());
     let args = PullArgs {
         stall_timeout_secs: 10,
@@ -73,7 +77,7 @@ fn order(reference: &str) -> PullOrder {
 }
 
 /// An image of `files` layers, one file each, the first named `base`.
-fn image(files: &[&str]) -> imaged_fixtures::Image {
+pub(crate) fn image(files: &[&str]) -> imaged_fixtures::Image {
     let mut builder = ImageBuilder::new(MediaTypes::Oci);
     for name in files {
         let layer = LayerBuilder::new()
@@ -86,7 +90,10 @@ fn image(files: &[&str]) -> imaged_fixtures::Image {
 }
 
 /// Runs a pull to its end; answers its result and every event it said.
-async fn pull(puller: &Arc<Puller>, reference: &str) -> (Result<(), Error>, Vec<PullEvent>) {
+pub(crate) async fn pull(
+    puller: &Arc<Puller>,
+    reference: &str,
+) -> (Result<(), Error>, Vec<PullEvent>) {
     let (tx, mut rx) = mpsc::channel(16);
     let collect = async {
         let mut events = Vec::new();
@@ -351,4 +358,36 @@ async fn a_remote_layer_is_brought_in_alone_with_the_layers_above_fetched_ahead(
         .await
         .unwrap_err();
     assert!(matches!(err, Error::InvalidArgument(_)), "{err}");
+}
+
+#[tokio::test]
+async fn a_pulled_image_is_registered_in_containerd_manifest_first() {
+    let registrar = Arc::new(crate::neighbours::fakes::FakeRegistrar::default());
+    let mut rig = rig(FakeRegistry::default(), &[]);
+    let puller = Arc::into_inner(rig.puller).expect("the rig's only handle");
+    rig.puller =
+        Arc::new(puller.with_containerd(Some(Arc::clone(&registrar) as Arc<dyn Registrar>)));
+    let app = image(&["base", "app"]);
+    rig.registry.push("library/app", "1", &app);
+    let (result, _) = pull(&rig.puller, "app:1").await;
+    result.unwrap();
+
+    let registered = registrar.registered.lock().unwrap().clone();
+    assert_eq!(registered.len(), 1);
+    let image = &registered[0];
+    assert_eq!(image.id.to_string(), app.id());
+    let blobs: Vec<String> = image.blobs.iter().map(|b| b.digest.to_string()).collect();
+    assert_eq!(
+        blobs,
+        [app.manifest.digest.clone(), app.config.digest.clone()]
+    );
+    assert_eq!(image.blobs[1].bytes.as_ref(), app.config.data.as_slice());
+    assert_eq!(image.chains, chains_of(&app));
+    assert_eq!(
+        image.names,
+        [
+            "docker.io/library/app:1".to_string(),
+            format!("docker.io/library/app@{}", app.manifest.digest)
+        ]
+    );
 }

@@ -12,14 +12,14 @@ use imaged_common::Error;
 use imaged_model::image_config::ImageConfig;
 use imaged_model::media_type::{DOCKER_CONFIG, DOCKER_LAYER_GZIP, DOCKER_MANIFEST};
 use imaged_model::{Digest, Platform, Reference};
-use oci_client::RegistryOperation;
 use oci_client::secrets::RegistryAuth;
 use serde::Serialize;
 
 use crate::archive::compress;
 use crate::limits::Limits;
 use crate::neighbours::Recorder;
-use crate::registry::{self, Registries};
+use crate::neighbours::destination::Destination;
+use crate::registry;
 use crate::store::content::ContentStore;
 use crate::store::layers::LayerStore;
 use crate::store::leases::Leases;
@@ -48,7 +48,7 @@ pub struct Pusher {
     layers: Arc<LayerStore>,
     leases: Arc<Leases>,
     limits: Arc<Limits>,
-    registries: Arc<Registries>,
+    registry: Arc<dyn Destination>,
     metadata: Arc<dyn Recorder>,
 }
 
@@ -96,7 +96,7 @@ impl Pusher {
         layers: Arc<LayerStore>,
         leases: Arc<Leases>,
         limits: Arc<Limits>,
-        registries: Arc<Registries>,
+        registry: Arc<dyn Destination>,
         metadata: Arc<dyn Recorder>,
     ) -> Self {
         Pusher {
@@ -104,7 +104,7 @@ impl Pusher {
             layers,
             leases,
             limits,
-            registries,
+            registry,
             metadata,
         }
     }
@@ -214,19 +214,10 @@ impl Pusher {
         let config_digest: Digest = image.id.parse()?;
         self.content.write(&config_digest, &image.config)?;
 
-        let auth = &order.auth;
-        let client = self.registries.client(reference, auth);
-        let oref = registry::oci_reference(reference);
         let what = format!("push to {}", reference.name());
-        // The token exchange in imaged's own bounded code (token.rs);
-        // oci-client is handed the token, so it never asks a realm itself.
-        let upstream = self.registries.registry(reference, auth);
-        let token = crate::registry::fetch::push_token(&upstream, &oref)
-            .await
-            .map_err(|e| registry::error(&what, e))?;
-        let pushing_as = token.map_or_else(|| auth.clone(), RegistryAuth::Bearer);
-        client
-            .auth(&oref, &pushing_as, RegistryOperation::Push)
+        let session = self
+            .registry
+            .open(reference, &order.auth)
             .await
             .map_err(|e| registry::error(&what, e))?;
 
@@ -249,7 +240,7 @@ impl Pusher {
             uploads
                 .iter()
                 .chain(std::iter::once(&config_upload))
-                .map(|upload| self.upload(&client, reference, &sources, upload, tx)),
+                .map(|upload| self.upload(&*session, reference, &sources, upload, tx)),
         )
         .await?;
 
@@ -283,12 +274,8 @@ impl Pusher {
             &[config_digest.clone(), digest.clone()],
             None,
         )?;
-        client
-            .push_manifest_raw(
-                &oref,
-                body,
-                DOCKER_MANIFEST.parse().map_err(Error::internal)?,
-            )
+        session
+            .push_manifest(body, DOCKER_MANIFEST)
             .await
             .map_err(|e| registry::error(&format!("manifest for {shown}"), e))?;
         crate::metrics::moved(crate::metrics::Kind::Push, bytes);
@@ -298,7 +285,7 @@ impl Pusher {
             .record(Record {
                 config: image.config.clone(),
                 digests: vec![format!("{}@{digest}", reference.name())],
-                action: "push",
+                action: "push".into(),
                 event_ref: shown.clone(),
                 ..Default::default()
             })
@@ -360,30 +347,4 @@ impl Pusher {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_manifest_is_written_as_docker_writes_it() {
-        let manifest = Schema2 {
-            schema_version: 2,
-            media_type: DOCKER_MANIFEST,
-            config: Descriptor {
-                media_type: DOCKER_CONFIG,
-                size: 7,
-                digest: "sha256:c".into(),
-            },
-            layers: vec![Descriptor {
-                media_type: DOCKER_LAYER_GZIP,
-                size: 3,
-                digest: "sha256:l".into(),
-            }],
-        };
-        // Go's json.MarshalIndent(m, "", "   ") of distribution's schema2.
-        let expected = "{\n   \"schemaVersion\": 2,\n   \"mediaType\": \"application/vnd.docker.distribution.manifest.v2+json\",\n   \"config\": {\n      \"mediaType\": \"application/vnd.docker.container.image.v1+json\",\n      \"size\": 7,\n      \"digest\": \"sha256:c\"\n   },\n   \"layers\": [\n      {\n         \"mediaType\": \"application/vnd.docker.image.rootfs.diff.tar.gzip\",\n         \"size\": 3,\n         \"digest\": \"sha256:l\"\n      }\n   ]\n}";
-        assert_eq!(
-            String::from_utf8(manifest.to_bytes().unwrap()).unwrap(),
-            expected
-        );
-    }
-}
+mod tests;

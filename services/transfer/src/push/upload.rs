@@ -2,10 +2,10 @@
 //! another repository of the same registry when it can be, else streamed
 //! from the content store under the upload limit, retried as Docker does.
 
+use crate::neighbours::destination::PushSession;
 use futures::TryStreamExt;
 use imaged_common::Error;
 use imaged_model::{Digest, Reference};
-use oci_client::Client;
 
 use super::events::{Progress, PushEvent, Step, say};
 use super::{Pusher, Upload};
@@ -19,13 +19,12 @@ impl Pusher {
     /// transport failure is tried again ([`Retry`]), saying so.
     pub(super) async fn upload(
         &self,
-        client: &Client,
+        session: &dyn PushSession,
         target: &Reference,
         image_sources: &[oci_client::Reference],
         upload: &Upload,
         tx: &Progress,
     ) -> Result<(), Error> {
-        let oref = &registry::oci_reference(target);
         let sources = &self.mount_sources(target, &upload.digest, image_sources);
         let tell = |step: Step| async {
             if let Some(layer) = &upload.layer {
@@ -48,7 +47,7 @@ impl Pusher {
         };
         let mut attempt = 1;
         loop {
-            match self.upload_once(client, oref, sources, upload, tx).await {
+            match self.upload_once(session, sources, upload, tx).await {
                 Ok(step) => {
                     if upload.layer.is_some() {
                         // As Docker's distribution metadata: the next push
@@ -109,24 +108,23 @@ impl Pusher {
     /// One try of [`Pusher::upload`]; answers the step that ends it.
     async fn upload_once(
         &self,
-        client: &Client,
-        oref: &oci_client::Reference,
+        session: &dyn PushSession,
         sources: &[oci_client::Reference],
         upload: &Upload,
         tx: &Progress,
     ) -> Result<Step, Error> {
         let what = format!("blob {}", upload.digest);
         let digest = upload.digest.to_string();
-        if client
-            .blob_exists(oref, &digest)
+        if session
+            .blob_exists(&digest)
             .await
             .map_err(|e| registry::error(&what, e))?
         {
             return Ok(Step::AlreadyExists);
         }
         for source in sources {
-            if client.mount_blob(oref, source, &digest).await.is_ok()
-                && client.blob_exists(oref, &digest).await.unwrap_or(false)
+            if session.mount_blob(&digest, source).await.is_ok()
+                && session.blob_exists(&digest).await.unwrap_or(false)
             {
                 return Ok(Step::Mounted {
                     from: source.repository().to_string(),
@@ -149,8 +147,8 @@ impl Pusher {
                     let _ = tx.try_send(PushEvent::layer(layer, step));
                 }
             });
-        client
-            .push_blob_stream(oref, body, &digest, Some(upload.size))
+        session
+            .push_blob(&digest, upload.size, Box::pin(body))
             .await
             .map_err(|e| registry::error(&what, e))?;
         Ok(Step::Pushed)

@@ -11,7 +11,6 @@
 
 use std::time::Duration;
 
-use imaged_api::v1::{LoginRequest, LoginResponse};
 use imaged_common::Error;
 use imaged_model::reference;
 use oci_client::errors::OciDistributionError;
@@ -23,16 +22,19 @@ use crate::registry::{Registries, Source};
 /// How long each request of a login may take.
 const LOGIN_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Checks `request.auth` against the registry `request.server` names.
-pub async fn login(registries: &Registries, request: LoginRequest) -> Result<LoginResponse, Error> {
-    let host = hostname(&request.server)?;
-    let auth = crate::grpc::convert::auth(request.auth.as_ref());
-    let source = registries.host(&host, &auth);
-    let identity_token = check(&source, &auth).await?;
-    Ok(LoginResponse {
-        status: "Login Succeeded".into(),
-        identity_token: identity_token.unwrap_or_default(),
-    })
+/// Checks `auth` against the registry `server` names (`host[:port]`,
+/// maybe with a scheme and path; empty for Docker Hub). Answers the
+/// refresh token the registry's token service gave to keep instead of the
+/// password, if any. `InvalidArgument` for a server that is not one,
+/// `Unauthenticated` for credentials the registry refuses.
+pub async fn login(
+    registries: &Registries,
+    server: &str,
+    auth: &RegistryAuth,
+) -> Result<Option<String>, Error> {
+    let host = hostname(server)?;
+    let source = registries.host(&host, auth);
+    check(&source, auth).await
 }
 
 /// The registry host a server names (Docker's `ConvertToHostname`);

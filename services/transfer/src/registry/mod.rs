@@ -6,6 +6,7 @@ pub(crate) mod fetch;
 pub(crate) mod login;
 pub(crate) mod manifest;
 pub(crate) mod mirrors;
+pub(crate) mod push;
 pub(crate) mod serve_content;
 pub(crate) mod token;
 

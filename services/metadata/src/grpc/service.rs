@@ -9,8 +9,10 @@ use imaged_api::v1::*;
 use imaged_common::Error;
 use tonic::{Request, Response, Status};
 
+use super::convert::{list_query, platform, record};
+use super::{inspect as shown, list as listed, render};
 use crate::images::{Images, Logged};
-use crate::resolve::{get_image, platform};
+use crate::resolve::get_image;
 use crate::store::Container;
 use crate::{cache, create, delete, inspect, list, put, tag};
 
@@ -33,7 +35,8 @@ impl MetadataService {
         let platform = platform(request.platform.as_ref())?;
         let layout = self.images.layout().await;
         let index = self.images.store.read();
-        let inspect = inspect::inspect(&index, &request.image, platform.as_ref(), layout)?;
+        let image = get_image(&index, &request.image, platform.as_ref())?;
+        let inspect = shown::inspect_image(&index, image, layout);
         Ok((inspect, self.images.store.version_of(&index)))
     }
 
@@ -72,11 +75,11 @@ impl Metadata for MetadataService {
         &self,
         request: Request<ListImagesRequest>,
     ) -> Result<Response<ListImagesResponse>, Status> {
-        let request = request.into_inner();
+        let query = list_query(request.into_inner());
         self.blocking(|images| {
             let index = images.store.read();
             Ok(ListImagesResponse {
-                images: list::list(&index, &request)?,
+                images: listed::summaries(list::list(&index, &query)?),
             })
         })
     }
@@ -85,9 +88,9 @@ impl Metadata for MetadataService {
         &self,
         request: Request<ListImagesRequest>,
     ) -> Result<Response<EncodedListImagesResponse>, Status> {
-        let request = request.into_inner();
+        let query = list_query(request.into_inner());
         self.blocking(|images| {
-            let (encoded, version) = list::list_encoded(images, &request)?;
+            let (encoded, version) = listed::list_encoded(images, &query)?;
             Ok(EncodedListImagesResponse {
                 list_images_response: encoded,
                 version: Some(version.into()),
@@ -128,7 +131,7 @@ impl Metadata for MetadataService {
                     index.image_count()
                 )));
             }
-            let (images_at, references) = inspect::inspect_all(&index, layout);
+            let (images_at, references) = shown::inspect_all(&index, layout);
             Ok(InspectAllResponse {
                 images: images_at,
                 references,
@@ -144,8 +147,10 @@ impl Metadata for MetadataService {
         let request = request.into_inner();
         let platform = platform(request.platform.as_ref())?;
         let index = self.images.store.read();
-        let items = inspect::history(&index, &request.image, platform.as_ref())?;
-        Ok(Response::new(ImageHistoryResponse { items }))
+        let rows = inspect::history(&index, &request.image, platform.as_ref())?;
+        Ok(Response::new(ImageHistoryResponse {
+            items: render::history(rows),
+        }))
     }
 
     async fn tag_image(
@@ -174,6 +179,7 @@ impl Metadata for MetadataService {
             let items = images.store.update(|tx| {
                 delete::remove(tx, &request.image, request.force, prune, &mut events)
             })?;
+            let items = render::delete_items(items);
             Ok((RemoveImageResponse { items }, images.publish(events)))
         })
         .await
@@ -195,7 +201,7 @@ impl Metadata for MetadataService {
                 .store
                 .update(|tx| delete::prune(tx, &request.filters, &mut events))?;
             let answer = PruneImagesResponse {
-                deleted,
+                deleted: render::delete_items(deleted),
                 space_reclaimed,
             };
             Ok((answer, images.publish(events)))
@@ -225,7 +231,7 @@ impl Metadata for MetadataService {
         &self,
         _: Request<DiskUsageRequest>,
     ) -> Result<Response<DiskUsageResponse>, Status> {
-        self.blocking(|images| Ok(list::disk_usage(&images.store.read())))
+        self.blocking(|images| Ok(listed::disk_usage(list::disk_usage(&images.store.read()))))
     }
 
     async fn set_container(
@@ -256,11 +262,11 @@ impl Metadata for MetadataService {
         &self,
         request: Request<PutImageRequest>,
     ) -> Result<Response<PutImageResponse>, Status> {
-        let request = request.into_inner();
+        let record = record(request.into_inner());
         let _gate = self.images.layer_gate.lock().await;
         self.changing(|images| {
-            let (id, updated, moved, logged) = put::put(images, request)?;
-            Ok((PutImageResponse { id, updated, moved }, logged))
+            let (recorded, logged) = put::put(images, record)?;
+            Ok((render::recorded(recorded), logged))
         })
         .await
     }
@@ -270,18 +276,19 @@ impl Metadata for MetadataService {
         request: Request<InspectImageRequest>,
     ) -> Result<Response<ImageConfigResponse>, Status> {
         let index = self.images.store.read();
-        Ok(Response::new(put::config(
-            &index,
-            &request.get_ref().image,
-        )?))
+        let stored = put::config(&index, &request.get_ref().image)?;
+        Ok(Response::new(render::config(stored)))
     }
 
     async fn export_set(
         &self,
         request: Request<ExportImagesRequest>,
     ) -> Result<Response<ExportSetResponse>, Status> {
+        let request = request.into_inner();
+        let wanted = platform(request.platform.as_ref())?;
         let index = self.images.store.read();
-        Ok(Response::new(put::export_set(&index, request.get_ref())?))
+        let images = put::export_set(&index, &request.names, wanted.as_ref())?;
+        Ok(Response::new(render::export_set(images)))
     }
 
     async fn image_cache_lookup(
@@ -306,7 +313,7 @@ impl Metadata for MetadataService {
         let request = request.into_inner();
         let index = self.images.store.read();
         let image = match get_image(&index, &request.image, None) {
-            Ok(image) => Some(list::row(&index, image)),
+            Ok(image) => Some(listed::summary(list::row(&index, image))),
             Err(Error::NotFound(_)) => None,
             Err(err) => return Err(err.into()),
         };
@@ -322,7 +329,7 @@ impl Metadata for MetadataService {
     ) -> Result<Response<CriImagesResponse>, Status> {
         let index = self.images.store.read();
         // The rows of an unfiltered ListImages (no intermediates).
-        let images = list::list(&index, &ListImagesRequest::default())?;
+        let images = listed::summaries(list::list(&index, &list::ListQuery::default())?);
         Ok(Response::new(CriImagesResponse {
             images,
             version: Some(self.images.store.version_of(&index).into()),

@@ -3,53 +3,50 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
-use bytes::Bytes;
-use imaged_api::v1::{DiskUsageResponse, ImageSummary, ListImagesRequest, ListImagesResponse};
 use imaged_common::Error;
 use imaged_model::filters::{Filters, RefPattern, label_matches};
 use imaged_model::{Digest, Platform, Reference, timestamp};
 
-use crate::images::{Images, ListCache};
 use crate::resolve::get_image;
 use crate::store::{Image, Index};
 
 const KEYS: &[&str] = &["dangling", "label", "before", "since", "until", "reference"];
 
-/// [`list`], encoded as a `ListImagesResponse`; the unfiltered answer is
-/// kept until the store changes, so repeated `docker images` cost a copy.
-pub fn list_encoded(
-    images: &Images,
-    request: &ListImagesRequest,
-) -> Result<(Bytes, imaged_common::version::Version), Error> {
-    let index = images.store.read();
-    let version = images.store.version_of(&index);
-    let cacheable = request.filters.is_empty();
-    let mut cache = images.list_cache.lock().unwrap_or_else(|e| e.into_inner());
-    if cacheable
-        && let Some(hit) = cache.as_ref()
-        && hit.generation == index.generation()
-        && hit.all == request.all
-        && hit.shared_size == request.shared_size
-    {
-        return Ok((hit.encoded.clone(), version));
-    }
-    let response = ListImagesResponse {
-        images: list(&index, request)?,
-    };
-    let encoded = Bytes::from(prost::Message::encode_to_vec(&response));
-    if cacheable {
-        *cache = Some(ListCache {
-            generation: index.generation(),
-            all: request.all,
-            shared_size: request.shared_size,
-            encoded: encoded.clone(),
-        });
-    }
-    Ok((encoded, version))
+/// What `docker images` asks for.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ListQuery {
+    /// Docker's filters, `key=value` each.
+    pub filters: Vec<String>,
+    /// Intermediate images too (`docker images -a`).
+    pub all: bool,
+    /// Work out each image's shared size (otherwise -1).
+    pub shared_size: bool,
+}
+
+/// One row of `docker images`.
+#[derive(Clone, Debug)]
+pub struct Row {
+    pub image: Arc<Image>,
+    /// Familiar references, tags and digests apart.
+    pub repo_tags: Vec<String>,
+    pub repo_digests: Vec<String>,
+    /// Bytes of its layers other images use too; -1 when not asked.
+    pub shared_size: i64,
+    /// How many containers stand on it.
+    pub containers: i64,
+}
+
+/// Docker's ImageDiskUsage answer.
+#[derive(Clone, Debug)]
+pub struct DiskUsage {
+    /// Bytes of the layers of non-intermediate images, each layer once.
+    pub layers_size: i64,
+    /// Every image, with its shared size, newest first.
+    pub images: Vec<Row>,
 }
 
 /// Lists images as Docker's Images does (spec section 4.2), newest first.
-pub fn list(index: &Index, request: &ListImagesRequest) -> Result<Vec<ImageSummary>, Error> {
+pub fn list(index: &Index, request: &ListQuery) -> Result<Vec<Row>, Error> {
     let filters = Filters::parse(&request.filters, KEYS)?;
     let dangling = filters.bool("dangling")?;
     let patterns = filters
@@ -159,7 +156,7 @@ pub fn list(index: &Index, request: &ListImagesRequest) -> Result<Vec<ImageSumma
 
 /// The list row of `image` as an unfiltered ListImages gives it (no
 /// shared size): what CRI shows of an image.
-pub fn row(index: &Index, image: &Arc<Image>) -> ImageSummary {
+pub fn row(index: &Index, image: &Arc<Image>) -> Row {
     let (mut repo_tags, mut repo_digests) = (Vec::new(), Vec::new());
     for reference in index.refs_of(&image.id.to_string()) {
         if reference.digest().is_some() {
@@ -177,38 +174,24 @@ fn summary(
     repo_tags: Vec<String>,
     repo_digests: Vec<String>,
     shared_size: i64,
-) -> ImageSummary {
-    let id = image.id.to_string();
-    ImageSummary {
-        content_size: image.meta.content_size,
-        user: image.config.container_config["User"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string(),
-        parent_id: image.meta.parent.clone().unwrap_or_default(),
+) -> Row {
+    Row {
+        containers: index.containers_of(&image.id.to_string()).count() as i64,
+        image: Arc::clone(image),
         repo_tags,
         repo_digests,
-        created: image.config.created_secs(),
-        created_at: image
-            .config
-            .created
-            .as_ref()
-            .map(|(t, _)| imaged_api::timestamp(*t)),
-        size: image.size(),
         shared_size,
-        labels: image
-            .config
-            .labels
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect(),
-        containers: index.containers_of(&id).count() as i64,
-        id,
     }
 }
 
-fn sort_newest_first(images: &mut [ImageSummary]) {
-    images.sort_by(|a, b| b.created.cmp(&a.created).then_with(|| a.id.cmp(&b.id)));
+fn sort_newest_first(rows: &mut [Row]) {
+    rows.sort_by(|a, b| {
+        b.image
+            .config
+            .created_secs()
+            .cmp(&a.image.config.created_secs())
+            .then_with(|| a.image.id.cmp(&b.image.id))
+    });
 }
 
 /// How many images use each chain ID (each prefix of each image's chain).
@@ -236,7 +219,7 @@ fn shared_size(image: &Image, counts: &HashMap<Digest, usize>) -> i64 {
 
 /// Docker's ImageDiskUsage: every image with its shared size, and the
 /// bytes of the layers of non-intermediate images, each layer once.
-pub fn disk_usage(index: &Index) -> DiskUsageResponse {
+pub fn disk_usage(index: &Index) -> DiskUsage {
     let counts = layer_use_counts(index);
     let mut seen = HashSet::new();
     let mut layers_size = 0;
@@ -263,9 +246,11 @@ pub fn disk_usage(index: &Index) -> DiskUsageResponse {
         ));
     }
     sort_newest_first(&mut images);
-    DiskUsageResponse {
+    DiskUsage {
         layers_size,
-        content_size: 0,
         images,
     }
 }
+
+#[cfg(test)]
+mod tests;
