@@ -257,8 +257,13 @@ impl Recorder for FakeRecorder {
                 .filter(|r| r.name() == name.name())
                 .collect()
         };
-        let tags = images.values().flat_map(|i| of(&i.repo_tags)).collect();
-        let digests = images.values().flat_map(|i| of(&i.repo_digests)).collect();
+        // Sorted, as imaged-metadata answers.
+        let sorted = |mut refs: Vec<Reference>| {
+            refs.sort_by_key(|r| r.to_string());
+            refs
+        };
+        let tags = sorted(images.values().flat_map(|i| of(&i.repo_tags)).collect());
+        let digests = sorted(images.values().flat_map(|i| of(&i.repo_digests)).collect());
         Ok((tags, digests))
     }
 
