@@ -2,8 +2,8 @@
 //!
 //! Services return [`Error`]; the conversion to [`tonic::Status`] below is
 //! the only place that decides which code a failure gets. An error is a
-//! kind (the variant, or [`Error::Caused`]'s `kind`) and a message; one
-//! that has a cause keeps it ([`Error::caused`]): a rule's typed error
+//! kind (the code it is reported with) and a message; one that has a
+//! cause keeps it ([`Error::caused`]): a rule's typed error
 //! (`DeleteConflict`, `DigestMismatch`, `LayerTooLarge`, …), or the I/O
 //! error under a failure of our own, for logs and callers to look into
 //! (`std::error::Error::source`, `downcast_ref`).
@@ -12,117 +12,124 @@ use std::sync::Arc;
 
 use tonic::{Code, Status};
 
-/// The cause an [`Error::Caused`] keeps.
+/// The cause an [`Error`] keeps.
 pub type Cause = Arc<dyn std::error::Error + Send + Sync + 'static>;
 
-/// A failure a caller can act on, with the message it will read.
-#[derive(Clone, Debug, thiserror::Error)]
-pub enum Error {
+/// A failure a caller can act on: its kind (the gRPC code it is reported
+/// with), the message it will read, and the cause, when one is kept.
+#[derive(Clone, Debug)]
+pub struct Error {
+    kind: Code,
+    message: String,
+    source: Option<Cause>,
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|cause| cause as &(dyn std::error::Error + 'static))
+    }
+}
+
+/// The constructors of each kind, one a code: `Error::not_found(…)`.
+macro_rules! kinds {
+    ($($(#[$doc:meta])* $name:ident => $code:ident;)*) => {
+        impl Error {
+            $(
+                $(#[$doc])*
+                pub fn $name(message: impl Into<String>) -> Self {
+                    Error::new(Code::$code, message)
+                }
+            )*
+        }
+    };
+}
+
+kinds! {
     /// The thing asked for does not exist (`No such image: busybox:latest`).
-    #[error("{0}")]
-    NotFound(String),
+    not_found => NotFound;
     /// The request itself is wrong: a bad reference, filter or archive.
-    #[error("{0}")]
-    InvalidArgument(String),
+    invalid_argument => InvalidArgument;
     /// The request is well formed but the current state forbids it, for
     /// example a delete conflict.
-    #[error("{0}")]
-    FailedPrecondition(String),
+    failed_precondition => FailedPrecondition;
     /// The thing to create exists already.
-    #[error("{0}")]
-    AlreadyExists(String),
+    already_exists => AlreadyExists;
     /// A limit was reached: disk full, a lagging subscriber.
-    #[error("{0}")]
-    ResourceExhausted(String),
+    resource_exhausted => ResourceExhausted;
     /// A peer service or registry cannot be reached; retrying may help.
-    #[error("{0}")]
-    Unavailable(String),
+    unavailable => Unavailable;
     /// The registry refused our credentials or gave none.
-    #[error("{0}")]
-    Unauthenticated(String),
+    unauthenticated => Unauthenticated;
     /// The registry knows who we are but forbids the action.
-    #[error("{0}")]
-    PermissionDenied(String),
+    permission_denied => PermissionDenied;
     /// The operation ran out of time.
-    #[error("{0}")]
-    DeadlineExceeded(String),
-    /// A bug or an unexpected fault of our own (I/O on our own store).
-    #[error("{0}")]
-    Internal(String),
+    deadline_exceeded => DeadlineExceeded;
     /// The caller (or a peer's caller) gave up on the call.
-    #[error("{0}")]
-    Cancelled(String),
+    cancelled => Cancelled;
     /// A concurrent change got in the way; the caller may retry the whole
     /// operation.
-    #[error("{0}")]
-    Aborted(String),
-    /// A value past the valid range (a peer's answer, passed on).
-    #[error("{0}")]
-    OutOfRange(String),
+    aborted => Aborted;
     /// The method is not served (a peer of another version).
-    #[error("{0}")]
-    Unimplemented(String),
-    /// Unrecoverable loss of data (a peer's answer, passed on).
-    #[error("{0}")]
-    DataLoss(String),
-    /// A failure a peer could not classify, passed on as it was.
-    #[error("{0}")]
-    Unknown(String),
-    /// A failure of `kind` (the code it is reported with) whose cause is
-    /// kept: a typed error of the rule that refused, or an I/O error.
-    #[error("{message}")]
-    Caused {
-        kind: Code,
-        message: String,
-        #[source]
-        source: Cause,
-    },
+    unimplemented => Unimplemented;
 }
 
 impl Error {
+    /// An error of `kind` with `message` and no cause.
+    pub fn new(kind: Code, message: impl Into<String>) -> Self {
+        Error {
+            kind,
+            message: message.into(),
+            source: None,
+        }
+    }
+
     /// The gRPC code this error is reported with.
     pub fn code(&self) -> Code {
-        match self {
-            Error::NotFound(_) => Code::NotFound,
-            Error::InvalidArgument(_) => Code::InvalidArgument,
-            Error::FailedPrecondition(_) => Code::FailedPrecondition,
-            Error::AlreadyExists(_) => Code::AlreadyExists,
-            Error::ResourceExhausted(_) => Code::ResourceExhausted,
-            Error::Unavailable(_) => Code::Unavailable,
-            Error::Unauthenticated(_) => Code::Unauthenticated,
-            Error::PermissionDenied(_) => Code::PermissionDenied,
-            Error::DeadlineExceeded(_) => Code::DeadlineExceeded,
-            Error::Internal(_) => Code::Internal,
-            Error::Cancelled(_) => Code::Cancelled,
-            Error::Aborted(_) => Code::Aborted,
-            Error::OutOfRange(_) => Code::OutOfRange,
-            Error::Unimplemented(_) => Code::Unimplemented,
-            Error::DataLoss(_) => Code::DataLoss,
-            Error::Unknown(_) => Code::Unknown,
-            Error::Caused { kind, .. } => *kind,
-        }
+        self.kind
+    }
+
+    /// The message the caller reads.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// Whether this is a `kind` error.
+    pub fn is(&self, kind: Code) -> bool {
+        self.kind == kind
     }
 
     /// An error of `kind` that reads as its cause does and keeps it.
     pub fn caused(kind: Code, cause: impl std::error::Error + Send + Sync + 'static) -> Self {
-        Error::Caused {
+        Error {
             kind,
             message: cause.to_string(),
-            source: Arc::new(cause),
+            source: Some(Arc::new(cause)),
         }
+    }
+
+    /// The same error, reading `message` instead (its kind and cause kept).
+    pub fn with_message(mut self, message: impl Into<String>) -> Self {
+        self.message = message.into();
+        self
     }
 
     /// The typed cause of this error, if it is a `T`.
     pub fn cause<T: std::error::Error + 'static>(&self) -> Option<&T> {
-        match self {
-            Error::Caused { source, .. } => source.downcast_ref::<T>(),
-            _ => None,
-        }
+        self.source.as_ref()?.downcast_ref::<T>()
     }
 
-    /// An internal error from any displayable cause.
+    /// A bug or an unexpected fault of our own (I/O on our own store),
+    /// from any displayable cause.
     pub fn internal(cause: impl std::fmt::Display) -> Self {
-        Error::Internal(cause.to_string())
+        Error::new(Code::Internal, cause.to_string())
     }
 }
 
@@ -135,28 +142,14 @@ impl From<Error> for Status {
 impl From<Status> for Error {
     /// A peer service's answer, passed on unchanged: the same code and
     /// message (a peer that cannot be reached is already `UNAVAILABLE`
-    /// naming it).
+    /// naming it). A peer never answers OK as an error; if one did, it is
+    /// ours.
     fn from(status: Status) -> Self {
-        let message = status.message().to_string();
-        match status.code() {
-            Code::NotFound => Error::NotFound(message),
-            Code::InvalidArgument => Error::InvalidArgument(message),
-            Code::OutOfRange => Error::OutOfRange(message),
-            Code::FailedPrecondition => Error::FailedPrecondition(message),
-            Code::Aborted => Error::Aborted(message),
-            Code::AlreadyExists => Error::AlreadyExists(message),
-            Code::ResourceExhausted => Error::ResourceExhausted(message),
-            Code::Unavailable => Error::Unavailable(message),
-            Code::Cancelled => Error::Cancelled(message),
-            Code::Unauthenticated => Error::Unauthenticated(message),
-            Code::PermissionDenied => Error::PermissionDenied(message),
-            Code::DeadlineExceeded => Error::DeadlineExceeded(message),
-            Code::Unimplemented => Error::Unimplemented(message),
-            Code::DataLoss => Error::DataLoss(message),
-            Code::Unknown => Error::Unknown(message),
-            // A peer never answers OK as an error; if one did, it is ours.
-            Code::Ok | Code::Internal => Error::Internal(message),
-        }
+        let kind = match status.code() {
+            Code::Ok => Code::Internal,
+            code => code,
+        };
+        Error::new(kind, status.message())
     }
 }
 
@@ -164,7 +157,7 @@ impl From<imaged_model::Error> for Error {
     /// Docker's vocabulary refused the input: the caller's to fix.
     fn from(err: imaged_model::Error) -> Self {
         match err {
-            imaged_model::Error::InvalidArgument(message) => Error::InvalidArgument(message),
+            imaged_model::Error::InvalidArgument(message) => Error::invalid_argument(message),
         }
     }
 }
@@ -174,11 +167,10 @@ impl From<std::io::Error> for Error {
     /// about, anything else is our fault.
     fn from(err: std::io::Error) -> Self {
         match err.raw_os_error() {
-            Some(libc::ENOSPC) | Some(libc::EDQUOT) => Error::Caused {
-                kind: Code::ResourceExhausted,
-                message: format!("no space left on device: {err}"),
-                source: Arc::new(err),
-            },
+            Some(libc::ENOSPC) | Some(libc::EDQUOT) => {
+                let message = format!("no space left on device: {err}");
+                Error::caused(Code::ResourceExhausted, err).with_message(message)
+            }
             _ => Error::caused(Code::Internal, err),
         }
     }
@@ -190,7 +182,7 @@ mod tests {
 
     #[test]
     fn maps_codes_and_keeps_messages() {
-        let status: Status = Error::NotFound("No such image: x:latest".into()).into();
+        let status: Status = Error::not_found("No such image: x:latest").into();
         assert_eq!(status.code(), Code::NotFound);
         assert_eq!(status.message(), "No such image: x:latest");
         let full = std::io::Error::from_raw_os_error(libc::ENOSPC);

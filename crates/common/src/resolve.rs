@@ -27,14 +27,14 @@ pub trait Images {
 /// ("No such image: …") when nothing matches.
 pub fn find<'a, I: Images>(images: &'a I, input: &str) -> Result<&'a I::Image, Error> {
     if input.is_empty() {
-        return Err(Error::InvalidArgument("image name cannot be blank".into()));
+        return Err(Error::invalid_argument("image name cannot be blank"));
     }
     let shown = match ImageRef::parse(input)? {
         ImageRef::Id(digest) => {
             let id = digest.to_string();
             return images
                 .by_id(&id)
-                .ok_or_else(|| Error::NotFound(format!("No such image: {id}")));
+                .ok_or_else(|| Error::not_found(format!("No such image: {id}")));
         }
         ImageRef::Named(reference) => {
             let key = reference.store_key();
@@ -49,5 +49,5 @@ pub fn find<'a, I: Images>(images: &'a I, input: &str) -> Result<&'a I::Image, E
     (!hex.is_empty() && hex.bytes().all(is_hex))
         .then(|| images.by_prefix(hex))
         .flatten()
-        .ok_or_else(|| Error::NotFound(format!("No such image: {shown}")))
+        .ok_or_else(|| Error::not_found(format!("No such image: {shown}")))
 }

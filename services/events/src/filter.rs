@@ -47,7 +47,7 @@ impl Subscription {
         if let (Some(s), Some(u)) = (since, until)
             && s > u
         {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::invalid_argument(format!(
                 "`since` time ({}) cannot be after `until` ({})",
                 request.since, request.until
             )));

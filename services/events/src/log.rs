@@ -149,10 +149,10 @@ impl EventLog {
                 done,
             })
             .await
-            .map_err(|_| Error::Unavailable("the event log is shutting down".into()))?;
+            .map_err(|_| Error::unavailable("the event log is shutting down"))?;
         answer
             .await
-            .map_err(|_| Error::Internal("the event log writer stopped".into()))?
+            .map_err(|_| Error::internal("the event log writer stopped"))?
     }
 
     /// A receiver of every event committed from now on.
@@ -247,7 +247,7 @@ impl Writer {
                 Err(err) => {
                     tracing::error!("event log commit failed: {err}");
                     for append in batch {
-                        let _ = append.done.send(Err(Error::Internal(format!(
+                        let _ = append.done.send(Err(Error::internal(format!(
                             "event log commit failed: {err}"
                         ))));
                     }

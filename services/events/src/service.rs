@@ -57,10 +57,10 @@ impl EventLogRpc for EventLogService {
     ) -> Result<Response<PublishResponse>, Status> {
         let request = request.into_inner();
         if request.source.is_empty() {
-            return Err(Error::InvalidArgument("publish needs a source".into()).into());
+            return Err(Error::invalid_argument("publish needs a source").into());
         }
         if request.events.len() > MAX_EVENTS_PER_PUBLISH {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::invalid_argument(format!(
                 "at most {MAX_EVENTS_PER_PUBLISH} events per publish, got {}",
                 request.events.len()
             ))
@@ -72,7 +72,7 @@ impl EventLogRpc for EventLogService {
             .find(|e| e.r#type.is_empty() || e.action.is_empty())
         {
             return Err(
-                Error::InvalidArgument(format!("event without type or action: {bad:?}")).into(),
+                Error::invalid_argument(format!("event without type or action: {bad:?}")).into(),
             );
         }
         let count = request.events.len() as u64;

@@ -143,7 +143,7 @@ impl CriImageService {
 fn image_name(spec: Option<&ImageSpec>) -> Result<String, Status> {
     match spec.map(|s| s.image.trim()) {
         Some(image) if !image.is_empty() => Ok(image.to_string()),
-        _ => Err(Error::InvalidArgument("no image specified".into()).into()),
+        _ => Err(Error::invalid_argument("no image specified").into()),
     }
 }
 

@@ -24,7 +24,7 @@ pub fn lookup(
     source_refs: &[String],
 ) -> Result<Option<String>, Error> {
     let cfg: Value = serde_json::from_slice(config)
-        .map_err(|e| Error::InvalidArgument(format!("invalid container config: {e}")))?;
+        .map_err(|e| Error::invalid_argument(format!("invalid container config: {e}")))?;
     if cfg.is_null() {
         return Ok(None); // a nil config never hits
     }

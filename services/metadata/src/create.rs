@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use imaged_common::Error;
 use imaged_model::{Digest, Platform};
+use tonic::Code;
 
 use crate::images::{Images, PendingEvent};
 use crate::resolve::get_image;
@@ -20,9 +21,7 @@ pub async fn create(images: &Arc<Images>, config: Vec<u8>, parent: &str) -> Resu
     let mut layer_sizes = Vec::new();
     if !parsed.diff_ids.is_empty() {
         if !parsed.os().eq_ignore_ascii_case(&Platform::host().os) {
-            return Err(Error::InvalidArgument(
-                "operating system is not supported".into(),
-            ));
+            return Err(Error::invalid_argument("operating system is not supported"));
         }
         let chains: Vec<String> = parsed.chain_ids.iter().map(|c| c.to_string()).collect();
         // Transfer records the image as holding them now: the image is
@@ -31,10 +30,10 @@ pub async fn create(images: &Arc<Images>, config: Vec<u8>, parent: &str) -> Resu
             .transfer
             .hold(chains, &id.to_string())
             .await
-            .map_err(|err| match err {
-                Error::NotFound(message) => Error::InvalidArgument(message),
-                Error::Unavailable(message) => Error::Unavailable(message),
-                other => Error::Internal(other.to_string()),
+            .map_err(|err| match err.code() {
+                Code::NotFound => Error::invalid_argument(err.message()),
+                Code::Unavailable => err,
+                _ => Error::internal(err),
             })?;
     }
 
@@ -46,15 +45,15 @@ pub async fn create(images: &Arc<Images>, config: Vec<u8>, parent: &str) -> Resu
             None
         } else {
             let found = get_image(tx.index(), parent, None).map_err(|e| match e {
-                Error::NotFound(_) => Error::NotFound(format!("unknown parent image ID {parent}")),
+                e if e.is(tonic::Code::NotFound) => {
+                    Error::not_found(format!("unknown parent image ID {parent}"))
+                }
                 other => other,
             })?;
             Some(found.id.to_string())
         };
         if parent_id.as_deref() == Some(id_text.as_str()) {
-            return Err(Error::InvalidArgument(
-                "an image cannot be its own parent".into(),
-            ));
+            return Err(Error::invalid_argument("an image cannot be its own parent"));
         }
         if let Some(existing) = tx.index().image(&id_text) {
             // Creating an existing image changes nothing but its parent.

@@ -197,7 +197,7 @@ impl Images {
                 let ask = self.transfer.layout();
                 tokio::time::timeout(std::time::Duration::from_millis(500), ask)
                     .await
-                    .map_err(|_| imaged_common::Error::DeadlineExceeded("transfer info".into()))?
+                    .map_err(|_| imaged_common::Error::deadline_exceeded("transfer info"))?
             })
             .await
             .ok()

@@ -39,7 +39,7 @@ pub fn history(
             0
         } else {
             let size = *image.meta.layer_sizes.get(layer).ok_or_else(|| {
-                Error::InvalidArgument("too many non-empty layers in History section".into())
+                Error::invalid_argument("too many non-empty layers in History section")
             })?;
             layer += 1;
             size

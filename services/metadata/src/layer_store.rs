@@ -92,7 +92,7 @@ impl LayerStore for MemoryLayers {
                     .layers
                     .get(c)
                     .copied()
-                    .ok_or_else(|| Error::NotFound(format!("layer {c} does not exist")))
+                    .ok_or_else(|| Error::not_found(format!("layer {c} does not exist")))
             })
             .collect::<Result<Vec<_>, _>>()?;
         state.holds.insert(image.to_string(), chains);

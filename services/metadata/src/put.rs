@@ -23,8 +23,8 @@ pub fn put(images: &std::sync::Arc<Images>, request: Record) -> Result<(Recorded
     let tags = parse_all(&request.tags)?;
     let digests = parse_all(&request.digests)?;
     if tags.iter().any(|t| t.digest().is_some()) || digests.iter().any(|d| d.digest().is_none()) {
-        return Err(Error::InvalidArgument(
-            "tags must not carry a digest and digests must".into(),
+        return Err(Error::invalid_argument(
+            "tags must not carry a digest and digests must",
         ));
     }
     let mut events = Vec::new();
@@ -176,7 +176,9 @@ pub fn export_set(
                     // A short ID parses as a name; Docker names the raw
                     // input when it is not one either.
                     let image = get_image(index, name, None).map_err(|err| match err {
-                        Error::NotFound(_) => Error::NotFound(format!("No such image: {name}")),
+                        e if e.is(tonic::Code::NotFound) => {
+                            Error::not_found(format!("No such image: {name}"))
+                        }
                         other => other,
                     })?;
                     add(image.id.to_string(), None);
@@ -192,7 +194,7 @@ pub fn export_set(
                 // its "reference does not exist", not "No such image".
                 let id = index
                     .resolve_ref(&reference.store_key().to_string())
-                    .ok_or_else(|| Error::NotFound("reference does not exist".into()))?;
+                    .ok_or_else(|| Error::not_found("reference does not exist"))?;
                 let tag = reference.digest().is_none().then(|| reference.familiar());
                 add(id.to_string(), tag);
             }
@@ -202,11 +204,11 @@ pub fn export_set(
     for id in &order {
         let image = index
             .image(id)
-            .ok_or_else(|| Error::NotFound(format!("No such image: {id}")))?;
+            .ok_or_else(|| Error::not_found(format!("No such image: {id}")))?;
         if let Some(wanted) = wanted
             && !wanted.is(&image.config.platform)
         {
-            return Err(Error::NotFound(format!(
+            return Err(Error::not_found(format!(
                 "no suitable export target found for platform {wanted}"
             )));
         }

@@ -19,7 +19,7 @@ pub fn get_image<'a>(
     if let Some(wanted) = platform
         && !wanted.runs_with_fallback(&image.config.platform)
     {
-        return Err(Error::NotFound(format!(
+        return Err(Error::not_found(format!(
             "image with reference {input} was found but its platform ({}) does not match the specified platform ({wanted})",
             image.config.platform
         )));

@@ -487,7 +487,7 @@ mod tests {
             let failed: Result<(), Error> = store.update(|tx| {
                 tx.delete_ref(&Reference::parse("app:1").unwrap());
                 tx.delete_image(&b_id);
-                Err(Error::FailedPrecondition("no".into()))
+                Err(Error::failed_precondition("no"))
             });
             assert!(failed.is_err());
             let index = store.read();

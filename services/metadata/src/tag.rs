@@ -37,13 +37,13 @@ pub fn tag(
 pub fn parse_target(target: &str) -> Result<Reference, Error> {
     let reference = Reference::parse(target)?;
     if reference.digest().is_some() {
-        return Err(Error::InvalidArgument(
-            "refusing to create a tag with a digest reference".into(),
+        return Err(Error::invalid_argument(
+            "refusing to create a tag with a digest reference",
         ));
     }
     if reference.familiar_name() == "sha256" {
-        return Err(Error::InvalidArgument(
-            "refusing to create an ambiguous tag using digest algorithm as name".into(),
+        return Err(Error::invalid_argument(
+            "refusing to create an ambiguous tag using digest algorithm as name",
         ));
     }
     Ok(reference.with_default_tag())

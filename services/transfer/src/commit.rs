@@ -151,7 +151,7 @@ impl Committer {
                 let (parent_id, parent_config) = self.image_config(parent).await?;
                 let ids = config_diff_ids(&parent_config)?;
                 if !diff_ids.starts_with(&ids) {
-                    return Err(Error::InvalidArgument(format!(
+                    return Err(Error::invalid_argument(format!(
                         "layer ID '{parent_id}' is not a parent of the specified layer: cannot provide diff to non-parent"
                     )));
                 }
@@ -260,7 +260,7 @@ fn parse_target(reference: &str) -> Result<Option<Reference>, Error> {
         text => {
             let parsed = Reference::parse(text)?;
             if parsed.digest().is_some() {
-                return Err(Error::InvalidArgument(format!(
+                return Err(Error::invalid_argument(format!(
                     "cannot commit to a digest reference: {text}"
                 )));
             }

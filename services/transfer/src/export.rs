@@ -97,17 +97,15 @@ impl Exporter {
     /// Checks that every layer of `image` and its blob are here.
     fn plan(&self, image: ExportedImage) -> Result<Planned, Error> {
         let config: Value = serde_json::from_slice(&image.config)
-            .map_err(|e| Error::Internal(format!("stored config of {}: {e}", image.id)))?;
+            .map_err(|e| Error::internal(format!("stored config of {}: {e}", image.id)))?;
         let diff_ids = config_diff_ids(&config)?;
         if diff_ids.is_empty() {
-            return Err(Error::InvalidArgument(
-                "empty export - not implemented".into(),
-            ));
+            return Err(Error::invalid_argument("empty export - not implemented"));
         }
         let mut layers = Vec::new();
         for chain in chain_ids(&diff_ids) {
             let layer = self.layers.get(&chain).ok_or_else(|| {
-                Error::FailedPrecondition(format!(
+                Error::failed_precondition(format!(
                     "layer {chain} of {} is not in the layer store",
                     image.id
                 ))
@@ -115,7 +113,7 @@ impl Exporter {
             match &layer.blob {
                 Some(blob) if self.content.contains(blob) => {}
                 _ => {
-                    return Err(Error::FailedPrecondition(format!(
+                    return Err(Error::failed_precondition(format!(
                         "layer {} of {} has no stored blob to export",
                         layer.diff_id, image.id
                     )));
@@ -236,7 +234,7 @@ fn write_layer(
     let blob = layer
         .blob
         .as_ref()
-        .ok_or_else(|| Error::Internal(format!("layer {} lost its blob", layer.diff_id)))?;
+        .ok_or_else(|| Error::internal(format!("layer {} lost its blob", layer.diff_id)))?;
     let open = || -> Result<HashingReader<Box<dyn Read>>, Error> {
         let file = std::fs::File::open(content.path(blob))?;
         Ok(HashingReader::new(unpack::decompressed(file)?))
@@ -258,7 +256,7 @@ fn write_layer(
         .map_err(io_error)?;
     let (digest, bytes) = reader.finish()?;
     if digest != layer.diff_id || bytes != size {
-        return Err(Error::Internal(format!(
+        return Err(Error::internal(format!(
             "layer {}: its stored blob no longer matches ({digest}, {bytes} bytes)",
             layer.diff_id
         )));
@@ -308,7 +306,7 @@ fn file(
 /// A write failure: the caller went away, or our own I/O failed.
 fn io_error(err: io::Error) -> Error {
     if err.kind() == io::ErrorKind::BrokenPipe {
-        Error::Unavailable("the caller stopped reading the archive".into())
+        Error::unavailable("the caller stopped reading the archive")
     } else {
         unpack::classify(err)
     }

@@ -68,9 +68,7 @@ impl Importer {
             text => {
                 let reference = Reference::parse(text)?;
                 if reference.digest().is_some() {
-                    return Err(Error::InvalidArgument(
-                        "cannot import digest reference".into(),
-                    ));
+                    return Err(Error::invalid_argument("cannot import digest reference"));
                 }
                 Some(reference.with_default_tag())
             }
@@ -81,9 +79,7 @@ impl Importer {
             |p| Platform::or_host(&p.os, &p.architecture, &p.variant),
         );
         if !platform.os.eq_ignore_ascii_case(&host.os) {
-            return Err(Error::InvalidArgument(
-                "operating system is not supported".into(),
-            ));
+            return Err(Error::invalid_argument("operating system is not supported"));
         }
         let mut container_config = Map::new();
         changes::apply(&mut container_config, &order.changes)?;
@@ -97,10 +93,10 @@ impl Importer {
         let mut spooled_bytes = 0u64;
         while let Some(chunk) = inbound.next().await {
             let chunk = chunk
-                .map_err(|e| Error::InvalidArgument(format!("the import stream broke: {e}")))?;
+                .map_err(|e| Error::invalid_argument(format!("the import stream broke: {e}")))?;
             spooled_bytes += chunk.len() as u64;
             if spooled_bytes > limit {
-                return Err(Error::ResourceExhausted(format!(
+                return Err(Error::resource_exhausted(format!(
                     "the imported archive is larger than the {limit} bytes a layer may take"
                 )));
             }

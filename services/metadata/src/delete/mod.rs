@@ -174,7 +174,7 @@ fn remove_into(
         }
         let key = Reference::parse(input)?.store_key();
         if tx.index().resolve_ref(&key.to_string()).is_none() {
-            return Err(Error::NotFound("reference does not exist".into()));
+            return Err(Error::not_found("reference does not exist"));
         }
         events.push(PendingEvent::image(tx.index(), "untag", &id, &id));
         tx.delete_ref(&key);
@@ -282,8 +282,8 @@ pub fn prune(
         [] => None,
         [one] => Some(timestamp::parse_now(one)?),
         _ => {
-            return Err(Error::InvalidArgument(
-                "more than one until filter specified".into(),
+            return Err(Error::invalid_argument(
+                "more than one until filter specified",
             ));
         }
     };

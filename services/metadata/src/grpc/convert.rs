@@ -15,8 +15,8 @@ pub fn platform(message: Option<&PlatformMsg>) -> Result<Option<Platform>, Error
         return Ok(None);
     }
     if p.os.is_empty() || p.architecture.is_empty() {
-        return Err(Error::InvalidArgument(
-            "optional platform fields provided, but OS and Architecture are missing".into(),
+        return Err(Error::invalid_argument(
+            "optional platform fields provided, but OS and Architecture are missing",
         ));
     }
     Ok(Some(Platform::new(&p.os, &p.architecture, &p.variant)))

@@ -126,7 +126,7 @@ impl Metadata for MetadataService {
         self.blocking(|images| {
             let index = images.store.read();
             if max > 0 && index.image_count() > max {
-                return Err(Error::FailedPrecondition(format!(
+                return Err(Error::failed_precondition(format!(
                     "{} images: more than the {max} asked for",
                     index.image_count()
                 )));
@@ -191,9 +191,7 @@ impl Metadata for MetadataService {
     ) -> Result<Response<PruneImagesResponse>, Status> {
         let request = request.into_inner();
         let Ok(_running) = self.images.prune_lock.try_lock() else {
-            return Err(
-                Error::FailedPrecondition("a prune operation is already running".into()).into(),
-            );
+            return Err(Error::failed_precondition("a prune operation is already running").into());
         };
         self.changing(|images| {
             let mut events = Vec::new();
@@ -240,7 +238,7 @@ impl Metadata for MetadataService {
     ) -> Result<Response<SetContainerResponse>, Status> {
         let request = request.into_inner();
         if request.container_id.is_empty() {
-            return Err(Error::InvalidArgument("container ID cannot be empty".into()).into());
+            return Err(Error::invalid_argument("container ID cannot be empty").into());
         }
         self.blocking(|images| {
             let image_id = images.store.update(|tx| {
@@ -314,7 +312,7 @@ impl Metadata for MetadataService {
         let index = self.images.store.read();
         let image = match get_image(&index, &request.image, None) {
             Ok(image) => Some(listed::summary(list::row(&index, image))),
-            Err(Error::NotFound(_)) => None,
+            Err(e) if e.is(tonic::Code::NotFound) => None,
             Err(err) => return Err(err.into()),
         };
         Ok(Response::new(CriImageResponse {

@@ -169,7 +169,7 @@ impl Writers {
             .as_ref()
             .map(|queue| queue.send(job).is_ok());
         if sent != Some(true) {
-            return Err(Error::Internal("layer file writers stopped".into()));
+            return Err(Error::internal("layer file writers stopped"));
         }
         Ok(())
     }
@@ -210,7 +210,7 @@ impl Writers {
         let reports = self
             .done
             .recv()
-            .map_err(|_| Error::Internal("layer file writers stopped".into()))?;
+            .map_err(|_| Error::internal("layer file writers stopped"))?;
         for done in reports {
             self.pending_files -= 1;
             self.pending_bytes -= done.bytes;
@@ -272,7 +272,7 @@ impl Writers {
                     }
                 }
             })
-            .map_err(|err| Error::Internal(format!("starting a layer file writer: {err}")))?;
+            .map_err(|err| Error::internal(format!("starting a layer file writer: {err}")))?;
         self.threads.push(thread);
         Ok(queue)
     }

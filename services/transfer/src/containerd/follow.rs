@@ -76,7 +76,7 @@ impl Containerd {
         let current = self.names_of(id).await?;
         let answer = match metadata.image(id, None).await {
             Ok(answer) => Some(answer),
-            Err(Error::NotFound(_)) => None,
+            Err(e) if e.is(tonic::Code::NotFound) => None,
             Err(err) => return Err(err),
         };
         let wanted: Vec<String> = answer

@@ -95,7 +95,7 @@ impl Containerd {
         let top = image
             .blobs
             .first()
-            .ok_or_else(|| Error::Internal("an image to register has no manifest".into()))?;
+            .ok_or_else(|| Error::internal("an image to register has no manifest"))?;
         let lease = self.lease().await?;
         let result = self.register_leased(image, top, &lease).await;
         let mut client = leases::leases_client::LeasesClient::new(self.channel.clone());
@@ -232,7 +232,7 @@ impl Containerd {
                             None,
                         ))
                         .await;
-                    return Err(Error::FailedPrecondition(format!(
+                    return Err(Error::failed_precondition(format!(
                         "containerd at {}: snapshotter {:?} does not have layer {name}; is it imaged's?",
                         self.address.display(),
                         self.snapshotter
@@ -336,7 +336,7 @@ impl Containerd {
             .map_err(|s| self.error("create lease", "", s))?
             .into_inner()
             .lease
-            .ok_or_else(|| Error::Internal("containerd answered no lease".into()))?;
+            .ok_or_else(|| Error::internal("containerd answered no lease"))?;
         Ok(lease.id)
     }
 
@@ -359,7 +359,7 @@ impl Containerd {
             status.message()
         );
         match status.code() {
-            Code::Unavailable | Code::Unknown => Error::Unavailable(message),
+            Code::Unavailable | Code::Unknown => Error::unavailable(message),
             _ => Error::from(tonic::Status::new(status.code(), message)),
         }
     }

@@ -103,7 +103,7 @@ impl RwLayers {
         if let Some(chain) = &chain
             && self.layers.get(chain).is_none()
         {
-            return Err(Error::FailedPrecondition(format!(
+            return Err(Error::failed_precondition(format!(
                 "the layers of {} are not in the layer store; pull it again",
                 request.image
             )));
@@ -122,7 +122,7 @@ impl RwLayers {
         let record = match created {
             Ok(record) => record,
             Err(err) => {
-                if !matches!(err, Error::AlreadyExists(_)) {
+                if !err.is(tonic::Code::AlreadyExists) {
                     self.forget(&request.container_id).await;
                 }
                 return Err(err);
@@ -204,7 +204,7 @@ impl RwLayers {
     ) -> Result<ImageMount, Error> {
         let (image_id, chain) = self.image_chain(image, platform).await?;
         let chain = chain.ok_or_else(|| {
-            Error::InvalidArgument(format!("image {image} has no layers to mount"))
+            Error::invalid_argument(format!("image {image} has no layers to mount"))
         })?;
         let mount = storage::read_only_view(&self.layers.diff_dirs(&chain)?);
         let lease_id = format!("{:032x}", rand::random::<u128>());

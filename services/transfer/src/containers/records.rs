@@ -95,7 +95,7 @@ impl Containers {
             .unwrap_or_else(|e| e.into_inner())
             .get(container_id)
             .cloned()
-            .ok_or_else(|| Error::NotFound(format!("no layer for container {container_id}")))
+            .ok_or_else(|| Error::not_found(format!("no layer for container {container_id}")))
     }
 
     /// Makes the read-write layer (blocking: a vfs copy can be long).
@@ -109,7 +109,7 @@ impl Containers {
         check_id(container_id)?;
         check_label(mount_label)?;
         if self.get(container_id).is_ok() {
-            return Err(Error::AlreadyExists(format!(
+            return Err(Error::already_exists(format!(
                 "container {container_id} already has a layer"
             )));
         }
@@ -241,7 +241,7 @@ fn check_id(id: &str) -> Result<(), Error> {
     if ok {
         Ok(())
     } else {
-        Err(Error::InvalidArgument(format!(
+        Err(Error::invalid_argument(format!(
             "invalid container ID {id:?}: use 1 to 128 letters, digits, '-', '_' or '.'"
         )))
     }
@@ -256,7 +256,7 @@ fn check_label(label: &str) -> Result<(), Error> {
     if label.is_empty() || selinux_context(label) {
         return Ok(());
     }
-    Err(Error::InvalidArgument(format!(
+    Err(Error::invalid_argument(format!(
         "invalid mount label {:?}: not an SELinux context (user:role:type[:level])",
         label.chars().take(200).collect::<String>()
     )))
@@ -318,7 +318,9 @@ mod tests {
             "a:b:c:",
         ] {
             assert!(
-                matches!(check_label(bad), Err(Error::InvalidArgument(_))),
+                check_label(bad)
+                    .as_ref()
+                    .is_err_and(|e| e.is(tonic::Code::InvalidArgument)),
                 "{bad}"
             );
         }
@@ -337,14 +339,18 @@ mod tests {
         )
         .unwrap();
         let made = containers.create("c1", "", None, "").unwrap();
-        assert!(matches!(
-            containers.create("c1", "", None, ""),
-            Err(Error::AlreadyExists(_))
-        ));
-        assert!(matches!(
-            containers.create("../x", "", None, ""),
-            Err(Error::InvalidArgument(_))
-        ));
+        assert!(
+            containers
+                .create("c1", "", None, "")
+                .as_ref()
+                .is_err_and(|e| e.is(tonic::Code::AlreadyExists))
+        );
+        assert!(
+            containers
+                .create("../x", "", None, "")
+                .as_ref()
+                .is_err_and(|e| e.is(tonic::Code::InvalidArgument))
+        );
         // A crash while making another one.
         let half = dir.path().join("containers/.c2.creating");
         fs::create_dir_all(half.join("diff")).unwrap();

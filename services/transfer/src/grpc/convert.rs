@@ -72,7 +72,7 @@ fn chunks<M: Send + 'static>(
 ) -> Chunks {
     let rest = rest.map(move |m| {
         m.map(|m| Bytes::from(chunk(m)))
-            .map_err(|s| Error::InvalidArgument(s.message().into()))
+            .map_err(|s| Error::invalid_argument(s.message()))
     });
     Box::pin(futures::stream::once(async move { Ok(Bytes::from(first)) }).chain(rest))
 }

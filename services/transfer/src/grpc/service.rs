@@ -154,7 +154,7 @@ impl Transfer for TransferService {
         for chain in &request.get_ref().chain_ids {
             let digest: Digest = chain.parse().map_err(Error::from)?;
             let layer = self.layers.get(&digest).ok_or_else(|| {
-                Error::NotFound(format!("failed to get layer {chain}: layer does not exist"))
+                Error::not_found(format!("failed to get layer {chain}: layer does not exist"))
             })?;
             layers.push(LayerInfo {
                 chain_id: layer.chain_id.to_string(),
@@ -259,7 +259,7 @@ impl Transfer for TransferService {
     ) -> Result<Response<Self::LoadStream>, Status> {
         let mut inbound = request.into_inner();
         let Some(first) = inbound.message().await? else {
-            return Err(Error::InvalidArgument("empty archive".into()).into());
+            return Err(Error::invalid_argument("empty archive").into());
         };
         let (options, chunks) = convert::load_stream(first, inbound);
         let loader = Arc::clone(&self.loader);
@@ -276,7 +276,7 @@ impl Transfer for TransferService {
     ) -> Result<Response<ImportImageResponse>, Status> {
         let mut inbound = request.into_inner();
         let Some(first) = inbound.message().await? else {
-            return Err(Error::InvalidArgument("empty import".into()).into());
+            return Err(Error::invalid_argument("empty import").into());
         };
         let (order, chunks) = convert::import_stream(first, inbound);
         let id = self.importer.import(order, chunks).await?;

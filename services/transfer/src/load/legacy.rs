@@ -82,12 +82,12 @@ impl Loader {
                     "legacy image json",
                 )?;
                 let v1: Value = serde_json::from_slice(&raw).map_err(|e| {
-                    Error::InvalidArgument(format!("invalid legacy image json of {current}: {e}"))
+                    Error::invalid_argument(format!("invalid legacy image json of {current}: {e}"))
                 })?;
                 let os = v1["os"].as_str().unwrap_or_default();
                 let host = Platform::host();
                 if !os.is_empty() && !os.eq_ignore_ascii_case(&host.os) {
-                    return Err(Error::InvalidArgument(format!(
+                    return Err(Error::invalid_argument(format!(
                         "cannot load {os} image on {}",
                         host.os
                     )));
@@ -98,7 +98,7 @@ impl Loader {
                     break;
                 }
                 if pending.contains(&parent) {
-                    return Err(Error::InvalidArgument(format!(
+                    return Err(Error::invalid_argument(format!(
                         "invalid archive: legacy image {parent} is its own ancestor"
                     )));
                 }
@@ -126,11 +126,11 @@ impl Loader {
         )?;
         let repositories: BTreeMap<String, BTreeMap<String, String>> =
             serde_json::from_slice(&repositories)
-                .map_err(|e| Error::InvalidArgument(format!("invalid repositories file: {e}")))?;
+                .map_err(|e| Error::invalid_argument(format!("invalid repositories file: {e}")))?;
         for (name, tags) in repositories {
             for (tag, old_id) in tags {
                 let image = loaded.get(&old_id).ok_or_else(|| {
-                    Error::InvalidArgument(format!("invalid target ID: {old_id}"))
+                    Error::invalid_argument(format!("invalid target ID: {old_id}"))
                 })?;
                 let reference = Reference::parse(&name)?.with_tag(&tag)?;
                 self.metadata
@@ -222,7 +222,7 @@ fn history_from_v1(v1: &Value) -> History {
 /// `history`, keys sorted, as Go marshals a map.
 fn config_from_v1(raw: &[u8], diff_ids: &[Digest], history: &[History]) -> Result<Vec<u8>, Error> {
     let fields: BTreeMap<String, Box<RawValue>> = serde_json::from_slice(raw)
-        .map_err(|e| Error::InvalidArgument(format!("invalid legacy image json: {e}")))?;
+        .map_err(|e| Error::invalid_argument(format!("invalid legacy image json: {e}")))?;
     let mut out: BTreeMap<String, String> = BTreeMap::new();
     for (key, value) in fields {
         if !["id", "parent", "Size", "parent_id", "layer_id", "throwaway"].contains(&key.as_str()) {

@@ -96,7 +96,7 @@ impl Loader {
         });
         while let Some(chunk) = inbound.next().await {
             let chunk = chunk
-                .map_err(|e| Error::InvalidArgument(format!("the archive stream broke: {e}")))?;
+                .map_err(|e| Error::invalid_argument(format!("the archive stream broke: {e}")))?;
             if chunks_tx.send(Some(chunk)).await.is_err() {
                 break; // extraction stopped; its error follows
             }
@@ -112,11 +112,9 @@ impl Loader {
         }
         let manifest = read_capped(&manifest_path, MAX_MANIFEST as u64, "manifest.json")?;
         let entries: Option<Vec<Entry>> = serde_json::from_slice(&manifest)
-            .map_err(|e| Error::InvalidArgument(format!("invalid manifest.json: {e}")))?;
+            .map_err(|e| Error::invalid_argument(format!("invalid manifest.json: {e}")))?;
         let entries = entries.ok_or_else(|| {
-            Error::InvalidArgument(
-                "invalid manifest, manifest cannot be null (but can be [])".into(),
-            )
+            Error::invalid_argument("invalid manifest, manifest cannot be null (but can be [])")
         })?;
 
         // Every path the manifest names is checked before anything is
@@ -144,7 +142,7 @@ impl Loader {
             let image_platform = parsed.platform.clone();
             let host = Platform::host();
             if !image_platform.os.is_empty() && !image_platform.os.eq_ignore_ascii_case(&host.os) {
-                return Err(Error::InvalidArgument(format!(
+                return Err(Error::invalid_argument(format!(
                     "cannot load {} image on {}",
                     image_platform.os, host.os
                 )));
@@ -156,7 +154,7 @@ impl Loader {
             }
             let diff_ids = parsed.diff_ids;
             if diff_ids.len() != entry.layers.len() {
-                return Err(Error::InvalidArgument(format!(
+                return Err(Error::invalid_argument(format!(
                     "invalid manifest, layers length mismatch: expected {}, got {}",
                     diff_ids.len(),
                     entry.layers.len()
@@ -170,7 +168,7 @@ impl Loader {
                     Reference::parse(t)
                         .ok()
                         .filter(|r| r.tag().is_some() && r.digest().is_none())
-                        .ok_or_else(|| Error::InvalidArgument(format!("invalid tag \"{t}\"")))
+                        .ok_or_else(|| Error::invalid_argument(format!("invalid tag \"{t}\"")))
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             let chains = chain_ids(&diff_ids);
@@ -241,7 +239,7 @@ impl Loader {
                 continue;
             };
             if !valid_parent(parent_config, &config) {
-                return Err(Error::InvalidArgument(format!(
+                return Err(Error::invalid_argument(format!(
                     "image {parent} is not a valid parent for {child}"
                 )));
             }
@@ -273,7 +271,7 @@ impl Loader {
         let (blob, layer) = tokio::task::spawn_blocking(move || {
             let (blob, unpacked, staging) = unpack::unpack_and_keep(&content, &layers, &source)?;
             if unpacked.diff_id != layer.diff_id {
-                return Err(Error::InvalidArgument(format!(
+                return Err(Error::invalid_argument(format!(
                     "invalid diffID for layer {index}: expected \"{}\", got \"{}\"",
                     layer.diff_id, unpacked.diff_id
                 )));
@@ -307,17 +305,18 @@ fn valid_parent(parent: &[u8], child: &[u8]) -> bool {
 /// An archive that is not a tar, or ends inside one, in Docker's words
 /// (its untar runs in a child process, hence the exit status).
 fn archive_error(err: io::Error) -> Error {
-    match unpack::classify(err) {
-        Error::InvalidArgument(text) => {
-            let text = text.trim_start_matches("invalid layer tar: ");
+    let err = unpack::classify(err);
+    match err.code() {
+        tonic::Code::InvalidArgument => {
+            let text = err.message().trim_start_matches("invalid layer tar: ");
             let why = if text.contains("failed to read entire block") {
                 "unexpected EOF"
             } else {
                 text
             };
-            Error::InvalidArgument(format!("Error processing tar file(exit status 1): {why}"))
+            Error::invalid_argument(format!("Error processing tar file(exit status 1): {why}"))
         }
-        other => other,
+        _ => err,
     }
 }
 
@@ -325,7 +324,7 @@ fn archive_error(err: io::Error) -> Error {
 /// missing one is Docker's `open <path>: no such file or directory`.
 pub(crate) fn read_capped(path: &Path, max: u64, what: &str) -> Result<Vec<u8>, Error> {
     let file = std::fs::File::open(path).map_err(|err| match err.kind() {
-        io::ErrorKind::NotFound => Error::InvalidArgument(format!(
+        io::ErrorKind::NotFound => Error::invalid_argument(format!(
             "open {}: no such file or directory",
             path.display()
         )),
@@ -334,7 +333,7 @@ pub(crate) fn read_capped(path: &Path, max: u64, what: &str) -> Result<Vec<u8>, 
     let mut bytes = Vec::new();
     file.take(max + 1).read_to_end(&mut bytes)?;
     if bytes.len() as u64 > max {
-        return Err(Error::InvalidArgument(format!(
+        return Err(Error::invalid_argument(format!(
             "{what} exceeds the {max}-byte limit"
         )));
     }
@@ -391,14 +390,14 @@ fn extract(reader: impl Read, dir: &Path, limit: u64) -> Result<Links, Error> {
                     _ => Path::new(""),
                 };
                 if links.len() >= MAX_LINKS {
-                    return Err(Error::InvalidArgument(format!(
+                    return Err(Error::invalid_argument(format!(
                         "invalid archive: more than {MAX_LINKS} links"
                     )));
                 }
                 links.insert(path.clone(), link_target(&raw, from, &target)?);
             }
             other => {
-                return Err(Error::InvalidArgument(format!(
+                return Err(Error::invalid_argument(format!(
                     "invalid archive: {} is a {other:?}; an image archive holds only files, directories and links between them",
                     crate::archive::beneath::quote(raw.as_os_str())
                 )));
@@ -412,7 +411,7 @@ fn extract(reader: impl Read, dir: &Path, limit: u64) -> Result<Links, Error> {
 /// inside the archive.
 fn link_target(raw: &Path, from: &Path, target: &Path) -> Result<PathBuf, Error> {
     let refuse = |why: &str| {
-        Error::InvalidArgument(format!(
+        Error::invalid_argument(format!(
             "invalid archive: {} {why}",
             crate::archive::beneath::quote(raw.as_os_str())
         ))
@@ -448,7 +447,7 @@ pub(crate) fn archive_file(dir: &Path, links: &Links, rel: &str) -> Result<PathB
             None => return Ok(dir.join(path)),
         }
     }
-    Err(Error::InvalidArgument(format!(
+    Err(Error::invalid_argument(format!(
         "invalid archive: {rel} is a loop of links"
     )))
 }

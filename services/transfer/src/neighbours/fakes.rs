@@ -228,7 +228,7 @@ impl FakeRecorder {
 }
 
 fn unsupported(what: &str) -> Error {
-    Error::Unimplemented(format!("the fake recorder does not {what}"))
+    Error::unimplemented(format!("the fake recorder does not {what}"))
 }
 
 #[tonic::async_trait]
@@ -243,7 +243,7 @@ impl Recorder for FakeRecorder {
                     || i.repo_digests.iter().any(|d| d == name)
             })
             .cloned()
-            .ok_or_else(|| Error::NotFound(format!("No such image: {name}")))
+            .ok_or_else(|| Error::not_found(format!("No such image: {name}")))
     }
 
     async fn repository_refs(
@@ -313,7 +313,7 @@ impl Recorder for FakeRecorder {
         }
         let image = images
             .get_mut(id)
-            .ok_or_else(|| Error::NotFound(format!("No such image: {id}")))?;
+            .ok_or_else(|| Error::not_found(format!("No such image: {id}")))?;
         image.repo_tags.push(tag);
         Ok(())
     }

@@ -34,7 +34,7 @@ impl Puller {
         let id = short(&desc.digest);
         let what = format!("layer {id}");
         if desc.size <= 0 {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::invalid_argument(format!(
                 "{what}: the manifest gives no size for it"
             )));
         }
@@ -115,8 +115,8 @@ impl Puller {
                 // the declared size) before judging.
                 let drained = result.is_ok() || io::copy(&mut reader, &mut io::sink()).is_ok();
                 if let Some(failure) = reader.failure.take() {
-                    if let (Error::InvalidArgument(_), Some(ingest)) =
-                        (&failure, reader.ingest.take())
+                    if failure.is(tonic::Code::InvalidArgument)
+                        && let Some(ingest) = reader.ingest.take()
                     {
                         ingest.discard(); // a refusal: nothing to resume
                     }
@@ -128,11 +128,11 @@ impl Puller {
                     return Err(if offset > 0 {
                         // What an earlier attempt left was not this blob
                         // (another registry's bytes): start again from 0.
-                        Error::Unavailable(format!(
+                        Error::unavailable(format!(
                             "{what_blocking}: digest mismatch after resuming at byte {offset}; fetching it again from the start"
                         ))
                     } else {
-                        Error::InvalidArgument(format!(
+                        Error::invalid_argument(format!(
                             "{what_blocking}: digest mismatch: the registry sent other bytes than {wanted_blob}"
                         ))
                     });
@@ -181,7 +181,7 @@ impl Puller {
                 }
                 Ok(None) => break Chunk::End,
                 Ok(Some(Err(err))) => {
-                    break Chunk::Failed(Error::Unavailable(format!(
+                    break Chunk::Failed(Error::unavailable(format!(
                         "{what}: download interrupted: {err}"
                     )));
                 }
@@ -190,7 +190,7 @@ impl Puller {
                     if current > total {
                         // Never read past the descriptor: a body that does
                         // not end is refused, not stored.
-                        break Chunk::Failed(Error::InvalidArgument(format!(
+                        break Chunk::Failed(Error::invalid_argument(format!(
                             "{what}: the registry sent more than the {total} bytes the manifest declares"
                         )));
                     }
@@ -213,7 +213,7 @@ impl Puller {
                 }
             }
         };
-        let stalled = matches!(&outcome, Chunk::Failed(Error::DeadlineExceeded(_)));
+        let stalled = matches!(&outcome, Chunk::Failed(e) if e.is(tonic::Code::DeadlineExceeded));
         progress.send_replace(State::Downloading { current, total });
         let _ = chunks_tx.send(outcome).await;
         drop(chunks_tx);
@@ -228,7 +228,7 @@ impl Puller {
     }
 
     fn stalled(&self, id: &str, current: u64, total: u64) -> Error {
-        Error::DeadlineExceeded(format!(
+        Error::deadline_exceeded(format!(
             "layer {id} stalled: {current} of {total} bytes after no progress for {}s{}",
             self.stall.as_secs(),
             if self.min_rate > 0 {
@@ -248,15 +248,16 @@ const UNANSWERED: &str = "the registry sent no answer within";
 /// UNAVAILABLE, so that it is tried again (its slot freed meanwhile);
 /// [`final_error`] makes the last one DEADLINE_EXCEEDED.
 fn unanswered(what: &str, stall: Duration) -> Error {
-    Error::Unavailable(format!("{what}: {UNANSWERED} {}s", stall.as_secs()))
+    Error::unavailable(format!("{what}: {UNANSWERED} {}s", stall.as_secs()))
 }
 
 /// The error a layer download ends with once no try is left: one that
 /// was never answered ran out of time.
 pub(crate) fn final_error(err: Error) -> Error {
-    match err {
-        Error::Unavailable(text) if text.contains(UNANSWERED) => Error::DeadlineExceeded(text),
-        other => other,
+    if err.is(tonic::Code::Unavailable) && err.message().contains(UNANSWERED) {
+        Error::deadline_exceeded(err.message())
+    } else {
+        err
     }
 }
 
@@ -309,7 +310,7 @@ impl Read for TeeReader {
                     self.failure = Some(err);
                 }
                 None => {
-                    self.failure = Some(Error::Unavailable("download cancelled".into()));
+                    self.failure = Some(Error::unavailable("download cancelled"));
                 }
             }
         }

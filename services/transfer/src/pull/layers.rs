@@ -238,7 +238,7 @@ impl Puller {
         };
         drop(turns);
         if unpacked.diff_id != job.diff_id {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::invalid_argument(format!(
                 "layer {id}: unpacked content has diffID {} but the config says {}",
                 unpacked.diff_id, job.diff_id
             )));
@@ -249,7 +249,7 @@ impl Puller {
         } else if let Some(parent_chain) = &job.parent_chain
             && self.layers.get(parent_chain).is_none()
         {
-            return Err(Error::Internal(format!(
+            return Err(Error::internal(format!(
                 "layer {id}: parent layer {parent_chain} vanished during the pull"
             )));
         }

@@ -97,9 +97,7 @@ impl Target {
     fn new(order: &PullOrder, registries: &Registries) -> Result<Self, Error> {
         let reference = Reference::parse(&order.reference)?;
         if reference.familiar_name() == "scratch" {
-            return Err(Error::InvalidArgument(
-                "'scratch' is a reserved name".into(),
-            ));
+            return Err(Error::invalid_argument("'scratch' is a reserved name"));
         }
         let reference = if reference.digest().is_some() {
             reference
@@ -274,7 +272,7 @@ impl Puller {
                 let chosen = choose_platform(&entries, &target.platform, shown)?;
                 let (bytes, digest) = self.fetch_manifest(target, Some(&chosen)).await?;
                 if probe_manifest(&what, &bytes)?.manifests.is_some() {
-                    return Err(Error::InvalidArgument(format!(
+                    return Err(Error::invalid_argument(format!(
                         "{what}: an index entry points at another index"
                     )));
                 }
@@ -291,7 +289,7 @@ impl Puller {
             }
         };
         let mut manifest: Manifest = serde_json::from_slice(&manifest_bytes)
-            .map_err(|e| Error::InvalidArgument(format!("{what}: invalid manifest: {e}")))?;
+            .map_err(|e| Error::invalid_argument(format!("{what}: invalid manifest: {e}")))?;
         check_depth(shown, manifest.layers.len())?;
         for desc in std::iter::once(&mut manifest.config).chain(&mut manifest.layers) {
             check_media_type(&desc.media_type)?;
@@ -333,11 +331,11 @@ impl Puller {
             }
         };
         let image_config = ImageConfig::parse(&config)
-            .map_err(|e| Error::InvalidArgument(format!("config of {shown}: {e}")))?;
+            .map_err(|e| Error::invalid_argument(format!("config of {shown}: {e}")))?;
         let image_platform = image_config.platform.clone();
         let platform = &target.platform;
         if !image_platform.os.is_empty() && !image_platform.os.eq_ignore_ascii_case(&platform.os) {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::invalid_argument(format!(
                 "image operating system \"{}\" cannot be used on this platform",
                 image_platform.os
             )));
@@ -356,7 +354,7 @@ impl Puller {
         }
         let diff_ids = image_config.diff_ids;
         if diff_ids.len() != manifest.layers.len() {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::invalid_argument(format!(
                 "{shown}: the manifest has {} layers but the config {} diff IDs",
                 manifest.layers.len(),
                 diff_ids.len()

@@ -48,11 +48,11 @@ impl Puller {
             .iter()
             .position(|d| d.digest == blob.to_string())
             .ok_or_else(|| {
-                Error::InvalidArgument(format!("{image}: manifest {manifest} has no layer {blob}"))
+                Error::invalid_argument(format!("{image}: manifest {manifest} has no layer {blob}"))
             })?;
         let chains = chain_ids(&plan.diff_ids);
         if chains[i] != *chain {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::invalid_argument(format!(
                 "{image}: layer {blob} makes chain {} in manifest {manifest}, not {chain}",
                 chains[i]
             )));
@@ -96,7 +96,7 @@ impl Puller {
         match wanted {
             Some(done) => done.await,
             None => self.layers.get(chain).ok_or_else(|| {
-                Error::Internal(format!(
+                Error::internal(format!(
                     "layer {chain} vanished while containerd asked for it"
                 ))
             }),
@@ -121,7 +121,7 @@ impl Puller {
         }
         let mut resolved = self.resolve(target).await?;
         if resolved.top_digest != *manifest {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::invalid_argument(format!(
                 "{}: {manifest} is an index, not an image manifest",
                 target.shown
             )));

@@ -63,8 +63,8 @@ impl PullShare {
         }
         let reference = Reference::parse(&order.reference)?;
         if reference.tag().is_some() || reference.digest().is_some() {
-            return Err(Error::InvalidArgument(
-                "tag can't be used with --all-tags/-a".into(),
+            return Err(Error::invalid_argument(
+                "tag can't be used with --all-tags/-a",
             ));
         }
         let tags = self.puller.list_tags(&order).await?;

@@ -21,7 +21,7 @@ impl Puller {
         what: &str,
     ) -> Result<Vec<u8>, Error> {
         if desc.size as u64 > MAX_JSON_BLOB {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::invalid_argument(format!(
                 "{what}: {} bytes is too large",
                 desc.size
             )));
@@ -44,16 +44,14 @@ impl Puller {
             |data| {
                 let got = Digest::sha256_of(&data);
                 if got != expected {
-                    return Err(Error::Caused {
-                        kind: tonic::Code::InvalidArgument,
-                        message: format!(
+                    let mismatch = DigestMismatch {
+                        expected: expected.clone(),
+                        got,
+                    };
+                    return Err(Error::caused(tonic::Code::InvalidArgument, mismatch)
+                        .with_message(format!(
                             "{what}: digest mismatch: the registry sent other bytes than {expected}"
-                        ),
-                        source: Arc::new(DigestMismatch {
-                            expected: expected.clone(),
-                            got,
-                        }),
-                    });
+                        )));
                 }
                 Ok(data)
             },
@@ -170,7 +168,7 @@ pub(super) async fn within<T>(
     tokio::time::timeout(MANIFEST_TIMEOUT, fetch)
         .await
         .unwrap_or_else(|_| {
-            Err(Error::DeadlineExceeded(format!(
+            Err(Error::deadline_exceeded(format!(
                 "{what}: the registry did not answer within {}s",
                 MANIFEST_TIMEOUT.as_secs()
             )))
@@ -185,7 +183,7 @@ pub(super) fn probe_manifest(what: &str, bytes: &[u8]) -> Result<Probe, Error> {
         check_manifest(what, bytes, &Probe::default())?;
     }
     let probe: Probe = serde_json::from_slice(bytes)
-        .map_err(|e| Error::InvalidArgument(format!("{what}: invalid manifest: {e}")))?;
+        .map_err(|e| Error::invalid_argument(format!("{what}: invalid manifest: {e}")))?;
     check_manifest(what, bytes, &probe)?;
     Ok(probe)
 }

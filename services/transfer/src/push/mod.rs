@@ -125,13 +125,11 @@ impl Pusher {
     pub async fn push(self: &Arc<Self>, order: PushOrder, tx: Progress) -> Result<(), Error> {
         let reference = Reference::parse(&order.reference)?;
         if reference.digest().is_some() {
-            return Err(Error::InvalidArgument(
-                "cannot push a digest reference".into(),
-            ));
+            return Err(Error::invalid_argument("cannot push a digest reference"));
         }
         if order.all_tags && reference.tag().is_some() {
-            return Err(Error::InvalidArgument(
-                "tag can't be used with --all-tags/-a".into(),
+            return Err(Error::invalid_argument(
+                "tag can't be used with --all-tags/-a",
             ));
         }
         // As Docker: said first, so that a missing image is an error in
@@ -158,7 +156,7 @@ impl Pusher {
         all_tags: bool,
     ) -> Result<Vec<Reference>, Error> {
         let no_image = || {
-            Error::NotFound(format!(
+            Error::not_found(format!(
                 "An image does not exist locally with the tag: {}",
                 reference.familiar_name()
             ))
@@ -172,14 +170,14 @@ impl Pusher {
             return Err(if tags.is_empty() && digests.is_empty() {
                 no_image()
             } else {
-                Error::NotFound(format!("tag does not exist: {}", tag.familiar()))
+                Error::not_found(format!("tag does not exist: {}", tag.familiar()))
             });
         }
         let (tags, digests) = self.metadata.repository_refs(reference).await?;
         match (tags.is_empty(), digests.is_empty()) {
             (false, _) => Ok(tags),
             (true, true) => Err(no_image()),
-            (true, false) => Err(Error::NotFound(format!(
+            (true, false) => Err(Error::not_found(format!(
                 "no tags to push for {}",
                 reference.familiar_name()
             ))),
@@ -308,12 +306,12 @@ impl Pusher {
     /// new one made now and remembered.
     async fn layer_upload(&self, chain: &Digest, shown: &str) -> Result<Upload, Error> {
         let layer = self.layers.get(chain).ok_or_else(|| {
-            Error::FailedPrecondition(format!(
+            Error::failed_precondition(format!(
                 "layer {chain} of {shown} is not in the layer store"
             ))
         })?;
         let blob = layer.blob.clone().ok_or_else(|| {
-            Error::FailedPrecondition(format!(
+            Error::failed_precondition(format!(
                 "layer {} of {shown} has no stored blob to push",
                 layer.diff_id
             ))

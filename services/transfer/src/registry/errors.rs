@@ -11,12 +11,12 @@ pub fn error(what: &str, err: OciDistributionError) -> Error {
     use OciDistributionError as E;
     match err {
         E::AuthenticationFailure(msg) => {
-            Error::Unauthenticated(format!("{what}: authentication failed: {msg}"))
+            Error::unauthenticated(format!("{what}: authentication failed: {msg}"))
         }
         E::UnauthorizedError { .. } => {
-            Error::Unauthenticated(format!("{what}: unauthorized: authentication required"))
+            Error::unauthenticated(format!("{what}: unauthorized: authentication required"))
         }
-        E::ImageManifestNotFoundError(_) => Error::NotFound(format!("{what}: not found")),
+        E::ImageManifestNotFoundError(_) => Error::not_found(format!("{what}: not found")),
         E::RegistryError { envelope, .. } => {
             let message = envelope.to_string();
             match envelope.errors.first().map(|e| &e.code) {
@@ -25,40 +25,40 @@ pub fn error(what: &str, err: OciDistributionError) -> Error {
                     | OciErrorCode::NameUnknown
                     | OciErrorCode::BlobUnknown
                     | OciErrorCode::NotFound,
-                ) => Error::NotFound(format!("{what}: not found: {message}")),
+                ) => Error::not_found(format!("{what}: not found: {message}")),
                 Some(OciErrorCode::Unauthorized) => {
-                    Error::Unauthenticated(format!("{what}: unauthorized: {message}"))
+                    Error::unauthenticated(format!("{what}: unauthorized: {message}"))
                 }
                 Some(OciErrorCode::Denied) => {
-                    Error::PermissionDenied(format!("{what}: denied: {message}"))
+                    Error::permission_denied(format!("{what}: denied: {message}"))
                 }
                 Some(OciErrorCode::Toomanyrequests) => {
-                    Error::ResourceExhausted(format!("{what}: too many requests: {message}"))
+                    Error::resource_exhausted(format!("{what}: too many requests: {message}"))
                 }
                 Some(OciErrorCode::NameInvalid | OciErrorCode::DigestInvalid) => {
-                    Error::InvalidArgument(format!("{what}: {message}"))
+                    Error::invalid_argument(format!("{what}: {message}"))
                 }
-                _ => Error::Unavailable(format!("{what}: registry error: {message}")),
+                _ => Error::unavailable(format!("{what}: registry error: {message}")),
             }
         }
         E::ServerError { code, message, .. } => match code {
-            404 => Error::NotFound(format!("{what}: not found")),
-            401 => Error::Unauthenticated(format!("{what}: unauthorized: {message}")),
-            403 => Error::PermissionDenied(format!("{what}: denied: {message}")),
-            429 => Error::ResourceExhausted(format!("{what}: too many requests")),
-            _ => Error::Unavailable(format!("{what}: registry answered {code}: {message}")),
+            404 => Error::not_found(format!("{what}: not found")),
+            401 => Error::unauthenticated(format!("{what}: unauthorized: {message}")),
+            403 => Error::permission_denied(format!("{what}: denied: {message}")),
+            429 => Error::resource_exhausted(format!("{what}: too many requests")),
+            _ => Error::unavailable(format!("{what}: registry answered {code}: {message}")),
         },
-        E::RequestError(err) => Error::Unavailable(format!("{what}: {}", error_chain(&err))),
-        E::IoError(err) => Error::Unavailable(format!("{what}: {err}")),
-        E::DigestError(err) => Error::InvalidArgument(format!("{what}: {err}")),
-        E::ManifestParsingError(err) => Error::InvalidArgument(format!("{what}: {err}")),
+        E::RequestError(err) => Error::unavailable(format!("{what}: {}", error_chain(&err))),
+        E::IoError(err) => Error::unavailable(format!("{what}: {err}")),
+        E::DigestError(err) => Error::invalid_argument(format!("{what}: {err}")),
+        E::ManifestParsingError(err) => Error::invalid_argument(format!("{what}: {err}")),
         E::UnsupportedMediaTypeError(media) => {
-            Error::InvalidArgument(format!("{what}: unsupported media type {media}"))
+            Error::invalid_argument(format!("{what}: unsupported media type {media}"))
         }
-        E::UnsupportedSchemaVersionError(1) => Error::InvalidArgument(format!(
+        E::UnsupportedSchemaVersionError(1) => Error::invalid_argument(format!(
             "{what}: Docker Image manifest schema 1 is not supported; push the image again with a current client"
         )),
-        other => Error::Unavailable(format!("{what}: {other}")),
+        other => Error::unavailable(format!("{what}: {other}")),
     }
 }
 
@@ -79,19 +79,19 @@ pub fn pull_error(reference: &Reference, err: OciDistributionError) -> Error {
         let cause = format!("{code}: {}", first.message);
         match first.code {
             OciErrorCode::ManifestUnknown => {
-                return Error::NotFound(format!(
+                return Error::not_found(format!(
                     "manifest for {} not found: {cause}",
                     reference.familiar()
                 ));
             }
             OciErrorCode::NameUnknown => {
-                return Error::NotFound(format!(
+                return Error::not_found(format!(
                     "repository {} not found: {cause}",
                     reference.familiar_name()
                 ));
             }
             OciErrorCode::Denied => {
-                return Error::PermissionDenied(format!(
+                return Error::permission_denied(format!(
                     "pull access denied for {}, repository does not exist or may require 'docker login': {cause}",
                     reference.familiar_name()
                 ));
@@ -105,7 +105,7 @@ pub fn pull_error(reference: &Reference, err: OciDistributionError) -> Error {
 /// Whether trying again may help: transport failures and server errors,
 /// not refusals, rate limits or a full disk (Docker's do-not-retry list).
 pub fn retryable(err: &Error) -> bool {
-    matches!(err, Error::Unavailable(_))
+    err.is(tonic::Code::Unavailable)
 }
 
 /// The one retry policy for registry traffic (manifests, configs, layers):
@@ -143,15 +143,15 @@ mod tests {
     #[test]
     fn only_transport_failures_are_retried_with_growing_waits() {
         let retry = Retry { attempts: 5 };
-        let down = Error::Unavailable("connection refused".into());
+        let down = Error::unavailable("connection refused");
         let waits: Vec<_> = (1..=5).map(|n| retry.after(n, &down)).collect();
         let secs = |s| Some(std::time::Duration::from_secs(s));
         assert_eq!(waits, [secs(1), secs(2), secs(4), secs(8), None]);
         for refusal in [
-            Error::InvalidArgument("digest mismatch".into()),
-            Error::NotFound("manifest unknown".into()),
-            Error::ResourceExhausted("too many requests".into()),
-            Error::DeadlineExceeded("stalled".into()),
+            Error::invalid_argument("digest mismatch"),
+            Error::not_found("manifest unknown"),
+            Error::resource_exhausted("too many requests"),
+            Error::deadline_exceeded("stalled"),
         ] {
             assert_eq!(retry.after(1, &refusal), None, "{refusal}");
         }

@@ -50,7 +50,7 @@ fn hostname(server: &str) -> Result<String, Error> {
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'));
     if !valid {
-        return Err(Error::InvalidArgument(format!(
+        return Err(Error::invalid_argument(format!(
             "invalid registry server {server:?}: use host[:port]"
         )));
     }
@@ -64,9 +64,9 @@ async fn check(source: &Source, auth: &RegistryAuth) -> Result<Option<String>, E
     let url = format!("{scheme}://{}/v2/", source.oref.resolve_registry());
     let unreachable = |err: reqwest::Error| {
         if err.is_timeout() {
-            Error::DeadlineExceeded(format!("Get \"{url}\": no answer in {LOGIN_TIMEOUT:?}"))
+            Error::deadline_exceeded(format!("Get \"{url}\": no answer in {LOGIN_TIMEOUT:?}"))
         } else {
-            Error::Unavailable(format!("Get \"{url}\": {}", error_chain(&err)))
+            Error::unavailable(format!("Get \"{url}\": {}", error_chain(&err)))
         }
     };
     let get = || source.http.get(&url).timeout(LOGIN_TIMEOUT);
@@ -105,7 +105,7 @@ async fn check(source: &Source, auth: &RegistryAuth) -> Result<Option<String>, E
                     OciDistributionError::AuthenticationFailure(why) => why,
                     other => other.to_string(),
                 };
-                Error::Unauthenticated(format!("Get \"{url}\": unauthorized: {why}"))
+                Error::unauthenticated(format!("Get \"{url}\": unauthorized: {why}"))
             })?;
             let answer = get()
                 .bearer_auth(&got.token)
@@ -138,9 +138,9 @@ fn refused(url: &str, status: reqwest::StatusCode) -> Error {
         status.canonical_reason().unwrap_or_default()
     );
     if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN {
-        Error::Unauthenticated(text)
+        Error::unauthenticated(text)
     } else {
-        Error::Unavailable(text)
+        Error::unavailable(text)
     }
 }
 

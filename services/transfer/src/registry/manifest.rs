@@ -57,7 +57,7 @@ pub(crate) const MANIFEST_TIMEOUT: std::time::Duration = std::time::Duration::fr
 /// does not read, or of more layers than a chain may hold.
 pub(crate) fn check_manifest(what: &str, bytes: &[u8], probe: &Probe) -> Result<(), Error> {
     if bytes.len() > MAX_MANIFEST {
-        return Err(Error::InvalidArgument(format!(
+        return Err(Error::invalid_argument(format!(
             "{what}: manifest of {} bytes exceeds the {MAX_MANIFEST}-byte limit",
             bytes.len()
         )));
@@ -67,7 +67,7 @@ pub(crate) fn check_manifest(what: &str, bytes: &[u8], probe: &Probe) -> Result<
         && !media.starts_with(DOCKER_SCHEMA1_PREFIX)
         && !ACCEPTED.contains(&media)
     {
-        return Err(Error::InvalidArgument(format!(
+        return Err(Error::invalid_argument(format!(
             "{what}: unsupported manifest media type {}",
             crate::archive::beneath::quote(media.as_ref())
         )));
@@ -78,7 +78,7 @@ pub(crate) fn check_manifest(what: &str, bytes: &[u8], probe: &Probe) -> Result<
 /// Refuses a chain deeper than Docker's.
 pub(crate) fn check_depth(what: &str, layers: usize) -> Result<(), Error> {
     if layers > MAX_LAYERS {
-        return Err(Error::InvalidArgument(format!(
+        return Err(Error::invalid_argument(format!(
             "{what}: max depth exceeded: {layers} layers, at most {MAX_LAYERS}"
         )));
     }
@@ -147,7 +147,7 @@ pub(crate) fn choose_platform(
         return Ok(entry.digest.clone());
     }
     let available: Vec<String> = candidates.iter().map(|(_, p)| p.to_string()).collect();
-    Err(Error::NotFound(format!(
+    Err(Error::not_found(format!(
         "no matching manifest for {platform} in the manifest list entries (available for {shown}: {})",
         available.join(", ")
     )))
@@ -162,8 +162,8 @@ pub(crate) fn check_media_type(media_type: &str) -> Result<(), Error> {
         "",
     ];
     if media_type.starts_with(DOCKER_AI_PREFIX) {
-        return Err(Error::InvalidArgument(
-            "AI models are not yet supported by the Engine, please use \"docker model pull/run\" instead".into(),
+        return Err(Error::invalid_argument(
+            "AI models are not yet supported by the Engine, please use \"docker model pull/run\" instead",
         ));
     }
     let known = ["application/vnd.oci.image", "application/vnd.docker"]
@@ -172,7 +172,7 @@ pub(crate) fn check_media_type(media_type: &str) -> Result<(), Error> {
     if known || LEGACY.contains(&media_type) {
         Ok(())
     } else {
-        Err(Error::InvalidArgument(format!(
+        Err(Error::invalid_argument(format!(
             "unsupported media type {media_type}"
         )))
     }
@@ -180,7 +180,7 @@ pub(crate) fn check_media_type(media_type: &str) -> Result<(), Error> {
 
 /// Docker v28's refusal of schema 1 manifests.
 pub(crate) fn schema1(shown: &str) -> Error {
-    Error::InvalidArgument(format!(
+    Error::invalid_argument(format!(
         "Docker Image Format v1 and Docker Image manifest version 2, schema 1 support has been removed. \
          Suggest the author of {shown} to upgrade the image to the OCI Format or Docker Image manifest v2, schema 2. \
          More information at https://docs.docker.com/go/deprecated-image-specs/"
@@ -247,7 +247,7 @@ mod tests {
             "c"
         );
         let err = choose_platform(&entries, &want("linux/s390x"), "x").unwrap_err();
-        assert!(matches!(err, Error::NotFound(_)));
+        assert!(err.is(tonic::Code::NotFound));
         assert!(err.to_string().contains("linux/arm/v7"), "{err}");
     }
 }

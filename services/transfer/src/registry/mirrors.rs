@@ -58,9 +58,9 @@ impl MirrorConfig {
             .iter()
             .map(|url| {
                 mirror(url, &toml::Table::new(), Path::new("--registry-mirror"))
-                    .and_then(|m| m.ok_or_else(|| Error::InvalidArgument("cannot pull".into())))
+                    .and_then(|m| m.ok_or_else(|| Error::invalid_argument("cannot pull")))
                     .map_err(|err| {
-                        Error::InvalidArgument(format!("--registry-mirror {url}: {err}"))
+                        Error::invalid_argument(format!("--registry-mirror {url}: {err}"))
                     })
             })
             .collect::<Result<_, _>>()?;
@@ -89,7 +89,7 @@ impl MirrorConfig {
         let file = file?;
         Some(
             match std::fs::read_to_string(&file)
-                .map_err(|err| Error::InvalidArgument(err.to_string()))
+                .map_err(|err| Error::invalid_argument(err.to_string()))
                 .and_then(|text| parse(&text, &file))
             {
                 Ok(mirrors) => mirrors,
@@ -108,12 +108,12 @@ impl MirrorConfig {
 pub fn parse(text: &str, file: &Path) -> Result<Vec<Mirror>, Error> {
     let table: toml::Table = text
         .parse()
-        .map_err(|err| Error::InvalidArgument(format!("{}: {err}", file.display())))?;
+        .map_err(|err| Error::invalid_argument(format!("{}: {err}", file.display())))?;
     let Some(hosts) = table.get("host") else {
         return Ok(Vec::new());
     };
     let hosts = hosts.as_table().ok_or_else(|| {
-        Error::InvalidArgument(format!("{}: `host` must be a table", file.display()))
+        Error::invalid_argument(format!("{}: `host` must be a table", file.display()))
     })?;
     let mut mirrors = Vec::new();
     for (url, settings) in hosts {
@@ -131,7 +131,7 @@ pub fn parse(text: &str, file: &Path) -> Result<Vec<Mirror>, Error> {
 
 /// One `[host."URL"]` table; `None` when it cannot serve pulls.
 fn mirror(url: &str, settings: &toml::Table, file: &Path) -> Result<Option<Mirror>, Error> {
-    let bad = |what: String| Error::InvalidArgument(what);
+    let bad = |what: String| Error::invalid_argument(what);
     let (plain_http, rest) = if let Some(rest) = url.strip_prefix("http://") {
         (true, rest)
     } else if let Some(rest) = url.strip_prefix("https://") {
@@ -210,7 +210,7 @@ fn mirror(url: &str, settings: &toml::Table, file: &Path) -> Result<Option<Mirro
 /// a list of `[cert, key]` pairs (the first is used; an empty key means
 /// the certificate's file holds it). Relative paths are from `base`.
 fn client_identity(value: Option<&toml::Value>, base: &Path) -> Result<Option<Vec<u8>>, Error> {
-    let bad = |what: String| Error::InvalidArgument(what);
+    let bad = |what: String| Error::invalid_argument(what);
     let (cert, key) = match value {
         None | Some(toml::Value::Boolean(false)) => return Ok(None),
         Some(toml::Value::String(path)) => (path.clone(), String::new()),

@@ -131,7 +131,7 @@ impl ContentStore {
     /// The committed blob's bytes (for small blobs: configs, manifests).
     pub fn read(&self, digest: &Digest) -> Result<Vec<u8>, Error> {
         fs::read(self.path(digest)).map_err(|err| match err.kind() {
-            io::ErrorKind::NotFound => Error::NotFound(format!("content {digest}: not found")),
+            io::ErrorKind::NotFound => Error::not_found(format!("content {digest}: not found")),
             _ => err.into(),
         })
     }

@@ -207,7 +207,7 @@ impl Gc {
     pub fn hold_image(&self, image: &Digest, chains: &[Digest]) -> Result<(), Error> {
         let _lease = self.leases.lease(chains);
         if let Some(missing) = chains.iter().find(|c| self.layers.get(c).is_none()) {
-            return Err(Error::NotFound(format!(
+            return Err(Error::not_found(format!(
                 "failed to get layer {missing}: layer does not exist"
             )));
         }

@@ -219,7 +219,7 @@ impl LayerStore {
         let mut next = Some(chain.clone());
         while let Some(chain) = next {
             let layer = self.get(&chain).ok_or_else(|| {
-                Error::FailedPrecondition(format!("layer {chain} is not in the layer store"))
+                Error::failed_precondition(format!("layer {chain} is not in the layer store"))
             })?;
             dirs.push(self.diff_path(&chain));
             next = layer.parent.clone();
@@ -255,7 +255,7 @@ impl LayerStore {
         if let Some(parent) = &layer.parent
             && self.get(parent).is_none()
         {
-            return Err(Error::Internal(format!(
+            return Err(Error::internal(format!(
                 "layer {} committed before its parent {parent}",
                 layer.chain_id
             )));
@@ -287,7 +287,7 @@ impl LayerStore {
     pub fn set_gzip(&self, chain_id: &Digest, gzip: Digest) -> Result<Arc<Layer>, Error> {
         let mut layers = self.write();
         let stored = layers.get(chain_id).ok_or_else(|| {
-            Error::NotFound(format!("layer {chain_id} is not in the layer store"))
+            Error::not_found(format!("layer {chain_id} is not in the layer store"))
         })?;
         let mut layer = (**stored).clone();
         layer.gzip = Some(gzip);

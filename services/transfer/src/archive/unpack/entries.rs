@@ -144,7 +144,7 @@ fn unpack_each(
         };
         let apparent_size = pax_sparse.as_ref().map_or(entry.size(), |s| s.real_size);
         if is_file && size.saturating_add(apparent_size) > apparent {
-            return Err(Error::ResourceExhausted(format!(
+            return Err(Error::resource_exhausted(format!(
                 "{}: the layer's files are larger than the {apparent} bytes a layer may take",
                 quote(raw.as_os_str())
             )));

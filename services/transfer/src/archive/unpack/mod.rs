@@ -148,7 +148,7 @@ pub fn unpack(reader: impl Read, dest: &Path, budget: Budget) -> Result<Unpacked
         let maker = match maker {
             Ok(maker) => maker,
             Err(err) => {
-                let err = Error::Internal(format!("starting a layer unpack thread: {err}"));
+                let err = Error::internal(format!("starting a layer unpack thread: {err}"));
                 return (Err(err), Ok(()));
             }
         };
@@ -156,7 +156,7 @@ pub fn unpack(reader: impl Read, dest: &Path, budget: Budget) -> Result<Unpacked
         drop(chunks);
         let made = maker.join().unwrap_or_else(|_| {
             (
-                Err(Error::Internal("layer unpack thread panicked".into())),
+                Err(Error::internal("layer unpack thread panicked")),
                 Duration::ZERO,
             )
         });
@@ -261,11 +261,11 @@ impl Read for ChunkReader {
 
 /// [`classify`], naming the entry a bad archive failed at.
 fn classify_entry(raw: &Path, err: io::Error) -> Error {
-    match classify(err) {
-        Error::InvalidArgument(text) => {
-            invalid(raw, text.trim_start_matches("invalid layer tar: "))
-        }
-        other => other,
+    let err = classify(err);
+    if err.is(tonic::Code::InvalidArgument) {
+        invalid(raw, err.message().trim_start_matches("invalid layer tar: "))
+    } else {
+        err
     }
 }
 
@@ -293,7 +293,7 @@ pub fn relative_path(raw: &Path) -> Result<PathBuf, Error> {
 }
 
 fn invalid(path: &Path, why: &str) -> Error {
-    Error::InvalidArgument(format!(
+    Error::invalid_argument(format!(
         "invalid layer tar: {}: {why}",
         quote(path.as_os_str())
     ))
@@ -319,33 +319,30 @@ pub fn classify(err: io::Error) -> Error {
             .and_then(|e| e.get_ref())
             .map(|e| e as &(dyn std::error::Error + 'static));
         if let Some(too_large) = inner.unwrap_or(current).downcast_ref::<LayerTooLarge>() {
-            return Error::Caused {
-                kind: tonic::Code::ResourceExhausted,
-                message: text,
-                source: std::sync::Arc::new(too_large.clone()),
-            };
+            return Error::caused(tonic::Code::ResourceExhausted, too_large.clone())
+                .with_message(text);
         }
         if let Some(io_err) = current.downcast_ref::<io::Error>()
             && io_err.kind() == io::ErrorKind::FileTooLarge
         {
-            return Error::ResourceExhausted(text);
+            return Error::resource_exhausted(text);
         }
         if let Some(io_err) = current.downcast_ref::<io::Error>()
             && let Some(code) = io_err.raw_os_error()
         {
             match code {
                 libc::ENOSPC | libc::EDQUOT => {
-                    return Error::ResourceExhausted(format!("no space left on device: {text}"));
+                    return Error::resource_exhausted(format!("no space left on device: {text}"));
                 }
                 libc::EIO | libc::EROFS | libc::EACCES | libc::EMFILE | libc::ENFILE => {
-                    return Error::Internal(format!("unpacking layer: {text}"));
+                    return Error::internal(format!("unpacking layer: {text}"));
                 }
                 _ => {}
             }
         }
         source = current.source();
     }
-    Error::InvalidArgument(format!("invalid layer tar: {text}"))
+    Error::invalid_argument(format!("invalid layer tar: {text}"))
 }
 
 /// Hashes and counts what passes through: the diffID and size of the

@@ -38,7 +38,7 @@ pub struct Fields<'a> {
 impl Filter {
     /// Parses one filter string.
     pub fn parse(text: &str) -> Result<Filter, Error> {
-        let bad = |why: &str| Error::InvalidArgument(format!("invalid filter {text:?}: {why}"));
+        let bad = |why: &str| Error::invalid_argument(format!("invalid filter {text:?}: {why}"));
         let mut chars = text.chars().peekable();
         let mut selectors = Vec::new();
         loop {
@@ -213,7 +213,9 @@ mod tests {
             ",x",
         ] {
             assert!(
-                matches!(Filter::parse(text), Err(Error::InvalidArgument(_))),
+                Filter::parse(text)
+                    .as_ref()
+                    .is_err_and(|e| e.is(tonic::Code::InvalidArgument)),
                 "{text}"
             );
         }

@@ -151,11 +151,11 @@ impl Snapshots {
         read_only: bool,
     ) -> Result<Vec<Mount>, Error> {
         if key.is_empty() {
-            return Err(Error::InvalidArgument("a snapshot key is required".into()));
+            return Err(Error::invalid_argument("a snapshot key is required"));
         }
         let mut records = self.lock();
         if records.contains_key(key) {
-            return Err(Error::AlreadyExists(format!(
+            return Err(Error::already_exists(format!(
                 "snapshot {key} already exists"
             )));
         }
@@ -221,7 +221,7 @@ impl Snapshots {
             let layer = self
                 .layers
                 .get(&current)
-                .ok_or_else(|| Error::NotFound(format!("layer {current} is not stored")))?;
+                .ok_or_else(|| Error::not_found(format!("layer {current} is not stored")))?;
             let now = imaged_model::timestamp::now_nanos() as i64;
             let mut own_labels = if current == *chain {
                 labels.clone()
@@ -278,17 +278,17 @@ impl Snapshots {
         let mut records = self.lock();
         let record = records
             .get(key)
-            .ok_or_else(|| Error::NotFound(format!("snapshot {key} does not exist")))?;
+            .ok_or_else(|| Error::not_found(format!("snapshot {key} does not exist")))?;
         if record.info.kind != Kind::Active {
-            return Err(Error::FailedPrecondition(format!(
+            return Err(Error::failed_precondition(format!(
                 "snapshot {key} is not active"
             )));
         }
         if name.is_empty() {
-            return Err(Error::InvalidArgument("a snapshot name is required".into()));
+            return Err(Error::invalid_argument("a snapshot name is required"));
         }
         if records.contains_key(name) {
-            return Err(Error::AlreadyExists(format!(
+            return Err(Error::already_exists(format!(
                 "snapshot {name} already exists"
             )));
         }
@@ -319,10 +319,10 @@ impl Snapshots {
     pub fn remove(&self, key: &str) -> Result<(), Error> {
         let mut records = self.lock();
         if !records.contains_key(key) {
-            return Err(Error::NotFound(format!("snapshot {key} does not exist")));
+            return Err(Error::not_found(format!("snapshot {key} does not exist")));
         }
         if records.values().any(|r| r.info.parent == key) {
-            return Err(Error::FailedPrecondition(format!(
+            return Err(Error::failed_precondition(format!(
                 "cannot remove snapshot {key} with child"
             )));
         }
@@ -347,7 +347,7 @@ impl Snapshots {
         self.lock()
             .get(key)
             .map(|r| r.info.clone())
-            .ok_or_else(|| Error::NotFound(format!("snapshot {key} does not exist")))
+            .ok_or_else(|| Error::not_found(format!("snapshot {key} does not exist")))
     }
 
     /// Sets labels of `info.name`: all of them (`paths` empty or
@@ -357,14 +357,14 @@ impl Snapshots {
         let mut records = self.lock();
         let record = records
             .get_mut(&info.name)
-            .ok_or_else(|| Error::NotFound(format!("snapshot {} does not exist", info.name)))?;
+            .ok_or_else(|| Error::not_found(format!("snapshot {} does not exist", info.name)))?;
         let mut labels = record.info.labels.clone();
         if paths.is_empty() || paths.iter().any(|p| p == "labels") {
             labels = info.labels.clone();
         } else {
             for path in paths {
                 let key = path.strip_prefix("labels.").ok_or_else(|| {
-                    Error::InvalidArgument(format!("cannot update {path:?} of a snapshot"))
+                    Error::invalid_argument(format!("cannot update {path:?} of a snapshot"))
                 })?;
                 match info.labels.get(key) {
                     Some(value) => labels.insert(key.to_string(), value.clone()),
@@ -410,12 +410,12 @@ impl Snapshots {
             .lock()
             .get(key)
             .cloned()
-            .ok_or_else(|| Error::NotFound(format!("snapshot {key} does not exist")))?;
+            .ok_or_else(|| Error::not_found(format!("snapshot {key} does not exist")))?;
         if let Some(chain) = &record.layer {
             let layer = self
                 .layers
                 .get(chain)
-                .ok_or_else(|| Error::NotFound(format!("layer {chain} is not stored")))?;
+                .ok_or_else(|| Error::not_found(format!("layer {chain} is not stored")))?;
             return Ok(Usage {
                 size: layer.size,
                 inodes: layer.inodes,
@@ -458,11 +458,11 @@ impl Snapshots {
         let mut lowers = Vec::new();
         let mut next = name.to_string();
         while !next.is_empty() {
-            let record = records
-                .get(&next)
-                .ok_or_else(|| Error::NotFound(format!("parent snapshot {next} does not exist")))?;
+            let record = records.get(&next).ok_or_else(|| {
+                Error::not_found(format!("parent snapshot {next} does not exist"))
+            })?;
             if record.info.kind != Kind::Committed {
-                return Err(Error::InvalidArgument(format!(
+                return Err(Error::invalid_argument(format!(
                     "parent {next} is not a committed snapshot"
                 )));
             }
@@ -488,9 +488,9 @@ impl Snapshots {
     ) -> Result<Vec<Mount>, Error> {
         let record = records
             .get(key)
-            .ok_or_else(|| Error::NotFound(format!("snapshot {key} does not exist")))?;
+            .ok_or_else(|| Error::not_found(format!("snapshot {key} does not exist")))?;
         let Some(id) = &record.dir else {
-            return Err(Error::FailedPrecondition(format!(
+            return Err(Error::failed_precondition(format!(
                 "snapshot {key} is committed: it has no mounts"
             )));
         };
@@ -507,7 +507,7 @@ impl Snapshots {
             }
             Kind::View => storage::read_only_view(&[layer.upper()]),
             Kind::Committed => {
-                return Err(Error::FailedPrecondition(format!(
+                return Err(Error::failed_precondition(format!(
                     "snapshot {key} is committed: it has no mounts"
                 )));
             }
