@@ -102,6 +102,7 @@ async fn imaged_pull(imaged: &Imaged, reference: &str) -> Duration {
             platform: None,
             auth: None,
             all_tags: false,
+            policy_namespace: String::new(),
         })
         .await
         .expect("imaged pull")

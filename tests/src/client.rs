@@ -15,6 +15,7 @@ pub fn pull_request(reference: &str) -> PullImageRequest {
         platform: None,
         auth: None,
         all_tags: false,
+        policy_namespace: String::new(),
     }
 }
 

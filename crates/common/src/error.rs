@@ -12,6 +12,11 @@ use std::sync::Arc;
 
 use tonic::{Code, Status};
 
+/// How the message of a pull the signature policy refused starts (as
+/// skopeo and CRI-O word it); its code is `PERMISSION_DENIED`. The CRI
+/// adapter recognises it to answer kubelet's `SignatureValidationFailed`.
+pub const POLICY_REJECTED: &str = "Source image rejected: ";
+
 /// The cause an [`Error`] keeps.
 pub type Cause = Arc<dyn std::error::Error + Send + Sync + 'static>;
 

@@ -283,11 +283,20 @@ impl ImageService for CriImageService {
         request: Request<PullImageRequest>,
     ) -> Result<Response<PullImageResponse>, Status> {
         let request = request.into_inner();
+        // The pod's namespace picks its signature policy, as CRI-O's
+        // signature_policy_dir.
+        let namespace = request
+            .sandbox_config
+            .as_ref()
+            .and_then(|s| s.metadata.as_ref())
+            .map(|m| m.namespace.clone())
+            .unwrap_or_default();
         let pull = v1::PullImageRequest {
             reference: image_name(request.image.as_ref())?,
             platform: None,
             auth: registry_auth(request.auth.as_ref())?,
             all_tags: false,
+            policy_namespace: namespace,
         };
         let mut stream = self
             .peers
@@ -296,10 +305,12 @@ impl ImageService for CriImageService {
                 let pull = pull.clone();
                 async move { client.pull(pull).await }
             })
-            .await?;
+            .await
+            .map_err(signature_refusal)?;
         let mut image_ref = String::new();
         while let Some(message) = stream.next().await {
-            let message = message.map_err(|s| self.peers.transfer.stream_status(s))?;
+            let message =
+                message.map_err(|s| signature_refusal(self.peers.transfer.stream_status(s)))?;
             if !message.image_id.is_empty() {
                 image_ref = message.image_id;
             }
@@ -386,6 +397,21 @@ impl ImageService for CriImageService {
             container_filesystems: Vec::new(),
         }))
     }
+}
+
+/// A pull the signature policy refused, as kubelet recognises it: an
+/// UNKNOWN status whose message starts with `SignatureValidationFailed`
+/// (cri-api's `ErrSignatureValidationFailed`, which CRI-O wraps the same
+/// way), so the pod's event reads "the signature validation failed".
+fn signature_refusal(status: Status) -> Status {
+    if status.code() == tonic::Code::PermissionDenied
+        && status
+            .message()
+            .starts_with(imaged_common::error::POLICY_REJECTED)
+    {
+        return Status::unknown(format!("SignatureValidationFailed: {}", status.message()));
+    }
+    status
 }
 
 #[cfg(test)]

@@ -28,6 +28,8 @@ pub struct Args {
     pub pull: PullArgs,
     #[command(flatten)]
     pub containerd: ContainerdArgs,
+    #[command(flatten)]
+    pub trust: TrustArgs,
     /// Storage driver: `auto` (overlay2 when overlayfs mounts here, else
     /// vfs), `overlay2` (fail if overlayfs cannot be mounted) or `vfs`.
     #[arg(long, env = "IMAGED_STORAGE_DRIVER", default_value = "auto")]
@@ -161,4 +163,25 @@ pub struct ContainerdArgs {
     /// The name containerd knows imaged's proxy snapshotter by.
     #[arg(long, env = "IMAGED_CONTAINERD_SNAPSHOTTER", default_value = "imaged")]
     pub containerd_snapshotter: String,
+}
+
+/// Which images may be pulled: containers-policy.json(5) and
+/// containers-registries.d(5), as skopeo, podman and CRI-O read them. A
+/// file that cannot be used stops the process from starting.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct TrustArgs {
+    /// The signature policy every pull is checked against (default:
+    /// none, every image is accepted).
+    #[arg(long, env = "IMAGED_SIGNATURE_POLICY")]
+    pub signature_policy: Option<std::path::PathBuf>,
+    /// A directory of `<namespace>.json` policies: a CRI pull from a pod
+    /// of that Kubernetes namespace is checked against it instead (as
+    /// CRI-O's `signature_policy_dir`).
+    #[arg(long, env = "IMAGED_SIGNATURE_POLICY_DIR")]
+    pub signature_policy_dir: Option<std::path::PathBuf>,
+    /// The registries.d directory saying where signatures are kept
+    /// (`lookaside`); default: none, which reads them from
+    /// /var/lib/containers/sigstore as containers/image does.
+    #[arg(long, env = "IMAGED_REGISTRIES_D")]
+    pub registries_d: Option<std::path::PathBuf>,
 }

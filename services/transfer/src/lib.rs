@@ -20,6 +20,7 @@ mod push;
 mod registry;
 mod storage;
 mod store;
+mod trust;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -71,6 +72,17 @@ pub async fn run(config: ServiceConfig, args: Args) -> anyhow::Result<()> {
     let events_peer = args.peers.peer(Service::Events, root)?;
     let events = Publisher::start(events_peer.clone(), Service::Transfer.process(), 4096);
     let leases = Arc::new(store::leases::Leases::new());
+    let trust = Arc::new(
+        trust::Trust::read(
+            args.trust.signature_policy.as_deref(),
+            args.trust.signature_policy_dir.as_deref(),
+            args.trust.registries_d.as_deref(),
+        )
+        .map_err(|e| anyhow::anyhow!("signature policy: {e}"))?,
+    );
+    if trust.enforcing() {
+        tracing::info!("every pull is checked against the signature policy");
+    }
     let containerd = containerd::Containerd::new(&args.containerd, Arc::clone(&layers));
     if let Some(containerd) = containerd.clone() {
         tokio::spawn(containerd.follow(events_peer, metadata.clone()));
@@ -104,6 +116,7 @@ pub async fn run(config: ServiceConfig, args: Args) -> anyhow::Result<()> {
             metadata.clone(),
             &args.pull,
         )
+        .with_trust(Arc::clone(&trust))
         .with_containerd(
             containerd
                 .clone()

@@ -19,6 +19,7 @@ pub async fn run(images: &mut ImagesClient<Channel>, args: PullArgs) -> anyhow::
         reference: args.reference,
         platform: platform(args.platform.as_deref())?,
         all_tags: args.all_tags,
+        policy_namespace: String::new(),
     };
     let stream = images.pull_image(request).await?.into_inner();
     let last = progress::show_pull(stream, args.quiet).await?;

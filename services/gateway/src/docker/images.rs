@@ -272,6 +272,7 @@ pub async fn create(
             platform,
             auth: params::registry_auth(&headers)?,
             all_tags,
+            policy_namespace: String::new(),
         };
         let answers: Answers<_> = Box::pin(api.images().pull_image(request).await?.into_inner());
         return Ok(stream::json_lines(started(answers).await?, pull_lines));

@@ -48,6 +48,7 @@ pub fn pull_order(request: PullImageRequest) -> PullOrder {
         platform: request.platform.map(platform),
         reference: request.reference,
         all_tags: request.all_tags,
+        namespace: Some(request.policy_namespace).filter(|n| !n.is_empty()),
     }
 }
 

@@ -41,6 +41,7 @@ use crate::store::Stores;
 use crate::store::content::ContentStore;
 use crate::store::layers::{Layer, LayerStore};
 use crate::store::leases::Leases;
+use crate::trust::Trust;
 
 /// The pull engine, shared by every pull of the process.
 pub struct Puller {
@@ -62,6 +63,8 @@ pub struct Puller {
     remote_plans: Mutex<HashMap<Digest, Arc<RemotePlan>>>,
     /// The containerd every pulled image is registered in, if any.
     containerd: Option<Arc<dyn Registrar>>,
+    /// The signature policy every pull is checked against.
+    trust: Arc<Trust>,
 }
 
 /// What to pull, as the caller asked for it.
@@ -73,6 +76,9 @@ pub struct PullOrder {
     pub platform: Option<Platform>,
     /// The credentials for the registry (and its mirrors).
     pub auth: RegistryAuth,
+    /// The Kubernetes namespace whose signature policy applies (a CRI
+    /// pull's pod); `None`: the global policy.
+    pub namespace: Option<String>,
     /// Every tag of the repository (`docker pull --all-tags`).
     pub all_tags: bool,
 }
@@ -180,7 +186,14 @@ impl Puller {
             leases,
             remote_plans: Mutex::new(HashMap::new()),
             containerd: None,
+            trust: Arc::new(Trust::open()),
         }
+    }
+
+    /// Checks every pull against `trust` before it stores anything.
+    pub fn with_trust(mut self, trust: Arc<Trust>) -> Self {
+        self.trust = trust;
+        self
     }
 
     /// Registers every image it pulls in `containerd` too.
@@ -205,6 +218,16 @@ impl Puller {
         // As Docker: said once the manifest is there, so a missing tag or
         // repository fails before anything is printed.
         let mut resolved = self.resolve(&target).await?;
+        // The policy decides on the manifest the registry (or a mirror)
+        // answered, under the name the user asked for, before anything is
+        // stored or said.
+        self.trust
+            .check(
+                &target.reference,
+                &resolved.top_digest,
+                order.namespace.as_deref(),
+            )
+            .await?;
         say(
             &tx,
             PullEvent::Started {

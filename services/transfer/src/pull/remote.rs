@@ -39,6 +39,7 @@ impl Puller {
                 platform: None,
                 auth: RegistryAuth::Anonymous,
                 all_tags: false,
+                namespace: None,
             },
             &self.registries,
         )?;

@@ -1,5 +1,6 @@
 //! Identical concurrent pulls share one operation: a second PullImage of
-//! the same reference, platform and credentials joins the running one,
+//! the same reference, platform, credentials and policy namespace joins
+//! the running one,
 //! gets the progress sent so far and then the rest, and the same result.
 //! The operation runs as long as one caller still waits on it.
 
@@ -24,6 +25,9 @@ struct Key {
     reference: String,
     platform: String,
     credentials: [u8; 32],
+    /// Pulls under different signature policies are never shared: each
+    /// is checked against its own.
+    namespace: Option<String>,
 }
 
 /// A running pull and what it has said so far.
@@ -195,5 +199,6 @@ fn key(order: &PullOrder) -> Result<Key, Error> {
         reference: reference.to_string(),
         platform,
         credentials: registry::credential_key(&order.auth),
+        namespace: order.namespace.clone(),
     })
 }

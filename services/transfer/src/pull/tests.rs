@@ -73,6 +73,7 @@ fn order(reference: &str) -> PullOrder {
         platform: None,
         auth: RegistryAuth::Anonymous,
         all_tags: false,
+        namespace: None,
     }
 }
 
