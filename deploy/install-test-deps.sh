@@ -19,8 +19,10 @@ command -v protoc >/dev/null 2>&1 || need="$need protobuf-compiler"
 command -v runc >/dev/null 2>&1 || need="$need runc"
 # nats-server (JetStream) receives the fleet's events in the tests.
 command -v nats-server >/dev/null 2>&1 || need="$need nats-server"
-# skopeo pushes the image `make image` builds (deploy/make-image.sh).
+# skopeo pushes the image `make image` builds (deploy/make-image.sh), and
+# is the oracle of the signature policy tests, which sign with gpg.
 command -v skopeo >/dev/null 2>&1 || need="$need skopeo"
+command -v gpg >/dev/null 2>&1 || need="$need gnupg"
 # systemd-analyze checks the units `make install` writes.
 command -v systemd-analyze >/dev/null 2>&1 || need="$need systemd"
 

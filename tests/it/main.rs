@@ -32,3 +32,4 @@ mod pull;
 mod save_load;
 mod security;
 mod transfer_faults;
+mod trust;

@@ -1,0 +1,557 @@
+//! Signature policy (issue 30) against the oracle nobody here wrote:
+//! skopeo reads the same policy.json and registries.d, and for every case
+//! of the matrix imaged's decision must be skopeo's, through imaged.v1,
+//! CRI and the Docker API. Keys are made with gpg and signatures with
+//! `skopeo standalone-sign`, into a `file://` lookaside; the registry is
+//! on loopback. A refused image leaves nothing behind.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use imaged_common::config::Service;
+use imaged_e2e::client::{list, pull, pull_request};
+use imaged_e2e::{Imaged, TestRegistry};
+use imaged_fixtures::{Compression, ImageBuilder, LayerBuilder, MediaTypes};
+use k8s_cri::v1::image_service_client::ImageServiceClient;
+use k8s_cri::v1::{ImageSpec, PodSandboxConfig, PodSandboxMetadata, PullImageRequest};
+
+/// A signing key in the test's own gpg home.
+struct Key {
+    fingerprint: String,
+    /// Its public keyring, as `gpg --export` writes it.
+    public: PathBuf,
+}
+
+/// gpg with the test's home.
+fn gpg(home: &Path, args: &[&str]) -> std::process::Output {
+    let out = Command::new("gpg")
+        .env("GNUPGHOME", home)
+        .args(["--batch", "--quiet"])
+        .args(args)
+        .output()
+        .expect("gpg runs (make test installs it)");
+    assert!(
+        out.status.success(),
+        "gpg {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn make_key(home: &Path, name: &str) -> Key {
+    let params = home.join(format!("{name}.params"));
+    std::fs::write(
+        &params,
+        format!(
+            "%no-protection\nKey-Type: eddsa\nKey-Curve: ed25519\nKey-Usage: sign\nName-Real: {name}\nName-Email: {name}@imaged.invalid\nExpire-Date: 0\n%commit\n"
+        ),
+    )
+    .unwrap();
+    gpg(home, &["--gen-key", params.to_str().unwrap()]);
+    let listed = gpg(
+        home,
+        &[
+            "--with-colons",
+            "--list-keys",
+            &format!("{name}@imaged.invalid"),
+        ],
+    );
+    let fingerprint = String::from_utf8_lossy(&listed.stdout)
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("fpr:")
+                .map(|r| r.trim_matches(':').to_string())
+        })
+        .expect("a fingerprint");
+    let public = home.join(format!("{name}.gpg"));
+    let exported = gpg(home, &["--export", &fingerprint]);
+    std::fs::write(&public, exported.stdout).unwrap();
+    Key {
+        fingerprint,
+        public,
+    }
+}
+
+/// `skopeo standalone-sign`: a simple-signing signature of `manifest`
+/// claiming `identity`, by `key`.
+fn sign(home: &Path, manifest: &[u8], identity: &str, key: &Key) -> Vec<u8> {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest_path = dir.path().join("manifest.json");
+    std::fs::write(&manifest_path, manifest).unwrap();
+    let out_path = dir.path().join("signature");
+    let out = Command::new("skopeo")
+        .env("GNUPGHOME", home)
+        .args(["standalone-sign", "--output"])
+        .arg(&out_path)
+        .arg(&manifest_path)
+        .args([identity, &key.fingerprint])
+        .output()
+        .expect("skopeo runs (make test installs it)");
+    assert!(
+        out.status.success(),
+        "skopeo standalone-sign: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::read(out_path).unwrap()
+}
+
+/// skopeo's decision: whether it copies `reference` under the files.
+fn skopeo_accepts(policy: &Path, registries_d: &Path, reference: &str) -> (bool, String) {
+    let dest = tempfile::tempdir().unwrap();
+    let out = Command::new("skopeo")
+        .args(["copy", "--quiet", "--src-tls-verify=false", "--policy"])
+        .arg(policy)
+        .arg("--registries.d")
+        .arg(registries_d)
+        .arg(format!("docker://{reference}"))
+        .arg(format!("dir:{}", dest.path().join("out").display()))
+        .output()
+        .expect("skopeo runs");
+    let said = String::from_utf8_lossy(&out.stderr).to_string();
+    if !out.status.success() {
+        assert!(
+            said.contains("Source image rejected"),
+            "skopeo failed for another reason than the policy: {said}"
+        );
+    }
+    (out.status.success(), said)
+}
+
+/// One case of the matrix: a repository, its requirement, and how its
+/// image is signed.
+struct Case {
+    repo: &'static str,
+    requirement: String,
+    /// (identity claimed, key index, tamper) for each signature; the
+    /// identity is a repository path under the registry, or a full
+    /// reference when it contains a `/` after a host.
+    signatures: Vec<Signature>,
+}
+
+struct Signature {
+    claims: String,
+    key: usize,
+    tampered: bool,
+    /// Sign the manifest of another image instead.
+    other_manifest: bool,
+}
+
+fn signed(claims: &str, key: usize) -> Signature {
+    Signature {
+        claims: claims.into(),
+        key,
+        tampered: false,
+        other_manifest: false,
+    }
+}
+
+/// A distinct small image for each case, so what a refusal leaves is
+/// visible.
+fn image_for(seed: &str) -> imaged_fixtures::Image {
+    let layer = LayerBuilder::new()
+        .file(seed, format!("{seed}\n").as_bytes())
+        .build(Compression::Gzip)
+        .unwrap();
+    ImageBuilder::new(MediaTypes::Docker)
+        .layer(layer)
+        .build()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn imaged_decides_as_skopeo_on_every_path() {
+    let registry = TestRegistry::start().await.unwrap();
+    let fixtures = registry.fixtures();
+    let host = fixtures.reference("x").trim_end_matches("/x").to_string();
+    let work = tempfile::tempdir().unwrap();
+    let home = work.path().join("gnupg");
+    std::fs::create_dir(&home).unwrap();
+    std::fs::set_permissions(&home, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    let keys = [make_key(&home, "signer"), make_key(&home, "stranger")];
+    let k1 = keys[0].public.display().to_string();
+    let k2 = keys[1].public.display().to_string();
+    let signed_by = |identity: &str| {
+        format!(r#"{{"type":"signedBy","keyType":"GPGKeys","keyPath":"{k1}"{identity}}}"#)
+    };
+    let with = |identity: &str| format!(r#","signedIdentity":{identity}"#);
+    let full = |repo: &str| format!("{host}/{repo}");
+    let key_data = {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(std::fs::read(&keys[0].public).unwrap())
+    };
+
+    let cases = vec![
+        Case {
+            repo: "trust/unsigned",
+            requirement: signed_by(""),
+            signatures: vec![],
+        },
+        Case {
+            repo: "trust/signed",
+            requirement: signed_by(""),
+            signatures: vec![signed("trust/signed:1", 0)],
+        },
+        Case {
+            repo: "trust/stranger",
+            requirement: signed_by(""),
+            signatures: vec![signed("trust/stranger:1", 1)],
+        },
+        Case {
+            repo: "trust/tampered",
+            requirement: signed_by(""),
+            signatures: vec![Signature {
+                tampered: true,
+                ..signed("trust/tampered:1", 0)
+            }],
+        },
+        Case {
+            repo: "trust/otherdigest",
+            requirement: signed_by(""),
+            signatures: vec![Signature {
+                other_manifest: true,
+                ..signed("trust/otherdigest:1", 0)
+            }],
+        },
+        Case {
+            repo: "trust/elsewhere-default",
+            requirement: signed_by(""),
+            signatures: vec![signed("trust/elsewhere:1", 0)],
+        },
+        Case {
+            repo: "trust/elsewhere-exact",
+            requirement: signed_by(&with(r#"{"type":"matchExact"}"#)),
+            signatures: vec![signed("trust/elsewhere:1", 0)],
+        },
+        Case {
+            repo: "trust/othertag-exact",
+            requirement: signed_by(&with(r#"{"type":"matchExact"}"#)),
+            signatures: vec![signed("trust/othertag-exact:2", 0)],
+        },
+        Case {
+            repo: "trust/othertag-repository",
+            requirement: signed_by(&with(r#"{"type":"matchRepository"}"#)),
+            signatures: vec![signed("trust/othertag-repository:2", 0)],
+        },
+        Case {
+            repo: "trust/elsewhere-repository",
+            requirement: signed_by(&with(r#"{"type":"matchRepository"}"#)),
+            signatures: vec![signed("trust/elsewhere:1", 0)],
+        },
+        Case {
+            repo: "trust/exactreference",
+            requirement: signed_by(&with(&format!(
+                r#"{{"type":"exactReference","dockerReference":"{}"}}"#,
+                full("trust/elsewhere:1")
+            ))),
+            signatures: vec![signed("trust/elsewhere:1", 0)],
+        },
+        Case {
+            repo: "trust/exactrepository",
+            requirement: signed_by(&with(&format!(
+                r#"{{"type":"exactRepository","dockerRepository":"{}"}}"#,
+                full("trust/elsewhere")
+            ))),
+            signatures: vec![signed("trust/elsewhere:7", 0)],
+        },
+        Case {
+            repo: "mirror/app",
+            requirement: signed_by(&with(&format!(
+                r#"{{"type":"remapIdentity","prefix":"{}","signedPrefix":"{}"}}"#,
+                full("mirror"),
+                full("vendor")
+            ))),
+            signatures: vec![signed("vendor/app:1", 0)],
+        },
+        Case {
+            repo: "mirror/other",
+            requirement: signed_by(&with(&format!(
+                r#"{{"type":"remapIdentity","prefix":"{}","signedPrefix":"{}"}}"#,
+                full("mirror"),
+                full("vendor")
+            ))),
+            signatures: vec![signed("vendor/app:1", 0)],
+        },
+        Case {
+            repo: "trust/rejected",
+            requirement: r#"{"type":"reject"}"#.into(),
+            signatures: vec![],
+        },
+        Case {
+            repo: "trust/open",
+            requirement: r#"{"type":"insecureAcceptAnything"}"#.into(),
+            signatures: vec![],
+        },
+        Case {
+            repo: "trust/keydata",
+            requirement: format!(
+                r#"{{"type":"signedBy","keyType":"GPGKeys","keyData":"{key_data}"}}"#
+            ),
+            signatures: vec![signed("trust/keydata:1", 0)],
+        },
+        Case {
+            repo: "trust/keypaths",
+            requirement: format!(
+                r#"{{"type":"signedBy","keyType":"GPGKeys","keyPaths":["{k2}","{k1}"]}}"#
+            ),
+            signatures: vec![
+                signed("trust/stranger-signed:1", 1),
+                signed("trust/keypaths:1", 0),
+            ],
+        },
+    ];
+
+    // Images, signatures in a file:// lookaside, the policy and
+    // registries.d.
+    let sigs = work.path().join("sigs");
+    let mut scopes = Vec::new();
+    let decoy = image_for("decoy");
+    fixtures.push_image("trust/decoy:1", &decoy).await.unwrap();
+    let (decoy_manifest, _) = registry.manifest(&full("trust/decoy:1")).await;
+    let mut images = Vec::new();
+    for case in &cases {
+        let image = image_for(case.repo);
+        fixtures
+            .push_image(&format!("{}:1", case.repo), &image)
+            .await
+            .unwrap();
+        let (manifest, _) = registry.manifest(&full(&format!("{}:1", case.repo))).await;
+        let digest = imaged_model::Digest::sha256_of(&manifest);
+        let dir = sigs.join(format!("{}@sha256={}", case.repo, digest.hex()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for (i, signature) in case.signatures.iter().enumerate() {
+            let signed_manifest = if signature.other_manifest {
+                &decoy_manifest
+            } else {
+                &manifest
+            };
+            let mut bytes = sign(
+                &home,
+                signed_manifest,
+                &full(&signature.claims),
+                &keys[signature.key],
+            );
+            if signature.tampered {
+                let at = bytes.len() - 5;
+                bytes[at] ^= 1;
+            }
+            std::fs::write(dir.join(format!("signature-{}", i + 1)), bytes).unwrap();
+        }
+        scopes.push(format!(r#""{}":[{}]"#, full(case.repo), case.requirement));
+        images.push(image);
+    }
+    let policy = work.path().join("policy.json");
+    std::fs::write(
+        &policy,
+        format!(
+            r#"{{"default":[{{"type":"reject"}}],"transports":{{"docker":{{{}}}}}}}"#,
+            scopes.join(",")
+        ),
+    )
+    .unwrap();
+    let registries_d = work.path().join("registries.d");
+    std::fs::create_dir(&registries_d).unwrap();
+    std::fs::write(
+        registries_d.join("test.yaml"),
+        format!(
+            "docker:\n  {host}:\n    lookaside: file://{}\n",
+            sigs.display()
+        ),
+    )
+    .unwrap();
+    // A namespace whose policy accepts anything.
+    let namespaces = work.path().join("policies");
+    std::fs::create_dir(&namespaces).unwrap();
+    std::fs::write(
+        namespaces.join("team-open.json"),
+        r#"{"default":[{"type":"insecureAcceptAnything"}]}"#,
+    )
+    .unwrap();
+
+    let imaged = Imaged::builder()
+        .arg(
+            Service::Transfer,
+            &format!("--signature-policy={}", policy.display()),
+        )
+        .arg(
+            Service::Transfer,
+            &format!("--signature-policy-dir={}", namespaces.display()),
+        )
+        .arg(
+            Service::Transfer,
+            &format!("--registries-d={}", registries_d.display()),
+        )
+        .start()
+        .await
+        .unwrap();
+    let mut cri = ImageServiceClient::new(imaged.channel(Service::Gateway));
+    let docker = imaged.docker_cli();
+
+    let (mut accepted, mut refused) = (0, 0);
+    for (case, image) in cases.iter().zip(&images) {
+        let reference = full(&format!("{}:1", case.repo));
+        let (oracle, said) = skopeo_accepts(&policy, &registries_d, &reference);
+        if oracle {
+            accepted += 1
+        } else {
+            refused += 1
+        }
+        let decision = if oracle { "accepts" } else { "refuses" };
+        eprintln!("{}: skopeo {decision}", case.repo);
+
+        // imaged.v1
+        let grpc = pull(imaged.images(), pull_request(&reference)).await;
+        check(
+            &case.repo,
+            "imaged.v1",
+            oracle,
+            &said,
+            grpc.as_ref()
+                .err()
+                .map(|s| (s.code(), s.message().to_string())),
+        );
+        if let Err(status) = &grpc {
+            assert_eq!(
+                status.code(),
+                tonic::Code::PermissionDenied,
+                "{}: {status:?}",
+                case.repo
+            );
+            assert!(
+                status.message().contains(&reference),
+                "{}: names the image: {}",
+                case.repo,
+                status.message()
+            );
+        }
+        remove(&imaged, &reference).await;
+
+        // CRI, from a namespace without a policy of its own.
+        let answer = cri.pull_image(cri_pull(&reference, "team-default")).await;
+        check(
+            &case.repo,
+            "CRI",
+            oracle,
+            &said,
+            answer
+                .as_ref()
+                .err()
+                .map(|s| (s.code(), s.message().to_string())),
+        );
+        if let Err(status) = &answer {
+            assert!(
+                status.message().starts_with("SignatureValidationFailed"),
+                "{}: kubelet's reason: {}",
+                case.repo,
+                status.message()
+            );
+        }
+        remove(&imaged, &reference).await;
+
+        // The Docker API, through the docker CLI.
+        let out = docker.docker(&["pull", "-q", &reference]).await.unwrap();
+        let err = (!out.status.success()).then(|| {
+            (
+                tonic::Code::Unknown,
+                String::from_utf8_lossy(&out.stderr).to_string(),
+            )
+        });
+        check(&case.repo, "Docker API", oracle, &said, err);
+        remove(&imaged, &reference).await;
+
+        if !oracle {
+            left_nothing(&imaged, image, &reference).await;
+        }
+    }
+    assert!(
+        accepted >= 5 && refused >= 5,
+        "the matrix exercises both: {accepted} accepted, {refused} refused"
+    );
+
+    // The namespace's own policy, through CRI: accepted there, and the
+    // same image, now on the node, refused again for a namespace under
+    // the global policy.
+    let unsigned = full("trust/unsigned:1");
+    let (oracle, _) = skopeo_accepts(&namespaces.join("team-open.json"), &registries_d, &unsigned);
+    assert!(oracle, "skopeo accepts under the open policy");
+    cri.pull_image(cri_pull(&unsigned, "team-open"))
+        .await
+        .expect("accepted under team-open's policy");
+    let again = cri.pull_image(cri_pull(&unsigned, "team-default")).await;
+    assert!(
+        again.is_err(),
+        "an image on the node is checked again under another namespace's policy"
+    );
+}
+
+fn check(repo: &str, path: &str, oracle: bool, said: &str, err: Option<(tonic::Code, String)>) {
+    match (oracle, err) {
+        (true, None) | (false, Some(_)) => {}
+        (true, Some(err)) => panic!("{repo} via {path}: skopeo accepts, imaged refused: {err:?}"),
+        (false, None) => panic!("{repo} via {path}: skopeo refuses ({said}), imaged accepted"),
+    }
+}
+
+fn cri_pull(reference: &str, namespace: &str) -> PullImageRequest {
+    PullImageRequest {
+        image: Some(ImageSpec {
+            image: reference.into(),
+            ..Default::default()
+        }),
+        auth: None,
+        sandbox_config: Some(PodSandboxConfig {
+            metadata: Some(PodSandboxMetadata {
+                name: "pod".into(),
+                uid: "uid".into(),
+                namespace: namespace.into(),
+                attempt: 0,
+            }),
+            ..Default::default()
+        }),
+    }
+}
+
+/// Removes `reference` if it was pulled, so the next path pulls afresh.
+async fn remove(imaged: &Imaged, reference: &str) {
+    let _ = imaged
+        .images()
+        .remove_image(imaged_api::v1::RemoveImageRequest {
+            image: reference.into(),
+            force: true,
+            ..Default::default()
+        })
+        .await;
+}
+
+/// No tag, no config, no layer blob and no layer of a refused image.
+async fn left_nothing(imaged: &Imaged, image: &imaged_fixtures::Image, reference: &str) {
+    let listed = list(imaged.images()).await;
+    assert!(
+        !listed.iter().any(|i| i.id == image.id()),
+        "{reference}: refused, yet listed"
+    );
+    let content = imaged.root().join("transfer").join("content");
+    for digest in
+        std::iter::once(&image.config.digest).chain(image.layers.iter().map(|l| &l.digest))
+    {
+        let hex = digest.trim_start_matches("sha256:");
+        let found = walk(&content)
+            .into_iter()
+            .any(|p| p.file_name().is_some_and(|n| n == hex));
+        assert!(!found, "{reference}: refused, yet blob {digest} is stored");
+    }
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                out.extend(walk(&path));
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    out
+}
