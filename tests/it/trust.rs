@@ -401,7 +401,7 @@ async fn imaged_decides_as_skopeo_on_every_path() {
         // imaged.v1
         let grpc = pull(imaged.images(), pull_request(&reference)).await;
         check(
-            &case.repo,
+            case.repo,
             "imaged.v1",
             oracle,
             &said,
@@ -428,7 +428,7 @@ async fn imaged_decides_as_skopeo_on_every_path() {
         // CRI, from a namespace without a policy of its own.
         let answer = cri.pull_image(cri_pull(&reference, "team-default")).await;
         check(
-            &case.repo,
+            case.repo,
             "CRI",
             oracle,
             &said,
@@ -455,7 +455,7 @@ async fn imaged_decides_as_skopeo_on_every_path() {
                 String::from_utf8_lossy(&out.stderr).to_string(),
             )
         });
-        check(&case.repo, "Docker API", oracle, &said, err);
+        check(case.repo, "Docker API", oracle, &said, err);
         remove(&imaged, &reference).await;
 
         if !oracle {

@@ -61,6 +61,9 @@ pub struct Puller {
     /// The layers and diff IDs of manifests remote snapshots came from, by
     /// manifest digest: containerd asks layer by layer.
     remote_plans: Mutex<HashMap<Digest, Arc<RemotePlan>>>,
+    /// (image, manifest) pairs of remote snapshots the signature policy
+    /// accepted.
+    remote_trusted: Mutex<std::collections::HashSet<(String, Digest)>>,
     /// The containerd every pulled image is registered in, if any.
     containerd: Option<Arc<dyn Registrar>>,
     /// The signature policy every pull is checked against.
@@ -185,6 +188,7 @@ impl Puller {
             jobs: Mutex::new(HashMap::new()),
             leases,
             remote_plans: Mutex::new(HashMap::new()),
+            remote_trusted: Mutex::new(std::collections::HashSet::new()),
             containerd: None,
             trust: Arc::new(Trust::open()),
         }

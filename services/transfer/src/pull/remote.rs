@@ -32,17 +32,9 @@ impl Puller {
         if let Some(layer) = self.layers.get(chain) {
             return Ok(layer);
         }
+        self.remote_trusted(image, manifest).await?;
         let reference = Reference::parse(image)?.with_digest(manifest.clone());
-        let target = Target::new(
-            &PullOrder {
-                reference: reference.to_string(),
-                platform: None,
-                auth: RegistryAuth::Anonymous,
-                all_tags: false,
-                namespace: None,
-            },
-            &self.registries,
-        )?;
+        let target = self.remote_target(reference.to_string())?;
         let plan = self.remote_plan(&target, manifest).await?;
         let i = plan
             .layers
@@ -102,6 +94,63 @@ impl Puller {
                 ))
             }),
         }
+    }
+
+    /// What a remote snapshot reads from: `reference`, anonymously (as
+    /// containerd's own pull through its snapshotter labels gives it).
+    fn remote_target(&self, reference: String) -> Result<Target, Error> {
+        let order = PullOrder {
+            reference,
+            platform: None,
+            auth: RegistryAuth::Anonymous,
+            all_tags: false,
+            namespace: None,
+        };
+        Target::new(&order, &self.registries)
+    }
+
+    /// Checks the signature policy (the global one: containerd says no
+    /// pod) for a remote snapshot of `image` whose platform manifest is
+    /// `manifest`. Signatures are of the top manifest the reference names
+    /// (an index when there is one), so that is what is checked, and it
+    /// must be `manifest` or list it.
+    async fn remote_trusted(&self, image: &str, manifest: &Digest) -> Result<(), Error> {
+        if !self.trust.enforcing() {
+            return Ok(());
+        }
+        let key = (image.to_string(), manifest.clone());
+        let trusted = || {
+            self.remote_trusted
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+        };
+        if trusted().contains(&key) {
+            return Ok(());
+        }
+        let target = self.remote_target(image.to_string())?;
+        let (bytes, top) = self.fetch_manifest(&target, None).await?;
+        let top: Digest = top.parse()?;
+        if top != *manifest {
+            let what = format!("manifest for {}", target.shown);
+            let listed = probe_manifest(&what, &bytes)?
+                .manifests
+                .iter()
+                .flatten()
+                .any(|entry| entry.digest == manifest.to_string());
+            if !listed {
+                return Err(Error::permission_denied(format!(
+                    "{}manifest {manifest} is not one {image} names (it names {top})",
+                    imaged_common::error::POLICY_REJECTED
+                )));
+            }
+        }
+        self.trust.check(&target.reference, &top, None).await?;
+        let mut trusted = trusted();
+        if trusted.len() >= REMOTE_PLANS {
+            trusted.clear();
+        }
+        trusted.insert(key);
+        Ok(())
     }
 
     /// The layers and diff IDs of the image manifest `manifest`, fetched

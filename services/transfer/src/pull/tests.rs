@@ -392,3 +392,51 @@ async fn a_pulled_image_is_registered_in_containerd_manifest_first() {
         ]
     );
 }
+
+/// `rig`'s puller checking every pull against the policy `json`.
+fn with_policy(mut rig: Rig, json: &str) -> (Rig, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("policy.json");
+    std::fs::write(&path, json).unwrap();
+    let trust = crate::trust::Trust::read(Some(&path), None, None).unwrap();
+    let puller = Arc::into_inner(rig.puller).expect("the rig's only handle");
+    rig.puller = Arc::new(puller.with_trust(Arc::new(trust)));
+    (rig, dir)
+}
+
+#[tokio::test]
+async fn the_policy_refuses_pulls_and_remote_layers_before_anything_is_stored() {
+    let (rig, _policy) = with_policy(
+        rig(FakeRegistry::default(), &[]),
+        r#"{"default":[{"type":"reject"}],"transports":{"docker":{
+            "docker.io/library/open":[{"type":"insecureAcceptAnything"}]}}}"#,
+    );
+    let app = image(&["base", "app"]);
+    rig.registry.push("library/app", "1", &app);
+    rig.registry.push("library/open", "1", &app);
+    let chains = chains_of(&app);
+    let manifest: Digest = app.manifest.digest.parse().unwrap();
+    let blob: Digest = app.layers[0].digest.parse().unwrap();
+
+    let (result, events) = pull(&rig.puller, "app:1").await;
+    let err = result.unwrap_err();
+    assert!(err.is(tonic::Code::PermissionDenied), "{err}");
+    assert!(err.cause::<crate::trust::Refusal>().is_some());
+    assert!(events.is_empty(), "nothing is said: {events:?}");
+    let err = rig
+        .puller
+        .remote_layer("app:1", &manifest, &blob, &chains[0])
+        .await
+        .unwrap_err();
+    assert!(err.is(tonic::Code::PermissionDenied), "{err}");
+    assert!(rig.puller.layers.get(&chains[0]).is_none());
+    assert_eq!(rig.registry.served_anywhere(&app.layers[0].digest), 0);
+    assert!(rig.recorder.actions().is_empty());
+
+    // The same bytes under a name the policy accepts.
+    rig.puller
+        .remote_layer("open:1", &manifest, &blob, &chains[0])
+        .await
+        .unwrap();
+    pull(&rig.puller, "open:1").await.0.unwrap();
+}
