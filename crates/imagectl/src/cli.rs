@@ -183,6 +183,14 @@ pub struct PushArgs {
     pub all_tags: bool,
     #[command(flatten)]
     pub auth: AuthArgs,
+    /// Sign each pushed manifest with this gpg key (simple signing, as
+    /// skopeo's --sign-by), into the lookaside registries.d names.
+    #[arg(long = "sign-by", value_name = "FINGERPRINT")]
+    pub sign_by: Option<String>,
+    /// The registries.d directory saying where signatures go (default:
+    /// /etc/containers/registries.d when it exists).
+    #[arg(long = "registries-d", value_name = "DIR", requires = "sign_by")]
+    pub registries_d: Option<std::path::PathBuf>,
 }
 
 /// `docker images` / `docker image ls`.

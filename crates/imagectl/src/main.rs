@@ -15,6 +15,7 @@ mod local;
 mod login;
 mod output;
 mod progress;
+mod sign;
 mod template;
 
 use clap::Parser;

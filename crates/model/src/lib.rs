@@ -9,6 +9,8 @@
 //! - [`image_config`]: image configs, parsed once and strictly.
 //! - [`media_type`]: the manifest, index, config and layer media types.
 //! - [`record`]: an image to record, and what recording did.
+//! - [`signature`]: containers/image's signature vocabulary: identities,
+//!   policy scopes, the signed payload, registries.d.
 //!
 //! The crate knows no transport: its [`Error`] says what input was wrong,
 //! in Docker's wording, and `imaged-common` maps it to a gRPC status, so a
@@ -23,6 +25,7 @@ pub mod media_type;
 pub mod platform;
 pub mod record;
 pub mod reference;
+pub mod signature;
 pub mod timestamp;
 
 /// Input that is not valid Docker vocabulary: a bad reference, digest,

@@ -7,12 +7,20 @@ use tonic::transport::Channel;
 
 use super::credentials;
 use crate::cli::PushArgs;
+use crate::sign::Signer;
 use crate::{local, progress};
 
 /// `docker push`: as the docker CLI 28, `latest` of a name without a tag,
 /// every tag only with --all-tags.
 pub async fn run(images: &mut ImagesClient<Channel>, args: PushArgs) -> anyhow::Result<()> {
     let parsed = local::named(&args.reference)?;
+    // Before anything is pushed: a registries.d that cannot be read
+    // stops the push, not its signing.
+    let signer = args
+        .sign_by
+        .as_deref()
+        .map(|key| Signer::new(key, args.registries_d.as_deref()))
+        .transpose()?;
     let reference = if !args.all_tags && local::default_tag(&parsed) {
         println!("Using default tag: latest");
         format!("{}:latest", args.reference)
@@ -25,12 +33,22 @@ pub async fn run(images: &mut ImagesClient<Channel>, args: PushArgs) -> anyhow::
         auth: credentials(&args.auth, &parsed)?,
         all_tags: args.all_tags,
     };
+    let repository = parsed.clone();
     let mut stream = images.push_image(request).await?.into_inner();
     let mut said = false;
     while let Some(message) = stream.next().await {
         // Past the first line, Docker's errors come in the stream.
         let message = message.map_err(|s| progress::in_stream(s, said))?;
         said = true;
+        if let Some(signer) = &signer
+            && !message.digest.is_empty()
+            && !message.tag.is_empty()
+        {
+            let pushed = repository.with_tag(&message.tag)?;
+            let digest: imaged_model::Digest = message.digest.parse()?;
+            signer.sign(&pushed, &digest)?;
+            println!("Signing manifest using simple signing");
+        }
         if message.id.is_empty() {
             println!("{}", message.status);
         } else if !progress::shows_progress(&message.status) {

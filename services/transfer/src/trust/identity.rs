@@ -3,6 +3,7 @@
 //! for.
 
 use imaged_model::Reference;
+use imaged_model::signature::identity;
 
 /// What a signature's claimed identity must be, for the image asked for.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -25,17 +26,6 @@ pub enum SignedIdentity {
         prefix: String,
         signed_prefix: String,
     },
-}
-
-/// The identity a reference shows to the policy: `name@digest` when it
-/// has a digest, else `name:tag` (containers/image drops the tag of a
-/// reference that has both).
-pub fn identity(reference: &Reference) -> Option<String> {
-    match (reference.digest(), reference.tag()) {
-        (Some(digest), _) => Some(format!("{}@{digest}", reference.name())),
-        (None, Some(tag)) => Some(format!("{}:{tag}", reference.name())),
-        (None, None) => None,
-    }
 }
 
 impl SignedIdentity {

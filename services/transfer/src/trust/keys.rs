@@ -8,7 +8,7 @@ use pgp::composed::{Deserializable, Message, SignedPublicKey};
 
 use super::identity::SignedIdentity;
 use super::lookaside::MAX_SIGNATURE;
-use super::payload::{self, SIMPLE_SIGNING};
+use imaged_model::signature::payload::{self, SIMPLE_SIGNING};
 
 /// The public keys of one `signedBy` requirement.
 #[derive(Debug)]

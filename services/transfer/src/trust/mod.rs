@@ -7,7 +7,6 @@
 pub mod identity;
 pub mod keys;
 pub mod lookaside;
-pub mod payload;
 pub mod policy;
 
 use std::collections::{HashMap, HashSet};
@@ -18,7 +17,7 @@ use imaged_common::Error;
 use imaged_model::{Digest, Reference};
 use tonic::Code;
 
-use lookaside::RegistriesD;
+use imaged_model::signature::registries_d::RegistriesD;
 use policy::{Policy, Requirement};
 
 use imaged_common::error::POLICY_REJECTED;
@@ -119,7 +118,8 @@ impl Trust {
         let Some(policy) = self.policy(namespace) else {
             return Ok(());
         };
-        let shown = identity::identity(reference).unwrap_or_else(|| reference.name());
+        let shown =
+            imaged_model::signature::identity(reference).unwrap_or_else(|| reference.name());
         let key = (policy.origin.clone(), shown.clone(), manifest.clone());
         if self.lock().contains(&key) {
             return Ok(());

@@ -14,6 +14,7 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 
 use imaged_model::Reference;
+use imaged_model::signature::{identity, scopes_of};
 
 use super::identity::SignedIdentity;
 use super::keys::{GpgKeys, SigstoreKey};
@@ -115,31 +116,6 @@ impl Policy {
     }
 }
 
-/// The docker transport's scopes of `reference`, most specific first
-/// (containers/image's identity and namespaces): `host/repo:tag` (or
-/// `@digest`), `host/repo`, each parent namespace, `host[:port]`, then
-/// `*.domain` for each parent domain of the host without its port.
-pub fn scopes_of(reference: &Reference) -> Vec<String> {
-    let mut scopes = Vec::new();
-    if let Some(identity) = super::identity::identity(reference) {
-        scopes.push(identity);
-    }
-    let mut name = reference.name();
-    loop {
-        scopes.push(name.clone());
-        match name.rfind('/') {
-            Some(at) => name.truncate(at),
-            None => break,
-        }
-    }
-    let mut host = name.split(':').next().unwrap_or_default().to_string();
-    while let Some(dot) = host.find('.') {
-        host = host[dot + 1..].to_string();
-        scopes.push(format!("*.{host}"));
-    }
-    scopes
-}
-
 /// A docker scope as containers/image accepts it: `*.domain`, or a fully
 /// expanded reference, repository, namespace or host.
 fn check_docker_scope(scope: &str) -> Result<(), String> {
@@ -161,7 +137,7 @@ fn check_docker_scope(scope: &str) -> Result<(), String> {
         return Err("a scope is a reference without a transport".into());
     }
     let parsed = Reference::parse(scope).map_err(|e| e.to_string())?;
-    let expanded = match super::identity::identity(&parsed) {
+    let expanded = match identity(&parsed) {
         Some(identity) => identity,
         None => parsed.name(),
     };

@@ -4,8 +4,9 @@
 
 use super::identity::SignedIdentity;
 use super::keys::GpgKeys;
-use super::policy::{Policy, Requirement, scopes_of};
+use super::policy::{Policy, Requirement};
 use super::*;
+use imaged_model::signature::scopes_of;
 
 const SIGNED_DIGEST: &str =
     "sha256:65855d7eaf01d6d664dfafe2cd651fd2cae08a09f7b9e259d960e7b5a4cdd925";

@@ -5,10 +5,25 @@
 
 use serde::Deserialize;
 
-use imaged_model::Digest;
+use crate::Digest;
 
 /// The type a simple-signing (GPG) signature's payload names.
 pub const SIMPLE_SIGNING: &str = "atomic container signature";
+
+/// The payload skopeo writes for `identity` (`host/repo:tag`) and
+/// `digest`, members in its order.
+pub fn build(identity: &str, digest: &Digest, creator: &str, timestamp: u64) -> Vec<u8> {
+    serde_json::json!({
+        "critical": {
+            "identity": {"docker-reference": identity},
+            "image": {"docker-manifest-digest": digest.to_string()},
+            "type": SIMPLE_SIGNING,
+        },
+        "optional": {"creator": creator, "timestamp": timestamp},
+    })
+    .to_string()
+    .into_bytes()
+}
 
 /// What a signature claims.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -102,5 +117,11 @@ mod tests {
         );
         assert!(parse(&payload(r#","type":"x""#, SIMPLE_SIGNING), SIMPLE_SIGNING).is_err());
         assert!(parse(b"{\"critical\":{}}", SIMPLE_SIGNING).is_err());
+        // What imagectl signs reads back.
+        let digest: Digest = DIGEST.parse().unwrap();
+        let built = build("a.io/x:1", &digest, "imagectl", 1);
+        let claim = parse(&built, SIMPLE_SIGNING).unwrap();
+        assert_eq!(claim.docker_reference, "a.io/x:1");
+        assert_eq!(claim.manifest_digest, digest);
     }
 }

@@ -555,3 +555,5 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+mod signing;
