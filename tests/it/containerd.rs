@@ -74,6 +74,22 @@ async fn containerd_then_imaged(
         .await
         .unwrap();
     let imaged = imaged_for(&containerd, &snapshots).await;
+    // containerd dialled the snapshotter before imaged served it, and
+    // answers UNAVAILABLE until its backoff (at most 3 s) lets it dial
+    // again: wait until it reaches imaged, as a node's start-up would.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while containerd
+        .ctr(&["snapshots", "--snapshotter", "imaged", "ls"])
+        .await
+        .is_err()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "containerd never reached imaged's snapshotter\n{}",
+            containerd.log()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     (sockets, containerd, imaged)
 }
 
