@@ -387,6 +387,7 @@ async fn imaged_decides_as_skopeo_on_every_path() {
     let docker = imaged.docker_cli();
 
     let (mut accepted, mut refused) = (0, 0);
+    let mut decided = Vec::new();
     for (case, image) in cases.iter().zip(&images) {
         let reference = full(&format!("{}:1", case.repo));
         let (oracle, said) = skopeo_accepts(&policy, &registries_d, &reference);
@@ -395,6 +396,7 @@ async fn imaged_decides_as_skopeo_on_every_path() {
         } else {
             refused += 1
         }
+        decided.push((case.repo, oracle));
         let decision = if oracle { "accepts" } else { "refuses" };
         eprintln!("{}: skopeo {decision}", case.repo);
 
@@ -466,6 +468,20 @@ async fn imaged_decides_as_skopeo_on_every_path() {
         accepted >= 5 && refused >= 5,
         "the matrix exercises both: {accepted} accepted, {refused} refused"
     );
+    // The event log: a pull for each accepted image, nothing at all about
+    // a refused one.
+    let logged = logged_events(&imaged).await;
+    for (repo, oracle) in decided {
+        let about: Vec<&String> = logged.iter().filter(|e| e.contains(repo)).collect();
+        if oracle {
+            assert!(
+                about.iter().any(|e| e.starts_with("pull ")),
+                "{repo}: {about:?}"
+            );
+        } else {
+            assert!(about.is_empty(), "{repo} was refused, yet: {about:?}");
+        }
+    }
 
     // The namespace's own policy, through CRI: accepted there, and the
     // same image, now on the node, refused again for a namespace under
@@ -552,6 +568,27 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
                 out.push(path);
             }
         }
+    }
+    out
+}
+
+/// Every image event logged so far, as `action actor name`.
+async fn logged_events(imaged: &Imaged) -> Vec<String> {
+    let mut stream =
+        imaged_api::v1::events_client::EventsClient::new(imaged.channel(Service::Gateway))
+            .subscribe(imaged_api::v1::SubscribeRequest {
+                filters: vec!["type=image".into()],
+                since: "0".into(),
+                until: "0s".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+    let mut out = Vec::new();
+    while let Some(event) = stream.message().await.unwrap() {
+        let actor = event.actor.unwrap_or_default();
+        let name = actor.attributes.get("name").cloned().unwrap_or_default();
+        out.push(format!("{} {} {name}", event.action, actor.id));
     }
     out
 }
