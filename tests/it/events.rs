@@ -10,7 +10,7 @@ use imaged_api::v1::events_client::EventsClient;
 use imaged_api::v1::{Actor, Event, SubscribeRequest};
 use imaged_common::config::Service;
 use imaged_common::endpoint::Endpoint;
-use imaged_common::events::Publisher;
+use imaged_common::events::{ImageEvents, Publisher};
 use imaged_common::peer::{Peer, PeerChannel};
 use imaged_e2e::Imaged;
 use tonic::{Code, Streaming};

@@ -8,7 +8,7 @@
 //! answer is logged once.
 //!
 //! An operation waits for its events to be logged before it returns
-//! ([`Publisher::delivered`]), as dockerd logs an event before it answers:
+//! ([`ImageEvents::delivered`]), as dockerd logs an event before it answers:
 //! `docker tag a b && docker events --until 0s` shows the tag. The wait is
 //! bounded, and skipped while imaged-events cannot be reached, so a down
 //! event log never holds an operation back.
@@ -61,8 +61,9 @@ struct Inner {
 /// [`Publisher`], or a [`MemoryEvents`] in unit tests.
 #[tonic::async_trait]
 pub trait ImageEvents: Send + Sync {
-    /// Queues an image event, as [`Publisher::image`] does; answers its
-    /// number.
+    /// Queues an image event: `action` on `actor_id`, attributes the
+    /// image's labels and then `name` (so `name` wins, as in Docker).
+    /// Answers its number.
     fn image(
         &self,
         action: &str,
@@ -71,13 +72,16 @@ pub trait ImageEvents: Send + Sync {
         name: Option<&str>,
     ) -> u64;
 
-    /// Waits (bounded) until the event numbered `sequence` is logged, as
-    /// [`Publisher::delivered`] does; answers whether it is.
+    /// Waits (bounded) until the event numbered `sequence` is logged;
+    /// answers whether it is.
     async fn delivered(&self, sequence: u64) -> bool;
 }
 
 #[tonic::async_trait]
 impl ImageEvents for Publisher {
+    /// Queues an image event: `action` on `actor_id`, attributes the
+    /// image's labels and then `name` (so `name` wins, as in Docker).
+    /// Answers its number, for [`ImageEvents::delivered`].
     fn image(
         &self,
         action: &str,
@@ -85,11 +89,44 @@ impl ImageEvents for Publisher {
         labels: &BTreeMap<String, String>,
         name: Option<&str>,
     ) -> u64 {
-        Publisher::image(self, action, actor_id, labels, name)
+        let mut attributes: std::collections::HashMap<String, String> =
+            labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        if let Some(name) = name {
+            attributes.insert("name".into(), name.into());
+        }
+        self.publish(Event {
+            sequence: 0,
+            r#type: "image".into(),
+            action: action.into(),
+            actor: Some(Actor {
+                id: actor_id.into(),
+                attributes,
+            }),
+            scope: "local".into(),
+            time_nano: now_nanos(),
+            time: None,
+        })
     }
 
+    /// Waits until the event numbered `sequence` is in imaged-events' log;
+    /// at most [`DELIVERY_WAIT`], and not at all while imaged-events
+    /// cannot be reached. Answers whether it is logged.
     async fn delivered(&self, sequence: u64) -> bool {
-        Publisher::delivered(self, sequence).await
+        let wait = async {
+            loop {
+                let drained = self.inner.drained.notified();
+                if self.inner.delivered_through.load(Ordering::Acquire) >= sequence {
+                    return true;
+                }
+                if self.inner.failing.load(Ordering::Acquire) {
+                    return false;
+                }
+                drained.await;
+            }
+        };
+        tokio::time::timeout(DELIVERY_WAIT, wait)
+            .await
+            .unwrap_or(false)
     }
 }
 
@@ -168,35 +205,6 @@ impl Publisher {
         Publisher { inner }
     }
 
-    /// Queues an image event: `action` on `actor_id`, attributes the
-    /// image's labels and then `name` (so `name` wins, as in Docker).
-    /// Answers its number, for [`Publisher::delivered`].
-    pub fn image(
-        &self,
-        action: &str,
-        actor_id: &str,
-        labels: &BTreeMap<String, String>,
-        name: Option<&str>,
-    ) -> u64 {
-        let mut attributes: std::collections::HashMap<String, String> =
-            labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        if let Some(name) = name {
-            attributes.insert("name".into(), name.into());
-        }
-        self.publish(Event {
-            sequence: 0,
-            r#type: "image".into(),
-            action: action.into(),
-            actor: Some(Actor {
-                id: actor_id.into(),
-                attributes,
-            }),
-            scope: "local".into(),
-            time_nano: now_nanos(),
-            time: None,
-        })
-    }
-
     /// Queues any event; answers its number.
     pub fn publish(&self, event: Event) -> u64 {
         let mut queue = self.inner.queue.lock().unwrap_or_else(|p| p.into_inner());
@@ -217,27 +225,6 @@ impl Publisher {
         drop(queue);
         self.inner.wake.notify_one();
         source_sequence
-    }
-
-    /// Waits until the event numbered `sequence` is in imaged-events' log;
-    /// at most [`DELIVERY_WAIT`], and not at all while imaged-events
-    /// cannot be reached. Answers whether it is logged.
-    pub async fn delivered(&self, sequence: u64) -> bool {
-        let wait = async {
-            loop {
-                let drained = self.inner.drained.notified();
-                if self.inner.delivered_through.load(Ordering::Acquire) >= sequence {
-                    return true;
-                }
-                if self.inner.failing.load(Ordering::Acquire) {
-                    return false;
-                }
-                drained.await;
-            }
-        };
-        tokio::time::timeout(DELIVERY_WAIT, wait)
-            .await
-            .unwrap_or(false)
     }
 
     /// Events not yet delivered.

@@ -95,7 +95,7 @@ pub struct Logged(Option<u64>);
 
 impl Images {
     /// Waits until the events a change published are in the event log
-    /// (bounded; see [`imaged_common::events::Publisher::delivered`]).
+    /// (bounded; see [`imaged_common::events::ImageEvents::delivered`]).
     pub async fn logged(&self, logged: Logged) {
         if let Logged(Some(sequence)) = logged {
             self.events.delivered(sequence).await;

@@ -6,116 +6,12 @@
 //! on loopback. A refused image leaves nothing behind.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use imaged_common::config::Service;
+use imaged_e2e::Imaged;
 use imaged_e2e::client::{list, pull, pull_request};
-use imaged_e2e::{Imaged, TestRegistry};
-use imaged_fixtures::{Compression, ImageBuilder, LayerBuilder, MediaTypes};
 use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::{ImageSpec, PodSandboxConfig, PodSandboxMetadata, PullImageRequest};
-
-/// A signing key in the test's own gpg home.
-struct Key {
-    fingerprint: String,
-    /// Its public keyring, as `gpg --export` writes it.
-    public: PathBuf,
-}
-
-/// gpg with the test's home.
-fn gpg(home: &Path, args: &[&str]) -> std::process::Output {
-    let out = Command::new("gpg")
-        .env("GNUPGHOME", home)
-        .args(["--batch", "--quiet"])
-        .args(args)
-        .output()
-        .expect("gpg runs (make test installs it)");
-    assert!(
-        out.status.success(),
-        "gpg {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-fn make_key(home: &Path, name: &str) -> Key {
-    let params = home.join(format!("{name}.params"));
-    std::fs::write(
-        &params,
-        format!(
-            "%no-protection\nKey-Type: eddsa\nKey-Curve: ed25519\nKey-Usage: sign\nName-Real: {name}\nName-Email: {name}@imaged.invalid\nExpire-Date: 0\n%commit\n"
-        ),
-    )
-    .unwrap();
-    gpg(home, &["--gen-key", params.to_str().unwrap()]);
-    let listed = gpg(
-        home,
-        &[
-            "--with-colons",
-            "--list-keys",
-            &format!("{name}@imaged.invalid"),
-        ],
-    );
-    let fingerprint = String::from_utf8_lossy(&listed.stdout)
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("fpr:")
-                .map(|r| r.trim_matches(':').to_string())
-        })
-        .expect("a fingerprint");
-    let public = home.join(format!("{name}.gpg"));
-    let exported = gpg(home, &["--export", &fingerprint]);
-    std::fs::write(&public, exported.stdout).unwrap();
-    Key {
-        fingerprint,
-        public,
-    }
-}
-
-/// `skopeo standalone-sign`: a simple-signing signature of `manifest`
-/// claiming `identity`, by `key`.
-fn sign(home: &Path, manifest: &[u8], identity: &str, key: &Key) -> Vec<u8> {
-    let dir = tempfile::tempdir().unwrap();
-    let manifest_path = dir.path().join("manifest.json");
-    std::fs::write(&manifest_path, manifest).unwrap();
-    let out_path = dir.path().join("signature");
-    let out = Command::new("skopeo")
-        .env("GNUPGHOME", home)
-        .args(["standalone-sign", "--output"])
-        .arg(&out_path)
-        .arg(&manifest_path)
-        .args([identity, &key.fingerprint])
-        .output()
-        .expect("skopeo runs (make test installs it)");
-    assert!(
-        out.status.success(),
-        "skopeo standalone-sign: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    std::fs::read(out_path).unwrap()
-}
-
-/// skopeo's decision: whether it copies `reference` under the files.
-fn skopeo_accepts(policy: &Path, registries_d: &Path, reference: &str) -> (bool, String) {
-    let dest = tempfile::tempdir().unwrap();
-    let out = Command::new("skopeo")
-        .args(["copy", "--quiet", "--src-tls-verify=false", "--policy"])
-        .arg(policy)
-        .arg("--registries.d")
-        .arg(registries_d)
-        .arg(format!("docker://{reference}"))
-        .arg(format!("dir:{}", dest.path().join("out").display()))
-        .output()
-        .expect("skopeo runs");
-    let said = String::from_utf8_lossy(&out.stderr).to_string();
-    if !out.status.success() {
-        assert!(
-            said.contains("Source image rejected"),
-            "skopeo failed for another reason than the policy: {said}"
-        );
-    }
-    (out.status.success(), said)
-}
 
 /// One case of the matrix: a repository, its requirement, and how its
 /// image is signed.
@@ -145,36 +41,19 @@ fn signed(claims: &str, key: usize) -> Signature {
     }
 }
 
-/// A distinct small image for each case, so what a refusal leaves is
-/// visible.
-fn image_for(seed: &str) -> imaged_fixtures::Image {
-    let layer = LayerBuilder::new()
-        .file(seed, format!("{seed}\n").as_bytes())
-        .build(Compression::Gzip)
-        .unwrap();
-    ImageBuilder::new(MediaTypes::Docker)
-        .layer(layer)
-        .build()
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn imaged_decides_as_skopeo_on_every_path() {
-    let registry = TestRegistry::start().await.unwrap();
+    let setup = Setup::new().await;
+    let (registry, home, keys, work) = (&setup.registry, &setup.home, &setup.keys, &setup.work);
+    let (sigs, registries_d) = (&setup.sigs, &setup.registries_d);
     let fixtures = registry.fixtures();
-    let host = fixtures.reference("x").trim_end_matches("/x").to_string();
-    let work = tempfile::tempdir().unwrap();
-    let home = work.path().join("gnupg");
-    std::fs::create_dir(&home).unwrap();
-    std::fs::set_permissions(&home, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
-    let keys = [make_key(&home, "signer"), make_key(&home, "stranger")];
     let k1 = keys[0].public.display().to_string();
     let k2 = keys[1].public.display().to_string();
     let signed_by = |identity: &str| {
         format!(r#"{{"type":"signedBy","keyType":"GPGKeys","keyPath":"{k1}"{identity}}}"#)
     };
     let with = |identity: &str| format!(r#","signedIdentity":{identity}"#);
-    let full = |repo: &str| format!("{host}/{repo}");
+    let full = |repo: &str| setup.full(repo);
     let key_data = {
         use base64::Engine as _;
         base64::engine::general_purpose::STANDARD.encode(std::fs::read(&keys[0].public).unwrap())
@@ -300,9 +179,7 @@ async fn imaged_decides_as_skopeo_on_every_path() {
         },
     ];
 
-    // Images, signatures in a file:// lookaside, the policy and
-    // registries.d.
-    let sigs = work.path().join("sigs");
+    // Images, signatures in the file:// lookaside, and the policy.
     let mut scopes = Vec::new();
     let decoy = image_for("decoy");
     fixtures.push_image("trust/decoy:1", &decoy).await.unwrap();
@@ -325,7 +202,7 @@ async fn imaged_decides_as_skopeo_on_every_path() {
                 &manifest
             };
             let mut bytes = sign(
-                &home,
+                home,
                 signed_manifest,
                 &full(&signature.claims),
                 &keys[signature.key],
@@ -348,16 +225,6 @@ async fn imaged_decides_as_skopeo_on_every_path() {
         ),
     )
     .unwrap();
-    let registries_d = work.path().join("registries.d");
-    std::fs::create_dir(&registries_d).unwrap();
-    std::fs::write(
-        registries_d.join("test.yaml"),
-        format!(
-            "docker:\n  {host}:\n    lookaside: file://{}\n",
-            sigs.display()
-        ),
-    )
-    .unwrap();
     // A namespace whose policy accepts anything.
     let namespaces = work.path().join("policies");
     std::fs::create_dir(&namespaces).unwrap();
@@ -367,22 +234,7 @@ async fn imaged_decides_as_skopeo_on_every_path() {
     )
     .unwrap();
 
-    let imaged = Imaged::builder()
-        .arg(
-            Service::Transfer,
-            &format!("--signature-policy={}", policy.display()),
-        )
-        .arg(
-            Service::Transfer,
-            &format!("--signature-policy-dir={}", namespaces.display()),
-        )
-        .arg(
-            Service::Transfer,
-            &format!("--registries-d={}", registries_d.display()),
-        )
-        .start()
-        .await
-        .unwrap();
+    let imaged = setup.imaged(&policy, Some(&namespaces)).await;
     let mut cri = ImageServiceClient::new(imaged.channel(Service::Gateway));
     let docker = imaged.docker_cli();
 
@@ -390,7 +242,7 @@ async fn imaged_decides_as_skopeo_on_every_path() {
     let mut decided = Vec::new();
     for (case, image) in cases.iter().zip(&images) {
         let reference = full(&format!("{}:1", case.repo));
-        let (oracle, said) = skopeo_accepts(&policy, &registries_d, &reference);
+        let (oracle, said) = skopeo_accepts(&policy, registries_d, &reference);
         if oracle {
             accepted += 1
         } else {
@@ -487,7 +339,7 @@ async fn imaged_decides_as_skopeo_on_every_path() {
     // same image, now on the node, refused again for a namespace under
     // the global policy.
     let unsigned = full("trust/unsigned:1");
-    let (oracle, _) = skopeo_accepts(&namespaces.join("team-open.json"), &registries_d, &unsigned);
+    let (oracle, _) = skopeo_accepts(&namespaces.join("team-open.json"), registries_d, &unsigned);
     assert!(oracle, "skopeo accepts under the open policy");
     cri.pull_image(cri_pull(&unsigned, "team-open"))
         .await
@@ -593,4 +445,7 @@ async fn logged_events(imaged: &Imaged) -> Vec<String> {
     out
 }
 
+mod setup;
 mod signing;
+
+use setup::{Setup, image_for, sign, skopeo_accepts};

@@ -8,35 +8,19 @@ use super::*;
 /// with another; imaged decides the same.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn imagectl_push_sign_by_signs_what_skopeo_accepts() {
-    let registry = TestRegistry::start().await.unwrap();
-    let fixtures = registry.fixtures();
-    let host = fixtures.reference("x").trim_end_matches("/x").to_string();
-    let full = |repo: &str| format!("{host}/{repo}");
-    let work = tempfile::tempdir().unwrap();
-    let home = work.path().join("gnupg");
-    std::fs::create_dir(&home).unwrap();
-    std::fs::set_permissions(&home, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
-    let keys = [make_key(&home, "signer"), make_key(&home, "stranger")];
+    let setup = Setup::new().await;
+    let (home, keys, registries_d) = (&setup.home, &setup.keys, &setup.registries_d);
+    let full = |repo: &str| setup.full(repo);
+    let fixtures = setup.registry.fixtures();
     fixtures
         .push_image("staging/app:1", &image_for("staging"))
         .await
         .unwrap();
-    let sigs = work.path().join("sigs");
-    let registries_d = work.path().join("registries.d");
-    std::fs::create_dir(&registries_d).unwrap();
-    std::fs::write(
-        registries_d.join("test.yaml"),
-        format!(
-            "docker:\n  {host}:\n    lookaside: file://{}\n",
-            sigs.display()
-        ),
-    )
-    .unwrap();
     let signed_by = format!(
         r#"[{{"type":"signedBy","keyType":"GPGKeys","keyPath":"{}"}}]"#,
         keys[0].public.display()
     );
-    let policy = work.path().join("policy.json");
+    let policy = setup.work.path().join("policy.json");
     std::fs::write(
         &policy,
         format!(
@@ -46,18 +30,7 @@ async fn imagectl_push_sign_by_signs_what_skopeo_accepts() {
         ),
     )
     .unwrap();
-    let imaged = Imaged::builder()
-        .arg(
-            Service::Transfer,
-            &format!("--signature-policy={}", policy.display()),
-        )
-        .arg(
-            Service::Transfer,
-            &format!("--registries-d={}", registries_d.display()),
-        )
-        .start()
-        .await
-        .unwrap();
+    let imaged = setup.imaged(&policy, None).await;
     let staged = full("staging/app:1");
     pull(imaged.images(), pull_request(&staged)).await.unwrap();
 
@@ -81,9 +54,9 @@ async fn imagectl_push_sign_by_signs_what_skopeo_accepts() {
                 imaged.socket(Service::Gateway).display()
             ))
             .args(["push", "--sign-by", &key.fingerprint, "--registries-d"])
-            .arg(&registries_d)
+            .arg(registries_d)
             .arg(&target)
-            .env("GNUPGHOME", &home)
+            .env("GNUPGHOME", home)
             .output()
             .await
             .unwrap();
@@ -92,7 +65,7 @@ async fn imagectl_push_sign_by_signs_what_skopeo_accepts() {
             "imagectl push --sign-by: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let (oracle, said) = skopeo_accepts(&policy, &registries_d, &target);
+        let (oracle, said) = skopeo_accepts(&policy, registries_d, &target);
         assert_eq!(
             oracle, trusted,
             "{repo}: skopeo on imagectl's signature: {said}"

@@ -227,6 +227,7 @@ impl Puller {
         // stored or said.
         self.trust
             .check(
+                self.registries.http(),
                 &target.reference,
                 &resolved.top_digest,
                 order.namespace.as_deref(),

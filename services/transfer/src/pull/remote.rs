@@ -144,7 +144,9 @@ impl Puller {
                 )));
             }
         }
-        self.trust.check(&target.reference, &top, None).await?;
+        self.trust
+            .check(self.registries.http(), &target.reference, &top, None)
+            .await?;
         let mut trusted = trusted();
         if trusted.len() >= REMOTE_PLANS {
             trusted.clear();

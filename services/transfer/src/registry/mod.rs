@@ -131,6 +131,12 @@ impl Source {
 }
 
 impl Registries {
+    /// The HTTP client shared by every host without TLS settings of its
+    /// own (also what reads an `http(s)://` signature lookaside).
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
     /// `insecure` lists registries (`host[:port]`) reached over plain HTTP
     /// besides loopback ones; `mirrors` says where their mirrors are.
     pub fn new(insecure: Vec<String>, mirrors: MirrorConfig) -> Self {

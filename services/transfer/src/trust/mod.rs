@@ -43,7 +43,6 @@ pub struct Trust {
     /// `<dir>/<namespace>.json`, by namespace.
     namespaces: HashMap<String, Arc<Policy>>,
     registries: RegistriesD,
-    http: reqwest::Client,
     /// (policy, image identity, manifest) accepted already.
     accepted: Mutex<HashSet<(String, String, Digest)>>,
 }
@@ -55,7 +54,6 @@ impl Trust {
             global: None,
             namespaces: HashMap::new(),
             registries: RegistriesD::default(),
-            http: reqwest::Client::new(),
             accepted: Mutex::new(HashSet::new()),
         }
     }
@@ -89,7 +87,6 @@ impl Trust {
             global,
             namespaces,
             registries,
-            http: reqwest::Client::new(),
             accepted: Mutex::new(HashSet::new()),
         })
     }
@@ -107,10 +104,13 @@ impl Trust {
     }
 
     /// Checks the image `reference` names, whose top manifest is
-    /// `manifest`, for a pull from `namespace`. A refusal is
-    /// `PERMISSION_DENIED`, its cause a [`Refusal`].
+    /// `manifest`, for a pull from `namespace`; an `http(s)://` lookaside
+    /// is read with `http` (the registries' shared client). A refusal is
+    /// `PERMISSION_DENIED`, its cause a [`Refusal`]; a lookaside that
+    /// cannot be read is `UNAVAILABLE` (no decision was made).
     pub async fn check(
         &self,
+        http: &reqwest::Client,
         reference: &Reference,
         manifest: &Digest,
         namespace: Option<&str>,
@@ -157,9 +157,7 @@ impl Trust {
                     if signatures.is_none() {
                         let base = self.registries.read_url(reference);
                         let read =
-                            lookaside::read_signatures(&self.http, &base, reference, manifest)
-                                .await
-                                .map_err(&refuse)?;
+                            lookaside::read_signatures(http, &base, reference, manifest).await?;
                         signatures = Some(read);
                     }
                     let found = signatures.as_deref().unwrap_or_default();

@@ -209,12 +209,19 @@ async fn the_lookaside_is_read_until_a_signature_is_missing_and_decisions_are_ca
     .unwrap();
     let trust = Trust::read(Some(&policy), None, Some(&registries)).unwrap();
     let digest: Digest = SIGNED_DIGEST.parse().unwrap();
+    let http = reqwest::Client::new();
+    // Read in order, up to the first number missing.
+    let base = format!("file://{}", sigs.display());
+    let read = lookaside::read_signatures(&http, &base, &r("127.0.0.1:5999/app/signed:1"), &digest)
+        .await
+        .unwrap();
+    assert_eq!(read, [std::fs::read(testdata("signature-1")).unwrap()]);
     trust
-        .check(&r("127.0.0.1:5999/app/signed:1"), &digest, None)
+        .check(&http, &r("127.0.0.1:5999/app/signed:1"), &digest, None)
         .await
         .unwrap();
     let err = trust
-        .check(&r("127.0.0.1:5999/app/unsigned:1"), &digest, None)
+        .check(&http, &r("127.0.0.1:5999/app/unsigned:1"), &digest, None)
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::PermissionDenied);
@@ -232,7 +239,7 @@ async fn the_lookaside_is_read_until_a_signature_is_missing_and_decisions_are_ca
     // Accepted once: the signature is not read again.
     std::fs::remove_dir_all(&sigs).unwrap();
     trust
-        .check(&r("127.0.0.1:5999/app/signed:1"), &digest, None)
+        .check(&http, &r("127.0.0.1:5999/app/signed:1"), &digest, None)
         .await
         .unwrap();
 
