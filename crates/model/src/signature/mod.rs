@@ -45,3 +45,19 @@ pub fn scopes_of(reference: &Reference) -> Vec<String> {
     }
     scopes
 }
+
+/// The files of `dir` ending in `.{extension}`, sorted: how containers'
+/// configuration directories (registries.d, a policy directory) are read.
+pub fn config_files(
+    dir: &std::path::Path,
+    extension: &str,
+) -> Result<Vec<std::path::PathBuf>, String> {
+    let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| format!("{}: {e}", dir.display()))?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == extension))
+        .collect();
+    files.sort();
+    Ok(files)
+}

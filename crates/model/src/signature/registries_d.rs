@@ -65,14 +65,7 @@ impl RegistriesD {
     /// file that does not parse, refuses the whole directory.
     pub fn read(dir: &Path) -> Result<RegistriesD, String> {
         let mut out = RegistriesD::default();
-        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-            .map_err(|e| format!("{}: {e}", dir.display()))?
-            .filter_map(Result::ok)
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
-            .collect();
-        files.sort();
-        for path in files {
+        for path in super::config_files(dir, "yaml")? {
             let text =
                 std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
             let file: File =

@@ -337,9 +337,7 @@ impl Transfer for TransferService {
         request: Request<MountImageRequest>,
     ) -> Result<Response<MountImageResponse>, Status> {
         let request = request.into_inner();
-        let platform = request
-            .platform
-            .map(|p| imaged_model::Platform::new(&p.os, &p.architecture, &p.variant));
+        let platform = request.platform.map(convert::platform);
         let mount = self
             .rw_layers
             .mount_image(&request.image, platform.as_ref())

@@ -10,7 +10,7 @@ pub mod lookaside;
 pub mod policy;
 
 use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use imaged_common::Error;
@@ -71,7 +71,7 @@ impl Trust {
             .map_err(|e| e.to_string())?;
         let mut namespaces = HashMap::new();
         if let Some(dir) = policy_dir {
-            for path in json_files(dir)? {
+            for path in imaged_model::signature::config_files(dir, "json")? {
                 let Some(namespace) = path.file_stem().and_then(|s| s.to_str()) else {
                     continue;
                 };
@@ -202,17 +202,6 @@ impl Trust {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<(String, String, Digest)>> {
         self.accepted.lock().unwrap_or_else(|p| p.into_inner())
     }
-}
-
-fn json_files(dir: &Path) -> Result<Vec<PathBuf>, String> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(|e| format!("{}: {e}", dir.display()))?
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "json"))
-        .collect();
-    files.sort();
-    Ok(files)
 }
 
 #[cfg(test)]
