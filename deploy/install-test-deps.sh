@@ -62,6 +62,9 @@ if ! command -v kubernetes-validate >/dev/null 2>&1; then
         || python3 -m pip install --quiet --user kubernetes-validate
 fi
 
+# trixie's skopeo under a private root: the sigstore tests' oracle.
+"$(dirname "$0")/install-skopeo-sigstore.sh"
+
 [ -z "$need" ] && exit 0
 
 if [ "$(id -u)" -ne 0 ]; then

@@ -38,6 +38,10 @@ pub enum Command {
     Pull(PullArgs),
     /// Upload an image to a registry.
     Push(PushArgs),
+    /// Make a sigstore key pair for `push --sign-by-sigstore-private-key`.
+    GenerateSigstoreKey(GenerateKeyArgs),
+    /// Sign an image already in a registry, where registries.d says.
+    Sign(SignArgs),
     /// List images.
     Images(ListArgs),
     /// Show records (images) as JSON, or through --format.
@@ -183,14 +187,60 @@ pub struct PushArgs {
     pub all_tags: bool,
     #[command(flatten)]
     pub auth: AuthArgs,
-    /// Sign each pushed manifest with this gpg key (simple signing, as
-    /// skopeo's --sign-by), into the lookaside registries.d names.
+    #[command(flatten)]
+    pub signing: SigningArgs,
+}
+
+/// How `push` and `sign` sign, as skopeo spells it.
+#[derive(Args, Debug, Default)]
+pub struct SigningArgs {
+    /// Sign with this gpg key (simple signing, as skopeo's --sign-by),
+    /// into the lookaside registries.d names.
     #[arg(long = "sign-by", value_name = "FINGERPRINT")]
     pub sign_by: Option<String>,
+    /// Sign with this sigstore private key (as skopeo's
+    /// --sign-by-sigstore-private-key), attached in the registry.
+    #[arg(
+        long = "sign-by-sigstore-private-key",
+        value_name = "PATH",
+        conflicts_with = "sign_by"
+    )]
+    pub sign_by_sigstore_private_key: Option<std::path::PathBuf>,
+    /// The sigstore key's passphrase: the first line of this file (else
+    /// asked on the terminal).
+    #[arg(
+        long = "sign-passphrase-file",
+        value_name = "FILE",
+        requires = "sign_by_sigstore_private_key"
+    )]
+    pub sign_passphrase_file: Option<std::path::PathBuf>,
     /// The registries.d directory saying where signatures go (default:
     /// /etc/containers/registries.d when it exists).
-    #[arg(long = "registries-d", value_name = "DIR", requires = "sign_by")]
+    #[arg(long = "registries-d", value_name = "DIR")]
     pub registries_d: Option<std::path::PathBuf>,
+}
+
+/// `imagectl sign`: sign an image already in a registry (as `cosign
+/// sign`, or `skopeo copy --sign-by` onto itself).
+#[derive(Args, Debug)]
+pub struct SignArgs {
+    /// host/repo:tag or host/repo@digest; the signature claims it.
+    pub reference: String,
+    #[command(flatten)]
+    pub signing: SigningArgs,
+}
+
+/// `skopeo generate-sigstore-key`: a key pair for
+/// `push --sign-by-sigstore-private-key`.
+#[derive(Args, Debug)]
+pub struct GenerateKeyArgs {
+    /// Write PREFIX.private (sealed with the passphrase) and PREFIX.pub.
+    #[arg(long = "output-prefix", value_name = "PREFIX")]
+    pub output_prefix: std::path::PathBuf,
+    /// The passphrase: the first line of this file (else asked on the
+    /// terminal).
+    #[arg(long = "passphrase-file", value_name = "FILE")]
+    pub passphrase_file: Option<std::path::PathBuf>,
 }
 
 /// `docker images` / `docker image ls`.

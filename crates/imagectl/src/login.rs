@@ -141,7 +141,7 @@ fn key(server: Option<&str>) -> String {
 
 /// Asks on the terminal; the password without echo. Refused without a
 /// terminal, as the docker CLI refuses.
-fn prompt(question: &str, secret: bool) -> anyhow::Result<String> {
+pub(crate) fn prompt(question: &str, secret: bool) -> anyhow::Result<String> {
     let stdin = std::io::stdin();
     if !stdin.is_terminal() {
         bail!("Error: Cannot perform an interactive login from a non TTY device");

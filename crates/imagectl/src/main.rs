@@ -36,6 +36,15 @@ async fn main() {
 }
 
 async fn run(cli: cli::Cli) -> anyhow::Result<()> {
+    let action = cli.command.action();
+    // Commands that need no gateway.
+    match &action {
+        cli::Action::Top(cli::Command::GenerateSigstoreKey(args)) => {
+            return commands::generate_key::run(args);
+        }
+        cli::Action::Top(cli::Command::Sign(args)) => return commands::sign::run(args).await,
+        _ => {}
+    }
     let channel = connect::channel(
         &cli.host,
         cli.tls_ca.as_deref(),
@@ -43,5 +52,5 @@ async fn run(cli: cli::Cli) -> anyhow::Result<()> {
     )
     .await?;
     let images = ImagesClient::new(channel.clone()).max_decoding_message_size(64 << 20);
-    commands::run(images, channel, cli.command.action()).await
+    commands::run(images, channel, action).await
 }

@@ -30,6 +30,9 @@ struct Signature {
     tampered: bool,
     /// Sign the manifest of another image instead.
     other_manifest: bool,
+    /// A sigstore signature by sigstore key `key`, attached by `skopeo
+    /// copy` (claiming the case's own reference), instead of a GPG one.
+    sigstore: bool,
 }
 
 fn signed(claims: &str, key: usize) -> Signature {
@@ -38,6 +41,14 @@ fn signed(claims: &str, key: usize) -> Signature {
         key,
         tampered: false,
         other_manifest: false,
+        sigstore: false,
+    }
+}
+
+fn sigstore_signed(claims: &str, key: usize) -> Signature {
+    Signature {
+        sigstore: true,
+        ..signed(claims, key)
     }
 }
 
@@ -54,10 +65,13 @@ async fn imaged_decides_as_skopeo_on_every_path() {
     };
     let with = |identity: &str| format!(r#","signedIdentity":{identity}"#);
     let full = |repo: &str| setup.full(repo);
-    let key_data = {
+    let base64 = |path: &Path| {
         use base64::Engine as _;
-        base64::engine::general_purpose::STANDARD.encode(std::fs::read(&keys[0].public).unwrap())
+        base64::engine::general_purpose::STANDARD.encode(std::fs::read(path).unwrap())
     };
+    let key_data = base64(&keys[0].public);
+    let s1 = setup.sigstore_keys[0].public.display().to_string();
+    let sigstore_by = format!(r#"{{"type":"sigstoreSigned","keyPath":"{s1}"}}"#);
 
     let cases = vec![
         Case {
@@ -177,6 +191,52 @@ async fn imaged_decides_as_skopeo_on_every_path() {
                 signed("trust/keypaths:1", 0),
             ],
         },
+        Case {
+            repo: "trust/sigstore-signed",
+            requirement: sigstore_by.clone(),
+            signatures: vec![sigstore_signed("trust/sigstore-signed:1", 0)],
+        },
+        Case {
+            repo: "trust/sigstore-stranger",
+            requirement: sigstore_by.clone(),
+            signatures: vec![sigstore_signed("trust/sigstore-stranger:1", 1)],
+        },
+        Case {
+            repo: "trust/sigstore-unsigned",
+            requirement: sigstore_by.clone(),
+            signatures: vec![],
+        },
+        Case {
+            repo: "trust/sigstore-gpg-only",
+            requirement: sigstore_by.clone(),
+            signatures: vec![signed("trust/sigstore-gpg-only:1", 0)],
+        },
+        Case {
+            repo: "trust/sigstore-keydata",
+            requirement: format!(
+                r#"{{"type":"sigstoreSigned","keyData":"{}"}}"#,
+                base64(&setup.sigstore_keys[0].public)
+            ),
+            signatures: vec![sigstore_signed("trust/sigstore-keydata:1", 0)],
+        },
+        Case {
+            repo: "trust/gpg-sigstore-only",
+            requirement: signed_by(""),
+            signatures: vec![sigstore_signed("trust/gpg-sigstore-only:1", 0)],
+        },
+        Case {
+            repo: "trust/both",
+            requirement: format!("{},{sigstore_by}", signed_by("")),
+            signatures: vec![
+                signed("trust/both:1", 0),
+                sigstore_signed("trust/both:1", 0),
+            ],
+        },
+        Case {
+            repo: "trust/both-gpg-only",
+            requirement: format!("{},{sigstore_by}", signed_by("")),
+            signatures: vec![signed("trust/both-gpg-only:1", 0)],
+        },
     ];
 
     // Images, signatures in the file:// lookaside, and the policy.
@@ -195,7 +255,16 @@ async fn imaged_decides_as_skopeo_on_every_path() {
         let digest = imaged_model::Digest::sha256_of(&manifest);
         let dir = sigs.join(format!("{}@sha256={}", case.repo, digest.hex()));
         std::fs::create_dir_all(&dir).unwrap();
-        for (i, signature) in case.signatures.iter().enumerate() {
+        let mut number = 0;
+        for signature in &case.signatures {
+            if signature.sigstore {
+                let reference = full(&format!("{}:1", case.repo));
+                assert_eq!(full(&signature.claims), reference, "skopeo signs as copied");
+                let key = &setup.sigstore_keys[signature.key];
+                sigstore_sign(work.path(), registries_d, &reference, key);
+                continue;
+            }
+            number += 1;
             let signed_manifest = if signature.other_manifest {
                 &decoy_manifest
             } else {
@@ -211,7 +280,7 @@ async fn imaged_decides_as_skopeo_on_every_path() {
                 let at = bytes.len() - 5;
                 bytes[at] ^= 1;
             }
-            std::fs::write(dir.join(format!("signature-{}", i + 1)), bytes).unwrap();
+            std::fs::write(dir.join(format!("signature-{number}")), bytes).unwrap();
         }
         scopes.push(format!(r#""{}":[{}]"#, full(case.repo), case.requirement));
         images.push(image);
@@ -448,4 +517,4 @@ async fn logged_events(imaged: &Imaged) -> Vec<String> {
 mod setup;
 mod signing;
 
-use setup::{Setup, image_for, sign, skopeo_accepts};
+use setup::{Setup, image_for, sign, sigstore_sign, skopeo_accepts};

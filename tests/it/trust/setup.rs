@@ -73,7 +73,7 @@ pub fn sign(home: &Path, manifest: &[u8], identity: &str, key: &Key) -> Vec<u8> 
     let manifest_path = dir.path().join("manifest.json");
     std::fs::write(&manifest_path, manifest).unwrap();
     let out_path = dir.path().join("signature");
-    let out = Command::new("skopeo")
+    let out = skopeo()
         .env("GNUPGHOME", home)
         .args(["standalone-sign", "--output"])
         .arg(&out_path)
@@ -89,10 +89,89 @@ pub fn sign(home: &Path, manifest: &[u8], identity: &str, key: &Key) -> Vec<u8> 
     std::fs::read(out_path).unwrap()
 }
 
+/// Where `deploy/install-skopeo-sigstore.sh` (run by `make test`) puts
+/// Debian trixie's skopeo 1.18: bookworm's 1.9 is built with sigstore
+/// disabled, so it cannot judge sigstore signatures. One oracle judges
+/// every case.
+pub const SKOPEO: &str = "/opt/imaged-test/skopeo-trixie/skopeo";
+
+/// The oracle, as a command.
+pub fn skopeo() -> Command {
+    assert!(
+        Path::new(SKOPEO).exists(),
+        "{SKOPEO} is missing: run `make test` (deploy/install-skopeo-sigstore.sh installs it)"
+    );
+    Command::new(SKOPEO)
+}
+
+/// A sigstore key pair made by `imagectl generate-sigstore-key`.
+pub struct SigstoreKey {
+    pub private: PathBuf,
+    pub public: PathBuf,
+    pub passphrase_file: PathBuf,
+}
+
+pub fn make_sigstore_key(dir: &Path, name: &str) -> SigstoreKey {
+    let passphrase_file = dir.join(format!("{name}.passphrase"));
+    std::fs::write(&passphrase_file, format!("{name} passphrase\n")).unwrap();
+    let prefix = dir.join(name);
+    let out = Command::new(imaged_e2e::bin_dir().join("imagectl"))
+        .args(["generate-sigstore-key", "--output-prefix"])
+        .arg(&prefix)
+        .arg("--passphrase-file")
+        .arg(&passphrase_file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "imagectl generate-sigstore-key: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    SigstoreKey {
+        private: prefix.with_extension("private"),
+        public: prefix.with_extension("pub"),
+        passphrase_file,
+    }
+}
+
+/// `skopeo copy --sign-by-sigstore-private-key` of `reference` onto
+/// itself (digests kept): a sigstore signature by `key`, claiming
+/// `reference`, attached in the registry. The key is imagectl's, so this
+/// also shows skopeo reads the keys imagectl writes.
+pub fn sigstore_sign(work: &Path, registries_d: &Path, reference: &str, key: &SigstoreKey) {
+    let open = work.join("open-policy.json");
+    std::fs::write(&open, r#"{"default":[{"type":"insecureAcceptAnything"}]}"#).unwrap();
+    let out = skopeo()
+        .args([
+            "copy",
+            "--quiet",
+            "--preserve-digests",
+            "--src-tls-verify=false",
+            "--dest-tls-verify=false",
+            "--policy",
+        ])
+        .arg(&open)
+        .arg("--registries.d")
+        .arg(registries_d)
+        .arg("--sign-by-sigstore-private-key")
+        .arg(&key.private)
+        .arg("--sign-passphrase-file")
+        .arg(&key.passphrase_file)
+        .arg(format!("docker://{reference}"))
+        .arg(format!("docker://{reference}"))
+        .output()
+        .expect("skopeo runs");
+    assert!(
+        out.status.success(),
+        "skopeo copy --sign-by-sigstore-private-key: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// skopeo's decision: whether it copies `reference` under the files.
 pub fn skopeo_accepts(policy: &Path, registries_d: &Path, reference: &str) -> (bool, String) {
     let dest = tempfile::tempdir().unwrap();
-    let out = Command::new("skopeo")
+    let out = skopeo()
         .args(["copy", "--quiet", "--src-tls-verify=false", "--policy"])
         .arg(policy)
         .arg("--registries.d")
@@ -125,8 +204,9 @@ pub fn image_for(seed: &str) -> imaged_fixtures::Image {
 }
 
 /// What each test of the policy starts from: a loopback registry, two
-/// gpg keys in the test's own home, and a registries.d whose lookaside
-/// for the registry is the `file://` directory `sigs`.
+/// gpg keys in the test's own home, two sigstore keys, and a registries.d
+/// whose lookaside for the registry is the `file://` directory `sigs`,
+/// with sigstore attachments read and written.
 pub struct Setup {
     pub registry: TestRegistry,
     /// The registry's `host:port`.
@@ -135,6 +215,8 @@ pub struct Setup {
     pub home: PathBuf,
     /// The trusted key, then a stranger's.
     pub keys: [Key; 2],
+    /// The trusted sigstore key, then a stranger's.
+    pub sigstore_keys: [SigstoreKey; 2],
     pub sigs: PathBuf,
     pub registries_d: PathBuf,
 }
@@ -153,13 +235,17 @@ impl Setup {
         std::fs::set_permissions(&home, std::os::unix::fs::PermissionsExt::from_mode(0o700))
             .unwrap();
         let keys = [make_key(&home, "signer"), make_key(&home, "stranger")];
+        let sigstore_keys = [
+            make_sigstore_key(work.path(), "sigstore-signer"),
+            make_sigstore_key(work.path(), "sigstore-stranger"),
+        ];
         let sigs = work.path().join("sigs");
         let registries_d = work.path().join("registries.d");
         std::fs::create_dir(&registries_d).unwrap();
         std::fs::write(
             registries_d.join("test.yaml"),
             format!(
-                "docker:\n  {host}:\n    lookaside: file://{}\n",
+                "docker:\n  {host}:\n    lookaside: file://{}\n    use-sigstore-attachments: true\n",
                 sigs.display()
             ),
         )
@@ -170,6 +256,7 @@ impl Setup {
             work,
             home,
             keys,
+            sigstore_keys,
             sigs,
             registries_d,
         }

@@ -10,6 +10,7 @@ use crate::cli::{Action, Command, SystemCommand};
 use crate::{archive, inspect, login};
 
 mod events;
+pub mod generate_key;
 mod health;
 mod history;
 mod images;
@@ -18,6 +19,7 @@ mod prune;
 mod pull;
 mod push;
 mod rmi;
+pub mod sign;
 mod system;
 mod tag;
 
@@ -35,6 +37,8 @@ pub async fn run(
     match command {
         Command::Pull(args) => pull::run(&mut images, args).await,
         Command::Push(args) => push::run(&mut images, args).await,
+        Command::GenerateSigstoreKey(args) => generate_key::run(&args),
+        Command::Sign(args) => sign::run(&args).await,
         Command::Images(args) => images::run(&mut images, args).await,
         Command::Inspect(args) => inspect::run(&mut images, args, false).await,
         Command::History(args) => history::run(&mut images, args).await,

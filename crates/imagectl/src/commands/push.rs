@@ -16,21 +16,18 @@ pub async fn run(images: &mut ImagesClient<Channel>, args: PushArgs) -> anyhow::
     let parsed = local::named(&args.reference)?;
     // Before anything is pushed: a registries.d that cannot be read
     // stops the push, not its signing.
-    let signer = args
-        .sign_by
-        .as_deref()
-        .map(|key| Signer::new(key, args.registries_d.as_deref()))
-        .transpose()?;
+    let signer = Signer::new(&args.signing)?;
     let reference = if !args.all_tags && local::default_tag(&parsed) {
         println!("Using default tag: latest");
         format!("{}:latest", args.reference)
     } else {
         args.reference
     };
+    let auth = credentials(&args.auth, &parsed)?;
     let request = PushImageRequest {
         reference,
         platform: None,
-        auth: credentials(&args.auth, &parsed)?,
+        auth: auth.clone(),
         all_tags: args.all_tags,
     };
     let repository = parsed.clone();
@@ -46,8 +43,8 @@ pub async fn run(images: &mut ImagesClient<Channel>, args: PushArgs) -> anyhow::
         {
             let pushed = repository.with_tag(&message.tag)?;
             let digest: imaged_model::Digest = message.digest.parse()?;
-            signer.sign(&pushed, &digest)?;
-            println!("Signing manifest using simple signing");
+            let said = signer.sign(&pushed, &digest, auth.as_ref()).await?;
+            println!("{said}");
         }
         if message.id.is_empty() {
             println!("{}", message.status);

@@ -3,8 +3,9 @@
 //! (`imagectl push --sign-by`): the identity a reference shows, the
 //! policy scopes it falls under, the signed payload
 //! (containers-signature(5)) and where signatures are kept
-//! (containers-registries.d(5)).
+//! (containers-registries.d(5), and sigstore's attachments).
 
+pub mod attachment;
 pub mod payload;
 pub mod registries_d;
 

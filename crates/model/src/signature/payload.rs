@@ -10,14 +10,24 @@ use crate::Digest;
 /// The type a simple-signing (GPG) signature's payload names.
 pub const SIMPLE_SIGNING: &str = "atomic container signature";
 
-/// The payload skopeo writes for `identity` (`host/repo:tag`) and
-/// `digest`, members in its order.
-pub fn build(identity: &str, digest: &Digest, creator: &str, timestamp: u64) -> Vec<u8> {
+/// The type a sigstore signature's payload names.
+pub const SIGSTORE: &str = "cosign container image signature";
+
+/// The payload of type `kind` ([`SIMPLE_SIGNING`] or [`SIGSTORE`]) skopeo
+/// writes for `identity` (`host/repo:tag`) and `digest`, members in its
+/// order.
+pub fn build(
+    kind: &str,
+    identity: &str,
+    digest: &Digest,
+    creator: &str,
+    timestamp: u64,
+) -> Vec<u8> {
     serde_json::json!({
         "critical": {
             "identity": {"docker-reference": identity},
             "image": {"docker-manifest-digest": digest.to_string()},
-            "type": SIMPLE_SIGNING,
+            "type": kind,
         },
         "optional": {"creator": creator, "timestamp": timestamp},
     })
@@ -38,9 +48,10 @@ pub struct Claim {
 #[serde(deny_unknown_fields)]
 struct Payload {
     critical: Critical,
-    // Anything is accepted here, as the format asks.
+    // Present (containers/image requires it, `null` allowed), and
+    // anything is accepted in it, as the format asks.
     #[allow(dead_code)]
-    optional: Option<serde_json::Value>,
+    optional: serde_json::Value,
 }
 
 #[derive(Deserialize)]
@@ -65,8 +76,7 @@ struct Identity {
     docker_reference: String,
 }
 
-/// Reads a payload of type `kind` ([`SIMPLE_SIGNING`]; sigstore's names
-/// `cosign container image signature`).
+/// Reads a payload of type `kind` ([`SIMPLE_SIGNING`] or [`SIGSTORE`]).
 pub fn parse(bytes: &[u8], kind: &str) -> Result<Claim, String> {
     let payload: Payload =
         serde_json::from_slice(bytes).map_err(|e| format!("invalid signature payload: {e}"))?;
@@ -117,11 +127,21 @@ mod tests {
         );
         assert!(parse(&payload(r#","type":"x""#, SIMPLE_SIGNING), SIMPLE_SIGNING).is_err());
         assert!(parse(b"{\"critical\":{}}", SIMPLE_SIGNING).is_err());
-        // What imagectl signs reads back.
+        // `optional` must be there, as containers/image asks; cosign
+        // writes it `null`.
+        let without = String::from_utf8(payload("", SIGSTORE)).unwrap();
+        let at = without.find(",\"optional\"").unwrap();
+        let without = format!("{}}}", &without[..at]);
+        assert!(parse(without.as_bytes(), SIGSTORE).is_err());
+        let null = format!("{},\"optional\":null}}", &without[..without.len() - 1]);
+        assert!(parse(null.as_bytes(), SIGSTORE).is_ok());
+        // What imagectl signs reads back, of either kind.
         let digest: Digest = DIGEST.parse().unwrap();
-        let built = build("a.io/x:1", &digest, "imagectl", 1);
-        let claim = parse(&built, SIMPLE_SIGNING).unwrap();
-        assert_eq!(claim.docker_reference, "a.io/x:1");
-        assert_eq!(claim.manifest_digest, digest);
+        for kind in [SIMPLE_SIGNING, SIGSTORE] {
+            let built = build(kind, "a.io/x:1", &digest, "imagectl", 1);
+            let claim = parse(&built, kind).unwrap();
+            assert_eq!(claim.docker_reference, "a.io/x:1");
+            assert_eq!(claim.manifest_digest, digest);
+        }
     }
 }

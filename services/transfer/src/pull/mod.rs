@@ -225,9 +225,14 @@ impl Puller {
         // The policy decides on the manifest the registry (or a mirror)
         // answered, under the name the user asked for, before anything is
         // stored or said.
+        let attachments = attachments::PullAttachments {
+            puller: self,
+            target: &target,
+        };
         self.trust
             .check(
                 self.registries.http(),
+                &attachments,
                 &target.reference,
                 &resolved.top_digest,
                 order.namespace.as_deref(),
@@ -530,6 +535,7 @@ pub(crate) fn short(digest: &str) -> String {
     hex.chars().take(12).collect()
 }
 
+mod attachments;
 mod layers;
 mod remote;
 mod said;

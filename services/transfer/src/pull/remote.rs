@@ -144,8 +144,18 @@ impl Puller {
                 )));
             }
         }
+        let attachments = super::attachments::PullAttachments {
+            puller: self,
+            target: &target,
+        };
         self.trust
-            .check(self.registries.http(), &target.reference, &top, None)
+            .check(
+                self.registries.http(),
+                &attachments,
+                &target.reference,
+                &top,
+                None,
+            )
             .await?;
         let mut trusted = trusted();
         if trusted.len() >= REMOTE_PLANS {

@@ -128,6 +128,15 @@ impl Source {
             digest.to_string(),
         )
     }
+
+    /// The same repository here, at `tag`.
+    pub fn at_tag(&self, tag: &str) -> oci_client::Reference {
+        oci_client::Reference::with_tag(
+            self.oref.registry().to_string(),
+            self.oref.repository().to_string(),
+            tag.to_string(),
+        )
+    }
 }
 
 impl Registries {

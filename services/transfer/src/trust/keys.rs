@@ -8,7 +8,9 @@ use pgp::composed::{Deserializable, Message, SignedPublicKey};
 
 use super::identity::SignedIdentity;
 use super::lookaside::MAX_SIGNATURE;
-use imaged_model::signature::payload::{self, SIMPLE_SIGNING};
+use super::signatures::Attachment;
+use imaged_model::signature::attachment::{SIGNATURE_ANNOTATION, SIGNATURE_MEDIA_TYPE};
+use imaged_model::signature::payload::{self, SIGSTORE, SIMPLE_SIGNING};
 
 /// The public keys of one `signedBy` requirement.
 #[derive(Debug)]
@@ -80,33 +82,45 @@ impl GpgKeys {
         manifest: &Digest,
     ) -> Result<(), String> {
         let payload = self.open(signature)?;
-        let claim = payload::parse(&payload, SIMPLE_SIGNING)?;
-        if claim.manifest_digest != *manifest {
-            return Err(format!(
-                "Signature for docker-manifest-digest {} does not match {manifest}",
-                claim.manifest_digest
-            ));
-        }
-        let signed = Reference::parse(&claim.docker_reference).map_err(|e| {
-            format!(
-                "Signature has an invalid docker-reference {:?}: {e}",
-                claim.docker_reference
-            )
-        })?;
-        if !identity.matches(reference, &signed) {
-            return Err(format!(
-                "Signature for identity {} is not accepted",
-                claim.docker_reference
-            ));
-        }
-        Ok(())
+        claim_accepted(&payload, SIMPLE_SIGNING, identity, reference, manifest)
     }
+}
+
+/// Whether the verified `payload` (of type `kind`) claims `manifest`
+/// under an identity `identity` accepts for `reference`; otherwise why
+/// not. The digest is checked first, as containers/image does.
+fn claim_accepted(
+    payload: &[u8],
+    kind: &str,
+    identity: &SignedIdentity,
+    reference: &Reference,
+    manifest: &Digest,
+) -> Result<(), String> {
+    let claim = payload::parse(payload, kind)?;
+    if claim.manifest_digest != *manifest {
+        return Err(format!(
+            "Signature for docker-manifest-digest {} does not match {manifest}",
+            claim.manifest_digest
+        ));
+    }
+    let signed = Reference::parse(&claim.docker_reference).map_err(|e| {
+        format!(
+            "Signature has an invalid docker-reference {:?}: {e}",
+            claim.docker_reference
+        )
+    })?;
+    if !identity.matches(reference, &signed) {
+        return Err(format!(
+            "Signature for identity {} is not accepted",
+            claim.docker_reference
+        ));
+    }
+    Ok(())
 }
 
 /// The public key of one `sigstoreSigned` requirement.
 #[derive(Debug)]
 pub struct SigstoreKey {
-    #[allow(dead_code)]
     key: p256::ecdsa::VerifyingKey,
 }
 
@@ -118,5 +132,48 @@ impl SigstoreKey {
         let key = p256::PublicKey::from_public_key_pem(text)
             .map_err(|e| format!("not an ECDSA P-256 public key: {e}"))?;
         Ok(SigstoreKey { key: key.into() })
+    }
+}
+
+impl SigstoreKey {
+    /// Whether `attachment` is a sigstore signature of `manifest` by this
+    /// key (ECDSA P-256 over SHA-256 of the payload, ASN.1 DER, base64 in
+    /// the signature annotation), claiming an identity `identity` accepts
+    /// for `reference`; otherwise why not. The payload is not looked at
+    /// before the signature holds.
+    pub fn accepts(
+        &self,
+        attachment: &Attachment,
+        identity: &SignedIdentity,
+        reference: &Reference,
+        manifest: &Digest,
+    ) -> Result<(), String> {
+        use base64::Engine as _;
+        use p256::ecdsa::signature::Verifier as _;
+        if attachment.media_type != SIGNATURE_MEDIA_TYPE {
+            return Err(format!(
+                "not a sigstore signature: media type {:?}",
+                attachment.media_type
+            ));
+        }
+        let encoded = attachment
+            .annotations
+            .get(SIGNATURE_ANNOTATION)
+            .ok_or_else(|| format!("missing {SIGNATURE_ANNOTATION} annotation"))?;
+        let der = base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .map_err(|e| format!("Invalid sigstore signature: base64 decoding: {e}"))?;
+        let signature = p256::ecdsa::Signature::from_der(&der)
+            .map_err(|e| format!("Invalid sigstore signature: {e}"))?;
+        // Go's signatures are not normalized; (r, s) and (r, n - s) are
+        // the same signature.
+        let signature = signature.normalize_s().unwrap_or(signature);
+        self.key
+            .verify(&attachment.payload, &signature)
+            .map_err(|_| {
+                "Invalid sigstore signature: cryptographic signature verification failed"
+                    .to_string()
+            })?;
+        claim_accepted(&attachment.payload, SIGSTORE, identity, reference, manifest)
     }
 }

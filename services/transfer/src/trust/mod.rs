@@ -8,6 +8,7 @@ pub mod identity;
 pub mod keys;
 pub mod lookaside;
 pub mod policy;
+pub mod signatures;
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -19,6 +20,7 @@ use tonic::Code;
 
 use imaged_model::signature::registries_d::RegistriesD;
 use policy::{Policy, Requirement};
+use signatures::{Attachments, Signature};
 
 use imaged_common::error::POLICY_REJECTED;
 
@@ -105,12 +107,14 @@ impl Trust {
 
     /// Checks the image `reference` names, whose top manifest is
     /// `manifest`, for a pull from `namespace`; an `http(s)://` lookaside
-    /// is read with `http` (the registries' shared client). A refusal is
-    /// `PERMISSION_DENIED`, its cause a [`Refusal`]; a lookaside that
-    /// cannot be read is `UNAVAILABLE` (no decision was made).
+    /// is read with `http` (the registries' shared client), sigstore
+    /// attachments from `attachments` (the pull's registry). A refusal is
+    /// `PERMISSION_DENIED`, its cause a [`Refusal`]; signatures that
+    /// cannot be read are `UNAVAILABLE` (no decision was made).
     pub async fn check(
         &self,
         http: &reqwest::Client,
+        attachments: &dyn Attachments,
         reference: &Reference,
         manifest: &Digest,
         namespace: Option<&str>,
@@ -144,52 +148,24 @@ impl Trust {
             );
             Error::caused(Code::PermissionDenied, refusal)
         };
-        let mut signatures: Option<Vec<Vec<u8>>> = None;
+        let mut signatures: Option<Vec<Signature>> = None;
         for requirement in requirements {
-            match requirement {
-                Requirement::InsecureAcceptAnything => {}
-                Requirement::Reject => {
-                    return Err(refuse(format!(
-                        "Running image docker://{shown} is rejected by policy."
-                    )));
-                }
-                Requirement::SignedBy { keys, identity } => {
-                    if signatures.is_none() {
-                        let base = self.registries.read_url(reference);
-                        let read =
-                            lookaside::read_signatures(http, &base, reference, manifest).await?;
-                        signatures = Some(read);
-                    }
-                    let found = signatures.as_deref().unwrap_or_default();
-                    if found.is_empty() {
-                        return Err(refuse(
-                            "A signature was required, but no signature exists".into(),
-                        ));
-                    }
-                    let mut reasons = Vec::new();
-                    let accepted = found.iter().any(|signature| {
-                        match keys.accepts(signature, identity, reference, manifest) {
-                            Ok(()) => true,
-                            Err(reason) => {
-                                reasons.push(reason);
-                                false
-                            }
-                        }
-                    });
-                    if !accepted {
-                        return Err(refuse(format!(
-                            "None of the signatures were accepted, reasons: {}",
-                            reasons.join("; ")
-                        )));
-                    }
-                }
-                Requirement::SigstoreSigned { .. } => {
-                    return Err(refuse(
-                        "sigstoreSigned: sigstore signatures are not read yet; nothing is accepted under this requirement"
-                            .into(),
-                    ));
-                }
+            if let Requirement::InsecureAcceptAnything = requirement {
+                continue;
             }
+            if let Requirement::Reject = requirement {
+                return Err(refuse(format!(
+                    "Running image docker://{shown} is rejected by policy."
+                )));
+            }
+            if signatures.is_none() {
+                let read =
+                    signatures::read(&self.registries, http, attachments, reference, manifest)
+                        .await?;
+                signatures = Some(read);
+            }
+            let found = signatures.as_deref().unwrap_or_default();
+            judge(requirement, found, reference, manifest).map_err(&refuse)?;
         }
         let mut accepted = self.lock();
         if accepted.len() >= CACHE {
@@ -202,6 +178,50 @@ impl Trust {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<(String, String, Digest)>> {
         self.accepted.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// Whether one of `found` meets the signature requirement `requirement`
+/// for `manifest` of `reference`; otherwise why not, in containers/image's
+/// words. Signatures of the other kind are not this requirement's.
+fn judge(
+    requirement: &Requirement,
+    found: &[Signature],
+    reference: &Reference,
+    manifest: &Digest,
+) -> Result<(), String> {
+    let mut reasons = Vec::new();
+    let mut others = 0;
+    for signature in found {
+        let verdict = match (requirement, signature) {
+            (Requirement::SignedBy { keys, identity }, Signature::Simple(blob)) => {
+                keys.accepts(blob, identity, reference, manifest)
+            }
+            (Requirement::SigstoreSigned { key, identity }, Signature::Sigstore(attachment))
+                if attachment.media_type
+                    == imaged_model::signature::attachment::SIGNATURE_MEDIA_TYPE =>
+            {
+                key.accepts(attachment, identity, reference, manifest)
+            }
+            _ => {
+                others += 1;
+                continue;
+            }
+        };
+        match verdict {
+            Ok(()) => return Ok(()),
+            Err(reason) => reasons.push(reason),
+        }
+    }
+    Err(match reasons.len() {
+        0 if others == 0 => "A signature was required, but no signature exists".into(),
+        0 => format!(
+            "A signature was required, but no signature exists ({others} signatures of another kind)"
+        ),
+        _ => format!(
+            "None of the signatures were accepted, reasons: {}",
+            reasons.join("; ")
+        ),
+    })
 }
 
 #[cfg(test)]

@@ -40,11 +40,9 @@ pub enum Requirement {
         keys: Arc<GpgKeys>,
         identity: SignedIdentity,
     },
-    /// A sigstore signature by `key`, claiming an identity `identity`
-    /// accepts. Parsed and checked at start-up; no image is accepted
-    /// under it yet (reading sigstore attachments is issue 30's next
-    /// step), so a policy that names it refuses rather than trusts.
-    #[allow(dead_code)]
+    /// A sigstore signature by `key` (an attachment in the registry),
+    /// claiming an identity `identity` accepts. Fulcio and Rekor are not
+    /// read: a policy naming them does not parse.
     SigstoreSigned {
         key: Arc<SigstoreKey>,
         identity: SignedIdentity,

@@ -5,6 +5,7 @@
 use super::identity::SignedIdentity;
 use super::keys::GpgKeys;
 use super::policy::{Policy, Requirement};
+use super::signatures::{Attachment, MemoryAttachments};
 use super::*;
 use imaged_model::signature::scopes_of;
 
@@ -217,11 +218,23 @@ async fn the_lookaside_is_read_until_a_signature_is_missing_and_decisions_are_ca
         .unwrap();
     assert_eq!(read, [std::fs::read(testdata("signature-1")).unwrap()]);
     trust
-        .check(&http, &r("127.0.0.1:5999/app/signed:1"), &digest, None)
+        .check(
+            &http,
+            &MemoryAttachments::none(),
+            &r("127.0.0.1:5999/app/signed:1"),
+            &digest,
+            None,
+        )
         .await
         .unwrap();
     let err = trust
-        .check(&http, &r("127.0.0.1:5999/app/unsigned:1"), &digest, None)
+        .check(
+            &http,
+            &MemoryAttachments::none(),
+            &r("127.0.0.1:5999/app/unsigned:1"),
+            &digest,
+            None,
+        )
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::PermissionDenied);
@@ -239,7 +252,13 @@ async fn the_lookaside_is_read_until_a_signature_is_missing_and_decisions_are_ca
     // Accepted once: the signature is not read again.
     std::fs::remove_dir_all(&sigs).unwrap();
     trust
-        .check(&http, &r("127.0.0.1:5999/app/signed:1"), &digest, None)
+        .check(
+            &http,
+            &MemoryAttachments::none(),
+            &r("127.0.0.1:5999/app/signed:1"),
+            &digest,
+            None,
+        )
         .await
         .unwrap();
 
@@ -253,4 +272,108 @@ async fn the_lookaside_is_read_until_a_signature_is_missing_and_decisions_are_ca
         .err()
         .unwrap();
     assert!(err.contains("more than one file"), "{err}");
+}
+
+/// A sigstore signature is accepted only whole: by the key, of the
+/// digest, for the identity, of the signature media type, with its
+/// annotation; a registry that cannot be read is no decision.
+#[tokio::test]
+async fn sigstore_attachments_are_verified() {
+    use base64::Engine as _;
+    use imaged_model::signature::attachment::{SIGNATURE_ANNOTATION, SIGNATURE_MEDIA_TYPE};
+    use imaged_model::signature::payload::{SIGSTORE, build};
+    use p256::ecdsa::signature::Signer as _;
+    use p256::pkcs8::EncodePublicKey;
+
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let key = |seed: u8| p256::ecdsa::SigningKey::from_slice(&[seed; 32]).unwrap();
+    let public = key(7)
+        .verifying_key()
+        .to_public_key_pem(p256::pkcs8::LineEnding::LF)
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let registries = dir.path().join("registries.d");
+    std::fs::create_dir(&registries).unwrap();
+    std::fs::write(
+        registries.join("a.yaml"),
+        "docker:\n  127.0.0.1:5999:\n    lookaside: file:///nonexistent\n    use-sigstore-attachments: true\n",
+    )
+    .unwrap();
+    let policy = dir.path().join("policy.json");
+    std::fs::write(
+        &policy,
+        format!(
+            r#"{{"default":[{{"type":"sigstoreSigned","keyData":"{}"}}]}}"#,
+            b64.encode(public)
+        ),
+    )
+    .unwrap();
+    let trust = Trust::read(Some(&policy), None, Some(&registries)).unwrap();
+    let digest: Digest = SIGNED_DIGEST.parse().unwrap();
+    let image = r("127.0.0.1:5999/app/signed:1");
+    let attachment = |seed: u8, identity: &str, digest: &Digest| {
+        let payload = build(SIGSTORE, identity, digest, "test", 1);
+        let signature: p256::ecdsa::Signature = key(seed).sign(&payload);
+        Attachment {
+            media_type: SIGNATURE_MEDIA_TYPE.into(),
+            annotations: [(
+                SIGNATURE_ANNOTATION.to_string(),
+                b64.encode(signature.to_der().as_bytes()),
+            )]
+            .into(),
+            payload,
+        }
+    };
+    let good = attachment(7, "127.0.0.1:5999/app/signed:1", &digest);
+    let http = reqwest::Client::new();
+    let decide = |found: Result<Vec<Attachment>, tonic::Code>| {
+        let (trust, http, image, digest) = (&trust, &http, &image, &digest);
+        async move {
+            trust
+                .check(http, &MemoryAttachments(found), image, digest, None)
+                .await
+        }
+    };
+    let refused = |result: Result<(), imaged_common::Error>| {
+        let err = result.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err}");
+        err.cause::<Refusal>().expect("a Refusal").reason.clone()
+    };
+
+    let mut tampered = good.clone();
+    tampered.payload[10] ^= 1;
+    let mut unannotated = good.clone();
+    unannotated.annotations.clear();
+    let mut attestation = good.clone();
+    attestation.media_type = "application/vnd.dsse.envelope.v1+json".into();
+    let other_digest: Digest = format!("sha256:{}", "ab".repeat(32)).parse().unwrap();
+    for (found, why) in [
+        (vec![], "no signature exists"),
+        (
+            vec![attachment(8, "127.0.0.1:5999/app/signed:1", &digest)],
+            "verification failed",
+        ),
+        (vec![tampered], "verification failed"),
+        (
+            vec![unannotated],
+            "missing dev.cosignproject.cosign/signature",
+        ),
+        (vec![attestation], "1 signatures of another kind"),
+        (
+            vec![attachment(7, "127.0.0.1:5999/app/signed:1", &other_digest)],
+            "does not match",
+        ),
+        (
+            vec![attachment(7, "127.0.0.1:5999/app/other:1", &digest)],
+            "is not accepted",
+        ),
+    ] {
+        let reason = refused(decide(Ok(found)).await);
+        assert!(reason.contains(why), "{why}: {reason}");
+    }
+    let unreadable = decide(Err(tonic::Code::Unavailable)).await.unwrap_err();
+    assert_eq!(unreadable.code(), tonic::Code::Unavailable);
+    // One good signature among bad ones is enough.
+    let stranger = attachment(8, "127.0.0.1:5999/app/signed:1", &digest);
+    decide(Ok(vec![stranger, good])).await.unwrap();
 }

@@ -1,56 +1,38 @@
-//! `imagectl push --sign-by FINGERPRINT`, as skopeo's: after each tag is
-//! pushed, a simple-signing signature of its manifest, claiming the
-//! pushed reference, made by gpg with the user's own key (imagectl holds
-//! no key), written where registries.d says signatures of that image go:
-//! its `lookaside-staging`, else its `lookaside` (a `file://` directory;
-//! an `http(s)://` one is only read).
+//! `--sign-by FINGERPRINT`: a simple-signing signature made by gpg with
+//! the user's own key (imagectl holds no key), written where
+//! registries.d says signatures of that image go: its
+//! `lookaside-staging`, else its `lookaside` (a `file://` directory; an
+//! `http(s)://` one is only read).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use anyhow::{Context, bail};
-use imaged_model::signature::payload;
+use imaged_model::signature::payload::SIMPLE_SIGNING;
 use imaged_model::signature::registries_d::{RegistriesD, signature_dir};
 use imaged_model::{Digest, Reference};
 
-/// Where registries.d is read from when `--registries-d` is not given.
-const DEFAULT_REGISTRIES_D: &str = "/etc/containers/registries.d";
-
 /// Signs pushed manifests with one gpg key.
-pub struct Signer {
+pub struct GpgSigner {
     fingerprint: String,
     registries: RegistriesD,
 }
 
-impl Signer {
+impl GpgSigner {
     /// A signer with the gpg key `fingerprint`, writing where
-    /// `registries_d` (or the default directory, when it exists) says.
-    pub fn new(fingerprint: &str, registries_d: Option<&Path>) -> anyhow::Result<Signer> {
-        let registries = match registries_d {
-            Some(dir) => RegistriesD::read(dir).map_err(anyhow::Error::msg)?,
-            None if Path::new(DEFAULT_REGISTRIES_D).is_dir() => {
-                RegistriesD::read(Path::new(DEFAULT_REGISTRIES_D)).map_err(anyhow::Error::msg)?
-            }
-            None => RegistriesD::default(),
-        };
-        Ok(Signer {
+    /// `registries` says.
+    pub fn new(fingerprint: &str, registries: RegistriesD) -> GpgSigner {
+        GpgSigner {
             fingerprint: fingerprint.to_string(),
             registries,
-        })
+        }
     }
 
     /// Signs `digest` as `reference` (the pushed `host/repo:tag`); answers
     /// the file written.
     pub fn sign(&self, reference: &Reference, digest: &Digest) -> anyhow::Result<PathBuf> {
-        let identity =
-            imaged_model::signature::identity(reference).context("a pushed reference has a tag")?;
-        let timestamp = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or_default();
-        let creator = format!("imagectl {}", env!("CARGO_PKG_VERSION"));
-        let body = payload::build(&identity, digest, &creator, timestamp);
+        let body = super::payload_for(SIMPLE_SIGNING, reference, digest)?;
         let signature = self.gpg_sign(&body)?;
         let base = self.registries.write_url(reference);
         let Some(root) = base.strip_prefix("file://") else {
