@@ -514,6 +514,7 @@ async fn logged_events(imaged: &Imaged) -> Vec<String> {
     out
 }
 
+mod mirrors;
 mod setup;
 mod signing;
 
