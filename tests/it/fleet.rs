@@ -181,3 +181,79 @@ async fn a_rollout_to_five_nodes_costs_the_upstream_about_one_copy() {
     );
     assert!(independent >= NODES as u64 * compressed);
 }
+
+/// `NODES` stacks that find each other through the NATS directory
+/// (`--peer-directory nats`), with no `hosts.toml`: each serves its
+/// content on 127.0.0.(2+i) and says so in the directory.
+async fn directory_fleet(nats: &str, count: usize) -> Vec<Imaged> {
+    let port = free_port();
+    let mut nodes = Vec::new();
+    for i in 0..count {
+        let node = Imaged::builder()
+            .arg(
+                Service::Transfer,
+                &format!("--serve-content=127.0.0.{}:{port}", i + 2),
+            )
+            .arg(Service::Transfer, "--peer-directory=nats")
+            .arg(Service::Transfer, &format!("--nats-url={nats}"))
+            .arg(Service::Transfer, &format!("--node-name=node{i}"))
+            .arg(Service::Transfer, "--peer-ttl=3")
+            .start()
+            .await
+            .unwrap();
+        nodes.push(node);
+    }
+    nodes
+}
+
+/// Every node pulls the same fresh image at the same moment. Each blob is
+/// claimed by one node, which fetches it upstream and serves it to the
+/// others while it arrives: the upstream serves about one copy, where
+/// four independent pulls cost four.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_simultaneous_rollout_fetches_each_blob_once_through_the_directory() {
+    let nats = imaged_e2e::nats::NatsServer::start().await.unwrap();
+    let upstream = TestRegistry::start().await.unwrap();
+    let image = imaged_fixtures::generated_image(4, 4, 512 << 10, 43).unwrap();
+    let compressed: u64 = image.layers.iter().map(|l| l.data.len() as u64).sum();
+    upstream
+        .fixtures()
+        .push_image("fleet/together:1", &image)
+        .await
+        .unwrap();
+    // A link slow enough that the nodes' downloads overlap.
+    let counted = Throttle::start(&upstream.host, 4 << 20).await.unwrap();
+    let reference = format!("{}/fleet/together:1", counted.host);
+    let nodes = directory_fleet(&nats.url, 4).await;
+
+    let started = Instant::now();
+    pull_on(&nodes, &reference).await;
+    let took = started.elapsed();
+    let bytes = counted.bytes();
+    eprintln!(
+        "4 nodes at once through the directory: image {:.2} MiB compressed, upstream served {:.2} MiB ({:.2}x) in {took:.2?}",
+        compressed as f64 / 1048576.0,
+        bytes as f64 / 1048576.0,
+        bytes as f64 / compressed as f64,
+    );
+    for node in &nodes {
+        let listed = client::list(node.images()).await;
+        assert!(
+            listed.iter().any(|i| i.id == image.id()),
+            "every node has the image"
+        );
+    }
+    let gets = upstream.blob_gets();
+    for layer in &image.layers {
+        let fetched = gets.iter().filter(|g| g.contains(&layer.digest)).count();
+        assert_eq!(
+            fetched, 1,
+            "layer {} fetched upstream {fetched} times: {gets:#?}",
+            layer.digest
+        );
+    }
+    assert!(
+        bytes < compressed + compressed / 10,
+        "the upstream served {bytes} bytes for a {compressed}-byte image"
+    );
+}

@@ -28,6 +28,7 @@ pub mod error;
 pub mod events;
 pub mod http;
 pub mod metrics;
+pub mod nats;
 pub mod pass;
 pub mod peer;
 pub mod resolve;

@@ -18,6 +18,7 @@ use async_nats::jetstream;
 use imaged_api::v1::Event;
 
 use crate::log::EventLog;
+use imaged_common::nats::{Credentials, node_name, redacted};
 
 /// Where and as whom events are published.
 #[derive(clap::Args, Clone, Debug)]
@@ -53,20 +54,7 @@ pub fn start(log: EventLog, args: &NatsArgs, data_dir: &Path) -> anyhow::Result<
     let Some(url) = args.nats_url.clone() else {
         return Ok(());
     };
-    let node = match &args.node_name {
-        Some(node) => node.clone(),
-        None => std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|h| h.trim().to_string())
-            .unwrap_or_else(|_| "localhost".into()),
-    };
-    // A subject token: no dots, spaces or wildcards.
-    if node.is_empty()
-        || node
-            .chars()
-            .any(|c| c == '.' || c == '*' || c == '>' || c.is_whitespace())
-    {
-        anyhow::bail!("--node-name {node:?} cannot be a NATS subject token");
-    }
+    let node = node_name(args.node_name.as_deref())?;
     // Read now, so that a missing or unreadable file stops the start.
     let creds = match &args.nats_creds {
         Some(path) => Some(Credentials::read(path)?),
@@ -85,67 +73,6 @@ pub fn start(log: EventLog, args: &NatsArgs, data_dir: &Path) -> anyhow::Result<
     Ok(())
 }
 
-/// How the publisher authenticates, read from `--nats-creds`.
-enum Credentials {
-    /// A `.creds` file's text: a user JWT and its seed.
-    File(String),
-    /// An nkey user seed.
-    Nkey(String),
-}
-
-impl Credentials {
-    fn read(path: &Path) -> anyhow::Result<Credentials> {
-        let text = std::fs::read_to_string(path).map_err(|err| {
-            anyhow::anyhow!("--nats-creds {}: cannot read it: {err}", path.display())
-        })?;
-        let trimmed = text.trim();
-        if trimmed.contains("-----BEGIN NATS USER JWT-----") {
-            async_nats::ConnectOptions::with_credentials(&text).map_err(|err| {
-                anyhow::anyhow!(
-                    "--nats-creds {}: not a valid .creds file: {err}",
-                    path.display()
-                )
-            })?;
-            return Ok(Credentials::File(text));
-        }
-        if trimmed.starts_with("SU") && !trimmed.contains(char::is_whitespace) {
-            return Ok(Credentials::Nkey(trimmed.to_string()));
-        }
-        anyhow::bail!(
-            "--nats-creds {}: neither a .creds file (a user JWT and seed) nor an nkey user seed (SU…)",
-            path.display()
-        )
-    }
-
-    fn apply(
-        &self,
-        options: async_nats::ConnectOptions,
-    ) -> anyhow::Result<async_nats::ConnectOptions> {
-        Ok(match self {
-            Credentials::File(text) => options.credentials(text)?,
-            Credentials::Nkey(seed) => options.nkey(seed.clone()),
-        })
-    }
-}
-
-/// `url` (one or several, comma-separated) with any user and password
-/// replaced by `***`: what a log line may show of it.
-pub fn redacted(url: &str) -> String {
-    url.split(',')
-        .map(|one| match one.split_once("://") {
-            Some((scheme, rest)) => match rest.rsplit_once('@') {
-                Some((_, host)) => format!("{scheme}://***@{host}"),
-                None => one.to_string(),
-            },
-            None => match one.rsplit_once('@') {
-                Some((_, host)) => format!("***@{host}"),
-                None => one.to_string(),
-            },
-        })
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
 struct Publisher {
     log: EventLog,
     node: String,
@@ -160,18 +87,7 @@ impl Publisher {
         let mut cursor = read_cursor(&self.cursor_path);
         let mut live = self.log.subscribe();
         let client = loop {
-            // Connects in the background, and reconnects, from then on.
-            let mut options = async_nats::ConnectOptions::new().retry_on_initial_connect();
-            if let Some(creds) = &self.creds {
-                options = match creds.apply(options) {
-                    Ok(options) => options,
-                    Err(err) => {
-                        tracing::error!("--nats-creds: {err}; events are not published to NATS");
-                        return;
-                    }
-                };
-            }
-            match options.connect(url.as_str()).await {
+            match imaged_common::nats::connect(&url, self.creds.as_ref()).await {
                 Ok(client) => break client,
                 Err(err) => {
                     let url = redacted(&url);
@@ -309,31 +225,6 @@ impl Backoff {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_url_in_a_log_line_shows_no_credentials() {
-        assert_eq!(redacted("nats://u:p4ss@nats:4222"), "nats://***@nats:4222");
-        assert_eq!(
-            redacted("nats://tok@a:4222,nats://b:4222"),
-            "nats://***@a:4222,nats://b:4222"
-        );
-        assert_eq!(redacted("u:p@host:4222"), "***@host:4222");
-        assert_eq!(redacted("nats://n:4222"), "nats://n:4222");
-    }
-
-    #[test]
-    fn a_creds_file_that_is_neither_is_refused_at_start() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("bad.creds");
-        std::fs::write(&path, "not a credential").unwrap();
-        let err = Credentials::read(&path).err().unwrap().to_string();
-        assert!(err.contains("neither a .creds file"), "{err}");
-        assert!(Credentials::read(&dir.path().join("missing")).is_err());
-        std::fs::write(&path, "SUAEXAMPLESEED\n").unwrap();
-        assert!(
-            matches!(Credentials::read(&path), Ok(Credentials::Nkey(seed)) if seed == "SUAEXAMPLESEED")
-        );
-    }
 
     #[test]
     fn messages_carry_the_node_and_the_sequence() {

@@ -30,6 +30,8 @@ pub struct Args {
     pub containerd: ContainerdArgs,
     #[command(flatten)]
     pub trust: TrustArgs,
+    #[command(flatten)]
+    pub fleet: crate::fleet::FleetArgs,
     /// Storage driver: `auto` (overlay2 when overlayfs mounts here, else
     /// vfs), `overlay2` (fail if overlayfs cannot be mounted) or `vfs`.
     #[arg(long, env = "IMAGED_STORAGE_DRIVER", default_value = "auto")]

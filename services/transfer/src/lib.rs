@@ -7,6 +7,7 @@ mod config;
 mod containerd;
 mod containers;
 mod export;
+mod fleet;
 #[cfg(test)]
 mod fuzz;
 mod grpc;
@@ -52,12 +53,26 @@ pub async fn run(config: ServiceConfig, args: Args) -> anyhow::Result<()> {
             .with_max_layer_bytes(args.max_layer_size),
     );
     let serve_content_tls = args.serve_content_tls()?;
+    let fleet = fleet::Fleet::new(&args.fleet, args.serve_content)?;
     let serving_content = {
         let (content, layers) = (content.clone(), Arc::clone(&layers));
+        let in_flight = fleet.as_ref().map(|f| {
+            (
+                f.in_flight(),
+                Duration::from_secs(args.pull.stall_timeout_secs),
+            )
+        });
         async move {
             match args.serve_content {
                 Some(addr) => {
-                    registry::serve_content::serve(addr, serve_content_tls, content, layers).await
+                    registry::serve_content::serve(
+                        addr,
+                        serve_content_tls,
+                        content,
+                        layers,
+                        in_flight,
+                    )
+                    .await
                 }
                 None => std::future::pending().await,
             }
@@ -117,6 +132,7 @@ pub async fn run(config: ServiceConfig, args: Args) -> anyhow::Result<()> {
             &args.pull,
         )
         .with_trust(Arc::clone(&trust))
+        .with_fleet(fleet)
         .with_containerd(
             containerd
                 .clone()

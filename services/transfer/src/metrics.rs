@@ -141,3 +141,45 @@ impl Direction {
         }
     }
 }
+
+/// The fleet's instruments (issue 31).
+struct Fleet {
+    bytes: Counter<u64>,
+    claims: Counter<u64>,
+    peers: opentelemetry::metrics::Gauge<u64>,
+}
+
+static FLEET: LazyLock<Fleet> = LazyLock::new(|| {
+    let meter = opentelemetry::global::meter("imaged-transfer");
+    Fleet {
+        bytes: meter
+            .u64_counter("imaged.fleet.bytes")
+            .with_unit("By")
+            .with_description("layer bytes by where they came from or went: upstream, peer, served")
+            .build(),
+        claims: meter
+            .u64_counter("imaged.fleet.claims")
+            .with_description("claims of a blob's fetch: taken, handed_over (a peer's claim taken over), released")
+            .build(),
+        peers: meter
+            .u64_gauge("imaged.fleet.peers")
+            .with_description("peers the last plan found holding or fetching a blob")
+            .build(),
+    }
+});
+
+/// Counts layer bytes that came from (`upstream`, `peer`) or went to
+/// (`served`) the fleet.
+pub fn fleet_bytes(way: &'static str, bytes: u64) {
+    FLEET.bytes.add(bytes, &[KeyValue::new("way", way)]);
+}
+
+/// Counts a claim `taken`, `handed_over` or `released`.
+pub fn fleet_claim(what: &'static str) {
+    FLEET.claims.add(1, &[KeyValue::new("what", what)]);
+}
+
+/// Records how many peers the last plan found.
+pub fn fleet_peers(count: usize) {
+    FLEET.peers.record(count as u64, &[]);
+}

@@ -197,6 +197,10 @@ impl Puller {
         let mut attempt = 1;
         let turns = self.content.ingest_turns(blob);
         let mut source = 0;
+        // The fleet's peers first, when it has the blob or fetches it; or
+        // this node's claim to fetch it for the fleet, held until the
+        // layer is in the store and announced.
+        let (mut sources, mut claim) = self.fleet_sources(job, &[]).await;
         let (staging, unpacked) = loop {
             let writing = turns.take().await;
             let admitted = self
@@ -206,7 +210,7 @@ impl Puller {
                     progress.send_replace(State::Waiting);
                 })
                 .await;
-            let from = &job.sources[source];
+            let from = &sources[source];
             let result = self.fetch_layer(from, &job.desc, blob, progress).await;
             drop(admitted);
             drop(writing);
@@ -215,13 +219,29 @@ impl Puller {
                     if matches!(from.auth, RegistryAuth::Anonymous) && !from.identified {
                         self.content.public().mark(blob, from.oref.repository())?;
                     }
+                    if self.fleet.is_some() {
+                        let way = if from.peer { "peer" } else { "upstream" };
+                        crate::metrics::fleet_bytes(way, job.desc.size.max(0) as u64);
+                    }
                     break done;
                 }
                 // A mirror that fails is skipped (once per layer); what it
-                // wrote is resumed from the next source.
+                // wrote is resumed from the next source. Leaving the
+                // fleet's peers, the fleet is asked again: another may
+                // hold it by now, or the claim may be this node's to take.
                 Err(err) if from.mirror.is_some() => {
                     tracing::warn!(layer = %id, mirror = from.name(), "mirror failed, trying the next source: {err}");
+                    let left_peers = from.peer;
                     source += 1;
+                    if left_peers && !sources[source].peer && claim.is_none() {
+                        let (again, taken) = self.fleet_sources(job, &sources[..source]).await;
+                        let fresh: Vec<Source> = again.into_iter().take_while(|s| s.peer).collect();
+                        sources.splice(source..source, fresh);
+                        if taken.is_some() {
+                            crate::metrics::fleet_claim("handed_over");
+                        }
+                        claim = taken;
+                    }
                 }
                 Err(err) => match self.retry().after(attempt, &err) {
                     Some(delay) => {
@@ -267,7 +287,51 @@ impl Puller {
         let committed = tokio::task::spawn_blocking(move || layers.commit(staging, layer))
             .await
             .map_err(Error::internal)??;
+        if let Some(fleet) = &self.fleet {
+            fleet.holding(blob);
+        }
+        drop(claim);
         progress.send_replace(State::Complete);
         Ok(committed)
+    }
+
+    /// Where `job`'s blob is read from, in order, with the fleet: its
+    /// peers (holders, or the node fetching it now; none of `tried`)
+    /// before the pull's own sources; or the pull's own sources and this
+    /// node's claim to fetch it for the fleet. Without a fleet, the pull's
+    /// own sources.
+    async fn fleet_sources(
+        &self,
+        job: &LayerJob,
+        tried: &[Source],
+    ) -> (Vec<Source>, Option<crate::fleet::ClaimGuard>) {
+        use crate::fleet::Plan;
+        let Some(fleet) = &self.fleet else {
+            return (job.sources.clone(), None);
+        };
+        let upstream = job
+            .sources
+            .last()
+            .expect("the registry itself is always a source");
+        let public_in = (matches!(upstream.auth, RegistryAuth::Anonymous) && !upstream.identified)
+            .then(|| upstream.oref.repository().to_string());
+        let paths = (
+            self.content.ingest_path(&job.blob),
+            self.content.path(&job.blob),
+        );
+        let size = job.desc.size.max(0) as u64;
+        match fleet.plan(&job.blob, size, paths, public_in).await {
+            Plan::Alone => (job.sources.clone(), None),
+            Plan::Fetch(claim) => (job.sources.clone(), Some(claim)),
+            Plan::Peers(peers) => {
+                let mut sources: Vec<Source> = peers
+                    .iter()
+                    .map(|p| self.registries.peer(&upstream.oref, &p.url))
+                    .filter(|s| !tried.iter().any(|t| t.peer && t.mirror == s.mirror))
+                    .collect();
+                sources.extend(job.sources.iter().cloned());
+                (sources, None)
+            }
+        }
     }
 }

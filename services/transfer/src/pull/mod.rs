@@ -68,6 +68,8 @@ pub struct Puller {
     containerd: Option<Arc<dyn Registrar>>,
     /// The signature policy every pull is checked against.
     trust: Arc<Trust>,
+    /// The fleet this node fetches with, if any (issue 31).
+    fleet: Option<Arc<crate::fleet::Fleet>>,
 }
 
 /// What to pull, as the caller asked for it.
@@ -191,12 +193,20 @@ impl Puller {
             remote_trusted: Mutex::new(std::collections::HashSet::new()),
             containerd: None,
             trust: Arc::new(Trust::open()),
+            fleet: None,
         }
     }
 
     /// Checks every pull against `trust` before it stores anything.
     pub fn with_trust(mut self, trust: Arc<Trust>) -> Self {
         self.trust = trust;
+        self
+    }
+
+    /// Fetches layers with `fleet`: from peers that hold or fetch them,
+    /// and for the fleet when nobody does.
+    pub fn with_fleet(mut self, fleet: Option<Arc<crate::fleet::Fleet>>) -> Self {
+        self.fleet = fleet;
         self
     }
 

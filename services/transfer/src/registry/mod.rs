@@ -112,6 +112,8 @@ pub struct Source {
     pub mirror: Option<String>,
     /// Whether it may answer a tag (a mirror needs `resolve`).
     pub resolves: bool,
+    /// Whether it is a fleet peer the directory named (a mirror too).
+    pub peer: bool,
 }
 
 impl Source {
@@ -253,11 +255,40 @@ impl Registries {
                     plain_http: mirror.plain_http,
                     mirror: Some(mirror.host),
                     resolves: mirror.resolve,
+                    peer: false,
                 }
             })
             .collect();
         sources.push(self.registry(reference, auth));
         sources
+    }
+
+    /// A fleet peer's serve-content at `url` (`http://host:port`), as a
+    /// mirror of `upstream`'s repository that answers blobs by digest.
+    pub fn peer(&self, upstream: &oci_client::Reference, url: &str) -> Source {
+        let plain_http = url.starts_with("http://");
+        let host = url
+            .trim_start_matches("http://")
+            .trim_start_matches("https://")
+            .trim_end_matches('/')
+            .to_string();
+        let anonymous = RegistryAuth::Anonymous;
+        let reach = Reach {
+            plain_http,
+            ..Reach::default()
+        };
+        let clients = self.clients_for(&host, &anonymous, &reach);
+        Source {
+            identified: false,
+            oref: at_host(upstream, &host),
+            auth: anonymous,
+            http: clients.http,
+            tokens: clients.tokens,
+            plain_http,
+            mirror: Some(host),
+            resolves: false,
+            peer: true,
+        }
     }
 
     /// The registry itself, as a [`Source`]: where a pull reads last and
@@ -290,6 +321,7 @@ impl Registries {
             identified: false,
             mirror: None,
             resolves: true,
+            peer: false,
         }
     }
 

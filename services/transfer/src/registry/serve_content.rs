@@ -15,6 +15,11 @@
 //! listener speaks TLS, and a client whose certificate the fleet's CA
 //! signed may have every blob this node holds. Whoever fetches checks
 //! what is served against its digest.
+//!
+//! With a fleet directory, a blob this node is fetching for the fleet (it
+//! holds the claim) is served while it arrives, from any offset (`Range:
+//! bytes=N-`), to a fleet peer, or to anyone when it is fetched without
+//! credentials from the repository asked for ([`crate::fleet::in_flight`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -30,6 +35,7 @@ use axum::routing::get;
 use imaged_common::http::Verified;
 use imaged_model::Digest;
 
+use crate::fleet::in_flight::InFlight;
 use crate::store::content::ContentStore;
 use crate::store::layers::LayerStore;
 
@@ -43,6 +49,9 @@ struct Served {
     /// Requests whose check runs on a blocking thread at once; the others
     /// wait their turn, so a crowd cannot take the blocking pool.
     checking: Arc<tokio::sync::Semaphore>,
+    /// Blobs being fetched for the fleet, and how long their readers wait
+    /// for the next bytes.
+    in_flight: Option<(InFlight, std::time::Duration)>,
 }
 
 /// Checks (disk lookups) run at once, at most.
@@ -64,12 +73,15 @@ impl Served {
     }
 }
 
-/// Serves the content store on `addr` until the task is dropped.
+/// Serves the content store on `addr` until the task is dropped; with
+/// `in_flight`, also the blobs being fetched for the fleet, whose readers
+/// give up after the stall timeout without new bytes.
 pub async fn serve(
     addr: SocketAddr,
     tls: Option<tokio_rustls::TlsAcceptor>,
     content: ContentStore,
     layers: Arc<LayerStore>,
+    in_flight: Option<(InFlight, std::time::Duration)>,
 ) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -83,6 +95,7 @@ pub async fn serve(
             content,
             layers,
             checking: Arc::new(tokio::sync::Semaphore::new(CHECKS_AT_ONCE)),
+            in_flight,
         });
     let listener = match tls {
         Some(acceptor) => imaged_common::http::Listener::Tls(listener, acceptor),
@@ -106,6 +119,7 @@ async fn fetch(
     State(served): State<Served>,
     verified: Option<Extension<Verified>>,
     method: Method,
+    headers: axum::http::HeaderMap,
     Path(rest): Path<String>,
 ) -> Response {
     let verified = verified.map_or(Verified(false), |Extension(v)| v);
@@ -130,11 +144,18 @@ async fn fetch(
         };
         let served = served.clone();
         let digest = digest.clone();
+        let repository = repository.clone();
         tokio::task::spawn_blocking(move || served.holds(&digest, &repository, verified))
             .await
             .unwrap_or(false)
     };
     if !holds {
+        if kind == "blob"
+            && let Some(response) =
+                in_flight(&served, &digest, &repository, verified, &method, &headers)
+        {
+            return response;
+        }
         return unknown(code, &format!("{kind} unknown"));
     }
     let path = served.content.path(&digest);
@@ -158,6 +179,9 @@ async fn fetch(
     let mut response = if method == Method::HEAD {
         Response::new(Body::empty())
     } else {
+        if kind == "blob" && served.in_flight.is_some() {
+            crate::metrics::fleet_bytes("served", meta.len());
+        }
         Response::new(Body::from_stream(
             tokio_util::io::ReaderStream::with_capacity(file, 256 << 10),
         ))
@@ -171,6 +195,61 @@ async fn fetch(
         headers.insert("Docker-Content-Digest", value);
     }
     response
+}
+
+/// A blob being fetched for the fleet, streamed as it arrives from the
+/// offset asked (`Range: bytes=N-`, answered 206); `None` when it is not
+/// in flight here or not the client's to have.
+fn in_flight(
+    served: &Served,
+    digest: &Digest,
+    repository: &str,
+    verified: Verified,
+    method: &Method,
+    headers: &axum::http::HeaderMap,
+) -> Option<Response> {
+    let (in_flight, stall) = served.in_flight.as_ref()?;
+    let flight = in_flight.get(digest)?;
+    if !verified.0 && flight.public_in.as_deref() != Some(repository) {
+        return None;
+    }
+    let offset = headers
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("bytes="))
+        .and_then(|v| v.strip_suffix('-'))
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    if offset > flight.size {
+        return Some(StatusCode::RANGE_NOT_SATISFIABLE.into_response());
+    }
+    let size = flight.size;
+    let mut response = if *method == Method::HEAD {
+        Response::new(Body::empty())
+    } else {
+        crate::metrics::fleet_bytes("served", size - offset);
+        Response::new(Body::from_stream(
+            in_flight.stream(digest, flight, offset, *stall),
+        ))
+    };
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(size - offset));
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    if offset > 0 {
+        *response.status_mut() = StatusCode::PARTIAL_CONTENT;
+        if let Ok(value) = HeaderValue::from_str(&format!("bytes {offset}-{}/{size}", size - 1)) {
+            response.headers_mut().insert(header::CONTENT_RANGE, value);
+        }
+    }
+    if let Ok(value) = HeaderValue::from_str(&digest.to_string()) {
+        response
+            .headers_mut()
+            .insert("Docker-Content-Digest", value);
+    }
+    Some(response)
 }
 
 /// A manifest's media type: its own `mediaType`, else what its shape says.

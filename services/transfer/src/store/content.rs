@@ -194,10 +194,15 @@ impl ContentStore {
         Ok(crate::durable::persist(temp, &self.path(digest))?)
     }
 
+    /// Where the ingest of `expected` is written while it downloads.
+    pub fn ingest_path(&self, expected: &Digest) -> PathBuf {
+        self.ingest.join(expected.hex())
+    }
+
     /// Opens the ingest for `expected`, keeping bytes an earlier attempt
     /// left (see [`Ingest::offset`]).
     pub fn ingest(&self, expected: &Digest) -> Result<Ingest, Error> {
-        let path = self.ingest.join(expected.hex());
+        let path = self.ingest_path(expected);
         let (writer, len) = DirectWriter::open(&path)?;
         // Re-hash what is there so the final digest covers every byte
         // (through a descriptor of its own: the writer's is O_DIRECT, which

@@ -1,0 +1,288 @@
+//! This node's part in the fleet (issue 31): peers found through a
+//! directory the fleet already runs (NATS JetStream's key-value store),
+//! and one fetch per blob across the fleet. Before a layer is fetched,
+//! the pull asks [`Fleet::plan`]:
+//!
+//! - a peer holds the blob whole: read it from the peers, then upstream;
+//! - another node is fetching it now (its claim): read it from that node
+//!   as it arrives (serve-content streams the growing ingest), then
+//!   upstream;
+//! - nobody: claim it (one node of the fleet wins), fetch it upstream,
+//!   and serve it to the others while it arrives.
+//!
+//! Whoever reads checks the digest at the end, and a peer that fails or
+//! stalls is dropped for the next source, so a peer can cost time, never
+//! integrity. Without a directory, or while it cannot be reached, the
+//! pull goes on alone, as before.
+
+pub mod directory;
+pub mod in_flight;
+pub mod nats;
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use imaged_model::Digest;
+
+use directory::{Claimed, Directory, Peer};
+use in_flight::{Flight, InFlight};
+
+/// How the node finds its peers: `--peer-directory nats`.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct FleetArgs {
+    /// Where the fleet's content directory is: `nats` (JetStream's
+    /// key-value store at --nats-url); default none (peers only from
+    /// hosts.toml, as before).
+    #[arg(long, env = "IMAGED_PEER_DIRECTORY")]
+    pub peer_directory: Option<String>,
+    /// The NATS server (the one the fleet's events use).
+    #[arg(long = "nats-url", env = "IMAGED_NATS_URL")]
+    pub nats_url: Option<String>,
+    /// A `.creds` file or nkey seed to authenticate to NATS with.
+    #[arg(long = "nats-creds", env = "IMAGED_NATS_CREDS")]
+    pub nats_creds: Option<std::path::PathBuf>,
+    /// This node's name in the directory (default: the host name).
+    #[arg(long = "node-name", env = "IMAGED_NODE_NAME")]
+    pub node_name: Option<String>,
+    /// The key-value bucket.
+    #[arg(long, env = "IMAGED_PEER_BUCKET", default_value = "imaged-peers")]
+    pub peer_bucket: String,
+    /// The URL peers reach this node's --serve-content at (default:
+    /// `http://` and its address, which must then not be unspecified).
+    #[arg(long, env = "IMAGED_PEER_URL")]
+    pub peer_url: Option<String>,
+    /// Seconds a record is believed without being refreshed: a node that
+    /// dies leaves the directory, and its claims pass on, within it.
+    #[arg(long, env = "IMAGED_PEER_TTL", default_value_t = 10)]
+    pub peer_ttl: u64,
+}
+
+/// Blobs whose holding is refreshed by the heartbeat, at most.
+const HELD_REFRESHED: usize = 1024;
+
+/// What a pull does about one blob.
+pub enum Plan {
+    /// No directory (or none reachable): the pull's own sources.
+    Alone,
+    /// Read from these peers first (holders, or the claimer), then the
+    /// pull's own sources.
+    Peers(Vec<Peer>),
+    /// This node fetches it for the fleet; the claim lasts as long as the
+    /// guard.
+    Fetch(ClaimGuard),
+}
+
+/// This node in the fleet.
+pub struct Fleet {
+    me: Peer,
+    directory: Arc<dyn Directory>,
+    ttl: Duration,
+    in_flight: InFlight,
+    /// Claims this node holds, renewed by the heartbeat.
+    claims: Mutex<HashSet<Digest>>,
+    /// Blobs this node announced holding, newest last.
+    held: Mutex<VecDeque<Digest>>,
+}
+
+impl Fleet {
+    /// The fleet `args` describe, if any; `serve_content` is where this
+    /// node serves (required with a directory).
+    pub fn new(
+        args: &FleetArgs,
+        serve_content: Option<std::net::SocketAddr>,
+    ) -> anyhow::Result<Option<Arc<Fleet>>> {
+        let Some(kind) = args.peer_directory.as_deref() else {
+            return Ok(None);
+        };
+        if kind != "nats" {
+            anyhow::bail!("--peer-directory {kind:?}: only `nats` is known");
+        }
+        let url = args
+            .nats_url
+            .clone()
+            .ok_or_else(|| anyhow::anyhow!("--peer-directory nats needs --nats-url"))?;
+        let node = imaged_common::nats::node_name(args.node_name.as_deref())?;
+        let peer_url = match (&args.peer_url, serve_content) {
+            (Some(url), _) => url.trim_end_matches('/').to_string(),
+            (None, Some(addr)) if !addr.ip().is_unspecified() => format!("http://{addr}"),
+            (None, Some(_)) => anyhow::bail!(
+                "--serve-content listens on every address: say which one peers use with --peer-url"
+            ),
+            (None, None) => anyhow::bail!("--peer-directory needs --serve-content"),
+        };
+        let creds = args
+            .nats_creds
+            .as_deref()
+            .map(imaged_common::nats::Credentials::read)
+            .transpose()?;
+        let ttl = Duration::from_secs(args.peer_ttl.max(1));
+        let directory = Arc::new(nats::NatsDirectory::new(
+            url.clone(),
+            creds,
+            args.peer_bucket.clone(),
+            ttl,
+        ));
+        tracing::info!(
+            url = %imaged_common::nats::redacted(&url),
+            node = %node,
+            peer_url = %peer_url,
+            "peers found through the NATS directory"
+        );
+        Ok(Some(Fleet::with_directory(
+            Peer {
+                node,
+                url: peer_url,
+            },
+            directory,
+            ttl,
+        )))
+    }
+
+    /// This node as `me`, over `directory`; starts the heartbeat.
+    pub fn with_directory(me: Peer, directory: Arc<dyn Directory>, ttl: Duration) -> Arc<Fleet> {
+        let fleet = Arc::new(Fleet {
+            me,
+            directory,
+            ttl,
+            in_flight: InFlight::default(),
+            claims: Mutex::new(HashSet::new()),
+            held: Mutex::new(VecDeque::new()),
+        });
+        tokio::spawn(heartbeat(Arc::downgrade(&fleet)));
+        fleet
+    }
+
+    /// The blobs in flight here, for serve-content.
+    pub fn in_flight(&self) -> InFlight {
+        self.in_flight.clone()
+    }
+
+    /// What to do about `blob` (of `size` bytes, written to the ingest
+    /// file `ingest` and stored at `stored`; fetched without credentials
+    /// from `public_in`, if so) before fetching it.
+    pub async fn plan(
+        self: &Arc<Self>,
+        blob: &Digest,
+        size: u64,
+        (ingest, stored): (std::path::PathBuf, std::path::PathBuf),
+        public_in: Option<String>,
+    ) -> Plan {
+        let holders = match self.directory.holders(blob).await {
+            Ok(holders) => holders,
+            Err(err) => {
+                tracing::warn!(%blob, "peer directory: {err}; fetching alone");
+                return Plan::Alone;
+            }
+        };
+        let others: Vec<Peer> = holders
+            .into_iter()
+            .filter(|p| p.node != self.me.node)
+            .collect();
+        if !others.is_empty() {
+            crate::metrics::fleet_peers(others.len());
+            return Plan::Peers(others);
+        }
+        match self.directory.claim(blob, &self.me).await {
+            Ok(Claimed::Mine) => {
+                self.in_flight.start(
+                    blob,
+                    Flight {
+                        size,
+                        path: ingest,
+                        stored,
+                        public_in,
+                    },
+                );
+                self.lock_claims().insert(blob.clone());
+                crate::metrics::fleet_claim("taken");
+                Plan::Fetch(ClaimGuard {
+                    fleet: Arc::clone(self),
+                    blob: blob.clone(),
+                })
+            }
+            Ok(Claimed::By(peer)) => Plan::Peers(vec![peer]),
+            Err(err) => {
+                tracing::warn!(%blob, "peer directory: {err}; fetching alone");
+                Plan::Alone
+            }
+        }
+    }
+
+    /// Announces that this node holds `blob` whole.
+    pub fn holding(self: &Arc<Self>, blob: &Digest) {
+        {
+            let mut held = self.lock_held();
+            held.retain(|b| b != blob);
+            held.push_back(blob.clone());
+            while held.len() > HELD_REFRESHED {
+                held.pop_front();
+            }
+        }
+        let (fleet, blob) = (Arc::clone(self), blob.clone());
+        tokio::spawn(async move {
+            if let Err(err) = fleet.directory.hold(&blob, &fleet.me).await {
+                tracing::debug!(%blob, "peer directory: {err}");
+            }
+        });
+    }
+
+    fn lock_claims(&self) -> std::sync::MutexGuard<'_, HashSet<Digest>> {
+        self.claims.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn lock_held(&self) -> std::sync::MutexGuard<'_, VecDeque<Digest>> {
+        self.held.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// This node's claim on one blob: released (and the blob no longer in
+/// flight) when dropped, whether the fetch was done or failed.
+pub struct ClaimGuard {
+    fleet: Arc<Fleet>,
+    blob: Digest,
+}
+
+impl Drop for ClaimGuard {
+    fn drop(&mut self) {
+        self.fleet.in_flight.end(&self.blob);
+        self.fleet.lock_claims().remove(&self.blob);
+        let (fleet, blob) = (Arc::clone(&self.fleet), self.blob.clone());
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let _ = fleet.directory.release(&blob, &fleet.me).await;
+            });
+        }
+    }
+}
+
+/// Refreshes this node's records, three times a TTL, while the fleet
+/// lives: its claims (so that they are not taken over while it fetches)
+/// and what it holds.
+async fn heartbeat(fleet: std::sync::Weak<Fleet>) {
+    loop {
+        let Some(ttl) = fleet.upgrade().map(|f| f.ttl) else {
+            return;
+        };
+        tokio::time::sleep(ttl / 3).await;
+        let Some(fleet) = fleet.upgrade() else {
+            return;
+        };
+        let claims: Vec<Digest> = fleet.lock_claims().iter().cloned().collect();
+        for blob in claims {
+            if let Err(err) = fleet.directory.renew(&blob, &fleet.me).await {
+                tracing::warn!(%blob, "peer directory: the claim could not be renewed: {err}");
+            }
+        }
+        let held: Vec<Digest> = fleet.lock_held().iter().cloned().collect();
+        for blob in held {
+            if let Err(err) = fleet.directory.hold(&blob, &fleet.me).await {
+                tracing::debug!(%blob, "peer directory: {err}");
+                break;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,178 @@
+//! The fleet's rules against a directory in memory: one node of the fleet
+//! claims a blob, the others read from it; holders come first; a claim
+//! passes on when released or stale; an in-flight blob streams as it
+//! grows and a short one ends in an error.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+
+use super::directory::MemoryDirectory;
+use super::*;
+
+fn node(name: &str, directory: &Arc<MemoryDirectory>) -> Arc<Fleet> {
+    Fleet::with_directory(
+        Peer {
+            node: name.into(),
+            url: format!("http://{name}:5000"),
+        },
+        Arc::clone(directory) as Arc<dyn Directory>,
+        Duration::from_secs(5),
+    )
+}
+
+fn paths(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    (dir.join("ingest"), dir.join("stored"))
+}
+
+fn peers(plan: &Plan) -> Vec<String> {
+    match plan {
+        Plan::Peers(peers) => peers.iter().map(|p| p.node.clone()).collect(),
+        Plan::Fetch(_) => vec!["<mine>".into()],
+        Plan::Alone => vec!["<alone>".into()],
+    }
+}
+
+#[tokio::test]
+async fn one_node_fetches_and_the_others_read_from_it() {
+    let directory = Arc::new(MemoryDirectory::new(Duration::from_secs(5)));
+    let (a, b, c) = (
+        node("a", &directory),
+        node("b", &directory),
+        node("c", &directory),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let blob = Digest::sha256_of(b"layer");
+    let claim = a.plan(&blob, 5, paths(dir.path()), None).await;
+    assert_eq!(peers(&claim), ["<mine>"]);
+    assert!(
+        a.in_flight().get(&blob).is_some(),
+        "served while it arrives"
+    );
+    assert_eq!(
+        peers(&b.plan(&blob, 5, paths(dir.path()), None).await),
+        ["a"]
+    );
+    // Held: the holders come first, the claim is let go.
+    a.holding(&blob);
+    drop(claim);
+    tokio::task::yield_now().await;
+    assert!(a.in_flight().get(&blob).is_none());
+    let mut seen = Vec::new();
+    for _ in 0..100 {
+        seen = peers(&c.plan(&blob, 5, paths(dir.path()), None).await);
+        if seen == ["a"] {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(seen, ["a"]);
+
+    // Another blob: a released claim passes on.
+    let other = Digest::sha256_of(b"other");
+    let first = b.plan(&other, 5, paths(dir.path()), None).await;
+    assert_eq!(peers(&first), ["<mine>"]);
+    drop(first);
+    let mut next = Vec::new();
+    for _ in 0..100 {
+        next = peers(&c.plan(&other, 5, paths(dir.path()), None).await);
+        if next == ["<mine>"] {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(next, ["<mine>"], "b's released claim is c's to take");
+}
+
+#[tokio::test]
+async fn a_stale_claim_is_taken_over() {
+    let directory = Arc::new(MemoryDirectory::new(Duration::from_millis(50)));
+    let me = |name: &str| Peer {
+        node: name.into(),
+        url: String::new(),
+    };
+    let blob = Digest::sha256_of(b"layer");
+    assert_eq!(
+        directory.claim(&blob, &me("dead")).await.unwrap(),
+        Claimed::Mine
+    );
+    assert_eq!(
+        directory.claim(&blob, &me("b")).await.unwrap(),
+        Claimed::By(me("dead"))
+    );
+    tokio::time::sleep(Duration::from_millis(80)).await;
+    assert_eq!(
+        directory.claim(&blob, &me("b")).await.unwrap(),
+        Claimed::Mine
+    );
+    assert!(directory.renew(&blob, &me("dead")).await.is_err());
+}
+
+#[tokio::test]
+async fn an_in_flight_blob_streams_as_it_grows() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ingest, stored) = paths(dir.path());
+    let in_flight = InFlight::default();
+    let blob = Digest::sha256_of(b"0123456789");
+    in_flight.start(
+        &blob,
+        Flight {
+            size: 10,
+            path: ingest.clone(),
+            stored: stored.clone(),
+            public_in: None,
+        },
+    );
+    let flight = in_flight.get(&blob).unwrap();
+    let reader = in_flight.stream(&blob, flight, 2, Duration::from_secs(5));
+    let writer = async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        std::fs::write(&ingest, b"01234").unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // Stored whole: the ingest renamed.
+        std::fs::write(&ingest, b"0123456789").unwrap();
+        std::fs::rename(&ingest, &stored).unwrap();
+    };
+    let (read, ()) = tokio::join!(reader.collect::<Vec<_>>(), writer);
+    let bytes: Vec<u8> = read
+        .into_iter()
+        .flat_map(|chunk| chunk.unwrap().to_vec())
+        .collect();
+    assert_eq!(bytes, b"23456789");
+
+    // A fetch that ends short ends the stream in an error.
+    let short = Digest::sha256_of(b"short");
+    std::fs::write(&ingest, b"012").unwrap();
+    in_flight.start(
+        &short,
+        Flight {
+            size: 10,
+            path: ingest.clone(),
+            stored: dir.path().join("never"),
+            public_in: None,
+        },
+    );
+    let flight = in_flight.get(&short).unwrap();
+    let reader = in_flight.stream(&short, flight, 0, Duration::from_secs(5));
+    in_flight.end(&short);
+    let read: Vec<_> = reader.collect().await;
+    assert!(read.last().unwrap().is_err(), "{read:?}");
+
+    // One that stalls, too.
+    let stalled = Digest::sha256_of(b"stalled");
+    in_flight.start(
+        &stalled,
+        Flight {
+            size: 10,
+            path: ingest.clone(),
+            stored: dir.path().join("never"),
+            public_in: None,
+        },
+    );
+    let flight = in_flight.get(&stalled).unwrap();
+    let read: Vec<_> = in_flight
+        .stream(&stalled, flight, 0, Duration::from_millis(100))
+        .collect()
+        .await;
+    assert!(read.last().unwrap().is_err(), "{read:?}");
+}
