@@ -6,7 +6,7 @@
 //! five independent pulls cost five. Run with `--nocapture` to see the
 //! figures.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use imaged_common::config::Service;
 use imaged_e2e::throttle::Throttle;
@@ -255,5 +255,107 @@ async fn a_simultaneous_rollout_fetches_each_blob_once_through_the_directory() {
     assert!(
         bytes < compressed + compressed / 10,
         "the upstream served {bytes} bytes for a {compressed}-byte image"
+    );
+}
+
+/// The node fetching a layer for the others is killed (SIGKILL) in the
+/// middle of it: its claim passes on within the TTL, another node resumes
+/// the fetch from what it had, the last reads from that one, and both end
+/// with the image, its digests checked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claimer_killed_mid_layer_hands_its_claim_over() {
+    let nats = imaged_e2e::nats::NatsServer::start().await.unwrap();
+    let upstream = TestRegistry::start().await.unwrap();
+    let image = imaged_fixtures::generated_image(1, 4, 1 << 20, 44).unwrap();
+    let compressed: u64 = image.layers.iter().map(|l| l.data.len() as u64).sum();
+    upstream
+        .fixtures()
+        .push_image("fleet/handover:1", &image)
+        .await
+        .unwrap();
+    let counted = Throttle::start(&upstream.host, 1 << 20).await.unwrap();
+    let reference = format!("{}/fleet/handover:1", counted.host);
+    let mut nodes = directory_fleet(&nats.url, 3).await;
+
+    let pull = |node: &Imaged| {
+        tokio::spawn(client::pull(
+            node.images(),
+            client::pull_request(&reference),
+        ))
+    };
+    let first = pull(&nodes[0]);
+    // node0 claims the layer and fetches it; the others read from it.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let others = [pull(&nodes[1]), pull(&nodes[2])];
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    nodes[0].kill(Service::Transfer).await;
+    let _ = first.await;
+    for (i, pull) in others.into_iter().enumerate() {
+        pull.await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("node{} after the claimer died: {e}", i + 1));
+    }
+    for node in &nodes[1..] {
+        let listed = client::list(node.images()).await;
+        assert!(listed.iter().any(|i| i.id == image.id()));
+    }
+    let bytes = counted.bytes();
+    eprintln!(
+        "claimer killed: image {:.2} MiB, upstream served {:.2} MiB ({:.2}x)",
+        compressed as f64 / 1048576.0,
+        bytes as f64 / 1048576.0,
+        bytes as f64 / compressed as f64
+    );
+    // node0's part, then the rest once, resumed: under two copies.
+    assert!(
+        bytes < 2 * compressed,
+        "the upstream served {bytes} bytes for a {compressed}-byte image"
+    );
+}
+
+/// NATS away: the nodes pull alone, as without a directory; NATS back:
+/// they share again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_directory_nodes_pull_alone_and_share_again_when_it_is_back() {
+    let mut nats = imaged_e2e::nats::NatsServer::start().await.unwrap();
+    let upstream = TestRegistry::start().await.unwrap();
+    let images: Vec<_> = (0..2)
+        .map(|i| imaged_fixtures::generated_image(2, 2, 512 << 10, 50 + i).unwrap())
+        .collect();
+    for (i, image) in images.iter().enumerate() {
+        upstream
+            .fixtures()
+            .push_image(&format!("fleet/away{i}:1"), image)
+            .await
+            .unwrap();
+    }
+    let counted = Throttle::start(&upstream.host, 4 << 20).await.unwrap();
+    let nodes = directory_fleet(&nats.url, 2).await;
+
+    nats.stop().await;
+    let before = counted.bytes();
+    pull_on(&nodes, &format!("{}/fleet/away0:1", counted.host)).await;
+    let alone = counted.bytes() - before;
+
+    nats.restart().await.unwrap();
+    let before = counted.bytes();
+    pull_on(&nodes, &format!("{}/fleet/away1:1", counted.host)).await;
+    let shared = counted.bytes() - before;
+    let size = |i: usize| {
+        images[i]
+            .layers
+            .iter()
+            .map(|l| l.data.len() as u64)
+            .sum::<u64>()
+    };
+    eprintln!("NATS away: {alone} bytes upstream for 2 nodes; back: {shared}");
+    assert!(
+        alone >= 2 * size(0),
+        "alone, each node fetched its own copy"
+    );
+    assert!(
+        shared < size(1) + size(1) / 10,
+        "with the directory back, one copy: {shared} for {}",
+        size(1)
     );
 }

@@ -153,6 +153,11 @@ impl Fleet {
         fleet
     }
 
+    /// How long a record is believed unrefreshed.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
     /// The blobs in flight here, for serve-content.
     pub fn in_flight(&self) -> InFlight {
         self.in_flight.clone()

@@ -36,6 +36,8 @@ pub struct NatsDirectory {
     creds: Option<Credentials>,
     bucket: String,
     ttl: Duration,
+    /// The connection, made once (async-nats reconnects it).
+    client: tokio::sync::OnceCell<async_nats::Client>,
     /// The bucket, once reached; dropped on an error so the next call
     /// reaches it again (NATS restarted, the bucket was lost).
     store: Mutex<Option<kv::Store>>,
@@ -50,6 +52,7 @@ impl NatsDirectory {
             creds,
             bucket,
             ttl,
+            client: tokio::sync::OnceCell::new(),
             store: Mutex::new(None),
         }
     }
@@ -60,10 +63,12 @@ impl NatsDirectory {
         if let Some(store) = store.as_ref() {
             return Ok(store.clone());
         }
-        let client = imaged_common::nats::connect(&self.url, self.creds.as_ref())
+        let client = self
+            .client
+            .get_or_try_init(|| imaged_common::nats::connect(&self.url, self.creds.as_ref()))
             .await
             .map_err(|e| unavailable(&e))?;
-        let js = jetstream::new(client);
+        let js = jetstream::new(client.clone());
         // The bucket's stream, made as async-nats's `create_key_value`
         // makes it: that call first reads the account's limits, which
         // async-nats 0.51 cannot parse from Debian's nats-server 2.9.

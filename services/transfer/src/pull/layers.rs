@@ -25,10 +25,10 @@ fn layer_event(blob: &Digest, state: State, bytes: Bytes) -> PullEvent {
 /// must unpack to, and where it sits in the chain.
 pub(super) struct LayerJob {
     /// Where to fetch it from, in order: mirrors, then the registry.
-    sources: Vec<Source>,
-    desc: OciDescriptor,
+    pub(super) sources: Vec<Source>,
+    pub(super) desc: OciDescriptor,
     /// The compressed blob (`desc.digest`).
-    blob: Digest,
+    pub(super) blob: Digest,
     /// What the config says the unpacked tar hashes to.
     diff_id: Digest,
     chain_id: Digest,
@@ -200,7 +200,7 @@ impl Puller {
         // The fleet's peers first, when it has the blob or fetches it; or
         // this node's claim to fetch it for the fleet, held until the
         // layer is in the store and announced.
-        let (mut sources, mut claim) = self.fleet_sources(job, &[]).await;
+        let (mut sources, mut claim) = self.fleet_sources(job).await;
         let (staging, unpacked) = loop {
             let writing = turns.take().await;
             let admitted = self
@@ -234,12 +234,8 @@ impl Puller {
                     let left_peers = from.peer;
                     source += 1;
                     if left_peers && !sources[source].peer && claim.is_none() {
-                        let (again, taken) = self.fleet_sources(job, &sources[..source]).await;
-                        let fresh: Vec<Source> = again.into_iter().take_while(|s| s.peer).collect();
+                        let (fresh, taken) = self.fleet_again(job, &sources[..source]).await;
                         sources.splice(source..source, fresh);
-                        if taken.is_some() {
-                            crate::metrics::fleet_claim("handed_over");
-                        }
                         claim = taken;
                     }
                 }
@@ -293,45 +289,5 @@ impl Puller {
         drop(claim);
         progress.send_replace(State::Complete);
         Ok(committed)
-    }
-
-    /// Where `job`'s blob is read from, in order, with the fleet: its
-    /// peers (holders, or the node fetching it now; none of `tried`)
-    /// before the pull's own sources; or the pull's own sources and this
-    /// node's claim to fetch it for the fleet. Without a fleet, the pull's
-    /// own sources.
-    async fn fleet_sources(
-        &self,
-        job: &LayerJob,
-        tried: &[Source],
-    ) -> (Vec<Source>, Option<crate::fleet::ClaimGuard>) {
-        use crate::fleet::Plan;
-        let Some(fleet) = &self.fleet else {
-            return (job.sources.clone(), None);
-        };
-        let upstream = job
-            .sources
-            .last()
-            .expect("the registry itself is always a source");
-        let public_in = (matches!(upstream.auth, RegistryAuth::Anonymous) && !upstream.identified)
-            .then(|| upstream.oref.repository().to_string());
-        let paths = (
-            self.content.ingest_path(&job.blob),
-            self.content.path(&job.blob),
-        );
-        let size = job.desc.size.max(0) as u64;
-        match fleet.plan(&job.blob, size, paths, public_in).await {
-            Plan::Alone => (job.sources.clone(), None),
-            Plan::Fetch(claim) => (job.sources.clone(), Some(claim)),
-            Plan::Peers(peers) => {
-                let mut sources: Vec<Source> = peers
-                    .iter()
-                    .map(|p| self.registries.peer(&upstream.oref, &p.url))
-                    .filter(|s| !tried.iter().any(|t| t.peer && t.mirror == s.mirror))
-                    .collect();
-                sources.extend(job.sources.iter().cloned());
-                (sources, None)
-            }
-        }
     }
 }

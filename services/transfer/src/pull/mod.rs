@@ -547,6 +547,7 @@ pub(crate) fn short(digest: &str) -> String {
 
 mod attachments;
 mod layers;
+mod peers;
 mod remote;
 mod said;
 mod sources;

@@ -1,0 +1,98 @@
+//! A layer's blob and the fleet (issue 31): the peers to read it from
+//! before the pull's own sources, or this node's claim to fetch it for
+//! the fleet; and, when the peers failed, the fleet asked again until
+//! another peer has it or the claim passes on.
+
+use super::layers::LayerJob;
+use super::*;
+use crate::fleet::{ClaimGuard, Plan};
+
+/// What the fleet said about one blob.
+struct Answer {
+    /// Peers not tried yet, as sources.
+    peers: Vec<Source>,
+    claim: Option<ClaimGuard>,
+    /// Whether it named only peers tried already (a claimer that failed
+    /// this node and still holds its claim).
+    only_tried: bool,
+}
+
+impl Puller {
+    /// Where `job`'s blob is read from, in order: the fleet's peers
+    /// (holders, or the node fetching it now) before the pull's own
+    /// sources; or the pull's own sources and this node's claim to fetch
+    /// it for the fleet. Without a fleet, the pull's own sources.
+    pub(super) async fn fleet_sources(&self, job: &LayerJob) -> (Vec<Source>, Option<ClaimGuard>) {
+        let answer = self.ask_fleet(job, &[]).await;
+        let mut sources = answer.peers;
+        sources.extend(job.sources.iter().cloned());
+        (sources, answer.claim)
+    }
+
+    /// The fleet asked again once the peers `tried` failed: the new peers
+    /// to read from, or this node's claim. A failed claimer's claim passes
+    /// on within the directory's TTL, so that long the fleet is asked
+    /// again; past it, the pull's own sources go on without a claim.
+    pub(super) async fn fleet_again(
+        &self,
+        job: &LayerJob,
+        tried: &[Source],
+    ) -> (Vec<Source>, Option<ClaimGuard>) {
+        let Some(fleet) = &self.fleet else {
+            return (Vec::new(), None);
+        };
+        let patience = fleet.ttl() + fleet.ttl() / 2;
+        let started = std::time::Instant::now();
+        loop {
+            let answer = self.ask_fleet(job, tried).await;
+            if !answer.only_tried || started.elapsed() >= patience {
+                if answer.claim.is_some() {
+                    crate::metrics::fleet_claim("handed_over");
+                }
+                return (answer.peers, answer.claim);
+            }
+            tokio::time::sleep(fleet.ttl() / 4).await;
+        }
+    }
+
+    async fn ask_fleet(&self, job: &LayerJob, tried: &[Source]) -> Answer {
+        let alone = Answer {
+            peers: Vec::new(),
+            claim: None,
+            only_tried: false,
+        };
+        let Some(fleet) = &self.fleet else {
+            return alone;
+        };
+        let upstream = job
+            .sources
+            .last()
+            .expect("the registry itself is always a source");
+        let public_in = (matches!(upstream.auth, RegistryAuth::Anonymous) && !upstream.identified)
+            .then(|| upstream.oref.repository().to_string());
+        let paths = (
+            self.content.ingest_path(&job.blob),
+            self.content.path(&job.blob),
+        );
+        let size = job.desc.size.max(0) as u64;
+        match fleet.plan(&job.blob, size, paths, public_in).await {
+            Plan::Alone => alone,
+            Plan::Fetch(claim) => Answer {
+                claim: Some(claim),
+                ..alone
+            },
+            Plan::Peers(named) => {
+                let peers: Vec<Source> = named
+                    .iter()
+                    .map(|p| self.registries.peer(&upstream.oref, &p.url))
+                    .filter(|s| !tried.iter().any(|t| t.peer && t.mirror == s.mirror))
+                    .collect();
+                Answer {
+                    only_tried: peers.is_empty(),
+                    peers,
+                    claim: None,
+                }
+            }
+        }
+    }
+}
