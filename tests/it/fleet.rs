@@ -359,3 +359,117 @@ async fn without_the_directory_nodes_pull_alone_and_share_again_when_it_is_back(
         size(1)
     );
 }
+
+/// Peers the directory names that answer wrong bytes, or headers and then
+/// nothing: each is dropped for that blob (the wrong bytes at once, the
+/// silent one within the stall timeout) and the pull completes from the
+/// upstream, digests checked. The liars are registered in the directory
+/// as holders, the way a compromised node would register itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_lies_or_stalls_is_dropped_and_the_pull_completes() {
+    use imaged_e2e::front::{Answer, Front};
+    let nats = imaged_e2e::nats::NatsServer::start().await.unwrap();
+    let upstream = TestRegistry::start().await.unwrap();
+    let image = imaged_fixtures::generated_image(2, 2, 256 << 10, 60).unwrap();
+    upstream
+        .fixtures()
+        .push_image("fleet/liars:1", &image)
+        .await
+        .unwrap();
+    let (liar, silent) = (
+        Front::start(&upstream.host).await.unwrap(),
+        Front::start(&upstream.host).await.unwrap(),
+    );
+    let (lied, stalled) = (&image.layers[0], &image.layers[1]);
+    liar.rule(
+        "GET",
+        &lied.digest,
+        Answer::Body {
+            status: 200,
+            headers: vec![],
+            body: vec![0x5a; lied.data.len()],
+        },
+        usize::MAX,
+    );
+    silent.rule("GET", &stalled.digest, Answer::Silent, usize::MAX);
+    // The directory says the liar holds one layer and the silent one the
+    // other.
+    let client = async_nats::connect(&nats.url).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    js.get_or_create_stream(async_nats::jetstream::stream::Config {
+        name: "KV_imaged-peers".into(),
+        subjects: vec!["$KV.imaged-peers.>".into()],
+        max_messages_per_subject: 1,
+        max_age: Duration::from_secs(60),
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        discard: async_nats::jetstream::stream::DiscardPolicy::New,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let kv = js.get_key_value("imaged-peers").await.unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    for (layer, peer) in [(lied, &liar), (stalled, &silent)] {
+        let record = serde_json::json!([{
+            "node": format!("rogue-{}", peer.host.replace([':', '.'], "-")),
+            "url": format!("http://{}", peer.host),
+            "at": now + 60_000,
+        }]);
+        let hex = layer.digest.trim_start_matches("sha256:");
+        kv.put(format!("held.{hex}"), record.to_string().into())
+            .await
+            .unwrap();
+    }
+
+    let node = Imaged::builder()
+        .arg(
+            Service::Transfer,
+            &format!("--serve-content=127.0.0.2:{}", free_port()),
+        )
+        .arg(Service::Transfer, "--peer-directory=nats")
+        .arg(Service::Transfer, &format!("--nats-url={}", nats.url))
+        .arg(Service::Transfer, "--node-name=honest")
+        .arg(Service::Transfer, "--stall-timeout-secs=2")
+        .start()
+        .await
+        .unwrap();
+    let reference = upstream.fixtures().reference("fleet/liars:1");
+    let started = Instant::now();
+    client::pull(node.images(), client::pull_request(&reference))
+        .await
+        .expect("the pull completes despite the peers");
+    let took = started.elapsed();
+    let listed = client::list(node.images()).await;
+    assert!(listed.iter().any(|i| i.id == image.id()));
+    for (layer, peer) in [(lied, &liar), (stalled, &silent)] {
+        assert!(
+            peer.requests().iter().any(|r| r.contains(&layer.digest)),
+            "the peer was asked: {:?}",
+            peer.requests()
+        );
+        let from_upstream = upstream
+            .blob_gets()
+            .iter()
+            .filter(|g| g.contains(&layer.digest))
+            .count();
+        assert_eq!(
+            from_upstream, 1,
+            "then the upstream served {}",
+            layer.digest
+        );
+    }
+    assert!(
+        node.logs().contains("mirror failed"),
+        "the peers' failures are logged"
+    );
+    eprintln!("liar and silent peer dropped; pull took {took:.2?}");
+    assert!(
+        took < Duration::from_secs(20),
+        "dropped within the stall timeout: {took:?}"
+    );
+}

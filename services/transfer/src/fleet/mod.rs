@@ -71,6 +71,9 @@ pub enum Plan {
     /// This node fetches it for the fleet; the claim lasts as long as the
     /// guard.
     Fetch(ClaimGuard),
+    /// Only a peer that failed this pull holds the claim: until it passes
+    /// on (within the TTL), nobody else is to fetch it.
+    Waiting,
 }
 
 /// This node in the fleet.
@@ -165,13 +168,16 @@ impl Fleet {
 
     /// What to do about `blob` (of `size` bytes, written to the ingest
     /// file `ingest` and stored at `stored`; fetched without credentials
-    /// from `public_in`, if so) before fetching it.
+    /// from `public_in`, if so) before fetching it. Peers whose URL is in
+    /// `tried` failed this pull already: they are not named again, and a
+    /// claim only they hold is waited out ([`Plan::Waiting`]).
     pub async fn plan(
         self: &Arc<Self>,
         blob: &Digest,
         size: u64,
         (ingest, stored): (std::path::PathBuf, std::path::PathBuf),
         public_in: Option<String>,
+        tried: &[String],
     ) -> Plan {
         let holders = match self.directory.holders(blob).await {
             Ok(holders) => holders,
@@ -182,7 +188,7 @@ impl Fleet {
         };
         let others: Vec<Peer> = holders
             .into_iter()
-            .filter(|p| p.node != self.me.node)
+            .filter(|p| p.node != self.me.node && !tried.contains(&p.url))
             .collect();
         if !others.is_empty() {
             crate::metrics::fleet_peers(others.len());
@@ -206,6 +212,7 @@ impl Fleet {
                     blob: blob.clone(),
                 })
             }
+            Ok(Claimed::By(peer)) if tried.contains(&peer.url) => Plan::Waiting,
             Ok(Claimed::By(peer)) => Plan::Peers(vec![peer]),
             Err(err) => {
                 tracing::warn!(%blob, "peer directory: {err}; fetching alone");

@@ -30,6 +30,7 @@ fn peers(plan: &Plan) -> Vec<String> {
         Plan::Peers(peers) => peers.iter().map(|p| p.node.clone()).collect(),
         Plan::Fetch(_) => vec!["<mine>".into()],
         Plan::Alone => vec!["<alone>".into()],
+        Plan::Waiting => vec!["<waiting>".into()],
     }
 }
 
@@ -43,15 +44,21 @@ async fn one_node_fetches_and_the_others_read_from_it() {
     );
     let dir = tempfile::tempdir().unwrap();
     let blob = Digest::sha256_of(b"layer");
-    let claim = a.plan(&blob, 5, paths(dir.path()), None).await;
+    let claim = a.plan(&blob, 5, paths(dir.path()), None, &[]).await;
     assert_eq!(peers(&claim), ["<mine>"]);
     assert!(
         a.in_flight().get(&blob).is_some(),
         "served while it arrives"
     );
     assert_eq!(
-        peers(&b.plan(&blob, 5, paths(dir.path()), None).await),
+        peers(&b.plan(&blob, 5, paths(dir.path()), None, &[]).await),
         ["a"]
+    );
+    // a failed b already: b waits for a's claim to pass on.
+    let failed = ["http://a:5000".to_string()];
+    assert_eq!(
+        peers(&b.plan(&blob, 5, paths(dir.path()), None, &failed).await),
+        ["<waiting>"]
     );
     // Held: the holders come first, the claim is let go.
     a.holding(&blob);
@@ -60,22 +67,28 @@ async fn one_node_fetches_and_the_others_read_from_it() {
     assert!(a.in_flight().get(&blob).is_none());
     let mut seen = Vec::new();
     for _ in 0..100 {
-        seen = peers(&c.plan(&blob, 5, paths(dir.path()), None).await);
+        seen = peers(&c.plan(&blob, 5, paths(dir.path()), None, &[]).await);
         if seen == ["a"] {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(seen, ["a"]);
+    // A holder that failed c is passed over: c claims the fetch itself.
+    let failed = ["http://a:5000".to_string()];
+    assert_eq!(
+        peers(&c.plan(&blob, 5, paths(dir.path()), None, &failed).await),
+        ["<mine>"]
+    );
 
     // Another blob: a released claim passes on.
     let other = Digest::sha256_of(b"other");
-    let first = b.plan(&other, 5, paths(dir.path()), None).await;
+    let first = b.plan(&other, 5, paths(dir.path()), None, &[]).await;
     assert_eq!(peers(&first), ["<mine>"]);
     drop(first);
     let mut next = Vec::new();
     for _ in 0..100 {
-        next = peers(&c.plan(&other, 5, paths(dir.path()), None).await);
+        next = peers(&c.plan(&other, 5, paths(dir.path()), None, &[]).await);
         if next == ["<mine>"] {
             break;
         }

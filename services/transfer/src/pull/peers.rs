@@ -75,24 +75,28 @@ impl Puller {
             self.content.path(&job.blob),
         );
         let size = job.desc.size.max(0) as u64;
-        match fleet.plan(&job.blob, size, paths, public_in).await {
+        let tried: Vec<String> = tried
+            .iter()
+            .filter(|s| s.peer)
+            .map(|s| s.peer_url())
+            .collect();
+        match fleet.plan(&job.blob, size, paths, public_in, &tried).await {
             Plan::Alone => alone,
             Plan::Fetch(claim) => Answer {
                 claim: Some(claim),
                 ..alone
             },
-            Plan::Peers(named) => {
-                let peers: Vec<Source> = named
+            Plan::Waiting => Answer {
+                only_tried: true,
+                ..alone
+            },
+            Plan::Peers(named) => Answer {
+                peers: named
                     .iter()
                     .map(|p| self.registries.peer(&upstream.oref, &p.url))
-                    .filter(|s| !tried.iter().any(|t| t.peer && t.mirror == s.mirror))
-                    .collect();
-                Answer {
-                    only_tried: peers.is_empty(),
-                    peers,
-                    claim: None,
-                }
-            }
+                    .collect(),
+                ..alone
+            },
         }
     }
 }

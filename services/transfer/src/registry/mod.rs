@@ -131,6 +131,12 @@ impl Source {
         )
     }
 
+    /// The URL a fleet peer was named by (`http://host:port`).
+    pub fn peer_url(&self) -> String {
+        let scheme = if self.plain_http { "http" } else { "https" };
+        format!("{scheme}://{}", self.name())
+    }
+
     /// The same repository here, at `tag`.
     pub fn at_tag(&self, tag: &str) -> oci_client::Reference {
         oci_client::Reference::with_tag(
