@@ -19,10 +19,48 @@ pub struct Throttle {
     task: JoinHandle<()>,
 }
 
+/// One link every connection shares: bytes pass at `rate` in all.
+struct Link {
+    rate: u64,
+    /// When the link is free again.
+    free_at: std::sync::Mutex<tokio::time::Instant>,
+}
+
+impl Link {
+    /// Waits for `n` bytes' turn on the link.
+    async fn pass(&self, n: usize) {
+        let until = {
+            let mut free_at = self.free_at.lock().unwrap();
+            let start = (*free_at).max(tokio::time::Instant::now());
+            *free_at = start + Duration::from_secs_f64(n as f64 / self.rate as f64);
+            *free_at
+        };
+        tokio::time::sleep_until(until).await;
+    }
+}
+
 impl Throttle {
     /// Forwards to `upstream`, registry-to-client bytes at most
     /// `bytes_per_second` per connection.
     pub async fn start(upstream: &str, bytes_per_second: u64) -> anyhow::Result<Self> {
+        Self::start_with(upstream, bytes_per_second, None).await
+    }
+
+    /// Forwards to `upstream` over one link of `bytes_per_second` that
+    /// every connection shares, as a node's uplink or a registry's.
+    pub async fn start_shared(upstream: &str, bytes_per_second: u64) -> anyhow::Result<Self> {
+        let link = Arc::new(Link {
+            rate: bytes_per_second.max(1),
+            free_at: std::sync::Mutex::new(tokio::time::Instant::now()),
+        });
+        Self::start_with(upstream, bytes_per_second, Some(link)).await
+    }
+
+    async fn start_with(
+        upstream: &str,
+        bytes_per_second: u64,
+        link: Option<Arc<Link>>,
+    ) -> anyhow::Result<Self> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let host = listener.local_addr()?.to_string();
         let frozen = Arc::new(AtomicBool::new(false));
@@ -34,9 +72,10 @@ impl Throttle {
                 let upstream = upstream.clone();
                 let frozen = Arc::clone(&frozen_task);
                 let bytes = Arc::clone(&bytes_task);
+                let link = link.clone();
                 tokio::spawn(async move {
                     if let Ok(server) = TcpStream::connect(&upstream).await {
-                        let _ = relay(client, server, bytes_per_second, frozen, bytes).await;
+                        let _ = relay(client, server, bytes_per_second, frozen, bytes, link).await;
                     }
                 });
             }
@@ -72,6 +111,7 @@ async fn relay(
     rate: u64,
     frozen: Arc<AtomicBool>,
     bytes: Arc<AtomicU64>,
+    link: Option<Arc<Link>>,
 ) -> std::io::Result<()> {
     let (mut client_read, mut client_write) = client.into_split();
     let (mut server_read, mut server_write) = server.into_split();
@@ -90,9 +130,14 @@ async fn relay(
         if n == 0 {
             break;
         }
+        if let Some(link) = &link {
+            link.pass(n).await;
+        }
         client_write.write_all(&buf[..n]).await?;
         bytes.fetch_add(n as u64, Ordering::SeqCst);
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        if link.is_none() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
     upstream.abort();
     Ok(())
