@@ -473,3 +473,71 @@ async fn a_peer_that_lies_or_stalls_is_dropped_and_the_pull_completes() {
         "dropped within the stall timeout: {took:?}"
     );
 }
+
+/// A node that leaves stops refreshing its records: the directory drops
+/// them (the bucket's age limit is three TTLs) and nobody is sent to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_leaves_drops_out_of_the_directory() {
+    let nats = imaged_e2e::nats::NatsServer::start().await.unwrap();
+    let upstream = TestRegistry::start().await.unwrap();
+    let image = imaged_fixtures::generated_image(1, 2, 64 << 10, 70).unwrap();
+    upstream
+        .fixtures()
+        .push_image("fleet/leaving:1", &image)
+        .await
+        .unwrap();
+    let node = Imaged::builder()
+        .arg(
+            Service::Transfer,
+            &format!("--serve-content=127.0.0.2:{}", free_port()),
+        )
+        .arg(Service::Transfer, "--peer-directory=nats")
+        .arg(Service::Transfer, &format!("--nats-url={}", nats.url))
+        .arg(Service::Transfer, "--node-name=leaving")
+        .arg(Service::Transfer, "--peer-ttl=1")
+        .start()
+        .await
+        .unwrap();
+    client::pull(
+        node.images(),
+        client::pull_request(&upstream.fixtures().reference("fleet/leaving:1")),
+    )
+    .await
+    .unwrap();
+    let js = async_nats::jetstream::new(async_nats::connect(&nats.url).await.unwrap());
+    let kv = js.get_key_value("imaged-peers").await.unwrap();
+    let key = format!(
+        "held.{}",
+        image.layers[0].digest.trim_start_matches("sha256:")
+    );
+    let mut held = None;
+    for _ in 0..50 {
+        held = kv.get(&key).await.unwrap();
+        if held.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let held = held.expect("the node says it holds the layer");
+    assert!(String::from_utf8_lossy(&held).contains("\"leaving\""));
+    // Refreshed while the node lives, past the bucket's age limit.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(
+        kv.get(&key).await.unwrap().is_some(),
+        "refreshed while alive"
+    );
+
+    drop(node.stop());
+    let mut gone = false;
+    for _ in 0..60 {
+        if kv.get(&key).await.unwrap().is_none() {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        gone,
+        "the record outlived its node by more than the age limit"
+    );
+}
