@@ -53,7 +53,7 @@ pub async fn run(config: ServiceConfig, args: Args) -> anyhow::Result<()> {
             .with_max_layer_bytes(args.max_layer_size),
     );
     let serve_content_tls = args.serve_content_tls()?;
-    let fleet = fleet::Fleet::new(&args.fleet, args.serve_content)?;
+    let fleet = fleet::Fleet::new(&args.fleet, args.serve_content, serve_content_tls.is_some())?;
     let serving_content = {
         let (content, layers) = (content.clone(), Arc::clone(&layers));
         let in_flight = fleet.as_ref().map(|f| {

@@ -86,14 +86,20 @@ pub struct Fleet {
     claims: Mutex<HashSet<Digest>>,
     /// Blobs this node announced holding, newest last.
     held: Mutex<VecDeque<Digest>>,
+    /// Whether serve-content gives fleet peers with a client certificate
+    /// every blob (TLS with a client CA); else only public blobs are
+    /// served, so only those are announced or claimed.
+    serves_private: bool,
 }
 
 impl Fleet {
     /// The fleet `args` describe, if any; `serve_content` is where this
-    /// node serves (required with a directory).
+    /// node serves (required with a directory), `serves_private` whether
+    /// it serves fleet peers with a client certificate every blob.
     pub fn new(
         args: &FleetArgs,
         serve_content: Option<std::net::SocketAddr>,
+        serves_private: bool,
     ) -> anyhow::Result<Option<Arc<Fleet>>> {
         let Some(kind) = args.peer_directory.as_deref() else {
             return Ok(None);
@@ -139,11 +145,17 @@ impl Fleet {
             },
             directory,
             ttl,
+            serves_private,
         )))
     }
 
     /// This node as `me`, over `directory`; starts the heartbeat.
-    pub fn with_directory(me: Peer, directory: Arc<dyn Directory>, ttl: Duration) -> Arc<Fleet> {
+    pub fn with_directory(
+        me: Peer,
+        directory: Arc<dyn Directory>,
+        ttl: Duration,
+        serves_private: bool,
+    ) -> Arc<Fleet> {
         let fleet = Arc::new(Fleet {
             me,
             directory,
@@ -151,6 +163,7 @@ impl Fleet {
             in_flight: InFlight::default(),
             claims: Mutex::new(HashSet::new()),
             held: Mutex::new(VecDeque::new()),
+            serves_private,
         });
         tokio::spawn(heartbeat(Arc::downgrade(&fleet)));
         fleet
@@ -194,6 +207,10 @@ impl Fleet {
             crate::metrics::fleet_peers(others.len());
             return Plan::Peers(others);
         }
+        // A blob this node would serve nobody: not claimed for the fleet.
+        if public_in.is_none() && !self.serves_private {
+            return Plan::Alone;
+        }
         match self.directory.claim(blob, &self.me).await {
             Ok(Claimed::Mine) => {
                 self.in_flight.start(
@@ -221,8 +238,14 @@ impl Fleet {
         }
     }
 
-    /// Announces that this node holds `blob` whole.
-    pub fn holding(self: &Arc<Self>, blob: &Digest) {
+    /// Announces that this node holds `blob` whole, if it would serve it
+    /// to a peer: `public` (fetched without credentials), or to fleet
+    /// peers with a client certificate. A node advertises only what it
+    /// serves.
+    pub fn holding(self: &Arc<Self>, blob: &Digest, public: bool) {
+        if !public && !self.serves_private {
+            return;
+        }
         {
             let mut held = self.lock_held();
             held.retain(|b| b != blob);

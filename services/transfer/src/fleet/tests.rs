@@ -18,6 +18,7 @@ fn node(name: &str, directory: &Arc<MemoryDirectory>) -> Arc<Fleet> {
         },
         Arc::clone(directory) as Arc<dyn Directory>,
         Duration::from_secs(5),
+        false,
     )
 }
 
@@ -44,30 +45,41 @@ async fn one_node_fetches_and_the_others_read_from_it() {
     );
     let dir = tempfile::tempdir().unwrap();
     let blob = Digest::sha256_of(b"layer");
-    let claim = a.plan(&blob, 5, paths(dir.path()), None, &[]).await;
+    let claim = a
+        .plan(&blob, 5, paths(dir.path()), Some("repo".into()), &[])
+        .await;
     assert_eq!(peers(&claim), ["<mine>"]);
     assert!(
         a.in_flight().get(&blob).is_some(),
         "served while it arrives"
     );
     assert_eq!(
-        peers(&b.plan(&blob, 5, paths(dir.path()), None, &[]).await),
+        peers(
+            &b.plan(&blob, 5, paths(dir.path()), Some("repo".into()), &[])
+                .await
+        ),
         ["a"]
     );
     // a failed b already: b waits for a's claim to pass on.
     let failed = ["http://a:5000".to_string()];
     assert_eq!(
-        peers(&b.plan(&blob, 5, paths(dir.path()), None, &failed).await),
+        peers(
+            &b.plan(&blob, 5, paths(dir.path()), Some("repo".into()), &failed)
+                .await
+        ),
         ["<waiting>"]
     );
     // Held: the holders come first, the claim is let go.
-    a.holding(&blob);
+    a.holding(&blob, true);
     drop(claim);
     tokio::task::yield_now().await;
     assert!(a.in_flight().get(&blob).is_none());
     let mut seen = Vec::new();
     for _ in 0..100 {
-        seen = peers(&c.plan(&blob, 5, paths(dir.path()), None, &[]).await);
+        seen = peers(
+            &c.plan(&blob, 5, paths(dir.path()), Some("repo".into()), &[])
+                .await,
+        );
         if seen == ["a"] {
             break;
         }
@@ -77,18 +89,26 @@ async fn one_node_fetches_and_the_others_read_from_it() {
     // A holder that failed c is passed over: c claims the fetch itself.
     let failed = ["http://a:5000".to_string()];
     assert_eq!(
-        peers(&c.plan(&blob, 5, paths(dir.path()), None, &failed).await),
+        peers(
+            &c.plan(&blob, 5, paths(dir.path()), Some("repo".into()), &failed)
+                .await
+        ),
         ["<mine>"]
     );
 
     // Another blob: a released claim passes on.
     let other = Digest::sha256_of(b"other");
-    let first = b.plan(&other, 5, paths(dir.path()), None, &[]).await;
+    let first = b
+        .plan(&other, 5, paths(dir.path()), Some("repo".into()), &[])
+        .await;
     assert_eq!(peers(&first), ["<mine>"]);
     drop(first);
     let mut next = Vec::new();
     for _ in 0..100 {
-        next = peers(&c.plan(&other, 5, paths(dir.path()), None, &[]).await);
+        next = peers(
+            &c.plan(&other, 5, paths(dir.path()), Some("repo".into()), &[])
+                .await,
+        );
         if next == ["<mine>"] {
             break;
         }
@@ -188,4 +208,41 @@ async fn an_in_flight_blob_streams_as_it_grows() {
         .collect()
         .await;
     assert!(read.last().unwrap().is_err(), "{read:?}");
+}
+
+#[tokio::test]
+async fn a_node_advertises_and_claims_only_what_it_would_serve() {
+    let directory = Arc::new(MemoryDirectory::new(Duration::from_secs(5)));
+    let plain = node("plain", &directory);
+    let dir = tempfile::tempdir().unwrap();
+    let private = Digest::sha256_of(b"private layer");
+    // Fetched with credentials, served to nobody without a certificate:
+    // neither claimed nor announced.
+    let planned = plain.plan(&private, 5, paths(dir.path()), None, &[]).await;
+    assert_eq!(peers(&planned), ["<alone>"]);
+    plain.holding(&private, false);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(directory.holders(&private).await.unwrap().is_empty());
+    // A node serving fleet peers with certificates claims and announces it.
+    let tls = Fleet::with_directory(
+        Peer {
+            node: "tls".into(),
+            url: "https://tls:5000".into(),
+        },
+        Arc::clone(&directory) as Arc<dyn Directory>,
+        Duration::from_secs(5),
+        true,
+    );
+    let planned = tls.plan(&private, 5, paths(dir.path()), None, &[]).await;
+    assert_eq!(peers(&planned), ["<mine>"]);
+    tls.holding(&private, false);
+    let mut held = Vec::new();
+    for _ in 0..100 {
+        held = directory.holders(&private).await.unwrap();
+        if !held.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(held.len(), 1);
 }

@@ -201,6 +201,9 @@ impl Puller {
         // this node's claim to fetch it for the fleet, held until the
         // layer is in the store and announced.
         let (mut sources, mut claim) = self.fleet_sources(job).await;
+        // Whether anyone may have the blob from this node (see
+        // `registry::serve_content`): fetched without credentials.
+        let mut public = false;
         let (staging, unpacked) = loop {
             let writing = turns.take().await;
             let admitted = self
@@ -218,6 +221,7 @@ impl Puller {
                 Ok(done) => {
                     if matches!(from.auth, RegistryAuth::Anonymous) && !from.identified {
                         self.content.public().mark(blob, from.oref.repository())?;
+                        public = true;
                     }
                     if self.fleet.is_some() {
                         let way = if from.peer { "peer" } else { "upstream" };
@@ -284,7 +288,7 @@ impl Puller {
             .await
             .map_err(Error::internal)??;
         if let Some(fleet) = &self.fleet {
-            fleet.holding(blob);
+            fleet.holding(blob, public);
         }
         drop(claim);
         progress.send_replace(State::Complete);
