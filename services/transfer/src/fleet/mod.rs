@@ -56,6 +56,50 @@ pub struct FleetArgs {
     /// dies leaves the directory, and its claims pass on, within it.
     #[arg(long, env = "IMAGED_PEER_TTL", default_value_t = 10)]
     pub peer_ttl: u64,
+    /// The fleet's CA (PEM): peers' `https://` serve-content certificates
+    /// are checked against it.
+    #[arg(long, env = "IMAGED_FLEET_TLS_CA")]
+    pub fleet_tls_ca: Option<std::path::PathBuf>,
+    /// This node's client certificate (PEM), presented to peers: a peer
+    /// whose serve-content trusts the fleet's CA gives it every blob.
+    #[arg(long, env = "IMAGED_FLEET_TLS_CERT", requires = "fleet_tls_key")]
+    pub fleet_tls_cert: Option<std::path::PathBuf>,
+    /// The key of --fleet-tls-cert (PEM).
+    #[arg(long, env = "IMAGED_FLEET_TLS_KEY", requires = "fleet_tls_cert")]
+    pub fleet_tls_key: Option<std::path::PathBuf>,
+}
+
+/// How this node reaches its peers over TLS.
+#[derive(Clone, Debug, Default)]
+pub struct PeerTls {
+    /// CA certificates (PEM) peers' certificates chain to.
+    pub ca: Vec<Vec<u8>>,
+    /// The client certificate and its key (PEM, one after the other).
+    pub client: Option<Vec<u8>>,
+}
+
+impl PeerTls {
+    /// Reads the files `args` name; one that cannot be read stops the
+    /// start.
+    fn read(args: &FleetArgs) -> anyhow::Result<PeerTls> {
+        let read = |path: &std::path::Path| {
+            std::fs::read(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+        };
+        let ca = match &args.fleet_tls_ca {
+            Some(path) => vec![read(path)?],
+            None => Vec::new(),
+        };
+        let client = match (&args.fleet_tls_cert, &args.fleet_tls_key) {
+            (Some(cert), Some(key)) => {
+                let mut pem = read(cert)?;
+                pem.push(b'\n');
+                pem.extend(read(key)?);
+                Some(pem)
+            }
+            _ => None,
+        };
+        Ok(PeerTls { ca, client })
+    }
 }
 
 /// Blobs whose holding is refreshed by the heartbeat, at most.
@@ -90,6 +134,8 @@ pub struct Fleet {
     /// every blob (TLS with a client CA); else only public blobs are
     /// served, so only those are announced or claimed.
     serves_private: bool,
+    /// How peers are reached over TLS.
+    tls: PeerTls,
 }
 
 impl Fleet {
@@ -112,9 +158,11 @@ impl Fleet {
             .clone()
             .ok_or_else(|| anyhow::anyhow!("--peer-directory nats needs --nats-url"))?;
         let node = imaged_common::nats::node_name(args.node_name.as_deref())?;
+        // serve-content speaks TLS exactly when it serves private blobs.
+        let scheme = if serves_private { "https" } else { "http" };
         let peer_url = match (&args.peer_url, serve_content) {
             (Some(url), _) => url.trim_end_matches('/').to_string(),
-            (None, Some(addr)) if !addr.ip().is_unspecified() => format!("http://{addr}"),
+            (None, Some(addr)) if !addr.ip().is_unspecified() => format!("{scheme}://{addr}"),
             (None, Some(_)) => anyhow::bail!(
                 "--serve-content listens on every address: say which one peers use with --peer-url"
             ),
@@ -146,6 +194,7 @@ impl Fleet {
             directory,
             ttl,
             serves_private,
+            PeerTls::read(args)?,
         )))
     }
 
@@ -155,6 +204,7 @@ impl Fleet {
         directory: Arc<dyn Directory>,
         ttl: Duration,
         serves_private: bool,
+        tls: PeerTls,
     ) -> Arc<Fleet> {
         let fleet = Arc::new(Fleet {
             me,
@@ -164,9 +214,15 @@ impl Fleet {
             claims: Mutex::new(HashSet::new()),
             held: Mutex::new(VecDeque::new()),
             serves_private,
+            tls,
         });
         tokio::spawn(heartbeat(Arc::downgrade(&fleet)));
         fleet
+    }
+
+    /// How peers are reached over TLS.
+    pub fn tls(&self) -> &PeerTls {
+        &self.tls
     }
 
     /// How long a record is believed unrefreshed.

@@ -19,6 +19,7 @@ fn node(name: &str, directory: &Arc<MemoryDirectory>) -> Arc<Fleet> {
         Arc::clone(directory) as Arc<dyn Directory>,
         Duration::from_secs(5),
         false,
+        PeerTls::default(),
     )
 }
 
@@ -232,6 +233,7 @@ async fn a_node_advertises_and_claims_only_what_it_would_serve() {
         Arc::clone(&directory) as Arc<dyn Directory>,
         Duration::from_secs(5),
         true,
+        PeerTls::default(),
     );
     let planned = tls.plan(&private, 5, paths(dir.path()), None, &[]).await;
     assert_eq!(peers(&planned), ["<mine>"]);

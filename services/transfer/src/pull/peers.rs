@@ -93,7 +93,7 @@ impl Puller {
             Plan::Peers(named) => Answer {
                 peers: named
                     .iter()
-                    .map(|p| self.registries.peer(&upstream.oref, &p.url))
+                    .map(|p| self.registries.peer(&upstream.oref, &p.url, fleet.tls()))
                     .collect(),
                 ..alone
             },

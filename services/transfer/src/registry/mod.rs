@@ -269,9 +269,15 @@ impl Registries {
         sources
     }
 
-    /// A fleet peer's serve-content at `url` (`http://host:port`), as a
-    /// mirror of `upstream`'s repository that answers blobs by digest.
-    pub fn peer(&self, upstream: &oci_client::Reference, url: &str) -> Source {
+    /// A fleet peer's serve-content at `url` (`http(s)://host:port`), as a
+    /// mirror of `upstream`'s repository that answers blobs by digest;
+    /// over TLS checked against `tls.ca`, presenting `tls.client`.
+    pub fn peer(
+        &self,
+        upstream: &oci_client::Reference,
+        url: &str,
+        tls: &crate::fleet::PeerTls,
+    ) -> Source {
         let plain_http = url.starts_with("http://");
         let host = url
             .trim_start_matches("http://")
@@ -281,11 +287,15 @@ impl Registries {
         let anonymous = RegistryAuth::Anonymous;
         let reach = Reach {
             plain_http,
-            ..Reach::default()
+            skip_verify: false,
+            ca: &tls.ca,
+            client: tls.client.as_deref(),
         };
         let clients = self.clients_for(&host, &anonymous, &reach);
         Source {
-            identified: false,
+            // What a peer gives a node with a certificate is not known to
+            // be public.
+            identified: !plain_http && tls.client.is_some(),
             oref: at_host(upstream, &host),
             auth: anonymous,
             http: clients.http,
