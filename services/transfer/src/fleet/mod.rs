@@ -255,10 +255,13 @@ impl Fleet {
                 return Plan::Alone;
             }
         };
-        let others: Vec<Peer> = holders
+        let mut others: Vec<Peer> = holders
             .into_iter()
             .filter(|p| p.node != self.me.node && !tried.contains(&p.url))
             .collect();
+        // In no fixed order: the nodes that ask at once spread over the
+        // holders instead of all reading from the first.
+        rand::seq::SliceRandom::shuffle(&mut others[..], &mut rand::rng());
         if !others.is_empty() {
             crate::metrics::fleet_peers(others.len());
             return Plan::Peers(others);

@@ -248,3 +248,25 @@ async fn a_node_advertises_and_claims_only_what_it_would_serve() {
     }
     assert_eq!(held.len(), 1);
 }
+
+#[tokio::test]
+async fn nodes_asking_at_once_spread_over_the_holders() {
+    let directory = Arc::new(MemoryDirectory::new(Duration::from_secs(5)));
+    let blob = Digest::sha256_of(b"popular");
+    for name in ["a", "b"] {
+        let peer = Peer {
+            node: name.into(),
+            url: format!("http://{name}:5000"),
+        };
+        directory.hold(&blob, &peer).await.unwrap();
+    }
+    let asker = node("c", &directory);
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = std::collections::HashSet::new();
+    for _ in 0..64 {
+        let named = peers(&asker.plan(&blob, 5, paths(dir.path()), None, &[]).await);
+        assert_eq!(named.len(), 2);
+        first.insert(named[0].clone());
+    }
+    assert_eq!(first.len(), 2, "each holder comes first sometimes");
+}
