@@ -45,6 +45,27 @@ impl Record {
     }
 }
 
+/// Holders kept per blob, the newest: enough to spread readers, and a
+/// bound on what one record costs whatever the fleet's size.
+pub const MAX_HOLDERS: usize = 32;
+
+/// Whether `url` is a peer URL this node will dial: `http(s)://` and a
+/// host with an optional port, nothing else (no user, path or query). A
+/// record is written by whoever reaches the directory; it must not steer
+/// this node's requests anywhere but a registry API's root.
+pub fn dialable(url: &str) -> bool {
+    let Some(host) = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+    else {
+        return false;
+    };
+    !host.is_empty()
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'))
+}
+
 /// Milliseconds since the epoch (the fleet's clocks are assumed kept by
 /// NTP; a TTL of seconds tolerates their drift).
 pub fn now_ms() -> u64 {
@@ -120,6 +141,8 @@ impl Directory for MemoryDirectory {
         let records = held.entry(blob.clone()).or_default();
         records.retain(|r| r.peer.node != me.node);
         records.push(Record::now(me));
+        let extra = records.len().saturating_sub(MAX_HOLDERS);
+        records.drain(..extra);
         Ok(())
     }
 

@@ -257,7 +257,9 @@ impl Fleet {
         };
         let mut others: Vec<Peer> = holders
             .into_iter()
-            .filter(|p| p.node != self.me.node && !tried.contains(&p.url))
+            .filter(|p| p.node != self.me.node && p.url != self.me.url)
+            .filter(|p| !tried.contains(&p.url) && directory::dialable(&p.url))
+            .take(directory::MAX_HOLDERS)
             .collect();
         // In no fixed order: the nodes that ask at once spread over the
         // holders instead of all reading from the first.
@@ -287,6 +289,10 @@ impl Fleet {
                     fleet: Arc::clone(self),
                     blob: blob.clone(),
                 })
+            }
+            Ok(Claimed::By(peer)) if !directory::dialable(&peer.url) => {
+                tracing::warn!(%blob, url = %peer.url, "peer directory: a claim names a URL this node does not dial; fetching alone");
+                Plan::Alone
             }
             Ok(Claimed::By(peer)) if tried.contains(&peer.url) => Plan::Waiting,
             Ok(Claimed::By(peer)) => Plan::Peers(vec![peer]),

@@ -21,7 +21,7 @@ use imaged_common::nats::Credentials;
 use imaged_model::Digest;
 use tokio::sync::Mutex;
 
-use super::directory::{Claimed, Directory, Peer, Record};
+use super::directory::{Claimed, Directory, MAX_HOLDERS, Peer, Record};
 
 /// How long one directory operation may take before the pull goes on
 /// without it.
@@ -175,6 +175,8 @@ impl Directory for NatsDirectory {
                     .unwrap_or_default();
                 records.retain(|r| r.peer.node != me.node && r.fresh(ttl));
                 records.push(Record::now(me));
+                let extra = records.len().saturating_sub(MAX_HOLDERS);
+                records.drain(..extra);
                 let written = match found {
                     Some((_, revision)) => {
                         store.update(&key, encode(&records), revision).await.is_ok()

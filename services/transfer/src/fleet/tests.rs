@@ -270,3 +270,48 @@ async fn nodes_asking_at_once_spread_over_the_holders() {
     }
     assert_eq!(first.len(), 2, "each holder comes first sometimes");
 }
+
+#[tokio::test]
+async fn records_that_would_steer_requests_elsewhere_are_ignored() {
+    use super::directory::{MAX_HOLDERS, dialable};
+    assert!(dialable("http://10.0.0.7:5001"));
+    assert!(dialable("https://node-7.fleet:5001"));
+    assert!(dialable("http://[::1]:5001"));
+    for bad in [
+        "ftp://node:21",
+        "http://",
+        "http://user@node:5001",
+        "http://node:5001/path",
+        "http://node:5001?x",
+        "node:5001",
+    ] {
+        assert!(!dialable(bad), "{bad}");
+    }
+    let directory = Arc::new(MemoryDirectory::new(Duration::from_secs(5)));
+    let blob = Digest::sha256_of(b"steered");
+    for (name, url) in [
+        ("evil", "http://169.254.169.254/latest"),
+        ("good", "http://good:5000"),
+    ] {
+        let peer = Peer {
+            node: name.into(),
+            url: url.into(),
+        };
+        directory.hold(&blob, &peer).await.unwrap();
+    }
+    let asker = node("c", &directory);
+    let dir = tempfile::tempdir().unwrap();
+    let named = peers(&asker.plan(&blob, 5, paths(dir.path()), None, &[]).await);
+    assert_eq!(named, ["good"]);
+    // However many nodes hold a blob, its record keeps the newest few.
+    for i in 0..(MAX_HOLDERS + 10) {
+        let peer = Peer {
+            node: format!("n{i}"),
+            url: format!("http://n{i}:5000"),
+        };
+        directory.hold(&blob, &peer).await.unwrap();
+    }
+    let held = directory.holders(&blob).await.unwrap();
+    assert_eq!(held.len(), MAX_HOLDERS);
+    assert_eq!(held.last().unwrap().node, format!("n{}", MAX_HOLDERS + 9));
+}
