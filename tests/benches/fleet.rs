@@ -88,14 +88,7 @@ async fn stacks(
                 configs.push(dir);
             }
             Mode::Directory => {
-                builder = builder
-                    .arg(
-                        Service::Transfer,
-                        &format!("--serve-content={}", address(i)),
-                    )
-                    .arg(Service::Transfer, "--peer-directory=nats")
-                    .arg(Service::Transfer, &format!("--nats-url={nats}"))
-                    .arg(Service::Transfer, &format!("--node-name=bench{i}"));
+                builder = builder.fleet_node(&address(i), nats, &format!("bench{i}"));
             }
         }
         nodes.push(builder.start().await.expect("a stack"));

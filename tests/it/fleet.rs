@@ -190,13 +190,11 @@ async fn directory_fleet(nats: &str, count: usize) -> Vec<Imaged> {
     let mut nodes = Vec::new();
     for i in 0..count {
         let node = Imaged::builder()
-            .arg(
-                Service::Transfer,
-                &format!("--serve-content=127.0.0.{}:{port}", i + 2),
+            .fleet_node(
+                &format!("127.0.0.{}:{port}", i + 2),
+                nats,
+                &format!("node{i}"),
             )
-            .arg(Service::Transfer, "--peer-directory=nats")
-            .arg(Service::Transfer, &format!("--nats-url={nats}"))
-            .arg(Service::Transfer, &format!("--node-name=node{i}"))
             .arg(Service::Transfer, "--peer-ttl=3")
             .start()
             .await
@@ -427,13 +425,7 @@ async fn a_peer_that_lies_or_stalls_is_dropped_and_the_pull_completes() {
     }
 
     let node = Imaged::builder()
-        .arg(
-            Service::Transfer,
-            &format!("--serve-content=127.0.0.2:{}", free_port()),
-        )
-        .arg(Service::Transfer, "--peer-directory=nats")
-        .arg(Service::Transfer, &format!("--nats-url={}", nats.url))
-        .arg(Service::Transfer, "--node-name=honest")
+        .fleet_node(&format!("127.0.0.2:{}", free_port()), &nats.url, "honest")
         .arg(Service::Transfer, "--stall-timeout-secs=2")
         .start()
         .await
@@ -487,13 +479,7 @@ async fn a_node_that_leaves_drops_out_of_the_directory() {
         .await
         .unwrap();
     let node = Imaged::builder()
-        .arg(
-            Service::Transfer,
-            &format!("--serve-content=127.0.0.2:{}", free_port()),
-        )
-        .arg(Service::Transfer, "--peer-directory=nats")
-        .arg(Service::Transfer, &format!("--nats-url={}", nats.url))
-        .arg(Service::Transfer, "--node-name=leaving")
+        .fleet_node(&format!("127.0.0.2:{}", free_port()), &nats.url, "leaving")
         .arg(Service::Transfer, "--peer-ttl=1")
         .start()
         .await

@@ -27,9 +27,10 @@ async fn private_blobs_go_between_fleet_peers_over_mtls_only() {
     let mut nodes = Vec::new();
     for i in 0..2 {
         let node = Imaged::builder()
-            .arg(
-                Service::Transfer,
-                &format!("--serve-content=127.0.0.1:{}", free_port()),
+            .fleet_node(
+                &format!("127.0.0.1:{}", free_port()),
+                &nats.url,
+                &format!("tls{i}"),
             )
             .arg(
                 Service::Transfer,
@@ -43,9 +44,6 @@ async fn private_blobs_go_between_fleet_peers_over_mtls_only() {
                 Service::Transfer,
                 &format!("--serve-content-tls-client-ca={}", file("ca.pem")),
             )
-            .arg(Service::Transfer, "--peer-directory=nats")
-            .arg(Service::Transfer, &format!("--nats-url={}", nats.url))
-            .arg(Service::Transfer, &format!("--node-name=tls{i}"))
             .arg(
                 Service::Transfer,
                 &format!("--fleet-tls-ca={}", file("ca.pem")),

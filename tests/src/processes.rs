@@ -62,6 +62,19 @@ impl ImagedBuilder {
         self
     }
 
+    /// A node of a fleet: imaged-transfer serves its content on
+    /// `serve_content` (`IP:PORT`) and finds its peers through the NATS
+    /// directory at `nats`, as `node`.
+    pub fn fleet_node(self, serve_content: &str, nats: &str, node: &str) -> Self {
+        self.arg(
+            Service::Transfer,
+            &format!("--serve-content={serve_content}"),
+        )
+        .arg(Service::Transfer, "--peer-directory=nats")
+        .arg(Service::Transfer, &format!("--nats-url={nats}"))
+        .arg(Service::Transfer, &format!("--node-name={node}"))
+    }
+
     /// Start only these processes (the others can be started later with
     /// [`Imaged::start_service`]).
     pub fn only(mut self, services: &[Service]) -> Self {

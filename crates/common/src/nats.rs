@@ -2,7 +2,44 @@
 //! publisher, the transfer's peer directory): the node's name as a
 //! subject token, the `--nats-creds` file, and URLs fit for a log line.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// Where NATS is and who this node is there: the flags of every process
+/// that uses it (events, and the transfer's peer directory).
+#[derive(clap::Args, Clone, Debug, Default)]
+#[group(id = "nats_connection")]
+pub struct NatsArgs {
+    /// The NATS server (`nats://host:port`, or several comma-separated);
+    /// off when unset. Its user and password, if any, never appear in a
+    /// log line; prefer `--nats-creds`.
+    #[arg(long, env = "IMAGED_NATS_URL")]
+    pub nats_url: Option<String>,
+    /// Authenticate to NATS with this file: a `.creds` file (a user JWT
+    /// and its nkey seed, as `nsc` writes them) or a file holding an nkey
+    /// user seed (`SU…`).
+    #[arg(long, env = "IMAGED_NATS_CREDS")]
+    pub nats_creds: Option<PathBuf>,
+    /// This node's name in NATS subjects and the peer directory; default
+    /// the host name.
+    #[arg(long, env = "IMAGED_NODE_NAME")]
+    pub node_name: Option<String>,
+}
+
+impl NatsArgs {
+    /// The node's name ([`node_name`]).
+    pub fn node(&self) -> anyhow::Result<String> {
+        node_name(self.node_name.as_deref())
+    }
+
+    /// The credentials file, read now, so that a missing or unreadable
+    /// one stops the start.
+    pub fn credentials(&self) -> anyhow::Result<Option<Credentials>> {
+        self.nats_creds
+            .as_deref()
+            .map(Credentials::read)
+            .transpose()
+    }
+}
 
 /// This node's name: `given`, else the host name. It must be one NATS
 /// subject token (no dots, spaces or wildcards).

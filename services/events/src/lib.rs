@@ -55,3 +55,14 @@ pub async fn run(config: ServiceConfig, args: Args) -> anyhow::Result<()> {
     let routes = tonic::service::Routes::new(service::server(log));
     server::serve(&config, routes, &[SERVICE_NAME]).await
 }
+
+#[cfg(test)]
+mod tests {
+    /// clap's own checks of the flags (unique names and groups), which
+    /// otherwise run only when the binary starts.
+    #[test]
+    fn the_flags_are_consistent() {
+        use clap::CommandFactory;
+        super::Args::command().debug_assert();
+    }
+}

@@ -18,25 +18,15 @@ use async_nats::jetstream;
 use imaged_api::v1::Event;
 
 use crate::log::EventLog;
-use imaged_common::nats::{Credentials, node_name, redacted};
+use imaged_common::nats::{Credentials, redacted};
 
 /// Where and as whom events are published.
 #[derive(clap::Args, Clone, Debug)]
 pub struct NatsArgs {
-    /// Also publish every event to NATS JetStream at this URL
-    /// (`nats://host:port`); off when unset. Its user and password, if
-    /// any, never appear in a log line; prefer `--nats-creds`.
-    #[arg(long, env = "IMAGED_NATS_URL")]
-    pub nats_url: Option<String>,
-    /// Authenticate to NATS with this file: a `.creds` file (a user JWT
-    /// and its nkey seed, as `nsc` writes them) or a file holding an nkey
-    /// user seed (`SU…`).
-    #[arg(long, env = "IMAGED_NATS_CREDS")]
-    pub nats_creds: Option<PathBuf>,
-    /// This node's name, the last part of the subject
-    /// (`imaged.events.<node>`); default the host name.
-    #[arg(long, env = "IMAGED_NODE_NAME")]
-    pub node_name: Option<String>,
+    /// Also publish every event to NATS JetStream at `--nats-url`, on the
+    /// subject `imaged.events.<node>`.
+    #[command(flatten)]
+    pub connection: imaged_common::nats::NatsArgs,
     /// The JetStream stream, created when missing with the subjects
     /// `imaged.events.>`.
     #[arg(long, env = "IMAGED_NATS_STREAM", default_value = "IMAGED_EVENTS")]
@@ -51,15 +41,11 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// Starts publishing when `--nats-url` is set; the task runs for the
 /// life of the process.
 pub fn start(log: EventLog, args: &NatsArgs, data_dir: &Path) -> anyhow::Result<()> {
-    let Some(url) = args.nats_url.clone() else {
+    let Some(url) = args.connection.nats_url.clone() else {
         return Ok(());
     };
-    let node = node_name(args.node_name.as_deref())?;
-    // Read now, so that a missing or unreadable file stops the start.
-    let creds = match &args.nats_creds {
-        Some(path) => Some(Credentials::read(path)?),
-        None => None,
-    };
+    let node = args.connection.node()?;
+    let creds = args.connection.credentials()?;
     let publisher = Publisher {
         log,
         subject: format!("imaged.events.{node}"),

@@ -187,3 +187,14 @@ pub struct TrustArgs {
     #[arg(long, env = "IMAGED_REGISTRIES_D")]
     pub registries_d: Option<std::path::PathBuf>,
 }
+
+#[cfg(test)]
+mod tests {
+    /// clap's own checks of the flags (unique names and groups), which
+    /// otherwise run only when the binary starts.
+    #[test]
+    fn the_flags_are_consistent() {
+        use clap::CommandFactory;
+        super::Args::command().debug_assert();
+    }
+}

@@ -77,6 +77,7 @@ impl InFlight {
             grew: Instant::now(),
             stall,
             done: false,
+            scratch: vec![0; CHUNK],
         };
         futures::stream::unfold(reader, |mut reader| async move {
             if reader.done || reader.at >= reader.flight.size {
@@ -99,12 +100,13 @@ struct Reader {
     grew: Instant,
     stall: Duration,
     done: bool,
+    /// Where reads land, one buffer for the stream's life.
+    scratch: Vec<u8>,
 }
 
 impl Reader {
     /// The next bytes, waiting for them.
     async fn next(&mut self) -> std::io::Result<Bytes> {
-        let mut buf = vec![0; CHUNK];
         loop {
             if self.file.is_none() {
                 // The ingest while it arrives, the blob once stored.
@@ -122,12 +124,12 @@ impl Reader {
             }
             if let Some(file) = self.file.as_mut() {
                 let left = (self.flight.size - self.at).min(CHUNK as u64) as usize;
-                let n = file.read(&mut buf[..left]).await?;
+                let n = file.read(&mut self.scratch[..left]).await?;
                 if n > 0 {
                     self.at += n as u64;
                     self.grew = Instant::now();
-                    buf.truncate(n);
-                    return Ok(Bytes::from(buf));
+                    // A chunk as large as what was read, not as the buffer.
+                    return Ok(Bytes::copy_from_slice(&self.scratch[..n]));
                 }
             }
             // Nothing new: the fetch goes on, or it ended short.

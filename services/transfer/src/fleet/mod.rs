@@ -36,15 +36,10 @@ pub struct FleetArgs {
     /// hosts.toml, as before).
     #[arg(long, env = "IMAGED_PEER_DIRECTORY")]
     pub peer_directory: Option<String>,
-    /// The NATS server (the one the fleet's events use).
-    #[arg(long = "nats-url", env = "IMAGED_NATS_URL")]
-    pub nats_url: Option<String>,
-    /// A `.creds` file or nkey seed to authenticate to NATS with.
-    #[arg(long = "nats-creds", env = "IMAGED_NATS_CREDS")]
-    pub nats_creds: Option<std::path::PathBuf>,
-    /// This node's name in the directory (default: the host name).
-    #[arg(long = "node-name", env = "IMAGED_NODE_NAME")]
-    pub node_name: Option<String>,
+    /// The NATS server the directory is in (the one the fleet's events
+    /// use), and this node's name there.
+    #[command(flatten)]
+    pub nats: imaged_common::nats::NatsArgs,
     /// The key-value bucket.
     #[arg(long, env = "IMAGED_PEER_BUCKET", default_value = "imaged-peers")]
     pub peer_bucket: String,
@@ -154,10 +149,11 @@ impl Fleet {
             anyhow::bail!("--peer-directory {kind:?}: only `nats` is known");
         }
         let url = args
+            .nats
             .nats_url
             .clone()
             .ok_or_else(|| anyhow::anyhow!("--peer-directory nats needs --nats-url"))?;
-        let node = imaged_common::nats::node_name(args.node_name.as_deref())?;
+        let node = args.nats.node()?;
         // serve-content speaks TLS exactly when it serves private blobs.
         let scheme = if serves_private { "https" } else { "http" };
         let peer_url = match (&args.peer_url, serve_content) {
@@ -168,11 +164,7 @@ impl Fleet {
             ),
             (None, None) => anyhow::bail!("--peer-directory needs --serve-content"),
         };
-        let creds = args
-            .nats_creds
-            .as_deref()
-            .map(imaged_common::nats::Credentials::read)
-            .transpose()?;
+        let creds = args.nats.credentials()?;
         let ttl = Duration::from_secs(args.peer_ttl.max(1));
         let directory = Arc::new(nats::NatsDirectory::new(
             url.clone(),

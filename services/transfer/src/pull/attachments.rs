@@ -15,9 +15,35 @@ const MAX_ATTACHED: u64 = 16 << 20;
 use crate::trust::signatures::{Attachment, Attachments};
 
 /// The registry (and mirrors) of one pull's target.
-pub(super) struct PullAttachments<'a> {
-    pub puller: &'a Puller,
-    pub target: &'a Target,
+struct PullAttachments<'a> {
+    puller: &'a Puller,
+    target: &'a Target,
+}
+
+impl Puller {
+    /// Checks the signature policy (`namespace`'s, else the global one)
+    /// for `target`, whose top manifest is `manifest`: signatures are read
+    /// from the lookaside and from `target`'s registry.
+    pub(super) async fn check_trust(
+        &self,
+        target: &Target,
+        manifest: &Digest,
+        namespace: Option<&str>,
+    ) -> Result<(), Error> {
+        let attachments = PullAttachments {
+            puller: self,
+            target,
+        };
+        self.trust
+            .check(
+                self.registries.http(),
+                &attachments,
+                &target.reference,
+                manifest,
+                namespace,
+            )
+            .await
+    }
 }
 
 #[tonic::async_trait]
@@ -67,15 +93,13 @@ impl Attachments for PullAttachments<'_> {
         let mut read = 0;
         for layer in parsed.layers.iter().take(MAX_SIGNATURES) {
             // Other attachments (attestations, …) are counted by the
-            // policy, not read.
+            // policy, not read. Signatures are bounded by their bytes, not
+            // by what the manifest says of them.
             let payload = if layer.media_type == attachment::SIGNATURE_MEDIA_TYPE {
-                read += layer.size.max(0) as u64;
-                if layer.size as u64 > MAX_SIGNATURE || read > MAX_ATTACHED {
-                    return Err(Error::failed_precondition(format!(
-                        "{what}: signatures larger than {MAX_SIGNATURE} bytes each or {MAX_ATTACHED} in all"
-                    )));
-                }
-                puller.fetch_small(target, layer, &what).await?
+                let left = MAX_ATTACHED.saturating_sub(read).min(MAX_SIGNATURE);
+                let payload = puller.fetch_at_most(target, layer, &what, left).await?;
+                read += payload.len() as u64;
+                payload
             } else {
                 Vec::new()
             };

@@ -235,18 +235,7 @@ impl Puller {
         // The policy decides on the manifest the registry (or a mirror)
         // answered, under the name the user asked for, before anything is
         // stored or said.
-        let attachments = attachments::PullAttachments {
-            puller: self,
-            target: &target,
-        };
-        self.trust
-            .check(
-                self.registries.http(),
-                &attachments,
-                &target.reference,
-                &resolved.top_digest,
-                order.namespace.as_deref(),
-            )
+        self.check_trust(&target, &resolved.top_digest, order.namespace.as_deref())
             .await?;
         say(
             &tx,

@@ -144,19 +144,7 @@ impl Puller {
                 )));
             }
         }
-        let attachments = super::attachments::PullAttachments {
-            puller: self,
-            target: &target,
-        };
-        self.trust
-            .check(
-                self.registries.http(),
-                &attachments,
-                &target.reference,
-                &top,
-                None,
-            )
-            .await?;
+        self.check_trust(&target, &top, None).await?;
         let mut trusted = trusted();
         if trusted.len() >= REMOTE_PLANS {
             trusted.clear();

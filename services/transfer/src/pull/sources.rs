@@ -20,7 +20,19 @@ impl Puller {
         desc: &OciDescriptor,
         what: &str,
     ) -> Result<Vec<u8>, Error> {
-        if desc.size as u64 > MAX_JSON_BLOB {
+        self.fetch_at_most(target, desc, what, MAX_JSON_BLOB).await
+    }
+
+    /// Fetches the blob `desc` whole, digest checked, refused past `max`
+    /// bytes whatever the descriptor claims.
+    pub(super) async fn fetch_at_most(
+        &self,
+        target: &Target,
+        desc: &OciDescriptor,
+        what: &str,
+        max: u64,
+    ) -> Result<Vec<u8>, Error> {
+        if desc.size < 0 || desc.size as u64 > max {
             return Err(Error::invalid_argument(format!(
                 "{what}: {} bytes is too large",
                 desc.size
@@ -35,11 +47,7 @@ impl Puller {
             |source| {
                 let desc = desc.clone();
                 let fetcher = Arc::clone(&self.fetcher);
-                Box::pin(async move {
-                    fetcher
-                        .small_blob(source, &desc.digest, MAX_JSON_BLOB)
-                        .await
-                })
+                Box::pin(async move { fetcher.small_blob(source, &desc.digest, max).await })
             },
             |data| {
                 let got = Digest::sha256_of(&data);

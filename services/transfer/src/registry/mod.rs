@@ -20,7 +20,7 @@ use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::secrets::RegistryAuth;
 use sha2::{Digest as _, Sha256};
 
-use crate::registry::mirrors::MirrorConfig;
+use crate::registry::mirrors::{Mirror, MirrorConfig};
 
 mod errors;
 pub use errors::{Retry, error, pull_error};
@@ -243,34 +243,38 @@ impl Registries {
             .mirrors
             .for_registry(reference.domain())
             .into_iter()
-            .map(|mirror| {
-                let anonymous = RegistryAuth::Anonymous;
-                let reach = Reach {
-                    plain_http: mirror.plain_http,
-                    skip_verify: mirror.skip_verify,
-                    ca: &mirror.ca,
-                    client: mirror.client.as_deref(),
-                };
-                let clients = self.clients_for(&mirror.host, &anonymous, &reach);
-                Source {
-                    identified: mirror.client.is_some(),
-                    oref: at_host(&upstream, &mirror.host),
-                    auth: anonymous,
-                    http: clients.http,
-                    tokens: clients.tokens,
-                    plain_http: mirror.plain_http,
-                    mirror: Some(mirror.host),
-                    resolves: mirror.resolve,
-                    peer: false,
-                }
-            })
+            .map(|mirror| self.mirror(&upstream, mirror))
             .collect();
         sources.push(self.registry(reference, auth));
         sources
     }
 
-    /// A fleet peer's serve-content at `url` (`http(s)://host:port`), as a
-    /// mirror of `upstream`'s repository that answers blobs by digest;
+    /// `mirror`, as a [`Source`] of `upstream`'s repository: read without
+    /// credentials, presenting its client certificate if it has one.
+    fn mirror(&self, upstream: &oci_client::Reference, mirror: Mirror) -> Source {
+        let anonymous = RegistryAuth::Anonymous;
+        let reach = Reach {
+            plain_http: mirror.plain_http,
+            skip_verify: mirror.skip_verify,
+            ca: &mirror.ca,
+            client: mirror.client.as_deref(),
+        };
+        let clients = self.clients_for(&mirror.host, &anonymous, &reach);
+        Source {
+            identified: mirror.client.is_some(),
+            oref: at_host(upstream, &mirror.host),
+            auth: anonymous,
+            http: clients.http,
+            tokens: clients.tokens,
+            plain_http: mirror.plain_http,
+            mirror: Some(mirror.host),
+            resolves: mirror.resolve,
+            peer: false,
+        }
+    }
+
+    /// A fleet peer's serve-content at `url` (`http(s)://host:port`): a
+    /// mirror of `upstream`'s repository that answers blobs by digest,
     /// over TLS checked against `tls.ca`, presenting `tls.client`.
     pub fn peer(
         &self,
@@ -284,26 +288,18 @@ impl Registries {
             .trim_start_matches("https://")
             .trim_end_matches('/')
             .to_string();
-        let anonymous = RegistryAuth::Anonymous;
-        let reach = Reach {
+        let mirror = Mirror {
+            host,
             plain_http,
+            resolve: false,
             skip_verify: false,
-            ca: &tls.ca,
-            client: tls.client.as_deref(),
+            ca: tls.ca.clone(),
+            // A certificate is presented over TLS only.
+            client: tls.client.clone().filter(|_| !plain_http),
         };
-        let clients = self.clients_for(&host, &anonymous, &reach);
         Source {
-            // What a peer gives a node with a certificate is not known to
-            // be public.
-            identified: !plain_http && tls.client.is_some(),
-            oref: at_host(upstream, &host),
-            auth: anonymous,
-            http: clients.http,
-            tokens: clients.tokens,
-            plain_http,
-            mirror: Some(host),
-            resolves: false,
             peer: true,
+            ..self.mirror(upstream, mirror)
         }
     }
 

@@ -133,9 +133,7 @@ impl SigstoreKey {
             .map_err(|e| format!("not an ECDSA P-256 public key: {e}"))?;
         Ok(SigstoreKey { key: key.into() })
     }
-}
 
-impl SigstoreKey {
     /// Whether `attachment` is a sigstore signature of `manifest` by this
     /// key (ECDSA P-256 over SHA-256 of the payload, ASN.1 DER, base64 in
     /// the signature annotation), claiming an identity `identity` accepts
