@@ -13,6 +13,12 @@
 //! Printed in the same run: upstream bytes ÷ image size, and each node's
 //! pull time (p50 and max) against one node pulling alone. Goals:
 //! upstream ≤ 1.1×; p50 ≤ 1.3× and max ≤ 1.6× the lone node's time.
+//!
+//! Also printed, as the floor this one machine sets: the eight nodes
+//! pulling at once straight from the registry with no link limit (each
+//! its own copy, at loopback speed). Eight stacks share two cores and one
+//! disk, so their unpacks contend whatever the network does; no way of
+//! sharing blobs can beat that row.
 //! `FLEET_BENCH_IMAGES=rootfs` runs only the rootfs image.
 
 use std::time::{Duration, Instant};
@@ -123,11 +129,27 @@ struct Outcome {
     max: Duration,
 }
 
-async fn rollout(mode: Mode, count: usize, counted: &Throttle, nats: &str, repo: &str) -> Outcome {
+/// `count` fresh stacks in `mode` pull `repo` at once from `host` (the
+/// counted link, or the registry itself for the floor).
+async fn rollout(
+    mode: Mode,
+    count: usize,
+    counted: &Throttle,
+    host: &str,
+    nats: &str,
+    repo: &str,
+) -> Outcome {
     let (nodes, _configs) = stacks(&mode, count, &counted.host, nats).await;
     let before = counted.bytes();
-    let times = all_at_once(&nodes, &format!("{}/{repo}", counted.host)).await;
+    let times = all_at_once(&nodes, &format!("{host}/{repo}")).await;
     let upstream = counted.bytes() - before;
+    if std::env::var_os("FLEET_BENCH_LOGS").is_some() {
+        for (i, node) in nodes.iter().enumerate() {
+            for line in node.logs().lines().filter(|l| l.contains("unpacked")) {
+                println!("  node {i}: {line}");
+            }
+        }
+    }
     for node in nodes {
         drop(node.stop());
     }
@@ -169,37 +191,47 @@ async fn main() {
             + image.config.data.len() as u64
             + image.manifest.data.len() as u64;
         // A fresh repository per mode: nothing is cached anywhere.
-        for mode in ["alone", "before", "directory"] {
+        for mode in ["alone", "floor", "before", "directory"] {
             registry
                 .fixtures()
                 .push_image(&format!("fleet/{short}-{mode}:1"), &image)
                 .await
                 .expect("push");
         }
-        let alone = rollout(
+        let link = counted.host.clone();
+        let repo = |mode: &str| format!("fleet/{short}-{mode}:1");
+        let alone = rollout(Mode::Alone, 1, &counted, &link, &nats.url, &repo("alone")).await;
+        let floor = rollout(
             Mode::Alone,
-            1,
+            NODES,
             &counted,
+            &registry.host,
             &nats.url,
-            &format!("fleet/{short}-alone:1"),
+            &repo("floor"),
         )
         .await;
         let before = rollout(
             Mode::HostsToml,
             NODES,
             &counted,
+            &link,
             &nats.url,
-            &format!("fleet/{short}-before:1"),
+            &repo("before"),
         )
         .await;
         let directory = rollout(
             Mode::Directory,
             NODES,
             &counted,
+            &link,
             &nats.url,
-            &format!("fleet/{short}-directory:1"),
+            &repo("directory"),
         )
         .await;
+        println!(
+            "{name:<28} {:<10} {:>9} {:>10.2?} {:>10.2?} {:>10.2?}",
+            "floor", "no link", floor.p50, floor.max, alone.max
+        );
         for (mode, outcome) in [("before", &before), ("directory", &directory)] {
             println!(
                 "{name:<28} {mode:<10} {:>8.2}x {:>10.2?} {:>10.2?} {:>10.2?}",
@@ -210,6 +242,18 @@ async fn main() {
             );
         }
         let mib = |b: u64| b as f64 / 1048576.0;
+        figures.info(
+            format!(
+                "{name}: p50 pull, {NODES} nodes at once with no link limit (this machine's floor)"
+            ),
+            Unit::Seconds,
+            floor.p50.as_secs_f64(),
+        );
+        figures.info(
+            format!("{name}: slowest pull, {NODES} nodes at once with no link limit (the floor)"),
+            Unit::Seconds,
+            floor.max.as_secs_f64(),
+        );
         figures.info(
             format!("{name}: upstream MiB, {NODES} nodes at once, hosts.toml peers (before)"),
             Unit::MiB,

@@ -11,6 +11,7 @@ mod docker_api;
 mod events;
 mod fixtures_registry;
 mod fleet;
+mod fleet_split;
 mod fleet_tls;
 mod foundation;
 mod gc_model;

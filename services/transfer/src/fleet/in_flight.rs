@@ -1,7 +1,7 @@
 //! Blobs this node is fetching for the fleet right now (it holds their
 //! claim), served to peers while they arrive: serve-content streams the
-//! blob's ingest file as it grows, from any offset, until the blob's
-//! size is reached. A fetch that stalls or fails ends the stream early;
+//! blob's ingest file as it grows, any byte range of it, until the
+//! range's end is reached. A fetch that stalls or fails ends the stream early;
 //! the peer checks the digest at the end, so a broken stream can cost it
 //! time, never integrity.
 
@@ -59,28 +59,29 @@ impl InFlight {
         self.lock().get(blob).cloned()
     }
 
-    /// The bytes of `blob` from `offset`, as they arrive; an error when
-    /// nothing new comes for `stall`, or the fetch ended short.
+    /// The bytes `range` of `blob` (within its size), as they arrive; an
+    /// error when nothing new comes for `stall`, or the fetch ended short.
     pub fn stream(
         &self,
         blob: &Digest,
         flight: Arc<Flight>,
-        offset: u64,
+        range: std::ops::Range<u64>,
         stall: Duration,
     ) -> impl Stream<Item = std::io::Result<Bytes>> + Send + 'static {
         let reader = Reader {
             in_flight: self.clone(),
             blob: blob.clone(),
+            end: range.end.min(flight.size),
             flight,
             file: None,
-            at: offset,
+            at: range.start,
             grew: Instant::now(),
             stall,
             done: false,
             scratch: vec![0; CHUNK],
         };
         futures::stream::unfold(reader, |mut reader| async move {
-            if reader.done || reader.at >= reader.flight.size {
+            if reader.done || reader.at >= reader.end {
                 return None;
             }
             let next = reader.next().await;
@@ -97,6 +98,8 @@ struct Reader {
     flight: Arc<Flight>,
     file: Option<tokio::fs::File>,
     at: u64,
+    /// Where the stream ends (the blob's size, or a range's end).
+    end: u64,
     grew: Instant,
     stall: Duration,
     done: bool,
@@ -123,7 +126,7 @@ impl Reader {
                 }
             }
             if let Some(file) = self.file.as_mut() {
-                let left = (self.flight.size - self.at).min(CHUNK as u64) as usize;
+                let left = (self.end - self.at).min(CHUNK as u64) as usize;
                 let n = file.read(&mut self.scratch[..left]).await?;
                 if n > 0 {
                     self.at += n as u64;

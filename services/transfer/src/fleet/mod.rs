@@ -51,6 +51,11 @@ pub struct FleetArgs {
     /// dies leaves the directory, and its claims pass on, within it.
     #[arg(long, env = "IMAGED_PEER_TTL", default_value_t = 10)]
     pub peer_ttl: u64,
+    /// Layers of at least this many MiB that several peers hold whole are
+    /// read from up to four of them at once, by byte ranges; 0: always
+    /// from one.
+    #[arg(long, env = "IMAGED_PEER_SPLIT_MIB", default_value_t = 32)]
+    pub peer_split_mib: u64,
     /// The fleet's CA (PEM): peers' `https://` serve-content certificates
     /// are checked against it.
     #[arg(long, env = "IMAGED_FLEET_TLS_CA")]
@@ -104,9 +109,12 @@ const HELD_REFRESHED: usize = 1024;
 pub enum Plan {
     /// No directory (or none reachable): the pull's own sources.
     Alone,
-    /// Read from these peers first (holders, or the claimer), then the
-    /// pull's own sources.
-    Peers(Vec<Peer>),
+    /// Read from these peers first, then the pull's own sources: they
+    /// hold the blob whole, so a big one may be read from several at once.
+    Holders(Vec<Peer>),
+    /// Read from this peer first, then the pull's own sources: it is
+    /// fetching the blob for the fleet, and serves it as it arrives.
+    Claimer(Peer),
     /// This node fetches it for the fleet; the claim lasts as long as the
     /// guard.
     Fetch(ClaimGuard),
@@ -131,6 +139,8 @@ pub struct Fleet {
     serves_private: bool,
     /// How peers are reached over TLS.
     tls: PeerTls,
+    /// Blobs at least this big are read from several holders at once.
+    split_min: Option<u64>,
 }
 
 impl Fleet {
@@ -187,16 +197,20 @@ impl Fleet {
             ttl,
             serves_private,
             PeerTls::read(args)?,
+            (args.peer_split_mib > 0).then_some(args.peer_split_mib << 20),
         )))
     }
 
-    /// This node as `me`, over `directory`; starts the heartbeat.
+    /// This node as `me`, over `directory`; starts the heartbeat. Blobs
+    /// of at least `split_min` bytes are read from several holders at
+    /// once (`None`: never).
     pub fn with_directory(
         me: Peer,
         directory: Arc<dyn Directory>,
         ttl: Duration,
         serves_private: bool,
         tls: PeerTls,
+        split_min: Option<u64>,
     ) -> Arc<Fleet> {
         let fleet = Arc::new(Fleet {
             me,
@@ -207,9 +221,15 @@ impl Fleet {
             held: Mutex::new(VecDeque::new()),
             serves_private,
             tls,
+            split_min,
         });
         tokio::spawn(heartbeat(Arc::downgrade(&fleet)));
         fleet
+    }
+
+    /// Blobs at least this big are read from several holders at once.
+    pub fn split_min(&self) -> Option<u64> {
+        self.split_min
     }
 
     /// How peers are reached over TLS.
@@ -258,7 +278,7 @@ impl Fleet {
         rand::seq::SliceRandom::shuffle(&mut others[..], &mut rand::rng());
         if !others.is_empty() {
             crate::metrics::fleet_peers(others.len());
-            return Plan::Peers(others);
+            return Plan::Holders(others);
         }
         // A blob this node would serve nobody: not claimed for the fleet.
         if public_in.is_none() && !self.serves_private {
@@ -287,7 +307,7 @@ impl Fleet {
                 Plan::Alone
             }
             Ok(Claimed::By(peer)) if tried.contains(&peer.url) => Plan::Waiting,
-            Ok(Claimed::By(peer)) => Plan::Peers(vec![peer]),
+            Ok(Claimed::By(peer)) => Plan::Claimer(peer),
             Err(err) => {
                 tracing::warn!(%blob, "peer directory: {err}; fetching alone");
                 Plan::Alone

@@ -20,6 +20,7 @@ fn node(name: &str, directory: &Arc<MemoryDirectory>) -> Arc<Fleet> {
         Duration::from_secs(5),
         false,
         PeerTls::default(),
+        None,
     )
 }
 
@@ -29,7 +30,8 @@ fn paths(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
 
 fn peers(plan: &Plan) -> Vec<String> {
     match plan {
-        Plan::Peers(peers) => peers.iter().map(|p| p.node.clone()).collect(),
+        Plan::Holders(peers) => peers.iter().map(|p| p.node.clone()).collect(),
+        Plan::Claimer(peer) => vec![peer.node.clone()],
         Plan::Fetch(_) => vec!["<mine>".into()],
         Plan::Alone => vec!["<alone>".into()],
         Plan::Waiting => vec!["<waiting>".into()],
@@ -158,7 +160,7 @@ async fn an_in_flight_blob_streams_as_it_grows() {
         },
     );
     let flight = in_flight.get(&blob).unwrap();
-    let reader = in_flight.stream(&blob, flight, 2, Duration::from_secs(5));
+    let reader = in_flight.stream(&blob, flight, 2..u64::MAX, Duration::from_secs(5));
     let writer = async {
         tokio::time::sleep(Duration::from_millis(50)).await;
         std::fs::write(&ingest, b"01234").unwrap();
@@ -174,6 +176,17 @@ async fn an_in_flight_blob_streams_as_it_grows() {
         .collect();
     assert_eq!(bytes, b"23456789");
 
+    // A range with an end stops there.
+    let flight = in_flight.get(&blob).unwrap();
+    let part: Vec<u8> = in_flight
+        .stream(&blob, flight, 3..6, Duration::from_secs(5))
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .flat_map(|chunk| chunk.unwrap().to_vec())
+        .collect();
+    assert_eq!(part, b"345");
+
     // A fetch that ends short ends the stream in an error.
     let short = Digest::sha256_of(b"short");
     std::fs::write(&ingest, b"012").unwrap();
@@ -187,7 +200,7 @@ async fn an_in_flight_blob_streams_as_it_grows() {
         },
     );
     let flight = in_flight.get(&short).unwrap();
-    let reader = in_flight.stream(&short, flight, 0, Duration::from_secs(5));
+    let reader = in_flight.stream(&short, flight, 0..u64::MAX, Duration::from_secs(5));
     in_flight.end(&short);
     let read: Vec<_> = reader.collect().await;
     assert!(read.last().unwrap().is_err(), "{read:?}");
@@ -205,7 +218,7 @@ async fn an_in_flight_blob_streams_as_it_grows() {
     );
     let flight = in_flight.get(&stalled).unwrap();
     let read: Vec<_> = in_flight
-        .stream(&stalled, flight, 0, Duration::from_millis(100))
+        .stream(&stalled, flight, 0..u64::MAX, Duration::from_millis(100))
         .collect()
         .await;
     assert!(read.last().unwrap().is_err(), "{read:?}");
@@ -234,6 +247,7 @@ async fn a_node_advertises_and_claims_only_what_it_would_serve() {
         Duration::from_secs(5),
         true,
         PeerTls::default(),
+        None,
     );
     let planned = tls.plan(&private, 5, paths(dir.path()), None, &[]).await;
     assert_eq!(peers(&planned), ["<mine>"]);

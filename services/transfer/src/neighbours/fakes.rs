@@ -13,7 +13,7 @@ use imaged_model::{Digest, Platform, Reference};
 use oci_client::errors::OciDistributionError;
 use tokio::sync::watch;
 
-use super::fetcher::{Blob, Fetcher};
+use super::fetcher::{Blob, Fetcher, TO_THE_END};
 use super::recorder::{ExportedImage, Record, Recorded, Recorder, StoredImage};
 use crate::registry::Source;
 
@@ -160,7 +160,7 @@ impl Fetcher for FakeRegistry {
         &self,
         source: &Source,
         digest: &str,
-        offset: u64,
+        range: std::ops::Range<u64>,
     ) -> Result<Blob, OciDistributionError> {
         self.refuse(source)?;
         let key = (source.name().to_string(), digest.to_string());
@@ -174,7 +174,8 @@ impl Fetcher for FakeRegistry {
             message: "blob unknown".into(),
         })?;
         *self.served.lock().unwrap().entry(key).or_default() += 1;
-        let rest = bytes.slice((offset as usize).min(bytes.len())..);
+        let end = range.end.min(bytes.len() as u64) as usize;
+        let rest = bytes.slice((range.start as usize).min(end)..end);
         let gate = self
             .gate
             .as_ref()
@@ -187,7 +188,7 @@ impl Fetcher for FakeRegistry {
             Ok(rest)
         });
         Ok(Blob {
-            partial: offset > 0,
+            partial: range.start > 0 || range.end != TO_THE_END,
             body: body.boxed(),
         })
     }

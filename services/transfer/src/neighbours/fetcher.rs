@@ -10,13 +10,16 @@ use oci_client::errors::OciDistributionError;
 
 use crate::registry::Source;
 
-/// A blob's answer: its bytes from the offset asked (`partial`), or the
+/// A blob's answer: the bytes of the range asked (`partial`), or the
 /// whole blob (the source ignored the range). The body is the caller's to
 /// read and bound.
 pub struct Blob {
     pub partial: bool,
     pub body: BoxStream<'static, Result<Bytes, std::io::Error>>,
 }
+
+/// A range's end that means the blob's end.
+pub const TO_THE_END: u64 = u64::MAX;
 
 /// What the pull engine reads from a registry.
 #[tonic::async_trait]
@@ -31,12 +34,13 @@ pub trait Fetcher: Send + Sync {
         max: usize,
     ) -> Result<(Bytes, String), OciDistributionError>;
 
-    /// The blob `digest` of `source`'s repository from byte `offset`.
+    /// The bytes `range` of the blob `digest` of `source`'s repository
+    /// ([`TO_THE_END`] as its end: up to the blob's end).
     async fn blob(
         &self,
         source: &Source,
         digest: &str,
-        offset: u64,
+        range: std::ops::Range<u64>,
     ) -> Result<Blob, OciDistributionError>;
 
     /// The tags of `source`'s repository, in the registry's order.
@@ -49,7 +53,7 @@ pub trait Fetcher: Send + Sync {
         digest: &str,
         max: u64,
     ) -> Result<Vec<u8>, OciDistributionError> {
-        let mut answer = self.blob(source, digest, 0).await?;
+        let mut answer = self.blob(source, digest, 0..TO_THE_END).await?;
         let mut data = Vec::new();
         while let Some(chunk) = answer.body.next().await {
             data.extend_from_slice(&chunk?);

@@ -15,7 +15,7 @@ use oci_client::manifest::OciDescriptor;
 use tokio::sync::{mpsc, watch};
 
 use crate::archive::unpack::{self, Unpacked};
-use crate::neighbours::fetcher::Blob;
+use crate::neighbours::fetcher::{Blob, TO_THE_END};
 use crate::pull::{Puller, State, short};
 use crate::registry::{self, Source};
 use crate::store::content::Ingest;
@@ -23,10 +23,11 @@ use crate::store::layers::Staging;
 
 impl Puller {
     /// One attempt: download (resuming an ingest when the registry allows
-    /// ranges) while hashing and unpacking.
+    /// ranges) while hashing and unpacking; from one source, or from
+    /// several holders at once, by parts ([`super::split`]).
     pub(crate) async fn fetch_layer(
         &self,
-        source: &Source,
+        from: &[Source],
         desc: &OciDescriptor,
         blob: &Digest,
         progress: &watch::Sender<State>,
@@ -55,7 +56,24 @@ impl Puller {
         // The answer's status line is bounded like every later chunk: a
         // registry that accepts the request and never answers must not
         // hold a download slot past the stall timeout.
-        let asked = self.fetcher.blob(source, &desc.digest, offset);
+        let asked = match from {
+            [source] => self.fetcher.blob(source, &desc.digest, offset..TO_THE_END),
+            holders => {
+                let body = super::split::body(
+                    Arc::clone(&self.fetcher),
+                    holders.to_vec(),
+                    &desc.digest,
+                    offset..total,
+                    self.stall,
+                );
+                Box::pin(async move {
+                    Ok(Blob {
+                        partial: true,
+                        body,
+                    })
+                })
+            }
+        };
         let Ok(answer) = tokio::time::timeout(self.stall, asked).await else {
             if offset == 0 {
                 ingest.discard();

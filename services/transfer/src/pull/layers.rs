@@ -184,6 +184,22 @@ impl Puller {
         (future, progress)
     }
 
+    /// How many of the `whole` holders next in line a blob of `size`
+    /// bytes is read from at once: several for a big blob (at least the
+    /// fleet's `--peer-split-mib`), else one source.
+    fn split_over(&self, whole: usize, size: i64) -> usize {
+        let big = self
+            .fleet
+            .as_ref()
+            .and_then(|fleet| fleet.split_min())
+            .is_some_and(|min| size.max(0) as u64 >= min);
+        if whole >= 2 && big {
+            whole.min(split::MOST_HOLDERS)
+        } else {
+            1
+        }
+    }
+
     /// Downloads and unpacks one layer (retrying what may pass), then
     /// commits it once its parent is in.
     pub(super) async fn bring_layer(
@@ -200,7 +216,12 @@ impl Puller {
         // The fleet's peers first, when it has the blob or fetches it; or
         // this node's claim to fetch it for the fleet, held until the
         // layer is in the store and announced.
-        let (mut sources, mut claim) = self.fleet_sources(job).await;
+        let answer = self.fleet_sources(job).await;
+        let mut claim = answer.claim;
+        // How many sources from `source` on hold the blob whole.
+        let mut whole = if answer.whole { answer.peers.len() } else { 0 };
+        let mut sources = answer.peers;
+        sources.extend(job.sources.iter().cloned());
         // Whether anyone may have the blob from this node (see
         // `registry::serve_content`): fetched without credentials.
         let mut public = false;
@@ -213,18 +234,21 @@ impl Puller {
                     progress.send_replace(State::Waiting);
                 })
                 .await;
-            let from = &sources[source];
+            // One source, or several holders of a big blob at once.
+            let span = self.split_over(whole, job.desc.size);
+            let from = &sources[source..source + span];
             let result = self.fetch_layer(from, &job.desc, blob, progress).await;
             drop(admitted);
             drop(writing);
+            let first = &from[0];
             match result {
                 Ok(done) => {
-                    if matches!(from.auth, RegistryAuth::Anonymous) && !from.identified {
-                        self.content.public().mark(blob, from.oref.repository())?;
+                    if matches!(first.auth, RegistryAuth::Anonymous) && !first.identified {
+                        self.content.public().mark(blob, first.oref.repository())?;
                         public = true;
                     }
                     if self.fleet.is_some() {
-                        let way = if from.peer { "peer" } else { "upstream" };
+                        let way = if first.peer { "peer" } else { "upstream" };
                         crate::metrics::fleet_bytes(way, job.desc.size.max(0) as u64);
                     }
                     break done;
@@ -233,14 +257,17 @@ impl Puller {
                 // wrote is resumed from the next source. Leaving the
                 // fleet's peers, the fleet is asked again: another may
                 // hold it by now, or the claim may be this node's to take.
-                Err(err) if from.mirror.is_some() => {
-                    tracing::warn!(layer = %id, mirror = from.name(), "mirror failed, trying the next source: {err}");
-                    let left_peers = from.peer;
-                    source += 1;
+                Err(err) if first.mirror.is_some() => {
+                    let names: Vec<&str> = from.iter().map(|s| s.name()).collect();
+                    tracing::warn!(layer = %id, mirror = names.join(", "), "mirror failed, trying the next source: {err}");
+                    let left_peers = first.peer;
+                    source += span;
+                    whole = whole.saturating_sub(span);
                     if left_peers && !sources[source].peer && claim.is_none() {
-                        let (fresh, taken) = self.fleet_again(job, &sources[..source]).await;
-                        sources.splice(source..source, fresh);
-                        claim = taken;
+                        let fresh = self.fleet_again(job, &sources[..source]).await;
+                        whole = if fresh.whole { fresh.peers.len() } else { 0 };
+                        sources.splice(source..source, fresh.peers);
+                        claim = fresh.claim;
                     }
                 }
                 Err(err) => match self.retry().after(attempt, &err) {

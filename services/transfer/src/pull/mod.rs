@@ -540,6 +540,7 @@ mod peers;
 mod remote;
 mod said;
 mod sources;
+mod split;
 mod state;
 
 use events::{Progress, PullEvent, Pulled, say};

@@ -8,38 +8,35 @@ use super::*;
 use crate::fleet::{ClaimGuard, Plan};
 
 /// What the fleet said about one blob.
-struct Answer {
+pub(super) struct Answer {
     /// Peers not tried yet, as sources.
-    peers: Vec<Source>,
-    claim: Option<ClaimGuard>,
+    pub(super) peers: Vec<Source>,
+    /// Whether `peers` hold the blob whole (else they are its claimer,
+    /// serving it as it arrives): a big one may be read from several.
+    pub(super) whole: bool,
+    /// This node's claim to fetch it for the fleet.
+    pub(super) claim: Option<ClaimGuard>,
     /// Whether it named only peers tried already (a claimer that failed
     /// this node and still holds its claim).
     only_tried: bool,
 }
 
 impl Puller {
-    /// Where `job`'s blob is read from, in order: the fleet's peers
-    /// (holders, or the node fetching it now) before the pull's own
-    /// sources; or the pull's own sources and this node's claim to fetch
-    /// it for the fleet. Without a fleet, the pull's own sources.
-    pub(super) async fn fleet_sources(&self, job: &LayerJob) -> (Vec<Source>, Option<ClaimGuard>) {
-        let answer = self.ask_fleet(job, &[]).await;
-        let mut sources = answer.peers;
-        sources.extend(job.sources.iter().cloned());
-        (sources, answer.claim)
+    /// What the fleet says of `job`'s blob before it is fetched: its
+    /// peers (holders, or the node fetching it now), to read before the
+    /// pull's own sources; or this node's claim to fetch it for the
+    /// fleet. Without a fleet, nothing.
+    pub(super) async fn fleet_sources(&self, job: &LayerJob) -> Answer {
+        self.ask_fleet(job, &[]).await
     }
 
     /// The fleet asked again once the peers `tried` failed: the new peers
     /// to read from, or this node's claim. A failed claimer's claim passes
     /// on within the directory's TTL, so that long the fleet is asked
     /// again; past it, the pull's own sources go on without a claim.
-    pub(super) async fn fleet_again(
-        &self,
-        job: &LayerJob,
-        tried: &[Source],
-    ) -> (Vec<Source>, Option<ClaimGuard>) {
+    pub(super) async fn fleet_again(&self, job: &LayerJob, tried: &[Source]) -> Answer {
         let Some(fleet) = &self.fleet else {
-            return (Vec::new(), None);
+            return Answer::nothing();
         };
         let patience = fleet.ttl() + fleet.ttl() / 2;
         let started = std::time::Instant::now();
@@ -49,18 +46,14 @@ impl Puller {
                 if answer.claim.is_some() {
                     crate::metrics::fleet_claim("handed_over");
                 }
-                return (answer.peers, answer.claim);
+                return answer;
             }
             tokio::time::sleep(fleet.ttl() / 4).await;
         }
     }
 
     async fn ask_fleet(&self, job: &LayerJob, tried: &[Source]) -> Answer {
-        let alone = Answer {
-            peers: Vec::new(),
-            claim: None,
-            only_tried: false,
-        };
+        let alone = Answer::nothing();
         let Some(fleet) = &self.fleet else {
             return alone;
         };
@@ -90,13 +83,30 @@ impl Puller {
                 only_tried: true,
                 ..alone
             },
-            Plan::Peers(named) => Answer {
+            Plan::Holders(named) => Answer {
                 peers: named
                     .iter()
                     .map(|p| self.registries.peer(&upstream.oref, &p.url, fleet.tls()))
                     .collect(),
+                whole: true,
                 ..alone
             },
+            Plan::Claimer(peer) => Answer {
+                peers: vec![self.registries.peer(&upstream.oref, &peer.url, fleet.tls())],
+                ..alone
+            },
+        }
+    }
+}
+
+impl Answer {
+    /// No peer and no claim: the pull's own sources.
+    fn nothing() -> Answer {
+        Answer {
+            peers: Vec::new(),
+            whole: false,
+            claim: None,
+            only_tried: false,
         }
     }
 }

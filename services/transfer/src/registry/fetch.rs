@@ -18,7 +18,7 @@ use oci_client::errors::{OciDistributionError, OciEnvelope};
 use oci_client::secrets::RegistryAuth;
 use sha2::{Digest as _, Sha256};
 
-use crate::neighbours::fetcher::{Blob, Fetcher};
+use crate::neighbours::fetcher::{Blob, Fetcher, TO_THE_END};
 use crate::registry::Source;
 use crate::registry::token::{self, Challenge};
 
@@ -246,18 +246,22 @@ pub async fn manifest(
     Ok((Bytes::from(body), digest))
 }
 
-/// Asks for the blob `digest` of `oref`'s repository from byte `offset`.
-/// The body is the caller's to read and bound.
+/// Asks for the bytes `range` of the blob `digest` of `oref`'s
+/// repository (`bytes=N-` to its end, `bytes=N-M` for a part). The body
+/// is the caller's to read and bound.
 pub async fn blob(
     source: &Source,
     oref: &oci_client::Reference,
     digest: &str,
-    offset: u64,
+    range: std::ops::Range<u64>,
 ) -> Result<Blob, OciDistributionError> {
     let url = url(source, oref, &format!("blobs/{digest}"));
+    let asked = match range.end {
+        TO_THE_END => format!("bytes={}-", range.start),
+        end => format!("bytes={}-{}", range.start, end.saturating_sub(1)),
+    };
     let response = send(source, oref, |http| {
-        http.get(&url)
-            .header(reqwest::header::RANGE, format!("bytes={offset}-"))
+        http.get(&url).header(reqwest::header::RANGE, &asked)
     })
     .await?;
     let partial = match response.status() {
@@ -293,9 +297,9 @@ impl Fetcher for Http {
         &self,
         source: &Source,
         digest: &str,
-        offset: u64,
+        range: std::ops::Range<u64>,
     ) -> Result<Blob, OciDistributionError> {
-        blob(source, &source.oref, digest, offset).await
+        blob(source, &source.oref, digest, range).await
     }
 
     async fn tags(&self, source: &Source) -> Result<Vec<String>, OciDistributionError> {

@@ -14,11 +14,11 @@
 //! never had, except to a fleet peer: with `--serve-content-tls-*` the
 //! listener speaks TLS, and a client whose certificate the fleet's CA
 //! signed may have every blob this node holds. Whoever fetches checks
-//! what is served against its digest.
+//! what is served against its digest. A blob is served whole or by one
+//! byte range (`Range: bytes=N-` or `bytes=N-M`, answered 206).
 //!
 //! With a fleet directory, a blob this node is fetching for the fleet (it
-//! holds the claim) is served while it arrives, from any offset (`Range:
-//! bytes=N-`), to a fleet peer, or to anyone when it is fetched without
+//! holds the claim) is served while it arrives, to a fleet peer, or to anyone when it is fetched without
 //! credentials from the repository asked for ([`crate::fleet::in_flight`]).
 
 use std::net::SocketAddr;
@@ -34,6 +34,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use imaged_common::http::Verified;
 use imaged_model::Digest;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use crate::fleet::in_flight::InFlight;
 use crate::store::content::ContentStore;
@@ -176,25 +177,92 @@ async fn fetch(
     } else {
         "application/octet-stream".to_string()
     };
-    let mut response = if method == Method::HEAD {
+    let size = meta.len();
+    // A blob by range (a resumed download, or one part of a layer read
+    // from several peers); a manifest always whole.
+    let range = if kind == "blob" {
+        match asked_range(&headers, size) {
+            Ok(range) => range,
+            Err(refused) => return refused,
+        }
+    } else {
+        None
+    };
+    let (start, len) = range
+        .as_ref()
+        .map_or((0, size), |r| (*r.start(), r.end() - r.start() + 1));
+    let response = if method == Method::HEAD {
         Response::new(Body::empty())
     } else {
         if kind == "blob" && served.in_flight.is_some() {
-            crate::metrics::fleet_bytes("served", meta.len());
+            crate::metrics::fleet_bytes("served", len);
+        }
+        let mut file = file;
+        if start > 0 && file.seek(std::io::SeekFrom::Start(start)).await.is_err() {
+            return unknown(code, &format!("{kind} unknown"));
         }
         Response::new(Body::from_stream(
-            tokio_util::io::ReaderStream::with_capacity(file, 256 << 10),
+            tokio_util::io::ReaderStream::with_capacity(file.take(len), 256 << 10),
         ))
     };
+    described(response, &digest, &media_type, size, range)
+}
+
+/// `response` with a blob's headers: its length (of the range, if one was
+/// asked, then 206 and its Content-Range), type and digest.
+fn described(
+    mut response: Response,
+    digest: &Digest,
+    media_type: &str,
+    size: u64,
+    range: Option<std::ops::RangeInclusive<u64>>,
+) -> Response {
+    let len = range.as_ref().map_or(size, |r| r.end() - r.start() + 1);
     let headers = response.headers_mut();
-    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(meta.len()));
-    if let Ok(value) = HeaderValue::from_str(&media_type) {
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    if let Ok(value) = HeaderValue::from_str(media_type) {
         headers.insert(header::CONTENT_TYPE, value);
     }
     if let Ok(value) = HeaderValue::from_str(&digest.to_string()) {
         headers.insert("Docker-Content-Digest", value);
     }
+    if let Some(range) = range {
+        let value = format!("bytes {}-{}/{size}", range.start(), range.end());
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            headers.insert(header::CONTENT_RANGE, value);
+        }
+        *response.status_mut() = StatusCode::PARTIAL_CONTENT;
+    }
     response
+}
+
+/// The one byte range a request asks of a `size`-byte blob (`Range:
+/// bytes=N-` or `bytes=N-M`): `None` for the whole blob, when no range
+/// is asked or one this server ignores, as HTTP lets it (several ranges,
+/// a malformed header); a 416 for a range past the end.
+#[allow(clippy::result_large_err)]
+fn asked_range(
+    headers: &axum::http::HeaderMap,
+    size: u64,
+) -> Result<Option<std::ops::RangeInclusive<u64>>, Response> {
+    let Some(value) = headers.get(header::RANGE).and_then(|v| v.to_str().ok()) else {
+        return Ok(None);
+    };
+    let Ok(parsed) = http_range_header::parse_range_header(value) else {
+        return Ok(None);
+    };
+    match parsed.validate(size) {
+        Ok(ranges) if ranges.len() == 1 => Ok(ranges.into_iter().next()),
+        Ok(_) => Ok(None),
+        Err(http_range_header::RangeUnsatisfiableError::Unsatisfiable) => {
+            let mut refused = StatusCode::RANGE_NOT_SATISFIABLE.into_response();
+            if let Ok(value) = HeaderValue::from_str(&format!("bytes */{size}")) {
+                refused.headers_mut().insert(header::CONTENT_RANGE, value);
+            }
+            Err(refused)
+        }
+        Err(_) => Ok(None),
+    }
 }
 
 /// A blob being fetched for the fleet, streamed as it arrives from the
@@ -213,43 +281,32 @@ fn in_flight(
     if !verified.0 && flight.public_in.as_deref() != Some(repository) {
         return None;
     }
-    let offset = headers
-        .get(header::RANGE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("bytes="))
-        .and_then(|v| v.strip_suffix('-'))
-        .and_then(|v| v.parse::<u64>().ok())
-        .unwrap_or(0);
-    if offset > flight.size {
-        return Some(StatusCode::RANGE_NOT_SATISFIABLE.into_response());
-    }
     let size = flight.size;
-    let mut response = if *method == Method::HEAD {
+    let range = match asked_range(headers, size) {
+        Ok(range) => range,
+        Err(refused) => return Some(refused),
+    };
+    let (start, end) = range
+        .as_ref()
+        .map_or((0, size), |r| (*r.start(), r.end() + 1));
+    let response = if *method == Method::HEAD {
         Response::new(Body::empty())
     } else {
-        crate::metrics::fleet_bytes("served", size - offset);
-        Response::new(Body::from_stream(
-            in_flight.stream(digest, flight, offset, *stall),
-        ))
+        crate::metrics::fleet_bytes("served", end - start);
+        Response::new(Body::from_stream(in_flight.stream(
+            digest,
+            flight,
+            start..end,
+            *stall,
+        )))
     };
-    let headers = response.headers_mut();
-    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(size - offset));
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/octet-stream"),
-    );
-    if offset > 0 {
-        *response.status_mut() = StatusCode::PARTIAL_CONTENT;
-        if let Ok(value) = HeaderValue::from_str(&format!("bytes {offset}-{}/{size}", size - 1)) {
-            response.headers_mut().insert(header::CONTENT_RANGE, value);
-        }
-    }
-    if let Ok(value) = HeaderValue::from_str(&digest.to_string()) {
-        response
-            .headers_mut()
-            .insert("Docker-Content-Digest", value);
-    }
-    Some(response)
+    Some(described(
+        response,
+        digest,
+        "application/octet-stream",
+        size,
+        range,
+    ))
 }
 
 /// A manifest's media type: its own `mediaType`, else what its shape says.
@@ -306,6 +363,29 @@ mod tests {
         assert_eq!(
             manifest_media_type(b"not json"),
             imaged_model::media_type::OCI_MANIFEST
+        );
+    }
+
+    #[test]
+    fn a_blob_is_served_whole_or_by_one_range() {
+        let asked = |range: Option<&str>| {
+            let mut headers = axum::http::HeaderMap::new();
+            if let Some(range) = range {
+                headers.insert(header::RANGE, HeaderValue::from_str(range).unwrap());
+            }
+            asked_range(&headers, 10).map_err(|refused| refused.status())
+        };
+        assert_eq!(asked(None), Ok(None));
+        assert_eq!(asked(Some("bytes=4-")), Ok(Some(4..=9)));
+        assert_eq!(asked(Some("bytes=2-5")), Ok(Some(2..=5)));
+        assert_eq!(asked(Some("bytes=2-50")), Ok(Some(2..=9)));
+        // Several ranges, or a malformed header: the whole blob.
+        assert_eq!(asked(Some("bytes=0-1,4-5")), Ok(None));
+        assert_eq!(asked(Some("lines=1-2")), Ok(None));
+        // Past the end: 416.
+        assert_eq!(
+            asked(Some("bytes=10-")),
+            Err(StatusCode::RANGE_NOT_SATISFIABLE)
         );
     }
 }
