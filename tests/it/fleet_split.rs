@@ -72,11 +72,14 @@ async fn a_big_layer_comes_from_several_holders_at_once() {
     // reads from the first, the third from two holders, the last from
     // three.
     let mut served = Vec::new();
+    let mut from = Vec::new();
     for node in &nodes[..3] {
         let before: Vec<u64> = fronts.iter().map(Throttle::bytes).collect();
-        client::pull(node.images(), client::pull_request(&reference))
+        let messages = client::pull(node.images(), client::pull_request(&reference))
             .await
             .expect("the pull");
+        let last = messages.last().expect("a last message");
+        from.push(last.fetched_from.expect("where the layer came from"));
         let listed = client::list(node.images()).await;
         assert!(
             listed.iter().any(|i| i.id == image.id()),
@@ -99,6 +102,30 @@ async fn a_big_layer_comes_from_several_holders_at_once() {
         upstream_gets, 1,
         "the layer came from upstream once: {gets:#?}"
     );
+    // Each pull says where its layer came from.
+    let size_i = size as i64;
+    assert_eq!((from[0].registry, from[0].peers), (size_i, 0), "{from:?}");
+    for pulled in &from[1..] {
+        assert_eq!((pulled.registry, pulled.peers), (0, size_i), "{from:?}");
+    }
+    // And the first node, asked with imagectl, what it served.
+    let peers = tokio::process::Command::new(imaged_e2e::bin_dir().join("imagectl"))
+        .arg("--host")
+        .arg(format!(
+            "unix://{}",
+            nodes[0].socket(Service::Gateway).display()
+        ))
+        .arg("peers")
+        .output()
+        .await
+        .unwrap();
+    let peers = String::from_utf8_lossy(&peers.stdout);
+    let served_row = peers
+        .lines()
+        .find(|l| l.starts_with("served to other nodes"))
+        .unwrap_or_else(|| panic!("imagectl peers: {peers}"));
+    assert!(!served_row.ends_with(" 0B"), "{peers}");
+
     // The third node read parts from both holders.
     let by_holder = &served[2][..2];
     assert!(

@@ -139,6 +139,20 @@ async fn every_command_works_end_to_end() {
     assert_eq!(id.trim(), format!("{} web", catalog.app.id()));
     let df = cli.ok(&["system", "df"]).await;
     assert!(df.starts_with("TYPE") && df.contains("Images"), "{df}");
+    // Where the pulled layers came from: the registry, nothing else.
+    let peers = cli.ok(&["peers"]).await;
+    let row = |what: &str| {
+        peers
+            .lines()
+            .find(|l| l.starts_with(what))
+            .unwrap_or_else(|| panic!("no {what} row: {peers}"))
+            .trim_start_matches(what)
+            .trim()
+            .to_string()
+    };
+    assert_ne!(row("pulled from the registry"), "0B", "{peers}");
+    assert_eq!(row("pulled from fleet peers"), "0B", "{peers}");
+    assert_eq!(row("served to other nodes"), "0B", "{peers}");
     let none = cli
         .ok(&["images", "-q", "--filter", "reference=nothing*"])
         .await;

@@ -95,6 +95,10 @@ pub enum Command {
         #[arg(default_value = "")]
         service: String,
     },
+    /// Where this node's pulled layer bytes came from (the registry, its
+    /// mirrors, fleet peers) and what it served to other nodes, since
+    /// imaged-transfer started.
+    Peers,
     /// Docker's `system` commands that concern images.
     System {
         #[command(subcommand)]

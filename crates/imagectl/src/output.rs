@@ -88,6 +88,22 @@ pub fn disk_usage(usage: &imaged_api::v1::DiskUsageResponse, verbose: bool) {
     );
 }
 
+/// `imagectl peers`: layer bytes pulled by where they came from, and
+/// blob bytes served to other nodes, since imaged-transfer started.
+pub fn sources(usage: &imaged_api::v1::DiskUsageResponse) {
+    let from = usage.pulled_from.unwrap_or_default();
+    let row = |what: &str, bytes: i64| vec![what.to_string(), human_size_with_precision(bytes, 4)];
+    table(
+        &["LAYER BYTES", "SIZE"],
+        &[
+            row("pulled from the registry", from.registry),
+            row("pulled from mirrors", from.mirrors),
+            row("pulled from fleet peers", from.peers),
+            row("served to other nodes", usage.served_to_peers),
+        ],
+    );
+}
+
 /// `docker system df -v`'s images part: a row per image, under its first
 /// tag only, as the docker CLI prints it.
 fn disk_usage_per_image(usage: &imaged_api::v1::DiskUsageResponse) {

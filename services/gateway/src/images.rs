@@ -217,6 +217,8 @@ impl Images for ImagesService {
             });
         let (mut answer, content) = tokio::try_join!(images, content)?;
         answer.content_size = content.content_size;
+        answer.pulled_from = content.pulled_from;
+        answer.served_to_peers = content.served_to_peers;
         Ok(Response::new(answer))
     }
 

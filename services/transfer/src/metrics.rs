@@ -3,6 +3,7 @@
 //! the layer and content stores. Instruments come from the global meter
 //! provider, which the server bootstrap installs before any call is served.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::Instant;
 
@@ -11,6 +12,7 @@ use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Counter, Histogram};
 
 use crate::limits::Limits;
+use crate::pull::origin::{ByOrigin, Origin};
 use crate::store::content::ContentStore;
 use crate::store::layers::LayerStore;
 
@@ -168,10 +170,38 @@ static FLEET: LazyLock<Fleet> = LazyLock::new(|| {
     }
 });
 
-/// Counts layer bytes that came from (`upstream`, `peer`) or went to
-/// (`served`) the fleet.
-pub fn fleet_bytes(way: &'static str, bytes: u64) {
+/// Layer bytes pulled since the process started, by origin, and blob
+/// bytes served to other nodes: what `imagectl system df` shows (the
+/// OpenTelemetry counters above cannot be read back).
+static PULLED: [AtomicU64; 3] = [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)];
+static SERVED: AtomicU64 = AtomicU64::new(0);
+
+/// Counts a layer's `bytes` pulled from `origin`.
+pub fn pulled(origin: Origin, bytes: u64) {
+    let (slot, way) = match origin {
+        Origin::Registry => (0, "upstream"),
+        Origin::Mirror => (1, "upstream"),
+        Origin::Peer => (2, "peer"),
+    };
+    PULLED[slot].fetch_add(bytes, Ordering::Relaxed);
     FLEET.bytes.add(bytes, &[KeyValue::new("way", way)]);
+}
+
+/// Counts blob bytes serve-content sends another node.
+pub fn served(bytes: u64) {
+    SERVED.fetch_add(bytes, Ordering::Relaxed);
+    FLEET.bytes.add(bytes, &[KeyValue::new("way", "served")]);
+}
+
+/// Layer bytes pulled since the process started, by origin, and blob
+/// bytes served to other nodes.
+pub fn since_start() -> (ByOrigin, u64) {
+    let pulled = ByOrigin {
+        registry: PULLED[0].load(Ordering::Relaxed),
+        mirrors: PULLED[1].load(Ordering::Relaxed),
+        peers: PULLED[2].load(Ordering::Relaxed),
+    };
+    (pulled, SERVED.load(Ordering::Relaxed))
 }
 
 /// Counts a claim `taken`, `handed_over` or `released`.

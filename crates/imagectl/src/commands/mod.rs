@@ -59,6 +59,7 @@ pub async fn run(
         Command::Logout(args) => login::logout(args),
         Command::Info => system::info(&mut images).await,
         Command::Health { service } => health::run(channel, service).await,
+        Command::Peers => system::peers(&mut images).await,
         Command::System {
             command: SystemCommand::Df { verbose },
         } => system::df(&mut images, verbose).await,

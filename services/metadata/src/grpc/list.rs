@@ -82,7 +82,9 @@ pub fn summary(row: Row) -> ImageSummary {
 pub fn disk_usage(usage: DiskUsage) -> DiskUsageResponse {
     DiskUsageResponse {
         layers_size: usage.layers_size,
-        content_size: 0,
         images: summaries(usage.images),
+        // The content store's, and what was pulled and served: the
+        // gateway adds imaged-transfer's.
+        ..Default::default()
     }
 }

@@ -50,6 +50,7 @@ pub fn pull_line(event: PullEvent) -> PullImageProgress {
             last.image_id = pulled.image_id;
             last.reference = pulled.shown;
             last.digest = pulled.digest;
+            last.fetched_from = Some(pulled.from.to_api());
             last
         }
     }

@@ -445,11 +445,14 @@ impl Transfer for TransferService {
             .await
             .map_err(Error::internal)?
             .map_err(Error::from)?;
+        let (pulled, served) = crate::metrics::since_start();
         Ok(Response::new(ContentSizeResponse {
             content_size: blobs.iter().map(|(_, size)| *size as i64).sum(),
             layers_size: self.layers.total_size() as i64,
             inodes_used: (blobs.len() as u64 + self.layers.total_inodes()) as i64,
             mountpoint: self.data_dir.display().to_string(),
+            pulled_from: Some(pulled.to_api()),
+            served_to_peers: served as i64,
         }))
     }
 }

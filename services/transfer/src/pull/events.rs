@@ -52,6 +52,9 @@ pub struct Pulled {
     pub image_id: String,
     /// The reference as Docker shows it (`busybox:latest`).
     pub shown: String,
+    /// Where its layer bytes came from (layers already stored count
+    /// nowhere).
+    pub from: super::origin::ByOrigin,
 }
 
 /// Where a pull sends its events. Sending is best effort: a caller that

@@ -4,6 +4,7 @@
 
 use super::*;
 use events::Bytes;
+use origin::{ByOrigin, Origin};
 use said::Said;
 
 pub(super) type LayerFuture = Shared<BoxFuture<'static, Result<Arc<Layer>, Error>>>;
@@ -11,7 +12,11 @@ pub(super) type LayerFuture = Shared<BoxFuture<'static, Result<Arc<Layer>, Error
 pub(super) struct Job {
     done: WeakShared<BoxFuture<'static, Result<Arc<Layer>, Error>>>,
     progress: watch::Receiver<State>,
+    origin: Fetched,
 }
+
+/// Where a job's layer came from, once it is in.
+pub(super) type Fetched = Arc<std::sync::OnceLock<Origin>>;
 
 fn layer_event(blob: &Digest, state: State, bytes: Bytes) -> PullEvent {
     PullEvent::Layer {
@@ -93,7 +98,7 @@ impl LayerPlan {
 impl Puller {
     /// Step 3: the planned layers, each a shared job (fetched once however
     /// many pulls want it), committed in chain order, with Docker's
-    /// progress.
+    /// progress; answers where their bytes came from.
     pub(super) async fn bring_layers(
         self: &Arc<Self>,
         target: &Target,
@@ -101,11 +106,12 @@ impl Puller {
         configured: &Configured,
         plan: &LayerPlan,
         tx: &Progress,
-    ) -> Result<(), Error> {
+    ) -> Result<ByOrigin, Error> {
         let layers = &resolved.manifest.layers;
         let chains = &plan.chains;
         let mut waits: Vec<LayerFuture> = Vec::new();
         let mut watches = Vec::new();
+        let mut origins = Vec::new();
         let mut parent: Option<LayerFuture> = None;
         let mut blobs = Vec::with_capacity(layers.len());
         for (i, desc) in layers.iter().enumerate() {
@@ -122,7 +128,8 @@ impl Puller {
             }
             say(tx, layer_event(&blob, State::Announced, Bytes::default())).await;
             let job = LayerJob::new(target, layers, &configured.diff_ids, chains, i)?;
-            let (done, progress) = self.job(job, parent.take());
+            let (done, progress, origin) = self.job(job, parent.take());
+            origins.push((plan.totals[i], origin));
             waits.push(done.clone());
             watches.push(WatchStream::new(progress).map(move |state| (i, state)));
             parent = Some(done);
@@ -145,27 +152,35 @@ impl Puller {
         for (i, state, bytes) in said.finish() {
             say(tx, layer_event(&blobs[i], state, bytes)).await;
         }
-        Ok(())
+        let mut from = ByOrigin::default();
+        for (size, origin) in origins {
+            if let Some(origin) = origin.get() {
+                from.add(*origin, size);
+            }
+        }
+        Ok(from)
     }
 
     /// The shared job that brings one layer into the store, created or
-    /// joined.
+    /// joined: its end, its progress, and where it came from once in.
     pub(super) fn job(
         self: &Arc<Self>,
         job: LayerJob,
         parent: Option<LayerFuture>,
-    ) -> (LayerFuture, watch::Receiver<State>) {
+    ) -> (LayerFuture, watch::Receiver<State>, Fetched) {
         let mut jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(running) = jobs.get(&job.chain_id)
             && let Some(done) = running.done.upgrade()
         {
-            return (done, running.progress.clone());
+            return (done, running.progress.clone(), running.origin.clone());
         }
         let (progress_tx, progress) = watch::channel(State::Pending);
+        let origin = Fetched::default();
         let this = Arc::clone(self);
         let key = job.chain_id.clone();
+        let fetched = origin.clone();
         let future = async move {
-            let result = this.bring_layer(&job, parent, &progress_tx).await;
+            let result = this.bring_layer(&job, parent, &progress_tx, &fetched).await;
             this.jobs
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -179,9 +194,10 @@ impl Puller {
             Job {
                 done: future.downgrade().expect("a fresh shared future upgrades"),
                 progress: progress.clone(),
+                origin: origin.clone(),
             },
         );
-        (future, progress)
+        (future, progress, origin)
     }
 
     /// How many of the `whole` holders next in line a blob of `size`
@@ -201,12 +217,14 @@ impl Puller {
     }
 
     /// Downloads and unpacks one layer (retrying what may pass), then
-    /// commits it once its parent is in.
+    /// commits it once its parent is in; says where it came from in
+    /// `fetched`.
     pub(super) async fn bring_layer(
         &self,
         job: &LayerJob,
         parent: Option<LayerFuture>,
         progress: &watch::Sender<State>,
+        fetched: &Fetched,
     ) -> Result<Arc<Layer>, Error> {
         let id = short(&job.desc.digest);
         let blob = &job.blob;
@@ -247,10 +265,9 @@ impl Puller {
                         self.content.public().mark(blob, first.oref.repository())?;
                         public = true;
                     }
-                    if self.fleet.is_some() {
-                        let way = if first.peer { "peer" } else { "upstream" };
-                        crate::metrics::fleet_bytes(way, job.desc.size.max(0) as u64);
-                    }
+                    let origin = Origin::of(first);
+                    crate::metrics::pulled(origin, job.desc.size.max(0) as u64);
+                    let _ = fetched.set(origin);
                     break done;
                 }
                 // A mirror that fails is skipped (once per layer); what it

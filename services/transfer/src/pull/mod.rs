@@ -251,11 +251,14 @@ impl Puller {
         let plan = LayerPlan::new(&self.layers, &resolved.manifest.layers, &chains);
         tracing::Span::current().record("image.bytes", plan.total());
         // As Docker: an image already here gets no layer work, nor lines.
-        if !self.is_local(&configured, &plan).await {
+        let from = if self.is_local(&configured, &plan).await {
+            origin::ByOrigin::default()
+        } else {
             self.bring_layers(&target, &resolved, &configured, &plan, &tx)
-                .await?;
-        }
-        self.record(&target, resolved, configured, &plan, &tx).await
+                .await?
+        };
+        self.record(&target, resolved, configured, &plan, from, &tx)
+            .await
     }
 
     /// Whether the image `configured` describes is already a local image
@@ -407,6 +410,7 @@ impl Puller {
         resolved: Resolved,
         configured: Configured,
         plan: &LayerPlan,
+        from: origin::ByOrigin,
         tx: &Progress,
     ) -> Result<(), Error> {
         let config_digest = Digest::sha256_of(&configured.config);
@@ -521,6 +525,7 @@ impl Puller {
                 updated: recorded.updated,
                 image_id: recorded.id,
                 shown,
+                from,
             }),
         )
         .await;
@@ -536,6 +541,7 @@ pub(crate) fn short(digest: &str) -> String {
 
 mod attachments;
 mod layers;
+pub(crate) mod origin;
 mod peers;
 mod remote;
 mod said;

@@ -64,7 +64,7 @@ impl Puller {
                 continue;
             }
             let job = LayerJob::new(&target, &plan.layers, &plan.diff_ids, &chains, j)?;
-            let (done, _) = self.job(job, parent.take());
+            let (done, _, _) = self.job(job, parent.take());
             if j == i {
                 wanted = Some(done.clone());
             } else {

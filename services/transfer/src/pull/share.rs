@@ -73,6 +73,7 @@ impl PullShare {
         }
         let tags = self.puller.list_tags(&order).await?;
         let mut updated = false;
+        let mut from = crate::pull::origin::ByOrigin::default();
         let mut last = None;
         for tag in tags {
             let one = PullOrder {
@@ -87,6 +88,7 @@ impl PullShare {
                     match event {
                         PullEvent::Done(pulled) => {
                             updated |= pulled.updated;
+                            from.merge(pulled.from);
                             last = Some(pulled);
                         }
                         other => {
@@ -100,6 +102,7 @@ impl PullShare {
         }
         let mut pulled = last.unwrap_or_default();
         pulled.updated = updated;
+        pulled.from = from;
         pulled.shown = reference.familiar_name();
         let _ = tx.send(PullEvent::Done(pulled)).await;
         Ok(())

@@ -194,8 +194,8 @@ async fn fetch(
     let response = if method == Method::HEAD {
         Response::new(Body::empty())
     } else {
-        if kind == "blob" && served.in_flight.is_some() {
-            crate::metrics::fleet_bytes("served", len);
+        if kind == "blob" {
+            crate::metrics::served(len);
         }
         let mut file = file;
         if start > 0 && file.seek(std::io::SeekFrom::Start(start)).await.is_err() {
@@ -292,7 +292,7 @@ fn in_flight(
     let response = if *method == Method::HEAD {
         Response::new(Body::empty())
     } else {
-        crate::metrics::fleet_bytes("served", end - start);
+        crate::metrics::served(end - start);
         Response::new(Body::from_stream(in_flight.stream(
             digest,
             flight,
