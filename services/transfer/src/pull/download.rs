@@ -1,9 +1,10 @@
-//! One layer download attempt: registry → ingest (hashed, resumable) →
-//! decompressor → tar reader → files, with the download on the async side,
-//! the unpacking on a blocking thread, a bounded channel between them, and
-//! stall detection.
+//! One layer download attempt: registry → writer thread (the ingest,
+//! hashed and resumable) → unpacker (decompressor → tar reader → files),
+//! with the download on the async side, a bounded channel to the writer,
+//! the handoff to the unpacker ([`super::handoff`]), and stall detection;
+//! then one judgement of the attempt ([`judge`]).
 
-use std::io::{self, Read, Write};
+use std::io;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,6 +15,7 @@ use imaged_model::Digest;
 use oci_client::manifest::OciDescriptor;
 use tokio::sync::{mpsc, watch};
 
+use super::handoff::{self, Follower, Handoff};
 use crate::archive::unpack::{self, Unpacked};
 use crate::neighbours::fetcher::{Blob, TO_THE_END};
 use crate::pull::{Puller, State, short};
@@ -24,13 +26,16 @@ use crate::store::layers::Staging;
 impl Puller {
     /// One attempt: download (resuming an ingest when the registry allows
     /// ranges) while hashing and unpacking; from one source, or from
-    /// several holders at once, by parts ([`super::split`]).
+    /// several holders at once, by parts ([`super::split`]). With `ahead`
+    /// (this node fetches the blob for the fleet) the download does not
+    /// wait for the unpack.
     pub(crate) async fn fetch_layer(
         &self,
         from: &[Source],
         desc: &OciDescriptor,
         blob: &Digest,
         progress: &watch::Sender<State>,
+        ahead: bool,
     ) -> Result<(Staging, Unpacked), Error> {
         let id = short(&desc.digest);
         let what = format!("layer {id}");
@@ -103,86 +108,28 @@ impl Puller {
         };
         let offset = ingest.offset();
 
+        // The download → a writer thread (ingest, hashed) → the unpacker,
+        // which follows it from memory or, behind, from the ingest file
+        // ([`super::handoff`]).
         let (chunks_tx, chunks_rx) = mpsc::channel::<Chunk>(16);
+        let handoff = Handoff::new(offset, ahead);
+        let file = ingest.reopen()?;
+        let writing = {
+            let handoff = Arc::clone(&handoff);
+            tokio::task::spawn_blocking(move || handoff::write(&handoff, ingest, chunks_rx))
+        };
         let layers = Arc::clone(&self.layers);
-        let wanted_blob = blob.clone();
-        let what_blocking = what.clone();
-        let unpacking = tokio::task::spawn_blocking(
-            move || -> Result<(Staging, Unpacked), Error> {
-                let prefix: Box<dyn Read + Send> = if offset > 0 {
-                    Box::new(ingest.reopen_written()?)
-                } else {
-                    Box::new(io::empty())
-                };
-                let mut reader = TeeReader {
-                    prefix,
-                    chunks: chunks_rx,
-                    current: Bytes::new(),
-                    ingest: Some(ingest),
-                    failure: None,
-                    ended: false,
-                };
-                let staging = layers.stage()?;
-                let result = unpack::unpack(&mut reader, &staging.diff(), staging.budget())
-                    .and_then(|unpacked| {
-                        io::copy(&mut reader, &mut io::sink()).map_err(unpack::classify)?;
-                        Ok(unpacked)
-                    });
-                // Wrong bytes are a digest mismatch, whatever the tar reader
-                // made of them: read the rest (the download side stops at
-                // the declared size) before judging.
-                let drained = result.is_ok() || io::copy(&mut reader, &mut io::sink()).is_ok();
-                if let Some(failure) = reader.failure.take() {
-                    if failure.is(tonic::Code::InvalidArgument)
-                        && let Some(ingest) = reader.ingest.take()
-                    {
-                        ingest.discard(); // a refusal: nothing to resume
-                    }
-                    return Err(failure); // the download failed: keep the ingest
-                }
-                let ingest = reader.ingest.take().expect("ingest kept until the end");
-                if drained && !ingest.matches() {
-                    ingest.discard();
-                    return Err(if offset > 0 {
-                        // What an earlier attempt left was not this blob
-                        // (another registry's bytes): start again from 0.
-                        Error::unavailable(format!(
-                            "{what_blocking}: digest mismatch after resuming at byte {offset}; fetching it again from the start"
-                        ))
-                    } else {
-                        Error::invalid_argument(format!(
-                            "{what_blocking}: digest mismatch: the registry sent other bytes than {wanted_blob}"
-                        ))
-                    });
-                }
-                match result {
-                    Ok(unpacked) => {
-                        ingest.commit()?;
-                        let mut staging = staging;
-                        let syncing = std::time::Instant::now();
-                        staging.sync()?;
-                        // Where the layer's time went (`make bench` sums
-                        // these for its pull breakdown).
-                        let t = unpacked.timings;
-                        let ms = |d: std::time::Duration| (d.as_secs_f64() * 1e4).round() / 10.0;
-                        tracing::info!(
-                            download_ms = ms(t.source),
-                            inflate_ms = ms(t.inflate),
-                            hash_ms = ms(t.hash),
-                            create_ms = ms(t.create),
-                            sync_ms = ms(syncing.elapsed()),
-                            entries = unpacked.entries,
-                            "{what_blocking} unpacked"
-                        );
-                        Ok((staging, unpacked))
-                    }
-                    Err(err) => {
-                        ingest.discard();
-                        Err(err)
-                    }
-                }
-            },
-        );
+        let unpacking = tokio::task::spawn_blocking(move || {
+            let mut reader = Follower::new(handoff, file);
+            let staging = layers.stage()?;
+            let unpacked = unpack::unpack(&mut reader, &staging.diff(), staging.budget()).and_then(
+                |unpacked| {
+                    io::copy(&mut reader, &mut io::sink()).map_err(unpack::classify)?;
+                    Ok(unpacked)
+                },
+            );
+            Ok::<_, Error>((staging, unpacked))
+        });
 
         progress.send_replace(State::Downloading {
             current: offset,
@@ -236,7 +183,15 @@ impl Puller {
         let _ = chunks_tx.send(outcome).await;
         drop(chunks_tx);
         progress.send_replace(State::Verifying);
-        let result = unpacking.await.map_err(Error::internal)?;
+        let (ingest, failure) = writing.await.map_err(Error::internal)?;
+        let unpacked = unpacking.await.map_err(Error::internal)?;
+        let what = what.clone();
+        let wanted = blob.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            judge(ingest, failure, unpacked, offset, &what, &wanted)
+        })
+        .await
+        .map_err(Error::internal)?;
         if result.is_ok() {
             progress.send_replace(State::DownloadComplete);
         } else if stalled {
@@ -279,62 +234,69 @@ pub(crate) fn final_error(err: Error) -> Error {
     }
 }
 
-/// What the download side hands the unpacking side.
-enum Chunk {
+/// What the download side hands the writer.
+pub(super) enum Chunk {
     Data(Bytes),
     End,
     Failed(Error),
 }
 
-/// The blocking side's reader: bytes an earlier attempt left in the
-/// ingest, then the download, each new byte written to the ingest.
-struct TeeReader {
-    prefix: Box<dyn Read + Send>,
-    chunks: mpsc::Receiver<Chunk>,
-    current: Bytes,
-    ingest: Option<Ingest>,
+/// The end of one attempt, once the download and the unpack are both
+/// over: the download's failure first (the ingest kept, to resume,
+/// unless the bytes were refused); then the digest, whatever the tar
+/// reader made of the bytes (wrong bytes are a mismatch); then the
+/// unpack's own answer. A layer unpacked from the right bytes commits the
+/// blob and syncs the staged layer.
+fn judge(
+    ingest: Ingest,
     failure: Option<Error>,
-    /// The download ended; later reads answer end of file.
-    ended: bool,
-}
-
-impl Read for TeeReader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.prefix.read(buf)?;
-        if n > 0 {
-            return Ok(n);
+    unpacked: Result<(Staging, Result<Unpacked, Error>), Error>,
+    offset: u64,
+    what: &str,
+    wanted: &Digest,
+) -> Result<(Staging, Unpacked), Error> {
+    if let Some(failure) = failure {
+        if failure.is(tonic::Code::InvalidArgument) {
+            ingest.discard(); // a refusal: nothing to resume
         }
-        while self.current.is_empty() {
-            if self.ended {
-                return Ok(0);
-            }
-            if self.failure.is_some() {
-                return Err(io::Error::other("download failed"));
-            }
-            match self.chunks.blocking_recv() {
-                Some(Chunk::Data(bytes)) => {
-                    if let Some(ingest) = self.ingest.as_mut()
-                        && let Err(err) = ingest.write_all(&bytes)
-                    {
-                        // Sticky: a chunk the ingest missed must not reach
-                        // the unpacker either (a full disk, mostly).
-                        self.failure = Some(Error::from(err));
-                        continue;
-                    }
-                    self.current = bytes;
-                }
-                Some(Chunk::End) => self.ended = true,
-                Some(Chunk::Failed(err)) => {
-                    self.failure = Some(err);
-                }
-                None => {
-                    self.failure = Some(Error::unavailable("download cancelled"));
-                }
-            }
-        }
-        let n = buf.len().min(self.current.len());
-        buf[..n].copy_from_slice(&self.current[..n]);
-        let _ = self.current.split_to(n);
-        Ok(n)
+        return Err(failure);
     }
+    if !ingest.matches() {
+        ingest.discard();
+        return Err(if offset > 0 {
+            // What an earlier attempt left was not this blob (another
+            // registry's bytes): start again from 0.
+            Error::unavailable(format!(
+                "{what}: digest mismatch after resuming at byte {offset}; fetching it again from the start"
+            ))
+        } else {
+            Error::invalid_argument(format!(
+                "{what}: digest mismatch: the registry sent other bytes than {wanted}"
+            ))
+        });
+    }
+    let (mut staging, unpacked) = match unpacked {
+        Ok((staging, Ok(unpacked))) => (staging, unpacked),
+        Ok((_, Err(err))) | Err(err) => {
+            ingest.discard();
+            return Err(err);
+        }
+    };
+    ingest.commit()?;
+    let syncing = Instant::now();
+    staging.sync()?;
+    // Where the layer's time went (`make bench` sums these for its pull
+    // breakdown).
+    let t = unpacked.timings;
+    let ms = |d: Duration| (d.as_secs_f64() * 1e4).round() / 10.0;
+    tracing::info!(
+        download_ms = ms(t.source),
+        inflate_ms = ms(t.inflate),
+        hash_ms = ms(t.hash),
+        create_ms = ms(t.create),
+        sync_ms = ms(syncing.elapsed()),
+        entries = unpacked.entries,
+        "{what} unpacked"
+    );
+    Ok((staging, unpacked))
 }

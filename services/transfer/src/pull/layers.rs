@@ -255,7 +255,9 @@ impl Puller {
             // One source, or several holders of a big blob at once.
             let span = self.split_over(whole, job.desc.size);
             let from = &sources[source..source + span];
-            let result = self.fetch_layer(from, &job.desc, blob, progress).await;
+            let result = self
+                .fetch_layer(from, &job.desc, blob, progress, claim.is_some())
+                .await;
             drop(admitted);
             drop(writing);
             let first = &from[0];

@@ -540,6 +540,7 @@ pub(crate) fn short(digest: &str) -> String {
 }
 
 mod attachments;
+mod handoff;
 mod layers;
 pub(crate) mod origin;
 mod peers;

@@ -355,10 +355,22 @@ impl Ingest {
         self.out.bytes
     }
 
-    /// The bytes written so far, for a reader that must see the whole blob
-    /// when a download resumes.
-    pub fn reopen_written(&self) -> io::Result<io::Take<File>> {
-        Ok(File::open(&self.path)?.take(self.out.bytes))
+    /// The file, for a reader that follows it as it is written (up to
+    /// [`Ingest::on_disk`]).
+    pub fn reopen(&self) -> io::Result<File> {
+        File::open(&self.path)
+    }
+
+    /// Bytes in the file so far (the last ones written may still be
+    /// gathered in memory, until [`Ingest::finish_writing`]).
+    pub fn on_disk(&self) -> u64 {
+        self.out.inner.on_disk()
+    }
+
+    /// Writes out every byte gathered: the whole ingest is in the file
+    /// (not yet fsynced; [`Ingest::commit`] does that).
+    pub fn finish_writing(&mut self) -> io::Result<()> {
+        self.out.inner.finish()
     }
 
     /// Forgets what an earlier attempt left (the registry answered the
@@ -427,14 +439,17 @@ mod tests {
 
         let mut again = store.ingest(&digest).unwrap();
         assert_eq!(again.offset(), 2 * block as u64);
+        assert_eq!(again.on_disk(), 2 * block as u64);
         let mut seen = Vec::new();
-        again
-            .reopen_written()
-            .unwrap()
-            .read_to_end(&mut seen)
-            .unwrap();
+        again.reopen().unwrap().read_to_end(&mut seen).unwrap();
         assert!(seen == data[..2 * block], "the kept bytes differ");
         again.write_all(&data[2 * block..]).unwrap();
+        // What a follower of the file sees: gathered bytes once written out.
+        again.finish_writing().unwrap();
+        assert_eq!(again.on_disk(), data.len() as u64);
+        let mut seen = Vec::new();
+        again.reopen().unwrap().read_to_end(&mut seen).unwrap();
+        assert!(seen == data, "the written bytes differ");
         again.commit().unwrap();
         assert!(store.contains(&digest));
         assert_eq!(store.read(&digest).unwrap(), data);

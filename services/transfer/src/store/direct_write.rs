@@ -44,6 +44,8 @@ pub struct DirectWriter {
     start: usize,
     /// Bytes gathered in the buffer, not yet written.
     pending: usize,
+    /// Bytes in the file: what a reader of it sees.
+    on_disk: u64,
 }
 
 impl DirectWriter {
@@ -71,6 +73,7 @@ impl DirectWriter {
             memory,
             start,
             pending: 0,
+            on_disk: kept,
         };
         Ok((writer, kept))
     }
@@ -79,7 +82,14 @@ impl DirectWriter {
     /// again from its first byte.
     pub fn truncate(&mut self) -> io::Result<()> {
         self.pending = 0;
+        self.on_disk = 0;
         self.file.set_len(0)
+    }
+
+    /// Bytes in the file (written out, not gathered): what a reader of
+    /// the file sees.
+    pub fn on_disk(&self) -> u64 {
+        self.on_disk
     }
 
     /// Drops the bytes gathered and not written (the file is going).
@@ -96,6 +106,7 @@ impl DirectWriter {
             self.stop_direct()?;
             let tail = self.start..self.start + self.pending;
             self.file.write_all(&self.memory[tail])?;
+            self.on_disk += self.pending as u64;
             self.pending = 0;
         }
         Ok(())
@@ -147,6 +158,7 @@ impl DirectWriter {
         self.memory
             .copy_within(from..self.start + self.pending, self.start);
         self.pending -= done;
+        self.on_disk += done as u64;
         result
     }
 }
