@@ -19,11 +19,18 @@
 //! its own copy, at loopback speed). Eight stacks share two cores and one
 //! disk, so their unpacks contend whatever the network does; no way of
 //! sharing blobs can beat that row.
+//!
+//! Every root is on a fresh journaled ext4 ([`BenchFs`]), kept until its
+//! image's rows are done ([`Graveyard`]): on this machine's own ext4 the
+//! inode allocator makes creating files within minutes of a mass delete
+//! (the previous mode's stacks) cost several times its usual CPU, and the
+//! figures swing by 2× from run to run.
 //! `FLEET_BENCH_IMAGES=rootfs` runs only the rootfs image.
 
 use std::time::{Duration, Instant};
 
 use imaged_common::config::Service;
+use imaged_e2e::bench_fs::{BenchFs, Graveyard};
 use imaged_e2e::figures::{Figures, Unit};
 use imaged_e2e::nats::NatsServer;
 use imaged_e2e::throttle::Throttle;
@@ -130,16 +137,17 @@ struct Outcome {
 }
 
 /// `count` fresh stacks in `mode` pull `repo` at once from `host` (the
-/// counted link, or the registry itself for the floor).
+/// counted link, or the registry itself for the floor); their roots go
+/// to `graveyard`.
 async fn rollout(
     mode: Mode,
     count: usize,
-    counted: &Throttle,
-    host: &str,
+    (counted, host): (&Throttle, &str),
     nats: &str,
     repo: &str,
+    graveyard: &mut Graveyard,
 ) -> Outcome {
-    let (nodes, _configs) = stacks(&mode, count, &counted.host, nats).await;
+    let (nodes, configs) = stacks(&mode, count, &counted.host, nats).await;
     let before = counted.bytes();
     let times = all_at_once(&nodes, &format!("{host}/{repo}")).await;
     let upstream = counted.bytes() - before;
@@ -151,8 +159,9 @@ async fn rollout(
         }
     }
     for node in nodes {
-        drop(node.stop());
+        graveyard.push(Box::new(node.stop()));
     }
+    graveyard.push(Box::new(configs));
     Outcome {
         upstream,
         p50: times[times.len() / 2],
@@ -175,6 +184,9 @@ async fn main() {
         cases.push(("big", "500 MB (one 400 MB layer)", big_image()));
     }
     let counted = Throttle::start_shared(&registry.host, LINK).await.unwrap();
+    // Every root from here on is on a fresh filesystem.
+    let bench_fs =
+        BenchFs::mount(48).expect("a fresh filesystem for the roots (root, loop devices)");
     println!(
         "\nfleet: {NODES} nodes pull one fresh image at once; upstream behind one shared 200 Mbit/s link"
     );
@@ -198,36 +210,41 @@ async fn main() {
                 .await
                 .expect("push");
         }
-        let link = counted.host.clone();
+        let link = (&counted, counted.host.as_str());
+        let unlimited = (&counted, registry.host.as_str());
         let repo = |mode: &str| format!("fleet/{short}-{mode}:1");
-        let alone = rollout(Mode::Alone, 1, &counted, &link, &nats.url, &repo("alone")).await;
+        let mut graveyard: Graveyard = Vec::new();
+        let dead = &mut graveyard;
+        let alone = rollout(Mode::Alone, 1, link, &nats.url, &repo("alone"), dead).await;
         let floor = rollout(
             Mode::Alone,
             NODES,
-            &counted,
-            &registry.host,
+            unlimited,
             &nats.url,
             &repo("floor"),
+            dead,
         )
         .await;
         let before = rollout(
             Mode::HostsToml,
             NODES,
-            &counted,
-            &link,
+            link,
             &nats.url,
             &repo("before"),
+            dead,
         )
         .await;
         let directory = rollout(
             Mode::Directory,
             NODES,
-            &counted,
-            &link,
+            link,
             &nats.url,
             &repo("directory"),
+            dead,
         )
         .await;
+        // This image's roots go before the next image's rows.
+        drop(graveyard);
         println!(
             "{name:<28} {:<10} {:>9} {:>10.2?} {:>10.2?} {:>10.2?}",
             "floor", "no link", floor.p50, floor.max, alone.max
@@ -285,4 +302,5 @@ async fn main() {
         );
     }
     figures.write();
+    drop(bench_fs);
 }
