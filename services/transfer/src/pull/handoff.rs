@@ -57,6 +57,17 @@ struct Shared {
     closed: bool,
 }
 
+impl Shared {
+    /// Queues `bytes`, the download's bytes from `at`.
+    fn push(&mut self, at: u64, bytes: Bytes) {
+        if self.queued == 0 {
+            self.queue_start = at;
+        }
+        self.queued += bytes.len();
+        self.queue.push_back(bytes);
+    }
+}
+
 impl Handoff {
     /// A download whose ingest already holds `kept` bytes (a resumed one);
     /// with `ahead`, it does not wait for the unpack.
@@ -86,46 +97,52 @@ impl Handoff {
     }
 
     /// `bytes` were written to the ingest, which now has `on_disk` bytes
-    /// in its file: queued for the unpacker, after waiting for room
-    /// unless the download runs ahead.
+    /// in its file: queued for the unpacker (see the module).
     fn received(&self, bytes: Bytes, on_disk: u64) {
-        let mut state = self.lock();
-        let at = state.received;
         let len = bytes.len();
-        state.received += len as u64;
-        state.on_disk = on_disk;
-        if !self.ahead {
+        let mut state = self.lock();
+        if self.ahead {
+            // One step, never waiting: the chunk is queued only if it
+            // continues what the unpacker has or what is queued, and
+            // fits; else the unpacker reads it from the file.
+            state.on_disk = on_disk;
+            let at = state.received;
+            state.received += len as u64;
+            let continues = if state.queued == 0 {
+                state.taken == at
+            } else {
+                state.queue_start + state.queued as u64 == at
+            };
+            let fits = state.queued == 0 || state.queued + len <= QUEUE_BYTES;
+            if !state.closed && continues && fits {
+                state.push(at, bytes);
+            }
+        } else {
+            // In step with the unpacker: every chunk is queued, once
+            // there is room. The file is read only for the kept bytes of
+            // a resumed download (its `on_disk` is not published: the
+            // unpacker must not read there what the queue will bring).
             while !state.closed && state.queued > 0 && state.queued + len > QUEUE_BYTES {
                 state = self.wait(state);
             }
-        }
-        // Ahead of the unpack, only what continues the queue and fits is
-        // queued; the unpacker reads the rest from the file. Otherwise
-        // every chunk is (nothing was skipped, so the queue continues
-        // what came before, or the kept bytes in the file).
-        let queue_end = state.queue_start + state.queued as u64;
-        let continues = if state.queued == 0 {
-            state.taken == at
-        } else {
-            queue_end == at
-        };
-        let queue = !state.closed
-            && (!self.ahead || (continues && state.queued + len <= QUEUE_BYTES.max(len)));
-        if queue {
-            if state.queued == 0 {
-                state.queue_start = at;
+            let at = state.received;
+            state.received += len as u64;
+            if !state.closed {
+                state.push(at, bytes);
             }
-            state.queued += len;
-            state.queue.push_back(bytes);
         }
         drop(state);
         self.changed.notify_all();
     }
 
-    /// The download ended (failed or not); the file has `on_disk` bytes.
+    /// The download ended (failed or not); the file has `on_disk` bytes
+    /// (read from only ahead of the unpack: in step, every byte past the
+    /// kept ones was queued).
     fn ended(&self, on_disk: u64, failed: bool) {
         let mut state = self.lock();
-        state.on_disk = on_disk;
+        if self.ahead {
+            state.on_disk = on_disk;
+        }
         state.failed = Some(failed);
         drop(state);
         self.changed.notify_all();
@@ -281,6 +298,18 @@ mod tests {
         ahead: bool,
         read_after: bool,
     ) -> (io::Result<Vec<u8>>, Option<Error>) {
+        through_at(data, from, chunk, (ahead, read_after), false)
+    }
+
+    /// [`through`], the reader pausing now and then when `slow` (so the
+    /// writer fills the queue and flushes ingest blocks meanwhile).
+    fn through_at(
+        data: &[u8],
+        from: usize,
+        chunk: usize,
+        (ahead, read_after): (bool, bool),
+        slow: bool,
+    ) -> (io::Result<Vec<u8>>, Option<Error>) {
         let dir = tempfile::tempdir().unwrap();
         let store = ContentStore::open(dir.path()).unwrap();
         let digest = Digest::sha256_of(data);
@@ -309,10 +338,24 @@ mod tests {
         if read_after {
             sender.join().unwrap();
         }
+        let mut follower = Follower::new(handoff, file);
         let mut read = Vec::new();
-        let result = Follower::new(handoff, file)
-            .read_to_end(&mut read)
-            .map(|_| read);
+        let result = if slow {
+            let mut buf = vec![0u8; 50_000];
+            loop {
+                match follower.read(&mut buf) {
+                    Ok(0) => break Ok(read),
+                    Ok(n) => read.extend_from_slice(&buf[..n]),
+                    Err(err) => break Err(err),
+                }
+                if read.len() % 7 == 0 {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+            }
+        } else {
+            follower.read_to_end(&mut read).map(|_| read)
+        };
+        drop(follower);
         let (ingest, failure) = writer.join().unwrap();
         assert!(ingest.matches() || failure.is_some());
         (result, failure)
@@ -335,6 +378,52 @@ mod tests {
         assert!(read.unwrap() == data);
         let (read, _) = through(&data, 3 * 4096 + 1, 300_000, true, false);
         assert!(read.unwrap() == data);
+    }
+
+    #[test]
+    fn a_slow_reader_gets_every_byte_once_in_step_or_behind() {
+        let data = data(12 << 20);
+        for ahead in [false, true] {
+            for chunk in [16 << 10, 64 << 10, 333_333] {
+                let (read, failure) = through_at(&data, 0, chunk, (ahead, false), true);
+                assert!(failure.is_none());
+                let read = read.unwrap();
+                assert!(
+                    read == data,
+                    "ahead {ahead}, chunks of {chunk}: {} bytes",
+                    read.len()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn in_step_the_unpacker_reads_the_queue_not_the_file_past_the_kept_bytes() {
+        // The file already holds more than was queued (an ingest block
+        // written out while the writer waited for room): the unpacker
+        // must still take the next bytes from the queue, not the file.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ingest");
+        std::fs::write(&path, vec![b'Z'; 8192]).unwrap();
+        let handoff = Handoff::new(0, false);
+        let reader = {
+            let follower = Follower::new(Arc::clone(&handoff), File::open(&path).unwrap());
+            std::thread::spawn(move || {
+                let mut follower = follower;
+                let mut read = Vec::new();
+                follower.read_to_end(&mut read).map(|_| read)
+            })
+        };
+        handoff.received(Bytes::from_static(b"AAAA"), 8192);
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        handoff.received(Bytes::from_static(b"BBBB"), 8192);
+        handoff.ended(8192, false);
+        let read = reader.join().unwrap().unwrap();
+        assert!(
+            read == b"AAAABBBB",
+            "{} bytes read, not the 8 queued",
+            read.len()
+        );
     }
 
     #[test]
