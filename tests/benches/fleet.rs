@@ -79,16 +79,8 @@ async fn stacks(
         match mode {
             Mode::Alone => {}
             Mode::HostsToml => {
-                let dir = tempfile::tempdir().unwrap();
-                let mut toml = format!("server = \"http://{upstream}\"\n");
-                for other in (0..count).filter(|&o| o != i) {
-                    toml.push_str(&format!(
-                        "\n[host.\"http://{}\"]\n  capabilities = [\"pull\"]\n",
-                        address(other)
-                    ));
-                }
-                std::fs::create_dir_all(dir.path().join(upstream)).unwrap();
-                std::fs::write(dir.path().join(upstream).join("hosts.toml"), toml).unwrap();
+                let others: Vec<String> = (0..count).filter(|&o| o != i).map(address).collect();
+                let dir = imaged_e2e::peers_hosts_dir(upstream, &others);
                 builder = builder
                     .arg(
                         Service::Transfer,

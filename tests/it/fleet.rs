@@ -33,16 +33,8 @@ async fn fleet(registry: &str, peers: bool) -> Fleet {
     for i in 0..NODES {
         let mut builder = Imaged::builder();
         if peers {
-            let dir = tempfile::tempdir().unwrap();
-            let mut toml = format!("server = \"http://{registry}\"\n");
-            for other in (0..NODES).filter(|&o| o != i) {
-                toml.push_str(&format!(
-                    "\n[host.\"http://{}\"]\n  capabilities = [\"pull\"]\n",
-                    address(other)
-                ));
-            }
-            std::fs::create_dir_all(dir.path().join(registry)).unwrap();
-            std::fs::write(dir.path().join(registry).join("hosts.toml"), toml).unwrap();
+            let others: Vec<String> = (0..NODES).filter(|&o| o != i).map(address).collect();
+            let dir = imaged_e2e::peers_hosts_dir(registry, &others);
             builder = builder
                 .arg(
                     Service::Transfer,

@@ -5,7 +5,6 @@
 //! has them, not from the registry. Without TLS, a node neither announces
 //! nor claims such a blob (it would serve it to nobody).
 
-use imaged_common::config::Service;
 use imaged_e2e::{Imaged, TestRegistry, client, free_port};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -23,7 +22,6 @@ async fn private_blobs_go_between_fleet_peers_over_mtls_only() {
         .unwrap();
     let certs = tempfile::tempdir().unwrap();
     imaged_e2e::certs::write(certs.path());
-    let file = |name: &str| certs.path().join(name).display().to_string();
     let mut nodes = Vec::new();
     for i in 0..2 {
         let node = Imaged::builder()
@@ -32,30 +30,8 @@ async fn private_blobs_go_between_fleet_peers_over_mtls_only() {
                 &nats.url,
                 &format!("tls{i}"),
             )
-            .arg(
-                Service::Transfer,
-                &format!("--serve-content-tls-cert={}", file("server.pem")),
-            )
-            .arg(
-                Service::Transfer,
-                &format!("--serve-content-tls-key={}", file("server.key")),
-            )
-            .arg(
-                Service::Transfer,
-                &format!("--serve-content-tls-client-ca={}", file("ca.pem")),
-            )
-            .arg(
-                Service::Transfer,
-                &format!("--fleet-tls-ca={}", file("ca.pem")),
-            )
-            .arg(
-                Service::Transfer,
-                &format!("--fleet-tls-cert={}", file("client.pem")),
-            )
-            .arg(
-                Service::Transfer,
-                &format!("--fleet-tls-key={}", file("client.key")),
-            )
+            .serve_content_tls(certs.path())
+            .fleet_tls(certs.path())
             .start()
             .await
             .unwrap();

@@ -224,18 +224,7 @@ async fn a_fleet_peer_with_a_client_certificate_gets_private_blobs_and_no_one_el
     let address = format!("127.0.0.1:{}", imaged_e2e::free_port());
     let node_a = Imaged::builder()
         .arg(Service::Transfer, &format!("--serve-content={address}"))
-        .arg(
-            Service::Transfer,
-            &format!("--serve-content-tls-cert={}", file("server.pem")),
-        )
-        .arg(
-            Service::Transfer,
-            &format!("--serve-content-tls-key={}", file("server.key")),
-        )
-        .arg(
-            Service::Transfer,
-            &format!("--serve-content-tls-client-ca={}", file("ca.pem")),
-        )
+        .serve_content_tls(certs.path())
         .start()
         .await
         .unwrap();

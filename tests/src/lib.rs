@@ -33,6 +33,22 @@ pub fn one_layer_image(layer: imaged_fixtures::LayerBuilder) -> imaged_fixtures:
         .unwrap()
 }
 
+/// A containerd hosts directory (for `--registry-config-dir`) that lists
+/// `peers` (`IP:PORT`, plain HTTP) as pull mirrors of `registry`, tried
+/// in order before it: the static way nodes list each other.
+pub fn peers_hosts_dir(registry: &str, peers: &[String]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let mut toml = format!("server = \"http://{registry}\"\n");
+    for peer in peers {
+        toml.push_str(&format!(
+            "\n[host.\"http://{peer}\"]\n  capabilities = [\"pull\"]\n"
+        ));
+    }
+    std::fs::create_dir_all(dir.path().join(registry)).expect("the registry's directory");
+    std::fs::write(dir.path().join(registry).join("hosts.toml"), toml).expect("hosts.toml");
+    dir
+}
+
 /// A free TCP port on 127.0.0.1 (bound once, then released).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

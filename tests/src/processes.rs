@@ -75,6 +75,44 @@ impl ImagedBuilder {
         .arg(Service::Transfer, &format!("--node-name={node}"))
     }
 
+    /// imaged-transfer's serve-content over TLS with the test certificates
+    /// in `certs` ([`crate::certs::write`]): its server certificate, and
+    /// every blob to clients whose certificate the test CA signed.
+    pub fn serve_content_tls(self, certs: &Path) -> Self {
+        let file = |name: &str| certs.join(name).display().to_string();
+        self.arg(
+            Service::Transfer,
+            &format!("--serve-content-tls-cert={}", file("server.pem")),
+        )
+        .arg(
+            Service::Transfer,
+            &format!("--serve-content-tls-key={}", file("server.key")),
+        )
+        .arg(
+            Service::Transfer,
+            &format!("--serve-content-tls-client-ca={}", file("ca.pem")),
+        )
+    }
+
+    /// The fleet's TLS from the test certificates in `certs`: directory
+    /// peers checked against the test CA, the client certificate shown
+    /// to them.
+    pub fn fleet_tls(self, certs: &Path) -> Self {
+        let file = |name: &str| certs.join(name).display().to_string();
+        self.arg(
+            Service::Transfer,
+            &format!("--fleet-tls-ca={}", file("ca.pem")),
+        )
+        .arg(
+            Service::Transfer,
+            &format!("--fleet-tls-cert={}", file("client.pem")),
+        )
+        .arg(
+            Service::Transfer,
+            &format!("--fleet-tls-key={}", file("client.key")),
+        )
+    }
+
     /// Start only these processes (the others can be started later with
     /// [`Imaged::start_service`]).
     pub fn only(mut self, services: &[Service]) -> Self {

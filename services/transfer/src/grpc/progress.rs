@@ -1,11 +1,12 @@
 //! The engines' events in Docker's words: the progress lines `docker
 //! pull` and `docker push` print, as the wire carries them.
 
-use imaged_api::v1::{LoadImagesResponse, PullImageProgress, PushImageProgress};
+use imaged_api::v1::{LayerSources, LoadImagesResponse, PullImageProgress, PushImageProgress};
 
 use crate::load::events::LoadEvent;
 use crate::pull::State;
 use crate::pull::events::PullEvent;
+use crate::pull::origin::ByOrigin;
 use crate::push::events::{PushEvent, Step};
 
 /// The line Docker prints for one pull event.
@@ -50,9 +51,19 @@ pub fn pull_line(event: PullEvent) -> PullImageProgress {
             last.image_id = pulled.image_id;
             last.reference = pulled.shown;
             last.digest = pulled.digest;
-            last.fetched_from = Some(pulled.from.to_api());
+            last.fetched_from = Some(layer_sources(pulled.from));
             last
         }
+    }
+}
+
+/// Layer bytes by origin, as the API carries them (a pull's, or the
+/// node's since it started).
+pub fn layer_sources(from: ByOrigin) -> LayerSources {
+    LayerSources {
+        registry: from.registry as i64,
+        mirrors: from.mirrors as i64,
+        peers: from.peers as i64,
     }
 }
 

@@ -451,7 +451,7 @@ impl Transfer for TransferService {
             layers_size: self.layers.total_size() as i64,
             inodes_used: (blobs.len() as u64 + self.layers.total_inodes()) as i64,
             mountpoint: self.data_dir.display().to_string(),
-            pulled_from: Some(pulled.to_api()),
+            pulled_from: Some(super::progress::layer_sources(pulled)),
             served_to_peers: served as i64,
         }))
     }

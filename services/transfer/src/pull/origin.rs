@@ -51,13 +51,4 @@ impl ByOrigin {
         self.mirrors += other.mirrors;
         self.peers += other.peers;
     }
-
-    /// As the API carries it.
-    pub fn to_api(self) -> imaged_api::v1::LayerSources {
-        imaged_api::v1::LayerSources {
-            registry: self.registry as i64,
-            mirrors: self.mirrors as i64,
-            peers: self.peers as i64,
-        }
-    }
 }

@@ -52,16 +52,15 @@ struct Parts {
     failed: Mutex<HashSet<usize>>,
 }
 
-/// The bytes `range` of the blob `digest`, read from `holders` (at least
-/// two, at most [`MOST_HOLDERS`] used) part by part, in order.
+/// The bytes `range` of the blob `digest`, read from `holders` (the
+/// caller picks at most [`MOST_HOLDERS`]) part by part, in order.
 pub(super) fn body(
     fetcher: Arc<dyn Fetcher>,
-    mut holders: Vec<Source>,
+    holders: Vec<Source>,
     digest: &str,
     range: Range<u64>,
     stall: Duration,
 ) -> BoxStream<'static, io::Result<Bytes>> {
-    holders.truncate(MOST_HOLDERS);
     let ahead = holders.len() * PARTS_PER_HOLDER;
     let parts = Arc::new(Parts {
         fetcher,
